@@ -1,0 +1,111 @@
+"""build(p, config): assemble the pipeline. Nothing here runs it."""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.pvalue import AsList, AsSingleton
+
+from pipeline.config import Config
+from pipeline.manifest import WriteManifestFn
+from transforms.clean import CleanTargets
+from transforms.fetch import FetchConfig, FetchSubvolumes
+from transforms.records import FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume
+from transforms.select import AssignShards, SelectInstances
+from transforms.table import DEAD, TABLE_REASONS, ReadTable
+from transforms.variants import MakeVariants
+from transforms.write import FinalizeShards, WriteDeadLetterFn, WriteExamples
+
+
+def failure_to_dead_letter(failure, reason: str, stage: str) -> DeadLetter:
+    """Beam's (element, (type, repr, traceback)) -> DeadLetter, arrays dropped."""
+    element, (exc_type, exc_repr, _) = failure
+    instance = element.instance if isinstance(element, Subvolume) else element
+    return DeadLetter.for_instance(instance, reason, f"{exc_type.__name__}: {exc_repr}"[:2000],
+                                   stage)
+
+
+def fetch_config(config: Config) -> FetchConfig:
+    return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
+                       config.pad_value)
+
+
+def build(p: beam.Pipeline, config: Config):
+    """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
+    table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
+                                         config.target.bounds)
+    instances = table["instances"]  # Instance, unique ids
+    if config.num_instances is not None:
+        instances = instances | "SelectInstances" >> SelectInstances(config.seed,
+                                                                     config.num_instances)
+    shard_bytes = int(config.shard_size_mb * (1 << 20))
+    assigned = instances | "AssignShards" >> AssignShards(
+        config.seed, config.splits, config.bytes_per_instance, shard_bytes)
+    fetched = (assigned["instances"]
+               | "Distribute" >> beam.Reshuffle()  # small records only: spread the fetch work
+               | "FetchSubvolumes" >> FetchSubvolumes(fetch_config(config)))  # Subvolume
+    cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm)
+    varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,
+                                                            config.seed_model)
+    written = varied["ok"] | "WriteExamples" >> WriteExamples(config.output_dir, config.formats)
+    # ((split, shard, n), WrittenInstance): arrays are on disk, only paths cross the shuffle.
+    files = written["written"] | "FinalizeShards" >> FinalizeShards(
+        config.output_dir, config.formats, assigned["shard_keys"])
+
+    failures = [
+        fetched["failed"] | "FetchFailures" >> beam.Map(
+            failure_to_dead_letter, FETCH_ERROR, "FetchSubvolumes"),
+        cleaned["failed"] | "CleanFailures" >> beam.Map(
+            failure_to_dead_letter, UNEXPECTED_ERROR, "CleanTargets"),
+        varied["failed"] | "VariantFailures" >> beam.Map(
+            failure_to_dead_letter, UNEXPECTED_ERROR, "MakeVariants"),
+        written["failed"] | "WriteFailures" >> beam.Map(
+            failure_to_dead_letter, UNEXPECTED_ERROR, "WriteExamples"),
+    ]
+    dead = [table[DEAD], cleaned["dead_letter"]] + failures | "AllDeadLetters" >> beam.Flatten()
+    dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
+                 | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
+
+    counts = _counts(table["rows"], assigned["instances"], written["written"], dead)
+    npy_totals = (written["written"]
+                  | "NpyFiles" >> beam.Map(_npy_files_and_bytes)
+                  | "NpyTotals" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
+                  | "NpyDict" >> beam.Map(lambda t: {"files": t[0], "bytes": t[1]}))
+    return (p
+            | "ManifestTrigger" >> beam.Create([None])
+            | "WriteManifest" >> beam.ParDo(
+                WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
+                AsSingleton(counts), AsSingleton(npy_totals)))
+
+
+def _npy_files_and_bytes(keyed_written):
+    files = keyed_written[1].index_entry.get("npy", {}).get("files", [])
+    return len(files), sum(f["bytes"] for f in files)
+
+
+def _counts(rows, selected, written, dead):
+    """One dict of counts: rows read, instances selected/written, variants, failures by reason."""
+    def count(pcoll, label):
+        return pcoll | label >> beam.combiners.Count.Globally()
+
+    rows_read = count(rows, "CountRows")
+    n_selected = count(selected, "CountSelected")
+    n_written = count(written, "CountWritten")
+    n_variants = (written | "VariantsPer" >> beam.Map(lambda kw: kw[1].records)
+                  | "CountVariants" >> beam.CombineGlobally(sum))
+    by_reason = (dead | "Reason" >> beam.Map(lambda d: d.reason)
+                 | "CountReasons" >> beam.combiners.Count.PerElement()
+                 | "ReasonDict" >> beam.combiners.ToDict())
+
+    def combine(_, rows_read, selected, written, variants, failures):
+        rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
+        return {
+            "rows_read": rows_read, "rows_rejected": rejected_rows,
+            "rows_not_selected": rows_read - rejected_rows - selected,
+            "instances_selected": selected,
+            "instances_written": written, "variants_written": variants,
+            "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
+        }
+
+    return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
+            | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
+                                   AsSingleton(n_written), AsSingleton(n_variants),
+                                   AsSingleton(by_reason)))

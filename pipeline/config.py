@@ -1,0 +1,298 @@
+"""Command-line options -> one frozen, validated Config (plus the arguments left for Beam).
+
+Every check runs before any Beam work starts; a failure raises ConfigError with one line that
+names the flag or input and says what to do (the CLI prints it and exits with code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from transforms.geometry import scale_factors
+from transforms.seeds import SeedModel
+from transforms.table import REQUIRED_COLUMNS
+from transforms.volumes import VolumeSpec, describe_volume
+
+FORMATS = ("tfrecord", "npy")
+DEFAULT_SPLITS = (("train", 1.0),)
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class ConfigError(ValueError):
+    """A usage or configuration error: one line for the user, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, as plain values (workers receive parts of it, never globals)."""
+
+    materialization: str
+    table_shards: Tuple[str, ...]
+    id_column: Optional[str]
+    source: VolumeSpec
+    target: VolumeSpec
+    scale_xyz: Tuple[int, int, int]
+    output_dir: str
+    num_instances: Optional[int] = None
+    variants: int = 4
+    seed_model: SeedModel = field(default_factory=SeedModel)
+    crop_size_xyz: Tuple[int, int, int] = (128, 128, 16)
+    pad_value: int = 148
+    seed: int = 0
+    formats: Tuple[str, ...] = FORMATS
+    splits: Tuple[Tuple[str, float], ...] = DEFAULT_SPLITS
+    shard_size_mb: float = 256.0
+    overwrite: bool = False
+
+    @property
+    def source_shape_zyx(self) -> Tuple[int, int, int]:
+        return tuple(c * f for c, f in zip(self.crop_size_xyz, self.scale_xyz))[::-1]
+
+    @property
+    def bytes_per_instance(self) -> int:
+        """Approximate TFRecord bytes of one instance (3 uint8 arrays per variant)."""
+        z, y, x = self.source_shape_zyx
+        return max(1, self.variants * 3 * x * y * z)
+
+    def to_manifest(self) -> dict:
+        """The options as given (no derived volume facts, no credentials)."""
+        return {
+            "materialization": self.materialization, "table_shards": list(self.table_shards),
+            "id_column": self.id_column, "source_url": self.source.url,
+            "target_url": self.target.url, "output_dir": self.output_dir,
+            "num_instances": self.num_instances, "variants": self.variants,
+            "max_seed_slices": self.seed_model.max_seed_slices,
+            "crop_size_xyz": list(self.crop_size_xyz), "source_mip": self.source.mip,
+            "pad_value": self.pad_value, "seed": self.seed, "formats": list(self.formats),
+            "splits": {name: fraction for name, fraction in self.splits},
+            "shard_size_mb": self.shard_size_mb,
+        }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` flags (a contract: users and scripts depend on these names)."""
+    parser.add_argument("--materialization", required=True, metavar="TABLE",
+                        help="synapse table: a CSV file or a glob of CSV shards")
+    parser.add_argument("--source-url", required=True, metavar="URL", help="raw EM volume")
+    parser.add_argument("--target-url", required=True, metavar="URL",
+                        help="synapse segmentation volume")
+    parser.add_argument("--output-dir", required=True, metavar="DIR")
+    parser.add_argument("--num-instances", type=int, metavar="N",
+                        help="pick N instances reproducibly (default: all)")
+    parser.add_argument("--variants", type=int, default=4, metavar="K",
+                        help="seed-slice variants per instance (default 4)")
+    parser.add_argument("--max-seed-slices", type=int, default=3, metavar="M",
+                        help="at most M seed slices per variant (default 3)")
+    parser.add_argument("--crop-size", type=int, nargs=3, default=[128, 128, 16],
+                        metavar=("X", "Y", "Z"), help="crop size in target voxels")
+    parser.add_argument("--source-mip", type=int, default=0, metavar="MIP")
+    parser.add_argument("--pad-value", type=int, default=148, metavar="V",
+                        help="raw value outside the source volume (default 148)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S")
+    parser.add_argument("--formats", default="tfrecord,npy", help="tfrecord, npy or both")
+    parser.add_argument("--splits", default="train=1.0",
+                        help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
+    parser.add_argument("--id-column", metavar="NAME",
+                        help="id column (default: 'id' if present, else the row number)")
+    parser.add_argument("--shard-size-mb", type=float, default=256.0,
+                        help="approximate TFRecord shard size (default 256)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset made with a different config in --output-dir")
+
+
+def run_parser(prog: str = "synanno-datagen run") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, allow_abbrev=False,
+                     description="Generate a training dataset (extra flags go to Beam).")
+    add_run_arguments(parser)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> Tuple[Config, List[str]]:
+    """argv -> (validated Config, arguments for Beam's PipelineOptions)."""
+    args, beam_args = run_parser().parse_known_args(list(argv))
+    own = {"--" + a.dest.replace("_", "-") for a in run_parser()._actions if a.dest != "help"}
+    for arg in beam_args:
+        name = arg.split("=")[0].replace("_", "-")
+        if arg.startswith("--") and name in own:
+            raise ConfigError(f"unknown flag {arg.split('=')[0]}; did you mean {name}?")
+    return from_args(args), beam_args
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    _check_numbers(args)
+    formats = parse_formats(args.formats)
+    splits = parse_splits(args.splits)
+    shards = match_table(args.materialization)
+    header = read_header(shards[0], "--materialization")
+    for path in shards[1:]:
+        if read_header(path, "--materialization") != header:
+            raise ConfigError(f"--materialization: {path} has different columns than {shards[0]}; "
+                              "all shards must share one header")
+    id_column = resolve_id_column(args.id_column, header, shards[0])
+    source = _describe("--source-url", to_url(args.source_url), args.source_mip)
+    target = _describe("--target-url", to_url(args.target_url), 0)
+    if source.dtype != "uint8" or source.num_channels != 1:
+        raise ConfigError(f"--source-url {source.url}: raw EM must be uint8 with one channel, "
+                          f"found {source.dtype} x {source.num_channels}")
+    if not target.dtype.startswith(("uint", "int")):
+        raise ConfigError(f"--target-url {target.url}: labels must be integers, found {target.dtype}")
+    try:
+        scale = scale_factors(target.resolution_nm, source.resolution_nm)
+    except ValueError as e:
+        raise ConfigError(f"--source-mip {args.source_mip}: {e}") from None
+    crop = tuple(args.crop_size)
+    if any(c > s for c, s in zip(crop, target.size_xyz)):
+        raise ConfigError(f"--crop-size {' '.join(map(str, crop))} is larger than the target "
+                          f"volume {list(target.size_xyz)}; choose a smaller crop")
+    config = Config(
+        materialization=args.materialization, table_shards=tuple(shards), id_column=id_column,
+        source=source, target=target, scale_xyz=scale, output_dir=to_output_dir(args.output_dir),
+        num_instances=args.num_instances, variants=args.variants,
+        seed_model=SeedModel(max_seed_slices=args.max_seed_slices), crop_size_xyz=crop,
+        pad_value=args.pad_value, seed=args.seed, formats=formats, splits=splits,
+        shard_size_mb=args.shard_size_mb, overwrite=args.overwrite)
+    check_output_dir(config)
+    return config
+
+
+def _check_numbers(args) -> None:
+    checks = [
+        ("--variants", args.variants, args.variants >= 1, "at least 1"),
+        ("--max-seed-slices", args.max_seed_slices, args.max_seed_slices >= 1, "at least 1"),
+        ("--crop-size", args.crop_size, all(c >= 1 for c in args.crop_size), "positive"),
+        ("--source-mip", args.source_mip, args.source_mip >= 0, "0 or more"),
+        ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
+        ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
+        ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
+    ]
+    if args.num_instances is not None:
+        checks.append(("--num-instances", args.num_instances, args.num_instances >= 1,
+                       "at least 1 (leave it out for all)"))
+    for flag, value, ok, want in checks:
+        if not ok:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise ConfigError(f"{flag} {shown}: must be {want}")
+
+
+def parse_formats(text: str) -> Tuple[str, ...]:
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in names if f not in FORMATS]
+    if not names or bad:
+        raise ConfigError(f"--formats {text!r}: use tfrecord, npy or tfrecord,npy")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
+    """'train=0.8,val=0.1,test=0.1' -> (('train', 0.8), ...); fractions must sum to 1."""
+    splits = []
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not sep or not _SPLIT_NAME.match(name) or not 0 < fraction <= 1:
+            raise ConfigError(f"--splits {text!r}: write name=fraction pairs, e.g. "
+                              "train=0.8,val=0.1,test=0.1")
+        splits.append((name, fraction))
+    if len({n for n, _ in splits}) != len(splits):
+        raise ConfigError(f"--splits {text!r}: a split name appears twice")
+    if abs(sum(f for _, f in splits) - 1.0) > 1e-6:
+        raise ConfigError(f"--splits {text!r}: fractions sum to {sum(f for _, f in splits):g}, "
+                          "not 1")
+    return tuple(splits)
+
+
+def match_table(pattern: str) -> List[str]:
+    """Sorted paths of the table's shards (a file or a glob)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # Beam raises BeamIOError for unreadable locations
+        raise ConfigError(f"--materialization {pattern}: cannot list it ({e})") from None
+    paths = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if not paths:
+        raise ConfigError(f"--materialization {pattern}: no such file; give a CSV file or a "
+                          "glob of CSV shards")
+    return paths
+
+
+def read_header(path: str, flag: str) -> List[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as raw:
+            line = io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()
+    except Exception as e:
+        raise ConfigError(f"{flag} {path}: cannot read it ({type(e).__name__}: {e})") from None
+    header = next(csv.reader([line]), [])
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(f"{flag} {path}: missing columns {','.join(missing)} "
+                          f"(found: {','.join(header) or 'nothing'})")
+    return header
+
+
+def resolve_id_column(requested: Optional[str], header: List[str], path: str) -> Optional[str]:
+    if requested is None:
+        return "id" if "id" in header else None
+    if requested not in header:
+        raise ConfigError(f"--id-column {requested}: no such column in {path} "
+                          f"(found: {','.join(header)})")
+    return requested
+
+
+def to_url(location: str) -> str:
+    """A volume location as a cloud-volume URL: plain local paths become file:// URLs."""
+    if "://" in location:
+        return location
+    return "file://" + os.path.abspath(os.path.expanduser(location))
+
+
+def to_output_dir(location: str) -> str:
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def _describe(flag: str, url: str, mip: int) -> VolumeSpec:
+    try:
+        return describe_volume(url, mip)
+    except ValueError as e:
+        raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
+            from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{flag} {url}: cannot read the volume's info "
+                          f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
+
+
+def check_output_dir(config: Config) -> None:
+    """Refuse to mix with a finished dataset made by a different config (unless --overwrite)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = FileSystems.join(config.output_dir, "manifest.json")
+    if config.overwrite or not FileSystems.exists(manifest):
+        return
+    try:
+        with FileSystems.open(manifest) as f:
+            previous = json.load(f).get("config")
+    except Exception:
+        previous = None
+    if previous != config.to_manifest():
+        raise ConfigError(f"--output-dir {config.output_dir} holds a dataset made with a different "
+                          "config; choose another directory or pass --overwrite")

@@ -1,0 +1,118 @@
+"""The manifest: what every array is, which options made it, what went where, what failed.
+
+``manifest.json`` is the dataset's commit point: it is written last (its step takes the written
+files and the counts as side inputs), under a temporary name and then renamed. Everything in it is
+a pure function of inputs, options and seed except the ``run`` key (timestamps).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Dict, List
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import GENERATOR_NAME, __version__
+from pipeline.config import Config
+from transforms.examples import FEATURES
+from transforms.files import join, write_atomic
+from transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def feature_spec(config: Config) -> List[dict]:
+    """FEATURES with the array shape filled in."""
+    shape = list(config.source_shape_zyx)
+    return [{**f, "shape": shape if f["shape"] == "shape" else f["shape"]} for f in FEATURES]
+
+
+def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter: dict,
+                   npy_totals: Dict) -> dict:
+    """The manifest as a JSON-ready dict (``run`` left for the writer)."""
+    tfrecords = sorted((f for f in files if f["kind"] == "tfrecord"), key=_file_key)
+    indexes = sorted((f for f in files if f["kind"] == "index"), key=_file_key)
+    splits = {}
+    for name, fraction in config.splits:
+        mine = [f for f in indexes if f["split"] == name]
+        splits[name] = {
+            "fraction": fraction,
+            "instances": sum(f["records"] for f in mine),
+            "records": sum(f["records"] for f in tfrecords if f["split"] == name),
+            "shards": len(mine),
+            "bytes": sum(f["bytes"] for f in tfrecords if f["split"] == name),
+        }
+    res = config.source.resolution_nm
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": {"name": GENERATOR_NAME, "version": __version__},
+        "config": config.to_manifest(),
+        "volumes": {
+            "source": config.source.to_manifest(),
+            "target": config.target.to_manifest(),
+            "scale_xyz": list(config.scale_xyz),
+        },
+        "arrays": {"axes": "zyx", "order": "C", "shape_zyx": list(config.source_shape_zyx),
+                   "resolution_nm_zyx": [res[2], res[1], res[0]],
+                   "note": "all arrays are on the source grid at source_mip"},
+        "features": feature_spec(config),
+        "seed_model": config.seed_model.to_manifest(),
+        "counts": counts,
+        "splits": splits,
+        "files": {
+            "tfrecord": [_public(f) for f in tfrecords],
+            "index": [_public(f) for f in indexes],
+            "dead_letter": _public(dead_letter),
+        },
+        "npy": {
+            "written": NPY in config.formats,
+            "layout": dict(NPY_LAYOUT),
+            "listed_in": "index (per instance: path, bytes, sha256 of each file)",
+            **npy_totals,
+        },
+    }
+
+
+def _file_key(f):
+    return f["split"], f["shard"]
+
+
+def _public(f: dict) -> dict:
+    return {k: v for k, v in f.items() if k != "kind"}
+
+
+class WriteManifestFn(beam.DoFn):
+    """Runs once, after every file is final: removes fragments, then writes manifest.json."""
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    def process(self, _, files, dead_letter, counts, npy_totals):
+        manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
+        manifest["run"] = {"created_utc": datetime.datetime.now(datetime.timezone.utc)
+                           .strftime("%Y-%m-%dT%H:%M:%SZ")}
+        tmp = join(self._config.output_dir, FRAGMENTS_DIR)
+        if FileSystems.exists(tmp):
+            FileSystems.delete([tmp])
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        write_atomic(join(self._config.output_dir, MANIFEST), [data])
+        yield manifest
+
+
+# Everything a run writes at the top of its output directory (and nothing else is ever deleted).
+DATASET_ENTRIES = (MANIFEST, "dead_letter.jsonl", "tfrecord", "index", "npy", FRAGMENTS_DIR)
+
+
+def clear_dataset(output_dir: str) -> None:
+    """Delete an earlier run's files (only the names this tool writes), manifest first."""
+    for name in DATASET_ENTRIES:
+        path = join(output_dir, name)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def load_manifest(output_dir: str) -> dict:
+    with FileSystems.open(join(output_dir, MANIFEST)) as f:
+        return json.load(f)

@@ -1,0 +1,36 @@
+"""synanno-datagen: synapse seed-slice training data generator (Apache Beam)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# The Beam version must match between the launcher and Dataflow workers: pinned, not a range.
+BEAM_VERSION = "2.77.0"
+
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (Path(__file__).parent / "pipeline" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="synanno-datagen",
+    version=VERSION,
+    description="Generate synapse seed-slice training data from EM volumes with Apache Beam.",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["tests*", "benchmarks*"]),
+    install_requires=[
+        f"apache-beam[gcp]=={BEAM_VERSION}",
+        "cloud-volume>=12.0,<13",
+        "connected-components-3d>=4.0,<5",
+        "numpy>=1.24,<3",
+        "protobuf>=4.21,<7",
+        "tfrecord>=1.14,<2",
+        "crc32c>=2.3,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+        "torch": ["torch>=2.1,<3"],
+    },
+    entry_points={"console_scripts": ["synanno-datagen=pipeline.cli:main"]},
+)

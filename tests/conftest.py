@@ -1,0 +1,107 @@
+"""Shared fixtures: a small real precomputed volume pair and table under tmp_path."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+from pipeline.demo_data import write_precomputed
+
+TARGET_OFFSET = (100, 200, 10)
+TARGET_SIZE = (48, 40, 10)
+SCALE = (2, 2, 1)
+CROP = (12, 12, 4)
+COLUMNS = ["id", "x", "y", "z", "pre_pt_x", "pre_pt_y", "pre_pt_z", "post_pt_x", "post_pt_y",
+           "post_pt_z", "score"]
+
+# (id, label, blob start xyz, blob stop xyz, row center xyz): absolute target voxels.
+SYNAPSES = [
+    (11, 1, (118, 218, 13), (123, 223, 16), (120, 220, 14)),
+    (12, 2, (123, 218, 13), (128, 223, 16), (125, 220, 14)),   # touches 11, other label
+    (13, 1, (100, 200, 10), (104, 204, 12), (101, 201, 10)),   # low x, y, z borders
+    (14, 2, (143, 235, 18), (148, 240, 20), (145, 237, 19)),   # high borders
+    (15, 1, (136, 205, 15), (140, 209, 17), (133, 206, 15)),   # centre voxel is background
+]
+DISTRACTOR = (3, (128, 206, 15), (130, 207, 16))
+GOOD_IDS = [s[0] for s in SYNAPSES]
+BAD_ROWS = {  # id -> (row overrides, reason)
+    20: ({"z": ""}, "missing_coordinate"),
+    21: ({"x": "n/a"}, "not_a_number"),
+    22: ({"x": "500"}, "outside_volume"),
+    23: ({"x": "106", "y": "234", "z": "12"}, "empty_target"),
+    11: ({"score": "duplicate"}, "duplicate_id"),
+}
+
+
+@dataclass
+class SmallData:
+    root: Path
+    source_url: str
+    target_url: str
+    table_path: str
+    source_xyz: np.ndarray   # uint8, the whole source volume as written
+    labels_xyz: np.ndarray   # uint64, the whole target volume as written
+
+    def argv(self, output_dir, *extra: str) -> List[str]:
+        return ["--materialization", self.table_path, "--source-url", self.source_url,
+                "--target-url", self.target_url, "--output-dir", str(output_dir),
+                "--crop-size", *map(str, CROP)] + list(extra)
+
+
+def _row(sid: int, center) -> Dict[str, str]:
+    x, y, z = center
+    return {"id": str(sid), "x": f"{x}.0", "y": str(y), "z": str(z), "pre_pt_x": str(x - 1),
+            "pre_pt_y": str(y), "pre_pt_z": str(z), "post_pt_x": str(x + 1), "post_pt_y": str(y),
+            "post_pt_z": str(z), "score": "0.9"}
+
+
+def make_small_data(root: Path, source_encoding="raw") -> SmallData:
+    labels = np.zeros(TARGET_SIZE, np.uint64)
+    for _, label, start, stop, _ in SYNAPSES + [(0,) + DISTRACTOR + (None,)]:
+        sl = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, TARGET_OFFSET))
+        labels[sl] = label
+    rng = np.random.default_rng(5)
+    source = rng.integers(0, 256, size=tuple(s * f for s, f in zip(TARGET_SIZE, SCALE)),
+                          dtype=np.uint8)
+    target_url = write_precomputed(
+        str(root / "target"), labels, resolution_nm=(8, 8, 33), voxel_offset_xyz=TARGET_OFFSET,
+        chunk_size_xyz=(16, 16, 4), encoding="compressed_segmentation", layer_type="segmentation")
+    source_url = write_precomputed(
+        str(root / "source"), source, resolution_nm=(4, 4, 33),
+        voxel_offset_xyz=tuple(o * f for o, f in zip(TARGET_OFFSET, SCALE)),
+        chunk_size_xyz=(32, 32, 4), encoding=source_encoding, layer_type="image",
+        downsample_mips=1)
+    rows = [_row(sid, center) for sid, _, _, _, center in SYNAPSES]
+    for sid, (overrides, _) in BAD_ROWS.items():
+        row = _row(sid, (120, 220, 14))
+        row.update(overrides)
+        rows.append(row)
+    table = root / "synapses.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return SmallData(root, source_url, target_url, str(table), source, labels)
+
+
+@pytest.fixture
+def small_data(tmp_path) -> SmallData:
+    return make_small_data(tmp_path / "data")
+
+
+def expected_crop_zyx(volume_xyz: np.ndarray, offset_xyz, start_xyz, size_xyz, fill):
+    """Independent reference: the crop cut from the in-memory volume with numpy, padded."""
+    out = np.full(size_xyz, fill, volume_xyz.dtype)
+    src, dst = [], []
+    for a, n, o, extent in zip(start_xyz, size_xyz, offset_xyz, volume_xyz.shape):
+        lo, hi = max(a, o), min(a + n, o + extent)
+        if lo >= hi:
+            return out.transpose(2, 1, 0).copy()
+        src.append(slice(lo - o, hi - o))
+        dst.append(slice(lo - a, hi - a))
+    out[tuple(dst)] = volume_xyz[tuple(src)]
+    return out.transpose(2, 1, 0).copy()

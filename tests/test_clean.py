@@ -1,0 +1,52 @@
+import numpy as np
+
+from transforms.clean import keep_center_component
+
+
+def test_center_component_kept_as_uint8_ones():
+    labels = np.zeros((5, 9, 9), np.uint64)
+    labels[1:4, 3:6, 3:6] = 7           # centred synapse with label 7
+    labels[0, 0:2, 0:2] = 7             # same label, not touching: another component
+    mask = keep_center_component(labels, (33, 4, 4))
+    assert mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    assert mask.sum() == 27 and mask[0, 0, 0] == 0
+
+
+def test_touching_synapses_with_different_labels_stay_apart():
+    labels = np.zeros((3, 10, 10), np.uint32)
+    labels[:, :, :5] = 1
+    labels[:, :, 5:] = 2                 # touches label 1 along x = 4|5
+    mask = keep_center_component(labels, (33, 8, 8))
+    assert mask[1, 5, 5] == 1            # centre voxel (1, 5, 5) has label 2
+    assert mask[:, :, 5:].all() and not mask[:, :, :5].any()
+
+
+def test_off_center_picks_nearest_component():
+    labels = np.zeros((5, 21, 21), np.uint8)
+    labels[2, 10, 14] = 1               # 4 voxels away in x
+    labels[2, 10, 0] = 1                # 10 voxels away
+    mask = keep_center_component(labels, (1, 1, 1))
+    assert mask[2, 10, 14] == 1 and mask[2, 10, 0] == 0 and mask.sum() == 1
+
+
+def test_nearest_is_measured_in_nanometres_not_voxels():
+    labels = np.zeros((9, 21, 21), np.uint8)
+    labels[6, 10, 10] = 1                # 2 slices away in z: 66 nm at 33 nm per slice
+    labels[4, 10, 15] = 2                # 5 voxels away in x: 20 nm at 4 nm
+    mask = keep_center_component(labels, (33, 4, 4))
+    assert mask[4, 10, 15] == 1 and mask[6, 10, 10] == 0
+    isotropic = keep_center_component(labels, (1, 1, 1))
+    assert isotropic[6, 10, 10] == 1 and isotropic[4, 10, 15] == 0
+
+
+def test_tie_goes_to_the_larger_component():
+    labels = np.zeros((5, 21, 21), np.uint8)
+    labels[2, 10, 13] = 1                # single voxel 3 away
+    labels[2, 10, 4:8] = 2               # nearest voxel (x=7) 3 away, 4 voxels big
+    mask = keep_center_component(labels, (1, 1, 1))
+    assert mask[2, 10, 4:8].all() and mask[2, 10, 13] == 0
+
+
+def test_empty_crop_returns_none():
+    assert keep_center_component(np.zeros((4, 8, 8), np.uint64), (33, 4, 4)) is None

@@ -1,0 +1,93 @@
+"""The command line: one-line errors with exit code 2 before any work, and a real run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.demo_data import write_precomputed
+
+
+def _fails(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("synanno-datagen: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "written 5, variants 10" in printed and str(out / "manifest.json") in printed
+    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"--materialization": "{tmp}/nope.csv"}, ["--materialization", "no such file"]),
+    ({"--source-url": "file://{tmp}/missing"}, ["--source-url", "cannot read the volume's info"]),
+    ({"--target-url": "{tmp}/missing"}, ["--target-url", "cannot read"]),
+    ({"--source-mip": "5"}, ["--source-mip 5", "mips 0..1"]),
+    ({"--crop-size": ["100", "12", "4"]}, ["--crop-size 100 12 4", "larger than the target"]),
+    ({"--crop-size": ["0", "12", "4"]}, ["--crop-size 0 12 4", "positive"]),
+    ({"--formats": "zarr"}, ["--formats 'zarr'"]),
+    ({"--splits": "train=0.5,val=0.4"}, ["--splits", "sum to 0.9"]),
+    ({"--splits": "train"}, ["--splits", "name=fraction"]),
+    ({"--pad-value": "300"}, ["--pad-value 300", "0..255"]),
+    ({"--variants": "0"}, ["--variants 0"]),
+    ({"--id-column": "synapse_id"}, ["--id-column synapse_id", "no such column"]),
+    ({"--num_instances": "3"}, ["--num_instances", "did you mean --num-instances"]),
+])
+def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, change,
+                                                   fragments):
+    argv = small_data.argv(tmp_path / "out")
+    for flag, value in change.items():
+        values = value if isinstance(value, list) else [value]
+        values = [v.format(tmp=tmp_path) for v in values]
+        if flag in argv:
+            i = argv.index(flag)
+            argv[i + 1:i + 1 + len(values)] = values
+        else:
+            argv += [flag] + values
+    _fails(capsys, ["run"] + argv, *fragments)
+    assert not (tmp_path / "out").exists()   # nothing written
+
+
+def test_missing_columns_are_listed_with_the_columns_found(tmp_path, capsys, small_data):
+    table = tmp_path / "t.csv"
+    table.write_text("id,x,y,z,score\n1,2,3,4,5\n")
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(table)
+    _fails(capsys, ["run"] + argv, "missing columns pre_pt_x,", "found: id,x,y,z,score")
+
+
+def test_non_integer_scale_is_rejected(tmp_path, capsys, small_data):
+    odd = write_precomputed(str(tmp_path / "odd"), np.zeros((30, 30, 10), np.uint8),
+                            resolution_nm=(3, 3, 33), voxel_offset_xyz=(0, 0, 0),
+                            chunk_size_xyz=(16, 16, 4))
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--source-url") + 1] = odd
+    _fails(capsys, ["run"] + argv, "--source-mip 0", "8/3", "not a positive integer")
+
+
+def test_missing_required_flag_and_unknown_command(capsys):
+    _fails(capsys, ["run", "--materialization", "x.csv"], "required")
+    assert main(["frobnicate"]) == 2
+
+
+def test_output_dir_with_another_config_needs_overwrite(small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    capsys.readouterr()
+    _fails(capsys, ["run"] + small_data.argv(out, "--variants", "2"), "different config",
+           "--overwrite")
+    assert main(["run"] + small_data.argv(out, "--variants", "2", "--overwrite")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["variants_written"] == 10
+    # the old run's files are gone: two seed files per instance, not more
+    assert len(list((out / "npy" / "target").iterdir())) == 10

@@ -1,0 +1,275 @@
+"""End to end on the DirectRunner: real volumes, the real build(), readers other than ours."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from tfrecord.reader import tfrecord_loader
+
+from pipeline.build import build
+from pipeline.config import parse
+from tests.conftest import BAD_ROWS, GOOD_IDS, SCALE, TARGET_OFFSET, expected_crop_zyx
+from transforms.clean import keep_center_component
+from transforms.geometry import upsample_nearest_zyx
+
+DESCRIPTION = {"source": "byte", "target": "byte", "seed_target": "byte", "shape": "int",
+               "seed_slices": "int", "instance_id": "int", "variant": "int",
+               "source_box_xyz": "int", "target_box_xyz": "int"}
+
+
+def run_pipeline(argv):
+    config, beam_args = parse(argv)
+    with TestPipeline(argv=beam_args, blocking=True) as p:
+        build(p, config)
+    return config, json.loads((Path(config.output_dir) / "manifest.json").read_text())
+
+
+def read_records(out: Path):
+    records = []
+    for shard in sorted((out / "tfrecord").glob("*.tfrecord")):
+        for r in tfrecord_loader(str(shard), None, DESCRIPTION):
+            shape = tuple(int(v) for v in r["shape"])
+            records.append({
+                "shard": shard.name,
+                "instance_id": int(r["instance_id"][0]), "variant": int(r["variant"][0]),
+                "seed_slices": tuple(int(v) for v in r["seed_slices"]),
+                "source": np.frombuffer(r["source"], np.uint8).reshape(shape),
+                "target": np.frombuffer(r["target"], np.uint8).reshape(shape),
+                "seed_target": np.frombuffer(r["seed_target"], np.uint8).reshape(shape),
+                "source_box_xyz": [int(v) for v in r["source_box_xyz"]],
+                "target_box_xyz": [int(v) for v in r["target_box_xyz"]],
+            })
+    return records
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    from tests.conftest import make_small_data
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = make_small_data(root / "data")
+    out = root / "out"
+    config, manifest = run_pipeline(data.argv(out, "--variants", "3", "--shard-size-mb", "0.03",
+                                              "--splits", "train=0.6,val=0.4"))
+    return data, out, config, manifest
+
+
+def test_records_hold_exactly_the_crops_in_the_volumes(generated):
+    data, out, config, _ = generated
+    records = read_records(out)
+    assert sorted({r["instance_id"] for r in records}) == GOOD_IDS
+    assert len(records) == 3 * len(GOOD_IDS)
+    src_offset = tuple(o * s for o, s in zip(TARGET_OFFSET, SCALE))
+    for r in records:
+        start = r["source_box_xyz"][:3]
+        size = [b - a for a, b in zip(start, r["source_box_xyz"][3:])]
+        assert r["source"].shape == (4, 24, 24)
+        np.testing.assert_array_equal(
+            r["source"], expected_crop_zyx(data.source_xyz, src_offset, start, size, 148))
+        tstart = r["target_box_xyz"][:3]
+        labels = expected_crop_zyx(data.labels_xyz, TARGET_OFFSET, tstart, (12, 12, 4), 0)
+        mask = keep_center_component(upsample_nearest_zyx(labels, SCALE), (33, 4, 4))
+        np.testing.assert_array_equal(r["target"], mask)
+        assert set(np.unique(r["target"])) == {0, 1}
+        # Seed mask: the target on the seed slices, zero elsewhere; seeds only on foreground.
+        for z in range(4):
+            expected = r["target"][z] if z in r["seed_slices"] else 0
+            np.testing.assert_array_equal(r["seed_target"][z], expected)
+            if z in r["seed_slices"]:
+                assert r["target"][z].any()
+
+
+def test_component_rule_end_to_end(generated):
+    data, out, _, _ = generated
+    by_id = {r["instance_id"]: r for r in read_records(out) if r["variant"] == 0}
+    # 11 and 12 touch but have different labels: each keeps only its own blob.
+    a, b = by_id[11]["target"], by_id[12]["target"]
+    assert a.sum() == b.sum() == 5 * 5 * 3 * 4      # 5x5x3 target voxels, x4 on the source grid
+    # 15's centre voxel is background: the nearest blob (label 1, 6 source voxels away) wins over
+    # the distractor (7 away); the crop ends at x 139, so 3 of the blob's 4 x-columns are in it.
+    assert by_id[15]["target"].sum() == 3 * 4 * 2 * 4
+    # 13 sits in the low corner: the source is padded with 148 outside the volume.
+    src = by_id[13]["source"]
+    assert (src[:2] == 148).all() and (src[:, :10, :] == 148).all()
+
+
+def test_tfrecords_pass_beams_crc_checking_reader(generated):
+    _, out, _, _ = generated
+    pattern = str(out / "tfrecord" / "*.tfrecord")
+    with TestPipeline() as p:
+        count = (p | beam.io.ReadFromTFRecord(pattern)
+                 | beam.combiners.Count.Globally())
+        assert_that(count, equal_to([3 * len(GOOD_IDS)]))
+
+
+def test_npy_files_match_the_records_and_load_without_pickle(generated):
+    _, out, _, _ = generated
+    for r in read_records(out):
+        iid, v = r["instance_id"], r["variant"]
+        src = np.load(out / "npy" / "source" / f"source_{iid}.npy", allow_pickle=False)
+        tgt = np.load(out / "npy" / "gt" / f"target_{iid}.npy", allow_pickle=False)
+        seed = np.load(out / "npy" / "target" / f"augmented_target_{iid}_{v}.npy",
+                       allow_pickle=False)
+        assert src.dtype == tgt.dtype == seed.dtype == np.uint8
+        np.testing.assert_array_equal(src, r["source"])
+        np.testing.assert_array_equal(tgt, r["target"])
+        np.testing.assert_array_equal(seed, r["seed_target"])
+
+
+def test_shards_are_sorted_and_an_instance_stays_in_one_shard_and_split(generated):
+    _, out, _, manifest = generated
+    records = read_records(out)
+    shards = {}
+    for r in records:
+        shards.setdefault(r["shard"], []).append((r["instance_id"], r["variant"]))
+    for keys in shards.values():
+        assert keys == sorted(keys)
+    homes = {}
+    for r in records:
+        homes.setdefault(r["instance_id"], set()).add(r["shard"])
+    assert all(len(h) == 1 for h in homes.values())
+    names = sorted(p.name for p in (out / "tfrecord").iterdir())
+    total = {s: m["shards"] for s, m in manifest["splits"].items()}
+    assert names == sorted(f"{s}-{i:05d}-of-{n:05d}.tfrecord"
+                           for s, n in total.items() for i in range(n))
+    assert sum(total.values()) > 2   # a small --shard-size-mb forces several shards
+
+
+def test_bad_rows_are_dead_lettered_and_counted(generated):
+    _, out, _, manifest = generated
+    letters = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    got = sorted((d["instance_id"], d["reason"]) for d in letters)
+    assert got == sorted((sid, reason) for sid, (_, reason) in BAD_ROWS.items())
+    assert all(d["row"]["id"] == str(d["instance_id"]) for d in letters)
+    counts = manifest["counts"]
+    assert counts["rows_read"] == len(GOOD_IDS) + len(BAD_ROWS)
+    assert counts["failures"] == {"duplicate_id": 1, "empty_target": 1, "missing_coordinate": 1,
+                                  "not_a_number": 1, "outside_volume": 1}
+    assert counts["instances_selected"] == len(GOOD_IDS) + 1     # + the empty one
+    assert counts["instances_written"] == len(GOOD_IDS)
+    assert counts["variants_written"] == 3 * len(GOOD_IDS)
+    assert counts["rows_read"] == (counts["rows_rejected"] + counts["rows_not_selected"]
+                                   + counts["instances_selected"])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_lists_exactly_the_files_on_disk(generated):
+    _, out, config, manifest = generated
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    listed = {"manifest.json", manifest["files"]["dead_letter"]["path"]}
+    entries = manifest["files"]["tfrecord"] + manifest["files"]["index"] + [
+        manifest["files"]["dead_letter"]]
+    for entry in entries:
+        listed.add(entry["path"])
+        assert (out / entry["path"]).stat().st_size == entry["bytes"]
+        assert _sha(out / entry["path"]) == entry["sha256"]
+    npy = []
+    for entry in manifest["files"]["index"]:
+        for line in (out / entry["path"]).read_text().splitlines():
+            npy += json.loads(line)["npy"]["files"]
+    for f in npy:
+        listed.add(f["path"])
+        assert _sha(out / f["path"]) == f["sha256"] and (out / f["path"]).stat().st_size == f["bytes"]
+    assert on_disk == listed
+    assert manifest["npy"]["files"] == len(npy) == len(GOOD_IDS) * (2 + 3)
+    for shard in manifest["files"]["tfrecord"]:
+        assert shard["records"] == 3 * shard["instances"]
+
+
+def test_manifest_describes_volumes_features_and_seed_model(generated):
+    _, _, _, manifest = generated
+    assert manifest["volumes"]["source"]["resolution_nm_xyz"] == [4, 4, 33]
+    assert manifest["volumes"]["target"]["voxel_offset_xyz"] == list(TARGET_OFFSET)
+    assert manifest["volumes"]["scale_xyz"] == [2, 2, 1]
+    features = {f["name"]: f for f in manifest["features"]}
+    for key in ("source", "target", "seed_target", "shape", "seed_slices", "instance_id",
+                "variant"):
+        assert key in features
+    assert features["source"]["shape"] == [4, 24, 24] and features["source"]["axes"] == "zyx"
+    assert manifest["seed_model"]["max_seed_slices"] == 3
+    assert manifest["config"]["variants"] == 3 and manifest["generator"]["name"] == "synanno-datagen"
+
+
+def _dataset_bytes(out: Path):
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def _manifest_without_run(out: Path):
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("run")
+    m["config"].pop("output_dir")
+    return m
+
+
+def test_same_seed_same_bytes_other_seed_other_slices(generated, tmp_path):
+    data, out, _, _ = generated
+    again = tmp_path / "again"
+    run_pipeline(data.argv(again, "--variants", "3", "--shard-size-mb", "0.03",
+                           "--splits", "train=0.6,val=0.4"))
+    assert _dataset_bytes(again) == _dataset_bytes(out)
+    assert _manifest_without_run(again) == _manifest_without_run(out)
+    other = tmp_path / "other"
+    run_pipeline(data.argv(other, "--variants", "3", "--shard-size-mb", "0.03",
+                           "--splits", "train=0.6,val=0.4", "--seed", "1"))
+    slices = {(r["instance_id"], r["variant"]): r["seed_slices"] for r in read_records(out)}
+    other_slices = {(r["instance_id"], r["variant"]): r["seed_slices"]
+                    for r in read_records(other)}
+    assert slices.keys() == other_slices.keys() and slices != other_slices
+
+
+def test_num_instances_picks_reproducibly(small_data, tmp_path):
+    _, m1 = run_pipeline(small_data.argv(tmp_path / "a", "--num-instances", "3",
+                                         "--formats", "npy"))
+    _, m2 = run_pipeline(small_data.argv(tmp_path / "b", "--num-instances", "3",
+                                         "--formats", "npy"))
+    assert m1["counts"]["instances_selected"] == 3
+    assert not (tmp_path / "a" / "tfrecord").exists()
+    assert sorted(os.listdir(tmp_path / "a" / "npy" / "gt")) == \
+        sorted(os.listdir(tmp_path / "b" / "npy" / "gt"))
+
+
+def test_sharded_table_without_id_column_numbers_rows_across_shards(small_data, tmp_path):
+    lines = Path(small_data.table_path).read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, name in enumerate(header) if name != "id"]
+    strip = [",".join(line.split(",")[i] for i in keep) for line in lines]
+    shards = tmp_path / "table"
+    shards.mkdir()
+    # Good rows 0..4 (synapses 11..15) split over two shards; names sort b before c.
+    (shards / "export_b.csv").write_text("\n".join(strip[0:3]) + "\n")     # rows 0, 1
+    (shards / "export_c.csv").write_text("\n".join([strip[0]] + strip[3:6]) + "\n")  # 2, 3, 4
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(shards / "export_*.csv")
+    _, manifest = run_pipeline(argv)
+    assert manifest["config"]["id_column"] is None
+    ids = sorted(r["instance_id"] for r in read_records(tmp_path / "out"))
+    assert ids == [0, 1, 2, 3, 4]
+    by_id = {r["instance_id"]: r for r in read_records(tmp_path / "out")}
+    reference = {r["instance_id"]: r for r in read_records(generated_out(small_data, tmp_path))}
+    for row_number, synapse_id in enumerate(GOOD_IDS):
+        np.testing.assert_array_equal(by_id[row_number]["target"], reference[synapse_id]["target"])
+
+
+def generated_out(data, tmp_path):
+    out = tmp_path / "reference"
+    run_pipeline(data.argv(out, "--variants", "1"))
+    return out
+
+
+def test_two_worker_processes_write_the_same_bytes(small_data, tmp_path):
+    run_pipeline(small_data.argv(tmp_path / "one", "--shard-size-mb", "0.03"))
+    run_pipeline(small_data.argv(tmp_path / "two", "--shard-size-mb", "0.03",
+                                 "--direct_num_workers", "2",
+                                 "--direct_running_mode", "multi_processing"))
+    assert _dataset_bytes(tmp_path / "one") == _dataset_bytes(tmp_path / "two")

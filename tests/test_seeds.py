@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from transforms.seeds import SeedModel, draw_seed_slices, generator, seed_mask, variant_seed_slices
+
+
+def _target(depth=16, foreground=range(16)):
+    t = np.zeros((depth, 6, 6), np.uint8)
+    for z in foreground:
+        t[z, 2:4, 2:4] = 1
+    return t
+
+
+def _within(empirical, expected, n):
+    """Every frequency within 4.5 binomial standard errors of its expected value."""
+    sd = np.sqrt(expected * (1 - expected) / n)
+    return np.all(np.abs(empirical - expected) <= 4.5 * sd + 1e-12)
+
+
+def test_count_law_matches_the_declared_model():
+    model = SeedModel(max_seed_slices=3)
+    n = 6000
+    counts = np.array([len(variant_seed_slices(_target(), run_seed=1, instance_id=i,
+                                               n_variants=1, model=model)[0])
+                       for i in range(n)])
+    empirical = np.bincount(counts, minlength=4)[1:] / n
+    expected = model.count_probabilities(16)
+    assert np.allclose(expected, [4 / 7, 2 / 7, 1 / 7])
+    assert _within(empirical, expected, n)
+    assert empirical[0] > empirical[1] > empirical[2]   # favours few
+
+
+def test_position_law_matches_the_declared_model_and_favours_the_centre():
+    model = SeedModel(max_seed_slices=1)
+    n = 8000
+    z = np.array([variant_seed_slices(_target(), run_seed=3, instance_id=i, n_variants=1,
+                                      model=model)[0][0] for i in range(n)])
+    empirical = np.bincount(z, minlength=16) / n
+    weights = model.position_weights(16, np.arange(16))
+    expected = weights / weights.sum()
+    assert _within(empirical, expected, n)
+    assert empirical[7] + empirical[8] > 3 * (empirical[0] + empirical[15])
+
+
+def test_seeds_only_on_foreground_slices_without_repeats():
+    model = SeedModel(max_seed_slices=3)
+    target = _target(foreground=[2, 3, 12])
+    for i in range(300):
+        for slices in variant_seed_slices(target, run_seed=0, instance_id=i, n_variants=4,
+                                          model=model):
+            assert 1 <= len(slices) <= 3
+            assert set(slices) <= {2, 3, 12}
+            assert len(set(slices)) == len(slices) and list(slices) == sorted(slices)
+
+
+def test_variants_are_distinct_when_possible_and_cover_all_when_few():
+    model = SeedModel(max_seed_slices=3)
+    for i in range(200):
+        v = variant_seed_slices(_target(), run_seed=0, instance_id=i, n_variants=6, model=model)
+        assert len(set(v)) == 6
+    # One foreground slice: only one possible set, so every variant repeats it.
+    one = variant_seed_slices(_target(foreground=[5]), run_seed=0, instance_id=1, n_variants=3,
+                              model=model)
+    assert one == [(5,), (5,), (5,)]
+    # Two slices, M=2: exactly three sets exist ({a}, {b}, {a, b}); four variants use all three.
+    two = variant_seed_slices(_target(foreground=[4, 9]), run_seed=0, instance_id=1,
+                              n_variants=4, model=SeedModel(max_seed_slices=2))
+    assert set(two) == {(4,), (9,), (4, 9)}
+
+
+def test_same_identity_same_slices_other_seed_other_slices():
+    model = SeedModel(max_seed_slices=3)
+    a = [variant_seed_slices(_target(), run_seed=0, instance_id=i, n_variants=4, model=model)
+         for i in range(50)]
+    b = [variant_seed_slices(_target(), run_seed=0, instance_id=i, n_variants=4, model=model)
+         for i in range(50)]
+    c = [variant_seed_slices(_target(), run_seed=1, instance_id=i, n_variants=4, model=model)
+         for i in range(50)]
+    assert a == b and a != c
+
+
+def test_generator_accepts_negative_and_huge_ids():
+    assert generator(0, -5, 0).integers(1 << 30) == generator(0, -5, 0).integers(1 << 30)
+    generator(0, (1 << 63) - 1, 3).random()
+
+
+def test_seed_mask_zeroes_all_but_seed_slices():
+    target = _target(foreground=[1, 2, 3])
+    mask = seed_mask(target, (2,))
+    assert mask[2].sum() == 4 and mask.sum() == 4 and mask.dtype == np.uint8
+    assert target.sum() == 12  # input untouched
+
+
+def test_draw_needs_foreground():
+    with pytest.raises(ValueError, match="no foreground"):
+        variant_seed_slices(np.zeros((4, 4, 4), np.uint8), run_seed=0, instance_id=0,
+                            n_variants=1, model=SeedModel())
+    rng = np.random.default_rng(0)
+    assert draw_seed_slices(np.array([3]), 8, SeedModel(), rng) == (3,)

@@ -1,0 +1,51 @@
+import pytest
+
+from transforms.geometry import Box
+from transforms.records import RowRef
+from transforms.table import BadValue, parse_coordinate, parse_id, parse_row
+
+BOUNDS = Box((100, 200, 10), (164, 264, 22))
+
+
+def _row(**overrides):
+    row = {"id": "17", "x": "120", "y": "230", "z": "15", "pre_pt_x": "118", "pre_pt_y": "230",
+           "pre_pt_z": "15", "post_pt_x": "122", "post_pt_y": "230.0", "post_pt_z": "15",
+           "extra": "ignored"}
+    row.update(overrides)
+    return row
+
+
+def test_good_row_with_float_text_and_extra_columns():
+    inst = parse_row(_row(x="120.0"), RowRef(0, 3), "id", None, BOUNDS)
+    assert inst.instance_id == 17
+    assert inst.center_xyz == (120, 230, 15)
+    assert inst.post_pt_xyz == (122, 230, 15)
+    assert dict(inst.row)["extra"] == "ignored" and inst.ref == RowRef(0, 3)
+
+
+def test_row_number_is_the_id_without_an_id_column():
+    assert parse_row(_row(), RowRef(1, 0), None, 42, BOUNDS).instance_id == 42
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"z": ""}, "missing_coordinate"),
+    ({"pre_pt_y": "nan"}, "missing_coordinate"),
+    ({"x": "n/a"}, "not_a_number"),
+    ({"y": "inf"}, "not_a_number"),
+    ({"x": "99"}, "outside_volume"),        # just below the offset
+    ({"z": "22"}, "outside_volume"),        # the far edge is exclusive
+    ({"id": "abc"}, "invalid_id"),
+    ({"id": "1.5"}, "invalid_id"),
+    ({"id": str(1 << 63)}, "invalid_id"),
+])
+def test_bad_rows_name_their_reason(overrides, reason):
+    with pytest.raises(BadValue) as err:
+        parse_row(_row(**overrides), RowRef(0, 0), "id", None, BOUNDS)
+    assert err.value.reason == reason
+
+
+def test_number_parsing():
+    assert parse_coordinate({"x": " 46.0 "}, "x") == 46
+    assert parse_coordinate({"x": "46.7"}, "x") == 46
+    assert parse_coordinate({"x": "-0.5"}, "x") == -1
+    assert parse_id("12.0") == 12 and parse_id("-3") == -3

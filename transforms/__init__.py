@@ -1,0 +1,1 @@
+"""One composite PTransform per pipeline stage; array and geometry math in plain functions."""

@@ -1,0 +1,72 @@
+"""tf.train.Example encoding of one variant, and the feature spec the manifest publishes.
+
+Protobuf classes come from the ``tfrecord`` package (no TensorFlow needed); serialization is
+deterministic (map keys sorted), so identical inputs give identical bytes.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from transforms.records import Subvolume
+
+# Contract keys first; the rest describe where the crop came from.
+FEATURES: List[dict] = [
+    {"name": "source", "kind": "bytes", "dtype": "uint8", "shape": "shape", "axes": "zyx",
+     "description": "raw EM crop at the source resolution, padded with pad_value"},
+    {"name": "target", "kind": "bytes", "dtype": "uint8", "shape": "shape", "axes": "zyx",
+     "description": "full cleaned synapse mask, 0/1"},
+    {"name": "seed_target", "kind": "bytes", "dtype": "uint8", "shape": "shape", "axes": "zyx",
+     "description": "target with every slice but seed_slices zeroed, 0/1"},
+    {"name": "shape", "kind": "int64", "dtype": "int64", "shape": [3], "axes": "zyx",
+     "description": "array shape [z, y, x]"},
+    {"name": "seed_slices", "kind": "int64", "dtype": "int64", "shape": [-1], "axes": "z",
+     "description": "sorted z indices kept in seed_target"},
+    {"name": "instance_id", "kind": "int64", "dtype": "int64", "shape": [], "axes": "",
+     "description": "synapse id from the table"},
+    {"name": "variant", "kind": "int64", "dtype": "int64", "shape": [], "axes": "",
+     "description": "variant index 0..variants-1"},
+    {"name": "center_xyz", "kind": "int64", "dtype": "int64", "shape": [3], "axes": "xyz",
+     "description": "synapse center, target-volume voxels"},
+    {"name": "pre_pt_xyz", "kind": "int64", "dtype": "int64", "shape": [3], "axes": "xyz",
+     "description": "presynaptic point, target-volume voxels"},
+    {"name": "post_pt_xyz", "kind": "int64", "dtype": "int64", "shape": [3], "axes": "xyz",
+     "description": "postsynaptic point, target-volume voxels"},
+    {"name": "target_box_xyz", "kind": "int64", "dtype": "int64", "shape": [6], "axes": "xyz",
+     "description": "crop box in target voxels: start x, y, z then stop x, y, z (half-open)"},
+    {"name": "source_box_xyz", "kind": "int64", "dtype": "int64", "shape": [6], "axes": "xyz",
+     "description": "crop box in source voxels (at source_mip): start xyz then stop xyz"},
+    {"name": "source_padding_xyz", "kind": "int64", "dtype": "int64", "shape": [6], "axes": "xyz",
+     "description": "source voxels outside the volume: before x, after x, before y, ... after z"},
+]
+
+
+def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> bytes:
+    """Serialized tf.train.Example for one variant of one instance."""
+    from tfrecord import example_pb2
+
+    inst = subvolume.instance
+    example = example_pb2.Example()
+    feature = example.features.feature
+
+    def put_bytes(name, array):
+        feature[name].bytes_list.value.append(np.ascontiguousarray(array, np.uint8).tobytes())
+
+    def put_ints(name, values):
+        feature[name].int64_list.value.extend(int(v) for v in values)
+
+    put_bytes("source", subvolume.source_zyx)
+    put_bytes("target", subvolume.target_zyx)
+    put_bytes("seed_target", seed_zyx)
+    put_ints("shape", subvolume.source_zyx.shape)
+    put_ints("seed_slices", subvolume.seed_slices[variant])
+    put_ints("instance_id", [inst.instance_id])
+    put_ints("variant", [variant])
+    put_ints("center_xyz", inst.center_xyz)
+    put_ints("pre_pt_xyz", inst.pre_pt_xyz)
+    put_ints("post_pt_xyz", inst.post_pt_xyz)
+    put_ints("target_box_xyz", subvolume.target_box.start_xyz + subvolume.target_box.stop_xyz)
+    put_ints("source_box_xyz", subvolume.source_box.start_xyz + subvolume.source_box.stop_xyz)
+    put_ints("source_padding_xyz", [v for pair in subvolume.source_padding_xyz for v in pair])
+    return example.SerializeToString(deterministic=True)

@@ -1,0 +1,56 @@
+"""File helpers over Beam's FileSystems, so the same code serves local paths and gs://."""
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Iterable, Tuple
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+_RAW = CompressionTypes.UNCOMPRESSED
+COPY_CHUNK_BYTES = 8 << 20
+
+
+def join(*parts: str) -> str:
+    return FileSystems.join(*parts)
+
+
+def write_bytes(path: str, data: bytes) -> Tuple[int, str]:
+    """Write ``data`` to ``path``; return (bytes, sha256 hex)."""
+    with FileSystems.create(path, compression_type=_RAW) as f:
+        f.write(data)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: str, chunks: Iterable[bytes]) -> Tuple[int, str]:
+    """Write the chunks under a temporary name, then rename to ``path``; return (bytes, sha256)."""
+    tmp = path + ".incomplete"
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.create(tmp, compression_type=_RAW) as f:
+        for chunk in chunks:
+            f.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+    return size, digest.hexdigest()
+
+
+def read_chunks(path: str) -> Iterable[bytes]:
+    """The file's bytes in chunks of COPY_CHUNK_BYTES."""
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        while True:
+            chunk = f.read(COPY_CHUNK_BYTES)
+            if not chunk:
+                return
+            yield chunk
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The .npy encoding of ``array`` (no pickled objects: loadable with allow_pickle=False)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,112 @@
+"""Small records that travel between stages (and may cross a shuffle) and the in-stage Subvolume."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from transforms.geometry import XYZ, Box
+
+# Dead-letter reasons (a contract with the manifest's counts and users' scripts).
+MISSING_COORDINATE = "missing_coordinate"
+NOT_A_NUMBER = "not_a_number"
+OUTSIDE_VOLUME = "outside_volume"
+INVALID_ID = "invalid_id"
+DUPLICATE_ID = "duplicate_id"
+EMPTY_TARGET = "empty_target"
+FETCH_ERROR = "fetch_error"
+UNEXPECTED_ERROR = "unexpected_error"
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """Where a table row came from: shard number (sorted shard order) and 0-based data row."""
+
+    shard: int
+    row: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One synapse to cut. Coordinates are absolute target-volume voxels, x, y, z."""
+
+    instance_id: int
+    center_xyz: XYZ
+    pre_pt_xyz: XYZ
+    post_pt_xyz: XYZ
+    ref: RowRef
+    row: Tuple[Tuple[str, str], ...] = ()
+    split: str = ""
+    shard: int = -1
+    num_shards: int = 0
+
+    def replace(self, **changes) -> "Instance":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A row or instance that produced no examples, and why."""
+
+    reason: str
+    details: str
+    stage: str
+    instance_id: Optional[int] = None
+    ref: Optional[RowRef] = None
+    row: Tuple[Tuple[str, str], ...] = ()
+
+    def sort_key(self):
+        ref = (self.ref.shard, self.ref.row) if self.ref else (1 << 62, 0)
+        return ref, self.instance_id if self.instance_id is not None else -(1 << 63), self.reason
+
+    def to_json(self) -> dict:
+        return {
+            "instance_id": self.instance_id,
+            "reason": self.reason,
+            "details": self.details,
+            "stage": self.stage,
+            "table_shard": self.ref.shard if self.ref else None,
+            "table_row": self.ref.row if self.ref else None,
+            "row": dict(self.row),
+        }
+
+    @classmethod
+    def for_instance(cls, instance: Instance, reason: str, details: str, stage: str):
+        return cls(reason, details, stage, instance.instance_id, instance.ref, instance.row)
+
+
+@dataclass
+class Subvolume:
+    """An instance's arrays, on the source grid, (z, y, x). Lives inside one fused stage only.
+
+    source_zyx: uint8 raw EM, padded with the pad value outside the source volume.
+    labels_zyx: target labels (volume dtype) upsampled to the source grid, 0 outside the volume.
+    target_zyx: uint8 0/1 cleaned mask (set by CleanTargets).
+    seed_slices: per variant, sorted z indices kept in the seed mask (set by MakeVariants).
+    """
+
+    instance: Instance
+    target_box: Box
+    source_box: Box
+    target_padding_xyz: tuple
+    source_padding_xyz: tuple
+    source_zyx: np.ndarray
+    labels_zyx: Optional[np.ndarray] = None
+    target_zyx: Optional[np.ndarray] = None
+    seed_slices: List[Tuple[int, ...]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WrittenInstance:
+    """What WriteExamples wrote for one instance: small, it crosses the shard-finalizing shuffle."""
+
+    instance_id: int
+    split: str
+    shard: int
+    num_shards: int
+    fragment_path: Optional[str]
+    records: int
+    fragment_bytes: int
+    index_entry: Dict

@@ -1,0 +1,129 @@
+"""The seed-slice model: which z-slices of a target mask a training input keeps.
+
+The law (recorded in the manifest under ``seed_model``):
+
+- count ``c`` in ``1..m`` with ``m = min(max_seed_slices, slices with foreground)``,
+  ``P(c) ∝ count_ratio ** (c - 1)`` (a truncated geometric law: one slice most often);
+- positions drawn one after another without repeats among the slices where the target has
+  foreground, each draw with probability ``∝ exp(-0.5 * ((z - (depth - 1) / 2) / sigma) ** 2)``
+  over the slices not yet drawn, with ``sigma = position_sigma_frac * depth`` (central slices
+  favoured).
+
+Randomness comes only from ``np.random.default_rng([run_seed, instance_id, variant])``. Variants of
+one instance are distinct slice sets whenever the instance allows: a variant whose set repeats an
+earlier variant's is redrawn from its own generator, and after ``MAX_REDRAWS`` failures takes the
+first unused set in a fixed enumeration order.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+MAX_REDRAWS = 64
+_UINT64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class SeedModel:
+    """Parameters of the seed-slice law (see module docstring)."""
+
+    max_seed_slices: int = 3
+    count_ratio: float = 0.5
+    position_sigma_frac: float = 0.25
+
+    def count_probabilities(self, n_available: int) -> np.ndarray:
+        """P(c) for c = 1..min(max_seed_slices, n_available), float64, sums to 1."""
+        m = max(1, min(self.max_seed_slices, n_available))
+        weights = self.count_ratio ** np.arange(m, dtype=np.float64)
+        return weights / weights.sum()
+
+    def position_weights(self, depth: int, candidates_z: np.ndarray) -> np.ndarray:
+        """Unnormalised weight of each candidate z index (float64) for a crop of ``depth`` slices."""
+        sigma = max(self.position_sigma_frac * depth, 1e-9)
+        center = (depth - 1) / 2.0
+        return np.exp(-0.5 * ((np.asarray(candidates_z, np.float64) - center) / sigma) ** 2)
+
+    def to_manifest(self) -> dict:
+        return {
+            "name": "truncated_geometric_count+central_gaussian_positions",
+            "count": "P(c) ∝ count_ratio**(c-1), c in 1..min(max_seed_slices, foreground slices)",
+            "positions": "successive draws without repeats among foreground slices, "
+            "P(z) ∝ exp(-0.5*((z-(depth-1)/2)/(position_sigma_frac*depth))**2)",
+            "rng": "numpy.random.default_rng([seed, instance_id mod 2**64, variant])",
+            **asdict(self),
+        }
+
+
+def generator(run_seed: int, instance_id: int, variant: int) -> np.random.Generator:
+    """The only source of randomness for one variant of one instance."""
+    return np.random.default_rng([int(run_seed), int(instance_id) & _UINT64, int(variant)])
+
+
+def draw_seed_slices(
+    foreground_z: np.ndarray, depth: int, model: SeedModel, rng: np.random.Generator
+) -> Tuple[int, ...]:
+    """One draw of the law: sorted z indices, a non-empty subset of ``foreground_z``."""
+    candidates = np.asarray(foreground_z, dtype=np.int64)
+    probs = model.count_probabilities(candidates.size)
+    count = int(rng.choice(np.arange(1, probs.size + 1), p=probs))
+    weights = model.position_weights(depth, candidates)
+    chosen = []
+    for _ in range(count):
+        p = weights / weights.sum()
+        k = int(rng.choice(candidates.size, p=p))
+        chosen.append(int(candidates[k]))
+        weights = weights.copy()
+        weights[k] = 0.0
+    return tuple(sorted(chosen))
+
+
+def variant_seed_slices(
+    target_zyx: np.ndarray, *, run_seed: int, instance_id: int, n_variants: int, model: SeedModel
+) -> List[Tuple[int, ...]]:
+    """Seed slices for variants ``0..n_variants-1`` of one instance (sorted z index tuples).
+
+    ``target_zyx`` must have foreground on at least one slice.
+    """
+    depth = target_zyx.shape[0]
+    foreground_z = np.flatnonzero(target_zyx.reshape(depth, -1).any(axis=1))
+    if foreground_z.size == 0:
+        raise ValueError("target has no foreground slice")
+    n_possible = _n_subsets(foreground_z.size, model.max_seed_slices)
+    result: List[Tuple[int, ...]] = []
+    for variant in range(n_variants):
+        rng = generator(run_seed, instance_id, variant)
+        slices = draw_seed_slices(foreground_z, depth, model, rng)
+        if len(set(result)) < n_possible:
+            redraws = 0
+            while slices in result and redraws < MAX_REDRAWS:
+                slices = draw_seed_slices(foreground_z, depth, model, rng)
+                redraws += 1
+            if slices in result:
+                slices = _first_unused(foreground_z, model.max_seed_slices, result)
+        result.append(slices)
+    return result
+
+
+def seed_mask(target_zyx: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+    """Copy of the (z, y, x) uint8 target with every slice but ``slices`` zeroed."""
+    out = np.zeros_like(target_zyx)
+    index = list(slices)
+    out[index] = target_zyx[index]
+    return out
+
+
+def _n_subsets(n: int, max_size: int) -> int:
+    from math import comb
+
+    return sum(comb(n, c) for c in range(1, min(n, max_size) + 1))
+
+
+def _first_unused(foreground_z: np.ndarray, max_size: int, used) -> Tuple[int, ...]:
+    for size in range(1, min(foreground_z.size, max_size) + 1):
+        for combo in itertools.combinations(foreground_z.tolist(), size):
+            if combo not in used:
+                return tuple(int(z) for z in combo)
+    raise AssertionError("no unused subset although one was counted")

@@ -1,0 +1,105 @@
+"""Pure, process-independent hashing for picking instances, splits and shards.
+
+Python's ``hash(str)`` changes between processes; these use blake2b so every worker and every rerun
+agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence, Tuple
+
+import apache_beam as beam
+
+from transforms.records import Instance
+
+_SPAN = float(1 << 64)
+
+
+def stable_hash(*parts) -> int:
+    """64-bit unsigned hash of the parts' ``repr``s, identical on every machine and process."""
+    text = "\x1f".join(repr(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def selection_key(run_seed: int, instance_id: int) -> Tuple[int, int]:
+    """Instances with the N smallest keys are picked by ``--num-instances N``.
+
+    A pure function of (seed, id): adding rows to a table changes the pick only by the new rows
+    that rank among the N smallest.
+    """
+    return stable_hash("select", int(run_seed), int(instance_id)), int(instance_id)
+
+
+def assign_split(run_seed: int, instance_id: int, splits: Sequence[Tuple[str, float]]) -> str:
+    """Split name for an instance: a pure function of (seed, id) and the split fractions."""
+    u = stable_hash("split", int(run_seed), int(instance_id)) / _SPAN
+    total = 0.0
+    for name, fraction in splits:
+        total += fraction
+        if u < total:
+            return name
+    return splits[-1][0]
+
+
+def shard_index(split: str, instance_id: int, num_shards: int) -> int:
+    """Shard of an instance within its split: a pure function of (split, id, shard count)."""
+    return stable_hash("shard", split, int(instance_id)) % num_shards
+
+
+def num_shards(n_instances: int, bytes_per_instance: int, shard_bytes: int) -> int:
+    """Shards for a split of ``n_instances`` so a shard holds about ``shard_bytes`` (0 if empty)."""
+    if n_instances <= 0:
+        return 0
+    return max(1, math.ceil(n_instances * bytes_per_instance / shard_bytes))
+
+
+class SelectInstances(beam.PTransform):
+    """Instances -> the ``n`` instances with the smallest ``selection_key`` (memory O(n))."""
+
+    def __init__(self, run_seed: int, n: int):
+        super().__init__()
+        self._seed = run_seed
+        self._n = n
+
+    def expand(self, instances):
+        seed = self._seed
+        return (instances
+                | "SmallestKeys" >> beam.combiners.Top.Of(
+                    self._n, key=lambda i: selection_key(seed, i.instance_id), reverse=True)
+                | "Unpack" >> beam.FlatMap(lambda picked: picked))
+
+
+class AssignShards(beam.PTransform):
+    """Instances -> dict of ``instances`` (split, shard, num_shards set), ``shard_keys``
+    ((split, shard, num_shards) for every shard) and ``split_counts`` ({split: instances})."""
+
+    def __init__(self, run_seed: int, splits, bytes_per_instance: int, shard_bytes: int):
+        super().__init__()
+        self._seed = run_seed
+        self._splits = tuple(splits)
+        self._bytes_per_instance = bytes_per_instance
+        self._shard_bytes = shard_bytes
+
+    def expand(self, instances):
+        seed, splits = self._seed, self._splits
+        bpi, shard_bytes = self._bytes_per_instance, self._shard_bytes
+        with_split = instances | "Split" >> beam.Map(
+            lambda i: i.replace(split=assign_split(seed, i.instance_id, splits))
+        ).with_output_types(Instance)
+        split_counts = (with_split | "SplitOf" >> beam.Map(lambda i: i.split)
+                        | "CountSplits" >> beam.combiners.Count.PerElement()
+                        | "SplitCounts" >> beam.combiners.ToDict())
+        shards_per_split = split_counts | "ShardsPerSplit" >> beam.Map(
+            lambda counts: {s: num_shards(n, bpi, shard_bytes) for s, n in counts.items()})
+        assigned = with_split | "Shard" >> beam.Map(
+            _with_shard, beam.pvalue.AsSingleton(shards_per_split)).with_output_types(Instance)
+        shard_keys = shards_per_split | "ShardKeys" >> beam.FlatMap(
+            lambda per_split: [(s, i, n) for s, n in sorted(per_split.items()) for i in range(n)])
+        return {"instances": assigned, "shard_keys": shard_keys, "split_counts": split_counts}
+
+
+def _with_shard(instance, shards_per_split):
+    n = shards_per_split[instance.split]
+    return instance.replace(shard=shard_index(instance.split, instance.instance_id, n),
+                            num_shards=n)

@@ -1,0 +1,163 @@
+"""ReadTable: CSV shards -> Instance records (and dead letters for rows that cannot be used)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Iterable, Optional, Sequence, Tuple
+
+import apache_beam as beam
+
+from transforms.geometry import Box
+from transforms.records import (
+    DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
+    DeadLetter, Instance, RowRef,
+)
+
+CENTER_COLUMNS = ("x", "y", "z")
+PRE_COLUMNS = ("pre_pt_x", "pre_pt_y", "pre_pt_z")
+POST_COLUMNS = ("post_pt_x", "post_pt_y", "post_pt_z")
+REQUIRED_COLUMNS = CENTER_COLUMNS + PRE_COLUMNS + POST_COLUMNS
+DEAD = "dead_letter"
+TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID)
+_INT64_MAX = (1 << 63) - 1
+
+
+class BadValue(ValueError):
+    def __init__(self, reason: str, details: str):
+        super().__init__(details)
+        self.reason = reason
+
+
+def parse_coordinate(row: dict, column: str) -> int:
+    """Voxel coordinate from a CSV cell: ``46``, ``46.0`` and ``46.7`` (floored) are accepted."""
+    text = (row.get(column) or "").strip()
+    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+        raise BadValue(MISSING_COORDINATE, f"column {column!r} is empty ({text!r})")
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(NOT_A_NUMBER, f"column {column!r} is not a number: {text!r}") from None
+    if not math.isfinite(value) or abs(value) > 2**53:
+        raise BadValue(NOT_A_NUMBER, f"column {column!r} is not a finite coordinate: {text!r}")
+    return int(math.floor(value))
+
+
+def parse_id(text: Optional[str]) -> int:
+    """Instance id from a CSV cell: an integer in the int64 range (``12.0`` accepted)."""
+    text = (text or "").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            as_float = float(text)
+        except ValueError:
+            raise BadValue(INVALID_ID, f"id {text!r} is not an integer") from None
+        if not as_float.is_integer() or abs(as_float) > 2**53:
+            raise BadValue(INVALID_ID, f"id {text!r} is not an integer") from None
+        value = int(as_float)
+    if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise BadValue(INVALID_ID, f"id {text!r} is outside the int64 range")
+    return value
+
+
+def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Optional[int],
+              target_bounds: Box) -> Instance:
+    """One CSV row -> Instance; raises BadValue with a dead-letter reason."""
+    instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
+    coords = [tuple(parse_coordinate(row, c) for c in cols)
+              for cols in (CENTER_COLUMNS, PRE_COLUMNS, POST_COLUMNS)]
+    if not target_bounds.contains(coords[0]):
+        raise BadValue(OUTSIDE_VOLUME, f"center {list(coords[0])} is outside the target volume "
+                       f"[{list(target_bounds.start_xyz)}, {list(target_bounds.stop_xyz)})")
+    return Instance(instance_id, coords[0], coords[1], coords[2], ref, tuple(sorted(row.items())))
+
+
+class ReadCsvShardFn(beam.DoFn):
+    """(shard number, path) -> (RowRef, row dict), streaming the file through Beam's FileSystems."""
+
+    def process(self, element: Tuple[int, str]) -> Iterable[Tuple[RowRef, dict]]:
+        from apache_beam.io.filesystems import FileSystems
+
+        shard, path = element
+        with FileSystems.open(path) as raw:
+            reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            for row_index, row in enumerate(reader):
+                yield RowRef(shard, row_index), {k: v for k, v in row.items() if k is not None}
+
+
+class ParseRowFn(beam.DoFn):
+    """(RowRef, row) -> Instance, or a DeadLetter on the ``dead_letter`` output."""
+
+    def __init__(self, id_column: Optional[str], target_bounds: Box):
+        self._id_column = id_column
+        self._bounds = target_bounds
+
+    def process(self, element, shard_offsets=None):
+        ref, row = element
+        row_number = None if self._id_column else shard_offsets[ref.shard] + ref.row
+        try:
+            yield parse_row(row, ref, self._id_column, row_number, self._bounds)
+        except BadValue as bad:
+            instance_id = row_number
+            if self._id_column:
+                try:
+                    instance_id = parse_id(row.get(self._id_column))
+                except BadValue:
+                    instance_id = None
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
+                bad.reason, str(bad), "ReadTable", instance_id, ref, tuple(sorted(row.items()))))
+
+
+def _offsets(counts: dict, n_shards: int) -> list:
+    offsets, total = [], 0
+    for shard in range(n_shards):
+        offsets.append(total)
+        total += counts.get(shard, 0)
+    return offsets
+
+
+def keep_first(element):
+    """(id, [Instance...]) -> the instance from the earliest row; later ones as duplicate_id."""
+    instance_id, instances = element
+    ordered = sorted(instances, key=lambda i: (i.ref.shard, i.ref.row))
+    yield ordered[0]
+    for dup in ordered[1:]:
+        first = ordered[0].ref
+        yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+            dup, DUPLICATE_ID, f"id {instance_id} first seen in table shard {first.shard} row "
+            f"{first.row}", "ReadTable"))
+
+
+class ReadTable(beam.PTransform):
+    """Table shards -> tagged outputs ``instances`` (unique ids), ``dead_letter``, ``rows``.
+
+    ``rows`` is the raw (RowRef, row) collection, for counting rows read.
+    """
+
+    def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box):
+        super().__init__()
+        self._paths = list(shard_paths)
+        self._id_column = id_column
+        self._bounds = target_bounds
+
+    def expand(self, pbegin):
+        rows = (pbegin
+                | "ListShards" >> beam.Create(list(enumerate(self._paths)))
+                | "ReadCsvShards" >> beam.ParDo(ReadCsvShardFn()))  # (RowRef, row dict)
+        side = {}
+        if not self._id_column:
+            counts = (rows | "ShardOf" >> beam.Map(lambda r: r[0].shard)
+                      | "RowsPerShard" >> beam.combiners.Count.PerElement())
+            n = len(self._paths)
+            side["shard_offsets"] = beam.pvalue.AsSingleton(
+                counts | "ToDict" >> beam.combiners.ToDict()
+                | "Offsets" >> beam.Map(_offsets, n))
+        parsed = rows | "ParseRows" >> beam.ParDo(
+            ParseRowFn(self._id_column, self._bounds), **side).with_outputs(DEAD, main="ok")
+        unique = (parsed.ok
+                  | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
+                  | "GroupById" >> beam.GroupByKey()
+                  | "KeepFirst" >> beam.FlatMap(keep_first).with_outputs(DEAD, main="ok"))
+        dead = (parsed[DEAD], unique[DEAD]) | "FlattenDead" >> beam.Flatten()
+        return {"instances": unique.ok, DEAD: dead, "rows": rows}

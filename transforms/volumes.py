@@ -1,0 +1,79 @@
+"""Precomputed volumes: a plain-values description (VolumeSpec) and padded cutouts in (z, y, x)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from transforms.geometry import Box, xyzc_to_zyx
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """One scale (mip) of a precomputed volume, as plain values that pickle to workers."""
+
+    url: str
+    mip: int
+    resolution_nm: Tuple[float, float, float]
+    voxel_offset_xyz: Tuple[int, int, int]
+    size_xyz: Tuple[int, int, int]
+    chunk_size_xyz: Tuple[int, int, int]
+    dtype: str
+    encoding: str
+    layer_type: str
+    num_channels: int
+
+    @property
+    def bounds(self) -> Box:
+        return Box(self.voxel_offset_xyz,
+                   tuple(o + s for o, s in zip(self.voxel_offset_xyz, self.size_xyz)))
+
+    def to_manifest(self) -> dict:
+        return {
+            "url": self.url, "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm),
+            "voxel_offset_xyz": list(self.voxel_offset_xyz), "size_xyz": list(self.size_xyz),
+            "chunk_size_xyz": list(self.chunk_size_xyz), "dtype": self.dtype,
+            "encoding": self.encoding, "layer_type": self.layer_type,
+        }
+
+
+def open_volume(url: str, mip: int = 0):
+    """A CloudVolume reader: bounded, missing chunks are errors (never silent zeros), no progress."""
+    from cloudvolume import CloudVolume
+
+    return CloudVolume(url, mip=mip, bounded=True, fill_missing=False, progress=False,
+                       parallel=1, cache=False)
+
+
+def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
+    """Read a volume's ``info`` and describe scale ``mip``. Raises ValueError with the reason."""
+    cv = open_volume(url, 0)
+    n_mips = len(cv.meta.scales)
+    if not 0 <= mip < n_mips:
+        raise ValueError(f"mip {mip} is not in {url} (it has mips 0..{n_mips - 1})")
+    return VolumeSpec(
+        url=url, mip=mip,
+        resolution_nm=tuple(float(r) for r in cv.meta.resolution(mip)),
+        voxel_offset_xyz=tuple(int(v) for v in cv.meta.voxel_offset(mip)),
+        size_xyz=tuple(int(v) for v in cv.meta.volume_size(mip)),
+        chunk_size_xyz=tuple(int(v) for v in cv.meta.chunk_size(mip)),
+        dtype=str(np.dtype(cv.meta.dtype)), encoding=str(cv.meta.encoding(mip)),
+        layer_type=str(cv.meta.layer_type), num_channels=int(cv.meta.num_channels),
+    )
+
+
+def read_padded_zyx(cv, box: Box, bounds: Box, fill_value, dtype) -> np.ndarray:
+    """Cutout of ``box`` (voxels at ``cv``'s mip) as (z, y, x); outside ``bounds`` = fill_value."""
+    from cloudvolume import Bbox
+
+    size_xyz = box.size_xyz
+    out = np.full(size_xyz[::-1], fill_value, dtype=dtype)
+    inner = box.intersect(bounds)
+    if inner is None:
+        return out
+    cutout = xyzc_to_zyx(np.asarray(cv.download(Bbox(inner.start_xyz, inner.stop_xyz), mip=cv.mip)))
+    lo = [a - b for a, b in zip(inner.start_xyz, box.start_xyz)][::-1]
+    out[lo[0]:lo[0] + cutout.shape[0], lo[1]:lo[1] + cutout.shape[1],
+        lo[2]:lo[2] + cutout.shape[2]] = cutout
+    return out

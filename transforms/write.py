@@ -1,0 +1,193 @@
+"""WriteExamples and FinalizeShards: records are made and written where the arrays are.
+
+Only small things cross a shuffle: each instance's variants are written as one TFRecord fragment
+file next to its npy files, and the fragments' paths are grouped by (split, shard) and concatenated,
+sorted by instance id, into the final shard (TFRecord files concatenate into valid TFRecord files),
+under a temporary name that is renamed when complete.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
+from apache_beam.metrics import Metrics
+
+from transforms.examples import encode_example
+from transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
+from transforms.records import Subvolume, WrittenInstance
+from transforms.seeds import seed_mask
+
+TFRECORD, NPY = "tfrecord", "npy"
+FRAGMENTS_DIR = "_tmp"
+
+
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    return f"{split}-{shard:05d}-of-{num_shards:05d}"
+
+
+def tfrecord_path(split: str, shard: int, num_shards: int) -> str:
+    return f"tfrecord/{shard_name(split, shard, num_shards)}.tfrecord"
+
+
+def index_path(split: str, shard: int, num_shards: int) -> str:
+    return f"index/{shard_name(split, shard, num_shards)}.jsonl"
+
+
+# npy layout, compatible with the prototype's (source/, gt/, target/).
+NPY_LAYOUT = {
+    "source": "npy/source/source_{instance_id}.npy",
+    "target": "npy/gt/target_{instance_id}.npy",
+    "seed_target": "npy/target/augmented_target_{instance_id}_{variant}.npy",
+}
+
+
+def npy_paths(instance_id: int, n_variants: int) -> Dict[str, object]:
+    """Relative npy paths of one instance: source, target and one seed_target per variant."""
+    return {
+        "source": NPY_LAYOUT["source"].format(instance_id=instance_id),
+        "target": NPY_LAYOUT["target"].format(instance_id=instance_id),
+        "seed_target": [NPY_LAYOUT["seed_target"].format(instance_id=instance_id, variant=v)
+                        for v in range(n_variants)],
+    }
+
+
+def json_line(obj) -> bytes:
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def index_entry(subvolume: Subvolume) -> dict:
+    """The per-instance index record (small, JSON-ready)."""
+    inst = subvolume.instance
+    return {
+        "instance_id": inst.instance_id, "split": inst.split, "shard": inst.shard,
+        "center_xyz": list(inst.center_xyz), "pre_pt_xyz": list(inst.pre_pt_xyz),
+        "post_pt_xyz": list(inst.post_pt_xyz),
+        "target_box_xyz": subvolume.target_box.to_list(),
+        "source_box_xyz": subvolume.source_box.to_list(),
+        "target_padding_xyz": [list(p) for p in subvolume.target_padding_xyz],
+        "source_padding_xyz": [list(p) for p in subvolume.source_padding_xyz],
+        "shape_zyx": list(subvolume.source_zyx.shape),
+        "foreground_voxels": int(subvolume.target_zyx.sum(dtype="int64")),
+        "seed_slices": [list(s) for s in subvolume.seed_slices],
+        "table_shard": inst.ref.shard, "table_row": inst.ref.row,
+    }
+
+
+class WriteExampleFn(beam.DoFn):
+    """Subvolume -> ((split, shard, num_shards), WrittenInstance), writing fragment and npy files."""
+
+    def __init__(self, output_dir: str, formats: Sequence[str]):
+        self._output_dir = output_dir
+        self._formats = tuple(formats)
+        self._instances = Metrics.counter("synanno", "instances_written")
+        self._variants = Metrics.counter("synanno", "variants_written")
+
+    def process(self, subvolume: Subvolume):
+        inst = subvolume.instance
+        seeds = [seed_mask(subvolume.target_zyx, s) for s in subvolume.seed_slices]
+        entry = index_entry(subvolume)
+        fragment, fragment_bytes = None, 0
+        if TFRECORD in self._formats:
+            buffer = io.BytesIO()
+            for variant, seed_zyx in enumerate(seeds):
+                _TFRecordUtil.write_record(buffer, encode_example(subvolume, variant, seed_zyx))
+            fragment = join(self._output_dir, FRAGMENTS_DIR,
+                            shard_name(inst.split, inst.shard, inst.num_shards),
+                            f"{inst.instance_id}.tfrecord")
+            fragment_bytes, _ = write_bytes(fragment, buffer.getvalue())
+        if NPY in self._formats:
+            entry["npy"] = self._write_npy(subvolume, seeds)
+        self._instances.inc()
+        self._variants.inc(len(seeds))
+        yield (inst.split, inst.shard, inst.num_shards), WrittenInstance(
+            inst.instance_id, inst.split, inst.shard, inst.num_shards, fragment, len(seeds),
+            fragment_bytes, entry)
+
+    def _write_npy(self, subvolume: Subvolume, seeds) -> dict:
+        paths = npy_paths(subvolume.instance.instance_id, len(seeds))
+        arrays = [(paths["source"], subvolume.source_zyx), (paths["target"], subvolume.target_zyx)]
+        arrays += list(zip(paths["seed_target"], seeds))
+        files = []
+        for rel, array in arrays:
+            size, sha = write_bytes(join(self._output_dir, rel), npy_bytes(array))
+            files.append({"path": rel, "bytes": size, "sha256": sha})
+        return {"files": files, **paths}
+
+
+class FinalizeShardFn(beam.DoFn):
+    """((split, shard, n), [WrittenInstance | None]) -> file infos of the TFRecord and index shards."""
+
+    def __init__(self, output_dir: str, formats: Sequence[str]):
+        self._output_dir = output_dir
+        self._formats = tuple(formats)
+
+    def process(self, element):
+        (split, shard, num_shards), items = element
+        written: List[WrittenInstance] = sorted(
+            (w for w in items if w is not None), key=lambda w: w.instance_id)
+        common = {"split": split, "shard": shard, "num_shards": num_shards,
+                  "instances": len(written)}
+        if TFRECORD in self._formats:
+            rel = tfrecord_path(split, shard, num_shards)
+            fragments = [w.fragment_path for w in written]
+            size, sha = write_atomic(join(self._output_dir, rel),
+                                     (c for path in fragments for c in read_chunks(path)))
+            yield {"kind": TFRECORD, "path": rel, "records": sum(w.records for w in written),
+                   "bytes": size, "sha256": sha, **common}
+        rel = index_path(split, shard, num_shards)
+        size, sha = write_atomic(join(self._output_dir, rel),
+                                 (json_line(w.index_entry) for w in written))
+        yield {"kind": "index", "path": rel, "records": len(written), "bytes": size,
+               "sha256": sha, **common}
+
+
+class WriteExamples(beam.PTransform):
+    """Subvolumes -> outputs ``written`` (WrittenInstance) and ``failed`` (exceptions)."""
+
+    def __init__(self, output_dir: str, formats: Sequence[str]):
+        super().__init__()
+        self._fn = WriteExampleFn(output_dir, formats)
+
+    def expand(self, subvolumes):
+        out = subvolumes | "Write" >> beam.ParDo(self._fn).with_exception_handling(
+            use_subprocess=False)
+        return {"written": out.good, "failed": out.bad}
+
+
+class FinalizeShards(beam.PTransform):
+    """Keyed WrittenInstances + every expected shard key -> file infos (dicts) of final shards.
+
+    ``shard_keys`` is a PCollection of (split, shard, num_shards) naming every shard, so a shard
+    that no instance reached is still written (empty) and the ``-of-N`` names stay true.
+    """
+
+    def __init__(self, output_dir: str, formats: Sequence[str], shard_keys):
+        super().__init__()
+        self._output_dir = output_dir
+        self._formats = formats
+        self._shard_keys = shard_keys
+
+    def expand(self, keyed_written):
+        markers = self._shard_keys | "ShardMarkers" >> beam.Map(lambda key: (key, None))
+        return ((keyed_written, markers) | "WithMarkers" >> beam.Flatten()
+                | "GroupByShard" >> beam.GroupByKey()
+                | "Finalize" >> beam.ParDo(FinalizeShardFn(self._output_dir, self._formats)))
+
+
+class WriteDeadLetterFn(beam.DoFn):
+    """[DeadLetter] -> file info of ``dead_letter.jsonl`` (sorted by table position)."""
+
+    PATH = "dead_letter.jsonl"
+
+    def __init__(self, output_dir: str):
+        self._output_dir = output_dir
+
+    def process(self, letters: Optional[Iterable]):
+        ordered = sorted(letters or [], key=lambda d: d.sort_key())
+        size, sha = write_atomic(join(self._output_dir, self.PATH),
+                                 (json_line(d.to_json()) for d in ordered))
+        yield {"kind": "dead_letter", "path": self.PATH, "records": len(ordered), "bytes": size,
+               "sha256": sha}
