@@ -273,3 +273,18 @@ def test_two_worker_processes_write_the_same_bytes(small_data, tmp_path):
                                  "--direct_num_workers", "2",
                                  "--direct_running_mode", "multi_processing"))
     assert _dataset_bytes(tmp_path / "one") == _dataset_bytes(tmp_path / "two")
+
+
+def test_source_mip_reads_the_matching_lower_resolution(small_data, tmp_path):
+    from cloudvolume import CloudVolume
+
+    config, manifest = run_pipeline(small_data.argv(tmp_path / "out", "--source-mip", "1",
+                                                    "--variants", "1"))
+    assert config.scale_xyz == (1, 1, 1)
+    assert manifest["volumes"]["source"]["resolution_nm_xyz"] == [8, 8, 33]
+    low = np.asarray(CloudVolume(small_data.source_url, mip=1)[:, :, :])[..., 0]
+    for r in read_records(tmp_path / "out"):
+        assert r["source"].shape == (4, 12, 12)
+        start = r["source_box_xyz"][:3]
+        np.testing.assert_array_equal(
+            r["source"], expected_crop_zyx(low, TARGET_OFFSET, start, (12, 12, 4), 148))
