@@ -1,20 +1,23 @@
 """Embedded demo data: a small H01-like volume pair and synapse table, made deterministically.
 
-Raw EM-like texture at 4x4x33 nm (jpeg, with a lower mip at 8x8x33 nm) and a synapse segmentation
-at 8x8x33 nm (compressed_segmentation, uint64) with E/I-style labels (1 and 2, like H01's
-``whole_ei_onlyvol``), a few unlisted distractor blobs (label 3), non-zero voxel offsets, and a
-table with pre/post points, extra columns and a few bad rows. Everything comes from one seeded
-generator, so every machine makes the same bytes; it is cached and reused.
+Target: synapse segmentation at 8x8x33 nm (uint64, compressed_segmentation) with E/I-style labels
+(1 = excitatory, 2 = inhibitory, like H01's ``whole_ei_onlyvol``; neighbours may touch) and a few
+unlisted distractor blobs (label 3). Source: raw EM-like texture at 4x4x33 nm (uint8, jpeg) with a
+lower mip at 8x8x33 nm; membranes and synaptic clefts are dark. Both have non-zero voxel offsets.
+Table: one row per synapse in absolute target voxels, plus four bad rows. Everything comes from one
+seeded generator, so every machine makes the same bytes; the result is cached and reused.
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -25,24 +28,33 @@ DEMO_SEED = 20210601
 TARGET_SIZE_XYZ = (384, 384, 48)
 TARGET_OFFSET_XYZ = (1000, 2000, 100)
 TARGET_RESOLUTION_NM = (8, 8, 33)
+TARGET_CHUNK_XYZ = (64, 64, 16)
+SOURCE_SCALE_XYZ = (2, 2, 1)         # source voxels per target voxel
 SOURCE_RESOLUTION_NM = (4, 4, 33)
-N_SYNAPSES = 300
+SOURCE_CHUNK_XYZ = (128, 128, 16)
+N_SYNAPSES = 300                     # for TARGET_SIZE_XYZ; scaled with volume for other sizes
 N_DISTRACTORS = 15
-EMPTY_REGION_XY = ((0, 48), (336, 384))  # volume-relative x range and y range kept label-free
 TABLE_COLUMNS = ["id", "x", "y", "z", "pre_pt_x", "pre_pt_y", "pre_pt_z", "post_pt_x",
                  "post_pt_y", "post_pt_z", "type", "score"]
 
 
 @dataclass(frozen=True)
 class DemoData:
-    source_url: str
-    target_url: str
-    table_path: str
-    n_synapses: int
+    source_url: str      # file:// URL, raw EM, uint8, jpeg, 4x4x33 nm, mips 0 and 1 (8x8x33 nm)
+    target_url: str      # file:// URL, synapse labels, uint64, compressed_segmentation, 8x8x33 nm
+    table_path: str      # local path of the CSV table (absolute target voxel coordinates)
+    n_synapses: int      # synapses painted (= good table rows)
+
+
+class _Blob(NamedTuple):
+    center_xyz: np.ndarray   # int, volume-relative target voxels
+    angle_rad: float         # long axis direction in the xy plane
+    label: int
 
 
 def default_cache_dir() -> str:
-    """$SYNANNO_DATAGEN_CACHE, else $XDG_CACHE_HOME/synanno-datagen, else ~/.cache/..."""
+    """$SYNANNO_DATAGEN_CACHE if set, else $XDG_CACHE_HOME/synanno-datagen, else
+    ~/.cache/synanno-datagen."""
     if os.environ.get("SYNANNO_DATAGEN_CACHE"):
         return os.environ["SYNANNO_DATAGEN_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -52,172 +64,237 @@ def default_cache_dir() -> str:
 def write_precomputed(path: str, data_xyz: np.ndarray, *, resolution_nm,
                       voxel_offset_xyz=(0, 0, 0), chunk_size_xyz=(64, 64, 16), encoding="raw",
                       layer_type="image", downsample_mips: int = 0) -> str:
-    """Write ``data_xyz`` (x, y, z) as a precomputed volume at local ``path``; return its URL.
+    """Write ``data_xyz`` (3D, x, y, z; uint8 image or uint32/uint64 segmentation) as a precomputed
+    volume at ``path`` (a local directory, or a cloud-volume URL such as ``gs://...``); return
+    its URL.
 
-    ``downsample_mips`` extra scales are added, each (2, 2, 1) coarser: mean for images,
-    striding for segmentations.
+    ``resolution_nm`` and ``voxel_offset_xyz`` describe mip 0. Each of the ``downsample_mips``
+    extra mips is (2, 2, 1) coarser than the one before (mean for images, mode of each 2x2 block
+    for segmentations), with the offset halved (floor) and a size that covers the whole data.
+    ``encoding`` and ``chunk_size_xyz`` apply to every mip; raw and compressed_segmentation chunks
+    are gzipped (cloud-volume's default).
     """
     from cloudvolume import CloudVolume
 
-    url = "file://" + os.path.abspath(path)
+    url = path if "://" in path else "file://" + os.path.abspath(path)
+    offset_xyz = tuple(int(v) for v in voxel_offset_xyz)
     info = CloudVolume.create_new_info(
         num_channels=1, layer_type=layer_type, data_type=str(data_xyz.dtype), encoding=encoding,
-        resolution=list(resolution_nm), voxel_offset=list(voxel_offset_xyz),
+        resolution=list(resolution_nm), voxel_offset=list(offset_xyz),
         chunk_size=list(chunk_size_xyz), volume_size=list(data_xyz.shape))
     cv = CloudVolume(url, info=info, progress=False)
-    for _ in range(downsample_mips):
-        cv.add_scale((2, 2, 1), encoding=encoding, chunk_size=list(chunk_size_xyz))
+    arrays = [(data_xyz, offset_xyz)]
+    for mip in range(1, downsample_mips + 1):
+        arrays.append(_downsample_xy(*arrays[-1], segmentation=layer_type == "segmentation"))
+        scale = cv.add_scale((2 ** mip, 2 ** mip, 1), encoding=encoding,
+                             chunk_size=list(chunk_size_xyz))
+        scale["voxel_offset"] = list(arrays[-1][1])   # cloud-volume's ceil(size / 2) can be one
+        scale["size"] = list(arrays[-1][0].shape)     # short when the offset is odd
     cv.commit_info()
-    array = data_xyz
-    for mip in range(downsample_mips + 1):
-        if mip:
-            array = _downsample_xy(array, layer_type)
+    for mip, (array_xyz, start_xyz) in enumerate(arrays):
         writer = CloudVolume(url, mip=mip, progress=False)
-        start = [int(v) for v in writer.meta.voxel_offset(mip)]
-        stop = [a + n for a, n in zip(start, array.shape)]
-        writer[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = array
+        stop_xyz = [a + n for a, n in zip(start_xyz, array_xyz.shape)]
+        writer[start_xyz[0]:stop_xyz[0], start_xyz[1]:stop_xyz[1],
+               start_xyz[2]:stop_xyz[2]] = array_xyz
     return url
 
 
-def _downsample_xy(array_xyz: np.ndarray, layer_type: str) -> np.ndarray:
-    x, y = array_xyz.shape[0] // 2 * 2, array_xyz.shape[1] // 2 * 2
-    a = array_xyz[:x, :y]
-    if layer_type == "segmentation":
-        return np.ascontiguousarray(a[::2, ::2])
-    blocks = a.reshape(x // 2, 2, y // 2, 2, a.shape[2]).astype(np.float32)
-    return np.round(blocks.mean(axis=(1, 3))).astype(array_xyz.dtype)
+def _downsample_xy(array_xyz: np.ndarray, offset_xyz, *, segmentation: bool
+                   ) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """(x, y, z) array and its voxel offset -> the (2, 2, 1) coarser array and offset.
+
+    Blocks are aligned to even absolute coordinates; the data is edge-padded to whole blocks.
+    """
+    lo = [offset_xyz[0] % 2, offset_xyz[1] % 2]
+    hi = [(lo[i] + array_xyz.shape[i]) % 2 for i in range(2)]
+    a = np.pad(array_xyz, ((lo[0], hi[0]), (lo[1], hi[1]), (0, 0)), mode="edge")
+    nx, ny, nz = a.shape[0] // 2, a.shape[1] // 2, a.shape[2]
+    blocks = a.reshape(nx, 2, ny, 2, nz).transpose(0, 2, 4, 1, 3).reshape(nx, ny, nz, 4)
+    if segmentation:   # mode of the 4 values; ties go to the first in (x, y) raster order
+        votes = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1)
+        out = np.take_along_axis(blocks, votes.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    else:
+        out = np.round(blocks.mean(axis=-1, dtype=np.float32)).astype(array_xyz.dtype)
+    return out, (offset_xyz[0] // 2, offset_xyz[1] // 2, offset_xyz[2])
 
 
-def make_demo_data(cache_dir: str) -> DemoData:
-    """Make (or reuse) the demo volumes and table under ``cache_dir/demo-v1``."""
-    root = os.path.join(cache_dir, DEMO_VERSION)
+def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ) -> DemoData:
+    """Make (deterministically) or reuse the demo volumes and table under ``cache_dir``.
+
+    The default ``size_xyz`` (target voxels) is the demo; other sizes (for tests) go to their own
+    directory and scale the synapse counts with the volume. A copy is built in a temporary
+    directory, marked COMPLETE last and renamed into place, so a killed run leaves no half cache.
+    """
+    size_xyz = tuple(int(n) for n in size_xyz)
+    if min(size_xyz[:2]) < 96 or size_xyz[2] < 8:
+        raise ValueError(f"demo size_xyz {size_xyz} is too small (at least 96 x 96 x 8)")
+    name = DEMO_VERSION if size_xyz == TARGET_SIZE_XYZ else \
+        f"{DEMO_VERSION}-{'x'.join(map(str, size_xyz))}"
+    root = os.path.join(cache_dir, name)
     if not os.path.exists(os.path.join(root, "COMPLETE")):
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=DEMO_VERSION + ".", dir=cache_dir)
+        _build_atomically(cache_dir, root, size_xyz)
+    with open(os.path.join(root, "COMPLETE")) as f:
+        n_synapses = json.load(f)["n_synapses"]
+    return DemoData("file://" + os.path.abspath(os.path.join(root, "source")),
+                    "file://" + os.path.abspath(os.path.join(root, "target")),
+                    os.path.join(root, "synapses.csv"), n_synapses)
+
+
+def _build_atomically(cache_dir: str, root: str, size_xyz) -> None:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".partial-", dir=cache_dir)
+    try:
+        started = time.monotonic()
+        n_synapses = _build(tmp, size_xyz)
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            json.dump({"version": DEMO_VERSION, "seed": DEMO_SEED, "n_synapses": n_synapses}, f)
+        if os.path.isdir(root) and not os.path.exists(os.path.join(root, "COMPLETE")):
+            shutil.rmtree(root)   # not made by us: we only ever rename complete copies
         try:
-            _build(tmp)
-            with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-                f.write(DEMO_VERSION + "\n")
-            shutil.rmtree(root, ignore_errors=True)
             os.rename(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(root, "synapses.csv")) as f:
-        n_good = sum(1 for row in csv.DictReader(f) if row["type"] in ("E", "I"))
-    return DemoData("file://" + os.path.join(root, "source"),
-                    "file://" + os.path.join(root, "target"),
-                    os.path.join(root, "synapses.csv"), n_good)
+        except OSError:
+            if not os.path.exists(os.path.join(root, "COMPLETE")):
+                raise
+            log.info("another process finished the demo data first; using %s", root)
+        log.info("made demo data (%d synapses) in %s in %.1f s", n_synapses, root,
+                 time.monotonic() - started)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(root: str) -> None:
-    log.info("making demo data in %s", root)
+def _build(root: str, size_xyz) -> int:
+    """Write target, source and table under ``root``; return the number of synapses."""
     rng = np.random.default_rng(DEMO_SEED)
-    labels, synapses = _paint_synapses(rng)
-    write_precomputed(os.path.join(root, "target"), labels, resolution_nm=TARGET_RESOLUTION_NM,
-                      voxel_offset_xyz=TARGET_OFFSET_XYZ, chunk_size_xyz=(64, 64, 16),
-                      encoding="compressed_segmentation", layer_type="segmentation")
-    raw = _em_texture(rng, labels)
-    write_precomputed(os.path.join(root, "source"), raw, resolution_nm=SOURCE_RESOLUTION_NM,
-                      voxel_offset_xyz=(2 * TARGET_OFFSET_XYZ[0], 2 * TARGET_OFFSET_XYZ[1],
-                                        TARGET_OFFSET_XYZ[2]),
-                      chunk_size_xyz=(128, 128, 16), encoding="jpeg", layer_type="image",
+    volume_ratio = np.prod(size_xyz) / np.prod(TARGET_SIZE_XYZ)
+    n_synapses = max(8, int(round(N_SYNAPSES * volume_ratio)))
+    n_distractors = max(2, int(round(N_DISTRACTORS * volume_ratio)))
+    empty_lo_xy, empty_hi_xy = _empty_region_xy(size_xyz)
+    labels_xyz, synapses = _paint_blobs(rng, size_xyz, n_synapses, n_distractors,
+                                        empty_lo_xy, empty_hi_xy)
+    write_precomputed(os.path.join(root, "target"), labels_xyz,
+                      resolution_nm=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
+                      chunk_size_xyz=TARGET_CHUNK_XYZ, encoding="compressed_segmentation",
+                      layer_type="segmentation")
+    write_precomputed(os.path.join(root, "source"), _em_texture(rng, labels_xyz),
+                      resolution_nm=SOURCE_RESOLUTION_NM,
+                      voxel_offset_xyz=[o * f for o, f in zip(TARGET_OFFSET_XYZ, SOURCE_SCALE_XYZ)],
+                      chunk_size_xyz=SOURCE_CHUNK_XYZ, encoding="jpeg", layer_type="image",
                       downsample_mips=1)
-    _write_table(os.path.join(root, "synapses.csv"), rng, synapses)
+    empty_center_xyz = [(lo + hi) // 2 for lo, hi in zip(empty_lo_xy, empty_hi_xy)]
+    empty_center_xyz.append(size_xyz[2] // 2)
+    _write_table(os.path.join(root, "synapses.csv"), rng, synapses, empty_center_xyz, size_xyz)
+    return len(synapses)
 
 
-def _paint_synapses(rng) -> Tuple[np.ndarray, List[dict]]:
-    """uint64 (x, y, z) labels with ellipsoid synapses; returns them and their table facts."""
-    sx, sy, sz = TARGET_SIZE_XYZ
-    labels = np.zeros(TARGET_SIZE_XYZ, np.uint64)
-    synapses = []
-    total = N_SYNAPSES + N_DISTRACTORS
-    while len(synapses) < total:
-        center = np.array([rng.integers(0, sx), rng.integers(0, sy), rng.integers(0, sz)])
-        (ex0, ex1), (ey0, ey1) = EMPTY_REGION_XY
-        if ex0 - 24 <= center[0] < ex1 + 24 and ey0 - 24 <= center[1] < ey1 + 24:
-            continue  # keep the empty_target demo region free of labels
-        distractor = len(synapses) >= N_SYNAPSES
-        radii = (np.array([rng.uniform(2, 4), rng.uniform(2, 4), rng.uniform(0.8, 1.5)])
-                 if distractor else
-                 np.array([rng.uniform(8, 20), rng.uniform(4, 8), rng.uniform(1.5, 4)]))
-        angle = rng.uniform(0, np.pi)
+def _empty_region_xy(size_xyz) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Volume-relative [lo, hi) xy corner kept free of labels at every z: a third of x and y
+    (128 x 128 voxels in the demo, one default crop), at low x and high y."""
+    side_x, side_y = size_xyz[0] // 3, size_xyz[1] // 3
+    return (0, size_xyz[1] - side_y), (side_x, size_xyz[1])
+
+
+def _paint_blobs(rng, size_xyz, n_synapses, n_distractors, empty_lo_xy, empty_hi_xy
+                 ) -> Tuple[np.ndarray, List[_Blob]]:
+    """uint64 (x, y, z) labels with ellipsoid synapses (1/2) then distractors (3); returns them
+    and the synapses. A blob paints only background and is centred on a background voxel, so
+    every synapse owns its centre voxel; neighbours may touch."""
+    labels = np.zeros(size_xyz, np.uint64)
+    blobs: List[_Blob] = []
+    n_blobs, attempts = n_synapses + n_distractors, 0
+    while len(blobs) < n_blobs:
+        attempts += 1
+        if attempts > 100 * n_blobs:
+            raise RuntimeError(f"could not place {n_blobs} blobs in {size_xyz}")
+        distractor = len(blobs) >= n_synapses
+        center = np.array([rng.integers(0, n) for n in size_xyz])
+        if distractor:   # semi-axes: long, short (xy) and z, in target voxels
+            radii = np.array([rng.uniform(1.5, 3.5), rng.uniform(1.5, 3), rng.uniform(0.6, 1.5)])
+        else:            # diameters 15-40 x 8-20 voxels (120-320 x 64-160 nm) x 3-8 slices
+            radii = np.array([rng.uniform(7.5, 20), rng.uniform(4, 10), rng.uniform(1.5, 4)])
+        angle = float(rng.uniform(0, np.pi))
         label = 3 if distractor else int(rng.integers(1, 3))
+        reach = int(np.ceil(radii[0]))
+        near_empty = all(c + reach >= lo and c - reach < hi
+                         for c, lo, hi in zip(center[:2], empty_lo_xy, empty_hi_xy))
+        if near_empty or labels[tuple(center)] != 0:
+            continue
         _paint_ellipsoid(labels, center, radii, angle, label)
-        direction = np.array([-np.sin(angle), np.cos(angle)])  # across the cleft
-        synapses.append({"center": center, "label": label, "direction": direction,
-                         "distractor": distractor})
-    for syn in synapses:  # a later ellipsoid may cover an earlier centre: give it back its core
-        cx, cy, cz = syn["center"]
-        if labels[cx, cy, cz] != syn["label"]:
-            _paint_ellipsoid(labels, syn["center"], np.array([2.0, 2.0, 1.0]), 0.0, syn["label"])
-    return labels, [s for s in synapses if not s["distractor"]]
+        blobs.append(_Blob(center, angle, label))
+    return labels, blobs[:n_synapses]
 
 
-def _paint_ellipsoid(labels, center, radii, angle, label) -> None:
-    r = int(np.ceil(radii.max())) + 1
-    lo = np.maximum(center - r, 0)
-    hi = np.minimum(center + r + 1, labels.shape)
-    x, y, z = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
-    dx, dy, dz = x - center[0], y - center[1], z - center[2]
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = -dx * np.sin(angle) + dy * np.cos(angle)
-    inside = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (dz / radii[2]) ** 2 <= 1.0
-    labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][inside] = label
+def _paint_ellipsoid(labels_xyz, center_xyz, radii_xyz, angle_rad, label) -> None:
+    """Set background voxels of a (rotated in xy) ellipsoid to ``label``, clipped to the volume."""
+    r = np.ceil(radii_xyz.max()).astype(int)
+    lo = np.maximum(center_xyz - [r, r, int(np.ceil(radii_xyz[2]))], 0)
+    hi = np.minimum(center_xyz + [r + 1, r + 1, int(np.ceil(radii_xyz[2])) + 1], labels_xyz.shape)
+    dx, dy, dz = np.meshgrid(*[np.arange(a, b) - c for a, b, c in zip(lo, hi, center_xyz)],
+                             indexing="ij", sparse=True)
+    u = dx * np.cos(angle_rad) + dy * np.sin(angle_rad)
+    v = -dx * np.sin(angle_rad) + dy * np.cos(angle_rad)
+    inside = (u / radii_xyz[0]) ** 2 + (v / radii_xyz[1]) ** 2 + (dz / radii_xyz[2]) ** 2 <= 1
+    box = labels_xyz[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    box[inside & (box == 0)] = label
 
 
-def _smooth_noise(rng, shape_xyz, cell_xy: int) -> np.ndarray:
-    """float32 noise in [-1, 1], smooth over ``cell_xy`` voxels in x and y (bilinear)."""
-    nx, ny = shape_xyz[0] // cell_xy + 2, shape_xyz[1] // cell_xy + 2
-    grid = rng.uniform(-1, 1, size=(nx, ny, shape_xyz[2])).astype(np.float32)
-    fx = np.arange(shape_xyz[0], dtype=np.float32) / cell_xy
-    fy = np.arange(shape_xyz[1], dtype=np.float32) / cell_xy
-    ix, iy = fx.astype(int), fy.astype(int)
-    wx, wy = (fx - ix)[:, None, None], (fy - iy)[None, :, None]
-    g00, g10 = grid[ix][:, iy], grid[ix + 1][:, iy]
-    g01, g11 = grid[ix][:, iy + 1], grid[ix + 1][:, iy + 1]
-    return (g00 * (1 - wx) * (1 - wy) + g10 * wx * (1 - wy) + g01 * (1 - wx) * wy
-            + g11 * wx * wy)
+def _smooth_noise(rng, shape_xyz, cell_xyz) -> np.ndarray:
+    """float32 (x, y, z) noise in [-1, 1]: a random grid with one node every ``cell_xyz`` voxels,
+    linearly interpolated one axis at a time."""
+    grid = rng.uniform(-1, 1, size=[n // c + 2 for n, c in zip(shape_xyz, cell_xyz)])
+    grid = grid.astype(np.float32)
+    for axis, (n, cell) in enumerate(zip(shape_xyz, cell_xyz)):
+        position = np.arange(n, dtype=np.float32) / cell
+        index = position.astype(int)
+        weight = (position - index).reshape([-1 if a == axis else 1 for a in range(3)])
+        grid = (np.take(grid, index, axis=axis) * (1 - weight)
+                + np.take(grid, index + 1, axis=axis) * weight)
+    return grid
 
 
 def _em_texture(rng, labels_xyz: np.ndarray) -> np.ndarray:
-    """uint8 (x, y, z) EM-like raw on the 2x finer grid: smooth grey, dark membranes, dark clefts."""
-    shape = (2 * labels_xyz.shape[0], 2 * labels_xyz.shape[1], labels_xyz.shape[2])
-    raw = 150 + 25 * _smooth_noise(rng, shape, 48) + 12 * _smooth_noise(rng, shape, 12)
-    raw += rng.normal(0, 6, size=shape).astype(np.float32)
-    membranes = np.abs(_smooth_noise(rng, shape, 40)) < 0.06
-    raw[membranes] -= 55
-    synapse = np.repeat(np.repeat(labels_xyz > 0, 2, axis=0), 2, axis=1)
-    raw[synapse] -= 70
+    """uint8 (x, y, z) EM-like raw on the source grid (2x finer in x, y): smooth grey around 150,
+    dark membrane sheets that continue across slices, and dark clefts over every label."""
+    shape = tuple(n * f for n, f in zip(labels_xyz.shape, SOURCE_SCALE_XYZ))
+    raw = 150 + 22 * _smooth_noise(rng, shape, (64, 64, 8))
+    raw += 10 * _smooth_noise(rng, shape, (12, 12, 2))
+    raw += 6 * rng.standard_normal(shape, dtype=np.float32)
+    membrane = _smooth_noise(rng, shape, (48, 48, 6))
+    raw -= 60 * np.clip(1 - np.abs(membrane) / 0.05, 0, None)
+    cleft = np.repeat(np.repeat(labels_xyz != 0, SOURCE_SCALE_XYZ[0], axis=0),
+                      SOURCE_SCALE_XYZ[1], axis=1)
+    raw[cleft] -= 75
     return np.clip(raw, 0, 255).astype(np.uint8)
 
 
-def _write_table(path: str, rng, synapses: List[dict]) -> None:
-    ox, oy, oz = TARGET_OFFSET_XYZ
-    ids = rng.choice(np.arange(10**12, 10**12 + 10**7), size=len(synapses) + 4, replace=False)
+def _write_table(path: str, rng, synapses: List[_Blob], empty_center_xyz, size_xyz) -> None:
+    """CSV in absolute target voxels: one row per synapse, four bad rows, shuffled."""
+    offset = np.array(TARGET_OFFSET_XYZ)
+    ids = 10 ** 12 + rng.choice(9 * 10 ** 12, size=len(synapses) + 4, replace=False)
     rows = []
-    for sid, syn in zip(ids, synapses):
-        c = syn["center"] + (ox, oy, oz)
-        d = np.round(syn["direction"] * 5).astype(int)
-        pre = (c[0] - d[0], c[1] - d[1], c[2])
-        post = (c[0] + d[0], c[1] + d[1], c[2])
-        as_float = rng.random() < 0.3   # exports often write integers as 46.0
-        fmt = (lambda v: f"{int(v)}.0") if as_float else (lambda v: str(int(v)))
-        rows.append([str(sid), *map(fmt, c), *map(fmt, pre), *map(fmt, post),
-                     "E" if syn["label"] == 1 else "I", f"{rng.uniform(0.5, 1):.3f}"])
-    (ex0, ex1), (ey0, ey1) = EMPTY_REGION_XY
-    empty_center = (ox + (ex0 + ex1) // 2, oy + (ey0 + ey1) // 2, oz + 20)
-    bad = [
-        [str(ids[-4]), "1200", "2100", "", "1198", "2100", "", "1202", "2100", "", "bad", "0.1"],
-        [str(ids[-3]), "n/a", "2100", "120", "1198", "2100", "120", "1202", "2100", "120", "bad",
-         "0.1"],
-        [str(ids[-2]), "90000", "2100", "120", "89998", "2100", "120", "90002", "2100", "120",
-         "bad", "0.1"],
-        [str(ids[-1]), *map(str, empty_center), *map(str, empty_center),
-         *map(str, empty_center), "bad", "0.1"],
-    ]
-    rows += bad
-    order = rng.permutation(len(rows))
+    for sid, blob in zip(ids, synapses):
+        center = blob.center_xyz + offset
+        across = np.array([-np.sin(blob.angle_rad), np.cos(blob.angle_rad), 0.0])
+        step = np.round(across * rng.uniform(3, 6) * rng.choice([-1, 1])).astype(int)
+        rows.append(_row(rng, sid, center, center - step, center + step,
+                         "E" if blob.label == 1 else "I", as_float=rng.random() < 0.3))
+    inside = offset + np.array(size_xyz) // 2
+    bad = [(inside, "z", ""), (inside, "x", "n/a"),
+           (offset + 10 * np.array(size_xyz), None, None),          # far outside the volume
+           (offset + np.array(empty_center_xyz), None, None)]      # inside, no label near
+    for sid, (center, column, value) in zip(ids[len(synapses):], bad):
+        row = _row(rng, sid, center, center - (3, 0, 0), center + (3, 0, 0),
+                   str(rng.choice(["E", "I"])), as_float=False)
+        if column:
+            row[TABLE_COLUMNS.index(column)] = value
+        rows.append(row)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TABLE_COLUMNS)
-        writer.writerows(rows[i] for i in order)
+        writer.writerows(rows[i] for i in rng.permutation(len(rows)))
+
+
+def _row(rng, sid, center_xyz, pre_xyz, post_xyz, kind: str, *, as_float: bool) -> List[str]:
+    """One table row; ``as_float`` writes coordinates like ``46.0``, as many exports do."""
+    fmt = (lambda v: f"{int(v)}.0") if as_float else (lambda v: str(int(v)))
+    points = [fmt(v) for point in (center_xyz, pre_xyz, post_xyz) for v in point]
+    return [str(int(sid)), *points, kind, f"{rng.uniform(0.5, 1.0):.4f}"]

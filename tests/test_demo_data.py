@@ -3,34 +3,117 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 from cloudvolume import CloudVolume
 
 from pipeline.cli import main
-from pipeline.demo_data import TARGET_OFFSET_XYZ, make_demo_data, write_precomputed
+from pipeline.demo_data import (N_SYNAPSES, TARGET_OFFSET_XYZ, TARGET_SIZE_XYZ,
+                                default_cache_dir, make_demo_data, write_precomputed)
+
+SMALL_XYZ = (192, 192, 24)
 
 
-def test_write_precomputed_round_trips_with_offset_and_mips(tmp_path):
+def _read_all(url, mip=0) -> np.ndarray:
+    cv = CloudVolume(url, mip=mip, progress=False)
+    return np.asarray(cv[cv.bounds])[..., 0]
+
+
+def _files(root) -> dict:
+    return {os.path.relpath(os.path.join(d, f), root): os.path.join(d, f)
+            for d, _, names in os.walk(root) for f in names}
+
+
+def _reference_mean_xy(data_xyz, offset_xyz, lo_xy, hi_xy):
+    """Independent reference for one (2, 2, 1) mip: each coarse voxel i averages the fine voxels
+    at absolute 2i and 2i + 1, clamped into the data (edge replication)."""
+    out = np.zeros((hi_xy[0] - lo_xy[0], hi_xy[1] - lo_xy[1], data_xyz.shape[2]))
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xs = np.clip(2 * np.arange(lo_xy[0], hi_xy[0]) + dx - offset_xyz[0], 0,
+                         data_xyz.shape[0] - 1)
+            ys = np.clip(2 * np.arange(lo_xy[1], hi_xy[1]) + dy - offset_xyz[1], 0,
+                         data_xyz.shape[1] - 1)
+            out += data_xyz[xs][:, ys]
+    return np.round(out / 4).astype(data_xyz.dtype)
+
+
+def test_write_precomputed_round_trips_raw_with_odd_offset_and_mips(tmp_path):
     rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, size=(40, 36, 6), dtype=np.uint8)
+    raw = rng.integers(0, 256, size=(37, 30, 6), dtype=np.uint8)
     url = write_precomputed(str(tmp_path / "raw"), raw, resolution_nm=(4, 4, 33),
-                            voxel_offset_xyz=(10, 20, 3), chunk_size_xyz=(16, 16, 4),
-                            downsample_mips=1)
-    cv = CloudVolume(url, mip=0)
-    np.testing.assert_array_equal(cv[10:50, 20:56, 3:9][..., 0], raw)
-    low = CloudVolume(url, mip=1)
-    assert list(low.meta.resolution(1)) == [8, 8, 33]
-    expected = np.round(raw.reshape(20, 2, 18, 2, 6).mean(axis=(1, 3))).astype(np.uint8)
-    np.testing.assert_array_equal(low[5:25, 10:28, 3:9][..., 0], expected)
-    seg = rng.integers(0, 5, size=(32, 32, 8)).astype(np.uint64) * (1 << 40)
+                            voxel_offset_xyz=(11, 20, 3), chunk_size_xyz=(16, 16, 4),
+                            downsample_mips=2)
+    assert url == "file://" + str(tmp_path / "raw")
+    cv = CloudVolume(url, mip=0, progress=False)
+    assert list(cv.bounds.minpt) == [11, 20, 3] and list(cv.bounds.maxpt) == [48, 50, 9]
+    np.testing.assert_array_equal(cv[11:48, 20:50, 3:9][..., 0], raw)
+    low = CloudVolume(url, mip=1, progress=False)
+    assert list(low.resolution) == [8, 8, 33]
+    assert list(low.bounds.minpt) == [5, 10, 3] and list(low.bounds.maxpt) == [24, 25, 9]
+    np.testing.assert_array_equal(_read_all(url, mip=1),
+                                  _reference_mean_xy(raw, (11, 20), (5, 10), (24, 25)))
+    lowest = CloudVolume(url, mip=2, progress=False)
+    assert list(lowest.resolution) == [16, 16, 33] and list(lowest.bounds.minpt) == [2, 5, 3]
+
+
+def test_write_precomputed_round_trips_compressed_segmentation(tmp_path):
+    rng = np.random.default_rng(1)
+    seg = rng.integers(0, 5, size=(33, 32, 8)).astype(np.uint64) * np.uint64(1 << 40)
+    seg[2:4, 4:6, 0] = [[9, 9], [9, 0]]   # coarse voxel (51, 2) covers absolute (102:104, 4:6)
+    seg[2:4, 4:6, 1] = [[0, 0], [0, 9]]
     url = write_precomputed(str(tmp_path / "seg"), seg, resolution_nm=(8, 8, 33),
                             voxel_offset_xyz=(100, 0, 7), chunk_size_xyz=(16, 16, 4),
-                            encoding="compressed_segmentation", layer_type="segmentation")
-    cv = CloudVolume(url)
-    assert cv.meta.encoding(0) == "compressed_segmentation"
-    np.testing.assert_array_equal(cv[100:132, 0:32, 7:15][..., 0], seg)
+                            encoding="compressed_segmentation", layer_type="segmentation",
+                            downsample_mips=1)
+    cv = CloudVolume(url, progress=False)
+    assert cv.meta.encoding(0) == cv.meta.encoding(1) == "compressed_segmentation"
+    assert cv.info["scales"][1]["compressed_segmentation_block_size"] == [8, 8, 8]
+    assert cv.layer_type == "segmentation" and cv.dtype == np.uint64
+    np.testing.assert_array_equal(cv[100:133, 0:32, 7:15][..., 0], seg)
+    chunk = tmp_path / "seg" / "8_8_33" / "100-116_0-16_7-11.gz"   # local files get a suffix
+    assert chunk.read_bytes()[:2] == b"\x1f\x8b"
+    coarse = _read_all(url, mip=1)
+    assert coarse.shape == (17, 16, 8)
+    assert coarse[1, 2, 0] == 9 and coarse[1, 2, 1] == 0   # the mode of each 2x2 block
+    assert set(np.unique(coarse)) <= set(np.unique(seg))
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNANNO_DATAGEN_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert default_cache_dir() == str(tmp_path / "a")
+    monkeypatch.delenv("SYNANNO_DATAGEN_CACHE")
+    assert default_cache_dir() == str(tmp_path / "b" / "synanno-datagen")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "synanno-datagen")
+
+
+def test_small_demo_is_byte_identical_and_reused(tmp_path):
+    first = make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ)
+    root = tmp_path / "one" / "demo-v1-192x192x24"
+    mtimes = {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()}
+    assert make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ) == first
+    assert {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()} == mtimes
+    assert os.listdir(tmp_path / "one") == ["demo-v1-192x192x24"]   # no partial copies left
+
+    second = make_demo_data(str(tmp_path / "two"), size_xyz=SMALL_XYZ)
+    a, b = _files(root), _files(tmp_path / "two" / "demo-v1-192x192x24")
+    assert sorted(a) == sorted(b) and len(a) > 20
+    assert [k for k in sorted(a) if open(a[k], "rb").read() != open(b[k], "rb").read()] == []
+    np.testing.assert_array_equal(_read_all(first.target_url), _read_all(second.target_url))
+
+
+def test_a_copy_without_marker_is_rebuilt(tmp_path):
+    root = tmp_path / "demo-v1-192x192x24"
+    (root / "target").mkdir(parents=True)
+    (root / "synapses.csv").write_text("half written")
+    data = make_demo_data(str(tmp_path), size_xyz=SMALL_XYZ)
+    assert json.loads((root / "COMPLETE").read_text())["n_synapses"] == data.n_synapses
+    assert open(data.table_path).readline().startswith("id,x,y,z,pre_pt_x")
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +122,68 @@ def demo(tmp_path_factory):
     return cache, make_demo_data(str(cache))
 
 
-def test_demo_data_is_deterministic_and_cached(demo, tmp_path):
-    cache, data = demo
-    marker = cache / "demo-v1" / "COMPLETE"
-    before = marker.stat().st_mtime_ns
-    assert make_demo_data(str(cache)) == data and marker.stat().st_mtime_ns == before
-    fresh = make_demo_data(str(tmp_path))
-    assert (tmp_path / "demo-v1" / "synapses.csv").read_bytes() == \
-        (cache / "demo-v1" / "synapses.csv").read_bytes()
-    a = CloudVolume(data.target_url)[:, :, :]
-    b = CloudVolume(fresh.target_url)[:, :, :]
-    np.testing.assert_array_equal(a, b)
+def _classify(rows, labels_xyz):
+    """Good rows (parseable, inside, on a label) and the bad rows, by what is wrong with them."""
+    off, size = np.array(TARGET_OFFSET_XYZ), np.array(labels_xyz.shape)
+    good, bad = [], {}
+    for r in rows:
+        try:
+            c = np.array([float(r[k]) for k in "xyz"]).astype(int) - off
+        except ValueError:
+            bad["empty" if "" in (r["x"], r["y"], r["z"]) else "not_a_number"] = r
+            continue
+        if not (np.all(c >= 0) and np.all(c < size)):
+            bad["outside"] = r
+        elif labels_xyz[tuple(c)] == 0:
+            bad["empty_target"] = (r, c)
+        else:
+            good.append((r, c))
+    return good, bad
 
 
-def test_demo_table_points_at_synapses_and_has_bad_rows(demo):
+def test_demo_volumes_have_the_documented_geometry(demo):
     _, data = demo
-    cv = CloudVolume(data.target_url)
-    labels = np.asarray(cv[:, :, :])[..., 0]
-    off = np.array(TARGET_OFFSET_XYZ)
-    rows = list(csv.DictReader(open(data.table_path)))
-    good = [r for r in rows if r["type"] in ("E", "I")]
-    assert len(good) == data.n_synapses >= 200 and len(rows) == len(good) + 4
-    assert len({r["id"] for r in rows}) == len(rows)
-    for r in good:
-        c = np.array([int(float(r[k])) for k in "xyz"]) - off
-        assert all(0 <= c) and all(c < labels.shape)
-        assert labels[c[0], c[1], c[2]] == (1 if r["type"] == "E" else 2)
-    bad = [r for r in rows if r["type"] == "bad"]
-    assert sorted(r["z"] for r in bad)[0] == "" and any(r["x"] == "n/a" for r in bad)
+    target = CloudVolume(data.target_url, progress=False)
+    assert list(target.bounds.minpt) == [1000, 2000, 100]
+    assert list(target.bounds.maxpt) == [1384, 2384, 148]
+    assert list(target.resolution) == [8, 8, 33] and target.dtype == np.uint64
+    assert target.meta.encoding(0) == "compressed_segmentation"
+    assert list(target.meta.chunk_size(0)) == [64, 64, 16]
+    source = CloudVolume(data.source_url, mip=0, progress=False)
+    assert list(source.bounds.minpt) == [2000, 4000, 100]
+    assert list(source.bounds.maxpt) == [2768, 4768, 148]
+    assert list(source.resolution) == [4, 4, 33] and source.dtype == np.uint8
+    assert source.meta.encoding(0) == source.meta.encoding(1) == "jpeg"
+    low = CloudVolume(data.source_url, mip=1, progress=False)
+    assert list(low.resolution) == [8, 8, 33] and low.bounds == target.bounds
+    raw, labels = _read_all(data.source_url, mip=1), _read_all(data.target_url)
+    assert raw[labels != 0].mean() < raw[labels == 0].mean() - 40   # clefts are visible
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+
+
+def test_demo_table_points_at_synapses_and_has_the_bad_rows(demo):
+    _, data = demo
+    labels = _read_all(data.target_url)
+    text = open(data.table_path).read()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert list(rows[0]) == ["id", "x", "y", "z", "pre_pt_x", "pre_pt_y", "pre_pt_z",
+                             "post_pt_x", "post_pt_y", "post_pt_z", "type", "score"]
+    assert len({r["id"] for r in rows}) == len(rows) and min(int(r["id"]) for r in rows) >= 10**12
+    good, bad = _classify(rows, labels)
+    assert len(good) == data.n_synapses == N_SYNAPSES and len(rows) == len(good) + 4
+    for r, c in good:
+        assert labels[tuple(c)] == {"E": 1, "I": 2}[r["type"]]
+        assert 0.5 <= float(r["score"]) <= 1
+    assert any(r["x"].endswith(".0") for r, _ in good)
+    centers = np.array([c for _, c in good])
+    assert np.any(centers[:, 2] < 4) and np.any(centers[:, 2] >= TARGET_SIZE_XYZ[2] - 4)
+    assert np.any(centers[:, :2] < 16) and np.any(centers[:, :2] >= 384 - 16)
+    assert sorted(bad) == ["empty", "empty_target", "not_a_number", "outside"]
+    assert bad["empty"]["z"] == "" and bad["not_a_number"]["x"] == "n/a"
+    _, c = bad["empty_target"]   # no label within one default crop (128 x 128 x 16) around it
+    assert not labels[max(c[0] - 64, 0):c[0] + 64, max(c[1] - 64, 0):c[1] + 64,
+                      max(c[2] - 8, 0):c[2] + 8].any()
+    assert not np.isin(labels[tuple(centers.T)], [0, 3]).any()
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
