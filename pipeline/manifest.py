@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import GENERATOR_NAME, __version__
 from pipeline.config import Config
 from transforms.examples import FEATURES
-from transforms.files import join, write_atomic
+from transforms.files import delete_tree, join, write_atomic
 from transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
 
 SCHEMA_VERSION = 1
@@ -93,9 +93,7 @@ class WriteManifestFn(beam.DoFn):
         manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
         manifest["run"] = {"created_utc": datetime.datetime.now(datetime.timezone.utc)
                            .strftime("%Y-%m-%dT%H:%M:%SZ")}
-        tmp = join(self._config.output_dir, FRAGMENTS_DIR)
-        if FileSystems.exists(tmp):
-            FileSystems.delete([tmp])
+        delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
         yield manifest
@@ -108,9 +106,7 @@ DATASET_ENTRIES = (MANIFEST, "dead_letter.jsonl", "tfrecord", "index", "npy", FR
 def clear_dataset(output_dir: str) -> None:
     """Delete an earlier run's files (only the names this tool writes), manifest first."""
     for name in DATASET_ENTRIES:
-        path = join(output_dir, name)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        delete_tree(join(output_dir, name))
 
 
 def load_manifest(output_dir: str) -> dict:

@@ -33,10 +33,42 @@ def write_atomic(path: str, chunks: Iterable[bytes]) -> Tuple[int, str]:
             f.write(chunk)
             digest.update(chunk)
             size += len(chunk)
+    rename(tmp, path)
+    return size, digest.hexdigest()
+
+
+def _gcs():
+    from apache_beam.io.gcp.gcsio import GcsIO
+
+    return GcsIO()
+
+
+def rename(src: str, dst: str) -> None:
+    """Move one file, replacing ``dst``.
+
+    On gs:// this is one copy and one delete of a single object (GcsIO.rename): FileSystems'
+    list form sends GCS batch requests, which we do not need for one object and which GCS
+    emulators do not serve.
+    """
+    if src.startswith("gs://"):
+        _gcs().rename(src, dst)
+        return
+    if FileSystems.exists(dst):
+        FileSystems.delete([dst])
+    FileSystems.rename([src], [dst])
+
+
+def delete_tree(path: str) -> None:
+    """Delete a file or everything under a directory/prefix, if anything is there."""
+    if path.startswith("gs://"):
+        gcs = _gcs()
+        prefix = path.rstrip("/")
+        for found in FileSystems.match([prefix, prefix + "/**"]):
+            for meta in found.metadata_list:
+                gcs.delete(meta.path)
+        return
     if FileSystems.exists(path):
         FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-    return size, digest.hexdigest()
 
 
 def read_chunks(path: str) -> Iterable[bytes]:
