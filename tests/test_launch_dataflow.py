@@ -98,3 +98,136 @@ def test_the_pipeline_module_runs_as_the_script_calls_it():
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and "--materialization" in done.stdout
+
+
+REQUIRED = ["--materialization", "gs://tables/export_*.csv", "--source-url", "gs://h01/raw",
+            "--target-url", "gs://h01/syn", "--output-dir", "gs://out/ds"]
+
+
+@pytest.fixture
+def stub_gcloud(tmp_path):
+    """Stub: a stand-in gcloud on PATH that records each call's arguments (one JSON list per
+    line) and answers 'scheduler jobs describe' with found/not found per STUB_JOB_EXISTS."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gcloud-calls.jsonl"
+    script = bin_dir / "gcloud"
+    script.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:4] == ['scheduler', 'jobs', 'describe']:\n"
+        "    sys.exit(0 if os.environ.get('STUB_JOB_EXISTS') == '1' else 1)\n")
+    script.chmod(0o755)
+
+    def read():
+        import json
+
+        return [json.loads(line) for line in calls.read_text().splitlines()] \
+            if calls.exists() else []
+
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable}
+    return env, read
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_build_template_builds_the_image_and_the_spec(stub_gcloud):
+    env, calls = stub_gcloud
+    done = launch("build-template", PROJECT="proj", REGION="us-east1", BUCKET="bkt", **env)
+    assert done.returncode == 0, done.stderr
+    build, spec = calls()
+    image = "us-east1-docker.pkg.dev/proj/synanno/synanno-datagen:latest"
+    assert build[:3] == ["builds", "submit", str(ROOT)] and _value(build, "--tag") == image
+    assert spec[:4] == ["dataflow", "flex-template", "build",
+                        "gs://bkt/synanno-datagen/templates/synanno-datagen.json"]
+    assert _value(spec, "--image") == image and _value(spec, "--sdk-language") == "PYTHON"
+    assert _value(spec, "--metadata-file") == str(ROOT / "metadata.json")
+    dry = launch("--dry-run", "build-template", PROJECT="proj", REGION="us-east1", BUCKET="bkt",
+                 **env)
+    assert [shlex.split(line)[1:] for line in dry.stdout.splitlines()] == [build, spec]
+    assert len(calls()) == 2   # the dry run called nothing
+
+
+def _metadata():
+    import json
+
+    return {p["name"]: p for p in json.loads((ROOT / "metadata.json").read_text())["parameters"]}
+
+
+@pytest.mark.parametrize("exists, verb, headers", [("0", "create", "--headers"),
+                                                   ("1", "update", "--update-headers")])
+def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb, headers):
+    import json
+
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--num-instances", "5000", "--crop-size", "64", "64",
+                  "16", PROJECT="proj", REGION="us-east1", BUCKET="bkt", MAX_WORKERS="20",
+                  SERVICE_ACCOUNT="runner@proj.iam.gserviceaccount.com", STUB_JOB_EXISTS=exists,
+                  **env)
+    assert done.returncode == 0, done.stderr
+    describe, job = calls()
+    assert describe[:4] == ["scheduler", "jobs", "describe", "synanno-datagen-nightly"]
+    assert job[:5] == ["scheduler", "jobs", verb, "http", "synanno-datagen-nightly"]
+    assert _value(job, "--schedule") == "0 2 * * *" and _value(job, "--time-zone") == "Etc/UTC"
+    assert _value(job, "--uri") == ("https://dataflow.googleapis.com/v1b3/projects/proj/"
+                                    "locations/us-east1/flexTemplates:launch")
+    assert _value(job, "--http-method") == "POST"
+    assert _value(job, headers) == "Content-Type=application/json"
+    assert _value(job, "--oauth-service-account-email") == "runner@proj.iam.gserviceaccount.com"
+    body = json.loads(_value(job, "--message-body"))["launchParameter"]
+    assert body["jobName"] == "synanno-datagen-nightly"
+    assert body["containerSpecGcsPath"] == "gs://bkt/synanno-datagen/templates/synanno-datagen.json"
+    assert body["environment"]["maxWorkers"] == 20
+    assert body["environment"]["tempLocation"] == "gs://bkt/synanno-datagen/temp"
+    # Every parameter is declared in metadata.json, matches its regex, and required ones are set.
+    declared = _metadata()
+    params = body["parameters"]
+    assert params["crop_size"] == "64 64 16" and params["num_instances"] == "5000"
+    for name, value in params.items():
+        assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
+    assert {n for n, p in declared.items() if not p["isOptional"]} <= set(params)
+
+
+def test_schedule_needs_a_service_account_and_valid_flags(stub_gcloud):
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b", **env)
+    assert done.returncode == 2 and "SERVICE_ACCOUNT is not set" in done.stderr
+    done = launch("schedule", *REQUIRED, "--runner", "DirectRunner", PROJECT="p", REGION="r",
+                  BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and "--runner" in done.stderr
+    assert calls() == []
+
+
+def test_metadata_declares_exactly_the_run_flags():
+    from pipeline.flex import template_parameters
+
+    assert list(_metadata()) == template_parameters()
+
+
+def test_template_parameters_become_run_flags():
+    from pipeline.flex import parameters_to_flags
+
+    argv = parameters_to_flags(["--materialization=gs://t/*.csv", "--crop_size=64 64 16",
+                                "--runner=DataflowRunner", "--seed=4", "--source_url=gs://s",
+                                "--target_url=gs://t", "--output_dir=gs://o"])
+    args, beam = run_parser().parse_known_args(argv)
+    assert args.crop_size == [64, 64, 16] and args.seed == 4 and beam == ["--runner=DataflowRunner"]
+
+
+def test_template_entry_point_runs_the_pipeline(small_data, tmp_path):
+    """What the Flex Template launcher runs (FLEX_TEMPLATE_PYTHON_PY_FILE), on the DirectRunner."""
+    out = tmp_path / "out"
+    argv = [sys.executable, str(ROOT / "pipeline" / "flex.py"),
+            f"--materialization={small_data.table_path}", f"--source_url={small_data.source_url}",
+            f"--target_url={small_data.target_url}", f"--output_dir={out}",
+            "--crop_size=12 12 4", "--variants=2", "--runner=DirectRunner"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["crop_size_xyz"] == [12, 12, 4]
+    assert manifest["counts"]["variants_written"] == 10

@@ -1,0 +1,121 @@
+"""Flex Template support: template parameters <-> our flags, and the launch request body.
+
+A Flex Template parameter is a name matching ``[a-z_]+`` with one string value, passed by the
+launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size`` is one
+string ``"X Y Z"``. ``metadata.json`` (repository root) declares them with validation regexes; a
+test keeps it in step with the ``run`` flags.
+
+Entry points:
+  python pipeline/flex.py [template args...]   what the template launcher runs (Dockerfile)
+  python -m pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
+      prints the JSON body of a flexTemplates:launch request for FLAGS (used by
+      ``launch_dataflow.sh schedule``)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List, Sequence, Tuple
+
+from pipeline.config import ConfigError, run_parser
+
+NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
+
+
+def template_parameters() -> List[str]:
+    """Names of the template parameters, in the order of the run flags."""
+    return [a.dest for a in run_parser()._actions if a.dest not in NOT_TEMPLATE_PARAMETERS]
+
+
+def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
+    """``run`` flags -> {parameter: string value} for the flags given (Beam flags refused)."""
+    parser = run_parser()
+    args, rest = parser.parse_known_args(list(flags))
+    if rest:
+        raise ConfigError(f"{rest[0]}: only synanno-datagen run flags can be template parameters; "
+                          "Dataflow settings come from the environment variables")
+    given = {a.dest for a in parser._actions for f in a.option_strings
+             if any(x == f or x.startswith(f + "=") for x in flags)}
+    params = {}
+    for name in template_parameters():
+        if name in given:
+            value = getattr(args, name)
+            params[name] = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return params
+
+
+def parameters_to_flags(argv: Sequence[str]) -> List[str]:
+    """Launcher argv (``--name=value`` for parameters, anything else for Beam) -> CLI argv."""
+    names = set(template_parameters())
+    flags, beam = [], []
+    for arg in argv:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if sep and name in names:
+            flag = "--" + name.replace("_", "-")
+            flags += [flag] + (value.split() if name == "crop_size" else [value])
+        else:
+            beam.append(arg)
+    return flags + beam
+
+
+def launch_body(template_path: str, job_name: str, parameters: Dict[str, str],
+                environment: Dict) -> dict:
+    """Body of POST .../locations/REGION/flexTemplates:launch."""
+    return {"launchParameter": {
+        "jobName": job_name,
+        "containerSpecGcsPath": template_path,
+        "parameters": parameters,
+        "environment": environment,
+    }}
+
+
+ENVIRONMENT_FLAGS = {  # body flag -> Flex Template RuntimeEnvironment field
+    "--temp-location": "tempLocation", "--staging-location": "stagingLocation",
+    "--service-account": "serviceAccountEmail", "--max-workers": "maxWorkers",
+    "--machine-type": "machineType", "--network": "network",
+    "--sdk-container-image": "sdkContainerImage",
+}
+
+
+def body_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.flex body")
+    parser.add_argument("--template-path", required=True)
+    parser.add_argument("--job-name", required=True)
+    for flag in ENVIRONMENT_FLAGS:
+        parser.add_argument(flag, default="")
+    ours, flags = _split_at_double_dash(list(argv))
+    args = parser.parse_args(ours)
+    try:
+        params = flags_to_parameters(flags)
+    except ConfigError as e:
+        print(f"synanno-datagen: error: {e}", file=sys.stderr)
+        return 2
+    environment = {}
+    for flag, field in ENVIRONMENT_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value:
+            environment[field] = int(value) if field == "maxWorkers" else value
+    body = launch_body(args.template_path, args.job_name, params, environment)
+    print(json.dumps(body, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["body"]:
+        return body_main(argv[1:])
+    from pipeline.cli import main as cli_main
+
+    return cli_main(["run"] + parameters_to_flags(argv))
+
+
+def _split_at_double_dash(argv: List[str]) -> Tuple[List[str], List[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
