@@ -5,6 +5,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
 from pipeline.config import Config
+from pipeline.incremental import KeepNewInstances, previous_index_paths
 from pipeline.manifest import WriteManifestFn
 from transforms.clean import CleanTargets
 from transforms.fetch import FetchConfig, FetchSubvolumes
@@ -33,6 +34,11 @@ def build(p: beam.Pipeline, config: Config):
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
                                          config.target.bounds)
     instances = table["instances"]  # Instance, unique ids
+    vanished = None
+    if config.incremental and config.incremental["previous"]:
+        kept = instances | "KeepNewInstances" >> KeepNewInstances(
+            previous_index_paths(config.incremental))
+        instances, vanished = kept["instances"], kept["vanished"]
     if config.num_instances is not None:
         instances = instances | "SelectInstances" >> SelectInstances(config.seed,
                                                                      config.num_instances)
@@ -64,7 +70,7 @@ def build(p: beam.Pipeline, config: Config):
     dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
 
-    counts = _counts(table["rows"], assigned["instances"], written["written"], dead)
+    counts = _counts(table["rows"], assigned["instances"], written["written"], dead, vanished)
     npy_totals = (written["written"]
                   | "NpyFiles" >> beam.Map(_npy_files_and_bytes)
                   | "NpyTotals" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
@@ -81,7 +87,7 @@ def _npy_files_and_bytes(keyed_written):
     return len(files), sum(f["bytes"] for f in files)
 
 
-def _counts(rows, selected, written, dead):
+def _counts(rows, selected, written, dead, vanished=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason."""
     def count(pcoll, label):
         return pcoll | label >> beam.combiners.Count.Globally()
@@ -95,7 +101,10 @@ def _counts(rows, selected, written, dead):
                  | "CountReasons" >> beam.combiners.Count.PerElement()
                  | "ReasonDict" >> beam.combiners.ToDict())
 
-    def combine(_, rows_read, selected, written, variants, failures):
+    n_vanished = (vanished if vanished is not None else rows.pipeline | "NoneVanished" >>
+                  beam.Create([])) | "CountVanished" >> beam.combiners.Count.Globally()
+
+    def combine(_, rows_read, selected, written, variants, failures, vanished_count):
         rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
         return {
             "rows_read": rows_read, "rows_rejected": rejected_rows,
@@ -103,9 +112,10 @@ def _counts(rows, selected, written, dead):
             "instances_selected": selected,
             "instances_written": written, "variants_written": variants,
             "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
+            "vanished_instances": vanished_count,
         }
 
     return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
             | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
                                    AsSingleton(n_written), AsSingleton(n_variants),
-                                   AsSingleton(by_reason)))
+                                   AsSingleton(by_reason), AsSingleton(n_vanished)))

@@ -49,6 +49,18 @@ class Config:
     splits: Tuple[Tuple[str, float], ...] = DEFAULT_SPLITS
     shard_size_mb: float = 256.0
     overwrite: bool = False
+    incremental: Optional[dict] = None  # pipeline.incremental.plan(): run number, previous files
+
+    def generation(self) -> dict:
+        """The options that decide the records' bytes (an incremental run extends a dataset only
+        when these are unchanged)."""
+        return {
+            "source_url": self.source.url, "source_mip": self.source.mip,
+            "target_url": self.target.url, "crop_size_xyz": list(self.crop_size_xyz),
+            "variants": self.variants, "seed_model": self.seed_model.to_manifest(),
+            "seed": self.seed, "pad_value": self.pad_value, "formats": list(self.formats),
+            "splits": [list(s) for s in self.splits], "id_column": self.id_column,
+        }
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -71,7 +83,7 @@ class Config:
             "crop_size_xyz": list(self.crop_size_xyz), "source_mip": self.source.mip,
             "pad_value": self.pad_value, "seed": self.seed, "formats": list(self.formats),
             "splits": {name: fraction for name, fraction in self.splits},
-            "shard_size_mb": self.shard_size_mb,
+            "shard_size_mb": self.shard_size_mb, "incremental": self.incremental is not None,
         }
 
 
@@ -111,6 +123,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="approximate TFRecord shard size (default 256)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset made with a different config in --output-dir")
+    parser.add_argument("--incremental", action="store_true",
+                        help="add only new instances to the dataset under --output-dir "
+                        "(ROOT/runs/NNNNN, ROOT/LATEST)")
 
 
 def run_parser(prog: str = "synanno-datagen run") -> argparse.ArgumentParser:
@@ -164,8 +179,27 @@ def from_args(args: argparse.Namespace) -> Config:
         seed_model=SeedModel(max_seed_slices=args.max_seed_slices), crop_size_xyz=crop,
         pad_value=args.pad_value, seed=args.seed, formats=formats, splits=splits,
         shard_size_mb=args.shard_size_mb, overwrite=args.overwrite)
+    if args.incremental:
+        return _with_incremental_plan(config)
     check_output_dir(config)
     return config
+
+
+def _with_incremental_plan(config: Config) -> Config:
+    import dataclasses
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.incremental import plan
+
+    root = config.output_dir
+    try:
+        incremental = plan(root, config.generation())
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
+                          "point --output-dir at another root") from None
+    return dataclasses.replace(config, incremental=incremental,
+                               output_dir=FileSystems.join(root, incremental["run_dir"]))
 
 
 def _check_numbers(args) -> None:

@@ -21,6 +21,7 @@ from typing import Dict, List, Sequence, Tuple
 from pipeline.config import ConfigError, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
+SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
 
 
 def template_parameters() -> List[str]:
@@ -41,6 +42,8 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
     for name in template_parameters():
         if name in given:
             value = getattr(args, name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
             params[name] = " ".join(map(str, value)) if isinstance(value, list) else str(value)
     return params
 
@@ -53,7 +56,10 @@ def parameters_to_flags(argv: Sequence[str]) -> List[str]:
         name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         if sep and name in names:
             flag = "--" + name.replace("_", "-")
-            flags += [flag] + (value.split() if name == "crop_size" else [value])
+            if name in SWITCHES:
+                flags += [flag] if value.lower() == "true" else []
+            else:
+                flags += [flag] + (value.split() if name == "crop_size" else [value])
         else:
             beam.append(arg)
     return flags + beam

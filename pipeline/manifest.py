@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import GENERATOR_NAME, __version__
 from pipeline.config import Config
+from pipeline.incremental import LATEST, merge_files
 from transforms.examples import FEATURES
 from transforms.files import delete_tree, join, write_atomic
 from transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
@@ -32,17 +33,25 @@ def feature_spec(config: Config) -> List[dict]:
 def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter: dict,
                    npy_totals: Dict) -> dict:
     """The manifest as a JSON-ready dict (``run`` left for the writer)."""
-    tfrecords = sorted((f for f in files if f["kind"] == "tfrecord"), key=_file_key)
-    indexes = sorted((f for f in files if f["kind"] == "index"), key=_file_key)
+    listing = {
+        "tfrecord": [_public(f) for f in sorted(
+            (f for f in files if f["kind"] == "tfrecord"), key=_file_key)],
+        "index": [_public(f) for f in sorted(
+            (f for f in files if f["kind"] == "index"), key=_file_key)],
+        "dead_letter": _public(dead_letter),
+    }
+    if config.incremental:
+        listing = merge_files(config.incremental, listing)
     splits = {}
     for name, fraction in config.splits:
-        mine = [f for f in indexes if f["split"] == name]
+        mine = [f for f in listing["index"] if f["split"] == name]
+        records = [f for f in listing["tfrecord"] if f["split"] == name]
         splits[name] = {
             "fraction": fraction,
             "instances": sum(f["records"] for f in mine),
-            "records": sum(f["records"] for f in tfrecords if f["split"] == name),
+            "records": sum(f["records"] for f in records),
             "shards": len(mine),
-            "bytes": sum(f["bytes"] for f in tfrecords if f["split"] == name),
+            "bytes": sum(f["bytes"] for f in records),
         }
     res = config.source.resolution_nm
     return {
@@ -61,17 +70,25 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
         "seed_model": config.seed_model.to_manifest(),
         "counts": counts,
         "splits": splits,
-        "files": {
-            "tfrecord": [_public(f) for f in tfrecords],
-            "index": [_public(f) for f in indexes],
-            "dead_letter": _public(dead_letter),
-        },
+        "files": listing,
         "npy": {
             "written": NPY in config.formats,
             "layout": dict(NPY_LAYOUT),
             "listed_in": "index (per instance: path, bytes, sha256 of each file)",
             **npy_totals,
         },
+        **({"incremental": incremental_section(config.incremental)} if config.incremental else {}),
+    }
+
+
+def incremental_section(incremental: dict) -> dict:
+    previous = incremental["previous"]
+    return {
+        "run": incremental["run"], "run_dir": incremental["run_dir"],
+        "manifest": incremental["run_dir"] + "/" + MANIFEST,
+        "generation_hash": incremental["generation_hash"],
+        "extends": previous["manifest"] if previous else None,
+        "paths_relative_to": "the dataset root (two levels above this manifest)",
     }
 
 
@@ -96,6 +113,10 @@ class WriteManifestFn(beam.DoFn):
         delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
+        incremental = self._config.incremental
+        if incremental:  # last: the root now points at this complete run
+            pointer = (incremental["run_dir"] + "/" + MANIFEST + "\n").encode("utf-8")
+            write_atomic(join(incremental["root"], LATEST), [pointer])
         yield manifest
 
 

@@ -164,7 +164,7 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
 
     env, calls = stub_gcloud
     done = launch("schedule", *REQUIRED, "--num-instances", "5000", "--crop-size", "64", "64",
-                  "16", PROJECT="proj", REGION="us-east1", BUCKET="bkt", MAX_WORKERS="20",
+                  "16", "--incremental", PROJECT="proj", REGION="us-east1", BUCKET="bkt", MAX_WORKERS="20",
                   SERVICE_ACCOUNT="runner@proj.iam.gserviceaccount.com", STUB_JOB_EXISTS=exists,
                   **env)
     assert done.returncode == 0, done.stderr
@@ -186,6 +186,7 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
     declared = _metadata()
     params = body["parameters"]
     assert params["crop_size"] == "64 64 16" and params["num_instances"] == "5000"
+    assert params["incremental"] == "true"
     for name, value in params.items():
         assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
     assert {n for n, p in declared.items() if not p["isOptional"]} <= set(params)
@@ -212,9 +213,13 @@ def test_template_parameters_become_run_flags():
 
     argv = parameters_to_flags(["--materialization=gs://t/*.csv", "--crop_size=64 64 16",
                                 "--runner=DataflowRunner", "--seed=4", "--source_url=gs://s",
-                                "--target_url=gs://t", "--output_dir=gs://o"])
+                                "--target_url=gs://t", "--output_dir=gs://o", "--incremental=true"])
     args, beam = run_parser().parse_known_args(argv)
     assert args.crop_size == [64, 64, 16] and args.seed == 4 and beam == ["--runner=DataflowRunner"]
+    assert args.incremental
+    assert not run_parser().parse_known_args(parameters_to_flags(
+        ["--incremental=false", "--materialization=m", "--source_url=s", "--target_url=t",
+         "--output_dir=o"]))[0].incremental
 
 
 def test_template_entry_point_runs_the_pipeline(small_data, tmp_path):
