@@ -8,7 +8,7 @@ from pipeline.config import Config
 from pipeline.incremental import KeepNewInstances, previous_index_paths
 from pipeline.manifest import WriteManifestFn
 from transforms.clean import CleanTargets
-from transforms.fetch import FetchConfig, FetchSubvolumes
+from transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
 from transforms.records import FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume
 from transforms.select import AssignShards, SelectInstances
 from transforms.table import DEAD, TABLE_REASONS, ReadTable
@@ -25,8 +25,11 @@ def failure_to_dead_letter(failure, reason: str, stage: str) -> DeadLetter:
 
 
 def fetch_config(config: Config) -> FetchConfig:
+    memory = int(config.fetch_memory_mb) << 20
+    block = config.block_size_xyz or default_block_size(
+        config.target, config.source, config.scale_xyz, config.crop_size_xyz, memory)
     return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
-                       config.pad_value)
+                       config.pad_value, config.fetch_strategy, tuple(block), memory)
 
 
 def build(p: beam.Pipeline, config: Config):
@@ -45,9 +48,7 @@ def build(p: beam.Pipeline, config: Config):
     shard_bytes = int(config.shard_size_mb * (1 << 20))
     assigned = instances | "AssignShards" >> AssignShards(
         config.seed, config.splits, config.bytes_per_instance, shard_bytes)
-    fetched = (assigned["instances"]
-               | "Distribute" >> beam.Reshuffle()  # small records only: spread the fetch work
-               | "FetchSubvolumes" >> FetchSubvolumes(fetch_config(config)))  # Subvolume
+    fetched = assigned["instances"] | "FetchSubvolumes" >> FetchSubvolumes(fetch_config(config))
     cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm)
     varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,
                                                             config.seed_model)

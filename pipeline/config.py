@@ -50,6 +50,9 @@ class Config:
     shard_size_mb: float = 256.0
     overwrite: bool = False
     incremental: Optional[dict] = None  # pipeline.incremental.plan(): run number, previous files
+    fetch_strategy: str = "grouped"
+    block_size_xyz: Optional[Tuple[int, int, int]] = None  # None: chosen from chunks and memory
+    fetch_memory_mb: int = 1024
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -84,6 +87,9 @@ class Config:
             "pad_value": self.pad_value, "seed": self.seed, "formats": list(self.formats),
             "splits": {name: fraction for name, fraction in self.splits},
             "shard_size_mb": self.shard_size_mb, "incremental": self.incremental is not None,
+            "fetch_strategy": self.fetch_strategy,
+            "block_size_xyz": list(self.block_size_xyz) if self.block_size_xyz else None,
+            "fetch_memory_mb": self.fetch_memory_mb,
         }
 
 
@@ -123,6 +129,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="approximate TFRecord shard size (default 256)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset made with a different config in --output-dir")
+    parser.add_argument("--fetch-strategy", choices=("grouped", "per-instance"),
+                        default="grouped", help="grouped: fetch by spatial block, each shared "
+                        "chunk read once (default); per-instance: one cutout per instance")
+    parser.add_argument("--block-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="grouped work block in target voxels (default: from the chunk "
+                        "sizes and --fetch-memory-mb)")
+    parser.add_argument("--fetch-memory-mb", type=int, default=1024,
+                        help="decoded-chunk cache per worker for grouped fetching (default 1024)")
     parser.add_argument("--incremental", action="store_true",
                         help="add only new instances to the dataset under --output-dir "
                         "(ROOT/runs/NNNNN, ROOT/LATEST)")
@@ -178,7 +192,9 @@ def from_args(args: argparse.Namespace) -> Config:
         num_instances=args.num_instances, variants=args.variants,
         seed_model=SeedModel(max_seed_slices=args.max_seed_slices), crop_size_xyz=crop,
         pad_value=args.pad_value, seed=args.seed, formats=formats, splits=splits,
-        shard_size_mb=args.shard_size_mb, overwrite=args.overwrite)
+        shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
+        fetch_strategy=args.fetch_strategy, fetch_memory_mb=args.fetch_memory_mb,
+        block_size_xyz=tuple(args.block_size) if args.block_size else None)
     if args.incremental:
         return _with_incremental_plan(config)
     check_output_dir(config)
@@ -211,7 +227,11 @@ def _check_numbers(args) -> None:
         ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
         ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
+        ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
     ]
+    if args.block_size is not None:
+        checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),
+                       "positive"))
     if args.num_instances is not None:
         checks.append(("--num-instances", args.num_instances, args.num_instances >= 1,
                        "at least 1 (leave it out for all)"))

@@ -1,9 +1,9 @@
 """Flex Template support: template parameters <-> our flags, and the launch request body.
 
 A Flex Template parameter is a name matching ``[a-z_]+`` with one string value, passed by the
-launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size`` is one
-string ``"X Y Z"``. ``metadata.json`` (repository root) declares them with validation regexes; a
-test keeps it in step with the ``run`` flags.
+launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size`` and
+``block_size`` are one string ``"X Y Z"``. ``metadata.json`` (repository root) declares them
+with validation regexes; a test keeps it in step with the ``run`` flags.
 
 Entry points:
   python pipeline/flex.py [template args...]   what the template launcher runs (Dockerfile)
@@ -22,6 +22,7 @@ from pipeline.config import ConfigError, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
+XYZ_PARAMETERS = {"crop_size", "block_size"}  # three integers: template parameter "X Y Z"
 
 
 def template_parameters() -> List[str]:
@@ -59,7 +60,7 @@ def parameters_to_flags(argv: Sequence[str]) -> List[str]:
             if name in SWITCHES:
                 flags += [flag] if value.lower() == "true" else []
             else:
-                flags += [flag] + (value.split() if name == "crop_size" else [value])
+                flags += [flag] + (value.split() if name in XYZ_PARAMETERS else [value])
         else:
             beam.append(arg)
     return flags + beam

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 from pathlib import Path
@@ -302,3 +303,29 @@ def test_a_missing_chunk_is_a_fetch_error_not_zeros(small_data, tmp_path):
                if d["reason"] == "fetch_error")
     assert manifest["counts"]["failures"]["fetch_error"] == 2
     assert sorted(r["instance_id"] for r in read_records(tmp_path / "out")) == [13, 14, 15]
+
+
+@pytest.mark.parametrize("block", [None, ("--block-size", "8", "8", "2")])
+def test_grouped_and_per_instance_fetching_write_identical_bytes(small_data, tmp_path, block):
+    """Crops overlap (11 and 12) and, with 8x8x2 blocks, cross block borders."""
+    extra = list(block or ())
+    run_pipeline(small_data.argv(tmp_path / "per", "--fetch-strategy", "per-instance"))
+    _, manifest = run_pipeline(small_data.argv(tmp_path / "grouped", "--fetch-strategy",
+                                               "grouped", *extra))
+    assert manifest["config"]["fetch_strategy"] == "grouped"
+    assert _dataset_bytes(tmp_path / "per") == _dataset_bytes(tmp_path / "grouped")
+
+
+def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget():
+    from transforms.fetch import default_block_size
+    from transforms.volumes import VolumeSpec
+
+    def spec(chunk, dtype):
+        return VolumeSpec("file:///v", 0, (8, 8, 33), (0, 0, 0), (10**5, 10**5, 10**4), chunk,
+                          dtype, "raw", "image", 1)
+
+    target, source = spec((128, 128, 32), "uint64"), spec((128, 128, 16), "uint8")
+    block = default_block_size(target, source, (2, 2, 1), (128, 128, 16), 1 << 30)
+    assert block == (256, 256, 32)      # multiples of 128 (target) and 64 (source/2); 2x crop
+    small = default_block_size(target, source, (2, 2, 1), (128, 128, 16), 16 << 20)
+    assert math.prod(small) * 12 <= (16 << 20) // 4 and small[2] == 32

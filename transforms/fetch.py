@@ -1,10 +1,12 @@
 """FetchSubvolumes: Instance -> Subvolume (source crop and upsampled target labels, (z, y, x))."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.geometry import crop_box, padding, scale_box, upsample_nearest_zyx
@@ -19,6 +21,31 @@ class FetchConfig:
     crop_size_xyz: Tuple[int, int, int]
     scale_xyz: Tuple[int, int, int]
     pad_value: int
+    strategy: str = "grouped"                        # or "per-instance"
+    block_size_xyz: Tuple[int, int, int] = (0, 0, 0)  # target voxels; grouped only
+    memory_bytes: int = 1 << 30                      # decoded-chunk cache per worker; grouped only
+
+
+def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_size_xyz,
+                       memory_bytes: int) -> Tuple[int, int, int]:
+    """Work block (target voxels) for the grouped strategy: whole chunks of both volumes per
+    axis, about twice the crop, shrunk (in x and y) until one block's source and target voxels
+    fill at most a quarter of the memory budget."""
+    block = []
+    for t, s, f, c in zip(target.chunk_size_xyz, source.chunk_size_xyz, scale_xyz, crop_size_xyz):
+        unit = math.lcm(t, s // f) if s % f == 0 else t
+        block.append(unit * max(1, math.ceil(2 * c / unit)))
+    voxel_bytes = math.prod(scale_xyz) + np.dtype(target.dtype).itemsize
+    while math.prod(block) * voxel_bytes > memory_bytes // 4 and max(block[:2]) > 1:
+        axis = 0 if block[0] >= block[1] else 1
+        block[axis] = max(1, block[axis] // 2)
+    return tuple(block)
+
+
+def block_key(instance: Instance, target_offset_xyz, block_size_xyz) -> Tuple[int, int, int]:
+    """Index of the work block holding the instance's centre (blocks start at the offset)."""
+    return tuple((c - o) // b for c, o, b in
+                 zip(instance.center_xyz, target_offset_xyz, block_size_xyz))
 
 
 def fetch_subvolume(instance: Instance, source_cv, target_cv, config: FetchConfig) -> Subvolume:
@@ -47,8 +74,14 @@ class FetchSubvolumeFn(beam.DoFn):
         self._fetched = Metrics.counter("synanno", "instances_fetched")
 
     def setup(self):
-        self._source = open_volume(self._config.source.url, self._config.source.mip)
-        self._target = open_volume(self._config.target.url, self._config.target.mip)
+        grouped = self._config.strategy == "grouped"
+        budget = self._config.memory_bytes if grouped else 0
+        source_share = math.prod(self._config.scale_xyz)
+        target_share = np.dtype(self._config.target.dtype).itemsize
+        source_lru = budget * source_share // (source_share + target_share)
+        self._source = open_volume(self._config.source.url, self._config.source.mip, source_lru)
+        self._target = open_volume(self._config.target.url, self._config.target.mip,
+                                   budget - source_lru)
 
     def process(self, instance: Instance):
         subvolume = fetch_subvolume(instance, self._source, self._target, self._config)
@@ -64,6 +97,19 @@ class FetchSubvolumes(beam.PTransform):
         self._config = config
 
     def expand(self, instances):
-        out = instances | "Fetch" >> beam.ParDo(FetchSubvolumeFn(self._config)) \
+        config = self._config
+        if config.strategy == "grouped":
+            # Members of a block are fetched one after another by one worker, so chunks they share
+            # are read and decoded once (the decoded-chunk cache); only Instances are shuffled.
+            instances = (instances
+                         | "KeyByBlock" >> beam.Map(lambda i: (block_key(
+                             i, config.target.voxel_offset_xyz, config.block_size_xyz), i))
+                         | "GroupByBlock" >> beam.GroupByKey()
+                         | "BlockMembers" >> beam.FlatMap(
+                             lambda kv: sorted(kv[1], key=lambda i: i.instance_id)
+                         ).with_output_types(Instance))
+        else:
+            instances = instances | "Distribute" >> beam.Reshuffle()  # spread the fetch work
+        out = instances | "Fetch" >> beam.ParDo(FetchSubvolumeFn(config)) \
             .with_exception_handling(use_subprocess=False)
         return {"ok": out.good, "failed": out.bad}

@@ -38,12 +38,16 @@ class VolumeSpec:
         }
 
 
-def open_volume(url: str, mip: int = 0):
-    """A CloudVolume reader: bounded, missing chunks are errors (never silent zeros), no progress."""
+def open_volume(url: str, mip: int = 0, lru_bytes: int = 0):
+    """A CloudVolume reader: bounded, missing chunks are errors (never silent zeros), no progress.
+
+    ``lru_bytes`` > 0 keeps that many bytes of recently decoded chunks in memory (decoded, so a
+    hit costs neither a read nor a decode).
+    """
     from cloudvolume import CloudVolume
 
     return CloudVolume(url, mip=mip, bounded=True, fill_missing=False, progress=False,
-                       parallel=1, cache=False)
+                       parallel=1, cache=False, lru_bytes=int(lru_bytes), lru_encoding="raw")
 
 
 def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
