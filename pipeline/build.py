@@ -80,7 +80,7 @@ def build(p: beam.Pipeline, config: Config):
             | "ManifestTrigger" >> beam.Create([None])
             | "WriteManifest" >> beam.ParDo(
                 WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
-                AsSingleton(counts), AsSingleton(npy_totals)))
+                AsSingleton(counts), AsSingleton(npy_totals), AsSingleton(fetched["io"])))
 
 
 def _npy_files_and_bytes(keyed_written):

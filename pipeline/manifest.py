@@ -106,10 +106,12 @@ class WriteManifestFn(beam.DoFn):
     def __init__(self, config: Config):
         self._config = config
 
-    def process(self, _, files, dead_letter, counts, npy_totals):
+    def process(self, _, files, dead_letter, counts, npy_totals, io):
         manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
+        # Facts of this execution, not of the data: they may differ between identical runs
+        # (time; chunk decodes depend on how work was spread over workers).
         manifest["run"] = {"created_utc": datetime.datetime.now(datetime.timezone.utc)
-                           .strftime("%Y-%m-%dT%H:%M:%SZ")}
+                           .strftime("%Y-%m-%dT%H:%M:%SZ"), "io": io}
         delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])

@@ -329,3 +329,53 @@ def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget(
     assert block == (256, 256, 32)      # multiples of 128 (target) and 64 (source/2); 2x crop
     small = default_block_size(target, source, (2, 2, 1), (128, 128, 16), 16 << 20)
     assert math.prod(small) * 12 <= (16 << 20) // 4 and small[2] == 32
+
+
+def _disk_chunks_touched(volume_dir: Path, boxes):
+    """Independent count: chunk files on disk whose span overlaps any of the boxes."""
+    touched = set()
+    for path in (p for p in volume_dir.iterdir() if p.is_file()):
+        spans = [tuple(map(int, s.split("-"))) for s in path.name.split(".")[0].split("_")]
+        for start, stop in boxes:
+            if all(a < hi and lo < b for (lo, hi), a, b in zip(spans, start, stop)):
+                touched.add(path.name)
+    return touched
+
+
+@pytest.mark.parametrize("strategy", ["per-instance", "grouped"])
+def test_read_counters_count_decodes_and_distinct_chunks(small_data, tmp_path, strategy):
+    from apache_beam.metrics.metric import MetricsFilter
+
+    config, beam_args = parse(small_data.argv(tmp_path / "out", "--variants", "1",
+                                              "--fetch-strategy", strategy))
+    with TestPipeline(argv=beam_args) as p:
+        build(p, config)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    io = manifest["run"]["io"]
+    # Every fetched instance: the 5 written and the empty one (23).
+    entries = [json.loads(line) for f in manifest["files"]["index"]
+               for line in (tmp_path / "out" / f["path"]).read_text().splitlines()]
+    boxes = [e["source_box_xyz"] for e in entries]
+    c = (106, 234, 12)   # instance 23's centre; its crop is 12 x 12 x 4 target voxels
+    boxes.append([[2 * (c[0] - 6), 2 * (c[1] - 6), c[2] - 2],
+                  [2 * (c[0] + 6), 2 * (c[1] + 6), c[2] + 2]])
+    source_dir = Path(small_data.source_url[len("file://"):]) / "4_4_33"
+    per_box = [_disk_chunks_touched(source_dir, [b]) for b in boxes]
+    distinct = set().union(*per_box)
+    assert io["source"]["distinct_chunks"] == len(distinct)
+    if strategy == "per-instance":
+        assert io["source"]["chunks_decoded"] == sum(len(t) for t in per_box) > len(distinct)
+    else:   # every shared chunk decoded once
+        assert io["source"]["chunks_decoded"] == len(distinct)
+        assert io["source"]["decodes_per_distinct_chunk"] == 1.0
+    counters = {r.key.metric.name: r.committed
+                for r in p.result.metrics().query(MetricsFilter())["counters"]}
+    assert counters["source_chunks_decoded"] == io["source"]["chunks_decoded"]
+    assert counters["target_chunks_decoded"] == io["target"]["chunks_decoded"]
+    decoded = [n for t in per_box for n in t] if strategy == "per-instance" else distinct
+    assert io["source"]["decoded_bytes"] == sum(_voxels(n) for n in decoded)   # uint8
+
+
+def _voxels(chunk_file: str) -> int:
+    spans = [tuple(map(int, s.split("-"))) for s in chunk_file.split(".")[0].split("_")]
+    return math.prod(b - a for a, b in spans)

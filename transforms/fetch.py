@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -11,7 +11,9 @@ from apache_beam.metrics import Metrics
 
 from transforms.geometry import crop_box, padding, scale_box, upsample_nearest_zyx
 from transforms.records import Instance, Subvolume
-from transforms.volumes import VolumeSpec, open_volume, read_padded_zyx
+from transforms.volumes import (
+    VolumeSpec, chunk_names, chunk_voxels, open_volume, read_padded_zyx,
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,22 @@ def fetch_subvolume(instance: Instance, source_cv, target_cv, config: FetchConfi
     )
 
 
+CHUNKS = "chunks"  # tagged output: (volume, chunk name) touched, for the distinct count
+READS = "reads"    # tagged output: {volume: [chunks decoded, decoded bytes]} per instance
+
+
+def uncached_chunks(cv, names: List[str]) -> List[str]:
+    """The chunks a cutout will read and decode: those not in the reader's decoded-chunk LRU."""
+    lru = cv.image.lru
+    return [n for n in names if lru.size == 0 or n not in lru]
+
+
 class FetchSubvolumeFn(beam.DoFn):
-    """Instance -> Subvolume. One CloudVolume per volume per worker, opened in setup()."""
+    """Instance -> Subvolume. One CloudVolume per volume per worker, opened in setup().
+
+    Also counts reads: Beam counters ``{source,target}_chunks_decoded`` and
+    ``{source,target}_decoded_bytes``, and the CHUNKS and READS tagged outputs.
+    """
 
     def __init__(self, config: FetchConfig):
         self._config = config
@@ -84,8 +100,26 @@ class FetchSubvolumeFn(beam.DoFn):
                                    budget - source_lru)
 
     def process(self, instance: Instance):
+        target_box = crop_box(instance.center_xyz, self._config.crop_size_xyz)
+        touched = {
+            "source": chunk_names(self._config.source, scale_box(target_box,
+                                                                 self._config.scale_xyz)),
+            "target": chunk_names(self._config.target, target_box),
+        }
+        reads = {}
+        for volume, cv, spec in (("source", self._source, self._config.source),
+                                 ("target", self._target, self._config.target)):
+            decoded = uncached_chunks(cv, touched[volume])
+            nbytes = sum(chunk_voxels(n) for n in decoded) * np.dtype(spec.dtype).itemsize
+            Metrics.counter("synanno", f"{volume}_chunks_decoded").inc(len(decoded))
+            Metrics.counter("synanno", f"{volume}_decoded_bytes").inc(nbytes)
+            reads[volume] = [len(decoded), nbytes]
         subvolume = fetch_subvolume(instance, self._source, self._target, self._config)
         self._fetched.inc()
+        for volume, names in touched.items():
+            for name in names:
+                yield beam.pvalue.TaggedOutput(CHUNKS, (volume, name))
+        yield beam.pvalue.TaggedOutput(READS, reads)
         yield subvolume
 
 
@@ -112,4 +146,39 @@ class FetchSubvolumes(beam.PTransform):
             instances = instances | "Distribute" >> beam.Reshuffle()  # spread the fetch work
         out = instances | "Fetch" >> beam.ParDo(FetchSubvolumeFn(config)) \
             .with_exception_handling(use_subprocess=False)
-        return {"ok": out.good, "failed": out.bad}
+        return {"ok": out.good, "failed": out.bad, "io": out[READS] | "IoFigures" >> IoFigures(
+            out[CHUNKS])}
+
+
+class IoFigures(beam.PTransform):
+    """Per-instance reads + touched chunk names -> one dict per volume: chunks decoded, decoded
+    bytes, distinct chunks touched and decodes per distinct chunk."""
+
+    def __init__(self, chunks):
+        super().__init__()
+        self._chunks = chunks
+
+    def expand(self, reads):
+        decoded = (reads
+                   | "PerVolume" >> beam.FlatMap(lambda r: [(v, tuple(n)) for v, n in r.items()])
+                   | "SumPerVolume" >> beam.CombinePerKey(
+                       beam.combiners.TupleCombineFn(sum, sum))
+                   | "DecodedDict" >> beam.combiners.ToDict())
+        distinct = (self._chunks
+                    | "DistinctChunks" >> beam.Distinct()
+                    | "VolumeOf" >> beam.Map(lambda vn: vn[0])
+                    | "CountDistinct" >> beam.combiners.Count.PerElement()
+                    | "DistinctDict" >> beam.combiners.ToDict())
+        return (reads.pipeline | "IoTrigger" >> beam.Create([None])
+                | "Io" >> beam.Map(_io_figures, beam.pvalue.AsSingleton(decoded),
+                                   beam.pvalue.AsSingleton(distinct)))
+
+
+def _io_figures(_, decoded: dict, distinct: dict) -> dict:
+    figures = {}
+    for volume in ("source", "target"):
+        n, nbytes = decoded.get(volume, (0, 0))
+        d = distinct.get(volume, 0)
+        figures[volume] = {"chunks_decoded": n, "decoded_bytes": nbytes, "distinct_chunks": d,
+                           "decodes_per_distinct_chunk": round(n / d, 4) if d else None}
+    return figures

@@ -1,8 +1,10 @@
 """Precomputed volumes: a plain-values description (VolumeSpec) and padded cutouts in (z, y, x)."""
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -23,6 +25,7 @@ class VolumeSpec:
     encoding: str
     layer_type: str
     num_channels: int
+    key: str = ""  # the scale's key: its chunks are named "{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
 
     @property
     def bounds(self) -> Box:
@@ -64,6 +67,7 @@ def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
         chunk_size_xyz=tuple(int(v) for v in cv.meta.chunk_size(mip)),
         dtype=str(np.dtype(cv.meta.dtype)), encoding=str(cv.meta.encoding(mip)),
         layer_type=str(cv.meta.layer_type), num_channels=int(cv.meta.num_channels),
+        key=str(cv.meta.key(mip)),
     )
 
 
@@ -81,3 +85,24 @@ def read_padded_zyx(cv, box: Box, bounds: Box, fill_value, dtype) -> np.ndarray:
     out[lo[0]:lo[0] + cutout.shape[0], lo[1]:lo[1] + cutout.shape[1],
         lo[2]:lo[2] + cutout.shape[2]] = cutout
     return out
+
+
+def chunk_names(spec: VolumeSpec, box: Box) -> List[str]:
+    """Names of the storage chunks of ``spec`` that ``box`` (voxels at its mip) touches, as
+    cloud-volume names them (and keys its in-memory cache)."""
+    inner = box.intersect(spec.bounds)
+    if inner is None:
+        return []
+    ranges = []
+    for a, b, o, c, n in zip(inner.start_xyz, inner.stop_xyz, spec.voxel_offset_xyz,
+                             spec.chunk_size_xyz, spec.size_xyz):
+        first, last = (a - o) // c, (b - 1 - o) // c
+        ranges.append([(o + i * c, min(o + (i + 1) * c, o + n)) for i in range(first, last + 1)])
+    return [f"{spec.key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
+            for (x0, x1), (y0, y1), (z0, z1) in itertools.product(*ranges)]
+
+
+def chunk_voxels(name: str) -> int:
+    """Voxel count of a chunk from its name."""
+    spans = name.rsplit("/", 1)[-1].split("_")
+    return math.prod(int(b) - int(a) for a, b in (s.split("-") for s in spans))
