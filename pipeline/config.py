@@ -136,7 +136,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grouped work block in target voxels (default: from the chunk "
                         "sizes and --fetch-memory-mb)")
     parser.add_argument("--fetch-memory-mb", type=int, default=1024,
-                        help="decoded-chunk cache per worker for grouped fetching (default 1024)")
+                        help="decoded-chunk cache of each fetching thread for grouped fetching "
+                        "(default 1024; a Dataflow worker runs several threads)")
     parser.add_argument("--incremental", action="store_true",
                         help="add only new instances to the dataset under --output-dir "
                         "(ROOT/runs/NNNNN, ROOT/LATEST)")
