@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from pipeline import __version__
-from pipeline.config import ConfigError, _Parser, parse
+from pipeline.config import ConfigError, UsageParser, parse
 
 USAGE_ERROR = 2
 PROG = "synanno-datagen"
@@ -49,9 +49,9 @@ def summary(manifest: dict, output_dir: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(prog=PROG, description="Synapse seed-slice training data.")
+    parser = UsageParser(prog=PROG, description="Synapse seed-slice training data.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,demo}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,demo}", parser_class=UsageParser)
     sub.add_parser("run", add_help=False, help="generate a dataset (see 'run --help')")
     demo = sub.add_parser("demo", help="make the embedded demo data and run on it")
     demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR")

@@ -93,7 +93,7 @@ class Config:
         }
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
 
     def error(self, message):
@@ -144,7 +144,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_parser(prog: str = "synanno-datagen run") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, allow_abbrev=False,
+    parser = UsageParser(prog=prog, allow_abbrev=False,
                      description="Generate a training dataset (extra flags go to Beam).")
     add_run_arguments(parser)
     return parser
