@@ -29,7 +29,8 @@ def fetch_config(config: Config) -> FetchConfig:
     block = config.block_size_xyz or default_block_size(
         config.target, config.source, config.scale_xyz, config.crop_size_xyz, memory)
     return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
-                       config.pad_value, config.fetch_strategy, tuple(block), memory)
+                       config.pad_value, config.fetch_strategy, tuple(block), memory,
+                       config.missing_chunks)
 
 
 def build(p: beam.Pipeline, config: Config):
@@ -67,7 +68,7 @@ def build(p: beam.Pipeline, config: Config):
         written["failed"] | "WriteFailures" >> beam.Map(
             failure_to_dead_letter, UNEXPECTED_ERROR, "WriteExamples"),
     ]
-    dead = [table[DEAD], cleaned["dead_letter"]] + failures | "AllDeadLetters" >> beam.Flatten()
+    dead = [table[DEAD], fetched[DEAD], cleaned["dead_letter"]] + failures | "AllDeadLetters" >> beam.Flatten()
     dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
 
@@ -88,6 +89,13 @@ def _npy_files_and_bytes(keyed_written):
     return len(files), sum(f["bytes"] for f in files)
 
 
+def _records_and_filled(keyed_written):
+    """(records, source chunks read as zeros, target chunks read as zeros) of one instance."""
+    written = keyed_written[1]
+    filled = written.index_entry.get("filled_chunks", {})
+    return written.records, filled.get("source", 0), filled.get("target", 0)
+
+
 def _counts(rows, selected, written, dead, vanished=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason."""
     def count(pcoll, label):
@@ -96,8 +104,9 @@ def _counts(rows, selected, written, dead, vanished=None):
     rows_read = count(rows, "CountRows")
     n_selected = count(selected, "CountSelected")
     n_written = count(written, "CountWritten")
-    n_variants = (written | "VariantsPer" >> beam.Map(lambda kw: kw[1].records)
-                  | "CountVariants" >> beam.CombineGlobally(sum))
+    written_totals = (written | "VariantsPer" >> beam.Map(_records_and_filled)
+                      | "SumWritten" >> beam.CombineGlobally(
+                          beam.combiners.TupleCombineFn(sum, sum, sum)))
     by_reason = (dead | "Reason" >> beam.Map(lambda d: d.reason)
                  | "CountReasons" >> beam.combiners.Count.PerElement()
                  | "ReasonDict" >> beam.combiners.ToDict())
@@ -105,7 +114,8 @@ def _counts(rows, selected, written, dead, vanished=None):
     n_vanished = (vanished if vanished is not None else rows.pipeline | "NoneVanished" >>
                   beam.Create([])) | "CountVanished" >> beam.combiners.Count.Globally()
 
-    def combine(_, rows_read, selected, written, variants, failures, vanished_count):
+    def combine(_, rows_read, selected, written, totals, failures, vanished_count):
+        variants, filled_source, filled_target = totals
         rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
         return {
             "rows_read": rows_read, "rows_rejected": rejected_rows,
@@ -114,9 +124,10 @@ def _counts(rows, selected, written, dead, vanished=None):
             "instances_written": written, "variants_written": variants,
             "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
             "vanished_instances": vanished_count,
+            "filled_chunks": {"source": filled_source, "target": filled_target},
         }
 
     return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
             | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
-                                   AsSingleton(n_written), AsSingleton(n_variants),
+                                   AsSingleton(n_written), AsSingleton(written_totals),
                                    AsSingleton(by_reason), AsSingleton(n_vanished)))

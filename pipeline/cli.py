@@ -38,6 +38,10 @@ def summary(manifest: dict, output_dir: str) -> str:
         f"rows read {counts['rows_read']}, instances selected {counts['instances_selected']}, "
         f"written {counts['instances_written']}, variants {counts['variants_written']}",
     ]
+    requested = manifest["config"].get("num_instances")
+    if requested is not None and counts["instances_selected"] < requested:
+        lines.append(f"warning: --num-instances {requested} is more than the "
+                     f"{counts['instances_selected']} usable instances in the table; took them all")
     failures = counts["failures"]
     lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
     for name, split in manifest["splits"].items():

@@ -11,13 +11,15 @@ import io
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from transforms.geometry import scale_factors
 from transforms.seeds import SeedModel
 from transforms.table import REQUIRED_COLUMNS
-from transforms.volumes import VolumeSpec, describe_volume
+from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec, describe_volume
 
 FORMATS = ("tfrecord", "npy")
 DEFAULT_SPLITS = (("train", 1.0),)
@@ -53,17 +55,21 @@ class Config:
     fetch_strategy: str = "grouped"
     block_size_xyz: Optional[Tuple[int, int, int]] = None  # None: chosen from chunks and memory
     fetch_memory_mb: int = 1024
+    missing_chunks: Tuple[str, str] = ("error", "error")  # (source, target): "error" or "zero"
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
         when these are unchanged)."""
-        return {
+        generation = {
             "source_url": self.source.url, "source_mip": self.source.mip,
             "target_url": self.target.url, "crop_size_xyz": list(self.crop_size_xyz),
             "variants": self.variants, "seed_model": self.seed_model.to_manifest(),
             "seed": self.seed, "pad_value": self.pad_value, "formats": list(self.formats),
             "splits": [list(s) for s in self.splits], "id_column": self.id_column,
         }
+        if self.missing_chunks != ("error", "error"):  # absent when default: older hashes hold
+            generation["missing_chunks"] = dict(zip(("source", "target"), self.missing_chunks))
+        return generation
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -90,6 +96,7 @@ class Config:
             "fetch_strategy": self.fetch_strategy,
             "block_size_xyz": list(self.block_size_xyz) if self.block_size_xyz else None,
             "fetch_memory_mb": self.fetch_memory_mb,
+            "missing_chunks": dict(zip(("source", "target"), self.missing_chunks)),
         }
 
 
@@ -138,6 +145,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-memory-mb", type=int, default=1024,
                         help="decoded-chunk cache of each fetching thread for grouped fetching "
                         "(default 1024; a Dataflow worker runs several threads)")
+    parser.add_argument("--missing-chunks", default="error", metavar="MODE",
+                        help="a chunk missing from storage: 'error' dead-letters the instance "
+                        "(missing_chunks), 'zero' reads it as zeros and counts it; per volume "
+                        "as 'source=zero,target=error' (default error)")
     parser.add_argument("--incremental", action="store_true",
                         help="add only new instances to the dataset under --output-dir "
                         "(ROOT/runs/NNNNN, ROOT/LATEST)")
@@ -164,6 +175,7 @@ def parse(argv: Sequence[str]) -> Tuple[Config, List[str]]:
 def from_args(args: argparse.Namespace) -> Config:
     _check_numbers(args)
     formats = parse_formats(args.formats)
+    missing_chunks = parse_missing_chunks(args.missing_chunks)
     splits = parse_splits(args.splits)
     shards = match_table(args.materialization)
     header = read_header(shards[0], "--materialization")
@@ -195,7 +207,9 @@ def from_args(args: argparse.Namespace) -> Config:
         pad_value=args.pad_value, seed=args.seed, formats=formats, splits=splits,
         shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
         fetch_strategy=args.fetch_strategy, fetch_memory_mb=args.fetch_memory_mb,
-        block_size_xyz=tuple(args.block_size) if args.block_size else None)
+        block_size_xyz=tuple(args.block_size) if args.block_size else None,
+        missing_chunks=missing_chunks)
+    check_writable(config.output_dir)
     if args.incremental:
         return _with_incremental_plan(config)
     check_output_dir(config)
@@ -248,6 +262,21 @@ def parse_formats(text: str) -> Tuple[str, ...]:
     if not names or bad:
         raise ConfigError(f"--formats {text!r}: use tfrecord, npy or tfrecord,npy")
     return tuple(f for f in FORMATS if f in names)
+
+
+def parse_missing_chunks(text: str) -> Tuple[str, str]:
+    """``error``, ``zero`` or ``source=MODE,target=MODE`` -> (source mode, target mode)."""
+    modes = {"source": "error", "target": "error"}
+    text = text.strip()
+    if text in MISSING_CHUNK_MODES:
+        return text, text
+    for part in text.split(","):
+        volume, _, mode = part.strip().partition("=")
+        if volume not in modes or mode not in MISSING_CHUNK_MODES:
+            raise ConfigError(f"--missing-chunks {text}: expected 'error', 'zero' or "
+                              "'source=error|zero,target=error|zero'")
+        modes[volume] = mode
+    return modes["source"], modes["target"]
 
 
 def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
@@ -334,6 +363,35 @@ def _describe(flag: str, url: str, mip: int) -> VolumeSpec:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
                           f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
+
+
+def check_writable(output_dir: str) -> None:
+    """Refuse an output location we cannot write, creating nothing there.
+
+    Local: the nearest existing ancestor must be a writable directory. Other filesystems
+    (gs://): a probe object is written and deleted under the output prefix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in output_dir:
+        existing = Path(output_dir)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not a directory" if not existing.is_dir() else "is not writable"
+            raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
+                              "you can write")
+        return
+    from transforms.files import delete_tree, write_bytes
+
+    probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
+    try:
+        write_bytes(probe, b"synanno-datagen write probe")
+        delete_tree(probe)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
+                          f"{first}); check the bucket name and your write access") from None
 
 
 def check_output_dir(config: Config) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -28,6 +29,16 @@ def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys)
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
 
 
+def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data, tmp_path,
+                                                                     capsys):
+    assert main(["run"] + small_data.argv(tmp_path / "out", "--num-instances", "50",
+                                          "--variants", "1")) == 0
+    printed = capsys.readouterr().out
+    assert ("warning: --num-instances 50 is more than the 6 usable instances in the table; "
+            "took them all") in printed
+    assert "written 5, variants 5" in printed
+
+
 @pytest.mark.parametrize("change, fragments", [
     ({"--materialization": "{tmp}/nope.csv"}, ["--materialization", "no such file"]),
     ({"--source-url": "file://{tmp}/missing"}, ["--source-url", "cannot read the volume's info"]),
@@ -42,6 +53,8 @@ def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys)
     ({"--variants": "0"}, ["--variants 0"]),
     ({"--id-column": "synapse_id"}, ["--id-column synapse_id", "no such column"]),
     ({"--num_instances": "3"}, ["--num_instances", "did you mean --num-instances"]),
+    ({"--missing-chunks": "maybe"}, ["--missing-chunks maybe", "'error', 'zero'"]),
+    ({"--missing-chunks": "raw=zero"}, ["--missing-chunks raw=zero"]),
 ])
 def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, change,
                                                    fragments):
@@ -56,6 +69,20 @@ def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, 
             argv += [flag] + values
     _fails(capsys, ["run"] + argv, *fragments)
     assert not (tmp_path / "out").exists()   # nothing written
+
+
+def test_an_output_dir_that_cannot_be_created_is_refused(small_data, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a directory")
+    _fails(capsys, ["run"] + small_data.argv(tmp_path / "a-file" / "out"),
+           f"--output-dir {tmp_path / 'a-file' / 'out'}", "is not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_output_dir_is_refused(small_data, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    _fails(capsys, ["run"] + small_data.argv(locked / "out"), "is not writable")
+    assert not (locked / "out").exists()
 
 
 def test_missing_columns_are_listed_with_the_columns_found(tmp_path, capsys, small_data):

@@ -182,3 +182,17 @@ def test_incremental_runs_add_only_new_instances(gcs, tmp_path):
     n4, m4 = nightly("--seed", "9")
     assert n4 == 4 and m4["incremental"]["extends"] is None
     assert all(f["path"].startswith("runs/00004/") for f in m4["files"]["tfrecord"])
+
+
+def test_an_output_bucket_we_cannot_write_is_refused_before_any_work(gcs, tmp_path, capsys):
+    gcs.create_bucket("writable")
+    data = make_small_data(tmp_path / "data")
+    argv = ["run"] + data.argv("gs://no-such-bucket/out")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("synanno-datagen: error: --output-dir gs://no-such-bucket/out: "
+                          "cannot write there")
+    code = main(["run"] + data.argv("gs://writable/out"))
+    assert code == 0, capsys.readouterr().err
+    assert not [n for n in gcs.objects("writable", "out") if "_write_probe_" in n]

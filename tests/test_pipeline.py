@@ -291,17 +291,17 @@ def test_source_mip_reads_the_matching_lower_resolution(small_data, tmp_path):
             r["source"], expected_crop_zyx(low, TARGET_OFFSET, start, (12, 12, 4), 148))
 
 
-def test_a_missing_chunk_is_a_fetch_error_not_zeros(small_data, tmp_path):
+def test_a_missing_chunk_is_dead_lettered_not_zeros(small_data, tmp_path):
     chunk = Path(small_data.source_url[len("file://"):]) / "4_4_33" / "232-264_432-464_14-18.gz"
     chunk.unlink()  # touched by the crops of synapses 11 and 12 only
     _, manifest = run_pipeline(small_data.argv(tmp_path / "out", "--variants", "1"))
     letters = [json.loads(line)
                for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
-    fetch = sorted(d["instance_id"] for d in letters if d["reason"] == "fetch_error")
-    assert fetch == [11, 12]
-    assert all(d["stage"] == "FetchSubvolumes" and d["details"] for d in letters
-               if d["reason"] == "fetch_error")
-    assert manifest["counts"]["failures"]["fetch_error"] == 2
+    missing = sorted(d["instance_id"] for d in letters if d["reason"] == "missing_chunks")
+    assert missing == [11, 12]
+    assert all(d["stage"] == "FetchSubvolumes" and "232-264_432-464_14-18" in d["details"]
+               for d in letters if d["reason"] == "missing_chunks")
+    assert manifest["counts"]["failures"]["missing_chunks"] == 2
     assert sorted(r["instance_id"] for r in read_records(tmp_path / "out")) == [13, 14, 15]
 
 

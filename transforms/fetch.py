@@ -10,9 +10,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.geometry import crop_box, padding, scale_box, upsample_nearest_zyx
-from transforms.records import Instance, Subvolume
+from transforms.records import MISSING_CHUNKS, DeadLetter, Instance, Subvolume
 from transforms.volumes import (
-    VolumeSpec, chunk_names, chunk_voxels, open_volume, read_padded_zyx,
+    MissingChunks, VolumeSpec, chunk_names, chunk_voxels, open_volume, read_padded_zyx,
 )
 
 
@@ -26,6 +26,7 @@ class FetchConfig:
     strategy: str = "grouped"                        # or "per-instance"
     block_size_xyz: Tuple[int, int, int] = (0, 0, 0)  # target voxels; grouped only
     memory_bytes: int = 1 << 30                      # decoded-chunk cache per worker; grouped only
+    missing_chunks: Tuple[str, str] = ("error", "error")  # (source, target): "error" or "zero"
 
 
 def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_size_xyz,
@@ -51,24 +52,31 @@ def block_key(instance: Instance, target_offset_xyz, block_size_xyz) -> Tuple[in
 
 
 def fetch_subvolume(instance: Instance, source_cv, target_cv, config: FetchConfig) -> Subvolume:
-    """Read and pad both crops of one instance; labels upsampled to the source grid."""
+    """Read and pad both crops of one instance; labels upsampled to the source grid.
+
+    Raises MissingChunks when a crop touches a chunk missing from storage and that volume's
+    ``missing_chunks`` mode is "error".
+    """
     target_box = crop_box(instance.center_xyz, config.crop_size_xyz)
     source_box = scale_box(target_box, config.scale_xyz)
-    source_zyx = read_padded_zyx(source_cv, source_box, config.source.bounds, config.pad_value,
-                                 "uint8")
-    labels_zyx = read_padded_zyx(target_cv, target_box, config.target.bounds, 0,
-                                 config.target.dtype)
+    source_missing, target_missing = config.missing_chunks
+    source_zyx, source_filled = read_padded_zyx(source_cv, source_box, config.source.bounds,
+                                                config.pad_value, "uint8", source_missing)
+    labels_zyx, target_filled = read_padded_zyx(target_cv, target_box, config.target.bounds, 0,
+                                                config.target.dtype, target_missing)
     return Subvolume(
         instance=instance, target_box=target_box, source_box=source_box,
         target_padding_xyz=padding(target_box, config.target.bounds),
         source_padding_xyz=padding(source_box, config.source.bounds),
         source_zyx=source_zyx,
         labels_zyx=upsample_nearest_zyx(labels_zyx, config.scale_xyz),
+        filled_chunks={"source": len(source_filled), "target": len(target_filled)},
     )
 
 
 CHUNKS = "chunks"  # tagged output: (volume, chunk name) touched, for the distinct count
 READS = "reads"    # tagged output: {volume: [chunks decoded, decoded bytes]} per instance
+DEAD = "dead_letter"  # tagged output: DeadLetter (missing_chunks)
 
 
 def uncached_chunks(cv, names: List[str]) -> List[str]:
@@ -88,6 +96,8 @@ class FetchSubvolumeFn(beam.DoFn):
         self._config = config
         self._source = self._target = None
         self._fetched = Metrics.counter("synanno", "instances_fetched")
+        self._missing = Metrics.counter("synanno", "instances_missing_chunks")
+        self._filled = Metrics.counter("synanno", "chunks_filled_with_zeros")
 
     def setup(self):
         grouped = self._config.strategy == "grouped"
@@ -114,8 +124,18 @@ class FetchSubvolumeFn(beam.DoFn):
             Metrics.counter("synanno", f"{volume}_chunks_decoded").inc(len(decoded))
             Metrics.counter("synanno", f"{volume}_decoded_bytes").inc(nbytes)
             reads[volume] = [len(decoded), nbytes]
-        subvolume = fetch_subvolume(instance, self._source, self._target, self._config)
+        try:
+            subvolume = fetch_subvolume(instance, self._source, self._target, self._config)
+        except MissingChunks as missing:
+            volume = "source" if missing.url == self._source.cloudpath else "target"
+            self._missing.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                instance, MISSING_CHUNKS, f"{volume}: {missing}", "FetchSubvolumes"))
+            return
         self._fetched.inc()
+        filled = sum(subvolume.filled_chunks.values())
+        if filled:
+            self._filled.inc(filled)
         for volume, names in touched.items():
             for name in names:
                 yield beam.pvalue.TaggedOutput(CHUNKS, (volume, name))
@@ -146,7 +166,7 @@ class FetchSubvolumes(beam.PTransform):
             instances = instances | "Distribute" >> beam.Reshuffle()  # spread the fetch work
         out = instances | "Fetch" >> beam.ParDo(FetchSubvolumeFn(config)) \
             .with_exception_handling(use_subprocess=False)
-        return {"ok": out.good, "failed": out.bad, "io": out[READS] | "IoFigures" >> IoFigures(
+        return {"ok": out.good, "failed": out.bad, DEAD: out[DEAD], "io": out[READS] | "IoFigures" >> IoFigures(
             out[CHUNKS])}
 
 

@@ -16,6 +16,7 @@ OUTSIDE_VOLUME = "outside_volume"
 INVALID_ID = "invalid_id"
 DUPLICATE_ID = "duplicate_id"
 EMPTY_TARGET = "empty_target"
+MISSING_CHUNKS = "missing_chunks"
 FETCH_ERROR = "fetch_error"
 UNEXPECTED_ERROR = "unexpected_error"
 
@@ -85,6 +86,7 @@ class Subvolume:
     labels_zyx: target labels (volume dtype) upsampled to the source grid, 0 outside the volume.
     target_zyx: uint8 0/1 cleaned mask (set by CleanTargets).
     seed_slices: per variant, sorted z indices kept in the seed mask (set by MakeVariants).
+    filled_chunks: per volume, missing chunks read as zeros (``--missing-chunks zero``).
     """
 
     instance: Instance
@@ -96,6 +98,7 @@ class Subvolume:
     labels_zyx: Optional[np.ndarray] = None
     target_zyx: Optional[np.ndarray] = None
     seed_slices: List[Tuple[int, ...]] = field(default_factory=list)
+    filled_chunks: Dict[str, int] = field(default_factory=dict)  # {volume: chunks read as zeros}
 
 
 @dataclass(frozen=True)

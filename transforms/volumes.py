@@ -71,20 +71,54 @@ def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
     )
 
 
-def read_padded_zyx(cv, box: Box, bounds: Box, fill_value, dtype) -> np.ndarray:
-    """Cutout of ``box`` (voxels at ``cv``'s mip) as (z, y, x); outside ``bounds`` = fill_value."""
+MISSING_CHUNK_MODES = ("error", "zero")
+
+
+class MissingChunks(LookupError):
+    """A cutout touched chunks that are not in storage (``names`` as cloud-volume names them)."""
+
+    def __init__(self, url: str, names: List[str]):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        super().__init__(f"{len(names)} chunk(s) missing in {url}: {shown}")
+        self.url = url
+        self.names = names
+
+
+def read_padded_zyx(cv, box: Box, bounds: Box, fill_value, dtype,
+                    missing_chunks: str = "error") -> Tuple[np.ndarray, List[str]]:
+    """Cutout of ``box`` (voxels at ``cv``'s mip) as (z, y, x); outside ``bounds`` = fill_value.
+
+    Returns (array, names of chunks filled with zeros). A chunk missing from storage (a 404/403,
+    never retried) raises MissingChunks, or with ``missing_chunks="zero"`` reads as zeros and is
+    named in the list. Transient storage errors (5xx, throttling, resets) are retried with
+    exponential backoff by cloudfiles (7 tries) before they surface as errors.
+    """
     from cloudvolume import Bbox
+    from cloudvolume.exceptions import EmptyVolumeException
 
     size_xyz = box.size_xyz
     out = np.full(size_xyz[::-1], fill_value, dtype=dtype)
     inner = box.intersect(bounds)
     if inner is None:
-        return out
-    cutout = xyzc_to_zyx(np.asarray(cv.download(Bbox(inner.start_xyz, inner.stop_xyz), mip=cv.mip)))
+        return out, []
+    bbox = Bbox(inner.start_xyz, inner.stop_xyz)
+    filled: List[str] = []
+    try:
+        cutout = cv.download(bbox, mip=cv.mip)
+    except EmptyVolumeException:
+        filled = sorted(name for name, present in cv.exists(bbox).items() if not present)
+        if missing_chunks != "zero" or not filled:
+            raise MissingChunks(cv.cloudpath, filled) from None
+        cv.fill_missing = True
+        try:
+            cutout = cv.download(bbox, mip=cv.mip)
+        finally:
+            cv.fill_missing = False
+    cutout = xyzc_to_zyx(np.asarray(cutout))
     lo = [a - b for a, b in zip(inner.start_xyz, box.start_xyz)][::-1]
     out[lo[0]:lo[0] + cutout.shape[0], lo[1]:lo[1] + cutout.shape[1],
         lo[2]:lo[2] + cutout.shape[2]] = cutout
-    return out
+    return out, filled
 
 
 def chunk_names(spec: VolumeSpec, box: Box) -> List[str]:

@@ -72,6 +72,7 @@ def index_entry(subvolume: Subvolume) -> dict:
         "shape_zyx": list(subvolume.source_zyx.shape),
         "foreground_voxels": int(subvolume.target_zyx.sum(dtype="int64")),
         "seed_slices": [list(s) for s in subvolume.seed_slices],
+        "filled_chunks": {v: subvolume.filled_chunks.get(v, 0) for v in ("source", "target")},
         "table_shard": inst.ref.shard, "table_row": inst.ref.row,
     }
 

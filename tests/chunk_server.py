@@ -1,0 +1,87 @@
+"""A loopback HTTP server in front of precomputed volumes on disk, with injected storage faults.
+
+cloud-volume reads ``http://127.0.0.1:PORT/<dir>`` from it like any web-hosted precomputed
+volume. Chunks written gzip-compressed (``name.gz`` on disk) are served as ``name`` with
+``Content-Encoding: gzip``, as a bucket serves them. Faults are keyed by the request path's tail:
+``transient[name] = [503, 429]`` answers those statuses to the first requests of ``name`` (then
+serves it); ``missing`` names answer 404 forever. ``served`` counts answers per (name, status).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List, Set
+
+
+class ChunkServer:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.transient: Dict[str, List[int]] = {}
+        self.missing: Set[str] = set()
+        self.served = collections.Counter()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def url(self, relative: str) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/{relative}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _answer(self, path: str, head: bool):
+        """(status, body, headers) for a request path."""
+        name = path.rsplit("/", 1)[-1]
+        with self._lock:
+            pending = self.transient.get(name)
+            if pending:
+                status = pending.pop(0)
+            elif name in self.missing:
+                status = 404
+            else:
+                status = 200
+            self.served[(name, status)] += 1
+        if status != 200:
+            return status, b"injected fault", {}
+        local = (self.root / path.lstrip("/")).resolve()
+        if self.root not in local.parents:
+            return 403, b"", {}
+        headers = {}
+        if not local.is_file() and local.with_name(local.name + ".gz").is_file():
+            local = local.with_name(local.name + ".gz")
+            headers["Content-Encoding"] = "gzip"
+        if not local.is_file():
+            return 404, b"", {}
+        return 200, b"" if head else local.read_bytes(), headers
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, head: bool):
+                status, body, headers = server._answer(self.path.split("?", 1)[0], head)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                self._reply(head=False)
+
+            def do_HEAD(self):
+                self._reply(head=True)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

@@ -1,0 +1,174 @@
+"""Storage faults: missing chunks (error or zero), transient errors retried, kills and reruns."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.chunk_server import ChunkServer
+from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, expected_crop_zyx, make_small_data
+from tests.test_pipeline import read_records, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+# Source chunk (scale 4_4_33) that only synapse 14's crop touches, and its voxels' box (x, y, z).
+LONE_SOURCE_CHUNK = "264-296_464-480_18-20"
+LONE_BOX = ((264, 464, 18), (296, 480, 20))
+LONE_ID = 14
+
+
+def _by_key(records):
+    return {(r["instance_id"], r["variant"]): r for r in records}
+
+
+def _dead_letters(out: Path):
+    return [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+
+
+def _remove_chunk(data, name):
+    [path] = (data.root / "source" / "4_4_33").glob(name + "*")
+    path.unlink()
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = make_small_data(root / "data")
+    out = root / "clean"
+    _, manifest = run_pipeline(data.argv(out, "--variants", "2"))
+    return data, out, manifest
+
+
+def test_a_missing_chunk_dead_letters_the_instance_by_default(clean_run, tmp_path):
+    _, clean_out, _ = clean_run
+    data = make_small_data(tmp_path / "data")
+    _remove_chunk(data, LONE_SOURCE_CHUNK)
+    out = tmp_path / "out"
+    _, manifest = run_pipeline(data.argv(out, "--variants", "2"))
+
+    assert manifest["counts"]["failures"]["missing_chunks"] == 1
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS) - 1
+    [letter] = [d for d in _dead_letters(out) if d["reason"] == "missing_chunks"]
+    assert letter["instance_id"] == LONE_ID and letter["stage"] == "FetchSubvolumes"
+    assert letter["details"].startswith("source: 1 chunk(s) missing")
+    assert f"4_4_33/{LONE_SOURCE_CHUNK}" in letter["details"]
+    expected = {k: r for k, r in _by_key(read_records(clean_out)).items() if k[0] != LONE_ID}
+    got = _by_key(read_records(out))
+    assert sorted(got) == sorted(expected)
+    for key, record in got.items():
+        np.testing.assert_array_equal(record["source"], expected[key]["source"])
+        np.testing.assert_array_equal(record["seed_target"], expected[key]["seed_target"])
+
+
+def test_zero_fills_a_missing_chunk_and_counts_it(clean_run, tmp_path):
+    data = make_small_data(tmp_path / "data")
+    _remove_chunk(data, LONE_SOURCE_CHUNK)
+    out = tmp_path / "out"
+    config, manifest = run_pipeline(data.argv(out, "--variants", "2",
+                                              "--missing-chunks", "source=zero"))
+
+    assert config.missing_chunks == ("zero", "error")
+    assert manifest["config"]["missing_chunks"] == {"source": "zero", "target": "error"}
+    assert manifest["counts"]["filled_chunks"] == {"source": 1, "target": 0}
+    assert "missing_chunks" not in manifest["counts"]["failures"]
+    entries = [json.loads(line) for f in sorted((out / "index").glob("*.jsonl"))
+               for line in f.read_text().splitlines()]
+    filled = {e["instance_id"]: e["filled_chunks"] for e in entries}
+    assert filled[LONE_ID] == {"source": 1, "target": 0}
+    assert all(f == {"source": 0, "target": 0} for i, f in filled.items() if i != LONE_ID)
+
+    # The record holds the volume with that chunk's voxels zero (not the pad value).
+    source = data.source_xyz.copy()
+    offset = [o * s for o, s in zip(TARGET_OFFSET, SCALE)]
+    source[tuple(slice(a - o, b - o) for a, b, o in zip(*LONE_BOX, offset))] = 0
+    for record in read_records(out):
+        if record["instance_id"] == LONE_ID:
+            start = record["source_box_xyz"][:3]
+            size = [b - a for a, b in zip(start, record["source_box_xyz"][3:])]
+            want = expected_crop_zyx(source, offset, start, size, 148)
+            np.testing.assert_array_equal(record["source"], want)
+            assert (want == 0).sum() > 0
+
+
+def test_transient_faults_are_retried_and_a_404_is_dead_lettered(clean_run):
+    data, clean_out, _ = clean_run
+    with ChunkServer(data.root) as server:
+        # Chunks of synapse 11/12 (target) and 15 (source) fail transiently first, then serve.
+        server.transient["116-132_216-232_14-18"] = [503, 503]
+        server.transient["232-264_400-432_14-18"] = [429]
+        server.missing.add(LONE_SOURCE_CHUNK)
+        out = data.root.parent / "served"
+        _, manifest = run_pipeline(
+            ["--materialization", data.table_path, "--source-url", server.url("source"),
+             "--target-url", server.url("target"), "--output-dir", str(out),
+             "--crop-size", "12", "12", "4", "--variants", "2"])
+        served = dict(server.served)
+
+    assert served[("116-132_216-232_14-18", 503)] == 2
+    assert served[("116-132_216-232_14-18", 200)] >= 1
+    assert served[("232-264_400-432_14-18", 429)] == 1
+    assert served[("232-264_400-432_14-18", 200)] >= 1
+    assert manifest["counts"]["failures"]["missing_chunks"] == 1
+    [letter] = [d for d in _dead_letters(out) if d["reason"] == "missing_chunks"]
+    assert letter["instance_id"] == LONE_ID
+
+    expected = {k: r for k, r in _by_key(read_records(clean_out)).items() if k[0] != LONE_ID}
+    got = _by_key(read_records(out))
+    assert sorted(got) == sorted(expected)
+    for key, record in got.items():
+        for field in ("source", "target", "seed_target", "seed_slices", "source_box_xyz"):
+            np.testing.assert_array_equal(record[field], expected[key][field])
+
+
+def _cli(*argv):
+    return [sys.executable, "-m", "pipeline.cli", "run", *argv]
+
+
+def _dataset_files(out: Path):
+    """{relative path: bytes} of a finished dataset; the manifest without its run/config.output_dir."""
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(out))
+        if rel == "manifest.json":
+            manifest = json.loads(path.read_text())
+            manifest.pop("run")
+            manifest["config"].pop("output_dir")
+            files[rel] = manifest
+        else:
+            files[rel] = path.read_bytes()
+    return files
+
+
+def test_a_killed_run_leaves_no_manifest_and_a_rerun_matches_a_clean_run(clean_run, tmp_path):
+    data = make_small_data(tmp_path / "data")
+    argv = data.argv(tmp_path / "killed", "--variants", "2")
+    child = subprocess.Popen(_cli(*argv), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    tmp_dir = tmp_path / "killed" / "_tmp"
+    deadline = time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:
+        if tmp_dir.is_dir() and any(p.is_file() for p in tmp_dir.rglob("*")):
+            break
+        time.sleep(0.01)
+    assert child.poll() is None, "the run ended before it wrote its first fragment"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    assert child.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    assert any(p.is_file() for p in (tmp_path / "killed").rglob("*"))  # it was part-way
+
+    subprocess.run(_cli(*argv), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(_cli(*data.argv(tmp_path / "clean", "--variants", "2")), cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL)
+    rerun, clean = _dataset_files(tmp_path / "killed"), _dataset_files(tmp_path / "clean")
+    assert sorted(rerun) == sorted(clean)
+    assert any(name.endswith(".tfrecord") for name in rerun)
+    for name in clean:
+        assert rerun[name] == clean[name], name
