@@ -1,6 +1,8 @@
 """build(p, config): assemble the pipeline. Nothing here runs it."""
 from __future__ import annotations
 
+import ast
+
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
@@ -20,8 +22,21 @@ def failure_to_dead_letter(failure, reason: str, stage: str) -> DeadLetter:
     """Beam's (element, (type, repr, traceback)) -> DeadLetter, arrays dropped."""
     element, (exc_type, exc_repr, _) = failure
     instance = element.instance if isinstance(element, Subvolume) else element
-    return DeadLetter.for_instance(instance, reason, f"{exc_type.__name__}: {exc_repr}"[:2000],
+    return DeadLetter.for_instance(instance, reason, exception_text(exc_type, exc_repr)[:2000],
                                    stage)
+
+
+def exception_text(exc_type: type, exc_repr: str) -> str:
+    """``"Type: message"`` from Beam's ``repr(exception)`` (``"Type('message')"``)."""
+    name = exc_type.__name__
+    message = exc_repr
+    if exc_repr.startswith(name + "(") and exc_repr.endswith(")"):
+        try:
+            message = ast.literal_eval(exc_repr[len(name) + 1:-1])
+        except (ValueError, SyntaxError):
+            message = exc_repr[len(name) + 1:-1]
+        message = message if isinstance(message, str) else repr(message)
+    return f"{name}: {message}"
 
 
 def fetch_config(config: Config) -> FetchConfig:

@@ -305,6 +305,41 @@ def test_a_missing_chunk_is_dead_lettered_not_zeros(small_data, tmp_path):
     assert sorted(r["instance_id"] for r in read_records(tmp_path / "out")) == [13, 14, 15]
 
 
+@pytest.mark.parametrize("strategy", ["per-instance", "grouped"])
+def test_a_corrupt_chunk_is_a_fetch_error_for_the_instances_that_touch_it(small_data, tmp_path,
+                                                                          strategy):
+    chunk = Path(small_data.source_url[len("file://"):]) / "4_4_33" / "232-264_432-464_14-18.gz"
+    chunk.write_bytes(b"\x1f\x8b this is not gzip data")  # a permanent decode error, not retried
+    _, manifest = run_pipeline(small_data.argv(tmp_path / "out", "--variants", "1",
+                                               "--fetch-strategy", strategy))
+    letters = [json.loads(line)
+               for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
+    errors = [d for d in letters if d["reason"] == "fetch_error"]
+    assert sorted(d["instance_id"] for d in errors) == [11, 12]
+    assert all(d["stage"] == "FetchSubvolumes" and d["details"] for d in errors)
+    assert manifest["counts"]["failures"]["fetch_error"] == 2
+    assert sorted(r["instance_id"] for r in read_records(tmp_path / "out")) == [13, 14, 15]
+
+
+def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_and_message():
+    from pipeline.build import failure_to_dead_letter
+    from transforms.records import Instance, RowRef
+
+    def explode(instance):
+        raise ZeroDivisionError(f"no luck for {instance.instance_id}")
+
+    with TestPipeline() as p:
+        instances = p | beam.Create([Instance(i, (1, 2, 3), (1, 2, 3), (1, 2, 3), RowRef(0, i))
+                                     for i in (7, 8)])
+        bad = (instances | beam.Map(explode).with_exception_handling(use_subprocess=False)).bad
+        letters = (bad | beam.Map(failure_to_dead_letter, "unexpected_error", "Explode")
+                   | beam.Map(lambda d: (d.instance_id, d.reason, d.stage, d.details)))
+        assert_that(letters, equal_to([
+            (7, "unexpected_error", "Explode", "ZeroDivisionError: no luck for 7"),
+            (8, "unexpected_error", "Explode", "ZeroDivisionError: no luck for 8"),
+        ]))
+
+
 @pytest.mark.parametrize("block", [None, ("--block-size", "8", "8", "2")])
 def test_grouped_and_per_instance_fetching_write_identical_bytes(small_data, tmp_path, block):
     """Crops overlap (11 and 12) and, with 8x8x2 blocks, cross block borders."""
