@@ -1,20 +1,24 @@
 """Benchmark: grouped vs per-instance fetching, end to end, on the same data in one run.
 
-    python benchmarks/fetch_strategies.py [--work DIR] [--variants K]
+    python benchmarks/fetch_strategies.py [--work DIR] [--variants K] [--storage file,http]
+                                          [--sparse-repeats N] [--big-table-rows N]
 
-Builds (once, cached under --work) a dense H01-like volume pair with the demo generator (jpeg raw
-at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm, about 1,200 synapses whose crops
-overlap), then for a dense table (every synapse) and a sparse table (synapses whose crops share no
-chunk) runs the whole pipeline (fetch, clean, variants, encode, write TFRecords, manifest) once
-per strategy, each in its own process on the DirectRunner, and prints instances/s, the ratio,
-decodes per distinct chunk and each run's peak RSS. It also prints the fetch floor (every chunk of
-both volumes decoded once, nothing else) and how one instance's time splits between fetching,
-cleaning, variants, encoding and writing.
+Builds (once, cached under --work, in a child process) a dense H01-like volume pair with the demo
+generator (jpeg raw at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm, both in 128x128x32
+chunks, about 1,200 synapses whose crops overlap). For a dense table (every synapse) and a sparse
+table (synapses whose crops share no chunk), read from local files and through a loopback HTTP
+server (one request per chunk, like a bucket), it runs the whole pipeline (fetch, clean, variants,
+encode, write TFRecords, manifest) once per strategy, each in its own process on the DirectRunner,
+and prints instances/s, CPU seconds, the ratios, decodes per distinct chunk and each run's peak
+RSS. Then a grouped run picking 1,000 instances out of a 1,000,000-row table (peak RSS), the
+fetch floor (every chunk of both volumes decoded once, nothing else) and how one instance's time
+splits between fetching, cleaning, variants, encoding and writing.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -29,15 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DENSE_SIZE_XYZ = (768, 768, 48)   # target voxels; the demo generator scales synapses with size
-CROP = ("64", "64", "16")
+CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
+CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
 
 
-def run_strategy(strategy, table, data, out, variants):
-    """One pipeline run in a child process: (seconds, peak RSS in MB, manifest)."""
+def run_strategy(strategy, table, data, out, variants, extra=()):
+    """One pipeline run in a child process: (seconds, CPU seconds, peak RSS in MB, manifest)."""
     argv = [sys.executable, "-m", "pipeline.cli", "run", "--materialization", str(table),
             "--source-url", data.source_url, "--target-url", data.target_url,
             "--output-dir", str(out), "--crop-size", *CROP, "--variants", str(variants),
-            "--formats", "tfrecord", "--fetch-strategy", strategy]
+            "--formats", "tfrecord", "--fetch-strategy", strategy, *extra]
     start = time.perf_counter()
     child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -45,10 +50,24 @@ def run_strategy(strategy, table, data, out, variants):
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{strategy} run failed: {child.stderr.read().decode()[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return seconds, usage.ru_maxrss / 1024, manifest
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest
 
 
-def sparse_rows(rows, chunk_xyz=(64, 64, 16)):
+def make_data(cache):
+    """The dense volumes, made (or reused) in a child process: a forked child inherits its
+    parent's peak RSS, so this process stays small for the runs' RSS figures to be theirs."""
+    code = ("import json, sys; from pipeline.demo_data import make_demo_data; "
+            f"d = make_demo_data({str(cache)!r}, size_xyz={DENSE_SIZE_XYZ}, "
+            f"source_chunk_xyz={CHUNK_XYZ}, target_chunk_xyz={CHUNK_XYZ}); "
+            "import dataclasses; print(json.dumps(dataclasses.asdict(d)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    from pipeline.demo_data import DemoData
+
+    return DemoData(**json.loads(out))
+
+
+def sparse_rows(rows, chunk_xyz=CHUNK_XYZ):
     """Rows whose crops (64x64x16 target voxels) share no chunk with an earlier pick's."""
     picked = []
     for row in rows:
@@ -135,39 +154,94 @@ def stage_split(data, rows, variants, n=150):
     return {k: v / max(done, 1) for k, v in times.items()}
 
 
+def scenario(name, storage, table, urls, args, work, repeats):
+    """Both strategies on one table; prints a line per strategy and the ratio; returns it."""
+    results = {}
+    for strategy in ("per-instance", "grouped"):
+        runs = []
+        for _ in range(repeats):
+            out = work / f"out-{name}-{strategy}"
+            shutil.rmtree(out, ignore_errors=True)
+            runs.append(run_strategy(strategy, table, urls, out, args.variants))
+            shutil.rmtree(out, ignore_errors=True)
+        seconds, cpu, rss, manifest = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # median
+        selected = manifest["counts"]["instances_selected"]
+        io_figures = manifest["run"]["io"]
+        results[strategy] = (selected / seconds, selected / cpu)
+        print(f"{name:6s} {storage:4s} {strategy:12s}: {selected} instances in {seconds:6.1f} s "
+              f"= {selected / seconds:6.1f} instances/s ({cpu:.1f} CPU s); "
+              f"decodes per distinct chunk: source "
+              f"{io_figures['source']['decodes_per_distinct_chunk']}, target "
+              f"{io_figures['target']['decodes_per_distinct_chunk']}; peak RSS {rss:.0f} MB"
+              + (f" (median of {repeats})" if repeats > 1 else ""))
+    ratio = results["grouped"][0] / results["per-instance"][0]
+    cpu_ratio = results["grouped"][1] / results["per-instance"][1]
+    print(f"{name:6s} {storage:4s} grouped / per-instance: {ratio:.2f}x instances/s "
+          f"({cpu_ratio:.2f}x per CPU second)")
+    return ratio
+
+
+def big_table(data, urls, work, n_rows, n_instances, variants):
+    """Peak RSS and seconds of a grouped run picking ``n_instances`` of an ``n_rows`` table."""
+    import random
+
+    rows = [r for r in csv.DictReader(open(data.table_path)) if _numeric(r)]
+    header = list(rows[0])
+    table = work / f"table-{n_rows}.csv"
+    if not table.exists():
+        rng = random.Random(0)
+        with open(str(table) + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            for i in range(n_rows):
+                row = dict(rows[rng.randrange(len(rows))])
+                row["id"] = str(10**7 + i)
+                writer.writerow(row)
+        os.rename(str(table) + ".tmp", table)
+    out = work / "out-big-table"
+    shutil.rmtree(out, ignore_errors=True)
+    seconds, _, rss, manifest = run_strategy("grouped", table, urls, out, variants,
+                                          ["--num-instances", str(n_instances)])
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"table of {n_rows:,} rows, --num-instances {n_instances}: "
+          f"{manifest['counts']['instances_written']} written in {seconds:.1f} s, "
+          f"peak RSS {rss:.0f} MB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
     parser.add_argument("--variants", type=int, default=2)
+    parser.add_argument("--storage", default="file,http",
+                        help="comma-separated: file (local files), http (a loopback server)")
+    parser.add_argument("--sparse-repeats", type=int, default=3)
+    parser.add_argument("--big-table-rows", type=int, default=1_000_000,
+                        help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
-    from pipeline.demo_data import make_demo_data
-
     work = Path(args.work)
-    data = make_demo_data(str(work / "cache"), size_xyz=DENSE_SIZE_XYZ)
+    data = make_data(work / "cache")
     rows = list(csv.DictReader(open(data.table_path)))
     header = list(rows[0])
     good = [r for r in rows if _numeric(r)]
     tables = {"dense": good, "sparse": list(sparse_rows(good))}
-    print(f"machine: {os.cpu_count()} cores; DirectRunner; crop {' x '.join(CROP)} target voxels "
-          f"(source arrays 128x128x16), {args.variants} variants, TFRecord only")
     for name, table_rows in tables.items():
-        table = work / f"{name}.csv"
-        write_table(table, header, table_rows)
-        results = {}
-        for strategy in ("per-instance", "grouped"):
-            out = work / f"out-{name}-{strategy}"
-            shutil.rmtree(out, ignore_errors=True)
-            seconds, rss, manifest = run_strategy(strategy, table, data, out, args.variants)
-            selected = manifest["counts"]["instances_selected"]
-            src = manifest["run"]["io"]["source"]
-            results[strategy] = selected / seconds
-            print(f"{name:6s} {strategy:12s}: {selected} instances in {seconds:6.1f} s = "
-                  f"{selected / seconds:6.1f} instances/s; source decodes per distinct chunk "
-                  f"{src['decodes_per_distinct_chunk']}; peak RSS {rss:.0f} MB")
-            shutil.rmtree(out, ignore_errors=True)
-        print(f"{name:6s} grouped / per-instance: "
-              f"{results['grouped'] / results['per-instance']:.2f}x")
+        write_table(work / f"{name}.csv", header, table_rows)
+    print(f"machine: {os.cpu_count()} cores; DirectRunner; crop {' x '.join(CROP)} target voxels "
+          f"(source arrays 128x128x16), chunks {CHUNK_XYZ} in both volumes, "
+          f"{args.variants} variants, TFRecord only")
+    from tests.chunk_server import ChunkServer
+
+    root = Path(data.source_url[len("file://"):]).parent
+    with ChunkServer(root) as server:
+        for storage in args.storage.split(","):
+            urls = data if storage == "file" else dataclasses.replace(
+                data, source_url=server.url("source"), target_url=server.url("target"))
+            for name in tables:
+                scenario(name, storage, work / f"{name}.csv", urls, args, work,
+                         args.sparse_repeats if name == "sparse" else 1)
+        if args.big_table_rows:
+            big_table(data, data, work, args.big_table_rows, 1000, args.variants)
     floor = fetch_floor(data)
     print(f"fetch floor: every chunk of both volumes decoded once in {floor:.2f} s "
           f"({len(good) / floor:.0f} instances/s if fetching were all there is)")

@@ -1,7 +1,7 @@
 """build(p, config): assemble the pipeline. Nothing here runs it."""
 from __future__ import annotations
 
-import ast
+from typing import List
 
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
@@ -11,32 +11,27 @@ from pipeline.incremental import KeepNewInstances, previous_index_paths
 from pipeline.manifest import WriteManifestFn
 from transforms.clean import CleanTargets
 from transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
-from transforms.records import FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume
+from transforms.records import (
+    FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume, exception_text,
+)
 from transforms.select import AssignShards, SelectInstances
 from transforms.table import DEAD, TABLE_REASONS, ReadTable
 from transforms.variants import MakeVariants
 from transforms.write import FinalizeShards, WriteDeadLetterFn, WriteExamples
 
 
-def failure_to_dead_letter(failure, reason: str, stage: str) -> DeadLetter:
-    """Beam's (element, (type, repr, traceback)) -> DeadLetter, arrays dropped."""
+def failure_to_dead_letters(failure, reason: str, stage: str) -> List[DeadLetter]:
+    """Beam's (element, (type, repr, traceback)) -> a DeadLetter per instance in the element (an
+    Instance, a Subvolume, or a work block (key, [Instance])), arrays dropped."""
     element, (exc_type, exc_repr, _) = failure
-    instance = element.instance if isinstance(element, Subvolume) else element
-    return DeadLetter.for_instance(instance, reason, exception_text(exc_type, exc_repr)[:2000],
-                                   stage)
-
-
-def exception_text(exc_type: type, exc_repr: str) -> str:
-    """``"Type: message"`` from Beam's ``repr(exception)`` (``"Type('message')"``)."""
-    name = exc_type.__name__
-    message = exc_repr
-    if exc_repr.startswith(name + "(") and exc_repr.endswith(")"):
-        try:
-            message = ast.literal_eval(exc_repr[len(name) + 1:-1])
-        except (ValueError, SyntaxError):
-            message = exc_repr[len(name) + 1:-1]
-        message = message if isinstance(message, str) else repr(message)
-    return f"{name}: {message}"
+    if isinstance(element, Subvolume):
+        instances = [element.instance]
+    elif isinstance(element, tuple):
+        instances = sorted(element[1], key=lambda i: i.instance_id)
+    else:
+        instances = [element]
+    details = exception_text(exc_type, exc_repr)[:2000]
+    return [DeadLetter.for_instance(i, reason, details, stage) for i in instances]
 
 
 def fetch_config(config: Config) -> FetchConfig:
@@ -50,15 +45,20 @@ def fetch_config(config: Config) -> FetchConfig:
 
 def build(p: beam.Pipeline, config: Config):
     """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
+    incremental = bool(config.incremental and config.incremental["previous"])
+    # Picking N while reading keeps memory independent of the table size; an incremental run
+    # picks N among the instances not in earlier runs, so it picks after KeepNewInstances.
+    select = (config.seed, config.num_instances) \
+        if config.num_instances is not None and not incremental else None
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
-                                         config.target.bounds)
+                                         config.target.bounds, select)
     instances = table["instances"]  # Instance, unique ids
     vanished = None
-    if config.incremental and config.incremental["previous"]:
+    if incremental:
         kept = instances | "KeepNewInstances" >> KeepNewInstances(
             previous_index_paths(config.incremental))
         instances, vanished = kept["instances"], kept["vanished"]
-    if config.num_instances is not None:
+    if config.num_instances is not None and incremental:
         instances = instances | "SelectInstances" >> SelectInstances(config.seed,
                                                                      config.num_instances)
     shard_bytes = int(config.shard_size_mb * (1 << 20))
@@ -74,14 +74,14 @@ def build(p: beam.Pipeline, config: Config):
         config.output_dir, config.formats, assigned["shard_keys"])
 
     failures = [
-        fetched["failed"] | "FetchFailures" >> beam.Map(
-            failure_to_dead_letter, FETCH_ERROR, "FetchSubvolumes"),
-        cleaned["failed"] | "CleanFailures" >> beam.Map(
-            failure_to_dead_letter, UNEXPECTED_ERROR, "CleanTargets"),
-        varied["failed"] | "VariantFailures" >> beam.Map(
-            failure_to_dead_letter, UNEXPECTED_ERROR, "MakeVariants"),
-        written["failed"] | "WriteFailures" >> beam.Map(
-            failure_to_dead_letter, UNEXPECTED_ERROR, "WriteExamples"),
+        fetched["failed"] | "FetchFailures" >> beam.FlatMap(
+            failure_to_dead_letters, FETCH_ERROR, "FetchSubvolumes"),
+        cleaned["failed"] | "CleanFailures" >> beam.FlatMap(
+            failure_to_dead_letters, UNEXPECTED_ERROR, "CleanTargets"),
+        varied["failed"] | "VariantFailures" >> beam.FlatMap(
+            failure_to_dead_letters, UNEXPECTED_ERROR, "MakeVariants"),
+        written["failed"] | "WriteFailures" >> beam.FlatMap(
+            failure_to_dead_letters, UNEXPECTED_ERROR, "WriteExamples"),
     ]
     dead = [table[DEAD], fetched[DEAD], cleaned["dead_letter"]] + failures | "AllDeadLetters" >> beam.Flatten()
     dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()

@@ -118,21 +118,26 @@ def _downsample_xy(array_xyz: np.ndarray, offset_xyz, *, segmentation: bool
     return out, (offset_xyz[0] // 2, offset_xyz[1] // 2, offset_xyz[2])
 
 
-def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ) -> DemoData:
+def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ, source_chunk_xyz=SOURCE_CHUNK_XYZ,
+                   target_chunk_xyz=TARGET_CHUNK_XYZ) -> DemoData:
     """Make (deterministically) or reuse the demo volumes and table under ``cache_dir``.
 
     The default ``size_xyz`` (target voxels) is the demo; other sizes (for tests) go to their own
-    directory and scale the synapse counts with the volume. A copy is built in a temporary
+    directory and scale the synapse counts with the volume; so do other storage chunk sizes (for
+    benchmarks; the voxels and the table do not depend on them). A copy is built in a temporary
     directory, marked COMPLETE last and renamed into place, so a killed run leaves no half cache.
     """
     size_xyz = tuple(int(n) for n in size_xyz)
     if min(size_xyz[:2]) < 96 or size_xyz[2] < 8:
         raise ValueError(f"demo size_xyz {size_xyz} is too small (at least 96 x 96 x 8)")
+    chunks = (tuple(int(n) for n in source_chunk_xyz), tuple(int(n) for n in target_chunk_xyz))
     name = DEMO_VERSION if size_xyz == TARGET_SIZE_XYZ else \
         f"{DEMO_VERSION}-{'x'.join(map(str, size_xyz))}"
+    if chunks != (SOURCE_CHUNK_XYZ, TARGET_CHUNK_XYZ):
+        name += "-chunks-" + "-".join("x".join(map(str, c)) for c in chunks)
     root = os.path.join(cache_dir, name)
     if not os.path.exists(os.path.join(root, "COMPLETE")):
-        _build_atomically(cache_dir, root, size_xyz)
+        _build_atomically(cache_dir, root, size_xyz, chunks)
     with open(os.path.join(root, "COMPLETE")) as f:
         n_synapses = json.load(f)["n_synapses"]
     return DemoData("file://" + os.path.abspath(os.path.join(root, "source")),
@@ -140,12 +145,12 @@ def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ) -> DemoData:
                     os.path.join(root, "synapses.csv"), n_synapses)
 
 
-def _build_atomically(cache_dir: str, root: str, size_xyz) -> None:
+def _build_atomically(cache_dir: str, root: str, size_xyz, chunks) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".partial-", dir=cache_dir)
     try:
         started = time.monotonic()
-        n_synapses = _build(tmp, size_xyz)
+        n_synapses = _build(tmp, size_xyz, *chunks)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
             json.dump({"version": DEMO_VERSION, "seed": DEMO_SEED, "n_synapses": n_synapses}, f)
         if os.path.isdir(root) and not os.path.exists(os.path.join(root, "COMPLETE")):
@@ -162,7 +167,8 @@ def _build_atomically(cache_dir: str, root: str, size_xyz) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(root: str, size_xyz) -> int:
+def _build(root: str, size_xyz, source_chunk_xyz=SOURCE_CHUNK_XYZ,
+           target_chunk_xyz=TARGET_CHUNK_XYZ) -> int:
     """Write target, source and table under ``root``; return the number of synapses."""
     rng = np.random.default_rng(DEMO_SEED)
     volume_ratio = np.prod(size_xyz) / np.prod(TARGET_SIZE_XYZ)
@@ -173,12 +179,12 @@ def _build(root: str, size_xyz) -> int:
                                         empty_lo_xy, empty_hi_xy)
     write_precomputed(os.path.join(root, "target"), labels_xyz,
                       resolution_nm=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
-                      chunk_size_xyz=TARGET_CHUNK_XYZ, encoding="compressed_segmentation",
+                      chunk_size_xyz=target_chunk_xyz, encoding="compressed_segmentation",
                       layer_type="segmentation")
     write_precomputed(os.path.join(root, "source"), _em_texture(rng, labels_xyz),
                       resolution_nm=SOURCE_RESOLUTION_NM,
                       voxel_offset_xyz=[o * f for o, f in zip(TARGET_OFFSET_XYZ, SOURCE_SCALE_XYZ)],
-                      chunk_size_xyz=SOURCE_CHUNK_XYZ, encoding="jpeg", layer_type="image",
+                      chunk_size_xyz=source_chunk_xyz, encoding="jpeg", layer_type="image",
                       downsample_mips=1)
     empty_center_xyz = [(lo + hi) // 2 for lo, hi in zip(empty_lo_xy, empty_hi_xy)]
     empty_center_xyz.append(size_xyz[2] // 2)

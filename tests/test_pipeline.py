@@ -240,6 +240,30 @@ def test_num_instances_picks_reproducibly(small_data, tmp_path):
         sorted(os.listdir(tmp_path / "b" / "npy" / "gt"))
 
 
+@pytest.mark.parametrize("seed, picked", [(1, [11, 13, 14]), (3, [12, 13, 14])])
+def test_num_instances_picks_the_smallest_keys_and_only_reports_repeats_of_picked_ids(
+        small_data, tmp_path, seed, picked):
+    """Id 11 appears twice in the table: its repeat is a duplicate_id only when 11 is picked."""
+    from transforms.select import selection_key
+
+    valid = GOOD_IDS + [23]
+    assert sorted(valid, key=lambda i: selection_key(seed, i))[:3] == sorted(
+        picked, key=lambda i: selection_key(seed, i))
+    _, manifest = run_pipeline(small_data.argv(tmp_path / "out", "--num-instances", "3",
+                                               "--seed", str(seed), "--variants", "1"))
+    assert sorted({r["instance_id"] for r in read_records(tmp_path / "out")}) == picked
+    letters = [json.loads(line)
+               for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
+    reasons = sorted(d["reason"] for d in letters)
+    expected = ["missing_coordinate", "not_a_number", "outside_volume"]
+    assert reasons == sorted(expected + (["duplicate_id"] if 11 in picked else []))
+    counts = manifest["counts"]
+    assert counts["rows_read"] == len(GOOD_IDS) + len(BAD_ROWS)
+    assert counts["instances_selected"] == 3
+    assert counts["rows_not_selected"] == counts["rows_read"] - counts["rows_rejected"] - 3
+    assert counts["rows_not_selected"] == (3 if 11 in picked else 4)
+
+
 def test_sharded_table_without_id_column_numbers_rows_across_shards(small_data, tmp_path):
     lines = Path(small_data.table_path).read_text().splitlines()
     header = lines[0].split(",")
@@ -322,7 +346,7 @@ def test_a_corrupt_chunk_is_a_fetch_error_for_the_instances_that_touch_it(small_
 
 
 def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_and_message():
-    from pipeline.build import failure_to_dead_letter
+    from pipeline.build import failure_to_dead_letters
     from transforms.records import Instance, RowRef
 
     def explode(instance):
@@ -332,7 +356,7 @@ def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_a
         instances = p | beam.Create([Instance(i, (1, 2, 3), (1, 2, 3), (1, 2, 3), RowRef(0, i))
                                      for i in (7, 8)])
         bad = (instances | beam.Map(explode).with_exception_handling(use_subprocess=False)).bad
-        letters = (bad | beam.Map(failure_to_dead_letter, "unexpected_error", "Explode")
+        letters = (bad | beam.FlatMap(failure_to_dead_letters, "unexpected_error", "Explode")
                    | beam.Map(lambda d: (d.instance_id, d.reason, d.stage, d.details)))
         assert_that(letters, equal_to([
             (7, "unexpected_error", "Explode", "ZeroDivisionError: no luck for 7"),

@@ -1,6 +1,7 @@
 """Small records that travel between stages (and may cross a shuffle) and the in-stage Subvolume."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -113,3 +114,16 @@ class WrittenInstance:
     records: int
     fragment_bytes: int
     index_entry: Dict
+
+
+def exception_text(exc_type: type, exc_repr: str) -> str:
+    """``"Type: message"`` from Beam's ``repr(exception)`` (``"Type('message')"``)."""
+    name = exc_type.__name__
+    message = exc_repr
+    if exc_repr.startswith(name + "(") and exc_repr.endswith(")"):
+        try:
+            message = ast.literal_eval(exc_repr[len(name) + 1:-1])
+        except (ValueError, SyntaxError):
+            message = exc_repr[len(name) + 1:-1]
+        message = message if isinstance(message, str) else repr(message)
+    return f"{name}: {message}"

@@ -54,6 +54,35 @@ def num_shards(n_instances: int, bytes_per_instance: int, shard_bytes: int) -> i
     return max(1, math.ceil(n_instances * bytes_per_instance / shard_bytes))
 
 
+class SmallestDistinct(beam.CombineFn):
+    """Values -> sorted list of the ``n`` smallest distinct values (memory O(n) per accumulator).
+
+    Used on ``selection_key``s, which repeat when an id repeats in the table, so picking N
+    distinct keys picks N distinct ids.
+    """
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def _compact(self, values):
+        return sorted(set(values))[:self._n]
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, value):
+        accumulator.append(value)
+        if len(accumulator) >= 2 * self._n + 64:
+            accumulator[:] = self._compact(accumulator)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return self._compact(v for a in accumulators for v in a)
+
+    def extract_output(self, accumulator):
+        return self._compact(accumulator)
+
+
 class SelectInstances(beam.PTransform):
     """Instances -> the ``n`` instances with the smallest ``selection_key`` (memory O(n))."""
 

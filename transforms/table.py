@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 import apache_beam as beam
 
 from transforms.geometry import Box
+from transforms.select import SmallestDistinct, selection_key
 from transforms.records import (
     DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
     DeadLetter, Instance, RowRef,
@@ -133,18 +134,28 @@ class ReadTable(beam.PTransform):
     """Table shards -> tagged outputs ``instances`` (unique ids), ``dead_letter``, ``rows``.
 
     ``rows`` is the raw (RowRef, row) collection, for counting rows read.
+
+    With ``select=(run_seed, n)`` only the ``n`` valid ids with the smallest ``selection_key``
+    come out, and memory does not grow with the table: a first pass keeps just the n smallest
+    keys, a second pass reads the table again and keeps the rows of those ids. Repeats of an id
+    that was not picked are then not dead-lettered (they count as rows not selected).
     """
 
-    def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box):
+    def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box,
+                 select: Optional[Tuple[int, int]] = None):
         super().__init__()
         self._paths = list(shard_paths)
         self._id_column = id_column
         self._bounds = target_bounds
+        self._select = select
+
+    def _read(self, pbegin, label: str = ""):
+        return (pbegin
+                | f"ListShards{label}" >> beam.Create(list(enumerate(self._paths)))
+                | f"ReadCsvShards{label}" >> beam.ParDo(ReadCsvShardFn()))  # (RowRef, row dict)
 
     def expand(self, pbegin):
-        rows = (pbegin
-                | "ListShards" >> beam.Create(list(enumerate(self._paths)))
-                | "ReadCsvShards" >> beam.ParDo(ReadCsvShardFn()))  # (RowRef, row dict)
+        rows = self._read(pbegin)
         side = {}
         if not self._id_column:
             counts = (rows | "ShardOf" >> beam.Map(lambda r: r[0].shard)
@@ -155,7 +166,21 @@ class ReadTable(beam.PTransform):
                 | "Offsets" >> beam.Map(_offsets, n))
         parsed = rows | "ParseRows" >> beam.ParDo(
             ParseRowFn(self._id_column, self._bounds), **side).with_outputs(DEAD, main="ok")
-        unique = (parsed.ok
+        candidates = parsed.ok
+        if self._select:
+            seed, n = self._select
+            picked = (parsed.ok
+                      | "SelectionKeys" >> beam.Map(lambda i: selection_key(seed, i.instance_id))
+                      | "SmallestKeys" >> beam.CombineGlobally(SmallestDistinct(n))
+                      | "PickedIds" >> beam.Map(lambda keys: frozenset(k[1] for k in keys)))
+            candidates = (self._read(pbegin, "Again")
+                          | "ParseRowsAgain" >> beam.ParDo(
+                              ParseRowFn(self._id_column, self._bounds), **side)
+                          .with_outputs(DEAD, main="ok")).ok
+            candidates = (candidates
+                          | "KeepPicked" >> beam.Filter(lambda i, ids: i.instance_id in ids,
+                                                        beam.pvalue.AsSingleton(picked)))
+        unique = (candidates
                   | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
                   | "GroupById" >> beam.GroupByKey()
                   | "KeepFirst" >> beam.FlatMap(keep_first).with_outputs(DEAD, main="ok"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -140,3 +140,47 @@ def chunk_voxels(name: str) -> int:
     """Voxel count of a chunk from its name."""
     spans = name.rsplit("/", 1)[-1].split("_")
     return math.prod(int(b) - int(a) for a, b in (s.split("-") for s in spans))
+
+
+def plan_reads(spec: VolumeSpec, boxes: List[Box]) -> Tuple[List[Box], List[Optional[int]]]:
+    """Group crop boxes (voxels at ``spec``'s mip) into few cutouts that read no needless chunk.
+
+    Returns (regions, region index per box). Each region is the bounding box of the in-bounds
+    parts of the boxes assigned to it; a box entirely outside the bounds gets None. Two regions merge only when their bounding box touches no chunk
+    that neither touched, so a region never reads a chunk no member needs. Chunks shared by
+    regions that do not merge are read by each (an in-memory chunk cache can serve the second).
+    """
+    grid = []  # [lo, hi, cells, box indices] in chunk-grid units
+    which: List[Optional[int]] = [None] * len(boxes)
+    for i, box in enumerate(boxes):
+        inner = box.intersect(spec.bounds)
+        if inner is None:
+            continue
+        lo = tuple((a - o) // c for a, o, c in
+                   zip(inner.start_xyz, spec.voxel_offset_xyz, spec.chunk_size_xyz))
+        hi = tuple((b - 1 - o) // c + 1 for b, o, c in
+                   zip(inner.stop_xyz, spec.voxel_offset_xyz, spec.chunk_size_xyz))
+        grid.append([lo, hi, set(itertools.product(*map(range, lo, hi))), [i], inner])
+    merged = True
+    while merged:
+        merged = False
+        for a, b in itertools.combinations(range(len(grid)), 2):
+            lo = tuple(map(min, grid[a][0], grid[b][0]))
+            hi = tuple(map(max, grid[a][1], grid[b][1]))
+            n_cells = math.prod(h - l for l, h in zip(lo, hi))
+            if n_cells > len(grid[a][2]) + len(grid[b][2]):
+                continue  # cheap test first: the bounding box has more cells than both hold
+            cells = grid[a][2] | grid[b][2]
+            if n_cells == len(cells):
+                union = Box(tuple(map(min, grid[a][4].start_xyz, grid[b][4].start_xyz)),
+                            tuple(map(max, grid[a][4].stop_xyz, grid[b][4].stop_xyz)))
+                grid[a] = [lo, hi, cells, grid[a][3] + grid[b][3], union]
+                del grid[b]
+                merged = True
+                break
+    regions = []
+    for r, (_, _, _, members, union) in enumerate(grid):
+        regions.append(union)
+        for i in members:
+            which[i] = r
+    return regions, which
