@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,6 +87,25 @@ def worker_share(paths: Sequence[str], worker: int, num_workers: int) -> List[st
     The shares of workers 0..num_workers-1 partition ``paths``.
     """
     return list(paths[worker::num_workers])
+
+
+def buffer_shuffle(items: Iterable, buffer_size: int, rng: np.random.Generator) -> Iterator:
+    """``items`` in an order drawn by ``rng`` from a buffer of ``buffer_size``: each item that
+    arrives replaces a random one of the buffer, which is yielded; the rest come last, permuted.
+    Every item comes once; the same ``rng`` seed gives the same order."""
+    if buffer_size <= 0:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(buffer_size))
+        yield buffer[i]
+        buffer[i] = item
+    for i in rng.permutation(len(buffer)):
+        yield buffer[i]
 
 
 def read_shard(path: str) -> Iterator[dict]:

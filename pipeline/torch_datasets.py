@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from pipeline.loaders import (input_target, npy_items, open_dataset, read_shard, shard_order,
-                              split_files, worker_share)
+from pipeline.loaders import (buffer_shuffle, input_target, npy_items, open_dataset, read_shard,
+                              shard_order, split_files, worker_share)
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,21 @@ class ShardDataset(IterableDataset):
     In a DataLoader with N workers, worker i reads shards i, i+N, ...: every record is yielded
     once per epoch. With ``shuffle_seed``, the shard order is a permutation seeded by
     (shuffle_seed, epoch); call ``set_epoch`` before each epoch (workers see it unless
-    ``persistent_workers``). Records within a shard stay sorted by (instance id, variant).
+    ``persistent_workers``). Records in a shard are sorted by (instance id, variant);
+    ``shuffle_buffer`` > 0 (needs ``shuffle_seed``) mixes each worker's records through a buffer of
+    that many decoded records (about 3 x z*y*x bytes each), seeded by (seed, epoch, worker).
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
-                 shuffle_seed: Optional[int] = None):
+                 shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0):
+        if shuffle_buffer and shuffle_seed is None:
+            raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         manifest, base = open_dataset(dataset_dir)
         self.shards = split_files(manifest, base, split, "tfrecord")
         self.num_records = manifest["splits"][split]["records"]
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
+        self.shuffle_buffer = shuffle_buffer
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -52,16 +57,20 @@ class ShardDataset(IterableDataset):
     def __iter__(self):
         shards = shard_order(self.shards, self.shuffle_seed, self.epoch)
         worker = get_worker_info()
+        worker_id = 0
         if worker is not None:
             if worker.num_workers > len(shards) and worker.id == 0:
                 log.warning("%d DataLoader workers for %d shards: %d workers get none",
                             worker.num_workers, len(shards), worker.num_workers - len(shards))
-            shards = worker_share(shards, worker.id, worker.num_workers)
-        for path in shards:
-            for r in read_shard(path):
-                meta = ({"instance_id": r["instance_id"], "variant": r["variant"]}
-                        if self.with_meta else None)
-                yield _sample(r["source"], r["seed_target"], r["target"], meta)
+            shards, worker_id = worker_share(shards, worker.id, worker.num_workers), worker.id
+        records = (r for path in shards for r in read_shard(path))
+        if self.shuffle_buffer:
+            rng = np.random.default_rng([self.shuffle_seed, self.epoch, worker_id])
+            records = buffer_shuffle(records, self.shuffle_buffer, rng)
+        for r in records:
+            meta = ({"instance_id": r["instance_id"], "variant": r["variant"]}
+                    if self.with_meta else None)
+            yield _sample(r["source"], r["seed_target"], r["target"], meta)
 
 
 class NpyDataset(Dataset):

@@ -79,6 +79,37 @@ def test_shard_order_is_a_seeded_permutation_and_workers_partition_it():
     assert [len(s) for s in shares] == [3, 2, 2]
 
 
+def test_buffer_shuffle_is_a_seeded_permutation():
+    items = list(range(20))
+    first = list(loaders.buffer_shuffle(items, 5, np.random.default_rng(1)))
+    assert sorted(first) == items and first != items
+    assert first == list(loaders.buffer_shuffle(items, 5, np.random.default_rng(1)))
+    assert first != list(loaders.buffer_shuffle(items, 5, np.random.default_rng(2)))
+    assert sorted(loaders.buffer_shuffle(items[:3], 5, np.random.default_rng(1))) == items[:3]
+    assert list(loaders.buffer_shuffle(items, 0, np.random.default_rng(1))) == items
+
+
+def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
+    _, out, _, manifest = generated
+    expected = records_of(out, manifest, "train")
+    dataset = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=1,
+                                   shuffle_buffer=4)
+
+    def epoch(n):
+        dataset.set_epoch(n)
+        keys = []
+        for inputs, target, meta in dataset:
+            keys.append((meta["instance_id"], meta["variant"]))
+            check_pair(inputs, target, expected[keys[-1]])
+        return keys
+
+    first = epoch(0)
+    assert sorted(first) == sorted(expected) and first != list(expected)
+    assert epoch(0) == first and epoch(1) != first
+    with pytest.raises(ValueError, match="shuffle_buffer needs a shuffle_seed"):
+        loaders.ShardDataset(str(out), "train", shuffle_buffer=4)
+
+
 def test_npy_dataset_items_are_the_npy_files(generated, torch):
     _, out, _, manifest = generated
     records = records_of(out, manifest, "val")
