@@ -136,14 +136,16 @@ def npy_items(manifest: dict, base: str, split: str) -> List[Dict]:
                          f"{','.join(manifest['config']['formats'])}); use ShardDataset")
     items = []
     for index_path in split_files(manifest, base, split, "index"):
+        # npy paths are relative to the run folder holding index/ (an incremental run's own).
+        run_dir = posixpath.dirname(posixpath.dirname(index_path))
         for line in _read_local(index_path).splitlines():
             entry = json.loads(line)
             npy = entry["npy"]
             for variant, seed_path in enumerate(npy["seed_target"]):
                 items.append({"instance_id": entry["instance_id"], "variant": variant,
-                              "source": _join(base, npy["source"]),
-                              "target": _join(base, npy["target"]),
-                              "seed_target": _join(base, seed_path)})
+                              "source": _join(run_dir, npy["source"]),
+                              "target": _join(run_dir, npy["target"]),
+                              "seed_target": _join(run_dir, seed_path)})
     return items
 
 

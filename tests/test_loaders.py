@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import loaders
-from tests.test_pipeline import generated, read_records  # noqa: F401  (module fixture, helper)
+from tests.conftest import GOOD_IDS
+from tests.test_pipeline import generated, read_records, run_pipeline  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,28 @@ def test_npy_dataset_items_are_the_npy_files(generated, torch):
         check_pair(inputs, target, records[(iid, v)])
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)))
     assert batch[0].shape == (3, 2, 4, 24, 24) and batch[1].shape == (3, 1, 4, 24, 24)
+
+
+def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, torch):
+    root = tmp_path / "root"
+    for extra in (["--num-instances", "3"], []):
+        run_pipeline(small_data.argv(root, "--incremental", "--variants", "2", *extra))
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["00001", "00002"]
+    by_run = {}  # (instance id, variant) -> (run, record)
+    for run in ("00001", "00002"):
+        for r in read_records(root / "runs" / run):
+            by_run[(r["instance_id"], r["variant"])] = (run, r)
+    assert sorted({iid for iid, _ in by_run}) == GOOD_IDS
+    shards = [(m["instance_id"], m["variant"]) for *_, m in
+              loaders.ShardDataset(str(root), "train", with_meta=True)]
+    assert sorted(shards) == sorted(by_run)
+    npy = loaders.NpyDataset(str(root / "runs" / "00002"), "train", with_meta=True)
+    assert len(npy) == len(by_run)
+    for i in range(len(npy)):
+        inputs, target, meta = npy[i]
+        run, record = by_run[(meta["instance_id"], meta["variant"])]
+        assert npy.items[i]["source"].startswith(str(root / "runs" / run / "npy"))
+        check_pair(inputs, target, record)
 
 
 def test_unknown_split_and_missing_manifest_are_clear_errors(generated, tmp_path):
