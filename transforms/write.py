@@ -13,10 +13,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
-from apache_beam.metrics import Metrics
 
 from transforms.examples import encode_example
 from transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
+from transforms.progress import ProgressCounter
 from transforms.records import Subvolume, WrittenInstance
 from transforms.seeds import seed_mask
 
@@ -83,8 +83,8 @@ class WriteExampleFn(beam.DoFn):
     def __init__(self, output_dir: str, formats: Sequence[str]):
         self._output_dir = output_dir
         self._formats = tuple(formats)
-        self._instances = Metrics.counter("synanno", "instances_written")
-        self._variants = Metrics.counter("synanno", "variants_written")
+        self._instances = ProgressCounter("instances_written")
+        self._variants = ProgressCounter("variants_written")
 
     def process(self, subvolume: Subvolume):
         inst = subvolume.instance

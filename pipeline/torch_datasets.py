@@ -1,0 +1,96 @@
+"""PyTorch datasets over a generated dataset; reach them through ``pipeline.loaders``.
+
+Both yield ``(input, target)`` float32 tensors, ``input [2, z, y, x]`` = (source / 255,
+seed_target) and ``target [1, z, y, x]``; with ``with_meta=True`` a third element
+``{"instance_id": int, "variant": int}``. Local paths only.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from pipeline.loaders import (buffer_shuffle, input_target, npy_items, open_dataset, read_shard,
+                              shard_order, split_files, worker_share)
+
+log = logging.getLogger(__name__)
+
+
+def _sample(source, seed, target, meta: Optional[dict]):
+    inputs, target = input_target(source, seed, target)
+    pair = (torch.from_numpy(inputs), torch.from_numpy(target))
+    return pair + (meta,) if meta is not None else pair
+
+
+class ShardDataset(IterableDataset):
+    """The records of one split, read shard by shard from its TFRecord files (manifest order).
+
+    In a DataLoader with N workers, worker i reads shards i, i+N, ...: every record is yielded
+    once per epoch. With ``shuffle_seed``, the shard order is a permutation seeded by
+    (shuffle_seed, epoch); call ``set_epoch`` before each epoch (workers see it unless
+    ``persistent_workers``). Records in a shard are sorted by (instance id, variant);
+    ``shuffle_buffer`` > 0 (needs ``shuffle_seed``) mixes each worker's records through a buffer of
+    that many decoded records (about 3 x z*y*x bytes each), seeded by (seed, epoch, worker).
+    """
+
+    def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
+                 shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0):
+        if shuffle_buffer and shuffle_seed is None:
+            raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
+        manifest, base = open_dataset(dataset_dir)
+        self.shards = split_files(manifest, base, split, "tfrecord")
+        self.num_records = manifest["splits"][split]["records"]
+        self.with_meta = with_meta
+        self.shuffle_seed = shuffle_seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __iter__(self):
+        shards = shard_order(self.shards, self.shuffle_seed, self.epoch)
+        worker = get_worker_info()
+        worker_id = 0
+        if worker is not None:
+            if worker.num_workers > len(shards) and worker.id == 0:
+                log.warning("%d DataLoader workers for %d shards: %d workers get none",
+                            worker.num_workers, len(shards), worker.num_workers - len(shards))
+            shards, worker_id = worker_share(shards, worker.id, worker.num_workers), worker.id
+        records = (r for path in shards for r in read_shard(path))
+        if self.shuffle_buffer:
+            rng = np.random.default_rng([self.shuffle_seed, self.epoch, worker_id])
+            records = buffer_shuffle(records, self.shuffle_buffer, rng)
+        for r in records:
+            meta = ({"instance_id": r["instance_id"], "variant": r["variant"]}
+                    if self.with_meta else None)
+            yield _sample(r["source"], r["seed_target"], r["target"], meta)
+
+
+class NpyDataset(Dataset):
+    """Map-style: item i is one (instance, variant) of a split, from the npy files (index order).
+
+    Arrays are read with ``np.load(..., allow_pickle=False)``.
+    """
+
+    def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
+        manifest, base = open_dataset(dataset_dir)
+        self.items = npy_items(manifest, base, split)
+        self.with_meta = with_meta
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        source, seed, target = (np.load(item[k], allow_pickle=False)
+                                for k in ("source", "seed_target", "target"))
+        meta = ({"instance_id": item["instance_id"], "variant": item["variant"]}
+                if self.with_meta else None)
+        return _sample(source, seed, target, meta)

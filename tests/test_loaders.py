@@ -1,0 +1,197 @@
+"""Training loaders read a dataset the pipeline generated and give back exactly what it wrote."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import loaders
+from tests.conftest import GOOD_IDS
+from tests.test_pipeline import generated, read_records, run_pipeline  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch, or a skip; with SYNANNO_REQUIRE_TORCH=1 (CI) a missing torch fails the test."""
+    if os.environ.get("SYNANNO_REQUIRE_TORCH") == "1":
+        import torch
+        return torch
+    return pytest.importorskip("torch", reason="the torch extra is not installed")
+
+
+def records_of(out, manifest, split):
+    shards = {f["path"].split("/")[-1] for f in manifest["files"]["tfrecord"]
+              if f["split"] == split}
+    return {(r["instance_id"], r["variant"]): r for r in read_records(out) if r["shard"] in shards}
+
+
+def check_pair(inputs, target, record):
+    """input [2, z, y, x] = (source/255, seed), target [1, z, y, x], float32, as written."""
+    inputs, target = np.asarray(inputs), np.asarray(target)
+    shape = record["source"].shape
+    assert inputs.dtype == target.dtype == np.float32
+    assert inputs.shape == (2,) + shape and target.shape == (1,) + shape
+    np.testing.assert_array_equal(inputs[0], record["source"].astype(np.float32) / 255)
+    np.testing.assert_array_equal(inputs[1], record["seed_target"])
+    np.testing.assert_array_equal(target[0], record["target"])
+    assert set(np.unique(inputs[1])) <= {0.0, 1.0} and inputs[1].sum() > 0
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_shard_dataset_yields_the_records_of_its_split(generated, torch, split):
+    _, out, _, manifest = generated
+    expected = records_of(out, manifest, split)
+    dataset = loaders.ShardDataset(str(out), split, with_meta=True)
+    got = []
+    for inputs, target, meta in dataset:
+        assert isinstance(inputs, torch.Tensor) and inputs.dtype == torch.float32
+        check_pair(inputs, target, expected[(meta["instance_id"], meta["variant"])])
+        got.append((meta["instance_id"], meta["variant"]))
+    assert got == list(expected)      # shards in manifest order, records sorted in a shard
+    assert len(got) == len(expected) == len(dataset) == manifest["splits"][split]["records"]
+
+
+def test_dataloader_workers_read_every_record_exactly_once(generated, torch):
+    _, out, _, manifest = generated
+    assert manifest["splits"]["train"]["shards"] >= 2    # so both workers have shards
+    dataset = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=7)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)
+    keys, shapes = [], set()
+    for inputs, target, meta in loader:
+        shapes.add((tuple(inputs.shape[1:]), tuple(target.shape[1:])))
+        keys += zip(meta["instance_id"].tolist(), meta["variant"].tolist())
+    assert sorted(keys) == sorted(records_of(out, manifest, "train"))
+    assert len(keys) == len(set(keys))
+    assert shapes == {((2, 4, 24, 24), (1, 4, 24, 24))}
+
+
+def test_shard_order_is_a_seeded_permutation_and_workers_partition_it():
+    shards = [f"s{i}" for i in range(7)]
+    assert loaders.shard_order(shards, None) == shards
+    orders = [loaders.shard_order(shards, 3, epoch) for epoch in range(4)]
+    assert all(sorted(o) == shards for o in orders)
+    assert orders[0] == loaders.shard_order(shards, 3, 0)     # same seed and epoch, same order
+    assert len({tuple(o) for o in orders}) > 1                 # epochs differ
+    shares = [loaders.worker_share(orders[1], w, 3) for w in range(3)]
+    assert sorted(s for share in shares for s in share) == shards
+    assert [len(s) for s in shares] == [3, 2, 2]
+
+
+def test_buffer_shuffle_is_a_seeded_permutation():
+    items = list(range(20))
+    first = list(loaders.buffer_shuffle(items, 5, np.random.default_rng(1)))
+    assert sorted(first) == items and first != items
+    assert first == list(loaders.buffer_shuffle(items, 5, np.random.default_rng(1)))
+    assert first != list(loaders.buffer_shuffle(items, 5, np.random.default_rng(2)))
+    assert sorted(loaders.buffer_shuffle(items[:3], 5, np.random.default_rng(1))) == items[:3]
+    assert list(loaders.buffer_shuffle(items, 0, np.random.default_rng(1))) == items
+
+
+def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
+    _, out, _, manifest = generated
+    expected = records_of(out, manifest, "train")
+    dataset = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=1,
+                                   shuffle_buffer=4)
+
+    def epoch(n):
+        dataset.set_epoch(n)
+        keys = []
+        for inputs, target, meta in dataset:
+            keys.append((meta["instance_id"], meta["variant"]))
+            check_pair(inputs, target, expected[keys[-1]])
+        return keys
+
+    first = epoch(0)
+    assert sorted(first) == sorted(expected) and first != list(expected)
+    assert epoch(0) == first and epoch(1) != first
+    with pytest.raises(ValueError, match="shuffle_buffer needs a shuffle_seed"):
+        loaders.ShardDataset(str(out), "train", shuffle_buffer=4)
+
+
+def test_npy_dataset_items_are_the_npy_files(generated, torch):
+    _, out, _, manifest = generated
+    records = records_of(out, manifest, "val")
+    dataset = loaders.NpyDataset(str(out), "val", with_meta=True)
+    assert len(dataset) == len(records) == manifest["splits"]["val"]["records"]
+    for i in range(len(dataset)):
+        inputs, target, meta = dataset[i]
+        iid, v = meta["instance_id"], meta["variant"]
+        files = {"source": np.load(out / f"npy/source/source_{iid}.npy", allow_pickle=False),
+                 "target": np.load(out / f"npy/gt/target_{iid}.npy", allow_pickle=False),
+                 "seed_target": np.load(out / f"npy/target/augmented_target_{iid}_{v}.npy",
+                                        allow_pickle=False)}
+        check_pair(inputs, target, files)
+        check_pair(inputs, target, records[(iid, v)])
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)))
+    assert batch[0].shape == (3, 2, 4, 24, 24) and batch[1].shape == (3, 1, 4, 24, 24)
+
+
+def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, torch):
+    root = tmp_path / "root"
+    for extra in (["--num-instances", "3"], []):
+        run_pipeline(small_data.argv(root, "--incremental", "--variants", "2", *extra))
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["00001", "00002"]
+    by_run = {}  # (instance id, variant) -> (run, record)
+    for run in ("00001", "00002"):
+        for r in read_records(root / "runs" / run):
+            by_run[(r["instance_id"], r["variant"])] = (run, r)
+    assert sorted({iid for iid, _ in by_run}) == GOOD_IDS
+    shards = [(m["instance_id"], m["variant"]) for *_, m in
+              loaders.ShardDataset(str(root), "train", with_meta=True)]
+    assert sorted(shards) == sorted(by_run)
+    npy = loaders.NpyDataset(str(root / "runs" / "00002"), "train", with_meta=True)
+    assert len(npy) == len(by_run)
+    for i in range(len(npy)):
+        inputs, target, meta = npy[i]
+        run, record = by_run[(meta["instance_id"], meta["variant"])]
+        assert npy.items[i]["source"].startswith(str(root / "runs" / run / "npy"))
+        check_pair(inputs, target, record)
+
+
+def test_unknown_split_and_missing_manifest_are_clear_errors(generated, tmp_path):
+    _, out, _, _ = generated
+    manifest, base = loaders.open_dataset(str(out))
+    with pytest.raises(ValueError, match=r"split 'test' is not in this dataset \(it has train, val"):
+        loaders.split_files(manifest, base, "test", "tfrecord")
+    with pytest.raises(FileNotFoundError, match="not a finished dataset"):
+        loaders.open_dataset(str(tmp_path))
+
+
+def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
+    _, out, _, _ = generated
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
+        "from pipeline import loaders\n"
+        f"assert loaders.open_dataset({str(out)!r})[0]['splits']\n"
+        "for use in (lambda: loaders.ShardDataset, lambda: loaders.tf_dataset('x', 'train')):\n"
+        "    try:\n"
+        "        use()\n"
+        "    except ImportError as e:\n"
+        "        print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.splitlines() == [
+        "this loader needs PyTorch, which is an optional extra: pip install synanno-datagen[torch]",
+        "this loader needs TensorFlow, which is an optional extra: pip install synanno-datagen[tf]",
+    ]
+
+
+def test_tf_dataset_parses_the_records_with_the_manifest_spec(generated):
+    tf = pytest.importorskip("tensorflow", reason="the tf extra is not installed")
+    _, out, _, manifest = generated
+    expected = records_of(out, manifest, "train")
+    got = []
+    for inputs, target, meta in loaders.tf_dataset(str(out), "train", with_meta=True):
+        key = (int(meta["instance_id"]), int(meta["variant"]))
+        check_pair(inputs.numpy(), target.numpy(), expected[key])
+        got.append(key)
+    assert sorted(got) == sorted(expected) and len(got) == len(set(got))
+    assert got == list(expected)
+    inputs, target = next(iter(loaders.tf_dataset(str(out), "train", channels_last=True)))
+    assert inputs.shape == (4, 24, 24, 2) and target.shape == (4, 24, 24, 1)
+    assert inputs.dtype == target.dtype == tf.float32
+    check_pair(np.moveaxis(inputs.numpy(), -1, 0), np.moveaxis(target.numpy(), -1, 0),
+               next(iter(expected.values())))

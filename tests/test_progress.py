@@ -1,0 +1,83 @@
+"""Progress: Beam counters with stable names, the CLI's progress line on stderr, and --quiet."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipeline.build import build
+from pipeline.config import parse
+from pipeline.progress import progress_line, runs_in_process
+from transforms.progress import reset_tally, tally
+
+# small_data (tests/conftest.py): 10 rows; 4 rejected by the table, 6 selected, 1 empty target.
+FINAL = {"instances_selected": 6, "instances_written": 5, "variants_written": 10,
+         "failures": 5, "instances_failed": 1, "failures_empty_target": 1,
+         "failures_duplicate_id": 1, "failures_missing_coordinate": 1,
+         "failures_not_a_number": 1, "failures_outside_volume": 1}
+LINE = re.compile(r"progress: (\d+)/(\d+) instances done, (\d+) variants written, (\d+) failures, "
+                  r"[\d.]+ instances/s, \d+ s")
+
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_beam_counters_and_the_tally_count_the_run(small_data, tmp_path):
+    config, beam_args = parse(small_data.argv(tmp_path / "out", "--variants", "2"))
+    reset_tally()
+    p = TestPipeline(argv=beam_args, blocking=True)
+    build(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed
+                for c in result.metrics().query(MetricsFilter().with_namespace("synanno"))[
+                    "counters"]}
+    # One step increments each name, so the per-step results are the totals.
+    assert {k: counters.get(k) for k in FINAL} == FINAL
+    assert {k: v for k, v in tally().items() if k in FINAL} == FINAL
+
+
+def test_run_prints_progress_lines_ending_with_the_final_counts(small_data, tmp_path):
+    result = cli("run", *small_data.argv(tmp_path / "out", "--variants", "2"),
+                 "--progress-interval", "0.01")
+    assert result.returncode == 0, result.stderr
+    lines = [LINE.fullmatch(line) for line in result.stderr.splitlines()
+             if line.startswith("progress:")]
+    assert lines and all(lines)
+    numbers = [tuple(int(g) for g in m.groups()) for m in lines]
+    assert numbers[-1] == (6, 6, 10, 5)                  # done/selected, variants, failures
+    for earlier, later in zip(numbers, numbers[1:]):     # counts only grow
+        assert all(a <= b for a, b in zip(earlier, later))
+    assert "written 5, variants 10" in result.stdout     # the summary, on stdout
+
+
+def test_quiet_run_prints_nothing(small_data, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "--quiet", *small_data.argv(out, "--variants", "2"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert json.loads((out / "manifest.json").read_text())["counts"]["variants_written"] == 10
+
+
+def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
+    result = cli("run", "--quiet", *small_data.argv(tmp_path / "out", "--variants", "0"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("synanno-datagen: error: --variants")
+
+
+def test_progress_line_and_where_it_can_be_counted():
+    counts = {"instances_selected": 300, "instances_written": 118, "instances_failed": 2,
+              "variants_written": 472, "failures": 6}
+    assert progress_line(counts, 4.0) == ("progress: 120/300 instances done, 472 variants "
+                                          "written, 6 failures, 30.0 instances/s, 4 s")
+    assert progress_line({}, 0.0) == ("progress: 0/0 instances done, 0 variants written, "
+                                      "0 failures, 0.0 instances/s, 0 s")
+    assert runs_in_process([]) and runs_in_process(["--runner", "DirectRunner"])
+    assert runs_in_process(["--direct_running_mode", "multi_threading"])
+    assert not runs_in_process(["--direct_running_mode", "multi_processing"])
+    assert not runs_in_process(["--runner", "DataflowRunner"])
