@@ -20,12 +20,11 @@ DISTINCT_NOTE = ("expected: the declared law for each variant; variants after th
 
 def png_bytes(draw: Callable) -> bytes:
     """Run ``draw(ax)`` on a fresh figure and return the PNG (deterministic bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
+    FigureCanvasAgg(fig)   # Agg without touching pyplot or the global backend
     ax = fig.add_subplot()
     draw(ax)
     fig.tight_layout()
