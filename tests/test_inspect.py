@@ -7,27 +7,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from tests.conftest import BAD_ROWS, GOOD_IDS
+from tests.conftest import BAD_ROWS, GOOD_IDS, assert_usage_error
 from tests.test_pipeline import read_records, run_pipeline
 from transforms.seeds import SeedModel, seed_inclusion_probabilities
 
 VARIANTS = 3
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from tests.conftest import make_small_data
-
-    root = tmp_path_factory.mktemp("inspect")
-    data = make_small_data(root / "data")
-    out = root / "out"
-    _, manifest = run_pipeline(data.argv(out, "--variants", str(VARIANTS), "--shard-size-mb",
-                                         "0.03", "--splits", "train=0.6,val=0.4"))
-    return data, out, manifest
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
 
 
 def _index(out: Path, manifest: dict):
@@ -44,8 +35,8 @@ def _inspect_json(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_text_summary_states_the_manifest_numbers(dataset, capsys):
-    data, out, manifest = dataset
+def test_text_summary_states_the_manifest_numbers(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     counts = manifest["counts"]
@@ -55,15 +46,17 @@ def test_text_summary_states_the_manifest_numbers(dataset, capsys):
     for name, split in manifest["splits"].items():
         assert (f"  {name:<6} {split['instances']} instances, {split['records']} records, "
                 f"{split['shards']} shards, {split['bytes'] / 1e6:.1f} MB") in text
-    assert f"source    {data.source_url} mip 0, 4.0x4.0x33.0 nm, chunks 32x32x4, uint8 raw" in text
-    assert f"target    {data.target_url} mip 0, 8.0x8.0x33.0 nm, chunks 16x16x4" in text
+    source, target = manifest["config"]["source_url"], manifest["config"]["target_url"]
+    assert source.startswith("file://") and target.startswith("file://")
+    assert f"source    {source} mip 0, 4.0x4.0x33.0 nm, chunks 32x32x4, uint8 raw" in text
+    assert f"target    {target} mip 0, 8.0x8.0x33.0 nm, chunks 16x16x4" in text
     assert "failures  5" in text and "  duplicate_id 1" in text
     assert "    id 21 (row 6): column 'x' is not a number: 'n/a'" in text
     assert "checks    manifest, index and dead letters agree" in text
 
 
-def test_json_holds_the_same_facts(dataset, capsys):
-    data, out, manifest = dataset
+def test_json_holds_the_same_facts(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
     facts = _inspect_json(capsys, out)
     assert set(facts) == {"dataset", "generator", "created_utc", "config", "volumes", "arrays",
                           "counts", "failures", "splits", "index", "seed_model", "problems",
@@ -76,7 +69,7 @@ def test_json_holds_the_same_facts(dataset, capsys):
     for name in ("source", "target"):
         for key in ("url", "mip", "resolution_nm_xyz", "chunk_size_xyz"):
             assert facts["volumes"][name][key] == manifest["volumes"][name][key]
-    assert facts["volumes"]["source"]["url"] == data.source_url
+    assert facts["volumes"]["source"]["url"] == manifest["config"]["source_url"]
     assert facts["splits"] == {n: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
                                for n, s in manifest["splits"].items()}
     assert facts["config"]["variants"] == VARIANTS
@@ -86,8 +79,8 @@ def test_json_holds_the_same_facts(dataset, capsys):
     assert facts["seed_model"] == manifest["seed_model"] and facts["problems"] == []
 
 
-def test_histograms_equal_what_the_index_says(dataset, capsys):
-    _, out, manifest = dataset
+def test_histograms_equal_what_the_index_says(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
     index = _index(out, manifest)
     facts = _inspect_json(capsys, out)["index"]
     variants = [s for e in index for s in e["seed_slices"]]
@@ -109,8 +102,8 @@ def test_histograms_equal_what_the_index_says(dataset, capsys):
     assert sum(summary["histogram"]["counts"]) == len(fg) == len(GOOD_IDS)
 
 
-def test_index_foreground_slices_are_the_slices_where_the_target_has_voxels(dataset):
-    _, out, manifest = dataset
+def test_index_foreground_slices_are_the_slices_where_the_target_has_voxels(views_dataset):
+    out, manifest = views_dataset, _manifest(views_dataset)
     by_id = {e["instance_id"]: e for e in _index(out, manifest)}
     for r in read_records(out):
         assert by_id[r["instance_id"]]["foreground_slices"] == \
@@ -118,8 +111,8 @@ def test_index_foreground_slices_are_the_slices_where_the_target_has_voxels(data
         assert set(r["seed_slices"]) <= set(by_id[r["instance_id"]]["foreground_slices"])
 
 
-def test_plots_are_small_deterministic_pngs(dataset, tmp_path, capsys):
-    _, out, _ = dataset
+def test_plots_are_small_deterministic_pngs(views_dataset, tmp_path, capsys):
+    out = views_dataset
     facts = _inspect_json(capsys, out, "--plots", tmp_path / "a")
     assert main(["inspect", str(out), "--plots", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
@@ -144,31 +137,23 @@ def test_an_incremental_root_is_inspected_through_latest(small_data, tmp_path, c
     assert facts["problems"] == []
 
 
-def _fails(capsys, argv, *fragments):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("synanno-datagen: error: ")
-    for fragment in fragments:
-        assert fragment in err, err
-
-
 def test_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):
-    _fails(capsys, ["inspect", str(tmp_path / "nowhere")], "not a dataset directory",
-           "no manifest.json")
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "nowhere")],
+                       "not a dataset directory", "no manifest.json")
     (tmp_path / "empty").mkdir()
-    _fails(capsys, ["inspect", str(tmp_path / "empty")], "not a dataset directory")
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "empty")], "not a dataset directory")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")
-    _fails(capsys, ["inspect", str(tmp_path / "broken")], "cannot read the manifest")
-    _fails(capsys, ["inspect"], "OUTPUT_DIR")
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "broken")], "cannot read the manifest")
+    assert_usage_error(capsys, ["inspect"], "OUTPUT_DIR")
 
 
-def test_a_missing_index_shard_is_one_line_and_exit_2(dataset, tmp_path, capsys):
+def test_a_missing_index_shard_is_one_line_and_exit_2(views_dataset, tmp_path, capsys):
     import shutil
 
-    _, out, manifest = dataset
+    out, manifest = views_dataset, _manifest(views_dataset)
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("npy", "tfrecord"))
     (copy / manifest["files"]["index"][0]["path"]).unlink()
-    _fails(capsys, ["inspect", str(copy)], manifest["files"]["index"][0]["path"],
+    assert_usage_error(capsys, ["inspect", str(copy)], manifest["files"]["index"][0]["path"],
            "cannot read it")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.cli import main
@@ -12,22 +11,8 @@ from pipeline.dataset import open_dataset, read_index_shards
 from pipeline.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
                               STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
                               read_selected, select_records)
-from tests.conftest import GOOD_IDS
+from tests.conftest import GOOD_IDS, assert_usage_error
 from tests.test_pipeline import read_records, run_pipeline
-
-VARIANTS = 3
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from tests.conftest import make_small_data
-
-    root = tmp_path_factory.mktemp("preview")
-    data = make_small_data(root / "data")
-    out = root / "out"
-    run_pipeline(data.argv(out, "--variants", str(VARIANTS), "--shard-size-mb", "0.03",
-                           "--splits", "train=0.6,val=0.4"))
-    return out
 
 
 def _shards(n_instances=20, variants=4, splits=("train", "val")):
@@ -70,11 +55,11 @@ def test_outline_is_the_border_of_the_mask():
     assert border.sum() == 12 and not border[2:4, 2:4].any() and border[1, 1:5].all()
 
 
-def test_preview_reads_the_chosen_records_exactly(dataset):
-    ds = open_dataset(str(dataset))
+def test_preview_reads_the_chosen_records_exactly(views_dataset):
+    ds = open_dataset(str(views_dataset))
     chosen = select_records(read_index_shards(ds), 4, seed=5)
     got = read_selected(ds, chosen)
-    want = {(r["instance_id"], r["variant"]): r for r in read_records(dataset)}
+    want = {(r["instance_id"], r["variant"]): r for r in read_records(views_dataset)}
     assert len(got) == 4
     for g in got:
         w = want[(g["instance_id"], g["variant"])]
@@ -83,8 +68,8 @@ def test_preview_reads_the_chosen_records_exactly(dataset):
         assert tuple(g["seed_slices"]) == w["seed_slices"]
 
 
-def test_montage_tiles_show_raw_outline_and_seeds(dataset):
-    ds = open_dataset(str(dataset))
+def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):
+    ds = open_dataset(str(views_dataset))
     records = read_selected(ds, select_records(read_index_shards(ds), 2, seed=0))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
     tile = 24                                            # 12 target voxels x 2: shown 1:1
@@ -121,22 +106,24 @@ def _picked(capsys):
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("id ")]
 
 
-def test_cli_same_seed_same_image_other_seed_other_records(dataset, tmp_path, capsys):
+def test_cli_same_seed_same_image_other_seed_other_records(views_dataset, tmp_path, capsys):
     a, b, c = (tmp_path / name for name in ("a.png", "b.png", "c.png"))
-    assert main(["preview", str(dataset), "--n", "3", "--out", str(a)]) == 0
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(a)]) == 0
     first = _picked(capsys)
-    assert main(["preview", str(dataset), "--n", "3", "--out", str(b), "--seed", "0"]) == 0
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(b), "--seed",
+                 "0"]) == 0
     assert _picked(capsys) == first and a.read_bytes() == b.read_bytes()
-    assert main(["preview", str(dataset), "--n", "3", "--out", str(c), "--seed", "2"]) == 0
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(c), "--seed",
+                 "2"]) == 0
     assert _picked(capsys) != first and c.read_bytes() != a.read_bytes()
     assert len(first) == 3 and all(int(line.split()[1]) in GOOD_IDS for line in first)
 
 
-def test_image_height_grows_with_n(dataset, tmp_path, capsys):
+def test_image_height_grows_with_n(views_dataset, tmp_path, capsys):
     sizes = {}
     for n in (1, 2, 4):
         out = tmp_path / f"p{n}.png"
-        assert main(["preview", str(dataset), "--n", str(n), "--out", str(out)]) == 0
+        assert main(["preview", str(views_dataset), "--n", str(n), "--out", str(out)]) == 0
         assert f"preview: {out}" in capsys.readouterr().out
         with Image.open(out) as image:
             assert image.format == "PNG" and image.mode == "RGB"
@@ -145,33 +132,27 @@ def test_image_height_grows_with_n(dataset, tmp_path, capsys):
     assert sizes == {n: (LABEL_PX + 4 * (24 + GAP_PX), HEADER_PX + n * row) for n in (1, 2, 4)}
 
 
-def test_split_filter_and_palette_option(dataset, tmp_path, capsys):
+def test_split_filter_and_palette_option(views_dataset, tmp_path, capsys):
     out = tmp_path / "val.png"
-    assert main(["preview", str(dataset), "--n", "10", "--split", "val", "--colours", "64",
+    assert main(["preview", str(views_dataset), "--n", "10", "--split", "val", "--colours", "64",
                  "--out", str(out)]) == 0
     picked = _picked(capsys)
-    index = [json.loads(line) for p in (dataset / "index").glob("val-*.jsonl")
+    index = [json.loads(line) for p in (views_dataset / "index").glob("val-*.jsonl")
              for line in p.read_text().splitlines()]
     assert len(picked) == len(index) and all("(val)" in line for line in picked)
     with Image.open(out) as image:
         assert image.mode == "P" and len(image.getcolors()) <= 64
 
 
-def _fails(capsys, argv, *fragments):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("synanno-datagen: error: ")
-    for fragment in fragments:
-        assert fragment in err, err
-
-
-def test_bad_preview_requests_are_one_line_and_exit_2(dataset, small_data, tmp_path, capsys):
-    _fails(capsys, ["preview", str(dataset), "--n", "0"], "--n 0")
-    _fails(capsys, ["preview", str(dataset), "--split", "test"], "--split test",
+def test_bad_preview_requests_are_one_line_and_exit_2(views_dataset, small_data, tmp_path,
+                                                      capsys):
+    out = str(views_dataset)
+    assert_usage_error(capsys, ["preview", out, "--n", "0"], "--n 0")
+    assert_usage_error(capsys, ["preview", out, "--split", "test"], "--split test",
            "train, val")
-    _fails(capsys, ["preview", str(tmp_path / "none")], "not a dataset directory")
-    _fails(capsys, ["preview", str(dataset), "--colours", "300"], "--colours 300")
-    _fails(capsys, ["preview", str(dataset), "--n", "many"], "--n", "invalid int")
+    assert_usage_error(capsys, ["preview", str(tmp_path / "none")], "not a dataset directory")
+    assert_usage_error(capsys, ["preview", out, "--colours", "300"], "--colours 300")
+    assert_usage_error(capsys, ["preview", out, "--n", "many"], "--n", "invalid int")
     npy_only = tmp_path / "npy"
     run_pipeline(small_data.argv(npy_only, "--variants", "1", "--formats", "npy"))
-    _fails(capsys, ["preview", str(npy_only)], "no TFRecord shard", "--formats npy")
+    assert_usage_error(capsys, ["preview", str(npy_only)], "no TFRecord shard", "--formats npy")
