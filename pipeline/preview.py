@@ -25,10 +25,10 @@ GAP_PX = 4
 STRIP_PX = 14                   # above each row of tiles: the z index of every tile
 LABEL_PX = 170                  # left of each row: id, variant, split, seeds
 TILE_PX = 128                   # crops larger than this in y or x are shown scaled down
-HEADER_PX = 18                  # the colour legend
+HEADER_PX = 30                  # the colour legend, two lines
 DPI = 100
-LEGEND = ("grey: raw EM z-slices of the crop    cyan outline: full target mask    "
-          "magenta fill + frame: seed slices (the only target slices kept in the input)")
+LEGEND = ("cyan outline: full target mask (on grey raw EM)\n"
+          "magenta fill + frame: seed slices (kept in the input)")
 DESCRIPTION = {"source": "byte", "target": "byte", "shape": "int", "seed_slices": "int",
                "instance_id": "int", "variant": "int"}
 
@@ -198,7 +198,7 @@ def render_png(canvas: np.ndarray, labels: List[dict], colours: int = 0) -> byte
                     fontweight="bold" if seed else "normal")
         ax.text(6, row["row_top"] + 2, "\n".join(row["lines"]), ha="left", va="top",
                 fontsize=8, family="monospace", linespacing=1.4)
-    ax.text(6, HEADER_PX / 2, LEGEND, ha="left", va="center", fontsize=8)
+    ax.text(6, 3, LEGEND, ha="left", va="top", fontsize=8, linespacing=1.3)
     agg = FigureCanvasAgg(fig)
     agg.draw()
     rgb = np.asarray(agg.buffer_rgba())[..., :3]
