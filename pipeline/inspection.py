@@ -46,6 +46,10 @@ def format_facts(facts: dict) -> str:
     order = [k for k in COUNT_ORDER if k in counts] + sorted(
         k for k in counts if k not in COUNT_ORDER and not isinstance(counts[k], dict))
     lines.append("counts    " + ", ".join(f"{k} {counts[k]}" for k in order))
+    filled = counts.get("filled_chunks") or {}
+    if any(filled.values()):
+        lines.append("read as zeros (--missing-chunks zero): " + ", ".join(
+            f"{volume} {n} chunks" for volume, n in filled.items()))
     lines.append(f"failures  {sum(f['count'] for f in facts['failures'].values()) or 'none'}")
     for reason, f in facts["failures"].items():
         lines.append(f"  {reason} {f['count']}")
