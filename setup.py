@@ -28,6 +28,7 @@ setup(
         "protobuf>=4.21,<7",
         "tfrecord==1.14.6",
         "crc32c==2.9.post0",
+        "matplotlib>=3.8,<3.12",  # inspect --plots and preview (Agg backend, no display)
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6,<7",

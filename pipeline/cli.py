@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 from pipeline import __version__
 from pipeline.config import ConfigError, UsageParser, parse
 from pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
+from pipeline.view_commands import add_commands as add_view_commands
 
 USAGE_ERROR = 2
 PROG = "synanno-datagen"
@@ -85,6 +86,12 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         manifest = start()
     if not output.quiet:
         print(summary(manifest, manifest["config"]["output_dir"]))
+    if command == "demo":
+        from pipeline.demo import write_demo_views
+
+        preview, plots = write_demo_views(args.output_dir)
+        if not output.quiet:
+            print(f"preview: {preview}\nplots: " + " ".join(plots))
     return 0
 
 
@@ -92,11 +99,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = UsageParser(prog=PROG, description="Synapse seed-slice training data.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,demo}", parser_class=UsageParser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,demo,inspect,preview}",
+                                parser_class=UsageParser)
     sub.add_parser("run", add_help=False, help="generate a dataset (see 'run --help')")
     demo = sub.add_parser("demo", parents=[output_parser()],
                           help="make the embedded demo data and run on it")
     demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR")
+    views = add_view_commands(sub)  # inspect, preview
     if not argv or argv[0] in ("-h", "--help", "--version"):
         parser.parse_args(argv or ["--help"])
         return 0
@@ -104,6 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if argv[0] in ("run", "demo"):
             return generate(argv[0], argv[1:], demo)
+        if argv[0] in views:
+            return views[argv[0]](argv[1:])
         parser.parse_args(argv)  # prints the usage error for an unknown command
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from pipeline.demo_data import default_cache_dir, make_demo_data
 
 log = logging.getLogger(__name__)
 
 # Demo options: the product's defaults except a smaller crop, so it runs in a minute on 2 cores.
+# The demo's preview: small enough (under 300 KB) to sit in the README as it is.
+DEMO_PREVIEW = {"n": 6, "seed": 0, "max_slices": 8, "tile_px": 80, "colours": 256}
 DEMO_OPTIONS = ["--crop-size", "64", "64", "16", "--variants", "4", "--max-seed-slices", "3",
                 "--splits", "train=0.8,val=0.1,test=0.1", "--seed", "0", "--overwrite"]
 
@@ -24,3 +26,22 @@ def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:
 
     log.info("making or reusing the demo data in %s", default_cache_dir())
     return run(demo_argv(output_dir) + list(beam_args))
+
+
+def views_dir(output_dir: str) -> str:
+    """Where the demo puts its preview and plots: beside the dataset, not inside it, so the
+    dataset directory holds exactly the files its manifest lists."""
+    return output_dir.rstrip("/") + "-views"
+
+
+def write_demo_views(output_dir: str) -> Tuple[str, List[str]]:
+    """Write VIEWS/preview.png and VIEWS/plots/*.png for the dataset; return their paths."""
+    from pipeline.inspection import inspect_dataset
+    from pipeline.plots import write_plots
+    from pipeline.preview import run_preview
+    from transforms.files import join
+
+    views = views_dir(output_dir)
+    preview = join(views, "preview.png")
+    run_preview(output_dir, preview, **DEMO_PREVIEW)
+    return preview, write_plots(inspect_dataset(output_dir), join(views, "plots"))

@@ -105,3 +105,28 @@ def expected_crop_zyx(volume_xyz: np.ndarray, offset_xyz, start_xyz, size_xyz, f
         dst.append(slice(lo - a, hi - a))
     out[tuple(dst)] = volume_xyz[tuple(src)]
     return out.transpose(2, 1, 0).copy()
+
+
+@pytest.fixture(scope="module")
+def views_dataset(tmp_path_factory) -> Path:
+    """A generated dataset for inspect/preview: 5 instances x 3 variants, several shards, two
+    splits, every bad row of the table dead-lettered. Read-only: tests must not change it."""
+    from tests.test_pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("views")
+    data = make_small_data(root / "data")
+    run_pipeline(data.argv(root / "out", "--variants", "3", "--shard-size-mb", "0.03",
+                           "--splits", "train=0.6,val=0.4"))
+    return root / "out"
+
+
+def assert_usage_error(capsys, argv: List[str], *fragments: str) -> None:
+    """The CLI refuses ``argv`` with exit code 2 and one stderr line holding every fragment."""
+    from pipeline.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("synanno-datagen: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err

@@ -200,3 +200,20 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
     assert counts["variants_written"] == 4 * data.n_synapses
     assert set(manifest["splits"]) == {"train", "val", "test"}
     assert f"written {data.n_synapses}" in printed and "manifest:" in printed
+    # The demo's views sit beside the dataset, which keeps only what its manifest lists.
+    views = tmp_path / "demo-out-views"
+    plots = [views / "plots" / n for n in ("seed_count.png", "seed_z.png",
+                                           "foreground_voxels.png", "failures.png")]
+    assert f"preview: {views / 'preview.png'}" in printed
+    assert "plots: " + " ".join(map(str, plots)) in printed
+    assert sorted(p.name for p in out.iterdir()) == ["dead_letter.jsonl", "index", "manifest.json",
+                                                     "npy", "tfrecord"]
+    from PIL import Image
+
+    from pipeline.demo import DEMO_PREVIEW
+    from pipeline.preview import GAP_PX, HEADER_PX, STRIP_PX
+
+    with Image.open(views / "preview.png") as image:   # 6 rows of 80 px tiles
+        assert image.size[1] == HEADER_PX + DEMO_PREVIEW["n"] * (STRIP_PX + 80 + GAP_PX)
+    assert (views / "preview.png").stat().st_size < 300_000
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)

@@ -196,3 +196,40 @@ def test_an_output_bucket_we_cannot_write_is_refused_before_any_work(gcs, tmp_pa
     code = main(["run"] + data.argv("gs://writable/out"))
     assert code == 0, capsys.readouterr().err
     assert not [n for n in gcs.objects("writable", "out") if "_write_probe_" in n]
+
+
+def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
+    bucket = gcs.create_bucket("views")
+    data = make_small_data(tmp_path / "data")
+    source, target, table = _upload_small_data(data, bucket)
+    remote = f"{bucket}/out"
+    assert main(["run", "--materialization", table, "--source-url", source, "--target-url",
+                 target, "--output-dir", remote, "--crop-size", "12", "12", "4", "--variants",
+                 "2", "--shard-size-mb", "0.03", "--splits", "train=0.6,val=0.4"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", remote, "--json", "--plots", f"{bucket}/plots"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    objects = gcs.objects("views", "out")
+    manifest = json.loads(objects["manifest.json"])
+    assert facts["dataset"] == f"{remote}/manifest.json" and facts["problems"] == []
+    assert facts["splits"] == {n: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
+                               for n, s in manifest["splits"].items()}
+    assert {r: f["count"] for r, f in facts["failures"].items()} == manifest["counts"]["failures"]
+    index = [json.loads(line) for f in manifest["files"]["index"]
+             for line in objects[f["path"]].decode().splitlines()]
+    assert facts["index"]["seed_z"]["observed"] == [
+        sum(z == k for e in index for s in e["seed_slices"] for z in s) for k in range(4)]
+    plots = gcs.objects("views", "plots")
+    assert sorted(plots) == ["failures.png", "foreground_voxels.png", "seed_count.png",
+                             "seed_z.png"]
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in plots.values())
+
+    local = tmp_path / "preview.png"
+    assert main(["preview", remote, "--n", "3", "--seed", "4", "--out", str(local)]) == 0
+    picked = capsys.readouterr().out
+    remote_png = f"{bucket}/previews/p.png"
+    assert main(["preview", remote, "--n", "3", "--seed", "4", "--out", remote_png]) == 0
+    assert capsys.readouterr().out.replace(remote_png, str(local)) == picked
+    assert gcs.objects("views", "previews")["p.png"] == local.read_bytes()
+    ids = [int(line.split()[1]) for line in picked.splitlines() if line.startswith("id ")]
+    assert len(ids) == 3 and set(ids) <= set(GOOD_IDS)

@@ -97,3 +97,37 @@ def test_draw_needs_foreground():
                             n_variants=1, model=SeedModel())
     rng = np.random.default_rng(0)
     assert draw_seed_slices(np.array([3]), 8, SeedModel(), rng) == (3,)
+
+
+@pytest.mark.parametrize("foreground", [range(16), [5, 6, 7, 8], [3, 9], [12]])
+def test_inclusion_probabilities_sum_to_the_mean_count_and_match_sampled_variants(foreground):
+    import transforms.seeds as seeds
+
+    model = SeedModel(max_seed_slices=3)
+    p = seeds.seed_inclusion_probabilities(model, 16, foreground)
+    count_p = model.count_probabilities(len(foreground))
+    assert p.shape == (16,) and p.dtype == np.float64
+    assert np.isclose(p.sum(), np.dot(np.arange(1, count_p.size + 1), count_p))
+    assert np.isclose((p / p.sum()).sum(), 1.0)
+    assert np.all(p[[z for z in range(16) if z not in foreground]] == 0)
+    assert np.all(p <= 1 + 1e-12)
+    # Empirical: the first variant of many instances follows one draw of the law exactly.
+    n = 6000
+    seen = np.zeros(16)
+    for i in range(n):
+        seen[list(variant_seed_slices(_target(foreground=foreground), run_seed=7, instance_id=i,
+                                      n_variants=1, model=model)[0])] += 1
+    assert _within(seen / n, p, n)
+
+
+def test_inclusion_probabilities_exact_and_estimated_agree(monkeypatch):
+    import transforms.seeds as seeds
+
+    model = SeedModel(max_seed_slices=3)
+    exact = seeds.seed_inclusion_probabilities(model, 16, range(2, 14))
+    assert seeds.seed_inclusion_probabilities(model, 16, [12])[12] == 1.0
+    monkeypatch.setattr(seeds, "EXACT_STATE_LIMIT", 10)   # force the seeded estimate
+    estimate = seeds.seed_inclusion_probabilities(model, 16, range(2, 14), mc_draws=20000)
+    assert np.abs(estimate - exact).max() < 0.02
+    again = seeds.seed_inclusion_probabilities(model, 16, range(2, 14), mc_draws=20000)
+    np.testing.assert_array_equal(estimate, again)          # deterministic

@@ -127,3 +127,44 @@ def _first_unused(foreground_z: np.ndarray, max_size: int, used) -> Tuple[int, .
             if combo not in used:
                 return tuple(int(z) for z in combo)
     raise AssertionError("no unused subset although one was counted")
+
+
+EXACT_STATE_LIMIT = 200_000   # larger laws are estimated (see seed_inclusion_probabilities)
+
+
+def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Sequence[int],
+                                 *, mc_draws: int = 20_000) -> np.ndarray:
+    """P(slice z is a seed slice) under one draw of the law, float64 ``[depth]`` indexed by z.
+
+    Sums to E[count]. Exact: the distribution of the drawn set is carried draw by draw over all
+    sets of up to ``m`` foreground slices, and level ``c`` is weighted by P(count = c). When there
+    are more than EXACT_STATE_LIMIT such sets it is estimated from ``mc_draws`` draws of
+    ``draw_seed_slices`` with a generator seeded by 0 (deterministic). Variants' distinctness
+    redraws are not part of one draw and not modelled here.
+    """
+    candidates = np.asarray(sorted(int(z) for z in foreground_z), dtype=np.int64)
+    if candidates.size == 0:
+        raise ValueError("no foreground slice to draw from")
+    count_p = model.count_probabilities(candidates.size)
+    out = np.zeros(depth, dtype=np.float64)
+    if _n_subsets(candidates.size, count_p.size) > EXACT_STATE_LIMIT:
+        rng = np.random.default_rng(0)
+        for _ in range(mc_draws):
+            out[list(draw_seed_slices(candidates, depth, model, rng))] += 1.0
+        return out / mc_draws
+    weights = model.position_weights(depth, candidates)
+    level = {(): 1.0}                       # drawn set (sorted candidate positions) -> probability
+    for c in range(1, count_p.size + 1):
+        following = {}
+        for drawn, p in level.items():
+            free = np.ones(candidates.size, bool)
+            free[list(drawn)] = False
+            step = np.where(free, weights, 0.0)
+            step = step / step.sum()
+            for k in np.flatnonzero(free):
+                key = tuple(sorted(drawn + (int(k),)))
+                following[key] = following.get(key, 0.0) + p * step[k]
+        level = following
+        for drawn, p in level.items():
+            out[candidates[list(drawn)]] += count_p[c - 1] * p
+    return out

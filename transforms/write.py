@@ -58,6 +58,12 @@ def json_line(obj) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+def foreground_slices(target_zyx) -> List[int]:
+    """Sorted z indices where the (z, y, x) mask has foreground: the slices seeds are drawn from."""
+    depth = target_zyx.shape[0]
+    return [int(z) for z in target_zyx.reshape(depth, -1).any(axis=1).nonzero()[0]]
+
+
 def index_entry(subvolume: Subvolume) -> dict:
     """The per-instance index record (small, JSON-ready)."""
     inst = subvolume.instance
@@ -71,6 +77,7 @@ def index_entry(subvolume: Subvolume) -> dict:
         "source_padding_xyz": [list(p) for p in subvolume.source_padding_xyz],
         "shape_zyx": list(subvolume.source_zyx.shape),
         "foreground_voxels": int(subvolume.target_zyx.sum(dtype="int64")),
+        "foreground_slices": foreground_slices(subvolume.target_zyx),
         "seed_slices": [list(s) for s in subvolume.seed_slices],
         "filled_chunks": {v: subvolume.filled_chunks.get(v, 0) for v in ("source", "target")},
         "table_shard": inst.ref.shard, "table_row": inst.ref.row,

@@ -1,0 +1,90 @@
+"""``synanno-datagen inspect``: a readable (or ``--json``) summary of a finished dataset, and
+optional plots. Reads only the manifest, the index shards and the dead-letter file."""
+from __future__ import annotations
+
+import json
+from pipeline.dataset import open_dataset, read_dead_letters, read_index
+from pipeline.stats import dataset_facts
+
+COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
+               "instances_written", "failed", "variants_written")
+
+
+def inspect_dataset(output_dir: str) -> dict:
+    """The facts of the dataset in ``output_dir`` (see pipeline.stats.dataset_facts)."""
+    dataset = open_dataset(output_dir)
+    return dataset_facts(dataset.manifest, read_index(dataset), read_dead_letters(dataset),
+                         location=dataset.manifest_path)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _xyz(values) -> str:
+    return "x".join(str(v) for v in values)
+
+
+def format_facts(facts: dict) -> str:
+    """The facts as a short human report (one fact per line, grouped)."""
+    c, counts, index = facts["config"], facts["counts"], facts["index"]
+    lines = [f"dataset   {facts['dataset']}",
+             f"generator {facts['generator']['name']} {facts['generator']['version']}, "
+             f"created {facts['created_utc']}",
+             f"config    {c['variants']} variants, <= {c['max_seed_slices']} seed slices, crop "
+             f"{_xyz(c['crop_size_xyz'])} target voxels, seed {c['seed']}, "
+             f"formats {','.join(c['formats'])}, splits "
+             + ",".join(f"{k}={v}" for k, v in c["splits"].items())]
+    for name in ("source", "target"):
+        v = facts["volumes"][name]
+        lines.append(f"{name:<9} {v['url']} mip {v['mip']}, {_xyz(v['resolution_nm_xyz'])} nm, "
+                     f"chunks {_xyz(v['chunk_size_xyz'])}, {v['dtype']} {v['encoding']}")
+    arrays = facts["arrays"]
+    lines.append(f"arrays    {_xyz(arrays['shape_zyx'])} (z, y, x) at "
+                 f"{_xyz(arrays['resolution_nm_zyx'])} nm, scale xyz "
+                 f"{_xyz(facts['volumes']['scale_xyz'])}")
+    order = [k for k in COUNT_ORDER if k in counts] + sorted(
+        k for k in counts if k not in COUNT_ORDER and not isinstance(counts[k], dict))
+    lines.append("counts    " + ", ".join(f"{k} {counts[k]}" for k in order))
+    filled = counts.get("filled_chunks") or {}
+    if any(filled.values()):
+        lines.append("read as zeros (--missing-chunks zero): " + ", ".join(
+            f"{volume} {n} chunks" for volume, n in filled.items()))
+    lines.append(f"failures  {sum(f['count'] for f in facts['failures'].values()) or 'none'}")
+    for reason, f in facts["failures"].items():
+        lines.append(f"  {reason} {f['count']}")
+        for ex in f["examples"]:
+            where = f"row {ex['table_row']}" if ex["table_row"] is not None else "no row"
+            lines.append(f"    id {ex['instance_id']} ({where}): {ex['details']}")
+    lines.append("splits")
+    for name, s in facts["splits"].items():
+        lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
+                     f"{s['shards']} shards, {_mb(s['bytes'])}")
+    seeds = index["seed_count"]
+    lines.append("seed slices per variant  " + ", ".join(
+        f"{c}: {o} (expected {e:.0f})"
+        for c, o, e in zip(seeds["count"], seeds["observed"], seeds["expected"])))
+    z = index["seed_z"]
+    lines.append("seed slices by z         " + " ".join(str(o) for o in z["observed"]))
+    lines.append("  expected               " + " ".join(f"{e:.0f}" for e in z["expected"]))
+    fg = index["foreground_voxels"]
+    if fg:
+        lines.append(f"foreground voxels per instance  min {fg['min']}, median "
+                     f"{fg['median']:.0f}, mean {fg['mean']:.0f}, max {fg['max']}")
+    lines.append("checks    " + ("; ".join(facts["problems"]) or
+                                 "manifest, index and dead letters agree"))
+    return "\n".join(lines)
+
+
+def run_inspect(output_dir: str, as_json: bool = False, plots_dir: str = None) -> str:
+    """What ``inspect`` prints; writes the plots when ``plots_dir`` is given (their paths are
+    listed, under ``plots`` in the JSON)."""
+    facts = inspect_dataset(output_dir)
+    paths = []
+    if plots_dir:
+        from pipeline.plots import write_plots
+
+        paths = write_plots(facts, plots_dir)
+    if as_json:
+        return json.dumps({**facts, "plots": paths}, indent=2, sort_keys=True)
+    return "\n".join([format_facts(facts)] + [f"plot      {p}" for p in paths])

@@ -1,0 +1,236 @@
+"""``synanno-datagen preview``: a PNG montage of sampled records, one row per record.
+
+Each row shows z-slices of the raw EM crop in grey, the full target mask outlined in cyan on every
+slice, and the seed slices filled in magenta with a magenta frame; the row is labelled with the
+instance id, variant, split and seed slices. Records are read from the TFRecord shards with the
+``tfrecord`` package (no TensorFlow); which records is a pure function of ``--seed``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.config import ConfigError
+from pipeline.dataset import Dataset, open_dataset, read_index_shards, tfrecord_shard_for
+from transforms.files import read_chunks, write_bytes
+
+TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
+SEED_RGB = (255, 0, 200)        # magenta fill and frame: seed slices
+SEED_ALPHA = 0.45
+FRAME_PX = 3
+GAP_PX = 4
+STRIP_PX = 14                   # above each row of tiles: the z index of every tile
+LABEL_PX = 170                  # left of each row: id, variant, split, seeds
+TILE_PX = 128                   # crops larger than this in y or x are shown scaled down
+HEADER_PX = 30                  # the colour legend, two lines
+DPI = 100
+LEGEND = ("cyan outline: full target mask (on grey raw EM)\n"
+          "magenta fill + frame: seed slices (kept in the input)")
+DESCRIPTION = {"source": "byte", "target": "byte", "shape": "int", "seed_slices": "int",
+               "instance_id": "int", "variant": "int"}
+
+
+def select_records(shards: List[Tuple[str, List[dict]]], n: int, seed: int,
+                   split: Optional[str] = None) -> List[dict]:
+    """Pick ``n`` (instance, variant) pairs: instances without repeats, then one variant each,
+    from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
+
+    ``shards``: (index shard path, index lines) as pipeline.dataset.read_index_shards gives.
+    Returns dicts {instance_id, variant, split, index_path, seed_slices, foreground_slices},
+    sorted by instance id. Fewer than ``n`` when the dataset (or split) holds fewer instances.
+    """
+    candidates = sorted(((e, path) for path, entries in shards for e in entries
+                         if split is None or e["split"] == split),
+                        key=lambda pair: pair[0]["instance_id"])
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
+    chosen = []
+    for k in picks:
+        entry, path = candidates[k]
+        variant = int(rng.integers(len(entry["seed_slices"])))
+        chosen.append({"instance_id": entry["instance_id"], "variant": variant,
+                       "split": entry["split"], "index_path": path,
+                       "seed_slices": list(entry["seed_slices"][variant]),
+                       "foreground_slices": entry.get("foreground_slices")})
+    return chosen
+
+
+def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
+    """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x)."""
+    from tfrecord.reader import tfrecord_loader
+
+    by_shard: Dict[str, Dict[Tuple[int, int], dict]] = {}
+    for c in chosen:
+        shard = tfrecord_shard_for(dataset, c["index_path"])
+        by_shard.setdefault(shard, {})[(c["instance_id"], c["variant"])] = c
+    found = {}
+    for shard, wanted in sorted(by_shard.items()):
+        with _local_copy(dataset.path(shard)) as local:
+            for r in tfrecord_loader(local, None, DESCRIPTION):
+                key = (int(r["instance_id"][0]), int(r["variant"][0]))
+                if key in wanted:
+                    shape = tuple(int(v) for v in r["shape"])
+                    found[key] = {**wanted[key],
+                                  "source": np.frombuffer(r["source"], np.uint8).reshape(shape),
+                                  "target": np.frombuffer(r["target"], np.uint8).reshape(shape)}
+    missing = [k for c in chosen if (k := (c["instance_id"], c["variant"])) not in found]
+    if missing:
+        raise ConfigError(f"{dataset.root}: records {missing} are in the index but not in "
+                          f"their TFRecord shards")
+    return [found[(c["instance_id"], c["variant"])] for c in chosen]
+
+
+class _local_copy:
+    """A local path for a shard: itself if local, else a temporary download (removed after)."""
+
+    def __init__(self, path: str):
+        self._path, self._tmp = path, None
+
+    def __enter__(self) -> str:
+        if "://" not in self._path or self._path.startswith("file://"):
+            return self._path[len("file://"):] if self._path.startswith("file://") else self._path
+        fd, self._tmp = tempfile.mkstemp(suffix=".tfrecord")
+        with os.fdopen(fd, "wb") as f:
+            for chunk in read_chunks(self._path):
+                f.write(chunk)
+        return self._tmp
+
+    def __exit__(self, *exc):
+        if self._tmp:
+            os.unlink(self._tmp)
+
+
+def choose_slices(depth: int, foreground_z: Sequence[int], seed_z: Sequence[int],
+                  max_slices: int) -> List[int]:
+    """z indices to show: all when ``depth <= max_slices``; else ``max_slices`` consecutive
+    slices centred on the foreground (on the seeds if the foreground is taller), in the crop."""
+    if depth <= max_slices:
+        return list(range(depth))
+    around = list(foreground_z) or list(seed_z)
+    if around[-1] - around[0] + 1 > max_slices:
+        around = list(seed_z)
+    centre = (around[0] + around[-1]) / 2.0
+    start = int(np.clip(round(centre - (max_slices - 1) / 2.0), 0, depth - max_slices))
+    return list(range(start, start + max_slices))
+
+
+def outline(mask_yx: np.ndarray) -> np.ndarray:
+    """bool (y, x): mask pixels with a 4-neighbour outside the mask (the border of ``mask_yx``)."""
+    m = np.asarray(mask_yx, bool)
+    inner = np.zeros_like(m)
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return m & ~inner
+
+
+def tile_rgb(source_yx: np.ndarray, target_yx: np.ndarray, is_seed: bool) -> np.ndarray:
+    """uint8 (y, x, 3): grey raw, seed mask filled (seed slices), target outlined, seed frame."""
+    rgb = np.repeat(source_yx[..., None], 3, axis=2).astype(np.float32)
+    mask = target_yx.astype(bool)
+    if is_seed:
+        rgb[mask] = (1 - SEED_ALPHA) * rgb[mask] + SEED_ALPHA * np.asarray(SEED_RGB, np.float32)
+    rgb[outline(mask)] = TARGET_RGB
+    if is_seed:
+        for edge in (np.s_[:FRAME_PX, :], np.s_[-FRAME_PX:, :], np.s_[:, :FRAME_PX],
+                     np.s_[:, -FRAME_PX:]):
+            rgb[edge] = SEED_RGB
+    return np.round(rgb).astype(np.uint8)
+
+
+def compose_montage(records: List[dict], max_slices: int, tile_px: int = TILE_PX
+                    ) -> Tuple[np.ndarray, List[dict]]:
+    """uint8 (height, width, 3) canvas of all rows, and per row the text labels to draw:
+    {"row_top", "z": [(x_centre, z, is_seed)], "lines": [...]}. Tiles are the crop's (y, x)
+    scaled down (nearest pixel) to at most ``tile_px``; the canvas height is
+    ``HEADER_PX + n * (STRIP_PX + tile height + GAP_PX)``."""
+    depth, ny, nx = records[0]["source"].shape
+    scale = min(1.0, tile_px / max(ny, nx))
+    th, tw = max(1, round(ny * scale)), max(1, round(nx * scale))
+    rows_yx = np.ix_((np.arange(th) * ny) // th, (np.arange(tw) * nx) // tw)  # nearest pixels
+    columns = min(depth, max_slices)
+    row_px = STRIP_PX + th + GAP_PX
+    canvas = np.full((HEADER_PX + len(records) * row_px,
+                      LABEL_PX + columns * (tw + GAP_PX), 3), 255, np.uint8)
+    labels = []
+    for i, r in enumerate(records):
+        fg = r["foreground_slices"]
+        if fg is None:
+            fg = np.flatnonzero(r["target"].reshape(depth, -1).any(axis=1)).tolist()
+        zs = choose_slices(depth, fg, r["seed_slices"], max_slices)
+        top = HEADER_PX + i * row_px + STRIP_PX
+        z_labels = []
+        for j, z in enumerate(zs):
+            left = LABEL_PX + j * (tw + GAP_PX)
+            seed = z in r["seed_slices"]
+            canvas[top:top + th, left:left + tw] = tile_rgb(
+                r["source"][z][rows_yx], r["target"][z][rows_yx], seed)
+            z_labels.append((left + tw / 2.0, z, seed))
+        seeds = ", ".join(map(str, r["seed_slices"]))
+        shown = f"z {zs[0]}-{zs[-1]} of 0-{depth - 1}" if len(zs) < depth else f"all {depth} z"
+        labels.append({"row_top": top, "z": z_labels, "lines": [
+            f"id {r['instance_id']}", f"variant {r['variant']}, {r['split']}",
+            f"seed z: {seeds}", f"shown: {shown}"]})
+    return canvas, labels
+
+
+def render_png(canvas: np.ndarray, labels: List[dict], colours: int = 0) -> bytes:
+    """The canvas at one pixel per canvas pixel with the labels drawn, as PNG bytes (RGB, or a
+    palette of ``colours`` colours when > 0). No metadata, so the bytes are deterministic."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    h, w = canvas.shape[:2]
+    fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.axis("off")
+    for row in labels:
+        for x, z, seed in row["z"]:
+            ax.text(x, row["row_top"] - 2, f"z{z}" + (" seed" if seed else ""), ha="center",
+                    va="bottom", fontsize=7, color=np.asarray(SEED_RGB) / 255 if seed else "k",
+                    fontweight="bold" if seed else "normal")
+        ax.text(6, row["row_top"] + 2, "\n".join(row["lines"]), ha="left", va="top",
+                fontsize=8, family="monospace", linespacing=1.4)
+    ax.text(6, 3, LEGEND, ha="left", va="top", fontsize=8, linespacing=1.3)
+    agg = FigureCanvasAgg(fig)
+    agg.draw()
+    rgb = np.asarray(agg.buffer_rgba())[..., :3]
+    buffer = io.BytesIO()
+    image = Image.fromarray(rgb)
+    if colours:   # a palette image: about a third of the bytes, visually the same
+        image = image.quantize(colours, method=Image.Quantize.MEDIANCUT)
+    image.save(buffer, format="png", optimize=True)
+    return buffer.getvalue()
+
+
+def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
+                split: Optional[str] = None, max_slices: int = 16,
+                tile_px: Optional[int] = None, colours: int = 0) -> List[dict]:
+    """Write the montage of ``n`` sampled records to ``out`` (local or gs://); return the
+    chosen records' {instance_id, variant, split, seed_slices}. ``tile_px`` None: TILE_PX."""
+    tile_px = TILE_PX if tile_px is None else tile_px
+    for flag, value, low in (("--n", n, 1), ("--max-slices", max_slices, 1),
+                             ("--tile-px", tile_px, 8), ("--colours", colours, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}")
+    if colours > 256:
+        raise ConfigError(f"--colours {colours}: a PNG palette holds at most 256")
+    dataset = open_dataset(output_dir)
+    splits = dataset.manifest["splits"]
+    if split is not None and split not in splits:
+        raise ConfigError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
+    chosen = select_records(read_index_shards(dataset), n, seed, split)
+    if not chosen:
+        raise ConfigError(f"{output_dir}: no written instances to preview"
+                          + (f" in split {split}" if split else ""))
+    canvas, labels = compose_montage(read_selected(dataset, chosen), max_slices, tile_px)
+    write_bytes(out, render_png(canvas, labels, colours))
+    return [{k: c[k] for k in ("instance_id", "variant", "split", "seed_slices")}
+            for c in chosen]

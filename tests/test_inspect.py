@@ -1,0 +1,171 @@
+"""``inspect``: facts, text, JSON and plots of a real generated dataset, checked against the
+manifest, the index and the dead-letter file read here independently."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cli import main
+from tests.conftest import BAD_ROWS, GOOD_IDS, assert_usage_error
+from tests.test_pipeline import read_records, run_pipeline
+from transforms.seeds import SeedModel, seed_inclusion_probabilities
+
+VARIANTS = 3
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _index(out: Path, manifest: dict):
+    return [json.loads(line) for f in manifest["files"]["index"]
+            for line in (out / f["path"]).read_text().splitlines()]
+
+
+def _letters(out: Path):
+    return [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+
+
+def _inspect_json(capsys, *argv) -> dict:
+    assert main(["inspect", *map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_text_summary_states_the_manifest_numbers(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    counts = manifest["counts"]
+    assert (f"rows_read {counts['rows_read']}, rows_rejected {counts['rows_rejected']}, "
+            f"rows_not_selected 0, instances_selected {counts['instances_selected']}, "
+            f"instances_written 5, failed 5, variants_written 15") in text
+    for name, split in manifest["splits"].items():
+        assert (f"  {name:<6} {split['instances']} instances, {split['records']} records, "
+                f"{split['shards']} shards, {split['bytes'] / 1e6:.1f} MB") in text
+    source, target = manifest["config"]["source_url"], manifest["config"]["target_url"]
+    assert source.startswith("file://") and target.startswith("file://")
+    assert f"source    {source} mip 0, 4.0x4.0x33.0 nm, chunks 32x32x4, uint8 raw" in text
+    assert f"target    {target} mip 0, 8.0x8.0x33.0 nm, chunks 16x16x4" in text
+    assert "failures  5" in text and "  duplicate_id 1" in text
+    assert "    id 21 (row 6): column 'x' is not a number: 'n/a'" in text
+    assert "checks    manifest, index and dead letters agree" in text
+
+
+def test_json_holds_the_same_facts(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
+    facts = _inspect_json(capsys, out)
+    assert set(facts) == {"dataset", "generator", "created_utc", "config", "volumes", "arrays",
+                          "counts", "failures", "splits", "index", "seed_model", "problems",
+                          "plots"}
+    assert facts["dataset"] == str(out / "manifest.json") and facts["plots"] == []
+    assert facts["counts"] == {k: v for k, v in manifest["counts"].items() if k != "failures"}
+    assert {r: f["count"] for r, f in facts["failures"].items()} == manifest["counts"]["failures"]
+    assert {r: [e["instance_id"] for e in f["examples"]] for r, f in facts["failures"].items()} \
+        == {reason: [sid] for sid, (_, reason) in BAD_ROWS.items()}
+    for name in ("source", "target"):
+        for key in ("url", "mip", "resolution_nm_xyz", "chunk_size_xyz"):
+            assert facts["volumes"][name][key] == manifest["volumes"][name][key]
+    assert facts["volumes"]["source"]["url"] == manifest["config"]["source_url"]
+    assert facts["splits"] == {n: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
+                               for n, s in manifest["splits"].items()}
+    assert facts["config"]["variants"] == VARIANTS
+    assert facts["config"]["crop_size_xyz"] == [12, 12, 4]
+    assert facts["index"]["instances"] == len(GOOD_IDS)
+    assert facts["index"]["variants"] == VARIANTS * len(GOOD_IDS)
+    assert facts["seed_model"] == manifest["seed_model"] and facts["problems"] == []
+
+
+def test_histograms_equal_what_the_index_says(views_dataset, capsys):
+    out, manifest = views_dataset, _manifest(views_dataset)
+    index = _index(out, manifest)
+    facts = _inspect_json(capsys, out)["index"]
+    variants = [s for e in index for s in e["seed_slices"]]
+    by_count = Counter(len(s) for s in variants)
+    assert facts["seed_count"]["count"] == [1, 2, 3]
+    assert facts["seed_count"]["observed"] == [by_count[c] for c in (1, 2, 3)]
+    by_z = Counter(z for s in variants for z in s)
+    assert facts["seed_z"]["observed"] == [by_z[z] for z in range(4)]
+    # Expected: each variant's law given its instance's foreground slices, summed.
+    model = SeedModel(max_seed_slices=3)
+    want_z = sum(VARIANTS * seed_inclusion_probabilities(model, 4, e["foreground_slices"])
+                 for e in index)
+    np.testing.assert_allclose(facts["seed_z"]["expected"], want_z)
+    assert np.isclose(sum(facts["seed_count"]["expected"]), len(variants))
+    fg = sorted(e["foreground_voxels"] for e in index)
+    summary = facts["foreground_voxels"]
+    assert (summary["min"], summary["max"]) == (fg[0], fg[-1])
+    assert summary["median"] == float(np.median(fg))
+    assert sum(summary["histogram"]["counts"]) == len(fg) == len(GOOD_IDS)
+
+
+def test_index_foreground_slices_are_the_slices_where_the_target_has_voxels(views_dataset):
+    out, manifest = views_dataset, _manifest(views_dataset)
+    by_id = {e["instance_id"]: e for e in _index(out, manifest)}
+    for r in read_records(out):
+        assert by_id[r["instance_id"]]["foreground_slices"] == \
+            [z for z in range(r["target"].shape[0]) if r["target"][z].any()]
+        assert set(r["seed_slices"]) <= set(by_id[r["instance_id"]]["foreground_slices"])
+
+
+def test_plots_are_small_deterministic_pngs(views_dataset, tmp_path, capsys):
+    out = views_dataset
+    facts = _inspect_json(capsys, out, "--plots", tmp_path / "a")
+    assert main(["inspect", str(out), "--plots", str(tmp_path / "b")]) == 0
+    printed = capsys.readouterr().out
+    names = ["seed_count.png", "seed_z.png", "foreground_voxels.png", "failures.png"]
+    assert facts["plots"] == [str(tmp_path / "a" / n) for n in names]
+    for name in names:
+        a, b = tmp_path / "a" / name, tmp_path / "b" / name
+        assert f"plot      {b}" in printed
+        assert a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert a.read_bytes() == b.read_bytes()
+        assert 2_000 < a.stat().st_size < 100_000
+        with Image.open(a) as image:
+            assert image.size == (480, 288)       # 6 x 3.6 inches at 80 dpi
+
+
+def test_an_incremental_root_is_inspected_through_latest(small_data, tmp_path, capsys):
+    root = tmp_path / "root"
+    _, manifest = run_pipeline(small_data.argv(root, "--variants", "1", "--incremental"))
+    facts = _inspect_json(capsys, root)
+    assert facts["dataset"] == str(root / "runs" / "00001" / "manifest.json")
+    assert facts["index"]["instances"] == manifest["counts"]["instances_written"] == 5
+    assert facts["problems"] == []
+
+
+def test_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "nowhere")],
+                       "not a dataset directory", "no manifest.json")
+    (tmp_path / "empty").mkdir()
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "empty")], "not a dataset directory")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "broken")], "cannot read the manifest")
+    assert_usage_error(capsys, ["inspect"], "OUTPUT_DIR")
+
+
+def test_a_missing_index_shard_is_one_line_and_exit_2(views_dataset, tmp_path, capsys):
+    import shutil
+
+    out, manifest = views_dataset, _manifest(views_dataset)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("npy", "tfrecord"))
+    (copy / manifest["files"]["index"][0]["path"]).unlink()
+    assert_usage_error(capsys, ["inspect", str(copy)], manifest["files"]["index"][0]["path"],
+           "cannot read it")
+
+
+def test_chunks_read_as_zeros_are_reported(small_data, tmp_path, capsys):
+    chunk = Path(small_data.source_url[len("file://"):]) / "4_4_33" / "232-264_432-464_14-18.gz"
+    chunk.unlink()  # touched by the crops of synapses 11 and 12 only
+    out = tmp_path / "out"
+    _, manifest = run_pipeline(small_data.argv(out, "--variants", "1", "--missing-chunks",
+                                               "zero"))
+    assert main(["inspect", str(out)]) == 0
+    n = manifest["counts"]["filled_chunks"]["source"]
+    assert n > 0 and f"read as zeros (--missing-chunks zero): source {n} chunks, target 0 chunks" \
+        in capsys.readouterr().out

@@ -1,0 +1,158 @@
+"""``preview``: record choice, the montage's pixels and the PNG, on a real generated dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.dataset import open_dataset, read_index_shards
+from pipeline.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
+                              STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
+                              read_selected, select_records)
+from tests.conftest import GOOD_IDS, assert_usage_error
+from tests.test_pipeline import read_records, run_pipeline
+
+
+def _shards(n_instances=20, variants=4, splits=("train", "val")):
+    entries = [{"instance_id": 1000 - 7 * i, "split": splits[i % len(splits)],
+                "seed_slices": [[v % 4] for v in range(variants)], "foreground_slices": [0, 1]}
+               for i in range(n_instances)]
+    return [("index/a.jsonl", entries[::2]), ("index/b.jsonl", entries[1::2])]
+
+
+def test_selection_is_a_pure_function_of_the_seed():
+    shards = _shards()
+    a, b = select_records(shards, 5, seed=0), select_records(shards, 5, seed=0)
+    assert a == b and len(a) == 5
+    assert [c["instance_id"] for c in a] == sorted({c["instance_id"] for c in a})
+    assert select_records(shards, 5, seed=1) != a
+    # Listing order of shards and lines does not matter: candidates are sorted by id.
+    assert select_records(shards[::-1], 5, seed=0) == a
+    for c in a:
+        assert 0 <= c["variant"] < 4 and c["seed_slices"] == [c["variant"] % 4]
+        assert c["index_path"] == ("index/a.jsonl" if (1000 - c["instance_id"]) // 7 % 2 == 0
+                                   else "index/b.jsonl")
+    assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
+    everything = select_records(shards, 100, seed=0)
+    assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
+
+
+def test_choose_slices_shows_all_or_a_window_holding_the_seeds():
+    assert choose_slices(8, [3, 4], [4], max_slices=8) == list(range(8))
+    assert choose_slices(32, [14, 15, 16, 17], [15], max_slices=6) == list(range(13, 19))
+    assert choose_slices(32, [0, 1, 2], [1], max_slices=6) == list(range(0, 6))      # clipped
+    assert choose_slices(32, [29, 30, 31], [31], max_slices=6) == list(range(26, 32))
+    shown = choose_slices(32, list(range(2, 30)), [20, 22], max_slices=5)       # tall synapse
+    assert shown == list(range(19, 24)) and {20, 22} <= set(shown)
+
+
+def test_outline_is_the_border_of_the_mask():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:5, 1:5] = 1
+    border = outline(mask)
+    assert border.sum() == 12 and not border[2:4, 2:4].any() and border[1, 1:5].all()
+
+
+def test_preview_reads_the_chosen_records_exactly(views_dataset):
+    ds = open_dataset(str(views_dataset))
+    chosen = select_records(read_index_shards(ds), 4, seed=5)
+    got = read_selected(ds, chosen)
+    want = {(r["instance_id"], r["variant"]): r for r in read_records(views_dataset)}
+    assert len(got) == 4
+    for g in got:
+        w = want[(g["instance_id"], g["variant"])]
+        np.testing.assert_array_equal(g["source"], w["source"])
+        np.testing.assert_array_equal(g["target"], w["target"])
+        assert tuple(g["seed_slices"]) == w["seed_slices"]
+
+
+def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):
+    ds = open_dataset(str(views_dataset))
+    records = read_selected(ds, select_records(read_index_shards(ds), 2, seed=0))
+    canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
+    tile = 24                                            # 12 target voxels x 2: shown 1:1
+    assert canvas.shape == (HEADER_PX + 2 * (STRIP_PX + tile + GAP_PX),
+                            LABEL_PX + 4 * (tile + GAP_PX), 3)
+    for i, (r, label) in enumerate(zip(records, labels)):
+        top = label["row_top"]
+        assert top == HEADER_PX + i * (STRIP_PX + tile + GAP_PX) + STRIP_PX
+        assert [z for _, z, _ in label["z"]] == [0, 1, 2, 3]
+        assert [z for _, z, seed in label["z"] if seed] == list(r["seed_slices"])
+        assert label["lines"][0] == f"id {r['instance_id']}"
+        for z in range(4):
+            left = LABEL_PX + z * (tile + GAP_PX)
+            t = canvas[top:top + tile, left:left + tile]
+            mask = r["target"][z].astype(bool)
+            border = outline(mask)
+            frame = np.ones_like(mask)
+            frame[FRAME_PX:-FRAME_PX, FRAME_PX:-FRAME_PX] = False
+            if z in r["seed_slices"]:      # a magenta frame, over the outline at the edge
+                assert (t[frame] == SEED_RGB).all()
+                assert (t[border & ~frame] == TARGET_RGB).all()
+                inside = mask & ~border & ~frame
+                raw = r["source"][z][inside].astype(float)[:, None]
+                blend = (1 - SEED_ALPHA) * raw + SEED_ALPHA * np.asarray(SEED_RGB, float)
+                np.testing.assert_allclose(t[inside], blend, atol=0.51)   # filled with magenta
+            else:                  # the outline in cyan; elsewhere the raw value in grey
+                assert (t[border] == TARGET_RGB).all()
+                plain = ~border
+                np.testing.assert_array_equal(t[plain][:, 0], r["source"][z][plain])
+                np.testing.assert_array_equal(t[plain][:, 1], r["source"][z][plain])
+
+
+def _picked(capsys):
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("id ")]
+
+
+def test_cli_same_seed_same_image_other_seed_other_records(views_dataset, tmp_path, capsys):
+    a, b, c = (tmp_path / name for name in ("a.png", "b.png", "c.png"))
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(a)]) == 0
+    first = _picked(capsys)
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(b), "--seed",
+                 "0"]) == 0
+    assert _picked(capsys) == first and a.read_bytes() == b.read_bytes()
+    assert main(["preview", str(views_dataset), "--n", "3", "--out", str(c), "--seed",
+                 "2"]) == 0
+    assert _picked(capsys) != first and c.read_bytes() != a.read_bytes()
+    assert len(first) == 3 and all(int(line.split()[1]) in GOOD_IDS for line in first)
+
+
+def test_image_height_grows_with_n(views_dataset, tmp_path, capsys):
+    sizes = {}
+    for n in (1, 2, 4):
+        out = tmp_path / f"p{n}.png"
+        assert main(["preview", str(views_dataset), "--n", str(n), "--out", str(out)]) == 0
+        assert f"preview: {out}" in capsys.readouterr().out
+        with Image.open(out) as image:
+            assert image.format == "PNG" and image.mode == "RGB"
+            sizes[n] = image.size
+    row = STRIP_PX + 24 + GAP_PX
+    assert sizes == {n: (LABEL_PX + 4 * (24 + GAP_PX), HEADER_PX + n * row) for n in (1, 2, 4)}
+
+
+def test_split_filter_and_palette_option(views_dataset, tmp_path, capsys):
+    out = tmp_path / "val.png"
+    assert main(["preview", str(views_dataset), "--n", "10", "--split", "val", "--colours", "64",
+                 "--out", str(out)]) == 0
+    picked = _picked(capsys)
+    index = [json.loads(line) for p in (views_dataset / "index").glob("val-*.jsonl")
+             for line in p.read_text().splitlines()]
+    assert len(picked) == len(index) and all("(val)" in line for line in picked)
+    with Image.open(out) as image:
+        assert image.mode == "P" and len(image.getcolors()) <= 64
+
+
+def test_bad_preview_requests_are_one_line_and_exit_2(views_dataset, small_data, tmp_path,
+                                                      capsys):
+    out = str(views_dataset)
+    assert_usage_error(capsys, ["preview", out, "--n", "0"], "--n 0")
+    assert_usage_error(capsys, ["preview", out, "--split", "test"], "--split test",
+           "train, val")
+    assert_usage_error(capsys, ["preview", str(tmp_path / "none")], "not a dataset directory")
+    assert_usage_error(capsys, ["preview", out, "--colours", "300"], "--colours 300")
+    assert_usage_error(capsys, ["preview", out, "--n", "many"], "--n", "invalid int")
+    npy_only = tmp_path / "npy"
+    run_pipeline(small_data.argv(npy_only, "--variants", "1", "--formats", "npy"))
+    assert_usage_error(capsys, ["preview", str(npy_only)], "no TFRecord shard", "--formats npy")
