@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from pipeline import __version__
-from pipeline.config import ConfigError, UsageParser, parse
+from pipeline.config import ConfigError, UsageParser, parse, run_parser
 from pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from pipeline.view_commands import add_commands as add_view_commands
 
@@ -66,8 +66,18 @@ def output_parser() -> UsageParser:
     return parser
 
 
+def print_run_help() -> None:
+    """``run --help``: the run flags and the output flags (the latter are not template
+    parameters, so they are not in config's run parser)."""
+    parser = run_parser(f"{PROG} run", parents=[output_parser()])
+    parser.print_help()
+
+
 def generate(command: str, argv: List[str], demo_parser) -> int:
     """``run`` or ``demo``: progress lines on stderr while it runs, then the summary on stdout."""
+    if command == "run" and ("-h" in argv or "--help" in argv):
+        print_run_help()
+        return 0
     output, argv = output_parser().parse_known_args(argv)
     if output.progress_interval <= 0:
         raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be positive")

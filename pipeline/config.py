@@ -154,9 +154,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(ROOT/runs/NNNNN, ROOT/LATEST)")
 
 
-def run_parser(prog: str = "synanno-datagen run") -> argparse.ArgumentParser:
-    parser = UsageParser(prog=prog, allow_abbrev=False,
-                     description="Generate a training dataset (extra flags go to Beam).")
+def run_parser(prog: str = "synanno-datagen run", parents=()) -> argparse.ArgumentParser:
+    parser = UsageParser(prog=prog, allow_abbrev=False, parents=list(parents),
+                         description="Generate a training dataset (extra flags go to Beam).")
     add_run_arguments(parser)
     return parser
 

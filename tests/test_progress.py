@@ -81,3 +81,14 @@ def test_progress_line_and_where_it_can_be_counted():
     assert runs_in_process(["--direct_running_mode", "multi_threading"])
     assert not runs_in_process(["--direct_running_mode", "multi_processing"])
     assert not runs_in_process(["--runner", "DataflowRunner"])
+
+
+def test_run_help_lists_the_run_flags_and_the_output_flags(capsys):
+    from pipeline.cli import main
+
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: synanno-datagen run")
+    for flag in ("--quiet", "--progress-interval", "--materialization", "--fetch-strategy",
+                 "--missing-chunks"):
+        assert flag in text
