@@ -5,6 +5,9 @@ deterministic (map keys sorted), so identical inputs give identical bytes.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from typing import List
 
 import numpy as np
@@ -42,12 +45,30 @@ FEATURES: List[dict] = [
 ]
 
 
+def example_pb2():
+    """The ``tf.train.Example`` protobuf classes of the ``tfrecord`` package (no TensorFlow).
+
+    The package's ``__init__`` also imports PyTorch when it is installed (1-2 s and about 200 MB
+    in every process that only writes records), so unless torch is already loaded, its import is
+    refused while the package loads; ``tfrecord.torch`` still imports normally afterwards.
+    """
+    module = sys.modules.get("tfrecord.example_pb2")
+    if module is not None:
+        return module
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is None:
+        return importlib.import_module("tfrecord.example_pb2")
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tfrecord catches
+    try:
+        return importlib.import_module("tfrecord.example_pb2")
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
 def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> bytes:
     """Serialized tf.train.Example for one variant of one instance."""
-    from tfrecord import example_pb2
-
     inst = subvolume.instance
-    example = example_pb2.Example()
+    example = example_pb2().Example()
     feature = example.features.feature
 
     def put_bytes(name, array):

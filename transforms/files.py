@@ -17,11 +17,11 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
-def write_bytes(path: str, data: bytes) -> Tuple[int, str]:
-    """Write ``data`` to ``path``; return (bytes, sha256 hex)."""
+def write_bytes(path: str, data: bytes, digest: bool = True) -> Tuple[int, str]:
+    """Write ``data`` to ``path``; return (bytes, sha256 hex, or "" when ``digest`` is False)."""
     with FileSystems.create(path, compression_type=_RAW) as f:
         f.write(data)
-    return len(data), hashlib.sha256(data).hexdigest()
+    return len(data), hashlib.sha256(data).hexdigest() if digest else ""
 
 
 def write_atomic(path: str, chunks: Iterable[bytes]) -> Tuple[int, str]:

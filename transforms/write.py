@@ -105,7 +105,8 @@ class WriteExampleFn(beam.DoFn):
             fragment = join(self._output_dir, FRAGMENTS_DIR,
                             shard_name(inst.split, inst.shard, inst.num_shards),
                             f"{inst.instance_id}.tfrecord")
-            fragment_bytes, _ = write_bytes(fragment, buffer.getvalue())
+            # A fragment lives until its shard is assembled: no checksum (the shard gets one).
+            fragment_bytes, _ = write_bytes(fragment, buffer.getvalue(), digest=False)
         if NPY in self._formats:
             entry["npy"] = self._write_npy(subvolume, seeds)
         self._instances.inc()
