@@ -150,7 +150,7 @@ def plan_reads(spec: VolumeSpec, boxes: List[Box]) -> Tuple[List[Box], List[Opti
     that neither touched, so a region never reads a chunk no member needs. Chunks shared by
     regions that do not merge are read by each (an in-memory chunk cache can serve the second).
     """
-    grid = []  # [lo, hi, cells, box indices] in chunk-grid units
+    by_cells = {}  # (lo, hi) in chunk-grid units -> [lo, hi, cells, box indices, voxel union]
     which: List[Optional[int]] = [None] * len(boxes)
     for i, box in enumerate(boxes):
         inner = box.intersect(spec.bounds)
@@ -160,7 +160,14 @@ def plan_reads(spec: VolumeSpec, boxes: List[Box]) -> Tuple[List[Box], List[Opti
                    zip(inner.start_xyz, spec.voxel_offset_xyz, spec.chunk_size_xyz))
         hi = tuple((b - 1 - o) // c + 1 for b, o, c in
                    zip(inner.stop_xyz, spec.voxel_offset_xyz, spec.chunk_size_xyz))
-        grid.append([lo, hi, set(itertools.product(*map(range, lo, hi))), [i], inner])
+        entry = by_cells.get((lo, hi))
+        if entry is None:  # boxes on the same chunks share an entry from the start
+            by_cells[(lo, hi)] = [lo, hi, set(itertools.product(*map(range, lo, hi))), [i], inner]
+        else:
+            entry[3].append(i)
+            entry[4] = Box(tuple(map(min, entry[4].start_xyz, inner.start_xyz)),
+                           tuple(map(max, entry[4].stop_xyz, inner.stop_xyz)))
+    grid = list(by_cells.values())
     merged = True
     while merged:
         merged = False
