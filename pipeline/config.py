@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from transforms.geometry import scale_factors
+from transforms.geometry import nearest_mip, scale_factors
 from transforms.seeds import SeedModel
 from transforms.table import REQUIRED_COLUMNS
-from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec, describe_volume
+from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec, describe_volume, mip_resolutions
 
 FORMATS = ("tfrecord", "npy")
 DEFAULT_SPLITS = (("train", 1.0),)
@@ -123,7 +123,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most M seed slices per variant (default 3)")
     parser.add_argument("--crop-size", type=int, nargs=3, default=[128, 128, 16],
                         metavar=("X", "Y", "Z"), help="crop size in target voxels")
-    parser.add_argument("--source-mip", type=int, default=0, metavar="MIP")
+    parser.add_argument("--source-mip", type=mip_arg, default=0, metavar="MIP",
+                        help="source scale to read, or 'nearest': the coarsest mip whose "
+                        "resolution divides the target's (default 0)")
     parser.add_argument("--pad-value", type=int, default=148, metavar="V",
                         help="raw value outside the source volume (default 148)")
     parser.add_argument("--seed", type=int, default=0, metavar="S")
@@ -184,8 +186,11 @@ def from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--materialization: {path} has different columns than {shards[0]}; "
                               "all shards must share one header")
     id_column = resolve_id_column(args.id_column, header, shards[0])
-    source = _describe("--source-url", to_url(args.source_url), args.source_mip)
     target = _describe("--target-url", to_url(args.target_url), 0)
+    source_mip = args.source_mip
+    if source_mip == NEAREST:
+        source_mip = _nearest_source_mip(to_url(args.source_url), target)
+    source = _describe("--source-url", to_url(args.source_url), source_mip)
     if source.dtype != "uint8" or source.num_channels != 1:
         raise ConfigError(f"--source-url {source.url}: raw EM must be uint8 with one channel, "
                           f"found {source.dtype} x {source.num_channels}")
@@ -238,7 +243,8 @@ def _check_numbers(args) -> None:
         ("--variants", args.variants, args.variants >= 1, "at least 1"),
         ("--max-seed-slices", args.max_seed_slices, args.max_seed_slices >= 1, "at least 1"),
         ("--crop-size", args.crop_size, all(c >= 1 for c in args.crop_size), "positive"),
-        ("--source-mip", args.source_mip, args.source_mip >= 0, "0 or more"),
+        ("--source-mip", args.source_mip, args.source_mip == NEAREST or args.source_mip >= 0,
+         "0 or more, or 'nearest'"),
         ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
         ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
@@ -351,6 +357,27 @@ def to_output_dir(location: str) -> str:
     if "://" in location:
         return location.rstrip("/")
     return os.path.abspath(os.path.expanduser(location))
+
+
+NEAREST = "nearest"
+
+
+def mip_arg(text: str):
+    """``--source-mip``: a whole number, or 'nearest'."""
+    if text == NEAREST:
+        return NEAREST
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mip number or 'nearest'") from None
+
+
+def _nearest_source_mip(url: str, target: VolumeSpec) -> int:
+    _describe("--source-url", url, 0)  # a clear error when the info cannot be read
+    try:
+        return nearest_mip(target.resolution_nm, mip_resolutions(url))
+    except ValueError as e:
+        raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
 
 
 def _describe(flag: str, url: str, mip: int) -> VolumeSpec:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from transforms.geometry import (
-    Box, crop_box, padding, scale_box, scale_factors, upsample_nearest_zyx, xyzc_to_zyx,
+    Box, crop_box, nearest_mip, padding, scale_box, scale_factors, upsample_nearest_zyx,
+    xyzc_to_zyx,
 )
 
 
@@ -63,3 +64,12 @@ def test_xyzc_to_zyx_and_upsampling():
     up = upsample_nearest_zyx(zyx, (2, 3, 1))
     assert up.shape == (4, 9, 4)
     assert up[3, 8, 3] == zyx[3, 2, 1] and up[0, 0, 1] == zyx[0, 0, 0]
+
+
+def test_nearest_mip_is_the_coarsest_that_divides_the_target():
+    h01_raw = [(4, 4, 33), (8, 8, 33), (16, 16, 33), (32, 32, 33)]
+    assert nearest_mip((8, 8, 33), h01_raw) == 1
+    assert nearest_mip((16, 16, 33), h01_raw) == 2
+    assert nearest_mip((8, 8, 40), [(4, 4, 40), (6, 6, 40)]) == 0   # 8/6 is not whole
+    with pytest.raises(ValueError, match="no mip of the source"):
+        nearest_mip((8, 8, 33), [(16, 16, 33), (3, 3, 33)])

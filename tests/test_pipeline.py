@@ -315,6 +315,15 @@ def test_source_mip_reads_the_matching_lower_resolution(small_data, tmp_path):
             r["source"], expected_crop_zyx(low, TARGET_OFFSET, start, (12, 12, 4), 148))
 
 
+def test_source_mip_nearest_picks_the_target_resolution_and_writes_the_same_bytes(small_data,
+                                                                                 tmp_path):
+    run_pipeline(small_data.argv(tmp_path / "one", "--source-mip", "1", "--variants", "1"))
+    config, manifest = run_pipeline(small_data.argv(tmp_path / "nearest", "--source-mip",
+                                                    "nearest", "--variants", "1"))
+    assert config.source.mip == 1 and manifest["config"]["source_mip"] == 1
+    assert _dataset_bytes(tmp_path / "one") == _dataset_bytes(tmp_path / "nearest")
+
+
 def test_a_missing_chunk_is_dead_lettered_not_zeros(small_data, tmp_path):
     chunk = Path(small_data.source_url[len("file://"):]) / "4_4_33" / "232-264_432-464_14-18.gz"
     chunk.unlink()  # touched by the crops of synapses 11 and 12 only

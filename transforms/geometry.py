@@ -5,6 +5,7 @@ their volume (a volume's ``voxel_offset`` moves its bounds, not its frame).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -62,6 +63,27 @@ def scale_factors(target_resolution_nm, source_resolution_nm) -> XYZ:
             )
         factors.append(int(whole))
     return tuple(factors)
+
+
+def nearest_mip(target_resolution_nm, source_resolutions_nm) -> int:
+    """The source mip whose resolution is nearest the target's among those that divide it (whole
+    factors per axis, as ``scale_factors`` needs): the coarsest such mip, so the least data.
+
+    ``source_resolutions_nm`` lists the source's resolution (x, y, z) per mip. Raises ValueError
+    when no mip qualifies.
+    """
+    best = None
+    for mip, resolution in enumerate(source_resolutions_nm):
+        try:
+            factors = scale_factors(target_resolution_nm, resolution)
+        except ValueError:
+            continue
+        if best is None or math.prod(factors) < best[0]:
+            best = (math.prod(factors), mip)
+    if best is None:
+        raise ValueError("no mip of the source has a resolution dividing the target's "
+                         f"{'x'.join(f'{r:g}' for r in target_resolution_nm)} nm")
+    return best[1]
 
 
 def scale_box(box: Box, scale_xyz: XYZ) -> Box:

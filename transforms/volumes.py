@@ -71,6 +71,12 @@ def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
     )
 
 
+def mip_resolutions(url: str) -> List[Tuple[float, float, float]]:
+    """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``."""
+    cv = open_volume(url, 0)
+    return [tuple(float(r) for r in cv.meta.resolution(m)) for m in range(len(cv.meta.scales))]
+
+
 MISSING_CHUNK_MODES = ("error", "zero")
 
 
