@@ -190,39 +190,33 @@ class _FetchFn(beam.DoFn):
         counted[0] += len(decoded)
         counted[1] += nbytes
 
-    def _fetch_one(self, instance: Instance, read_source, read_target):
-        """Subvolume of one instance, or a DeadLetter when one of its crops cannot be read."""
-        target_box = crop_box(instance.center_xyz, self._config.crop_size_xyz)
-        source_box = scale_box(target_box, self._config.scale_xyz)
+    def _fetch_one(self, instance: Instance, make):
+        """The output for one instance: ``make()``'s Subvolume, or a DeadLetter (tagged DEAD)
+        when one of its crops cannot be read."""
         try:
-            subvolume = make_subvolume(instance, target_box, source_box, read_source(),
-                                       read_target(), self._config)
+            subvolume = make()
         except MissingChunks as missing:
             volume = "source" if missing.url == self._source.cloudpath else "target"
             self._missing.inc()
-            return DeadLetter.for_instance(instance, MISSING_CHUNKS, f"{volume}: {missing}",
-                                           "FetchSubvolumes")
+            return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                instance, MISSING_CHUNKS, f"{volume}: {missing}", "FetchSubvolumes"))
         except Exception as error:  # noqa: BLE001 - a storage or decode error, after retries
             self._errors.inc()
-            return DeadLetter.for_instance(instance, FETCH_ERROR,
-                                           exception_text(type(error), repr(error))[:2000],
-                                           "FetchSubvolumes")
+            return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                instance, FETCH_ERROR, exception_text(type(error), repr(error))[:2000],
+                "FetchSubvolumes"))
         self._fetched.inc()
         filled = sum(subvolume.filled_chunks.values())
         if filled:
             self._filled.inc(filled)
         return subvolume
 
-    def _emit(self, results, touched):
-        """Tagged outputs for the touched chunk names, then the results in order."""
+    @staticmethod
+    def _touched(touched):
+        """CHUNKS outputs for ``{volume: chunk names}``, in a fixed order."""
         for volume, names in sorted(touched.items()):
             for name in sorted(names):
                 yield beam.pvalue.TaggedOutput(CHUNKS, (volume, name))
-        for result in results:
-            if isinstance(result, DeadLetter):
-                yield beam.pvalue.TaggedOutput(DEAD, result)
-            else:
-                yield result
 
 
 class FetchSubvolumeFn(_FetchFn):
@@ -236,16 +230,10 @@ class FetchSubvolumeFn(_FetchFn):
         self._count_read(reads, "source", source_box)
         self._count_read(reads, "target", target_box)
         yield beam.pvalue.TaggedOutput(READS, reads)
-        source_missing, target_missing = config.missing_chunks
-        result = self._fetch_one(
-            instance,
-            lambda: read_padded_zyx(self._source, source_box, config.source.bounds,
-                                    config.pad_value, "uint8", source_missing),
-            lambda: read_padded_zyx(self._target, target_box, config.target.bounds, 0,
-                                    config.target.dtype, target_missing))
-        touched = {"source": chunk_names(config.source, source_box),
-                   "target": chunk_names(config.target, target_box)}
-        yield from self._emit([result], touched)
+        yield self._fetch_one(
+            instance, lambda: fetch_subvolume(instance, self._source, self._target, config))
+        yield from self._touched({"source": chunk_names(config.source, source_box),
+                                  "target": chunk_names(config.target, target_box)})
 
 
 class FetchBlockFn(_FetchFn):
@@ -273,10 +261,11 @@ class FetchBlockFn(_FetchFn):
         for k, instance in enumerate(members):
             touched["source"].update(chunk_names(config.source, source_boxes[k]))
             touched["target"].update(chunk_names(config.target, target_boxes[k]))
-            result = self._fetch_one(instance, lambda: source.crop(k), lambda: target.crop(k))
-            yield from self._emit([result], {})
+            yield self._fetch_one(instance, lambda: make_subvolume(
+                instance, target_boxes[k], source_boxes[k], source.crop(k), target.crop(k),
+                config))
         yield beam.pvalue.TaggedOutput(READS, reads)
-        yield from self._emit([], touched)
+        yield from self._touched(touched)
 
 
 class FetchSubvolumes(beam.PTransform):
