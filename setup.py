@@ -22,6 +22,7 @@ setup(
     packages=find_packages(exclude=["tests*", "benchmarks*"]),
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
+        "tensorstore==0.1.86",     # the default volume reader (and the demo's writer)
         "cloud-volume==12.15.2",
         "connected-components-3d==4.1.1",
         "numpy>=1.24,<3",

@@ -1,6 +1,7 @@
 """build(p, config): assemble the pipeline. Nothing here runs it."""
 from __future__ import annotations
 
+import uuid
 from typing import List
 
 import apache_beam as beam
@@ -41,7 +42,7 @@ def fetch_config(config: Config) -> FetchConfig:
         config.target, config.source, config.scale_xyz, config.crop_size_xyz, memory)
     return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
                        config.pad_value, config.fetch_strategy, tuple(block), memory,
-                       config.missing_chunks)
+                       config.missing_chunks, config.volume_reader, uuid.uuid4().hex)
 
 
 def build(p: beam.Pipeline, config: Config):

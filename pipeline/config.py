@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import os
 import re
@@ -19,10 +20,14 @@ from typing import List, Optional, Sequence, Tuple
 from transforms.geometry import nearest_mip, scale_factors
 from transforms.seeds import SeedModel
 from transforms.table import REQUIRED_COLUMNS
-from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec, describe_volume, mip_resolutions
+from transforms.readers import ENGINES, TENSORSTORE, describe_volume, mip_resolutions
+from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec
 
 FORMATS = ("tfrecord", "npy")
 DEFAULT_SPLITS = (("train", 1.0),)
+# An absent chunk of the labels is background (tensorstore and igneous store no all-zero chunk);
+# an absent chunk of the raw EM is missing data.
+DEFAULT_MISSING_CHUNKS = ("error", "zero")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -55,7 +60,8 @@ class Config:
     fetch_strategy: str = "grouped"
     block_size_xyz: Optional[Tuple[int, int, int]] = None  # None: chosen from chunks and memory
     fetch_memory_mb: int = 1024
-    missing_chunks: Tuple[str, str] = ("error", "error")  # (source, target): "error" or "zero"
+    missing_chunks: Tuple[str, str] = DEFAULT_MISSING_CHUNKS  # (source, target): error or zero
+    volume_reader: str = TENSORSTORE
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -67,7 +73,7 @@ class Config:
             "seed": self.seed, "pad_value": self.pad_value, "formats": list(self.formats),
             "splits": [list(s) for s in self.splits], "id_column": self.id_column,
         }
-        if self.missing_chunks != ("error", "error"):  # absent when default: older hashes hold
+        if self.missing_chunks != DEFAULT_MISSING_CHUNKS:  # absent when default: older hashes hold
             generation["missing_chunks"] = dict(zip(("source", "target"), self.missing_chunks))
         return generation
 
@@ -97,6 +103,7 @@ class Config:
             "block_size_xyz": list(self.block_size_xyz) if self.block_size_xyz else None,
             "fetch_memory_mb": self.fetch_memory_mb,
             "missing_chunks": dict(zip(("source", "target"), self.missing_chunks)),
+            "volume_reader": self.volume_reader,
         }
 
 
@@ -147,10 +154,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-memory-mb", type=int, default=1024,
                         help="decoded-chunk cache of each fetching thread for grouped fetching "
                         "(default 1024; a Dataflow worker runs several threads)")
-    parser.add_argument("--missing-chunks", default="error", metavar="MODE",
-                        help="a chunk missing from storage: 'error' dead-letters the instance "
-                        "(missing_chunks), 'zero' reads it as zeros and counts it; per volume "
-                        "as 'source=zero,target=error' (default error)")
+    parser.add_argument("--missing-chunks", default="source=error,target=zero", metavar="MODE",
+                        help="a chunk absent from storage: 'error' dead-letters the instance "
+                        "(missing_chunks), 'zero' reads it as zeros and counts it; 'error', "
+                        "'zero' or per volume (default source=error,target=zero: absent label "
+                        "chunks are background)")
+    parser.add_argument("--volume-reader", choices=ENGINES, default=TENSORSTORE,
+                        help="engine that reads the volumes (default tensorstore; the output "
+                        "is the same with either)")
     parser.add_argument("--incremental", action="store_true",
                         help="add only new instances to the dataset under --output-dir "
                         "(ROOT/runs/NNNNN, ROOT/LATEST)")
@@ -186,11 +197,12 @@ def from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--materialization: {path} has different columns than {shards[0]}; "
                               "all shards must share one header")
     id_column = resolve_id_column(args.id_column, header, shards[0])
-    target = _describe("--target-url", to_url(args.target_url), 0)
+    engine = args.volume_reader
+    target = _describe("--target-url", to_url(args.target_url), 0, engine)
     source_mip = args.source_mip
     if source_mip == NEAREST:
-        source_mip = _nearest_source_mip(to_url(args.source_url), target)
-    source = _describe("--source-url", to_url(args.source_url), source_mip)
+        source_mip = _nearest_source_mip(to_url(args.source_url), target, engine)
+    source = _describe("--source-url", to_url(args.source_url), source_mip, engine)
     if source.dtype != "uint8" or source.num_channels != 1:
         raise ConfigError(f"--source-url {source.url}: raw EM must be uint8 with one channel, "
                           f"found {source.dtype} x {source.num_channels}")
@@ -213,7 +225,7 @@ def from_args(args: argparse.Namespace) -> Config:
         shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
         fetch_strategy=args.fetch_strategy, fetch_memory_mb=args.fetch_memory_mb,
         block_size_xyz=tuple(args.block_size) if args.block_size else None,
-        missing_chunks=missing_chunks)
+        missing_chunks=missing_chunks, volume_reader=engine)
     check_writable(config.output_dir)
     if args.incremental:
         return _with_incremental_plan(config)
@@ -271,8 +283,9 @@ def parse_formats(text: str) -> Tuple[str, ...]:
 
 
 def parse_missing_chunks(text: str) -> Tuple[str, str]:
-    """``error``, ``zero`` or ``source=MODE,target=MODE`` -> (source mode, target mode)."""
-    modes = {"source": "error", "target": "error"}
+    """``error``, ``zero`` or ``source=MODE,target=MODE`` -> (source mode, target mode); a
+    volume left out keeps its default."""
+    modes = dict(zip(("source", "target"), DEFAULT_MISSING_CHUNKS))
     text = text.strip()
     if text in MISSING_CHUNK_MODES:
         return text, text
@@ -372,17 +385,17 @@ def mip_arg(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a mip number or 'nearest'") from None
 
 
-def _nearest_source_mip(url: str, target: VolumeSpec) -> int:
-    _describe("--source-url", url, 0)  # a clear error when the info cannot be read
+def _nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
+    _describe("--source-url", url, 0, engine)  # a clear error when the info cannot be read
     try:
-        return nearest_mip(target.resolution_nm, mip_resolutions(url))
+        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
     except ValueError as e:
         raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
 
 
-def _describe(flag: str, url: str, mip: int) -> VolumeSpec:
+def _describe(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     try:
-        return describe_volume(url, mip)
+        spec = describe_volume(url, mip, engine)
     except ValueError as e:
         raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
             from None
@@ -390,6 +403,23 @@ def _describe(flag: str, url: str, mip: int) -> VolumeSpec:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
                           f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
+    if engine == TENSORSTORE and gzip_file_chunks(spec):
+        raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
+                          "local gzip layout), which tensorstore does not read; pass "
+                          "--volume-reader cloudvolume")
+    return spec
+
+
+def gzip_file_chunks(spec: VolumeSpec) -> bool:
+    """True when a local volume's scale holds ``*.gz`` chunk files (cloud-volume writes them on
+    disk; on buckets the same chunks are plain names with Content-Encoding: gzip)."""
+    if not spec.url.startswith("file://"):
+        return False
+    scale_dir = Path(spec.url[len("file://"):]) / spec.key
+    if not scale_dir.is_dir():
+        return False
+    with os.scandir(scale_dir) as entries:
+        return any(e.name.endswith(".gz") for e in itertools.islice(entries, 64))
 
 
 def check_writable(output_dir: str) -> None:

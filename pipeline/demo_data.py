@@ -1,5 +1,8 @@
 """Embedded demo data: a small H01-like volume pair and synapse table, made deterministically.
 
+Laid out as H01's volumes are, written by tensorstore: the raw in sharded precomputed format, and
+no label chunk that is all background stored.
+
 Target: synapse segmentation at 8x8x33 nm (uint64, compressed_segmentation) with E/I-style labels
 (1 = excitatory, 2 = inhibitory, like H01's ``whole_ei_onlyvol``; neighbours may touch) and a few
 unlisted distractor blobs (label 3). Source: raw EM-like texture at 4x4x33 nm (uint8, jpeg) with a
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
 DEMO_SEED = 20210601
 TARGET_SIZE_XYZ = (384, 384, 48)
 TARGET_OFFSET_XYZ = (1000, 2000, 100)
@@ -63,40 +67,93 @@ def default_cache_dir() -> str:
 
 def write_precomputed(path: str, data_xyz: np.ndarray, *, resolution_nm,
                       voxel_offset_xyz=(0, 0, 0), chunk_size_xyz=(64, 64, 16), encoding="raw",
-                      layer_type="image", downsample_mips: int = 0) -> str:
+                      layer_type="image", downsample_mips: int = 0, writer: str = "cloudvolume",
+                      sharded: bool = False, gzip: bool = False) -> str:
     """Write ``data_xyz`` (3D, x, y, z; uint8 image or uint32/uint64 segmentation) as a precomputed
-    volume at ``path`` (a local directory, or a cloud-volume URL such as ``gs://...``); return
-    its URL.
+    volume at ``path`` (a local directory, or a URL such as ``gs://...``); return its URL.
 
     ``resolution_nm`` and ``voxel_offset_xyz`` describe mip 0. Each of the ``downsample_mips``
     extra mips is (2, 2, 1) coarser than the one before (mean for images, mode of each 2x2 block
     for segmentations), with the offset halved (floor) and a size that covers the whole data.
-    ``encoding`` and ``chunk_size_xyz`` apply to every mip; raw and compressed_segmentation chunks
-    are gzipped (cloud-volume's default).
+    ``encoding`` and ``chunk_size_xyz`` apply to every mip.
+
+    ``writer="cloudvolume"`` stores every chunk; with ``gzip`` raw and compressed_segmentation
+    chunks are gzipped (on disk as ``name.gz``, which only cloud-volume reads; on a bucket under
+    the plain name with Content-Encoding: gzip, as H01's are). ``writer="tensorstore"`` is Google's writer: like it (and igneous with
+    ``delete_black_uploads``) it stores no chunk that is all zero; ``sharded`` packs the chunks
+    into ``neuroglancer_uint64_sharded_v1`` shard files (gzip minishard indices), as H01's raw is.
     """
+    url = path if "://" in path else "file://" + os.path.abspath(path)
+    arrays = [(data_xyz, tuple(int(v) for v in voxel_offset_xyz))]
+    for _ in range(downsample_mips):
+        arrays.append(_downsample_xy(*arrays[-1], segmentation=layer_type == "segmentation"))
+    if writer == "tensorstore":
+        _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+                           sharded)
+    elif writer == "cloudvolume" and not sharded:
+        _write_cloudvolume(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+                           gzip)
+    else:
+        raise ValueError(f"writer {writer!r} (sharded={sharded}) is not supported")
+    return url
+
+
+def _write_cloudvolume(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+                       gzip) -> None:
     from cloudvolume import CloudVolume
 
-    url = path if "://" in path else "file://" + os.path.abspath(path)
-    offset_xyz = tuple(int(v) for v in voxel_offset_xyz)
+    data_xyz, offset_xyz = arrays[0]
     info = CloudVolume.create_new_info(
         num_channels=1, layer_type=layer_type, data_type=str(data_xyz.dtype), encoding=encoding,
         resolution=list(resolution_nm), voxel_offset=list(offset_xyz),
         chunk_size=list(chunk_size_xyz), volume_size=list(data_xyz.shape))
     cv = CloudVolume(url, info=info, progress=False)
-    arrays = [(data_xyz, offset_xyz)]
-    for mip in range(1, downsample_mips + 1):
-        arrays.append(_downsample_xy(*arrays[-1], segmentation=layer_type == "segmentation"))
+    for mip in range(1, len(arrays)):
         scale = cv.add_scale((2 ** mip, 2 ** mip, 1), encoding=encoding,
                              chunk_size=list(chunk_size_xyz))
-        scale["voxel_offset"] = list(arrays[-1][1])   # cloud-volume's ceil(size / 2) can be one
-        scale["size"] = list(arrays[-1][0].shape)     # short when the offset is odd
+        scale["voxel_offset"] = list(arrays[mip][1])   # cloud-volume's ceil(size / 2) can be
+        scale["size"] = list(arrays[mip][0].shape)     # one short when the offset is odd
     cv.commit_info()
     for mip, (array_xyz, start_xyz) in enumerate(arrays):
-        writer = CloudVolume(url, mip=mip, progress=False)
+        writer = CloudVolume(url, mip=mip, progress=False, compress=None if gzip else False)
         stop_xyz = [a + n for a, n in zip(start_xyz, array_xyz.shape)]
         writer[start_xyz[0]:stop_xyz[0], start_xyz[1]:stop_xyz[1],
                start_xyz[2]:stop_xyz[2]] = array_xyz
-    return url
+
+
+def sharding_spec(size_xyz, chunk_size_xyz) -> dict:
+    """A ``neuroglancer_uint64_sharded_v1`` spec for a scale: 4 chunks per minishard, 2
+    minishards per shard, so a small test volume spreads over several shard files."""
+    bits = sum(max(0, math.ceil(math.log2(math.ceil(n / c))))
+               for n, c in zip(size_xyz, chunk_size_xyz))
+    return {"@type": "neuroglancer_uint64_sharded_v1", "hash": "identity", "preshift_bits": 2,
+            "minishard_bits": 1, "shard_bits": max(0, bits - 3),
+            "minishard_index_encoding": "gzip", "data_encoding": "gzip"}
+
+
+def _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+                       sharded) -> None:
+    import tensorstore as ts
+
+    from transforms.readers import kvstore_url
+
+    dtype = str(arrays[0][0].dtype)
+    for mip, (array_xyz, offset_xyz) in enumerate(arrays):
+        scale = {"resolution": [r * (2 ** mip if axis < 2 else 1)
+                                for axis, r in enumerate(resolution_nm)],
+                 "encoding": encoding, "chunk_size": list(chunk_size_xyz),
+                 "size": list(array_xyz.shape), "voxel_offset": list(offset_xyz)}
+        if encoding == "compressed_segmentation":
+            scale["compressed_segmentation_block_size"] = [8, 8, 8]
+        if sharded:
+            scale["sharding"] = sharding_spec(array_xyz.shape, chunk_size_xyz)
+            if encoding == "jpeg":  # JPEG chunks are compressed already, as in H01
+                scale["sharding"]["data_encoding"] = "raw"
+        store = ts.open({
+            "driver": "neuroglancer_precomputed", "kvstore": kvstore_url(url),
+            "multiscale_metadata": {"type": layer_type, "data_type": dtype, "num_channels": 1},
+            "scale_metadata": scale, "open": True, "create": True}).result()
+        store[...] = array_xyz[..., None]
 
 
 def _downsample_xy(array_xyz: np.ndarray, offset_xyz, *, segmentation: bool
@@ -180,12 +237,12 @@ def _build(root: str, size_xyz, source_chunk_xyz=SOURCE_CHUNK_XYZ,
     write_precomputed(os.path.join(root, "target"), labels_xyz,
                       resolution_nm=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
                       chunk_size_xyz=target_chunk_xyz, encoding="compressed_segmentation",
-                      layer_type="segmentation")
+                      layer_type="segmentation", writer="tensorstore")
     write_precomputed(os.path.join(root, "source"), _em_texture(rng, labels_xyz),
                       resolution_nm=SOURCE_RESOLUTION_NM,
                       voxel_offset_xyz=[o * f for o, f in zip(TARGET_OFFSET_XYZ, SOURCE_SCALE_XYZ)],
                       chunk_size_xyz=source_chunk_xyz, encoding="jpeg", layer_type="image",
-                      downsample_mips=1)
+                      downsample_mips=1, writer="tensorstore", sharded=True)
     empty_center_xyz = [(lo + hi) // 2 for lo, hi in zip(empty_lo_xy, empty_hi_xy)]
     empty_center_xyz.append(size_xyz[2] // 2)
     _write_table(os.path.join(root, "synapses.csv"), rng, synapses, empty_center_xyz, size_xyz)

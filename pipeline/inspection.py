@@ -48,7 +48,7 @@ def format_facts(facts: dict) -> str:
     lines.append("counts    " + ", ".join(f"{k} {counts[k]}" for k in order))
     filled = counts.get("filled_chunks") or {}
     if any(filled.values()):
-        lines.append("read as zeros (--missing-chunks zero): " + ", ".join(
+        lines.append("chunks read as zeros (absent from storage): " + ", ".join(
             f"{volume} {n} chunks" for volume, n in filled.items()))
     lines.append(f"failures  {sum(f['count'] for f in facts['failures'].values()) or 'none'}")
     for reason, f in facts["failures"].items():

@@ -59,7 +59,17 @@ def _row(sid: int, center) -> Dict[str, str]:
             "post_pt_z": str(z), "score": "0.9"}
 
 
-def make_small_data(root: Path, source_encoding="raw") -> SmallData:
+# How the volumes are stored: (writer, sharded). "cloudvolume" stores every chunk as a plain file;
+# "tensorstore" and "sharded" store no all-zero chunk (most label chunks are then absent), the
+# latter packed into shard files as H01's raw is.
+LAYOUTS = {"cloudvolume": ("cloudvolume", False), "tensorstore": ("tensorstore", False),
+           "sharded": ("tensorstore", True)}
+
+
+def make_small_data(root: Path, source_encoding="raw", layout: str = "cloudvolume",
+                    gzip: bool = False) -> SmallData:
+    """The small volume pair (source with two mips) and table under ``root``; ``gzip`` writes
+    cloud-volume's gzipped chunk files (``name.gz``), which only the cloudvolume reader reads."""
     labels = np.zeros(TARGET_SIZE, np.uint64)
     for _, label, start, stop, _ in SYNAPSES + [(0,) + DISTRACTOR + (None,)]:
         sl = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, TARGET_OFFSET))
@@ -67,14 +77,17 @@ def make_small_data(root: Path, source_encoding="raw") -> SmallData:
     rng = np.random.default_rng(5)
     source = rng.integers(0, 256, size=tuple(s * f for s, f in zip(TARGET_SIZE, SCALE)),
                           dtype=np.uint8)
+    writer, sharded = LAYOUTS[layout]
+    stored = {"writer": writer, "sharded": sharded, "gzip": gzip}
     target_url = write_precomputed(
         str(root / "target"), labels, resolution_nm=(8, 8, 33), voxel_offset_xyz=TARGET_OFFSET,
-        chunk_size_xyz=(16, 16, 4), encoding="compressed_segmentation", layer_type="segmentation")
+        chunk_size_xyz=(16, 16, 4), encoding="compressed_segmentation", layer_type="segmentation",
+        **stored)
     source_url = write_precomputed(
         str(root / "source"), source, resolution_nm=(4, 4, 33),
         voxel_offset_xyz=tuple(o * f for o, f in zip(TARGET_OFFSET, SCALE)),
         chunk_size_xyz=(32, 32, 4), encoding=source_encoding, layer_type="image",
-        downsample_mips=1)
+        downsample_mips=1, **stored)
     rows = [_row(sid, center) for sid, _, _, _, center in SYNAPSES]
     for sid, (overrides, _) in BAD_ROWS.items():
         row = _row(sid, (120, 220, 14))

@@ -39,6 +39,7 @@ class GcsEmulator:
                     raise RuntimeError("the GCS emulator did not start")
                 time.sleep(0.05)
         os.environ["STORAGE_EMULATOR_HOST"] = self.endpoint
+        _anonymous_beam_credentials()
 
     def client(self):
         from google.auth.credentials import AnonymousCredentials
@@ -62,3 +63,14 @@ class GcsEmulator:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = self._previous
+
+
+def _anonymous_beam_credentials() -> None:
+    """Beam's GCS client looks for Google credentials once per process, retrying with backoff
+    for about 25 s where there are none (as here); connect anonymously at once, as Beam does
+    after that search."""
+    from apache_beam.internal.gcp import auth
+
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials = None
+        auth._Credentials._credentials_init = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ SMALL_XYZ = (192, 192, 24)
 
 
 def _read_all(url, mip=0) -> np.ndarray:
-    cv = CloudVolume(url, mip=mip, progress=False)
+    cv = CloudVolume(url, mip=mip, progress=False, fill_missing=True)  # absent label chunks: 0
     return np.asarray(cv[cv.bounds])[..., 0]
 
 
@@ -67,7 +68,7 @@ def test_write_precomputed_round_trips_compressed_segmentation(tmp_path):
     url = write_precomputed(str(tmp_path / "seg"), seg, resolution_nm=(8, 8, 33),
                             voxel_offset_xyz=(100, 0, 7), chunk_size_xyz=(16, 16, 4),
                             encoding="compressed_segmentation", layer_type="segmentation",
-                            downsample_mips=1)
+                            downsample_mips=1, gzip=True)
     cv = CloudVolume(url, progress=False)
     assert cv.meta.encoding(0) == cv.meta.encoding(1) == "compressed_segmentation"
     assert cv.info["scales"][1]["compressed_segmentation_block_size"] == [8, 8, 8]
@@ -94,21 +95,21 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 def test_small_demo_is_byte_identical_and_reused(tmp_path):
     first = make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ)
-    root = tmp_path / "one" / "demo-v1-192x192x24"
+    root = tmp_path / "one" / "demo-v2-192x192x24"
     mtimes = {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()}
     assert make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ) == first
     assert {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()} == mtimes
-    assert os.listdir(tmp_path / "one") == ["demo-v1-192x192x24"]   # no partial copies left
+    assert os.listdir(tmp_path / "one") == ["demo-v2-192x192x24"]   # no partial copies left
 
     second = make_demo_data(str(tmp_path / "two"), size_xyz=SMALL_XYZ)
-    a, b = _files(root), _files(tmp_path / "two" / "demo-v1-192x192x24")
+    a, b = _files(root), _files(tmp_path / "two" / "demo-v2-192x192x24")
     assert sorted(a) == sorted(b) and len(a) > 20
     assert [k for k in sorted(a) if open(a[k], "rb").read() != open(b[k], "rb").read()] == []
     np.testing.assert_array_equal(_read_all(first.target_url), _read_all(second.target_url))
 
 
 def test_a_copy_without_marker_is_rebuilt(tmp_path):
-    root = tmp_path / "demo-v1-192x192x24"
+    root = tmp_path / "demo-v2-192x192x24"
     (root / "target").mkdir(parents=True)
     (root / "synapses.csv").write_text("half written")
     data = make_demo_data(str(tmp_path), size_xyz=SMALL_XYZ)
@@ -154,6 +155,11 @@ def test_demo_volumes_have_the_documented_geometry(demo):
     assert list(source.bounds.maxpt) == [2768, 4768, 148]
     assert list(source.resolution) == [4, 4, 33] and source.dtype == np.uint8
     assert source.meta.encoding(0) == source.meta.encoding(1) == "jpeg"
+    # Laid out as H01: raw in shard files; label chunks that are all background not stored.
+    assert all("sharding" in scale for scale in source.info["scales"])
+    assert "sharding" not in target.info["scales"][0]
+    stored = len(list((Path(data.target_url[len("file://"):]) / "8_8_33").iterdir()))
+    assert 0 < stored < 6 * 6 * 3
     low = CloudVolume(data.source_url, mip=1, progress=False)
     assert list(low.resolution) == [8, 8, 33] and low.bounds == target.bounds
     raw, labels = _read_all(data.source_url, mip=1), _read_all(data.target_url)

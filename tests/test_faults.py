@@ -73,8 +73,8 @@ def test_zero_fills_a_missing_chunk_and_counts_it(clean_run, tmp_path):
     config, manifest = run_pipeline(data.argv(out, "--variants", "2",
                                               "--missing-chunks", "source=zero"))
 
-    assert config.missing_chunks == ("zero", "error")
-    assert manifest["config"]["missing_chunks"] == {"source": "zero", "target": "error"}
+    assert config.missing_chunks == ("zero", "zero")   # the target keeps its default
+    assert manifest["config"]["missing_chunks"] == {"source": "zero", "target": "zero"}
     assert manifest["counts"]["filled_chunks"] == {"source": 1, "target": 0}
     assert "missing_chunks" not in manifest["counts"]["failures"]
     entries = [json.loads(line) for f in sorted((out / "index").glob("*.jsonl"))

@@ -1,4 +1,4 @@
-"""Precomputed volumes: a plain-values description (VolumeSpec) and padded cutouts in (z, y, x)."""
+"""Precomputed volumes: a plain-values description (VolumeSpec), their chunk grid and read plans."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from transforms.geometry import Box, xyzc_to_zyx
+from transforms.geometry import Box
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class VolumeSpec:
     layer_type: str
     num_channels: int
     key: str = ""  # the scale's key: its chunks are named "{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
+    sharded: bool = False  # chunks packed in shard files (neuroglancer_uint64_sharded_v1)
 
     @property
     def bounds(self) -> Box:
@@ -37,94 +38,42 @@ class VolumeSpec:
             "url": self.url, "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm),
             "voxel_offset_xyz": list(self.voxel_offset_xyz), "size_xyz": list(self.size_xyz),
             "chunk_size_xyz": list(self.chunk_size_xyz), "dtype": self.dtype,
-            "encoding": self.encoding, "layer_type": self.layer_type,
+            "encoding": self.encoding, "layer_type": self.layer_type, "sharded": self.sharded,
         }
 
 
-def open_volume(url: str, mip: int = 0, lru_bytes: int = 0):
-    """A CloudVolume reader: bounded, missing chunks are errors (never silent zeros), no progress.
+def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
+    """Describe scale ``mip`` of a precomputed volume from its ``info`` JSON (a dict).
 
-    ``lru_bytes`` > 0 keeps that many bytes of recently decoded chunks in memory (decoded, so a
-    hit costs neither a read nor a decode).
+    Raises ValueError when the volume has no such mip.
     """
-    from cloudvolume import CloudVolume
-
-    return CloudVolume(url, mip=mip, bounded=True, fill_missing=False, progress=False,
-                       parallel=1, cache=False, lru_bytes=int(lru_bytes), lru_encoding="raw")
-
-
-def describe_volume(url: str, mip: int = 0) -> VolumeSpec:
-    """Read a volume's ``info`` and describe scale ``mip``. Raises ValueError with the reason."""
-    cv = open_volume(url, 0)
-    n_mips = len(cv.meta.scales)
-    if not 0 <= mip < n_mips:
-        raise ValueError(f"mip {mip} is not in {url} (it has mips 0..{n_mips - 1})")
+    scales = info["scales"]
+    if not 0 <= mip < len(scales):
+        raise ValueError(f"mip {mip} is not in {url} (it has mips 0..{len(scales) - 1})")
+    scale = scales[mip]
     return VolumeSpec(
         url=url, mip=mip,
-        resolution_nm=tuple(float(r) for r in cv.meta.resolution(mip)),
-        voxel_offset_xyz=tuple(int(v) for v in cv.meta.voxel_offset(mip)),
-        size_xyz=tuple(int(v) for v in cv.meta.volume_size(mip)),
-        chunk_size_xyz=tuple(int(v) for v in cv.meta.chunk_size(mip)),
-        dtype=str(np.dtype(cv.meta.dtype)), encoding=str(cv.meta.encoding(mip)),
-        layer_type=str(cv.meta.layer_type), num_channels=int(cv.meta.num_channels),
-        key=str(cv.meta.key(mip)),
+        resolution_nm=tuple(float(r) for r in scale["resolution"]),
+        voxel_offset_xyz=tuple(int(v) for v in scale.get("voxel_offset", (0, 0, 0))),
+        size_xyz=tuple(int(v) for v in scale["size"]),
+        chunk_size_xyz=tuple(int(v) for v in scale["chunk_sizes"][0]),
+        dtype=str(np.dtype(info["data_type"])), encoding=str(scale["encoding"]),
+        layer_type=str(info["type"]), num_channels=int(info.get("num_channels", 1)),
+        key=str(scale["key"]), sharded=bool(scale.get("sharding")),
     )
-
-
-def mip_resolutions(url: str) -> List[Tuple[float, float, float]]:
-    """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``."""
-    cv = open_volume(url, 0)
-    return [tuple(float(r) for r in cv.meta.resolution(m)) for m in range(len(cv.meta.scales))]
 
 
 MISSING_CHUNK_MODES = ("error", "zero")
 
 
 class MissingChunks(LookupError):
-    """A cutout touched chunks that are not in storage (``names`` as cloud-volume names them)."""
+    """A crop touched chunks that are not in storage (``names`` as ``chunk_names`` gives them)."""
 
     def __init__(self, url: str, names: List[str]):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         super().__init__(f"{len(names)} chunk(s) missing in {url}: {shown}")
         self.url = url
         self.names = names
-
-
-def read_padded_zyx(cv, box: Box, bounds: Box, fill_value, dtype,
-                    missing_chunks: str = "error") -> Tuple[np.ndarray, List[str]]:
-    """Cutout of ``box`` (voxels at ``cv``'s mip) as (z, y, x); outside ``bounds`` = fill_value.
-
-    Returns (array, names of chunks filled with zeros). A chunk missing from storage (a 404/403,
-    never retried) raises MissingChunks, or with ``missing_chunks="zero"`` reads as zeros and is
-    named in the list. Transient storage errors (5xx, throttling, resets) are retried with
-    exponential backoff by cloudfiles (7 tries) before they surface as errors.
-    """
-    from cloudvolume import Bbox
-    from cloudvolume.exceptions import EmptyVolumeException
-
-    size_xyz = box.size_xyz
-    out = np.full(size_xyz[::-1], fill_value, dtype=dtype)
-    inner = box.intersect(bounds)
-    if inner is None:
-        return out, []
-    bbox = Bbox(inner.start_xyz, inner.stop_xyz)
-    filled: List[str] = []
-    try:
-        cutout = cv.download(bbox, mip=cv.mip)
-    except EmptyVolumeException:
-        filled = sorted(name for name, present in cv.exists(bbox).items() if not present)
-        if missing_chunks != "zero" or not filled:
-            raise MissingChunks(cv.cloudpath, filled) from None
-        cv.fill_missing = True
-        try:
-            cutout = cv.download(bbox, mip=cv.mip)
-        finally:
-            cv.fill_missing = False
-    cutout = xyzc_to_zyx(np.asarray(cutout))
-    lo = [a - b for a, b in zip(inner.start_xyz, box.start_xyz)][::-1]
-    out[lo[0]:lo[0] + cutout.shape[0], lo[1]:lo[1] + cutout.shape[1],
-        lo[2]:lo[2] + cutout.shape[2]] = cutout
-    return out, filled
 
 
 def chunk_names(spec: VolumeSpec, box: Box) -> List[str]:
@@ -142,10 +91,39 @@ def chunk_names(spec: VolumeSpec, box: Box) -> List[str]:
             for (x0, x1), (y0, y1), (z0, z1) in itertools.product(*ranges)]
 
 
+def chunk_pieces(spec: VolumeSpec, box: Box) -> List[Tuple[str, Box]]:
+    """(chunk name, the part of ``box`` inside that chunk) for every chunk ``box`` touches."""
+    inner = box.intersect(spec.bounds)
+    if inner is None:
+        return []
+    return [(name, chunk_box(name).intersect(inner)) for name in chunk_names(spec, inner)]
+
+
+def chunk_box(name: str) -> Box:
+    """The voxel box of a chunk, from its name ("{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}")."""
+    spans = [tuple(int(v) for v in s.split("-")) for s in name.rsplit("/", 1)[-1].split("_")]
+    return Box(tuple(a for a, _ in spans), tuple(b for _, b in spans))
+
+
+def chunk_id(spec: VolumeSpec, name: str) -> int:
+    """A chunk's id in a sharded volume: the compressed Morton code of its grid position
+    (bits interleaved x, y, z from the lowest, each axis using only the bits its grid needs)."""
+    grid_xyz = [-(-n // c) for n, c in zip(spec.size_xyz, spec.chunk_size_xyz)]
+    bits = [max(0, (g - 1).bit_length()) for g in grid_xyz]
+    position = [(a - o) // c for a, o, c in
+                zip(chunk_box(name).start_xyz, spec.voxel_offset_xyz, spec.chunk_size_xyz)]
+    code, out_bit = 0, 0
+    for bit in range(max(bits)):
+        for axis in range(3):
+            if bit < bits[axis]:
+                code |= ((position[axis] >> bit) & 1) << out_bit
+                out_bit += 1
+    return code
+
+
 def chunk_voxels(name: str) -> int:
     """Voxel count of a chunk from its name."""
-    spans = name.rsplit("/", 1)[-1].split("_")
-    return math.prod(int(b) - int(a) for a, b in (s.split("-") for s in spans))
+    return math.prod(chunk_box(name).size_xyz)
 
 
 def plan_reads(spec: VolumeSpec, boxes: List[Box]) -> Tuple[List[Box], List[Optional[int]]]:

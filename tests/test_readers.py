@@ -1,0 +1,191 @@
+"""The reading engines on real volumes: tensorstore and cloud-volume give the same arrays on every
+layout (cloud-volume's and tensorstore's writers, sharded and unsharded, raw/JPEG/
+compressed_segmentation, voxel offsets, two mips), and absent chunks are found exactly."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CROP, GOOD_IDS, LAYOUTS, SCALE, TARGET_OFFSET, make_small_data
+from tests.test_pipeline import read_records, run_pipeline
+from transforms.blocks import BlockReader, read_region
+from transforms.geometry import Box
+from transforms.readers import describe_volume, open_reader, read_info
+from transforms.volumes import chunk_names
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    """{(layout, source encoding): SmallData} for every layout and both raw encodings."""
+    root = tmp_path_factory.mktemp("layouts")
+    return {(layout, encoding): make_small_data(root / f"{layout}-{encoding}", encoding, layout)
+            for layout in LAYOUTS for encoding in ("raw", "jpeg")}
+
+
+def _boxes(spec):
+    """The whole volume, and odd boxes that start and stop inside chunks, at its borders."""
+    lo, hi = spec.bounds.start_xyz, spec.bounds.stop_xyz
+    yield spec.bounds
+    yield Box(tuple(a + 3 for a in lo), tuple(min(b, a + 21) for a, b in zip(lo, hi)))
+    yield Box(tuple(b - 7 for b in hi), hi)
+    yield Box((lo[0] + 5, lo[1], lo[2] + 1), (hi[0] - 1, lo[1] + 9, hi[2]))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_both_engines_read_identical_arrays(volumes, layout, encoding):
+    data = volumes[(layout, encoding)]
+    for url, mips in ((data.source_url, (0, 1)), (data.target_url, (0,))):
+        for mip in mips:
+            spec = describe_volume(url, mip)
+            assert spec == describe_volume(url, mip, "cloudvolume")
+            assert spec.sharded == LAYOUTS[layout][1]
+            ts_reader = open_reader(url, mip, "tensorstore")
+            cv_reader = open_reader(url, mip, "cloudvolume")
+            for box in _boxes(spec):
+                got = read_region(ts_reader, spec, box)
+                want = read_region(cv_reader, spec, box)
+                assert got.absent == want.absent and not got.errors and not want.errors
+                assert got.array_zyx.dtype == want.array_zyx.dtype
+                assert got.array_zyx.tobytes() == want.array_zyx.tobytes(), (url, mip, box)
+
+
+def _all_zero_chunks(spec, volume_xyz):
+    """Independent reference: names of the chunks whose voxels are all 0 in the written array."""
+    names = set()
+    for name in chunk_names(spec, spec.bounds):
+        spans = [tuple(map(int, s.split("-"))) for s in name.split("/")[1].split("_")]
+        sl = tuple(slice(a - o, b - o) for (a, b), o in zip(spans, spec.voxel_offset_xyz))
+        if not volume_xyz[sl].any():
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize("layout", ["tensorstore", "sharded"])
+def test_absent_label_chunks_are_found_exactly(volumes, layout):
+    data = volumes[(layout, "raw")]
+    spec = describe_volume(data.target_url)
+    zero = _all_zero_chunks(spec, data.labels_xyz)
+    assert 0 < len(zero) < len(chunk_names(spec, spec.bounds))  # some stored, some absent
+    for engine in ("tensorstore", "cloudvolume"):
+        region = read_region(open_reader(data.target_url, 0, engine), spec, spec.bounds)
+        assert region.absent == zero and not region.errors
+        np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
+
+
+def test_a_block_reader_names_each_crops_absent_chunks_and_pads_outside(volumes):
+    data = volumes[("sharded", "raw")]
+    spec = describe_volume(data.target_url)
+    zero = _all_zero_chunks(spec, data.labels_xyz)
+    boxes = [Box((95, 195, 8), (110, 210, 12)), Box((130, 220, 14), (150, 245, 22)),
+             Box((500, 500, 0), (510, 510, 4))]   # the last is outside the volume
+    reader = BlockReader(open_reader(data.target_url, 0, "tensorstore"), spec, boxes, 0, "zero")
+    for i, box in enumerate(boxes):
+        crop, filled = reader.crop(i)
+        assert sorted(filled) == sorted(set(chunk_names(spec, box)) & zero)
+        assert bool(filled) == (i == 1)
+        ref = np.zeros(box.size_xyz, data.labels_xyz.dtype)
+        inner = box.intersect(spec.bounds)
+        if inner is not None:
+            ref[tuple(slice(a - b, c - b) for a, b, c in
+                      zip(inner.start_xyz, box.start_xyz, inner.stop_xyz))] = data.labels_xyz[
+                tuple(slice(a - o, b - o) for a, b, o in
+                      zip(inner.start_xyz, inner.stop_xyz, TARGET_OFFSET))]
+        np.testing.assert_array_equal(crop, ref.transpose(2, 1, 0))
+    strict = BlockReader(open_reader(data.target_url, 0, "tensorstore"), spec, boxes[1:2], 0,
+                         "error")
+    with pytest.raises(LookupError, match="chunk\\(s\\) missing"):
+        strict.crop(0)
+
+
+def _dataset(out: Path):
+    files = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and p.name != "manifest.json"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    return files, manifest
+
+
+@pytest.fixture(scope="module")
+def layout_runs(volumes, tmp_path_factory):
+    """Default flags on each layout with JPEG raw: {layout: (files, manifest, data)}."""
+    root = tmp_path_factory.mktemp("layout-runs")
+    runs = {}
+    for layout in LAYOUTS:
+        data = volumes[(layout, "jpeg")]
+        out = root / layout
+        run_pipeline(data.argv(out, "--variants", "2", "--source-mip", "nearest"))
+        runs[layout] = (*_dataset(out), data, out)
+    return runs
+
+
+def test_sharded_and_unsharded_copies_give_the_same_dataset_and_counts(layout_runs):
+    files, manifest, _, _ = layout_runs["sharded"]
+    other_files, other, _, _ = layout_runs["tensorstore"]
+    assert files == other_files
+    assert manifest["counts"] == other["counts"]
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS)
+    assert manifest["counts"]["filled_chunks"]["target"] > 0
+    assert manifest["volumes"]["source"]["sharded"] and not other["volumes"]["source"]["sharded"]
+
+
+def test_every_good_synapse_comes_out_exactly_from_the_sharded_volumes(layout_runs):
+    """Crops equal the volumes as decoded by the other engine; absent label chunks are zeros and
+    each index line counts exactly the absent chunks its crop touches."""
+    _, manifest, data, out = layout_runs["sharded"]
+    source = open_reader(data.source_url, 1, "cloudvolume")   # nearest: mip 1, 8 nm
+    spec = describe_volume(data.target_url)
+    zero = _all_zero_chunks(spec, data.labels_xyz)
+    records = read_records(out)
+    assert sorted({r["instance_id"] for r in records}) == GOOD_IDS
+    for r in records:
+        box = Box(tuple(r["source_box_xyz"][:3]), tuple(r["source_box_xyz"][3:]))
+        inner = box.intersect(describe_volume(data.source_url, 1).bounds)
+        crop = np.full(box.size_xyz[::-1], 148, np.uint8)
+        lo = [a - b for a, b in zip(inner.start_xyz, box.start_xyz)][::-1]
+        part = source.read_zyx(inner)
+        crop[lo[0]:lo[0] + part.shape[0], lo[1]:lo[1] + part.shape[1],
+             lo[2]:lo[2] + part.shape[2]] = part
+        np.testing.assert_array_equal(r["source"], crop)
+    entries = [json.loads(line) for f in manifest["files"]["index"]
+               for line in (out / f["path"]).read_text().splitlines()]
+    for e in entries:
+        box = Box(tuple(e["target_box_xyz"][0]), tuple(e["target_box_xyz"][1]))
+        assert e["filled_chunks"] == {"source": 0,
+                                      "target": len(set(chunk_names(spec, box)) & zero)}
+    assert manifest["counts"]["filled_chunks"]["target"] == sum(
+        e["filled_chunks"]["target"] for e in entries)
+
+
+def test_layouts_that_store_every_chunk_give_the_same_records(layout_runs):
+    """cloud-volume's copy stores the all-zero label chunks; only the counts of chunks read as
+    zeros differ (the index lines say so), not a record."""
+    records = {layout: {(r["instance_id"], r["variant"]): r for r in read_records(run[3])}
+               for layout, run in layout_runs.items()}
+    for key, want in records["sharded"].items():
+        for field in ("target", "seed_target", "seed_slices"):
+            np.testing.assert_array_equal(records["cloudvolume"][key][field], want[field])
+    assert layout_runs["cloudvolume"][1]["counts"]["filled_chunks"]["target"] == 0
+
+
+def test_a_local_gzip_volume_needs_the_cloudvolume_reader(tmp_path, capsys):
+    from tests.conftest import assert_usage_error
+
+    data = make_small_data(tmp_path / "data", gzip=True)
+    assert any(p.suffix == ".gz" for p in (tmp_path / "data" / "source" / "4_4_33").iterdir())
+    assert_usage_error(capsys, ["run"] + data.argv(tmp_path / "out"), "--target-url",
+                       "stored as .gz files", "--volume-reader cloudvolume")
+    _, manifest = run_pipeline(data.argv(tmp_path / "out", "--volume-reader", "cloudvolume",
+                                         "--variants", "1"))
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS)
+    assert manifest["config"]["volume_reader"] == "cloudvolume"
+
+
+def test_info_is_read_through_either_engine(volumes):
+    data = volumes[("sharded", "jpeg")]
+    for url in (data.source_url, data.target_url):
+        assert read_info(url) == read_info(url, "cloudvolume")
+        assert read_info("precomputed://" + url) == read_info(url)

@@ -1,0 +1,244 @@
+"""Volume reading engines: tensorstore (default) and cloud-volume, behind one small interface.
+
+A reader reads one box of one scale of a precomputed volume, strictly: a chunk that is not in
+storage raises ChunkMissing (never silent zeros; the caller decides what an absent chunk means).
+Each reader keeps read counters in ``io`` (a Counter), which the fetching DoFn reports:
+
+- tensorstore: measured from tensorstore's own metrics around each read: ``storage_reads`` and
+  ``storage_bytes`` (requests to and bytes from the kvstore: file, gcs or http) and
+  ``chunks_loaded`` (cache entries loaded from storage: chunks, absent ones included, plus the
+  minishard indices of a sharded volume). Reads in one process are measured one at a time
+  (tensorstore still reads the chunks of each box in parallel), since the metrics are per process.
+- cloud-volume: ``chunks_decoded`` and ``decoded_bytes``, the chunks a cutout will decode (those
+  not in its in-memory LRU), counted just before the read.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Dict, List, Optional, Set
+
+import numpy as np
+
+from transforms.geometry import Box, xyzc_to_zyx
+from transforms.volumes import VolumeSpec, chunk_id, chunk_names, chunk_voxels, spec_from_info
+
+TENSORSTORE, CLOUDVOLUME = "tensorstore", "cloudvolume"
+ENGINES = (TENSORSTORE, CLOUDVOLUME)
+
+
+class ChunkMissing(LookupError):
+    """A strict read touched a chunk that is not in storage (404, absent file or shard entry)."""
+
+
+def precomputed_url(url: str) -> str:
+    """A volume URL without cloud-volume's optional ``precomputed://`` prefix."""
+    prefix = "precomputed://"
+    return url[len(prefix):] if url.startswith(prefix) else url
+
+
+def kvstore_url(url: str) -> str:
+    """The volume's directory as a tensorstore kvstore URL (``file://``, ``gs://``, ``http(s)://``).
+
+    A GCS emulator named by ``STORAGE_EMULATOR_HOST`` (the variable Google's clients read) is
+    passed on to tensorstore as ``TENSORSTORE_GCS_HTTP_URL``.
+    """
+    url = precomputed_url(url)
+    if url.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ["TENSORSTORE_GCS_HTTP_URL"] = os.environ["STORAGE_EMULATOR_HOST"]
+    return url.rstrip("/") + "/"
+
+
+def read_info(url: str, engine: str = TENSORSTORE) -> dict:
+    """The volume's ``info`` JSON. Raises the engine's error when it cannot be read."""
+    if engine == CLOUDVOLUME:
+        return dict(_cloudvolume(url, 0).meta.info)
+    import json
+
+    import tensorstore as ts
+
+    store = ts.KvStore.open(kvstore_url(url)).result()
+    found = store.read("info").result()
+    if found.state != "value":
+        raise FileNotFoundError(f"no info file at {precomputed_url(url).rstrip('/')}/info")
+    return json.loads(bytes(found.value).decode("utf-8"))
+
+
+_CONTEXTS: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+_CONTEXTS_KEPT = 2
+_CONTEXTS_LOCK = threading.Lock()
+_METRICS_LOCK = threading.Lock()
+
+
+def shared_context(cache_bytes: int, run_token: str = ""):
+    """One tensorstore Context per process, run and cache budget, so the threads of a worker
+    share one chunk cache. Only the latest few are kept here (readers hold their own), so a
+    long-lived process does not keep the caches of finished runs."""
+    import tensorstore as ts
+
+    key = (int(cache_bytes), run_token)
+    with _CONTEXTS_LOCK:
+        if key not in _CONTEXTS:
+            _CONTEXTS[key] = ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)}})
+            while len(_CONTEXTS) > _CONTEXTS_KEPT:
+                _CONTEXTS.popitem(last=False)
+        return _CONTEXTS[key]
+
+
+def _storage_metrics() -> Dict[str, int]:
+    """Process-wide tensorstore counters: storage reads, bytes read and cache entries loaded."""
+    import tensorstore as ts
+
+    totals = collections.Counter()
+    for metric in ts.experimental_collect_matching_metrics("/tensorstore/"):
+        name = metric["name"]
+        parts = name.split("/")
+        if name.startswith("/tensorstore/kvstore/") and parts[-1] in ("read", "bytes_read"):
+            key = "storage_reads" if parts[-1] == "read" else "storage_bytes"
+            totals[key] += sum(int(v.get("value", 0)) for v in metric["values"])
+        elif name == "/tensorstore/cache/kvs_cache_read":
+            totals["chunks_loaded"] += sum(int(v["value"]) for v in metric["values"]
+                                           if v.get("category") == "changed")
+    return totals
+
+
+class TensorstoreReader:
+    """Reads of one scale through tensorstore's ``neuroglancer_precomputed`` driver.
+
+    ``cache_bytes`` > 0 shares a decoded-chunk cache of that size with every reader of this
+    process, run and budget, so a chunk read by one crop serves the next without a read or a
+    decode. Volumes do not change during a run: cached chunks are not checked again.
+
+    Unsharded scales are read strictly (an absent chunk raises ChunkMissing). In a sharded scale
+    tensorstore reads the chunks of an absent shard file as zeros even when told not to fill
+    (0.1.86), so there absent chunks are found by ``absent``, which asks the shard index for
+    each chunk, and reads fill them with zeros.
+    """
+
+    engine = TENSORSTORE
+
+    def __init__(self, url: str, mip: int, cache_bytes: int = 0, run_token: str = ""):
+        import tensorstore as ts
+
+        self.url = url
+        self.io = collections.Counter()
+        info = read_info(url, TENSORSTORE)
+        self._spec = spec_from_info(url, info, mip)
+        context = shared_context(cache_bytes, run_token)
+        self._store = ts.open({
+            "driver": "neuroglancer_precomputed", "kvstore": kvstore_url(url),
+            "scale_index": int(mip), "fill_missing_data_reads": self._spec.sharded,
+            "recheck_cached_data": False, "recheck_cached_metadata": False},
+            read=True, context=context).result()
+        self._shards = None
+        if self._spec.sharded:
+            self._shards = ts.KvStore.open({
+                "driver": "neuroglancer_uint64_sharded",
+                "base": kvstore_url(url) + self._spec.key + "/",
+                "metadata": info["scales"][mip]["sharding"]}, context=context).result()
+
+    def absent(self, names: List[str]) -> Optional[Set[str]]:
+        """The chunks among ``names`` that are not in storage, where a read cannot tell (sharded
+        scales); None where ``read_zyx`` raises ChunkMissing itself."""
+        if self._shards is None:
+            return None
+        with _METRICS_LOCK, _Measured(self.io):
+            found = [(n, self._shards.read(chunk_id(self._spec, n).to_bytes(8, "big"),
+                                           byte_range=slice(0, 0))) for n in names]
+            return {n for n, future in found if future.result().state == "missing"}
+
+    def read_zyx(self, box: Box) -> np.ndarray:
+        """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array."""
+        (x0, y0, z0), (x1, y1, z1) = box.start_xyz, box.stop_xyz
+        view = self._store[x0:x1, y0:y1, z0:z1, 0]
+        with _METRICS_LOCK, _Measured(self.io):
+            try:
+                array = view.read().result()
+            except ValueError as e:
+                if str(e).startswith("NOT_FOUND"):
+                    raise ChunkMissing(str(e)) from None
+                raise
+        return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
+
+
+class _Measured:
+    """Adds the growth of tensorstore's storage counters during the block to ``io`` (hold
+    _METRICS_LOCK: the counters are per process)."""
+
+    def __init__(self, io: collections.Counter):
+        self._io = io
+
+    def __enter__(self):
+        self._before = _storage_metrics()
+
+    def __exit__(self, *exc):
+        self._io.update(_storage_metrics() - self._before)
+        return False
+
+
+def _cloudvolume(url: str, mip: int, lru_bytes: int = 0):
+    from cloudvolume import CloudVolume
+
+    return CloudVolume(precomputed_url(url), mip=mip, bounded=True, fill_missing=False,
+                       progress=False, parallel=1, cache=False, lru_bytes=int(lru_bytes),
+                       lru_encoding="raw")
+
+
+class CloudVolumeReader:
+    """Strict reads of one scale through cloud-volume (``--volume-reader cloudvolume``).
+
+    ``cache_bytes`` > 0 keeps that many bytes of decoded chunks in cloud-volume's LRU.
+    """
+
+    engine = CLOUDVOLUME
+
+    def __init__(self, url: str, mip: int, cache_bytes: int = 0, run_token: str = ""):
+        self.url = url
+        self.io = collections.Counter()
+        self._cv = _cloudvolume(url, mip, cache_bytes)
+        self._spec = spec_from_info(url, dict(self._cv.meta.info), mip)
+
+    def absent(self, names: List[str]) -> Optional[Set[str]]:
+        """None: a strict read raises ChunkMissing for an absent chunk, sharded or not."""
+        return None
+
+    def read_zyx(self, box: Box) -> np.ndarray:
+        from cloudvolume import Bbox
+        from cloudvolume.exceptions import EmptyVolumeException
+
+        self._count(box)
+        try:
+            cutout = self._cv.download(Bbox(box.start_xyz, box.stop_xyz), mip=self._cv.mip)
+        except EmptyVolumeException as e:
+            raise ChunkMissing(f"{self.url}: {e}") from None
+        return xyzc_to_zyx(np.asarray(cutout))
+
+    def _count(self, box: Box) -> None:
+        """Add the chunks this read will decode (not in the LRU) to ``io``."""
+        lru = self._cv.image.lru
+        decoded = [n for n in chunk_names(self._spec, box) if lru.size == 0 or n not in lru]
+        voxels = sum(chunk_voxels(n) for n in decoded)
+        self.io.update({"chunks_decoded": len(decoded),
+                        "decoded_bytes": voxels * np.dtype(self._spec.dtype).itemsize})
+
+
+def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE) -> VolumeSpec:
+    """Read a volume's ``info`` and describe scale ``mip``. Raises ValueError for a mip the
+    volume does not have, the engine's error when the info cannot be read."""
+    return spec_from_info(url, read_info(url, engine), mip)
+
+
+def mip_resolutions(url: str, engine: str = TENSORSTORE) -> List[tuple]:
+    """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``."""
+    return [tuple(float(r) for r in scale["resolution"])
+            for scale in read_info(url, engine)["scales"]]
+
+
+def open_reader(url: str, mip: int, engine: str, cache_bytes: int = 0, run_token: str = ""):
+    """A TensorstoreReader or CloudVolumeReader for scale ``mip`` of the volume at ``url``;
+    ``run_token`` names the run whose readers may share a cache (tensorstore)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown volume reader {engine!r} (use {' or '.join(ENGINES)})")
+    cls = TensorstoreReader if engine == TENSORSTORE else CloudVolumeReader
+    return cls(url, mip, cache_bytes, run_token)
