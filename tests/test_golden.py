@@ -1,0 +1,43 @@
+"""Output bytes are a contract: the same inputs and flags give the files recorded in
+``tests/data/golden_output.json`` (sha256 of every dataset file but the manifest, whose ``config``
+grows with new flags). It was made before the restructuring into one package (issue #12), and
+guards every later change that must not alter what existing flags write.
+
+Regenerate only for a change that is meant to alter the bytes: ``python -m tests.test_golden``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+GOLDEN = Path(__file__).parent / "data" / "golden_output.json"
+FLAGS = ["--variants", "3", "--shard-size-mb", "0.03", "--splits", "train=0.6,val=0.4"]
+
+
+def dataset_digests(root: Path) -> dict:
+    """Generate the golden dataset under ``root``; {relative path: sha256} of its files."""
+    from tests.conftest import make_small_data
+    from tests.test_pipeline import run_pipeline
+
+    data = make_small_data(root / "data")
+    out = root / "out"
+    run_pipeline(data.argv(out, *FLAGS))
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def test_output_bytes_equal_the_recorded_checksums(tmp_path):
+    want = json.loads(GOLDEN.read_text())
+    assert dataset_digests(tmp_path) == want["files"]
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        digests = dataset_digests(Path(tmp))
+    GOLDEN.write_text(json.dumps({"flags": FLAGS, "files": digests}, indent=1, sort_keys=True)
+                      + "\n")
+    print(f"wrote {GOLDEN}: {len(digests)} files", file=sys.stderr)
