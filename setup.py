@@ -5,7 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 # Dataflow workers install this package from --setup_file: the runtime dependencies are pinned so
-# workers run exactly what the launcher ran (numpy and protobuf follow Beam's own constraints).
+# workers run exactly what the launcher ran (numpy, protobuf and pyarrow follow Beam's own
+# constraints).
 BEAM_VERSION = "2.77.0"
 
 VERSION = re.search(
@@ -30,6 +31,7 @@ setup(
         "tfrecord==1.14.6",
         "crc32c==2.9.post0",
         "matplotlib>=3.8,<3.12",  # inspect --plots and preview (Agg backend, no display)
+        "pyarrow>=14.0.1,<26",  # Parquet tables; the range apache-beam 2.77 itself requires
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6,<7",

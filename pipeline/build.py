@@ -53,7 +53,7 @@ def build(p: beam.Pipeline, config: Config):
     select = (config.seed, config.num_instances) \
         if config.num_instances is not None and not incremental else None
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
-                                         config.target.bounds, select)
+                                         config.target.bounds, select, config.points)
     instances = table["instances"]  # Instance, unique ids
     vanished = None
     if incremental:

@@ -6,10 +6,10 @@ names the flag or input and says what to do (the CLI prints it and exits with co
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from pipeline.errors import ConfigError
+from pipeline.table_options import describe_table
 from transforms.geometry import nearest_mip, scale_factors
+from transforms.points import TableLayout, to_target_factors
 from transforms.seeds import SeedModel
-from transforms.table import REQUIRED_COLUMNS
 from transforms.readers import ENGINES, TENSORSTORE, describe_volume, mip_resolutions
 from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec
 
@@ -29,10 +31,6 @@ DEFAULT_SPLITS = (("train", 1.0),)
 # an absent chunk of the raw EM is missing data.
 DEFAULT_MISSING_CHUNKS = ("error", "zero")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-class ConfigError(ValueError):
-    """A usage or configuration error: one line for the user, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,12 @@ class Config:
     fetch_memory_mb: int = 1024
     missing_chunks: Tuple[str, str] = DEFAULT_MISSING_CHUNKS  # (source, target): error or zero
     volume_reader: str = TENSORSTORE
+    table_format: str = "csv"
+    points: TableLayout = field(default_factory=TableLayout)  # point columns, units -> voxels
+    center_column: Optional[str] = None  # the column flags as given (None: the default)
+    pre_column: Optional[str] = None
+    post_column: Optional[str] = None
+    coordinate_resolution_nm: Optional[Tuple[float, float, float]] = None  # None: the target's
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -75,6 +79,8 @@ class Config:
         }
         if self.missing_chunks != DEFAULT_MISSING_CHUNKS:  # absent when default: older hashes hold
             generation["missing_chunks"] = dict(zip(("source", "target"), self.missing_chunks))
+        if self.points != TableLayout():  # other columns, no pre/post, or other units
+            generation["table_points"] = self.points.to_manifest()
         return generation
 
     @property
@@ -104,6 +110,21 @@ class Config:
             "fetch_memory_mb": self.fetch_memory_mb,
             "missing_chunks": dict(zip(("source", "target"), self.missing_chunks)),
             "volume_reader": self.volume_reader,
+            "center_column": self.center_column, "pre_column": self.pre_column,
+            "post_column": self.post_column,
+            "coordinate_resolution_nm_xyz": list(self.coordinate_resolution_nm)
+            if self.coordinate_resolution_nm else None,
+        }
+
+    def table_manifest(self) -> dict:
+        """How the table was read: format, point columns (null: absent), units."""
+        return {
+            "format": self.table_format, "points": self.points.to_manifest(),
+            "point_features": list(self.points.point_features()),
+            "coordinate_resolution_nm_xyz": list(
+                self.coordinate_resolution_nm or self.target.resolution_nm),
+            "note": "pre_pt_xyz and post_pt_xyz are features and index keys only when the table "
+                    "has them; points are floor(value * table_nm / target_nm) target voxels",
         }
 
 
@@ -117,7 +138,8 @@ class UsageParser(argparse.ArgumentParser):
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` flags (a contract: users and scripts depend on these names)."""
     parser.add_argument("--materialization", required=True, metavar="TABLE",
-                        help="synapse table: a CSV file or a glob of CSV shards")
+                        help="synapse table: a CSV (.csv, .csv.gz) or Parquet (.parquet) file, "
+                        "or a glob of shards")
     parser.add_argument("--source-url", required=True, metavar="URL", help="raw EM volume")
     parser.add_argument("--target-url", required=True, metavar="URL",
                         help="synapse segmentation volume")
@@ -141,6 +163,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
     parser.add_argument("--id-column", metavar="NAME",
                         help="id column (default: 'id' if present, else the row number)")
+    parser.add_argument("--center-column", metavar="NAME",
+                        help="synapse centre: a column of [x, y, z] lists, or NAME_x/_y/_z "
+                        "columns (default: columns x, y, z)")
+    parser.add_argument("--pre-column", metavar="NAME",
+                        help="presynaptic point, as --center-column (default: pre_pt if the "
+                        "table has it, else none)")
+    parser.add_argument("--post-column", metavar="NAME",
+                        help="postsynaptic point, as --center-column (default: post_pt if the "
+                        "table has it, else none)")
+    parser.add_argument("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="nm per table unit, per axis (default: the target volume's "
+                        "resolution, i.e. target voxels)")
     parser.add_argument("--shard-size-mb", type=float, default=256.0,
                         help="approximate TFRecord shard size (default 256)")
     parser.add_argument("--overwrite", action="store_true",
@@ -190,13 +224,8 @@ def from_args(args: argparse.Namespace) -> Config:
     formats = parse_formats(args.formats)
     missing_chunks = parse_missing_chunks(args.missing_chunks)
     splits = parse_splits(args.splits)
-    shards = match_table(args.materialization)
-    header = read_header(shards[0], "--materialization")
-    for path in shards[1:]:
-        if read_header(path, "--materialization") != header:
-            raise ConfigError(f"--materialization: {path} has different columns than {shards[0]}; "
-                              "all shards must share one header")
-    id_column = resolve_id_column(args.id_column, header, shards[0])
+    table = describe_table(args.materialization, args.id_column, args.center_column,
+                           args.pre_column, args.post_column)
     engine = args.volume_reader
     target = _describe("--target-url", to_url(args.target_url), 0, engine)
     source_mip = args.source_mip
@@ -216,8 +245,12 @@ def from_args(args: argparse.Namespace) -> Config:
     if any(c > s for c, s in zip(crop, target.size_xyz)):
         raise ConfigError(f"--crop-size {' '.join(map(str, crop))} is larger than the target "
                           f"volume {list(target.size_xyz)}; choose a smaller crop")
+    table_nm = tuple(args.coordinate_resolution) if args.coordinate_resolution else None
+    points = dataclasses.replace(table.layout, to_target_xyz=to_target_factors(
+        table_nm or target.resolution_nm, target.resolution_nm))
     config = Config(
-        materialization=args.materialization, table_shards=tuple(shards), id_column=id_column,
+        materialization=args.materialization, table_shards=table.shards,
+        id_column=table.id_column,
         source=source, target=target, scale_xyz=scale, output_dir=to_output_dir(args.output_dir),
         num_instances=args.num_instances, variants=args.variants,
         seed_model=SeedModel(max_seed_slices=args.max_seed_slices), crop_size_xyz=crop,
@@ -225,7 +258,9 @@ def from_args(args: argparse.Namespace) -> Config:
         shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
         fetch_strategy=args.fetch_strategy, fetch_memory_mb=args.fetch_memory_mb,
         block_size_xyz=tuple(args.block_size) if args.block_size else None,
-        missing_chunks=missing_chunks, volume_reader=engine)
+        missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format, points=points,
+        center_column=args.center_column, pre_column=args.pre_column,
+        post_column=args.post_column, coordinate_resolution_nm=table_nm)
     check_writable(config.output_dir)
     if args.incremental:
         return _with_incremental_plan(config)
@@ -234,8 +269,6 @@ def from_args(args: argparse.Namespace) -> Config:
 
 
 def _with_incremental_plan(config: Config) -> Config:
-    import dataclasses
-
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.incremental import plan
@@ -265,6 +298,10 @@ def _check_numbers(args) -> None:
     if args.block_size is not None:
         checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),
                        "positive"))
+    if args.coordinate_resolution is not None:
+        checks.append(("--coordinate-resolution", args.coordinate_resolution,
+                       all(math.isfinite(r) and r > 0 for r in args.coordinate_resolution),
+                       "positive nm per table unit"))
     if args.num_instances is not None:
         checks.append(("--num-instances", args.num_instances, args.num_instances >= 1,
                        "at least 1 (leave it out for all)"))
@@ -317,46 +354,6 @@ def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
         raise ConfigError(f"--splits {text!r}: fractions sum to {sum(f for _, f in splits):g}, "
                           "not 1")
     return tuple(splits)
-
-
-def match_table(pattern: str) -> List[str]:
-    """Sorted paths of the table's shards (a file or a glob)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # Beam raises BeamIOError for unreadable locations
-        raise ConfigError(f"--materialization {pattern}: cannot list it ({e})") from None
-    paths = sorted(m.path for m in matched if not m.path.endswith("/"))
-    if not paths:
-        raise ConfigError(f"--materialization {pattern}: no such file; give a CSV file or a "
-                          "glob of CSV shards")
-    return paths
-
-
-def read_header(path: str, flag: str) -> List[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        with FileSystems.open(path) as raw:
-            line = io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()
-    except Exception as e:
-        raise ConfigError(f"{flag} {path}: cannot read it ({type(e).__name__}: {e})") from None
-    header = next(csv.reader([line]), [])
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ConfigError(f"{flag} {path}: missing columns {','.join(missing)} "
-                          f"(found: {','.join(header) or 'nothing'})")
-    return header
-
-
-def resolve_id_column(requested: Optional[str], header: List[str], path: str) -> Optional[str]:
-    if requested is None:
-        return "id" if "id" in header else None
-    if requested not in header:
-        raise ConfigError(f"--id-column {requested}: no such column in {path} "
-                          f"(found: {','.join(header)})")
-    return requested
 
 
 def to_url(location: str) -> str:

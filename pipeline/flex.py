@@ -1,9 +1,10 @@
 """Flex Template support: template parameters <-> our flags, and the launch request body.
 
 A Flex Template parameter is a name matching ``[a-z_]+`` with one string value, passed by the
-launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size`` and
-``block_size`` are one string ``"X Y Z"``. ``metadata.json`` (repository root) declares them
-with validation regexes; a test keeps it in step with the ``run`` flags.
+launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size``,
+``block_size`` and ``coordinate_resolution`` are one string ``"X Y Z"``. ``metadata.json``
+(repository root) declares them with validation regexes; a test keeps it in step with the
+``run`` flags.
 
 Entry points:
   python pipeline/flex.py [template args...]   what the template launcher runs (Dockerfile)
@@ -22,7 +23,8 @@ from pipeline.config import ConfigError, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
-XYZ_PARAMETERS = {"crop_size", "block_size"}  # three integers: template parameter "X Y Z"
+# three numbers: template parameter "X Y Z"
+XYZ_PARAMETERS = {"crop_size", "block_size", "coordinate_resolution"}
 
 
 def template_parameters() -> List[str]:

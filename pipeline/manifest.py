@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import GENERATOR_NAME, __version__
 from pipeline.config import Config
 from pipeline.incremental import LATEST, merge_files
-from transforms.examples import FEATURES
+from transforms.examples import features
 from transforms.files import delete_tree, join, write_atomic
 from transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
 
@@ -25,9 +25,11 @@ MANIFEST = "manifest.json"
 
 
 def feature_spec(config: Config) -> List[dict]:
-    """FEATURES with the array shape filled in."""
+    """The features records carry (pre/post points only when the table has them), with the
+    array shape filled in."""
     shape = list(config.source_shape_zyx)
-    return [{**f, "shape": shape if f["shape"] == "shape" else f["shape"]} for f in FEATURES]
+    return [{**f, "shape": shape if f["shape"] == "shape" else f["shape"]}
+            for f in features(config.points.point_features())]
 
 
 def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter: dict,
@@ -67,6 +69,7 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
                    "resolution_nm_zyx": [res[2], res[1], res[0]],
                    "note": "all arrays are on the source grid at source_mip"},
         "features": feature_spec(config),
+        "table": config.table_manifest(),
         "seed_model": config.seed_model.to_manifest(),
         "counts": counts,
         "splits": splits,

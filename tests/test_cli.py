@@ -86,12 +86,13 @@ def test_a_read_only_output_dir_is_refused(small_data, tmp_path, capsys):
     assert not (locked / "out").exists()
 
 
-def test_missing_columns_are_listed_with_the_columns_found(tmp_path, capsys, small_data):
+def test_missing_centre_columns_are_named_with_the_columns_found(tmp_path, capsys, small_data):
     table = tmp_path / "t.csv"
-    table.write_text("id,x,y,z,score\n1,2,3,4,5\n")
+    table.write_text("id,x,y,ctr_pt_position,score\n1,2,3,4,5\n")
     argv = small_data.argv(tmp_path / "out")
     argv[argv.index("--materialization") + 1] = str(table)
-    _fails(capsys, ["run"] + argv, "missing columns pre_pt_x,", "found: id,x,y,z,score")
+    _fails(capsys, ["run"] + argv, "no centre columns x/y/z", "--center-column NAME",
+           "found: id,x,y,ctr_pt_position,score")
 
 
 def test_non_integer_scale_is_rejected(tmp_path, capsys, small_data):

@@ -269,3 +269,28 @@ def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
     assert gcs.objects("views", "previews")["p.png"] == local.read_bytes()
     ids = [int(line.split()[1]) for line in picked.splitlines() if line.startswith("id ")]
     assert len(ids) == 3 and set(ids) <= set(GOOD_IDS)
+
+
+def test_parquet_and_gzip_csv_tables_read_from_gs_as_from_local_files(gcs, tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.table_formats import iter_rows, read_schema
+
+    bucket = gcs.create_bucket("tables")
+    local = {"t.parquet": tmp_path / "t.parquet", "t.csv.gz": tmp_path / "t.csv.gz"}
+    pq.write_table(pa.table({"id": pa.array(range(50), pa.int64()),
+                             "ctr_pt_position": [[i, 2 * i, None if i == 7 else 3] for i in
+                                                 range(50)]}),
+                   local["t.parquet"], row_group_size=8)
+    with gzip.open(local["t.csv.gz"], "wt") as f:
+        f.write("id,x,y,z\n" + "".join(f"{i},{i},{i}.5,\n" for i in range(50)))
+    for name, path in local.items():
+        remote = f"{bucket}/{name}"
+        with FileSystems.create(remote, compression_type="uncompressed") as out:  # as stored
+            out.write(path.read_bytes())
+        assert read_schema(remote) == read_schema(str(path))
+        assert list(iter_rows(remote)) == list(iter_rows(str(path)))
+    assert len(list(iter_rows(f"{bucket}/t.parquet"))) == 50

@@ -222,6 +222,22 @@ def test_template_parameters_become_run_flags():
          "--output_dir=o"]))[0].incremental
 
 
+def test_table_parameters_round_trip_with_decimal_resolutions():
+    from pipeline.flex import flags_to_parameters, parameters_to_flags
+
+    params = flags_to_parameters(list(REQUIRED) + [
+        "--center-column", "ctr_pt_position", "--pre-column", "pre_pt_position",
+        "--coordinate-resolution", "4", "4.5", "33"])
+    assert params["coordinate_resolution"] == "4.0 4.5 33.0"
+    declared = _metadata()
+    for name, value in params.items():
+        assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
+    args, _ = run_parser().parse_known_args(parameters_to_flags(
+        [f"--{name}={value}" for name, value in params.items()]))
+    assert args.coordinate_resolution == [4.0, 4.5, 33.0]
+    assert args.center_column == "ctr_pt_position" and args.post_column is None
+
+
 def test_template_entry_point_runs_the_pipeline(small_data, tmp_path):
     """What the Flex Template launcher runs (FLEX_TEMPLATE_PYTHON_PY_FILE), on the DirectRunner."""
     out = tmp_path / "out"

@@ -49,3 +49,19 @@ def test_number_parsing():
     assert parse_coordinate({"x": "46.7"}, "x") == 46
     assert parse_coordinate({"x": "-0.5"}, "x") == -1
     assert parse_id("12.0") == 12 and parse_id("-3") == -3
+
+
+def test_a_layout_without_pre_and_post_gives_instances_without_them():
+    from transforms.points import PointColumns, TableLayout, to_target_factors
+
+    layout = TableLayout(center=PointColumns(("ctr_pt_position",)), pre=None, post=None,
+                         to_target_xyz=to_target_factors((4, 4, 33), (8, 8, 33)))
+    row = {"id": "17", "ctr_pt_position": "[241 461 15]"}
+    inst = parse_row(row, RowRef(0, 0), "id", None, BOUNDS, layout)
+    assert inst.center_xyz == (120, 230, 15)
+    assert inst.pre_pt_xyz is None and inst.post_pt_xyz is None
+    assert dict(inst.row) == row
+    with pytest.raises(BadValue) as err:
+        parse_row({"id": "17", "ctr_pt_position": "[199 461 15]"}, RowRef(0, 0), "id", None,
+                  BOUNDS, layout)
+    assert err.value.reason == "outside_volume" and "[99, 230, 15]" in str(err.value)

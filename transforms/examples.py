@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 
 from transforms.records import Subvolume
 
 # Contract keys first; the rest describe where the crop came from.
+OPTIONAL_POINT_FEATURES = ("pre_pt_xyz", "post_pt_xyz")  # only when the table has these points
 FEATURES: List[dict] = [
     {"name": "source", "kind": "bytes", "dtype": "uint8", "shape": "shape", "axes": "zyx",
      "description": "raw EM crop at the source resolution, padded with pad_value"},
@@ -65,8 +66,15 @@ def example_pb2():
             del sys.modules["torch"]
 
 
+def features(point_features: Sequence[str] = OPTIONAL_POINT_FEATURES) -> List[dict]:
+    """FEATURES without the optional points the table lacks (``point_features``: those it has)."""
+    return [f for f in FEATURES
+            if f["name"] not in OPTIONAL_POINT_FEATURES or f["name"] in point_features]
+
+
 def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> bytes:
-    """Serialized tf.train.Example for one variant of one instance."""
+    """Serialized tf.train.Example for one variant of one instance (keys sorted, so the order
+    of the ``put`` calls does not change the bytes)."""
     inst = subvolume.instance
     example = example_pb2().Example()
     feature = example.features.feature
@@ -85,8 +93,9 @@ def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> 
     put_ints("instance_id", [inst.instance_id])
     put_ints("variant", [variant])
     put_ints("center_xyz", inst.center_xyz)
-    put_ints("pre_pt_xyz", inst.pre_pt_xyz)
-    put_ints("post_pt_xyz", inst.post_pt_xyz)
+    for name in OPTIONAL_POINT_FEATURES:
+        if getattr(inst, name) is not None:
+            put_ints(name, getattr(inst, name))
     put_ints("target_box_xyz", subvolume.target_box.start_xyz + subvolume.target_box.stop_xyz)
     put_ints("source_box_xyz", subvolume.source_box.start_xyz + subvolume.source_box.stop_xyz)
     put_ints("source_padding_xyz", [v for pair in subvolume.source_padding_xyz for v in pair])

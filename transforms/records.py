@@ -32,12 +32,13 @@ class RowRef:
 
 @dataclass(frozen=True)
 class Instance:
-    """One synapse to cut. Coordinates are absolute target-volume voxels, x, y, z."""
+    """One synapse to cut. Coordinates are absolute target-volume voxels, x, y, z; pre and post
+    points are None when the table has none."""
 
     instance_id: int
     center_xyz: XYZ
-    pre_pt_xyz: XYZ
-    post_pt_xyz: XYZ
+    pre_pt_xyz: Optional[XYZ]
+    post_pt_xyz: Optional[XYZ]
     ref: RowRef
     row: Tuple[Tuple[str, str], ...] = ()
     split: str = ""

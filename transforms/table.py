@@ -1,104 +1,80 @@
-"""ReadTable: CSV shards -> Instance records (and dead letters for rows that cannot be used)."""
+"""ReadTable: table shards (CSV, gzip CSV, Parquet) -> Instance records and dead letters."""
 from __future__ import annotations
 
-import csv
-import io
-import math
 from typing import Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
 from transforms.geometry import Box
+from transforms.points import (
+    BadValue, TableLayout, number_from_text, parse_number, parse_point, to_voxel,
+)
 from transforms.select import SmallestDistinct, selection_key
 from transforms.records import (
     DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
     DeadLetter, Instance, RowRef,
 )
+from transforms.table_formats import iter_rows
 
-CENTER_COLUMNS = ("x", "y", "z")
-PRE_COLUMNS = ("pre_pt_x", "pre_pt_y", "pre_pt_z")
-POST_COLUMNS = ("post_pt_x", "post_pt_y", "post_pt_z")
-REQUIRED_COLUMNS = CENTER_COLUMNS + PRE_COLUMNS + POST_COLUMNS
 DEAD = "dead_letter"
 TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID)
+DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
 
 
-class BadValue(ValueError):
-    def __init__(self, reason: str, details: str):
-        super().__init__(details)
-        self.reason = reason
-
-
 def parse_coordinate(row: dict, column: str) -> int:
-    """Voxel coordinate from a CSV cell: ``46``, ``46.0`` and ``46.7`` (floored) are accepted."""
-    text = (row.get(column) or "").strip()
-    if text == "" or text.lower() in ("nan", "na", "null", "none"):
-        raise BadValue(MISSING_COORDINATE, f"column {column!r} is empty ({text!r})")
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadValue(NOT_A_NUMBER, f"column {column!r} is not a number: {text!r}") from None
-    if not math.isfinite(value) or abs(value) > 2**53:
-        raise BadValue(NOT_A_NUMBER, f"column {column!r} is not a finite coordinate: {text!r}")
-    return int(math.floor(value))
+    """Voxel coordinate from a cell: ``46``, ``46.0`` and ``46.7`` (floored) are accepted."""
+    return to_voxel(parse_number(row.get(column), f"column {column!r}"), 1)
 
 
 def parse_id(text: Optional[str]) -> int:
-    """Instance id from a CSV cell: an integer in the int64 range (``12.0`` accepted)."""
+    """Instance id from a cell: an integer in the int64 range (``12.0`` accepted)."""
     text = (text or "").strip()
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            as_float = float(text)
-        except ValueError:
-            raise BadValue(INVALID_ID, f"id {text!r} is not an integer") from None
-        if not as_float.is_integer() or abs(as_float) > 2**53:
-            raise BadValue(INVALID_ID, f"id {text!r} is not an integer") from None
-        value = int(as_float)
+    value = number_from_text(text)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)
+    if not isinstance(value, int):
+        raise BadValue(INVALID_ID, f"id {text!r} is not an integer")
     if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
         raise BadValue(INVALID_ID, f"id {text!r} is outside the int64 range")
     return value
 
 
 def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Optional[int],
-              target_bounds: Box) -> Instance:
-    """One CSV row -> Instance; raises BadValue with a dead-letter reason."""
+              target_bounds: Box, layout: TableLayout = DEFAULT_LAYOUT) -> Instance:
+    """One row ({column: text}) -> Instance; raises BadValue with a dead-letter reason."""
     instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
-    coords = [tuple(parse_coordinate(row, c) for c in cols)
-              for cols in (CENTER_COLUMNS, PRE_COLUMNS, POST_COLUMNS)]
-    if not target_bounds.contains(coords[0]):
-        raise BadValue(OUTSIDE_VOLUME, f"center {list(coords[0])} is outside the target volume "
+    center, pre, post = (parse_point(row, point, layout.to_target_xyz) if point else None
+                         for point in (layout.center, layout.pre, layout.post))
+    if not target_bounds.contains(center):
+        raise BadValue(OUTSIDE_VOLUME, f"center {list(center)} is outside the target volume "
                        f"[{list(target_bounds.start_xyz)}, {list(target_bounds.stop_xyz)})")
-    return Instance(instance_id, coords[0], coords[1], coords[2], ref, tuple(sorted(row.items())))
+    return Instance(instance_id, center, pre, post, ref, tuple(sorted(row.items())))
 
 
-class ReadCsvShardFn(beam.DoFn):
-    """(shard number, path) -> (RowRef, row dict), streaming the file through Beam's FileSystems."""
+class ReadShardFn(beam.DoFn):
+    """(shard number, path) -> (RowRef, {column: text}), streaming the shard (any format)."""
 
     def process(self, element: Tuple[int, str]) -> Iterable[Tuple[RowRef, dict]]:
-        from apache_beam.io.filesystems import FileSystems
-
         shard, path = element
-        with FileSystems.open(path) as raw:
-            reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-            for row_index, row in enumerate(reader):
-                yield RowRef(shard, row_index), {k: v for k, v in row.items() if k is not None}
+        for row_index, row in enumerate(iter_rows(path)):
+            yield RowRef(shard, row_index), row
 
 
 class ParseRowFn(beam.DoFn):
     """(RowRef, row) -> Instance, or a DeadLetter on the ``dead_letter`` output."""
 
-    def __init__(self, id_column: Optional[str], target_bounds: Box):
+    def __init__(self, id_column: Optional[str], target_bounds: Box, layout: TableLayout):
         self._id_column = id_column
         self._bounds = target_bounds
+        self._layout = layout
 
     def process(self, element, shard_offsets=None):
         ref, row = element
         row_number = None if self._id_column else shard_offsets[ref.shard] + ref.row
         try:
-            yield parse_row(row, ref, self._id_column, row_number, self._bounds)
+            yield parse_row(row, ref, self._id_column, row_number, self._bounds,
+                            self._layout)
         except BadValue as bad:
             instance_id = row_number
             if self._id_column:
@@ -142,17 +118,18 @@ class ReadTable(beam.PTransform):
     """
 
     def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box,
-                 select: Optional[Tuple[int, int]] = None):
+                 select: Optional[Tuple[int, int]] = None, layout: TableLayout = DEFAULT_LAYOUT):
         super().__init__()
         self._paths = list(shard_paths)
         self._id_column = id_column
         self._bounds = target_bounds
         self._select = select
+        self._layout = layout
 
     def _read(self, pbegin, label: str = ""):
         return (pbegin
                 | f"ListShards{label}" >> beam.Create(list(enumerate(self._paths)))
-                | f"ReadCsvShards{label}" >> beam.ParDo(ReadCsvShardFn()))  # (RowRef, row dict)
+                | f"ReadShards{label}" >> beam.ParDo(ReadShardFn()))  # (RowRef, {column: text})
 
     def expand(self, pbegin):
         rows = self._read(pbegin)
@@ -164,8 +141,8 @@ class ReadTable(beam.PTransform):
             side["shard_offsets"] = beam.pvalue.AsSingleton(
                 counts | "ToDict" >> beam.combiners.ToDict()
                 | "Offsets" >> beam.Map(_offsets, n))
-        parsed = rows | "ParseRows" >> beam.ParDo(
-            ParseRowFn(self._id_column, self._bounds), **side).with_outputs(DEAD, main="ok")
+        parse = ParseRowFn(self._id_column, self._bounds, self._layout)
+        parsed = rows | "ParseRows" >> beam.ParDo(parse, **side).with_outputs(DEAD, main="ok")
         candidates = parsed.ok
         if self._select:
             seed, n = self._select
@@ -174,8 +151,7 @@ class ReadTable(beam.PTransform):
                       | "SmallestKeys" >> beam.CombineGlobally(SmallestDistinct(n))
                       | "PickedIds" >> beam.Map(lambda keys: frozenset(k[1] for k in keys)))
             candidates = (self._read(pbegin, "Again")
-                          | "ParseRowsAgain" >> beam.ParDo(
-                              ParseRowFn(self._id_column, self._bounds), **side)
+                          | "ParseRowsAgain" >> beam.ParDo(parse, **side)
                           .with_outputs(DEAD, main="ok")).ok
             candidates = (candidates
                           | "KeepPicked" >> beam.Filter(lambda i, ids: i.instance_id in ids,

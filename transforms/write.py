@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
 
-from transforms.examples import encode_example
+from transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
 from transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
 from transforms.progress import ProgressCounter
 from transforms.records import Subvolume, WrittenInstance
@@ -67,10 +67,11 @@ def foreground_slices(target_zyx) -> List[int]:
 def index_entry(subvolume: Subvolume) -> dict:
     """The per-instance index record (small, JSON-ready)."""
     inst = subvolume.instance
+    points = {name: list(getattr(inst, name)) for name in OPTIONAL_POINT_FEATURES
+              if getattr(inst, name) is not None}  # absent when the table has no such points
     return {
         "instance_id": inst.instance_id, "split": inst.split, "shard": inst.shard,
-        "center_xyz": list(inst.center_xyz), "pre_pt_xyz": list(inst.pre_pt_xyz),
-        "post_pt_xyz": list(inst.post_pt_xyz),
+        "center_xyz": list(inst.center_xyz), **points,
         "target_box_xyz": subvolume.target_box.to_list(),
         "source_box_xyz": subvolume.source_box.to_list(),
         "target_padding_xyz": [list(p) for p in subvolume.target_padding_xyz],

@@ -1,0 +1,144 @@
+"""--materialization and the column flags -> the table's shards, format, id column and points.
+
+Only headers and Parquet footers are read. Every problem is a ConfigError naming the flag, what
+was looked for and what was found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from pipeline.errors import ConfigError
+from transforms.points import (
+    CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
+    find_point,
+)
+from transforms.table_formats import FORMAT_NAMES, ShardSchema, TableFormatError, read_schema
+
+TABLE_FLAG = "--materialization"
+_SHOWN_COLUMNS = 40
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The table as the run reads it: sorted shards, their one format, id column and points
+    (``layout.to_target_xyz`` is left at 1 until the target's resolution is known)."""
+
+    shards: Tuple[str, ...]
+    format: str
+    id_column: Optional[str]
+    layout: TableLayout
+
+
+def describe_table(pattern: str, id_column: Optional[str], center_column: Optional[str],
+                   pre_column: Optional[str], post_column: Optional[str]) -> TableSpec:
+    """Shards, format and columns of the table; raises ConfigError."""
+    shards = match_table(pattern)
+    schema = _schema(shards[0])
+    for path in shards[1:]:
+        _check_same_shape(schema, _schema(path), path, shards[0])
+    first = shards[0]
+    layout = TableLayout(
+        center=_center(center_column, schema, first),
+        pre=_optional_point("--pre-column", pre_column, PRE_PREFIX, schema, first),
+        post=_optional_point("--post-column", post_column, POST_PREFIX, schema, first))
+    return TableSpec(tuple(shards), schema.format,
+                     resolve_id_column(id_column, schema.columns, first), layout)
+
+
+def match_table(pattern: str) -> List[str]:
+    """Sorted paths of the table's shards (a file or a glob)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # Beam raises BeamIOError for unreadable locations
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
+    paths = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if not paths:
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a CSV (.csv, .csv.gz) "
+                          "or Parquet (.parquet) file, or a glob of shards")
+    return paths
+
+
+def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \
+        -> Optional[str]:
+    if requested is None:
+        return "id" if "id" in columns else None
+    if requested not in columns:
+        raise ConfigError(f"--id-column {requested}: no such column in {path} "
+                          f"(found: {found(columns)})")
+    return requested
+
+
+def found(columns: Sequence[str]) -> str:
+    """Column names for a one-line message (long headers are cut)."""
+    shown = ",".join(columns[:_SHOWN_COLUMNS]) or "nothing"
+    more = len(columns) - _SHOWN_COLUMNS
+    return shown + (f",... ({more} more)" if more > 0 else "")
+
+
+def _schema(path: str) -> ShardSchema:
+    try:
+        return read_schema(path)
+    except TableFormatError as e:
+        raise ConfigError(f"{TABLE_FLAG} {e}") from None
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{TABLE_FLAG} {path}: cannot read it ({type(e).__name__}: {first})") \
+            from None
+
+
+def _check_same_shape(first: ShardSchema, other: ShardSchema, path: str, first_path: str):
+    if other.format != first.format:
+        raise ConfigError(f"{TABLE_FLAG}: shards mix formats ({first_path} is "
+                          f"{FORMAT_NAMES[first.format]}, {path} is "
+                          f"{FORMAT_NAMES[other.format]}); give shards of one format")
+    if set(other.columns) != set(first.columns):
+        lacks = [c for c in first.columns if c not in other.columns]
+        extra = [c for c in other.columns if c not in first.columns]
+        raise ConfigError(f"{TABLE_FLAG}: {path} has different columns than {first_path} "
+                          f"(lacks: {found(lacks) if lacks else 'nothing'}; extra: "
+                          f"{found(extra) if extra else 'nothing'}); all shards must share "
+                          "one header")
+
+
+def _center(flag_value: Optional[str], schema: ShardSchema, path: str) -> PointColumns:
+    if flag_value is None:
+        if all(c in schema.columns for c in CENTER_COLUMNS.columns):
+            return CENTER_COLUMNS
+        raise ConfigError(f"{TABLE_FLAG} {path}: no centre columns {CENTER_COLUMNS.describe()} "
+                          f"(found: {found(schema.columns)}); name the centre with "
+                          "--center-column NAME (a column of [x, y, z] lists, or NAME_x/_y/_z)")
+    point = _find("--center-column", flag_value, schema, path)
+    if point is None:
+        raise ConfigError(_absent("--center-column", flag_value, schema, path))
+    return point
+
+
+def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: ShardSchema,
+                    path: str) -> Optional[PointColumns]:
+    """The point's columns; None when the default ones are absent (a given NAME must exist)."""
+    point = _find(flag, flag_value or default, schema, path, given=flag_value is not None)
+    if point is None and flag_value is not None:
+        raise ConfigError(_absent(flag, flag_value, schema, path))
+    return point
+
+
+def _find(flag: str, name: str, schema: ShardSchema, path: str, given: bool = True) \
+        -> Optional[PointColumns]:
+    where = f"{flag} {name}: {path}" if given else f"{TABLE_FLAG} {path}:"
+    try:
+        point = find_point(name, schema.columns)
+    except ValueError as e:
+        raise ConfigError(f"{where} {e}; a point needs all three") from None
+    if point is not None and point.is_list and not schema.holds_lists(name):
+        raise ConfigError(f"{where} has column {name} of type {schema.types[name]}, not "
+                          "[x, y, z] lists")
+    return point
+
+
+def _absent(flag: str, name: str, schema: ShardSchema, path: str) -> str:
+    single, split = candidate_columns(name)
+    return (f"{flag} {name}: {path} has no column {single[0]} or {split[0]}/_y/_z "
+            f"(found: {found(schema.columns)})")

@@ -1,0 +1,92 @@
+"""Point columns and cell rules, without Beam: list cells, prefixes, units -> voxels."""
+from fractions import Fraction
+
+import pytest
+
+from transforms.points import (
+    BadValue, PointColumns, TableLayout, find_point, parse_point, to_target_factors, to_voxel,
+)
+
+CTR = PointColumns(("ctr_pt_position",))
+CTR_XYZ = PointColumns(("ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"))
+
+
+@pytest.mark.parametrize("text", ["[120, 220, 14]", "[120 220 14]", " [ 120 , 220 , 14 ] ",
+                                  "[120.  220.  14.]", "[1.2e+02 2.2e+02\n 1.4e+01]",
+                                  "[120.9, 220.5, 14.0]"])
+def test_list_cells_in_csv_and_numpy_text(text):
+    assert parse_point({"ctr_pt_position": text}, CTR) == (120, 220, 14)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "missing_coordinate"),
+    ("nan", "missing_coordinate"),
+    ("[120, null, 14]", "missing_coordinate"),     # a Parquet list with a null element
+    ("[120, NaN, 14]", "missing_coordinate"),      # ... with a NaN element
+    ("[120, , 14]", "missing_coordinate"),
+    ("[120 nan 14]", "missing_coordinate"),
+    ("[120, 220]", "missing_coordinate"),
+    ("[]", "missing_coordinate"),
+    ("[120, 220, 14, 1]", "not_a_number"),
+    ("[120, abc, 14]", "not_a_number"),
+    ("[120, inf, 14]", "not_a_number"),
+    ("120", "not_a_number"),
+    ("{'x': 1}", "not_a_number"),
+])
+def test_bad_list_cells_name_their_reason(text, reason):
+    with pytest.raises(BadValue) as err:
+        parse_point({"ctr_pt_position": text}, CTR)
+    assert err.value.reason == reason
+    assert "ctr_pt_position" in str(err.value)
+
+
+def test_prefix_columns_and_the_cell_rules_of_today():
+    row = {"ctr_pt_position_x": "46.0", "ctr_pt_position_y": "46.7", "ctr_pt_position_z": " 3 "}
+    assert parse_point(row, CTR_XYZ) == (46, 46, 3)
+    with pytest.raises(BadValue) as err:
+        parse_point({**row, "ctr_pt_position_y": "nan"}, CTR_XYZ)
+    assert err.value.reason == "missing_coordinate"
+    assert "ctr_pt_position_y" in str(err.value)
+
+
+def test_a_column_named_exactly_wins_over_the_prefix():
+    both = ["id", "ctr_pt_position", "ctr_pt_position_x", "ctr_pt_position_y",
+            "ctr_pt_position_z"]
+    assert find_point("ctr_pt_position", both) == CTR
+    assert find_point("ctr_pt_position", both[:1] + both[2:]) == CTR_XYZ
+    assert find_point("pre_pt", ["id", "x", "y", "z"]) is None
+    with pytest.raises(ValueError, match="has ctr_pt_position_x, ctr_pt_position_y but not "
+                                         "ctr_pt_position_z"):
+        find_point("ctr_pt_position", both[2:4])
+
+
+def test_the_default_layout_is_todays_columns():
+    layout = TableLayout()
+    assert layout.center.columns == ("x", "y", "z")
+    assert layout.pre.columns == ("pre_pt_x", "pre_pt_y", "pre_pt_z")
+    assert layout.post.columns == ("post_pt_x", "post_pt_y", "post_pt_z")
+    assert layout.point_features() == ("center_xyz", "pre_pt_xyz", "post_pt_xyz")
+    assert TableLayout(pre=None, post=None).point_features() == ("center_xyz",)
+
+
+def test_units_become_target_voxels_with_floor():
+    half = to_target_factors((4, 4, 33), (8.0, 8.0, 33.0))   # source voxels of H01
+    assert half == (Fraction(1, 2), Fraction(1, 2), Fraction(1))
+    assert parse_point({"p": "[241, 441, 14]"}, PointColumns(("p",)), half) == (120, 220, 14)
+    assert parse_point({"p": "[240, 440.0, 14.9]"}, PointColumns(("p",)), half) == (120, 220, 14)
+    nm = to_target_factors((1, 1, 1), (8, 8, 33))
+    assert parse_point({"p": "[967.9, 1760, 494]"}, PointColumns(("p",)), nm) == (120, 220, 14)
+    assert to_voxel(-1, Fraction(1, 2)) == -1 and to_voxel(-0.5, Fraction(1)) == -1
+    assert to_target_factors((4.5, 0.1, 40), (9, 0.3, 40)) == (
+        Fraction(1, 2), Fraction(1, 3), Fraction(1))
+    # 3 units of 0.1 nm on a 0.3 nm grid is exactly voxel 1 (no 0.999... from binary floats)
+    assert to_voxel(3, Fraction(1, 3)) == 1 and to_voxel(3.0, Fraction(1, 3)) == 1
+
+
+def test_integers_stay_exact():
+    big = 2**53 - 1
+    assert to_voxel(big, Fraction(1)) == big
+    assert parse_point({"p": f"[{big}, 1, 2]"}, PointColumns(("p",))) == (big, 1, 2)
+    with pytest.raises(BadValue) as err:
+        parse_point({"p": f"[{2**53 + 1}, 1, 2]"}, PointColumns(("p",)))
+    assert err.value.reason == "not_a_number"

@@ -1,0 +1,106 @@
+"""Reading CSV, gzip CSV and Parquet shards (real files, no Beam pipeline)."""
+import gzip
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from transforms.points import BadValue, PointColumns, parse_point, to_target_factors
+from transforms.table import parse_id
+from transforms.table_formats import (
+    TableFormatError, cell_text, iter_rows, read_schema, table_format,
+)
+
+
+@pytest.mark.parametrize("name, fmt", [
+    ("a.parquet", "parquet"), ("gs://b/t/part-0.PQ", "parquet"), ("a.csv.gz", "csv.gz"),
+    ("export_000.gz", "csv.gz"), ("a.csv", "csv"), ("synapses.tsv", "csv"), ("table", "csv"),
+])
+def test_the_file_name_says_the_format(name, fmt):
+    assert table_format(name) == fmt
+
+
+def test_csv_and_gzip_csv_read_the_same_rows(tmp_path):
+    text = "id,ctr_pt_position,score\n11,\"[120, 220, 14]\",0.9\n12,[125 220 14],\n"
+    (tmp_path / "t.csv").write_text(text)
+    with gzip.open(tmp_path / "t.csv.gz", "wt", newline="") as f:
+        f.write(text)
+    rows = list(iter_rows(str(tmp_path / "t.csv")))
+    assert rows == list(iter_rows(str(tmp_path / "t.csv.gz")))
+    assert rows == [{"id": "11", "ctr_pt_position": "[120, 220, 14]", "score": "0.9"},
+                    {"id": "12", "ctr_pt_position": "[125 220 14]", "score": ""}]
+    schema = read_schema(str(tmp_path / "t.csv.gz"))
+    assert schema.format == "csv.gz" and schema.columns == ("id", "ctr_pt_position", "score")
+
+
+def _cave_table():
+    return pa.table({
+        "id": pa.array([864691135000000001, 12, 13, 14, 15], pa.int64()),
+        "ctr_pt_position": pa.array(
+            [[960, 1760, 462], None, [967.5, None, 462.0], [960.0, math.nan, 462.0], [1, 2, 3]],
+            pa.list_(pa.float64())),
+        "size": pa.array([10, None, 30, 40, 50], pa.int64()),
+        "score": pa.array([0.5, math.nan, None, 2.0, 46.7]),
+        "valid": [True, False, True, True, True],
+    })
+
+
+def test_parquet_rows_become_the_text_a_csv_export_holds(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(_cave_table(), path, row_group_size=2)
+    assert pq.ParquetFile(path).num_row_groups == 3
+    schema = read_schema(str(path))
+    assert schema.format == "parquet" and schema.types["id"] == "int64"
+    assert schema.holds_lists("ctr_pt_position") and not schema.holds_lists("size")
+    rows = list(iter_rows(str(path)))
+    assert [r["id"] for r in rows] == ["864691135000000001", "12", "13", "14", "15"]
+    assert rows[0] == {"id": "864691135000000001", "ctr_pt_position": "[960.0, 1760.0, 462.0]",
+                       "size": "10", "score": "0.5", "valid": "true"}
+    assert rows[1]["ctr_pt_position"] == "" and rows[1]["size"] == ""
+    assert rows[1]["score"] == "nan" and rows[2]["score"] == ""
+    assert parse_id(rows[0]["id"]) == 864691135000000001       # int64 ids stay exact
+    nm = to_target_factors((1, 1, 1), (8, 8, 33))
+    ctr = PointColumns(("ctr_pt_position",))
+    assert parse_point(rows[0], ctr, nm) == (120, 220, 14)
+    for row in rows[1:4]:       # null list, null element, NaN element
+        with pytest.raises(BadValue) as err:
+            parse_point(row, ctr, nm)
+        assert err.value.reason == "missing_coordinate"
+
+
+def test_parquet_numbers_follow_the_csv_cell_rules(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": pa.array([46.0, 46.7, math.nan, None]),
+                             "y": pa.array([46, 47, 48, 49], pa.int64()),
+                             "z": pa.array([1, 2, 3, 4], pa.int32())}), path)
+    xyz = PointColumns(("x", "y", "z"))
+    rows = list(iter_rows(str(path)))
+    assert parse_point(rows[0], xyz) == (46, 46, 1)
+    assert parse_point(rows[1], xyz) == (46, 47, 2)
+    for row in rows[2:]:
+        with pytest.raises(BadValue) as err:
+            parse_point(row, xyz)
+        assert err.value.reason == "missing_coordinate"
+
+
+def test_cell_text_of_parquet_values():
+    assert cell_text(None) == "" and cell_text(7) == "7" and cell_text(2.5) == "2.5"
+    assert cell_text([1, None, 2.5]) == "[1, null, 2.5]" and cell_text(False) == "false"
+    assert cell_text({"a": 1}) == '{"a": 1}' and cell_text("text") == "text"
+
+
+def test_content_that_is_not_what_the_name_says_is_an_unknown_format(tmp_path):
+    with gzip.open(tmp_path / "gzip.csv", "wt") as f:
+        f.write("id,x,y,z\n1,2,3,4\n")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "parquet.csv")
+    (tmp_path / "binary.csv").write_bytes(b"\x00\x01\xff\xfe junk")
+    (tmp_path / "plain.gz").write_text("id,x,y,z\n")
+    (tmp_path / "text.parquet").write_text("id,x,y,z\n")
+    for name, says in [("gzip.csv", "content is gzip; name such files .csv.gz or .gz"),
+                       ("parquet.csv", "content is Parquet; name such files .parquet or .pq"),
+                       ("binary.csv", "unknown format: not CSV text"),
+                       ("plain.gz", "not gzip data"),
+                       ("text.parquet", "not a Parquet file")]:
+        with pytest.raises(TableFormatError, match=says):
+            read_schema(str(tmp_path / name))

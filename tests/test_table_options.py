@@ -1,0 +1,110 @@
+"""Table problems found from headers and footers: one line, exit code 2, nothing written."""
+from __future__ import annotations
+
+import gzip
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import assert_usage_error
+
+
+def _csv(path, text):
+    path.write_text(text)
+
+
+def _parquet(path, columns):
+    pq.write_table(pa.table(columns), path)
+
+
+def _gzip_bytes_named_csv(path):
+    with gzip.open(path, "wt") as f:
+        f.write("id,x,y,z\n1,2,3,4\n")
+
+
+# (files to write, --materialization relative to tmp_path, extra flags, fragments of the line)
+CASES = {
+    "centre flag absent": (
+        {}, None, ["--center-column", "ctr_pt_position"],
+        ["--center-column ctr_pt_position:", "has no column ctr_pt_position or "
+         "ctr_pt_position_x/_y/_z", "(found: id,x,y,z,pre_pt_x,"]),
+    "pre flag absent": (
+        {}, None, ["--pre-column", "pre_pt_position"],
+        ["--pre-column pre_pt_position:", "no column pre_pt_position or pre_pt_position_x/_y/_z"]),
+    "post flag absent": (
+        {}, None, ["--post-column", "post"], ["--post-column post:", "no column post or post_x"]),
+    "centre columns partly there": (
+        {"t.csv": "id,ctr_pt_position_x,ctr_pt_position_y\n1,2,3\n"}, "t.csv",
+        ["--center-column", "ctr_pt_position"],
+        ["--center-column ctr_pt_position:", "has ctr_pt_position_x, ctr_pt_position_y but not "
+         "ctr_pt_position_z; a point needs all three"]),
+    "default pre partly there": (
+        {"t.csv": "x,y,z,pre_pt_x\n1,2,3,4\n"}, "t.csv", [],
+        ["--materialization", "has pre_pt_x but not pre_pt_y, pre_pt_z"]),
+    "a scalar column is no list": (
+        {"t.parquet": {"ctr_pt_position": pa.array([1, 2], pa.int64())}}, "t.parquet",
+        ["--center-column", "ctr_pt_position"],
+        ["--center-column ctr_pt_position:", "has column ctr_pt_position of type int64, not "
+         "[x, y, z] lists"]),
+    "shards with other columns": (
+        {"t/a.csv": "id,x,y,z,score\n1,2,3,4,5\n", "t/b.csv": "id,x,y,z,size\n1,2,3,4,5\n"},
+        "t/*.csv", [],
+        ["has different columns than", "a.csv (lacks: score; extra: size)"]),
+    "shards of two formats": (
+        {"t/a.csv": "x,y,z\n1,2,3\n", "t/b.parquet": {"x": [1], "y": [2], "z": [3]}}, "t/*", [],
+        ["shards mix formats", "a.csv is CSV", "b.parquet is Parquet"]),
+    "not Parquet inside": (
+        {"t.parquet": "x,y,z\n1,2,3\n"}, "t.parquet", [],
+        ["--materialization", "not a Parquet file"]),
+    "not gzip inside": (
+        {"t.csv.gz": "x,y,z\n1,2,3\n"}, "t.csv.gz", [], ["--materialization", "not gzip data"]),
+    "gzip named csv": (
+        {"t.csv": _gzip_bytes_named_csv}, "t.csv", [],
+        ["--materialization", "unknown format", "content is gzip", ".csv.gz"]),
+    "zero resolution": (
+        {}, None, ["--coordinate-resolution", "0", "4", "33"],
+        ["--coordinate-resolution 0.0 4.0 33.0: must be positive nm per table unit"]),
+    "nan resolution": (
+        {}, None, ["--coordinate-resolution", "4", "nan", "33"],
+        ["--coordinate-resolution 4.0 nan"]),
+    "word resolution": (
+        {}, None, ["--coordinate-resolution", "4", "four", "33"],
+        ["--coordinate-resolution", "invalid float value: 'four'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_table_problems_stop_the_run_before_any_work(small_data, tmp_path, capsys, case):
+    files, table, extra, fragments = CASES[case]
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+        elif isinstance(content, dict):
+            _parquet(path, content)
+        else:
+            _csv(path, content)
+    argv = small_data.argv(tmp_path / "out", *extra)
+    if table:
+        argv[argv.index("--materialization") + 1] = str(tmp_path / table)
+    assert_usage_error(capsys, ["run"] + argv, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_table_without_pre_and_post_needs_no_flag(small_data, tmp_path):
+    from pipeline.config import parse
+
+    table = tmp_path / "t.parquet"
+    _parquet(table, {"id": pa.array([1], pa.int64()),
+                     "ctr_pt_position": pa.array([[960, 1760, 462]], pa.list_(pa.int64()))})
+    argv = small_data.argv(tmp_path / "out", "--center-column", "ctr_pt_position",
+                           "--coordinate-resolution", "1", "1", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    config, _ = parse(argv)
+    assert config.table_format == "parquet" and config.id_column == "id"
+    assert config.points.center.columns == ("ctr_pt_position",)
+    assert config.points.pre is None and config.points.post is None
+    assert [str(f) for f in config.points.to_target_xyz] == ["1/8", "1/8", "1/33"]
+    assert config.generation()["table_points"]["pre_pt_xyz"] is None

@@ -1,0 +1,166 @@
+"""Table points -> target-volume voxels: which columns hold a point, and the cell rules.
+
+A point is one column of [x, y, z] lists (Parquet lists; in CSV text such as ``[120, 220, 14]``
+or numpy's ``[120 220 14]``) or three columns ``NAME_x, NAME_y, NAME_z``. A value in table units
+becomes the target voxel ``floor(value * table_nm / target_nm)`` per axis; integers stay exact.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional, Sequence, Tuple, Union
+
+from transforms.geometry import XYZ
+from transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
+
+AXES = ("x", "y", "z")
+MISSING_TEXT = ("", "nan", "na", "null", "none")
+_MAX_EXACT = 2**53
+_SPLIT = re.compile(r"\s+")
+
+
+class BadValue(ValueError):
+    """A cell that cannot be used; ``reason`` is the dead-letter reason."""
+
+    def __init__(self, reason: str, details: str):
+        super().__init__(details)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PointColumns:
+    """Where a point is: ``(list_column,)`` or ``(x_column, y_column, z_column)``."""
+
+    columns: Tuple[str, ...]
+
+    @property
+    def is_list(self) -> bool:
+        return len(self.columns) == 1
+
+    def describe(self) -> str:
+        return self.columns[0] if self.is_list else "/".join(self.columns)
+
+
+CENTER_COLUMNS = PointColumns(AXES)
+PRE_PREFIX, POST_PREFIX = "pre_pt", "post_pt"
+UNIT_SCALE = (Fraction(1),) * 3
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """The table's point columns (pre and post may be absent) and table units -> target voxels.
+
+    ``to_target_xyz`` is ``table_nm / target_nm`` per axis, as exact fractions.
+    """
+
+    center: PointColumns = CENTER_COLUMNS
+    pre: Optional[PointColumns] = PointColumns(tuple(f"{PRE_PREFIX}_{a}" for a in AXES))
+    post: Optional[PointColumns] = PointColumns(tuple(f"{POST_PREFIX}_{a}" for a in AXES))
+    to_target_xyz: Tuple[Fraction, Fraction, Fraction] = UNIT_SCALE
+
+    def point_features(self) -> Tuple[str, ...]:
+        """The point features records carry: ``center_xyz`` and those of pre/post present."""
+        present = {"pre_pt_xyz": self.pre, "post_pt_xyz": self.post}
+        return ("center_xyz",) + tuple(name for name, point in present.items() if point)
+
+    def to_manifest(self) -> dict:
+        def cols(point):
+            return list(point.columns) if point else None
+
+        return {"center_xyz": cols(self.center), "pre_pt_xyz": cols(self.pre),
+                "post_pt_xyz": cols(self.post),
+                "to_target_voxels_xyz": [str(f) for f in self.to_target_xyz]}
+
+
+def candidate_columns(name: str) -> Tuple[Tuple[str], Tuple[str, str, str]]:
+    """The two places a point NAME may be: one list column, or ``NAME_x/_y/_z``."""
+    return (name,), tuple(f"{name}_{a}" for a in AXES)
+
+
+def find_point(name: str, columns: Sequence[str]) -> Optional[PointColumns]:
+    """A column named exactly ``name`` (lists), else ``name_x/_y/_z``; None when neither is there.
+
+    Raises ValueError when only some of ``name_x/_y/_z`` exist.
+    """
+    single, split = candidate_columns(name)
+    if name in columns:
+        return PointColumns(single)
+    present = [c for c in split if c in columns]
+    if len(present) == 3:
+        return PointColumns(split)
+    if present:
+        missing = [c for c in split if c not in columns]
+        raise ValueError(f"has {', '.join(present)} but not {', '.join(missing)}")
+    return None
+
+
+def to_target_factors(table_nm: Sequence[float], target_nm: Sequence[float]) \
+        -> Tuple[Fraction, ...]:
+    """Exact ``table_nm / target_nm`` per axis (decimals as written, e.g. 4.5 -> 9/2)."""
+    return tuple(Fraction(repr(float(t))) / Fraction(repr(float(g)))
+                 for t, g in zip(table_nm, target_nm))
+
+
+def number_from_text(text: str) -> Union[int, float, None]:
+    """``int`` when the text is an integer (exact at any size), else ``float``; None if neither."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_number(text: Optional[str], what: str) -> Union[int, float]:
+    """A coordinate from a cell: integers exactly, others as floats; raises BadValue."""
+    text = (text or "").strip()
+    if text.lower() in MISSING_TEXT:
+        raise BadValue(MISSING_COORDINATE, f"{what} is empty ({text!r})")
+    value = number_from_text(text)
+    if value is None:
+        raise BadValue(NOT_A_NUMBER, f"{what} is not a number: {text!r}")
+    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _MAX_EXACT:
+        raise BadValue(NOT_A_NUMBER, f"{what} is not a finite coordinate: {text!r}")
+    return value
+
+
+def to_voxel(value: Union[int, float], factor: Fraction) -> int:
+    """``floor(value * factor)``: exact for integers, and for integral floats."""
+    if isinstance(value, int):
+        return value * factor.numerator // factor.denominator
+    return int(math.floor(value * factor.numerator / factor.denominator))
+
+
+def split_list_text(text: Optional[str], what: str) -> Tuple[str, ...]:
+    """``[x, y, z]`` or ``[x y z]`` text -> its item texts (any number of them)."""
+    text = (text or "").strip()
+    if text.lower() in MISSING_TEXT:
+        raise BadValue(MISSING_COORDINATE, f"{what} is empty ({text!r})")
+    if not (text.startswith("[") and text.endswith("]")):
+        raise BadValue(NOT_A_NUMBER, f"{what} is not an [x, y, z] list: {text!r}")
+    inner = text[1:-1].strip()
+    if not inner:
+        return ()
+    if "," in inner:
+        return tuple(item.strip() for item in inner.split(","))
+    return tuple(_SPLIT.split(inner))
+
+
+def parse_point(row: dict, point: PointColumns, to_target_xyz=UNIT_SCALE) -> XYZ:
+    """A point from a row, in target voxels; raises BadValue with a dead-letter reason."""
+    if point.is_list:
+        column = point.columns[0]
+        items = split_list_text(row.get(column), f"column {column!r}")
+        if len(items) != 3:
+            reason = MISSING_COORDINATE if len(items) < 3 else NOT_A_NUMBER
+            raise BadValue(reason, f"column {column!r} holds {len(items)} values, not [x, y, z]: "
+                           f"{row.get(column)!r}")
+        cells = [(text, f"column {column!r} {axis}") for text, axis in zip(items, AXES)]
+    else:
+        cells = [(row.get(c), f"column {c!r}") for c in point.columns]
+    return tuple(to_voxel(parse_number(text, what), factor)
+                 for (text, what), factor in zip(cells, to_target_xyz))

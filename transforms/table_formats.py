@@ -1,0 +1,140 @@
+"""Table files as labs export them: CSV, gzip CSV and Parquet, streamed row by row.
+
+Every reader goes through Beam's FileSystems (local paths and ``gs://`` alike) and keeps memory
+flat in the table's size: CSV is read line by line, Parquet one record batch at a time (column
+chunks through a small buffer, so not even a large row group is held whole). Rows come
+out as ``{column: text}`` whatever the format, so one set of cell rules serves all of them:
+Parquet values become the text a CSV export would hold (``None`` -> ``""``, floats as ``repr``,
+lists as JSON-ish ``[960, 1760.5, null]``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional, Tuple
+
+CSV, CSV_GZ, PARQUET = "csv", "csv.gz", "parquet"
+FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
+PARQUET_BATCH_ROWS = 4096
+PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
+_MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip"}
+_LIST_TYPES = ("list<", "large_list<", "fixed_size_list<", "string", "large_string")
+
+
+class TableFormatError(ValueError):
+    """A shard that cannot be read as the format its name says (one line for the user)."""
+
+
+def table_format(path: str) -> str:
+    """The format a file name says: ``.parquet``/``.pq``, ``.csv.gz``/``.gz``, else CSV."""
+    name = path.lower()
+    if name.endswith((".parquet", ".pq")):
+        return PARQUET
+    if name.endswith(".gz"):
+        return CSV_GZ
+    return CSV
+
+
+@dataclass(frozen=True)
+class ShardSchema:
+    """A shard's format and column names; for Parquet also each column's Arrow type."""
+
+    format: str
+    columns: Tuple[str, ...]
+    types: Optional[Dict[str, str]] = None
+
+    def holds_lists(self, column: str) -> bool:
+        """Whether ``column`` can hold [x, y, z] points (always true for CSV text)."""
+        return self.types is None or self.types[column].startswith(_LIST_TYPES)
+
+
+def read_schema(path: str) -> ShardSchema:
+    """Format and columns of one shard, reading only its header or footer."""
+    fmt = table_format(path)
+    if fmt == PARQUET:
+        with _open_binary(path) as raw:
+            schema = _parquet_file(raw, path).schema_arrow
+        return ShardSchema(fmt, tuple(schema.names), {f.name: str(f.type) for f in schema})
+    with _open_binary(path) as raw:
+        stream = _decompressed(raw) if fmt == CSV_GZ else raw
+        first = _first_line(stream, path, fmt)
+    return ShardSchema(fmt, tuple(next(csv.reader([first]), [])))
+
+
+def iter_rows(path: str) -> Iterator[Dict[str, str]]:
+    """The shard's data rows in file order, as ``{column: text}``."""
+    fmt = table_format(path)
+    with _open_binary(path) as raw:
+        if fmt == PARQUET:
+            batches = _parquet_file(raw, path).iter_batches(batch_size=PARQUET_BATCH_ROWS,
+                                                            use_threads=False)
+            for batch in batches:
+                for row in batch.to_pylist():
+                    yield {name: cell_text(value) for name, value in row.items()}
+            return
+        stream = _decompressed(raw) if fmt == CSV_GZ else raw
+        for row in csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8", newline="")):
+            yield {k: v for k, v in row.items() if k is not None}
+
+
+def cell_text(value) -> str:
+    """A Parquet value as CSV-like text (lists and structs as JSON-ish text)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict, bool)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _open_binary(path: str):
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    # CSV keeps Beam's AUTO (as before: e.g. a .bz2 shard is decompressed); gzip and Parquet
+    # are opened as stored and decoded here.
+    compression = CompressionTypes.AUTO if table_format(path) == CSV \
+        else CompressionTypes.UNCOMPRESSED
+    return FileSystems.open(path, compression_type=compression)
+
+
+def _decompressed(raw):
+    import gzip
+
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _parquet_file(raw, path: str):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:  # buffered, not pre-buffered: memory follows the batch, not the row group
+        return pq.ParquetFile(raw, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
+    except pyarrow.ArrowException as e:
+        raise TableFormatError(f"{path}: not a Parquet file ({e})") from None
+
+
+def _first_line(stream, path: str, fmt: str) -> str:
+    """The header line; binary content under a CSV name is an unknown format, not a header."""
+    try:
+        line = stream.readline(1 << 20)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise TableFormatError(f"{path}: not gzip data ({e}); a .gz shard must be "
+                               "gzip-compressed CSV") from None
+    looks_like = next((kind for magic, kind in _MAGIC.items() if line.startswith(magic)), None)
+    if looks_like:
+        want = ".parquet or .pq" if looks_like == "Parquet" else ".csv.gz or .gz"
+        content = "content" if fmt == CSV else "decompressed content"
+        raise TableFormatError(f"{path}: unknown format: the file name says {FORMAT_NAMES[fmt]} "
+                               f"but the {content} is {looks_like}; name such files {want}")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise TableFormatError(f"{path}: unknown format: not {FORMAT_NAMES[fmt]} text; give CSV "
+                               "(.csv, .csv.gz, .gz) or Parquet (.parquet, .pq)")
+    return text
