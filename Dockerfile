@@ -9,6 +9,7 @@ COPY --from=launcher /opt/google/dataflow/python_template_launcher \
      /opt/google/dataflow/python_template_launcher
 WORKDIR /template
 COPY setup.py README.md metadata.json ./
+COPY synanno_datagen ./synanno_datagen
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-cache-dir .

@@ -68,7 +68,7 @@ check_job_name() {
 run_job() {
   local job_name="${JOB_NAME:-synanno-datagen-$(date -u +%Y%m%d-%H%M%S)}"
   check_job_name "$job_name"
-  local cmd=("${PYTHON:-python3}" -m pipeline.cli run "$@"
+  local cmd=("${PYTHON:-python3}" -m synanno_datagen run "$@"
     --runner DataflowRunner
     --project "$PROJECT"
     --region "$REGION"
@@ -98,7 +98,7 @@ schedule() {
   local job_name="${JOB_NAME:-synanno-datagen-nightly}" scheduler_job="${SCHEDULER_JOB:-synanno-datagen-nightly}"
   check_job_name "$job_name"
   local body
-  body="$("${PYTHON:-python3}" -m pipeline.flex body --template-path "$template_path" \
+  body="$("${PYTHON:-python3}" -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
     --job-name "$job_name" --temp-location "$root/synanno-datagen/temp" \
     --staging-location "$root/synanno-datagen/staging" --service-account "$SERVICE_ACCOUNT" \
     --max-workers "${MAX_WORKERS:-}" --machine-type "${MACHINE_TYPE:-}" \

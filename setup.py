@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 # Dataflow workers install this package from --setup_file: the runtime dependencies are pinned so
 # workers run exactly what the launcher ran (numpy, protobuf and pyarrow follow Beam's own
@@ -10,8 +10,8 @@ from setuptools import find_packages, setup
 BEAM_VERSION = "2.77.0"
 
 VERSION = re.search(
-    r'__version__ = "([^"]+)"', (Path(__file__).parent / "pipeline" / "__init__.py").read_text()
-).group(1)
+    r'__version__ = "([^"]+)"',
+    (Path(__file__).parent / "synanno_datagen" / "__init__.py").read_text()).group(1)
 
 setup(
     name="synanno-datagen",
@@ -20,7 +20,13 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["tests*", "benchmarks*"]),
+    # One import package: the repository's pipeline/ and transforms/ folders are installed as
+    # synanno_datagen.pipeline and synanno_datagen.transforms, so a user's own pipeline.py or
+    # transforms/ never shadows them.
+    packages=["synanno_datagen", "synanno_datagen.reading", "synanno_datagen.pipeline",
+              "synanno_datagen.transforms"],
+    package_dir={"synanno_datagen.pipeline": "pipeline",
+                 "synanno_datagen.transforms": "transforms"},
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
         "tensorstore==0.1.86",     # the default volume reader (and the demo's writer)
@@ -40,5 +46,5 @@ setup(
         "torch": ["torch>=2.1,<3"],
         "tf": ["tensorflow>=2.15,<3"],
     },
-    entry_points={"console_scripts": ["synanno-datagen=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["synanno-datagen=synanno_datagen.cli:main"]},
 )

@@ -39,7 +39,7 @@ CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
 
 def run_strategy(strategy, table, data, out, variants, extra=()):
     """One pipeline run in a child process: (seconds, CPU seconds, peak RSS in MB, manifest)."""
-    argv = [sys.executable, "-m", "pipeline.cli", "run", "--materialization", str(table),
+    argv = [sys.executable, "-m", "synanno_datagen", "run", "--materialization", str(table),
             "--source-url", data.source_url, "--target-url", data.target_url,
             "--output-dir", str(out), "--crop-size", *CROP, "--variants", str(variants),
             "--formats", "tfrecord", "--fetch-strategy", strategy, *extra]
@@ -56,13 +56,13 @@ def run_strategy(strategy, table, data, out, variants, extra=()):
 def make_data(cache):
     """The dense volumes, made (or reused) in a child process: a forked child inherits its
     parent's peak RSS, so this process stays small for the runs' RSS figures to be theirs."""
-    code = ("import json, sys; from pipeline.demo_data import make_demo_data; "
+    code = ("import json, sys; from synanno_datagen.pipeline.demo_data import make_demo_data; "
             f"d = make_demo_data({str(cache)!r}, size_xyz={DENSE_SIZE_XYZ}, "
             f"source_chunk_xyz={CHUNK_XYZ}, target_chunk_xyz={CHUNK_XYZ}); "
             "import dataclasses; print(json.dumps(dataclasses.asdict(d)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
-    from pipeline.demo_data import DemoData
+    from synanno_datagen.pipeline.demo_data import DemoData
 
     return DemoData(**json.loads(out))
 
@@ -108,14 +108,14 @@ def stage_split(data, rows, variants, n=150):
     import numpy as np
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
-    from pipeline.config import parse
-    from pipeline.build import fetch_config
-    from transforms.clean import keep_center_component
-    from transforms.examples import encode_example
-    from transforms.fetch import fetch_subvolume
-    from transforms.records import Instance, RowRef
-    from transforms.seeds import seed_mask, variant_seed_slices
-    from transforms.volumes import open_volume
+    from synanno_datagen.pipeline.config import parse
+    from synanno_datagen.pipeline.build import fetch_config
+    from synanno_datagen.transforms.clean import keep_center_component
+    from synanno_datagen.transforms.examples import encode_example
+    from synanno_datagen.transforms.fetch import fetch_subvolume
+    from synanno_datagen.transforms.records import Instance, RowRef
+    from synanno_datagen.transforms.seeds import seed_mask, variant_seed_slices
+    from synanno_datagen.transforms.volumes import open_volume
 
     tmp = Path(tempfile.mkdtemp())
     config, _ = parse(["--materialization", str(data.table_path), "--source-url",

@@ -1,4 +1,3 @@
-"""Assembling and running the synanno-datagen pipeline: config, build, CLI, manifest."""
-
-__version__ = "0.1.0"
-GENERATOR_NAME = "synanno-datagen"
+"""The generator's driver: options, validation, storage probes, the incremental plan, build (the
+assembly), the manifest, the Flex Template entry and the demo data. Beam stages live in
+synanno_datagen.transforms."""

@@ -7,19 +7,19 @@ from typing import List
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
-from pipeline.config import Config
-from pipeline.incremental import KeepNewInstances, previous_index_paths
-from pipeline.manifest import WriteManifestFn
-from transforms.clean import CleanTargets
-from transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
-from transforms.progress import CountDeadLettersFn, CountFn
-from transforms.records import (
+from synanno_datagen.pipeline.config import Config
+from synanno_datagen.pipeline.incremental import KeepNewInstances, previous_index_paths
+from synanno_datagen.pipeline.manifest import WriteManifestFn
+from synanno_datagen.transforms.clean import CleanTargets
+from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
+from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
+from synanno_datagen.transforms.records import (
     FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Subvolume, exception_text,
 )
-from transforms.select import AssignShards, SelectInstances
-from transforms.table import DEAD, TABLE_REASONS, ReadTable
-from transforms.variants import MakeVariants
-from transforms.write import FinalizeShards, WriteDeadLetterFn, WriteExamples
+from synanno_datagen.transforms.select import AssignShards, SelectInstances
+from synanno_datagen.transforms.table import DEAD, TABLE_REASONS, ReadTable
+from synanno_datagen.transforms.variants import MakeVariants
+from synanno_datagen.transforms.write import FinalizeShards, WriteDeadLetterFn, WriteExamples
 
 
 def failure_to_dead_letters(failure, reason: str, stage: str) -> List[DeadLetter]:

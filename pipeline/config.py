@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from pipeline.errors import ConfigError
-from pipeline.table_options import describe_table
-from transforms.geometry import nearest_mip, scale_factors
-from transforms.points import TableLayout, to_target_factors
-from transforms.seeds import SeedModel
-from transforms.readers import ENGINES, TENSORSTORE, describe_volume, mip_resolutions
-from transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.pipeline.table_options import describe_table
+from synanno_datagen.transforms.geometry import nearest_mip, scale_factors
+from synanno_datagen.transforms.points import TableLayout, to_target_factors
+from synanno_datagen.transforms.seeds import SeedModel
+from synanno_datagen.transforms.readers import ENGINES, TENSORSTORE, describe_volume, mip_resolutions
+from synanno_datagen.transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec
 
 FORMATS = ("tfrecord", "npy")
 DEFAULT_SPLITS = (("train", 1.0),)
@@ -271,7 +271,7 @@ def from_args(args: argparse.Namespace) -> Config:
 def _with_incremental_plan(config: Config) -> Config:
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.incremental import plan
+    from synanno_datagen.pipeline.incremental import plan
 
     root = config.output_dir
     try:
@@ -436,7 +436,7 @@ def check_writable(output_dir: str) -> None:
             raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
                               "you can write")
         return
-    from transforms.files import delete_tree, write_bytes
+    from synanno_datagen.transforms.files import delete_tree, write_bytes
 
     probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
     try:

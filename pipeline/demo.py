@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import List, Sequence, Tuple
 
-from pipeline.demo_data import default_cache_dir, make_demo_data
+from synanno_datagen.pipeline.demo_data import default_cache_dir, make_demo_data
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def demo_argv(output_dir: str, cache_dir: str = None) -> List[str]:
 
 
 def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:
-    from pipeline.cli import run
+    from synanno_datagen.cli import run
 
     log.info("making or reusing the demo data in %s", default_cache_dir())
     return run(demo_argv(output_dir) + list(beam_args))
@@ -36,10 +36,10 @@ def views_dir(output_dir: str) -> str:
 
 def write_demo_views(output_dir: str) -> Tuple[str, List[str]]:
     """Write VIEWS/preview.png and VIEWS/plots/*.png for the dataset; return their paths."""
-    from pipeline.inspection import inspect_dataset
-    from pipeline.plots import write_plots
-    from pipeline.preview import run_preview
-    from transforms.files import join
+    from synanno_datagen.reading.inspection import inspect_dataset
+    from synanno_datagen.reading.plots import write_plots
+    from synanno_datagen.reading.preview import run_preview
+    from synanno_datagen.transforms.files import join
 
     views = views_dir(output_dir)
     preview = join(views, "preview.png")

@@ -135,7 +135,7 @@ def _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, lay
                        sharded) -> None:
     import tensorstore as ts
 
-    from transforms.readers import kvstore_url
+    from synanno_datagen.transforms.readers import kvstore_url
 
     dtype = str(arrays[0][0].dtype)
     for mip, (array_xyz, offset_xyz) in enumerate(arrays):

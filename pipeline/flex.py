@@ -8,7 +8,7 @@ launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; `
 
 Entry points:
   python pipeline/flex.py [template args...]   what the template launcher runs (Dockerfile)
-  python -m pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
+  python -m synanno_datagen.pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
       prints the JSON body of a flexTemplates:launch request for FLAGS (used by
       ``launch_dataflow.sh schedule``)
 """
@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-from pipeline.config import ConfigError, run_parser
+from synanno_datagen.pipeline.config import ConfigError, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
@@ -88,7 +88,7 @@ ENVIRONMENT_FLAGS = {  # body flag -> Flex Template RuntimeEnvironment field
 
 
 def body_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.flex body")
+    parser = argparse.ArgumentParser(prog="python -m synanno_datagen.pipeline.flex body")
     parser.add_argument("--template-path", required=True)
     parser.add_argument("--job-name", required=True)
     for flag in ENVIRONMENT_FLAGS:
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["body"]:
         return body_main(argv[1:])
-    from pipeline.cli import main as cli_main
+    from synanno_datagen.cli import main as cli_main
 
     return cli_main(["run"] + parameters_to_flags(argv))
 

@@ -13,12 +13,12 @@ from typing import Dict, List
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import GENERATOR_NAME, __version__
-from pipeline.config import Config
-from pipeline.incremental import LATEST, merge_files
-from transforms.examples import features
-from transforms.files import delete_tree, join, write_atomic
-from transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
+from synanno_datagen import GENERATOR_NAME, __version__
+from synanno_datagen.pipeline.config import Config
+from synanno_datagen.pipeline.incremental import LATEST, merge_files
+from synanno_datagen.transforms.examples import features
+from synanno_datagen.transforms.files import delete_tree, join, write_atomic
+from synanno_datagen.transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -47,7 +47,7 @@ class ProgressPrinter:
         self._tally: Optional[Callable[[], dict]] = None
 
     def __enter__(self):
-        from transforms.progress import reset_tally, tally  # imports Beam: only when running
+        from synanno_datagen.transforms.progress import reset_tally, tally  # imports Beam: only when running
 
         reset_tally()
         self._tally = tally

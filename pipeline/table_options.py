@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from pipeline.errors import ConfigError
-from transforms.points import (
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.transforms.points import (
     CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
     find_point,
 )
-from transforms.table_formats import FORMAT_NAMES, ShardSchema, TableFormatError, read_schema
+from synanno_datagen.transforms.table_formats import FORMAT_NAMES, ShardSchema, TableFormatError, read_schema
 
 TABLE_FLAG = "--materialization"
 _SHOWN_COLUMNS = 40

@@ -9,7 +9,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from pipeline.demo_data import write_precomputed
+from synanno_datagen.pipeline.demo_data import write_precomputed
 
 TARGET_OFFSET = (100, 200, 10)
 TARGET_SIZE = (48, 40, 10)
@@ -135,7 +135,7 @@ def views_dataset(tmp_path_factory) -> Path:
 
 def assert_usage_error(capsys, argv: List[str], *fragments: str) -> None:
     """The CLI refuses ``argv`` with exit code 2 and one stderr line holding every fragment."""
-    from pipeline.cli import main
+    from synanno_datagen.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

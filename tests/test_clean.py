@@ -1,6 +1,6 @@
 import numpy as np
 
-from transforms.clean import keep_center_component
+from synanno_datagen.transforms.clean import keep_center_component
 
 
 def test_center_component_kept_as_uint8_ones():

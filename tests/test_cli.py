@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.demo_data import write_precomputed
+from synanno_datagen.cli import main
+from synanno_datagen.pipeline.demo_data import write_precomputed
 
 
 def _fails(capsys, argv, *fragments):

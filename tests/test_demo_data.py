@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from cloudvolume import CloudVolume
 
-from pipeline.cli import main
-from pipeline.demo_data import (N_SYNAPSES, TARGET_OFFSET_XYZ, TARGET_SIZE_XYZ,
+from synanno_datagen.cli import main
+from synanno_datagen.pipeline.demo_data import (N_SYNAPSES, TARGET_OFFSET_XYZ, TARGET_SIZE_XYZ,
                                 default_cache_dir, make_demo_data, write_precomputed)
 
 SMALL_XYZ = (192, 192, 24)
@@ -216,8 +216,8 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
                                                      "npy", "tfrecord"]
     from PIL import Image
 
-    from pipeline.demo import DEMO_PREVIEW
-    from pipeline.preview import GAP_PX, HEADER_PX, STRIP_PX
+    from synanno_datagen.pipeline.demo import DEMO_PREVIEW
+    from synanno_datagen.reading.preview import GAP_PX, HEADER_PX, STRIP_PX
 
     with Image.open(views / "preview.png") as image:   # 6 rows of 80 px tiles
         assert image.size[1] == HEADER_PX + DEMO_PREVIEW["n"] * (STRIP_PX + 80 + GAP_PX)

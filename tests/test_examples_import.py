@@ -5,7 +5,7 @@ import sys
 CODE = """
 import sys
 import numpy as np
-from transforms.examples import example_pb2
+from synanno_datagen.transforms.examples import example_pb2
 example = example_pb2().Example()
 example.features.feature["x"].int64_list.value.append(3)
 assert example.SerializeToString()

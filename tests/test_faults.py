@@ -127,7 +127,7 @@ def test_transient_faults_are_retried_and_a_404_is_dead_lettered(clean_run):
 
 
 def _cli(*argv):
-    return [sys.executable, "-m", "pipeline.cli", "run", *argv]
+    return [sys.executable, "-m", "synanno_datagen", "run", *argv]
 
 
 def _dataset_files(out: Path):

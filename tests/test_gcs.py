@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.cli import main
-from pipeline.demo_data import write_precomputed
+from synanno_datagen.cli import main
+from synanno_datagen.pipeline.demo_data import write_precomputed
 from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, make_small_data
 
 
@@ -86,7 +86,7 @@ def test_gs_run_equals_local_run_byte_for_byte(gcs, tmp_path):
 def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, tmp_path):
     """H01's layout on a bucket: sharded JPEG raw and sharded labels with absent empty chunks,
     written by tensorstore through the emulator, read anonymously by either engine."""
-    from pipeline.demo_data import write_precomputed as write
+    from synanno_datagen.pipeline.demo_data import write_precomputed as write
 
     bucket = gcs.create_bucket("sharded")
     data = make_small_data(tmp_path / "data", "jpeg", "sharded")
@@ -161,8 +161,8 @@ def test_incremental_runs_add_only_new_instances(gcs, tmp_path):
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.build import build
-    from pipeline.config import parse
+    from synanno_datagen.pipeline.build import build
+    from synanno_datagen.pipeline.config import parse
 
     bucket = gcs.create_bucket("incremental")
     data = make_small_data(tmp_path / "data")
@@ -277,7 +277,7 @@ def test_parquet_and_gzip_csv_tables_read_from_gs_as_from_local_files(gcs, tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms.table_formats import iter_rows, read_schema
+    from synanno_datagen.transforms.table_formats import iter_rows, read_schema
 
     bucket = gcs.create_bucket("tables")
     local = {"t.parquet": tmp_path / "t.parquet", "t.csv.gz": tmp_path / "t.csv.gz"}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from transforms.geometry import (
+from synanno_datagen.transforms.geometry import (
     Box, crop_box, nearest_mip, padding, scale_box, scale_factors, upsample_nearest_zyx,
     xyzc_to_zyx,
 )

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.cli import main
+from synanno_datagen.cli import main
 from tests.conftest import BAD_ROWS, GOOD_IDS, assert_usage_error
 from tests.test_pipeline import read_records, run_pipeline
-from transforms.seeds import SeedModel, seed_inclusion_probabilities
+from synanno_datagen.transforms.seeds import SeedModel, seed_inclusion_probabilities
 
 VARIANTS = 3
 

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import (
     GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions, WorkerOptions,
 )
 
-from pipeline.config import run_parser
+from synanno_datagen.pipeline.config import run_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch_dataflow.sh"
@@ -36,7 +36,7 @@ def test_dry_run_prints_the_exact_dataflow_command():
                   NETWORK="net", MAX_WORKERS="50", MACHINE_TYPE="n2-highmem-4")
     assert done.returncode == 0, done.stderr
     argv = shlex.split(done.stdout)
-    assert argv[:4] == ["python3", "-m", "pipeline.cli", "run"]
+    assert argv[:4] == ["python3", "-m", "synanno_datagen", "run"]
     args, beam_args = run_parser().parse_known_args(argv[4:])
     assert args.materialization == "gs://tables/export_*.csv" and args.seed == 3
     assert args.num_instances == 1000
@@ -95,7 +95,7 @@ def test_submission_runs_the_command_with_a_stand_in_python(tmp_path):
 
 
 def test_the_pipeline_module_runs_as_the_script_calls_it():
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--help"],
+    done = subprocess.run([sys.executable, "-m", "synanno_datagen", "run", "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and "--materialization" in done.stdout
 
@@ -203,13 +203,13 @@ def test_schedule_needs_a_service_account_and_valid_flags(stub_gcloud):
 
 
 def test_metadata_declares_exactly_the_run_flags():
-    from pipeline.flex import template_parameters
+    from synanno_datagen.pipeline.flex import template_parameters
 
     assert list(_metadata()) == template_parameters()
 
 
 def test_template_parameters_become_run_flags():
-    from pipeline.flex import parameters_to_flags
+    from synanno_datagen.pipeline.flex import parameters_to_flags
 
     argv = parameters_to_flags(["--materialization=gs://t/*.csv", "--crop_size=64 64 16",
                                 "--runner=DataflowRunner", "--seed=4", "--source_url=gs://s",
@@ -223,7 +223,7 @@ def test_template_parameters_become_run_flags():
 
 
 def test_table_parameters_round_trip_with_decimal_resolutions():
-    from pipeline.flex import flags_to_parameters, parameters_to_flags
+    from synanno_datagen.pipeline.flex import flags_to_parameters, parameters_to_flags
 
     params = flags_to_parameters(list(REQUIRED) + [
         "--center-column", "ctr_pt_position", "--pre-column", "pre_pt_position",

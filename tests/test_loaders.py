@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import loaders
+from synanno_datagen.reading import loaders
 from tests.conftest import GOOD_IDS
 from tests.test_pipeline import generated, read_records, run_pipeline  # noqa: F401  (fixture)
 
@@ -164,7 +164,7 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
     _, out, _, _ = generated
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
-        "from pipeline import loaders\n"
+        "from synanno_datagen.reading import loaders\n"
         f"assert loaders.open_dataset({str(out)!r})[0]['splits']\n"
         "for use in (lambda: loaders.ShardDataset, lambda: loaders.tf_dataset('x', 'train')):\n"
         "    try:\n"

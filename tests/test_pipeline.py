@@ -14,11 +14,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tfrecord.reader import tfrecord_loader
 
-from pipeline.build import build
-from pipeline.config import parse
+from synanno_datagen.pipeline.build import build
+from synanno_datagen.pipeline.config import parse
 from tests.conftest import BAD_ROWS, GOOD_IDS, SCALE, TARGET_OFFSET, expected_crop_zyx
-from transforms.clean import keep_center_component
-from transforms.geometry import upsample_nearest_zyx
+from synanno_datagen.transforms.clean import keep_center_component
+from synanno_datagen.transforms.geometry import upsample_nearest_zyx
 
 DESCRIPTION = {"source": "byte", "target": "byte", "seed_target": "byte", "shape": "int",
                "seed_slices": "int", "instance_id": "int", "variant": "int",
@@ -244,7 +244,7 @@ def test_num_instances_picks_reproducibly(small_data, tmp_path):
 def test_num_instances_picks_the_smallest_keys_and_only_reports_repeats_of_picked_ids(
         small_data, tmp_path, seed, picked):
     """Id 11 appears twice in the table: its repeat is a duplicate_id only when 11 is picked."""
-    from transforms.select import selection_key
+    from synanno_datagen.transforms.select import selection_key
 
     valid = GOOD_IDS + [23]
     assert sorted(valid, key=lambda i: selection_key(seed, i))[:3] == sorted(
@@ -355,8 +355,8 @@ def test_a_corrupt_chunk_is_a_fetch_error_for_the_instances_that_touch_it(small_
 
 
 def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_and_message():
-    from pipeline.build import failure_to_dead_letters
-    from transforms.records import Instance, RowRef
+    from synanno_datagen.pipeline.build import failure_to_dead_letters
+    from synanno_datagen.transforms.records import Instance, RowRef
 
     def explode(instance):
         raise ZeroDivisionError(f"no luck for {instance.instance_id}")
@@ -385,8 +385,8 @@ def test_grouped_and_per_instance_fetching_write_identical_bytes(small_data, tmp
 
 
 def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget():
-    from transforms.fetch import default_block_size
-    from transforms.volumes import VolumeSpec
+    from synanno_datagen.transforms.fetch import default_block_size
+    from synanno_datagen.transforms.volumes import VolumeSpec
 
     def spec(chunk, dtype):
         return VolumeSpec("file:///v", 0, (8, 8, 33), (0, 0, 0), (10**5, 10**5, 10**4), chunk,

@@ -2,8 +2,8 @@
 import itertools
 import random
 
-from transforms.geometry import Box
-from transforms.volumes import VolumeSpec, chunk_names, plan_reads
+from synanno_datagen.transforms.geometry import Box
+from synanno_datagen.transforms.volumes import VolumeSpec, chunk_names, plan_reads
 
 SPEC = VolumeSpec("file:///v", 0, (8, 8, 33), (10, 20, 0), (400, 400, 64), (64, 64, 16),
                   "uint64", "raw", "segmentation", 1)

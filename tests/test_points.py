@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import pytest
 
-from transforms.points import (
+from synanno_datagen.transforms.points import (
     BadValue, PointColumns, TableLayout, find_point, parse_point, to_target_factors, to_voxel,
 )
 

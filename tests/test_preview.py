@@ -6,9 +6,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.dataset import open_dataset, read_index_shards
-from pipeline.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
+from synanno_datagen.cli import main
+from synanno_datagen.reading.dataset import open_dataset, read_index_shards
+from synanno_datagen.reading.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
                               STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
                               read_selected, select_records)
 from tests.conftest import GOOD_IDS, assert_usage_error

@@ -9,10 +9,10 @@ import sys
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.build import build
-from pipeline.config import parse
-from pipeline.progress import progress_line, runs_in_process
-from transforms.progress import reset_tally, tally
+from synanno_datagen.pipeline.build import build
+from synanno_datagen.pipeline.config import parse
+from synanno_datagen.pipeline.progress import progress_line, runs_in_process
+from synanno_datagen.transforms.progress import reset_tally, tally
 
 # small_data (tests/conftest.py): 10 rows; 4 rejected by the table, 6 selected, 1 empty target.
 FINAL = {"instances_selected": 6, "instances_written": 5, "variants_written": 10,
@@ -24,7 +24,7 @@ LINE = re.compile(r"progress: (\d+)/(\d+) instances done, (\d+) variants written
 
 
 def cli(*argv):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "synanno_datagen", *argv], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -84,7 +84,7 @@ def test_progress_line_and_where_it_can_be_counted():
 
 
 def test_run_help_lists_the_run_flags_and_the_output_flags(capsys):
-    from pipeline.cli import main
+    from synanno_datagen.cli import main
 
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out

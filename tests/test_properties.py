@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.geometry import Box, crop_box, padding, scale_box
-from transforms.seeds import SeedModel, variant_seed_slices
+from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
+from synanno_datagen.transforms.seeds import SeedModel, variant_seed_slices
 
 coord = st.integers(-1000, 1000)
 size = st.integers(1, 64)

@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import CROP, GOOD_IDS, LAYOUTS, SCALE, TARGET_OFFSET, make_small_data
 from tests.test_pipeline import read_records, run_pipeline
-from transforms.blocks import BlockReader, read_region
-from transforms.geometry import Box
-from transforms.readers import describe_volume, open_reader, read_info
-from transforms.volumes import chunk_names
+from synanno_datagen.transforms.blocks import BlockReader, read_region
+from synanno_datagen.transforms.geometry import Box
+from synanno_datagen.transforms.readers import describe_volume, open_reader, read_info
+from synanno_datagen.transforms.volumes import chunk_names
 
 
 @pytest.fixture(scope="module")

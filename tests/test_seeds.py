@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from transforms.seeds import SeedModel, draw_seed_slices, generator, seed_mask, variant_seed_slices
+from synanno_datagen.transforms.seeds import SeedModel, draw_seed_slices, generator, seed_mask, variant_seed_slices
 
 
 def _target(depth=16, foreground=range(16)):
@@ -101,7 +101,7 @@ def test_draw_needs_foreground():
 
 @pytest.mark.parametrize("foreground", [range(16), [5, 6, 7, 8], [3, 9], [12]])
 def test_inclusion_probabilities_sum_to_the_mean_count_and_match_sampled_variants(foreground):
-    import transforms.seeds as seeds
+    import synanno_datagen.transforms.seeds as seeds
 
     model = SeedModel(max_seed_slices=3)
     p = seeds.seed_inclusion_probabilities(model, 16, foreground)
@@ -121,7 +121,7 @@ def test_inclusion_probabilities_sum_to_the_mean_count_and_match_sampled_variant
 
 
 def test_inclusion_probabilities_exact_and_estimated_agree(monkeypatch):
-    import transforms.seeds as seeds
+    import synanno_datagen.transforms.seeds as seeds
 
     model = SeedModel(max_seed_slices=3)
     exact = seeds.seed_inclusion_probabilities(model, 16, range(2, 14))

@@ -1,6 +1,6 @@
 from collections import Counter
 
-from transforms.select import assign_split, num_shards, selection_key, shard_index, stable_hash
+from synanno_datagen.transforms.select import assign_split, num_shards, selection_key, shard_index, stable_hash
 
 
 def test_stable_hash_is_fixed_across_processes():
@@ -9,7 +9,7 @@ def test_stable_hash_is_fixed_across_processes():
     import subprocess
     import sys
 
-    other = subprocess.run([sys.executable, "-c", "from transforms.select import stable_hash; "
+    other = subprocess.run([sys.executable, "-c", "from synanno_datagen.transforms.select import stable_hash; "
                             "print(stable_hash('select', 0, 1))"], capture_output=True, text=True)
     assert other.stdout.strip() == "14323333791681699707"
     assert stable_hash("select", 0, 1) != stable_hash("select", 1, 1)

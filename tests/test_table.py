@@ -1,8 +1,8 @@
 import pytest
 
-from transforms.geometry import Box
-from transforms.records import RowRef
-from transforms.table import BadValue, parse_coordinate, parse_id, parse_row
+from synanno_datagen.transforms.geometry import Box
+from synanno_datagen.transforms.records import RowRef
+from synanno_datagen.transforms.table import BadValue, parse_coordinate, parse_id, parse_row
 
 BOUNDS = Box((100, 200, 10), (164, 264, 22))
 
@@ -52,7 +52,7 @@ def test_number_parsing():
 
 
 def test_a_layout_without_pre_and_post_gives_instances_without_them():
-    from transforms.points import PointColumns, TableLayout, to_target_factors
+    from synanno_datagen.transforms.points import PointColumns, TableLayout, to_target_factors
 
     layout = TableLayout(center=PointColumns(("ctr_pt_position",)), pre=None, post=None,
                          to_target_xyz=to_target_factors((4, 4, 33), (8, 8, 33)))

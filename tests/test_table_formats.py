@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.points import BadValue, PointColumns, parse_point, to_target_factors
-from transforms.table import parse_id
-from transforms.table_formats import (
+from synanno_datagen.transforms.points import BadValue, PointColumns, parse_point, to_target_factors
+from synanno_datagen.transforms.table import parse_id
+from synanno_datagen.transforms.table_formats import (
     TableFormatError, cell_text, iter_rows, read_schema, table_format,
 )
 

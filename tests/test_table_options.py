@@ -94,7 +94,7 @@ def test_table_problems_stop_the_run_before_any_work(small_data, tmp_path, capsy
 
 
 def test_a_table_without_pre_and_post_needs_no_flag(small_data, tmp_path):
-    from pipeline.config import parse
+    from synanno_datagen.pipeline.config import parse
 
     table = tmp_path / "t.parquet"
     _parquet(table, {"id": pa.array([1], pa.int64()),

@@ -13,9 +13,9 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 
-from transforms.geometry import Box
-from transforms.readers import ChunkMissing
-from transforms.volumes import MissingChunks, VolumeSpec, chunk_names, chunk_pieces, plan_reads
+from synanno_datagen.transforms.geometry import Box
+from synanno_datagen.transforms.readers import ChunkMissing
+from synanno_datagen.transforms.volumes import MissingChunks, VolumeSpec, chunk_names, chunk_pieces, plan_reads
 
 
 @dataclass

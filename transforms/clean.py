@@ -7,7 +7,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.records import EMPTY_TARGET, DeadLetter, Subvolume
+from synanno_datagen.transforms.records import EMPTY_TARGET, DeadLetter, Subvolume
 
 
 def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx) -> Optional[np.ndarray]:

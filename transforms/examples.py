@@ -12,7 +12,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from transforms.records import Subvolume
+from synanno_datagen.transforms.records import Subvolume
 
 # Contract keys first; the rest describe where the crop came from.
 OPTIONAL_POINT_FEATURES = ("pre_pt_xyz", "post_pt_xyz")  # only when the table has these points

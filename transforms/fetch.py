@@ -9,13 +9,13 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.blocks import BlockReader
-from transforms.geometry import Box, crop_box, padding, scale_box, upsample_nearest_zyx
-from transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
-from transforms.records import (
+from synanno_datagen.transforms.blocks import BlockReader
+from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box, upsample_nearest_zyx
+from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
+from synanno_datagen.transforms.records import (
     FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Instance, Subvolume, exception_text,
 )
-from transforms.volumes import MissingChunks, VolumeSpec, chunk_names
+from synanno_datagen.transforms.volumes import MissingChunks, VolumeSpec, chunk_names
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional, Sequence, Tuple, Union
 
-from transforms.geometry import XYZ
-from transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
+from synanno_datagen.transforms.geometry import XYZ
+from synanno_datagen.transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
 
 AXES = ("x", "y", "z")
 MISSING_TEXT = ("", "nan", "na", "null", "none")

@@ -17,8 +17,8 @@ from typing import Dict
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.records import DeadLetter
-from transforms.table import TABLE_REASONS
+from synanno_datagen.transforms.records import DeadLetter
+from synanno_datagen.transforms.table import TABLE_REASONS
 
 NAMESPACE = "synanno"
 _lock = threading.Lock()

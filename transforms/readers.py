@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Set
 
 import numpy as np
 
-from transforms.geometry import Box, xyzc_to_zyx
-from transforms.volumes import VolumeSpec, chunk_id, chunk_names, chunk_voxels, spec_from_info
+from synanno_datagen.transforms.geometry import Box, xyzc_to_zyx
+from synanno_datagen.transforms.volumes import VolumeSpec, chunk_id, chunk_names, chunk_voxels, spec_from_info
 
 TENSORSTORE, CLOUDVOLUME = "tensorstore", "cloudvolume"
 ENGINES = (TENSORSTORE, CLOUDVOLUME)

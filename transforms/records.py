@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from transforms.geometry import XYZ, Box
+from synanno_datagen.transforms.geometry import XYZ, Box
 
 # Dead-letter reasons (a contract with the manifest's counts and users' scripts).
 MISSING_COORDINATE = "missing_coordinate"

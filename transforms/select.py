@@ -11,7 +11,7 @@ from typing import Sequence, Tuple
 
 import apache_beam as beam
 
-from transforms.records import Instance
+from synanno_datagen.transforms.records import Instance
 
 _SPAN = float(1 << 64)
 

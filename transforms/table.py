@@ -5,16 +5,16 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-from transforms.geometry import Box
-from transforms.points import (
+from synanno_datagen.transforms.geometry import Box
+from synanno_datagen.transforms.points import (
     BadValue, TableLayout, number_from_text, parse_number, parse_point, to_voxel,
 )
-from transforms.select import SmallestDistinct, selection_key
-from transforms.records import (
+from synanno_datagen.transforms.select import SmallestDistinct, selection_key
+from synanno_datagen.transforms.records import (
     DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
     DeadLetter, Instance, RowRef,
 )
-from transforms.table_formats import iter_rows
+from synanno_datagen.transforms.table_formats import iter_rows
 
 DEAD = "dead_letter"
 TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.records import Subvolume
-from transforms.seeds import SeedModel, variant_seed_slices
+from synanno_datagen.transforms.records import Subvolume
+from synanno_datagen.transforms.seeds import SeedModel, variant_seed_slices
 
 
 class MakeVariantFn(beam.DoFn):

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from transforms.geometry import Box
+from synanno_datagen.transforms.geometry import Box
 
 
 @dataclass(frozen=True)

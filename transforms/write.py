@@ -14,11 +14,11 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
 
-from transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
-from transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
-from transforms.progress import ProgressCounter
-from transforms.records import Subvolume, WrittenInstance
-from transforms.seeds import seed_mask
+from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
+from synanno_datagen.transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
+from synanno_datagen.transforms.progress import ProgressCounter
+from synanno_datagen.transforms.records import Subvolume, WrittenInstance
+from synanno_datagen.transforms.seeds import seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
 FRAGMENTS_DIR = "_tmp"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from pipeline.loaders import (buffer_shuffle, input_target, npy_items, open_dataset, read_shard,
+from synanno_datagen.reading.loaders import (buffer_shuffle, input_target, npy_items, open_dataset, read_shard,
                               shard_order, split_files, worker_share)
 
 log = logging.getLogger(__name__)

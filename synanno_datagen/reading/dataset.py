@@ -12,10 +12,10 @@ from typing import Iterator, List, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import ConfigError
-from pipeline.incremental import LATEST, read_latest
-from pipeline.manifest import MANIFEST
-from transforms.files import join
+from synanno_datagen.pipeline.config import ConfigError
+from synanno_datagen.pipeline.incremental import LATEST, read_latest
+from synanno_datagen.pipeline.manifest import MANIFEST
+from synanno_datagen.transforms.files import join
 
 
 @dataclass(frozen=True)

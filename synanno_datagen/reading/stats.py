@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from transforms.seeds import SeedModel, seed_inclusion_probabilities
+from synanno_datagen.transforms.seeds import SeedModel, seed_inclusion_probabilities
 
 EXAMPLES_PER_REASON = 3
 HISTOGRAM_BINS = 30

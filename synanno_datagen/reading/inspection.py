@@ -3,8 +3,8 @@ optional plots. Reads only the manifest, the index shards and the dead-letter fi
 from __future__ import annotations
 
 import json
-from pipeline.dataset import open_dataset, read_dead_letters, read_index
-from pipeline.stats import dataset_facts
+from synanno_datagen.reading.dataset import open_dataset, read_dead_letters, read_index
+from synanno_datagen.reading.stats import dataset_facts
 
 COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
                "instances_written", "failed", "variants_written")
@@ -82,7 +82,7 @@ def run_inspect(output_dir: str, as_json: bool = False, plots_dir: str = None) -
     facts = inspect_dataset(output_dir)
     paths = []
     if plots_dir:
-        from pipeline.plots import write_plots
+        from synanno_datagen.reading.plots import write_plots
 
         paths = write_plots(facts, plots_dir)
     if as_json:

@@ -10,10 +10,10 @@ import sys
 from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
-from pipeline import __version__
-from pipeline.config import ConfigError, UsageParser, parse, run_parser
-from pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
-from pipeline.view_commands import add_commands as add_view_commands
+from synanno_datagen import __version__
+from synanno_datagen.pipeline.config import ConfigError, UsageParser, parse, run_parser
+from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
+from synanno_datagen.reading.commands import add_commands as add_view_commands
 
 USAGE_ERROR = 2
 PROG = "synanno-datagen"
@@ -24,8 +24,8 @@ def run(argv: Sequence[str]) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.build import build
-    from pipeline.manifest import clear_dataset, load_manifest
+    from synanno_datagen.pipeline.build import build
+    from synanno_datagen.pipeline.manifest import clear_dataset, load_manifest
 
     config, beam_args = parse(argv)
     options = PipelineOptions(beam_args)
@@ -84,7 +84,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     if output.quiet:
         logging.getLogger().setLevel(logging.ERROR)
     if command == "demo":
-        from pipeline.demo import run_demo
+        from synanno_datagen.pipeline.demo import run_demo
 
         args, beam_args = demo_parser.parse_known_args(argv)
         start = functools.partial(run_demo, args.output_dir, beam_args)
@@ -97,7 +97,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     if not output.quiet:
         print(summary(manifest, manifest["config"]["output_dir"]))
     if command == "demo":
-        from pipeline.demo import write_demo_views
+        from synanno_datagen.pipeline.demo import write_demo_views
 
         preview, plots = write_demo_views(args.output_dir)
         if not output.quiet:

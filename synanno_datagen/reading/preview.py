@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.config import ConfigError
-from pipeline.dataset import Dataset, open_dataset, read_index_shards, tfrecord_shard_for
-from transforms.files import read_chunks, write_bytes
+from synanno_datagen.pipeline.config import ConfigError
+from synanno_datagen.reading.dataset import Dataset, open_dataset, read_index_shards, tfrecord_shard_for
+from synanno_datagen.transforms.files import read_chunks, write_bytes
 
 TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
 SEED_RGB = (255, 0, 200)        # magenta fill and frame: seed slices

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from typing import Callable, Dict, List
 
-from transforms.files import join, write_bytes
+from synanno_datagen.transforms.files import join, write_bytes
 
 FIGSIZE_IN = (6.0, 3.6)
 DPI = 80

@@ -153,7 +153,7 @@ def __getattr__(name: str):
     """``ShardDataset`` and ``NpyDataset`` need torch: import them only when asked for."""
     if name in ("ShardDataset", "NpyDataset"):
         try:
-            from pipeline import torch_datasets
+            from synanno_datagen.reading import torch_datasets
         except ModuleNotFoundError as e:
             if e.name != "torch":
                 raise

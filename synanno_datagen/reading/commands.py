@@ -28,14 +28,14 @@ def add_commands(sub) -> Dict[str, Callable[[List[str]], int]]:
                          help="write a palette PNG with this many colours (smaller file)")
 
     def run_inspect_command(argv: List[str]) -> int:
-        from pipeline.inspection import run_inspect
+        from synanno_datagen.reading.inspection import run_inspect
 
         args = inspect.parse_args(argv)
         print(run_inspect(args.output_dir, as_json=args.json, plots_dir=args.plots))
         return 0
 
     def run_preview_command(argv: List[str]) -> int:
-        from pipeline.preview import run_preview
+        from synanno_datagen.reading.preview import run_preview
 
         args = preview.parse_args(argv)
         chosen = run_preview(args.output_dir, args.out, n=args.n, seed=args.seed,
