@@ -8,9 +8,9 @@ import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
 from synanno_datagen.pipeline.config import Config
-from synanno_datagen.pipeline.incremental import KeepNewInstances, previous_index_paths
 from synanno_datagen.pipeline.manifest import WriteManifestFn
 from synanno_datagen.transforms.clean import CleanTargets
+from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
 from synanno_datagen.transforms.records import (
@@ -47,7 +47,7 @@ def fetch_config(config: Config) -> FetchConfig:
 
 def build(p: beam.Pipeline, config: Config):
     """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
-    incremental = bool(config.incremental and config.incremental["previous"])
+    incremental = bool(config.incremental and config.incremental.previous)
     # Picking N while reading keeps memory independent of the table size; an incremental run
     # picks N among the instances not in earlier runs, so it picks after KeepNewInstances.
     select = (config.seed, config.num_instances) \
@@ -58,8 +58,8 @@ def build(p: beam.Pipeline, config: Config):
     vanished = None
     if incremental:
         kept = instances | "KeepNewInstances" >> KeepNewInstances(
-            previous_index_paths(config.incremental))
-        instances, vanished = kept["instances"], kept["vanished"]
+            config.incremental.previous_index_paths())
+        instances, vanished = kept["ok"], kept["vanished"]
     if config.num_instances is not None and incremental:
         instances = instances | "SelectInstances" >> SelectInstances(config.seed,
                                                                      config.num_instances)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError
+from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.table_options import describe_table
 from synanno_datagen.transforms.geometry import nearest_mip, scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
@@ -54,7 +55,7 @@ class Config:
     splits: Tuple[Tuple[str, float], ...] = DEFAULT_SPLITS
     shard_size_mb: float = 256.0
     overwrite: bool = False
-    incremental: Optional[dict] = None  # pipeline.incremental.plan(): run number, previous files
+    incremental: Optional[IncrementalPlan] = None  # run number, what it extends
     fetch_strategy: str = "grouped"
     block_size_xyz: Optional[Tuple[int, int, int]] = None  # None: chosen from chunks and memory
     fetch_memory_mb: int = 1024
@@ -269,8 +270,6 @@ def from_args(args: argparse.Namespace) -> Config:
 
 
 def _with_incremental_plan(config: Config) -> Config:
-    from apache_beam.io.filesystems import FileSystems
-
     from synanno_datagen.pipeline.incremental import plan
 
     root = config.output_dir
@@ -280,7 +279,7 @@ def _with_incremental_plan(config: Config) -> Config:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None
     return dataclasses.replace(config, incremental=incremental,
-                               output_dir=FileSystems.join(root, incremental["run_dir"]))
+                               output_dir=incremental.output_dir)
 
 
 def _check_numbers(args) -> None:

@@ -1,22 +1,75 @@
-"""Incremental runs (``--incremental``): each run writes only instances that the latest complete
-dataset under the output root does not hold yet, into ``ROOT/runs/NNNNN/``; its manifest lists the
-earlier shards plus the new ones, and ``ROOT/LATEST`` is updated last to point at it.
+"""Incremental runs (``--incremental``): the plan of one run, made before any work.
 
-Earlier shards are never rewritten. A run whose generation config (volumes, crop, seed model,
-seed, formats, splits, ids) differs from the latest one's starts a fresh dataset (no earlier
-files listed) instead of mixing.
+Each run writes only instances that the latest complete dataset under the output root does not
+hold yet, into ``ROOT/runs/NNNNN/``; its manifest lists the earlier shards plus the new ones, and
+``ROOT/LATEST`` is updated last to point at it. Earlier shards are never rewritten. A run whose
+generation config (volumes, crop, seed model, seed, formats, splits, ids) differs from the latest
+one's starts a fresh dataset (no earlier files listed) instead of mixing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
+from synanno_datagen import layout
 
-LATEST = "LATEST"
-RUNS = "runs"
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """The complete run a new run extends: its number, manifest (relative to the root), files
+    (paths relative to the root) and splits."""
+
+    run: int
+    manifest: str
+    files: Dict[str, object]
+    splits: Dict[str, dict]
+
+
+@dataclass(frozen=True)
+class IncrementalPlan:
+    """Which run this is, where it writes and what it builds on (plain values for workers)."""
+
+    root: str
+    run: int
+    generation_hash: str
+    previous: Optional[PreviousRun] = None
+
+    @property
+    def run_dir(self) -> str:
+        return layout.run_dir(self.run)
+
+    @property
+    def output_dir(self) -> str:
+        return layout.join(self.root, self.run_dir)
+
+    def previous_index_paths(self) -> List[str]:
+        """Paths of every index shard of the dataset this run extends."""
+        if self.previous is None:
+            return []
+        return [layout.join(self.root, f["path"]) for f in self.previous.files["index"]]
+
+    def merge_files(self, files: Dict[str, list]) -> Dict[str, list]:
+        """This run's file lists (paths relative to its run folder) + the earlier runs' ->
+        one listing, paths relative to the root, each shard with the run that wrote it."""
+        prefix = self.run_dir + "/"
+        earlier = self.previous.files if self.previous else {}
+        merged = {kind: list(earlier.get(kind, [])) + [
+            {**f, "path": prefix + f["path"], "run": self.run} for f in files[kind]]
+            for kind in ("tfrecord", "index")}
+        merged["dead_letter"] = {**files["dead_letter"],
+                                 "path": prefix + files["dead_letter"]["path"]}
+        return merged
+
+    def to_manifest(self) -> dict:
+        return {
+            "run": self.run, "run_dir": self.run_dir,
+            "manifest": self.run_dir + "/" + layout.MANIFEST,
+            "generation_hash": self.generation_hash,
+            "extends": self.previous.manifest if self.previous else None,
+            "paths_relative_to": "the dataset root (two levels above this manifest)",
+        }
 
 
 def generation_hash(generation: Dict) -> str:
@@ -25,85 +78,27 @@ def generation_hash(generation: Dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def run_dir_name(number: int) -> str:
-    return f"{RUNS}/{number:05d}"
-
-
 def read_latest(root: str) -> Optional[dict]:
     """The manifest ``ROOT/LATEST`` points at, or None for a new root."""
-    latest = FileSystems.join(root, LATEST)
+    from apache_beam.io.filesystems import FileSystems
+
+    latest = layout.join(root, layout.LATEST)
     if not FileSystems.exists(latest):
         return None
     with FileSystems.open(latest) as f:
-        rel = f.read().decode("utf-8").strip()
-    if not rel.startswith(RUNS + "/") or ".." in rel.split("/"):
-        raise ValueError(f"{latest} points at {rel!r}, not at a run folder under {RUNS}/")
-    with FileSystems.open(FileSystems.join(root, rel)) as f:
+        rel = layout.manifest_of_latest(f.read().decode("utf-8"))
+    with FileSystems.open(layout.join(root, rel)) as f:
         return json.load(f)
 
 
-def plan(root: str, generation: Dict) -> dict:
-    """Which run this is and what it builds on: plain values for the Config."""
+def plan(root: str, generation: Dict) -> IncrementalPlan:
+    """The plan of the next run under ``root`` for a run with this generation config."""
     digest = generation_hash(generation)
     latest = read_latest(root)
+    if latest is None:
+        return IncrementalPlan(root, 1, digest)
+    info = latest["incremental"]
     previous = None
-    number = 1
-    if latest is not None:
-        info = latest["incremental"]
-        number = info["run"] + 1
-        if info["generation_hash"] == digest:
-            previous = {"run": info["run"], "manifest": info["manifest"],
-                        "files": latest["files"], "splits": latest["splits"]}
-    return {"root": root, "run": number, "run_dir": run_dir_name(number),
-            "generation_hash": digest, "previous": previous}
-
-
-def previous_index_paths(incremental: Optional[dict]) -> List[str]:
-    """Absolute paths of every index shard of the dataset this run extends."""
-    if not incremental or not incremental["previous"]:
-        return []
-    root = incremental["root"]
-    return [FileSystems.join(root, f["path"]) for f in incremental["previous"]["files"]["index"]]
-
-
-def read_index_ids(path: str) -> Iterable[int]:
-    with FileSystems.open(path) as f:
-        for line in f:
-            if line.strip():
-                yield int(json.loads(line)["instance_id"])
-
-
-class KeepNewInstances(beam.PTransform):
-    """Instances -> dict ``instances`` (ids not in the earlier index shards) and ``vanished``
-    (earlier ids no longer in the table). Only ids cross the shuffle."""
-
-    def __init__(self, index_paths: List[str]):
-        super().__init__()
-        self._paths = list(index_paths)
-
-    def expand(self, instances):
-        keyed = instances | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
-        earlier = (instances.pipeline
-                   | "EarlierIndex" >> beam.Create(self._paths)
-                   | "EarlierIds" >> beam.FlatMap(read_index_ids)
-                   | "KeyEarlier" >> beam.Map(lambda i: (i, None)))
-        joined = {"now": keyed, "earlier": earlier} | "Join" >> beam.CoGroupByKey()
-        return {
-            "instances": joined | "New" >> beam.FlatMap(
-                lambda kv: [] if list(kv[1]["earlier"]) else list(kv[1]["now"])),
-            "vanished": joined | "Vanished" >> beam.FlatMap(
-                lambda kv: [kv[0]] if list(kv[1]["earlier"]) and not list(kv[1]["now"]) else []),
-        }
-
-
-def merge_files(incremental: dict, files: Dict[str, list]) -> Dict[str, list]:
-    """This run's file lists (paths relative to the run folder) + the earlier runs' (relative
-    to ROOT) -> one listing, paths relative to ROOT."""
-    prefix = incremental["run_dir"] + "/"
-    merged = {}
-    previous = incremental["previous"]["files"] if incremental["previous"] else {}
-    for kind in ("tfrecord", "index"):
-        mine = [{**f, "path": prefix + f["path"], "run": incremental["run"]} for f in files[kind]]
-        merged[kind] = list(previous.get(kind, [])) + mine
-    merged["dead_letter"] = {**files["dead_letter"], "path": prefix + files["dead_letter"]["path"]}
-    return merged
+    if info["generation_hash"] == digest:
+        previous = PreviousRun(info["run"], info["manifest"], latest["files"], latest["splits"])
+    return IncrementalPlan(root, info["run"] + 1, digest, previous)

@@ -14,14 +14,15 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from synanno_datagen import GENERATOR_NAME, __version__
+from synanno_datagen.layout import (
+    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, latest_pointer,
+)
 from synanno_datagen.pipeline.config import Config
-from synanno_datagen.pipeline.incremental import LATEST, merge_files
 from synanno_datagen.transforms.examples import features
 from synanno_datagen.transforms.files import delete_tree, join, write_atomic
-from synanno_datagen.transforms.write import FRAGMENTS_DIR, NPY, NPY_LAYOUT
+from synanno_datagen.transforms.write import NPY
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 def feature_spec(config: Config) -> List[dict]:
@@ -43,7 +44,7 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
         "dead_letter": _public(dead_letter),
     }
     if config.incremental:
-        listing = merge_files(config.incremental, listing)
+        listing = config.incremental.merge_files(listing)
     splits = {}
     for name, fraction in config.splits:
         mine = [f for f in listing["index"] if f["split"] == name]
@@ -80,18 +81,7 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
             "listed_in": "index (per instance: path, bytes, sha256 of each file)",
             **npy_totals,
         },
-        **({"incremental": incremental_section(config.incremental)} if config.incremental else {}),
-    }
-
-
-def incremental_section(incremental: dict) -> dict:
-    previous = incremental["previous"]
-    return {
-        "run": incremental["run"], "run_dir": incremental["run_dir"],
-        "manifest": incremental["run_dir"] + "/" + MANIFEST,
-        "generation_hash": incremental["generation_hash"],
-        "extends": previous["manifest"] if previous else None,
-        "paths_relative_to": "the dataset root (two levels above this manifest)",
+        **({"incremental": config.incremental.to_manifest()} if config.incremental else {}),
     }
 
 
@@ -120,13 +110,9 @@ class WriteManifestFn(beam.DoFn):
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
         incremental = self._config.incremental
         if incremental:  # last: the root now points at this complete run
-            pointer = (incremental["run_dir"] + "/" + MANIFEST + "\n").encode("utf-8")
-            write_atomic(join(incremental["root"], LATEST), [pointer])
+            pointer = latest_pointer(incremental.run_dir).encode("utf-8")
+            write_atomic(join(incremental.root, LATEST), [pointer])
         yield manifest
-
-
-# Everything a run writes at the top of its output directory (and nothing else is ever deleted).
-DATASET_ENTRIES = (MANIFEST, "dead_letter.jsonl", "tfrecord", "index", "npy", FRAGMENTS_DIR)
 
 
 def clear_dataset(output_dir: str) -> None:

@@ -11,7 +11,8 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
-from synanno_datagen.pipeline.config import ConfigError, UsageParser, parse, run_parser
+from synanno_datagen.errors import ConfigError, UsageError
+from synanno_datagen.pipeline.config import UsageParser, parse, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
 
@@ -126,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv[0] in views:
             return views[argv[0]](argv[1:])
         parser.parse_args(argv)  # prints the usage error for an unknown command
-    except ConfigError as e:
+    except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return USAGE_ERROR

@@ -1,5 +1,13 @@
-"""The one error type of option checking (its own module so every checker can raise it)."""
+"""The user-facing error types: one line for the user, exit code 2 from the CLI."""
 
 
-class ConfigError(ValueError):
-    """A usage or configuration error: one line for the user, exit code 2."""
+class UsageError(ValueError):
+    """A mistake in what the user asked for (an option, a path, a dataset): one line, exit 2."""
+
+
+class ConfigError(UsageError):
+    """A bad option or input of a run, found before any work starts."""
+
+
+class DatasetError(UsageError):
+    """A dataset that cannot be read as asked (no manifest, no such split, no such files)."""

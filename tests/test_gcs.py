@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,7 +58,11 @@ def test_gzip_chunks_read_back_exactly_from_the_emulator(gcs, tmp_path):
                                   data.source_xyz)
 
 
-def test_gs_run_equals_local_run_byte_for_byte(gcs, tmp_path):
+@pytest.fixture(scope="module")
+def gs_and_local(gcs, tmp_path_factory):
+    """The same run on gs:// (table, volumes, output) and on local paths: (bucket name, remote
+    output, local output)."""
+    tmp_path = tmp_path_factory.mktemp("gs-and-local")
     bucket = gcs.create_bucket("e2e")
     data = make_small_data(tmp_path / "data")
     source, target, table = _upload_small_data(data, bucket)
@@ -67,7 +72,12 @@ def test_gs_run_equals_local_run_byte_for_byte(gcs, tmp_path):
     remote = f"{bucket}/out"
     assert main(["run", "--materialization", table, "--source-url", source, "--target-url",
                  target, "--output-dir", remote, "--crop-size", "12", "12", "4"] + flags) == 0
-    got = gcs.objects("e2e", "out")
+    return "e2e", remote, local
+
+
+def test_gs_run_equals_local_run_byte_for_byte(gcs, gs_and_local):
+    bucket, remote, local = gs_and_local
+    got = gcs.objects(bucket, "out")
     want = {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()}
     assert set(got) == set(want)
     for name in want:
@@ -81,6 +91,23 @@ def test_gs_run_equals_local_run_byte_for_byte(gcs, tmp_path):
             m["volumes"][volume].pop("url")
     assert m_local == m_remote
     assert json.loads(got["manifest.json"])["config"]["output_dir"] == remote
+
+
+def test_training_loaders_stream_a_gs_dataset(gs_and_local):
+    """ShardDataset and NpyDataset read gs:// as they read local paths: the same samples."""
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed") \
+        if os.environ.get("SYNANNO_REQUIRE_TORCH") != "1" else __import__("torch")
+    from synanno_datagen import NpyDataset, ShardDataset
+
+    _, remote, local = gs_and_local
+    for split in ("train", "val"):
+        for make in (ShardDataset, NpyDataset):
+            got = [tuple(t.numpy().tobytes() for t in pair[:2]) + (pair[2],)
+                   for pair in make(remote, split, with_meta=True)]
+            want = [tuple(t.numpy().tobytes() for t in pair[:2]) + (pair[2],)
+                    for pair in make(str(local), split, with_meta=True)]
+            assert got == want and len(got) > 0, (make.__name__, split)
+    assert isinstance(torch.zeros(1), torch.Tensor)
 
 
 def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, tmp_path):

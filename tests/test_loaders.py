@@ -152,12 +152,13 @@ def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, 
 
 
 def test_unknown_split_and_missing_manifest_are_clear_errors(generated, tmp_path):
+    from synanno_datagen import DatasetError, open_dataset
+
     _, out, _, _ = generated
-    manifest, base = loaders.open_dataset(str(out))
-    with pytest.raises(ValueError, match=r"split 'test' is not in this dataset \(it has train, val"):
-        loaders.split_files(manifest, base, "test", "tfrecord")
-    with pytest.raises(FileNotFoundError, match="not a finished dataset"):
-        loaders.open_dataset(str(tmp_path))
+    with pytest.raises(DatasetError, match=r"split 'test' is not in this dataset \(it has train, val"):
+        open_dataset(str(out)).files("tfrecord", "test")
+    with pytest.raises(DatasetError, match="not a dataset directory"):
+        open_dataset(str(tmp_path))
 
 
 def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
@@ -165,7 +166,8 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
         "from synanno_datagen.reading import loaders\n"
-        f"assert loaders.open_dataset({str(out)!r})[0]['splits']\n"
+        "from synanno_datagen import open_dataset\n"
+        f"assert open_dataset({str(out)!r}).manifest['splits']\n"
         "for use in (lambda: loaders.ShardDataset, lambda: loaders.tf_dataset('x', 'train')):\n"
         "    try:\n"
         "        use()\n"

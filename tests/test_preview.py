@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from synanno_datagen.cli import main
-from synanno_datagen.reading.dataset import open_dataset, read_index_shards
+from synanno_datagen.reading.dataset import open_dataset
 from synanno_datagen.reading.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
                               STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
                               read_selected, select_records)
@@ -19,7 +19,7 @@ def _shards(n_instances=20, variants=4, splits=("train", "val")):
     entries = [{"instance_id": 1000 - 7 * i, "split": splits[i % len(splits)],
                 "seed_slices": [[v % 4] for v in range(variants)], "foreground_slices": [0, 1]}
                for i in range(n_instances)]
-    return [("index/a.jsonl", entries[::2]), ("index/b.jsonl", entries[1::2])]
+    return [({"path": "index/a.jsonl"}, entries[::2]), ({"path": "index/b.jsonl"}, entries[1::2])]
 
 
 def test_selection_is_a_pure_function_of_the_seed():
@@ -32,8 +32,8 @@ def test_selection_is_a_pure_function_of_the_seed():
     assert select_records(shards[::-1], 5, seed=0) == a
     for c in a:
         assert 0 <= c["variant"] < 4 and c["seed_slices"] == [c["variant"] % 4]
-        assert c["index_path"] == ("index/a.jsonl" if (1000 - c["instance_id"]) // 7 % 2 == 0
-                                   else "index/b.jsonl")
+        assert c["index_file"]["path"] == ("index/a.jsonl" if (1000 - c["instance_id"]) // 7 % 2
+                                           == 0 else "index/b.jsonl")
     assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
     everything = select_records(shards, 100, seed=0)
     assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
@@ -57,7 +57,7 @@ def test_outline_is_the_border_of_the_mask():
 
 def test_preview_reads_the_chosen_records_exactly(views_dataset):
     ds = open_dataset(str(views_dataset))
-    chosen = select_records(read_index_shards(ds), 4, seed=5)
+    chosen = select_records(ds.index_shards(), 4, seed=5)
     got = read_selected(ds, chosen)
     want = {(r["instance_id"], r["variant"]): r for r in read_records(views_dataset)}
     assert len(got) == 4
@@ -70,7 +70,7 @@ def test_preview_reads_the_chosen_records_exactly(views_dataset):
 
 def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):
     ds = open_dataset(str(views_dataset))
-    records = read_selected(ds, select_records(read_index_shards(ds), 2, seed=0))
+    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
     tile = 24                                            # 12 target voxels x 2: shown 1:1
     assert canvas.shape == (HEADER_PX + 2 * (STRIP_PX + tile + GAP_PX),

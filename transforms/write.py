@@ -14,6 +14,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
 
+from synanno_datagen.layout import (
+    DEAD_LETTER, FRAGMENTS_DIR, index_path, npy_paths, shard_name, tfrecord_path,
+)
 from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
 from synanno_datagen.transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
 from synanno_datagen.transforms.progress import ProgressCounter
@@ -21,37 +24,6 @@ from synanno_datagen.transforms.records import Subvolume, WrittenInstance
 from synanno_datagen.transforms.seeds import seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
-FRAGMENTS_DIR = "_tmp"
-
-
-def shard_name(split: str, shard: int, num_shards: int) -> str:
-    return f"{split}-{shard:05d}-of-{num_shards:05d}"
-
-
-def tfrecord_path(split: str, shard: int, num_shards: int) -> str:
-    return f"tfrecord/{shard_name(split, shard, num_shards)}.tfrecord"
-
-
-def index_path(split: str, shard: int, num_shards: int) -> str:
-    return f"index/{shard_name(split, shard, num_shards)}.jsonl"
-
-
-# npy layout, compatible with the prototype's (source/, gt/, target/).
-NPY_LAYOUT = {
-    "source": "npy/source/source_{instance_id}.npy",
-    "target": "npy/gt/target_{instance_id}.npy",
-    "seed_target": "npy/target/augmented_target_{instance_id}_{variant}.npy",
-}
-
-
-def npy_paths(instance_id: int, n_variants: int) -> Dict[str, object]:
-    """Relative npy paths of one instance: source, target and one seed_target per variant."""
-    return {
-        "source": NPY_LAYOUT["source"].format(instance_id=instance_id),
-        "target": NPY_LAYOUT["target"].format(instance_id=instance_id),
-        "seed_target": [NPY_LAYOUT["seed_target"].format(instance_id=instance_id, variant=v)
-                        for v in range(n_variants)],
-    }
 
 
 def json_line(obj) -> bytes:
@@ -190,7 +162,7 @@ class FinalizeShards(beam.PTransform):
 class WriteDeadLetterFn(beam.DoFn):
     """[DeadLetter] -> file info of ``dead_letter.jsonl`` (sorted by table position)."""
 
-    PATH = "dead_letter.jsonl"
+    PATH = DEAD_LETTER
 
     def __init__(self, output_dir: str):
         self._output_dir = output_dir

@@ -1,5 +1,5 @@
 """The ``inspect`` and ``preview`` subcommands: argument parsing and printing only (the work is in
-pipeline.inspection and pipeline.preview). Errors are ConfigError, which cli.main turns into one
+reading.inspection and reading.preview). Errors are UsageErrors, which cli.main turns into one
 line and exit code 2."""
 from __future__ import annotations
 

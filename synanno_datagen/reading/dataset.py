@@ -1,85 +1,144 @@
-"""Open a finished dataset for reading: its manifest, index lines and dead letters (local or gs://).
+"""Open a finished dataset (local or gs://, a run's directory or an incremental root) and read
+its manifest, index lines, dead letters and files. Storage is reached through Beam's FileSystems,
+so every path the generator can write, this can read.
 
-A dataset directory holds ``manifest.json``; an incremental root holds ``LATEST``, which names the
-latest run's manifest, whose file paths are relative to the root. Missing or unreadable pieces are
-user errors (ConfigError: one line, exit code 2).
+Everything a reader needs to find is named by ``synanno_datagen.layout``; problems a user can fix
+(no manifest, no such split, a format the dataset was not written in) raise DatasetError.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Tuple
 
-from apache_beam.io.filesystems import FileSystems
+from synanno_datagen import layout
+from synanno_datagen.errors import DatasetError
 
-from synanno_datagen.pipeline.config import ConfigError
-from synanno_datagen.pipeline.incremental import LATEST, read_latest
-from synanno_datagen.pipeline.manifest import MANIFEST
-from synanno_datagen.transforms.files import join
+__all__ = ["Dataset", "DatasetError", "open_dataset"]
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _open(path: str) -> BinaryIO:
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _read_json(path: str) -> dict:
+    with _open(path) as f:
+        return json.load(f)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A finished dataset: ``root`` is the directory the manifest's file paths are relative to."""
+    """A finished dataset: ``root`` is what the manifest's file paths are relative to (the
+    directory, or the incremental root), ``manifest_path`` the manifest read."""
 
     root: str
     manifest_path: str
     manifest: dict
 
     def path(self, relative: str) -> str:
-        return join(self.root, relative)
+        return layout.join(self.root, relative)
+
+    def open(self, relative: str) -> BinaryIO:
+        """A file of the dataset, opened for reading bytes (local or gs://)."""
+        return _open(self.path(relative))
+
+    def read_jsonl(self, relative: str) -> Iterator[dict]:
+        path = self.path(relative)
+        try:
+            with self.open(relative) as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+
+    @property
+    def formats(self) -> Tuple[str, ...]:
+        return tuple(self.manifest["config"]["formats"])
+
+    def files(self, kind: str, split: str = None) -> List[dict]:
+        """The manifest's entries of ``kind`` ('tfrecord' or 'index'), of ``split`` if given
+        (DatasetError for a split the dataset does not have)."""
+        if split is not None and split not in self.manifest["splits"]:
+            raise DatasetError(f"split {split!r} is not in this dataset (it has "
+                               f"{', '.join(self.manifest['splits']) or 'no splits'})")
+        if kind == "tfrecord" and "tfrecord" not in self.formats:
+            raise DatasetError("this dataset has no TFRecord shards (made with --formats "
+                               f"{','.join(self.formats)}); read its npy files")
+        return layout.shard_files(self.manifest, kind, split)
+
+    def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
+        """(index file entry, its lines) for every index shard, in manifest order."""
+        return [(f, list(self.read_jsonl(f["path"]))) for f in self.files("index", split)]
+
+    def index(self, split: str = None) -> List[dict]:
+        """Every index line, in manifest order."""
+        return [line for _, lines in self.index_shards(split) for line in lines]
+
+    def dead_letters(self) -> List[dict]:
+        """The dead-letter lines of the (latest) run, in file order."""
+        return list(self.read_jsonl(self.manifest["files"]["dead_letter"]["path"]))
+
+    def tfrecord_for(self, index_file: dict) -> dict:
+        """The TFRecord shard entry holding the records of an index shard entry (same run,
+        split, shard and shard count)."""
+        key = _shard_key(index_file)
+        for f in self.files("tfrecord"):
+            if _shard_key(f) == key:
+                return f
+        raise DatasetError(f"{self.root}: no TFRecord shard for {index_file['path']}")
+
+    def npy_items(self, split: str) -> List[Dict]:
+        """One item per (instance, variant) of ``split`` in index order: ids and the full paths
+        of its npy files."""
+        if "npy" not in self.formats:
+            raise DatasetError("this dataset has no npy files (made with --formats "
+                               f"{','.join(self.formats)}); read its TFRecord shards")
+        items = []
+        for index_file, lines in self.index_shards(split):
+            base = layout.index_npy_base(self.manifest, index_file)
+            for entry in lines:
+                npy = entry["npy"]
+                for variant, seed_path in enumerate(npy["seed_target"]):
+                    items.append({"instance_id": entry["instance_id"], "variant": variant,
+                                  **{k: self.path(layout.join(base, p) if base else p)
+                                     for k, p in (("source", npy["source"]),
+                                                  ("target", npy["target"]),
+                                                  ("seed_target", seed_path))}})
+        return items
 
 
-def open_dataset(output_dir: str) -> Dataset:
-    """The dataset in ``output_dir`` (a run's output directory or an incremental root)."""
-    root = output_dir.rstrip("/") or output_dir
-    direct = join(root, MANIFEST)
+def _shard_key(f: dict):
+    return f.get("run"), f["split"], f["shard"], f["num_shards"]
+
+
+def open_dataset(location: str) -> Dataset:
+    """The dataset at ``location``: a run's output directory (holding ``manifest.json``), an
+    incremental root (holding ``LATEST``, which names the latest run's manifest), or one run of
+    an incremental root (its paths are relative to the root, two levels up)."""
+    root = str(location).rstrip("/") or str(location)
+    direct = layout.join(root, layout.MANIFEST)
+    pointer = layout.join(root, layout.LATEST)
     try:
-        if FileSystems.exists(direct):
-            with FileSystems.open(direct) as f:
-                return Dataset(root, direct, json.load(f))
-        if FileSystems.exists(join(root, LATEST)):
-            manifest = read_latest(root)
-            return Dataset(root, join(root, manifest["incremental"]["manifest"]), manifest)
+        if _filesystems().exists(direct):
+            manifest = _read_json(direct)
+            if "incremental" in manifest:
+                root = layout.root_of_run(root, manifest["incremental"]["run_dir"])
+            return Dataset(root, direct, manifest)
+        if _filesystems().exists(pointer):
+            with _open(pointer) as f:
+                manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
+            return Dataset(root, manifest_path, _read_json(manifest_path))
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{output_dir}: cannot read the manifest ({type(e).__name__}: {e})")
-    raise ConfigError(f"{output_dir}: not a dataset directory (no {MANIFEST}; "
-                      f"a run that did not finish writes none)")
-
-
-def _read_jsonl(dataset: Dataset, relative: str) -> Iterator[dict]:
-    path = dataset.path(relative)
-    try:
-        with FileSystems.open(path) as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read it ({type(e).__name__}: {e})")
-
-
-def read_index_shards(dataset: Dataset) -> List[Tuple[str, List[dict]]]:
-    """(index shard path relative to root, its lines) for every index shard the manifest lists."""
-    return [(shard["path"], list(_read_jsonl(dataset, shard["path"])))
-            for shard in dataset.manifest["files"]["index"]]
-
-
-def read_index(dataset: Dataset) -> List[dict]:
-    """Every index line of every index shard the manifest lists, in listing order."""
-    return [entry for _, entries in read_index_shards(dataset) for entry in entries]
-
-
-def read_dead_letters(dataset: Dataset) -> List[dict]:
-    """The dead-letter lines of the (latest) run, in file order."""
-    return list(_read_jsonl(dataset, dataset.manifest["files"]["dead_letter"]["path"]))
-
-
-def tfrecord_shard_for(dataset: Dataset, index_path: str) -> str:
-    """The TFRecord shard (path relative to root) holding the records of an index shard."""
-    head, _, name = index_path.rpartition("index/")
-    candidate = head + "tfrecord/" + name[: -len(".jsonl")] + ".tfrecord"
-    listed = {f["path"] for f in dataset.manifest["files"]["tfrecord"]}
-    if candidate not in listed:
-        raise ConfigError(f"{dataset.root}: no TFRecord shard for {index_path} (was the dataset "
-                          f"written with --formats npy only?)")
-    return candidate
+        raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
+            from None
+    raise DatasetError(f"{location}: not a dataset directory (no {layout.MANIFEST}; "
+                       "a run that did not finish writes none)")

@@ -3,7 +3,8 @@ optional plots. Reads only the manifest, the index shards and the dead-letter fi
 from __future__ import annotations
 
 import json
-from synanno_datagen.reading.dataset import open_dataset, read_dead_letters, read_index
+
+from synanno_datagen.reading.dataset import open_dataset
 from synanno_datagen.reading.stats import dataset_facts
 
 COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
@@ -11,9 +12,9 @@ COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_sel
 
 
 def inspect_dataset(output_dir: str) -> dict:
-    """The facts of the dataset in ``output_dir`` (see pipeline.stats.dataset_facts)."""
+    """The facts of the dataset in ``output_dir`` (see reading.stats.dataset_facts)."""
     dataset = open_dataset(output_dir)
-    return dataset_facts(dataset.manifest, read_index(dataset), read_dead_letters(dataset),
+    return dataset_facts(dataset.manifest, dataset.index(), dataset.dead_letters(),
                          location=dataset.manifest_path)
 
 

@@ -4,73 +4,26 @@ Every loader yields the same pair, float32, axes (channel, z, y, x):
 ``input [2, z, y, x]`` = (source / 255, seed_target) and ``target [1, z, y, x]`` = target (0/1).
 
 This module imports neither torch nor tensorflow. ``ShardDataset`` (a ``torch`` IterableDataset
-over a split's TFRecord shards, read with the ``tfrecord`` package) and ``NpyDataset`` (a map-style
-``torch`` Dataset over the npy files) load ``pipeline.torch_datasets`` on first use, and
-``tf_dataset`` imports tensorflow when called; a missing framework raises an ImportError that names
-the extra to install. The torch loaders read local paths; ``tf_dataset`` also reads ``gs://``.
+over a split's TFRecord shards) and ``NpyDataset`` (a map-style ``torch`` Dataset over the npy
+files) load ``synanno_datagen.reading.torch_datasets`` on first use, and ``tf_dataset`` imports
+tensorflow when called; a missing framework raises an ImportError that names the extra to
+install. Every loader reads local and ``gs://`` datasets.
 """
 from __future__ import annotations
 
-import json
-import posixpath
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-LATEST = "LATEST"
+from synanno_datagen.reading.dataset import open_dataset
+
 # Features a loader decodes from a record (all in the contract part of the feature table).
-RECORD_FEATURES = {"source": "byte", "target": "byte", "seed_target": "byte", "shape": "int",
-                   "instance_id": "int", "variant": "int"}
+RECORD_FEATURES = ("source", "target", "seed_target", "instance_id", "variant")
 
 
 def missing_extra(framework: str, extra: str) -> ImportError:
     return ImportError(f"this loader needs {framework}, which is an optional extra: "
                        f"pip install synanno-datagen[{extra}]")
-
-
-def _join(base: str, rel: str) -> str:
-    return rel if "://" in rel or rel.startswith("/") else posixpath.join(base, rel)
-
-
-def open_dataset(dataset_dir: str, read_text: Callable[[str], str] = None) -> Tuple[dict, str]:
-    """(manifest, base directory its file paths are relative to) of a finished dataset.
-
-    ``dataset_dir`` is a run's output directory, or an incremental dataset root (its ``LATEST``
-    pointer is followed; an incremental manifest's paths are relative to that root).
-    """
-    read_text = read_text or _read_local
-    root = str(dataset_dir).rstrip("/")
-    try:
-        manifest_path = _join(root, read_text(_join(root, LATEST)).strip())
-    except FileNotFoundError:
-        manifest_path = _join(root, MANIFEST)
-    try:
-        manifest = json.loads(read_text(manifest_path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{manifest_path}: no manifest, so {root} is not a finished "
-                                f"dataset (the manifest is written last)") from None
-    base = posixpath.dirname(manifest_path)
-    if "incremental" in manifest:  # paths are relative to the root, above runs/NNNNN
-        run_dir = manifest["incremental"]["run_dir"]
-        base = base[:-len(run_dir)].rstrip("/") if base.endswith(run_dir) else base
-    return manifest, base
-
-
-def _read_local(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def split_files(manifest: dict, base: str, split: str, kind: str) -> List[str]:
-    """Paths of the ``kind`` ('tfrecord' or 'index') shards of ``split``, in manifest order."""
-    if split not in manifest["splits"]:
-        raise ValueError(f"split {split!r} is not in this dataset (it has "
-                         f"{', '.join(manifest['splits']) or 'no splits'})")
-    if kind == "tfrecord" and "tfrecord" not in manifest["config"]["formats"]:
-        raise ValueError("this dataset has no TFRecord shards (made with --formats "
-                         f"{','.join(manifest['config']['formats'])}); use NpyDataset")
-    return [_join(base, f["path"]) for f in manifest["files"][kind] if f["split"] == split]
 
 
 def shard_order(paths: Sequence[str], seed: Optional[int], epoch: int = 0) -> List[str]:
@@ -108,45 +61,12 @@ def buffer_shuffle(items: Iterable, buffer_size: int, rng: np.random.Generator) 
         yield buffer[i]
 
 
-def read_shard(path: str) -> Iterator[dict]:
-    """Decoded records of one TFRecord shard: source, target, seed_target (uint8 [z, y, x]),
-    instance_id, variant (int)."""
-    from tfrecord.reader import tfrecord_loader
-
-    for r in tfrecord_loader(path, None, RECORD_FEATURES):
-        shape = tuple(int(v) for v in r["shape"])
-        yield {"source": np.frombuffer(r["source"], np.uint8).reshape(shape),
-               "target": np.frombuffer(r["target"], np.uint8).reshape(shape),
-               "seed_target": np.frombuffer(r["seed_target"], np.uint8).reshape(shape),
-               "instance_id": int(r["instance_id"][0]), "variant": int(r["variant"][0])}
-
-
 def input_target(source_zyx: np.ndarray, seed_zyx: np.ndarray,
                  target_zyx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """uint8 [z, y, x] arrays -> input float32 [2, z, y, x] (source/255, seed), target [1, z, y, x]."""
     inputs = np.stack([source_zyx.astype(np.float32) / np.float32(255),
                        seed_zyx.astype(np.float32)])
     return inputs, target_zyx.astype(np.float32)[None]
-
-
-def npy_items(manifest: dict, base: str, split: str) -> List[Dict]:
-    """One item per (instance, variant) of ``split``, in index order: ids and npy paths."""
-    if "npy" not in manifest["config"]["formats"]:
-        raise ValueError("this dataset has no npy files (made with --formats "
-                         f"{','.join(manifest['config']['formats'])}); use ShardDataset")
-    items = []
-    for index_path in split_files(manifest, base, split, "index"):
-        # npy paths are relative to the run folder holding index/ (an incremental run's own).
-        run_dir = posixpath.dirname(posixpath.dirname(index_path))
-        for line in _read_local(index_path).splitlines():
-            entry = json.loads(line)
-            npy = entry["npy"]
-            for variant, seed_path in enumerate(npy["seed_target"]):
-                items.append({"instance_id": entry["instance_id"], "variant": variant,
-                              "source": _join(run_dir, npy["source"]),
-                              "target": _join(run_dir, npy["target"]),
-                              "seed_target": _join(run_dir, seed_path)})
-    return items
 
 
 def __getattr__(name: str):
@@ -176,17 +96,11 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     except ModuleNotFoundError as e:
         raise missing_extra("TensorFlow", "tf") from e
 
-    def read_text(path):
-        try:
-            with tf.io.gfile.GFile(path) as f:
-                return f.read()
-        except tf.errors.NotFoundError:
-            raise FileNotFoundError(path) from None
-
-    manifest, base = open_dataset(dataset_dir, read_text)
+    dataset = open_dataset(dataset_dir)
+    manifest = dataset.manifest
     spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
-    files = split_files(manifest, base, split, "tfrecord")
+    files = [dataset.path(f["path"]) for f in dataset.files("tfrecord", split)]
 
     def parse(serialized):
         f = tf.io.parse_single_example(serialized, spec)

@@ -1,4 +1,4 @@
-"""PNG plots of a dataset's facts (pipeline.stats.dataset_facts): thin matplotlib drawing only.
+"""PNG plots of a dataset's facts (reading.stats.dataset_facts): thin matplotlib drawing only.
 
 Agg backend (no display), fixed size and dpi, no timestamp or software tag in the PNG metadata,
 so the same facts give the same bytes with the same matplotlib.

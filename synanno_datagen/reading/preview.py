@@ -3,19 +3,18 @@
 Each row shows z-slices of the raw EM crop in grey, the full target mask outlined in cyan on every
 slice, and the seed slices filled in magenta with a magenta frame; the row is labelled with the
 instance id, variant, split and seed slices. Records are read from the TFRecord shards with the
-``tfrecord`` package (no TensorFlow); which records is a pure function of ``--seed``.
+package's record decoder (no TensorFlow); which records is a pure function of ``--seed``.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from synanno_datagen.pipeline.config import ConfigError
-from synanno_datagen.reading.dataset import Dataset, open_dataset, read_index_shards, tfrecord_shard_for
-from synanno_datagen.transforms.files import read_chunks, write_bytes
+from synanno_datagen.errors import DatasetError, UsageError
+from synanno_datagen.reading.dataset import Dataset, open_dataset
+from synanno_datagen.reading.records import read_records
+from synanno_datagen.transforms.files import write_bytes
 
 TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
 SEED_RGB = (255, 0, 200)        # magenta fill and frame: seed slices
@@ -29,17 +28,16 @@ HEADER_PX = 30                  # the colour legend, two lines
 DPI = 100
 LEGEND = ("cyan outline: full target mask (on grey raw EM)\n"
           "magenta fill + frame: seed slices (kept in the input)")
-DESCRIPTION = {"source": "byte", "target": "byte", "shape": "int", "seed_slices": "int",
-               "instance_id": "int", "variant": "int"}
+DECODED = ("source", "target", "instance_id", "variant")
 
 
-def select_records(shards: List[Tuple[str, List[dict]]], n: int, seed: int,
+def select_records(shards: List[Tuple[dict, List[dict]]], n: int, seed: int,
                    split: Optional[str] = None) -> List[dict]:
     """Pick ``n`` (instance, variant) pairs: instances without repeats, then one variant each,
     from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
 
-    ``shards``: (index shard path, index lines) as pipeline.dataset.read_index_shards gives.
-    Returns dicts {instance_id, variant, split, index_path, seed_slices, foreground_slices},
+    ``shards``: (index file entry, index lines) as Dataset.index_shards gives.
+    Returns dicts {instance_id, variant, split, index_file, seed_slices, foreground_slices},
     sorted by instance id. Fewer than ``n`` when the dataset (or split) holds fewer instances.
     """
     candidates = sorted(((e, path) for path, entries in shards for e in entries
@@ -52,7 +50,7 @@ def select_records(shards: List[Tuple[str, List[dict]]], n: int, seed: int,
         entry, path = candidates[k]
         variant = int(rng.integers(len(entry["seed_slices"])))
         chosen.append({"instance_id": entry["instance_id"], "variant": variant,
-                       "split": entry["split"], "index_path": path,
+                       "split": entry["split"], "index_file": path,
                        "seed_slices": list(entry["seed_slices"][variant]),
                        "foreground_slices": entry.get("foreground_slices")})
     return chosen
@@ -60,47 +58,21 @@ def select_records(shards: List[Tuple[str, List[dict]]], n: int, seed: int,
 
 def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x)."""
-    from tfrecord.reader import tfrecord_loader
-
-    by_shard: Dict[str, Dict[Tuple[int, int], dict]] = {}
+    by_shard: Dict[str, Tuple[dict, Dict[Tuple[int, int], dict]]] = {}
     for c in chosen:
-        shard = tfrecord_shard_for(dataset, c["index_path"])
-        by_shard.setdefault(shard, {})[(c["instance_id"], c["variant"])] = c
+        shard = dataset.tfrecord_for(c["index_file"])
+        by_shard.setdefault(shard["path"], (shard, {}))[1][(c["instance_id"], c["variant"])] = c
     found = {}
-    for shard, wanted in sorted(by_shard.items()):
-        with _local_copy(dataset.path(shard)) as local:
-            for r in tfrecord_loader(local, None, DESCRIPTION):
-                key = (int(r["instance_id"][0]), int(r["variant"][0]))
-                if key in wanted:
-                    shape = tuple(int(v) for v in r["shape"])
-                    found[key] = {**wanted[key],
-                                  "source": np.frombuffer(r["source"], np.uint8).reshape(shape),
-                                  "target": np.frombuffer(r["target"], np.uint8).reshape(shape)}
+    for _, (shard, wanted) in sorted(by_shard.items()):
+        for r in read_records(dataset, shard, DECODED):
+            key = (r["instance_id"], r["variant"])
+            if key in wanted:
+                found[key] = {**wanted[key], "source": r["source"], "target": r["target"]}
     missing = [k for c in chosen if (k := (c["instance_id"], c["variant"])) not in found]
     if missing:
-        raise ConfigError(f"{dataset.root}: records {missing} are in the index but not in "
-                          f"their TFRecord shards")
+        raise DatasetError(f"{dataset.root}: records {missing} are in the index but not in "
+                           f"their TFRecord shards")
     return [found[(c["instance_id"], c["variant"])] for c in chosen]
-
-
-class _local_copy:
-    """A local path for a shard: itself if local, else a temporary download (removed after)."""
-
-    def __init__(self, path: str):
-        self._path, self._tmp = path, None
-
-    def __enter__(self) -> str:
-        if "://" not in self._path or self._path.startswith("file://"):
-            return self._path[len("file://"):] if self._path.startswith("file://") else self._path
-        fd, self._tmp = tempfile.mkstemp(suffix=".tfrecord")
-        with os.fdopen(fd, "wb") as f:
-            for chunk in read_chunks(self._path):
-                f.write(chunk)
-        return self._tmp
-
-    def __exit__(self, *exc):
-        if self._tmp:
-            os.unlink(self._tmp)
 
 
 def choose_slices(depth: int, foreground_z: Sequence[int], seed_z: Sequence[int],
@@ -219,16 +191,16 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
     for flag, value, low in (("--n", n, 1), ("--max-slices", max_slices, 1),
                              ("--tile-px", tile_px, 8), ("--colours", colours, 0)):
         if value < low:
-            raise ConfigError(f"{flag} {value}: must be at least {low}")
+            raise UsageError(f"{flag} {value}: must be at least {low}")
     if colours > 256:
-        raise ConfigError(f"--colours {colours}: a PNG palette holds at most 256")
+        raise UsageError(f"--colours {colours}: a PNG palette holds at most 256")
     dataset = open_dataset(output_dir)
     splits = dataset.manifest["splits"]
     if split is not None and split not in splits:
-        raise ConfigError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
-    chosen = select_records(read_index_shards(dataset), n, seed, split)
+        raise UsageError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
+    chosen = select_records(dataset.index_shards(), n, seed, split)
     if not chosen:
-        raise ConfigError(f"{output_dir}: no written instances to preview"
+        raise DatasetError(f"{output_dir}: no written instances to preview"
                           + (f" in split {split}" if split else ""))
     canvas, labels = compose_montage(read_selected(dataset, chosen), max_slices, tile_px)
     write_bytes(out, render_png(canvas, labels, colours))

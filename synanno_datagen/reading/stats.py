@@ -1,5 +1,5 @@
 """Facts about a finished dataset, as plain JSON-ready values: pure functions of the manifest, the
-index lines and the dead-letter lines (see pipeline/dataset.py for reading them)."""
+index lines and the dead-letter lines (see reading/dataset.py for reading them)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional

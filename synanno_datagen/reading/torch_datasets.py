@@ -1,11 +1,13 @@
-"""PyTorch datasets over a generated dataset; reach them through ``pipeline.loaders``.
+"""PyTorch datasets over a generated dataset; reach them through ``synanno_datagen``.
 
 Both yield ``(input, target)`` float32 tensors, ``input [2, z, y, x]`` = (source / 255,
 seed_target) and ``target [1, z, y, x]``; with ``with_meta=True`` a third element
-``{"instance_id": int, "variant": int}``. Local paths only.
+``{"instance_id": int, "variant": int}``. Local or gs:// datasets (streamed through Beam's
+FileSystems).
 """
 from __future__ import annotations
 
+import io
 import logging
 from typing import Optional
 
@@ -13,8 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from synanno_datagen.reading.loaders import (buffer_shuffle, input_target, npy_items, open_dataset, read_shard,
-                              shard_order, split_files, worker_share)
+from synanno_datagen.reading.dataset import open_dataset
+from synanno_datagen.reading.loaders import (RECORD_FEATURES, buffer_shuffle, input_target,
+                                             shard_order, worker_share)
+from synanno_datagen.reading.records import read_records
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,9 @@ class ShardDataset(IterableDataset):
                  shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0):
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
-        manifest, base = open_dataset(dataset_dir)
-        self.shards = split_files(manifest, base, split, "tfrecord")
-        self.num_records = manifest["splits"][split]["records"]
+        self.dataset = open_dataset(dataset_dir)
+        self.shards = self.dataset.files("tfrecord", split)   # manifest entries, in order
+        self.num_records = self.dataset.manifest["splits"][split]["records"]
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
         self.shuffle_buffer = shuffle_buffer
@@ -63,7 +67,8 @@ class ShardDataset(IterableDataset):
                 log.warning("%d DataLoader workers for %d shards: %d workers get none",
                             worker.num_workers, len(shards), worker.num_workers - len(shards))
             shards, worker_id = worker_share(shards, worker.id, worker.num_workers), worker.id
-        records = (r for path in shards for r in read_shard(path))
+        records = (r for shard in shards
+                   for r in read_records(self.dataset, shard, RECORD_FEATURES))
         if self.shuffle_buffer:
             rng = np.random.default_rng([self.shuffle_seed, self.epoch, worker_id])
             records = buffer_shuffle(records, self.shuffle_buffer, rng)
@@ -80,8 +85,7 @@ class NpyDataset(Dataset):
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
-        manifest, base = open_dataset(dataset_dir)
-        self.items = npy_items(manifest, base, split)
+        self.items = open_dataset(dataset_dir).npy_items(split)
         self.with_meta = with_meta
 
     def __len__(self) -> int:
@@ -89,8 +93,18 @@ class NpyDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        source, seed, target = (np.load(item[k], allow_pickle=False)
-                                for k in ("source", "seed_target", "target"))
+        source, seed, target = (_load_npy(item[k]) for k in ("source", "seed_target", "target"))
         meta = ({"instance_id": item["instance_id"], "variant": item["variant"]}
                 if self.with_meta else None)
         return _sample(source, seed, target, meta)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """One npy file, local or gs:// (never unpickled)."""
+    if "://" not in path:
+        return np.load(path, allow_pickle=False)
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)

@@ -1,0 +1,112 @@
+"""The dataset layout contract: every name a run writes and a reader looks for. No Beam here.
+
+A dataset directory::
+
+    manifest.json                                   the commit point, written last
+    dead_letter.jsonl                               one line per rejected row or instance
+    tfrecord/{split}-{i:05d}-of-{n:05d}.tfrecord     records (tf.train.Example)
+    index/{split}-{i:05d}-of-{n:05d}.jsonl           one line per instance of that shard
+    npy/source/source_{id}.npy, npy/gt/target_{id}.npy,
+    npy/target/augmented_target_{id}_{variant}.npy
+
+An incremental root::
+
+    LATEST                                          "runs/NNNNN/manifest.json", written last
+    runs/NNNNN/...                                  one dataset directory per run
+
+An incremental run's manifest lists file paths relative to the root; npy paths in its index
+lines are relative to the run's own directory. The writer and every reader use these functions;
+nothing parses a path back into its parts (the manifest lists split, shard and run with each file).
+"""
+from __future__ import annotations
+
+import posixpath
+from typing import Dict, List
+
+MANIFEST = "manifest.json"
+DEAD_LETTER = "dead_letter.jsonl"
+TFRECORD_DIR = "tfrecord"
+INDEX_DIR = "index"
+NPY_DIR = "npy"
+FRAGMENTS_DIR = "_tmp"          # fragments of an unfinished run, removed before the manifest
+LATEST = "LATEST"
+RUNS_DIR = "runs"
+
+# Everything a run writes at the top of its output directory (nothing else is ever deleted).
+DATASET_ENTRIES = (MANIFEST, DEAD_LETTER, TFRECORD_DIR, INDEX_DIR, NPY_DIR, FRAGMENTS_DIR)
+
+# npy layout, compatible with the prototype's (source/, gt/, target/).
+NPY_LAYOUT = {
+    "source": "npy/source/source_{instance_id}.npy",
+    "target": "npy/gt/target_{instance_id}.npy",
+    "seed_target": "npy/target/augmented_target_{instance_id}_{variant}.npy",
+}
+
+
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    """``train-00003-of-00016``: a shard's name within its split."""
+    return f"{split}-{shard:05d}-of-{num_shards:05d}"
+
+
+def tfrecord_path(split: str, shard: int, num_shards: int) -> str:
+    return f"{TFRECORD_DIR}/{shard_name(split, shard, num_shards)}.tfrecord"
+
+
+def index_path(split: str, shard: int, num_shards: int) -> str:
+    return f"{INDEX_DIR}/{shard_name(split, shard, num_shards)}.jsonl"
+
+
+def npy_paths(instance_id: int, n_variants: int) -> Dict[str, object]:
+    """Relative npy paths of one instance: source, target and one seed_target per variant."""
+    return {
+        "source": NPY_LAYOUT["source"].format(instance_id=instance_id),
+        "target": NPY_LAYOUT["target"].format(instance_id=instance_id),
+        "seed_target": [NPY_LAYOUT["seed_target"].format(instance_id=instance_id, variant=v)
+                        for v in range(n_variants)],
+    }
+
+
+def run_dir(number: int) -> str:
+    """An incremental run's directory, relative to the root: ``runs/00002``."""
+    return f"{RUNS_DIR}/{number:05d}"
+
+
+def latest_pointer(run_directory: str) -> str:
+    """The text of ``LATEST`` naming a run's manifest."""
+    return f"{run_directory}/{MANIFEST}\n"
+
+
+def manifest_of_latest(text: str) -> str:
+    """The run manifest a ``LATEST`` text names (relative to the root); ValueError unless it is
+    a manifest inside the runs directory."""
+    rel = text.strip()
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[0] != RUNS_DIR or parts[2] != MANIFEST or ".." in parts:
+        raise ValueError(f"{LATEST} names {rel!r}, not {RUNS_DIR}/NNNNN/{MANIFEST}")
+    return rel
+
+
+def root_of_run(run_location: str, run_directory: str) -> str:
+    """The incremental root above a run opened directly (``ROOT/runs/00002`` -> ``ROOT``)."""
+    location = run_location.rstrip("/")
+    if not location.endswith("/" + run_directory):
+        raise ValueError(f"{run_location} holds the manifest of incremental run "
+                         f"{run_directory} but is not ROOT/{run_directory}")
+    return location[:-len(run_directory) - 1]
+
+
+def join(base: str, *relative: str) -> str:
+    """``base`` (a local path or a URL such as gs://...) joined with relative '/' paths."""
+    if "://" in base:
+        return "/".join([base.rstrip("/")] + [r.strip("/") for r in relative])
+    return posixpath.join(base, *relative)
+
+
+def index_npy_base(manifest: dict, index_file: dict) -> str:
+    """The directory (relative to the root) that one index shard's npy paths are relative to."""
+    return run_dir(index_file["run"]) if "run" in index_file else ""
+
+
+def shard_files(manifest: dict, kind: str, split: str = None) -> List[dict]:
+    """The manifest's ``files[kind]`` entries ('tfrecord' or 'index'), of one split if given."""
+    return [f for f in manifest["files"][kind] if split is None or f["split"] == split]

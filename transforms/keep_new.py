@@ -1,0 +1,41 @@
+"""KeepNewInstances: an incremental run keeps only the instances earlier runs do not hold."""
+from __future__ import annotations
+
+import json
+from typing import Iterable, List
+
+import apache_beam as beam
+
+
+def read_index_ids(path: str) -> Iterable[int]:
+    """The instance ids of one index shard (one JSON line per instance)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        for line in f:
+            if line.strip():
+                yield int(json.loads(line)["instance_id"])
+
+
+class KeepNewInstances(beam.PTransform):
+    """Instances -> dict ``ok`` (ids in none of the earlier index shards) and ``vanished``
+    (earlier ids no longer in the table). Only ids cross the shuffle."""
+
+    def __init__(self, index_paths: List[str]):
+        super().__init__()
+        self._paths = list(index_paths)
+
+    def expand(self, instances):
+        keyed = instances | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
+        earlier = (instances.pipeline
+                   | "EarlierIndex" >> beam.Create(self._paths)
+                   | "EarlierIds" >> beam.FlatMap(read_index_ids)
+                   | "KeyEarlier" >> beam.Map(lambda i: (i, None)))
+        # (id, {"now": [Instance], "earlier": [None]})
+        joined = {"now": keyed, "earlier": earlier} | "Join" >> beam.CoGroupByKey()
+        return {
+            "ok": joined | "New" >> beam.FlatMap(
+                lambda kv: [] if list(kv[1]["earlier"]) else list(kv[1]["now"])),
+            "vanished": joined | "Vanished" >> beam.FlatMap(
+                lambda kv: [kv[0]] if list(kv[1]["earlier"]) and not list(kv[1]["now"]) else []),
+        }
