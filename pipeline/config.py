@@ -1,37 +1,28 @@
 """Command-line options -> one frozen, validated Config (plus the arguments left for Beam).
 
-Every check runs before any Beam work starts; a failure raises ConfigError with one line that
+``parse`` runs, before any Beam work: the flags (pipeline.options), the checks of their values
+(pipeline.validate), the storage probes (pipeline.probes, pipeline.table_options) and, for an
+incremental run, its plan (pipeline.incremental). A failure raises ConfigError with one line that
 names the flag or input and says what to do (the CLI prints it and exits with code 2).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import json
-import math
-import os
-import re
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError
+from synanno_datagen.pipeline import probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
+from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
-from synanno_datagen.transforms.geometry import nearest_mip, scale_factors
+from synanno_datagen.pipeline.validate import DEFAULT_MISSING_CHUNKS, DEFAULT_SPLITS, FORMATS
+from synanno_datagen.transforms.geometry import scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
+from synanno_datagen.transforms.readers import TENSORSTORE
 from synanno_datagen.transforms.seeds import SeedModel
-from synanno_datagen.transforms.readers import ENGINES, TENSORSTORE, describe_volume, mip_resolutions
-from synanno_datagen.transforms.volumes import MISSING_CHUNK_MODES, VolumeSpec
-
-FORMATS = ("tfrecord", "npy")
-DEFAULT_SPLITS = (("train", 1.0),)
-# An absent chunk of the labels is background (tensorstore and igneous store no all-zero chunk);
-# an absent chunk of the raw EM is missing data.
-DEFAULT_MISSING_CHUNKS = ("error", "zero")
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+from synanno_datagen.transforms.volumes import VolumeSpec
 
 
 @dataclass(frozen=True)
@@ -70,19 +61,9 @@ class Config:
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
-        when these are unchanged)."""
-        generation = {
-            "source_url": self.source.url, "source_mip": self.source.mip,
-            "target_url": self.target.url, "crop_size_xyz": list(self.crop_size_xyz),
-            "variants": self.variants, "seed_model": self.seed_model.to_manifest(),
-            "seed": self.seed, "pad_value": self.pad_value, "formats": list(self.formats),
-            "splits": [list(s) for s in self.splits], "id_column": self.id_column,
-        }
-        if self.missing_chunks != DEFAULT_MISSING_CHUNKS:  # absent when default: older hashes hold
-            generation["missing_chunks"] = dict(zip(("source", "target"), self.missing_chunks))
-        if self.points != TableLayout():  # other columns, no pre/post, or other units
-            generation["table_points"] = self.points.to_manifest()
-        return generation
+        when these are unchanged; their sha256 is the manifest's generation_hash)."""
+        return {o.key: o.generation(self) for o in OPTIONS
+                if o.generation is not None and (o.unless is None or o.value(self) != o.unless)}
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -96,26 +77,7 @@ class Config:
 
     def to_manifest(self) -> dict:
         """The options as given (no derived volume facts, no credentials)."""
-        return {
-            "materialization": self.materialization, "table_shards": list(self.table_shards),
-            "id_column": self.id_column, "source_url": self.source.url,
-            "target_url": self.target.url, "output_dir": self.output_dir,
-            "num_instances": self.num_instances, "variants": self.variants,
-            "max_seed_slices": self.seed_model.max_seed_slices,
-            "crop_size_xyz": list(self.crop_size_xyz), "source_mip": self.source.mip,
-            "pad_value": self.pad_value, "seed": self.seed, "formats": list(self.formats),
-            "splits": {name: fraction for name, fraction in self.splits},
-            "shard_size_mb": self.shard_size_mb, "incremental": self.incremental is not None,
-            "fetch_strategy": self.fetch_strategy,
-            "block_size_xyz": list(self.block_size_xyz) if self.block_size_xyz else None,
-            "fetch_memory_mb": self.fetch_memory_mb,
-            "missing_chunks": dict(zip(("source", "target"), self.missing_chunks)),
-            "volume_reader": self.volume_reader,
-            "center_column": self.center_column, "pre_column": self.pre_column,
-            "post_column": self.post_column,
-            "coordinate_resolution_nm_xyz": list(self.coordinate_resolution_nm)
-            if self.coordinate_resolution_nm else None,
-        }
+        return {o.key: o.value(self) for o in OPTIONS if o.in_manifest}
 
     def table_manifest(self) -> dict:
         """How the table was read: format, point columns (null: absent), units."""
@@ -129,90 +91,67 @@ class Config:
         }
 
 
-class UsageParser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
+@dataclass(frozen=True)
+class Option:
+    """One option as the manifest's ``config`` shows it (``value``; not there unless
+    ``in_manifest``) and, if it decides the records' bytes, as the generation hash sees it
+    (``generation``; left out of the hash while its value equals ``unless``, so hashes made
+    before the option existed still match)."""
 
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` flags (a contract: users and scripts depend on these names)."""
-    parser.add_argument("--materialization", required=True, metavar="TABLE",
-                        help="synapse table: a CSV (.csv, .csv.gz) or Parquet (.parquet) file, "
-                        "or a glob of shards")
-    parser.add_argument("--source-url", required=True, metavar="URL", help="raw EM volume")
-    parser.add_argument("--target-url", required=True, metavar="URL",
-                        help="synapse segmentation volume")
-    parser.add_argument("--output-dir", required=True, metavar="DIR")
-    parser.add_argument("--num-instances", type=int, metavar="N",
-                        help="pick N instances reproducibly (default: all)")
-    parser.add_argument("--variants", type=int, default=4, metavar="K",
-                        help="seed-slice variants per instance (default 4)")
-    parser.add_argument("--max-seed-slices", type=int, default=3, metavar="M",
-                        help="at most M seed slices per variant (default 3)")
-    parser.add_argument("--crop-size", type=int, nargs=3, default=[128, 128, 16],
-                        metavar=("X", "Y", "Z"), help="crop size in target voxels")
-    parser.add_argument("--source-mip", type=mip_arg, default=0, metavar="MIP",
-                        help="source scale to read, or 'nearest': the coarsest mip whose "
-                        "resolution divides the target's (default 0)")
-    parser.add_argument("--pad-value", type=int, default=148, metavar="V",
-                        help="raw value outside the source volume (default 148)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S")
-    parser.add_argument("--formats", default="tfrecord,npy", help="tfrecord, npy or both")
-    parser.add_argument("--splits", default="train=1.0",
-                        help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
-    parser.add_argument("--id-column", metavar="NAME",
-                        help="id column (default: 'id' if present, else the row number)")
-    parser.add_argument("--center-column", metavar="NAME",
-                        help="synapse centre: a column of [x, y, z] lists, or NAME_x/_y/_z "
-                        "columns (default: columns x, y, z)")
-    parser.add_argument("--pre-column", metavar="NAME",
-                        help="presynaptic point, as --center-column (default: pre_pt if the "
-                        "table has it, else none)")
-    parser.add_argument("--post-column", metavar="NAME",
-                        help="postsynaptic point, as --center-column (default: post_pt if the "
-                        "table has it, else none)")
-    parser.add_argument("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                        help="nm per table unit, per axis (default: the target volume's "
-                        "resolution, i.e. target voxels)")
-    parser.add_argument("--shard-size-mb", type=float, default=256.0,
-                        help="approximate TFRecord shard size (default 256)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset made with a different config in --output-dir")
-    parser.add_argument("--fetch-strategy", choices=("grouped", "per-instance"),
-                        default="grouped", help="grouped: fetch by spatial block, each shared "
-                        "chunk read once (default); per-instance: one cutout per instance")
-    parser.add_argument("--block-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="grouped work block in target voxels (default: from the chunk "
-                        "sizes and --fetch-memory-mb)")
-    parser.add_argument("--fetch-memory-mb", type=int, default=1024,
-                        help="decoded-chunk cache of each fetching thread for grouped fetching "
-                        "(default 1024; a Dataflow worker runs several threads)")
-    parser.add_argument("--missing-chunks", default="source=error,target=zero", metavar="MODE",
-                        help="a chunk absent from storage: 'error' dead-letters the instance "
-                        "(missing_chunks), 'zero' reads it as zeros and counts it; 'error', "
-                        "'zero' or per volume (default source=error,target=zero: absent label "
-                        "chunks are background)")
-    parser.add_argument("--volume-reader", choices=ENGINES, default=TENSORSTORE,
-                        help="engine that reads the volumes (default tensorstore; the output "
-                        "is the same with either)")
-    parser.add_argument("--incremental", action="store_true",
-                        help="add only new instances to the dataset under --output-dir "
-                        "(ROOT/runs/NNNNN, ROOT/LATEST)")
+    key: str
+    value: Callable[[Config], Any]
+    generation: Optional[Callable[[Config], Any]] = None
+    unless: Any = None
+    in_manifest: bool = True
 
 
-def run_parser(prog: str = "synanno-datagen run", parents=()) -> argparse.ArgumentParser:
-    parser = UsageParser(prog=prog, allow_abbrev=False, parents=list(parents),
-                         description="Generate a training dataset (extra flags go to Beam).")
-    add_run_arguments(parser)
-    return parser
+def _xyz(values) -> Optional[list]:
+    return list(values) if values else None
+
+
+def _volumes(modes) -> dict:
+    return dict(zip(("source", "target"), modes))
+
+
+OPTIONS = [  # the manifest's config, in this order; generation keys as hashes always had them
+    Option("materialization", lambda c: c.materialization),
+    Option("table_shards", lambda c: list(c.table_shards)),
+    Option("id_column", lambda c: c.id_column, lambda c: c.id_column),
+    Option("source_url", lambda c: c.source.url, lambda c: c.source.url),
+    Option("target_url", lambda c: c.target.url, lambda c: c.target.url),
+    Option("output_dir", lambda c: c.output_dir),
+    Option("num_instances", lambda c: c.num_instances),
+    Option("variants", lambda c: c.variants, lambda c: c.variants),
+    Option("max_seed_slices", lambda c: c.seed_model.max_seed_slices),
+    Option("seed_model", lambda c: c.seed_model.to_manifest(),
+           lambda c: c.seed_model.to_manifest(), in_manifest=False),  # the manifest has its own
+    Option("crop_size_xyz", lambda c: list(c.crop_size_xyz), lambda c: list(c.crop_size_xyz)),
+    Option("source_mip", lambda c: c.source.mip, lambda c: c.source.mip),
+    Option("pad_value", lambda c: c.pad_value, lambda c: c.pad_value),
+    Option("seed", lambda c: c.seed, lambda c: c.seed),
+    Option("formats", lambda c: list(c.formats), lambda c: list(c.formats)),
+    Option("splits", lambda c: dict(c.splits), lambda c: [list(s) for s in c.splits]),
+    Option("shard_size_mb", lambda c: c.shard_size_mb),
+    Option("incremental", lambda c: c.incremental is not None),
+    Option("fetch_strategy", lambda c: c.fetch_strategy),
+    Option("block_size_xyz", lambda c: _xyz(c.block_size_xyz)),
+    Option("fetch_memory_mb", lambda c: c.fetch_memory_mb),
+    Option("missing_chunks", lambda c: _volumes(c.missing_chunks),
+           lambda c: _volumes(c.missing_chunks), _volumes(DEFAULT_MISSING_CHUNKS)),
+    Option("volume_reader", lambda c: c.volume_reader),
+    Option("center_column", lambda c: c.center_column),
+    Option("pre_column", lambda c: c.pre_column),
+    Option("post_column", lambda c: c.post_column),
+    Option("coordinate_resolution_nm_xyz", lambda c: _xyz(c.coordinate_resolution_nm)),
+    Option("table_points", lambda c: c.points.to_manifest(), lambda c: c.points.to_manifest(),
+           TableLayout().to_manifest(), in_manifest=False),  # the manifest's "table" has it
+]
 
 
 def parse(argv: Sequence[str]) -> Tuple[Config, List[str]]:
     """argv -> (validated Config, arguments for Beam's PipelineOptions)."""
     args, beam_args = run_parser().parse_known_args(list(argv))
-    own = {"--" + a.dest.replace("_", "-") for a in run_parser()._actions if a.dest != "help"}
+    own = {option for f in run_flags() for option in f.option_strings}
     for arg in beam_args:
         name = arg.split("=")[0].replace("_", "-")
         if arg.startswith("--") and name in own:
@@ -221,18 +160,19 @@ def parse(argv: Sequence[str]) -> Tuple[Config, List[str]]:
 
 
 def from_args(args: argparse.Namespace) -> Config:
-    _check_numbers(args)
-    formats = parse_formats(args.formats)
-    missing_chunks = parse_missing_chunks(args.missing_chunks)
-    splits = parse_splits(args.splits)
+    """Parsed flags -> Config: value checks first, then the storage probes."""
+    validate.check_numbers(args)
+    formats = validate.parse_formats(args.formats)
+    missing_chunks = validate.parse_missing_chunks(args.missing_chunks)
+    splits = validate.parse_splits(args.splits)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
     engine = args.volume_reader
-    target = _describe("--target-url", to_url(args.target_url), 0, engine)
+    target = probes.volume("--target-url", probes.to_url(args.target_url), 0, engine)
     source_mip = args.source_mip
     if source_mip == NEAREST:
-        source_mip = _nearest_source_mip(to_url(args.source_url), target, engine)
-    source = _describe("--source-url", to_url(args.source_url), source_mip, engine)
+        source_mip = probes.nearest_source_mip(probes.to_url(args.source_url), target, engine)
+    source = probes.volume("--source-url", probes.to_url(args.source_url), source_mip, engine)
     if source.dtype != "uint8" or source.num_channels != 1:
         raise ConfigError(f"--source-url {source.url}: raw EM must be uint8 with one channel, "
                           f"found {source.dtype} x {source.num_channels}")
@@ -251,21 +191,20 @@ def from_args(args: argparse.Namespace) -> Config:
         table_nm or target.resolution_nm, target.resolution_nm))
     config = Config(
         materialization=args.materialization, table_shards=table.shards,
-        id_column=table.id_column,
-        source=source, target=target, scale_xyz=scale, output_dir=to_output_dir(args.output_dir),
-        num_instances=args.num_instances, variants=args.variants,
-        seed_model=SeedModel(max_seed_slices=args.max_seed_slices), crop_size_xyz=crop,
-        pad_value=args.pad_value, seed=args.seed, formats=formats, splits=splits,
-        shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
+        id_column=table.id_column, source=source, target=target, scale_xyz=scale,
+        output_dir=probes.to_output_dir(args.output_dir), num_instances=args.num_instances,
+        variants=args.variants, seed_model=SeedModel(max_seed_slices=args.max_seed_slices),
+        crop_size_xyz=crop, pad_value=args.pad_value, seed=args.seed, formats=formats,
+        splits=splits, shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
         fetch_strategy=args.fetch_strategy, fetch_memory_mb=args.fetch_memory_mb,
         block_size_xyz=tuple(args.block_size) if args.block_size else None,
-        missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format, points=points,
-        center_column=args.center_column, pre_column=args.pre_column,
+        missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format,
+        points=points, center_column=args.center_column, pre_column=args.pre_column,
         post_column=args.post_column, coordinate_resolution_nm=table_nm)
-    check_writable(config.output_dir)
+    probes.check_writable(config.output_dir)
     if args.incremental:
         return _with_incremental_plan(config)
-    check_output_dir(config)
+    probes.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
     return config
 
 
@@ -280,185 +219,3 @@ def _with_incremental_plan(config: Config) -> Config:
                           "point --output-dir at another root") from None
     return dataclasses.replace(config, incremental=incremental,
                                output_dir=incremental.output_dir)
-
-
-def _check_numbers(args) -> None:
-    checks = [
-        ("--variants", args.variants, args.variants >= 1, "at least 1"),
-        ("--max-seed-slices", args.max_seed_slices, args.max_seed_slices >= 1, "at least 1"),
-        ("--crop-size", args.crop_size, all(c >= 1 for c in args.crop_size), "positive"),
-        ("--source-mip", args.source_mip, args.source_mip == NEAREST or args.source_mip >= 0,
-         "0 or more, or 'nearest'"),
-        ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
-        ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
-        ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
-        ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
-    ]
-    if args.block_size is not None:
-        checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),
-                       "positive"))
-    if args.coordinate_resolution is not None:
-        checks.append(("--coordinate-resolution", args.coordinate_resolution,
-                       all(math.isfinite(r) and r > 0 for r in args.coordinate_resolution),
-                       "positive nm per table unit"))
-    if args.num_instances is not None:
-        checks.append(("--num-instances", args.num_instances, args.num_instances >= 1,
-                       "at least 1 (leave it out for all)"))
-    for flag, value, ok, want in checks:
-        if not ok:
-            shown = " ".join(map(str, value)) if isinstance(value, list) else value
-            raise ConfigError(f"{flag} {shown}: must be {want}")
-
-
-def parse_formats(text: str) -> Tuple[str, ...]:
-    names = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in names if f not in FORMATS]
-    if not names or bad:
-        raise ConfigError(f"--formats {text!r}: use tfrecord, npy or tfrecord,npy")
-    return tuple(f for f in FORMATS if f in names)
-
-
-def parse_missing_chunks(text: str) -> Tuple[str, str]:
-    """``error``, ``zero`` or ``source=MODE,target=MODE`` -> (source mode, target mode); a
-    volume left out keeps its default."""
-    modes = dict(zip(("source", "target"), DEFAULT_MISSING_CHUNKS))
-    text = text.strip()
-    if text in MISSING_CHUNK_MODES:
-        return text, text
-    for part in text.split(","):
-        volume, _, mode = part.strip().partition("=")
-        if volume not in modes or mode not in MISSING_CHUNK_MODES:
-            raise ConfigError(f"--missing-chunks {text}: expected 'error', 'zero' or "
-                              "'source=error|zero,target=error|zero'")
-        modes[volume] = mode
-    return modes["source"], modes["target"]
-
-
-def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
-    """'train=0.8,val=0.1,test=0.1' -> (('train', 0.8), ...); fractions must sum to 1."""
-    splits = []
-    for part in text.split(","):
-        name, sep, value = part.strip().partition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        if not sep or not _SPLIT_NAME.match(name) or not 0 < fraction <= 1:
-            raise ConfigError(f"--splits {text!r}: write name=fraction pairs, e.g. "
-                              "train=0.8,val=0.1,test=0.1")
-        splits.append((name, fraction))
-    if len({n for n, _ in splits}) != len(splits):
-        raise ConfigError(f"--splits {text!r}: a split name appears twice")
-    if abs(sum(f for _, f in splits) - 1.0) > 1e-6:
-        raise ConfigError(f"--splits {text!r}: fractions sum to {sum(f for _, f in splits):g}, "
-                          "not 1")
-    return tuple(splits)
-
-
-def to_url(location: str) -> str:
-    """A volume location as a cloud-volume URL: plain local paths become file:// URLs."""
-    if "://" in location:
-        return location
-    return "file://" + os.path.abspath(os.path.expanduser(location))
-
-
-def to_output_dir(location: str) -> str:
-    if "://" in location:
-        return location.rstrip("/")
-    return os.path.abspath(os.path.expanduser(location))
-
-
-NEAREST = "nearest"
-
-
-def mip_arg(text: str):
-    """``--source-mip``: a whole number, or 'nearest'."""
-    if text == NEAREST:
-        return NEAREST
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a mip number or 'nearest'") from None
-
-
-def _nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
-    _describe("--source-url", url, 0, engine)  # a clear error when the info cannot be read
-    try:
-        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
-    except ValueError as e:
-        raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
-
-
-def _describe(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
-    try:
-        spec = describe_volume(url, mip, engine)
-    except ValueError as e:
-        raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
-            from None
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{flag} {url}: cannot read the volume's info "
-                          f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
-    if engine == TENSORSTORE and gzip_file_chunks(spec):
-        raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
-                          "local gzip layout), which tensorstore does not read; pass "
-                          "--volume-reader cloudvolume")
-    return spec
-
-
-def gzip_file_chunks(spec: VolumeSpec) -> bool:
-    """True when a local volume's scale holds ``*.gz`` chunk files (cloud-volume writes them on
-    disk; on buckets the same chunks are plain names with Content-Encoding: gzip)."""
-    if not spec.url.startswith("file://"):
-        return False
-    scale_dir = Path(spec.url[len("file://"):]) / spec.key
-    if not scale_dir.is_dir():
-        return False
-    with os.scandir(scale_dir) as entries:
-        return any(e.name.endswith(".gz") for e in itertools.islice(entries, 64))
-
-
-def check_writable(output_dir: str) -> None:
-    """Refuse an output location we cannot write, creating nothing there.
-
-    Local: the nearest existing ancestor must be a writable directory. Other filesystems
-    (gs://): a probe object is written and deleted under the output prefix.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in output_dir:
-        existing = Path(output_dir)
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            what = "is not a directory" if not existing.is_dir() else "is not writable"
-            raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
-                              "you can write")
-        return
-    from synanno_datagen.transforms.files import delete_tree, write_bytes
-
-    probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
-    try:
-        write_bytes(probe, b"synanno-datagen write probe")
-        delete_tree(probe)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
-                          f"{first}); check the bucket name and your write access") from None
-
-
-def check_output_dir(config: Config) -> None:
-    """Refuse to mix with a finished dataset made by a different config (unless --overwrite)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    manifest = FileSystems.join(config.output_dir, "manifest.json")
-    if config.overwrite or not FileSystems.exists(manifest):
-        return
-    try:
-        with FileSystems.open(manifest) as f:
-            previous = json.load(f).get("config")
-    except Exception:
-        previous = None
-    if previous != config.to_manifest():
-        raise ConfigError(f"--output-dir {config.output_dir} holds a dataset made with a different "
-                          "config; choose another directory or pass --overwrite")

@@ -22,7 +22,7 @@ def demo_argv(output_dir: str, cache_dir: str = None) -> List[str]:
 
 
 def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:
-    from synanno_datagen.cli import run
+    from synanno_datagen.pipeline.run import run
 
     log.info("making or reusing the demo data in %s", default_cache_dir())
     return run(demo_argv(output_dir) + list(beam_args))

@@ -19,7 +19,8 @@ import json
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-from synanno_datagen.pipeline.config import ConfigError, run_parser
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.pipeline.options import run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
@@ -29,7 +30,7 @@ XYZ_PARAMETERS = {"crop_size", "block_size", "coordinate_resolution"}
 
 def template_parameters() -> List[str]:
     """Names of the template parameters, in the order of the run flags."""
-    return [a.dest for a in run_parser()._actions if a.dest not in NOT_TEMPLATE_PARAMETERS]
+    return [a.dest for a in run_flags() if a.dest not in NOT_TEMPLATE_PARAMETERS]
 
 
 def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
@@ -39,7 +40,7 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
     if rest:
         raise ConfigError(f"{rest[0]}: only synanno-datagen run flags can be template parameters; "
                           "Dataflow settings come from the environment variables")
-    given = {a.dest for a in parser._actions for f in a.option_strings
+    given = {a.dest for a in run_flags() for f in a.option_strings
              if any(x == f or x.startswith(f + "=") for x in flags)}
     params = {}
     for name in template_parameters():

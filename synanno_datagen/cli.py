@@ -12,28 +12,12 @@ from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
 from synanno_datagen.errors import ConfigError, UsageError
-from synanno_datagen.pipeline.config import UsageParser, parse, run_parser
+from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
 
 USAGE_ERROR = 2
 PROG = "synanno-datagen"
-
-
-def run(argv: Sequence[str]) -> dict:
-    """Validate the options, run the pipeline to completion, return the manifest."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from synanno_datagen.pipeline.build import build
-    from synanno_datagen.pipeline.manifest import clear_dataset, load_manifest
-
-    config, beam_args = parse(argv)
-    options = PipelineOptions(beam_args)
-    clear_dataset(config.output_dir)  # parse() refused a different config unless --overwrite
-    with beam.Pipeline(options=options) as p:
-        build(p, config)
-    return load_manifest(config.output_dir)
 
 
 def summary(manifest: dict, output_dir: str) -> str:
@@ -90,6 +74,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         args, beam_args = demo_parser.parse_known_args(argv)
         start = functools.partial(run_demo, args.output_dir, beam_args)
     else:
+        from synanno_datagen.pipeline.run import run
+
         beam_args, start = argv, functools.partial(run, argv)
     # Bundles running in other processes never reach this process's tally: summary only.
     show = not output.quiet and runs_in_process(beam_args)

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import (
     GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions, WorkerOptions,
 )
 
-from synanno_datagen.pipeline.config import run_parser
+from synanno_datagen.pipeline.options import run_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch_dataflow.sh"

@@ -1,0 +1,115 @@
+"""The ``run`` flags, declared once: the CLI, ``run --help``, the Flex Template's parameters and
+the check for mistyped flags all come from here."""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.transforms.readers import ENGINES, TENSORSTORE
+
+NEAREST = "nearest"
+
+
+def mip_arg(text: str):
+    """``--source-mip``: a whole number, or 'nearest'."""
+    if text == NEAREST:
+        return NEAREST
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mip number or 'nearest'") from None
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
+    """Declare the ``run`` flags on ``parser`` (a contract: users and scripts depend on these
+    names); return them, in order."""
+    declared: List[argparse.Action] = []
+
+    def flag(*names, **kwargs):
+        declared.append(parser.add_argument(*names, **kwargs))
+
+    flag("--materialization", required=True, metavar="TABLE",
+         help="synapse table: a CSV (.csv, .csv.gz) or Parquet (.parquet) file, "
+         "or a glob of shards")
+    flag("--source-url", required=True, metavar="URL", help="raw EM volume")
+    flag("--target-url", required=True, metavar="URL",
+         help="synapse segmentation volume")
+    flag("--output-dir", required=True, metavar="DIR")
+    flag("--num-instances", type=int, metavar="N",
+         help="pick N instances reproducibly (default: all)")
+    flag("--variants", type=int, default=4, metavar="K",
+         help="seed-slice variants per instance (default 4)")
+    flag("--max-seed-slices", type=int, default=3, metavar="M",
+         help="at most M seed slices per variant (default 3)")
+    flag("--crop-size", type=int, nargs=3, default=[128, 128, 16],
+         metavar=("X", "Y", "Z"), help="crop size in target voxels")
+    flag("--source-mip", type=mip_arg, default=0, metavar="MIP",
+         help="source scale to read, or 'nearest': the coarsest mip whose "
+         "resolution divides the target's (default 0)")
+    flag("--pad-value", type=int, default=148, metavar="V",
+         help="raw value outside the source volume (default 148)")
+    flag("--seed", type=int, default=0, metavar="S")
+    flag("--formats", default="tfrecord,npy", help="tfrecord, npy or both")
+    flag("--splits", default="train=1.0",
+         help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
+    flag("--id-column", metavar="NAME",
+         help="id column (default: 'id' if present, else the row number)")
+    flag("--center-column", metavar="NAME",
+         help="synapse centre: a column of [x, y, z] lists, or NAME_x/_y/_z "
+         "columns (default: columns x, y, z)")
+    flag("--pre-column", metavar="NAME",
+         help="presynaptic point, as --center-column (default: pre_pt if the "
+         "table has it, else none)")
+    flag("--post-column", metavar="NAME",
+         help="postsynaptic point, as --center-column (default: post_pt if the "
+         "table has it, else none)")
+    flag("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
+         help="nm per table unit, per axis (default: the target volume's "
+         "resolution, i.e. target voxels)")
+    flag("--shard-size-mb", type=float, default=256.0,
+         help="approximate TFRecord shard size (default 256)")
+    flag("--overwrite", action="store_true",
+         help="replace a dataset made with a different config in --output-dir")
+    flag("--fetch-strategy", choices=("grouped", "per-instance"),
+         default="grouped", help="grouped: fetch by spatial block, each shared "
+         "chunk read once (default); per-instance: one cutout per instance")
+    flag("--block-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+         help="grouped work block in target voxels (default: from the chunk "
+         "sizes and --fetch-memory-mb)")
+    flag("--fetch-memory-mb", type=int, default=1024,
+         help="decoded-chunk cache of each fetching thread for grouped fetching "
+         "(default 1024; a Dataflow worker runs several threads)")
+    flag("--missing-chunks", default="source=error,target=zero", metavar="MODE",
+         help="a chunk absent from storage: 'error' dead-letters the instance "
+         "(missing_chunks), 'zero' reads it as zeros and counts it; 'error', "
+         "'zero' or per volume (default source=error,target=zero: absent label "
+         "chunks are background)")
+    flag("--volume-reader", choices=ENGINES, default=TENSORSTORE,
+         help="engine that reads the volumes (default tensorstore; the output "
+         "is the same with either)")
+    flag("--incremental", action="store_true",
+         help="add only new instances to the dataset under --output-dir "
+         "(ROOT/runs/NNNNN, ROOT/LATEST)")
+    return declared
+
+
+def run_parser(prog: str = "synanno-datagen run", parents=()) -> argparse.ArgumentParser:
+    parser = UsageParser(prog=prog, allow_abbrev=False, parents=list(parents),
+                         description="Generate a training dataset (extra flags go to Beam).")
+    add_run_arguments(parser)
+    return parser
+
+
+def run_flags() -> List[argparse.Action]:
+    """The declared ``run`` flags (argparse Actions: ``dest``, ``option_strings``, ...)."""
+    return add_run_arguments(UsageParser(add_help=False))
+
+

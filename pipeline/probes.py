@@ -1,0 +1,113 @@
+"""Storage probes, run before any work: can the volumes be read (and how), can the output be
+written, does the output directory hold another config's dataset. Each failure is one
+ConfigError line naming the flag (the table's probe is pipeline.table_options.describe_table)."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.layout import MANIFEST
+from synanno_datagen.transforms.geometry import nearest_mip
+from synanno_datagen.transforms.readers import TENSORSTORE, describe_volume, mip_resolutions
+from synanno_datagen.transforms.volumes import VolumeSpec
+
+
+def to_url(location: str) -> str:
+    """A volume location as a cloud-volume URL: plain local paths become file:// URLs."""
+    if "://" in location:
+        return location
+    return "file://" + os.path.abspath(os.path.expanduser(location))
+
+
+def to_output_dir(location: str) -> str:
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
+    volume("--source-url", url, 0, engine)  # a clear error when the info cannot be read
+    try:
+        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
+    except ValueError as e:
+        raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
+
+
+def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
+    try:
+        spec = describe_volume(url, mip, engine)
+    except ValueError as e:
+        raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
+            from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{flag} {url}: cannot read the volume's info "
+                          f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
+    if engine == TENSORSTORE and gzip_file_chunks(spec):
+        raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
+                          "local gzip layout), which tensorstore does not read; pass "
+                          "--volume-reader cloudvolume")
+    return spec
+
+
+def gzip_file_chunks(spec: VolumeSpec) -> bool:
+    """True when a local volume's scale holds ``*.gz`` chunk files (cloud-volume writes them on
+    disk; on buckets the same chunks are plain names with Content-Encoding: gzip)."""
+    if not spec.url.startswith("file://"):
+        return False
+    scale_dir = Path(spec.url[len("file://"):]) / spec.key
+    if not scale_dir.is_dir():
+        return False
+    with os.scandir(scale_dir) as entries:
+        return any(e.name.endswith(".gz") for e in itertools.islice(entries, 64))
+
+
+def check_writable(output_dir: str) -> None:
+    """Refuse an output location we cannot write, creating nothing there.
+
+    Local: the nearest existing ancestor must be a writable directory. Other filesystems
+    (gs://): a probe object is written and deleted under the output prefix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in output_dir:
+        existing = Path(output_dir)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not a directory" if not existing.is_dir() else "is not writable"
+            raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
+                              "you can write")
+        return
+    from synanno_datagen.transforms.files import delete_tree, write_bytes
+
+    probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
+    try:
+        write_bytes(probe, b"synanno-datagen write probe")
+        delete_tree(probe)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
+                          f"{first}); check the bucket name and your write access") from None
+
+
+def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
+    """Refuse to mix with a finished dataset made with other ``options`` (its manifest's
+    ``config``) unless ``overwrite``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = FileSystems.join(output_dir, MANIFEST)
+    if overwrite or not FileSystems.exists(manifest):
+        return
+    try:
+        with FileSystems.open(manifest) as f:
+            previous = json.load(f).get("config")
+    except Exception:
+        previous = None
+    if previous != options:
+        raise ConfigError(f"--output-dir {output_dir} holds a dataset made with a different "
+                          "config; choose another directory or pass --overwrite")

@@ -1,0 +1,94 @@
+"""Checks of the ``run`` flags' values that need no storage: numbers, formats, splits, missing
+chunk modes. Each failure is a ConfigError naming the flag and what it must be."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Tuple
+
+from synanno_datagen.errors import ConfigError
+from synanno_datagen.pipeline.options import NEAREST
+from synanno_datagen.transforms.volumes import MISSING_CHUNK_MODES
+
+FORMATS = ("tfrecord", "npy")
+DEFAULT_SPLITS = (("train", 1.0),)
+# An absent chunk of the labels is background (tensorstore and igneous store no all-zero chunk);
+# an absent chunk of the raw EM is missing data.
+DEFAULT_MISSING_CHUNKS = ("error", "zero")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag within its range."""
+    checks = [
+        ("--variants", args.variants, args.variants >= 1, "at least 1"),
+        ("--max-seed-slices", args.max_seed_slices, args.max_seed_slices >= 1, "at least 1"),
+        ("--crop-size", args.crop_size, all(c >= 1 for c in args.crop_size), "positive"),
+        ("--source-mip", args.source_mip, args.source_mip == NEAREST or args.source_mip >= 0,
+         "0 or more, or 'nearest'"),
+        ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
+        ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
+        ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
+        ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
+    ]
+    if args.block_size is not None:
+        checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),
+                       "positive"))
+    if args.coordinate_resolution is not None:
+        checks.append(("--coordinate-resolution", args.coordinate_resolution,
+                       all(math.isfinite(r) and r > 0 for r in args.coordinate_resolution),
+                       "positive nm per table unit"))
+    if args.num_instances is not None:
+        checks.append(("--num-instances", args.num_instances, args.num_instances >= 1,
+                       "at least 1 (leave it out for all)"))
+    for flag, value, ok, want in checks:
+        if not ok:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise ConfigError(f"{flag} {shown}: must be {want}")
+
+
+def parse_formats(text: str) -> Tuple[str, ...]:
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in names if f not in FORMATS]
+    if not names or bad:
+        raise ConfigError(f"--formats {text!r}: use tfrecord, npy or tfrecord,npy")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def parse_missing_chunks(text: str) -> Tuple[str, str]:
+    """``error``, ``zero`` or ``source=MODE,target=MODE`` -> (source mode, target mode); a
+    volume left out keeps its default."""
+    modes = dict(zip(("source", "target"), DEFAULT_MISSING_CHUNKS))
+    text = text.strip()
+    if text in MISSING_CHUNK_MODES:
+        return text, text
+    for part in text.split(","):
+        volume, _, mode = part.strip().partition("=")
+        if volume not in modes or mode not in MISSING_CHUNK_MODES:
+            raise ConfigError(f"--missing-chunks {text}: expected 'error', 'zero' or "
+                              "'source=error|zero,target=error|zero'")
+        modes[volume] = mode
+    return modes["source"], modes["target"]
+
+
+def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
+    """'train=0.8,val=0.1,test=0.1' -> (('train', 0.8), ...); fractions must sum to 1."""
+    splits = []
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not sep or not _SPLIT_NAME.match(name) or not 0 < fraction <= 1:
+            raise ConfigError(f"--splits {text!r}: write name=fraction pairs, e.g. "
+                              "train=0.8,val=0.1,test=0.1")
+        splits.append((name, fraction))
+    if len({n for n, _ in splits}) != len(splits):
+        raise ConfigError(f"--splits {text!r}: a split name appears twice")
+    if abs(sum(f for _, f in splits) - 1.0) > 1e-6:
+        raise ConfigError(f"--splits {text!r}: fractions sum to {sum(f for _, f in splits):g}, "
+                          "not 1")
+    return tuple(splits)
+
+
