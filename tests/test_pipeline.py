@@ -355,7 +355,7 @@ def test_a_corrupt_chunk_is_a_fetch_error_for_the_instances_that_touch_it(small_
 
 
 def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_and_message():
-    from synanno_datagen.pipeline.build import failure_to_dead_letters
+    from synanno_datagen.transforms.dead_letters import failure_to_dead_letters, of_instance
     from synanno_datagen.transforms.records import Instance, RowRef
 
     def explode(instance):
@@ -365,7 +365,8 @@ def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_a
         instances = p | beam.Create([Instance(i, (1, 2, 3), (1, 2, 3), (1, 2, 3), RowRef(0, i))
                                      for i in (7, 8)])
         bad = (instances | beam.Map(explode).with_exception_handling(use_subprocess=False)).bad
-        letters = (bad | beam.FlatMap(failure_to_dead_letters, "unexpected_error", "Explode")
+        letters = (bad | beam.FlatMap(failure_to_dead_letters, "unexpected_error", "Explode",
+                                          of_instance)
                    | beam.Map(lambda d: (d.instance_id, d.reason, d.stage, d.details)))
         assert_that(letters, equal_to([
             (7, "unexpected_error", "Explode", "ZeroDivisionError: no luck for 7"),

@@ -7,7 +7,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from synanno_datagen.transforms.records import EMPTY_TARGET, DeadLetter, Subvolume
+from synanno_datagen.transforms.dead_letters import guarded_pardo
+from synanno_datagen.transforms.records import (
+    DEAD, EMPTY_TARGET, UNEXPECTED_ERROR, Cleaned, DeadLetter, Fetched,
+)
 
 
 def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx) -> Optional[np.ndarray]:
@@ -48,36 +51,33 @@ def _nearest_component(components: np.ndarray, center_zyx, resolution_nm_zyx) ->
     return int(candidates[int(np.argmax(sizes))])
 
 
-
 class CleanTargetFn(beam.DoFn):
-    """Subvolume -> Subvolume with ``target_zyx`` set (labels dropped), or an ``empty_target``
-    dead letter on the ``dead_letter`` output."""
+    """Fetched -> Cleaned (the centred synapse as a 0/1 mask, labels dropped), or an
+    ``empty_target`` DeadLetter on the DEAD output."""
 
     def __init__(self, source_resolution_nm_xyz):
         self._resolution_nm_zyx = tuple(source_resolution_nm_xyz)[::-1]
         self._empty = Metrics.counter("synanno", "empty_targets")
 
-    def process(self, subvolume: Subvolume):
-        mask = keep_center_component(subvolume.labels_zyx, self._resolution_nm_zyx)
+    def process(self, fetched: Fetched):
+        mask = keep_center_component(fetched.labels_zyx, self._resolution_nm_zyx)
         if mask is None:
             self._empty.inc()
-            yield beam.pvalue.TaggedOutput("dead_letter", DeadLetter.for_instance(
-                subvolume.instance, EMPTY_TARGET, "no synapse voxel in the target crop",
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                fetched.instance, EMPTY_TARGET, "no synapse voxel in the target crop",
                 "CleanTargets"))
             return
-        subvolume.target_zyx = mask
-        subvolume.labels_zyx = None
-        yield subvolume
+        yield Cleaned(**fetched.crop_fields(), target_zyx=mask)
 
 
 class CleanTargets(beam.PTransform):
-    """Subvolumes -> outputs ``ok`` (cleaned), ``dead_letter`` (empty), ``failed`` (exceptions)."""
+    """Fetched -> outputs ``ok`` (Cleaned) and ``dead_letter`` (empty targets, exceptions)."""
 
     def __init__(self, source_resolution_nm_xyz):
         super().__init__()
         self._resolution = tuple(source_resolution_nm_xyz)
 
-    def expand(self, subvolumes):
-        out = subvolumes | "Clean" >> beam.ParDo(CleanTargetFn(self._resolution)) \
-            .with_exception_handling(use_subprocess=False)
-        return {"ok": out.good, "dead_letter": out["dead_letter"], "failed": out.bad}
+    def expand(self, fetched):
+        ok, dead = guarded_pardo(fetched, "Clean", CleanTargetFn(self._resolution),
+                                 UNEXPECTED_ERROR, "CleanTargets")
+        return {"ok": ok, DEAD: dead}

@@ -12,7 +12,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from synanno_datagen.transforms.records import Subvolume
+from synanno_datagen.transforms.records import Varied
 
 # Contract keys first; the rest describe where the crop came from.
 OPTIONAL_POINT_FEATURES = ("pre_pt_xyz", "post_pt_xyz")  # only when the table has these points
@@ -72,10 +72,10 @@ def features(point_features: Sequence[str] = OPTIONAL_POINT_FEATURES) -> List[di
             if f["name"] not in OPTIONAL_POINT_FEATURES or f["name"] in point_features]
 
 
-def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> bytes:
+def encode_example(varied: Varied, variant: int, seed_zyx: np.ndarray) -> bytes:
     """Serialized tf.train.Example for one variant of one instance (keys sorted, so the order
     of the ``put`` calls does not change the bytes)."""
-    inst = subvolume.instance
+    inst = varied.instance
     example = example_pb2().Example()
     feature = example.features.feature
 
@@ -85,18 +85,18 @@ def encode_example(subvolume: Subvolume, variant: int, seed_zyx: np.ndarray) -> 
     def put_ints(name, values):
         feature[name].int64_list.value.extend(int(v) for v in values)
 
-    put_bytes("source", subvolume.source_zyx)
-    put_bytes("target", subvolume.target_zyx)
+    put_bytes("source", varied.source_zyx)
+    put_bytes("target", varied.target_zyx)
     put_bytes("seed_target", seed_zyx)
-    put_ints("shape", subvolume.source_zyx.shape)
-    put_ints("seed_slices", subvolume.seed_slices[variant])
+    put_ints("shape", varied.source_zyx.shape)
+    put_ints("seed_slices", varied.seed_slices[variant])
     put_ints("instance_id", [inst.instance_id])
     put_ints("variant", [variant])
     put_ints("center_xyz", inst.center_xyz)
     for name in OPTIONAL_POINT_FEATURES:
         if getattr(inst, name) is not None:
             put_ints(name, getattr(inst, name))
-    put_ints("target_box_xyz", subvolume.target_box.start_xyz + subvolume.target_box.stop_xyz)
-    put_ints("source_box_xyz", subvolume.source_box.start_xyz + subvolume.source_box.stop_xyz)
-    put_ints("source_padding_xyz", [v for pair in subvolume.source_padding_xyz for v in pair])
+    put_ints("target_box_xyz", varied.target_box.start_xyz + varied.target_box.stop_xyz)
+    put_ints("source_box_xyz", varied.source_box.start_xyz + varied.source_box.stop_xyz)
+    put_ints("source_padding_xyz", [v for pair in varied.source_padding_xyz for v in pair])
     return example.SerializeToString(deterministic=True)

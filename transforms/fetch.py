@@ -1,4 +1,4 @@
-"""FetchSubvolumes: Instance -> Subvolume (source crop and upsampled target labels, (z, y, x))."""
+"""FetchSubvolumes: Instance -> Fetched (source crop and upsampled target labels, (z, y, x))."""
 from __future__ import annotations
 
 import math
@@ -12,8 +12,9 @@ from apache_beam.metrics import Metrics
 from synanno_datagen.transforms.blocks import BlockReader
 from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box, upsample_nearest_zyx
 from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
+from synanno_datagen.transforms.dead_letters import failure_to_dead_letters, of_instance
 from synanno_datagen.transforms.records import (
-    FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Instance, Subvolume, exception_text,
+    DEAD, FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Fetched, Instance, exception_text,
 )
 from synanno_datagen.transforms.volumes import MissingChunks, VolumeSpec, chunk_names
 
@@ -55,11 +56,11 @@ def block_key(instance: Instance, target_offset_xyz, block_size_xyz) -> Tuple[in
                  zip(instance.center_xyz, target_offset_xyz, block_size_xyz))
 
 
-def make_subvolume(instance: Instance, target_box: Box, source_box: Box, source, labels,
-                   config: FetchConfig) -> Subvolume:
-    """A Subvolume from both padded crops, each given as (array (z, y, x), filled chunk names)."""
+def make_fetched(instance: Instance, target_box: Box, source_box: Box, source, labels,
+                 config: FetchConfig) -> Fetched:
+    """A Fetched from both padded crops, each given as (array (z, y, x), filled chunk names)."""
     (source_zyx, source_filled), (labels_zyx, target_filled) = source, labels
-    return Subvolume(
+    return Fetched(
         instance=instance, target_box=target_box, source_box=source_box,
         target_padding_xyz=padding(target_box, config.target.bounds),
         source_padding_xyz=padding(source_box, config.source.bounds),
@@ -71,7 +72,6 @@ def make_subvolume(instance: Instance, target_box: Box, source_box: Box, source,
 
 CHUNKS = "chunks"  # tagged output: (volume, chunk name) touched, for the distinct count
 READS = "reads"    # tagged output: {volume: {figure: n}} per element (transforms.readers)
-DEAD = "dead_letter"  # tagged output: DeadLetter (missing_chunks, fetch_error)
 
 
 class _FetchFn(beam.DoFn):
@@ -103,7 +103,7 @@ class _FetchFn(beam.DoFn):
                                    target_budget, config.run_token)
 
     def _fetch_members(self, members: List[Instance]):
-        """A Subvolume (or a DeadLetter, tagged DEAD) per member, in the given order, then the
+        """A Fetched (or a DeadLetter, tagged DEAD) per member, in the given order, then the
         READS and CHUNKS outputs. Each volume is read in few regions covering the members'
         crops (see transforms.blocks.BlockReader)."""
         config = self._config
@@ -117,7 +117,7 @@ class _FetchFn(beam.DoFn):
         for k, instance in enumerate(members):
             touched["source"].update(chunk_names(config.source, source_boxes[k]))
             touched["target"].update(chunk_names(config.target, target_boxes[k]))
-            yield self._fetch_one(instance, lambda: make_subvolume(
+            yield self._fetch_one(instance, lambda: make_fetched(
                 instance, target_boxes[k], source_boxes[k], source.crop(k), target.crop(k),
                 config))
         yield self._take_reads()
@@ -126,7 +126,7 @@ class _FetchFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(CHUNKS, (volume, name))
 
     def _fetch_one(self, instance: Instance, make):
-        """The output for one instance: ``make()``'s Subvolume, or a DeadLetter (tagged DEAD)
+        """The output for one instance: ``make()``'s Fetched, or a DeadLetter (tagged DEAD)
         when one of its crops cannot be read."""
         try:
             subvolume = make()
@@ -158,14 +158,14 @@ class _FetchFn(beam.DoFn):
 
 
 class FetchSubvolumeFn(_FetchFn):
-    """Instance -> Subvolume: one read per volume per instance (``per-instance``)."""
+    """Instance -> Fetched: one read per volume per instance (``per-instance``)."""
 
     def process(self, instance: Instance):
         yield from self._fetch_members([instance])
 
 
 class FetchBlockFn(_FetchFn):
-    """(block key, [Instance]) -> a Subvolume per member, in instance id order (``grouped``).
+    """(block key, [Instance]) -> a Fetched per member, in instance id order (``grouped``).
 
     A chunk that several members share is read and decoded once; chunks shared with other blocks
     are served by the decoded-chunk cache when this worker read them recently.
@@ -177,8 +177,8 @@ class FetchBlockFn(_FetchFn):
 
 
 class FetchSubvolumes(beam.PTransform):
-    """Instances -> outputs ``ok`` (Subvolumes), ``dead_letter`` (DeadLetters of instances whose
-    crops could not be read), ``failed`` (Beam's (element, error) pairs) and ``io`` (figures)."""
+    """Instances -> outputs ``ok`` (Fetched), ``dead_letter`` (DeadLetters of instances whose
+    crops could not be read, or whose fetch failed unexpectedly) and ``io`` (read figures)."""
 
     def __init__(self, config: FetchConfig):
         super().__init__()
@@ -192,13 +192,21 @@ class FetchSubvolumes(beam.PTransform):
                     | "KeyByBlock" >> beam.Map(lambda i: (block_key(
                         i, config.target.voxel_offset_xyz, config.block_size_xyz), i))
                     | "GroupByBlock" >> beam.GroupByKey())
-            fn = FetchBlockFn(config)
+            fn, instances_of = FetchBlockFn(config), _block_members
         else:
             work = instances | "Distribute" >> beam.Reshuffle()  # spread the fetch work
-            fn = FetchSubvolumeFn(config)
+            fn, instances_of = FetchSubvolumeFn(config), of_instance
         out = work | "Fetch" >> beam.ParDo(fn).with_exception_handling(use_subprocess=False)
-        return {"ok": out.good, "failed": out.bad, DEAD: out[DEAD],
+        failed = out.bad | "FetchFailures" >> beam.FlatMap(
+            failure_to_dead_letters, FETCH_ERROR, "FetchSubvolumes", instances_of)
+        return {"ok": out.good,
+                DEAD: (out[DEAD], failed) | "FetchDeadLetters" >> beam.Flatten(),
                 "io": out[READS] | "IoFigures" >> IoFigures(out[CHUNKS])}
+
+
+def _block_members(element) -> List[Instance]:
+    """The instances of a grouped work block, (block key, [Instance])."""
+    return list(element[1])
 
 
 class IoFigures(beam.PTransform):

@@ -1,9 +1,11 @@
-"""Small records that travel between stages (and may cross a shuffle) and the in-stage Subvolume."""
+"""The elements that travel between stages: small records that may cross a shuffle (Instance,
+DeadLetter, WrittenInstance), and the array-carrying types that stay inside one fused stage
+(Fetched -> Cleaned -> Varied), one type per stage an instance has reached."""
 from __future__ import annotations
 
 import ast
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,6 +22,8 @@ EMPTY_TARGET = "empty_target"
 MISSING_CHUNKS = "missing_chunks"
 FETCH_ERROR = "fetch_error"
 UNEXPECTED_ERROR = "unexpected_error"
+
+DEAD = "dead_letter"  # every stage's output of DeadLetters, and the tag its DoFns yield them on
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,13 @@ class DeadLetter:
         return cls(reason, details, stage, instance.instance_id, instance.ref, instance.row)
 
 
-@dataclass
-class Subvolume:
-    """An instance's arrays, on the source grid, (z, y, x). Lives inside one fused stage only.
+@dataclass(frozen=True)
+class Crop:
+    """What every stage after fetching knows of an instance: its boxes and raw crop.
 
-    source_zyx: uint8 raw EM, padded with the pad value outside the source volume.
-    labels_zyx: target labels (volume dtype) upsampled to the source grid, 0 outside the volume.
-    target_zyx: uint8 0/1 cleaned mask (set by CleanTargets).
-    seed_slices: per variant, sorted z indices kept in the seed mask (set by MakeVariants).
-    filled_chunks: per volume, missing chunks read as zeros (``--missing-chunks zero``).
+    Arrays are on the source grid, (z, y, x). ``source_zyx``: uint8 raw EM, padded with the pad
+    value outside the source volume. ``filled_chunks``: per volume, chunks absent from storage
+    and read as zeros. Elements are never changed in place: each stage makes the next type.
     """
 
     instance: Instance
@@ -97,10 +99,32 @@ class Subvolume:
     target_padding_xyz: tuple
     source_padding_xyz: tuple
     source_zyx: np.ndarray
-    labels_zyx: Optional[np.ndarray] = None
-    target_zyx: Optional[np.ndarray] = None
-    seed_slices: List[Tuple[int, ...]] = field(default_factory=list)
-    filled_chunks: Dict[str, int] = field(default_factory=dict)  # {volume: chunks read as zeros}
+    filled_chunks: Dict[str, int]  # {volume: chunks read as zeros}
+
+    def crop_fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Crop)}
+
+
+@dataclass(frozen=True)
+class Fetched(Crop):
+    """FetchSubvolumes' output: ``labels_zyx``, the target labels (volume dtype) upsampled to the
+    source grid, 0 outside the volume."""
+
+    labels_zyx: np.ndarray
+
+
+@dataclass(frozen=True)
+class Cleaned(Crop):
+    """CleanTargets' output: ``target_zyx``, the uint8 0/1 mask of the centred synapse."""
+
+    target_zyx: np.ndarray
+
+
+@dataclass(frozen=True)
+class Varied(Cleaned):
+    """MakeVariants' output: ``seed_slices``, per variant the sorted z indices kept as seeds."""
+
+    seed_slices: Tuple[Tuple[int, ...], ...]
 
 
 @dataclass(frozen=True)

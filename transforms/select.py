@@ -100,7 +100,7 @@ class SelectInstances(beam.PTransform):
 
 
 class AssignShards(beam.PTransform):
-    """Instances -> dict of ``instances`` (split, shard, num_shards set), ``shard_keys``
+    """Instances -> dict of ``ok`` (Instances with split, shard, num_shards set), ``shard_keys``
     ((split, shard, num_shards) for every shard) and ``split_counts`` ({split: instances})."""
 
     def __init__(self, run_seed: int, splits, bytes_per_instance: int, shard_bytes: int):
@@ -125,7 +125,7 @@ class AssignShards(beam.PTransform):
             _with_shard, beam.pvalue.AsSingleton(shards_per_split)).with_output_types(Instance)
         shard_keys = shards_per_split | "ShardKeys" >> beam.FlatMap(
             lambda per_split: [(s, i, n) for s, n in sorted(per_split.items()) for i in range(n)])
-        return {"instances": assigned, "shard_keys": shard_keys, "split_counts": split_counts}
+        return {"ok": assigned, "shard_keys": shard_keys, "split_counts": split_counts}
 
 
 def _with_shard(instance, shards_per_split):

@@ -11,12 +11,11 @@ from synanno_datagen.transforms.points import (
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
-    DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
+    DEAD, DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME,
     DeadLetter, Instance, RowRef,
 )
 from synanno_datagen.transforms.table_formats import iter_rows
 
-DEAD = "dead_letter"
 TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID)
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
@@ -107,7 +106,7 @@ def keep_first(element):
 
 
 class ReadTable(beam.PTransform):
-    """Table shards -> tagged outputs ``instances`` (unique ids), ``dead_letter``, ``rows``.
+    """Table shards -> outputs ``ok`` (Instances, unique ids), ``dead_letter``, ``rows``.
 
     ``rows`` is the raw (RowRef, row) collection, for counting rows read.
 
@@ -161,4 +160,4 @@ class ReadTable(beam.PTransform):
                   | "GroupById" >> beam.GroupByKey()
                   | "KeepFirst" >> beam.FlatMap(keep_first).with_outputs(DEAD, main="ok"))
         dead = (parsed[DEAD], unique[DEAD]) | "FlattenDead" >> beam.Flatten()
-        return {"instances": unique.ok, DEAD: dead, "rows": rows}
+        return {"ok": unique.ok, DEAD: dead, "rows": rows}

@@ -20,7 +20,8 @@ from synanno_datagen.layout import (
 from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
 from synanno_datagen.transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
 from synanno_datagen.transforms.progress import ProgressCounter
-from synanno_datagen.transforms.records import Subvolume, WrittenInstance
+from synanno_datagen.transforms.dead_letters import guarded_pardo
+from synanno_datagen.transforms.records import DEAD, UNEXPECTED_ERROR, Varied, WrittenInstance
 from synanno_datagen.transforms.seeds import seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
@@ -36,29 +37,29 @@ def foreground_slices(target_zyx) -> List[int]:
     return [int(z) for z in target_zyx.reshape(depth, -1).any(axis=1).nonzero()[0]]
 
 
-def index_entry(subvolume: Subvolume) -> dict:
+def index_entry(varied: Varied) -> dict:
     """The per-instance index record (small, JSON-ready)."""
-    inst = subvolume.instance
+    inst = varied.instance
     points = {name: list(getattr(inst, name)) for name in OPTIONAL_POINT_FEATURES
               if getattr(inst, name) is not None}  # absent when the table has no such points
     return {
         "instance_id": inst.instance_id, "split": inst.split, "shard": inst.shard,
         "center_xyz": list(inst.center_xyz), **points,
-        "target_box_xyz": subvolume.target_box.to_list(),
-        "source_box_xyz": subvolume.source_box.to_list(),
-        "target_padding_xyz": [list(p) for p in subvolume.target_padding_xyz],
-        "source_padding_xyz": [list(p) for p in subvolume.source_padding_xyz],
-        "shape_zyx": list(subvolume.source_zyx.shape),
-        "foreground_voxels": int(subvolume.target_zyx.sum(dtype="int64")),
-        "foreground_slices": foreground_slices(subvolume.target_zyx),
-        "seed_slices": [list(s) for s in subvolume.seed_slices],
-        "filled_chunks": {v: subvolume.filled_chunks.get(v, 0) for v in ("source", "target")},
+        "target_box_xyz": varied.target_box.to_list(),
+        "source_box_xyz": varied.source_box.to_list(),
+        "target_padding_xyz": [list(p) for p in varied.target_padding_xyz],
+        "source_padding_xyz": [list(p) for p in varied.source_padding_xyz],
+        "shape_zyx": list(varied.source_zyx.shape),
+        "foreground_voxels": int(varied.target_zyx.sum(dtype="int64")),
+        "foreground_slices": foreground_slices(varied.target_zyx),
+        "seed_slices": [list(s) for s in varied.seed_slices],
+        "filled_chunks": {v: varied.filled_chunks.get(v, 0) for v in ("source", "target")},
         "table_shard": inst.ref.shard, "table_row": inst.ref.row,
     }
 
 
 class WriteExampleFn(beam.DoFn):
-    """Subvolume -> ((split, shard, num_shards), WrittenInstance), writing fragment and npy files."""
+    """Varied -> ((split, shard, num_shards), WrittenInstance), writing fragment and npy files."""
 
     def __init__(self, output_dir: str, formats: Sequence[str]):
         self._output_dir = output_dir
@@ -66,31 +67,31 @@ class WriteExampleFn(beam.DoFn):
         self._instances = ProgressCounter("instances_written")
         self._variants = ProgressCounter("variants_written")
 
-    def process(self, subvolume: Subvolume):
-        inst = subvolume.instance
-        seeds = [seed_mask(subvolume.target_zyx, s) for s in subvolume.seed_slices]
-        entry = index_entry(subvolume)
+    def process(self, varied: Varied):
+        inst = varied.instance
+        seeds = [seed_mask(varied.target_zyx, s) for s in varied.seed_slices]
+        entry = index_entry(varied)
         fragment, fragment_bytes = None, 0
         if TFRECORD in self._formats:
             buffer = io.BytesIO()
             for variant, seed_zyx in enumerate(seeds):
-                _TFRecordUtil.write_record(buffer, encode_example(subvolume, variant, seed_zyx))
+                _TFRecordUtil.write_record(buffer, encode_example(varied, variant, seed_zyx))
             fragment = join(self._output_dir, FRAGMENTS_DIR,
                             shard_name(inst.split, inst.shard, inst.num_shards),
                             f"{inst.instance_id}.tfrecord")
             # A fragment lives until its shard is assembled: no checksum (the shard gets one).
             fragment_bytes, _ = write_bytes(fragment, buffer.getvalue(), digest=False)
         if NPY in self._formats:
-            entry["npy"] = self._write_npy(subvolume, seeds)
+            entry["npy"] = self._write_npy(varied, seeds)
         self._instances.inc()
         self._variants.inc(len(seeds))
         yield (inst.split, inst.shard, inst.num_shards), WrittenInstance(
             inst.instance_id, inst.split, inst.shard, inst.num_shards, fragment, len(seeds),
             fragment_bytes, entry)
 
-    def _write_npy(self, subvolume: Subvolume, seeds) -> dict:
-        paths = npy_paths(subvolume.instance.instance_id, len(seeds))
-        arrays = [(paths["source"], subvolume.source_zyx), (paths["target"], subvolume.target_zyx)]
+    def _write_npy(self, varied: Varied, seeds) -> dict:
+        paths = npy_paths(varied.instance.instance_id, len(seeds))
+        arrays = [(paths["source"], varied.source_zyx), (paths["target"], varied.target_zyx)]
         arrays += list(zip(paths["seed_target"], seeds))
         files = []
         for rel, array in arrays:
@@ -127,16 +128,16 @@ class FinalizeShardFn(beam.DoFn):
 
 
 class WriteExamples(beam.PTransform):
-    """Subvolumes -> outputs ``written`` (WrittenInstance) and ``failed`` (exceptions)."""
+    """Varied -> outputs ``ok`` (((split, shard, num_shards), WrittenInstance)) and
+    ``dead_letter`` (exceptions)."""
 
     def __init__(self, output_dir: str, formats: Sequence[str]):
         super().__init__()
         self._fn = WriteExampleFn(output_dir, formats)
 
-    def expand(self, subvolumes):
-        out = subvolumes | "Write" >> beam.ParDo(self._fn).with_exception_handling(
-            use_subprocess=False)
-        return {"written": out.good, "failed": out.bad}
+    def expand(self, varied):
+        ok, dead = guarded_pardo(varied, "Write", self._fn, UNEXPECTED_ERROR, "WriteExamples")
+        return {"ok": ok, DEAD: dead}
 
 
 class FinalizeShards(beam.PTransform):
