@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Tuple
 
 import numpy as np
 
@@ -42,24 +42,35 @@ def paste(out_zyx: np.ndarray, out_box: Box, data_zyx: np.ndarray, data_box: Box
 def read_region(reader, spec: VolumeSpec, region: Box) -> RegionRead:
     """Read ``region`` (inside the bounds) with one read; if that fails, chunk by chunk.
 
-    Absent chunks are those the reader finds absent up front (``reader.absent``: sharded
-    tensorstore scales) or whose strict read raises ChunkMissing.
+    Absent chunks are those whose strict read raises ChunkMissing or, where reads cannot tell
+    (``reader.checks_absence``: sharded tensorstore scales), those among the chunks that read as
+    all zeros that the reader finds absent (an absent chunk reads as zeros, so no other chunk
+    needs asking).
     """
-    known = reader.absent(chunk_names(spec, region)) or set()
+    absent, errors = set(), {}
     try:
-        return RegionRead(reader.read_zyx(region), frozenset(known))
+        array = reader.read_zyx(region)
     except Exception:  # noqa: BLE001 - sorted out chunk by chunk below
-        pass
-    array = np.zeros(region.size_xyz[::-1], spec.dtype)
-    absent, errors = set(known), {}
-    for name, piece in chunk_pieces(spec, region):
-        try:
-            paste(array, region, reader.read_zyx(piece), piece)
-        except ChunkMissing:
-            absent.add(name)
-        except Exception as error:  # noqa: BLE001 - reaches the members that touch it
-            errors[name] = error
+        array = np.zeros(region.size_xyz[::-1], spec.dtype)
+        for name, piece in chunk_pieces(spec, region):
+            try:
+                paste(array, region, reader.read_zyx(piece), piece)
+            except ChunkMissing:
+                absent.add(name)
+            except Exception as error:  # noqa: BLE001 - reaches the members that touch it
+                errors[name] = error
+    if reader.checks_absence:
+        zero = [name for name, piece in chunk_pieces(spec, region)
+                if name not in errors and not _view(array, region, piece).any()]
+        absent |= reader.absent(zero)
     return RegionRead(array, frozenset(absent), errors)
+
+
+def _view(array_zyx: np.ndarray, array_box: Box, box: Box) -> np.ndarray:
+    """The part of ``array_zyx`` (holding ``array_box``) inside ``box``."""
+    lo = [a - b for a, b in zip(box.start_xyz, array_box.start_xyz)][::-1]
+    z, y, x = box.size_xyz[::-1]
+    return array_zyx[lo[0]:lo[0] + z, lo[1]:lo[1] + y, lo[2]:lo[2] + x]
 
 
 class BlockReader:
@@ -113,8 +124,3 @@ def padded_crop(reader, spec: VolumeSpec, box: Box, fill_value,
                 missing_chunks: str) -> Tuple[np.ndarray, List[str]]:
     """One crop read on its own (a block of one member)."""
     return BlockReader(reader, spec, [box], fill_value, missing_chunks).crop(0)
-
-
-def region_names(spec: VolumeSpec, boxes: List[Optional[Box]]) -> List[str]:
-    """Sorted names of the chunks any of ``boxes`` touches."""
-    return sorted({n for b in boxes if b is not None for n in chunk_names(spec, b)})

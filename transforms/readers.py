@@ -112,8 +112,8 @@ class TensorstoreReader:
 
     Unsharded scales are read strictly (an absent chunk raises ChunkMissing). In a sharded scale
     tensorstore reads the chunks of an absent shard file as zeros even when told not to fill
-    (0.1.86), so there absent chunks are found by ``absent``, which asks the shard index for
-    each chunk, and reads fill them with zeros.
+    (0.1.86), so there reads fill absent chunks with zeros and ``absent`` tells which of the
+    chunks that read as all zeros are not stored, asking the shard index once per chunk.
     """
 
     engine = TENSORSTORE
@@ -132,26 +132,34 @@ class TensorstoreReader:
             "recheck_cached_data": False, "recheck_cached_metadata": False},
             read=True, context=context).result()
         self._shards = None
+        self._stored: Dict[str, bool] = {}  # sharded: chunk name -> stored?
         if self._spec.sharded:
             self._shards = ts.KvStore.open({
                 "driver": "neuroglancer_uint64_sharded",
                 "base": kvstore_url(url) + self._spec.key + "/",
                 "metadata": info["scales"][mip]["sharding"]}, context=context).result()
 
-    def absent(self, names: List[str]) -> Optional[Set[str]]:
-        """The chunks among ``names`` that are not in storage, where a read cannot tell (sharded
-        scales); None where ``read_zyx`` raises ChunkMissing itself."""
-        if self._shards is None:
-            return None
-        with _METRICS_LOCK, _Measured(self.io):
-            found = [(n, self._shards.read(chunk_id(self._spec, n).to_bytes(8, "big"),
-                                           byte_range=slice(0, 0))) for n in names]
-            return {n for n, future in found if future.result().state == "missing"}
+    @property
+    def checks_absence(self) -> bool:
+        """True where reads cannot tell absent chunks (sharded): see ``absent``."""
+        return self._shards is not None
+
+    def absent(self, names: List[str]) -> Set[str]:
+        """The chunks among ``names`` that are not in storage (sharded scales; each chunk asked
+        once per reader: volumes do not change during a run)."""
+        unknown = [n for n in names if n not in self._stored]
+        if unknown:
+            with _METRICS_LOCK, _Measured(self.io):
+                found = [(n, self._shards.read(chunk_id(self._spec, n).to_bytes(8, "big"),
+                                               byte_range=slice(0, 0))) for n in unknown]
+                for n, future in found:
+                    self._stored[n] = future.result().state != "missing"
+        return {n for n in names if not self._stored[n]}
 
     def read_zyx(self, box: Box) -> np.ndarray:
         """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array."""
         (x0, y0, z0), (x1, y1, z1) = box.start_xyz, box.stop_xyz
-        view = self._store[x0:x1, y0:y1, z0:z1, 0]
+        view = self._store[x0:x1, y0:y1, z0:z1, 0].T   # (z, y, x): tensorstore lays it out
         with _METRICS_LOCK, _Measured(self.io):
             try:
                 array = view.read().result()
@@ -159,7 +167,7 @@ class TensorstoreReader:
                 if str(e).startswith("NOT_FOUND"):
                     raise ChunkMissing(str(e)) from None
                 raise
-        return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
+        return np.ascontiguousarray(array)
 
 
 class _Measured:
@@ -199,9 +207,7 @@ class CloudVolumeReader:
         self._cv = _cloudvolume(url, mip, cache_bytes)
         self._spec = spec_from_info(url, dict(self._cv.meta.info), mip)
 
-    def absent(self, names: List[str]) -> Optional[Set[str]]:
-        """None: a strict read raises ChunkMissing for an absent chunk, sharded or not."""
-        return None
+    checks_absence = False  # a strict read raises ChunkMissing for an absent chunk, sharded or not
 
     def read_zyx(self, box: Box) -> np.ndarray:
         from cloudvolume import Bbox
