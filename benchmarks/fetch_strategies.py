@@ -4,15 +4,17 @@
                                           [--sparse-repeats N] [--big-table-rows N]
 
 Builds (once, cached under --work, in a child process) a dense H01-like volume pair with the demo
-generator (jpeg raw at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm, both in 128x128x32
-chunks, about 1,200 synapses whose crops overlap). For a dense table (every synapse) and a sparse
-table (synapses whose crops share no chunk), read from local files and through a loopback HTTP
-server (one request per chunk, like a bucket), it runs the whole pipeline (fetch, clean, variants,
-encode, write TFRecords, manifest) once per strategy, each in its own process on the DirectRunner,
-and prints instances/s, CPU seconds, the ratios, decodes per distinct chunk and each run's peak
-RSS. Then a grouped run picking 1,000 instances out of a 1,000,000-row table (peak RSS), the
-fetch floor (every chunk of both volumes decoded once, nothing else) and how one instance's time
-splits between fetching, cleaning, variants, encoding and writing.
+generator (sharded jpeg raw at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm without
+all-zero chunks, both in 128x128x32 chunks, about 1,200 synapses whose crops overlap). For a dense
+table (every synapse) and a sparse table (synapses whose crops share no chunk), read from local
+files and through a loopback HTTP server (one request per chunk or byte range, like a bucket), it
+runs the whole pipeline (fetch, clean, variants, encode, write TFRecords, manifest) with its
+default reader (tensorstore) once per strategy, each in its own process on the DirectRunner, and
+prints instances/s, CPU seconds, the ratios, chunk loads per distinct chunk (the manifest's
+``run.io``) and each run's peak RSS. Then a grouped run picking 1,000 instances out of a
+1,000,000-row table (peak RSS), the fetch floor (every chunk of both volumes read and decoded
+once by tensorstore, nothing else) and how one instance's time splits between fetching,
+cleaning, variants, encoding and writing.
 """
 from __future__ import annotations
 
@@ -20,10 +22,8 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.children import make_data, run_pipeline  # noqa: E402 - needs ROOT on the path
+
 DENSE_SIZE_XYZ = (768, 768, 48)   # target voxels; the demo generator scales synapses with size
 CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
 CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
@@ -39,32 +41,17 @@ CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
 
 def run_strategy(strategy, table, data, out, variants, extra=()):
     """One pipeline run in a child process: (seconds, CPU seconds, peak RSS in MB, manifest)."""
-    argv = [sys.executable, "-m", "synanno_datagen", "run", "--materialization", str(table),
-            "--source-url", data.source_url, "--target-url", data.target_url,
-            "--output-dir", str(out), "--crop-size", *CROP, "--variants", str(variants),
-            "--formats", "tfrecord", "--fetch-strategy", strategy, *extra]
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{strategy} run failed: {child.stderr.read().decode()[-2000:]}")
-    manifest = json.loads((out / "manifest.json").read_text())
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest
+    return run_pipeline(["--materialization", table, "--source-url", data.source_url,
+                         "--target-url", data.target_url, "--crop-size", *CROP,
+                         "--variants", variants, "--formats", "tfrecord",
+                         "--fetch-strategy", strategy, *extra], out)
 
 
-def make_data(cache):
-    """The dense volumes, made (or reused) in a child process: a forked child inherits its
-    parent's peak RSS, so this process stays small for the runs' RSS figures to be theirs."""
-    code = ("import json, sys; from synanno_datagen.pipeline.demo_data import make_demo_data; "
-            f"d = make_demo_data({str(cache)!r}, size_xyz={DENSE_SIZE_XYZ}, "
-            f"source_chunk_xyz={CHUNK_XYZ}, target_chunk_xyz={CHUNK_XYZ}); "
-            "import dataclasses; print(json.dumps(dataclasses.asdict(d)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    from synanno_datagen.pipeline.demo_data import DemoData
-
-    return DemoData(**json.loads(out))
+def make_dense_data(cache):
+    """The dense volumes, made (or reused) in a child process, so that this process stays small
+    for the runs' RSS figures to be theirs."""
+    return make_data(cache, size_xyz=DENSE_SIZE_XYZ, source_chunk_xyz=CHUNK_XYZ,
+                     target_chunk_xyz=CHUNK_XYZ)
 
 
 def sparse_rows(rows, chunk_xyz=CHUNK_XYZ):
@@ -93,56 +80,67 @@ def write_table(path, header, rows):
 
 
 def fetch_floor(data):
-    """Seconds to decode every chunk of both volumes once (mip 0), nothing else."""
-    from cloudvolume import CloudVolume
+    """Seconds to read and decode every chunk of both volumes once (mip 0) with tensorstore,
+    the pipeline's engine, nothing else."""
+    from synanno_datagen.transforms.blocks import read_region
+    from synanno_datagen.transforms.readers import TENSORSTORE, describe_volume, open_reader
 
     start = time.perf_counter()
     for url in (data.source_url, data.target_url):
-        cv = CloudVolume(url, progress=False, parallel=1)
-        cv[cv.bounds]
+        spec = describe_volume(url, 0)
+        read_region(open_reader(url, 0, TENSORSTORE), spec, spec.bounds)
     return time.perf_counter() - start
 
 
 def stage_split(data, rows, variants, n=150):
-    """Seconds per instance in each stage, in process, on the first n rows (no Beam)."""
-    import numpy as np
+    """Seconds per instance in each stage, in process, on the first n rows (no Beam); fetching
+    reads both crops as per-instance fetching does (one read per volume, no chunk cache)."""
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
     from synanno_datagen.pipeline.config import parse
     from synanno_datagen.pipeline.build import fetch_config
+    from synanno_datagen.transforms.blocks import padded_crop
     from synanno_datagen.transforms.clean import keep_center_component
     from synanno_datagen.transforms.examples import encode_example
-    from synanno_datagen.transforms.fetch import fetch_subvolume
-    from synanno_datagen.transforms.records import Instance, RowRef
+    from synanno_datagen.transforms.fetch import make_fetched
+    from synanno_datagen.transforms.geometry import crop_box, scale_box
+    from synanno_datagen.transforms.readers import open_reader
+    from synanno_datagen.transforms.records import Instance, RowRef, Varied
     from synanno_datagen.transforms.seeds import seed_mask, variant_seed_slices
-    from synanno_datagen.transforms.volumes import open_volume
 
     tmp = Path(tempfile.mkdtemp())
     config, _ = parse(["--materialization", str(data.table_path), "--source-url",
                        data.source_url, "--target-url", data.target_url, "--output-dir",
                        str(tmp / "x"), "--crop-size", *CROP, "--variants", str(variants)])
     fc = fetch_config(config)
-    src, tgt = open_volume(data.source_url), open_volume(data.target_url)
+    src = open_reader(fc.source.url, fc.source.mip, fc.engine)
+    tgt = open_reader(fc.target.url, fc.target.mip, fc.engine)
+    source_missing, target_missing = fc.missing_chunks
     times = dict.fromkeys(["fetch", "clean", "variants", "encode", "write"], 0.0)
     done = 0
     for i, row in enumerate(rows[:n]):
         c = tuple(int(float(row[k])) for k in "xyz")
         inst = Instance(int(row["id"]), c, c, c, RowRef(0, i), split="train", shard=0)
+        target_box = crop_box(c, fc.crop_size_xyz)
+        source_box = scale_box(target_box, fc.scale_xyz)
         t0 = time.perf_counter()
-        sub = fetch_subvolume(inst, src, tgt, fc)
+        fetched = make_fetched(
+            inst, target_box, source_box,
+            padded_crop(src, fc.source, source_box, fc.pad_value, source_missing),
+            padded_crop(tgt, fc.target, target_box, 0, target_missing), fc)
         t1 = time.perf_counter()
-        sub.target_zyx = keep_center_component(sub.labels_zyx, (33, 4, 4))
+        mask = keep_center_component(fetched.labels_zyx, (33, 4, 4))
         t2 = time.perf_counter()
-        if sub.target_zyx is None:
+        if mask is None:
             continue
-        sub.seed_slices = variant_seed_slices(sub.target_zyx, run_seed=0,
-                                              instance_id=inst.instance_id,
-                                              n_variants=variants, model=config.seed_model)
-        seeds = [seed_mask(sub.target_zyx, s) for s in sub.seed_slices]
+        slices = variant_seed_slices(mask, run_seed=0, instance_id=inst.instance_id,
+                                     n_variants=variants, model=config.seed_model)
+        varied = Varied(**fetched.crop_fields(), target_zyx=mask, seed_slices=tuple(slices))
+        seeds = [seed_mask(mask, s) for s in slices]
         t3 = time.perf_counter()
         buffer = io.BytesIO()
         for v, seed in enumerate(seeds):
-            _TFRecordUtil.write_record(buffer, encode_example(sub, v, seed))
+            _TFRecordUtil.write_record(buffer, encode_example(varied, v, seed))
         t4 = time.perf_counter()
         (tmp / f"{i}.tfrecord").write_bytes(buffer.getvalue())
         t5 = time.perf_counter()
@@ -150,7 +148,6 @@ def stage_split(data, rows, variants, n=150):
             times[key] += dt
         done += 1
     shutil.rmtree(tmp, ignore_errors=True)
-    del np
     return {k: v / max(done, 1) for k, v in times.items()}
 
 
@@ -170,9 +167,9 @@ def scenario(name, storage, table, urls, args, work, repeats):
         results[strategy] = (selected / seconds, selected / cpu)
         print(f"{name:6s} {storage:4s} {strategy:12s}: {selected} instances in {seconds:6.1f} s "
               f"= {selected / seconds:6.1f} instances/s ({cpu:.1f} CPU s); "
-              f"decodes per distinct chunk: source "
-              f"{io_figures['source']['decodes_per_distinct_chunk']}, target "
-              f"{io_figures['target']['decodes_per_distinct_chunk']}; peak RSS {rss:.0f} MB"
+              f"loads per distinct chunk: source "
+              f"{io_figures['source']['loads_per_distinct_chunk']}, target "
+              f"{io_figures['target']['loads_per_distinct_chunk']}; peak RSS {rss:.0f} MB"
               + (f" (median of {repeats})" if repeats > 1 else ""))
     ratio = results["grouped"][0] / results["per-instance"][0]
     cpu_ratio = results["grouped"][1] / results["per-instance"][1]
@@ -220,7 +217,7 @@ def main():
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
     work = Path(args.work)
-    data = make_data(work / "cache")
+    data = make_dense_data(work / "cache")
     rows = list(csv.DictReader(open(data.table_path)))
     header = list(rows[0])
     good = [r for r in rows if _numeric(r)]
@@ -243,7 +240,7 @@ def main():
         if args.big_table_rows:
             big_table(data, data, work, args.big_table_rows, 1000, args.variants)
     floor = fetch_floor(data)
-    print(f"fetch floor: every chunk of both volumes decoded once in {floor:.2f} s "
+    print(f"fetch floor: every chunk of both volumes read and decoded once in {floor:.2f} s "
           f"({len(good) / floor:.0f} instances/s if fetching were all there is)")
     split = stage_split(data, good, args.variants)
     total = sum(split.values())

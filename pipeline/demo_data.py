@@ -38,6 +38,10 @@ SOURCE_RESOLUTION_NM = (4, 4, 33)
 SOURCE_CHUNK_XYZ = (128, 128, 16)
 N_SYNAPSES = 300                     # for TARGET_SIZE_XYZ; scaled with volume for other sizes
 N_DISTRACTORS = 15
+# How the volumes are stored, as (source sharded, target sharded); tensorstore writes both, so no
+# all-zero chunk is stored. "demo" is H01's layout (sharded raw); the others keep the same voxels
+# and table in one layout for both volumes (for benchmarks that compare layouts).
+LAYOUTS = {"demo": (True, False), "sharded": (True, True), "unsharded": (False, False)}
 TABLE_COLUMNS = ["id", "x", "y", "z", "pre_pt_x", "pre_pt_y", "pre_pt_z", "post_pt_x",
                  "post_pt_y", "post_pt_z", "type", "score"]
 
@@ -176,25 +180,30 @@ def _downsample_xy(array_xyz: np.ndarray, offset_xyz, *, segmentation: bool
 
 
 def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ, source_chunk_xyz=SOURCE_CHUNK_XYZ,
-                   target_chunk_xyz=TARGET_CHUNK_XYZ) -> DemoData:
+                   target_chunk_xyz=TARGET_CHUNK_XYZ, layout: str = "demo") -> DemoData:
     """Make (deterministically) or reuse the demo volumes and table under ``cache_dir``.
 
     The default ``size_xyz`` (target voxels) is the demo; other sizes (for tests) go to their own
-    directory and scale the synapse counts with the volume; so do other storage chunk sizes (for
-    benchmarks; the voxels and the table do not depend on them). A copy is built in a temporary
-    directory, marked COMPLETE last and renamed into place, so a killed run leaves no half cache.
+    directory and scale the synapse counts with the volume; so do other storage chunk sizes and
+    other ``layout``s (see LAYOUTS; for benchmarks: the voxels and the table depend on neither).
+    A copy is built in a temporary directory, marked COMPLETE last and renamed into place, so a
+    killed run leaves no half cache.
     """
     size_xyz = tuple(int(n) for n in size_xyz)
     if min(size_xyz[:2]) < 96 or size_xyz[2] < 8:
         raise ValueError(f"demo size_xyz {size_xyz} is too small (at least 96 x 96 x 8)")
+    if layout not in LAYOUTS:
+        raise ValueError(f"demo layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     chunks = (tuple(int(n) for n in source_chunk_xyz), tuple(int(n) for n in target_chunk_xyz))
     name = DEMO_VERSION if size_xyz == TARGET_SIZE_XYZ else \
         f"{DEMO_VERSION}-{'x'.join(map(str, size_xyz))}"
     if chunks != (SOURCE_CHUNK_XYZ, TARGET_CHUNK_XYZ):
         name += "-chunks-" + "-".join("x".join(map(str, c)) for c in chunks)
+    if layout != "demo":
+        name += "-" + layout
     root = os.path.join(cache_dir, name)
     if not os.path.exists(os.path.join(root, "COMPLETE")):
-        _build_atomically(cache_dir, root, size_xyz, chunks)
+        _build_atomically(cache_dir, root, size_xyz, chunks, LAYOUTS[layout])
     with open(os.path.join(root, "COMPLETE")) as f:
         n_synapses = json.load(f)["n_synapses"]
     return DemoData("file://" + os.path.abspath(os.path.join(root, "source")),
@@ -202,12 +211,12 @@ def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ, source_chunk_xyz
                     os.path.join(root, "synapses.csv"), n_synapses)
 
 
-def _build_atomically(cache_dir: str, root: str, size_xyz, chunks) -> None:
+def _build_atomically(cache_dir: str, root: str, size_xyz, chunks, sharded) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".partial-", dir=cache_dir)
     try:
         started = time.monotonic()
-        n_synapses = _build(tmp, size_xyz, *chunks)
+        n_synapses = _build(tmp, size_xyz, *chunks, sharded=sharded)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
             json.dump({"version": DEMO_VERSION, "seed": DEMO_SEED, "n_synapses": n_synapses}, f)
         if os.path.isdir(root) and not os.path.exists(os.path.join(root, "COMPLETE")):
@@ -225,8 +234,10 @@ def _build_atomically(cache_dir: str, root: str, size_xyz, chunks) -> None:
 
 
 def _build(root: str, size_xyz, source_chunk_xyz=SOURCE_CHUNK_XYZ,
-           target_chunk_xyz=TARGET_CHUNK_XYZ) -> int:
-    """Write target, source and table under ``root``; return the number of synapses."""
+           target_chunk_xyz=TARGET_CHUNK_XYZ, sharded=LAYOUTS["demo"]) -> int:
+    """Write target, source and table under ``root``; return the number of synapses.
+    ``sharded`` is (source sharded, target sharded)."""
+    source_sharded, target_sharded = sharded
     rng = np.random.default_rng(DEMO_SEED)
     volume_ratio = np.prod(size_xyz) / np.prod(TARGET_SIZE_XYZ)
     n_synapses = max(8, int(round(N_SYNAPSES * volume_ratio)))
@@ -237,12 +248,12 @@ def _build(root: str, size_xyz, source_chunk_xyz=SOURCE_CHUNK_XYZ,
     write_precomputed(os.path.join(root, "target"), labels_xyz,
                       resolution_nm=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
                       chunk_size_xyz=target_chunk_xyz, encoding="compressed_segmentation",
-                      layer_type="segmentation", writer="tensorstore")
+                      layer_type="segmentation", writer="tensorstore", sharded=target_sharded)
     write_precomputed(os.path.join(root, "source"), _em_texture(rng, labels_xyz),
                       resolution_nm=SOURCE_RESOLUTION_NM,
                       voxel_offset_xyz=[o * f for o, f in zip(TARGET_OFFSET_XYZ, SOURCE_SCALE_XYZ)],
                       chunk_size_xyz=source_chunk_xyz, encoding="jpeg", layer_type="image",
-                      downsample_mips=1, writer="tensorstore", sharded=True)
+                      downsample_mips=1, writer="tensorstore", sharded=source_sharded)
     empty_center_xyz = [(lo + hi) // 2 for lo, hi in zip(empty_lo_xy, empty_hi_xy)]
     empty_center_xyz.append(size_xyz[2] // 2)
     _write_table(os.path.join(root, "synapses.csv"), rng, synapses, empty_center_xyz, size_xyz)

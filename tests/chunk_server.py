@@ -5,6 +5,8 @@ volume. Chunks written gzip-compressed (``name.gz`` on disk) are served as ``nam
 ``Content-Encoding: gzip``, as a bucket serves them. Faults are keyed by the request path's tail:
 ``transient[name] = [503, 429]`` answers those statuses to the first requests of ``name`` (then
 serves it); ``missing`` names answer 404 forever. ``served`` counts answers per (name, status).
+A request for a single byte range (``Range: bytes=a-b``, ``a-`` or ``-n``) gets those bytes
+(206), as from a bucket: readers of sharded volumes fetch shard indices and chunks that way.
 """
 from __future__ import annotations
 
@@ -12,7 +14,14 @@ import collections
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set, Tuple
+
+
+class _Server(ThreadingHTTPServer):
+    """Room for a reader's parallel connections: socketserver's default backlog of 5 drops
+    connection attempts beyond it, which then wait a second for a retry."""
+
+    request_queue_size = 128
 
 
 class ChunkServer:
@@ -22,7 +31,7 @@ class ChunkServer:
         self.missing: Set[str] = set()
         self.served = collections.Counter()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def url(self, relative: str) -> str:
@@ -36,8 +45,8 @@ class ChunkServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _answer(self, path: str, head: bool):
-        """(status, body, headers) for a request path."""
+    def _answer(self, path: str, head: bool, byte_range: Optional[str] = None):
+        """(status, body, headers) for a request path and its Range header, if any."""
         name = path.rsplit("/", 1)[-1]
         with self._lock:
             pending = self.transient.get(name)
@@ -59,14 +68,23 @@ class ChunkServer:
             headers["Content-Encoding"] = "gzip"
         if not local.is_file():
             return 404, b"", {}
-        return 200, b"" if head else local.read_bytes(), headers
+        body = local.read_bytes()
+        if byte_range:
+            size = len(body)
+            span = _span(byte_range, size)
+            if span is None:
+                return 416, b"", {"Content-Range": f"bytes */{size}"}
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+            return 206, b"" if head else body[span[0]:span[1]], headers
+        return 200, b"" if head else body, headers
 
     def _handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self, head: bool):
-                status, body, headers = server._answer(self.path.split("?", 1)[0], head)
+                status, body, headers = server._answer(self.path.split("?", 1)[0], head,
+                                                       self.headers.get("Range"))
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -85,3 +103,21 @@ class ChunkServer:
                 pass
 
         return Handler
+
+
+def _span(byte_range: str, size: int) -> Optional[Tuple[int, int]]:
+    """[start, stop) of a single ``bytes=`` range in a body of ``size`` bytes; None when it
+    cannot be satisfied (or is not a single byte range)."""
+    unit, _, spec = byte_range.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or "," in spec:
+        return None
+    try:
+        if not first:                                    # "-n": the last n bytes
+            start, stop = max(0, size - int(last)), size
+        else:
+            start = int(first)
+            stop = min(size, int(last) + 1) if last else size
+    except ValueError:
+        return None
+    return (start, stop) if start < stop else None

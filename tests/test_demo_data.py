@@ -108,6 +108,23 @@ def test_small_demo_is_byte_identical_and_reused(tmp_path):
     np.testing.assert_array_equal(_read_all(first.target_url), _read_all(second.target_url))
 
 
+def test_other_layouts_hold_the_demo_voxels_and_table(tmp_path):
+    """Every scale sharded, or none (benchmarks compare layouts): same voxels, same table."""
+    demo = make_demo_data(str(tmp_path), size_xyz=SMALL_XYZ)
+    for layout, sharded in (("sharded", True), ("unsharded", False)):
+        data = make_demo_data(str(tmp_path), size_xyz=SMALL_XYZ, layout=layout)
+        assert data.source_url != demo.source_url and data.n_synapses == demo.n_synapses
+        assert open(data.table_path).read() == open(demo.table_path).read()
+        for url, reference, mips in ((data.source_url, demo.source_url, (0, 1)),
+                                     (data.target_url, demo.target_url, (0,))):
+            scales = CloudVolume(url, progress=False).info["scales"]
+            assert [("sharding" in scale) for scale in scales] == [sharded] * len(scales)
+            for mip in mips:
+                np.testing.assert_array_equal(_read_all(url, mip), _read_all(reference, mip))
+    with pytest.raises(ValueError, match="layout 'zarr'"):
+        make_demo_data(str(tmp_path), size_xyz=SMALL_XYZ, layout="zarr")
+
+
 def test_a_copy_without_marker_is_rebuilt(tmp_path):
     root = tmp_path / "demo-v2-192x192x24"
     (root / "target").mkdir(parents=True)

@@ -77,6 +77,26 @@ def test_absent_label_chunks_are_found_exactly(volumes, layout):
         np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
 
 
+def test_sharded_volumes_read_over_http_like_local_files(volumes):
+    """Shard indices and chunks are read with byte-range requests, which a web server answers as
+    a bucket does (tests.chunk_server)."""
+    from tests.chunk_server import ChunkServer
+
+    data = volumes[("sharded", "jpeg")]
+    with ChunkServer(data.root) as server:
+        for name, url, mips in (("source", data.source_url, (0, 1)),
+                                ("target", data.target_url, (0,))):
+            for mip in mips:
+                spec = describe_volume(url, mip)
+                want = read_region(open_reader(url, mip, "tensorstore"), spec, spec.bounds)
+                for engine in ("tensorstore", "cloudvolume"):
+                    reader = open_reader(server.url(name), mip, engine)
+                    got = read_region(reader, describe_volume(server.url(name), mip),
+                                      spec.bounds)
+                    assert got.absent == want.absent and not got.errors, (name, engine)
+                    assert got.array_zyx.tobytes() == want.array_zyx.tobytes(), (name, engine)
+
+
 def test_a_block_reader_names_each_crops_absent_chunks_and_pads_outside(volumes):
     data = volumes[("sharded", "raw")]
     spec = describe_volume(data.target_url)

@@ -1,0 +1,48 @@
+"""What the benchmark scripts run in child processes: making demo data and whole pipeline runs.
+
+A child keeps the measuring process small (a forked child inherits its parent's peak RSS) and
+gives each pipeline run its own CPU time and peak RSS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_data(cache: Path, **options):
+    """pipeline.demo_data.make_demo_data(cache, **options) (plain values: sizes as tuples,
+    strings), made or reused in a child process; returns its DemoData."""
+    code = ("import dataclasses, json; from synanno_datagen.pipeline.demo_data import make_demo_data; "
+            f"d = make_demo_data({str(cache)!r}, **{options!r}); "
+            "print(json.dumps(dataclasses.asdict(d)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    from synanno_datagen.pipeline.demo_data import DemoData
+
+    return DemoData(**json.loads(out.splitlines()[-1]))
+
+
+def run_pipeline(argv, out: Path):
+    """``synanno-datagen run ARGV --output-dir OUT`` in a child process: (wall seconds, CPU
+    seconds and peak RSS in MB of the child, the manifest). Exits with the child's stderr tail
+    when the run fails."""
+    command = [sys.executable, "-m", "synanno_datagen", "run", *map(str, argv),
+               "--output-dir", str(out)]
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would block
+        start = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            raise SystemExit(f"run {' '.join(map(str, argv))} failed: "
+                             f"{stderr.read().decode()[-2000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest
