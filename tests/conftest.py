@@ -120,17 +120,28 @@ def expected_crop_zyx(volume_xyz: np.ndarray, offset_xyz, start_xyz, size_xyz, f
     return out.transpose(2, 1, 0).copy()
 
 
-@pytest.fixture(scope="module")
-def views_dataset(tmp_path_factory) -> Path:
-    """A generated dataset for inspect/preview: 5 instances x 3 variants, several shards, two
-    splits, every bad row of the table dead-lettered. Read-only: tests must not change it."""
+# The flags of the one shared dataset (and of the golden checksums, tests/test_golden.py).
+GENERATED_FLAGS = ("--variants", "3", "--shard-size-mb", "0.03", "--splits", "train=0.6,val=0.4")
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """One generated dataset for every test that only reads one: (SmallData, output dir, Config,
+    manifest); 5 instances x 3 variants in several shards of two splits, every bad row of the
+    table dead-lettered. Read-only: tests must not change it."""
     from tests.test_pipeline import run_pipeline
 
-    root = tmp_path_factory.mktemp("views")
+    root = tmp_path_factory.mktemp("generated")
     data = make_small_data(root / "data")
-    run_pipeline(data.argv(root / "out", "--variants", "3", "--shard-size-mb", "0.03",
-                           "--splits", "train=0.6,val=0.4"))
-    return root / "out"
+    out = root / "out"
+    config, manifest = run_pipeline(data.argv(out, *GENERATED_FLAGS))
+    return data, out, config, manifest
+
+
+@pytest.fixture(scope="session")
+def views_dataset(generated) -> Path:
+    """The shared generated dataset's directory (for inspect, preview and loaders)."""
+    return generated[1]
 
 
 def assert_usage_error(capsys, argv: List[str], *fragments: str) -> None:

@@ -146,7 +146,7 @@ def _dataset_files(out: Path):
 
 
 def test_a_killed_run_leaves_no_manifest_and_a_rerun_matches_a_clean_run(clean_run, tmp_path):
-    data = make_small_data(tmp_path / "data")
+    data, clean_out, _ = clean_run    # the same volumes and flags, run cleanly in process
     argv = data.argv(tmp_path / "killed", "--variants", "2")
     child = subprocess.Popen(_cli(*argv), cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -165,9 +165,7 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_matches_a_clean_run(clean_r
     assert any(p.is_file() for p in (tmp_path / "killed").rglob("*"))  # it was part-way
 
     subprocess.run(_cli(*argv), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(_cli(*data.argv(tmp_path / "clean", "--variants", "2")), cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL)
-    rerun, clean = _dataset_files(tmp_path / "killed"), _dataset_files(tmp_path / "clean")
+    rerun, clean = _dataset_files(tmp_path / "killed"), _dataset_files(clean_out)
     assert sorted(rerun) == sorted(clean)
     assert any(name.endswith(".tfrecord") for name in rerun)
     for name in clean:

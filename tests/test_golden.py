@@ -12,32 +12,38 @@ import json
 import sys
 from pathlib import Path
 
+from tests.conftest import GENERATED_FLAGS
+
 GOLDEN = Path(__file__).parent / "data" / "golden_output.json"
-FLAGS = ["--variants", "3", "--shard-size-mb", "0.03", "--splits", "train=0.6,val=0.4"]
 
 
-def dataset_digests(root: Path) -> dict:
-    """Generate the golden dataset under ``root``; {relative path: sha256} of its files."""
-    from tests.conftest import make_small_data
-    from tests.test_pipeline import run_pipeline
-
-    data = make_small_data(root / "data")
-    out = root / "out"
-    run_pipeline(data.argv(out, *FLAGS))
+def digests(out: Path) -> dict:
+    """{relative path: sha256} of a dataset's files but its manifest."""
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
-def test_output_bytes_equal_the_recorded_checksums(tmp_path):
+def dataset_digests(root: Path) -> dict:
+    """Generate the golden dataset (the shared ``generated`` one) under ``root``; its digests."""
+    from tests.conftest import make_small_data
+    from tests.test_pipeline import run_pipeline
+
+    data = make_small_data(root / "data")
+    run_pipeline(data.argv(root / "out", *GENERATED_FLAGS))
+    return digests(root / "out")
+
+
+def test_output_bytes_equal_the_recorded_checksums(generated):
     want = json.loads(GOLDEN.read_text())
-    assert dataset_digests(tmp_path) == want["files"]
+    assert want["flags"] == list(GENERATED_FLAGS)
+    assert digests(generated[1]) == want["files"]
 
 
 if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        digests = dataset_digests(Path(tmp))
-    GOLDEN.write_text(json.dumps({"flags": FLAGS, "files": digests}, indent=1, sort_keys=True)
-                      + "\n")
-    print(f"wrote {GOLDEN}: {len(digests)} files", file=sys.stderr)
+        files = dataset_digests(Path(tmp))
+    GOLDEN.write_text(json.dumps({"flags": list(GENERATED_FLAGS), "files": files}, indent=1,
+                                 sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}: {len(files)} files", file=sys.stderr)

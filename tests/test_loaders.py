@@ -10,7 +10,7 @@ import pytest
 
 from synanno_datagen.reading import loaders
 from tests.conftest import GOOD_IDS
-from tests.test_pipeline import generated, read_records, run_pipeline  # noqa: F401  (fixture)
+from tests.test_pipeline import read_records, run_pipeline
 
 
 @pytest.fixture(scope="module")

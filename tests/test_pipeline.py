@@ -16,7 +16,8 @@ from tfrecord.reader import tfrecord_loader
 
 from synanno_datagen.pipeline.build import build
 from synanno_datagen.pipeline.config import parse
-from tests.conftest import BAD_ROWS, GOOD_IDS, SCALE, TARGET_OFFSET, expected_crop_zyx
+from tests.conftest import (BAD_ROWS, GENERATED_FLAGS, GOOD_IDS, SCALE, TARGET_OFFSET,
+                            expected_crop_zyx, make_small_data)
 from synanno_datagen.transforms.clean import keep_center_component
 from synanno_datagen.transforms.geometry import upsample_nearest_zyx
 
@@ -48,18 +49,6 @@ def read_records(out: Path):
                 "target_box_xyz": [int(v) for v in r["target_box_xyz"]],
             })
     return records
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    from tests.conftest import make_small_data
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = make_small_data(root / "data")
-    out = root / "out"
-    config, manifest = run_pipeline(data.argv(out, "--variants", "3", "--shard-size-mb", "0.03",
-                                              "--splits", "train=0.6,val=0.4"))
-    return data, out, config, manifest
 
 
 def test_records_hold_exactly_the_crops_in_the_volumes(generated):
@@ -206,38 +195,27 @@ def _dataset_bytes(out: Path):
             if p.is_file() and p.name != "manifest.json"}
 
 
-def _manifest_without_run(out: Path):
-    m = json.loads((out / "manifest.json").read_text())
-    m.pop("run")
-    m["config"].pop("output_dir")
-    return m
-
-
-def test_same_seed_same_bytes_other_seed_other_slices(generated, tmp_path):
+def test_other_seed_other_slices(generated, tmp_path):
+    """(The same seed gives the same bytes: tests/test_golden.py.)"""
     data, out, _, _ = generated
-    again = tmp_path / "again"
-    run_pipeline(data.argv(again, "--variants", "3", "--shard-size-mb", "0.03",
-                           "--splits", "train=0.6,val=0.4"))
-    assert _dataset_bytes(again) == _dataset_bytes(out)
-    assert _manifest_without_run(again) == _manifest_without_run(out)
     other = tmp_path / "other"
-    run_pipeline(data.argv(other, "--variants", "3", "--shard-size-mb", "0.03",
-                           "--splits", "train=0.6,val=0.4", "--seed", "1"))
+    run_pipeline(data.argv(other, *GENERATED_FLAGS, "--seed", "1"))
     slices = {(r["instance_id"], r["variant"]): r["seed_slices"] for r in read_records(out)}
     other_slices = {(r["instance_id"], r["variant"]): r["seed_slices"]
                     for r in read_records(other)}
     assert slices.keys() == other_slices.keys() and slices != other_slices
 
 
-def test_num_instances_picks_reproducibly(small_data, tmp_path):
+def test_num_instances_picks_by_the_selection_key_with_npy_only(small_data, tmp_path):
+    from synanno_datagen.transforms.select import selection_key
+
     _, m1 = run_pipeline(small_data.argv(tmp_path / "a", "--num-instances", "3",
-                                         "--formats", "npy"))
-    _, m2 = run_pipeline(small_data.argv(tmp_path / "b", "--num-instances", "3",
                                          "--formats", "npy"))
     assert m1["counts"]["instances_selected"] == 3
     assert not (tmp_path / "a" / "tfrecord").exists()
-    assert sorted(os.listdir(tmp_path / "a" / "npy" / "gt")) == \
-        sorted(os.listdir(tmp_path / "b" / "npy" / "gt"))
+    picked = sorted(GOOD_IDS + [23], key=lambda i: selection_key(0, i))[:3]
+    assert sorted(os.listdir(tmp_path / "a" / "npy" / "gt")) == sorted(
+        f"target_{i}.npy" for i in picked if i != 23)
 
 
 @pytest.mark.parametrize("seed, picked", [(1, [11, 13, 14]), (3, [12, 13, 14])])
@@ -264,7 +242,8 @@ def test_num_instances_picks_the_smallest_keys_and_only_reports_repeats_of_picke
     assert counts["rows_not_selected"] == (3 if 11 in picked else 4)
 
 
-def test_sharded_table_without_id_column_numbers_rows_across_shards(small_data, tmp_path):
+def test_sharded_table_without_id_column_numbers_rows_across_shards(generated, tmp_path):
+    small_data = generated[0]
     lines = Path(small_data.table_path).read_text().splitlines()
     header = lines[0].split(",")
     keep = [i for i, name in enumerate(header) if name != "id"]
@@ -281,47 +260,48 @@ def test_sharded_table_without_id_column_numbers_rows_across_shards(small_data, 
     ids = sorted(r["instance_id"] for r in read_records(tmp_path / "out"))
     assert ids == [0, 1, 2, 3, 4]
     by_id = {r["instance_id"]: r for r in read_records(tmp_path / "out")}
-    reference = {r["instance_id"]: r for r in read_records(generated_out(small_data, tmp_path))}
+    reference = {r["instance_id"]: r for r in read_records(generated[1])}   # same volumes
     for row_number, synapse_id in enumerate(GOOD_IDS):
         np.testing.assert_array_equal(by_id[row_number]["target"], reference[synapse_id]["target"])
 
 
-def generated_out(data, tmp_path):
-    out = tmp_path / "reference"
-    run_pipeline(data.argv(out, "--variants", "1"))
-    return out
+def test_two_worker_processes_write_the_same_bytes(generated, tmp_path):
+    data, one, _, _ = generated
+    run_pipeline(data.argv(tmp_path / "two", *GENERATED_FLAGS, "--direct_num_workers", "2",
+                           "--direct_running_mode", "multi_processing"))
+    assert _dataset_bytes(one) == _dataset_bytes(tmp_path / "two")
 
 
-def test_two_worker_processes_write_the_same_bytes(small_data, tmp_path):
-    run_pipeline(small_data.argv(tmp_path / "one", "--shard-size-mb", "0.03"))
-    run_pipeline(small_data.argv(tmp_path / "two", "--shard-size-mb", "0.03",
-                                 "--direct_num_workers", "2",
-                                 "--direct_running_mode", "multi_processing"))
-    assert _dataset_bytes(tmp_path / "one") == _dataset_bytes(tmp_path / "two")
+@pytest.fixture(scope="module")
+def mip1_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mip1")
+    data = make_small_data(root / "data")
+    config, manifest = run_pipeline(data.argv(root / "out", "--source-mip", "1",
+                                              "--variants", "1"))
+    return data, root / "out", config, manifest
 
 
-def test_source_mip_reads_the_matching_lower_resolution(small_data, tmp_path):
+def test_source_mip_reads_the_matching_lower_resolution(mip1_run):
     from cloudvolume import CloudVolume
 
-    config, manifest = run_pipeline(small_data.argv(tmp_path / "out", "--source-mip", "1",
-                                                    "--variants", "1"))
+    small_data, out, config, manifest = mip1_run
     assert config.scale_xyz == (1, 1, 1)
     assert manifest["volumes"]["source"]["resolution_nm_xyz"] == [8, 8, 33]
     low = np.asarray(CloudVolume(small_data.source_url, mip=1)[:, :, :])[..., 0]
-    for r in read_records(tmp_path / "out"):
+    for r in read_records(out):
         assert r["source"].shape == (4, 12, 12)
         start = r["source_box_xyz"][:3]
         np.testing.assert_array_equal(
             r["source"], expected_crop_zyx(low, TARGET_OFFSET, start, (12, 12, 4), 148))
 
 
-def test_source_mip_nearest_picks_the_target_resolution_and_writes_the_same_bytes(small_data,
+def test_source_mip_nearest_picks_the_target_resolution_and_writes_the_same_bytes(mip1_run,
                                                                                  tmp_path):
-    run_pipeline(small_data.argv(tmp_path / "one", "--source-mip", "1", "--variants", "1"))
+    small_data, one, _, _ = mip1_run
     config, manifest = run_pipeline(small_data.argv(tmp_path / "nearest", "--source-mip",
                                                     "nearest", "--variants", "1"))
     assert config.source.mip == 1 and manifest["config"]["source_mip"] == 1
-    assert _dataset_bytes(tmp_path / "one") == _dataset_bytes(tmp_path / "nearest")
+    assert _dataset_bytes(one) == _dataset_bytes(tmp_path / "nearest")
 
 
 def test_a_missing_chunk_is_dead_lettered_not_zeros(small_data, tmp_path):
@@ -374,15 +354,16 @@ def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_a
         ]))
 
 
-@pytest.mark.parametrize("block", [None, ("--block-size", "8", "8", "2")])
-def test_grouped_and_per_instance_fetching_write_identical_bytes(small_data, tmp_path, block):
-    """Crops overlap (11 and 12) and, with 8x8x2 blocks, cross block borders."""
-    extra = list(block or ())
-    run_pipeline(small_data.argv(tmp_path / "per", "--fetch-strategy", "per-instance"))
-    _, manifest = run_pipeline(small_data.argv(tmp_path / "grouped", "--fetch-strategy",
-                                               "grouped", *extra))
-    assert manifest["config"]["fetch_strategy"] == "grouped"
-    assert _dataset_bytes(tmp_path / "per") == _dataset_bytes(tmp_path / "grouped")
+@pytest.mark.parametrize("strategy", [("--fetch-strategy", "per-instance"),
+                                      ("--block-size", "8", "8", "2")])
+def test_grouped_and_per_instance_fetching_write_identical_bytes(generated, tmp_path, strategy):
+    """The shared dataset is grouped with the default blocks; per-instance, and grouped with 8x8x2
+    blocks (crops 11 and 12 overlap and cross block borders), write the same bytes."""
+    data, grouped, _, _ = generated
+    _, manifest = run_pipeline(data.argv(tmp_path / "other", *GENERATED_FLAGS, *strategy))
+    assert manifest["config"]["fetch_strategy"] == (
+        "per-instance" if "per-instance" in strategy else "grouped")
+    assert _dataset_bytes(grouped) == _dataset_bytes(tmp_path / "other")
 
 
 def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget():

@@ -189,15 +189,23 @@ def _int_lists(centers, point):
                     pa.list_(pa.int64()))
 
 
-@pytest.mark.parametrize("row_group_size", [1, 2])
-def test_parquet_shards_stream_by_row_group_and_number_rows_across_shards(small_data, tmp_path,
-                                                                       row_group_size):
-    """No id column: ids are row numbers over the shards in sorted order, as for CSV."""
+def test_parquet_shards_stream_by_row_group_and_number_rows_across_shards(small_data, tmp_path):
+    """No id column: ids are row numbers over the shards in sorted order, as for CSV; one row per
+    row group and two, against one plain CSV run."""
     (good_0, good_1, good_2, good_3, good_4), null, outside, empty = (
         [r for r in ROWS if r[2] is None], ROWS[5], ROWS[8], ROWS[9])
     rows = [good_0, good_1, null, good_2, outside, good_3, good_4, empty]
+    reference = tmp_path / "plain.csv"
+    _plain_csv(reference, rows, with_id=False, points=True)
+    expected = _run(small_data, tmp_path / "ref", reference)
+    for row_group_size in (1, 2):
+        _check_parquet_shards(small_data, tmp_path / f"groups-{row_group_size}", rows,
+                              row_group_size, tmp_path / "ref", expected)
+
+
+def _check_parquet_shards(small_data, tmp_path, rows, row_group_size, reference_out, expected):
     shards = {"part-1.parquet": rows[:3], "part-2.parquet": rows[3:]}
-    (tmp_path / "t").mkdir()
+    (tmp_path / "t").mkdir(parents=True)
     for name, part in shards.items():
         centers = [c for _, c, _ in part]
         pq.write_table(pa.table({
@@ -207,12 +215,9 @@ def test_parquet_shards_stream_by_row_group_and_number_rows_across_shards(small_
         }), tmp_path / "t" / name, row_group_size=row_group_size)
         groups = pq.ParquetFile(tmp_path / "t" / name).num_row_groups
         assert groups == -(-len(part) // row_group_size) > 1
-    reference = tmp_path / "plain.csv"
-    _plain_csv(reference, rows, with_id=False, points=True)
     manifest = _run(small_data, tmp_path / "out", tmp_path / "t" / "part-*.parquet",
                     "--center-column", "ctr_pt_position", "--pre-column", "pre_pt_position",
                     "--post-column", "post_pt_position")
-    expected = _run(small_data, tmp_path / "ref", reference)
     assert [Path(p).name for p in manifest["config"]["table_shards"]] == list(shards)
     assert manifest["config"]["id_column"] is None
 
@@ -223,8 +228,8 @@ def test_parquet_shards_stream_by_row_group_and_number_rows_across_shards(small_
     def not_index(files):
         return {k: v for k, v in files.items() if not k.startswith("index/")}
 
-    assert not_index(_files(tmp_path / "out")) == not_index(_files(tmp_path / "ref"))
-    entries, ref_entries = _index(tmp_path / "out"), _index(tmp_path / "ref")
+    assert not_index(_files(tmp_path / "out")) == not_index(_files(reference_out))
+    entries, ref_entries = _index(tmp_path / "out"), _index(reference_out)
     assert [e["instance_id"] for e in entries] == [0, 1, 3, 5, 6]
     assert [e["instance_id"] for e in ref_entries] == [0, 1, 3, 5, 6]
     for entry, ref in zip(entries, ref_entries):
