@@ -23,6 +23,21 @@ def digests(out: Path) -> dict:
             for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
+def record_digests(out: Path) -> dict:
+    """{"instance_id/variant": sha256 of the serialized record} over every TFRecord shard: the
+    records' bytes, whichever shard holds them."""
+    from tfrecord.reader import tfrecord_iterator
+
+    from synanno_datagen.reading.records import decode
+
+    found = {}
+    for shard in sorted((out / "tfrecord").glob("*.tfrecord")):
+        for raw in tfrecord_iterator(str(shard)):
+            r = decode(bytes(raw), ("instance_id", "variant"))
+            found[f"{r['instance_id']}/{r['variant']}"] = hashlib.sha256(bytes(raw)).hexdigest()
+    return found
+
+
 def dataset_digests(root: Path) -> dict:
     """Generate the golden dataset (the shared ``generated`` one) under ``root``; its digests."""
     from tests.conftest import make_small_data
@@ -30,7 +45,7 @@ def dataset_digests(root: Path) -> dict:
 
     data = make_small_data(root / "data")
     run_pipeline(data.argv(root / "out", *GENERATED_FLAGS))
-    return digests(root / "out")
+    return digests(root / "out"), record_digests(root / "out")
 
 
 def test_output_bytes_equal_the_recorded_checksums(generated):
@@ -43,7 +58,7 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = dataset_digests(Path(tmp))
-    GOLDEN.write_text(json.dumps({"flags": list(GENERATED_FLAGS), "files": files}, indent=1,
-                                 sort_keys=True) + "\n")
+        files, records = dataset_digests(Path(tmp))
+    GOLDEN.write_text(json.dumps({"flags": list(GENERATED_FLAGS), "files": files,
+                                  "records": records}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}: {len(files)} files", file=sys.stderr)
