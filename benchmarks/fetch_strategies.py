@@ -129,7 +129,7 @@ def stage_split(data, rows, variants, n=150):
             padded_crop(src, fc.source, source_box, fc.pad_value, source_missing),
             padded_crop(tgt, fc.target, target_box, 0, target_missing), fc)
         t1 = time.perf_counter()
-        mask = keep_center_component(fetched.labels_zyx, (33, 4, 4))
+        mask = keep_center_component(fetched.labels_zyx, (33, 4, 4), fc.scale_xyz[::-1])
         t2 = time.perf_counter()
         if mask is None:
             continue

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import (BAD_ROWS, CROP, GOOD_IDS, SCALE, SYNAPSES, TARGET_OFFSET,
                             expected_crop_zyx, make_small_data)
-from synanno_datagen.transforms.geometry import Box, crop_box, scale_box
+from synanno_datagen.transforms.geometry import crop_box, scale_box, upsample_nearest_zyx
 from synanno_datagen.transforms.records import (DEAD, Cleaned, DeadLetter, Fetched, Instance,
                                                 RowRef, Varied)
 from synanno_datagen.transforms.readers import describe_volume
@@ -120,8 +120,8 @@ def test_fetch_subvolumes_cuts_both_crops_and_dead_letters_what_it_cannot_read(
                                  fetched.source_box.size_xyz, 148)
         labels = expected_crop_zyx(data.labels_xyz, TARGET_OFFSET,
                                    fetched.target_box.start_xyz, CROP, 0)
-        ok = (np.array_equal(fetched.source_zyx, want) and np.array_equal(
-            fetched.labels_zyx, np.repeat(np.repeat(labels, 2, axis=1), 2, axis=2)))
+        ok = np.array_equal(fetched.source_zyx, want) and np.array_equal(fetched.labels_zyx,
+                                                                          labels)
         return fetched.instance.instance_id, ok, fetched.filled_chunks["source"]
 
     with TestPipeline() as p:
@@ -144,7 +144,7 @@ def test_clean_targets_keeps_the_centred_synapse_and_dead_letters_empty_crops(da
     empty = Fetched(**{**empty.crop_fields(), "instance": instance(23, (106, 234, 12))},
                     labels_zyx=np.zeros_like(empty.labels_zyx))
     with TestPipeline() as p:
-        out = p | beam.Create([touching, empty]) | CleanTargets((4, 4, 33))
+        out = p | beam.Create([touching, empty]) | CleanTargets((4, 4, 33), SCALE)
         assert_that(out["ok"] | beam.Map(lambda c: (type(c).__name__, c.instance.instance_id,
                                                     int(c.target_zyx.sum()),
                                                     c.target_zyx.dtype.name)),
@@ -159,7 +159,7 @@ def test_make_variants_draws_distinct_seed_slices_on_foreground(data, fetch_conf
     from synanno_datagen.transforms.variants import MakeVariants
 
     fetched = _fetched(data, fetch_config, 11)
-    mask = (fetched.labels_zyx == 1).astype(np.uint8)
+    mask = upsample_nearest_zyx((fetched.labels_zyx == 1).astype(np.uint8), SCALE)
     cleaned = Cleaned(**fetched.crop_fields(), target_zyx=mask)
     want = tuple(variant_seed_slices(mask, run_seed=5, instance_id=11, n_variants=3,
                                      model=SeedModel()))
@@ -179,7 +179,7 @@ def test_write_examples_and_finalize_shards_write_sorted_shards_and_index(data, 
     varied = []
     for sid in (14, 11):
         fetched = _fetched(data, fetch_config, sid)
-        mask = (fetched.labels_zyx != 0).astype(np.uint8)
+        mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
         varied.append(Varied(**fetched.crop_fields(), target_zyx=mask,
                              seed_slices=((1,), (1, 2))))
     out = tmp_path / "out"

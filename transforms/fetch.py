@@ -1,4 +1,4 @@
-"""FetchSubvolumes: Instance -> Fetched (source crop and upsampled target labels, (z, y, x))."""
+"""FetchSubvolumes: Instance -> Fetched (source crop and target labels, (z, y, x))."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from synanno_datagen.transforms.blocks import BlockReader
-from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box, upsample_nearest_zyx
+from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
 from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
 from synanno_datagen.transforms.dead_letters import failure_to_dead_letters, of_instance
 from synanno_datagen.transforms.records import (
@@ -65,7 +65,7 @@ def make_fetched(instance: Instance, target_box: Box, source_box: Box, source, l
         target_padding_xyz=padding(target_box, config.target.bounds),
         source_padding_xyz=padding(source_box, config.source.bounds),
         source_zyx=source_zyx,
-        labels_zyx=upsample_nearest_zyx(labels_zyx, config.scale_xyz),
+        labels_zyx=labels_zyx,
         filled_chunks={"source": len(source_filled), "target": len(target_filled)},
     )
 

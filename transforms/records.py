@@ -107,8 +107,8 @@ class Crop:
 
 @dataclass(frozen=True)
 class Fetched(Crop):
-    """FetchSubvolumes' output: ``labels_zyx``, the target labels (volume dtype) upsampled to the
-    source grid, 0 outside the volume."""
+    """FetchSubvolumes' output: ``labels_zyx``, the target labels (volume dtype) at the target
+    volume's resolution (the source grid is ``scale_xyz`` finer), 0 outside the volume."""
 
     labels_zyx: np.ndarray
 
