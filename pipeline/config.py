@@ -58,6 +58,9 @@ class Config:
     pre_column: Optional[str] = None
     post_column: Optional[str] = None
     coordinate_resolution_nm: Optional[Tuple[float, float, float]] = None  # None: the target's
+    record_layout: str = "instance"   # or "variant"
+    split_by: str = "block"           # or "instance"
+    compression: str = "none"         # or "gzip"
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -71,9 +74,11 @@ class Config:
 
     @property
     def bytes_per_instance(self) -> int:
-        """Approximate TFRecord bytes of one instance (3 uint8 arrays per variant)."""
+        """Approximate TFRecord bytes of one instance, uncompressed: source and target once
+        (instance layout), or source, target and seed mask per variant."""
         z, y, x = self.source_shape_zyx
-        return max(1, self.variants * 3 * x * y * z)
+        arrays = 2 if self.record_layout == "instance" else 3 * self.variants
+        return max(1, arrays * x * y * z)
 
     def to_manifest(self) -> dict:
         """The options as given (no derived volume facts, no credentials)."""
@@ -131,6 +136,9 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("seed", lambda c: c.seed, lambda c: c.seed),
     Option("formats", lambda c: list(c.formats), lambda c: list(c.formats)),
     Option("splits", lambda c: dict(c.splits), lambda c: [list(s) for s in c.splits]),
+    Option("record_layout", lambda c: c.record_layout, lambda c: c.record_layout, "variant"),
+    Option("split_by", lambda c: c.split_by, lambda c: c.split_by, "instance"),
+    Option("compression", lambda c: c.compression, lambda c: c.compression, "none"),
     Option("shard_size_mb", lambda c: c.shard_size_mb),
     Option("incremental", lambda c: c.incremental is not None),
     Option("fetch_strategy", lambda c: c.fetch_strategy),
@@ -200,7 +208,8 @@ def from_args(args: argparse.Namespace) -> Config:
         block_size_xyz=tuple(args.block_size) if args.block_size else None,
         missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format,
         points=points, center_column=args.center_column, pre_column=args.pre_column,
-        post_column=args.post_column, coordinate_resolution_nm=table_nm)
+        post_column=args.post_column, coordinate_resolution_nm=table_nm,
+        record_layout=args.record_layout, split_by=args.split_by, compression=args.compression)
     probes.check_writable(config.output_dir)
     if args.incremental:
         return _with_incremental_plan(config)

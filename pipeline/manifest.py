@@ -30,7 +30,25 @@ def feature_spec(config: Config) -> List[dict]:
     array shape filled in."""
     shape = list(config.source_shape_zyx)
     return [{**f, "shape": shape if f["shape"] == "shape" else f["shape"]}
-            for f in features(config.points.point_features())]
+            for f in features(config.points.point_features(), config.record_layout)]
+
+
+RECORDS = {  # how a layout's records hold the variants (the manifest's "records")
+    "instance": "one record per instance: source and target once, and every variant's seed "
+                "slices (seed_slices, concatenated in variant order; seed_slice_counts, one per "
+                "variant); variant v's seed mask is target with every slice but its own zeroed",
+    "variant": "one record per variant: source, target, seed_target (target with every slice "
+               "but seed_slices zeroed), seed_slices and variant",
+}
+
+
+def records_section(config: Config) -> dict:
+    """The record layout, the shards' framing and what a record holds."""
+    return {"layout": config.record_layout, "compression": config.compression,
+            "tfrecord_compression_type": "GZIP" if config.compression == "gzip" else "",
+            "variants_per_instance": config.variants, "holds": RECORDS[config.record_layout],
+            "order": "in a shard: by work block, then instance id (then variant)",
+            "split_by": config.split_by}
 
 
 def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter: dict,
@@ -70,8 +88,11 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
                    "resolution_nm_zyx": [res[2], res[1], res[0]],
                    "note": "all arrays are on the source grid at source_mip"},
         "features": feature_spec(config),
+        "records": records_section(config),
         "table": config.table_manifest(),
-        "seed_model": config.seed_model.to_manifest(),
+        "seed_model": {**config.seed_model.to_manifest(),
+                       "in_records": "seed_slices and seed_slice_counts" if
+                       config.record_layout == "instance" else "seed_slices and seed_target"},
         "counts": counts,
         "splits": splits,
         "files": listing,

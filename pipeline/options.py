@@ -74,6 +74,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
     flag("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
          help="nm per table unit, per axis (default: the target volume's "
          "resolution, i.e. target voxels)")
+    flag("--record-layout", choices=("instance", "variant"), default="instance",
+         help="instance: one record per instance (source, target, every variant's seed slices; "
+         "default); variant: one record per variant with its seed mask")
+    flag("--split-by", choices=("block", "instance"), default="block",
+         help="block: all instances of a work block in one split, so splits are spatially apart "
+         "(default); instance: each instance's split drawn on its own")
+    flag("--compression", choices=("none", "gzip"), default="none",
+         help="TFRecord shards: none, or gzip (TFRecord's GZIP framing, .tfrecord.gz)")
     flag("--shard-size-mb", type=float, default=256.0,
          help="approximate TFRecord shard size (default 256)")
     flag("--overwrite", action="store_true",

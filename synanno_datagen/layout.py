@@ -4,7 +4,8 @@ A dataset directory::
 
     manifest.json                                   the commit point, written last
     dead_letter.jsonl                               one line per rejected row or instance
-    tfrecord/{split}-{i:05d}-of-{n:05d}.tfrecord     records (tf.train.Example)
+    tfrecord/{split}-{i:05d}-of-{n:05d}.tfrecord     records (tf.train.Example; .tfrecord.gz with
+                                                    --compression gzip)
     index/{split}-{i:05d}-of-{n:05d}.jsonl           one line per instance of that shard
     npy/source/source_{id}.npy, npy/gt/target_{id}.npy,
     npy/target/augmented_target_{id}_{variant}.npy
@@ -28,7 +29,7 @@ DEAD_LETTER = "dead_letter.jsonl"
 TFRECORD_DIR = "tfrecord"
 INDEX_DIR = "index"
 NPY_DIR = "npy"
-FRAGMENTS_DIR = "_tmp"          # fragments of an unfinished run, removed before the manifest
+FRAGMENTS_DIR = "_tmp"          # shard files of an unfinished run, before their final names
 LATEST = "LATEST"
 RUNS_DIR = "runs"
 
@@ -48,8 +49,22 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
     return f"{split}-{shard:05d}-of-{num_shards:05d}"
 
 
-def tfrecord_path(split: str, shard: int, num_shards: int) -> str:
-    return f"{TFRECORD_DIR}/{shard_name(split, shard, num_shards)}.tfrecord"
+COMPRESSIONS = ("none", "gzip")
+
+
+def tfrecord_suffix(compression: str = "none") -> str:
+    """``.tfrecord``, or ``.tfrecord.gz`` for TFRecord's GZIP framing (the whole file gzipped)."""
+    return ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+
+
+def tfrecord_path(split: str, shard: int, num_shards: int, compression: str = "none") -> str:
+    return f"{TFRECORD_DIR}/{shard_name(split, shard, num_shards)}{tfrecord_suffix(compression)}"
+
+
+def group_tfrecord_path(split: str, group: int, compression: str = "none") -> str:
+    """Where the worker writing shard group ``group`` puts the records of ``split`` until the
+    run numbers its shards (then it is renamed to ``tfrecord_path``)."""
+    return f"{FRAGMENTS_DIR}/{split}-group{group:06d}{tfrecord_suffix(compression)}"
 
 
 def index_path(split: str, shard: int, num_shards: int) -> str:

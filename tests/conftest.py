@@ -121,14 +121,16 @@ def expected_crop_zyx(volume_xyz: np.ndarray, offset_xyz, start_xyz, size_xyz, f
 
 
 # The flags of the one shared dataset (and of the golden checksums, tests/test_golden.py).
-GENERATED_FLAGS = ("--variants", "3", "--shard-size-mb", "0.03", "--splits", "train=0.6,val=0.4")
+GENERATED_FLAGS = ("--variants", "3", "--shard-size-mb", "0.01", "--splits", "train=0.6,val=0.4",
+                   "--block-size", "8", "8", "4")   # small blocks and shards: several of each
 
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory):
     """One generated dataset for every test that only reads one: (SmallData, output dir, Config,
-    manifest); 5 instances x 3 variants in several shards of two splits, every bad row of the
-    table dead-lettered. Read-only: tests must not change it."""
+    manifest); 5 instances x 3 variants in several shards of two splits (split by block: 12, 14
+    and 15 in train, 11 and 13 in val), every bad row of the table dead-lettered. Read-only:
+    tests must not change it."""
     from tests.test_pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("generated")

@@ -1,29 +1,50 @@
-"""Encoding Examples must not pull in PyTorch (the tfrecord package imports it when installed)."""
+"""Our Example messages: TensorFlow's wire format, loadable beside TensorFlow in either import
+order, and nothing heavy imported to write records."""
+import importlib.util
+import os
 import subprocess
 import sys
 
-CODE = """
+import pytest
+
+ENCODE = """
 import sys
-import numpy as np
 from synanno_datagen.transforms.examples import example_pb2
 example = example_pb2().Example()
-example.features.feature["x"].int64_list.value.append(3)
-assert example.SerializeToString()
-print("torch" in sys.modules)
+feature = example.features.feature
+feature["b"].bytes_list.value.append(b"xyz")
+feature["a"].int64_list.value.extend([1, -2, 3])
+ours = example.SerializeToString(deterministic=True)
+"""
+TENSORFLOW = """
+import tensorflow as tf
+theirs = tf.train.Example()
+theirs.features.feature["b"].bytes_list.value.append(b"xyz")
+theirs.features.feature["a"].int64_list.value.extend([1, -2, 3])
+"""
+COMPARE = """
+assert ours == theirs.SerializeToString(deterministic=True)
+assert list(example_pb2().Example.FromString(ours).features.feature["a"].int64_list.value) == \\
+    [1, -2, 3]
+print("same")
 """
 
 
-def test_encoding_an_example_does_not_import_torch():
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "False"
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
 
 
-def test_tfrecords_torch_reader_still_imports_afterwards():
-    code = CODE + "import importlib.util\n" \
-        "if importlib.util.find_spec('torch'):\n" \
-        "    from tfrecord.torch.dataset import TFRecordDataset\n" \
-        "    import torch; print(hasattr(torch, 'tensor'))\n"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out[0] == "False" and out[1:] in ([], ["True"])
+def test_writing_records_imports_neither_torch_nor_tensorflow():
+    out = _run(ENCODE + "print('torch' in sys.modules, 'tensorflow' in sys.modules)")
+    assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("first", ["ours", "tensorflow"])
+def test_our_messages_load_beside_tensorflow_and_write_its_bytes(first):
+    if importlib.util.find_spec("tensorflow") is None:
+        if os.environ.get("SYNANNO_REQUIRE_TF") == "1":
+            pytest.fail("SYNANNO_REQUIRE_TF=1 but TensorFlow is not installed")
+        pytest.skip("the tf extra is not installed")
+    parts = [ENCODE, TENSORFLOW] if first == "ours" else [TENSORFLOW, ENCODE]
+    assert _run("".join(parts) + COMPARE).strip() == "same"

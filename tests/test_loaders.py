@@ -50,8 +50,8 @@ def test_shard_dataset_yields_the_records_of_its_split(generated, torch, split):
         assert isinstance(inputs, torch.Tensor) and inputs.dtype == torch.float32
         check_pair(inputs, target, expected[(meta["instance_id"], meta["variant"])])
         got.append((meta["instance_id"], meta["variant"]))
-    assert got == list(expected)      # shards in manifest order, records sorted in a shard
-    assert len(got) == len(expected) == len(dataset) == manifest["splits"][split]["records"]
+    assert got == list(expected)      # shards in manifest order, records in a shard in order
+    assert len(got) == len(expected) == len(dataset) == 3 * manifest["splits"][split]["records"]
 
 
 def test_dataloader_workers_read_every_record_exactly_once(generated, torch):
@@ -115,7 +115,7 @@ def test_npy_dataset_items_are_the_npy_files(generated, torch):
     _, out, _, manifest = generated
     records = records_of(out, manifest, "val")
     dataset = loaders.NpyDataset(str(out), "val", with_meta=True)
-    assert len(dataset) == len(records) == manifest["splits"]["val"]["records"]
+    assert len(dataset) == len(records) == 3 * manifest["splits"]["val"]["records"]
     for i in range(len(dataset)):
         inputs, target, meta = dataset[i]
         iid, v = meta["instance_id"], meta["variant"]
@@ -127,6 +127,35 @@ def test_npy_dataset_items_are_the_npy_files(generated, torch):
         check_pair(inputs, target, records[(iid, v)])
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)))
     assert batch[0].shape == (3, 2, 4, 24, 24) and batch[1].shape == (3, 1, 4, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def both_layouts(generated, tmp_path_factory):
+    """The shared dataset (instance layout) and the same run with --record-layout variant and
+    --compression gzip: {layout: output dir}."""
+    from tests.conftest import GENERATED_FLAGS
+
+    data, out, _, _ = generated
+    variant = tmp_path_factory.mktemp("layouts") / "variant"
+    run_pipeline(data.argv(variant, *GENERATED_FLAGS, "--record-layout", "variant",
+                           "--compression", "gzip"))
+    return {"instance": out, "variant": variant}
+
+
+def _samples(dataset):
+    return {(m["instance_id"], m["variant"]): (np.asarray(i), np.asarray(t))
+            for i, t, m in dataset}
+
+
+def test_both_record_layouts_give_the_same_samples(both_layouts, torch):
+    assert next((both_layouts["variant"] / "tfrecord").iterdir()).name.endswith(".tfrecord.gz")
+    for split in ("train", "val"):
+        got = {layout: _samples(loaders.ShardDataset(str(out), split, with_meta=True))
+               for layout, out in both_layouts.items()}
+        assert sorted(got["instance"]) == sorted(got["variant"]) and got["instance"]
+        for key, (inputs, target) in got["instance"].items():
+            np.testing.assert_array_equal(inputs, got["variant"][key][0])
+            np.testing.assert_array_equal(target, got["variant"][key][1])
 
 
 def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, torch):
@@ -181,19 +210,44 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
     ]
 
 
-def test_tf_dataset_parses_the_records_with_the_manifest_spec(generated):
-    tf = pytest.importorskip("tensorflow", reason="the tf extra is not installed")
-    _, out, _, manifest = generated
-    expected = records_of(out, manifest, "train")
-    got = []
-    for inputs, target, meta in loaders.tf_dataset(str(out), "train", with_meta=True):
-        key = (int(meta["instance_id"]), int(meta["variant"]))
-        check_pair(inputs.numpy(), target.numpy(), expected[key])
-        got.append(key)
-    assert sorted(got) == sorted(expected) and len(got) == len(set(got))
-    assert got == list(expected)
-    inputs, target = next(iter(loaders.tf_dataset(str(out), "train", channels_last=True)))
-    assert inputs.shape == (4, 24, 24, 2) and target.shape == (4, 24, 24, 1)
-    assert inputs.dtype == target.dtype == tf.float32
-    check_pair(np.moveaxis(inputs.numpy(), -1, 0), np.moveaxis(target.numpy(), -1, 0),
-               next(iter(expected.values())))
+TF_CHECK = """
+import json, sys
+import numpy as np
+from synanno_datagen.reading import loaders
+out, split, expected = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+got = []
+for inputs, target, meta in loaders.tf_dataset(out, split, with_meta=True):
+    key = f"{int(meta['instance_id'])}_{int(meta['variant'])}"
+    np.testing.assert_array_equal(inputs.numpy(), expected["input_" + key])
+    np.testing.assert_array_equal(target.numpy(), expected["target_" + key])
+    got.append(key)
+inputs, target = next(iter(loaders.tf_dataset(out, split, channels_last=True)))
+print(json.dumps({"keys": got, "channels_last": [list(inputs.shape), list(target.shape)],
+                  "dtype": inputs.dtype.name}))
+"""
+
+
+@pytest.mark.parametrize("layout", ["instance", "variant"])
+def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, tmp_path, layout):
+    """In a process of its own, as a TensorFlow training script would run (TensorFlow is an
+    extra: skipped without it, a failure with SYNANNO_REQUIRE_TF=1)."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("tensorflow") is None:
+        if os.environ.get("SYNANNO_REQUIRE_TF") == "1":
+            pytest.fail("SYNANNO_REQUIRE_TF=1 but TensorFlow is not installed")
+        pytest.skip("the tf extra is not installed")
+    out = both_layouts[layout]
+    expected = _samples(loaders.ShardDataset(str(out), "train", with_meta=True))
+    arrays = {}
+    for (iid, v), (inputs, target) in expected.items():
+        arrays[f"input_{iid}_{v}"], arrays[f"target_{iid}_{v}"] = inputs, target
+    np.savez(tmp_path / "expected.npz", **arrays)
+    done = subprocess.run([sys.executable, "-c", TF_CHECK, str(out), "train",
+                           str(tmp_path / "expected.npz")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["keys"] == [f"{iid}_{v}" for iid, v in expected]      # same order
+    assert result["channels_last"] == [[4, 24, 24, 2], [4, 24, 24, 1]]
+    assert result["dtype"] == "float32"

@@ -16,14 +16,15 @@ from tfrecord.reader import tfrecord_loader
 
 from synanno_datagen.pipeline.build import build
 from synanno_datagen.pipeline.config import parse
-from tests.conftest import (BAD_ROWS, GENERATED_FLAGS, GOOD_IDS, SCALE, TARGET_OFFSET,
+from tests.conftest import (BAD_ROWS, CROP, GENERATED_FLAGS, GOOD_IDS, SCALE, TARGET_OFFSET,
                             expected_crop_zyx, make_small_data)
 from synanno_datagen.transforms.clean import keep_center_component
 from synanno_datagen.transforms.geometry import upsample_nearest_zyx
 
-DESCRIPTION = {"source": "byte", "target": "byte", "seed_target": "byte", "shape": "int",
-               "seed_slices": "int", "instance_id": "int", "variant": "int",
-               "source_box_xyz": "int", "target_box_xyz": "int"}
+COMMON = {"source": "byte", "target": "byte", "shape": "int", "seed_slices": "int",
+          "instance_id": "int", "source_box_xyz": "int", "target_box_xyz": "int"}
+LAYOUTS = {"variant": {**COMMON, "seed_target": "byte", "variant": "int"},
+           "instance": {**COMMON, "seed_slice_counts": "int"}}
 
 
 def run_pipeline(argv):
@@ -34,21 +35,45 @@ def run_pipeline(argv):
 
 
 def read_records(out: Path):
+    """Every sample of a dataset's TFRecord shards, read with the tfrecord package (not our
+    decoder): a variant record as it is; an instance record as its variants, each seed mask made
+    here from the target and the variant's slices. In shard order, then record order."""
     records = []
-    for shard in sorted((out / "tfrecord").glob("*.tfrecord")):
-        for r in tfrecord_loader(str(shard), None, DESCRIPTION):
+    shards = sorted((out / "tfrecord").glob("*.tfrecord*"))
+    for shard in shards:
+        gz = "gzip" if shard.name.endswith(".gz") else None
+        layout = _layout_of(shard, gz)
+        for r in tfrecord_loader(str(shard), None, LAYOUTS[layout], compression_type=gz):
             shape = tuple(int(v) for v in r["shape"])
-            records.append({
-                "shard": shard.name,
-                "instance_id": int(r["instance_id"][0]), "variant": int(r["variant"][0]),
-                "seed_slices": tuple(int(v) for v in r["seed_slices"]),
+            base = {
+                "shard": shard.name, "layout": layout, "instance_id": int(r["instance_id"][0]),
                 "source": np.frombuffer(r["source"], np.uint8).reshape(shape),
                 "target": np.frombuffer(r["target"], np.uint8).reshape(shape),
-                "seed_target": np.frombuffer(r["seed_target"], np.uint8).reshape(shape),
                 "source_box_xyz": [int(v) for v in r["source_box_xyz"]],
                 "target_box_xyz": [int(v) for v in r["target_box_xyz"]],
-            })
+            }
+            if layout == "variant":
+                records.append({**base, "variant": int(r["variant"][0]),
+                                "seed_slices": tuple(int(v) for v in r["seed_slices"]),
+                                "seed_target": np.frombuffer(r["seed_target"],
+                                                             np.uint8).reshape(shape)})
+                continue
+            flat, start = [int(v) for v in r["seed_slices"]], 0
+            for variant, count in enumerate(int(c) for c in r["seed_slice_counts"]):
+                slices = tuple(flat[start:start + count])
+                start += count
+                seed = np.zeros_like(base["target"])
+                seed[list(slices)] = base["target"][list(slices)]
+                records.append({**base, "variant": variant, "seed_slices": slices,
+                                "seed_target": seed})
     return records
+
+
+def _layout_of(shard: Path, compression) -> str:
+    """'instance' when the shard's first record has seed_slice_counts, else 'variant'."""
+    for r in tfrecord_loader(str(shard), None, None, compression_type=compression):
+        return "instance" if "seed_slice_counts" in r else "variant"
+    return "variant"
 
 
 def test_records_hold_exactly_the_crops_in_the_volumes(generated):
@@ -96,7 +121,7 @@ def test_tfrecords_pass_beams_crc_checking_reader(generated):
     with TestPipeline() as p:
         count = (p | beam.io.ReadFromTFRecord(pattern)
                  | beam.combiners.Count.Globally())
-        assert_that(count, equal_to([3 * len(GOOD_IDS)]))
+        assert_that(count, equal_to([len(GOOD_IDS)]))     # instance layout: a record each
 
 
 def test_npy_files_match_the_records_and_load_without_pickle(generated):
@@ -113,20 +138,33 @@ def test_npy_files_match_the_records_and_load_without_pickle(generated):
         np.testing.assert_array_equal(seed, r["seed_target"])
 
 
-def test_shards_are_sorted_and_an_instance_stays_in_one_shard_and_split(generated):
-    _, out, _, manifest = generated
+def test_shards_are_spatial_sorted_and_an_instance_stays_in_one_shard_and_split(generated):
+    """Records in a shard come by work block (z, y, x order), then instance id and variant; a
+    split holds whole blocks (--split-by block) and a shard whole blocks of one split."""
+    from synanno_datagen.transforms.shards import block_key, block_order
+
+    _, out, config, manifest = generated
     records = read_records(out)
+    block = {r["instance_id"]: block_key(
+        [a + s // 2 for a, s in zip(r["target_box_xyz"][:3], CROP)], TARGET_OFFSET,
+        config.block_size_xyz or (8, 8, 4)) for r in records}
     shards = {}
     for r in records:
-        shards.setdefault(r["shard"], []).append((r["instance_id"], r["variant"]))
+        shards.setdefault(r["shard"], []).append(
+            (block_order(block[r["instance_id"]]), r["instance_id"], r["variant"]))
     for keys in shards.values():
         assert keys == sorted(keys)
+    split_of_block = {}
+    for r in records:
+        split = r["shard"].split("-")[0]
+        assert split_of_block.setdefault(block[r["instance_id"]], split) == split
     homes = {}
     for r in records:
         homes.setdefault(r["instance_id"], set()).add(r["shard"])
     assert all(len(h) == 1 for h in homes.values())
     names = sorted(p.name for p in (out / "tfrecord").iterdir())
     total = {s: m["shards"] for s, m in manifest["splits"].items()}
+    assert all(n > 0 for n in total.values())
     assert names == sorted(f"{s}-{i:05d}-of-{n:05d}.tfrecord"
                            for s, n in total.items() for i in range(n))
     assert sum(total.values()) > 2   # a small --shard-size-mb forces several shards
@@ -173,7 +211,7 @@ def test_manifest_lists_exactly_the_files_on_disk(generated):
     assert on_disk == listed
     assert manifest["npy"]["files"] == len(npy) == len(GOOD_IDS) * (2 + 3)
     for shard in manifest["files"]["tfrecord"]:
-        assert shard["records"] == 3 * shard["instances"]
+        assert shard["records"] == shard["instances"]          # instance layout
 
 
 def test_manifest_describes_volumes_features_and_seed_model(generated):
@@ -182,9 +220,11 @@ def test_manifest_describes_volumes_features_and_seed_model(generated):
     assert manifest["volumes"]["target"]["voxel_offset_xyz"] == list(TARGET_OFFSET)
     assert manifest["volumes"]["scale_xyz"] == [2, 2, 1]
     features = {f["name"]: f for f in manifest["features"]}
-    for key in ("source", "target", "seed_target", "shape", "seed_slices", "instance_id",
-                "variant"):
+    for key in ("source", "target", "shape", "seed_slices", "seed_slice_counts", "instance_id"):
         assert key in features
+    assert "seed_target" not in features and "variant" not in features
+    assert manifest["records"]["layout"] == "instance"
+    assert manifest["seed_model"]["in_records"] == "seed_slices and seed_slice_counts"
     assert features["source"]["shape"] == [4, 24, 24] and features["source"]["axes"] == "zyx"
     assert manifest["seed_model"]["max_seed_slices"] == 3
     assert manifest["config"]["variants"] == 3 and manifest["generator"]["name"] == "synanno-datagen"
@@ -354,16 +394,26 @@ def test_an_unexpected_exception_in_a_dofn_becomes_a_dead_letter_with_its_type_a
         ]))
 
 
-@pytest.mark.parametrize("strategy", [("--fetch-strategy", "per-instance"),
-                                      ("--block-size", "8", "8", "2")])
-def test_grouped_and_per_instance_fetching_write_identical_bytes(generated, tmp_path, strategy):
-    """The shared dataset is grouped with the default blocks; per-instance, and grouped with 8x8x2
-    blocks (crops 11 and 12 overlap and cross block borders), write the same bytes."""
+def test_grouped_and_per_instance_fetching_write_identical_bytes(generated, tmp_path):
     data, grouped, _, _ = generated
-    _, manifest = run_pipeline(data.argv(tmp_path / "other", *GENERATED_FLAGS, *strategy))
-    assert manifest["config"]["fetch_strategy"] == (
-        "per-instance" if "per-instance" in strategy else "grouped")
+    _, manifest = run_pipeline(data.argv(tmp_path / "other", *GENERATED_FLAGS,
+                                         "--fetch-strategy", "per-instance"))
+    assert manifest["config"]["fetch_strategy"] == "per-instance"
     assert _dataset_bytes(grouped) == _dataset_bytes(tmp_path / "other")
+
+
+def test_other_blocks_make_other_shards_of_the_same_records(generated, tmp_path):
+    """2x2x1 blocks: crops 11 and 12 overlap and cross block borders; with instance splits the
+    same records as with 8x8x4 blocks, wherever the shards put them."""
+    from tests.test_golden import record_digests
+
+    data, grouped, _, _ = generated
+    flags = [f for f in GENERATED_FLAGS]
+    at = flags.index("--block-size")
+    flags[at + 1:at + 4] = ["2", "2", "1"]
+    run_pipeline(data.argv(tmp_path / "a", *flags, "--split-by", "instance"))
+    run_pipeline(data.argv(tmp_path / "b", *GENERATED_FLAGS, "--split-by", "instance"))
+    assert record_digests(tmp_path / "a") == record_digests(tmp_path / "b")
 
 
 def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget():

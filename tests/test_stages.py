@@ -82,25 +82,41 @@ def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path
         assert_that(out["vanished"], equal_to([99]), label="Vanished")
 
 
-def test_select_and_assign_shards_are_pure_functions_of_seed_and_id():
-    from synanno_datagen.transforms.select import (AssignShards, SelectInstances,
-                                                   assign_split, selection_key, shard_index)
+def test_select_and_plan_shards_are_pure_functions_of_seed_block_and_id():
+    from synanno_datagen.transforms.select import SelectInstances, selection_key
+    from synanno_datagen.transforms.shards import PlanShards, block_key, plan_groups, split_of
 
     ids = list(range(100, 140))
+    centers = {i: ((i * 7) % 40, (i * 3) % 40, i % 8) for i in ids}
     picked = sorted(ids, key=lambda i: selection_key(3, i))[:10]
     splits = (("train", 0.5), ("val", 0.5))
-    with TestPipeline() as p:
-        chosen = p | beam.Create([instance(i, (1, 2, 3)) for i in ids]) | SelectInstances(3, 10)
-        assigned = chosen | AssignShards(3, splits, 100, 250)   # 2-3 instances per shard
-        assert_that(assigned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.shard)),
-                    equal_to([(i, assign_split(3, i, splits),
-                               shard_index(assign_split(3, i, splits), i, 2)) for i in picked]),
-                    label="Assigned")
-        counts = {s: sum(assign_split(3, i, splits) == s for i in picked) for s, _ in splits}
-        assert_that(assigned["split_counts"], equal_to([counts]), label="SplitCounts")
-        assert_that(assigned["shard_keys"], equal_to(
-            [(s, k, -(-counts[s] * 100 // 250)) for s, _ in splits
-             for k in range(-(-counts[s] * 100 // 250))]), label="ShardKeys")
+    block = {i: block_key(centers[i], (0, 0, 0), (8, 8, 4)) for i in picked}
+    for split_by in ("block", "instance"):
+        split = {i: split_of(3, i, block[i], splits, split_by) for i in picked}
+        counts = {}
+        for i in picked:
+            counts[(block[i], split[i])] = counts.get((block[i], split[i]), 0) + 1
+        groups = plan_groups(counts, 100, 250, split_by)
+        with TestPipeline() as p:
+            chosen = (p | beam.Create([instance(i, centers[i]) for i in ids])
+                      | SelectInstances(3, 10))
+            planned = chosen | PlanShards(3, splits, split_by, (0, 0, 0), (8, 8, 4), 100, 250)
+            assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.shard)),
+                        equal_to([(i, split[i], groups[block[i]]) for i in picked]))
+        if split_by == "block":   # a block, and so a group, lies in one split
+            assert all(len({split[i] for i in picked if groups[block[i]] == g}) == 1
+                       for g in set(groups.values()))
+
+
+def test_plan_groups_packs_blocks_in_order_up_to_the_shard_size():
+    from synanno_datagen.transforms.shards import plan_groups
+
+    counts = {((0, 0, 0), "train"): 2, ((1, 0, 0), "train"): 2, ((0, 1, 0), "train"): 3,
+              ((5, 5, 5), "val"): 1}
+    assert plan_groups(counts, 10, 40, "block") == {(0, 0, 0): 0, (1, 0, 0): 0, (0, 1, 0): 1,
+                                                    (5, 5, 5): 2}
+    assert plan_groups(counts, 10, 1000, "instance") == dict.fromkeys(
+        [(0, 0, 0), (1, 0, 0), (0, 1, 0), (5, 5, 5)], 0)
 
 
 @pytest.mark.parametrize("strategy", ["grouped", "per-instance"])
@@ -170,43 +186,55 @@ def test_make_variants_draws_distinct_seed_slices_on_foreground(data, fetch_conf
     assert len(set(want)) == 3 and all(mask[list(s)].any() for s in want)
 
 
-def test_write_examples_and_finalize_shards_write_sorted_shards_and_index(data, fetch_config,
-                                                                         tmp_path):
+@pytest.mark.parametrize("layout, compression", [("instance", "none"), ("variant", "gzip")])
+def test_write_shards_writes_each_group_once_and_finalize_names_them(data, fetch_config,
+                                                                    tmp_path, layout,
+                                                                    compression):
     from tfrecord.reader import tfrecord_loader
 
-    from synanno_datagen.transforms.write import FinalizeShards, WriteExamples
+    from synanno_datagen.transforms.write import FinalizeShards, WriteShards
 
     varied = []
-    for sid in (14, 11):
+    for sid, group in ((14, 3), (11, 1), (12, 1)):   # group 1 before 3 after numbering
         fetched = _fetched(data, fetch_config, sid)
+        fetched = Fetched(**{**fetched.crop_fields(),
+                             "instance": instance(sid, shard=group)},
+                          labels_zyx=fetched.labels_zyx)
         mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
         varied.append(Varied(**fetched.crop_fields(), target_zyx=mask,
                              seed_slices=((1,), (1, 2))))
     out = tmp_path / "out"
+    records = {"instance": 1, "variant": 2}[layout]
+    suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     with TestPipeline() as p:
-        written = p | beam.Create(varied) | WriteExamples(str(out), ("tfrecord", "npy"))
-        keys = p | "Keys" >> beam.Create([("train", 0, 1)])
-        files = written["ok"] | FinalizeShards(str(out), ("tfrecord", "npy"), keys)
+        written = (p | beam.Create(varied)
+                   | WriteShards(str(out), ("tfrecord", "npy"), layout, compression))
+        files = written["ok"] | FinalizeShards(str(out), compression)
         assert_that(files | beam.Map(lambda f: (f["kind"], f["path"], f["records"])),
-                    equal_to([("tfrecord", "tfrecord/train-00000-of-00001.tfrecord", 4),
-                              ("index", "index/train-00000-of-00001.jsonl", 2)]))
-    records = list(tfrecord_loader(str(out / "tfrecord" / "train-00000-of-00001.tfrecord"),
-                                   None, {"instance_id": "int", "variant": "int"}))
-    assert [(int(r["instance_id"][0]), int(r["variant"][0])) for r in records] == \
-        [(11, 0), (11, 1), (14, 0), (14, 1)]
-    lines = (out / "index" / "train-00000-of-00001.jsonl").read_text().splitlines()
-    assert [json.loads(line)["instance_id"] for line in lines] == [11, 14]
+                    equal_to([("tfrecord", f"tfrecord/train-00000-of-00002{suffix}",
+                               2 * records),
+                              ("index", "index/train-00000-of-00002.jsonl", 2),
+                              ("tfrecord", f"tfrecord/train-00001-of-00002{suffix}", records),
+                              ("index", "index/train-00001-of-00002.jsonl", 1)]))
+    first = out / "tfrecord" / f"train-00000-of-00002{suffix}"
+    got = [int(r["instance_id"][0]) for r in tfrecord_loader(
+        str(first), None, {"instance_id": "int"},
+        compression_type="gzip" if compression == "gzip" else None)]
+    assert got == [11] * records + [12] * records          # in the order they arrived
+    lines = (out / "index" / "train-00001-of-00002.jsonl").read_text().splitlines()
+    assert [(json.loads(x)["instance_id"], json.loads(x)["shard"]) for x in lines] == [(14, 1)]
+    assert not any((out / "_tmp").rglob("*.tfrecord*"))      # renamed, not copied
     np.testing.assert_array_equal(np.load(out / "npy" / "gt" / "target_11.npy"),
                                   varied[1].target_zyx)
 
 
 def test_count_run_adds_up_rows_instances_variants_and_failures():
     from synanno_datagen.transforms.counts import count_run
-    from synanno_datagen.transforms.records import WrittenInstance
+    from synanno_datagen.transforms.records import WrittenShard
 
-    def written(i, records, filled_target):
-        return (("train", 0, 1), WrittenInstance(i, "train", 0, 1, None, records, 0,
-                                                 {"filled_chunks": {"target": filled_target}}))
+    def written(i, variants, filled_target):
+        entry = {"seed_slices": [[0]] * variants, "filled_chunks": {"target": filled_target}}
+        return WrittenShard(i, "train", None, 0, 0, "", (entry,))
 
     with TestPipeline() as p:
         rows = p | "Rows" >> beam.Create([(RowRef(0, i), {}) for i in range(6)])

@@ -7,31 +7,32 @@ from apache_beam.pvalue import AsSingleton
 from synanno_datagen.transforms.table import TABLE_REASONS
 
 
-def _npy_files_and_bytes(keyed_written):
-    files = keyed_written[1].index_entry.get("npy", {}).get("files", [])
+def _npy_files_and_bytes(written):
+    """(npy files, their bytes) of one WrittenShard."""
+    files = [f for e in written.entries for f in e.get("npy", {}).get("files", [])]
     return len(files), sum(f["bytes"] for f in files)
 
 
-def _records_and_filled(keyed_written):
-    """(records, source chunks read as zeros, target chunks read as zeros) of one instance."""
-    written = keyed_written[1]
-    filled = written.index_entry.get("filled_chunks", {})
-    return written.records, filled.get("source", 0), filled.get("target", 0)
+def _written_totals(written):
+    """(instances, variants, source chunks read as zeros, target chunks read as zeros) of one
+    WrittenShard."""
+    filled = [e.get("filled_chunks", {}) for e in written.entries]
+    return (len(written.entries), sum(len(e["seed_slices"]) for e in written.entries),
+            sum(f.get("source", 0) for f in filled), sum(f.get("target", 0) for f in filled))
 
 
 def count_run(rows, selected, written, dead, vanished=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason,
     vanished instances, chunks read as zeros. ``rows``: (RowRef, row); ``selected``: Instance;
-    ``written``: (shard key, WrittenInstance); ``dead``: DeadLetter; ``vanished``: ids."""
+    ``written``: WrittenShard; ``dead``: DeadLetter; ``vanished``: ids."""
     def count(pcoll, label):
         return pcoll | label >> beam.combiners.Count.Globally()
 
     rows_read = count(rows, "CountRows")
     n_selected = count(selected, "CountSelected")
-    n_written = count(written, "CountWritten")
-    written_totals = (written | "VariantsPer" >> beam.Map(_records_and_filled)
+    written_totals = (written | "WrittenPer" >> beam.Map(_written_totals)
                       | "SumWritten" >> beam.CombineGlobally(
-                          beam.combiners.TupleCombineFn(sum, sum, sum)))
+                          beam.combiners.TupleCombineFn(sum, sum, sum, sum)))
     by_reason = (dead | "Reason" >> beam.Map(lambda d: d.reason)
                  | "CountReasons" >> beam.combiners.Count.PerElement()
                  | "ReasonDict" >> beam.combiners.ToDict())
@@ -39,8 +40,8 @@ def count_run(rows, selected, written, dead, vanished=None):
     n_vanished = (vanished if vanished is not None else rows.pipeline | "NoneVanished" >>
                   beam.Create([])) | "CountVanished" >> beam.combiners.Count.Globally()
 
-    def combine(_, rows_read, selected, written, totals, failures, vanished_count):
-        variants, filled_source, filled_target = totals
+    def combine(_, rows_read, selected, totals, failures, vanished_count):
+        written, variants, filled_source, filled_target = totals
         rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
         return {
             "rows_read": rows_read, "rows_rejected": rejected_rows,
@@ -54,12 +55,12 @@ def count_run(rows, selected, written, dead, vanished=None):
 
     return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
             | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
-                                   AsSingleton(n_written), AsSingleton(written_totals),
+                                   AsSingleton(written_totals),
                                    AsSingleton(by_reason), AsSingleton(n_vanished)))
 
 
 def npy_totals(written):
-    """{"files", "bytes"} of every npy file written, from (shard key, WrittenInstance)."""
+    """{"files", "bytes"} of every npy file written, from the WrittenShards."""
     return (written
             | "NpyFiles" >> beam.Map(_npy_files_and_bytes)
             | "NpyTotals" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))

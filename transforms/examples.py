@@ -1,13 +1,17 @@
-"""tf.train.Example encoding of one variant, and the feature spec the manifest publishes.
+"""tf.train.Example encoding, in either record layout, and the feature spec the manifest publishes.
 
-Protobuf classes come from the ``tfrecord`` package (no TensorFlow needed); serialization is
-deterministic (map keys sorted), so identical inputs give identical bytes.
+``--record-layout instance`` (default): one record per instance holding what is unique to it, the
+raw crop and the full mask once, and every variant's seed slices (``seed_slices`` concatenated in
+variant order, ``seed_slice_counts`` one count per variant); a variant's seed mask is the target
+on its slices, made by the reader. ``variant``: one record per variant, as the first versions
+wrote, with ``seed_target`` and the variant's ``seed_slices`` (source and target repeated).
+
+The protobuf classes are TensorFlow's messages declared under our own package (no TensorFlow
+needed, and no clash with it); serialization is deterministic (map keys sorted), so identical
+inputs give identical bytes.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from typing import List, Sequence
 
 import numpy as np
@@ -47,34 +51,58 @@ FEATURES: List[dict] = [
 
 
 def example_pb2():
-    """The ``tf.train.Example`` protobuf classes of the ``tfrecord`` package (no TensorFlow).
+    """The tf.train.Example message classes (``.Example`` ...), TensorFlow's wire format under
+    our own proto package: see transforms.example_proto."""
+    from synanno_datagen.transforms.example_proto import messages
 
-    The package's ``__init__`` also imports PyTorch when it is installed (1-2 s and about 200 MB
-    in every process that only writes records), so unless torch is already loaded, its import is
-    refused while the package loads; ``tfrecord.torch`` still imports normally afterwards.
-    """
-    module = sys.modules.get("tfrecord.example_pb2")
-    if module is not None:
-        return module
-    if "torch" in sys.modules or importlib.util.find_spec("torch") is None:
-        return importlib.import_module("tfrecord.example_pb2")
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tfrecord catches
-    try:
-        return importlib.import_module("tfrecord.example_pb2")
-    finally:
-        if sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
+    return messages()
 
 
-def features(point_features: Sequence[str] = OPTIONAL_POINT_FEATURES) -> List[dict]:
-    """FEATURES without the optional points the table lacks (``point_features``: those it has)."""
-    return [f for f in FEATURES
+RECORD_LAYOUTS = ("instance", "variant")
+VARIANT_ONLY = ("seed_target", "variant")            # features of the variant layout only
+INSTANCE_FEATURES: List[dict] = [
+    {"name": "seed_slices", "kind": "int64", "dtype": "int64", "shape": [-1], "axes": "z",
+     "description": "every variant's sorted seed z indices, concatenated in variant order"},
+    {"name": "seed_slice_counts", "kind": "int64", "dtype": "int64", "shape": [-1], "axes": "",
+     "description": "seed slices of each variant (one entry per variant): variant v's are "
+                    "seed_slices[sum(counts[:v]):sum(counts[:v + 1])]; its seed mask is target "
+                    "with every other slice zeroed"},
+]
+
+
+def features(point_features: Sequence[str] = OPTIONAL_POINT_FEATURES,
+             layout: str = "variant") -> List[dict]:
+    """The features records carry: FEATURES of ``layout`` without the optional points the table
+    lacks (``point_features``: those it has)."""
+    kept = [f for f in FEATURES
             if f["name"] not in OPTIONAL_POINT_FEATURES or f["name"] in point_features]
+    if layout == "variant":
+        return kept
+    kept = [f for f in kept if f["name"] not in VARIANT_ONLY + ("seed_slices",)]
+    at = [f["name"] for f in kept].index("shape") + 1
+    return kept[:at] + INSTANCE_FEATURES + kept[at:]
 
 
 def encode_example(varied: Varied, variant: int, seed_zyx: np.ndarray) -> bytes:
-    """Serialized tf.train.Example for one variant of one instance (keys sorted, so the order
-    of the ``put`` calls does not change the bytes)."""
+    """Serialized tf.train.Example for one variant of one instance (``variant`` layout)."""
+    example, put_bytes, put_ints = _example_of(varied)
+    put_bytes("seed_target", seed_zyx)
+    put_ints("seed_slices", varied.seed_slices[variant])
+    put_ints("variant", [variant])
+    return example.SerializeToString(deterministic=True)
+
+
+def encode_instance(varied: Varied) -> bytes:
+    """Serialized tf.train.Example for one instance and all its variants (``instance`` layout)."""
+    example, _, put_ints = _example_of(varied)
+    put_ints("seed_slices", [z for slices in varied.seed_slices for z in slices])
+    put_ints("seed_slice_counts", [len(slices) for slices in varied.seed_slices])
+    return example.SerializeToString(deterministic=True)
+
+
+def _example_of(varied: Varied):
+    """An Example holding what both layouts share, and its put_bytes/put_ints (keys are sorted
+    on serialization, so the order of the ``put`` calls does not change the bytes)."""
     inst = varied.instance
     example = example_pb2().Example()
     feature = example.features.feature
@@ -87,11 +115,8 @@ def encode_example(varied: Varied, variant: int, seed_zyx: np.ndarray) -> bytes:
 
     put_bytes("source", varied.source_zyx)
     put_bytes("target", varied.target_zyx)
-    put_bytes("seed_target", seed_zyx)
     put_ints("shape", varied.source_zyx.shape)
-    put_ints("seed_slices", varied.seed_slices[variant])
     put_ints("instance_id", [inst.instance_id])
-    put_ints("variant", [variant])
     put_ints("center_xyz", inst.center_xyz)
     for name in OPTIONAL_POINT_FEATURES:
         if getattr(inst, name) is not None:
@@ -99,4 +124,4 @@ def encode_example(varied: Varied, variant: int, seed_zyx: np.ndarray) -> bytes:
     put_ints("target_box_xyz", varied.target_box.start_xyz + varied.target_box.stop_xyz)
     put_ints("source_box_xyz", varied.source_box.start_xyz + varied.source_box.stop_xyz)
     put_ints("source_padding_xyz", [v for pair in varied.source_padding_xyz for v in pair])
-    return example.SerializeToString(deterministic=True)
+    return example, put_bytes, put_ints

@@ -12,10 +12,11 @@ from apache_beam.metrics import Metrics
 from synanno_datagen.transforms.blocks import BlockReader
 from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
 from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
-from synanno_datagen.transforms.dead_letters import failure_to_dead_letters, of_instance
+from synanno_datagen.transforms.dead_letters import failure_to_dead_letters
 from synanno_datagen.transforms.records import (
     DEAD, FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Fetched, Instance, exception_text,
 )
+from synanno_datagen.transforms.shards import group_members
 from synanno_datagen.transforms.volumes import MissingChunks, VolumeSpec, chunk_names
 
 
@@ -27,7 +28,7 @@ class FetchConfig:
     scale_xyz: Tuple[int, int, int]
     pad_value: int
     strategy: str = "grouped"                        # or "per-instance"
-    block_size_xyz: Tuple[int, int, int] = (0, 0, 0)  # target voxels; grouped only
+    block_size_xyz: Tuple[int, int, int] = (0, 0, 0)  # target voxels: what shard groups hold
     memory_bytes: int = 1 << 30                      # decoded-chunk cache per worker; grouped only
     missing_chunks: Tuple[str, str] = ("error", "zero")  # (source, target): "error" or "zero"
     engine: str = TENSORSTORE                        # or "cloudvolume"
@@ -48,12 +49,6 @@ def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_s
         axis = 0 if block[0] >= block[1] else 1
         block[axis] = max(1, block[axis] // 2)
     return tuple(block)
-
-
-def block_key(instance: Instance, target_offset_xyz, block_size_xyz) -> Tuple[int, int, int]:
-    """Index of the work block holding the instance's centre (blocks start at the offset)."""
-    return tuple((c - o) // b for c, o, b in
-                 zip(instance.center_xyz, target_offset_xyz, block_size_xyz))
 
 
 def make_fetched(instance: Instance, target_box: Box, source_box: Box, source, labels,
@@ -157,55 +152,52 @@ class _FetchFn(beam.DoFn):
         return beam.pvalue.TaggedOutput(READS, reads)
 
 
-class FetchSubvolumeFn(_FetchFn):
-    """Instance -> Fetched: one read per volume per instance (``per-instance``)."""
+class FetchShardFn(_FetchFn):
+    """(shard group, [Instance]) -> a Fetched (or a DeadLetter) per member, block by block in block
+    order, each block's members by id: the order their records are written in.
 
-    def process(self, instance: Instance):
-        yield from self._fetch_members([instance])
-
-
-class FetchBlockFn(_FetchFn):
-    """(block key, [Instance]) -> a Fetched per member, in instance id order (``grouped``).
-
-    A chunk that several members share is read and decoded once; chunks shared with other blocks
-    are served by the decoded-chunk cache when this worker read them recently.
+    ``grouped``: each block's members are read through one BlockReader (few region reads; a chunk
+    members share is read and decoded once; chunks shared with other blocks are served by the
+    decoded-chunk cache). ``per-instance``: each member is read on its own (the baseline).
     """
 
     def process(self, element):
         _, members = element
-        yield from self._fetch_members(sorted(members, key=lambda i: i.instance_id))
+        config = self._config
+        for _, block in group_members(members, config.target.voxel_offset_xyz,
+                                      config.block_size_xyz):
+            if config.strategy == "grouped":
+                yield from self._fetch_members(block)
+            else:
+                for instance in block:
+                    yield from self._fetch_members([instance])
 
 
 class FetchSubvolumes(beam.PTransform):
-    """Instances -> outputs ``ok`` (Fetched), ``dead_letter`` (DeadLetters of instances whose
-    crops could not be read, or whose fetch failed unexpectedly) and ``io`` (read figures)."""
+    """Instances (with their shard group) -> outputs ``ok`` (Fetched), ``dead_letter``
+    (DeadLetters of instances whose crops could not be read, or whose fetch failed unexpectedly)
+    and ``io`` (read figures). Only Instances cross the shuffle that gathers a group; the arrays
+    are made after it."""
 
     def __init__(self, config: FetchConfig):
         super().__init__()
         self._config = config
 
     def expand(self, instances):
-        config = self._config
-        if config.strategy == "grouped":
-            # Only Instances cross the shuffle; the arrays are made after it, block by block.
-            work = (instances
-                    | "KeyByBlock" >> beam.Map(lambda i: (block_key(
-                        i, config.target.voxel_offset_xyz, config.block_size_xyz), i))
-                    | "GroupByBlock" >> beam.GroupByKey())
-            fn, instances_of = FetchBlockFn(config), _block_members
-        else:
-            work = instances | "Distribute" >> beam.Reshuffle()  # spread the fetch work
-            fn, instances_of = FetchSubvolumeFn(config), of_instance
-        out = work | "Fetch" >> beam.ParDo(fn).with_exception_handling(use_subprocess=False)
+        work = (instances
+                | "KeyByGroup" >> beam.Map(lambda i: (i.shard, i))
+                | "GroupByShard" >> beam.GroupByKey())        # (group, [Instance])
+        out = work | "Fetch" >> beam.ParDo(FetchShardFn(self._config)).with_exception_handling(
+            use_subprocess=False)
         failed = out.bad | "FetchFailures" >> beam.FlatMap(
-            failure_to_dead_letters, FETCH_ERROR, "FetchSubvolumes", instances_of)
+            failure_to_dead_letters, FETCH_ERROR, "FetchSubvolumes", _group_members)
         return {"ok": out.good,
                 DEAD: (out[DEAD], failed) | "FetchDeadLetters" >> beam.Flatten(),
                 "io": out[READS] | "IoFigures" >> IoFigures(out[CHUNKS])}
 
 
-def _block_members(element) -> List[Instance]:
-    """The instances of a grouped work block, (block key, [Instance])."""
+def _group_members(element) -> List[Instance]:
+    """The instances of a shard group, (group, [Instance])."""
     return list(element[1])
 
 

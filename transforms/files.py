@@ -55,6 +55,9 @@ def rename(src: str, dst: str) -> None:
         return
     if FileSystems.exists(dst):
         FileSystems.delete([dst])
+    parent = dst.rsplit("/", 1)[0]
+    if "://" not in dst and not FileSystems.exists(parent):
+        FileSystems.mkdirs(parent)   # local files: the directory must exist (buckets have none)
     FileSystems.rename([src], [dst])
 
 

@@ -1,5 +1,5 @@
 """The elements that travel between stages: small records that may cross a shuffle (Instance,
-DeadLetter, WrittenInstance), and the array-carrying types that stay inside one fused stage
+DeadLetter, WrittenShard), and the array-carrying types that stay inside one fused stage
 (Fetched -> Cleaned -> Varied), one type per stage an instance has reached."""
 from __future__ import annotations
 
@@ -128,17 +128,18 @@ class Varied(Cleaned):
 
 
 @dataclass(frozen=True)
-class WrittenInstance:
-    """What WriteExamples wrote for one instance: small, it crosses the shard-finalizing shuffle."""
+class WrittenShard:
+    """What the worker of one shard group wrote for one split: small, it crosses the shuffle that
+    names the shards. ``path``: its TFRecord file under a temporary name (None without the
+    tfrecord format); ``entries``: the index line of every instance written, in record order."""
 
-    instance_id: int
+    group: int
     split: str
-    shard: int
-    num_shards: int
-    fragment_path: Optional[str]
+    path: Optional[str]
     records: int
-    fragment_bytes: int
-    index_entry: Dict
+    bytes: int
+    sha256: str
+    entries: Tuple[Dict, ...]
 
 
 def exception_text(exc_type: type, exc_repr: str) -> str:

@@ -33,7 +33,12 @@ def selection_key(run_seed: int, instance_id: int) -> Tuple[int, int]:
 
 def assign_split(run_seed: int, instance_id: int, splits: Sequence[Tuple[str, float]]) -> str:
     """Split name for an instance: a pure function of (seed, id) and the split fractions."""
-    u = stable_hash("split", int(run_seed), int(instance_id)) / _SPAN
+    return pick_split(stable_hash("split", int(run_seed), int(instance_id)), splits)
+
+
+def pick_split(hash64: int, splits: Sequence[Tuple[str, float]]) -> str:
+    """The split a 64-bit hash falls in, the fractions laid end to end over [0, 1)."""
+    u = hash64 / _SPAN
     total = 0.0
     for name, fraction in splits:
         total += fraction
@@ -97,38 +102,3 @@ class SelectInstances(beam.PTransform):
                 | "SmallestKeys" >> beam.combiners.Top.Of(
                     self._n, key=lambda i: selection_key(seed, i.instance_id), reverse=True)
                 | "Unpack" >> beam.FlatMap(lambda picked: picked))
-
-
-class AssignShards(beam.PTransform):
-    """Instances -> dict of ``ok`` (Instances with split, shard, num_shards set), ``shard_keys``
-    ((split, shard, num_shards) for every shard) and ``split_counts`` ({split: instances})."""
-
-    def __init__(self, run_seed: int, splits, bytes_per_instance: int, shard_bytes: int):
-        super().__init__()
-        self._seed = run_seed
-        self._splits = tuple(splits)
-        self._bytes_per_instance = bytes_per_instance
-        self._shard_bytes = shard_bytes
-
-    def expand(self, instances):
-        seed, splits = self._seed, self._splits
-        bpi, shard_bytes = self._bytes_per_instance, self._shard_bytes
-        with_split = instances | "Split" >> beam.Map(
-            lambda i: i.replace(split=assign_split(seed, i.instance_id, splits))
-        ).with_output_types(Instance)
-        split_counts = (with_split | "SplitOf" >> beam.Map(lambda i: i.split)
-                        | "CountSplits" >> beam.combiners.Count.PerElement()
-                        | "SplitCounts" >> beam.combiners.ToDict())
-        shards_per_split = split_counts | "ShardsPerSplit" >> beam.Map(
-            lambda counts: {s: num_shards(n, bpi, shard_bytes) for s, n in counts.items()})
-        assigned = with_split | "Shard" >> beam.Map(
-            _with_shard, beam.pvalue.AsSingleton(shards_per_split)).with_output_types(Instance)
-        shard_keys = shards_per_split | "ShardKeys" >> beam.FlatMap(
-            lambda per_split: [(s, i, n) for s, n in sorted(per_split.items()) for i in range(n)])
-        return {"ok": assigned, "shard_keys": shard_keys, "split_counts": split_counts}
-
-
-def _with_shard(instance, shards_per_split):
-    n = shards_per_split[instance.split]
-    return instance.replace(shard=shard_index(instance.split, instance.instance_id, n),
-                            num_shards=n)

@@ -1,27 +1,42 @@
-"""WriteExamples and FinalizeShards: records are made and written where the arrays are.
+"""WriteShards and FinalizeShards: every record is written once, by the worker that made it.
 
-Only small things cross a shuffle: each instance's variants are written as one TFRecord fragment
-file next to its npy files, and the fragments' paths are grouped by (split, shard) and concatenated,
-sorted by instance id, into the final shard (TFRecord files concatenate into valid TFRecord files),
-under a temporary name that is renamed when complete.
+A shard group's instances reach one worker together (see transforms.shards) and leave the fused
+fetch -> clean -> variants chain in a fixed order (block, then id); the writer appends each
+instance's records to its group's file for its split, under a temporary name, and closes the
+files when the bundle ends (a group never spans bundles). Only small things cross the next
+shuffle: per group and split, the file's name, size, checksum and index lines. FinalizeShards
+then numbers the shards of each split (``train-00003-of-00016``), renames the files into place
+(a rename, not a copy) and writes the index shards. A group whose instances all failed writes
+nothing, so a run that writes no instance writes no shard.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's framing + masked CRC32C
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import (
-    DEAD_LETTER, FRAGMENTS_DIR, index_path, npy_paths, shard_name, tfrecord_path,
+    DEAD_LETTER, group_tfrecord_path, index_path, npy_paths, tfrecord_path,
 )
-from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES, encode_example
-from synanno_datagen.transforms.files import join, npy_bytes, read_chunks, write_atomic, write_bytes
-from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.dead_letters import guarded_pardo
-from synanno_datagen.transforms.records import DEAD, UNEXPECTED_ERROR, Varied, WrittenInstance
+from synanno_datagen.transforms.examples import (
+    OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
+)
+from synanno_datagen.transforms.files import (
+    FileSystems, join, npy_bytes, rename, write_atomic, write_bytes,
+)
+from synanno_datagen.transforms.progress import ProgressCounter
+from synanno_datagen.transforms.records import (
+    DEAD, UNEXPECTED_ERROR, Varied, WrittenShard,
+)
 from synanno_datagen.transforms.seeds import seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
@@ -38,12 +53,12 @@ def foreground_slices(target_zyx) -> List[int]:
 
 
 def index_entry(varied: Varied) -> dict:
-    """The per-instance index record (small, JSON-ready)."""
+    """The per-instance index record (small, JSON-ready; its shard is added when numbered)."""
     inst = varied.instance
     points = {name: list(getattr(inst, name)) for name in OPTIONAL_POINT_FEATURES
               if getattr(inst, name) is not None}  # absent when the table has no such points
     return {
-        "instance_id": inst.instance_id, "split": inst.split, "shard": inst.shard,
+        "instance_id": inst.instance_id, "split": inst.split,
         "center_xyz": list(inst.center_xyz), **points,
         "target_box_xyz": varied.target_box.to_list(),
         "source_box_xyz": varied.source_box.to_list(),
@@ -58,38 +73,115 @@ def index_entry(varied: Varied) -> dict:
     }
 
 
-class WriteExampleFn(beam.DoFn):
-    """Varied -> ((split, shard, num_shards), WrittenInstance), writing fragment and npy files."""
+def tfrecord_bytes(varied: Varied, layout: str) -> Tuple[bytes, int]:
+    """(TFRecord-framed bytes of the instance's records, number of records)."""
+    buffer = io.BytesIO()
+    if layout == "instance":
+        _TFRecordUtil.write_record(buffer, encode_instance(varied))
+        return buffer.getvalue(), 1
+    for variant, slices in enumerate(varied.seed_slices):
+        seed = seed_mask(varied.target_zyx, slices)
+        _TFRecordUtil.write_record(buffer, encode_example(varied, variant, seed))
+    return buffer.getvalue(), len(varied.seed_slices)
 
-    def __init__(self, output_dir: str, formats: Sequence[str]):
+
+class _ShardFile:
+    """One group's TFRecord file for one split, written once under its temporary name: bytes,
+    sha256 and records counted as they pass; gzip framing with a fixed header (mtime 0)."""
+
+    def __init__(self, path: str, compression: str):
+        from apache_beam.io.filesystem import CompressionTypes
+
+        self.path = path
+        self.records = self.size = 0
+        self._digest = hashlib.sha256()
+        self._raw = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._out = self._raw
+        if compression == "gzip":
+            self._out = gzip.GzipFile(fileobj=_Counting(self._raw, self), mode="wb", mtime=0,
+                                      filename="", compresslevel=6)
+        else:
+            self._out = _Counting(self._raw, self)
+
+    def append(self, data: bytes, records: int) -> None:
+        self._out.write(data)
+        self.records += records
+
+    def close(self) -> str:
+        if isinstance(self._out, gzip.GzipFile):
+            self._out.close()
+        self._raw.close()
+        return self._digest.hexdigest()
+
+
+class _Counting:
+    """A write-only stream that counts and hashes what reaches the file."""
+
+    def __init__(self, raw, shard: _ShardFile):
+        self._raw, self._shard = raw, shard
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._shard.size += len(data)
+        self._shard._digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class WriteShardsFn(beam.DoFn):
+    """Varied -> (nothing per element) the instance's records appended to its group's file and its
+    npy files written; at the end of the bundle, a WrittenShard per (group, split) written."""
+
+    def __init__(self, output_dir: str, formats: Sequence[str], layout: str, compression: str):
         self._output_dir = output_dir
         self._formats = tuple(formats)
+        self._layout = layout
+        self._compression = compression
         self._instances = ProgressCounter("instances_written")
         self._variants = ProgressCounter("variants_written")
+        self._open: Dict[Tuple[int, str], Tuple[Optional[_ShardFile], List[dict]]] = {}
+
+    def start_bundle(self):
+        self._open = {}
 
     def process(self, varied: Varied):
         inst = varied.instance
-        seeds = [seed_mask(varied.target_zyx, s) for s in varied.seed_slices]
         entry = index_entry(varied)
-        fragment, fragment_bytes = None, 0
-        if TFRECORD in self._formats:
-            buffer = io.BytesIO()
-            for variant, seed_zyx in enumerate(seeds):
-                _TFRecordUtil.write_record(buffer, encode_example(varied, variant, seed_zyx))
-            fragment = join(self._output_dir, FRAGMENTS_DIR,
-                            shard_name(inst.split, inst.shard, inst.num_shards),
-                            f"{inst.instance_id}.tfrecord")
-            # A fragment lives until its shard is assembled: no checksum (the shard gets one).
-            fragment_bytes, _ = write_bytes(fragment, buffer.getvalue(), digest=False)
+        data, records = (tfrecord_bytes(varied, self._layout)
+                         if TFRECORD in self._formats else (b"", 0))
         if NPY in self._formats:
-            entry["npy"] = self._write_npy(varied, seeds)
+            entry["npy"] = self._write_npy(varied)
+        key = (inst.shard, inst.split)
+        if key not in self._open:
+            shard = None
+            if TFRECORD in self._formats:
+                shard = _ShardFile(join(self._output_dir, group_tfrecord_path(
+                    inst.split, inst.shard, self._compression)), self._compression)
+            self._open[key] = (shard, [])
+        shard, entries = self._open[key]
+        if shard is not None:
+            shard.append(data, records)
+        entry["records"] = records
+        entries.append(entry)
         self._instances.inc()
-        self._variants.inc(len(seeds))
-        yield (inst.split, inst.shard, inst.num_shards), WrittenInstance(
-            inst.instance_id, inst.split, inst.shard, inst.num_shards, fragment, len(seeds),
-            fragment_bytes, entry)
+        self._variants.inc(len(varied.seed_slices))
+        return []
 
-    def _write_npy(self, varied: Varied, seeds) -> dict:
+    def finish_bundle(self):
+        for (group, split), (shard, entries) in sorted(self._open.items()):
+            if shard is None:
+                written = WrittenShard(group, split, None, 0, 0, "", tuple(entries))
+            else:
+                sha = shard.close()
+                written = WrittenShard(group, split, shard.path, shard.records, shard.size, sha,
+                                       tuple(entries))
+            yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
+        self._open = {}
+
+    def _write_npy(self, varied: Varied) -> dict:
+        seeds = [seed_mask(varied.target_zyx, s) for s in varied.seed_slices]
         paths = npy_paths(varied.instance.instance_id, len(seeds))
         arrays = [(paths["source"], varied.source_zyx), (paths["target"], varied.target_zyx)]
         arrays += list(zip(paths["seed_target"], seeds))
@@ -100,64 +192,64 @@ class WriteExampleFn(beam.DoFn):
         return {"files": files, **paths}
 
 
-class FinalizeShardFn(beam.DoFn):
-    """((split, shard, n), [WrittenInstance | None]) -> file infos of the TFRecord and index shards."""
+class WriteShards(beam.PTransform):
+    """Varied -> outputs ``ok`` (WrittenShard per group and split) and ``dead_letter``
+    (instances whose records could not be made)."""
 
-    def __init__(self, output_dir: str, formats: Sequence[str]):
-        self._output_dir = output_dir
-        self._formats = tuple(formats)
-
-    def process(self, element):
-        (split, shard, num_shards), items = element
-        written: List[WrittenInstance] = sorted(
-            (w for w in items if w is not None), key=lambda w: w.instance_id)
-        common = {"split": split, "shard": shard, "num_shards": num_shards,
-                  "instances": len(written)}
-        if TFRECORD in self._formats:
-            rel = tfrecord_path(split, shard, num_shards)
-            fragments = [w.fragment_path for w in written]
-            size, sha = write_atomic(join(self._output_dir, rel),
-                                     (c for path in fragments for c in read_chunks(path)))
-            yield {"kind": TFRECORD, "path": rel, "records": sum(w.records for w in written),
-                   "bytes": size, "sha256": sha, **common}
-        rel = index_path(split, shard, num_shards)
-        size, sha = write_atomic(join(self._output_dir, rel),
-                                 (json_line(w.index_entry) for w in written))
-        yield {"kind": "index", "path": rel, "records": len(written), "bytes": size,
-               "sha256": sha, **common}
-
-
-class WriteExamples(beam.PTransform):
-    """Varied -> outputs ``ok`` (((split, shard, num_shards), WrittenInstance)) and
-    ``dead_letter`` (exceptions)."""
-
-    def __init__(self, output_dir: str, formats: Sequence[str]):
+    def __init__(self, output_dir: str, formats: Sequence[str], layout: str = "instance",
+                 compression: str = "none"):
         super().__init__()
-        self._fn = WriteExampleFn(output_dir, formats)
+        self._fn = WriteShardsFn(output_dir, formats, layout, compression)
 
     def expand(self, varied):
-        ok, dead = guarded_pardo(varied, "Write", self._fn, UNEXPECTED_ERROR, "WriteExamples")
+        ok, dead = guarded_pardo(varied, "Write", self._fn, UNEXPECTED_ERROR, "WriteShards")
         return {"ok": ok, DEAD: dead}
 
 
+def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, int, int]]:
+    """(shard, its number in its split, shards in its split), in (split, group) order."""
+    by_split: Dict[str, List[WrittenShard]] = {}
+    for w in sorted(written, key=lambda w: (w.split, w.group)):
+        by_split.setdefault(w.split, []).append(w)
+    return [(w, i, len(shards)) for shards in by_split.values() for i, w in enumerate(shards)]
+
+
+class FinalizeShardsFn(beam.DoFn):
+    """[WrittenShard] -> file infos of the final TFRecord and index shards."""
+
+    def __init__(self, output_dir: str, compression: str):
+        self._output_dir = output_dir
+        self._compression = compression
+
+    def process(self, written: List[WrittenShard]):
+        for w, shard, num_shards in number_shards(written):
+            common = {"split": w.split, "shard": shard, "num_shards": num_shards,
+                      "instances": len(w.entries)}
+            if w.path is not None:
+                rel = tfrecord_path(w.split, shard, num_shards, self._compression)
+                rename(w.path, join(self._output_dir, rel))
+                yield {"kind": TFRECORD, "path": rel, "records": w.records, "bytes": w.bytes,
+                       "sha256": w.sha256, **common}
+            rel = index_path(w.split, shard, num_shards)
+            lines = ({**{k: v for k, v in e.items() if k != "records"}, "shard": shard}
+                     for e in w.entries)
+            size, sha = write_atomic(join(self._output_dir, rel), (json_line(e) for e in lines))
+            yield {"kind": "index", "path": rel, "records": len(w.entries), "bytes": size,
+                   "sha256": sha, **common}
+
+
 class FinalizeShards(beam.PTransform):
-    """Keyed WrittenInstances + every expected shard key -> file infos (dicts) of final shards.
+    """WrittenShards -> file infos (dicts) of the final shards, numbered per split."""
 
-    ``shard_keys`` is a PCollection of (split, shard, num_shards) naming every shard, so a shard
-    that no instance reached is still written (empty) and the ``-of-N`` names stay true.
-    """
-
-    def __init__(self, output_dir: str, formats: Sequence[str], shard_keys):
+    def __init__(self, output_dir: str, compression: str = "none"):
         super().__init__()
         self._output_dir = output_dir
-        self._formats = formats
-        self._shard_keys = shard_keys
+        self._compression = compression
 
-    def expand(self, keyed_written):
-        markers = self._shard_keys | "ShardMarkers" >> beam.Map(lambda key: (key, None))
-        return ((keyed_written, markers) | "WithMarkers" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "Finalize" >> beam.ParDo(FinalizeShardFn(self._output_dir, self._formats)))
+    def expand(self, written):
+        return (written
+                | "AllWritten" >> beam.combiners.ToList()
+                | "Finalize" >> beam.ParDo(FinalizeShardsFn(self._output_dir, self._compression)))
 
 
 class WriteDeadLetterFn(beam.DoFn):

@@ -23,10 +23,11 @@ def _filesystems():
     return FileSystems
 
 
-def _open(path: str) -> BinaryIO:
+def _open(path: str, gzip: bool = False) -> BinaryIO:
     from apache_beam.io.filesystem import CompressionTypes
 
-    return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    kind = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
+    return _filesystems().open(path, compression_type=kind)
 
 
 def _read_json(path: str) -> dict:
@@ -46,9 +47,16 @@ class Dataset:
     def path(self, relative: str) -> str:
         return layout.join(self.root, relative)
 
-    def open(self, relative: str) -> BinaryIO:
-        """A file of the dataset, opened for reading bytes (local or gs://)."""
-        return _open(self.path(relative))
+    def open(self, relative: str, gzip: bool = False) -> BinaryIO:
+        """A file of the dataset, opened for reading bytes (local or gs://; ``gzip``: its
+        decompressed bytes)."""
+        return _open(self.path(relative), gzip)
+
+    @property
+    def variants_per_record(self) -> int:
+        """Samples in one record: every variant (instance layout) or one (variant layout)."""
+        records = self.manifest.get("records", {"layout": "variant"})
+        return self.manifest["config"]["variants"] if records["layout"] == "instance" else 1
 
     def read_jsonl(self, relative: str) -> Iterator[dict]:
         path = self.path(relative)

@@ -17,8 +17,6 @@ import numpy as np
 
 from synanno_datagen.reading.dataset import open_dataset
 
-# Features a loader decodes from a record (all in the contract part of the feature table).
-RECORD_FEATURES = ("source", "target", "seed_target", "instance_id", "variant")
 
 
 def missing_extra(framework: str, extra: str) -> ImportError:
@@ -84,12 +82,15 @@ def __getattr__(name: str):
 
 def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
                with_meta: bool = False, num_parallel_reads: Optional[int] = None):
-    """A ``tf.data.Dataset`` of (input, target) float32 over ``split``'s TFRecord shards.
+    """A ``tf.data.Dataset`` of (input, target) float32 samples over ``split``'s TFRecord shards,
+    one per variant: an instance record gives all of its variants, one after another.
 
-    Records are parsed with a feature spec built from the manifest's ``features``. Shapes are
+    Records are parsed with a feature spec built from the manifest's ``features`` (the variants'
+    seed slices as a ``tf.io.RaggedFeature`` split by ``seed_slice_counts``). Shapes are
     ``[2, z, y, x]`` and ``[1, z, y, x]``, or with ``channels_last`` ``[z, y, x, 2]`` and
     ``[z, y, x, 1]`` (what Keras' Conv3D takes on CPU). ``with_meta`` adds a third element
-    ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``.
+    ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``; gzip shards
+    are read with ``compression_type="GZIP"``.
     """
     try:
         import tensorflow as tf
@@ -98,33 +99,61 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
 
     dataset = open_dataset(dataset_dir)
     manifest = dataset.manifest
+    records_info = manifest.get("records", {"layout": "variant", "compression": "none"})
     spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
     files = [dataset.path(f["path"]) for f in dataset.files("tfrecord", split)]
 
-    def parse(serialized):
-        f = tf.io.parse_single_example(serialized, spec)
-        source, seed, target = (
-            tf.reshape(tf.io.decode_raw(f[k], tf.uint8), shape_zyx)
-            for k in ("source", "seed_target", "target"))
+    def sample(source, seed, target, instance_id, variant):
         inputs = tf.stack([tf.cast(source, tf.float32) / 255.0, tf.cast(seed, tf.float32)])
         target = tf.cast(target, tf.float32)[None]
         if channels_last:
             inputs, target = tf.transpose(inputs, [1, 2, 3, 0]), tf.transpose(target, [1, 2, 3, 0])
         if with_meta:
-            return inputs, target, {"instance_id": f["instance_id"], "variant": f["variant"]}
+            return inputs, target, {"instance_id": instance_id, "variant": variant}
         return inputs, target
 
-    records = tf.data.TFRecordDataset(files, num_parallel_reads=num_parallel_reads)
-    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    def array(f, key):
+        return tf.reshape(tf.io.decode_raw(f[key], tf.uint8), shape_zyx)
+
+    def one_variant(serialized):
+        f = tf.io.parse_single_example(serialized, spec)
+        return sample(array(f, "source"), array(f, "seed_target"), array(f, "target"),
+                      f["instance_id"], f["variant"])
+
+    def every_variant(serialized):
+        f = tf.io.parse_single_example(serialized, spec)
+        source, target = array(f, "source"), array(f, "target")
+        slices = f["seed_slices"].to_tensor(default_value=-1)          # [variants, max count]
+        z = tf.range(shape_zyx[0], dtype=tf.int64)
+        keep = tf.reduce_any(tf.equal(z[None, :, None], slices[:, None, :]), axis=2)
+        seeds = tf.cast(keep, tf.uint8)[:, :, None, None] * target[None]   # [variants, z, y, x]
+        variants = tf.range(tf.shape(seeds, out_type=tf.int64)[0])
+        return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
+            lambda seed, v: sample(source, seed, target, f["instance_id"], v))
+
+    compression = "GZIP" if records_info.get("compression") == "gzip" else ""
+    records = tf.data.TFRecordDataset(files, compression_type=compression,
+                                      num_parallel_reads=num_parallel_reads)
+    if records_info["layout"] == "instance":
+        return records.flat_map(every_variant)
+    return records.map(one_variant, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def feature_spec(manifest: dict, tf) -> dict:
-    """tf.io feature spec of every feature the manifest lists (``kind`` bytes or int64)."""
+    """tf.io feature spec of every feature the manifest lists (``kind`` bytes or int64); an
+    instance record's ``seed_slices`` is ragged, one row per variant."""
+    names = {f["name"] for f in manifest["features"]}
     spec = {}
     for f in manifest["features"]:
         if f["kind"] == "bytes":
             spec[f["name"]] = tf.io.FixedLenFeature([], tf.string)
+        elif f["name"] == "seed_slices" and "seed_slice_counts" in names:
+            spec[f["name"]] = tf.io.RaggedFeature(
+                tf.int64, value_key="seed_slices",
+                partitions=[tf.io.RaggedFeature.RowLengths("seed_slice_counts")])
+        elif f["name"] == "seed_slice_counts":
+            continue   # read as the row lengths of seed_slices
         elif f["shape"] == [-1]:
             spec[f["name"]] = tf.io.VarLenFeature(tf.int64)
         else:

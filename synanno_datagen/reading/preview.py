@@ -65,9 +65,12 @@ def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     found = {}
     for _, (shard, wanted) in sorted(by_shard.items()):
         for r in read_records(dataset, shard, DECODED):
-            key = (r["instance_id"], r["variant"])
-            if key in wanted:
-                found[key] = {**wanted[key], "source": r["source"], "target": r["target"]}
+            # A variant record is one (instance, variant); an instance record serves them all.
+            keys = [(r["instance_id"], r["variant"])] if "variant" in r else \
+                [k for k in wanted if k[0] == r["instance_id"]]
+            for key in keys:
+                if key in wanted:
+                    found[key] = {**wanted[key], "source": r["source"], "target": r["target"]}
     missing = [k for c in chosen if (k := (c["instance_id"], c["variant"])) not in found]
     if missing:
         raise DatasetError(f"{dataset.root}: records {missing} are in the index but not in "

@@ -1,5 +1,7 @@
 """The one record decoder: TFRecord framing (Beam's, CRC-checked) over any file Beam's
-FileSystems opens (local or gs://, streamed), and tf.train.Example -> numpy.
+FileSystems opens (local or gs://, streamed; gzip framing by the file's .gz name), and
+tf.train.Example -> numpy, in either record layout (``variants_of`` turns an instance record into
+its variants).
 
 Arrays come back as read-only uint8 (z, y, x) views of the record's bytes, shaped by its
 ``shape`` feature; int64 features as lists of ints (scalars for ``instance_id`` and ``variant``).
@@ -12,6 +14,9 @@ import numpy as np
 
 ARRAYS = ("source", "target", "seed_target")
 SCALARS = ("instance_id", "variant")
+# What a training sample needs, in either record layout.
+SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", "seed_slices",
+                   "seed_slice_counts")
 
 
 def iter_serialized(stream) -> Iterator[bytes]:
@@ -49,6 +54,24 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
                  ) -> Iterator[dict]:
     """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``."""
     keys = None if keys is None else tuple(keys)
-    with dataset.open(tfrecord_file["path"]) as stream:
+    with dataset.open(tfrecord_file["path"], gzip=tfrecord_file["path"].endswith(".gz")) as stream:
         for serialized in iter_serialized(stream):
             yield decode(serialized, keys)
+
+
+def variants_of(record: dict) -> Iterator[dict]:
+    """The variants of one decoded record, each {instance_id, variant, source, target,
+    seed_target, seed_slices}: an ``instance`` record gives all of its variants (the seed mask is
+    the target on the variant's slices), a ``variant`` record gives itself."""
+    if "seed_slice_counts" not in record:
+        yield record
+        return
+    from synanno_datagen.transforms.seeds import seed_mask
+
+    start = 0
+    for variant, count in enumerate(record["seed_slice_counts"]):
+        slices = record["seed_slices"][start:start + count]
+        start += count
+        yield {"instance_id": record["instance_id"], "variant": variant,
+               "source": record["source"], "target": record["target"],
+               "seed_target": seed_mask(record["target"], slices), "seed_slices": slices}

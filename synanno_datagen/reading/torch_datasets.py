@@ -16,9 +16,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.reading.dataset import open_dataset
-from synanno_datagen.reading.loaders import (RECORD_FEATURES, buffer_shuffle, input_target,
-                                             shard_order, worker_share)
-from synanno_datagen.reading.records import read_records
+from synanno_datagen.reading.loaders import buffer_shuffle, input_target, shard_order, worker_share
+from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,8 @@ class ShardDataset(IterableDataset):
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         self.dataset = open_dataset(dataset_dir)
         self.shards = self.dataset.files("tfrecord", split)   # manifest entries, in order
-        self.num_records = self.dataset.manifest["splits"][split]["records"]
+        self.num_records = (self.dataset.manifest["splits"][split]["records"]
+                            * self.dataset.variants_per_record)   # samples
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
         self.shuffle_buffer = shuffle_buffer
@@ -67,8 +67,9 @@ class ShardDataset(IterableDataset):
                 log.warning("%d DataLoader workers for %d shards: %d workers get none",
                             worker.num_workers, len(shards), worker.num_workers - len(shards))
             shards, worker_id = worker_share(shards, worker.id, worker.num_workers), worker.id
-        records = (r for shard in shards
-                   for r in read_records(self.dataset, shard, RECORD_FEATURES))
+        records = (v for shard in shards
+                   for r in read_records(self.dataset, shard, SAMPLE_FEATURES)
+                   for v in variants_of(r))
         if self.shuffle_buffer:
             rng = np.random.default_rng([self.shuffle_seed, self.epoch, worker_id])
             records = buffer_shuffle(records, self.shuffle_buffer, rng)
