@@ -29,12 +29,26 @@ def make_data(cache: Path, **options):
     return DemoData(**json.loads(out.splitlines()[-1]))
 
 
+# Runs the CLI, then (atexit) saves the process's I/O counters (/proc/self/io: wchar is every
+# byte passed to write(), to files or not) beside the output.
+_CHILD = ("import atexit, runpy, sys\n"
+          "io_file = sys.argv.pop(1)\n"
+          "def save():\n"
+          "    with open('/proc/self/io') as f, open(io_file, 'w') as out:\n"
+          "        out.write(f.read())\n"
+          "atexit.register(save)\n"
+          "sys.argv[0] = 'synanno-datagen'\n"
+          "runpy.run_module('synanno_datagen', run_name='__main__')\n")
+
+
 def run_pipeline(argv, out: Path):
     """``synanno-datagen run ARGV --output-dir OUT`` in a child process: (wall seconds, CPU
-    seconds and peak RSS in MB of the child, the manifest). Exits with the child's stderr tail
-    when the run fails."""
-    command = [sys.executable, "-m", "synanno_datagen", "run", *map(str, argv),
-               "--output-dir", str(out)]
+    seconds and peak RSS in MB of the child, the manifest). The child's bytes written (write()
+    calls, /proc/self/io wchar) are in ``manifest["benchmark"]["bytes_written"]``. Exits with the
+    child's stderr tail when the run fails."""
+    io_file = Path(tempfile.mkstemp(suffix=".io")[1])
+    command = [sys.executable, "-c", _CHILD, str(io_file), "run", *map(str, argv),
+               "--output-dir", str(out), "--quiet"]
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would block
         start = time.perf_counter()
         child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -45,4 +59,13 @@ def run_pipeline(argv, out: Path):
             raise SystemExit(f"run {' '.join(map(str, argv))} failed: "
                              f"{stderr.read().decode()[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
+    counters = dict(line.split(": ") for line in io_file.read_text().splitlines())
+    io_file.unlink()
+    manifest["benchmark"] = {"bytes_written": int(counters["wchar"]),
+                             "dataset_bytes": dataset_bytes(out)}
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest
+
+
+def dataset_bytes(out: Path) -> int:
+    """Bytes of every file of a finished dataset."""
+    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -1,7 +1,12 @@
-"""Benchmark: grouped vs per-instance fetching, end to end, on the same data in one run.
+"""Benchmark: record layouts and fetch strategies, end to end, on the same data in one run.
 
     python benchmarks/fetch_strategies.py [--work DIR] [--variants K] [--storage file,http]
-                                          [--sparse-repeats N] [--big-table-rows N]
+                                          [--layouts instance,variant] [--sparse-repeats N]
+                                          [--big-table-rows N]
+
+For every storage, layout and strategy it prints instances/s, CPU seconds, bytes per instance,
+the write amplification (bytes the run passed to write(), over the dataset's bytes), the run's
+time over the fetch floor, and the ratios of the layouts' bytes and of the strategies' speed.
 
 Builds (once, cached under --work, in a child process) a dense H01-like volume pair with the demo
 generator (sharded jpeg raw at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm without
@@ -39,12 +44,12 @@ CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
 CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
 
 
-def run_strategy(strategy, table, data, out, variants, extra=()):
+def run_strategy(strategy, table, data, out, variants, extra=(), layout="instance"):
     """One pipeline run in a child process: (seconds, CPU seconds, peak RSS in MB, manifest)."""
     return run_pipeline(["--materialization", table, "--source-url", data.source_url,
                          "--target-url", data.target_url, "--crop-size", *CROP,
                          "--variants", variants, "--formats", "tfrecord",
-                         "--fetch-strategy", strategy, *extra], out)
+                         "--fetch-strategy", strategy, "--record-layout", layout, *extra], out)
 
 
 def make_dense_data(cache):
@@ -151,31 +156,34 @@ def stage_split(data, rows, variants, n=150):
     return {k: v / max(done, 1) for k, v in times.items()}
 
 
-def scenario(name, storage, table, urls, args, work, repeats):
-    """Both strategies on one table; prints a line per strategy and the ratio; returns it."""
+def scenario(name, storage, table, urls, args, work, repeats, floor, layout):
+    """Both strategies on one table and layout; a line per strategy and the ratio; returns
+    {strategy: (instances/s, manifest)}."""
     results = {}
     for strategy in ("per-instance", "grouped"):
         runs = []
         for _ in range(repeats):
             out = work / f"out-{name}-{strategy}"
             shutil.rmtree(out, ignore_errors=True)
-            runs.append(run_strategy(strategy, table, urls, out, args.variants))
+            runs.append(run_strategy(strategy, table, urls, out, args.variants, layout=layout))
             shutil.rmtree(out, ignore_errors=True)
         seconds, cpu, rss, manifest = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # median
-        selected = manifest["counts"]["instances_selected"]
-        io_figures = manifest["run"]["io"]
-        results[strategy] = (selected / seconds, selected / cpu)
-        print(f"{name:6s} {storage:4s} {strategy:12s}: {selected} instances in {seconds:6.1f} s "
-              f"= {selected / seconds:6.1f} instances/s ({cpu:.1f} CPU s); "
-              f"loads per distinct chunk: source "
-              f"{io_figures['source']['loads_per_distinct_chunk']}, target "
-              f"{io_figures['target']['loads_per_distinct_chunk']}; peak RSS {rss:.0f} MB"
+        written = manifest["counts"]["instances_written"]
+        io_figures, bench = manifest["run"]["io"], manifest["benchmark"]
+        results[strategy] = (written / seconds, written / cpu, manifest)
+        print(f"{name:6s} {storage:4s} {layout:8s} {strategy:12s}: {written} instances in "
+              f"{seconds:6.1f} s = {written / seconds:6.1f}/s ({cpu:.1f} CPU s); "
+              f"{bench['dataset_bytes'] / max(written, 1) / 1e6:.2f} MB/instance, written "
+              f"{bench['bytes_written'] / bench['dataset_bytes']:.2f}x the dataset, "
+              f"{seconds / floor:.1f}x the fetch floor; loads per distinct chunk: source "
+              f"{io_figures['source'].get('loads_per_distinct_chunk')}, target "
+              f"{io_figures['target'].get('loads_per_distinct_chunk')}; peak RSS {rss:.0f} MB"
               + (f" (median of {repeats})" if repeats > 1 else ""))
     ratio = results["grouped"][0] / results["per-instance"][0]
     cpu_ratio = results["grouped"][1] / results["per-instance"][1]
-    print(f"{name:6s} {storage:4s} grouped / per-instance: {ratio:.2f}x instances/s "
+    print(f"{name:6s} {storage:4s} {layout:8s} grouped / per-instance: {ratio:.2f}x instances/s "
           f"({cpu_ratio:.2f}x per CPU second)")
-    return ratio
+    return results
 
 
 def big_table(data, urls, work, n_rows, n_instances, variants):
@@ -209,7 +217,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
-    parser.add_argument("--variants", type=int, default=2)
+    parser.add_argument("--variants", type=int, default=4)
+    parser.add_argument("--layouts", default="instance,variant",
+                        help="comma-separated record layouts to run (instance, variant)")
     parser.add_argument("--storage", default="file,http",
                         help="comma-separated: file (local files), http (a loopback server)")
     parser.add_argument("--sparse-repeats", type=int, default=3)
@@ -227,21 +237,29 @@ def main():
     print(f"machine: {os.cpu_count()} cores; DirectRunner; crop {' x '.join(CROP)} target voxels "
           f"(source arrays 128x128x16), chunks {CHUNK_XYZ} in both volumes, "
           f"{args.variants} variants, TFRecord only")
+    floor = fetch_floor(data)
+    print(f"fetch floor: every chunk of both volumes read and decoded once in {floor:.2f} s "
+          f"({len(good) / floor:.0f} instances/s if fetching were all there is)")
     from tests.chunk_server import ChunkServer
 
     root = Path(data.source_url[len("file://"):]).parent
+    layouts = args.layouts.split(",")
     with ChunkServer(root) as server:
         for storage in args.storage.split(","):
             urls = data if storage == "file" else dataclasses.replace(
                 data, source_url=server.url("source"), target_url=server.url("target"))
             for name in tables:
-                scenario(name, storage, work / f"{name}.csv", urls, args, work,
-                         args.sparse_repeats if name == "sparse" else 1)
+                dense_bytes = {}
+                for layout in layouts:
+                    results = scenario(name, storage, work / f"{name}.csv", urls, args, work,
+                                       args.sparse_repeats if name == "sparse" else 1, floor,
+                                       layout)
+                    dense_bytes[layout] = results["grouped"][2]["benchmark"]["dataset_bytes"]
+                if len(dense_bytes) == 2:
+                    print(f"{name:6s} {storage:4s} dataset bytes, instance / variant layout: "
+                          f"{dense_bytes['instance'] / dense_bytes['variant']:.2f}x")
         if args.big_table_rows:
             big_table(data, data, work, args.big_table_rows, 1000, args.variants)
-    floor = fetch_floor(data)
-    print(f"fetch floor: every chunk of both volumes read and decoded once in {floor:.2f} s "
-          f"({len(good) / floor:.0f} instances/s if fetching were all there is)")
     split = stage_split(data, good, args.variants)
     total = sum(split.values())
     print("one instance, in process (per-instance fetch): " + ", ".join(

@@ -40,11 +40,10 @@ def test_writing_records_imports_neither_torch_nor_tensorflow():
     assert out.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("first", ["ours", "tensorflow"])
-def test_our_messages_load_beside_tensorflow_and_write_its_bytes(first):
+def test_our_messages_load_after_tensorflow_and_write_its_bytes():
+    """(Ours first, then TensorFlow: tests/test_loaders.py's TensorFlow process.)"""
     if importlib.util.find_spec("tensorflow") is None:
         if os.environ.get("SYNANNO_REQUIRE_TF") == "1":
             pytest.fail("SYNANNO_REQUIRE_TF=1 but TensorFlow is not installed")
         pytest.skip("the tf extra is not installed")
-    parts = [ENCODE, TENSORFLOW] if first == "ours" else [TENSORFLOW, ENCODE]
-    assert _run("".join(parts) + COMPARE).strip() == "same"
+    assert _run(TENSORFLOW + ENCODE + COMPARE).strip() == "same"

@@ -213,24 +213,34 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
 TF_CHECK = """
 import json, sys
 import numpy as np
+from synanno_datagen.transforms.examples import example_pb2
+ours = example_pb2().Example()               # our messages first, TensorFlow after them
+ours.features.feature["a"].int64_list.value.extend([1, -2])
+import tensorflow as tf
+theirs = tf.train.Example()
+theirs.features.feature["a"].int64_list.value.extend([1, -2])
+assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
 from synanno_datagen.reading import loaders
-out, split, expected = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
-got = []
-for inputs, target, meta in loaders.tf_dataset(out, split, with_meta=True):
-    key = f"{int(meta['instance_id'])}_{int(meta['variant'])}"
-    np.testing.assert_array_equal(inputs.numpy(), expected["input_" + key])
-    np.testing.assert_array_equal(target.numpy(), expected["target_" + key])
-    got.append(key)
-inputs, target = next(iter(loaders.tf_dataset(out, split, channels_last=True)))
-print(json.dumps({"keys": got, "channels_last": [list(inputs.shape), list(target.shape)],
-                  "dtype": inputs.dtype.name}))
+result = {}
+for out, expected_file in zip(sys.argv[1::2], sys.argv[2::2]):
+    expected = np.load(expected_file)
+    got = []
+    for inputs, target, meta in loaders.tf_dataset(out, "train", with_meta=True):
+        key = f"{int(meta['instance_id'])}_{int(meta['variant'])}"
+        np.testing.assert_array_equal(inputs.numpy(), expected["input_" + key])
+        np.testing.assert_array_equal(target.numpy(), expected["target_" + key])
+        got.append(key)
+    inputs, target = next(iter(loaders.tf_dataset(out, "train", channels_last=True)))
+    result[out] = {"keys": got, "channels_last": [list(inputs.shape), list(target.shape)],
+                   "dtype": inputs.dtype.name}
+print(json.dumps(result))
 """
 
 
-@pytest.mark.parametrize("layout", ["instance", "variant"])
-def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, tmp_path, layout):
-    """In a process of its own, as a TensorFlow training script would run (TensorFlow is an
-    extra: skipped without it, a failure with SYNANNO_REQUIRE_TF=1)."""
+def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, tmp_path):
+    """Both layouts (one gzip-framed), in a process of its own as a TensorFlow training script
+    would run, our Example messages loaded before TensorFlow (TensorFlow is an extra: skipped
+    without it, a failure with SYNANNO_REQUIRE_TF=1)."""
     import importlib.util
     import json
 
@@ -238,16 +248,20 @@ def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, t
         if os.environ.get("SYNANNO_REQUIRE_TF") == "1":
             pytest.fail("SYNANNO_REQUIRE_TF=1 but TensorFlow is not installed")
         pytest.skip("the tf extra is not installed")
-    out = both_layouts[layout]
-    expected = _samples(loaders.ShardDataset(str(out), "train", with_meta=True))
-    arrays = {}
-    for (iid, v), (inputs, target) in expected.items():
-        arrays[f"input_{iid}_{v}"], arrays[f"target_{iid}_{v}"] = inputs, target
-    np.savez(tmp_path / "expected.npz", **arrays)
-    done = subprocess.run([sys.executable, "-c", TF_CHECK, str(out), "train",
-                           str(tmp_path / "expected.npz")], capture_output=True, text=True)
+    argv, expected_keys = [], {}
+    for layout, out in both_layouts.items():
+        expected = _samples(loaders.ShardDataset(str(out), "train", with_meta=True))
+        arrays = {}
+        for (iid, v), (inputs, target) in expected.items():
+            arrays[f"input_{iid}_{v}"], arrays[f"target_{iid}_{v}"] = inputs, target
+        np.savez(tmp_path / f"{layout}.npz", **arrays)
+        argv += [str(out), str(tmp_path / f"{layout}.npz")]
+        expected_keys[str(out)] = [f"{iid}_{v}" for iid, v in expected]
+    done = subprocess.run([sys.executable, "-c", TF_CHECK, *argv], capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["keys"] == [f"{iid}_{v}" for iid, v in expected]      # same order
-    assert result["channels_last"] == [[4, 24, 24, 2], [4, 24, 24, 1]]
-    assert result["dtype"] == "float32"
+    for out, keys in expected_keys.items():
+        assert result[out]["keys"] == keys and keys                  # same samples, same order
+        assert result[out]["channels_last"] == [[4, 24, 24, 2], [4, 24, 24, 1]]
+        assert result[out]["dtype"] == "float32"

@@ -489,3 +489,20 @@ def test_read_counters_count_reads_and_distinct_chunks(small_data, tmp_path, str
 def _voxels(chunk_file: str) -> int:
     spans = [tuple(map(int, s.split("-"))) for s in chunk_file.split(".")[0].split("_")]
     return math.prod(b - a for a, b in spans)
+
+
+def test_a_run_that_writes_no_instance_writes_no_shard(small_data, tmp_path):
+    """Every selected instance fails (23 has an empty target): no TFRecord or index shard, a
+    manifest listing none, the failures counted."""
+    lines = Path(small_data.table_path).read_text().splitlines()
+    header = lines[0].split(",")
+    empty = [line for line in lines[1:] if line.split(",")[header.index("id")] == "23"]
+    table = tmp_path / "failing.csv"
+    table.write_text("\n".join([lines[0]] + empty) + "\n")
+    argv = small_data.argv(tmp_path / "out", "--variants", "2")
+    argv[argv.index("--materialization") + 1] = str(table)
+    _, manifest = run_pipeline(argv)
+    assert manifest["counts"]["failures"] == {"empty_target": 1}
+    assert manifest["files"]["tfrecord"] == manifest["files"]["index"] == []
+    assert not list((tmp_path / "out").glob("tfrecord/*")) and \
+        not list((tmp_path / "out").glob("index/*"))
