@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# Run synanno-datagen on Google Cloud Dataflow, build its Flex Template, schedule it nightly.
-#
-#   ./launch_dataflow.sh [--dry-run] [run] FLAGS       one Dataflow job now
-#   ./launch_dataflow.sh [--dry-run] build-template    image (Cloud Build) + Flex Template spec
-#   ./launch_dataflow.sh [--dry-run] schedule FLAGS    create/update a Cloud Scheduler job that
-#                                                      launches the template with FLAGS
-# FLAGS are 'synanno-datagen run' flags (--materialization gs://... --output-dir gs://... ...).
-# Required: PROJECT, REGION, BUCKET (name or gs://name; temp, staging and the template spec go
-# under gs://BUCKET/synanno-datagen/). Optional: SERVICE_ACCOUNT (worker service account e-mail;
-# required by schedule, whose OAuth token it also signs), NETWORK, MAX_WORKERS, MACHINE_TYPE,
-# JOB_NAME (default synanno-datagen-YYYYMMDD-HHMMSS, UTC; schedule: synanno-datagen-nightly),
-# PYTHON (interpreter with synanno-datagen installed; default python3), IMAGE (default
-# REGION-docker.pkg.dev/PROJECT/synanno/synanno-datagen:latest), TEMPLATE_PATH, SCHEDULE (cron,
-# default "0 2 * * *"), TIME_ZONE (default Etc/UTC), SCHEDULER_JOB (default
-# synanno-datagen-nightly). --dry-run prints the exact commands instead of running them.
+# Run synanno-datagen on Google Cloud Dataflow, build its Flex Template, schedule it nightly and
+# report a job's state. Usage and variables: usage() below (./launch_dataflow.sh --help).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  cat <<'EOF'
+usage: ./launch_dataflow.sh [--dry-run] [run] FLAGS        one Dataflow job now (waits for it)
+       ./launch_dataflow.sh [--dry-run] build-template     image (Cloud Build) + template spec
+       ./launch_dataflow.sh [--dry-run] schedule FLAGS     create or update the Cloud Scheduler
+                                                          job that launches the template nightly
+       ./launch_dataflow.sh [--dry-run] status [--wait] [JOB_NAME]
+                                                          state of the newest job named JOB_NAME;
+                                                          --wait polls until it ends
+FLAGS are 'synanno-datagen run' flags (--materialization gs://... --output-dir gs://... ...).
+--dry-run prints the exact commands instead of running them.
+
+Environment:
+  PROJECT, REGION   required
+  BUCKET            required except by status: name or gs://name; temp and staging files and
+                    the template spec go under gs://BUCKET/synanno-datagen/
+  SERVICE_ACCOUNT   worker service account e-mail; schedule needs it (it also signs the
+                    scheduler's OAuth token)
+  NETWORK, MAX_WORKERS, MACHINE_TYPE   worker settings
+  JOB_NAME          default synanno-datagen-YYYYMMDD-HHMMSS (UTC); schedule and status:
+                    synanno-datagen-nightly
+  PYTHON            interpreter with synanno-datagen installed (default python3)
+  IMAGE             default REGION-docker.pkg.dev/PROJECT/synanno/synanno-datagen:latest
+  TEMPLATE_PATH     default gs://BUCKET/synanno-datagen/templates/synanno-datagen.json
+  SCHEDULE, TIME_ZONE, SCHEDULER_JOB   default "0 2 * * *", Etc/UTC, synanno-datagen-nightly
+  POLL_SECONDS      status --wait: seconds between polls (default 60)
+
+Exit codes: 0 done (status: JOB_STATE_DONE); 1 the job failed (run) or ended otherwise (status:
+FAILED, CANCELLED, DRAINED or UPDATED); 2 a usage error, or no such job; 3 another run holds the
+output directory's lease (run); 4 the job has not ended yet (status without --wait).
+EOF
+}
 
 usage_error() {
   echo "launch_dataflow.sh: error: $*" >&2
@@ -35,14 +55,15 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 action="run"
 case "${1:-}" in
-  run|build-template|schedule) action="$1"; shift ;;
-  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+  run|build-template|schedule|status) action="$1"; shift ;;
+  -h|--help) usage; exit 0 ;;
 esac
 
 require PROJECT "GCP project id"
 require REGION "Dataflow region, e.g. us-central1"
-require BUCKET "bucket for temp and staging files"
-root="gs://${BUCKET#gs://}"
+[ "$action" = status ] || require BUCKET "bucket for temp and staging files"
+bucket="${BUCKET:-}"
+root="gs://${bucket#gs://}"
 root="${root%/}"
 image="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/synanno/synanno-datagen:latest}"
 template_path="${TEMPLATE_PATH:-$root/synanno-datagen/templates/synanno-datagen.json}"
@@ -117,8 +138,42 @@ schedule() {
     --oauth-token-scope https://www.googleapis.com/auth/cloud-platform --message-body "$body"
 }
 
+# The newest job named $1 (a nightly launch reuses its name): "NAME ID STATE" on stdout; exit 0
+# when it is done, 1 when it ended otherwise, 4 while it runs (with --wait: poll until it ends).
+job_status() {
+  local wait=0
+  if [ "${1:-}" = "--wait" ]; then
+    wait=1
+    shift
+  fi
+  local name="${1:-${JOB_NAME:-synanno-datagen-nightly}}"
+  local list=(gcloud dataflow jobs list --project "$PROJECT" --region "$REGION"
+    --filter "name=$name" --sort-by "~createTime" --limit 1 --format "value(id)")
+  if [ "$dry_run" = 1 ]; then
+    do_cmd "${list[@]}"
+    do_cmd gcloud dataflow jobs describe JOB_ID --project "$PROJECT" --region "$REGION" \
+      --format "value(currentState)"
+    return 0
+  fi
+  local id state
+  id="$("${list[@]}")"
+  [ -n "$id" ] || usage_error "no Dataflow job named $name in $PROJECT/$REGION"
+  while true; do
+    state="$(gcloud dataflow jobs describe "$id" --project "$PROJECT" --region "$REGION" \
+      --format "value(currentState)")"
+    echo "$name $id $state"
+    case "$state" in
+      JOB_STATE_DONE) return 0 ;;
+      JOB_STATE_FAILED|JOB_STATE_CANCELLED|JOB_STATE_DRAINED|JOB_STATE_UPDATED) exit 1 ;;
+    esac
+    [ "$wait" = 1 ] || exit 4
+    sleep "${POLL_SECONDS:-60}"
+  done
+}
+
 case "$action" in
   run) run_job "$@" ;;
   build-template) build_template ;;
   schedule) schedule "$@" ;;
+  status) job_status "$@" ;;
 esac

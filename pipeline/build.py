@@ -12,12 +12,16 @@ from apache_beam.pvalue import AsList, AsSingleton
 
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.manifest import WriteManifestFn
+from synanno_datagen.pipeline.monitoring import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
 from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
 from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
 from synanno_datagen.transforms.records import DEAD
+from synanno_datagen.transforms.remembered import (
+    REMEMBERED, RememberFailures, SkipRememberedFailures,
+)
 from synanno_datagen.transforms.select import SelectInstances
 from synanno_datagen.transforms.shards import PlanShards
 from synanno_datagen.transforms.table import ReadTable
@@ -43,15 +47,20 @@ def build(p: beam.Pipeline, config: Config):
         if config.num_instances is not None and not incremental else None
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
                                          config.target.bounds, select, config.points)
-    instances = table["ok"]                          # Instance, unique ids
-    vanished = None
+    instances, rejected = table["ok"], table[DEAD]  # Instance, unique ids; DeadLetter
+    vanished = remembered = None
     if incremental:
         kept = instances | "KeepNewInstances" >> KeepNewInstances(
             config.incremental.previous_index_paths())
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
-    if config.num_instances is not None and incremental:
-        instances = instances | "SelectInstances" >> SelectInstances(config.seed,
-                                                                     config.num_instances)
+    if incremental and config.incremental.memory_to_skip():
+        skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \
+            SkipRememberedFailures(config.incremental.memory_to_skip())
+        instances, rejected = skipped["ok"], skipped[DEAD]
+        remembered = skipped[REMEMBERED]             # the memory entry of each row skipped
+    if config.num_instances is not None and incremental:  # the dataset holds at most N
+        instances = instances | "SelectInstances" >> SelectInstances(
+            config.seed, config.incremental.allowed(config.num_instances))
     fetch = fetch_config(config)
     planned = instances | "PlanShards" >> PlanShards(
         config.seed, config.splits, config.split_by, config.target.voxel_offset_xyz,
@@ -74,15 +83,23 @@ def build(p: beam.Pipeline, config: Config):
                                                                config.compression)
     # file info dicts of the TFRecord and index shards
 
-    dead = ([stage[DEAD] for stage in (table, fetched, cleaned, varied, written)]
+    dead = ([rejected] + [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
             | "AllDeadLetters" >> beam.Flatten()
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
     dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
-    counts = count_run(table["rows"], selected, written["ok"], dead, vanished)   # one dict
-    return (p
-            | "ManifestTrigger" >> beam.Create([None])
-            | "WriteManifest" >> beam.ParDo(
-                WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
-                AsSingleton(counts), AsSingleton(npy_totals(written["ok"])),
-                AsSingleton(fetched["io"])))
+    memory = None
+    if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
+        memory = dead | "RememberFailures" >> RememberFailures(
+            config.output_dir, config.incremental.run, remembered)
+    counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
+    manifest = (p
+                | "ManifestTrigger" >> beam.Create([None])
+                | "WriteManifest" >> beam.ParDo(
+                    WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
+                    AsSingleton(counts), AsSingleton(npy_totals(written["ok"])),
+                    AsSingleton(fetched["io"])))
+    if config.lease is not None:  # last: the lease goes, the output is free for the next run
+        root = config.incremental.root if config.incremental else config.output_dir
+        manifest = manifest | "FinishRun" >> beam.ParDo(FinishRunFn(config.lease, root))
+    return manifest

@@ -1,9 +1,12 @@
 """Command-line options -> one frozen, validated Config (plus the arguments left for Beam).
 
-``parse`` runs, before any Beam work: the flags (pipeline.options), the checks of their values
-(pipeline.validate), the storage probes (pipeline.probes, pipeline.table_options) and, for an
-incremental run, its plan (pipeline.incremental). A failure raises ConfigError with one line that
-names the flag or input and says what to do (the CLI prints it and exits with code 2).
+``parse`` runs, before any Beam work: the flags (pipeline.options; anything that is neither ours
+nor Beam's is refused, pipeline.unknown_flags), the checks of their values (pipeline.validate),
+the storage probes (pipeline.probes, pipeline.table_options) and, for an incremental run, its plan
+(pipeline.incremental). A failure raises ConfigError with one line that names the flag or input
+and says what to do (the CLI prints it and exits with code 2). ``run`` does the same in two
+halves, ``check`` and ``settle``, and takes the output directory's lease between them, so the
+plan is made once no other run can write the root.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from synanno_datagen.errors import ConfigError
 from synanno_datagen.pipeline import probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
-from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
+from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS, NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
+from synanno_datagen.pipeline.unknown_flags import check_beam_args
 from synanno_datagen.pipeline.validate import DEFAULT_MISSING_CHUNKS, DEFAULT_SPLITS, FORMATS
 from synanno_datagen.transforms.geometry import scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
@@ -61,6 +65,13 @@ class Config:
     record_layout: str = "instance"   # or "variant"
     split_by: str = "block"           # or "instance"
     compression: str = "none"         # or "gzip"
+    # How the run treats its output directory (not in the manifest's config: they do not change
+    # what a run writes; an incremental run's manifest says whether it retried failures).
+    incremental_requested: bool = False
+    retry_failed: bool = False
+    lease_hours: float = DEFAULT_LEASE_HOURS
+    break_lease: bool = False
+    lease: Optional[Any] = None  # pipeline.lease.Lease once run() holds it
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -157,19 +168,35 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
 
 
 def parse(argv: Sequence[str]) -> Tuple[Config, List[str]]:
-    """argv -> (validated Config, arguments for Beam's PipelineOptions)."""
+    """argv -> (validated Config with its incremental plan, arguments for Beam's
+    PipelineOptions)."""
+    config, beam_args = check(argv)
+    return settle(config), beam_args
+
+
+def check(argv: Sequence[str]) -> Tuple[Config, List[str]]:
+    """argv -> (validated Config, Beam's arguments): flags, values and storage probes, before
+    the output directory's part (``settle``)."""
     args, beam_args = run_parser().parse_known_args(list(argv))
-    own = {option for f in run_flags() for option in f.option_strings}
-    for arg in beam_args:
-        name = arg.split("=")[0].replace("_", "-")
-        if arg.startswith("--") and name in own:
-            raise ConfigError(f"unknown flag {arg.split('=')[0]}; did you mean {name}?")
+    check_beam_args(beam_args, [option for f in run_flags() for option in f.option_strings])
     return from_args(args), beam_args
+
+
+def settle(config: Config) -> Config:
+    """The output directory's part: an incremental run's plan, or the check that a plain output
+    directory holds no dataset of another config (unless --overwrite)."""
+    if config.incremental_requested:
+        return _with_incremental_plan(config)
+    probes.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
+    return config
 
 
 def from_args(args: argparse.Namespace) -> Config:
     """Parsed flags -> Config: value checks first, then the storage probes."""
     validate.check_numbers(args)
+    if args.retry_failed and not args.incremental:
+        raise ConfigError("--retry-failed: only incremental runs remember failures; add "
+                          "--incremental")
     formats = validate.parse_formats(args.formats)
     missing_chunks = validate.parse_missing_chunks(args.missing_chunks)
     splits = validate.parse_splits(args.splits)
@@ -209,11 +236,10 @@ def from_args(args: argparse.Namespace) -> Config:
         missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format,
         points=points, center_column=args.center_column, pre_column=args.pre_column,
         post_column=args.post_column, coordinate_resolution_nm=table_nm,
-        record_layout=args.record_layout, split_by=args.split_by, compression=args.compression)
+        record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
+        incremental_requested=args.incremental, retry_failed=args.retry_failed,
+        lease_hours=args.lease_hours, break_lease=args.break_lease)
     probes.check_writable(config.output_dir)
-    if args.incremental:
-        return _with_incremental_plan(config)
-    probes.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
     return config
 
 
@@ -222,7 +248,7 @@ def _with_incremental_plan(config: Config) -> Config:
 
     root = config.output_dir
     try:
-        incremental = plan(root, config.generation())
+        incremental = plan(root, config.generation(), config.retry_failed)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None

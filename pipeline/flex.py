@@ -7,7 +7,9 @@ launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; `
 ``run`` flags.
 
 Entry points:
-  python pipeline/flex.py [template args...]   what the template launcher runs (Dockerfile)
+  python pipeline/flex.py [template args...]   what the template launcher runs (the Dockerfile's
+      FLEX_TEMPLATE_PYTHON_PY_FILE): template parameters as --name=value, then the launcher's
+      Beam options; it runs ``synanno-datagen run``, so unknown arguments are refused there
   python -m synanno_datagen.pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
       prints the JSON body of a flexTemplates:launch request for FLAGS (used by
       ``launch_dataflow.sh schedule``)
@@ -23,7 +25,11 @@ from synanno_datagen.errors import ConfigError
 from synanno_datagen.pipeline.options import run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
-SWITCHES = {"incremental"}  # flags without a value: template parameter "true" or "false"
+# flags without a value: template parameter "true" or "false"
+SWITCHES = {"incremental", "retry_failed", "break_lease"}
+# one-off parameters a schedule must not repeat every night
+NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run still writing; "
+                                "launch the template once with break_lease=true instead"}
 # three numbers: template parameter "X Y Z"
 XYZ_PARAMETERS = {"crop_size", "block_size", "coordinate_resolution"}
 
@@ -98,6 +104,9 @@ def body_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(ours)
     try:
         params = flags_to_parameters(flags)
+        for name, why in NOT_SCHEDULED.items():
+            if params.get(name) == "true":
+                raise ConfigError(f"--{name.replace('_', '-')}: not in a schedule: {why}")
     except ConfigError as e:
         print(f"synanno-datagen: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,11 @@ hold yet, into ``ROOT/runs/NNNNN/``; its manifest lists the earlier shards plus 
 ``ROOT/LATEST`` is updated last to point at it. Earlier shards are never rewritten. A run whose
 generation config (volumes, crop, seed model, seed, formats, splits, ids) differs from the latest
 one's starts a fresh dataset (no earlier files listed) instead of mixing.
+
+A run extending a dataset skips the rows its previous run remembered as permanent failures
+(``transforms/remembered.py``; not with ``--retry-failed``) and leaves its own memory file. With
+``--num-instances N`` the dataset holds at most N instances: a run adds up to N minus the
+instances earlier runs hold.
 """
 from __future__ import annotations
 
@@ -19,12 +24,19 @@ from synanno_datagen import layout
 @dataclass(frozen=True)
 class PreviousRun:
     """The complete run a new run extends: its number, manifest (relative to the root), files
-    (paths relative to the root) and splits."""
+    (paths relative to the root), splits and remembered failures (relative to the root; None
+    for runs made before they were remembered)."""
 
     run: int
     manifest: str
     files: Dict[str, object]
     splits: Dict[str, dict]
+    memory: Optional[str] = None
+
+    @property
+    def instances(self) -> int:
+        """Instances the dataset holds (every run's, vanished ones included)."""
+        return sum(s["instances"] for s in self.splits.values())
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,7 @@ class IncrementalPlan:
     run: int
     generation_hash: str
     previous: Optional[PreviousRun] = None
+    retry_failed: bool = False
 
     @property
     def run_dir(self) -> str:
@@ -43,6 +56,19 @@ class IncrementalPlan:
     @property
     def output_dir(self) -> str:
         return layout.join(self.root, self.run_dir)
+
+    def memory_to_skip(self) -> Optional[str]:
+        """The remembered failures this run skips: the previous run's file, unless
+        --retry-failed (or there is none)."""
+        if self.retry_failed or self.previous is None or self.previous.memory is None:
+            return None
+        return layout.join(self.root, self.previous.memory)
+
+    def allowed(self, num_instances: int) -> int:
+        """How many instances this run may add under ``--num-instances``: the dataset holds
+        at most that many in total."""
+        held = self.previous.instances if self.previous else 0
+        return max(0, num_instances - held)
 
     def previous_index_paths(self) -> List[str]:
         """Paths of every index shard of the dataset this run extends."""
@@ -68,6 +94,9 @@ class IncrementalPlan:
             "manifest": self.run_dir + "/" + layout.MANIFEST,
             "generation_hash": self.generation_hash,
             "extends": self.previous.manifest if self.previous else None,
+            "remembered_failures": self.run_dir + "/" + layout.REMEMBERED_FAILURES,
+            "retried_failures": self.retry_failed,
+            "instances_before": self.previous.instances if self.previous else 0,
             "paths_relative_to": "the dataset root (two levels above this manifest)",
         }
 
@@ -91,14 +120,15 @@ def read_latest(root: str) -> Optional[dict]:
         return json.load(f)
 
 
-def plan(root: str, generation: Dict) -> IncrementalPlan:
+def plan(root: str, generation: Dict, retry_failed: bool = False) -> IncrementalPlan:
     """The plan of the next run under ``root`` for a run with this generation config."""
     digest = generation_hash(generation)
     latest = read_latest(root)
     if latest is None:
-        return IncrementalPlan(root, 1, digest)
+        return IncrementalPlan(root, 1, digest, retry_failed=retry_failed)
     info = latest["incremental"]
     previous = None
     if info["generation_hash"] == digest:
-        previous = PreviousRun(info["run"], info["manifest"], latest["files"], latest["splits"])
-    return IncrementalPlan(root, info["run"] + 1, digest, previous)
+        previous = PreviousRun(info["run"], info["manifest"], latest["files"], latest["splits"],
+                               info.get("remembered_failures"))
+    return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed)

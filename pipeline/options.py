@@ -9,6 +9,7 @@ from synanno_datagen.errors import ConfigError
 from synanno_datagen.transforms.readers import ENGINES, TENSORSTORE
 
 NEAREST = "nearest"
+DEFAULT_LEASE_HOURS = 20.0  # pipeline/lease.py
 
 
 def mip_arg(text: str):
@@ -44,7 +45,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="synapse segmentation volume")
     flag("--output-dir", required=True, metavar="DIR")
     flag("--num-instances", type=int, metavar="N",
-         help="pick N instances reproducibly (default: all)")
+         help="pick N instances reproducibly (default: all); with --incremental the dataset "
+         "holds at most N in total: a run adds up to N minus what earlier runs hold")
     flag("--variants", type=int, default=4, metavar="K",
          help="seed-slice variants per instance (default 4)")
     flag("--max-seed-slices", type=int, default=3, metavar="M",
@@ -105,13 +107,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          "is the same with either)")
     flag("--incremental", action="store_true",
          help="add only new instances to the dataset under --output-dir "
-         "(ROOT/runs/NNNNN, ROOT/LATEST)")
+         "(ROOT/runs/NNNNN, ROOT/LATEST); rows that failed for good in earlier runs are "
+         "not tried again until they change")
+    flag("--retry-failed", action="store_true",
+         help="with --incremental: try again the rows earlier runs remembered as "
+         "permanent failures")
+    flag("--lease-hours", type=float, default=DEFAULT_LEASE_HOURS, metavar="HOURS",
+         help="one run writes --output-dir at a time: a run's lease expires HOURS after "
+         f"it started (default {DEFAULT_LEASE_HOURS:g}), freeing the directory of a run "
+         "that was killed")
+    flag("--break-lease", action="store_true",
+         help="remove another run's lease on --output-dir first (only when that run "
+         "is dead)")
     return declared
 
 
 def run_parser(prog: str = "synanno-datagen run", parents=()) -> argparse.ArgumentParser:
     parser = UsageParser(prog=prog, allow_abbrev=False, parents=list(parents),
-                         description="Generate a training dataset (extra flags go to Beam).")
+                         description="Generate a training dataset. Any other argument must be "
+                         "a Beam pipeline option (--runner, --temp_location, ...).",
+                         epilog="exit codes: 0 done (or submitted), 1 the run failed, 2 a usage "
+                         "or input error, 3 another run is writing --output-dir; the last line "
+                         "on stdout is a JSON summary of the run")
     add_run_arguments(parser)
     return parser
 

@@ -1,21 +1,78 @@
-"""``run(argv)``: validate the options, run the pipeline to completion, return the manifest."""
+"""``run(argv)``: validate the options, take the output directory's lease, run the pipeline,
+return the manifest (None when the runner only submitted the job)."""
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Optional, Sequence
+
+# Runners whose work lives and dies with this process (and its children).
+LOCAL_RUNNERS = ("direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner",
+                 "prism", "prismrunner")
 
 
-def run(argv: Sequence[str]) -> dict:
-    """Parse and check ``argv`` (run flags, then Beam's), run the pipeline, return the manifest."""
+def only_submits(options) -> bool:
+    """True when running the pipeline only submits it and the job writes the dataset later: a
+    Flex Template's launcher (Beam writes the job to ``--template_location``) or
+    ``--no_wait_until_finish``."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    return bool(options.view_as(GoogleCloudOptions).template_location
+                or options.view_as(StandardOptions).no_wait_until_finish)
+
+
+def bound_to_this_process(options) -> bool:
+    """Whether the run ends when this process does: a local runner it waits for (then a lease
+    whose process is gone is free; a remote job may outlive its launcher)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.lower() in LOCAL_RUNNERS and not only_submits(options)
+
+
+def run(argv: Sequence[str]) -> Optional[dict]:
+    """Parse and check ``argv`` (run flags, then Beam's), hold the lease on ``--output-dir``
+    (LeaseHeld if another run does), run the pipeline, return the manifest.
+
+    The pipeline's last step removes the lease. If the run fails here, the lease is removed
+    here, unless a remote job it started may still be running (then that job's end, expiry or
+    --break-lease frees it).
+    """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from synanno_datagen.pipeline.build import build
-    from synanno_datagen.pipeline.config import parse
+    from synanno_datagen.pipeline.config import check, settle
+    from synanno_datagen.pipeline.lease import acquire, release
     from synanno_datagen.pipeline.manifest import clear_dataset, load_manifest
 
-    config, beam_args = parse(argv)
+    config, beam_args = check(argv)
     options = PipelineOptions(beam_args)
-    clear_dataset(config.output_dir)  # parse() refused a different config unless --overwrite
-    with beam.Pipeline(options=options) as p:
-        build(p, config)
-    return load_manifest(config.output_dir)
+    lease = acquire(config.output_dir, config.lease_hours, config.break_lease,
+                    process_bound=bound_to_this_process(options))
+    p, job_goes_on = None, False
+    try:
+        config = dataclasses.replace(settle(config), lease=lease)
+        clear_dataset(config.output_dir)  # settle() refused a different config unless --overwrite
+        with beam.Pipeline(options=options) as p:
+            build(p, config)
+        if only_submits(options):
+            job_goes_on = True
+            return None
+        return load_manifest(config.output_dir)
+    finally:
+        if not job_goes_on and not _may_still_run(getattr(p, "result", None)):
+            release(lease)
+
+
+def _may_still_run(result) -> bool:
+    """Whether a job this run started may still be running (a remote job whose wait was
+    interrupted); False when none was started or it ended."""
+    from apache_beam.runners.runner import PipelineState
+
+    if result is None:
+        return False
+    try:
+        return not PipelineState.is_terminal(result.state)
+    except Exception:  # the service cannot say: assume it runs
+        return True

@@ -13,7 +13,9 @@ from synanno_datagen.transforms.points import (
     CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
     find_point,
 )
-from synanno_datagen.transforms.table_formats import FORMAT_NAMES, ShardSchema, TableFormatError, read_schema
+from synanno_datagen.transforms.table_formats import (
+    FORMAT_NAMES, ShardSchema, TableFormatError, has_data_rows, read_schema,
+)
 
 TABLE_FLAG = "--materialization"
 _SHOWN_COLUMNS = 40
@@ -37,6 +39,7 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
     schema = _schema(shards[0])
     for path in shards[1:]:
         _check_same_shape(schema, _schema(path), path, shards[0])
+    _check_has_rows(pattern, shards)
     first = shards[0]
     layout = TableLayout(
         center=_center(center_column, schema, first),
@@ -87,6 +90,22 @@ def _schema(path: str) -> ShardSchema:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{TABLE_FLAG} {path}: cannot read it ({type(e).__name__}: {first})") \
             from None
+
+
+def _check_has_rows(pattern: str, shards: Sequence[str]) -> None:
+    """A table with a header and no data row would make an empty dataset: refuse it. Shards are
+    read until one holds a row (only its first row is read)."""
+    try:
+        if any(has_data_rows(path) for path in shards):
+            return
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot read it ({type(e).__name__}: "
+                          f"{first})") from None
+    what = "no data rows" if len(shards) == 1 else \
+        f"none of its {len(shards)} shards has a data row"
+    raise ConfigError(f"{TABLE_FLAG} {pattern}: {what} (a header only); the table is empty, "
+                      "check the export")
 
 
 def _check_same_shape(first: ShardSchema, other: ShardSchema, path: str, first_path: str):

@@ -30,6 +30,8 @@ def check_numbers(args) -> None:
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
         ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
         ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
+        ("--lease-hours", args.lease_hours,
+         math.isfinite(args.lease_hours) and args.lease_hours > 0, "positive"),
     ]
     if args.block_size is not None:
         checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),

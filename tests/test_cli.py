@@ -26,7 +26,19 @@ def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys)
     assert main(["run"] + small_data.argv(out, "--variants", "2")) == 0
     printed = capsys.readouterr().out
     assert "written 5, variants 10" in printed and str(out / "manifest.json") in printed
-    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["instances_written"] == 5
+    # The last line is for machines: one compact JSON object a log filter can match as text.
+    line = printed.splitlines()[-1]
+    event = json.loads(line)
+    assert line.startswith('{"command":"run","counts":{') and '"status":"ok"' in line
+    assert {k: event[k] for k in ("event", "status", "exit_code", "output_dir", "manifest",
+                                  "instances_written", "empty", "failures")} == {
+        "event": "synanno_datagen_run", "status": "ok", "exit_code": 0, "output_dir": str(out),
+        "manifest": str(out / "manifest.json"), "instances_written": 5, "empty": False,
+        "failures": manifest["counts"]["failures"]}
+    assert event["counts"]["variants_written"] == 10 and event["duration_s"] > 0
+    assert not (out / "LEASE").exists()
 
 
 def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data, tmp_path,

@@ -223,6 +223,9 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
     assert counts["variants_written"] == 4 * data.n_synapses
     assert set(manifest["splits"]) == {"train", "val", "test"}
     assert f"written {data.n_synapses}" in printed and "manifest:" in printed
+    event = json.loads(printed.splitlines()[-1])   # after the views: the run's last line
+    assert (event["command"], event["status"], event["output_dir"]) == ("demo", "ok", str(out))
+    assert event["instances_written"] == data.n_synapses
     # The demo's views sit beside the dataset, which keeps only what its manifest lists.
     views = tmp_path / "demo-out-views"
     plots = [views / "plots" / n for n in ("seed_count.png", "seed_z.png",

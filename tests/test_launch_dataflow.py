@@ -238,17 +238,139 @@ def test_table_parameters_round_trip_with_decimal_resolutions():
     assert args.center_column == "ctr_pt_position" and args.post_column is None
 
 
-def test_template_entry_point_runs_the_pipeline(small_data, tmp_path):
-    """What the Flex Template launcher runs (FLEX_TEMPLATE_PYTHON_PY_FILE), on the DirectRunner."""
-    out = tmp_path / "out"
-    argv = [sys.executable, str(ROOT / "pipeline" / "flex.py"),
-            f"--materialization={small_data.table_path}", f"--source_url={small_data.source_url}",
-            f"--target_url={small_data.target_url}", f"--output_dir={out}",
-            "--crop_size=12 12 4", "--variants=2", "--runner=DirectRunner"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+def launch_template(parameters, cwd, *beam_args):
+    """What the Flex Template launcher does: ``python $FLEX_TEMPLATE_PYTHON_PY_FILE`` (the
+    Dockerfile's, at its place in this checkout) with that variable set, template parameters as
+    ``--name=value`` and the Beam options after them, from a directory that is not the repo."""
+    from tests.test_dockerfile import final_stage, flex_py_file_in_repo
+
+    py_file = flex_py_file_in_repo(final_stage())
+    env = {**os.environ, "FLEX_TEMPLATE_PYTHON_PY_FILE": str(py_file)}
+    argv = [sys.executable, str(py_file)] + [f"--{k}={v}" for k, v in parameters.items()]
+    return subprocess.run(argv + list(beam_args), capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def _template_parameters(small_data, out):
+    return {"materialization": small_data.table_path, "source_url": small_data.source_url,
+            "target_url": small_data.target_url, "output_dir": out, "crop_size": "12 12 4",
+            "variants": "2", "incremental": "true"}
+
+
+def test_template_entry_point_runs_the_pipeline_as_the_launcher_calls_it(small_data, tmp_path):
     import json
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    root = tmp_path / "root"
+    done = launch_template(_template_parameters(small_data, root), tmp_path,
+                           "--runner=DirectRunner")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((root / "runs" / "00001" / "manifest.json").read_text())
     assert manifest["config"]["crop_size_xyz"] == [12, 12, 4]
     assert manifest["counts"]["variants_written"] == 10
+    event = json.loads(done.stdout.splitlines()[-1])
+    assert (event["status"], event["instances_written"]) == ("ok", 5)
+    assert not (root / "LEASE").exists()
+
+
+def test_a_launch_that_only_submits_leaves_the_lease_to_the_job(small_data, tmp_path):
+    """A Flex Template's launcher exits once the job is submitted (Beam writes the job to
+    --template_location and does not wait); --no_wait_until_finish is the same for a runner we
+    can run here. The launcher must not look for a manifest, and the job releases the lease."""
+    import json
+
+    root = tmp_path / "root"
+    done = launch_template(_template_parameters(small_data, root), tmp_path,
+                           "--runner=DirectRunner", "--no_wait_until_finish")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1])["status"] == "submitted"
+    assert (root / "runs" / "00001" / "manifest.json").exists()   # the DirectRunner ran it
+    assert not (root / "LEASE").exists()
+
+
+def test_help_prints_the_usage_not_the_script():
+    done = launch("--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: ./launch_dataflow.sh")
+    assert "status [--wait]" in done.stdout and "Exit codes:" in done.stdout
+    script = SCRIPT.read_text().splitlines()
+    assert not [line for line in done.stdout.splitlines() if line.startswith(("#", "set -"))
+                or (line.strip() and line in script[:5])]
+
+
+@pytest.fixture
+def stub_dataflow(tmp_path):
+    """Stub: a stand-in gcloud that answers 'dataflow jobs list' with STUB_JOB_ID (none if
+    empty) and each 'dataflow jobs describe' with the next state of STUB_STATES, recording
+    every call."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls, count = tmp_path / "calls.jsonl", tmp_path / "describes"
+    (bin_dir / "gcloud").write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:4] == ['dataflow', 'jobs', 'list']:\n"
+        "    print(os.environ.get('STUB_JOB_ID', ''))\n"
+        "elif sys.argv[1:4] == ['dataflow', 'jobs', 'describe']:\n"
+        f"    n = int(open({str(count)!r}).read()) if os.path.exists({str(count)!r}) else 0\n"
+        f"    open({str(count)!r}, 'w').write(str(n + 1))\n"
+        "    states = os.environ['STUB_STATES'].split(',')\n"
+        "    print(states[min(n, len(states) - 1)])\n")
+    (bin_dir / "gcloud").chmod(0o755)
+
+    def read():
+        import json
+
+        return [json.loads(line) for line in calls.read_text().splitlines()]
+
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "POLL_SECONDS": "0"}, read
+
+
+@pytest.mark.parametrize("states, args, code", [
+    ("JOB_STATE_DONE", [], 0),
+    ("JOB_STATE_FAILED", [], 1),
+    ("JOB_STATE_CANCELLED", [], 1),
+    ("JOB_STATE_RUNNING", [], 4),
+    ("JOB_STATE_PENDING,JOB_STATE_RUNNING,JOB_STATE_DONE", ["--wait"], 0),
+    ("JOB_STATE_RUNNING,JOB_STATE_FAILED", ["--wait"], 1),
+])
+def test_status_reports_the_newest_nightly_job_and_exits_by_its_state(stub_dataflow, states,
+                                                                      args, code):
+    env, calls = stub_dataflow
+    done = launch("status", *args, PROJECT="proj", REGION="us-east1", STUB_JOB_ID="2025-01-02_x",
+                  STUB_STATES=states, **env)
+    assert done.returncode == code, done.stderr
+    listed, *described = calls()
+    assert listed[:3] == ["dataflow", "jobs", "list"]
+    assert _value(listed, "--filter") == "name=synanno-datagen-nightly"
+    assert _value(listed, "--sort-by") == "~createTime" and _value(listed, "--limit") == "1"
+    assert (_value(listed, "--project"), _value(listed, "--region")) == ("proj", "us-east1")
+    assert all(d[:4] == ["dataflow", "jobs", "describe", "2025-01-02_x"] for d in described)
+    assert len(described) == (len(states.split(",")) if args else 1)
+    assert done.stdout.splitlines()[-1] == \
+        f"synanno-datagen-nightly 2025-01-02_x {states.split(',')[-1 if args else 0]}"
+
+
+def test_status_of_a_job_that_does_not_exist_is_a_usage_error(stub_dataflow):
+    env, _ = stub_dataflow
+    done = launch("status", "my-job", PROJECT="p", REGION="r", STUB_JOB_ID="",
+                  STUB_STATES="JOB_STATE_DONE", **env)
+    assert done.returncode == 2 and "no Dataflow job named my-job in p/r" in done.stderr
+
+
+def test_a_schedule_never_breaks_leases(stub_gcloud):
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--incremental", "--break-lease", PROJECT="p",
+                  REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and "--break-lease: not in a schedule" in done.stderr
+    assert calls() == []
+    done = launch("schedule", *REQUIRED, "--incremental", "--retry-failed", "--lease-hours",
+                  "30", PROJECT="p", REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    params = json.loads(_value(calls()[-1], "--message-body"))["launchParameter"]["parameters"]
+    assert (params["retry_failed"], params["lease_hours"]) == ("true", "30.0")
+    declared = _metadata()
+    for name, value in params.items():
+        assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)

@@ -57,16 +57,19 @@ def test_run_prints_progress_lines_ending_with_the_final_counts(small_data, tmp_
     assert "written 5, variants 10" in result.stdout     # the summary, on stdout
 
 
-def test_quiet_run_prints_nothing(small_data, tmp_path):
+def test_quiet_run_prints_only_the_closing_json_line(small_data, tmp_path):
     out = tmp_path / "out"
     result = cli("run", "--quiet", *small_data.argv(out, "--variants", "2"))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert (result.returncode, result.stderr) == (0, "")
+    (line,) = result.stdout.splitlines()            # for machines: no summary, no progress
+    assert json.loads(line)["status"] == "ok"
     assert json.loads((out / "manifest.json").read_text())["counts"]["variants_written"] == 10
 
 
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
     result = cli("run", "--quiet", *small_data.argv(tmp_path / "out", "--variants", "0"))
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["status"] == "refused"
     assert result.stderr.startswith("synanno-datagen: error: --variants")
 
 

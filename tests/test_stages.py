@@ -251,5 +251,5 @@ def test_count_run_adds_up_rows_instances_variants_and_failures():
             "instances_selected": 3, "instances_written": 2, "variants_written": 4,
             "failures": {"duplicate_id": 1, "empty_target": 1, "missing_coordinate": 1,
                          "not_a_number": 1},
-            "failed": 4, "vanished_instances": 0,
+            "failed": 4, "vanished_instances": 0, "remembered_failures": {},
             "filled_chunks": {"source": 0, "target": 1}}]))

@@ -21,10 +21,11 @@ def _written_totals(written):
             sum(f.get("source", 0) for f in filled), sum(f.get("target", 0) for f in filled))
 
 
-def count_run(rows, selected, written, dead, vanished=None):
+def count_run(rows, selected, written, dead, vanished=None, memory=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason,
-    vanished instances, chunks read as zeros. ``rows``: (RowRef, row); ``selected``: Instance;
-    ``written``: WrittenShard; ``dead``: DeadLetter; ``vanished``: ids."""
+    vanished instances, remembered failures skipped, chunks read as zeros. ``rows``: (RowRef,
+    row); ``selected``: Instance; ``written``: WrittenShard; ``dead``: DeadLetter; ``vanished``:
+    ids; ``memory``: RememberFailures' one dict (incremental runs)."""
     def count(pcoll, label):
         return pcoll | label >> beam.combiners.Count.Globally()
 
@@ -40,23 +41,29 @@ def count_run(rows, selected, written, dead, vanished=None):
     n_vanished = (vanished if vanished is not None else rows.pipeline | "NoneVanished" >>
                   beam.Create([])) | "CountVanished" >> beam.combiners.Count.Globally()
 
-    def combine(_, rows_read, selected, totals, failures, vanished_count):
+    memory = memory if memory is not None else (
+        rows.pipeline | "NoMemory" >> beam.Create([{"remembered": {}}]))
+
+    def combine(_, rows_read, selected, totals, failures, vanished_count, memory):
         written, variants, filled_source, filled_target = totals
         rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
+        remembered = memory["remembered"]
         return {
             "rows_read": rows_read, "rows_rejected": rejected_rows,
-            "rows_not_selected": rows_read - rejected_rows - selected,
+            "rows_not_selected": rows_read - rejected_rows - selected - sum(remembered.values()),
             "instances_selected": selected,
             "instances_written": written, "variants_written": variants,
             "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
             "vanished_instances": vanished_count,
+            "remembered_failures": remembered,
             "filled_chunks": {"source": filled_source, "target": filled_target},
         }
 
     return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
             | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
                                    AsSingleton(written_totals),
-                                   AsSingleton(by_reason), AsSingleton(n_vanished)))
+                                   AsSingleton(by_reason), AsSingleton(n_vanished),
+                                   AsSingleton(memory)))
 
 
 def npy_totals(written):

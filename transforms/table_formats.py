@@ -63,6 +63,15 @@ def read_schema(path: str) -> ShardSchema:
     return ShardSchema(fmt, tuple(next(csv.reader([first]), [])))
 
 
+def has_data_rows(path: str) -> bool:
+    """Whether the shard holds at least one data row: Parquet's footer row count, or a CSV row
+    after the header (blank lines are not rows)."""
+    if table_format(path) == PARQUET:
+        with _open_binary(path) as raw:
+            return _parquet_file(raw, path).metadata.num_rows > 0
+    return next(iter_rows(path), None) is not None
+
+
 def iter_rows(path: str) -> Iterator[Dict[str, str]]:
     """The shard's data rows in file order, as ``{column: text}``."""
     fmt = table_format(path)

@@ -1,0 +1,270 @@
+"""One writer per output directory: a lease object that only one run can create.
+
+``DIR/LEASE`` (DIR is ``--output-dir``: a dataset directory or an incremental root) holds JSON
+naming its holder: host, boot id, pid, start and expiry (UTC) and a random token. It is created
+only if absent: on gs:// as an object uploaded with ``if_generation_match=0`` (GCS creates it
+only when no object of that name exists), locally with ``os.open(O_CREAT | O_EXCL)``. A run that
+finds a live lease stops before any work (LeaseHeld: one line, exit code 3).
+
+The holder removes it at the end of the run: the pipeline's last step (pipeline.monitoring's
+FinishRunFn, after the manifest and LATEST, so also on Dataflow, where a template's launcher
+exits before the job runs) and, when the run fails in its own process, ``run``. Only the
+holder's token removes it, and only the version read.
+
+A killed run leaves it. On the machine that ran it (same host name and boot id) a lease whose
+process is gone is taken over at once, so rerunning a killed command just works, unless the run
+only submitted a job that outlives its process (a remote runner, a template launch). Elsewhere (a
+failed Dataflow job, another machine) it expires ``--lease-hours`` after its start (default 20,
+below a nightly schedule's 24, so a failed night does not block the next one), or
+``--break-lease`` removes it at once. There is no heartbeat: a run longer than its lease can be
+broken into, so give long runs a longer ``--lease-hours``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from synanno_datagen.errors import ConfigError, LeaseHeld
+from synanno_datagen.layout import LEASE, join
+from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS as DEFAULT_HOURS
+
+log = logging.getLogger(__name__)
+
+_TRIES = 3
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease this run holds (plain values: the pipeline's last step releases it)."""
+
+    path: str
+    token: str
+    host: str
+    boot_id: str
+    pid: int
+    started_utc: str
+    expires_utc: str
+    process_bound: bool = True   # the run ends with its process (not a submitted job)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"holder": "synanno-datagen", "host": self.host,
+                           "boot_id": self.boot_id, "pid": self.pid,
+                           "process_bound": self.process_bound,
+                           "started_utc": self.started_utc, "expires_utc": self.expires_utc,
+                           "token": self.token}, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def lease_path(output_dir: str) -> str:
+    return join(output_dir, LEASE)
+
+
+def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = False,
+            process_bound: bool = True) -> Lease:
+    """Take the lease on ``output_dir`` or raise LeaseHeld; a stale lease (expired, or of a
+    process of this machine that is gone), or any with ``break_lease``, is removed first, with a
+    warning naming its holder. ``process_bound`` is False when the run's job outlives this
+    process (then its end does not free the lease)."""
+    now = time.time()
+    lease = Lease(lease_path(output_dir), secrets.token_hex(16), socket.gethostname(),
+                  _boot_id(), os.getpid(), _utc(now), _utc(now + hours * 3600), process_bound)
+    store = _store(lease.path)
+    for _ in range(_TRIES):
+        try:
+            if store.create(lease.to_json()):
+                return lease
+            held = store.read()
+        except Exception as e:  # no access, no bucket, a path component that is a file, ...
+            raise ConfigError(f"--output-dir {output_dir}: cannot take the run's lease "
+                              f"{lease.path} ({type(e).__name__}: {_first_line(e)})") from None
+        if held is None:  # removed between our create and read: try again
+            continue
+        info, version, modified = held
+        expires = _expiry(info, modified)
+        why = "it expired" if expires <= now else ("its process is gone" if _gone(info)
+                                                   else None)
+        if why is None and not break_lease:
+            raise LeaseHeld(f"--output-dir {output_dir} is being written by another run "
+                            f"({holder(info)}, lease expires {_utc(expires)}); wait for it to "
+                            "end, or pass --break-lease if it is dead")
+        log.warning("removing the lease of %s on %s (%s)", holder(info), output_dir,
+                    why or "--break-lease")
+        store.remove(version)
+    raise LeaseHeld(f"--output-dir {output_dir}: other runs keep taking its lease; try again")
+
+
+def release(lease: Lease) -> bool:
+    """Remove the lease if it is still this run's (same token); True if removed."""
+    store = _store(lease.path)
+    held = store.read()
+    if held is None or held[0].get("token") != lease.token:
+        return False
+    return store.remove(held[1])
+
+
+def holder(info: dict) -> str:
+    if not info.get("host"):
+        return "an unreadable lease"
+    return f"host {info['host']}, pid {info.get('pid')}, since {info.get('started_utc')}"
+
+
+def _boot_id() -> str:
+    """This boot of this machine (Linux); "" where unknown (then no lease is judged gone)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _gone(info: dict) -> bool:
+    """Whether the lease's run was its process, on this machine, in this boot, and ended."""
+    if not info.get("process_bound") or not _boot_id() or info.get("boot_id") != _boot_id() \
+            or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it exists
+        return False
+    try:  # a zombie has ended too
+        with open(f"/proc/{info['pid']}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def started_epoch(lease: Lease) -> float:
+    return _epoch(lease.started_utc)
+
+
+def _expiry(info: dict, modified: float) -> float:
+    """The lease's expiry (epoch seconds); for unreadable content, its write time + default."""
+    try:
+        return _epoch(info["expires_utc"])
+    except (KeyError, TypeError, ValueError):
+        return modified + DEFAULT_HOURS * 3600
+
+
+def _epoch(utc: str) -> float:
+    return datetime.datetime.strptime(utc, _TIME_FORMAT).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(_TIME_FORMAT)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _parse(data: bytes) -> dict:
+    try:
+        info = json.loads(data.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _store(path: str):
+    return _GcsLease(path) if path.startswith("gs://") else _LocalLease(path)
+
+
+class _LocalLease:
+    """The lease as a local file; a version is (inode, mtime in ns)."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def create(self, data: bytes) -> bool:
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        try:
+            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def read(self) -> Optional[Tuple[dict, tuple, float]]:
+        try:
+            with open(self._path, "rb") as f:
+                st = os.fstat(f.fileno())
+                return _parse(f.read()), (st.st_ino, st.st_mtime_ns), st.st_mtime
+        except FileNotFoundError:
+            return None
+
+    def remove(self, version: tuple) -> bool:
+        """Remove the file if it is still ``version``: moved aside first (atomic), put back if
+        another run replaced it meanwhile."""
+        aside = f"{self._path}.{secrets.token_hex(8)}.removed"
+        try:
+            os.rename(self._path, aside)
+        except FileNotFoundError:
+            return False
+        st = os.stat(aside)
+        if (st.st_ino, st.st_mtime_ns) != version:
+            try:
+                os.link(aside, self._path)
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+            return False
+        os.unlink(aside)
+        return True
+
+
+class _GcsLease:
+    """The lease as a GCS object; a version is its generation. Uses Beam's GCS client (the
+    credentials every other write of the run uses)."""
+
+    def __init__(self, path: str):
+        bucket, _, name = path[len("gs://"):].partition("/")
+        self._bucket, self._name = bucket, name
+
+    def _blob(self):
+        from apache_beam.io.gcp.gcsio import GcsIO
+
+        return GcsIO().client.bucket(self._bucket).blob(self._name)
+
+    def create(self, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self._blob().upload_from_string(data, content_type="application/json",
+                                            if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def read(self) -> Optional[Tuple[dict, int, float]]:
+        from apache_beam.io.gcp.gcsio import GcsIO
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = GcsIO().client.bucket(self._bucket).get_blob(self._name)
+        if blob is None:
+            return None
+        try:  # this generation's bytes, or None if it was replaced or removed meanwhile
+            data = blob.download_as_bytes(if_generation_match=blob.generation)
+        except (NotFound, PreconditionFailed):
+            return None
+        modified = blob.updated.timestamp() if blob.updated else 0.0
+        return _parse(data), blob.generation, modified
+
+    def remove(self, generation: int) -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        try:
+            self._blob().delete(if_generation_match=generation)
+        except (NotFound, PreconditionFailed):
+            return False
+        return True

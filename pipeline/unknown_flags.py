@@ -1,0 +1,102 @@
+"""Refuse flags that nobody declares, before any work.
+
+Beam drops an argument that no PipelineOptions class declares with only a log line ("Discarding
+unparseable args"), so ``run ... --num-instance 5`` would quietly run on every instance. Every
+argument left after the ``run`` flags must therefore be an option some PipelineOptions class
+declares, in either ``--flag=value`` or ``--flag value`` form.
+
+Beam's declared options are asked of Beam itself: every PipelineOptions subclass loaded in this
+process (all of Beam's own, defined in ``apache_beam.options.pipeline_options``, plus any a
+runner or user module defines) declares its flags on a parser through its
+``_add_argparse_args(parser)`` classmethod. That is the hook each options class implements and
+the one ``PipelineOptions.get_all_options`` calls to parse; Beam has no public list of option
+names. The parser here records the names and parses the arguments as Beam would (abbreviations
+off), so a Beam option with a bad value is refused too, in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Iterable, List, Optional, Sequence, Set
+
+from synanno_datagen.errors import ConfigError
+
+HELP_HINT = "see 'synanno-datagen run --help'; anything else must be a Beam pipeline option"
+
+
+class _DeclaredOptions(argparse.ArgumentParser):
+    """A parser Beam's options classes declare their flags on; it remembers their names."""
+
+    def __init__(self):
+        super().__init__(add_help=False, allow_abbrev=False, conflict_handler="resolve")
+        self.names: Set[str] = set()
+
+    def add_argument(self, *args, **kwargs):
+        self.names.update(a for a in args if a.startswith("-"))
+        return super().add_argument(*args, **kwargs)
+
+    def add_value_provider_argument(self, *args, **kwargs):  # Beam's templated options
+        return self.add_argument(*args, **kwargs)
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _options_classes() -> List[type]:
+    """Every PipelineOptions subclass loaded now, each once, that declares flags itself."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    found, todo = [], list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if cls not in found:
+            found.append(cls)
+            todo.extend(cls.__subclasses__())
+    return [cls for cls in found if "_add_argparse_args" in vars(cls)]
+
+
+def beam_parser() -> _DeclaredOptions:
+    """A parser holding every option Beam's options classes declare."""
+    parser = _DeclaredOptions()
+    for cls in _options_classes():
+        cls._add_argparse_args(parser)  # the hook every options class implements
+    return parser
+
+
+def beam_option_names() -> Set[str]:
+    """``--runner``, ``--temp_location``, ...: every flag some PipelineOptions class declares."""
+    return set(beam_parser().names)
+
+
+def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate ``name`` most likely meant, ignoring ``_`` vs ``-``; None if none is close."""
+    by_form = {}
+    for c in candidates:
+        by_form.setdefault(_form(c), c)
+    if _form(name) in by_form:
+        return by_form[_form(name)]
+    match = difflib.get_close_matches(_form(name), list(by_form), n=1, cutoff=0.8)
+    return by_form[match[0]] if match else None
+
+
+def _form(flag: str) -> str:
+    return flag.replace("_", "-")
+
+
+def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
+    """Raise ConfigError (one line) for the first argument in ``beam_args`` (what the run flags
+    left) that no PipelineOptions class declares, naming the closest flag of ``own_flags`` or
+    Beam's."""
+    parser = beam_parser()
+    _, unknown = parser.parse_known_args(list(beam_args))
+    own = sorted(own_flags)
+    for arg in unknown:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            # Our own flags first: a near miss of ours is likelier than of Beam's 175.
+            guess = closest(name, own) or closest(name, sorted(parser.names))
+            hint = f"did you mean {guess}?" if guess else HELP_HINT
+            raise ConfigError(f"unknown flag {name}; {hint}")
+    if unknown:
+        raise ConfigError(f"unexpected argument {unknown[0]!r}: not the value of any flag; "
+                          f"{HELP_HINT}")

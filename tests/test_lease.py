@@ -1,0 +1,200 @@
+"""One writer per output directory, with real processes: a run holding the lease is frozen
+(SIGSTOP) or killed (SIGKILL) while a second run tries; locally and on the GCS emulator. A run
+"on another machine" runs in its own UTS namespace under another host name (unshare -u)."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synanno_datagen.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BUSY = 3
+OTHER_HOST = "other-machine"
+
+
+def _can_use_another_host_name() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "-u", "sh", "-c", f"hostname {OTHER_HOST}"],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+another_host = pytest.mark.skipif(not _can_use_another_host_name(),
+                                  reason="NEEDS 'unshare -u' (root) to run a process under "
+                                  "another host name")
+
+
+def start(argv, tmp_path, name, env=None, host=None) -> subprocess.Popen:
+    """A run in its own process, its output in files (a frozen process must not block a pipe);
+    with ``host``, under that host name (unshare and sh exec in place: the pid is the run's)."""
+    out = open(tmp_path / f"{name}.out", "w")
+    err = open(tmp_path / f"{name}.err", "w")
+    prefix = ["unshare", "-u", "sh", "-c", 'hostname "$0" && exec "$@"', host] if host else []
+    return subprocess.Popen(prefix + [sys.executable, "-m", "synanno_datagen", "run", *argv],
+                            stdout=out, stderr=err, env=env, cwd=tmp_path)
+
+
+def run(argv, tmp_path, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synanno_datagen", "run", *argv],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def wait_until(holds, proc: subprocess.Popen, what: str, timeout_s: float = 120):
+    """Poll until ``holds()``; the run must still be going then."""
+    deadline = time.monotonic() + timeout_s
+    while not holds():
+        assert proc.poll() is None, f"the run ended (code {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be stopped ({what})"
+
+
+def assert_busy(done, output_dir, holder_pid, host=None):
+    assert done.returncode == BUSY, done.stderr[-2000:]
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1
+    host = host or os.uname().nodename
+    assert line.startswith(f"synanno-datagen: busy: --output-dir {output_dir} is being written "
+                           f"by another run (host {host}, pid {holder_pid}, since ")
+    assert "--break-lease" in line
+    event = json.loads(done.stdout.splitlines()[-1])
+    assert (event["status"], event["exit_code"]) == ("busy", BUSY)
+
+
+@pytest.fixture
+def nightly(small_data, tmp_path):
+    root = tmp_path / "root"
+    return root, small_data.argv(root, "--incremental", "--variants", "1", "--formats",
+                                 "tfrecord")
+
+
+def test_a_second_run_on_a_busy_root_stops_before_any_work(nightly, tmp_path):
+    root, argv = nightly
+    lease = root / "LEASE"
+    first = start(argv, tmp_path, "first")
+    try:
+        wait_until(lease.exists, first, "a lease")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = run(argv, tmp_path)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert_busy(second, root, first.pid)
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-2000:]
+    assert not lease.exists()                                # released at the end
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["00001"]
+    assert run(argv, tmp_path).returncode == 0               # free again: the next run goes
+
+
+def kill_holding(argv, tmp_path, name, lease: Path, host=None) -> int:
+    """Start a run, kill it once it holds the lease; its pid."""
+    proc = start(argv, tmp_path, name, host=host)
+    wait_until(lease.exists, proc, "a lease")
+    proc.kill()
+    proc.wait()
+    return proc.pid
+
+
+def test_rerunning_a_killed_command_on_the_same_machine_just_works(nightly, tmp_path):
+    root, argv = nightly
+    pid = kill_holding(argv, tmp_path, "killed", root / "LEASE")
+    assert (root / "LEASE").exists()
+    rerun = run(argv, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"pid {pid}" in rerun.stderr and "(its process is gone)" in rerun.stderr
+    assert not (root / "LEASE").exists()
+
+
+@another_host
+def test_a_lease_from_another_machine_blocks_until_broken_or_expired(nightly, tmp_path):
+    root, argv = nightly
+    lease = root / "LEASE"
+    pid = kill_holding(argv, tmp_path, "killed", lease, OTHER_HOST)   # e.g. a failed job
+    assert_busy(run(argv, tmp_path), root, pid, OTHER_HOST)
+    broken = run(argv + ["--break-lease"], tmp_path)
+    assert broken.returncode == 0, broken.stderr[-2000:]
+    assert f"removing the lease of host {OTHER_HOST}, pid {pid}" in broken.stderr
+    assert "(--break-lease)" in broken.stderr and not lease.exists()
+    # A lease expires --lease-hours after its run started (here about a second).
+    pid = kill_holding(argv + ["--lease-hours", "0.0003"], tmp_path, "short", lease, OTHER_HOST)
+    expires = json.loads(lease.read_text())["expires_utc"]
+    at = datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    time.sleep(max(0.0, at - time.time()) + 0.2)
+    after = run(argv, tmp_path)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert f"pid {pid}" in after.stderr and "(it expired)" in after.stderr
+    assert not lease.exists()
+
+
+def test_a_run_that_fails_releases_its_lease_and_reports_it(nightly, tmp_path):
+    """A run that breaks after taking the lease (here: an index shard of the dataset it extends
+    was deleted) frees the root and ends with a 'failed' line."""
+    root, argv = nightly
+    assert run(argv, tmp_path).returncode == 0
+    manifest = json.loads((root / "runs" / "00001" / "manifest.json").read_text())
+    lost = root / manifest["files"]["index"][0]["path"]
+    lost.unlink()
+    done = run(argv, tmp_path)
+    assert done.returncode == 1
+    event = json.loads(done.stdout.splitlines()[-1])
+    assert (event["status"], event["exit_code"]) == ("failed", 1)
+    assert "No such file" in event["error"] or "not found" in event["error"].lower(), event
+    assert not (root / "LEASE").exists()
+
+
+def test_a_run_refused_after_taking_the_lease_releases_it(nightly, tmp_path, capsys):
+    root, argv = nightly
+    (root / "runs").mkdir(parents=True)
+    (root / "LATEST").write_text("somewhere/else.json\n")    # a root we cannot extend
+    assert main(["run"] + argv) == 2
+    assert "its LATEST run cannot be read" in capsys.readouterr().err
+    assert not (root / "LEASE").exists()
+
+
+def child_env(tmp_path) -> dict:
+    """The environment of a run in a child process against the emulator: it connects
+    anonymously at once, as the in-process tests do (tests/gcs_emulator.py), instead of
+    looking for Google credentials for about 30 s."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "from tests.gcs_emulator import _anonymous_beam_credentials\n"
+        "_anonymous_beam_credentials()\n")
+    path = os.pathsep.join([str(site), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                                    if p])
+    return {**os.environ, "PYTHONPATH": path, "NO_GCE_CHECK": "True"}
+
+
+@another_host
+def test_one_run_at_a_time_on_a_gcs_root(gcs, small_data, tmp_path):
+    """The holder runs on another machine, as a Dataflow launcher does."""
+    bucket = gcs.client().bucket(gcs.create_bucket("lease")[len("gs://"):])
+    root = "gs://lease/nightly"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord")
+    env = child_env(tmp_path)
+    first = start(argv, tmp_path, "first", env, OTHER_HOST)
+    try:
+        wait_until(lambda: bucket.get_blob("nightly/LEASE") is not None, first, "a lease")
+        os.kill(first.pid, signal.SIGSTOP)
+        assert_busy(run(argv, tmp_path, env), root, first.pid, OTHER_HOST)
+    finally:
+        first.kill()                                        # a killed run leaves its lease
+        first.wait()
+    assert bucket.get_blob("nightly/LEASE") is not None
+    assert_busy(run(argv, tmp_path, env), root, first.pid, OTHER_HOST)
+    broken = run(argv + ["--break-lease"], tmp_path, env)
+    assert broken.returncode == 0, broken.stderr[-2000:]
+    assert json.loads(broken.stdout.splitlines()[-1])["instances_written"] == 5
+    assert bucket.get_blob("nightly/LEASE") is None
+    assert bucket.get_blob("nightly/LATEST").download_as_bytes() == b"runs/00001/manifest.json\n"

@@ -1,0 +1,151 @@
+"""Incremental runs remember permanent failures and keep --num-instances as a total (real runs,
+each in its own process)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from synanno_datagen.transforms.records import DeadLetter, Instance, RowRef
+from synanno_datagen.transforms.remembered import (
+    INSTANCE, REMEMBERED, ROW, SkipRememberedFailures, fingerprint, memory_lines,
+)
+
+ALL_PERMANENT = {"duplicate_id": 1, "empty_target": 1, "missing_coordinate": 1,
+                 "not_a_number": 1, "outside_volume": 1}
+
+
+def nightly(argv, tmp_path, *extra):
+    """One incremental run in its own process: (closing event, LATEST's manifest, stdout)."""
+    done = subprocess.run([sys.executable, "-m", "synanno_datagen", "run", *argv, *extra],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    root = Path(argv[argv.index("--output-dir") + 1])
+    latest = root / (root / "LATEST").read_text().strip()
+    return json.loads(done.stdout.splitlines()[-1]), json.loads(latest.read_text()), done.stdout
+
+
+def _edit_rows(table: str, changes: dict) -> None:
+    """Change cells of the rows with the given ids (the first row of each id)."""
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    seen = set()
+    for row in rows:
+        if row["id"] in changes and row["id"] not in seen:
+            row.update(changes[row["id"]])
+            seen.add(row["id"])
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_data, tmp_path):
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord")
+    event, m1, _ = nightly(argv, tmp_path)
+    assert m1["counts"]["failures"] == ALL_PERMANENT and m1["counts"]["instances_selected"] == 6
+    memory = (root / m1["incremental"]["remembered_failures"]).read_text().splitlines()
+    assert sorted(json.loads(line)["reason"] for line in memory) == sorted(ALL_PERMANENT)
+
+    # Unchanged table: nothing is fetched again (empty_target was), nothing dead-lettered again.
+    event, m2, printed = nightly(argv, tmp_path)
+    counts = m2["counts"]
+    assert counts["instances_selected"] == 0 and counts["failures"] == {}
+    assert counts["remembered_failures"] == ALL_PERMANENT
+    assert counts["rows_read"] == (counts["rows_rejected"] + counts["rows_not_selected"]
+                                   + counts["instances_selected"]
+                                   + sum(counts["remembered_failures"].values()))
+    assert (root / "runs" / "00002" / "dead_letter.jsonl").read_text() == ""
+    assert (root / m2["incremental"]["remembered_failures"]).read_text().splitlines() == memory
+    assert event["empty"] and event["remembered_failures"] == ALL_PERMANENT
+    assert "nothing new: runs/00002 adds no instance" in printed
+    assert "remembered failures, not tried again (--retry-failed tries them): " in printed
+
+    # A changed row is a new row: the empty_target one is fetched again, the outside one read.
+    _edit_rows(small_data.table_path, {"23": {"score": "0.5"}, "22": {"x": "501"}})
+    _, m3, _ = nightly(argv, tmp_path)
+    assert m3["counts"]["instances_selected"] == 1
+    assert m3["counts"]["failures"] == {"empty_target": 1, "outside_volume": 1}
+    assert m3["counts"]["remembered_failures"] == {"duplicate_id": 1, "missing_coordinate": 1,
+                                                   "not_a_number": 1}
+    entries = [json.loads(line) for line in
+               (root / m3["incremental"]["remembered_failures"]).read_text().splitlines()]
+    assert len(entries) == 5 and sorted(e["first_run"] for e in entries) == [1, 1, 1, 3, 3]
+
+    # --retry-failed tries every row again.
+    _, m4, _ = nightly(argv, tmp_path, "--retry-failed")
+    assert m4["counts"]["instances_selected"] == 1 and m4["counts"]["failures"] == ALL_PERMANENT
+    assert m4["counts"]["remembered_failures"] == {} and m4["incremental"]["retried_failures"]
+    assert sum(s["instances"] for s in m4["splits"].values()) == 5
+
+
+def test_num_instances_is_a_total_on_an_incremental_root(small_data, tmp_path):
+    """--num-instances 3 nightly on an unchanged table: 3 instances in the dataset, not 3 more
+    every night."""
+    root = tmp_path / "root"
+
+    def total(n):
+        return small_data.argv(root, "--incremental", "--num-instances", str(n), "--variants",
+                               "1", "--formats", "tfrecord")
+
+    argv = total(3)
+    _, m1, _ = nightly(argv, tmp_path)
+    held = sum(s["instances"] for s in m1["splits"].values())
+    assert m1["counts"]["instances_selected"] == 3 and held <= 3
+    _, m2, _ = nightly(argv, tmp_path)       # a failed pick leaves room for another instance
+    assert m2["counts"]["instances_selected"] == 3 - held
+    assert sum(s["instances"] for s in m2["splits"].values()) == 3
+    event, m3, printed = nightly(argv, tmp_path)
+    assert m3["counts"]["instances_selected"] == 0 and event["empty"]
+    assert sum(s["instances"] for s in m3["splits"].values()) == 3
+    assert "nothing new: runs/00003 adds no instance (the dataset holds 3, --num-instances 3)" \
+        in printed
+    _, m4, _ = nightly(total(4), tmp_path)    # raising N grows it
+    assert sum(s["instances"] for s in m4["splits"].values()) == 4
+
+
+def _instance(i, row):
+    return Instance(i, (1, 2, 3), None, None, RowRef(0, i), tuple(sorted(row.items())))
+
+
+def test_fingerprints_follow_the_rows_content_only():
+    row = {"id": "1", "x": "2", "score": "0.9"}
+    assert fingerprint(tuple(sorted(row.items()))) == fingerprint(tuple(row.items()))
+    assert fingerprint(tuple(row.items())) != fingerprint(tuple({**row, "score": "1"}.items()))
+    # A kept row and its exact duplicate share a fingerprint but not a key: the duplicate's
+    # rejection never hides the kept instance.
+    kept, dup = _instance(1, row), DeadLetter("duplicate_id", "", "ReadTable", 1, RowRef(0, 2),
+                                              tuple(sorted(row.items())))
+    (entry,) = memory_lines([], [dup], run=1)
+    assert (entry["kind"], entry["fingerprint"]) == (ROW, fingerprint(kept.row))
+    assert memory_lines([], [DeadLetter("fetch_error", "", "Fetch", 1, None, kept.row)], 1) == []
+
+
+def test_skip_remembered_failures_stage(tmp_path):
+    rows = {i: {"id": str(i), "x": str(i)} for i in range(4)}
+    memory = tmp_path / "memory.jsonl"
+    remembered = [  # instance 1 failed for good; the rejection of row 3 too
+        {"kind": INSTANCE, "fingerprint": fingerprint(rows[1].items()), "reason": "empty_target",
+         "instance_id": 1, "first_run": 1},
+        {"kind": ROW, "fingerprint": fingerprint(rows[3].items()), "reason": "outside_volume",
+         "instance_id": 3, "first_run": 1},
+        {"kind": ROW, "fingerprint": fingerprint(rows[0].items()), "reason": "invalid_id",
+         "instance_id": 0, "first_run": 1}]   # a row-kind entry never drops an instance
+    memory.write_text("".join(json.dumps(e) + "\n" for e in remembered))
+    with TestPipeline() as p:
+        instances = p | "Instances" >> beam.Create([_instance(i, rows[i]) for i in (0, 1, 2)])
+        rejected = p | "Rejected" >> beam.Create([
+            DeadLetter("outside_volume", "", "ReadTable", 3, RowRef(0, 3),
+                       tuple(sorted(rows[3].items())))])
+        out = {"instances": instances, "rejected": rejected} | SkipRememberedFailures(str(memory))
+        assert_that(out["ok"] | beam.Map(lambda i: i.instance_id), equal_to([0, 2]), label="Ok")
+        assert_that(out["dead_letter"], equal_to([]), label="Dead")
+        assert_that(out[REMEMBERED] | beam.Map(lambda e: e["reason"]),
+                    equal_to(["empty_target", "outside_volume"]), label="Remembered")

@@ -1,0 +1,124 @@
+"""Runs refused before any work: flags nobody declares, and tables without a data row."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from synanno_datagen.pipeline.config import check
+from synanno_datagen.pipeline.unknown_flags import beam_option_names
+from synanno_datagen.pipeline.options import run_flags
+from tests.conftest import COLUMNS, assert_usage_error
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "synanno_datagen", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_a_mistyped_flag_is_refused_before_any_work(small_data, tmp_path):
+    """Beam used to drop --num-instance with a log line, and the run took every instance."""
+    out = tmp_path / "out"
+    done = cli("run", *small_data.argv(out, "--num-instance", "5"))
+    assert done.returncode == 2
+    assert done.stderr == ("synanno-datagen: error: unknown flag --num-instance; "
+                           "did you mean --num-instances?\n")
+    assert not out.exists()
+    event = json.loads(done.stdout)
+    assert (event["status"], event["exit_code"]) == ("refused", 2)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num_instances", "3"], "unknown flag --num_instances; did you mean --num-instances?"),
+    (["--varients=2"], "unknown flag --varients; did you mean --variants?"),
+    (["--direct-num-workers", "2"], "unknown flag --direct-num-workers; did you mean "
+                                    "--direct_num_workers?"),
+    (["--runer", "DirectRunner"], "unknown flag --runer; did you mean --runner?"),
+    (["--frobnicate"], "unknown flag --frobnicate; see 'synanno-datagen run --help'"),
+    (["-n", "3"], "unknown flag -n;"),
+    (["--crop-size", "12", "12", "4", "4"], "unexpected argument '4'"),
+    (["--direct_num_workers=two"], "argument --direct_num_workers: invalid int value: 'two'"),
+])
+def test_unknown_flags_name_the_closest_one(small_data, tmp_path, capsys, extra, message):
+    assert_usage_error(capsys, ["run"] + small_data.argv(tmp_path / "out", *extra), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_beams_own_options_still_pass_through(small_data, tmp_path):
+    beam = ["--runner", "DirectRunner", "--direct_num_workers", "1", "--project", "p",
+            "--temp_location", str(tmp_path / "tmp"), "--setup_file", "setup.py",
+            "--sdk_container_image=img:1", "--experiments", "a", "--experiments=b",
+            "--number_of_worker_harness_threads", "2", "--job-server-timeout", "5",
+            "--save_main_session"]
+    _, beam_args = check(small_data.argv(tmp_path / "out", *beam))
+    assert beam_args == beam
+
+
+def test_beams_declared_options_come_from_beam_and_never_shadow_ours():
+    names = beam_option_names()
+    assert {"--runner", "--direct_num_workers", "--project", "--temp_location",
+            "--template_location", "--sdk_container_image", "--experiments",
+            "--no_wait_until_finish", "--number_of_worker_harness_threads"} <= names
+    ours = {o for f in run_flags() for o in f.option_strings}
+    assert not {o.replace("-", "_") for o in ours} & {n.replace("-", "_") for n in names}
+
+
+def test_beam_options_run_for_real(small_data, tmp_path):
+    out = tmp_path / "out"
+    done = cli("run", *small_data.argv(out, "--variants", "1"), "--runner", "DirectRunner",
+               "--direct_num_workers=1", "--experiments", "x", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+
+
+HEADER = ",".join(COLUMNS)
+
+
+def _empty_tables(root):
+    """Header-only tables in every format the reader takes: {name: path or glob}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir()
+    (root / "t.csv").write_text(HEADER + "\n\n")          # a blank line is not a row
+    with gzip.open(root / "t.csv.gz", "wt") as f:
+        f.write(HEADER + "\n")
+    pq.write_table(pa.table({c: pa.array([], pa.int64()) for c in COLUMNS}), root / "t.parquet")
+    for i in range(3):
+        (root / f"shard-{i}.csv").write_text(HEADER + "\n")
+    return {"csv": root / "t.csv", "csv.gz": root / "t.csv.gz", "parquet": root / "t.parquet",
+            "glob": root / "shard-*.csv"}
+
+
+def test_a_header_only_table_is_refused_in_every_format(small_data, tmp_path, capsys):
+    for name, table in _empty_tables(tmp_path / "tables").items():
+        argv = small_data.argv(tmp_path / "out")
+        argv[argv.index("--materialization") + 1] = str(table)
+        what = "none of its 3 shards has a data row" if name == "glob" else "no data rows"
+        assert_usage_error(capsys, ["run"] + argv, f"--materialization {table}: {what}")
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_table_stops_a_real_run(small_data, tmp_path):
+    table = tmp_path / "empty.csv"
+    table.write_text(HEADER + "\n")
+    argv = small_data.argv(tmp_path / "out", "--incremental")
+    argv[argv.index("--materialization") + 1] = str(table)
+    done = cli("run", *argv)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr == (f"synanno-datagen: error: --materialization {table}: no data rows "
+                           "(a header only); the table is empty, check the export\n")
+
+
+def test_one_empty_shard_among_others_is_fine(small_data, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.csv").write_text(HEADER + "\n")
+    (shards / "b.csv").write_text(open(small_data.table_path).read())
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(shards / "*.csv")
+    config, _ = check(argv)
+    assert len(config.table_shards) == 2

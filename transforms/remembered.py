@@ -1,0 +1,155 @@
+"""Remembered failures: an incremental run does not try again what failed for good before.
+
+Permanent failures are the table's rejections (``missing_coordinate``, ``not_a_number``,
+``outside_volume``, ``invalid_id``, ``duplicate_id``), ``empty_target`` and ``missing_chunks``;
+``fetch_error`` and ``unexpected_error`` may pass next time and are not remembered. Each is
+remembered by a fingerprint of the original row's content (every cell, as read), keyed by what it
+suppresses: a table rejection (``row``) or an instance (``instance``), so an exact copy of a row
+that was kept is never taken for its rejected duplicate. A later run that reads the same row
+unchanged skips it: the rejection is not dead-lettered again, the instance is not fetched again;
+both are counted as ``remembered_failures`` by reason. A changed row has another fingerprint and
+is tried again, and ``--retry-failed`` tries every row again.
+
+Each incremental run writes the memory it leaves, ``runs/NNNNN/remembered_failures.jsonl``: the
+previous run's entries that matched a row of this run's table, plus this run's new permanent
+failures, one JSON line each, sorted by (kind, fingerprint).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.pvalue import AsDict, AsList
+
+from synanno_datagen.layout import REMEMBERED_FAILURES
+from synanno_datagen.transforms.files import join, write_atomic
+from synanno_datagen.transforms.records import DEAD, EMPTY_TARGET, MISSING_CHUNKS, DeadLetter
+from synanno_datagen.transforms.table import TABLE_REASONS
+
+PERMANENT_REASONS = TABLE_REASONS + (EMPTY_TARGET, MISSING_CHUNKS)
+ROW, INSTANCE = "row", "instance"   # what an entry suppresses: a table rejection, an instance
+REMEMBERED = "remembered"
+
+
+def fingerprint(row: Iterable[Tuple[str, str]]) -> str:
+    """128-bit blake2b of a row's (column, text) cells, in column order: the same for the same
+    content in any process, whichever shard or position the row is at."""
+    text = json.dumps(sorted(row), separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def key_of(entry: dict) -> Tuple[str, str]:
+    return entry["kind"], entry["fingerprint"]
+
+
+def new_entry(letter: DeadLetter, run: int) -> Optional[dict]:
+    """The memory entry of a dead letter, or None when it is not permanent (or has no row)."""
+    if letter.reason not in PERMANENT_REASONS or not letter.row:
+        return None
+    return {"kind": ROW if letter.reason in TABLE_REASONS else INSTANCE,
+            "fingerprint": fingerprint(letter.row), "reason": letter.reason,
+            "instance_id": letter.instance_id, "first_run": run}
+
+
+def read_entries(path: str) -> Iterable[dict]:
+    """The entries of one memory file (one JSON object per line)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+class SkipRememberedFn(beam.DoFn):
+    """Instance or DeadLetter -> itself, or, when its row is remembered for this ``kind``, the
+    memory entry on the ``remembered`` output."""
+
+    def __init__(self, kind: str):
+        self._kind = kind
+
+    def process(self, element, memory: Dict[Tuple[str, str], dict]):
+        entry = memory.get((self._kind, fingerprint(element.row))) if element.row else None
+        if entry is None:
+            yield element
+        else:
+            yield beam.pvalue.TaggedOutput(REMEMBERED, entry)
+
+
+class SkipRememberedFailures(beam.PTransform):
+    """{"instances": Instance, "rejected": DeadLetter of the table} -> dict ``ok`` (instances
+    to go on with), ``dead_letter`` (rejections not remembered) and ``remembered`` (the memory
+    entry of each skipped element). The memory is a side input: it holds failures only."""
+
+    def __init__(self, memory_path: str):
+        super().__init__()
+        self._path = memory_path
+
+    def expand(self, inputs):
+        memory = AsDict(inputs["instances"].pipeline
+                        | "MemoryFile" >> beam.Create([self._path])
+                        | "MemoryEntries" >> beam.FlatMap(read_entries)
+                        | "KeyEntries" >> beam.Map(lambda e: (key_of(e), e)))
+        instances = inputs["instances"] | "SkipInstances" >> beam.ParDo(
+            SkipRememberedFn(INSTANCE), memory).with_outputs(REMEMBERED, main="ok")
+        rejected = inputs["rejected"] | "SkipRejections" >> beam.ParDo(
+            SkipRememberedFn(ROW), memory).with_outputs(REMEMBERED, main="ok")
+        remembered = ((instances[REMEMBERED], rejected[REMEMBERED])
+                      | "AllRemembered" >> beam.Flatten())
+        return {"ok": instances.ok, DEAD: rejected.ok, REMEMBERED: remembered}
+
+
+def memory_lines(remembered: List[dict], letters: List[DeadLetter], run: int) -> List[dict]:
+    """The entries a run leaves: those it skipped (each once) and its new permanent failures,
+    sorted by key."""
+    entries = {key_of(e): e for e in remembered}
+    for letter in letters:
+        entry = new_entry(letter, run)
+        if entry is not None:
+            entries.setdefault(key_of(entry), entry)
+    return [entries[k] for k in sorted(entries)]
+
+
+def count_by_reason(remembered: List[dict]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for entry in remembered:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+class WriteMemoryFn(beam.DoFn):
+    """[DeadLetter] + [skipped entries] -> writes ``remembered_failures.jsonl`` in the run's
+    directory; yields its file info and the skipped elements by reason."""
+
+    def __init__(self, output_dir: str, run: int):
+        self._output_dir = output_dir
+        self._run = run
+
+    def process(self, letters, remembered):
+        lines = memory_lines(list(remembered), list(letters or []), self._run)
+        data = (json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
+        size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
+                                 (d.encode("utf-8") for d in data))
+        yield {"path": REMEMBERED_FAILURES, "records": len(lines), "bytes": size, "sha256": sha,
+               "remembered": count_by_reason(list(remembered))}
+
+
+class RememberFailures(beam.PTransform):
+    """This run's DeadLetters (after skipping) + the skipped entries (or None) -> one dict:
+    the memory file written and ``remembered`` ({reason: elements skipped})."""
+
+    def __init__(self, output_dir: str, run: int, remembered=None):
+        super().__init__()
+        self._output_dir = output_dir
+        self._run = run
+        self._remembered = remembered
+
+    def expand(self, dead):
+        remembered = self._remembered if self._remembered is not None else (
+            dead.pipeline | "NoneRemembered" >> beam.Create([]))
+        return (dead
+                | "CollectFailures" >> beam.combiners.ToList()
+                | "WriteMemory" >> beam.ParDo(WriteMemoryFn(self._output_dir, self._run),
+                                              AsList(remembered)))
