@@ -1,6 +1,7 @@
 """Training loaders read a dataset the pipeline generated and give back exactly what it wrote."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -265,3 +266,22 @@ def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, t
         assert result[out]["keys"] == keys and keys                  # same samples, same order
         assert result[out]["channels_last"] == [[4, 24, 24, 2], [4, 24, 24, 1]]
         assert result[out]["dtype"] == "float32"
+
+
+def test_inspect_and_preview_read_both_layouts_alike(both_layouts, tmp_path):
+    """The same seed shows the same records, so the two layouts give the same montage, and
+    inspect the same facts but for the bytes and the layout."""
+    from synanno_datagen.cli import main
+
+    from synanno_datagen.reading.inspection import inspect_dataset
+
+    pngs = {}
+    for layout, out in both_layouts.items():
+        assert main(["preview", str(out), "--n", "3", "--seed", "2",
+                     "--out", str(tmp_path / f"{layout}.png")]) == 0
+        pngs[layout] = (tmp_path / f"{layout}.png").read_bytes()
+    assert pngs["instance"] == pngs["variant"]
+    facts = {layout: inspect_dataset(str(out)) for layout, out in both_layouts.items()}
+    assert facts["instance"]["index"] == facts["variant"]["index"]       # histograms, checks
+    assert facts["instance"]["counts"] == facts["variant"]["counts"]
+    assert facts["instance"]["problems"] == facts["variant"]["problems"] == []
