@@ -1,6 +1,6 @@
 from collections import Counter
 
-from synanno_datagen.transforms.select import assign_split, num_shards, selection_key, shard_index, stable_hash
+from synanno_datagen.transforms.select import assign_split, selection_key, stable_hash
 
 
 def test_stable_hash_is_fixed_across_processes():
@@ -37,11 +37,3 @@ def test_split_fractions_and_purity():
     assert abs(freq["val"] / 20000 - 0.1) < 0.01
     assert names == [assign_split(7, i, splits) for i in range(20000)]
     assert names != [assign_split(8, i, splits) for i in range(20000)]
-
-
-def test_shards_spread_and_count():
-    counts = Counter(shard_index("train", i, 4) for i in range(4000))
-    assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 900
-    assert num_shards(0, 10, 100) == 0
-    assert num_shards(1, 10, 100) == 1
-    assert num_shards(25, 10, 100) == 3

@@ -33,9 +33,9 @@ def fetch_config(data):
     return FetchConfig(source, target, CROP, SCALE, 148, "grouped", (16, 16, 4), 64 << 20)
 
 
-def instance(sid, center=None, split="train", shard=0, num_shards=1) -> Instance:
+def instance(sid, center=None, split="train", shard=0) -> Instance:
     c = center or SYNAPSE_CENTERS[sid]
-    return Instance(sid, c, c, c, RowRef(0, sid), split=split, shard=shard, num_shards=num_shards)
+    return Instance(sid, c, c, c, RowRef(0, sid), split=split, shard=shard)
 
 
 def _fetched(data, fetch_config, sid) -> Fetched:

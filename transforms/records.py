@@ -46,8 +46,7 @@ class Instance:
     ref: RowRef
     row: Tuple[Tuple[str, str], ...] = ()
     split: str = ""
-    shard: int = -1
-    num_shards: int = 0
+    shard: int = -1   # its shard group (transforms.shards), set by PlanShards
 
     def replace(self, **changes) -> "Instance":
         return dataclasses.replace(self, **changes)

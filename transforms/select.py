@@ -6,12 +6,10 @@ agree.
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Sequence, Tuple
 
 import apache_beam as beam
 
-from synanno_datagen.transforms.records import Instance
 
 _SPAN = float(1 << 64)
 
@@ -45,18 +43,6 @@ def pick_split(hash64: int, splits: Sequence[Tuple[str, float]]) -> str:
         if u < total:
             return name
     return splits[-1][0]
-
-
-def shard_index(split: str, instance_id: int, num_shards: int) -> int:
-    """Shard of an instance within its split: a pure function of (split, id, shard count)."""
-    return stable_hash("shard", split, int(instance_id)) % num_shards
-
-
-def num_shards(n_instances: int, bytes_per_instance: int, shard_bytes: int) -> int:
-    """Shards for a split of ``n_instances`` so a shard holds about ``shard_bytes`` (0 if empty)."""
-    if n_instances <= 0:
-        return 0
-    return max(1, math.ceil(n_instances * bytes_per_instance / shard_bytes))
 
 
 class SmallestDistinct(beam.CombineFn):
