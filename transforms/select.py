@@ -1,4 +1,4 @@
-"""Pure, process-independent hashing for picking instances, splits and shards.
+"""Pure, process-independent hashing for picking instances and splits.
 
 Python's ``hash(str)`` changes between processes; these use blake2b so every worker and every rerun
 agree.
@@ -9,7 +9,6 @@ import hashlib
 from typing import Sequence, Tuple
 
 import apache_beam as beam
-
 
 _SPAN = float(1 << 64)
 
