@@ -34,6 +34,18 @@ def test_csv_and_gzip_csv_read_the_same_rows(tmp_path):
     assert schema.format == "csv.gz" and schema.columns == ("id", "ctr_pt_position", "score")
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    # Spreadsheets export "CSV UTF-8" with a BOM; the first column must still be "x".
+    text = "x,y,z,id\n10,20,3,7\n"
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with gzip.open(tmp_path / "t.csv.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + text.encode())
+    for name in ("t.csv", "t.csv.gz"):
+        assert read_schema(str(tmp_path / name)).columns == ("x", "y", "z", "id")
+        assert list(iter_rows(str(tmp_path / name))) == [{"x": "10", "y": "20", "z": "3",
+                                                          "id": "7"}]
+
+
 def _cave_table():
     return pa.table({
         "id": pa.array([864691135000000001, 12, 13, 14, 15], pa.int64()),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
 CSV, CSV_GZ, PARQUET = "csv", "csv.gz", "parquet"
+CSV_ENCODING = "utf-8-sig"  # UTF-8; a leading byte order mark (spreadsheet exports) is dropped
 FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
 PARQUET_BATCH_ROWS = 4096
 PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
@@ -84,7 +85,7 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
                     yield {name: cell_text(value) for name, value in row.items()}
             return
         stream = _decompressed(raw) if fmt == CSV_GZ else raw
-        for row in csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8", newline="")):
+        for row in csv.DictReader(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline="")):
             yield {k: v for k, v in row.items() if k is not None}
 
 
@@ -140,7 +141,7 @@ def _first_line(stream, path: str, fmt: str) -> str:
         raise TableFormatError(f"{path}: unknown format: the file name says {FORMAT_NAMES[fmt]} "
                                f"but the {content} is {looks_like}; name such files {want}")
     try:
-        text = line.decode("utf-8")
+        text = line.decode(CSV_ENCODING)
     except UnicodeDecodeError:
         text = None
     if text is None or "\0" in text:
