@@ -47,10 +47,10 @@ def summary(manifest: dict, output_dir: str) -> str:
             "every usable row of the table is in the dataset or remembered as failed)"))
     failures = counts["failures"]
     lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
-    remembered = counts.get("remembered_failures") or {}
-    if remembered:
-        lines.append("remembered failures, not tried again (--retry-failed tries them): "
-                     + ", ".join(f"{r} {n}" for r, n in remembered.items()))
+    from synanno_datagen.reading.inspection import remembered_line
+
+    if remembered_line(counts):
+        lines.append(remembered_line(counts))
     for name, split in manifest["splits"].items():
         lines.append(f"split {name}: {split['instances']} instances, {split['records']} records "
                      f"in {split['shards']} shards")

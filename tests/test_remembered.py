@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from synanno_datagen.reading.inspection import run_inspect
 from synanno_datagen.transforms.records import DeadLetter, Instance, RowRef
 from synanno_datagen.transforms.remembered import (
     INSTANCE, REMEMBERED, ROW, SkipRememberedFailures, fingerprint, memory_lines,
@@ -67,6 +68,9 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
     assert event["empty"] and event["remembered_failures"] == ALL_PERMANENT
     assert "nothing new: runs/00002 adds no instance" in printed
     assert "remembered failures, not tried again (--retry-failed tries them): " in printed
+    shown = run_inspect(str(root))   # inspect shows them too, with their reasons
+    assert ("remembered failures, not tried again (--retry-failed tries them): "
+            + ", ".join(f"{r} {n}" for r, n in ALL_PERMANENT.items())) in shown.splitlines()
 
     # A changed row is a new row: the empty_target one is fetched again, the outside one read.
     _edit_rows(small_data.table_path, {"23": {"score": "0.5"}, "22": {"x": "501"}})

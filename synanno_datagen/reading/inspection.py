@@ -18,6 +18,15 @@ def inspect_dataset(output_dir: str) -> dict:
                          location=dataset.manifest_path)
 
 
+def remembered_line(counts: dict):
+    """The line naming the remembered failures a run skipped (incremental runs), or None."""
+    remembered = counts.get("remembered_failures") or {}
+    if not remembered:
+        return None
+    return ("remembered failures, not tried again (--retry-failed tries them): "
+            + ", ".join(f"{r} {n}" for r, n in remembered.items()))
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -57,6 +66,8 @@ def format_facts(facts: dict) -> str:
         for ex in f["examples"]:
             where = f"row {ex['table_row']}" if ex["table_row"] is not None else "no row"
             lines.append(f"    id {ex['instance_id']} ({where}): {ex['details']}")
+    if remembered_line(counts):
+        lines.append(remembered_line(counts))
     lines.append("splits")
     for name, s in facts["splits"].items():
         lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
