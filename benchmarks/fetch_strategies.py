@@ -16,7 +16,9 @@ files and through a loopback HTTP server (one request per chunk or byte range, l
 runs the whole pipeline (fetch, clean, variants, encode, write TFRecords, manifest) with its
 default reader (tensorstore) once per strategy, each in its own process on the DirectRunner, and
 prints instances/s, CPU seconds, the ratios, chunk loads per distinct chunk (the manifest's
-``run.io``) and each run's peak RSS. Then a grouped run picking 1,000 instances out of a
+``run.io``) and each run's peak RSS; on the dense table also the start-up (a one-row run), the
+ratio of the runs' time beyond it, and the ceiling no change to the grouped side can pass (the
+per-instance run over start-up plus the fetch floor). Then a grouped run picking 1,000 instances out of a
 1,000,000-row table (peak RSS), the fetch floor (every chunk of both volumes read and decoded
 once by tensorstore, nothing else) and how one instance's time splits between fetching,
 cleaning, variants, encoding and writing.
@@ -84,17 +86,20 @@ def write_table(path, header, rows):
         writer.writerows(rows)
 
 
-def fetch_floor(data):
+def fetch_floor(data, repeats=3):
     """Seconds to read and decode every chunk of both volumes once (mip 0) with tensorstore,
-    the pipeline's engine, nothing else."""
+    the pipeline's engine, nothing else (median of ``repeats``, each with new readers)."""
     from synanno_datagen.transforms.blocks import read_region
     from synanno_datagen.transforms.readers import TENSORSTORE, describe_volume, open_reader
 
-    start = time.perf_counter()
-    for url in (data.source_url, data.target_url):
-        spec = describe_volume(url, 0)
-        read_region(open_reader(url, 0, TENSORSTORE), spec, spec.bounds)
-    return time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for url in (data.source_url, data.target_url):
+            spec = describe_volume(url, 0)
+            read_region(open_reader(url, 0, TENSORSTORE), spec, spec.bounds)
+        runs.append(time.perf_counter() - start)
+    return sorted(runs)[len(runs) // 2]
 
 
 def stage_split(data, rows, variants, n=150):
@@ -156,8 +161,31 @@ def stage_split(data, rows, variants, n=150):
     return {k: v / max(done, 1) for k, v in times.items()}
 
 
-def scenario(name, storage, table, urls, args, work, repeats, floor, layout):
-    """Both strategies on one table and layout; a line per strategy and the ratio; returns
+def startup_seconds(table, urls, work, variants, repeats=3):
+    """Median seconds of a grouped run of a one-row table: what every run pays before and
+    besides its instances (starting Python, importing Beam, building and translating the graph,
+    probes, the manifest)."""
+    out = work / "out-startup"
+    runs = []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        runs.append(run_strategy("grouped", table, urls, out, variants)[0])
+    shutil.rmtree(out, ignore_errors=True)
+    return sorted(runs)[len(runs) // 2]
+
+
+def bounds(per_instance, grouped, startup, floor):
+    """(ratio of the runs' time beyond start-up, the highest end-to-end ratio any change to the
+    grouped side could reach): a grouped run cannot take less than start-up plus the fetch floor,
+    and a change to the work both strategies share (cleaning, variants, encoding, writing) takes
+    time off the per-instance run as well."""
+    beyond = (per_instance - startup) / max(grouped - startup, 1e-9)
+    return beyond, per_instance / (startup + floor)
+
+
+def scenario(name, storage, table, urls, args, work, repeats, floor, layout, startup=None):
+    """Both strategies on one table and layout; a line per strategy and the ratio (and, given
+    the start-up seconds, the ratio beyond start-up and the ceiling); returns
     {strategy: (instances/s, manifest)}."""
     results = {}
     for strategy in ("per-instance", "grouped"):
@@ -170,7 +198,7 @@ def scenario(name, storage, table, urls, args, work, repeats, floor, layout):
         seconds, cpu, rss, manifest = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # median
         written = manifest["counts"]["instances_written"]
         io_figures, bench = manifest["run"]["io"], manifest["benchmark"]
-        results[strategy] = (written / seconds, written / cpu, manifest)
+        results[strategy] = (written / seconds, written / cpu, manifest, seconds)
         print(f"{name:6s} {storage:4s} {layout:8s} {strategy:12s}: {written} instances in "
               f"{seconds:6.1f} s = {written / seconds:6.1f}/s ({cpu:.1f} CPU s); "
               f"{bench['dataset_bytes'] / max(written, 1) / 1e6:.2f} MB/instance, written "
@@ -183,6 +211,11 @@ def scenario(name, storage, table, urls, args, work, repeats, floor, layout):
     cpu_ratio = results["grouped"][1] / results["per-instance"][1]
     print(f"{name:6s} {storage:4s} {layout:8s} grouped / per-instance: {ratio:.2f}x instances/s "
           f"({cpu_ratio:.2f}x per CPU second)")
+    if startup is not None:
+        beyond, ceiling = bounds(results["per-instance"][3], results["grouped"][3], startup, floor)
+        print(f"{name:6s} {storage:4s} {layout:8s} beyond the {startup:.1f} s start-up: "
+              f"{beyond:.2f}x; ceiling for any grouped-side change (per-instance run / "
+              f"(start-up + fetch floor)): {ceiling:.2f}x")
     return results
 
 
@@ -232,13 +265,15 @@ def main():
     header = list(rows[0])
     good = [r for r in rows if _numeric(r)]
     tables = {"dense": good, "sparse": list(sparse_rows(good))}
-    for name, table_rows in tables.items():
+    tables_written = dict(tables, one=good[:1])
+    for name, table_rows in tables_written.items():
         write_table(work / f"{name}.csv", header, table_rows)
     print(f"machine: {os.cpu_count()} cores; DirectRunner; crop {' x '.join(CROP)} target voxels "
           f"(source arrays 128x128x16), chunks {CHUNK_XYZ} in both volumes, "
           f"{args.variants} variants, TFRecord only")
     floor = fetch_floor(data)
     print(f"fetch floor: every chunk of both volumes read and decoded once in {floor:.2f} s "
+          f"(median of 3) "
           f"({len(good) / floor:.0f} instances/s if fetching were all there is)")
     from tests.chunk_server import ChunkServer
 
@@ -248,12 +283,14 @@ def main():
         for storage in args.storage.split(","):
             urls = data if storage == "file" else dataclasses.replace(
                 data, source_url=server.url("source"), target_url=server.url("target"))
+            startup = startup_seconds(work / "one.csv", urls, work, args.variants)
+            print(f"start-up {storage:4s}: a one-row run lasts {startup:.2f} s (median of 3)")
             for name in tables:
                 dense_bytes = {}
                 for layout in layouts:
                     results = scenario(name, storage, work / f"{name}.csv", urls, args, work,
                                        args.sparse_repeats if name == "sparse" else 1, floor,
-                                       layout)
+                                       layout, startup if name == "dense" else None)
                     dense_bytes[layout] = results["grouped"][2]["benchmark"]["dataset_bytes"]
                 if len(dense_bytes) == 2:
                     print(f"{name:6s} {storage:4s} dataset bytes, instance / variant layout: "
