@@ -253,3 +253,20 @@ def test_count_run_adds_up_rows_instances_variants_and_failures():
                          "not_a_number": 1},
             "failed": 4, "vanished_instances": 0, "remembered_failures": {},
             "filled_chunks": {"source": 0, "target": 1}}]))
+
+
+def test_a_shard_group_written_by_two_bundles_fails_loudly():
+    """The writer writes a group's file under one temporary name; a group that reached it in two
+    bundles would lose the first file's records, so numbering refuses it instead."""
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.write import number_shards
+
+    def written(group, split, path):
+        return WrittenShard(group, split, path, 1, 10, "", ({"instance_id": group},))
+
+    numbered = number_shards([written(2, "val", "b"), written(1, "train", "a"),
+                              written(3, "train", "c")])
+    assert [(w.group, shard, n) for w, shard, n in numbered] == [(1, 0, 2), (3, 1, 2), (2, 0, 1)]
+    with pytest.raises(RuntimeError, match="shard group 1 of split train reached the writer "
+                                           "in 2 bundles"):
+        number_shards([written(1, "train", "a"), written(1, "train", "a")])
