@@ -41,14 +41,15 @@ _CHILD = ("import atexit, runpy, sys\n"
           "runpy.run_module('synanno_datagen', run_name='__main__')\n")
 
 
-def run_pipeline(argv, out: Path):
+def run_pipeline(argv, out: Path, prelude: str = ""):
     """``synanno-datagen run ARGV --output-dir OUT`` in a child process: (wall seconds, CPU
     seconds and peak RSS in MB of the child, the manifest). The child's bytes written (write()
-    calls, /proc/self/io wchar) are in ``manifest["benchmark"]["bytes_written"]``. Exits with the
-    child's stderr tail when the run fails."""
+    calls, /proc/self/io wchar) are in ``manifest["benchmark"]["bytes_written"]``. ``prelude``:
+    Python the child runs first (a benchmark's variant of a stage). Exits with the child's stderr
+    tail when the run fails."""
     io_file = Path(tempfile.mkstemp(suffix=".io")[1])
-    command = [sys.executable, "-c", _CHILD, str(io_file), "run", *map(str, argv),
-               "--output-dir", str(out), "--quiet"]
+    command = [sys.executable, "-c", prelude + "\n" + _CHILD, str(io_file), "run",
+               *map(str, argv), "--output-dir", str(out), "--quiet"]
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would block
         start = time.perf_counter()
         child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -2,7 +2,7 @@
 
     python benchmarks/fetch_strategies.py [--work DIR] [--variants K] [--storage file,http]
                                           [--layouts instance,variant] [--sparse-repeats N]
-                                          [--big-table-rows N]
+                                          [--big-table-rows N] [--volume-reader ENGINE]
 
 For every storage, layout and strategy it prints instances/s, CPU seconds, bytes per instance,
 the write amplification (bytes the run passed to write(), over the dataset's bytes), the run's
@@ -46,12 +46,14 @@ CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
 CROP = ("64", "64", "16")         # target voxels: 128x128x16 at the 4 nm source
 
 
-def run_strategy(strategy, table, data, out, variants, extra=(), layout="instance"):
+def run_strategy(strategy, table, data, out, variants, extra=(), layout="instance",
+                 reader="tensorstore"):
     """One pipeline run in a child process: (seconds, CPU seconds, peak RSS in MB, manifest)."""
     return run_pipeline(["--materialization", table, "--source-url", data.source_url,
                          "--target-url", data.target_url, "--crop-size", *CROP,
                          "--variants", variants, "--formats", "tfrecord",
-                         "--fetch-strategy", strategy, "--record-layout", layout, *extra], out)
+                         "--fetch-strategy", strategy, "--record-layout", layout,
+                         "--volume-reader", reader, *extra], out)
 
 
 def make_dense_data(cache):
@@ -161,7 +163,7 @@ def stage_split(data, rows, variants, n=150):
     return {k: v / max(done, 1) for k, v in times.items()}
 
 
-def startup_seconds(table, urls, work, variants, repeats=3):
+def startup_seconds(table, urls, work, variants, reader, repeats=3):
     """Median seconds of a grouped run of a one-row table: what every run pays before and
     besides its instances (starting Python, importing Beam, building and translating the graph,
     probes, the manifest)."""
@@ -169,7 +171,7 @@ def startup_seconds(table, urls, work, variants, repeats=3):
     runs = []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
-        runs.append(run_strategy("grouped", table, urls, out, variants)[0])
+        runs.append(run_strategy("grouped", table, urls, out, variants, reader=reader)[0])
     shutil.rmtree(out, ignore_errors=True)
     return sorted(runs)[len(runs) // 2]
 
@@ -193,19 +195,22 @@ def scenario(name, storage, table, urls, args, work, repeats, floor, layout, sta
         for _ in range(repeats):
             out = work / f"out-{name}-{strategy}"
             shutil.rmtree(out, ignore_errors=True)
-            runs.append(run_strategy(strategy, table, urls, out, args.variants, layout=layout))
+            runs.append(run_strategy(strategy, table, urls, out, args.variants, layout=layout,
+                                     reader=args.volume_reader))
             shutil.rmtree(out, ignore_errors=True)
         seconds, cpu, rss, manifest = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # median
         written = manifest["counts"]["instances_written"]
         io_figures, bench = manifest["run"]["io"], manifest["benchmark"]
         results[strategy] = (written / seconds, written / cpu, manifest, seconds)
+        per_chunk = "decodes" if args.volume_reader == "cloudvolume" else "loads"
         print(f"{name:6s} {storage:4s} {layout:8s} {strategy:12s}: {written} instances in "
               f"{seconds:6.1f} s = {written / seconds:6.1f}/s ({cpu:.1f} CPU s); "
               f"{bench['dataset_bytes'] / max(written, 1) / 1e6:.2f} MB/instance, written "
               f"{bench['bytes_written'] / bench['dataset_bytes']:.2f}x the dataset, "
-              f"{seconds / floor:.1f}x the fetch floor; loads per distinct chunk: source "
-              f"{io_figures['source'].get('loads_per_distinct_chunk')}, target "
-              f"{io_figures['target'].get('loads_per_distinct_chunk')}; peak RSS {rss:.0f} MB"
+              f"{seconds / floor:.1f}x the fetch floor; {per_chunk} per distinct chunk: source "
+              f"{io_figures['source'].get(per_chunk + '_per_distinct_chunk')}, target "
+              f"{io_figures['target'].get(per_chunk + '_per_distinct_chunk')}; "
+              f"peak RSS {rss:.0f} MB"
               + (f" (median of {repeats})" if repeats > 1 else ""))
     ratio = results["grouped"][0] / results["per-instance"][0]
     cpu_ratio = results["grouped"][1] / results["per-instance"][1]
@@ -256,6 +261,9 @@ def main():
     parser.add_argument("--storage", default="file,http",
                         help="comma-separated: file (local files), http (a loopback server)")
     parser.add_argument("--sparse-repeats", type=int, default=3)
+    parser.add_argument("--volume-reader", default="tensorstore",
+                        choices=("tensorstore", "cloudvolume"),
+                        help="the runs' --volume-reader (the fetch floor is tensorstore's)")
     parser.add_argument("--big-table-rows", type=int, default=1_000_000,
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
@@ -268,7 +276,7 @@ def main():
     tables_written = dict(tables, one=good[:1])
     for name, table_rows in tables_written.items():
         write_table(work / f"{name}.csv", header, table_rows)
-    print(f"machine: {os.cpu_count()} cores; DirectRunner; crop {' x '.join(CROP)} target voxels "
+    print(f"machine: {os.cpu_count()} cores; DirectRunner; reader {args.volume_reader}; crop {' x '.join(CROP)} target voxels "
           f"(source arrays 128x128x16), chunks {CHUNK_XYZ} in both volumes, "
           f"{args.variants} variants, TFRecord only")
     floor = fetch_floor(data)
@@ -283,7 +291,8 @@ def main():
         for storage in args.storage.split(","):
             urls = data if storage == "file" else dataclasses.replace(
                 data, source_url=server.url("source"), target_url=server.url("target"))
-            startup = startup_seconds(work / "one.csv", urls, work, args.variants)
+            startup = startup_seconds(work / "one.csv", urls, work, args.variants,
+                                      args.volume_reader)
             print(f"start-up {storage:4s}: a one-row run lasts {startup:.2f} s (median of 3)")
             for name in tables:
                 dense_bytes = {}

@@ -5,6 +5,9 @@ volume. Chunks written gzip-compressed (``name.gz`` on disk) are served as ``nam
 ``Content-Encoding: gzip``, as a bucket serves them. Faults are keyed by the request path's tail:
 ``transient[name] = [503, 429]`` answers those statuses to the first requests of ``name`` (then
 serves it); ``missing`` names answer 404 forever. ``served`` counts answers per (name, status).
+``rendezvous``, a ``threading.Barrier``, holds every request until that many are waiting (a
+broken barrier, after its timeout, lets them through: check ``rendezvous.broken``).
+``latency_s`` delays every answer, like a bucket's round trip.
 A request for a single byte range (``Range: bytes=a-b``, ``a-`` or ``-n``) gets those bytes
 (206), as from a bucket: readers of sharded volumes fetch shard indices and chunks that way.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
@@ -30,6 +34,8 @@ class ChunkServer:
         self.transient: Dict[str, List[int]] = {}
         self.missing: Set[str] = set()
         self.served = collections.Counter()
+        self.rendezvous: Optional[threading.Barrier] = None
+        self.latency_s = 0.0
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -48,6 +54,13 @@ class ChunkServer:
     def _answer(self, path: str, head: bool, byte_range: Optional[str] = None):
         """(status, body, headers) for a request path and its Range header, if any."""
         name = path.rsplit("/", 1)[-1]
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if self.rendezvous is not None:
+            try:
+                self.rendezvous.wait()
+            except threading.BrokenBarrierError:
+                pass
         with self._lock:
             pending = self.transient.get(name)
             if pending:

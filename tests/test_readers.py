@@ -213,3 +213,46 @@ def test_info_is_read_through_either_engine(volumes):
     for url in (data.source_url, data.target_url):
         assert read_info(url) == read_info(url, "cloudvolume")
         assert read_info("precomputed://" + url) == read_info(url)
+
+
+def test_reads_of_two_threads_are_in_flight_at_once_and_counted_in_full(volumes):
+    """A worker's threads do not wait for each other's reads: the storage counters are taken
+    around a read, no lock is held across it. The server answers no chunk until both threads'
+    requests are waiting, so reads taken one at a time would break its rendezvous. What the two
+    reads fetched (one chunk each) is still counted in full."""
+    import threading
+
+    from tests.chunk_server import ChunkServer
+
+    data = volumes[("tensorstore", "raw")]
+    local = describe_volume(data.source_url, 0)
+    first = Box(local.bounds.start_xyz, tuple(
+        min(a + c, b) for a, c, b in zip(local.bounds.start_xyz, local.chunk_size_xyz,
+                                          local.bounds.stop_xyz)))
+    step = local.chunk_size_xyz[0]                            # the next chunk along x
+    second = Box((first.start_xyz[0] + step, *first.start_xyz[1:]),
+                 (first.stop_xyz[0] + step, *first.stop_xyz[1:]))
+    boxes = [first, second.intersect(local.bounds)]
+    assert all(len(chunk_names(local, b)) == 1 for b in boxes)
+    want = [open_reader(data.source_url, 0, "tensorstore").read_zyx(b) for b in boxes]
+    with ChunkServer(data.root) as server:
+        readers = [open_reader(server.url("source"), 0, "tensorstore") for _ in boxes]
+        server.rendezvous = threading.Barrier(len(boxes), timeout=10)
+        got = [None] * len(boxes)
+
+        def read(i):
+            got[i] = readers[i].read_zyx(boxes[i])
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(boxes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not server.rendezvous.broken, "the reads were taken one at a time"
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    counted = readers[0].io + readers[1].io
+    assert counted["storage_reads"] == 2 and counted["chunks_loaded"] == 2
+    assert counted["storage_bytes"] == sum(
+        (data.root / "source" / name).stat().st_size for b in boxes
+        for name in chunk_names(local, b))

@@ -7,8 +7,11 @@ Each reader keeps read counters in ``io`` (a Counter), which the fetching DoFn r
 - tensorstore: measured from tensorstore's own metrics around each read: ``storage_reads`` and
   ``storage_bytes`` (requests to and bytes from the kvstore: file, gcs or http) and
   ``chunks_loaded`` (cache entries loaded from storage: chunks, absent ones included, plus the
-  minishard indices of a sharded volume). Reads in one process are measured one at a time
-  (tensorstore still reads the chunks of each box in parallel), since the metrics are per process.
+  minishard indices of a sharded volume). The metrics are per process, and reads of several
+  threads run at once (no lock is held while reading): a read that ends takes the growth since
+  the last read ended, or since it started when no other read was under way. So the figures of a
+  process add up exactly to what its reads did; which reader they go to is exact while one read
+  runs at a time (the DirectRunner's default), and approximate while reads overlap.
 - cloud-volume: ``chunks_decoded`` and ``decoded_bytes``, the chunks a cutout will decode (those
   not in its in-memory LRU), counted just before the read.
 """
@@ -151,7 +154,7 @@ class TensorstoreReader:
         once per reader: volumes do not change during a run)."""
         unknown = [n for n in names if n not in self._stored]
         if unknown:
-            with _METRICS_LOCK, _Measured(self.io):
+            with _Measured(self.io):
                 found = [(n, self._shards.read(chunk_id(self._spec, n).to_bytes(8, "big"),
                                                byte_range=slice(0, 0))) for n in unknown]
                 for n, future in found:
@@ -162,7 +165,7 @@ class TensorstoreReader:
         """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array."""
         (x0, y0, z0), (x1, y1, z1) = box.start_xyz, box.stop_xyz
         view = self._store[x0:x1, y0:y1, z0:z1, 0].T   # (z, y, x): tensorstore lays it out
-        with _METRICS_LOCK, _Measured(self.io):
+        with _Measured(self.io):
             try:
                 array = view.read().result()
             except ValueError as e:
@@ -173,17 +176,27 @@ class TensorstoreReader:
 
 
 class _Measured:
-    """Adds the growth of tensorstore's storage counters during the block to ``io`` (hold
-    _METRICS_LOCK: the counters are per process)."""
+    """Adds to ``io`` the growth of tensorstore's per-process storage counters that the block's
+    read accounts for (see the module docstring). The lock is held only to take the counters."""
+
+    _active = 0                             # reads under way in this process
+    _last: collections.Counter = collections.Counter()  # the counters when a read last began or ended
 
     def __init__(self, io: collections.Counter):
         self._io = io
 
     def __enter__(self):
-        self._before = _storage_metrics()
+        with _METRICS_LOCK:
+            if not _Measured._active:       # what happened between reads is not theirs
+                _Measured._last = _storage_metrics()
+            _Measured._active += 1
 
     def __exit__(self, *exc):
-        self._io.update(_storage_metrics() - self._before)
+        with _METRICS_LOCK:
+            now = _storage_metrics()
+            self._io.update(now - _Measured._last)
+            _Measured._last = now
+            _Measured._active -= 1
         return False
 
 
