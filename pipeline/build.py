@@ -6,6 +6,7 @@ instances can be rejected, ``dead_letter``; the comment after each step names th
 from __future__ import annotations
 
 import uuid
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
@@ -38,6 +39,11 @@ def fetch_config(config: Config) -> FetchConfig:
                        config.missing_chunks, config.volume_reader, uuid.uuid4().hex)
 
 
+def read_columns(config: Config) -> Tuple[str, ...]:
+    """The table columns a run reads: the id column (if any) and the point columns."""
+    return ((config.id_column,) if config.id_column else ()) + config.points.columns()
+
+
 def build(p: beam.Pipeline, config: Config):
     """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
     incremental = bool(config.incremental and config.incremental.previous)
@@ -55,7 +61,7 @@ def build(p: beam.Pipeline, config: Config):
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
     if incremental and config.incremental.memory_to_skip():
         skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \
-            SkipRememberedFailures(config.incremental.memory_to_skip())
+            SkipRememberedFailures(config.incremental.memory_to_skip(), read_columns(config))
         instances, rejected = skipped["ok"], skipped[DEAD]
         remembered = skipped[REMEMBERED]             # the memory entry of each row skipped
     if config.num_instances is not None and incremental:  # the dataset holds at most N
@@ -91,7 +97,7 @@ def build(p: beam.Pipeline, config: Config):
     memory = None
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
         memory = dead | "RememberFailures" >> RememberFailures(
-            config.output_dir, config.incremental.run, remembered)
+            config.output_dir, config.incremental.run, remembered, read_columns(config))
     counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])

@@ -72,8 +72,16 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
     assert ("remembered failures, not tried again (--retry-failed tries them): "
             + ", ".join(f"{r} {n}" for r, n in ALL_PERMANENT.items())) in shown.splitlines()
 
-    # A changed row is a new row: the empty_target one is fetched again, the outside one read.
-    _edit_rows(small_data.table_path, {"23": {"score": "0.5"}, "22": {"x": "501"}})
+    # A column the run does not read does not make a row new: nothing is tried again.
+    _edit_rows(small_data.table_path, {"23": {"score": "0.5"}, "22": {"score": "0.1"}})
+    _, m_same, _ = nightly(argv, tmp_path)
+    assert m_same["counts"]["instances_selected"] == 0
+    assert m_same["counts"]["remembered_failures"] == ALL_PERMANENT
+
+    # A row changed in a column the run reads is a new row: the empty_target one is fetched
+    # again (its x written as a decimal, the same voxel), the outside one read again.
+    x23 = next(r["x"] for r in csv.DictReader(open(small_data.table_path)) if r["id"] == "23")
+    _edit_rows(small_data.table_path, {"23": {"x": f"{x23}.0"}, "22": {"x": "501"}})
     _, m3, _ = nightly(argv, tmp_path)
     assert m3["counts"]["instances_selected"] == 1
     assert m3["counts"]["failures"] == {"empty_target": 1, "outside_volume": 1}
@@ -81,7 +89,7 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
                                                    "not_a_number": 1}
     entries = [json.loads(line) for line in
                (root / m3["incremental"]["remembered_failures"]).read_text().splitlines()]
-    assert len(entries) == 5 and sorted(e["first_run"] for e in entries) == [1, 1, 1, 3, 3]
+    assert len(entries) == 5 and sorted(e["first_run"] for e in entries) == [1, 1, 1, 4, 4]
 
     # --retry-failed tries every row again.
     _, m4, _ = nightly(argv, tmp_path, "--retry-failed")
@@ -123,6 +131,12 @@ def test_fingerprints_follow_the_rows_content_only():
     row = {"id": "1", "x": "2", "score": "0.9"}
     assert fingerprint(tuple(sorted(row.items()))) == fingerprint(tuple(row.items()))
     assert fingerprint(tuple(row.items())) != fingerprint(tuple({**row, "score": "1"}.items()))
+    # Given the columns a run reads, only their cells count.
+    read = ("id", "x")
+    assert fingerprint(tuple(row.items()), read) == \
+        fingerprint(tuple({**row, "score": "1"}.items()), read)
+    assert fingerprint(tuple(row.items()), read) != \
+        fingerprint(tuple({**row, "x": "2.0"}.items()), read)
     # A kept row and its exact duplicate share a fingerprint but not a key: the duplicate's
     # rejection never hides the kept instance.
     kept, dup = _instance(1, row), DeadLetter("duplicate_id", "", "ReadTable", 1, RowRef(0, 2),

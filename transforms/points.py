@@ -65,6 +65,11 @@ class TableLayout:
         present = {"pre_pt_xyz": self.pre, "post_pt_xyz": self.post}
         return ("center_xyz",) + tuple(name for name, point in present.items() if point)
 
+    def columns(self) -> Tuple[str, ...]:
+        """The table columns the points are read from."""
+        return tuple(c for point in (self.center, self.pre, self.post) if point
+                     for c in point.columns)
+
     def to_manifest(self) -> dict:
         def cols(point):
             return list(point.columns) if point else None

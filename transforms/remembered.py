@@ -3,8 +3,9 @@
 Permanent failures are the table's rejections (``missing_coordinate``, ``not_a_number``,
 ``outside_volume``, ``invalid_id``, ``duplicate_id``), ``empty_target`` and ``missing_chunks``;
 ``fetch_error`` and ``unexpected_error`` may pass next time and are not remembered. Each is
-remembered by a fingerprint of the original row's content (every cell, as read), keyed by what it
-suppresses: a table rejection (``row``) or an instance (``instance``), so an exact copy of a row
+remembered by a fingerprint of the original row's content in the columns the run reads (the id
+column and the point columns, as read: other columns, such as a CAVE export's root ids that
+proofreading changes every night, do not make a row new), keyed by what it suppresses: a table rejection (``row``) or an instance (``instance``), so an exact copy of a row
 that was kept is never taken for its rejected duplicate. A later run that reads the same row
 unchanged skips it: the rejection is not dead-lettered again, the instance is not fetched again;
 both are counted as ``remembered_failures`` by reason. A changed row has another fingerprint and
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsList
@@ -33,10 +34,15 @@ ROW, INSTANCE = "row", "instance"   # what an entry suppresses: a table rejectio
 REMEMBERED = "remembered"
 
 
-def fingerprint(row: Iterable[Tuple[str, str]]) -> str:
-    """128-bit blake2b of a row's (column, text) cells, in column order: the same for the same
-    content in any process, whichever shard or position the row is at."""
-    text = json.dumps(sorted(row), separators=(",", ":"), ensure_ascii=False)
+def fingerprint(row: Iterable[Tuple[str, str]], columns: Optional[Sequence[str]] = None) -> str:
+    """128-bit blake2b of a row's (column, text) cells in ``columns`` (all when None), in column
+    order: the same for the same content in any process, whichever shard or position the row is
+    at."""
+    cells = list(row)
+    if columns is not None:
+        wanted = set(columns)
+        cells = [(k, v) for k, v in cells if k in wanted]
+    text = json.dumps(sorted(cells), separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
@@ -44,12 +50,13 @@ def key_of(entry: dict) -> Tuple[str, str]:
     return entry["kind"], entry["fingerprint"]
 
 
-def new_entry(letter: DeadLetter, run: int) -> Optional[dict]:
+def new_entry(letter: DeadLetter, run: int,
+              columns: Optional[Sequence[str]] = None) -> Optional[dict]:
     """The memory entry of a dead letter, or None when it is not permanent (or has no row)."""
     if letter.reason not in PERMANENT_REASONS or not letter.row:
         return None
     return {"kind": ROW if letter.reason in TABLE_REASONS else INSTANCE,
-            "fingerprint": fingerprint(letter.row), "reason": letter.reason,
+            "fingerprint": fingerprint(letter.row, columns), "reason": letter.reason,
             "instance_id": letter.instance_id, "first_run": run}
 
 
@@ -67,11 +74,13 @@ class SkipRememberedFn(beam.DoFn):
     """Instance or DeadLetter -> itself, or, when its row is remembered for this ``kind``, the
     memory entry on the ``remembered`` output."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, columns: Optional[Sequence[str]] = None):
         self._kind = kind
+        self._columns = columns
 
     def process(self, element, memory: Dict[Tuple[str, str], dict]):
-        entry = memory.get((self._kind, fingerprint(element.row))) if element.row else None
+        entry = memory.get((self._kind, fingerprint(element.row, self._columns))) \
+            if element.row else None
         if entry is None:
             yield element
         else:
@@ -83,9 +92,10 @@ class SkipRememberedFailures(beam.PTransform):
     to go on with), ``dead_letter`` (rejections not remembered) and ``remembered`` (the memory
     entry of each skipped element). The memory is a side input: it holds failures only."""
 
-    def __init__(self, memory_path: str):
+    def __init__(self, memory_path: str, columns: Optional[Sequence[str]] = None):
         super().__init__()
         self._path = memory_path
+        self._columns = columns
 
     def expand(self, inputs):
         memory = AsDict(inputs["instances"].pipeline
@@ -93,20 +103,21 @@ class SkipRememberedFailures(beam.PTransform):
                         | "MemoryEntries" >> beam.FlatMap(read_entries)
                         | "KeyEntries" >> beam.Map(lambda e: (key_of(e), e)))
         instances = inputs["instances"] | "SkipInstances" >> beam.ParDo(
-            SkipRememberedFn(INSTANCE), memory).with_outputs(REMEMBERED, main="ok")
+            SkipRememberedFn(INSTANCE, self._columns), memory).with_outputs(REMEMBERED, main="ok")
         rejected = inputs["rejected"] | "SkipRejections" >> beam.ParDo(
-            SkipRememberedFn(ROW), memory).with_outputs(REMEMBERED, main="ok")
+            SkipRememberedFn(ROW, self._columns), memory).with_outputs(REMEMBERED, main="ok")
         remembered = ((instances[REMEMBERED], rejected[REMEMBERED])
                       | "AllRemembered" >> beam.Flatten())
         return {"ok": instances.ok, DEAD: rejected.ok, REMEMBERED: remembered}
 
 
-def memory_lines(remembered: List[dict], letters: List[DeadLetter], run: int) -> List[dict]:
+def memory_lines(remembered: List[dict], letters: List[DeadLetter], run: int,
+                 columns: Optional[Sequence[str]] = None) -> List[dict]:
     """The entries a run leaves: those it skipped (each once) and its new permanent failures,
     sorted by key."""
     entries = {key_of(e): e for e in remembered}
     for letter in letters:
-        entry = new_entry(letter, run)
+        entry = new_entry(letter, run, columns)
         if entry is not None:
             entries.setdefault(key_of(entry), entry)
     return [entries[k] for k in sorted(entries)]
@@ -123,12 +134,13 @@ class WriteMemoryFn(beam.DoFn):
     """[DeadLetter] + [skipped entries] -> writes ``remembered_failures.jsonl`` in the run's
     directory; yields its file info and the skipped elements by reason."""
 
-    def __init__(self, output_dir: str, run: int):
+    def __init__(self, output_dir: str, run: int, columns: Optional[Sequence[str]] = None):
         self._output_dir = output_dir
         self._run = run
+        self._columns = columns
 
     def process(self, letters, remembered):
-        lines = memory_lines(list(remembered), list(letters or []), self._run)
+        lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns)
         data = (json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
         size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
                                  (d.encode("utf-8") for d in data))
@@ -140,16 +152,19 @@ class RememberFailures(beam.PTransform):
     """This run's DeadLetters (after skipping) + the skipped entries (or None) -> one dict:
     the memory file written and ``remembered`` ({reason: elements skipped})."""
 
-    def __init__(self, output_dir: str, run: int, remembered=None):
+    def __init__(self, output_dir: str, run: int, remembered=None,
+                 columns: Optional[Sequence[str]] = None):
         super().__init__()
         self._output_dir = output_dir
         self._run = run
         self._remembered = remembered
+        self._columns = columns
 
     def expand(self, dead):
         remembered = self._remembered if self._remembered is not None else (
             dead.pipeline | "NoneRemembered" >> beam.Create([]))
         return (dead
                 | "CollectFailures" >> beam.combiners.ToList()
-                | "WriteMemory" >> beam.ParDo(WriteMemoryFn(self._output_dir, self._run),
+                | "WriteMemory" >> beam.ParDo(WriteMemoryFn(self._output_dir, self._run,
+                                                            self._columns),
                                               AsList(remembered)))
