@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import os
 import shutil
 import sys
@@ -104,21 +103,21 @@ def fetch_floor(data, repeats=3):
     return sorted(runs)[len(runs) // 2]
 
 
-def stage_split(data, rows, variants, n=150):
+def stage_split(data, rows, variants, n=150, layout="instance"):
     """Seconds per instance in each stage, in process, on the first n rows (no Beam); fetching
-    reads both crops as per-instance fetching does (one read per volume, no chunk cache)."""
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
+    reads both crops as per-instance fetching does (one read per volume, no chunk cache);
+    encoding makes the records of ``layout`` as the writer does; writing appends them to one
+    file, as a shard group's worker does."""
     from synanno_datagen.pipeline.config import parse
     from synanno_datagen.pipeline.build import fetch_config
     from synanno_datagen.transforms.blocks import padded_crop
     from synanno_datagen.transforms.clean import keep_center_component
-    from synanno_datagen.transforms.examples import encode_example
     from synanno_datagen.transforms.fetch import make_fetched
     from synanno_datagen.transforms.geometry import crop_box, scale_box
     from synanno_datagen.transforms.readers import open_reader
     from synanno_datagen.transforms.records import Instance, RowRef, Varied
-    from synanno_datagen.transforms.seeds import seed_mask, variant_seed_slices
+    from synanno_datagen.transforms.seeds import variant_seed_slices
+    from synanno_datagen.transforms.write import tfrecord_bytes
 
     tmp = Path(tempfile.mkdtemp())
     config, _ = parse(["--materialization", str(data.table_path), "--source-url",
@@ -130,6 +129,7 @@ def stage_split(data, rows, variants, n=150):
     source_missing, target_missing = fc.missing_chunks
     times = dict.fromkeys(["fetch", "clean", "variants", "encode", "write"], 0.0)
     done = 0
+    shard = open(tmp / "shard.tfrecord", "wb")
     for i, row in enumerate(rows[:n]):
         c = tuple(int(float(row[k])) for k in "xyz")
         inst = Instance(int(row["id"]), c, c, c, RowRef(0, i), split="train", shard=0)
@@ -148,17 +148,15 @@ def stage_split(data, rows, variants, n=150):
         slices = variant_seed_slices(mask, run_seed=0, instance_id=inst.instance_id,
                                      n_variants=variants, model=config.seed_model)
         varied = Varied(**fetched.crop_fields(), target_zyx=mask, seed_slices=tuple(slices))
-        seeds = [seed_mask(mask, s) for s in slices]
         t3 = time.perf_counter()
-        buffer = io.BytesIO()
-        for v, seed in enumerate(seeds):
-            _TFRecordUtil.write_record(buffer, encode_example(varied, v, seed))
+        data_bytes, _ = tfrecord_bytes(varied, layout)
         t4 = time.perf_counter()
-        (tmp / f"{i}.tfrecord").write_bytes(buffer.getvalue())
+        shard.write(data_bytes)
         t5 = time.perf_counter()
         for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             times[key] += dt
         done += 1
+    shard.close()
     shutil.rmtree(tmp, ignore_errors=True)
     return {k: v / max(done, 1) for k, v in times.items()}
 
@@ -308,7 +306,7 @@ def main():
             big_table(data, data, work, args.big_table_rows, 1000, args.variants)
     split = stage_split(data, good, args.variants)
     total = sum(split.values())
-    print("one instance, in process (per-instance fetch): " + ", ".join(
+    print("one instance, in process (per-instance fetch, instance layout): " + ", ".join(
         f"{k} {1000 * v:.1f} ms ({100 * v / total:.0f}%)" for k, v in split.items()))
 
 
