@@ -304,10 +304,12 @@ def main():
                           f"{dense_bytes['instance'] / dense_bytes['variant']:.2f}x")
         if args.big_table_rows:
             big_table(data, data, work, args.big_table_rows, 1000, args.variants)
-    split = stage_split(data, good, args.variants)
-    total = sum(split.values())
-    print("one instance, in process (per-instance fetch, instance layout): " + ", ".join(
-        f"{k} {1000 * v:.1f} ms ({100 * v / total:.0f}%)" for k, v in split.items()))
+    for layout in layouts:
+        split = stage_split(data, good, args.variants, layout=layout)
+        total = sum(split.values())
+        print(f"one instance, in process (per-instance fetch, {layout} layout): "
+              f"{1000 * total:.1f} ms: " + ", ".join(
+                  f"{k} {1000 * v:.2f} ms ({100 * v / total:.0f}%)" for k, v in split.items()))
 
 
 if __name__ == "__main__":
