@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
 from synanno_datagen.pipeline.config import Config
+from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.pipeline.manifest import WriteManifestFn
 from synanno_datagen.pipeline.monitoring import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
@@ -81,8 +82,9 @@ def build(p: beam.Pipeline, config: Config):
     varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,
                                                             config.seed_model)
     # Cleaned -> Varied
+    keepalive = Heartbeat(config.lease, config.lease_hours) if config.lease else None
     written = varied["ok"] | "WriteShards" >> WriteShards(
-        config.output_dir, config.formats, config.record_layout, config.compression)
+        config.output_dir, config.formats, config.record_layout, config.compression, keepalive)
     # WrittenShard per group and split: records are on disk, written once; only names, sizes
     # and index lines cross the shuffle that numbers the shards.
     files = written["ok"] | "FinalizeShards" >> FinalizeShards(config.output_dir,

@@ -16,20 +16,28 @@ process is gone is taken over at once, so rerunning a killed command just works,
 only submitted a job that outlives its process (a remote runner, a template launch). Elsewhere (a
 failed Dataflow job, another machine) it expires ``--lease-hours`` after its start (default 20,
 below a nightly schedule's 24, so a failed night does not block the next one), or
-``--break-lease`` removes it at once. There is no heartbeat: a run longer than its lease can be
-broken into, so give long runs a longer ``--lease-hours``.
+``--break-lease`` removes it at once.
+
+A run that is alive keeps its lease: the workers that write (a ``Heartbeat`` in the writing step)
+look at it at most every ``--lease-hours``/8 (and every hour at most) and, once less than half of
+it is left, push its expiry to ``--lease-hours`` from then, replacing only the version they read.
+A lease that is no longer the run's (broken with ``--break-lease``, or expired and taken by
+another run) raises LeaseLost in the worker: the run stops writing instead of writing beside
+another.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from synanno_datagen.errors import ConfigError, LeaseHeld
 from synanno_datagen.layout import LEASE, join
@@ -107,6 +115,70 @@ def release(lease: Lease) -> bool:
     if held is None or held[0].get("token") != lease.token:
         return False
     return store.remove(held[1])
+
+
+class LeaseLost(RuntimeError):
+    """The output directory's lease is no longer this run's: another run may be writing."""
+
+
+def renew(lease: Lease, hours: float, now: Optional[float] = None) -> Optional[Lease]:
+    """Push the lease's expiry to ``hours`` from ``now``, replacing only the version read; the
+    renewed Lease, or None when another writer of the lease got in between (read it again).
+    Raises LeaseLost when the lease is gone or another run's."""
+    store = _store(lease.path)
+    held = store.read()
+    if held is None or held[0].get("token") != lease.token:
+        taker = f" ({holder(held[0])} holds it now)" if held else " (it is gone)"
+        raise LeaseLost(f"the lease {lease.path} is no longer this run's{taker}: it was broken "
+                        "or it expired; this run stops writing so as not to write beside "
+                        "another (raise --lease-hours for runs this long)")
+    now = time.time() if now is None else now
+    renewed = dataclasses.replace(lease, expires_utc=_utc(now + hours * 3600))
+    return renewed if store.replace(renewed.to_json(), held[1]) else None
+
+
+_BEATS: Dict[str, float] = {}   # lease token -> when this process last looked at it
+_BEATS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Keeps a running job's lease (see the module docstring): ``beat()`` is cheap to call often
+    (at the start of every bundle); it reads the lease at most every ``interval_s`` per process
+    and renews it once less than half of ``hours`` is left."""
+
+    lease: Lease
+    hours: float
+
+    @property
+    def interval_s(self) -> float:
+        return min(3600.0, self.hours * 3600 / 8)
+
+    def beat(self, now: Optional[float] = None) -> None:
+        now = time.time() if now is None else now
+        with _BEATS_LOCK:
+            last = _BEATS.get(self.lease.token)
+            if last is not None and now - last < self.interval_s:
+                return
+            _BEATS[self.lease.token] = now
+        for _ in range(_TRIES):
+            try:
+                held = _store(self.lease.path).read()
+                info = held[0] if held else {}
+                if held and info.get("token") == self.lease.token and \
+                        _expiry(info, held[2]) - now > self.hours * 3600 / 2:
+                    return                    # ours, and more than half of it is left
+                if renew(self.lease, self.hours, now) is not None:
+                    log.info("renewed the lease %s until %s", self.lease.path,
+                             _utc(now + self.hours * 3600))
+                    return
+            except LeaseLost:
+                raise
+            except Exception as e:  # noqa: BLE001 - storage trouble: the next look, in
+                log.warning(          # interval_s, tries again (half the lease is still left)
+                    "could not renew the lease %s (%s: %s); trying again later",
+                    self.lease.path, type(e).__name__, _first_line(e))
+                return
 
 
 def holder(info: dict) -> str:
@@ -203,6 +275,19 @@ class _LocalLease:
         except FileNotFoundError:
             return None
 
+    def replace(self, data: bytes, version: tuple) -> bool:
+        """Replace the file if it is still ``version`` (checked just before an atomic rename:
+        a lease is replaced only by its holder, long before it could expire)."""
+        fresh = f"{self._path}.{secrets.token_hex(8)}.new"
+        with open(fresh, "wb") as f:
+            f.write(data)
+        held = self.read()
+        if held is None or held[1] != version:
+            os.unlink(fresh)
+            return False
+        os.replace(fresh, self._path)
+        return True
+
     def remove(self, version: tuple) -> bool:
         """Remove the file if it is still ``version``: moved aside first (atomic), put back if
         another run replaced it meanwhile."""
@@ -259,6 +344,17 @@ class _GcsLease:
             return None
         modified = blob.updated.timestamp() if blob.updated else 0.0
         return _parse(data), blob.generation, modified
+
+    def replace(self, data: bytes, generation: int) -> bool:
+        """Replace the object if it is still ``generation`` (a GCS precondition)."""
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        try:
+            self._blob().upload_from_string(data, content_type="application/json",
+                                            if_generation_match=generation)
+        except (NotFound, PreconditionFailed):
+            return False
+        return True
 
     def remove(self, generation: int) -> bool:
         from google.api_core.exceptions import NotFound, PreconditionFailed

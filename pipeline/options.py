@@ -114,8 +114,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          "permanent failures")
     flag("--lease-hours", type=float, default=DEFAULT_LEASE_HOURS, metavar="HOURS",
          help="one run writes --output-dir at a time: a run's lease expires HOURS after "
-         f"it started (default {DEFAULT_LEASE_HOURS:g}), freeing the directory of a run "
-         "that was killed")
+         f"it was last renewed (default {DEFAULT_LEASE_HOURS:g}; a writing run renews it), "
+         "freeing the directory of a run that was killed")
     flag("--break-lease", action="store_true",
          help="remove another run's lease on --output-dir first (only when that run "
          "is dead)")

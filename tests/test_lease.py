@@ -198,3 +198,64 @@ def test_one_run_at_a_time_on_a_gcs_root(gcs, small_data, tmp_path):
     assert json.loads(broken.stdout.splitlines()[-1])["instances_written"] == 5
     assert bucket.get_blob("nightly/LEASE") is None
     assert bucket.get_blob("nightly/LATEST").download_as_bytes() == b"runs/00001/manifest.json\n"
+
+
+# --- A running job keeps its lease (pipeline.lease.Heartbeat), in process ---------------------
+
+def _expires(info: dict) -> float:
+    return datetime.datetime.strptime(info["expires_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _heartbeat_keeps_the_lease_until_another_run_takes_it(output_dir: str, read_lease,
+                                                          write_lease):
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+
+    lease = acquire(output_dir, hours=2, process_bound=False)
+    start = time.time()
+    beat = Heartbeat(lease, hours=2)
+    assert beat.interval_s == 900
+    beat.beat(start + 1)                          # 2 h left of 2: nothing to do
+    assert read_lease() == json.loads(lease.to_json())
+    beat.beat(start + 3600 + 1)                   # 1 h left: more than half? no, renewed
+    info = read_lease()
+    assert info["token"] == lease.token and info["started_utc"] == lease.started_utc
+    assert _expires(info) == pytest.approx(start + 3600 + 1 + 2 * 3600, abs=2)
+    write_lease(json.dumps({**info, "token": "another-run"}).encode())   # taken meanwhile
+    beat.beat(start + 3600 + 60)                  # within the interval: not looked at yet
+    with pytest.raises(LeaseLost, match=r"no longer this run's \(host .* holds it now\)"):
+        beat.beat(start + 3600 + 1 + 901)
+
+
+def test_a_running_job_renews_its_local_lease_and_stops_when_it_is_taken(tmp_path):
+    path = tmp_path / "out" / "LEASE"
+    _heartbeat_keeps_the_lease_until_another_run_takes_it(
+        str(tmp_path / "out"), lambda: json.loads(path.read_bytes()), path.write_bytes)
+
+
+def test_a_running_job_renews_its_gcs_lease_and_stops_when_it_is_taken(gcs):
+    bucket = gcs.client().bucket(gcs.create_bucket("heartbeat")[len("gs://"):])
+    _heartbeat_keeps_the_lease_until_another_run_takes_it(
+        "gs://heartbeat/root", lambda: json.loads(bucket.blob("root/LEASE").download_as_bytes()),
+        lambda data: bucket.blob("root/LEASE").upload_from_string(data))
+
+
+def test_the_writer_writes_nothing_once_the_lease_is_lost(tmp_path, small_data):
+    """The writing step beats as each bundle starts: a run whose lease was broken fails there,
+    before writing a record."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.write import WriteShards
+
+    out = tmp_path / "out"
+    lease = acquire(str(out), hours=2, process_bound=False)
+    (out / "LEASE").unlink()                      # broken by --break-lease elsewhere
+    with pytest.raises(Exception) as raised:
+        with TestPipeline() as p:
+            _ = (p | beam.Create([None]) | WriteShards(
+                str(out), ("tfrecord",), keepalive=Heartbeat(lease, hours=2)))
+    assert isinstance(raised.value, LeaseLost) or "LeaseLost" in str(raised.value)
+    assert "it is gone" in str(raised.value)
+    assert not (out / "_tmp").exists() and not (out / "tfrecord").exists()

@@ -132,10 +132,16 @@ class _Counting:
 
 class WriteShardsFn(beam.DoFn):
     """Varied -> (nothing per element) the instance's records appended to its group's file and its
-    npy files written; at the end of the bundle, a WrittenShard per (group, split) written."""
+    npy files written; at the end of the bundle, a WrittenShard per (group, split) written.
 
-    def __init__(self, output_dir: str, formats: Sequence[str], layout: str, compression: str):
+    ``keepalive``: an object whose ``beat()`` is called as each bundle starts (the run's lease
+    heartbeat, pipeline.lease.Heartbeat: it raises when the output directory is no longer the
+    run's, before anything of the bundle is written)."""
+
+    def __init__(self, output_dir: str, formats: Sequence[str], layout: str, compression: str,
+                 keepalive=None):
         self._output_dir = output_dir
+        self._keepalive = keepalive
         self._formats = tuple(formats)
         self._layout = layout
         self._compression = compression
@@ -145,6 +151,8 @@ class WriteShardsFn(beam.DoFn):
 
     def start_bundle(self):
         self._open = {}
+        if self._keepalive is not None:
+            self._keepalive.beat()
 
     def process(self, varied: Varied):
         inst = varied.instance
@@ -197,9 +205,9 @@ class WriteShards(beam.PTransform):
     (instances whose records could not be made)."""
 
     def __init__(self, output_dir: str, formats: Sequence[str], layout: str = "instance",
-                 compression: str = "none"):
+                 compression: str = "none", keepalive=None):
         super().__init__()
-        self._fn = WriteShardsFn(output_dir, formats, layout, compression)
+        self._fn = WriteShardsFn(output_dir, formats, layout, compression, keepalive)
 
     def expand(self, varied):
         ok, dead = guarded_pardo(varied, "Write", self._fn, UNEXPECTED_ERROR, "WriteShards")
