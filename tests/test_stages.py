@@ -268,5 +268,5 @@ def test_a_shard_group_written_by_two_bundles_fails_loudly():
                               written(3, "train", "c")])
     assert [(w.group, shard, n) for w, shard, n in numbered] == [(1, 0, 2), (3, 1, 2), (2, 0, 1)]
     with pytest.raises(RuntimeError, match="shard group 1 of split train reached the writer "
-                                           "in 2 bundles"):
+                                           "in more than one bundle"):
         number_shards([written(1, "train", "a"), written(1, "train", "a")])

@@ -179,8 +179,8 @@ class _Measured:
     """Adds to ``io`` the growth of tensorstore's per-process storage counters that the block's
     read accounts for (see the module docstring). The lock is held only to take the counters."""
 
-    _active = 0                             # reads under way in this process
-    _last: collections.Counter = collections.Counter()  # the counters when a read last began or ended
+    _active = 0                                         # reads under way in this process
+    _last: collections.Counter = collections.Counter()  # as a read last began or ended
 
     def __init__(self, io: collections.Counter):
         self._io = io

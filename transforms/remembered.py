@@ -5,11 +5,12 @@ Permanent failures are the table's rejections (``missing_coordinate``, ``not_a_n
 ``fetch_error`` and ``unexpected_error`` may pass next time and are not remembered. Each is
 remembered by a fingerprint of the original row's content in the columns the run reads (the id
 column and the point columns, as read: other columns, such as a CAVE export's root ids that
-proofreading changes every night, do not make a row new), keyed by what it suppresses: a table rejection (``row``) or an instance (``instance``), so an exact copy of a row
-that was kept is never taken for its rejected duplicate. A later run that reads the same row
-unchanged skips it: the rejection is not dead-lettered again, the instance is not fetched again;
-both are counted as ``remembered_failures`` by reason. A changed row has another fingerprint and
-is tried again, and ``--retry-failed`` tries every row again.
+proofreading changes every night, do not make a row new), keyed by what it suppresses: a table
+rejection (``row``) or an instance (``instance``), so an exact copy of a row that was kept is
+never taken for its rejected duplicate. A later run that reads the same row unchanged skips it:
+the rejection is not dead-lettered again, the instance is not fetched again; both are counted as
+``remembered_failures`` by reason. A row changed in those columns has another fingerprint and is
+tried again, and ``--retry-failed`` tries every row again.
 
 Each incremental run writes the memory it leaves, ``runs/NNNNN/remembered_failures.jsonl``: the
 previous run's entries that matched a row of this run's table, plus this run's new permanent

@@ -224,10 +224,9 @@ def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, i
     for w in sorted(written, key=lambda w: (w.split, w.group)):
         shards = by_split.setdefault(w.split, [])
         if shards and shards[-1].group == w.group:
-            pieces = sum(1 for x in shards if x.group == w.group) + 1
             raise RuntimeError(f"shard group {w.group} of split {w.split} reached the writer in "
-                               f"{pieces} bundles; its records would be lost (the writer needs "
-                               "fetching and writing fused into one stage)")
+                               "more than one bundle; its records would be lost (the writer "
+                               "needs fetching and writing fused into one stage)")
         shards.append(w)
     return [(w, i, len(shards)) for shards in by_split.values() for i, w in enumerate(shards)]
 
