@@ -312,6 +312,20 @@ def test_two_worker_processes_write_the_same_bytes(generated, tmp_path):
     assert _dataset_bytes(one) == _dataset_bytes(tmp_path / "two")
 
 
+def test_worker_threads_reading_at_once_write_the_same_bytes(generated, tmp_path):
+    """Threads of one process read at once (transforms.readers); records, index and counts
+    stay those of a one-thread run, and the read figures add up to the same totals."""
+    data, one, _, manifest = generated
+    _, threaded = run_pipeline(data.argv(
+        tmp_path / "threads", *GENERATED_FLAGS, "--direct_num_workers", "3",
+        "--direct_running_mode", "multi_threading"))
+    assert _dataset_bytes(one) == _dataset_bytes(tmp_path / "threads")
+    assert threaded["counts"] == manifest["counts"]
+    io = threaded["run"]["io"]
+    assert sum(io[v]["chunks_loaded"] for v in io) >= sum(io[v]["distinct_chunks"]
+                                                         for v in io) > 0
+
+
 @pytest.fixture(scope="module")
 def mip1_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mip1")
