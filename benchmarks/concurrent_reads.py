@@ -1,4 +1,5 @@
-"""Benchmark: a worker's threads reading at once, against reads taken one at a time per process.
+"""Benchmark: a worker's threads reading at once, against reads taken one at a time per process,
+and against the DirectRunner's default single thread.
 
     python benchmarks/concurrent_reads.py [--work DIR] [--latency-ms 0,20,100] [--workers 4]
 
@@ -10,7 +11,8 @@ whole pipeline (grouped, tensorstore, instance layout) on the dense volumes of
 benchmarks/fetch_strategies.py through the loopback HTTP server, whose answers wait
 ``--latency-ms`` (a bucket's round trip), on the DirectRunner with ``--workers`` threads
 (``multi_threading``), each in its own process, and the script prints both times, the ratio and
-whether the two datasets hold the same bytes.
+whether the two datasets hold the same bytes. A third run per latency uses the DirectRunner's
+default (``in_memory``: one thread), the choice a user makes for a local run.
 """
 from __future__ import annotations
 
@@ -66,24 +68,29 @@ def main():
         for latency in [float(v) for v in args.latency_ms.split(",")]:
             server.latency_s = latency / 1000
             times, outputs = {}, {}
-            for name, prelude in (("one at a time", ONE_AT_A_TIME), ("at once", "")):
+            for name, prelude, mode in (
+                    ("one at a time", ONE_AT_A_TIME, ["--direct_running_mode", "multi_threading",
+                                                      "--direct_num_workers", args.workers]),
+                    ("at once", "", ["--direct_running_mode", "multi_threading",
+                                     "--direct_num_workers", args.workers]),
+                    ("one thread", "", [])):
                 out = work / f"out-reads-{name.replace(' ', '-')}"
                 shutil.rmtree(out, ignore_errors=True)
                 seconds, cpu, _, manifest = run_pipeline(
                     ["--materialization", table, "--source-url", server.url("source"),
                      "--target-url", server.url("target"), "--crop-size", *CROP,
                      "--variants", 4, "--formats", "tfrecord", "--shard-size-mb", 16,
-                     "--runner", "DirectRunner", "--direct_running_mode", "multi_threading",
-                     "--direct_num_workers", args.workers], out, prelude)
+                     "--runner", "DirectRunner", *mode], out, prelude)
                 times[name] = seconds
                 outputs[name] = files_of(out)
                 print(f"latency {latency:4.0f} ms, reads {name:13s}: "
                       f"{manifest['counts']['instances_written']} instances in {seconds:5.1f} s "
                       f"({cpu:.1f} CPU s), {dataset_bytes(out) / 1e6:.0f} MB")
                 shutil.rmtree(out, ignore_errors=True)
-            same = outputs["one at a time"] == outputs["at once"]
+            same = outputs["one at a time"] == outputs["at once"] == outputs["one thread"]
             print(f"latency {latency:4.0f} ms: at once / one at a time "
-                  f"{times['one at a time'] / times['at once']:.2f}x faster; "
+                  f"{times['one at a time'] / times['at once']:.2f}x faster; {args.workers} "
+                  f"threads / one thread {times['one thread'] / times['at once']:.2f}x faster; "
                   f"same bytes: {same}")
 
 
