@@ -43,9 +43,13 @@ def test_text_summary_states_the_manifest_numbers(views_dataset, capsys):
     assert (f"rows_read {counts['rows_read']}, rows_rejected {counts['rows_rejected']}, "
             f"rows_not_selected 0, instances_selected {counts['instances_selected']}, "
             f"instances_written 5, failed 5, variants_written 15") in text
+    asked = manifest["config"]["splits"]
+    assert manifest["config"]["split_by"] == "block" and "splits (by work block: " in text
     for name, split in manifest["splits"].items():
+        share = round(100 * split["instances"] / 5)
         assert (f"  {name:<6} {split['instances']} instances, {split['records']} records, "
-                f"{split['shards']} shards, {split['bytes'] / 1e6:.1f} MB") in text
+                f"{split['shards']} shards, {split['bytes'] / 1e6:.1f} MB; {share}% of instances "
+                f"(asked {100 * asked[name]:.0f}%)") in text.splitlines()
     source, target = manifest["config"]["source_url"], manifest["config"]["target_url"]
     assert source.startswith("file://") and target.startswith("file://")
     assert f"source    {source} mip 0, 4.0x4.0x33.0 nm, chunks 32x32x4, uint8 raw" in text

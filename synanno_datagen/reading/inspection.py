@@ -68,10 +68,17 @@ def format_facts(facts: dict) -> str:
             lines.append(f"    id {ex['instance_id']} ({where}): {ex['details']}")
     if remembered_line(counts):
         lines.append(remembered_line(counts))
-    lines.append("splits")
+    asked = c.get("splits") or {}
+    total = sum(s["instances"] for s in facts["splits"].values())
+    lines.append("splits" + (" (by work block: the fractions asked are met over blocks, so a "
+                             "small run strays from them)" if c.get("split_by") == "block"
+                             else ""))
     for name, s in facts["splits"].items():
+        share = f"; {100 * s['instances'] / total:.0f}% of instances" if total else ""
+        if share and name in asked:
+            share += f" (asked {100 * asked[name]:.0f}%)"
         lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
-                     f"{s['shards']} shards, {_mb(s['bytes'])}")
+                     f"{s['shards']} shards, {_mb(s['bytes'])}{share}")
     seeds = index["seed_count"]
     lines.append("seed slices per variant  " + ", ".join(
         f"{c}: {o} (expected {e:.0f})"

@@ -11,8 +11,8 @@ from synanno_datagen.transforms.seeds import SeedModel, seed_inclusion_probabili
 EXAMPLES_PER_REASON = 3
 HISTOGRAM_BINS = 30
 CONFIG_BRIEF = ("variants", "max_seed_slices", "crop_size_xyz", "source_mip", "seed", "pad_value",
-                "formats", "splits", "num_instances", "incremental", "fetch_strategy",
-                "missing_chunks")
+                "formats", "splits", "split_by", "num_instances", "incremental",
+                "fetch_strategy", "missing_chunks")
 VOLUME_BRIEF = ("url", "mip", "resolution_nm_xyz", "chunk_size_xyz", "size_xyz", "dtype",
                 "encoding")
 
