@@ -21,49 +21,74 @@ def _written_totals(written):
             sum(f.get("source", 0) for f in filled), sum(f.get("target", 0) for f in filled))
 
 
+class SumByKey(beam.CombineFn):
+    """(key, n) pairs -> {key: sum of n} (one dict, however many inputs)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, sums, pair):
+        key, n = pair
+        sums[key] = sums.get(key, 0) + n
+        return sums
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for sums in accumulators:
+            for key, n in sums.items():
+                merged[key] = merged.get(key, 0) + n
+        return merged
+
+    def extract_output(self, sums):
+        return sums
+
+
+FAILED = "failed:"  # key prefix of the failures by reason in the summed counts
+
+
+def _written_pairs(written):
+    """(key, n) pairs of one WrittenShard."""
+    instances, variants, filled_source, filled_target = _written_totals(written)
+    return [("written", instances), ("variants", variants), ("filled_source", filled_source),
+            ("filled_target", filled_target)]
+
+
 def count_run(rows, selected, written, dead, vanished=None, memory=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason,
     vanished instances, remembered failures skipped, chunks read as zeros. ``rows``: (RowRef,
     row); ``selected``: Instance; ``written``: WrittenShard; ``dead``: DeadLetter; ``vanished``:
-    ids; ``memory``: RememberFailures' one dict (incremental runs)."""
-    def count(pcoll, label):
-        return pcoll | label >> beam.combiners.Count.Globally()
-
-    rows_read = count(rows, "CountRows")
-    n_selected = count(selected, "CountSelected")
-    written_totals = (written | "WrittenPer" >> beam.Map(_written_totals)
-                      | "SumWritten" >> beam.CombineGlobally(
-                          beam.combiners.TupleCombineFn(sum, sum, sum, sum)))
-    by_reason = (dead | "Reason" >> beam.Map(lambda d: d.reason)
-                 | "CountReasons" >> beam.combiners.Count.PerElement()
-                 | "ReasonDict" >> beam.combiners.ToDict())
-
-    n_vanished = (vanished if vanished is not None else rows.pipeline | "NoneVanished" >>
-                  beam.Create([])) | "CountVanished" >> beam.combiners.Count.Globally()
-
+    ids; ``memory``: RememberFailures' one dict (incremental runs). Every count is summed by one
+    combine, so the graph stays small (each Beam transform costs start-up)."""
+    parts = [rows | "RowPairs" >> beam.Map(lambda _: ("rows", 1)),
+             selected | "SelectedPairs" >> beam.Map(lambda _: ("selected", 1)),
+             written | "WrittenPairs" >> beam.FlatMap(_written_pairs),
+             dead | "FailedPairs" >> beam.Map(lambda d: (FAILED + d.reason, 1))]
+    if vanished is not None:
+        parts.append(vanished | "VanishedPairs" >> beam.Map(lambda _: ("vanished", 1)))
+    sums = (parts | "AllCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombineGlobally(SumByKey()))
     memory = memory if memory is not None else (
         rows.pipeline | "NoMemory" >> beam.Create([{"remembered": {}}]))
 
-    def combine(_, rows_read, selected, totals, failures, vanished_count, memory):
-        written, variants, filled_source, filled_target = totals
+    def combine(sums, memory):
+        failures = {k[len(FAILED):]: n for k, n in sums.items() if k.startswith(FAILED)}
         rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
         remembered = memory["remembered"]
+        rows_read, selected = sums.get("rows", 0), sums.get("selected", 0)
         return {
             "rows_read": rows_read, "rows_rejected": rejected_rows,
             "rows_not_selected": rows_read - rejected_rows - selected - sum(remembered.values()),
             "instances_selected": selected,
-            "instances_written": written, "variants_written": variants,
+            "instances_written": sums.get("written", 0),
+            "variants_written": sums.get("variants", 0),
             "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
-            "vanished_instances": vanished_count,
+            "vanished_instances": sums.get("vanished", 0),
             "remembered_failures": remembered,
-            "filled_chunks": {"source": filled_source, "target": filled_target},
+            "filled_chunks": {"source": sums.get("filled_source", 0),
+                              "target": sums.get("filled_target", 0)},
         }
 
-    return (rows_read.pipeline | "CountsTrigger" >> beam.Create([None])
-            | "Counts" >> beam.Map(combine, AsSingleton(rows_read), AsSingleton(n_selected),
-                                   AsSingleton(written_totals),
-                                   AsSingleton(by_reason), AsSingleton(n_vanished),
-                                   AsSingleton(memory)))
+    return sums | "Counts" >> beam.Map(combine, AsSingleton(memory))
 
 
 def npy_totals(written):

@@ -10,6 +10,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from synanno_datagen.transforms.blocks import BlockReader
+from synanno_datagen.transforms.counts import SumByKey
 from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
 from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
 from synanno_datagen.transforms.dead_letters import failure_to_dead_letters
@@ -201,41 +202,37 @@ def _group_members(element) -> List[Instance]:
     return list(element[1])
 
 
+DISTINCT = "distinct_chunks"  # the figure under which IoFigures sums the distinct chunks
+
+
 class IoFigures(beam.PTransform):
     """Per-element read figures + touched chunk names -> one dict per volume: the summed figures,
     the distinct chunks touched, and the loads (tensorstore) or decodes (cloud-volume) per
-    distinct chunk."""
+    distinct chunk. One combine sums both (few transforms: each costs start-up)."""
 
     def __init__(self, chunks):
         super().__init__()
         self._chunks = chunks
 
     def expand(self, reads):
-        summed = (reads
-                  | "PerFigure" >> beam.FlatMap(
-                      lambda r: [((v, k), n) for v, figures in r.items()
-                                 for k, n in figures.items()])
-                  | "SumPerFigure" >> beam.CombinePerKey(sum)
-                  | "FiguresDict" >> beam.combiners.ToDict())
+        figures = reads | "PerFigure" >> beam.FlatMap(
+            lambda r: [((v, k), n) for v, figures in r.items() for k, n in figures.items()])
         distinct = (self._chunks
                     | "DistinctChunks" >> beam.Distinct()
-                    | "VolumeOf" >> beam.Map(lambda vn: vn[0])
-                    | "CountDistinct" >> beam.combiners.Count.PerElement()
-                    | "DistinctDict" >> beam.combiners.ToDict())
-        return (reads.pipeline | "IoTrigger" >> beam.Create([None])
-                | "Io" >> beam.Map(_io_figures, beam.pvalue.AsSingleton(summed),
-                                   beam.pvalue.AsSingleton(distinct)))
-
-
+                    | "PerVolume" >> beam.Map(lambda vn: ((vn[0], DISTINCT), 1)))
+        return ((figures, distinct) | "AllFigures" >> beam.Flatten()
+                | "SumFigures" >> beam.CombineGlobally(SumByKey())
+                | "Io" >> beam.Map(_io_figures))
 RATIOS = {"chunks_loaded": "loads_per_distinct_chunk",
           "chunks_decoded": "decodes_per_distinct_chunk"}
 
 
-def _io_figures(_, summed: dict, distinct: dict) -> dict:
+def _io_figures(summed: dict) -> dict:
+    """{(volume, figure): n} (the distinct chunks under DISTINCT) -> the figures per volume."""
     figures = {}
     for volume in ("source", "target"):
-        mine = {k: n for (v, k), n in sorted(summed.items()) if v == volume}
-        d = distinct.get(volume, 0)
+        mine = {k: n for (v, k), n in sorted(summed.items()) if v == volume and k != DISTINCT}
+        d = summed.get((volume, DISTINCT), 0)
         mine["distinct_chunks"] = d
         for figure, ratio in RATIOS.items():
             if figure in mine:
