@@ -37,6 +37,11 @@ def test_row_number_is_the_id_without_an_id_column():
     ({"id": "abc"}, "invalid_id"),
     ({"id": "1.5"}, "invalid_id"),
     ({"id": str(1 << 63)}, "invalid_id"),
+    ({"id": "1_000"}, "invalid_id"),        # Python literals, not a table's numbers
+    ({"id": "\u0661\u0662"}, "invalid_id"),  # digits of another script
+    ({"x": "1_20"}, "not_a_number"),
+    ({"y": "2_30.0"}, "not_a_number"),
+    ({"z": "\uff11\uff15"}, "not_a_number"),
 ])
 def test_bad_rows_name_their_reason(overrides, reason):
     with pytest.raises(BadValue) as err:

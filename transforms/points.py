@@ -109,7 +109,10 @@ def to_target_factors(table_nm: Sequence[float], target_nm: Sequence[float]) \
 
 
 def number_from_text(text: str) -> Union[int, float, None]:
-    """``int`` when the text is an integer (exact at any size), else ``float``; None if neither."""
+    """``int`` when the text is an integer (exact at any size), else ``float``; None if neither,
+    and for spellings only Python reads as numbers (``1_000``, digits of other scripts)."""
+    if "_" in text or not text.isascii():
+        return None
     try:
         return int(text)
     except ValueError:
