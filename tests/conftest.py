@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -99,6 +100,16 @@ def make_small_data(root: Path, source_encoding="raw", layout: str = "cloudvolum
         writer.writeheader()
         writer.writerows(rows)
     return SmallData(root, source_url, target_url, str(table), source, labels)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_basetemp(tmp_path_factory):
+    """Beam makes a ``beam-pipeline-temp*`` folder per ``Pipeline()`` and removes it only in
+    ``run()``, so tests that build a graph without running it left them in /tmp: this process's
+    temporary files go under pytest's basetemp instead, which pytest prunes."""
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("tempfile"))
+    yield
+    tempfile.tempdir = before
 
 
 @pytest.fixture
