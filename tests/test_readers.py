@@ -3,6 +3,7 @@ layout (cloud-volume's and tensorstore's writers, sharded and unsharded, raw/JPE
 compressed_segmentation, voxel offsets, two mips), and absent chunks are found exactly."""
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 from pathlib import Path
@@ -79,6 +80,34 @@ def test_absent_label_chunks_are_found_exactly(volumes, layout):
         region = read_region(open_reader(data.target_url, 0, engine), spec, spec.bounds)
         assert region.absent == zero and not region.errors
         np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
+
+
+def test_a_region_with_absent_chunks_fetches_each_chunk_once_and_counts_every_load(volumes):
+    """An unsharded label volume whose empty chunks are absent, read over HTTP as from a bucket:
+    absent chunks read as zeros (then one existence check each), so the region is read once.
+    (A strict read failed at the first absent chunk, while loads of the others were still in
+    flight and counted late or not at all, and the region was then read again chunk by chunk.)"""
+    from tests.chunk_server import ChunkServer
+
+    data = volumes[("tensorstore", "raw")]
+    spec = describe_volume(data.target_url)
+    zero = _all_zero_chunks(spec, data.labels_xyz)
+    names = chunk_names(spec, spec.bounds)
+    assert 0 < len(zero) < len(names)
+    with ChunkServer(data.root) as server:
+        server.latency_s = 0.02  # loads still in flight when an absent chunk answers
+        reader = open_reader(server.url("target"), 0, "tensorstore")
+        region = read_region(reader, describe_volume(server.url("target")), spec.bounds)
+        requests = collections.Counter()
+        for (name, _), n in server.served.items():
+            requests[name] += n
+    assert region.absent == zero and not region.errors
+    np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
+    tails = {n.rsplit("/", 1)[1]: n for n in names}
+    assert {t: requests[t] for t in tails} == {
+        t: 2 if n in zero else 1 for t, n in tails.items()}
+    assert reader.io["chunks_loaded"] == len(names)
+    assert reader.io["storage_reads"] == len(names) + len(zero)
 
 
 def test_sharded_volumes_read_over_http_like_local_files(volumes):

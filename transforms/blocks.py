@@ -42,10 +42,9 @@ def paste(out_zyx: np.ndarray, out_box: Box, data_zyx: np.ndarray, data_box: Box
 def read_region(reader, spec: VolumeSpec, region: Box) -> RegionRead:
     """Read ``region`` (inside the bounds) with one read; if that fails, chunk by chunk.
 
-    Absent chunks are those whose strict read raises ChunkMissing or, where reads cannot tell
-    (``reader.checks_absence``: sharded tensorstore scales), those among the chunks that read as
-    all zeros that the reader finds absent (an absent chunk reads as zeros, so no other chunk
-    needs asking).
+    Absent chunks are those whose strict read raises ChunkMissing (cloud-volume) or, where
+    reads fill them with zeros (``reader.checks_absence``: tensorstore), those among the chunks
+    that read as all zeros that the reader finds absent (so no other chunk needs asking).
     """
     absent, errors = set(), {}
     try:

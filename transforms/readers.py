@@ -1,7 +1,10 @@
 """Volume reading engines: tensorstore (default) and cloud-volume, behind one small interface.
 
-A reader reads one box of one scale of a precomputed volume, strictly: a chunk that is not in
-storage raises ChunkMissing (never silent zeros; the caller decides what an absent chunk means).
+A reader reads one box of one scale of a precomputed volume; an absent chunk is never taken for
+zeros silently (the caller decides what it means): cloud-volume's strict read raises
+ChunkMissing; tensorstore reads it as zeros and ``absent`` tells which of the chunks that read
+as all zeros are not in storage (so a box with absent chunks is read once, not again chunk by
+chunk after a failed read, whose loads still in flight would go uncounted).
 Each reader keeps read counters in ``io`` (a Counter), which the fetching DoFn reports:
 
 - tensorstore: measured from tensorstore's own metrics around each read: ``storage_reads`` and
@@ -115,10 +118,11 @@ class TensorstoreReader:
     process, run and budget, so a chunk read by one crop serves the next without a read or a
     decode. Volumes do not change during a run: cached chunks are not checked again.
 
-    Unsharded scales are read strictly (an absent chunk raises ChunkMissing). In a sharded scale
-    tensorstore reads the chunks of an absent shard file as zeros even when told not to fill
-    (0.1.86), so there reads fill absent chunks with zeros and ``absent`` tells which of the
-    chunks that read as all zeros are not stored, asking the shard index once per chunk.
+    Reads fill absent chunks with zeros, and ``absent`` tells which of the chunks that read as
+    all zeros are not stored, asking storage (the file, or the shard index of a sharded scale)
+    once per chunk. (A strict read fails at the first absent chunk while the others' loads are
+    still in flight; and in a sharded scale tensorstore 0.1.86 fills the chunks of an absent
+    shard file even when told not to.)
     """
 
     engine = TENSORSTORE
@@ -133,45 +137,46 @@ class TensorstoreReader:
         context = shared_context(cache_bytes, run_token)
         self._store = ts.open({
             "driver": "neuroglancer_precomputed", "kvstore": kvstore_url(url),
-            "scale_index": int(mip), "fill_missing_data_reads": self._spec.sharded,
+            "scale_index": int(mip), "fill_missing_data_reads": True,
             "recheck_cached_data": False, "recheck_cached_metadata": False},
             read=True, context=context).result()
-        self._shards = None
-        self._stored: Dict[str, bool] = {}  # sharded: chunk name -> stored?
+        self._stored: Dict[str, bool] = {}  # chunk name -> stored?
         if self._spec.sharded:
-            self._shards = ts.KvStore.open({
+            self._chunks = ts.KvStore.open({
                 "driver": "neuroglancer_uint64_sharded",
                 "base": kvstore_url(url) + self._spec.key + "/",
                 "metadata": info["scales"][mip]["sharding"]}, context=context).result()
+        else:
+            self._chunks = ts.KvStore.open(kvstore_url(url), context=context).result()
 
-    @property
-    def checks_absence(self) -> bool:
-        """True where reads cannot tell absent chunks (sharded): see ``absent``."""
-        return self._shards is not None
+    checks_absence = True  # reads fill absent chunks with zeros: see ``absent``
+
+    def _chunk_key(self, name: str) -> bytes:
+        """The key of chunk ``name`` in ``self._chunks``: its id in a sharded scale, else its
+        path under the volume."""
+        if self._spec.sharded:
+            return chunk_id(self._spec, name).to_bytes(8, "big")
+        return name.encode()
 
     def absent(self, names: List[str]) -> Set[str]:
-        """The chunks among ``names`` that are not in storage (sharded scales; each chunk asked
-        once per reader: volumes do not change during a run)."""
+        """The chunks among ``names`` that are not in storage (each chunk asked once per reader,
+        with a read of no bytes: volumes do not change during a run)."""
         unknown = [n for n in names if n not in self._stored]
         if unknown:
             with _Measured(self.io):
-                found = [(n, self._shards.read(chunk_id(self._spec, n).to_bytes(8, "big"),
-                                               byte_range=slice(0, 0))) for n in unknown]
+                found = [(n, self._chunks.read(self._chunk_key(n), byte_range=slice(0, 0)))
+                         for n in unknown]
                 for n, future in found:
                     self._stored[n] = future.result().state != "missing"
         return {n for n in names if not self._stored[n]}
 
     def read_zyx(self, box: Box) -> np.ndarray:
-        """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array."""
+        """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array; absent chunks
+        read as zeros (see ``absent``)."""
         (x0, y0, z0), (x1, y1, z1) = box.start_xyz, box.stop_xyz
         view = self._store[x0:x1, y0:y1, z0:z1, 0].T   # (z, y, x): tensorstore lays it out
         with _Measured(self.io):
-            try:
-                array = view.read().result()
-            except ValueError as e:
-                if str(e).startswith("NOT_FOUND"):
-                    raise ChunkMissing(str(e)) from None
-                raise
+            array = view.read().result()
         return np.ascontiguousarray(array)
 
 
