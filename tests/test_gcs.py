@@ -133,6 +133,32 @@ def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, 
         assert counts["filled_chunks"]["target"] > 0
 
 
+def test_absent_chunks_of_an_unsharded_volume_on_gs_are_told_from_stored_ones(gcs, tmp_path):
+    """Labels written by tensorstore (no all-zero chunk stored) to the emulator: tensorstore
+    reads absent chunks as zeros and asks the bucket about each all-zero one, finding exactly
+    the chunks its writer left out."""
+    from synanno_datagen.transforms.blocks import read_region
+    from synanno_datagen.transforms.readers import describe_volume, open_reader
+    from synanno_datagen.transforms.volumes import chunk_names
+    from tests.test_readers import _all_zero_chunks
+
+    bucket = gcs.create_bucket("unsharded-absent")
+    data = make_small_data(tmp_path / "data", "raw", "tensorstore")
+    target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm=(8, 8, 33),
+                               voxel_offset_xyz=TARGET_OFFSET, chunk_size_xyz=(16, 16, 4),
+                               encoding="compressed_segmentation", layer_type="segmentation",
+                               writer="tensorstore")
+    spec = describe_volume(target)
+    zero = _all_zero_chunks(spec, data.labels_xyz)
+    stored = set(gcs.objects("unsharded-absent", "target")) - {"info"}
+    assert zero and stored == set(chunk_names(spec, spec.bounds)) - zero
+    reader = open_reader(target, 0, "tensorstore")
+    region = read_region(reader, spec, spec.bounds)
+    assert region.absent == zero and not region.errors
+    np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
+    assert reader.io["chunks_loaded"] == len(chunk_names(spec, spec.bounds))
+
+
 def test_gs_rerun_replaces_the_dataset(gcs, tmp_path):
     bucket = gcs.create_bucket("rerun")
     data = make_small_data(tmp_path / "data")
