@@ -3,6 +3,7 @@
     python benchmarks/fetch_strategies.py [--work DIR] [--variants K] [--storage file,http]
                                           [--layouts instance,variant] [--sparse-repeats N]
                                           [--big-table-rows N] [--volume-reader ENGINE]
+                                          [--latency-ms MS] [--stage-split | --no-stage-split]
 
 For every storage, layout and strategy it prints instances/s, CPU seconds, bytes per instance,
 the write amplification (bytes the run passed to write(), over the dataset's bytes), the run's
@@ -12,7 +13,8 @@ Builds (once, cached under --work, in a child process) a dense H01-like volume p
 generator (sharded jpeg raw at 4x4x33 nm, compressed_segmentation labels at 8x8x33 nm without
 all-zero chunks, both in 128x128x32 chunks, about 1,200 synapses whose crops overlap). For a dense
 table (every synapse) and a sparse table (synapses whose crops share no chunk), read from local
-files and through a loopback HTTP server (one request per chunk or byte range, like a bucket), it
+files and through a loopback HTTP server (one request per chunk or byte range, like a bucket; ``--latency-ms`` delays every answer by a
+bucket's round trip), it
 runs the whole pipeline (fetch, clean, variants, encode, write TFRecords, manifest) with its
 default reader (tensorstore) once per strategy, each in its own process on the DirectRunner, and
 prints instances/s, CPU seconds, the ratios, chunk loads per distinct chunk (the manifest's
@@ -262,6 +264,11 @@ def main():
     parser.add_argument("--volume-reader", default="tensorstore",
                         choices=("tensorstore", "cloudvolume"),
                         help="the runs' --volume-reader (the fetch floor is tensorstore's)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="delay every answer of the loopback HTTP server (a bucket's round "
+                             "trip; local files are not delayed)")
+    parser.add_argument("--stage-split", action=argparse.BooleanOptionalAction, default=True,
+                        help="end with how one instance's time splits between stages")
     parser.add_argument("--big-table-rows", type=int, default=1_000_000,
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
@@ -286,6 +293,9 @@ def main():
     root = Path(data.source_url[len("file://"):]).parent
     layouts = args.layouts.split(",")
     with ChunkServer(root) as server:
+        server.latency_s = args.latency_ms / 1000
+        if args.latency_ms:
+            print(f"HTTP server: every answer waits {args.latency_ms:g} ms")
         for storage in args.storage.split(","):
             urls = data if storage == "file" else dataclasses.replace(
                 data, source_url=server.url("source"), target_url=server.url("target"))
@@ -304,7 +314,7 @@ def main():
                           f"{dense_bytes['instance'] / dense_bytes['variant']:.2f}x")
         if args.big_table_rows:
             big_table(data, data, work, args.big_table_rows, 1000, args.variants)
-    for layout in layouts:
+    for layout in layouts if args.stage_split else ():
         split = stage_split(data, good, args.variants, layout=layout)
         total = sum(split.values())
         print(f"one instance, in process (per-instance fetch, {layout} layout): "
