@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from synanno_datagen.errors import ConfigError, LeaseHeld
+from synanno_datagen.errors import ConfigError, LeaseHeld, LeaseLost, first_line
 from synanno_datagen.layout import LEASE, join
 from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS as DEFAULT_HOURS
 
@@ -91,7 +91,7 @@ def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = F
             held = store.read()
         except Exception as e:  # no access, no bucket, a path component that is a file, ...
             raise ConfigError(f"--output-dir {output_dir}: cannot take the run's lease "
-                              f"{lease.path} ({type(e).__name__}: {_first_line(e)})") from None
+                              f"{lease.path} ({type(e).__name__}: {first_line(e, 200)})") from None
         if held is None:  # removed between our create and read: try again
             continue
         info, version, modified = held
@@ -115,10 +115,6 @@ def release(lease: Lease) -> bool:
     if held is None or held[0].get("token") != lease.token:
         return False
     return store.remove(held[1])
-
-
-class LeaseLost(RuntimeError):
-    """The output directory's lease is no longer this run's: another run may be writing."""
 
 
 def renew(lease: Lease, hours: float, now: Optional[float] = None) -> Optional[Lease]:
@@ -177,7 +173,7 @@ class Heartbeat:
             except Exception as e:  # noqa: BLE001 - storage trouble: the next look, in
                 log.warning(          # interval_s, tries again (half the lease is still left)
                     "could not renew the lease %s (%s: %s); trying again later",
-                    self.lease.path, type(e).__name__, _first_line(e))
+                    self.lease.path, type(e).__name__, first_line(e, 200))
                 return
 
 
@@ -233,10 +229,6 @@ def _epoch(utc: str) -> float:
 
 def _utc(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(_TIME_FORMAT)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def _parse(data: bytes) -> dict:

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
-from synanno_datagen.errors import ConfigError, LeaseHeld, UsageError
+from synanno_datagen.errors import ConfigError, LeaseHeld, LeaseLost, UsageError, first_line
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -110,7 +110,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         status, code, error = monitoring.REFUSED, USAGE_ERROR, str(e)
         raise
     except BaseException as e:
-        error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        error = f"{type(e).__name__}: {first_line(e)}"
         raise
     finally:
         event = monitoring.run_event(command, status, code, time.monotonic() - started,
@@ -178,6 +178,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LeaseHeld as e:
         print(f"{PROG}: busy: {e}", file=sys.stderr)
         return BUSY
+    except LeaseLost as e:  # not a bug: another run broke or took the lease
+        print(f"{PROG}: lease lost: {first_line(e, 1000)}", file=sys.stderr)
+        return FAILED
     return USAGE_ERROR
 
 

@@ -15,3 +15,14 @@ class DatasetError(UsageError):
 
 class LeaseHeld(Exception):
     """Another run is writing the same output directory (its lease is live): one line, exit 3."""
+
+
+class LeaseLost(RuntimeError):
+    """The output directory's lease is no longer this run's (broken, or expired and taken):
+    the run stops writing; one line, exit 1."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, at most ``limit`` characters (for one-line
+    reports)."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]

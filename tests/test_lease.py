@@ -259,3 +259,29 @@ def test_the_writer_writes_nothing_once_the_lease_is_lost(tmp_path, small_data):
     assert isinstance(raised.value, LeaseLost) or "LeaseLost" in str(raised.value)
     assert "it is gone" in str(raised.value)
     assert not (out / "_tmp").exists() and not (out / "tfrecord").exists()
+
+
+def test_a_run_whose_lease_is_broken_ends_with_one_line_and_writes_no_manifest(
+        tmp_path, small_data, capsys, monkeypatch):
+    """Another run breaks the lease just as this one's writer first looks at it (the break is
+    staged by wrapping the beat; the beat, the lease and the run are real): exit 1, the closing
+    line says failed with LeaseLost, and the last line on stderr says what happened."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    out = tmp_path / "out"
+    real_beat = lease_module.Heartbeat.beat
+
+    def broken_then_beat(self, now=None):
+        if (out / "LEASE").exists():
+            (out / "LEASE").unlink()               # --break-lease by another run
+        return real_beat(self, now)
+
+    monkeypatch.setattr(lease_module.Heartbeat, "beat", broken_then_beat)
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 1
+    captured = capsys.readouterr()
+    closing = json.loads(captured.out.strip().splitlines()[-1])
+    assert closing["status"] == "failed" and closing["exit_code"] == 1
+    assert closing["error"].startswith("LeaseLost: the lease ")
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("synanno-datagen: lease lost: the lease ") and "it is gone" in last
+    assert not (out / "manifest.json").exists() and not (out / "tfrecord").exists()
