@@ -173,7 +173,7 @@ def child_env(tmp_path) -> dict:
         "_anonymous_beam_credentials()\n")
     path = os.pathsep.join([str(site), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
                                                     if p])
-    return {**os.environ, "PYTHONPATH": path, "NO_GCE_CHECK": "True"}
+    return {**os.environ, "PYTHONPATH": path, "NO_GCE_CHECK": "true"}
 
 
 @another_host
