@@ -285,3 +285,39 @@ def test_reads_of_two_threads_are_in_flight_at_once_and_counted_in_full(volumes)
     assert counted["storage_bytes"] == sum(
         (data.root / "source" / name).stat().st_size for b in boxes
         for name in chunk_names(local, b))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_volumes_at_negative_voxel_offsets_give_the_same_crops(tmp_path, monkeypatch, layout):
+    """Precomputed offsets may be negative (chunk names then read like ``-200--184_...``): the
+    same volumes and table shifted below zero on every axis give the same arrays, and the same
+    absent chunks, as unshifted."""
+    from tests import conftest
+
+    _, want = run_pipeline(make_small_data(tmp_path / "plain", "jpeg", layout).argv(
+        tmp_path / "plain-out", "--variants", "1", "--missing-chunks", "zero"))
+    shift = (-300, -250, -20)
+
+    def moved(p):
+        return tuple(a + s for a, s in zip(p, shift))
+
+    monkeypatch.setattr(conftest, "TARGET_OFFSET", moved(TARGET_OFFSET))
+    monkeypatch.setattr(conftest, "SYNAPSES", [(i, label, moved(a), moved(b), moved(c))
+                                               for i, label, a, b, c in conftest.SYNAPSES])
+    monkeypatch.setattr(conftest, "DISTRACTOR", (conftest.DISTRACTOR[0],
+                                                 *map(moved, conftest.DISTRACTOR[1:])))
+    monkeypatch.setattr(conftest, "BAD_ROWS", {})
+    data = make_small_data(tmp_path / "shifted", "jpeg", layout)
+    spec = describe_volume(data.target_url)
+    assert all(o < 0 for o in spec.voxel_offset_xyz)
+    assert any(n.split("/")[1].startswith("-") for n in chunk_names(spec, spec.bounds))
+    for engine in ("tensorstore", "cloudvolume"):
+        _, got = run_pipeline(data.argv(tmp_path / f"shifted-{engine}", "--variants", "1",
+                                        "--missing-chunks", "zero", "--volume-reader", engine))
+        assert got["counts"]["instances_written"] == len(GOOD_IDS), (engine, got["counts"])
+        assert got["counts"]["filled_chunks"] == want["counts"]["filled_chunks"], engine
+        plain = {r["instance_id"]: r for r in read_records(tmp_path / "plain-out")}
+        for r in read_records(tmp_path / f"shifted-{engine}"):
+            p = plain[r["instance_id"]]
+            np.testing.assert_array_equal(r["source"], p["source"])
+            np.testing.assert_array_equal(r["target"], p["target"])

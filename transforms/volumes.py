@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -99,10 +100,13 @@ def chunk_pieces(spec: VolumeSpec, box: Box) -> List[Tuple[str, Box]]:
     return [(name, chunk_box(name).intersect(inner)) for name in chunk_names(spec, inner)]
 
 
+_SPAN = re.compile(r"(-?\d+)-(-?\d+)")   # "start-stop"; both may be negative: "-20--4"
+
+
 def chunk_box(name: str) -> Box:
     """The voxel box of a chunk, from its name ("{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}")."""
-    spans = [tuple(int(v) for v in s.split("-")) for s in name.rsplit("/", 1)[-1].split("_")]
-    return Box(tuple(a for a, _ in spans), tuple(b for _, b in spans))
+    spans = [_SPAN.fullmatch(s).groups() for s in name.rsplit("/", 1)[-1].split("_")]
+    return Box(tuple(int(a) for a, _ in spans), tuple(int(b) for _, b in spans))
 
 
 def chunk_id(spec: VolumeSpec, name: str) -> int:
