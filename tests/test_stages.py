@@ -270,3 +270,30 @@ def test_a_shard_group_written_by_two_bundles_fails_loudly():
     with pytest.raises(RuntimeError, match="shard group 1 of split train reached the writer "
                                            "in more than one bundle"):
         number_shards([written(1, "train", "a"), written(1, "train", "a")])
+
+
+def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):
+    """A runner retries a failed step with the same input: shards an earlier attempt already
+    moved to their final names are left as they are, so the retry ends as the first attempt
+    would have. A shard that is neither under its temporary nor its final name fails loudly."""
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.write import FinalizeShardsFn
+
+    out = tmp_path / "out"
+    (out / "_tmp").mkdir(parents=True)
+    written = []
+    for group, split in ((1, "train"), (2, "train"), (3, "val")):
+        path = out / "_tmp" / f"{split}-group{group:06d}.tfrecord"
+        path.write_bytes(bytes([group]) * (10 + group))
+        written.append(WrittenShard(group, split, str(path), 1, 10 + group, f"h{group}",
+                                    ({"instance_id": group, "records": 1},)))
+    fn = FinalizeShardsFn(str(out), "none")
+    first = list(fn.process(written))
+    final = {p.name: p.read_bytes() for p in (out / "tfrecord").iterdir()}
+    assert sorted(final) == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+                             "val-00000-of-00001.tfrecord"]
+    assert list(fn.process(written)) == first          # the retry
+    assert {p.name: p.read_bytes() for p in (out / "tfrecord").iterdir()} == final
+    (out / "tfrecord" / "val-00000-of-00001.tfrecord").unlink()
+    with pytest.raises(Exception, match="val-group000003"):
+        list(fn.process(written))

@@ -61,6 +61,17 @@ def rename(src: str, dst: str) -> None:
     FileSystems.rename([src], [dst])
 
 
+def move_once(src: str, dst: str, size_bytes: int) -> None:
+    """``rename(src, dst)``, or nothing when an earlier attempt of the same step moved it
+    already (``src`` gone, ``dst`` there with ``size_bytes``): a retried step must not fail on
+    its own earlier work."""
+    if not FileSystems.exists(src) and FileSystems.exists(dst):
+        found = FileSystems.match([dst])[0].metadata_list
+        if found and found[0].size_in_bytes == size_bytes:
+            return
+    rename(src, dst)
+
+
 def delete_tree(path: str) -> None:
     """Delete a file or everything under a directory/prefix, if anything is there."""
     if path.startswith("gs://"):

@@ -31,7 +31,7 @@ from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
 from synanno_datagen.transforms.files import (
-    FileSystems, join, npy_bytes, rename, write_atomic, write_bytes,
+    FileSystems, join, move_once, npy_bytes, write_atomic, write_bytes,
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
@@ -244,7 +244,7 @@ class FinalizeShardsFn(beam.DoFn):
                       "instances": len(w.entries)}
             if w.path is not None:
                 rel = tfrecord_path(w.split, shard, num_shards, self._compression)
-                rename(w.path, join(self._output_dir, rel))
+                move_once(w.path, join(self._output_dir, rel), w.bytes)
                 yield {"kind": TFRECORD, "path": rel, "records": w.records, "bytes": w.bytes,
                        "sha256": w.sha256, **common}
             rel = index_path(w.split, shard, num_shards)
