@@ -202,6 +202,10 @@ def from_args(args: argparse.Namespace) -> Config:
     splits = validate.parse_splits(args.splits)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
+    if args.incremental and table.id_column is None:
+        raise ConfigError(f"--incremental: {args.materialization} has no id column, so instances "
+                          "would be numbered by row, and a row added before others would "
+                          "renumber them; name a column of stable ids with --id-column")
     engine = args.volume_reader
     target = probes.volume("--target-url", probes.to_url(args.target_url), 0, engine)
     source_mip = args.source_mip

@@ -122,3 +122,23 @@ def test_one_empty_shard_among_others_is_fine(small_data, tmp_path):
     argv[argv.index("--materialization") + 1] = str(shards / "*.csv")
     config, _ = check(argv)
     assert len(config.table_shards) == 2
+
+
+def test_an_incremental_run_needs_an_id_column(small_data, tmp_path, capsys):
+    """Without one, instances are numbered by row, and a row added anywhere but at the end would
+    renumber the rest: written synapses would come back as new and new ones be taken as held."""
+    table = tmp_path / "no-ids.csv"
+    with open(small_data.table_path) as f:
+        lines = f.read().splitlines()
+    columns = lines[0].split(",")
+    keep = [i for i, c in enumerate(columns) if c != "id"]
+    table.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in lines)
+                     + "\n")
+    argv = small_data.argv(tmp_path / "root", "--incremental")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert_usage_error(capsys, ["run"] + argv, f"--incremental: {table} has no id column",
+                       "--id-column")
+    assert not (tmp_path / "root").exists()
+    argv = small_data.argv(tmp_path / "plain")          # a one-off run numbers rows, as before
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert check(argv)[0].id_column is None
