@@ -37,7 +37,8 @@ def test_row_number_is_the_id_without_an_id_column():
     ({"id": "abc"}, "invalid_id"),
     ({"id": "1.5"}, "invalid_id"),
     ({"id": str(1 << 63)}, "invalid_id"),
-    ({"id": "1_000"}, "invalid_id"),        # Python literals, not a table's numbers
+    ({"id": "1_000"}, "invalid_id"),
+    ({"id": "9007199254740993.0"}, "invalid_id"),  # a float text past 2**53: not exact        # Python literals, not a table's numbers
     ({"id": "\u0661\u0662"}, "invalid_id"),  # digits of another script
     ({"x": "1_20"}, "not_a_number"),
     ({"y": "2_30.0"}, "not_a_number"),
@@ -54,6 +55,7 @@ def test_number_parsing():
     assert parse_coordinate({"x": "46.7"}, "x") == 46
     assert parse_coordinate({"x": "-0.5"}, "x") == -1
     assert parse_id("12.0") == 12 and parse_id("-3") == -3
+    assert parse_id("9007199254740991.0") == 2**53 - 1 and parse_id(str(2**62)) == 2**62
 
 
 def test_a_layout_without_pre_and_post_gives_instances_without_them():

@@ -30,7 +30,7 @@ def parse_id(text: Optional[str]) -> int:
     """Instance id from a cell: an integer in the int64 range (``12.0`` accepted)."""
     text = (text or "").strip()
     value = number_from_text(text)
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     if not isinstance(value, int):
         raise BadValue(INVALID_ID, f"id {text!r} is not an integer")
