@@ -7,7 +7,8 @@ volume. Chunks written gzip-compressed (``name.gz`` on disk) are served as ``nam
 serves it); ``missing`` names answer 404 forever. ``served`` counts answers per (name, status).
 ``rendezvous``, a ``threading.Barrier``, holds every request until that many are waiting (a
 broken barrier, after its timeout, lets them through: check ``rendezvous.broken``).
-``latency_s`` delays every answer, like a bucket's round trip.
+``latency_s`` delays every answer, like a bucket's round trip. ``head_faults[name] = status``
+answers HEAD requests (a reader's "is it stored?") of ``name`` with that status, GETs as usual.
 A request for a single byte range (``Range: bytes=a-b``, ``a-`` or ``-n``) gets those bytes
 (206), as from a bucket: readers of sharded volumes fetch shard indices and chunks that way.
 """
@@ -36,6 +37,7 @@ class ChunkServer:
         self.served = collections.Counter()
         self.rendezvous: Optional[threading.Barrier] = None
         self.latency_s = 0.0
+        self.head_faults: Dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -63,7 +65,9 @@ class ChunkServer:
                 pass
         with self._lock:
             pending = self.transient.get(name)
-            if pending:
+            if head and name in self.head_faults:
+                status = self.head_faults[name]
+            elif pending:
                 status = pending.pop(0)
             elif name in self.missing:
                 status = 404

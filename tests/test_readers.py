@@ -110,6 +110,24 @@ def test_a_region_with_absent_chunks_fetches_each_chunk_once_and_counts_every_lo
     assert reader.io["storage_reads"] == len(names) + len(zero)
 
 
+def test_a_failed_existence_check_reaches_only_the_crops_of_its_chunk(volumes):
+    """Asking storage whether an all-zero chunk is stored can fail (here a HEAD answered 403,
+    while reads go through): that chunk is an error of the region, the region is not."""
+    from tests.chunk_server import ChunkServer
+
+    data = volumes[("tensorstore", "raw")]
+    spec = describe_volume(data.target_url)
+    zero = sorted(_all_zero_chunks(spec, data.labels_xyz))
+    broken = zero[0]
+    with ChunkServer(data.root) as server:
+        server.head_faults[broken.rsplit("/", 1)[1]] = 403
+        reader = open_reader(server.url("target"), 0, "tensorstore")
+        region = read_region(reader, describe_volume(server.url("target")), spec.bounds)
+    assert set(region.errors) == {broken}
+    assert region.absent == set(zero) - {broken}
+    np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0))
+
+
 def test_sharded_volumes_read_over_http_like_local_files(volumes):
     """Shard indices and chunks are read with byte-range requests, which a web server answers as
     a bucket does (tests.chunk_server)."""

@@ -61,7 +61,9 @@ def read_region(reader, spec: VolumeSpec, region: Box) -> RegionRead:
     if reader.checks_absence:
         zero = [name for name, piece in chunk_pieces(spec, region)
                 if name not in errors and not _view(array, region, piece).any()]
-        absent |= reader.absent(zero)
+        found, unknown = reader.absent(zero)
+        absent |= found
+        errors.update(unknown)
     return RegionRead(array, frozenset(absent), errors)
 
 

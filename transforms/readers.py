@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -158,17 +158,22 @@ class TensorstoreReader:
             return chunk_id(self._spec, name).to_bytes(8, "big")
         return name.encode()
 
-    def absent(self, names: List[str]) -> Set[str]:
-        """The chunks among ``names`` that are not in storage (each chunk asked once per reader,
-        with a read of no bytes: volumes do not change during a run)."""
+    def absent(self, names: List[str]) -> Tuple[Set[str], Dict[str, Exception]]:
+        """(the chunks among ``names`` that are not in storage, {chunk: error} for those storage
+        could not tell): each chunk asked once per reader, with a read of no bytes (volumes do
+        not change during a run); a failed answer is asked again next time."""
+        errors: Dict[str, Exception] = {}
         unknown = [n for n in names if n not in self._stored]
         if unknown:
             with _Measured(self.io):
                 found = [(n, self._chunks.read(self._chunk_key(n), byte_range=slice(0, 0)))
                          for n in unknown]
                 for n, future in found:
-                    self._stored[n] = future.result().state != "missing"
-        return {n for n in names if not self._stored[n]}
+                    try:
+                        self._stored[n] = future.result().state != "missing"
+                    except Exception as error:  # noqa: BLE001 - reaches the crops of ``n``
+                        errors[n] = error
+        return {n for n in names if n not in errors and not self._stored[n]}, errors
 
     def read_zyx(self, box: Box) -> np.ndarray:
         """Voxels of ``box`` (inside the volume's bounds) as a (z, y, x) array; absent chunks
