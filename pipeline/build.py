@@ -17,7 +17,7 @@ from synanno_datagen.pipeline.manifest import WriteManifestFn
 from synanno_datagen.pipeline.monitoring import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
-from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes, default_block_size
+from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes
 from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
 from synanno_datagen.transforms.records import DEAD
@@ -33,10 +33,8 @@ from synanno_datagen.transforms.write import FinalizeShards, WriteDeadLetterFn, 
 
 def fetch_config(config: Config) -> FetchConfig:
     memory = int(config.fetch_memory_mb) << 20
-    block = config.block_size_xyz or default_block_size(
-        config.target, config.source, config.scale_xyz, config.crop_size_xyz, memory)
     return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
-                       config.pad_value, config.fetch_strategy, tuple(block), memory,
+                       config.pad_value, config.fetch_strategy, config.fetch_block_size(), memory,
                        config.missing_chunks, config.volume_reader, uuid.uuid4().hex)
 
 
@@ -71,7 +69,8 @@ def build(p: beam.Pipeline, config: Config):
     fetch = fetch_config(config)
     planned = instances | "PlanShards" >> PlanShards(
         config.seed, config.splits, config.split_by, config.target.voxel_offset_xyz,
-        fetch.block_size_xyz, config.bytes_per_instance, int(config.shard_size_mb * (1 << 20)))
+        fetch.block_size_xyz, config.bytes_per_instance, int(config.shard_size_mb * (1 << 20)),
+        config.split_blocks())
     selected = planned["ok"]                         # Instance with split and shard group
     selected | "TallySelected" >> beam.ParDo(CountFn("instances_selected"))
     fetched = selected | "FetchSubvolumes" >> FetchSubvolumes(fetch)

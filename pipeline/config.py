@@ -26,7 +26,7 @@ from synanno_datagen.transforms.geometry import scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import TENSORSTORE
 from synanno_datagen.transforms.seeds import SeedModel
-from synanno_datagen.transforms.volumes import VolumeSpec
+from synanno_datagen.transforms.volumes import VolumeSpec, default_block_size
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class Config:
     coordinate_resolution_nm: Optional[Tuple[float, float, float]] = None  # None: the target's
     record_layout: str = "instance"   # or "variant"
     split_by: str = "block"           # or "instance"
+    # The grid of block splits when extending a dataset: its own (None: this run's work blocks).
+    split_block_size_xyz: Optional[Tuple[int, int, int]] = None
     compression: str = "none"         # or "gzip"
     # How the run treats its output directory (not in the manifest's config: they do not change
     # what a run writes; an incremental run's manifest says whether it retried failures).
@@ -78,6 +80,19 @@ class Config:
         when these are unchanged; their sha256 is the manifest's generation_hash)."""
         return {o.key: o.generation(self) for o in OPTIONS
                 if o.generation is not None and (o.unless is None or o.value(self) != o.unless)}
+
+    def fetch_block_size(self) -> Tuple[int, int, int]:
+        """Work block (target voxels): ``--block-size``, or chosen from the volumes' chunks and
+        ``--fetch-memory-mb``."""
+        return tuple(self.block_size_xyz or default_block_size(
+            self.target, self.source, self.scale_xyz, self.crop_size_xyz,
+            int(self.fetch_memory_mb) << 20))
+
+    def split_blocks(self) -> Tuple[int, int, int]:
+        """The blocks (target voxels, from the target's voxel offset) that ``--split-by block``
+        gives one split each: the dataset's own when extending one (work blocks only tune
+        fetching and may change from run to run), else this run's work blocks."""
+        return tuple(self.split_block_size_xyz or self.fetch_block_size())
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -256,5 +271,9 @@ def _with_incremental_plan(config: Config) -> Config:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None
+    grid = None
+    if incremental.previous is not None and config.split_by == "block":
+        grid = incremental.previous.split_block_size_xyz or dataclasses.replace(
+            config, **incremental.previous.work_blocks).fetch_block_size()
     return dataclasses.replace(config, incremental=incremental,
-                               output_dir=incremental.output_dir)
+                               output_dir=incremental.output_dir, split_block_size_xyz=grid)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 from synanno_datagen import layout
 
@@ -32,6 +32,10 @@ class PreviousRun:
     files: Dict[str, object]
     splits: Dict[str, dict]
     memory: Optional[str] = None
+    # Its block splits' grid (None in manifests written before it was recorded: then its work
+    # blocks, from ``work_blocks``, the options that chose them, were the grid).
+    split_block_size_xyz: Optional[Tuple[int, int, int]] = None
+    work_blocks: Dict[str, object] = field(default_factory=dict)
 
     @property
     def instances(self) -> int:
@@ -129,6 +133,13 @@ def plan(root: str, generation: Dict, retry_failed: bool = False) -> Incremental
     info = latest["incremental"]
     previous = None
     if info["generation_hash"] == digest:
-        previous = PreviousRun(info["run"], info["manifest"], latest["files"], latest["splits"],
-                               info.get("remembered_failures"))
+        grid = latest.get("records", {}).get("split_block_size_xyz")
+        options = latest.get("config", {})
+        previous = PreviousRun(
+            info["run"], info["manifest"], latest["files"], latest["splits"],
+            info.get("remembered_failures"), tuple(grid) if grid else None,
+            {"block_size_xyz": tuple(options["block_size_xyz"])
+             if options.get("block_size_xyz") else None,
+             **({"fetch_memory_mb": int(options["fetch_memory_mb"])}
+                if "fetch_memory_mb" in options else {})})
     return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed)

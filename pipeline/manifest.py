@@ -48,7 +48,9 @@ def records_section(config: Config) -> dict:
             "tfrecord_compression_type": "GZIP" if config.compression == "gzip" else "",
             "variants_per_instance": config.variants, "holds": RECORDS[config.record_layout],
             "order": "in a shard: by work block, then instance id (then variant)",
-            "split_by": config.split_by}
+            "split_by": config.split_by,
+            **({"split_block_size_xyz": list(config.split_blocks())}
+               if config.split_by == "block" else {})}
 
 
 def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter: dict,

@@ -431,7 +431,7 @@ def test_other_blocks_make_other_shards_of_the_same_records(generated, tmp_path)
 
 
 def test_default_block_is_whole_chunks_of_both_volumes_within_the_memory_budget():
-    from synanno_datagen.transforms.fetch import default_block_size
+    from synanno_datagen.transforms.volumes import default_block_size
     from synanno_datagen.transforms.volumes import VolumeSpec
 
     def spec(chunk, dtype):

@@ -79,18 +79,24 @@ class PlanShards(beam.PTransform):
     set. Only instances and per-block counts cross a shuffle."""
 
     def __init__(self, run_seed: int, splits: Sequence[Tuple[str, float]], split_by: str,
-                 target_offset_xyz, block_size_xyz, bytes_per_instance: int, shard_bytes: int):
+                 target_offset_xyz, block_size_xyz, bytes_per_instance: int, shard_bytes: int,
+                 split_block_size_xyz=None):
         super().__init__()
         self._seed, self._splits, self._split_by = run_seed, tuple(splits), split_by
         self._offset, self._block = tuple(target_offset_xyz), tuple(block_size_xyz)
+        self._split_block = tuple(split_block_size_xyz or block_size_xyz)
         self._bytes, self._shard_bytes = bytes_per_instance, shard_bytes
 
     def expand(self, instances):
         seed, splits, split_by = self._seed, self._splits, self._split_by
-        offset, size = self._offset, self._block
+        offset, size, split_size = self._offset, self._block, self._split_block
+        # A work block lies in one split unless splits follow another grid (an incremental
+        # dataset's own, while this run's work blocks differ): then groups are packed as for
+        # instance splits, one shard per split a group holds.
+        lanes = split_by if split_size == size else "instance"
 
         def with_split(instance: Instance) -> Instance:
-            block = block_key(instance.center_xyz, offset, size)
+            block = block_key(instance.center_xyz, offset, split_size)
             return instance.replace(split=split_of(seed, instance.instance_id, block, splits,
                                                    split_by))
 
@@ -101,7 +107,7 @@ class PlanShards(beam.PTransform):
                   | "CountPerBlock" >> beam.combiners.Count.PerElement()
                   | "Counts" >> beam.combiners.ToDict())                 # {(block, split): n}
         groups = counts | "PackBlocks" >> beam.Map(
-            plan_groups, self._bytes, self._shard_bytes, split_by)       # {block: group}
+            plan_groups, self._bytes, self._shard_bytes, lanes)          # {block: group}
         planned = split | "Group" >> beam.Map(
             lambda i, g: i.replace(shard=g[block_key(i.center_xyz, offset, size)]),
             beam.pvalue.AsSingleton(groups))

@@ -64,6 +64,22 @@ def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
     )
 
 
+def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_size_xyz,
+                       memory_bytes: int) -> Tuple[int, int, int]:
+    """Work block (target voxels) for the grouped strategy: whole chunks of both volumes per
+    axis, about twice the crop, shrunk (in x and y) until one block's source and target voxels
+    fill at most a quarter of the memory budget."""
+    block = []
+    for t, s, f, c in zip(target.chunk_size_xyz, source.chunk_size_xyz, scale_xyz, crop_size_xyz):
+        unit = math.lcm(t, s // f) if s % f == 0 else t
+        block.append(unit * max(1, math.ceil(2 * c / unit)))
+    voxel_bytes = math.prod(scale_xyz) + np.dtype(target.dtype).itemsize
+    while math.prod(block) * voxel_bytes > memory_bytes // 4 and max(block[:2]) > 1:
+        axis = 0 if block[0] >= block[1] else 1
+        block[axis] = max(1, block[axis] // 2)
+    return tuple(block)
+
+
 MISSING_CHUNK_MODES = ("error", "zero")
 
 

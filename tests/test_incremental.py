@@ -1,0 +1,60 @@
+"""Incremental roots across runs with other tuning: what a dataset is made of stays its own."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from synanno_datagen.cli import main
+from synanno_datagen.transforms.shards import block_key, split_of
+from tests.conftest import GOOD_IDS, TARGET_OFFSET
+
+SPLITS = (("train", 0.5), ("test", 0.5))
+FIRST_GRID = (16, 16, 4)
+
+
+def _latest(root: Path) -> dict:
+    return json.loads((root / (root / "LATEST").read_text().strip()).read_text())
+
+
+def _entries(root: Path, manifest: dict) -> dict:
+    """{instance id: index line} of every run the manifest lists."""
+    out = {}
+    for f in manifest["files"]["index"]:
+        for line in (root / f["path"]).read_text().splitlines():
+            entry = json.loads(line)
+            out[entry["instance_id"]] = entry
+    return out
+
+
+def test_block_splits_keep_the_datasets_grid_when_work_blocks_change(small_data, tmp_path):
+    """A later run with another --block-size (or --fetch-memory-mb: both only tune fetching)
+    still splits by the blocks the dataset was made with, so crops that overlap, here those of
+    synapses 11 and 12, stay in one split. The grid is in the manifest; a manifest written before
+    it was recorded gives it through its config."""
+    root = tmp_path / "root"
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    first = tmp_path / "first.csv"
+    with open(first, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow(next(r for r in rows if r["id"] == "11"))
+    common = ["--seed", "2", "--splits", "train=0.5,test=0.5", "--incremental", "--variants", "1"]
+    argv = small_data.argv(root, *common, "--block-size", *map(str, FIRST_GRID))
+    argv[argv.index("--materialization") + 1] = str(first)
+    assert main(["run"] + argv) == 0
+    m1 = _latest(root)
+    assert m1["records"]["split_block_size_xyz"] == list(FIRST_GRID)
+    del m1["records"]["split_block_size_xyz"]          # as a manifest of an earlier version
+    (root / "runs/00001/manifest.json").write_text(json.dumps(m1))
+    for extra in (["--block-size", "48", "48", "12"], ["--fetch-memory-mb", "64"]):
+        assert main(["run"] + small_data.argv(root, *common, *extra)) == 0
+        m = _latest(root)
+        assert m["incremental"]["extends"] is not None
+        assert m["records"]["split_block_size_xyz"] == list(FIRST_GRID)
+    entries = _entries(root, _latest(root))
+    assert sorted(entries) == sorted(GOOD_IDS)
+    for instance_id, entry in entries.items():
+        block = block_key(entry["center_xyz"], TARGET_OFFSET, FIRST_GRID)
+        assert entry["split"] == split_of(2, instance_id, block, SPLITS, "block"), instance_id
+    assert entries[11]["split"] == entries[12]["split"]
