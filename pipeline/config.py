@@ -20,7 +20,7 @@ from synanno_datagen.pipeline import probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS, NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
-from synanno_datagen.pipeline.unknown_flags import check_beam_args
+from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
 from synanno_datagen.pipeline.validate import DEFAULT_MISSING_CHUNKS, DEFAULT_SPLITS, FORMATS
 from synanno_datagen.transforms.geometry import scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
@@ -194,6 +194,7 @@ def check(argv: Sequence[str]) -> Tuple[Config, List[str]]:
     the output directory's part (``settle``)."""
     args, beam_args = run_parser().parse_known_args(list(argv))
     check_beam_args(beam_args, [option for f in run_flags() for option in f.option_strings])
+    check_runner(beam_args)
     return from_args(args), beam_args
 
 

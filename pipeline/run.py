@@ -53,8 +53,9 @@ def run(argv: Sequence[str]) -> Optional[dict]:
     p, job_goes_on = None, False
     try:
         config = dataclasses.replace(settle(config), lease=lease)
+        pipeline = beam.Pipeline(options=options)  # its runner is made before anything is cleared
         clear_dataset(config.output_dir)  # settle() refused a different config unless --overwrite
-        with beam.Pipeline(options=options) as p:
+        with pipeline as p:
             build(p, config)
         if only_submits(options):
             job_goes_on = True

@@ -19,7 +19,7 @@ import argparse
 import difflib
 from typing import Iterable, List, Optional, Sequence, Set
 
-from synanno_datagen.errors import ConfigError
+from synanno_datagen.errors import ConfigError, first_line
 
 HELP_HINT = "see 'synanno-datagen run --help'; anything else must be a Beam pipeline option"
 
@@ -88,7 +88,13 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
     left) that no PipelineOptions class declares, naming the closest flag of ``own_flags`` or
     Beam's."""
     parser = beam_parser()
-    _, unknown = parser.parse_known_args(list(beam_args))
+    try:
+        _, unknown = parser.parse_known_args(list(beam_args))
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a Beam option's own parsing action failed
+        raise ConfigError(f"Beam options {' '.join(beam_args)}: {type(e).__name__}: "
+                          f"{first_line(e)}") from None
     own = sorted(own_flags)
     for arg in unknown:
         if arg.startswith("-"):
@@ -100,3 +106,30 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
     if unknown:
         raise ConfigError(f"unexpected argument {unknown[0]!r}: not the value of any flag; "
                           f"{HELP_HINT}")
+
+
+def check_runner(beam_args: Sequence[str]) -> None:
+    """Raise ConfigError (one line) for a runner Beam does not know, or a Dataflow job without
+    the options Beam requires (its own validator, run only while one is missing: with all of
+    them it may create a default bucket). Beam checks these only as the job is built or
+    submitted, after a run has cleared its output directory."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.runner import create_runner
+
+    options = PipelineOptions(list(beam_args))
+    name = options.view_as(StandardOptions).runner
+    if not name:
+        return
+    try:
+        runner = create_runner(name)
+    except ValueError as e:
+        raise ConfigError(f"--runner {name}: {first_line(e)}") from None
+    cloud = options.view_as(GoogleCloudOptions)
+    if type(runner).__name__ == "DataflowRunner" and not (
+            cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location)):
+        errors = PipelineOptionsValidator(options, runner).validate()
+        if errors:
+            raise ConfigError(f"--runner {name}: {' '.join(errors)} (./launch_dataflow.sh "
+                              "passes them from its environment)")

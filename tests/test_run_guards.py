@@ -142,3 +142,20 @@ def test_an_incremental_run_needs_an_id_column(small_data, tmp_path, capsys):
     argv = small_data.argv(tmp_path / "plain")          # a one-off run numbers rows, as before
     argv[argv.index("--materialization") + 1] = str(table)
     assert check(argv)[0].id_column is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--runner", "DirectRunnr"], "--runner DirectRunnr: Unexpected pipeline runner: DirectRunnr"),
+    (["--runner", "DataflowRunner"], "Missing required option: project"),
+    (["--gcs_custom_audit_entries=zzz"], "--gcs_custom_audit_entries"),
+])
+def test_a_bad_runner_or_beam_option_keeps_the_finished_dataset(small_data, tmp_path, capsys,
+                                                                 extra, message):
+    """Beam checks its runner and a Dataflow job's required options only as the job is built or
+    submitted, after a rerun would have cleared the dataset there: they are checked first."""
+    out = tmp_path / "out"
+    assert cli("run", *small_data.argv(out, "--variants", "1")).returncode == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert_usage_error(capsys, ["run"] + small_data.argv(out, "--variants", "1", *extra),
+                       message)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
