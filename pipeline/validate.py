@@ -18,6 +18,9 @@ DEFAULT_MISSING_CHUNKS = ("error", "zero")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
+MAX_LEASE_HOURS = 8760
+
+
 def check_numbers(args) -> None:
     """Every numeric flag within its range."""
     checks = [
@@ -28,10 +31,11 @@ def check_numbers(args) -> None:
          "0 or more, or 'nearest'"),
         ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
-        ("--shard-size-mb", args.shard_size_mb, args.shard_size_mb > 0, "positive"),
+        ("--shard-size-mb", args.shard_size_mb,
+         math.isfinite(args.shard_size_mb) and args.shard_size_mb > 0, "positive"),
         ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
-        ("--lease-hours", args.lease_hours,
-         math.isfinite(args.lease_hours) and args.lease_hours > 0, "positive"),
+        ("--lease-hours", args.lease_hours, 0 < args.lease_hours <= MAX_LEASE_HOURS,
+         f"positive, at most {MAX_LEASE_HOURS} (a year)"),
     ]
     if args.block_size is not None:
         checks.append(("--block-size", args.block_size, all(b >= 1 for b in args.block_size),

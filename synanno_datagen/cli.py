@@ -91,7 +91,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         print_run_help()
         return 0
     output, argv = output_parser().parse_known_args(argv)
-    if output.progress_interval <= 0:
+    if not 0 < output.progress_interval < float("inf"):
         raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be positive")
     if output.quiet:
         logging.getLogger().setLevel(logging.ERROR)

@@ -68,6 +68,11 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--num_instances": "3"}, ["--num_instances", "did you mean --num-instances"]),
     ({"--missing-chunks": "maybe"}, ["--missing-chunks maybe", "'error', 'zero'"]),
     ({"--missing-chunks": "raw=zero"}, ["--missing-chunks raw=zero"]),
+    ({"--shard-size-mb": "inf"}, ["--shard-size-mb inf", "positive"]),
+    ({"--shard-size-mb": "nan"}, ["--shard-size-mb nan", "positive"]),
+    ({"--lease-hours": "1e10"}, ["--lease-hours 10000000000.0", "at most 8760"]),
+    ({"--progress-interval": "nan"}, ["--progress-interval nan", "positive"]),
+    ({"--progress-interval": "inf"}, ["--progress-interval inf", "positive"]),
 ])
 def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, change,
                                                    fragments):
