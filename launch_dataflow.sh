@@ -103,7 +103,6 @@ run_job() {
   if [ -n "${MACHINE_TYPE:-}" ]; then cmd+=(--machine_type "$MACHINE_TYPE"); fi
   if [ "$dry_run" = 0 ]; then
     echo "launch_dataflow.sh: run: submitting job $job_name to $PROJECT/$REGION" >&2
-    cd "$here"
   fi
   do_cmd "${cmd[@]}"
 }

@@ -21,13 +21,13 @@ OURS = ["--materialization", "gs://tables/export_*.csv", "--source-url", "gs://h
         "--target-url", "gs://h01/syn", "--output-dir", "gs://out/ds", "--seed", "3"]
 
 
-def launch(*args, **env):
+def launch(*args, cwd=None, **env):
     full = {k: v for k, v in os.environ.items()
             if k not in ("PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "NETWORK",
                          "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME")}
     full.update(env)
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          env=full, timeout=60)
+                          env=full, timeout=60, cwd=cwd)
 
 
 def test_dry_run_prints_the_exact_dataflow_command():
@@ -79,13 +79,17 @@ def test_missing_or_bad_variables_fail_clearly(env, message):
 
 def test_submission_runs_the_command_with_a_stand_in_python(tmp_path):
     """Stub: the Dataflow service cannot be reached here, so PYTHON is a stand-in that records
-    the arguments it was called with instead of submitting."""
-    record = tmp_path / "args.txt"
+    the arguments it was called with, and where, instead of submitting. It runs where the user
+    called the script: in the repository, ``python -m synanno_datagen`` would import its
+    ``synanno_datagen/`` folder, which is not the installed package."""
+    record, where = tmp_path / "args.txt", tmp_path / "cwd.txt"
     stub = tmp_path / "python"
-    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n'
+                    f'pwd > {shlex.quote(str(where))}\n')
     stub.chmod(0o755)
-    done = launch(*OURS, PROJECT="p", REGION="r", BUCKET="b", PYTHON=str(stub))
+    done = launch(*OURS, cwd=tmp_path, PROJECT="p", REGION="r", BUCKET="b", PYTHON=str(stub))
     assert done.returncode == 0, done.stderr
+    assert where.read_text().strip() == str(tmp_path)
     assert "submitting job synanno-datagen-" in done.stderr
     called = record.read_text().splitlines()
     dry = shlex.split(launch("--dry-run", *OURS, PROJECT="p", REGION="r", BUCKET="b",
