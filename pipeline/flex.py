@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from decimal import Decimal
 from typing import Dict, List, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError
@@ -48,14 +49,27 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
                           "Dataflow settings come from the environment variables")
     given = {a.dest for a in run_flags() for f in a.option_strings
              if any(x == f or x.startswith(f + "=") for x in flags)}
+    if "overwrite" in given:
+        raise ConfigError("--overwrite: not in a schedule: it is no template parameter, and a "
+                          "nightly run must not replace a dataset made with another config; "
+                          "run once with ./launch_dataflow.sh run ... --overwrite")
     params = {}
     for name in template_parameters():
         if name in given:
             value = getattr(args, name)
             if isinstance(value, bool):
                 value = "true" if value else "false"
-            params[name] = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            values = value if isinstance(value, list) else [value]
+            params[name] = " ".join(map(_text, values))
     return params
+
+
+def _text(value) -> str:
+    """A parameter value as the template's regexes and the run flags read it: floats in
+    positional notation (``0.00001``, not Python's ``1e-05``)."""
+    if isinstance(value, float):
+        return format(Decimal(repr(value)), "f")
+    return str(value)
 
 
 def parameters_to_flags(argv: Sequence[str]) -> List[str]:

@@ -378,3 +378,28 @@ def test_a_schedule_never_breaks_leases(stub_gcloud):
     declared = _metadata()
     for name, value in params.items():
         assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
+
+
+def test_small_and_large_numbers_become_parameters_the_template_accepts():
+    """Python writes 0.00001 as 1e-05, which the template's regexes (and readers) refuse."""
+    from synanno_datagen.pipeline.flex import flags_to_parameters, parameters_to_flags
+
+    params = flags_to_parameters(list(REQUIRED) + [
+        "--coordinate-resolution", "0.00001", "4.5", "33", "--shard-size-mb", "1e-3",
+        "--lease-hours", "1e3"])
+    assert params["coordinate_resolution"] == "0.00001 4.5 33.0"
+    assert (params["shard_size_mb"], params["lease_hours"]) == ("0.001", "1000.0")
+    declared = _metadata()
+    for name, value in params.items():
+        assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
+    args, _ = run_parser().parse_known_args(parameters_to_flags(
+        [f"--{name}={value}" for name, value in params.items()]))
+    assert args.coordinate_resolution == [0.00001, 4.5, 33.0] and args.shard_size_mb == 0.001
+
+
+def test_a_schedule_refuses_overwrite_instead_of_dropping_it(stub_gcloud):
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--overwrite", PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and "--overwrite: not in a schedule" in done.stderr
+    assert calls() == []
