@@ -40,6 +40,9 @@ def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
 def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     try:
         spec = describe_volume(url, mip, engine)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{flag} {url}: cannot read the volume's info (not JSON: {e}); check "
+                          "the URL and the info file") from None
     except ValueError as e:
         raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
             from None

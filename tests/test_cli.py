@@ -137,3 +137,15 @@ def test_output_dir_with_another_config_needs_overwrite(small_data, tmp_path, ca
     assert manifest["counts"]["variants_written"] == 10
     # the old run's files are gone: two seed files per instance, not more
     assert len(list((out / "npy" / "target").iterdir())) == 10
+
+
+@pytest.mark.parametrize("flag", ["--source-url", "--target-url"])
+def test_an_info_file_that_is_not_json_is_named_as_such(small_data, tmp_path, capsys, flag):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "info").write_text("{'scales': []}")       # Python's repr, not JSON
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index(flag) + 1] = str(broken)
+    err = _fails(capsys, ["run"] + argv, f"{flag} file://{broken}: cannot read the volume's info",
+                 "not JSON")
+    assert "--source-mip" not in err
