@@ -267,6 +267,7 @@ def _with_incremental_plan(config: Config) -> Config:
     from synanno_datagen.pipeline.incremental import plan
 
     root = config.output_dir
+    probes.check_incremental_root(root)
     try:
         incremental = plan(root, config.generation(), config.retry_failed)
     except (ValueError, KeyError) as e:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from synanno_datagen.errors import ConfigError
-from synanno_datagen.layout import MANIFEST
+from synanno_datagen.layout import LATEST, MANIFEST
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import TENSORSTORE, describe_volume, mip_resolutions
 from synanno_datagen.transforms.volumes import VolumeSpec
@@ -103,6 +103,10 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     ``config``) unless ``overwrite``."""
     from apache_beam.io.filesystems import FileSystems
 
+    if FileSystems.exists(FileSystems.join(output_dir, LATEST)):
+        raise ConfigError(f"--output-dir {output_dir} is an incremental root ({LATEST}): add "
+                          "--incremental to extend it, or choose another directory (a one-off "
+                          "dataset there would hide its runs from every reader)")
     manifest = FileSystems.join(output_dir, MANIFEST)
     if overwrite or not FileSystems.exists(manifest):
         return
@@ -114,3 +118,14 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     if previous != options:
         raise ConfigError(f"--output-dir {output_dir} holds a dataset made with a different "
                           "config; choose another directory or pass --overwrite")
+
+
+def check_incremental_root(root: str) -> None:
+    """Refuse a root that holds a one-off run's dataset (``manifest.json``): readers take it
+    before ``LATEST``, so the runs would stay hidden behind it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.exists(FileSystems.join(root, MANIFEST)):
+        raise ConfigError(f"--output-dir {root} holds the dataset of a one-off run "
+                          f"({MANIFEST}); an incremental root must be a new directory or one "
+                          "written by --incremental runs: choose another directory")

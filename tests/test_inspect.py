@@ -141,6 +141,21 @@ def test_an_incremental_root_is_inspected_through_latest(small_data, tmp_path, c
     assert facts["problems"] == []
 
 
+def test_a_run_of_a_root_opens_by_any_local_path(small_data, tmp_path, monkeypatch):
+    """``runs/00001`` from the root, ``.`` from the run, or an unnormalised path: all name the
+    same run, whose paths are relative to the root two levels up."""
+    from synanno_datagen.reading.dataset import open_dataset
+
+    root = tmp_path / "root"
+    run_pipeline(small_data.argv(root, "--variants", "1", "--incremental"))
+    want = open_dataset(str(root / "runs" / "00001"))
+    for where, location in ((root, "runs/00001"), (root / "runs" / "00001", "."),
+                            (root / "runs" / "00001", "./"), (tmp_path, "./root/runs//00001")):
+        monkeypatch.chdir(where)
+        got = open_dataset(location)
+        assert (got.root, got.manifest_path) == (str(root), want.manifest_path)
+
+
 def test_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):
     assert_usage_error(capsys, ["inspect", str(tmp_path / "nowhere")],
                        "not a dataset directory", "no manifest.json")

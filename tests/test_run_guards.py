@@ -11,6 +11,7 @@ import pytest
 from synanno_datagen.pipeline.config import check
 from synanno_datagen.pipeline.unknown_flags import beam_option_names
 from synanno_datagen.pipeline.options import run_flags
+from synanno_datagen.cli import main
 from tests.conftest import COLUMNS, assert_usage_error
 
 
@@ -159,3 +160,21 @@ def test_a_bad_runner_or_beam_option_keeps_the_finished_dataset(small_data, tmp_
     assert_usage_error(capsys, ["run"] + small_data.argv(out, "--variants", "1", *extra),
                        message)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_one_off_and_incremental_datasets_do_not_share_a_directory(small_data, tmp_path, capsys):
+    """Readers take a directory's manifest.json before its LATEST: a one-off run written into an
+    incremental root would hide the root's runs from every reader, and an incremental run
+    written beside a one-off dataset would stay hidden behind it."""
+    root, plain = tmp_path / "root", tmp_path / "plain"
+    assert main(["run"] + small_data.argv(root, "--incremental", "--variants", "1")) == 0
+    assert main(["run"] + small_data.argv(plain, "--variants", "1")) == 0
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        assert_usage_error(capsys, ["run"] + small_data.argv(root, "--variants", "1", *extra),
+                           f"--output-dir {root} is an incremental root", "--incremental")
+    assert_usage_error(capsys, ["run"] + small_data.argv(plain, "--incremental", "--variants",
+                                                         "1"),
+                       f"--output-dir {plain} holds the dataset of a one-off run")
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "runs"]
+    assert not (plain / "LATEST").exists() and not (plain / "runs").exists()

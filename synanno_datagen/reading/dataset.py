@@ -8,6 +8,7 @@ Everything a reader needs to find is named by ``synanno_datagen.layout``; proble
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
@@ -133,6 +134,8 @@ def open_dataset(location: str) -> Dataset:
     incremental root (holding ``LATEST``, which names the latest run's manifest), or one run of
     an incremental root (its paths are relative to the root, two levels up)."""
     root = str(location).rstrip("/") or str(location)
+    if "://" not in root:   # local: one spelling, so a run's root is found two levels up
+        root = os.path.abspath(root)
     direct = layout.join(root, layout.MANIFEST)
     pointer = layout.join(root, layout.LATEST)
     try:
