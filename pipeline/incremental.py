@@ -36,6 +36,7 @@ class PreviousRun:
     # blocks, from ``work_blocks``, the options that chose them, were the grid).
     split_block_size_xyz: Optional[Tuple[int, int, int]] = None
     work_blocks: Dict[str, object] = field(default_factory=dict)
+    npy: Dict[str, int] = field(default_factory=dict)   # its npy totals: files, bytes
 
     @property
     def instances(self) -> int:
@@ -92,6 +93,11 @@ class IncrementalPlan:
                                  "path": prefix + files["dead_letter"]["path"]}
         return merged
 
+    def merge_npy(self, totals: Dict[str, int]) -> Dict[str, int]:
+        """This run's npy totals + the earlier runs' (the dataset's, as its splits are)."""
+        earlier = self.previous.npy if self.previous else {}
+        return {k: int(v) + int(earlier.get(k, 0)) for k, v in totals.items()}
+
     def to_manifest(self) -> dict:
         return {
             "run": self.run, "run_dir": self.run_dir,
@@ -141,5 +147,6 @@ def plan(root: str, generation: Dict, retry_failed: bool = False) -> Incremental
             {"block_size_xyz": tuple(options["block_size_xyz"])
              if options.get("block_size_xyz") else None,
              **({"fetch_memory_mb": int(options["fetch_memory_mb"])}
-                if "fetch_memory_mb" in options else {})})
+                if "fetch_memory_mb" in options else {})},
+            {k: int(latest.get("npy", {}).get(k, 0)) for k in ("files", "bytes")})
     return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed)

@@ -65,6 +65,7 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
     }
     if config.incremental:
         listing = config.incremental.merge_files(listing)
+        npy_totals = config.incremental.merge_npy(npy_totals)
     splits = {}
     for name, fraction in config.splits:
         mine = [f for f in listing["index"] if f["split"] == name]

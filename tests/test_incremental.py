@@ -58,3 +58,25 @@ def test_block_splits_keep_the_datasets_grid_when_work_blocks_change(small_data,
         block = block_key(entry["center_xyz"], TARGET_OFFSET, FIRST_GRID)
         assert entry["split"] == split_of(2, instance_id, block, SPLITS, "block"), instance_id
     assert entries[11]["split"] == entries[12]["split"]
+
+
+def test_npy_totals_of_a_root_count_every_runs_files(small_data, tmp_path):
+    """The manifest's ``npy`` totals, like its ``splits``, are the dataset's: every run's."""
+    root = tmp_path / "root"
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    first = tmp_path / "first.csv"
+    with open(first, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["id"] in ("11", "13"))
+    common = ["--incremental", "--variants", "2", "--formats", "tfrecord,npy"]
+    argv = small_data.argv(root, *common)
+    argv[argv.index("--materialization") + 1] = str(first)
+    assert main(["run"] + argv) == 0
+    assert main(["run"] + small_data.argv(root, *common)) == 0
+    manifest = _latest(root)
+    files = [f for e in _entries(root, manifest).values() for f in e["npy"]["files"]]
+    assert len(_entries(root, manifest)) == len(GOOD_IDS) and len(files) == 4 * len(GOOD_IDS)
+    assert (manifest["npy"]["files"], manifest["npy"]["bytes"]) == (
+        len(files), sum(f["bytes"] for f in files))
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS) - 2
