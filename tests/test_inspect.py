@@ -63,8 +63,9 @@ def test_json_holds_the_same_facts(views_dataset, capsys):
     out, manifest = views_dataset, _manifest(views_dataset)
     facts = _inspect_json(capsys, out)
     assert set(facts) == {"dataset", "generator", "created_utc", "config", "volumes", "arrays",
-                          "counts", "failures", "splits", "index", "seed_model", "problems",
-                          "plots"}
+                          "counts", "failures", "splits", "npy", "index", "seed_model",
+                          "problems", "plots"}
+    assert facts["npy"] == {k: manifest["npy"][k] for k in ("files", "bytes")}
     assert facts["dataset"] == str(out / "manifest.json") and facts["plots"] == []
     assert facts["counts"] == {k: v for k, v in manifest["counts"].items() if k != "failures"}
     assert {r: f["count"] for r, f in facts["failures"].items()} == manifest["counts"]["failures"]
@@ -154,6 +155,22 @@ def test_a_run_of_a_root_opens_by_any_local_path(small_data, tmp_path, monkeypat
         monkeypatch.chdir(where)
         got = open_dataset(location)
         assert (got.root, got.manifest_path) == (str(root), want.manifest_path)
+
+
+def test_an_npy_only_dataset_reports_its_npy_files(small_data, tmp_path, capsys):
+    """Its shards are index shards: no "0 records, 0.0 MB" that reads as an empty dataset."""
+    out = tmp_path / "out"
+    _, manifest = run_pipeline(small_data.argv(out, "--variants", "2", "--formats", "npy"))
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    files = sorted(p for p in (out / "npy").rglob("*.npy"))
+    assert len(files) == manifest["npy"]["files"] == 4 * len(GOOD_IDS)
+    assert f"npy       {len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB" \
+        in text.splitlines()
+    for name, split in manifest["splits"].items():
+        assert any(line.startswith(f"  {name:<6} {split['instances']} instances, "
+                                   f"{split['shards']} index shards") for line in text.splitlines())
+    assert " records, " not in text
 
 
 def test_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):

@@ -77,8 +77,15 @@ def format_facts(facts: dict) -> str:
         share = f"; {100 * s['instances'] / total:.0f}% of instances" if total else ""
         if share and name in asked:
             share += f" (asked {100 * asked[name]:.0f}%)"
-        lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
-                     f"{s['shards']} shards, {_mb(s['bytes'])}{share}")
+        if "tfrecord" in c["formats"]:
+            lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
+                         f"{s['shards']} shards, {_mb(s['bytes'])}{share}")
+        else:  # the shards are index shards; the arrays are the npy files below
+            lines.append(f"  {name:<6} {s['instances']} instances, {s['shards']} index "
+                         f"shards{share}")
+    npy = facts.get("npy") or {}
+    if npy.get("files"):
+        lines.append(f"npy       {npy['files']} files, {_mb(npy['bytes'])}")
     seeds = index["seed_count"]
     lines.append("seed slices per variant  " + ", ".join(
         f"{c}: {o} (expected {e:.0f})"

@@ -137,6 +137,7 @@ def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
         "failures": failures_by_reason(letters),
         "splits": {name: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
                    for name, s in manifest["splits"].items()},
+        "npy": {k: manifest.get("npy", {}).get(k, 0) for k in ("files", "bytes")},
         "index": {
             "instances": len(entries),
             "variants": sum(len(e["seed_slices"]) for e in entries),
