@@ -81,6 +81,10 @@ def test_units_become_target_voxels_with_floor():
         Fraction(1, 2), Fraction(1, 3), Fraction(1))
     # 3 units of 0.1 nm on a 0.3 nm grid is exactly voxel 1 (no 0.999... from binary floats)
     assert to_voxel(3, Fraction(1, 3)) == 1 and to_voxel(3.0, Fraction(1, 3)) == 1
+    # Decimals as written: 8.008 um on an 8 nm grid is voxel 1001 exactly (binary floats
+    # floor 8.008 * 1000 / 8 to 1000)
+    um = to_target_factors((1000, 1000, 1000), (8, 8, 33))
+    assert parse_point({"p": "[8.008, 0.016, 0.033]"}, PointColumns(("p",)), um) == (1001, 2, 1)
 
 
 def test_integers_stay_exact():

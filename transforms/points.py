@@ -123,8 +123,9 @@ def number_from_text(text: str) -> Union[int, float, None]:
         return None
 
 
-def parse_number(text: Optional[str], what: str) -> Union[int, float]:
-    """A coordinate from a cell: integers exactly, others as floats; raises BadValue."""
+def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
+    """A coordinate from a cell, exactly as written: an int, or the decimal's Fraction
+    (``8.008`` is 1001/125, not the nearest binary float); raises BadValue."""
     text = (text or "").strip()
     if text.lower() in MISSING_TEXT:
         raise BadValue(MISSING_COORDINATE, f"{what} is empty ({text!r})")
@@ -133,13 +134,20 @@ def parse_number(text: Optional[str], what: str) -> Union[int, float]:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a number: {text!r}")
     if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _MAX_EXACT:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a finite coordinate: {text!r}")
+    if isinstance(value, float):
+        try:
+            return Fraction(text)
+        except ValueError:   # a spelling float() reads and Fraction does not
+            return Fraction(value)
     return value
 
 
-def to_voxel(value: Union[int, float], factor: Fraction) -> int:
-    """``floor(value * factor)``: exact for integers, and for integral floats."""
+def to_voxel(value: Union[int, float, Fraction], factor: Fraction) -> int:
+    """``floor(value * factor)``: exact for integers and Fractions, and for integral floats."""
     if isinstance(value, int):
         return value * factor.numerator // factor.denominator
+    if isinstance(value, Fraction):
+        return math.floor(value * factor)
     return int(math.floor(value * factor.numerator / factor.denominator))
 
 
