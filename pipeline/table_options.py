@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from synanno_datagen.errors import ConfigError
+from synanno_datagen.errors import ConfigError, first_line
 from synanno_datagen.transforms.points import (
     CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
     find_point,
@@ -76,20 +76,27 @@ def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: st
 
 def found(columns: Sequence[str]) -> str:
     """Column names for a one-line message (long headers are cut)."""
-    shown = ",".join(columns[:_SHOWN_COLUMNS]) or "nothing"
+    shown = ",".join(repr(c) if c != c.strip() or "," in c else c
+                     for c in columns[:_SHOWN_COLUMNS]) or "nothing"
     more = len(columns) - _SHOWN_COLUMNS
     return shown + (f",... ({more} more)" if more > 0 else "")
 
 
 def _schema(path: str) -> ShardSchema:
+    """A shard's schema; a header naming a column twice is refused (a row keeps only the last
+    of them, so the other would be read silently in its place)."""
     try:
-        return read_schema(path)
+        schema = read_schema(path)
     except TableFormatError as e:
         raise ConfigError(f"{TABLE_FLAG} {e}") from None
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"{TABLE_FLAG} {path}: cannot read it ({type(e).__name__}: {first})") \
-            from None
+        raise ConfigError(f"{TABLE_FLAG} {path}: cannot read it ({type(e).__name__}: "
+                          f"{first_line(e, 200)})") from None
+    twice = sorted({c for c in schema.columns if schema.columns.count(c) > 1})
+    if twice:
+        raise ConfigError(f"{TABLE_FLAG} {path}: column {twice[0]!r} appears twice in the "
+                          "header; give every column its own name")
+    return schema
 
 
 def _check_has_rows(pattern: str, shards: Sequence[str]) -> None:
@@ -99,9 +106,8 @@ def _check_has_rows(pattern: str, shards: Sequence[str]) -> None:
         if any(has_data_rows(path) for path in shards):
             return
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot read it ({type(e).__name__}: "
-                          f"{first})") from None
+                          f"{first_line(e, 200)})") from None
     what = "no data rows" if len(shards) == 1 else \
         f"none of its {len(shards)} shards has a data row"
     raise ConfigError(f"{TABLE_FLAG} {pattern}: {what} (a header only); the table is empty, "

@@ -19,6 +19,7 @@ from synanno_datagen.errors import ConfigError, LeaseHeld, LeaseLost, UsageError
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
+from synanno_datagen.transforms.table_formats import TableFormatError
 
 FAILED = 1
 USAGE_ERROR = 2
@@ -180,6 +181,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return BUSY
     except LeaseLost as e:  # not a bug: another run broke or took the lease
         print(f"{PROG}: lease lost: {first_line(e, 1000)}", file=sys.stderr)
+        return FAILED
+    except TableFormatError as e:  # found while the rows were read, after the run began
+        print(f"{PROG}: bad table: {first_line(e, 1000)}", file=sys.stderr)
         return FAILED
     return USAGE_ERROR
 

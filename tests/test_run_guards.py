@@ -178,3 +178,20 @@ def test_one_off_and_incremental_datasets_do_not_share_a_directory(small_data, t
                        f"--output-dir {plain} holds the dataset of a one-off run")
     assert sorted(p.name for p in root.iterdir()) == ["LATEST", "runs"]
     assert not (plain / "LATEST").exists() and not (plain / "runs").exists()
+
+
+def test_a_table_that_breaks_mid_run_ends_with_one_line(small_data, tmp_path, capsys):
+    """A quote never closed further down the table is found while the rows are read: the run
+    fails (exit 1) and says which file and where, instead of losing the rows after it."""
+    lines = open(small_data.table_path).read().splitlines()
+    table = tmp_path / "broken.csv"
+    table.write_text("\n".join(lines[:4] + [lines[4].replace(",", ',"', 1)] + lines[5:]) + "\n")
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert main(["run"] + argv) == 1
+    captured = capsys.readouterr()
+    closing = json.loads(captured.out.strip().splitlines()[-1])
+    assert closing["status"] == "failed" and closing["error"].startswith("TableFormatError: ")
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"synanno-datagen: bad table: {table}: the row after line 4: ")
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -116,3 +116,26 @@ def test_content_that_is_not_what_the_name_says_is_an_unknown_format(tmp_path):
                        ("text.parquet", "not a Parquet file")]:
         with pytest.raises(TableFormatError, match=says):
             read_schema(str(tmp_path / name))
+
+
+def test_a_quote_never_closed_or_a_bad_byte_fails_loudly_with_the_line(tmp_path):
+    """A lenient CSV reader takes every line after an unclosed quote into one cell, and the
+    table's rows silently vanish; a byte that is not UTF-8 deep in a file broke the run with a
+    bare UnicodeDecodeError. Both name the file and the line."""
+    rows = "".join(f"{i},{i},{i},{i},note {i}\n" for i in range(2, 2000))
+    quoted = tmp_path / "quote.csv"
+    quoted.write_text('id,x,y,z,note\n1,1,1,1,"I forgot to close\n' + rows)
+    with pytest.raises(TableFormatError, match=rf"{quoted}: the row after line 1: unexpected end of data"):
+        list(iter_rows(str(quoted)))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id,x,y,z,note\n" + rows.encode() + "2000,1,1,1,caf\xe9\n".encode("cp1252"))
+    with pytest.raises(TableFormatError, match=rf"{latin}: not UTF-8 \(invalid continuation byte\) within a few thousand bytes after line 1[89]\d\d;"):
+        list(iter_rows(str(latin)))
+
+
+def test_a_long_text_cell_is_read(tmp_path):
+    """Python's csv module refuses cells over 131,072 characters by default."""
+    table = tmp_path / "long.csv"
+    table.write_text("id,x,y,z,note\n1,1,1,1," + "a" * 300_000 + "\n2,2,2,2,short\n")
+    got = list(iter_rows(str(table)))
+    assert [r["id"] for r in got] == ["1", "2"] and len(got[0]["note"]) == 300_000

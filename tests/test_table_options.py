@@ -62,6 +62,17 @@ CASES = {
     "gzip named csv": (
         {"t.csv": _gzip_bytes_named_csv}, "t.csv", [],
         ["--materialization", "unknown format", "content is gzip", ".csv.gz"]),
+    "a column named twice": (
+        {"t.csv": "id,x,y,z,x\n1,2,3,4,5\n"}, "t.csv", [],
+        ["--materialization", "t.csv: column 'x' appears twice in the header"]),
+    "a Parquet column named twice": (
+        {"t.parquet": lambda path: pq.write_table(pa.Table.from_arrays(
+            [pa.array([1]), pa.array([2]), pa.array([3]), pa.array([4]), pa.array([5])],
+            names=["id", "x", "y", "z", "id"]), path)}, "t.parquet", [],
+        ["--materialization", "t.parquet: column 'id' appears twice in the header"]),
+    "spaces after the commas": (
+        {"t.csv": "id, x, y, z\n1,2,3,4\n"}, "t.csv", [],
+        ["no centre columns x/y/z (found: id,' x',' y',' z')"]),
     "zero resolution": (
         {}, None, ["--coordinate-resolution", "0", "4", "33"],
         ["--coordinate-resolution 0.0 4.0 33.0: must be positive nm per table unit"]),

@@ -19,6 +19,7 @@ CSV, CSV_GZ, PARQUET = "csv", "csv.gz", "parquet"
 CSV_ENCODING = "utf-8-sig"  # UTF-8; a leading byte order mark (spreadsheet exports) is dropped
 FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
 PARQUET_BATCH_ROWS = 4096
+CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
 PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
 _MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip"}
 _LIST_TYPES = ("list<", "large_list<", "fixed_size_list<", "string", "large_string")
@@ -85,8 +86,21 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
                     yield {name: cell_text(value) for name, value in row.items()}
             return
         stream = _decompressed(raw) if fmt == CSV_GZ else raw
-        for row in csv.DictReader(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline="")):
-            yield {k: v for k, v in row.items() if k is not None}
+        if csv.field_size_limit() < CSV_CELL_LIMIT:
+            csv.field_size_limit(CSV_CELL_LIMIT)
+        reader = csv.DictReader(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
+                                strict=True)
+        try:
+            for row in reader:
+                yield {k: v for k, v in row.items() if k is not None}
+        except csv.Error as e:   # strict: a quote never closed ends the file inside a cell
+            raise TableFormatError(f"{path}: the row after line {reader.line_num}: {e} (a "
+                                   "quote that is never closed?); fix the export") from None
+        except UnicodeDecodeError as e:
+            # (decoded ahead of the rows in blocks: the line is where the reader had got to)
+            raise TableFormatError(f"{path}: not UTF-8 ({e.reason}) within a few thousand "
+                                   f"bytes after line {reader.line_num}; export the table as "
+                                   "UTF-8") from None
 
 
 def cell_text(value) -> str:
