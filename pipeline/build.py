@@ -55,8 +55,8 @@ def build(p: beam.Pipeline, config: Config):
     instances, rejected = table["ok"], table[DEAD]  # Instance, unique ids; DeadLetter
     vanished = remembered = None
     if incremental:
-        kept = instances | "KeepNewInstances" >> KeepNewInstances(
-            config.incremental.previous_index_paths())
+        kept = {"instances": instances, "rejected": rejected} | "KeepNewInstances" >> \
+            KeepNewInstances(config.incremental.previous_index_paths())
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
     if incremental and config.incremental.memory_to_skip():
         skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \

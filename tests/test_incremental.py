@@ -80,3 +80,27 @@ def test_npy_totals_of_a_root_count_every_runs_files(small_data, tmp_path):
     assert (manifest["npy"]["files"], manifest["npy"]["bytes"]) == (
         len(files), sum(f["bytes"] for f in files))
     assert manifest["counts"]["instances_written"] == len(GOOD_IDS) - 2
+
+
+def test_an_earlier_instance_whose_row_is_now_rejected_has_not_vanished(small_data, tmp_path):
+    """Vanished instances are earlier ids no longer in the table; an id whose row is still
+    there but now fails its checks is a rejected row, not also a vanished instance."""
+    root = tmp_path / "root"
+    common = ["--incremental", "--variants", "1"]
+    assert main(["run"] + small_data.argv(root, *common)) == 0
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    changed = tmp_path / "changed.csv"
+    with open(changed, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:   # every row of 11 (the table repeats it once)
+            writer.writerow({**row, "x": ""} if row["id"] == "11" else row)
+    # ... and 13 leaves the table
+    text = changed.read_text().splitlines()
+    changed.write_text("\n".join(line for line in text if not line.startswith("13,")) + "\n")
+    argv = small_data.argv(root, *common)
+    argv[argv.index("--materialization") + 1] = str(changed)
+    assert main(["run"] + argv) == 0
+    counts = _latest(root)["counts"]
+    assert counts["vanished_instances"] == 1                 # 13 only
+    assert counts["failures"].get("missing_coordinate") == 2  # 11's rows, still in the table

@@ -74,9 +74,13 @@ def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path
     from synanno_datagen.transforms.keep_new import KeepNewInstances
 
     earlier = tmp_path / "index.jsonl"
-    earlier.write_text("".join(json.dumps({"instance_id": i}) + "\n" for i in (11, 12, 99)))
+    earlier.write_text("".join(json.dumps({"instance_id": i}) + "\n" for i in (11, 12, 98, 99)))
     with TestPipeline() as p:
-        out = (p | beam.Create([instance(i) for i in (11, 12, 13)])
+        rejected = p | "Rejected" >> beam.Create([
+            DeadLetter("missing_coordinate", "", "ReadTable", 98),   # still in the table
+            DeadLetter("invalid_id", "", "ReadTable", None)])
+        out = ({"instances": p | beam.Create([instance(i) for i in (11, 12, 13)]),
+                "rejected": rejected}
                | KeepNewInstances([str(earlier)]))
         assert_that(out["ok"] | beam.Map(lambda i: i.instance_id), equal_to([13]), label="New")
         assert_that(out["vanished"], equal_to([99]), label="Vanished")

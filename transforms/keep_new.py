@@ -18,24 +18,31 @@ def read_index_ids(path: str) -> Iterable[int]:
 
 
 class KeepNewInstances(beam.PTransform):
-    """Instances -> dict ``ok`` (ids in none of the earlier index shards) and ``vanished``
-    (earlier ids no longer in the table). Only ids cross the shuffle."""
+    """{"instances": Instance, "rejected": DeadLetter of the table} -> dict ``ok`` (instances
+    whose ids are in none of the earlier index shards) and ``vanished`` (earlier ids no longer
+    in the table: neither an instance now nor the id of a rejected row). Only ids cross the
+    shuffle."""
 
     def __init__(self, index_paths: List[str]):
         super().__init__()
         self._paths = list(index_paths)
 
-    def expand(self, instances):
+    def expand(self, inputs):
+        instances, rejected = inputs["instances"], inputs["rejected"]
         keyed = instances | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
         earlier = (instances.pipeline
                    | "EarlierIndex" >> beam.Create(self._paths)
                    | "EarlierIds" >> beam.FlatMap(read_index_ids)
                    | "KeyEarlier" >> beam.Map(lambda i: (i, None)))
-        # (id, {"now": [Instance], "earlier": [None]})
-        joined = {"now": keyed, "earlier": earlier} | "Join" >> beam.CoGroupByKey()
+        still = rejected | "RejectedIds" >> beam.FlatMap(
+            lambda d: [] if d.instance_id is None else [(d.instance_id, None)])
+        # (id, {"now": [Instance], "earlier": [None], "rejected": [None]})
+        joined = ({"now": keyed, "earlier": earlier, "rejected": still}
+                  | "Join" >> beam.CoGroupByKey())
         return {
             "ok": joined | "New" >> beam.FlatMap(
                 lambda kv: [] if list(kv[1]["earlier"]) else list(kv[1]["now"])),
             "vanished": joined | "Vanished" >> beam.FlatMap(
-                lambda kv: [kv[0]] if list(kv[1]["earlier"]) and not list(kv[1]["now"]) else []),
+                lambda kv: [kv[0]] if list(kv[1]["earlier"]) and not list(kv[1]["now"])
+                and not list(kv[1]["rejected"]) else []),
         }
