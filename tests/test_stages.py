@@ -232,6 +232,24 @@ def test_write_shards_writes_each_group_once_and_finalize_names_them(data, fetch
                                   varied[1].target_zyx)
 
 
+def test_a_storage_failure_while_writing_fails_the_bundle_not_the_instance(data, fetch_config,
+                                                                          tmp_path):
+    """Bytes already written for an instance (a part of a record, some npy files) cannot be
+    taken back: a write that fails fails the bundle, which a runner retries from the start
+    (its files rewritten), instead of leaving them beside a dead letter."""
+    from synanno_datagen.transforms.write import WriteShards
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    varied = Varied(**fetched.crop_fields(), target_zyx=mask, seed_slices=((1,),))
+    out = tmp_path / "out"
+    (out / "npy").mkdir(parents=True)
+    (out / "npy" / "gt").write_text("a file where the writer needs a folder")
+    with pytest.raises(Exception, match="gt"):
+        with TestPipeline() as p:
+            _ = p | beam.Create([varied]) | WriteShards(str(out), ("tfrecord", "npy"))
+
+
 def test_count_run_adds_up_rows_instances_variants_and_failures():
     from synanno_datagen.transforms.counts import count_run
     from synanno_datagen.transforms.records import WrittenShard

@@ -26,7 +26,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 from synanno_datagen.layout import (
     DEAD_LETTER, group_tfrecord_path, index_path, npy_paths, tfrecord_path,
 )
-from synanno_datagen.transforms.dead_letters import guarded_pardo
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
@@ -35,7 +34,7 @@ from synanno_datagen.transforms.files import (
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
-    DEAD, UNEXPECTED_ERROR, Varied, WrittenShard,
+    DEAD, UNEXPECTED_ERROR, DeadLetter, Varied, WrittenShard, exception_text,
 )
 from synanno_datagen.transforms.seeds import seed_mask
 
@@ -156,11 +155,20 @@ class WriteShardsFn(beam.DoFn):
 
     def process(self, varied: Varied):
         inst = varied.instance
-        entry = index_entry(varied)
-        data, records = (tfrecord_bytes(varied, self._layout)
-                         if TFRECORD in self._formats else (b"", 0))
-        if NPY in self._formats:
-            entry["npy"] = self._write_npy(varied)
+        try:  # what one instance can fail at: making its index line, records and npy bytes
+            entry = index_entry(varied)
+            data, records = (tfrecord_bytes(varied, self._layout)
+                             if TFRECORD in self._formats else (b"", 0))
+            npy = self._npy_files(varied) if NPY in self._formats else None
+        except Exception as e:  # noqa: BLE001 - a dead letter for this instance
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                inst, UNEXPECTED_ERROR, exception_text(type(e), repr(e))[:2000], "WriteShards"))
+            return
+        # Storage from here on: bytes written cannot be taken back, so a failure fails the
+        # bundle, which a runner retries from the start (its files written again), rather
+        # than leave part of an instance beside its dead letter.
+        if npy is not None:
+            entry["npy"] = self._write_npy(*npy)
         key = (inst.shard, inst.split)
         if key not in self._open:
             shard = None
@@ -175,7 +183,6 @@ class WriteShardsFn(beam.DoFn):
         entries.append(entry)
         self._instances.inc()
         self._variants.inc(len(varied.seed_slices))
-        return []
 
     def finish_bundle(self):
         for (group, split), (shard, entries) in sorted(self._open.items()):
@@ -188,16 +195,22 @@ class WriteShardsFn(beam.DoFn):
             yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
         self._open = {}
 
-    def _write_npy(self, varied: Varied) -> dict:
+    @staticmethod
+    def _npy_files(varied: Varied) -> Tuple[dict, List[Tuple[str, bytes]]]:
+        """(npy paths, [(path, npy bytes)]) of one instance: source, target, a seed mask per
+        variant."""
         seeds = [seed_mask(varied.target_zyx, s) for s in varied.seed_slices]
         paths = npy_paths(varied.instance.instance_id, len(seeds))
         arrays = [(paths["source"], varied.source_zyx), (paths["target"], varied.target_zyx)]
         arrays += list(zip(paths["seed_target"], seeds))
-        files = []
-        for rel, array in arrays:
-            size, sha = write_bytes(join(self._output_dir, rel), npy_bytes(array))
-            files.append({"path": rel, "bytes": size, "sha256": sha})
-        return {"files": files, **paths}
+        return paths, [(rel, npy_bytes(array)) for rel, array in arrays]
+
+    def _write_npy(self, paths: dict, files: List[Tuple[str, bytes]]) -> dict:
+        listed = []
+        for rel, data in files:
+            size, sha = write_bytes(join(self._output_dir, rel), data)
+            listed.append({"path": rel, "bytes": size, "sha256": sha})
+        return {"files": listed, **paths}
 
 
 class WriteShards(beam.PTransform):
@@ -210,8 +223,8 @@ class WriteShards(beam.PTransform):
         self._fn = WriteShardsFn(output_dir, formats, layout, compression, keepalive)
 
     def expand(self, varied):
-        ok, dead = guarded_pardo(varied, "Write", self._fn, UNEXPECTED_ERROR, "WriteShards")
-        return {"ok": ok, DEAD: dead}
+        out = varied | "Write" >> beam.ParDo(self._fn).with_outputs(DEAD, main="ok")
+        return {"ok": out.ok, DEAD: out[DEAD]}
 
 
 def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, int, int]]:
