@@ -119,7 +119,7 @@ schedule() {
   check_job_name "$job_name"
   local body
   body="$("${PYTHON:-python3}" -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
-    --job-name "$job_name" --temp-location "$root/synanno-datagen/temp" \
+    --metadata-file "$here/metadata.json" --job-name "$job_name" --temp-location "$root/synanno-datagen/temp" \
     --staging-location "$root/synanno-datagen/staging" --service-account "$SERVICE_ACCOUNT" \
     --max-workers "${MAX_WORKERS:-}" --machine-type "${MACHINE_TYPE:-}" \
     --network "${NETWORK:-}" --sdk-container-image "$image" -- "$@")" \

@@ -100,6 +100,20 @@ def launch_body(template_path: str, job_name: str, parameters: Dict[str, str],
     }}
 
 
+def check_parameters(params: Dict[str, str], metadata_file: str) -> None:
+    """Raise ConfigError for a parameter value the template's regexes refuse (Dataflow would
+    refuse the launch, every night)."""
+    import re
+
+    with open(metadata_file) as f:
+        declared = {p["name"]: p.get("regexes", []) for p in json.load(f)["parameters"]}
+    for name, value in params.items():
+        regexes = declared.get(name, [])
+        if regexes and not any(re.fullmatch(rx, value) for rx in regexes):
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r}: the template's check "
+                              f"refuses it ({' or '.join(regexes)}); write it so it passes")
+
+
 ENVIRONMENT_FLAGS = {  # body flag -> Flex Template RuntimeEnvironment field
     "--temp-location": "tempLocation", "--staging-location": "stagingLocation",
     "--service-account": "serviceAccountEmail", "--max-workers": "maxWorkers",
@@ -112,6 +126,8 @@ def body_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m synanno_datagen.pipeline.flex body")
     parser.add_argument("--template-path", required=True)
     parser.add_argument("--job-name", required=True)
+    parser.add_argument("--metadata-file", default="",
+                        help="the template's metadata.json: parameters are checked against it")
     for flag in ENVIRONMENT_FLAGS:
         parser.add_argument(flag, default="")
     ours, flags = _split_at_double_dash(list(argv))
@@ -121,6 +137,8 @@ def body_main(argv: Sequence[str]) -> int:
         for name, why in NOT_SCHEDULED.items():
             if params.get(name) == "true":
                 raise ConfigError(f"--{name.replace('_', '-')}: not in a schedule: {why}")
+        if args.metadata_file:
+            check_parameters(params, args.metadata_file)
     except ConfigError as e:
         print(f"synanno-datagen: error: {e}", file=sys.stderr)
         return 2

@@ -95,8 +95,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="grouped work block in target voxels (default: from the chunk "
          "sizes and --fetch-memory-mb)")
     flag("--fetch-memory-mb", type=int, default=1024,
-         help="decoded-chunk cache of each fetching thread for grouped fetching "
-         "(default 1024; a Dataflow worker runs several threads)")
+         help="decoded-chunk cache for grouped fetching: one per worker process with "
+         "tensorstore (shared by its threads), one per fetching thread with cloud-volume "
+         "(default 1024)")
     flag("--missing-chunks", default="source=error,target=zero", metavar="MODE",
          help="a chunk absent from storage: 'error' dead-letters the instance "
          "(missing_chunks), 'zero' reads it as zeros and counts it; 'error', "

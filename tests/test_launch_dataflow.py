@@ -403,3 +403,14 @@ def test_a_schedule_refuses_overwrite_instead_of_dropping_it(stub_gcloud):
                   SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2 and "--overwrite: not in a schedule" in done.stderr
     assert calls() == []
+
+
+def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
+    """The launch body is checked against metadata.json's regexes as the nightly launches would
+    be: refused now, once, instead of every night."""
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--splits", "train=0.99999,val=1e-05", PROJECT="p",
+                  REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2, done.stderr
+    assert "--splits 'train=0.99999,val=1e-05': the template's check refuses it" in done.stderr
+    assert calls() == []
