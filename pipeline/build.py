@@ -46,10 +46,12 @@ def read_columns(config: Config) -> Tuple[str, ...]:
 def build(p: beam.Pipeline, config: Config):
     """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
     incremental = bool(config.incremental and config.incremental.previous)
-    # Picking N while reading keeps memory independent of the table size; an incremental run
-    # picks N among the instances not in earlier runs, so it picks after KeepNewInstances.
+    # Picking N while reading keeps memory independent of the table size. A root's runs pick
+    # after reading every row (a later run picks among the instances not in earlier runs,
+    # after KeepNewInstances), its first run too, so that a repeated id counts as a
+    # duplicate_id on every night alike.
     select = (config.seed, config.num_instances) \
-        if config.num_instances is not None and not incremental else None
+        if config.num_instances is not None and not config.incremental else None
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
                                          config.target.bounds, select, config.points)
     instances, rejected = table["ok"], table[DEAD]  # Instance, unique ids; DeadLetter
@@ -63,7 +65,7 @@ def build(p: beam.Pipeline, config: Config):
             SkipRememberedFailures(config.incremental.memory_to_skip(), read_columns(config))
         instances, rejected = skipped["ok"], skipped[DEAD]
         remembered = skipped[REMEMBERED]             # the memory entry of each row skipped
-    if config.num_instances is not None and incremental:  # the dataset holds at most N
+    if config.num_instances is not None and config.incremental:  # the dataset holds <= N
         instances = instances | "SelectInstances" >> SelectInstances(
             config.seed, config.incremental.allowed(config.num_instances))
     fetch = fetch_config(config)

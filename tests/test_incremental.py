@@ -104,3 +104,29 @@ def test_an_earlier_instance_whose_row_is_now_rejected_has_not_vanished(small_da
     counts = _latest(root)["counts"]
     assert counts["vanished_instances"] == 1                 # 13 only
     assert counts["failures"].get("missing_coordinate") == 2  # 11's rows, still in the table
+
+
+def test_repeated_ids_count_the_same_on_every_night_of_a_root(small_data, tmp_path):
+    """With --num-instances, a one-off run picks while reading and counts a repeat of an id it
+    did not pick as a row not selected. A root's later runs read every row (to find new ids),
+    where a repeat is a duplicate_id: so its first run reads every row too, and an unchanged
+    table gives no new failure on the second night."""
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    good = [r for r in rows if r["id"] in {str(i) for i in GOOD_IDS}]
+    table = tmp_path / "repeats.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(good + good)                  # every id twice
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--num-instances", "2")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert main(["run"] + argv) == 0
+    first = _latest(root)["counts"]
+    repeats = 2 * len(good) - len(GOOD_IDS)            # every row after an id's first
+    assert first["failures"].get("duplicate_id") == repeats
+    assert first["instances_selected"] == 2
+    assert main(["run"] + argv) == 0
+    second = _latest(root)["counts"]
+    assert second["failures"] == {} and second["instances_selected"] == 0
+    assert second["remembered_failures"].get("duplicate_id") == repeats
