@@ -193,5 +193,6 @@ def test_a_table_that_breaks_mid_run_ends_with_one_line(small_data, tmp_path, ca
     closing = json.loads(captured.out.strip().splitlines()[-1])
     assert closing["status"] == "failed" and closing["error"].startswith("TableFormatError: ")
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith(f"synanno-datagen: bad table: {table}: the row after line 4: ")
+    assert last.startswith(f"synanno-datagen: bad table: {table}: a quote opened in the row "
+                           "after line 4 is never closed")
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -125,7 +125,8 @@ def test_a_quote_never_closed_or_a_bad_byte_fails_loudly_with_the_line(tmp_path)
     rows = "".join(f"{i},{i},{i},{i},note {i}\n" for i in range(2, 2000))
     quoted = tmp_path / "quote.csv"
     quoted.write_text('id,x,y,z,note\n1,1,1,1,"I forgot to close\n' + rows)
-    with pytest.raises(TableFormatError, match=rf"{quoted}: the row after line 1: unexpected end of data"):
+    with pytest.raises(TableFormatError,
+                       match=rf"{quoted}: a quote opened in the row after line 1 is never closed"):
         list(iter_rows(str(quoted)))
     latin = tmp_path / "latin.csv"
     latin.write_bytes(b"id,x,y,z,note\n" + rows.encode() + "2000,1,1,1,caf\xe9\n".encode("cp1252"))
@@ -139,3 +140,13 @@ def test_a_long_text_cell_is_read(tmp_path):
     table.write_text("id,x,y,z,note\n1,1,1,1," + "a" * 300_000 + "\n2,2,2,2,short\n")
     got = list(iter_rows(str(table)))
     assert [r["id"] for r in got] == ["1", "2"] and len(got[0]["note"]) == 300_000
+
+
+def test_stray_quotes_inside_a_row_are_read_as_before(tmp_path):
+    """Only a quote that runs to the end of the file is refused: a space after a closing quote
+    or a quote inside a cell are read as lenient CSV readers read them."""
+    table = tmp_path / "stray.csv"
+    table.write_text('id,x,y,z,kind\n1,1,1,1,"E" \n2,2,2,2,a"b\n3,3,3,3,"multi\nline"\n4,4,4,4,ok')
+    got = list(iter_rows(str(table)))
+    assert [(r["id"], r["kind"]) for r in got] == [
+        ("1", "E "), ("2", 'a"b'), ("3", "multi\nline"), ("4", "ok")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
@@ -20,6 +21,9 @@ CSV_ENCODING = "utf-8-sig"  # UTF-8; a leading byte order mark (spreadsheet expo
 FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
 PARQUET_BATCH_ROWS = 4096
 CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
+# A line after a CSV's last one: a quote never closed takes it into a cell, a table that ends
+# well reads it as a row of its own (dropped).
+_END_OF_TABLE = "\x00synanno-datagen: end of table\x00"
 PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
 _MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip"}
 _LIST_TYPES = ("list<", "large_list<", "fixed_size_list<", "string", "large_string")
@@ -88,12 +92,21 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
         stream = _decompressed(raw) if fmt == CSV_GZ else raw
         if csv.field_size_limit() < CSV_CELL_LIMIT:
             csv.field_size_limit(CSV_CELL_LIMIT)
-        reader = csv.DictReader(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
-                                strict=True)
+        lines = itertools.chain(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
+                                [_END_OF_TABLE + "\n"])
+        reader = csv.DictReader(lines)   # lenient, as spreadsheets and pandas write and read
         try:
-            for row in reader:
-                yield {k: v for k, v in row.items() if k is not None}
-        except csv.Error as e:   # strict: a quote never closed ends the file inside a cell
+            last, before, after = None, 1, 1   # lines the row before ``last`` and it end on
+            for row in reader:   # held back one row: only the last can hold the end marker
+                if last is not None:
+                    yield {k: v for k, v in last.items() if k is not None}
+                last, before, after = row, after, reader.line_num
+            if last is not None and last.get(reader.fieldnames[0]) != _END_OF_TABLE:
+                # the marker is inside a cell: a quote opened in this row runs to the end
+                raise TableFormatError(
+                    f"{path}: a quote opened in the row after line {before} is never closed, "
+                    "so every later line would be read into one cell; fix the export")
+        except csv.Error as e:
             raise TableFormatError(f"{path}: the row after line {reader.line_num}: {e} (a "
                                    "quote that is never closed?); fix the export") from None
         except UnicodeDecodeError as e:
