@@ -45,8 +45,9 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         center=_center(center_column, schema, first),
         pre=_optional_point("--pre-column", pre_column, PRE_PREFIX, schema, first),
         post=_optional_point("--post-column", post_column, POST_PREFIX, schema, first))
-    return TableSpec(tuple(shards), schema.format,
-                     resolve_id_column(id_column, schema.columns, first), layout)
+    ids = resolve_id_column(id_column, schema.columns, first)
+    _check_read_once(schema, ((ids,) if ids else ()) + layout.columns(), first)
+    return TableSpec(tuple(shards), schema.format, ids, layout)
 
 
 def match_table(pattern: str) -> List[str]:
@@ -83,8 +84,6 @@ def found(columns: Sequence[str]) -> str:
 
 
 def _schema(path: str) -> ShardSchema:
-    """A shard's schema; a header naming a column twice is refused (a row keeps only the last
-    of them, so the other would be read silently in its place)."""
     try:
         schema = read_schema(path)
     except TableFormatError as e:
@@ -92,11 +91,17 @@ def _schema(path: str) -> ShardSchema:
     except Exception as e:
         raise ConfigError(f"{TABLE_FLAG} {path}: cannot read it ({type(e).__name__}: "
                           f"{first_line(e, 200)})") from None
-    twice = sorted({c for c in schema.columns if schema.columns.count(c) > 1})
+    return schema
+
+
+def _check_read_once(schema: ShardSchema, read: Sequence[str], path: str) -> None:
+    """Refuse a header naming a column the run reads twice: a row keeps only the last of them,
+    so the other would be read silently in its place (others, such as a spreadsheet's empty
+    trailing names, do not matter)."""
+    twice = sorted({c for c in read if schema.columns.count(c) > 1})
     if twice:
         raise ConfigError(f"{TABLE_FLAG} {path}: column {twice[0]!r} appears twice in the "
                           "header; give every column its own name")
-    return schema
 
 
 def _check_has_rows(pattern: str, shards: Sequence[str]) -> None:

@@ -104,6 +104,18 @@ def test_table_problems_stop_the_run_before_any_work(small_data, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_columns_named_twice_that_the_run_does_not_read_are_fine(small_data, tmp_path):
+    """Spreadsheets export trailing commas: two columns named '' are no problem."""
+    from synanno_datagen.pipeline.config import check
+
+    lines = open(small_data.table_path).read().splitlines()
+    table = tmp_path / "trailing.csv"
+    table.write_text("\n".join(line + ",," for line in lines) + "\n")
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert check(argv)[0].id_column == "id"
+
+
 def test_a_table_without_pre_and_post_needs_no_flag(small_data, tmp_path):
     from synanno_datagen.pipeline.config import parse
 
