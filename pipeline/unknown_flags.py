@@ -126,6 +126,8 @@ def check_runner(beam_args: Sequence[str]) -> None:
         runner = create_runner(name)
     except ValueError as e:
         raise ConfigError(f"--runner {name}: {first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - a dotted name Beam imports: no such module or class
+        raise ConfigError(f"--runner {name}: {type(e).__name__}: {first_line(e)}") from None
     cloud = options.view_as(GoogleCloudOptions)
     if type(runner).__name__ == "DataflowRunner" and not (
             cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location)):

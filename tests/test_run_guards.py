@@ -147,6 +147,7 @@ def test_an_incremental_run_needs_an_id_column(small_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--runner", "DirectRunnr"], "--runner DirectRunnr: Unexpected pipeline runner: DirectRunnr"),
+    (["--runner", "foo.BarRunner"], "--runner foo.BarRunner: ModuleNotFoundError"),
     (["--runner", "DataflowRunner"], "Missing required option: project"),
     (["--gcs_custom_audit_entries=zzz"], "--gcs_custom_audit_entries"),
 ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Optional, Sequence, Tuple, Union
 
@@ -17,6 +18,7 @@ from synanno_datagen.transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
 
 AXES = ("x", "y", "z")
 MISSING_TEXT = ("", "nan", "na", "null", "none")
+_EXACT_DIGITS = 30   # decimal exponents read exactly; beyond, the float
 _MAX_EXACT = 2**53
 _SPLIT = re.compile(r"\s+")
 
@@ -136,9 +138,12 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a finite coordinate: {text!r}")
     if isinstance(value, float):
         try:
-            return Fraction(text)
-        except ValueError:   # a spelling float() reads and Fraction does not
+            exact = Decimal(text)
+        except InvalidOperation:   # a spelling float() reads and Decimal does not
             return Fraction(value)
+        # Decimal keeps the exponent as written: 1e-100000000 is no work until made a Fraction,
+        # and a value that small or large is what its float says
+        return Fraction(exact) if abs(exact.adjusted()) <= _EXACT_DIGITS else Fraction(value)
     return value
 
 
