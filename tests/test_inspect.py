@@ -154,7 +154,14 @@ def test_a_run_of_a_root_opens_by_any_local_path(small_data, tmp_path, monkeypat
                             (root / "runs" / "00001", "./"), (tmp_path, "./root/runs//00001")):
         monkeypatch.chdir(where)
         got = open_dataset(location)
-        assert (got.root, got.manifest_path) == (str(root), want.manifest_path)
+        assert (got.root, got.manifest) == (str(root), want.manifest)
+        assert got.manifest_path == f"{location.rstrip('/')}/manifest.json"  # as given
+
+
+def test_a_dataset_is_named_as_given(views_dataset, capsys, monkeypatch):
+    monkeypatch.chdir(views_dataset.parent)
+    facts = _inspect_json(capsys, views_dataset.name)
+    assert facts["dataset"] == f"{views_dataset.name}/manifest.json"
 
 
 def test_an_npy_only_dataset_reports_its_npy_files(small_data, tmp_path, capsys):

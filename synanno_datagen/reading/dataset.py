@@ -134,15 +134,14 @@ def open_dataset(location: str) -> Dataset:
     incremental root (holding ``LATEST``, which names the latest run's manifest), or one run of
     an incremental root (its paths are relative to the root, two levels up)."""
     root = str(location).rstrip("/") or str(location)
-    if "://" not in root:   # local: one spelling, so a run's root is found two levels up
-        root = os.path.abspath(root)
     direct = layout.join(root, layout.MANIFEST)
     pointer = layout.join(root, layout.LATEST)
     try:
         if _filesystems().exists(direct):
             manifest = _read_json(direct)
-            if "incremental" in manifest:
-                root = layout.root_of_run(root, manifest["incremental"]["run_dir"])
+            if "incremental" in manifest:   # a run of a root: local paths in one spelling
+                base = root if "://" in root else os.path.abspath(root)
+                root = layout.root_of_run(base, manifest["incremental"]["run_dir"])
             return Dataset(root, direct, manifest)
         if _filesystems().exists(pointer):
             with _open(pointer) as f:
