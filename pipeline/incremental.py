@@ -96,7 +96,8 @@ class IncrementalPlan:
     def merge_npy(self, totals: Dict[str, int]) -> Dict[str, int]:
         """This run's npy totals + the earlier runs' (the dataset's, as its splits are)."""
         earlier = self.previous.npy if self.previous else {}
-        return {k: int(v) + int(earlier.get(k, 0)) for k, v in totals.items()}
+        return {**{k: int(v) + int(earlier.get(k, 0)) for k, v in totals.items()},
+                "totals": NPY_TOTALS}
 
     def to_manifest(self) -> dict:
         return {
@@ -130,6 +131,29 @@ def read_latest(root: str) -> Optional[dict]:
         return json.load(f)
 
 
+NPY_TOTALS = "every run"   # the manifest's npy totals cover every run of the root
+
+
+def _npy_totals(root: str, latest: dict) -> Dict[str, int]:
+    """The npy files and bytes of every run of the dataset ``latest`` (a manifest) closes.
+    Manifests written before their totals covered every run counted their own run's: those are
+    added up over the runs the dataset lists."""
+    npy = latest.get("npy", {})
+    if npy.get("totals") == NPY_TOTALS:
+        return {k: int(npy.get(k, 0)) for k in ("files", "bytes")}
+    from apache_beam.io.filesystems import FileSystems
+
+    latest_run = latest["incremental"]["run"]
+    runs = {f["run"] for f in latest["files"]["index"] if "run" in f} - {latest_run}
+    totals = {k: int(npy.get(k, 0)) for k in ("files", "bytes")}
+    for run in sorted(runs):
+        with FileSystems.open(layout.join(root, layout.run_dir(run), layout.MANIFEST)) as f:
+            own = json.load(f).get("npy", {})
+        for k in totals:
+            totals[k] += int(own.get(k, 0))
+    return totals
+
+
 def plan(root: str, generation: Dict, retry_failed: bool = False) -> IncrementalPlan:
     """The plan of the next run under ``root`` for a run with this generation config."""
     digest = generation_hash(generation)
@@ -148,5 +172,5 @@ def plan(root: str, generation: Dict, retry_failed: bool = False) -> Incremental
              if options.get("block_size_xyz") else None,
              **({"fetch_memory_mb": int(options["fetch_memory_mb"])}
                 if "fetch_memory_mb" in options else {})},
-            {k: int(latest.get("npy", {}).get(k, 0)) for k in ("files", "bytes")})
+            _npy_totals(root, latest))
     return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed)

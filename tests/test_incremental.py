@@ -130,3 +130,39 @@ def test_repeated_ids_count_the_same_on_every_night_of_a_root(small_data, tmp_pa
     second = _latest(root)["counts"]
     assert second["failures"] == {} and second["instances_selected"] == 0
     assert second["remembered_failures"].get("duplicate_id") == repeats
+
+
+def test_npy_totals_continue_a_root_whose_manifests_counted_their_own_run(small_data, tmp_path):
+    """Manifests written before the totals covered every run counted their own run's files:
+    a run extending such a root adds up every earlier run's manifest."""
+    root = tmp_path / "root"
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    common = ["--incremental", "--variants", "2", "--formats", "tfrecord,npy"]
+    for n, ids in enumerate((("11",), ("11", "12"), None), start=1):
+        argv = small_data.argv(root, *common)
+        if ids:
+            part = tmp_path / f"part{n}.csv"
+            with open(part, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(r for r in rows if r["id"] in ids)
+            argv[argv.index("--materialization") + 1] = str(part)
+        assert main(["run"] + argv) == 0
+        if n < 3:   # as the earlier version wrote it: this run's files only, no marker
+            path = root / f"runs/{n:05d}/manifest.json"
+            manifest = json.loads(path.read_text())
+            mine = [f for e in _entries(root, manifest).values()
+                    for f in e["npy"]["files"] if f["path"]]
+            own = [f for f in manifest["files"]["index"] if f.get("run") == n]
+            own_files = [f for g in own for line in (root / g["path"]).read_text().splitlines()
+                         for f in json.loads(line)["npy"]["files"]]
+            manifest["npy"] = {k: v for k, v in manifest["npy"].items() if k != "totals"}
+            manifest["npy"].update(files=len(own_files), bytes=sum(f["bytes"] for f in own_files))
+            assert len(mine) >= len(own_files)
+            path.write_text(json.dumps(manifest))
+    manifest = _latest(root)
+    files = [f for e in _entries(root, manifest).values() for f in e["npy"]["files"]]
+    assert len(files) == 4 * len(GOOD_IDS)
+    assert (manifest["npy"]["files"], manifest["npy"]["bytes"]) == (
+        len(files), sum(f["bytes"] for f in files))
+    assert manifest["npy"]["totals"] == "every run"
