@@ -23,7 +23,8 @@ PARQUET_BATCH_ROWS = 4096
 CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
 # A line after a CSV's last one: a quote never closed takes it into a cell, a table that ends
 # well reads it as a row of its own (dropped).
-_END_OF_TABLE = "\x00synanno-datagen: end of table\x00"
+# (noncharacters, never in an export; no NUL, which csv before Python 3.11 refuses)
+_END_OF_TABLE = "\ufffesynanno-datagen: end of table\uffff"
 PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
 _MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip"}
 _LIST_TYPES = ("list<", "large_list<", "fixed_size_list<", "string", "large_string")
