@@ -150,3 +150,22 @@ def test_stray_quotes_inside_a_row_are_read_as_before(tmp_path):
     got = list(iter_rows(str(table)))
     assert [(r["id"], r["kind"]) for r in got] == [
         ("1", "E "), ("2", 'a"b'), ("3", "multi\nline"), ("4", "ok")]
+
+
+@pytest.mark.parametrize("header", [",id,x,y,z,,", "a,id,x,y,z,a"])
+def test_a_first_column_name_repeated_later_reads_every_row(tmp_path, header):
+    """pandas' unnamed index column and a trailing comma name two columns ''."""
+    table = tmp_path / "t.csv"
+    table.write_text(header + "\n0,11,1,2,3,\n1,12,4,5,6,\n")
+    got = list(iter_rows(str(table)))
+    assert [r["id"] for r in got] == ["11", "12"]
+
+
+def test_odd_csv_files_read_as_empty_or_fail_clearly(tmp_path):
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\r\n")
+    assert list(iter_rows(str(blank))) == []
+    header_quote = tmp_path / "header.csv"
+    header_quote.write_text('id,x,y,z,"note\n1,1,1,1,a\n2,2,2,2,b\n')
+    with pytest.raises(TableFormatError, match="a quote opened in the header is never closed"):
+        list(iter_rows(str(header_quote)))

@@ -95,15 +95,23 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
             csv.field_size_limit(CSV_CELL_LIMIT)
         lines = itertools.chain(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
                                 [_END_OF_TABLE + "\n"])
-        reader = csv.DictReader(lines)   # lenient, as spreadsheets and pandas write and read
+        reader = csv.reader(lines)   # lenient, as spreadsheets and pandas write and read
         try:
-            last, before, after = None, 1, 1   # lines the row before ``last`` and it end on
-            for row in reader:   # held back one row: only the last can hold the end marker
+            header = next(reader)
+            if _END_OF_TABLE in "".join(header):
+                if header != [_END_OF_TABLE]:   # an empty file's header is the marker itself
+                    raise TableFormatError(f"{path}: a quote opened in the header is never "
+                                           "closed, so every line is read into one name; fix "
+                                           "the export")
+                return
+            last, before, after = None, reader.line_num, reader.line_num
+            for row in reader:   # held back one row: only the last can hold the marker
+                if not row:
+                    continue     # a blank line is no row (as csv.DictReader has it)
                 if last is not None:
-                    yield {k: v for k, v in last.items() if k is not None}
+                    yield _as_dict(header, last)
                 last, before, after = row, after, reader.line_num
-            if last is not None and last.get(reader.fieldnames[0]) != _END_OF_TABLE:
-                # the marker is inside a cell: a quote opened in this row runs to the end
+            if last != [_END_OF_TABLE]:   # the marker is inside a cell: a quote runs to the end
                 raise TableFormatError(
                     f"{path}: a quote opened in the row after line {before} is never closed, "
                     "so every later line would be read into one cell; fix the export")
@@ -115,6 +123,12 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
             raise TableFormatError(f"{path}: not UTF-8 ({e.reason}) within a few thousand "
                                    f"bytes after line {reader.line_num}; export the table as "
                                    "UTF-8") from None
+
+
+def _as_dict(header, row) -> Dict[str, str]:
+    """A CSV row as ``{column: text}``, as csv.DictReader makes it: a missing cell is None,
+    cells beyond the header are dropped, a repeated name keeps its last cell."""
+    return dict(zip(header, itertools.chain(row, itertools.repeat(None, len(header) - len(row)))))
 
 
 def cell_text(value) -> str:
