@@ -36,9 +36,10 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
                    pre_column: Optional[str], post_column: Optional[str]) -> TableSpec:
     """Shards, format and columns of the table; raises ConfigError."""
     shards = match_table(pattern)
-    schema = _schema(shards[0])
-    for path in shards[1:]:
-        _check_same_shape(schema, _schema(path), path, shards[0])
+    schemas = [_schema(path) for path in shards]
+    schema = schemas[0]
+    for path, other in zip(shards[1:], schemas[1:]):
+        _check_same_shape(schema, other, path, shards[0])
     _check_has_rows(pattern, shards)
     first = shards[0]
     layout = TableLayout(
@@ -46,7 +47,8 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         pre=_optional_point("--pre-column", pre_column, PRE_PREFIX, schema, first),
         post=_optional_point("--post-column", post_column, POST_PREFIX, schema, first))
     ids = resolve_id_column(id_column, schema.columns, first)
-    _check_read_once(schema, ((ids,) if ids else ()) + layout.columns(), first)
+    for path, other in zip(shards, schemas):
+        _check_read_once(other, ((ids,) if ids else ()) + layout.columns(), path)
     return TableSpec(tuple(shards), schema.format, ids, layout)
 
 

@@ -70,6 +70,9 @@ CASES = {
             [pa.array([1]), pa.array([2]), pa.array([3]), pa.array([4]), pa.array([5])],
             names=["id", "x", "y", "z", "id"]), path)}, "t.parquet", [],
         ["--materialization", "t.parquet: column 'id' appears twice in the header"]),
+    "a later shard names a column twice": (
+        {"t/a.csv": "id,x,y,z\n1,2,3,4\n", "t/b.csv": "id,x,y,z,x\n1,2,3,4,5\n"}, "t/*.csv",
+        [], ["--materialization", "b.csv: column 'x' appears twice in the header"]),
     "spaces after the commas": (
         {"t.csv": "id, x, y, z\n1,2,3,4\n"}, "t.csv", [],
         ["no centre columns x/y/z (found: id,' x',' y',' z')"]),
