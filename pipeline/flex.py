@@ -82,8 +82,10 @@ def parameters_to_flags(argv: Sequence[str]) -> List[str]:
             flag = "--" + name.replace("_", "-")
             if name in SWITCHES:
                 flags += [flag] if value.lower() == "true" else []
-            else:
-                flags += [flag] + (value.split() if name in XYZ_PARAMETERS else [value])
+            elif name in XYZ_PARAMETERS:
+                flags += [flag] + value.split()
+            else:   # one token: a value starting with '-' stays the flag's value
+                flags += [f"{flag}={value}"]
         else:
             beam.append(arg)
     return flags + beam

@@ -80,28 +80,35 @@ def print_run_help() -> None:
 
 def output_dir_given(argv: Sequence[str], default: Optional[str] = None) -> Optional[str]:
     """``--output-dir`` as given (for the closing line of a run that stopped early)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--output-dir", default=default)
-    return parser.parse_known_args(list(argv))[0].output_dir
+    try:
+        return parser.parse_known_args(list(argv))[0].output_dir
+    except argparse.ArgumentError:   # "--output-dir" without a value: refused already
+        return default
 
 
 def generate(command: str, argv: List[str], demo_parser) -> int:
     """``run`` or ``demo``: progress lines on stderr while it runs, the summary, then the
     closing JSON line on stdout, whatever happened (errors go on to ``main``)."""
-    if command == "run" and ("-h" in argv or "--help" in argv):
-        print_run_help()
+    if "-h" in argv or "--help" in argv:
+        if command == "run":
+            print_run_help()
+        else:
+            demo_parser.print_help()
         return 0
-    output, argv = output_parser().parse_known_args(argv)
-    if not 0 < output.progress_interval < float("inf"):
-        raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be positive")
-    if output.quiet:
-        logging.getLogger().setLevel(logging.ERROR)
     from synanno_datagen.pipeline import monitoring
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
     try:
-        manifest = _generate(command, argv, demo_parser, output)
+        output, rest = output_parser().parse_known_args(argv)
+        if not 0 < output.progress_interval < float("inf"):
+            raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be "
+                              "positive")
+        if output.quiet:
+            logging.getLogger().setLevel(logging.ERROR)
+        manifest = _generate(command, rest, demo_parser, output)
         status, code = (monitoring.OK if manifest is not None else monitoring.SUBMITTED), 0
         return 0
     except LeaseHeld as e:

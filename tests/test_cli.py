@@ -149,3 +149,26 @@ def test_an_info_file_that_is_not_json_is_named_as_such(small_data, tmp_path, ca
     err = _fails(capsys, ["run"] + argv, f"{flag} file://{broken}: cannot read the volume's info",
                  "not JSON")
     assert "--source-mip" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--output-dir"], "--output-dir: expected one argument"),
+    (["--progress-interval", "0"], "--progress-interval 0: must be positive"),
+])
+def test_refusals_of_output_flags_end_with_the_closing_line(small_data, tmp_path, capsys, extra,
+                                                            message):
+    """Every run that reads its output flags ends with one closing line, a refusal too."""
+    argv = [a for a in small_data.argv(tmp_path / "out") if a != str(tmp_path / "out")]
+    argv.remove("--output-dir")
+    assert main(["run"] + argv + extra) == 2
+    captured = capsys.readouterr()
+    closing = json.loads(captured.out.strip().splitlines()[-1])
+    assert (closing["status"], closing["exit_code"]) == ("refused", 2)
+    assert message in closing["error"] and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_demo_help_is_no_failed_run(capsys):
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--output-dir" in out and "synanno_datagen_run" not in out

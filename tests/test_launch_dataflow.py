@@ -224,6 +224,11 @@ def test_template_parameters_become_run_flags():
     assert not run_parser().parse_known_args(parameters_to_flags(
         ["--incremental=false", "--materialization=m", "--source_url=s", "--target_url=t",
          "--output_dir=o"]))[0].incremental
+    # a column name may start with '-' (the template's check allows it): still the flag's value
+    args, _ = run_parser().parse_known_args(parameters_to_flags(
+        ["--materialization=m", "--source_url=s", "--target_url=t", "--output_dir=o",
+         "--id_column=-synapse_id"]))
+    assert args.id_column == "-synapse_id"
 
 
 def test_table_parameters_round_trip_with_decimal_resolutions():
