@@ -30,6 +30,7 @@ def test_list_cells_in_csv_and_numpy_text(text):
     ("[120, 220, 14, 1]", "not_a_number"),
     ("[120, abc, 14]", "not_a_number"),
     ("[120, inf, 14]", "not_a_number"),
+    ("[120, 1." + "0" * 200 + ", 14]", "not_a_number"),   # no coordinate is that long
     ("120", "not_a_number"),
     ("{'x': 1}", "not_a_number"),
 ])

@@ -19,6 +19,7 @@ from synanno_datagen.transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
 AXES = ("x", "y", "z")
 MISSING_TEXT = ("", "nan", "na", "null", "none")
 _EXACT_DIGITS = 30   # decimal exponents read exactly; beyond, the float
+_MAX_TEXT = 64       # characters of a coordinate's text
 _MAX_EXACT = 2**53
 _SPLIT = re.compile(r"\s+")
 
@@ -131,6 +132,8 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
     text = (text or "").strip()
     if text.lower() in MISSING_TEXT:
         raise BadValue(MISSING_COORDINATE, f"{what} is empty ({text!r})")
+    if len(text) > _MAX_TEXT:   # no coordinate is written that long (and exact reading costs)
+        raise BadValue(NOT_A_NUMBER, f"{what} is not a coordinate: {len(text)} characters")
     value = number_from_text(text)
     if value is None:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a number: {text!r}")
