@@ -150,11 +150,13 @@ class Heartbeat:
     def interval_s(self) -> float:
         return min(3600.0, self.hours * 3600 / 8)
 
-    def beat(self, now: Optional[float] = None) -> None:
+    def beat(self, now: Optional[float] = None, force: bool = False) -> None:
+        """Look at the lease (at most every ``interval_s`` per process, unless ``force``):
+        renew it when less than half is left; raise LeaseLost when it is no longer ours."""
         now = time.time() if now is None else now
         with _BEATS_LOCK:
             last = _BEATS.get(self.lease.token)
-            if last is not None and now - last < self.interval_s:
+            if not force and last is not None and now - last < self.interval_s:
                 return
             _BEATS[self.lease.token] = now
         for _ in range(_TRIES):

@@ -124,6 +124,10 @@ class WriteManifestFn(beam.DoFn):
         self._config = config
 
     def process(self, _, files, dead_letter, counts, npy_totals, io):
+        if self._config.lease is not None:   # still ours? (else LeaseLost: nothing committed)
+            from synanno_datagen.pipeline.lease import Heartbeat
+
+            Heartbeat(self._config.lease, self._config.lease_hours).beat(force=True)
         manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
         # Facts of this execution, not of the data: they may differ between identical runs
         # (time; chunk decodes depend on how work was spread over workers).

@@ -271,10 +271,10 @@ def test_a_run_whose_lease_is_broken_ends_with_one_line_and_writes_no_manifest(
     out = tmp_path / "out"
     real_beat = lease_module.Heartbeat.beat
 
-    def broken_then_beat(self, now=None):
+    def broken_then_beat(self, now=None, force=False):
         if (out / "LEASE").exists():
             (out / "LEASE").unlink()               # --break-lease by another run
-        return real_beat(self, now)
+        return real_beat(self, now, force)
 
     monkeypatch.setattr(lease_module.Heartbeat, "beat", broken_then_beat)
     assert main(["run"] + small_data.argv(out, "--variants", "1")) == 1
@@ -285,3 +285,24 @@ def test_a_run_whose_lease_is_broken_ends_with_one_line_and_writes_no_manifest(
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("synanno-datagen: lease lost: the lease ") and "it is gone" in last
     assert not (out / "manifest.json").exists() and not (out / "tfrecord").exists()
+
+
+def test_a_run_whose_lease_is_lost_after_its_last_write_does_not_commit(
+        tmp_path, small_data, capsys, monkeypatch):
+    """The manifest step looks at the lease once more before it commits: a run whose lease was
+    broken (or taken) after its last write bundle writes no manifest beside another run's."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    out = tmp_path / "out"
+    real_beat = lease_module.Heartbeat.beat
+
+    def broken_before_commit(self, now=None, force=False):
+        if force and (out / "LEASE").exists():
+            (out / "LEASE").unlink()               # --break-lease by another run
+        return real_beat(self, now, force)
+
+    monkeypatch.setattr(lease_module.Heartbeat, "beat", broken_before_commit)
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1].startswith("synanno-datagen: lease lost: ")
+    assert not (out / "manifest.json").exists()
