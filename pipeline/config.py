@@ -233,6 +233,9 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"found {source.dtype} x {source.num_channels}")
     if not target.dtype.startswith(("uint", "int")):
         raise ConfigError(f"--target-url {target.url}: labels must be integers, found {target.dtype}")
+    if target.num_channels != 1:
+        raise ConfigError(f"--target-url {target.url}: labels must have one channel, found "
+                          f"{target.num_channels}")
     try:
         scale = scale_factors(target.resolution_nm, source.resolution_nm)
     except ValueError as e:

@@ -172,3 +172,16 @@ def test_demo_help_is_no_failed_run(capsys):
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--output-dir" in out and "synanno_datagen_run" not in out
+
+
+def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
+    """The readers would disagree (tensorstore takes channel 0, cloud-volume refuses)."""
+    import shutil
+
+    labels = tmp_path / "labels"
+    shutil.copytree(small_data.target_url[len("file://"):], labels)
+    info = json.loads((labels / "info").read_text())
+    (labels / "info").write_text(json.dumps({**info, "num_channels": 2}))
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--target-url") + 1] = str(labels)
+    _fails(capsys, ["run"] + argv, f"--target-url file://{labels}: labels must have one channel")
