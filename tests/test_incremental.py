@@ -17,6 +17,16 @@ def _latest(root: Path) -> dict:
     return json.loads((root / (root / "LATEST").read_text().strip()).read_text())
 
 
+def _table(path: Path, rows) -> Path:
+    """A CSV of ``rows`` ({column: text}, the small table's columns) at ``path``."""
+    rows = list(rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def _entries(root: Path, manifest: dict) -> dict:
     """{instance id: index line} of every run the manifest lists."""
     out = {}
@@ -34,11 +44,7 @@ def test_block_splits_keep_the_datasets_grid_when_work_blocks_change(small_data,
     it was recorded gives it through its config."""
     root = tmp_path / "root"
     rows = list(csv.DictReader(open(small_data.table_path)))
-    first = tmp_path / "first.csv"
-    with open(first, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerow(next(r for r in rows if r["id"] == "11"))
+    first = _table(tmp_path / "first.csv", [next(r for r in rows if r["id"] == "11")])
     common = ["--seed", "2", "--splits", "train=0.5,test=0.5", "--incremental", "--variants", "1"]
     argv = small_data.argv(root, *common, "--block-size", *map(str, FIRST_GRID))
     argv[argv.index("--materialization") + 1] = str(first)
@@ -64,11 +70,7 @@ def test_npy_totals_of_a_root_count_every_runs_files(small_data, tmp_path):
     """The manifest's ``npy`` totals, like its ``splits``, are the dataset's: every run's."""
     root = tmp_path / "root"
     rows = list(csv.DictReader(open(small_data.table_path)))
-    first = tmp_path / "first.csv"
-    with open(first, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["id"] in ("11", "13"))
+    first = _table(tmp_path / "first.csv", (r for r in rows if r["id"] in ("11", "13")))
     common = ["--incremental", "--variants", "2", "--formats", "tfrecord,npy"]
     argv = small_data.argv(root, *common)
     argv[argv.index("--materialization") + 1] = str(first)
@@ -89,15 +91,9 @@ def test_an_earlier_instance_whose_row_is_now_rejected_has_not_vanished(small_da
     common = ["--incremental", "--variants", "1"]
     assert main(["run"] + small_data.argv(root, *common)) == 0
     rows = list(csv.DictReader(open(small_data.table_path)))
-    changed = tmp_path / "changed.csv"
-    with open(changed, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:   # every row of 11 (the table repeats it once)
-            writer.writerow({**row, "x": ""} if row["id"] == "11" else row)
-    # ... and 13 leaves the table
-    text = changed.read_text().splitlines()
-    changed.write_text("\n".join(line for line in text if not line.startswith("13,")) + "\n")
+    # every row of 11 (the table repeats it once) loses its x, and 13 leaves the table
+    changed = _table(tmp_path / "changed.csv", ({**r, "x": ""} if r["id"] == "11" else r
+                                                for r in rows if r["id"] != "13"))
     argv = small_data.argv(root, *common)
     argv[argv.index("--materialization") + 1] = str(changed)
     assert main(["run"] + argv) == 0
@@ -113,11 +109,7 @@ def test_repeated_ids_count_the_same_on_every_night_of_a_root(small_data, tmp_pa
     table gives no new failure on the second night."""
     rows = list(csv.DictReader(open(small_data.table_path)))
     good = [r for r in rows if r["id"] in {str(i) for i in GOOD_IDS}]
-    table = tmp_path / "repeats.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(good + good)                  # every id twice
+    table = _table(tmp_path / "repeats.csv", good + good)   # every id twice
     root = tmp_path / "root"
     argv = small_data.argv(root, "--incremental", "--variants", "1", "--num-instances", "2")
     argv[argv.index("--materialization") + 1] = str(table)
@@ -141,11 +133,7 @@ def test_npy_totals_continue_a_root_whose_manifests_counted_their_own_run(small_
     for n, ids in enumerate((("11",), ("11", "12"), None), start=1):
         argv = small_data.argv(root, *common)
         if ids:
-            part = tmp_path / f"part{n}.csv"
-            with open(part, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(r for r in rows if r["id"] in ids)
+            part = _table(tmp_path / f"part{n}.csv", (r for r in rows if r["id"] in ids))
             argv[argv.index("--materialization") + 1] = str(part)
         assert main(["run"] + argv) == 0
         if n < 3:   # as the earlier version wrote it: this run's files only, no marker
