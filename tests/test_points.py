@@ -86,9 +86,12 @@ def test_units_become_target_voxels_with_floor():
     # floor 8.008 * 1000 / 8 to 1000)
     um = to_target_factors((1000, 1000, 1000), (8, 8, 33))
     assert parse_point({"p": "[8.008, 0.016, 0.033]"}, PointColumns(("p",)), um) == (1001, 2, 1)
-    # an absurd exponent is no work: it is what the float says (here 0)
+    # an absurd exponent is no work, and still floors exactly: a negative value too small for
+    # a float is voxel -1, not the float's -0.0
     assert parse_point({"p": "[1e-100000000, 0e999999999, 2.5e1]"}, PointColumns(("p",))) == (
         0, 0, 25)
+    assert parse_point({"p": "[-1e-400, -1e-100000000, -0e-400]"}, PointColumns(("p",)),
+                       um) == (-1, -1, 0)
 
 
 def test_integers_stay_exact():

@@ -144,9 +144,11 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
             exact = Decimal(text)
         except InvalidOperation:   # a spelling float() reads and Decimal does not
             return Fraction(value)
-        # Decimal keeps the exponent as written: 1e-100000000 is no work until made a Fraction,
-        # and a value that small or large is what its float says
-        return Fraction(exact) if abs(exact.adjusted()) <= _EXACT_DIGITS else Fraction(value)
+        # Decimal keeps the exponent as written: 1e-100000000 is no work until made a Fraction.
+        # A value that small stands in as +-10**-31, which floors alike for any factor < 10**30
+        if exact.is_zero() or exact.adjusted() >= -_EXACT_DIGITS:
+            return Fraction(exact) if exact.adjusted() <= _EXACT_DIGITS else Fraction(value)
+        return Fraction(-1 if exact.is_signed() else 1, 10 ** (_EXACT_DIGITS + 1))
     return value
 
 
