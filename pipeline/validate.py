@@ -77,8 +77,13 @@ def parse_missing_chunks(text: str) -> Tuple[str, str]:
     return modes["source"], modes["target"]
 
 
+_SPLIT_ORDER = ("train", "val", "test")
+
+
 def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
-    """'train=0.8,val=0.1,test=0.1' -> (('train', 0.8), ...); fractions must sum to 1."""
+    """'val=0.1,train=0.8,test=0.1' -> (('train', 0.8), ('val', 0.1), ('test', 0.1)); fractions
+    must sum to 1. The order written does not matter (the manifest keeps the fractions by name):
+    train, val and test come first, in that order, then other names alphabetically."""
     splits = []
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
@@ -95,6 +100,7 @@ def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
     if abs(sum(f for _, f in splits) - 1.0) > 1e-6:
         raise ConfigError(f"--splits {text!r}: fractions sum to {sum(f for _, f in splits):g}, "
                           "not 1")
-    return tuple(splits)
+    rank = {name: k for k, name in enumerate(_SPLIT_ORDER)}
+    return tuple(sorted(splits, key=lambda s: (rank.get(s[0], len(rank)), s[0])))
 
 

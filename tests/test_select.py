@@ -37,3 +37,16 @@ def test_split_fractions_and_purity():
     assert abs(freq["val"] / 20000 - 0.1) < 0.01
     assert names == [assign_split(7, i, splits) for i in range(20000)]
     assert names != [assign_split(8, i, splits) for i in range(20000)]
+
+
+def test_the_order_of_splits_does_not_matter():
+    # The manifest keeps the fractions by name, so two orders must make the same dataset:
+    # train, val and test are laid out first, in that order, then other names alphabetically.
+    from synanno_datagen.pipeline.validate import parse_splits
+
+    canonical = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    for text in ("train=0.8,val=0.1,test=0.1", "val=0.1,train=0.8,test=0.1",
+                 "test=0.1,val=0.1,train=0.8"):
+        assert parse_splits(text) == canonical
+    assert parse_splits("zeta=0.2,alpha=0.3,test=0.5") == (
+        ("test", 0.5), ("alpha", 0.3), ("zeta", 0.2))
