@@ -285,3 +285,68 @@ def test_inspect_and_preview_read_both_layouts_alike(both_layouts, tmp_path):
     assert facts["instance"]["index"] == facts["variant"]["index"]       # histograms, checks
     assert facts["instance"]["counts"] == facts["variant"]["counts"]
     assert facts["instance"]["problems"] == facts["variant"]["problems"] == []
+
+
+def _damaged_copy(out, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    return copy, json.loads((copy / "manifest.json").read_text())
+
+
+def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layouts, torch,
+                                                                        tmp_path):
+    """The manifest lists every shard's bytes and records: a shard cut short (after a whole
+    record, or its gzip trailer), an index shard missing a line or a corrupt record is one
+    DatasetError naming the file, never a quietly shorter epoch or a megabyte of hex."""
+    from synanno_datagen import DatasetError
+    from synanno_datagen.reading.dataset import open_dataset
+    from synanno_datagen.reading.records import iter_serialized
+
+    for layout, out in both_layouts.items():
+        copy, manifest = _damaged_copy(out, tmp_path / layout)
+        shard = next(f for f in manifest["files"]["tfrecord"]
+                     if f["split"] == "train" and f["records"] > 1)
+        path = copy / shard["path"]
+        data = path.read_bytes()
+        if layout == "instance":   # uncompressed: cut after the first whole record
+            with open(path, "rb") as f:
+                first = next(iter_serialized(f))
+            path.write_bytes(data[:len(first) + 16])
+        else:                      # gzip: the stream's trailer is gone, every record still there
+            path.write_bytes(data[:-8])
+        with pytest.raises(DatasetError, match=rf"{path}: it has \d+ bytes, the manifest says "
+                                               rf"{shard['bytes']}"):
+            loaders.ShardDataset(str(copy), "train")
+        with pytest.raises(DatasetError, match=str(path)):
+            open_dataset(str(copy)).checked_files(open_dataset(str(copy)).files("tfrecord"))
+
+    # a flipped byte inside a record (same size): the shard is named, in one short line
+    copy, manifest = _damaged_copy(both_layouts["instance"], tmp_path / "flipped")
+    shard = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "val")
+    path = copy / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as error:
+        list(loaders.ShardDataset(str(copy), "val"))
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 600
+
+    # an index shard without its last line
+    index = next(f for f in manifest["files"]["index"] if f["split"] == "val")
+    lines = (copy / index["path"]).read_text().splitlines(keepends=True)
+    (copy / index["path"]).write_text("".join(lines[:-1]))
+    with pytest.raises(DatasetError, match=rf"{copy / index['path']}: {len(lines) - 1} lines, "
+                                           rf"the manifest says {len(lines)}"):
+        loaders.NpyDataset(str(copy), "val")
+
+    # an npy file cut short
+    (copy / index["path"]).write_text("".join(lines))
+    npy = loaders.NpyDataset(str(copy), "val")
+    source = npy.items[0]["source"]
+    with open(source, "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(DatasetError, match=rf"{source}: not a readable npy file \(ValueError"):
+        npy[0]

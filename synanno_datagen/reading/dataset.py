@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
 from synanno_datagen import layout
-from synanno_datagen.errors import DatasetError
+from synanno_datagen.errors import DatasetError, first_line
 
 __all__ = ["Dataset", "DatasetError", "open_dataset"]
 
@@ -29,6 +29,20 @@ def _open(path: str, gzip: bool = False) -> BinaryIO:
 
     kind = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
     return _filesystems().open(path, compression_type=kind)
+
+
+def _sizes(directory: str) -> Dict[str, int]:
+    """{file name: bytes} of the files directly in ``directory`` (local, or one listing)."""
+    try:
+        if "://" not in directory:
+            return {e.name: e.stat().st_size for e in os.scandir(directory or ".") if e.is_file()}
+        listed = _filesystems().match([directory + "/*"])[0].metadata_list
+        return {m.path.rpartition("/")[2]: m.size_in_bytes for m in listed}
+    except FileNotFoundError:
+        return {}
+    except Exception as e:  # noqa: BLE001 - no access, a storage error: name the directory
+        raise DatasetError(f"{directory}: cannot list it ({type(e).__name__}: "
+                           f"{first_line(e, 200)})") from None
 
 
 def _read_json(path: str) -> dict:
@@ -84,9 +98,39 @@ class Dataset:
                                f"{','.join(self.formats)}); read its npy files")
         return layout.shard_files(self.manifest, kind, split)
 
+    def checked_files(self, entries: List[dict]) -> List[dict]:
+        """``entries`` (manifest file entries), once each file is there with the manifest's
+        ``bytes`` (one listing per directory): a file cut short, even after a whole record or
+        without its gzip trailer, would otherwise read as fewer records without an error.
+        DatasetError names the first that is not."""
+        sizes: Dict[str, Dict[str, int]] = {}
+        for f in entries:
+            if "bytes" not in f:
+                continue
+            path = self.path(f["path"])
+            directory, _, name = path.rpartition("/")
+            if directory not in sizes:
+                sizes[directory] = _sizes(directory)
+            size = sizes[directory].get(name)
+            if size != f["bytes"]:
+                found = "it is missing" if size is None else f"it has {size} bytes"
+                raise DatasetError(f"{path}: {found}, the manifest says {f['bytes']}: the file "
+                                   "was cut short or changed; copy it again, or generate the "
+                                   "dataset again")
+        return entries
+
     def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
-        """(index file entry, its lines) for every index shard, in manifest order."""
-        return [(f, list(self.read_jsonl(f["path"]))) for f in self.files("index", split)]
+        """(index file entry, its lines) for every index shard, in manifest order; DatasetError
+        when a shard holds other than the manifest's number of lines."""
+        shards = []
+        for f in self.files("index", split):
+            lines = list(self.read_jsonl(f["path"]))
+            if "records" in f and len(lines) != f["records"]:
+                raise DatasetError(f"{self.path(f['path'])}: {len(lines)} lines, the manifest "
+                                   f"says {f['records']}: the file was cut short or changed; "
+                                   "copy it again, or generate the dataset again")
+            shards.append((f, lines))
+        return shards
 
     def index(self, split: str = None) -> List[dict]:
         """Every index line, in manifest order."""

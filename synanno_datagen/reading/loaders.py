@@ -102,7 +102,8 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     records_info = manifest.get("records", {"layout": "variant", "compression": "none"})
     spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
-    files = [dataset.path(f["path"]) for f in dataset.files("tfrecord", split)]
+    files = [dataset.path(f["path"])
+             for f in dataset.checked_files(dataset.files("tfrecord", split))]
 
     def sample(source, seed, target, instance_id, variant):
         inputs = tf.stack([tf.cast(source, tf.float32) / 255.0, tf.cast(seed, tf.float32)])

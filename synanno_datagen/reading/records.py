@@ -12,6 +12,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from synanno_datagen.errors import DatasetError, first_line
+
 ARRAYS = ("source", "target", "seed_target")
 SCALARS = ("instance_id", "variant")
 # What a training sample needs, in either record layout.
@@ -52,11 +54,26 @@ def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
 
 def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = None
                  ) -> Iterator[dict]:
-    """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``."""
+    """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``.
+    DatasetError, naming the shard, for a record that does not read (a failed CRC, a cut frame)
+    or a shard holding other than the manifest's number of records."""
     keys = None if keys is None else tuple(keys)
-    with dataset.open(tfrecord_file["path"], gzip=tfrecord_file["path"].endswith(".gz")) as stream:
-        for serialized in iter_serialized(stream):
-            yield decode(serialized, keys)
+    path, count = dataset.path(tfrecord_file["path"]), 0
+    try:
+        with dataset.open(tfrecord_file["path"],
+                          gzip=tfrecord_file["path"].endswith(".gz")) as stream:
+            for serialized in iter_serialized(stream):
+                record = decode(serialized, keys)
+                count += 1
+                yield record
+    except Exception as e:  # noqa: BLE001 - Beam's CRC message holds the whole record in hex
+        raise DatasetError(f"{path}: record {count + 1} does not read ({type(e).__name__}: "
+                           f"{first_line(e, 200)}); copy the file again, or generate the "
+                           "dataset again") from None
+    if "records" in tfrecord_file and count != tfrecord_file["records"]:
+        raise DatasetError(f"{path}: {count} records, the manifest says "
+                           f"{tfrecord_file['records']}; copy the file again, or generate the "
+                           "dataset again")
 
 
 def variants_of(record: dict) -> Iterator[dict]:

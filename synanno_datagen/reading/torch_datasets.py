@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from synanno_datagen.errors import DatasetError, first_line
 from synanno_datagen.reading.dataset import open_dataset
 from synanno_datagen.reading.loaders import buffer_shuffle, input_target, shard_order, worker_share
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
@@ -34,7 +35,7 @@ class ShardDataset(IterableDataset):
     In a DataLoader with N workers, worker i reads shards i, i+N, ...: every record is yielded
     once per epoch. With ``shuffle_seed``, the shard order is a permutation seeded by
     (shuffle_seed, epoch); call ``set_epoch`` before each epoch (workers see it unless
-    ``persistent_workers``). Records in a shard are sorted by (instance id, variant);
+    ``persistent_workers``). Records in a shard are in work-block order, then by instance id;
     ``shuffle_buffer`` > 0 (needs ``shuffle_seed``) mixes each worker's records through a buffer of
     that many decoded records (about 3 x z*y*x bytes each), seeded by (seed, epoch, worker).
     """
@@ -44,7 +45,8 @@ class ShardDataset(IterableDataset):
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         self.dataset = open_dataset(dataset_dir)
-        self.shards = self.dataset.files("tfrecord", split)   # manifest entries, in order
+        self.shards = self.dataset.checked_files(   # manifest entries, in order
+            self.dataset.files("tfrecord", split))
         self.num_records = (self.dataset.manifest["splits"][split]["records"]
                             * self.dataset.variants_per_record)   # samples
         self.with_meta = with_meta
@@ -101,11 +103,17 @@ class NpyDataset(Dataset):
 
 
 def _load_npy(path: str) -> np.ndarray:
-    """One npy file, local or gs:// (never unpickled)."""
-    if "://" not in path:
-        return np.load(path, allow_pickle=False)
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    """One npy file, local or gs:// (never unpickled); DatasetError naming a file that does not
+    read."""
+    try:
+        if "://" not in path:
+            return np.load(path, allow_pickle=False)
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
+                           f"{first_line(e, 200)}); copy it again, or generate the dataset "
+                           "again") from None
