@@ -112,6 +112,8 @@ def _check_has_rows(pattern: str, shards: Sequence[str]) -> None:
     try:
         if any(has_data_rows(path) for path in shards):
             return
+    except TableFormatError as e:   # says what is wrong, and where
+        raise ConfigError(f"{TABLE_FLAG} {e}") from None
     except Exception as e:
         raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot read it ({type(e).__name__}: "
                           f"{first_line(e, 200)})") from None

@@ -197,3 +197,19 @@ def test_a_table_that_breaks_mid_run_ends_with_one_line(small_data, tmp_path, ca
     assert last.startswith(f"synanno-datagen: bad table: {table}: a quote opened in the row "
                            "after line 4 is never closed")
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_table_broken_in_its_first_row_is_refused_with_what_is_wrong(small_data, tmp_path,
+                                                                       capsys):
+    """Found before any work (the first data row is read to see the table is not empty), the
+    same problem is a refusal that says what is wrong, not that the file cannot be read."""
+    lines = open(small_data.table_path).read().splitlines()
+    table = tmp_path / "broken.csv"
+    table.write_text("\n".join(lines[:1] + [lines[1].replace(",", ',"', 1)] + lines[2:]) + "\n")
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert main(["run"] + argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"synanno-datagen: error: --materialization {table}: a quote opened in the "
+                    "row after line 1 is never closed" + last.split("is never closed", 1)[1])
+    assert "cannot read it" not in last
