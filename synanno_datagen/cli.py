@@ -52,9 +52,11 @@ def summary(manifest: dict, output_dir: str) -> str:
 
     if remembered_line(counts):
         lines.append(remembered_line(counts))
+    tfrecord = "tfrecord" in manifest["config"]["formats"]
     for name, split in manifest["splits"].items():
-        lines.append(f"split {name}: {split['instances']} instances, {split['records']} records "
-                     f"in {split['shards']} shards")
+        lines.append(f"split {name}: {split['instances']} instances, " + (
+            f"{split['records']} records in {split['shards']} shards" if tfrecord else
+            f"{split['shards']} index shards"))   # npy only: the shards are the index's
     lines.append(f"manifest: {output_dir.rstrip('/')}/manifest.json")
     return "\n".join(lines)
 

@@ -41,6 +41,16 @@ def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys)
     assert not (out / "LEASE").exists()
 
 
+def test_the_summary_of_an_npy_only_run_names_its_index_shards(small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--formats", "npy")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    split = manifest["splits"]["train"]
+    printed = capsys.readouterr().out
+    assert (f"split train: {split['instances']} instances, {split['shards']} index shards\n"
+            in printed) and "records in" not in printed
+
+
 def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data, tmp_path,
                                                                      capsys):
     assert main(["run"] + small_data.argv(tmp_path / "out", "--num-instances", "50",
