@@ -26,7 +26,8 @@ Environment:
   NETWORK, MAX_WORKERS, MACHINE_TYPE   worker settings
   JOB_NAME          default synanno-datagen-YYYYMMDD-HHMMSS (UTC); schedule and status:
                     synanno-datagen-nightly
-  PYTHON            interpreter with synanno-datagen installed (default python3)
+  PYTHON            interpreter with synanno-datagen installed (default: the .venv that ./dev
+                    makes beside this script, if there is one, else python3)
   IMAGE             default REGION-docker.pkg.dev/PROJECT/synanno/synanno-datagen:latest
   TEMPLATE_PATH     default gs://BUCKET/synanno-datagen/templates/synanno-datagen.json
   SCHEDULE, TIME_ZONE, SCHEDULER_JOB   default "0 2 * * *", Etc/UTC, synanno-datagen-nightly
@@ -71,6 +72,16 @@ if [ -n "${MAX_WORKERS:-}" ] && ! [[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]]; then
   usage_error "MAX_WORKERS '$MAX_WORKERS' is not a positive integer"
 fi
 
+# The interpreter that submits (run) or checks the template parameters (schedule).
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
+fi
+check_python() {
+  "$python" -c 'import synanno_datagen.pipeline' >/dev/null 2>&1 \
+    || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $here/.venv)"
+}
+
 # Print (--dry-run) or run one command.
 do_cmd() {
   if [ "$dry_run" = 1 ]; then
@@ -89,7 +100,8 @@ check_job_name() {
 run_job() {
   local job_name="${JOB_NAME:-synanno-datagen-$(date -u +%Y%m%d-%H%M%S)}"
   check_job_name "$job_name"
-  local cmd=("${PYTHON:-python3}" -m synanno_datagen run "$@"
+  check_python
+  local cmd=("$python" -m synanno_datagen run "$@"
     --runner DataflowRunner
     --project "$PROJECT"
     --region "$REGION"
@@ -117,8 +129,9 @@ schedule() {
   require SERVICE_ACCOUNT "service account e-mail that launches the nightly job"
   local job_name="${JOB_NAME:-synanno-datagen-nightly}" scheduler_job="${SCHEDULER_JOB:-synanno-datagen-nightly}"
   check_job_name "$job_name"
+  check_python
   local body
-  body="$("${PYTHON:-python3}" -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
+  body="$("$python" -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
     --metadata-file "$here/metadata.json" --job-name "$job_name" --temp-location "$root/synanno-datagen/temp" \
     --staging-location "$root/synanno-datagen/staging" --service-account "$SERVICE_ACCOUNT" \
     --max-workers "${MAX_WORKERS:-}" --machine-type "${MACHINE_TYPE:-}" \

@@ -21,12 +21,15 @@ OURS = ["--materialization", "gs://tables/export_*.csv", "--source-url", "gs://h
         "--target-url", "gs://h01/syn", "--output-dir", "gs://out/ds", "--seed", "3"]
 
 
-def launch(*args, cwd=None, **env):
+def launch(*args, cwd=None, script=SCRIPT, **env):
+    """Run the script; PYTHON is this interpreter unless given (None: unset)."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "NETWORK",
-                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME")}
+                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON")}
+    full["PYTHON"] = sys.executable
     full.update(env)
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
                           env=full, timeout=60, cwd=cwd)
 
 
@@ -36,7 +39,7 @@ def test_dry_run_prints_the_exact_dataflow_command():
                   NETWORK="net", MAX_WORKERS="50", MACHINE_TYPE="n2-highmem-4")
     assert done.returncode == 0, done.stderr
     argv = shlex.split(done.stdout)
-    assert argv[:4] == ["python3", "-m", "synanno_datagen", "run"]
+    assert argv[:4] == [sys.executable, "-m", "synanno_datagen", "run"]
     args, beam_args = run_parser().parse_known_args(argv[4:])
     assert args.materialization == "gs://tables/export_*.csv" and args.seed == 3
     assert args.num_instances == 1000
@@ -52,6 +55,40 @@ def test_dry_run_prints_the_exact_dataflow_command():
     workers = options.view_as(WorkerOptions)
     assert (workers.max_num_workers, workers.machine_type, workers.network) == \
         (50, "n2-highmem-4", "net")
+
+
+def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
+    """Without PYTHON the script takes the .venv that ./dev makes beside it, else python3; an
+    interpreter that cannot import the package is a usage error naming it, before anything is
+    submitted (a user set up with ./dev had a traceback, or 'the template parameters above are
+    not valid')."""
+    clone = tmp_path / "clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    venv_python = clone / ".venv" / "bin" / "python"   # stands in for ./dev's venv
+    venv_python.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    venv_python.chmod(0o755)
+    script = clone / "launch_dataflow.sh"
+    script.write_bytes(SCRIPT.read_bytes())
+    env = dict(PROJECT="p", REGION="r", BUCKET="b", PYTHON=None)
+    done = launch("--dry-run", *OURS, script=script, cwd=tmp_path, **env)
+    assert done.returncode == 0, done.stderr
+    assert shlex.split(done.stdout)[0] == str(venv_python)
+
+    bare = tmp_path / "bin"   # python3 without the package: the interpreter the venv is made
+    bare.mkdir()              # from, isolated from the working directory
+    (bare / "python3").write_text("#!/usr/bin/env bash\nexec "
+                                  f"{shlex.quote(sys._base_executable)} -I \"$@\"\n")
+    (bare / "python3").chmod(0o755)
+    venv_python.unlink()
+    path = f"{bare}:{os.environ['PATH']}"
+    for action in ((), ("schedule",)):
+        done = launch("--dry-run", *action, *OURS, script=script, cwd=tmp_path, PATH=path,
+                      SERVICE_ACCOUNT="sa@x", **env)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.strip() == (
+            f"launch_dataflow.sh: error: python3 cannot import synanno_datagen: install the "
+            f"package there (pip install {clone}), or set PYTHON to an interpreter that has it "
+            f"(./dev makes {clone}/.venv)")
 
 
 def test_optional_variables_stay_out_when_unset():
