@@ -172,8 +172,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                           help="make the embedded demo data and run on it")
     demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR")
     views = add_view_commands(sub)  # inspect, preview
-    if not argv or argv[0] in ("-h", "--help", "--version"):
-        parser.parse_args(argv or ["--help"])
+    if not argv:   # no command: the help, as a usage error (a script must not see success)
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    if argv[0] in ("-h", "--help", "--version"):
+        parser.parse_args(argv)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

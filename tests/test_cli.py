@@ -195,3 +195,14 @@ def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
     argv = small_data.argv(tmp_path / "out")
     argv[argv.index("--target-url") + 1] = str(labels)
     _fails(capsys, ["run"] + argv, f"--target-url file://{labels}: labels must have one channel")
+
+
+def test_no_command_is_a_usage_error_with_the_help(capsys):
+    """A script that calls the tool without a command must not see success."""
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: synanno-datagen ")
+    assert "{run,demo,inspect,preview}" in captured.err
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: ")
