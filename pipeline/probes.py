@@ -9,11 +9,15 @@ import os
 import time
 from pathlib import Path
 
-from synanno_datagen.errors import ConfigError
+import numpy as np
+
+from synanno_datagen.errors import ConfigError, first_line
 from synanno_datagen.layout import LATEST, MANIFEST
 from synanno_datagen.transforms.geometry import nearest_mip
-from synanno_datagen.transforms.readers import TENSORSTORE, describe_volume, mip_resolutions
-from synanno_datagen.transforms.volumes import VolumeSpec
+from synanno_datagen.transforms.readers import (
+    TENSORSTORE, describe_volume, mip_resolutions, open_reader,
+)
+from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec
 
 
 def to_url(location: str) -> str:
@@ -38,14 +42,19 @@ def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
 
 
 def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
+    """Scale ``mip`` of the volume at ``url``, once its info is complete and ``engine`` opens it
+    and can decode its encoding; ConfigError naming ``flag`` otherwise."""
     try:
         spec = describe_volume(url, mip, engine)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info (not JSON: {e}); check "
                           "the URL and the info file") from None
-    except ValueError as e:
+    except NoSuchMip as e:
         raise ConfigError(f"{'--source-mip' if flag == '--source-url' else flag} {mip}: {e}") \
             from None
+    except BadInfo as e:
+        raise ConfigError(f"{flag} {url}: {e}; the precomputed format requires it, fix the "
+                          "info file") from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
@@ -54,7 +63,35 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
                           "local gzip layout), which tensorstore does not read; pass "
                           "--volume-reader cloudvolume")
+    _check_decodable(flag, spec, engine)
     return spec
+
+
+def _check_decodable(flag: str, spec: VolumeSpec, engine: str) -> None:
+    """Refuse a scale ``engine`` cannot read: tensorstore must open it (it refuses encodings it
+    does not know, such as compresso, when opening); cloud-volume decodes with optional codecs,
+    so a tiny chunk is encoded and decoded with its encoding."""
+    try:
+        if engine == TENSORSTORE:
+            open_reader(spec.url, spec.mip, engine)
+        else:
+            from cloudvolume import chunks
+
+            zeros = np.zeros((8, 8, 8, spec.num_channels), spec.dtype)
+            try:
+                data = chunks.encode(zeros, spec.encoding, block_size=(8, 8, 8))
+            except (ImportError, NotImplementedError):
+                raise
+            except Exception:  # noqa: BLE001 - this dtype cannot be encoded so: decode is moot
+                return
+            chunks.decode(data, spec.encoding, shape=zeros.shape, dtype=zeros.dtype,
+                          block_size=(8, 8, 8))
+    except Exception as e:  # noqa: BLE001 - every reason is the user's to fix, in one line
+        hint = ("pass --volume-reader cloudvolume (with its codec installed)"
+                if engine == TENSORSTORE else "install the codec, or convert the volume")
+        raise ConfigError(f"{flag} {spec.url}: {engine} cannot read scale {spec.mip} (encoding "
+                          f"{spec.encoding!r}): {type(e).__name__}: {first_line(e, 200)}; "
+                          f"{hint}") from None
 
 
 def gzip_file_chunks(spec: VolumeSpec) -> bool:

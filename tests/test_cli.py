@@ -197,6 +197,43 @@ def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
     _fails(capsys, ["run"] + argv, f"--target-url file://{labels}: labels must have one channel")
 
 
+@pytest.mark.parametrize("flag, change, engine, fragments", [
+    ("--target-url", {"num_channels": None}, "tensorstore", ["the info has no num_channels"]),
+    ("--target-url", {"num_channels": None}, "cloudvolume", ["the info has no num_channels"]),
+    ("--source-url", {"resolution": [4, 4]}, "tensorstore",
+     ["has resolution [4, 4], not three positive numbers"]),
+    ("--target-url", {"size": [48, 48, -1]}, "tensorstore",
+     ["has size [48, 48, -1], not three positive integers"]),
+    ("--target-url", {"scales": []}, "tensorstore", ["the info lists no scales"]),
+    ("--target-url", {"encoding": "compresso"}, "tensorstore",
+     ["tensorstore cannot read scale 0 (encoding 'compresso')", "--volume-reader cloudvolume"]),
+    ("--target-url", {"encoding": "bogus"}, "cloudvolume",
+     ["cloudvolume cannot read scale 0 (encoding 'bogus')", "install the codec"]),
+])
+def test_an_info_the_reader_cannot_use_is_refused_before_any_work(small_data, tmp_path, capsys,
+                                                                  flag, change, engine,
+                                                                  fragments):
+    """Before, such volumes passed the checks and the run broke with a traceback (tensorstore)
+    or dead-lettered every instance (cloud-volume: a codec it does not have)."""
+    import shutil
+
+    url = small_data.source_url if flag == "--source-url" else small_data.target_url
+    volume = tmp_path / "volume"
+    shutil.copytree(url[len("file://"):], volume)
+    info = json.loads((volume / "info").read_text())
+    for key, value in change.items():
+        where = info if key in info else info["scales"][0]
+        if value is None:
+            del where[key]
+        else:
+            where[key] = value
+    (volume / "info").write_text(json.dumps(info))
+    argv = small_data.argv(tmp_path / "out", "--volume-reader", engine)
+    argv[argv.index(flag) + 1] = str(volume)
+    _fails(capsys, ["run"] + argv, f"{flag} file://{volume}: ", *fragments)
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2

@@ -43,23 +43,76 @@ class VolumeSpec:
         }
 
 
+class NoSuchMip(ValueError):
+    """The volume has no scale of the mip asked for."""
+
+
+class BadInfo(ValueError):
+    """An ``info`` file without a key the precomputed format requires, or with a wrong value."""
+
+
+def _xyz(scale: dict, key: str, kind, positive: bool) -> tuple:
+    """Scale value ``key``: three finite numbers of ``kind`` (positive if asked); BadInfo."""
+    value = scale.get(key)
+    try:
+        numbers = tuple(kind(v) for v in value)
+        ok = len(numbers) == 3 and all(math.isfinite(v) and v == w and (v > 0 or not positive)
+                                       for v, w in zip(numbers, value))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        what = "positive " if positive else ""
+        raise BadInfo(f"scale {scale.get('key', '?')!r} has {key} {json_text(value)}, not three "
+                      f"{what}{'integers' if kind is int else 'numbers'}")
+    return numbers
+
+
+def json_text(value) -> str:
+    return "(none)" if value is None else repr(value)[:80]
+
+
 def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
     """Describe scale ``mip`` of a precomputed volume from its ``info`` JSON (a dict).
 
-    Raises ValueError when the volume has no such mip.
+    Raises NoSuchMip when the volume has no such mip, BadInfo when the info lacks what the
+    format requires (``type``, ``data_type``, ``num_channels``, ``scales``; per scale ``key``,
+    ``size``, ``resolution``, ``chunk_sizes``, ``encoding``) or holds a wrong value.
     """
+    if not isinstance(info, dict):
+        raise BadInfo("the info is not a JSON object")
+    missing = [k for k in ("type", "data_type", "num_channels", "scales") if k not in info]
+    if missing:
+        raise BadInfo(f"the info has no {', '.join(missing)}")
     scales = info["scales"]
+    if not isinstance(scales, list) or not scales:
+        raise BadInfo("the info lists no scales")
     if not 0 <= mip < len(scales):
-        raise ValueError(f"mip {mip} is not in {url} (it has mips 0..{len(scales) - 1})")
+        raise NoSuchMip(f"mip {mip} is not in {url} (it has mips 0..{len(scales) - 1})")
     scale = scales[mip]
+    if not isinstance(scale, dict):
+        raise BadInfo(f"scale {mip} is not a JSON object")
+    missing = [k for k in ("key", "size", "resolution", "chunk_sizes", "encoding")
+               if k not in scale]
+    if missing:
+        raise BadInfo(f"scale {mip} has no {', '.join(missing)}")
+    chunk_sizes = scale["chunk_sizes"]
+    if not isinstance(chunk_sizes, list) or not chunk_sizes:
+        raise BadInfo(f"scale {scale['key']!r} lists no chunk_sizes")
+    try:
+        dtype = str(np.dtype(info["data_type"]))
+        channels = int(info["num_channels"])
+    except (TypeError, ValueError) as e:
+        raise BadInfo(f"data_type {json_text(info['data_type'])} or num_channels "
+                      f"{json_text(info['num_channels'])} is not valid ({e})") from None
     return VolumeSpec(
         url=url, mip=mip,
-        resolution_nm=tuple(float(r) for r in scale["resolution"]),
-        voxel_offset_xyz=tuple(int(v) for v in scale.get("voxel_offset", (0, 0, 0))),
-        size_xyz=tuple(int(v) for v in scale["size"]),
-        chunk_size_xyz=tuple(int(v) for v in scale["chunk_sizes"][0]),
-        dtype=str(np.dtype(info["data_type"])), encoding=str(scale["encoding"]),
-        layer_type=str(info["type"]), num_channels=int(info.get("num_channels", 1)),
+        resolution_nm=tuple(float(r) for r in _xyz(scale, "resolution", float, True)),
+        voxel_offset_xyz=_xyz({"voxel_offset": (0, 0, 0), **scale}, "voxel_offset", int, False),
+        size_xyz=_xyz(scale, "size", int, True),
+        chunk_size_xyz=_xyz({"key": scale["key"], "chunk_sizes": chunk_sizes[0]}, "chunk_sizes",
+                            int, True),
+        dtype=dtype, encoding=str(scale["encoding"]),
+        layer_type=str(info["type"]), num_channels=channels,
         key=str(scale["key"]), sharded=bool(scale.get("sharding")),
     )
 
