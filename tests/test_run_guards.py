@@ -181,14 +181,22 @@ def test_one_off_and_incremental_datasets_do_not_share_a_directory(small_data, t
     assert not (plain / "LATEST").exists() and not (plain / "runs").exists()
 
 
+def _quote_never_closed(small_data, tmp_path, line: int):
+    """The small table with a quote opened in data row ``line`` (from 1) and never closed:
+    (its path, run argv reading it)."""
+    lines = open(small_data.table_path).read().splitlines()
+    lines[line] = lines[line].replace(",", ',"', 1)
+    table = tmp_path / "broken.csv"
+    table.write_text("\n".join(lines) + "\n")
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    return table, argv
+
+
 def test_a_table_that_breaks_mid_run_ends_with_one_line(small_data, tmp_path, capsys):
     """A quote never closed further down the table is found while the rows are read: the run
     fails (exit 1) and says which file and where, instead of losing the rows after it."""
-    lines = open(small_data.table_path).read().splitlines()
-    table = tmp_path / "broken.csv"
-    table.write_text("\n".join(lines[:4] + [lines[4].replace(",", ',"', 1)] + lines[5:]) + "\n")
-    argv = small_data.argv(tmp_path / "out", "--variants", "1")
-    argv[argv.index("--materialization") + 1] = str(table)
+    table, argv = _quote_never_closed(small_data, tmp_path, line=4)
     assert main(["run"] + argv) == 1
     captured = capsys.readouterr()
     closing = json.loads(captured.out.strip().splitlines()[-1])
@@ -203,11 +211,7 @@ def test_a_table_broken_in_its_first_row_is_refused_with_what_is_wrong(small_dat
                                                                        capsys):
     """Found before any work (the first data row is read to see the table is not empty), the
     same problem is a refusal that says what is wrong, not that the file cannot be read."""
-    lines = open(small_data.table_path).read().splitlines()
-    table = tmp_path / "broken.csv"
-    table.write_text("\n".join(lines[:1] + [lines[1].replace(",", ',"', 1)] + lines[2:]) + "\n")
-    argv = small_data.argv(tmp_path / "out", "--variants", "1")
-    argv[argv.index("--materialization") + 1] = str(table)
+    table, argv = _quote_never_closed(small_data, tmp_path, line=1)
     assert main(["run"] + argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"synanno-datagen: error: --materialization {table}: a quote opened in the "
