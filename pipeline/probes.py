@@ -28,9 +28,23 @@ def to_url(location: str) -> str:
 
 
 def to_output_dir(location: str) -> str:
+    """``--output-dir`` as the run names it: a URL without trailing slashes, or an absolute
+    path. Refuses a URL naming no bucket (``gs://`` from an unset variable would otherwise be
+    the local folder ``gs:``) and glob characters (Beam's FileSystems match the names of files
+    they remove or rename as patterns)."""
     if "://" in location:
-        return location.rstrip("/")
-    return os.path.abspath(os.path.expanduser(location))
+        scheme, _, rest = location.partition("://")
+        if not rest.split("/", 1)[0]:
+            raise ConfigError(f"--output-dir {location!r}: no bucket after {scheme}://; write "
+                              f"{scheme}://BUCKET/FOLDER")
+        out = location.rstrip("/")
+    else:
+        out = os.path.abspath(os.path.expanduser(location))
+    if any(c in out for c in "*?["):
+        raise ConfigError(f"--output-dir {location}: holds a glob character (* ? [), which "
+                          "would make the files a rerun replaces patterns; choose a name "
+                          "without them")
+    return out
 
 
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
@@ -125,6 +139,9 @@ def check_writable(output_dir: str) -> None:
         return
     from synanno_datagen.transforms.files import delete_tree, write_bytes
 
+    if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
+        raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
+                          "folder (a prefix) for the dataset")
     probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
     try:
         write_bytes(probe, b"synanno-datagen write probe")

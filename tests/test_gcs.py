@@ -276,6 +276,23 @@ def test_an_output_bucket_we_cannot_write_is_refused_before_any_work(gcs, tmp_pa
     assert not [n for n in gcs.objects("writable", "out") if "_write_probe_" in n]
 
 
+def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_path, capsys):
+    """An existing object (a table, say, as flag values were swapped) is no folder, as a local
+    file is none; ``gs://`` alone (an unset variable) wrote a local folder named ``gs:``."""
+    gcs.create_bucket("lab")
+    gcs.client().bucket("lab").blob("tables/night1.csv").upload_from_string(b"id\n")
+    data = make_small_data(tmp_path / "data")
+    for out, message in (("gs://lab/tables/night1.csv", "--output-dir gs://lab/tables/night1.csv "
+                          "is an object, not a folder"),
+                         ("gs://", "--output-dir 'gs://': no bucket after gs://"),
+                         ("gs:///out", "--output-dir 'gs:///out': no bucket after gs://")):
+        assert main(["run"] + data.argv(out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"synanno-datagen: error: {message}")
+    assert sorted(gcs.objects("lab", "tables")) == ["night1.csv"]
+    assert not os.path.exists("gs:")
+
+
 def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
     bucket = gcs.create_bucket("views")
     data = make_small_data(tmp_path / "data")

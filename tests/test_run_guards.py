@@ -217,3 +217,15 @@ def test_a_table_broken_in_its_first_row_is_refused_with_what_is_wrong(small_dat
     assert last == (f"synanno-datagen: error: --materialization {table}: a quote opened in the "
                     "row after line 1 is never closed" + last.split("is never closed", 1)[1])
     assert "cannot read it" not in last
+
+
+def test_an_output_dir_with_glob_characters_is_refused(small_data, tmp_path, capsys):
+    """Beam's FileSystems match names as patterns when files are removed or renamed, so a
+    rerun would leave files behind and a first run failed at its manifest."""
+    from tests.conftest import assert_usage_error
+
+    for name in ("glob[1]", "what?", "all*"):
+        out = tmp_path / name
+        assert_usage_error(capsys, ["run"] + small_data.argv(out), f"--output-dir {out}",
+                           "glob character")
+        assert not out.exists()
