@@ -156,3 +156,18 @@ def test_bad_preview_requests_are_one_line_and_exit_2(views_dataset, small_data,
     npy_only = tmp_path / "npy"
     run_pipeline(small_data.argv(npy_only, "--variants", "1", "--formats", "npy"))
     assert_usage_error(capsys, ["preview", str(npy_only)], "no TFRecord shard", "--formats npy")
+
+
+def test_a_preview_or_plots_that_cannot_be_written_is_one_line(views_dataset, tmp_path, capsys):
+    from synanno_datagen.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv, flag in ((["preview", str(views_dataset), "--out", f"{blocker}/p.png"], "--out"),
+                       (["inspect", str(views_dataset), "--plots", f"{blocker}/plots"],
+                        "--plots")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"synanno-datagen: error: {flag} "
+                                                             f"{blocker}/")
+        assert "cannot write it" in err

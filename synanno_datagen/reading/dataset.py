@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
 from synanno_datagen import layout
-from synanno_datagen.errors import DatasetError, first_line
+from synanno_datagen.errors import DatasetError, UsageError, first_line
 
 __all__ = ["Dataset", "DatasetError", "open_dataset"]
 
@@ -29,6 +29,18 @@ def _open(path: str, gzip: bool = False) -> BinaryIO:
 
     kind = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
     return _filesystems().open(path, compression_type=kind)
+
+
+def write_view(flag: str, path: str, data: bytes) -> None:
+    """Write a view (a PNG) to ``path``, local or gs://; UsageError naming ``flag`` when it
+    cannot be written."""
+    from synanno_datagen.transforms.files import write_bytes
+
+    try:
+        write_bytes(path, data)
+    except Exception as e:  # noqa: BLE001 - no such bucket, a folder that is a file, no access
+        raise UsageError(f"{flag} {path}: cannot write it ({type(e).__name__}: "
+                         f"{first_line(e, 200)}); choose a place you can write") from None
 
 
 def _sizes(directory: str) -> Dict[str, int]:

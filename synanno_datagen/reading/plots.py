@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 from typing import Callable, Dict, List
 
-from synanno_datagen.transforms.files import join, write_bytes
+from synanno_datagen.reading.dataset import write_view
+from synanno_datagen.transforms.files import join
 
 FIGSIZE_IN = (6.0, 3.6)
 DPI = 80
@@ -94,7 +95,7 @@ def write_plots(facts: dict, plots_dir: str) -> List[str]:
     paths = []
     for name, draw in DRAWERS.items():
         path = join(plots_dir, name)
-        write_bytes(path, png_bytes(lambda ax: draw(ax, facts)))
+        write_view("--plots", path, png_bytes(lambda ax: draw(ax, facts)))
         paths.append(path)
     return paths
 

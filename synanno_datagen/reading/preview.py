@@ -12,9 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from synanno_datagen.errors import DatasetError, UsageError
-from synanno_datagen.reading.dataset import Dataset, open_dataset
+from synanno_datagen.reading.dataset import Dataset, open_dataset, write_view
 from synanno_datagen.reading.records import read_records
-from synanno_datagen.transforms.files import write_bytes
 
 TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
 SEED_RGB = (255, 0, 200)        # magenta fill and frame: seed slices
@@ -206,6 +205,6 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
         raise DatasetError(f"{output_dir}: no written instances to preview"
                           + (f" in split {split}" if split else ""))
     canvas, labels = compose_montage(read_selected(dataset, chosen), max_slices, tile_px)
-    write_bytes(out, render_png(canvas, labels, colours))
+    write_view("--out", out, render_png(canvas, labels, colours))
     return [{k: c[k] for k in ("instance_id", "variant", "split", "seed_slices")}
             for c in chosen]
