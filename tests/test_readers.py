@@ -339,3 +339,24 @@ def test_volumes_at_negative_voxel_offsets_give_the_same_crops(tmp_path, monkeyp
             p = plain[r["instance_id"]]
             np.testing.assert_array_equal(r["source"], p["source"])
             np.testing.assert_array_equal(r["target"], p["target"])
+
+
+@pytest.mark.parametrize("layout", ["cloudvolume", "tensorstore"])
+def test_a_stored_chunk_that_reads_empty_is_an_error_not_an_absent_chunk(volumes, layout,
+                                                                         tmp_path):
+    """A zero-byte chunk file (a write cut short) is no absent chunk: cloud-volume reports both
+    as empty, so its reader asks storage which it is. Read as absent, a label chunk became
+    background and erased part of a mask, counted only as a filled chunk."""
+    import shutil
+
+    data = volumes[(layout, "raw")]
+    copy = tmp_path / "target"
+    shutil.copytree(data.target_url[len("file://"):], copy)
+    spec = describe_volume(f"file://{copy}")
+    names = chunk_names(spec, spec.bounds)
+    stored = sorted(n for n in names if (copy / n).exists())
+    (copy / stored[0]).write_bytes(b"")
+    for engine in ("tensorstore", "cloudvolume"):
+        region = read_region(open_reader(f"file://{copy}", 0, engine), spec, spec.bounds)
+        assert set(region.errors) == {stored[0]}, engine
+        assert region.absent == set(names) - set(stored), engine

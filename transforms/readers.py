@@ -242,8 +242,22 @@ class CloudVolumeReader:
         try:
             cutout = self._cv.download(Bbox(box.start_xyz, box.stop_xyz), mip=self._cv.mip)
         except EmptyVolumeException as e:
-            raise ChunkMissing(f"{self.url}: {e}") from None
+            self._raise_empty(box, e)
         return xyzc_to_zyx(np.asarray(cutout))
+
+    def _raise_empty(self, box: Box, error: Exception):
+        """cloud-volume reports an absent chunk and a stored one without bytes (a zero-byte
+        file) alike: ChunkMissing only when storage has no chunk of ``box``'s one chunk, else
+        an error of its own. (Regions of several chunks are read chunk by chunk after either;
+        in sharded scales absence cannot be told from a damaged shard this way.)"""
+        names = chunk_names(self._spec, box)
+        if len(names) == 1 and not self._spec.sharded:
+            from cloudfiles import CloudFiles
+
+            if CloudFiles(self._cv.cloudpath).exists(names[0]):
+                raise OSError(f"{self.url}: chunk {names[0]} is stored but has no bytes (a "
+                              "write cut short?)") from None
+        raise ChunkMissing(f"{self.url}: {error}") from None
 
     def _count(self, box: Box) -> None:
         """Add the chunks this read will decode (not in the LRU) to ``io``."""
