@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -267,15 +268,21 @@ def from_args(args: argparse.Namespace) -> Config:
 
 
 def _with_incremental_plan(config: Config) -> Config:
-    from synanno_datagen.pipeline.incremental import plan
+    from synanno_datagen.pipeline.incremental import generation_hash, plan
 
     root = config.output_dir
     probes.check_incremental_root(root)
+    # Roots made before --splits had one order lay them out as written then: a root made with
+    # another order of these fractions is extended in its order (its hash tells which)
+    orders = {generation_hash(dataclasses.replace(config, splits=o).generation()): o
+              for o in itertools.islice(itertools.permutations(config.splits), 1, 720)}
     try:
-        incremental = plan(root, config.generation(), config.retry_failed)
+        incremental = plan(root, config.generation(), config.retry_failed, tuple(orders))
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None
+    config = dataclasses.replace(
+        config, splits=orders.get(incremental.generation_hash, config.splits))
     grid = None
     if incremental.previous is not None and config.split_by == "block":
         grid = incremental.previous.split_block_size_xyz or dataclasses.replace(

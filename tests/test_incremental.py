@@ -154,3 +154,35 @@ def test_npy_totals_continue_a_root_whose_manifests_counted_their_own_run(small_
     assert (manifest["npy"]["files"], manifest["npy"]["bytes"]) == (
         len(files), sum(f["bytes"] for f in files))
     assert manifest["npy"]["totals"] == "every run"
+
+
+def test_a_root_made_with_splits_in_another_order_is_extended_in_its_order(small_data, tmp_path,
+                                                                           monkeypatch):
+    """--splits are read in one order now (train, val, test, others by name). A root an earlier
+    version made with them in another order lays its fractions out in that order, and its
+    generation hash says which: it is extended in that order, not started again with its
+    instances moved between splits."""
+    from synanno_datagen.pipeline import validate
+
+    root = tmp_path / "root"
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    first = _table(tmp_path / "first.csv", [next(r for r in rows if r["id"] == "11")])
+    common = ["--seed", "2", "--splits", "test=0.5,train=0.5", "--incremental", "--variants", "1",
+              "--block-size", *map(str, FIRST_GRID)]
+    canonical = validate.parse_splits
+    with monkeypatch.context() as m:   # the earlier version kept the order as written
+        m.setattr(validate, "parse_splits", lambda text: tuple(reversed(canonical(text))))
+        argv = small_data.argv(root, *common)
+        argv[argv.index("--materialization") + 1] = str(first)
+        assert main(["run"] + argv) == 0
+    assert main(["run"] + small_data.argv(root, *common)) == 0
+    latest = _latest(root)
+    assert latest["incremental"]["extends"] is not None
+    assert latest["incremental"]["instances_before"] == 1
+    entries = _entries(root, latest)
+    assert sorted(entries) == sorted(GOOD_IDS)
+    old_order = (("test", 0.5), ("train", 0.5))
+    for instance_id, entry in entries.items():
+        block = block_key(entry["center_xyz"], TARGET_OFFSET, FIRST_GRID)
+        assert entry["split"] == split_of(2, instance_id, block, old_order, "block"), instance_id
+        assert entry["split"] != split_of(2, instance_id, block, SPLITS, "block")
