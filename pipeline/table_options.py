@@ -5,6 +5,8 @@ was looked for and what was found.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -56,8 +58,11 @@ def match_table(pattern: str) -> List[str]:
     """Sorted paths of the table's shards (a file or a glob)."""
     from apache_beam.io.filesystems import FileSystems
 
+    where = pattern
+    if "://" not in pattern and not os.path.dirname(pattern) and any(c in pattern for c in "*?["):
+        where = os.path.join(".", pattern)   # Beam's local glob needs a folder part
     try:
-        matched = FileSystems.match([pattern])[0].metadata_list
+        matched = FileSystems.match([where])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError for unreadable locations
         raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
     paths = sorted(m.path for m in matched if not m.path.endswith("/"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -134,3 +135,15 @@ def test_a_table_without_pre_and_post_needs_no_flag(small_data, tmp_path):
     assert config.points.pre is None and config.points.post is None
     assert [str(f) for f in config.points.to_target_xyz] == ["1/8", "1/8", "1/33"]
     assert config.generation()["table_points"]["pre_pt_xyz"] is None
+
+
+def test_a_glob_in_the_working_directory_matches_its_shards(tmp_path, monkeypatch):
+    """'syn-*.csv' (no folder part) matched nothing in Beam's local filesystem, while
+    './syn-*.csv' and 'syn-1.csv' worked."""
+    from synanno_datagen.pipeline.table_options import match_table
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("syn-2.csv", "syn-1.csv", "other.csv"):
+        (tmp_path / name).write_text("id\n1\n")
+    assert [os.path.basename(p) for p in match_table("syn-*.csv")] == ["syn-1.csv", "syn-2.csv"]
+    assert match_table("syn-1.csv") == ["syn-1.csv"]
