@@ -134,9 +134,11 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
     """Run (or demo) and print the summary; the manifest, or None if the job was submitted."""
     quiet = output.quiet
     if command == "demo":
-        from synanno_datagen.pipeline.demo import run_demo
+        from synanno_datagen.pipeline.demo import run_demo, views_dir
+        from synanno_datagen.pipeline.probes import check_writable
 
         args, beam_args = demo_parser.parse_known_args(argv)
+        check_writable(views_dir(args.output_dir))   # before any work, not after the run
         start = functools.partial(run_demo, args.output_dir, beam_args)
     else:
         from synanno_datagen.pipeline.run import run

@@ -243,3 +243,10 @@ def test_no_command_is_a_usage_error_with_the_help(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: ")
+
+
+def test_demo_views_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "out-views").write_text("a file where the demo puts its views")
+    _fails(capsys, ["demo", "--output-dir", str(tmp_path / "out")],
+           f"{tmp_path / 'out-views'} is not a directory")
+    assert not (tmp_path / "out").exists()
