@@ -319,3 +319,31 @@ def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):
     (out / "tfrecord" / "val-00000-of-00001.tfrecord").unlink()
     with pytest.raises(Exception, match="val-group000003"):
         list(fn.process(written))
+
+
+CALLS = []   # make_fetched calls so far, seen by the stage after the fetch (one process)
+
+
+def _calls_so_far(_) -> int:
+    """Module-level, so Beam pickles it by reference and it reads this process's CALLS."""
+    return len(CALLS)
+
+
+def test_fetched_crops_flow_on_one_at_a_time(data, fetch_config, monkeypatch):
+    """A shard group's crops reach the next stage as each is cut, so a worker holds about one
+    instance's arrays, not its whole group's (Beam's with_exception_handling held every output
+    of an element until the element was done: peak memory grew with --shard-size-mb)."""
+    from synanno_datagen.transforms import fetch
+
+    make = fetch.make_fetched
+
+    def counted(*args):
+        CALLS.append(1)
+        return make(*args)
+
+    monkeypatch.setattr(fetch, "make_fetched", counted)
+    CALLS.clear()
+    with TestPipeline() as p:
+        out = (p | beam.Create([instance(sid) for sid in (11, 12, 14)])
+               | fetch.FetchSubvolumes(fetch_config))
+        assert_that(out["ok"] | beam.Map(_calls_so_far), equal_to([1, 2, 3]))

@@ -13,7 +13,6 @@ from synanno_datagen.transforms.blocks import BlockReader
 from synanno_datagen.transforms.counts import SumByKey
 from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
 from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
-from synanno_datagen.transforms.dead_letters import failure_to_dead_letters
 from synanno_datagen.transforms.records import (
     DEAD, FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Fetched, Instance, exception_text,
 )
@@ -82,10 +81,10 @@ class _FetchFn(beam.DoFn):
         self._target = open_reader(config.target.url, config.target.mip, config.engine,
                                    target_budget, config.run_token)
 
-    def _fetch_members(self, members: List[Instance]):
-        """A Fetched (or a DeadLetter, tagged DEAD) per member, in the given order, then the
-        READS and CHUNKS outputs. Each volume is read in few regions covering the members'
-        crops (see transforms.blocks.BlockReader)."""
+    def _fetch_members(self, members: List[Instance], done: set):
+        """A Fetched (or a DeadLetter, tagged DEAD) per member, in the given order (each
+        member's id then added to ``done``), then the READS and CHUNKS outputs. Each volume is
+        read in few regions covering the members' crops (see transforms.blocks.BlockReader)."""
         config = self._config
         target_boxes = [crop_box(i.center_xyz, config.crop_size_xyz) for i in members]
         source_boxes = [scale_box(b, config.scale_xyz) for b in target_boxes]
@@ -100,6 +99,7 @@ class _FetchFn(beam.DoFn):
             yield self._fetch_one(instance, lambda: make_fetched(
                 instance, target_boxes[k], source_boxes[k], source.crop(k), target.crop(k),
                 config))
+            done.add(instance.instance_id)
         yield self._take_reads()
         for volume, names in sorted(touched.items()):
             for name in sorted(names):
@@ -144,18 +144,31 @@ class FetchShardFn(_FetchFn):
     ``grouped``: each block's members are read through one BlockReader (few region reads; a chunk
     members share is read and decoded once; chunks shared with other blocks are served by the
     decoded-chunk cache). ``per-instance``: each member is read on its own (the baseline).
+
+    Outputs flow on as each is made, so a worker holds about one instance's arrays, not its
+    group's. An error outside one instance's fetch dead-letters (``fetch_error``) the members
+    not given out yet; those given out have gone on.
     """
 
     def process(self, element):
         _, members = element
         config = self._config
-        for _, block in group_members(members, config.target.voxel_offset_xyz,
-                                      config.block_size_xyz):
-            if config.strategy == "grouped":
-                yield from self._fetch_members(block)
-            else:
-                for instance in block:
-                    yield from self._fetch_members([instance])
+        done = set()
+        try:
+            for _, block in group_members(members, config.target.voxel_offset_xyz,
+                                          config.block_size_xyz):
+                if config.strategy == "grouped":
+                    yield from self._fetch_members(block, done)
+                else:
+                    for instance in block:
+                        yield from self._fetch_members([instance], done)
+        except Exception as error:  # noqa: BLE001 - the rest of the group, not the run
+            details = exception_text(type(error), repr(error))[:2000]
+            for instance in sorted(members, key=lambda i: i.instance_id):
+                if instance.instance_id not in done:
+                    self._errors.inc()
+                    yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+                        instance, FETCH_ERROR, details, "FetchSubvolumes"))
 
 
 class FetchSubvolumes(beam.PTransform):
@@ -172,18 +185,10 @@ class FetchSubvolumes(beam.PTransform):
         work = (instances
                 | "KeyByGroup" >> beam.Map(lambda i: (i.shard, i))
                 | "GroupByShard" >> beam.GroupByKey())        # (group, [Instance])
-        out = work | "Fetch" >> beam.ParDo(FetchShardFn(self._config)).with_exception_handling(
-            use_subprocess=False)
-        failed = out.bad | "FetchFailures" >> beam.FlatMap(
-            failure_to_dead_letters, FETCH_ERROR, "FetchSubvolumes", _group_members)
-        return {"ok": out.good,
-                DEAD: (out[DEAD], failed) | "FetchDeadLetters" >> beam.Flatten(),
+        out = work | "Fetch" >> beam.ParDo(FetchShardFn(self._config)).with_outputs(
+            DEAD, READS, CHUNKS, main="ok")
+        return {"ok": out.ok, DEAD: out[DEAD],
                 "io": out[READS] | "IoFigures" >> IoFigures(out[CHUNKS])}
-
-
-def _group_members(element) -> List[Instance]:
-    """The instances of a shard group, (group, [Instance])."""
-    return list(element[1])
 
 
 DISTINCT = "distinct_chunks"  # the figure under which IoFigures sums the distinct chunks
