@@ -33,7 +33,8 @@ def check_numbers(args) -> None:
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
         ("--shard-size-mb", args.shard_size_mb,
          math.isfinite(args.shard_size_mb) and args.shard_size_mb > 0, "positive"),
-        ("--fetch-memory-mb", args.fetch_memory_mb, args.fetch_memory_mb >= 16, "at least 16"),
+        ("--fetch-memory-mb", args.fetch_memory_mb, 16 <= args.fetch_memory_mb <= 2**20,
+         "at least 16, at most 1048576 (1 TiB)"),
         ("--lease-hours", args.lease_hours, 0 < args.lease_hours <= MAX_LEASE_HOURS,
          f"positive, at most {MAX_LEASE_HOURS} (a year)"),
     ]

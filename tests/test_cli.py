@@ -81,6 +81,7 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--shard-size-mb": "inf"}, ["--shard-size-mb inf", "positive"]),
     ({"--shard-size-mb": "nan"}, ["--shard-size-mb nan", "positive"]),
     ({"--lease-hours": "1e10"}, ["--lease-hours 10000000000.0", "at most 8760"]),
+    ({"--fetch-memory-mb": str(2**43)}, [f"--fetch-memory-mb {2**43}", "at most 1048576"]),
     ({"--progress-interval": "nan"}, ["--progress-interval nan", "positive"]),
     ({"--progress-interval": "inf"}, ["--progress-interval inf", "positive"]),
 ])
