@@ -28,7 +28,9 @@ from synanno_datagen.transforms.select import SelectInstances
 from synanno_datagen.transforms.shards import PlanShards
 from synanno_datagen.transforms.table import ReadTable
 from synanno_datagen.transforms.variants import MakeVariants
-from synanno_datagen.transforms.write import FinalizeShards, WriteDeadLetterFn, WriteShards
+from synanno_datagen.transforms.write import (
+    FinalizeShards, WriteDeadLetterFn, WriteShards, dead_letter_line,
+)
 
 
 def fetch_config(config: Config) -> FetchConfig:
@@ -95,7 +97,8 @@ def build(p: beam.Pipeline, config: Config):
     dead = ([rejected] + [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
             | "AllDeadLetters" >> beam.Flatten()
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
-    dead_file = (dead | "CollectDeadLetters" >> beam.combiners.ToList()
+    dead_file = (dead | "DeadLetterLines" >> beam.Map(dead_letter_line)   # (key, bytes): small
+                 | "CollectDeadLetters" >> beam.combiners.ToList()
                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
     memory = None
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}

@@ -282,17 +282,25 @@ class FinalizeShards(beam.PTransform):
                 | "Finalize" >> beam.ParDo(FinalizeShardsFn(self._output_dir, self._compression)))
 
 
+def dead_letter_line(letter) -> Tuple[tuple, bytes]:
+    """A DeadLetter -> (its sort key, its line): what the dead-letter file is gathered from,
+    smaller than the DeadLetter with its row (every dead letter is gathered in one place to be
+    sorted)."""
+    return letter.sort_key(), json_line(letter.to_json())
+
+
 class WriteDeadLetterFn(beam.DoFn):
-    """[DeadLetter] -> file info of ``dead_letter.jsonl`` (sorted by table position)."""
+    """[(sort key, line)] of every DeadLetter -> file info of ``dead_letter.jsonl`` (sorted by
+    table position, then by line)."""
 
     PATH = DEAD_LETTER
 
     def __init__(self, output_dir: str):
         self._output_dir = output_dir
 
-    def process(self, letters: Optional[Iterable]):
-        ordered = sorted(letters or [], key=lambda d: d.sort_key())
+    def process(self, lines: Optional[Iterable]):
+        ordered = sorted(lines or [])
         size, sha = write_atomic(join(self._output_dir, self.PATH),
-                                 (json_line(d.to_json()) for d in ordered))
+                                 (line for _, line in ordered))
         yield {"kind": "dead_letter", "path": self.PATH, "records": len(ordered), "bytes": size,
                "sha256": sha}
