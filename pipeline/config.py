@@ -267,6 +267,9 @@ def from_args(args: argparse.Namespace) -> Config:
     return config
 
 
+MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried
+
+
 def _with_incremental_plan(config: Config) -> Config:
     from synanno_datagen.pipeline.incremental import generation_hash, plan
 
@@ -275,7 +278,8 @@ def _with_incremental_plan(config: Config) -> Config:
     # Roots made before --splits had one order lay them out as written then: a root made with
     # another order of these fractions is extended in its order (its hash tells which)
     orders = {generation_hash(dataclasses.replace(config, splits=o).generation()): o
-              for o in itertools.islice(itertools.permutations(config.splits), 1, 720)}
+              for o in itertools.islice(itertools.permutations(config.splits), 1, None)
+              } if len(config.splits) <= MAX_REORDERED_SPLITS else {}
     try:
         incremental = plan(root, config.generation(), config.retry_failed, tuple(orders))
     except (ValueError, KeyError) as e:
