@@ -59,8 +59,9 @@ def match_table(pattern: str) -> List[str]:
     from apache_beam.io.filesystems import FileSystems
 
     where = pattern
-    if "://" not in pattern and not os.path.dirname(pattern) and any(c in pattern for c in "*?["):
-        where = os.path.join(".", pattern)   # Beam's local glob needs a folder part
+    if ("://" not in pattern and not pattern.startswith(("/", ".", "~"))
+            and any(c in pattern for c in "*?[")):
+        where = os.path.join(".", pattern)   # Beam's local glob needs a leading folder
     try:
         matched = FileSystems.match([where])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError for unreadable locations

@@ -138,7 +138,12 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
         from synanno_datagen.pipeline.probes import check_writable
 
         args, beam_args = demo_parser.parse_known_args(argv)
-        check_writable(views_dir(args.output_dir))   # before any work, not after the run
+        try:   # before any work, not after the run
+            check_writable(views_dir(args.output_dir))
+        except UsageError as e:
+            raise UsageError(f"--output-dir {args.output_dir}: the demo writes its views "
+                             f"beside it, in {views_dir(args.output_dir)}, which it cannot "
+                             f"write ({e})") from None
         start = functools.partial(run_demo, args.output_dir, beam_args)
     else:
         from synanno_datagen.pipeline.run import run

@@ -249,5 +249,6 @@ def test_no_command_is_a_usage_error_with_the_help(capsys):
 def test_demo_views_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
     (tmp_path / "out-views").write_text("a file where the demo puts its views")
     _fails(capsys, ["demo", "--output-dir", str(tmp_path / "out")],
-           f"{tmp_path / 'out-views'} is not a directory")
+           f"--output-dir {tmp_path / 'out'}: the demo writes its views beside it, in "
+           f"{tmp_path / 'out-views'}, which it cannot write", "is not a directory")
     assert not (tmp_path / "out").exists()

@@ -147,3 +147,6 @@ def test_a_glob_in_the_working_directory_matches_its_shards(tmp_path, monkeypatc
         (tmp_path / name).write_text("id\n1\n")
     assert [os.path.basename(p) for p in match_table("syn-*.csv")] == ["syn-1.csv", "syn-2.csv"]
     assert match_table("syn-1.csv") == ["syn-1.csv"]
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "syn-3.csv").write_text("id\n3\n")
+    assert [os.path.basename(p) for p in match_table("s*/syn-*.csv")] == ["syn-3.csv"]
