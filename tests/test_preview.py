@@ -171,3 +171,21 @@ def test_a_preview_or_plots_that_cannot_be_written_is_one_line(views_dataset, tm
         assert len(err.splitlines()) == 1 and err.startswith(f"synanno-datagen: error: {flag} "
                                                              f"{blocker}/")
         assert "cannot write it" in err
+
+
+def test_preview_of_a_cut_shard_names_it_as_the_loaders_do(views_dataset, tmp_path, capsys):
+    import json
+    import shutil
+
+    from synanno_datagen.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(views_dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for shard in manifest["files"]["tfrecord"]:   # every shard: whichever preview picks
+        path = copy / shard["path"]
+        path.write_bytes(path.read_bytes()[:shard["bytes"] // 2])
+    assert main(["preview", str(copy), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ": it has " in err and "the manifest says" in err
+    assert not (tmp_path / "p.png").exists()

@@ -61,6 +61,7 @@ def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     for c in chosen:
         shard = dataset.tfrecord_for(c["index_file"])
         by_shard.setdefault(shard["path"], (shard, {}))[1][(c["instance_id"], c["variant"])] = c
+    dataset.checked_files([shard for shard, _ in by_shard.values()])
     found = {}
     for _, (shard, wanted) in sorted(by_shard.items()):
         for r in read_records(dataset, shard, DECODED):
