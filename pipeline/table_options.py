@@ -6,7 +6,6 @@ was looked for and what was found.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 

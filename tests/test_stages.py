@@ -347,3 +347,33 @@ def test_fetched_crops_flow_on_one_at_a_time(data, fetch_config, monkeypatch):
         out = (p | beam.Create([instance(sid) for sid in (11, 12, 14)])
                | fetch.FetchSubvolumes(fetch_config))
         assert_that(out["ok"] | beam.Map(_calls_so_far), equal_to([1, 2, 3]))
+
+
+def test_an_error_outside_one_instance_dead_letters_only_the_members_not_given_out(
+        data, fetch_config, monkeypatch):
+    """Crops already given out have gone on (to be written): they must not be dead-lettered
+    too, and no member may be lost."""
+    import dataclasses
+
+    from synanno_datagen.transforms import fetch
+
+    real = fetch.BlockReader
+
+    def second_fails(*args):
+        CALLS.append(1)
+        if len(CALLS) == 3:      # per-instance: two readers per member, the 2nd member's source
+            raise RuntimeError("storage went away")
+        return real(*args)
+
+    monkeypatch.setattr(fetch, "BlockReader", second_fails)
+    CALLS.clear()
+    config = dataclasses.replace(fetch_config, strategy="per-instance")
+    ids = (11, 12, 14)
+    with TestPipeline() as p:
+        out = (p | beam.Create([instance(sid) for sid in ids]) | fetch.FetchSubvolumes(config))
+        assert_that(out["ok"] | beam.Map(lambda f: f.instance.instance_id), equal_to([11]),
+                    label="GivenOut")
+        assert_that(out[DEAD] | beam.Map(lambda d: (d.instance_id, d.reason,
+                                                    "storage went away" in d.details)),
+                    equal_to([(12, "fetch_error", True), (14, "fetch_error", True)]),
+                    label="TheRest")

@@ -116,15 +116,19 @@ class _FetchFn(beam.DoFn):
             return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
                 instance, MISSING_CHUNKS, f"{volume}: {missing}", "FetchSubvolumes"))
         except Exception as error:  # noqa: BLE001 - a storage or decode error, after retries
-            self._errors.inc()
-            return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-                instance, FETCH_ERROR, exception_text(type(error), repr(error))[:2000],
-                "FetchSubvolumes"))
+            return self._fetch_error(instance, error)
         self._fetched.inc()
         filled = sum(subvolume.filled_chunks.values())
         if filled:
             self._filled.inc(filled)
         return subvolume
+
+    def _fetch_error(self, instance: Instance, error: Exception):
+        """The ``fetch_error`` DeadLetter of ``instance`` (tagged DEAD), counted."""
+        self._errors.inc()
+        return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
+            instance, FETCH_ERROR, exception_text(type(error), repr(error))[:2000],
+            "FetchSubvolumes"))
 
     def _take_reads(self):
         """READS output with what both readers counted since the last call (and the counters)."""
@@ -163,12 +167,9 @@ class FetchShardFn(_FetchFn):
                     for instance in block:
                         yield from self._fetch_members([instance], done)
         except Exception as error:  # noqa: BLE001 - the rest of the group, not the run
-            details = exception_text(type(error), repr(error))[:2000]
             for instance in sorted(members, key=lambda i: i.instance_id):
                 if instance.instance_id not in done:
-                    self._errors.inc()
-                    yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-                        instance, FETCH_ERROR, details, "FetchSubvolumes"))
+                    yield self._fetch_error(instance, error)
 
 
 class FetchSubvolumes(beam.PTransform):

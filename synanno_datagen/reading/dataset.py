@@ -17,6 +17,9 @@ from synanno_datagen.errors import DatasetError, UsageError, first_line
 
 __all__ = ["Dataset", "DatasetError", "open_dataset"]
 
+# What to do about a file of a dataset that is cut short, changed or unreadable.
+DAMAGED = "copy the file again, or generate the dataset again"
+
 
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems
@@ -127,8 +130,7 @@ class Dataset:
             if size != f["bytes"]:
                 found = "it is missing" if size is None else f"it has {size} bytes"
                 raise DatasetError(f"{path}: {found}, the manifest says {f['bytes']}: the file "
-                                   "was cut short or changed; copy it again, or generate the "
-                                   "dataset again")
+                                   f"was cut short or changed; {DAMAGED}")
         return entries
 
     def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
@@ -140,7 +142,7 @@ class Dataset:
             if "records" in f and len(lines) != f["records"]:
                 raise DatasetError(f"{self.path(f['path'])}: {len(lines)} lines, the manifest "
                                    f"says {f['records']}: the file was cut short or changed; "
-                                   "copy it again, or generate the dataset again")
+                                   f"{DAMAGED}")
             shards.append((f, lines))
         return shards
 

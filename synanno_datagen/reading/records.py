@@ -57,6 +57,8 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
     """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``.
     DatasetError, naming the shard, for a record that does not read (a failed CRC, a cut frame)
     or a shard holding other than the manifest's number of records."""
+    from synanno_datagen.reading.dataset import DAMAGED
+
     keys = None if keys is None else tuple(keys)
     path, count = dataset.path(tfrecord_file["path"]), 0
     try:
@@ -68,12 +70,10 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
                 yield record
     except Exception as e:  # noqa: BLE001 - Beam's CRC message holds the whole record in hex
         raise DatasetError(f"{path}: record {count + 1} does not read ({type(e).__name__}: "
-                           f"{first_line(e, 200)}); copy the file again, or generate the "
-                           "dataset again") from None
+                           f"{first_line(e, 200)}); {DAMAGED}") from None
     if "records" in tfrecord_file and count != tfrecord_file["records"]:
         raise DatasetError(f"{path}: {count} records, the manifest says "
-                           f"{tfrecord_file['records']}; copy the file again, or generate the "
-                           "dataset again")
+                           f"{tfrecord_file['records']}; {DAMAGED}")
 
 
 def variants_of(record: dict) -> Iterator[dict]:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.errors import DatasetError, first_line
-from synanno_datagen.reading.dataset import open_dataset
+from synanno_datagen.reading.dataset import DAMAGED, open_dataset
 from synanno_datagen.reading.loaders import buffer_shuffle, input_target, shard_order, worker_share
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
@@ -115,5 +115,4 @@ def _load_npy(path: str) -> np.ndarray:
             return np.load(io.BytesIO(f.read()), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
-                           f"{first_line(e, 200)}); copy it again, or generate the dataset "
-                           "again") from None
+                           f"{first_line(e, 200)}); {DAMAGED}") from None
