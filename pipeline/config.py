@@ -270,23 +270,38 @@ def from_args(args: argparse.Namespace) -> Config:
 MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried
 
 
+def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, float], ...]]:
+    """The other order of ``config.splits`` whose generation hash is ``digest`` (an earlier
+    version laid --splits out in the order written), or None. Orders are hashed only when a
+    root's hash is not this config's own, and only until one matches."""
+    from synanno_datagen.pipeline.incremental import generation_hash
+
+    if len(config.splits) > MAX_REORDERED_SPLITS:
+        return None
+    return next((o for o in itertools.islice(itertools.permutations(config.splits), 1, None)
+                 if generation_hash(dataclasses.replace(config, splits=o).generation()) == digest),
+                None)
+
+
 def _with_incremental_plan(config: Config) -> Config:
-    from synanno_datagen.pipeline.incremental import generation_hash, plan
+    from synanno_datagen.pipeline.incremental import plan
 
     root = config.output_dir
     probes.check_incremental_root(root)
-    # Roots made before --splits had one order lay them out as written then: a root made with
-    # another order of these fractions is extended in its order (its hash tells which)
-    orders = {generation_hash(dataclasses.replace(config, splits=o).generation()): o
-              for o in itertools.islice(itertools.permutations(config.splits), 1, None)
-              } if len(config.splits) <= MAX_REORDERED_SPLITS else {}
+    # a root made with another order of these fractions is extended in its order
+    orders = {}
+
+    def same_records(digest: str) -> bool:
+        orders[digest] = _splits_order_of(config, digest)
+        return orders[digest] is not None
+
     try:
-        incremental = plan(root, config.generation(), config.retry_failed, tuple(orders))
+        incremental = plan(root, config.generation(), config.retry_failed, same_records)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None
     config = dataclasses.replace(
-        config, splits=orders.get(incremental.generation_hash, config.splits))
+        config, splits=orders.get(incremental.generation_hash) or config.splits)
     grid = None
     if incremental.previous is not None and config.split_by == "block":
         grid = incremental.previous.split_block_size_xyz or dataclasses.replace(

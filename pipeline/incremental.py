@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from synanno_datagen import layout
 
@@ -155,18 +155,18 @@ def _npy_totals(root: str, latest: dict) -> Dict[str, int]:
 
 
 def plan(root: str, generation: Dict, retry_failed: bool = False,
-         alternatives: Sequence[str] = ()) -> IncrementalPlan:
+         same_records: Callable[[str], bool] = lambda digest: False) -> IncrementalPlan:
     """The plan of the next run under ``root`` for a run with this generation config.
-    ``alternatives``: hashes of configs that make the same records as ``generation`` (its
-    --splits in another order, as an earlier version laid them out): a root made with one of
-    them is extended under its own hash."""
+    ``same_records(hash)``, asked only when the root's generation hash is not this config's:
+    whether a config with that hash makes the same records (its --splits in another order, as
+    an earlier version laid them out); such a root is extended under its own hash."""
     digest = generation_hash(generation)
     latest = read_latest(root)
     if latest is None:
         return IncrementalPlan(root, 1, digest, retry_failed=retry_failed)
     info = latest["incremental"]
     previous = None
-    if info["generation_hash"] in alternatives:
+    if info["generation_hash"] != digest and same_records(info["generation_hash"]):
         digest = info["generation_hash"]
     if info["generation_hash"] == digest:
         grid = latest.get("records", {}).get("split_block_size_xyz")

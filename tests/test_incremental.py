@@ -192,3 +192,22 @@ def test_a_root_made_with_splits_in_another_order_is_extended_in_its_order(small
         assert entry["split"] == split_of(2, instance_id, block, old_order, "block"), instance_id
         moved += entry["split"] != split_of(2, instance_id, block, canonical(splits), "block")
     assert moved   # the canonical order would have put some of them elsewhere
+
+
+def test_other_orders_of_splits_are_hashed_only_for_a_root_made_with_another_hash(
+        small_data, tmp_path, monkeypatch):
+    """Recognising a root an earlier version made with --splits in another order hashes up to
+    8! orders; a root made with this config's own order must not pay for it, nor a new root."""
+    from synanno_datagen.pipeline import incremental
+
+    root = tmp_path / "root"
+    common = ["--splits", "a=0.1,b=0.1,c=0.1,d=0.1,test=0.1,val=0.1,train=0.4",
+              "--incremental", "--variants", "1"]
+    hashed = []
+    real = incremental.generation_hash
+    monkeypatch.setattr(incremental, "generation_hash", lambda g: hashed.append(1) or real(g))
+    for night in range(2):
+        hashed.clear()
+        assert main(["run"] + small_data.argv(root, *common)) == 0
+        assert len(hashed) <= 2, (night, len(hashed))   # not the 5,039 other orders
+    assert _latest(root)["incremental"]["run"] == 2
