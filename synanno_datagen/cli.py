@@ -15,7 +15,8 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
-from synanno_datagen.errors import ConfigError, LeaseHeld, LeaseLost, UsageError, first_line
+from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
+                                    UsageError, first_line)
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -200,6 +201,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return BUSY
     except LeaseLost as e:  # not a bug: another run broke or took the lease
         print(f"{PROG}: lease lost: {first_line(e, 1000)}", file=sys.stderr)
+        return FAILED
+    except StorageUnavailable as e:  # not the user's mistake: it may pass
+        print(f"{PROG}: storage unavailable: {first_line(e, 1000)}", file=sys.stderr)
         return FAILED
     except TableFormatError as e:  # found while the rows were read, after the run began
         print(f"{PROG}: bad table: {first_line(e, 1000)}", file=sys.stderr)

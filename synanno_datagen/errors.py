@@ -1,4 +1,4 @@
-"""The user-facing error types: one line for the user, exit code 2 from the CLI."""
+"""The user-facing error types, each one line from the CLI (exit code as each says)."""
 
 
 class UsageError(ValueError):
@@ -20,6 +20,27 @@ class LeaseHeld(Exception):
 class LeaseLost(RuntimeError):
     """The output directory's lease is no longer this run's (broken, or expired and taken):
     the run stops writing; one line, exit 1."""
+
+
+class StorageUnavailable(RuntimeError):
+    """Storage did not answer before any work (a server error, throttling, a dropped
+    connection): not the user's mistake, and it may pass; one line, exit 1."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` is storage trouble that may pass (HTTP 5xx or 429 after the client's
+    own retries, a connection that failed or timed out), not a refusal (no access, no such
+    bucket, a bad path)."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import requests
+        from google.api_core import exceptions as api
+        from google.auth.exceptions import TransportError
+    except ImportError:  # without Beam's GCP extra, only the built-in kinds
+        return False
+    return isinstance(error, (api.ServerError, api.TooManyRequests, api.RetryError,
+                              TransportError, requests.ConnectionError, requests.Timeout))
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -162,6 +162,48 @@ def test_a_run_refused_after_taking_the_lease_releases_it(nightly, tmp_path, cap
     assert not (root / "LEASE").exists()
 
 
+@pytest.mark.parametrize("error, is_transient", [
+    ("ServiceUnavailable", True), ("TooManyRequests", True), ("InternalServerError", True),
+    ("Forbidden", False), ("NotFound", False)])
+def test_storage_errors_that_may_pass_are_told_from_refusals(error, is_transient):
+    from google.api_core import exceptions as api
+
+    from synanno_datagen.errors import transient
+
+    assert transient(getattr(api, error)("lease")) is is_transient
+    assert transient(ConnectionResetError("reset by peer"))
+    assert not transient(PermissionError(13, "Permission denied"))
+
+
+def test_a_storage_outage_while_taking_the_lease_fails_the_run_in_one_line_stubbed_gcs(
+        nightly, monkeypatch, capsys):
+    """GCS answering 503 (after its client's retries) cannot be made here: the lease store is
+    stubbed to raise what the client raises. The run fails (exit 1, may pass: the nightly
+    alert and a retrying scheduler treat it as such), not refused as a bad --output-dir."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from synanno_datagen.pipeline import lease
+
+    class Outage:
+        def __init__(self, path):
+            pass
+
+        def create(self, data):
+            raise ServiceUnavailable("POST https://storage/upload: Service Unavailable")
+
+    monkeypatch.setattr(lease, "_store", Outage)
+    root, argv = nightly
+    assert main(["run"] + argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "synanno-datagen: storage unavailable: --output-dir ")
+    assert "try again" in captured.err and "Traceback" not in captured.err
+    event = json.loads(captured.out.splitlines()[-1])
+    assert (event["status"], event["exit_code"]) == ("failed", 1)
+    assert "ServiceUnavailable" in event["error"]
+    assert not (root / "runs").exists()
+
+
 def child_env(tmp_path) -> dict:
     """The environment of a run in a child process against the emulator: it connects
     anonymously at once, as the in-process tests do (tests/gcs_emulator.py), instead of
