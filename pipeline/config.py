@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -27,7 +28,7 @@ from synanno_datagen.transforms.geometry import scale_factors
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import TENSORSTORE
 from synanno_datagen.transforms.seeds import SeedModel
-from synanno_datagen.transforms.volumes import VolumeSpec, default_block_size
+from synanno_datagen.transforms.volumes import VolumeSpec, block_bytes, default_block_size
 
 
 @dataclass(frozen=True)
@@ -263,8 +264,24 @@ def from_args(args: argparse.Namespace) -> Config:
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
         lease_hours=args.lease_hours, break_lease=args.break_lease)
+    _check_block_memory(config)
     probes.check_writable(config.output_dir)
     return config
+
+
+def _check_block_memory(config: Config) -> None:
+    """Grouped fetching holds about one work block's voxels at once: an explicit --block-size
+    must fit where the default one is made to fit, a quarter of --fetch-memory-mb."""
+    if config.block_size_xyz is None or config.fetch_strategy != "grouped":
+        return
+    need = block_bytes(config.block_size_xyz, config.scale_xyz, config.target.dtype)
+    if need > (int(config.fetch_memory_mb) << 20) // 4:
+        raise ConfigError(
+            f"--block-size {' '.join(map(str, config.block_size_xyz))}: grouped fetching holds a "
+            f"block's source and target voxels at once, {need / 2**20:,.0f} MB here, more than a "
+            f"quarter of --fetch-memory-mb {config.fetch_memory_mb}; give a smaller block, "
+            f"--fetch-memory-mb {math.ceil(4 * need / 2**20)} or more, or --fetch-strategy "
+            "per-instance")
 
 
 MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried

@@ -83,6 +83,9 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--lease-hours": "1e10"}, ["--lease-hours 10000000000.0", "at most 8760"]),
     ({"--fetch-memory-mb": str(2**43)}, [f"--fetch-memory-mb {2**43}", "at most 1048576"]),
     ({"--progress-interval": "nan"}, ["--progress-interval nan", "positive"]),
+    ({"--block-size": ["4096", "4096", "64"], "--fetch-memory-mb": "16"},
+     ["--block-size 4096 4096 64", "a quarter of --fetch-memory-mb 16",
+      "12,288 MB here", "--fetch-memory-mb 49152 or more", "--fetch-strategy per-instance"]),
     ({"--progress-interval": "inf"}, ["--progress-interval inf", "positive"]),
 ])
 def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, change,
@@ -98,6 +101,19 @@ def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, 
             argv += [flag] + values
     _fails(capsys, ["run"] + argv, *fragments)
     assert not (tmp_path / "out").exists()   # nothing written
+
+
+def test_a_block_too_big_for_grouped_fetching_is_fine_per_instance(small_data, tmp_path,
+                                                                   capsys):
+    """Per-instance fetching holds one crop at a time: a block as big as the volume (one
+    block, one split unit) needs no fetch memory."""
+    argv = small_data.argv(tmp_path / "out", "--fetch-memory-mb", "16", "--fetch-strategy",
+                           "per-instance", "--variants", "1")
+    i = argv.index("--block-size") if "--block-size" in argv else len(argv)
+    argv[i:i + 4] = ["--block-size", "4096", "4096", "64"]
+    assert main(["run"] + argv) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["instances_written"] == 5
 
 
 def test_an_output_dir_that_cannot_be_created_is_refused(small_data, tmp_path, capsys):

@@ -126,11 +126,16 @@ def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_s
     for t, s, f, c in zip(target.chunk_size_xyz, source.chunk_size_xyz, scale_xyz, crop_size_xyz):
         unit = math.lcm(t, s // f) if s % f == 0 else t
         block.append(unit * max(1, math.ceil(2 * c / unit)))
-    voxel_bytes = math.prod(scale_xyz) + np.dtype(target.dtype).itemsize
-    while math.prod(block) * voxel_bytes > memory_bytes // 4 and max(block[:2]) > 1:
+    while block_bytes(block, scale_xyz, target.dtype) > memory_bytes // 4 and max(block[:2]) > 1:
         axis = 0 if block[0] >= block[1] else 1
         block[axis] = max(1, block[axis] // 2)
     return tuple(block)
+
+
+def block_bytes(block_xyz, scale_xyz, target_dtype) -> int:
+    """Bytes of one work block's voxels (``block_xyz`` target voxels): its uint8 source voxels
+    (``scale_xyz`` per target voxel) and its target voxels."""
+    return math.prod(block_xyz) * (math.prod(scale_xyz) + np.dtype(target_dtype).itemsize)
 
 
 MISSING_CHUNK_MODES = ("error", "zero")
