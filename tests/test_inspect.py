@@ -57,6 +57,9 @@ def test_text_summary_states_the_manifest_numbers(views_dataset, capsys):
     assert "failures  5" in text and "  duplicate_id 1" in text
     assert "    id 21 (row 6): column 'x' is not a number: 'n/a'" in text
     assert "checks    manifest, index and dead letters agree" in text
+    # 3 variants: the expected counts are the law before redraws of repeated sets, and say so
+    assert ("  (expected: the declared law for each variant; variants after the first are "
+            "redrawn if they repeat an earlier one, which favours more slices)") in text
 
 
 def test_json_holds_the_same_facts(views_dataset, capsys):
@@ -178,6 +181,7 @@ def test_an_npy_only_dataset_reports_its_npy_files(small_data, tmp_path, capsys)
         assert any(line.startswith(f"  {name:<6} {split['instances']} instances, "
                                    f"{split['shards']} index shards") for line in text.splitlines())
     assert " records, " not in text
+    assert "redrawn" in text   # 2 variants
 
 
 def test_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):
@@ -211,5 +215,7 @@ def test_chunks_read_as_zeros_are_reported(small_data, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     n = manifest["counts"]["filled_chunks"]["source"]
     assert n > 0
+    text = capsys.readouterr().out
     assert (f"chunks read as zeros (absent from storage): source {n} chunks, target 0 chunks"
-            in capsys.readouterr().out)
+            in text)
+    assert "redrawn" not in text   # one variant: nothing is redrawn

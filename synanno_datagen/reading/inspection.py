@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from synanno_datagen.reading.dataset import open_dataset
-from synanno_datagen.reading.stats import dataset_facts
+from synanno_datagen.reading.stats import REDRAW_NOTE, dataset_facts
 
 COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
                "instances_written", "failed", "variants_written")
@@ -93,6 +93,8 @@ def format_facts(facts: dict) -> str:
     z = index["seed_z"]
     lines.append("seed slices by z         " + " ".join(str(o) for o in z["observed"]))
     lines.append("  expected               " + " ".join(f"{e:.0f}" for e in z["expected"]))
+    if c["variants"] > 1:
+        lines.append("  (" + REDRAW_NOTE.replace("\n", " ") + ")")
     fg = index["foreground_voxels"]
     if fg:
         lines.append(f"foreground voxels per instance  min {fg['min']}, median "

@@ -9,14 +9,13 @@ import io
 from typing import Callable, Dict, List
 
 from synanno_datagen.reading.dataset import write_view
+from synanno_datagen.reading.stats import REDRAW_NOTE
 from synanno_datagen.transforms.files import join
 
 FIGSIZE_IN = (6.0, 3.6)
 DPI = 80
 PLOT_NAMES = ("seed_count.png", "seed_z.png", "foreground_voxels.png", "failures.png")
 OBSERVED, EXPECTED = "#4c72b0", "#dd8452"
-DISTINCT_NOTE = ("expected: the declared law for each variant; variants after the first are\n"
-                 "redrawn if they repeat an earlier one, which favours more slices")
 
 
 def png_bytes(draw: Callable) -> bytes:
@@ -38,7 +37,7 @@ def _bars_with_expected(ax, x, observed, expected, xlabel, title):
     ax.bar(x, observed, color=OBSERVED, label="observed")
     ax.plot(x, expected, "o-", color=EXPECTED, label="expected (seed model)")
     ax.set_xlabel(xlabel)
-    ax.set_title(title + "\n" + DISTINCT_NOTE, fontsize=9)
+    ax.set_title(title + "\n" + REDRAW_NOTE, fontsize=9)
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
 
 

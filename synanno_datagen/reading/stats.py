@@ -16,6 +16,9 @@ CONFIG_BRIEF = ("variants", "max_seed_slices", "crop_size_xyz", "source_mip", "s
 VOLUME_BRIEF = ("url", "mip", "resolution_nm_xyz", "chunk_size_xyz", "size_xyz", "dtype",
                 "encoding")
 
+REDRAW_NOTE = ("expected: the declared law for each variant; variants after the first are\n"
+               "redrawn if they repeat an earlier one, which favours more slices")
+
 
 def seed_model_from_manifest(manifest: dict) -> SeedModel:
     m = manifest["seed_model"]
