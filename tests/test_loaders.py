@@ -69,16 +69,133 @@ def test_dataloader_workers_read_every_record_exactly_once(generated, torch):
     assert shapes == {((2, 4, 24, 24), (1, 4, 24, 24))}
 
 
-def test_shard_order_is_a_seeded_permutation_and_workers_partition_it():
+def test_shard_order_is_a_seeded_permutation():
     shards = [f"s{i}" for i in range(7)]
     assert loaders.shard_order(shards, None) == shards
     orders = [loaders.shard_order(shards, 3, epoch) for epoch in range(4)]
     assert all(sorted(o) == shards for o in orders)
     assert orders[0] == loaders.shard_order(shards, 3, 0)     # same seed and epoch, same order
     assert len({tuple(o) for o in orders}) > 1                 # epochs differ
-    shares = [loaders.worker_share(orders[1], w, 3) for w in range(3)]
-    assert sorted(s for share in shares for s in share) == shards
-    assert [len(s) for s in shares] == [3, 2, 2]
+
+
+@pytest.mark.parametrize("total, world_size, workers", [
+    (9, 1, 1), (9, 1, 2), (9, 2, 2), (10, 3, 4), (3, 2, 3), (0, 2, 2), (1000, 8, 5)])
+def test_reader_ranges_share_a_stream_evenly_over_ranks_and_workers(total, world_size, workers):
+    ranges = {(r, w): loaders.reader_range(total, r, world_size, w, workers)
+              for r in range(world_size) for w in range(workers)}
+    taken = sorted(i for lo, hi in ranges.values() for i in range(lo, hi))
+    assert taken == list(range(total // world_size * world_size))   # disjoint; the rest left out
+    for rank in range(world_size):
+        sizes = [hi - lo for (r, _), (lo, hi) in ranges.items() if r == rank]
+        assert sum(sizes) == total // world_size and max(sizes) - min(sizes) <= 1
+
+
+def test_shard_slices_are_the_parts_of_shards_a_range_covers():
+    counts = [3, 0, 4, 2]
+    assert loaders.shard_slices(counts, 0, 9) == [(0, 0, 3), (2, 0, 4), (3, 0, 2)]
+    assert loaders.shard_slices(counts, 2, 5) == [(0, 2, 1), (2, 0, 2)]
+    assert loaders.shard_slices(counts, 8, 9) == [(3, 1, 1)]
+    assert loaders.shard_slices(counts, 4, 4) == []
+
+
+def _keys(samples):
+    return [(m["instance_id"], m["variant"]) for *_, m in samples]
+
+
+def _unbatched(loader):
+    """(instance_id, variant) of each sample of a DataLoader's batches, in order."""
+    return [k for *_, m in loader for k in zip(m["instance_id"].tolist(), m["variant"].tolist())]
+
+
+def test_ranks_and_their_workers_share_an_epoch_without_overlap(generated, torch):
+    """Distributed training: each rank takes an equal contiguous share of the (seeded) stream
+    of samples, and its workers split that share; instance records are split between variants
+    where a share ends."""
+    _, out, _, manifest = generated
+    expected = records_of(out, manifest, "train")
+    assert len(expected) == 9      # 2 ranks x 4, one left out
+    whole = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=3)
+    whole.set_epoch(1)
+    stream = _keys(whole)
+    seen = []
+    for rank in range(2):
+        data = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=3,
+                                    rank=rank, world_size=2)
+        data.set_epoch(1)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+        keys = []
+        for inputs, target, meta in loader:
+            keys.append((meta["instance_id"], meta["variant"]))
+            check_pair(inputs, target, expected[keys[-1]])
+        assert len(keys) == len(data) == 4
+        assert sorted(keys) == sorted(stream[4 * rank:4 * rank + 4])
+        seen += keys
+    assert len(set(seen)) == 8
+    with pytest.raises(ValueError, match="give both"):
+        loaders.ShardDataset(str(out), "train", rank=1)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        loaders.ShardDataset(str(out), "train", rank=2, world_size=2)
+
+
+def test_num_batches_counts_each_workers_last_partial_batch(generated, torch):
+    """9 samples, batch 2, 3 workers of 3 samples each: 6 batches, where len(loader) says 5."""
+    _, out, _, _ = generated
+    data = loaders.ShardDataset(str(out), "train", with_meta=True)
+    for workers, drop_last in ((3, False), (3, True), (2, False), (0, False)):
+        loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=workers,
+                                             drop_last=drop_last)
+        batches = sum(1 for _ in loader)
+        assert batches == data.num_batches(2, workers, drop_last), (workers, drop_last)
+    assert data.num_batches(2, 3) == 6 != len(torch.utils.data.DataLoader(data, batch_size=2))
+
+
+def test_set_epoch_reaches_persistent_workers(generated, torch):
+    """Persistent workers keep their copy of the dataset between epochs; the epoch is shared
+    memory, so each epoch is shuffled as a fresh worker would shuffle it."""
+    _, out, _, _ = generated
+    data = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=5,
+                                shuffle_buffer=4)
+    persistent = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2,
+                                             persistent_workers=True)
+    fresh = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+    orders = []
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        orders.append(_keys(persistent))
+        assert orders[-1] == _keys(fresh), epoch
+    assert len({tuple(o) for o in orders}) == 3
+
+
+def _ddp_rank(rank: int, world_size: int, out: str, init: str, results: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
+                            world_size=world_size)
+    try:
+        data = loaders.ShardDataset(out, "train", with_meta=True, shuffle_seed=3)
+        data.set_epoch(1)
+        loader = __import__("torch").utils.data.DataLoader(data, batch_size=2, num_workers=1)
+        keys = _unbatched(loader)
+        with open(f"{results}/{rank}.json", "w") as f:
+            json.dump({"keys": keys, "len": len(data), "rank": data.rank,
+                       "world_size": data.world_size}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_each_rank_reads_its_own_share(generated, torch, tmp_path):
+    """Two real processes in a gloo process group: without rank arguments, each ShardDataset
+    takes its rank's share from torch.distributed."""
+    _, out, _, _ = generated
+    whole = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=3)
+    whole.set_epoch(1)
+    stream = _keys(whole)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, str(out), str(tmp_path / "init"),
+                                                 str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [(g["rank"], g["world_size"], g["len"]) for g in got] == [(0, 2, 4), (1, 2, 4)]
+    for rank, g in enumerate(got):
+        assert sorted(map(tuple, g["keys"])) == sorted(stream[4 * rank:4 * rank + 4])
 
 
 def test_buffer_shuffle_is_a_seeded_permutation():

@@ -32,12 +32,40 @@ def shard_order(paths: Sequence[str], seed: Optional[int], epoch: int = 0) -> Li
     return [paths[i] for i in order]
 
 
-def worker_share(paths: Sequence[str], worker: int, num_workers: int) -> List[str]:
-    """The shards one of ``num_workers`` readers reads: every ``num_workers``-th from ``worker``.
+def reader_range(total: int, rank: int, world_size: int, worker: int,
+                 num_workers: int) -> Tuple[int, int]:
+    """The samples [lo, hi) of a stream of ``total`` that one reader takes.
 
-    The shares of workers 0..num_workers-1 partition ``paths``.
+    Rank ``rank`` of ``world_size`` takes a contiguous share of ``total // world_size`` samples
+    (the last ``total % world_size`` are left out, so that every rank yields as many), which its
+    ``num_workers`` workers split into contiguous parts whose sizes differ by at most one. The
+    readers' ranges are disjoint and, for one rank, cover the whole stream.
     """
-    return list(paths[worker::num_workers])
+    per_rank = total // world_size
+    start = rank * per_rank
+    return (start + worker * per_rank // num_workers,
+            start + (worker + 1) * per_rank // num_workers)
+
+
+def shard_slices(counts: Sequence[int], lo: int, hi: int) -> List[Tuple[int, int, int]]:
+    """(shard index, samples to skip, samples to take) of the shards of a stream (shards of
+    ``counts`` samples, in order) that hold its samples [lo, hi)."""
+    out, start = [], 0
+    for i, n in enumerate(counts):
+        first, stop = max(lo, start), min(hi, start + n)
+        if first < stop:
+            out.append((i, first - start, stop - first))
+        start += n
+    return out
+
+
+def num_batches(total: int, batch_size: int, num_workers: int = 0, world_size: int = 1,
+                drop_last: bool = False) -> int:
+    """Batches one rank's DataLoader gives in an epoch over a stream of ``total`` samples: each
+    worker batches its own range, so each can end with a partial batch of its own."""
+    sizes = [hi - lo for lo, hi in (reader_range(total, 0, world_size, w, max(1, num_workers))
+                                    for w in range(max(1, num_workers)))]
+    return sum(n // batch_size if drop_last else -(-n // batch_size) for n in sizes)
 
 
 def buffer_shuffle(items: Iterable, buffer_size: int, rng: np.random.Generator) -> Iterator:

@@ -52,11 +52,12 @@ def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
     return out
 
 
-def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = None
-                 ) -> Iterator[dict]:
-    """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``.
-    DatasetError, naming the shard, for a record that does not read (a failed CRC, a cut frame)
-    or a shard holding other than the manifest's number of records."""
+def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = None,
+                 skip: int = 0) -> Iterator[dict]:
+    """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``, but for its
+    first ``skip`` records (read, counted, not decoded). DatasetError, naming the shard, for a
+    record that does not read (a failed CRC, a cut frame) or, once the shard is read to its
+    end, a shard holding other than the manifest's number of records."""
     from synanno_datagen.reading.dataset import DAMAGED
 
     keys = None if keys is None else tuple(keys)
@@ -65,9 +66,10 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
         with dataset.open(tfrecord_file["path"],
                           gzip=tfrecord_file["path"].endswith(".gz")) as stream:
             for serialized in iter_serialized(stream):
-                record = decode(serialized, keys)
+                record = decode(serialized, keys) if count >= skip else None
                 count += 1
-                yield record
+                if record is not None:
+                    yield record
     except Exception as e:  # noqa: BLE001 - Beam's CRC message holds the whole record in hex
         raise DatasetError(f"{path}: record {count + 1} does not read ({type(e).__name__}: "
                            f"{first_line(e, 200)}); {DAMAGED}") from None

@@ -8,8 +8,8 @@ FileSystems).
 from __future__ import annotations
 
 import io
-import logging
-from typing import Optional
+import itertools
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,10 +17,10 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.errors import DatasetError, first_line
 from synanno_datagen.reading.dataset import DAMAGED, open_dataset
-from synanno_datagen.reading.loaders import buffer_shuffle, input_target, shard_order, worker_share
+from synanno_datagen.reading.loaders import (buffer_shuffle, input_target, num_batches,
+                                             reader_range, shard_order, shard_slices)
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
-log = logging.getLogger(__name__)
 
 
 def _sample(source, seed, target, meta: Optional[dict]):
@@ -30,55 +30,100 @@ def _sample(source, seed, target, meta: Optional[dict]):
 
 
 class ShardDataset(IterableDataset):
-    """The records of one split, read shard by shard from its TFRecord files (manifest order).
+    """The samples of one split, read shard by shard from its TFRecord files (manifest order).
 
-    In a DataLoader with N workers, worker i reads shards i, i+N, ...: every record is yielded
-    once per epoch. With ``shuffle_seed``, the shard order is a permutation seeded by
-    (shuffle_seed, epoch); call ``set_epoch`` before each epoch (workers see it unless
-    ``persistent_workers``). Records in a shard are in work-block order, then by instance id;
-    ``shuffle_buffer`` > 0 (needs ``shuffle_seed``) mixes each worker's records through a buffer of
-    that many decoded records (about 3 x z*y*x bytes each), seeded by (seed, epoch, worker).
+    The split is one stream of samples (shards in order, or in an order seeded by
+    (``shuffle_seed``, epoch)). Under distributed training (``torch.distributed`` initialised,
+    or ``rank`` and ``world_size`` given) each rank takes an equal contiguous share of it,
+    ``len()`` samples: the last ``samples % world_size`` of an epoch are left out, so that every
+    rank steps as often. A DataLoader's N workers split their rank's share into N contiguous
+    parts: every sample of the share is yielded once per epoch, whatever N. ``set_epoch``
+    reaches the workers, persistent ones included (the epoch lives in shared memory).
+    Records in a shard are in work-block order, then by instance id; ``shuffle_buffer`` > 0
+    (needs ``shuffle_seed``) mixes each worker's samples through a buffer of that many decoded
+    samples (about 3 x z*y*x bytes each), seeded by (seed, epoch, rank x N + worker).
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
-                 shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0):
+                 shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None):
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
+        if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
+            raise ValueError(f"shuffle_seed {shuffle_seed}: must be 0 or more")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer {shuffle_buffer}: must be 0 (off) or more")
+        self.rank, self.world_size = _rank_and_world_size(rank, world_size)
         self.dataset = open_dataset(dataset_dir)
         self.shards = self.dataset.checked_files(   # manifest entries, in order
             self.dataset.files("tfrecord", split))
         self.num_records = (self.dataset.manifest["splits"][split]["records"]
-                            * self.dataset.variants_per_record)   # samples
+                            * self.dataset.variants_per_record)   # samples of the split
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
         self.shuffle_buffer = shuffle_buffer
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
-        return self.num_records
+        """This rank's samples per epoch."""
+        return self.num_records // self.world_size
+
+    def num_batches(self, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> int:
+        """The batches a ``DataLoader(self, batch_size, num_workers=..., drop_last=...)`` gives
+        per epoch: each worker batches its own part, so with N workers up to N batches are
+        partial (``len(loader)`` assumes one)."""
+        return num_batches(self.num_records, batch_size, num_workers, self.world_size, drop_last)
 
     def __iter__(self):
-        shards = shard_order(self.shards, self.shuffle_seed, self.epoch)
+        epoch = self.epoch
+        shards = shard_order(self.shards, self.shuffle_seed, epoch)
         worker = get_worker_info()
-        worker_id = 0
-        if worker is not None:
-            if worker.num_workers > len(shards) and worker.id == 0:
-                log.warning("%d DataLoader workers for %d shards: %d workers get none",
-                            worker.num_workers, len(shards), worker.num_workers - len(shards))
-            shards, worker_id = worker_share(shards, worker.id, worker.num_workers), worker.id
-        records = (v for shard in shards
-                   for r in read_records(self.dataset, shard, SAMPLE_FEATURES)
-                   for v in variants_of(r))
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        per_record = self.dataset.variants_per_record
+        lo, hi = reader_range(self.num_records, self.rank, self.world_size, worker_id, workers)
+        counts = [s["records"] * per_record for s in shards]
+        samples = (sample for i, skip, take in shard_slices(counts, lo, hi)
+                   for sample in self._shard_samples(shards[i], skip, take, per_record,
+                                                     skip + take == counts[i]))
         if self.shuffle_buffer:
-            rng = np.random.default_rng([self.shuffle_seed, self.epoch, worker_id])
-            records = buffer_shuffle(records, self.shuffle_buffer, rng)
-        for r in records:
+            rng = np.random.default_rng([self.shuffle_seed, epoch,
+                                         self.rank * workers + worker_id])
+            samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
+        for r in samples:
             meta = ({"instance_id": r["instance_id"], "variant": r["variant"]}
                     if self.with_meta else None)
             yield _sample(r["source"], r["seed_target"], r["target"], meta)
+
+    def _shard_samples(self, shard: dict, skip: int, take: int, per_record: int, to_end: bool):
+        """Samples ``skip`` to ``skip + take`` of one shard; read to its end when ``to_end``,
+        so that its record count is checked by the reader that reads its last sample."""
+        records = read_records(self.dataset, shard, SAMPLE_FEATURES, skip // per_record)
+        samples = (v for r in records for v in variants_of(r))
+        yield from itertools.islice(samples, skip % per_record, skip % per_record + take)
+        if to_end:
+            for _ in samples:
+                pass
+
+
+def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
+    """Both given, or torch.distributed's when it is initialised, or (0, 1)."""
+    if rank is None and world_size is None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank}, world_size {world_size}: give both, with "
+                         "0 <= rank < world_size")
+    return rank, world_size
 
 
 class NpyDataset(Dataset):
