@@ -227,6 +227,10 @@ def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
     assert epoch(0) == first and epoch(1) != first
     with pytest.raises(ValueError, match="shuffle_buffer needs a shuffle_seed"):
         loaders.ShardDataset(str(out), "train", shuffle_buffer=4)
+    with pytest.raises(ValueError, match="shuffle_seed -1: must be 0 or more"):
+        loaders.ShardDataset(str(out), "train", shuffle_seed=-1)
+    with pytest.raises(ValueError, match="shuffle_buffer -1: must be 0"):
+        loaders.ShardDataset(str(out), "train", shuffle_seed=1, shuffle_buffer=-1)
 
 
 def test_npy_dataset_items_are_the_npy_files(generated, torch):
