@@ -467,7 +467,27 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     (copy / index["path"]).write_text("".join(lines))
     npy = loaders.NpyDataset(str(copy), "val")
     source = npy.items[0]["source"]
+    kept = open(source, "rb").read()
     with open(source, "r+b") as f:
         f.truncate(200)
-    with pytest.raises(DatasetError, match=rf"{source}: not a readable npy file \(ValueError"):
+    with pytest.raises(DatasetError, match=rf"{source}: 200 bytes that are not the ones the "
+                                           r"index lists \(\d+ bytes, sha256 [0-9a-f]{12}"):
         npy[0]
+
+    # an npy file replaced by another valid npy file: of another shape, or of the same size
+    import numpy as np
+
+    open(source, "wb").write(kept)
+    assert npy[1][0].shape == (2, 4, 24, 24)
+
+    seed = npy.items[1]["seed_target"]
+    kept = open(seed, "rb").read()
+    np.save(seed, np.zeros((3, 3), np.uint8))
+    with pytest.raises(DatasetError, match=rf"{seed}: \d+ bytes that are not the ones"):
+        npy[1]
+    open(seed, "wb").write(kept)
+    target = npy.items[1]["target"]
+    written = np.load(target)
+    np.save(target, np.full_like(written, 7))    # same header, same size, other values
+    with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
+        npy[1]

@@ -164,8 +164,9 @@ class Dataset:
         raise DatasetError(f"{self.root}: no TFRecord shard for {index_file['path']}")
 
     def npy_items(self, split: str) -> List[Dict]:
-        """One item per (instance, variant) of ``split`` in index order: ids and the full paths
-        of its npy files."""
+        """One item per (instance, variant) of ``split`` in index order: ids, the full paths of
+        its npy files, and ``listed``: {full path: (bytes, sha256)} of its instance's files, as
+        the index lists them (shared by the instance's items)."""
         if "npy" not in self.formats:
             raise DatasetError("this dataset has no npy files (made with --formats "
                                f"{','.join(self.formats)}); read its TFRecord shards")
@@ -174,12 +175,15 @@ class Dataset:
             base = layout.index_npy_base(self.manifest, index_file)
             for entry in lines:
                 npy = entry["npy"]
+
+                def full(p):
+                    return self.path(layout.join(base, p) if base else p)
+
+                listed = {full(f["path"]): (f["bytes"], f["sha256"]) for f in npy["files"]}
                 for variant, seed_path in enumerate(npy["seed_target"]):
                     items.append({"instance_id": entry["instance_id"], "variant": variant,
-                                  **{k: self.path(layout.join(base, p) if base else p)
-                                     for k, p in (("source", npy["source"]),
-                                                  ("target", npy["target"]),
-                                                  ("seed_target", seed_path))}})
+                                  "source": full(npy["source"]), "target": full(npy["target"]),
+                                  "seed_target": full(seed_path), "listed": listed})
         return items
 
 

@@ -7,6 +7,7 @@ FileSystems).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 from typing import Optional, Tuple
@@ -129,11 +130,15 @@ def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tupl
 class NpyDataset(Dataset):
     """Map-style: item i is one (instance, variant) of a split, from the npy files (index order).
 
-    Arrays are read with ``np.load(..., allow_pickle=False)``.
+    Each file's bytes are checked against the index (size and sha256) and its array against the
+    manifest (uint8, ``shape_zyx``) before use; arrays are read with
+    ``np.load(..., allow_pickle=False)``.
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
-        self.items = open_dataset(dataset_dir).npy_items(split)
+        dataset = open_dataset(dataset_dir)
+        self.items = dataset.npy_items(split)
+        self.shape_zyx = tuple(dataset.manifest["arrays"]["shape_zyx"])
         self.with_meta = with_meta
 
     def __len__(self) -> int:
@@ -141,23 +146,35 @@ class NpyDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        source, seed, target = (_load_npy(item[k]) for k in ("source", "seed_target", "target"))
+        source, seed, target = (_load_npy(item[k], item["listed"].get(item[k]), self.shape_zyx)
+                                for k in ("source", "seed_target", "target"))
         meta = ({"instance_id": item["instance_id"], "variant": item["variant"]}
                 if self.with_meta else None)
         return _sample(source, seed, target, meta)
 
 
-def _load_npy(path: str) -> np.ndarray:
-    """One npy file, local or gs:// (never unpickled); DatasetError naming a file that does not
-    read."""
-    try:
-        if "://" not in path:
-            return np.load(path, allow_pickle=False)
-        from apache_beam.io.filesystem import CompressionTypes
-        from apache_beam.io.filesystems import FileSystems
+def _load_npy(path: str, listed: Optional[Tuple[int, str]], shape_zyx) -> np.ndarray:
+    """One npy file, local or gs:// (never unpickled), checked against its index listing
+    (bytes, sha256) and the manifest's array shape; DatasetError naming a file that does not
+    read or is not what was written."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
 
+    try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return np.load(io.BytesIO(f.read()), allow_pickle=False)
+            data = f.read()
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
+                           f"{DAMAGED}") from None
+    if listed is not None and (len(data), hashlib.sha256(data).hexdigest()) != tuple(listed):
+        raise DatasetError(f"{path}: {len(data)} bytes that are not the ones the index lists "
+                           f"({listed[0]} bytes, sha256 {listed[1][:12]}...); {DAMAGED}")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
                            f"{first_line(e, 200)}); {DAMAGED}") from None
+    if array.dtype != np.uint8 or array.shape != tuple(shape_zyx):
+        raise DatasetError(f"{path}: holds {array.dtype} {list(array.shape)}, the manifest says "
+                           f"uint8 {list(shape_zyx)}; {DAMAGED}")
+    return array
