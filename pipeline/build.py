@@ -13,7 +13,7 @@ from apache_beam.pvalue import AsList, AsSingleton
 
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
-from synanno_datagen.pipeline.manifest import WriteManifestFn
+from synanno_datagen.pipeline.manifest import WriteManifestFn, clear_earlier_run
 from synanno_datagen.pipeline.monitoring import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
@@ -86,8 +86,11 @@ def build(p: beam.Pipeline, config: Config):
                                                             config.seed_model)
     # Cleaned -> Varied
     keepalive = Heartbeat(config.lease, config.lease_hours) if config.lease else None
+    cleared = (p | "ClearTrigger" >> beam.Create([None])   # an earlier run's files, if any
+               | "ClearEarlierRun" >> beam.Map(clear_earlier_run, config.output_dir))
     written = varied["ok"] | "WriteShards" >> WriteShards(
-        config.output_dir, config.formats, config.record_layout, config.compression, keepalive)
+        config.output_dir, config.formats, config.record_layout, config.compression, keepalive,
+        after=AsSingleton(cleared))
     # WrittenShard per group and split: records are on disk, written once; only names, sizes
     # and index lines cross the shuffle that numbers the shards.
     files = written["ok"] | "FinalizeShards" >> FinalizeShards(config.output_dir,
@@ -99,7 +102,8 @@ def build(p: beam.Pipeline, config: Config):
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
     dead_file = (dead | "DeadLetterLines" >> beam.Map(dead_letter_line)   # (key, bytes): small
                  | "CollectDeadLetters" >> beam.combiners.ToList()
-                 | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir)))
+                 | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir),
+                                                   AsSingleton(cleared)))
     memory = None
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
         memory = dead | "RememberFailures" >> RememberFailures(

@@ -149,6 +149,14 @@ def clear_dataset(output_dir: str) -> None:
         delete_tree(join(output_dir, name))
 
 
+def clear_earlier_run(_, output_dir: str) -> bool:
+    """The job's first step: ``clear_dataset``, in the job rather than in the process that
+    launches it, so that a launch that fails (staging, submission) leaves the earlier dataset
+    whole. Its True is a side input of the steps that write, so that they start after it."""
+    clear_dataset(output_dir)
+    return True
+
+
 def load_manifest(output_dir: str) -> dict:
     with FileSystems.open(join(output_dir, MANIFEST)) as f:
         return json.load(f)

@@ -44,7 +44,7 @@ def run(argv: Sequence[str]) -> Optional[dict]:
     from synanno_datagen.pipeline.build import build
     from synanno_datagen.pipeline.config import check, settle
     from synanno_datagen.pipeline.lease import acquire, release
-    from synanno_datagen.pipeline.manifest import clear_dataset, load_manifest
+    from synanno_datagen.pipeline.manifest import load_manifest
 
     config, beam_args = check(argv)
     options = PipelineOptions(beam_args)
@@ -53,9 +53,9 @@ def run(argv: Sequence[str]) -> Optional[dict]:
     p, job_goes_on = None, False
     try:
         config = dataclasses.replace(settle(config), lease=lease)
-        pipeline = beam.Pipeline(options=options)  # its runner is made before anything is cleared
-        clear_dataset(config.output_dir)  # settle() refused a different config unless --overwrite
-        with pipeline as p:
+        # settle() refused a different config unless --overwrite; the job clears the earlier
+        # dataset as its first step
+        with beam.Pipeline(options=options) as p:
             build(p, config)
         if only_submits(options):
             job_goes_on = True

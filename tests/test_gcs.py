@@ -353,3 +353,28 @@ def test_parquet_and_gzip_csv_tables_read_from_gs_as_from_local_files(gcs, tmp_p
         assert read_schema(remote) == read_schema(str(path))
         assert list(iter_rows(remote)) == list(iter_rows(str(path)))
     assert len(list(iter_rows(f"{bucket}/t.parquet"))) == 50
+
+
+def test_a_launch_that_fails_keeps_the_earlier_dataset(gcs, tmp_path, capsys, monkeypatch):
+    """Rerunning a dataset on Dataflow: the launcher builds and stages the job before it
+    exists, and a failure there (here a template location in a bucket that does not exist, on
+    the real emulator) must leave the finished dataset whole; the job, not the launcher,
+    clears it. Beam retries the failed write for minutes: its retry clock does not sleep."""
+    from apache_beam.utils import retry
+
+    monkeypatch.setattr(retry.Clock, "sleep", lambda self, seconds: None)
+    bucket = gcs.create_bucket("relaunch")
+    gcs.create_bucket("relaunch-temp")
+    data = make_small_data(tmp_path / "data")
+    source, target, table = _upload_small_data(data, bucket)
+    argv = ["run", "--materialization", table, "--source-url", source, "--target-url", target,
+            "--output-dir", f"{bucket}/ds", "--crop-size", "12", "12", "4", "--variants", "1"]
+    assert main(argv) == 0
+    before = gcs.objects("relaunch", "ds")
+    assert "manifest.json" in before and "LEASE" not in before
+    with pytest.raises(Exception, match="no-such-bucket"):
+        main(argv + ["--runner", "DataflowRunner", "--project", "my-project", "--region",
+                     "us-central1", "--temp_location", "gs://relaunch-temp/tmp",
+                     "--template_location", "gs://no-such-bucket/job.json"])
+    assert '"status":"failed"' in capsys.readouterr().out
+    assert gcs.objects("relaunch", "ds") == before   # LEASE released; every file as it was

@@ -153,7 +153,7 @@ class WriteShardsFn(beam.DoFn):
         if self._keepalive is not None:
             self._keepalive.beat()
 
-    def process(self, varied: Varied):
+    def process(self, varied: Varied, after=None):  # after: a step that must come first
         inst = varied.instance
         try:  # what one instance can fail at: making its index line, records and npy bytes
             entry = index_entry(varied)
@@ -218,12 +218,14 @@ class WriteShards(beam.PTransform):
     (instances whose records could not be made)."""
 
     def __init__(self, output_dir: str, formats: Sequence[str], layout: str = "instance",
-                 compression: str = "none", keepalive=None):
+                 compression: str = "none", keepalive=None, after=None):
         super().__init__()
         self._fn = WriteShardsFn(output_dir, formats, layout, compression, keepalive)
+        self._after = [after] if after is not None else []   # a side input to wait for
 
     def expand(self, varied):
-        out = varied | "Write" >> beam.ParDo(self._fn).with_outputs(DEAD, main="ok")
+        out = varied | "Write" >> beam.ParDo(self._fn, *self._after).with_outputs(DEAD,
+                                                                                 main="ok")
         return {"ok": out.ok, DEAD: out[DEAD]}
 
 
@@ -298,7 +300,7 @@ class WriteDeadLetterFn(beam.DoFn):
     def __init__(self, output_dir: str):
         self._output_dir = output_dir
 
-    def process(self, lines: Optional[Iterable]):
+    def process(self, lines: Optional[Iterable], after=None):  # after: a step to wait for
         ordered = sorted(lines or [])
         size, sha = write_atomic(join(self._output_dir, self.PATH),
                                  (line for _, line in ordered))
