@@ -209,15 +209,21 @@ def settle(config: Config) -> Config:
     return config
 
 
-def from_args(args: argparse.Namespace) -> Config:
-    """Parsed flags -> Config: value checks first, then the storage probes."""
+def check_values(args: argparse.Namespace) -> Tuple[Tuple[str, ...], Any, Tuple]:
+    """The checks of the flags' values that need no storage (what a schedule is checked
+    against too): (formats, missing-chunk modes, splits), or ConfigError."""
     validate.check_numbers(args)
     if args.retry_failed and not args.incremental:
         raise ConfigError("--retry-failed: only incremental runs remember failures; add "
                           "--incremental")
-    formats = validate.parse_formats(args.formats)
-    missing_chunks = validate.parse_missing_chunks(args.missing_chunks)
-    splits = validate.parse_splits(args.splits)
+    return (validate.parse_formats(args.formats),
+            validate.parse_missing_chunks(args.missing_chunks),
+            validate.parse_splits(args.splits))
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """Parsed flags -> Config: value checks first, then the storage probes."""
+    formats, missing_chunks, splits = check_values(args)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
     if args.incremental and table.id_column is None:

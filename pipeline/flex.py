@@ -47,6 +47,9 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
     if rest:
         raise ConfigError(f"{rest[0]}: only synanno-datagen run flags can be template parameters; "
                           "Dataflow settings come from the environment variables")
+    from synanno_datagen.pipeline.config import check_values
+
+    check_values(args)   # what every night's run would refuse, refused now
     given = {a.dest for a in run_flags() for f in a.option_strings
              if any(x == f or x.startswith(f + "=") for x in flags)}
     if "overwrite" in given:

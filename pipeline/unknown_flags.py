@@ -135,3 +135,14 @@ def check_runner(beam_args: Sequence[str]) -> None:
         if errors:
             raise ConfigError(f"--runner {name}: {' '.join(errors)} (./launch_dataflow.sh "
                               "passes them from its environment)")
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
+    if (type(runner).__name__ == "DataflowRunner" and cloud.template_location
+            and not worker.sdk_container_image
+            and not (setup.setup_file or setup.extra_packages or setup.requirements_file)):
+        raise ConfigError("the template was launched without sdkContainerImage: its workers "
+                          "would run Beam's own image, without synanno-datagen, and fail; "
+                          "launch it with sdkContainerImage set to the template's image, as "
+                          "./launch_dataflow.sh schedule does, or run once with "
+                          "./launch_dataflow.sh run FLAGS")

@@ -456,3 +456,40 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
     assert done.returncode == 2, done.stderr
     assert "--splits 'train=0.99999,val=1e-05': the template's check refuses it" in done.stderr
     assert calls() == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--splits", "train=0.8,val=0.1"], "sum to 0.9"),
+    (["--lease-hours", "0"], "--lease-hours 0.0: must be positive"),
+    (["--fetch-memory-mb", "1"], "--fetch-memory-mb 1: must be at least 16"),
+    (["--shard-size-mb", "0"], "--shard-size-mb 0.0: must be positive"),
+    (["--coordinate-resolution", "0", "8", "33"], "--coordinate-resolution 0.0 8.0 33.0"),
+    (["--formats", "zarr"], "--formats 'zarr'"),
+])
+def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, flags, message):
+    """Values that pass the template's regexes but that run refuses: refused when scheduling,
+    not at every night's launch."""
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--incremental", *flags, PROJECT="p", REGION="r",
+                  BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert calls() == []
+
+
+def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(small_data,
+                                                                                tmp_path):
+    """A Flex Template launch without sdkContainerImage (the console's or gcloud's default)
+    would give the workers Beam's own image, without this package: the job fails and its lease
+    blocks the next nights. The launcher refuses it first. (Beam builds the job for
+    --template_location without reaching Dataflow; here it is refused before that.)"""
+    import json
+
+    root = tmp_path / "root"
+    done = launch_template(_template_parameters(small_data, root), tmp_path,
+                           "--runner=DataflowRunner", "--project=p", "--region=r",
+                           "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the template was launched without sdkContainerImage" in done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["status"] == "refused"
+    assert not (root / "LEASE").exists() and not (root / "runs").exists()
