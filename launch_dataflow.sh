@@ -159,8 +159,9 @@ job_status() {
     shift
   fi
   local name="${1:-${JOB_NAME:-synanno-datagen-nightly}}"
+  # every job of that exact name, newest first (gcloud's --limit would cut before sorting)
   local list=(gcloud dataflow jobs list --project "$PROJECT" --region "$REGION"
-    --filter "name=$name" --sort-by "~createTime" --limit 1 --format "value(id)")
+    --filter "name~^$name\$" --sort-by "~creationTime" --format "value(id)")
   if [ "$dry_run" = 1 ]; then
     do_cmd "${list[@]}"
     do_cmd gcloud dataflow jobs describe JOB_ID --project "$PROJECT" --region "$REGION" \
@@ -169,6 +170,7 @@ job_status() {
   fi
   local id state
   id="$("${list[@]}")"
+  id="${id%%$'\n'*}"   # the first line: the newest
   [ -n "$id" ] || usage_error "no Dataflow job named $name in $PROJECT/$REGION"
   while true; do
     state="$(gcloud dataflow jobs describe "$id" --project "$PROJECT" --region "$REGION" \

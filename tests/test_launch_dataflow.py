@@ -383,13 +383,16 @@ def stub_dataflow(tmp_path):
 def test_status_reports_the_newest_nightly_job_and_exits_by_its_state(stub_dataflow, states,
                                                                       args, code):
     env, calls = stub_dataflow
-    done = launch("status", *args, PROJECT="proj", REGION="us-east1", STUB_JOB_ID="2025-01-02_x",
+    done = launch("status", *args, PROJECT="proj", REGION="us-east1",
+                  STUB_JOB_ID="2025-01-02_x\n2025-01-01_y",   # newest first, as asked
                   STUB_STATES=states, **env)
     assert done.returncode == code, done.stderr
     listed, *described = calls()
     assert listed[:3] == ["dataflow", "jobs", "list"]
-    assert _value(listed, "--filter") == "name=synanno-datagen-nightly"
-    assert _value(listed, "--sort-by") == "~createTime" and _value(listed, "--limit") == "1"
+    # that exact name (not synanno-datagen-nightly-backfill), newest first by the field jobs
+    # list has (creationTime), no --limit (gcloud applies it before sorting)
+    assert _value(listed, "--filter") == "name~^synanno-datagen-nightly$"
+    assert _value(listed, "--sort-by") == "~creationTime" and "--limit" not in listed
     assert (_value(listed, "--project"), _value(listed, "--region")) == ("proj", "us-east1")
     assert all(d[:4] == ["dataflow", "jobs", "describe", "2025-01-02_x"] for d in described)
     assert len(described) == (len(states.split(",")) if args else 1)
