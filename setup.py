@@ -19,7 +19,7 @@ setup(
     description="Generate synapse seed-slice training data from EM volumes with Apache Beam.",
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",   # tensorstore, pinned below, needs 3.11
     # One import package: the repository's pipeline/ and transforms/ folders are installed as
     # synanno_datagen.pipeline and synanno_datagen.transforms, so a user's own pipeline.py or
     # transforms/ never shadows them.

@@ -44,3 +44,23 @@ def test_python_m_runs_the_generator_from_a_users_project(small_data, tmp_path):
                           cwd=project, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+
+
+def test_the_python_we_ask_for_is_one_every_pinned_dependency_installs_on():
+    """setup.py's python_requires is no lower than any installed dependency's: a 3.10 user
+    otherwise passes our check and fails at tensorstore's."""
+    import importlib.metadata as metadata
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    text = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    ours = SpecifierSet(text.split('python_requires="', 1)[1].split('"', 1)[0])
+    lowest = min(v for v in ("3.8", "3.9", "3.10", "3.11", "3.12") if ours.contains(v))
+    for line in metadata.requires("synanno-datagen"):
+        requirement = Requirement(line)
+        if requirement.marker is not None:   # extras
+            continue
+        theirs = metadata.metadata(requirement.name).get("Requires-Python")
+        assert not theirs or SpecifierSet(theirs).contains(lowest), (requirement.name, theirs)
