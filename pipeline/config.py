@@ -197,7 +197,29 @@ def check(argv: Sequence[str]) -> Tuple[Config, List[str]]:
     args, beam_args = run_parser().parse_known_args(list(argv))
     check_beam_args(beam_args, [option for f in run_flags() for option in f.option_strings])
     check_runner(beam_args)
+    _check_paths_reach_workers(args, beam_args)
     return from_args(args), beam_args
+
+
+REMOTE_RUNNERS = ("dataflowrunner", "dataflow")
+
+
+def _check_paths_reach_workers(args: argparse.Namespace, beam_args: Sequence[str]) -> None:
+    """A Dataflow job reads and writes from its workers, which cannot see this machine's files:
+    every path must be in storage they reach (gs://, or http(s) for volumes)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or ""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    if name.lower() not in REMOTE_RUNNERS:
+        return
+    for flag, path in (("--materialization", args.materialization),
+                       ("--source-url", args.source_url), ("--target-url", args.target_url),
+                       ("--output-dir", args.output_dir)):
+        scheme = str(path).partition("://")[0].lower() if "://" in str(path) else ""
+        if scheme in ("", "file"):
+            raise ConfigError(f"{flag} {path}: a local path, which the Dataflow job's workers "
+                              "cannot see; put it in a bucket (gs://...)")
 
 
 def settle(config: Config) -> Config:

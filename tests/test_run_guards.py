@@ -163,6 +163,24 @@ def test_a_bad_runner_or_beam_option_keeps_the_finished_dataset(small_data, tmp_
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
+def test_a_dataflow_job_with_local_paths_is_refused_before_it_takes_a_lease(small_data, tmp_path,
+                                                                         capsys):
+    """Its workers cannot read this machine's table or volumes, nor write its folders; the
+    launcher would submit it (exit 0) and leave a local lease behind."""
+    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "r",
+                "--temp_location", "gs://b/tmp"]
+    out = tmp_path / "out"
+    assert_usage_error(capsys, ["run"] + small_data.argv(out, *dataflow),
+                       f"--materialization {small_data.table_path}: a local path, which the "
+                       "Dataflow job's workers cannot see")
+    assert not out.exists()
+    argv = small_data.argv("gs://b/out", *dataflow)
+    argv[argv.index("--materialization") + 1] = "gs://b/t.csv"
+    argv[argv.index("--source-url") + 1] = "gs://b/raw"
+    assert_usage_error(capsys, ["run"] + argv, f"--target-url {small_data.target_url}: a local "
+                       "path")
+
+
 def test_one_off_and_incremental_datasets_do_not_share_a_directory(small_data, tmp_path, capsys):
     """Readers take a directory's manifest.json before its LATEST: a one-off run written into an
     incremental root would hide the root's runs from every reader, and an incremental run
