@@ -101,6 +101,8 @@ run_job() {
   local job_name="${JOB_NAME:-synanno-datagen-$(date -u +%Y%m%d-%H%M%S)}"
   check_job_name "$job_name"
   check_python
+  "$python" -c 'import setuptools' >/dev/null 2>&1 \
+    || usage_error "$python has no setuptools, which Beam needs to build the package it stages for the workers (venvs of Python 3.12+ come without it): $python -m pip install setuptools"
   local cmd=("$python" -m synanno_datagen run "$@"
     --runner DataflowRunner
     --project "$PROJECT"

@@ -91,6 +91,24 @@ def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
             f"(./dev makes {clone}/.venv)")
 
 
+def test_a_run_needs_setuptools_in_the_interpreter(tmp_path):
+    """Beam builds the package it stages with setuptools, which venvs of Python 3.12+ lack:
+    refused before anything is submitted, saying what to install. (A stand-in interpreter: the
+    real one, but for setuptools.)"""
+    without = tmp_path / "python"
+    without.write_text("#!/usr/bin/env bash\n"
+                       "if [ \"$*\" = \"-c import setuptools\" ]; then exit 1; fi\n"
+                       f"exec {shlex.quote(sys.executable)} \"$@\"\n")
+    without.chmod(0o755)
+    done = launch("--dry-run", *OURS, PROJECT="p", REGION="r", BUCKET="b", PYTHON=str(without))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"launch_dataflow.sh: error: {without} has no setuptools, which Beam needs to build the "
+        "package it stages for the workers (venvs of Python 3.12+ come without it): "
+        f"{without} -m pip install setuptools")
+    assert launch("--dry-run", *OURS, PROJECT="p", REGION="r", BUCKET="b").returncode == 0
+
+
 def test_optional_variables_stay_out_when_unset():
     done = launch("--dry-run", *OURS, PROJECT="p", REGION="r", BUCKET="b", JOB_NAME="nightly-1")
     argv = shlex.split(done.stdout)
