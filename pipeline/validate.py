@@ -30,7 +30,7 @@ def check_numbers(args) -> None:
         ("--source-mip", args.source_mip, args.source_mip == NEAREST or args.source_mip >= 0,
          "0 or more, or 'nearest'"),
         ("--pad-value", args.pad_value, 0 <= args.pad_value <= 255, "0..255 (uint8 raw)"),
-        ("--seed", args.seed, 0 <= args.seed < 2**63, "0 or more"),
+        ("--seed", args.seed, 0 <= args.seed < 2**63, "0 to 2**63 - 1"),
         ("--shard-size-mb", args.shard_size_mb,
          math.isfinite(args.shard_size_mb) and args.shard_size_mb > 0, "positive"),
         ("--fetch-memory-mb", args.fetch_memory_mb, 16 <= args.fetch_memory_mb <= 2**20,
