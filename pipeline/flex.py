@@ -45,6 +45,10 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
     parser = run_parser()
     args, rest = parser.parse_known_args(list(flags))
     if rest:
+        flag = rest[0].split("=", 1)[0]
+        if flag in ("--quiet", "--progress-interval"):
+            raise ConfigError(f"{flag}: it shapes what a command prints on this machine; a "
+                              "template launch prints nothing here: leave it out")
         raise ConfigError(f"{rest[0]}: only synanno-datagen run flags can be template parameters; "
                           "Dataflow settings come from the environment variables")
     from synanno_datagen.pipeline.config import check_values

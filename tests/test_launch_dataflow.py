@@ -460,6 +460,14 @@ def test_small_and_large_numbers_become_parameters_the_template_accepts():
     assert args.coordinate_resolution == [0.00001, 4.5, 33.0] and args.shard_size_mb == 0.001
 
 
+def test_a_schedule_refuses_output_flags_with_what_they_are(stub_gcloud):
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, "--quiet", PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and "--quiet: it shapes what a command prints" in done.stderr
+    assert "Dataflow settings" not in done.stderr and calls() == []
+
+
 def test_a_schedule_refuses_overwrite_instead_of_dropping_it(stub_gcloud):
     env, calls = stub_gcloud
     done = launch("schedule", *REQUIRED, "--overwrite", PROJECT="p", REGION="r", BUCKET="b",
