@@ -109,12 +109,13 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
 
 
 def check_runner(beam_args: Sequence[str]) -> None:
-    """Raise ConfigError (one line) for a runner Beam does not know, or a Dataflow job without
-    the options Beam requires (its own validator, run only while one is missing: with all of
-    them it may create a default bucket). Beam checks these only as the job is built or
-    submitted, after a run has cleared its output directory."""
+    """Raise ConfigError (one line) for a runner Beam does not know, a Dataflow job without the
+    options Beam requires or with a malformed project or job name (its own validator; only
+    the checks that need no network once the options are there: the rest may create a default
+    bucket), or a template launch whose workers would lack the package. Beam checks these only
+    as the job is built or submitted."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
-    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, WorkerOptions
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
 
@@ -129,13 +130,15 @@ def check_runner(beam_args: Sequence[str]) -> None:
     except Exception as e:  # noqa: BLE001 - a dotted name Beam imports: no such module or class
         raise ConfigError(f"--runner {name}: {type(e).__name__}: {first_line(e)}") from None
     cloud = options.view_as(GoogleCloudOptions)
-    if type(runner).__name__ == "DataflowRunner" and not (
-            cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location)):
-        errors = PipelineOptionsValidator(options, runner).validate()
+    if type(runner).__name__ == "DataflowRunner":
+        validator = PipelineOptionsValidator(options, runner)
+        if cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location):
+            errors = validator.validate_cloud_options(cloud)   # job name, project: no network
+        else:
+            errors = validator.validate()
         if errors:
-            raise ConfigError(f"--runner {name}: {' '.join(errors)} (./launch_dataflow.sh "
-                              "passes them from its environment)")
-    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+            raise ConfigError(f"--runner {name}: {' '.join(' '.join(errors).split())} "
+                              "(./launch_dataflow.sh passes them from its environment)")
 
     setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
     if (type(runner).__name__ == "DataflowRunner" and cloud.template_location

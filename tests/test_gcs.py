@@ -375,6 +375,7 @@ def test_a_launch_that_fails_keeps_the_earlier_dataset(gcs, tmp_path, capsys, mo
     with pytest.raises(Exception, match="no-such-bucket"):
         main(argv + ["--runner", "DataflowRunner", "--project", "my-project", "--region",
                      "us-central1", "--temp_location", "gs://relaunch-temp/tmp",
-                     "--template_location", "gs://no-such-bucket/job.json"])
+                     "--template_location", "gs://no-such-bucket/job.json",
+                     "--sdk_container_image", "registry.example/synanno-datagen:1"])
     assert '"status":"failed"' in capsys.readouterr().out
     assert gcs.objects("relaunch", "ds") == before   # LEASE released; every file as it was

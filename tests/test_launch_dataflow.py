@@ -516,7 +516,7 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
 
     root = tmp_path / "root"
     done = launch_template(_template_parameters(small_data, root), tmp_path,
-                           "--runner=DataflowRunner", "--project=p", "--region=r",
+                           "--runner=DataflowRunner", "--project=my-project", "--region=r",
                            "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the template was launched without sdkContainerImage" in done.stderr

@@ -149,6 +149,8 @@ def test_an_incremental_run_needs_an_id_column(small_data, tmp_path, capsys):
     (["--runner", "DirectRunnr"], "--runner DirectRunnr: Unexpected pipeline runner: DirectRunnr"),
     (["--runner", "foo.BarRunner"], "--runner foo.BarRunner: ModuleNotFoundError"),
     (["--runner", "DataflowRunner"], "Missing required option: project"),
+    (["--runner", "DataflowRunner", "--project", "My Project", "--region", "r",
+      "--temp_location", "gs://b/t"], "Invalid Project ID (My Project)"),
     (["--gcs_custom_audit_entries=zzz"], "--gcs_custom_audit_entries"),
 ])
 def test_a_bad_runner_or_beam_option_keeps_the_finished_dataset(small_data, tmp_path, capsys,
@@ -167,7 +169,7 @@ def test_a_dataflow_job_with_local_paths_is_refused_before_it_takes_a_lease(smal
                                                                          capsys):
     """Its workers cannot read this machine's table or volumes, nor write its folders; the
     launcher would submit it (exit 0) and leave a local lease behind."""
-    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "r",
+    dataflow = ["--runner", "DataflowRunner", "--project", "my-project", "--region", "r",
                 "--temp_location", "gs://b/tmp"]
     out = tmp_path / "out"
     assert_usage_error(capsys, ["run"] + small_data.argv(out, *dataflow),
