@@ -72,3 +72,21 @@ def test_components_at_label_resolution_equal_the_rule_on_upsampled_labels():
             assert got is None
         else:
             np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+
+
+def test_labels_at_or_above_2_to_the_63_are_cleaned_like_small_ones():
+    """cc3d raised OverflowError for uint64 labels >= 2**63 when the foreground is one x-row
+    (a crop clipping a synapse's edge): the synapse was dead-lettered as unexpected_error."""
+    for big in (2**63, 2**63 + 5, 2**64 - 1):
+        row = np.zeros((3, 6, 8), np.uint64)
+        row[1, 3, 2:6] = big
+        small = np.where(row > 0, 7, 0).astype(np.uint64)
+        np.testing.assert_array_equal(keep_center_component(row, (40, 8, 8)),
+                                      keep_center_component(small, (40, 8, 8)))
+        assert keep_center_component(row, (40, 8, 8)).sum() == 4
+    touching = np.zeros((4, 8, 8), np.uint64)   # two big labels side by side stay apart
+    touching[:, :, :4], touching[:, :, 4:] = 2**63 + 1, 2**63 + 2
+    mask = keep_center_component(touching, (40, 8, 8))
+    assert mask[:, :, 4:].all() and not mask[:, :, :4].any()
+    full = np.full((2, 4, 4), 2**64 - 1, np.uint64)   # no background at all
+    assert keep_center_component(full, (40, 8, 8)).all()

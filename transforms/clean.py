@@ -34,6 +34,11 @@ def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
     from synanno_datagen.transforms.geometry import upsample_nearest_zyx
 
     scale = tuple(int(f) for f in scale_zyx)
+    if labels_zyx.dtype == np.uint64 and labels_zyx.size and labels_zyx.max() >= 2**63:
+        # cc3d fails on such labels (OverflowError when the foreground is one x-row);
+        # components depend only on which voxels share a label: number them 0 (background), 1..
+        values, inverse = np.unique(labels_zyx, return_inverse=True)
+        labels_zyx = (inverse.reshape(labels_zyx.shape) + (values[0] != 0)).astype(np.uint32)
     components = cc3d.connected_components(labels_zyx, connectivity=26)
     center = tuple(n * f // 2 for n, f in zip(labels_zyx.shape, scale))   # fine grid
     chosen = int(components[tuple(c // f for c, f in zip(center, scale))])
