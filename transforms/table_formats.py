@@ -87,7 +87,10 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
             batches = _parquet_file(raw, path).iter_batches(batch_size=PARQUET_BATCH_ROWS,
                                                             use_threads=False)
             for batch in batches:
+                narrow = _narrow_floats(batch.schema)
                 for row in batch.to_pylist():
+                    for name, kind in narrow.items():
+                        row[name] = _as_written(row[name], kind)
                     yield {name: cell_text(value) for name, value in row.items()}
             return
         stream = _decompressed(raw) if fmt == CSV_GZ else raw
@@ -140,6 +143,36 @@ def cell_text(value) -> str:
     if isinstance(value, (list, tuple, dict, bool)):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def _narrow_floats(schema) -> Dict[str, type]:
+    """{column: numpy type} of the float32 and float16 columns (or lists of them): pyarrow gives
+    their values as the float64 they equal, whose text (``0.03999999910593033``) is not the
+    decimal the table was written with (``0.04``, what a CSV export holds)."""
+    import numpy as np
+    import pyarrow as pa
+
+    kinds = {}
+    for field in schema:
+        value_type = field.type
+        while (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
+               or pa.types.is_fixed_size_list(value_type)):
+            value_type = value_type.value_type
+        if pa.types.is_float32(value_type):
+            kinds[field.name] = np.float32
+        elif pa.types.is_float16(value_type):
+            kinds[field.name] = np.float16
+    return kinds
+
+
+def _as_written(value, kind):
+    """A narrow float (or a list of them, None kept) as the float64 of its shortest decimal text
+    in its own precision: float32 0.04 -> 0.04, not 0.03999999910593033."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_as_written(v, kind) for v in value]
+    return float(str(kind(value)))
 
 
 def _open_binary(path: str):
