@@ -17,6 +17,7 @@ from synanno_datagen.pipeline.manifest import WriteManifestFn, clear_earlier_run
 from synanno_datagen.pipeline.monitoring import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
+from synanno_datagen.transforms.dead_letter_file import WriteDeadLetterFile
 from synanno_datagen.transforms.fetch import FetchConfig, FetchSubvolumes
 from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
@@ -28,9 +29,7 @@ from synanno_datagen.transforms.select import SelectInstances
 from synanno_datagen.transforms.shards import PlanShards
 from synanno_datagen.transforms.table import ReadTable
 from synanno_datagen.transforms.variants import MakeVariants
-from synanno_datagen.transforms.write import (
-    FinalizeShards, WriteDeadLetterFn, WriteShards, dead_letter_line,
-)
+from synanno_datagen.transforms.write import FinalizeShards, WriteShards
 
 
 def fetch_config(config: Config) -> FetchConfig:
@@ -100,10 +99,8 @@ def build(p: beam.Pipeline, config: Config):
     dead = ([rejected] + [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
             | "AllDeadLetters" >> beam.Flatten()
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
-    dead_file = (dead | "DeadLetterLines" >> beam.Map(dead_letter_line)   # (key, bytes): small
-                 | "CollectDeadLetters" >> beam.combiners.ToList()
-                 | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetterFn(config.output_dir),
-                                                   AsSingleton(cleared)))
+    dead_file = dead | "WriteDeadLetter" >> WriteDeadLetterFile(   # file info: sorted runs,
+        config.output_dir, after=AsSingleton(cleared))                # merged in one step
     memory = None
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
         memory = dead | "RememberFailures" >> RememberFailures(

@@ -377,3 +377,43 @@ def test_an_error_outside_one_instance_dead_letters_only_the_members_not_given_o
                                                     "storage went away" in d.details)),
                     equal_to([(12, "fetch_error", True), (14, "fetch_error", True)]),
                     label="TheRest")
+
+
+def _dead_letters():
+    """Dead letters whose sort keys cover the edges: no table row, no id, ids at both ends of
+    their range, reasons that prefix one another, equal keys told apart by their lines."""
+    from synanno_datagen.transforms.records import RowRef
+
+    letters = []
+    rng = np.random.default_rng(5)
+    for i in range(60):
+        ref = None if i % 7 == 0 else RowRef(int(rng.integers(0, 3)), int(rng.integers(0, 5)))
+        instance_id = [None, 0, 2**64 - 1, 2**63, 17][i % 5]
+        reason = ["a", "ab", "outside_volume", "b"][i % 4]
+        letters.append(DeadLetter(reason, f"details {i % 3}", "ReadTable", instance_id, ref,
+                                  (("x", str(i)),)))
+    return letters
+
+
+def test_the_dead_letter_file_is_merged_from_sorted_runs_in_the_order_of_the_sort_key(tmp_path):
+    """Dead letters are written by each worker in sorted runs and merged in one step (no step
+    holds them all); the file is what sorting every (sort key, line) in one place gave, also
+    when runs are merged in several passes."""
+    from synanno_datagen.transforms.dead_letter_file import WriteDeadLetterFile, sortable_line
+    from synanno_datagen.transforms.write import json_line
+
+    letters = _dead_letters()
+    expected = b"".join(line for _, line in sorted(
+        (d.sort_key(), json_line(d.to_json())) for d in letters))
+    assert sorted(sortable_line(d) for d in letters) == sorted(
+        sortable_line(d) for d in letters)   # total order, as bytes
+    assert [line.split(b"\t", 1)[1] for line in sorted(sortable_line(d) for d in letters)] \
+        == expected.splitlines(keepends=True)
+    for run_lines, fan_in in ((50_000, 128), (3, 2), (1, 3)):
+        out = tmp_path / f"out-{run_lines}-{fan_in}"
+        with TestPipeline() as p:
+            info = (p | beam.Create(letters)
+                    | WriteDeadLetterFile(str(out), run_lines=run_lines, fan_in=fan_in))
+            assert_that(info | beam.Map(lambda i: (i["records"], i["bytes"])),
+                        equal_to([(len(letters), len(expected))]))
+        assert (out / "dead_letter.jsonl").read_bytes() == expected

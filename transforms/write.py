@@ -23,9 +23,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from synanno_datagen.layout import (
-    DEAD_LETTER, group_tfrecord_path, index_path, npy_paths, tfrecord_path,
-)
+from synanno_datagen.layout import group_tfrecord_path, index_path, npy_paths, tfrecord_path
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
@@ -282,27 +280,3 @@ class FinalizeShards(beam.PTransform):
         return (written
                 | "AllWritten" >> beam.combiners.ToList()
                 | "Finalize" >> beam.ParDo(FinalizeShardsFn(self._output_dir, self._compression)))
-
-
-def dead_letter_line(letter) -> Tuple[tuple, bytes]:
-    """A DeadLetter -> (its sort key, its line): what the dead-letter file is gathered from,
-    smaller than the DeadLetter with its row (every dead letter is gathered in one place to be
-    sorted)."""
-    return letter.sort_key(), json_line(letter.to_json())
-
-
-class WriteDeadLetterFn(beam.DoFn):
-    """[(sort key, line)] of every DeadLetter -> file info of ``dead_letter.jsonl`` (sorted by
-    table position, then by line)."""
-
-    PATH = DEAD_LETTER
-
-    def __init__(self, output_dir: str):
-        self._output_dir = output_dir
-
-    def process(self, lines: Optional[Iterable], after=None):  # after: a step to wait for
-        ordered = sorted(lines or [])
-        size, sha = write_atomic(join(self._output_dir, self.PATH),
-                                 (line for _, line in ordered))
-        yield {"kind": "dead_letter", "path": self.PATH, "records": len(ordered), "bytes": size,
-               "sha256": sha}
