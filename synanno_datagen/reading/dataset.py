@@ -180,9 +180,10 @@ class Dataset:
                     return self.path(layout.join(base, p) if base else p)
 
                 listed = {full(f["path"]): (f["bytes"], f["sha256"]) for f in npy["files"]}
+                source, target = full(npy["source"]), full(npy["target"])  # one per instance
                 for variant, seed_path in enumerate(npy["seed_target"]):
                     items.append({"instance_id": entry["instance_id"], "variant": variant,
-                                  "source": full(npy["source"]), "target": full(npy["target"]),
+                                  "source": source, "target": target,
                                   "seed_target": full(seed_path), "listed": listed})
         return items
 
