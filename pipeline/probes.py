@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synanno_datagen.errors import ConfigError, first_line
+from synanno_datagen.errors import ConfigError, StorageUnavailable, first_line, transient
 from synanno_datagen.layout import LATEST, MANIFEST
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
@@ -120,6 +120,17 @@ def gzip_file_chunks(spec: VolumeSpec) -> bool:
         return any(e.name.endswith(".gz") for e in itertools.islice(entries, 64))
 
 
+def _storage_cause(error: BaseException) -> BaseException:
+    """The storage client's own error behind Beam's wrapping (BeamIOError keeps it in
+    ``exception_details``; others chain it)."""
+    if transient(error):
+        return error
+    details = getattr(error, "exception_details", None)
+    if isinstance(details, dict) and details:
+        return next(iter(details.values()))
+    return error.__cause__ or error.__context__ or error
+
+
 def check_writable(output_dir: str) -> None:
     """Refuse an output location we cannot write, creating nothing there.
 
@@ -139,14 +150,21 @@ def check_writable(output_dir: str) -> None:
         return
     from synanno_datagen.transforms.files import delete_tree, write_bytes
 
-    if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
-        raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
-                          "folder (a prefix) for the dataset")
     probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
     try:
+        if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
+            raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
+                              "folder (a prefix) for the dataset")
         write_bytes(probe, b"synanno-datagen write probe")
         delete_tree(probe)
+    except ConfigError:
+        raise
     except Exception as e:
+        cause = _storage_cause(e)
+        if transient(cause):
+            raise StorageUnavailable(
+                f"--output-dir {output_dir}: storage did not answer ({type(cause).__name__}: "
+                f"{first_line(cause, 200)}); try again") from None
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
                           f"{first}); check the bucket name and your write access") from None

@@ -175,6 +175,33 @@ def test_storage_errors_that_may_pass_are_told_from_refusals(error, is_transient
     assert not transient(PermissionError(13, "Permission denied"))
 
 
+def test_storage_errors_behind_beams_wrapping_are_told_apart():
+    """check_writable meets storage before the lease: Beam wraps the client's error
+    (BeamIOError's exception_details, or a chained cause); a 503 behind it is an outage to retry,
+    a 403 a refusal. (A real 503 server takes the client's 120 s of retries: checked by hand,
+    see the closing note.)"""
+    from apache_beam.io.filesystem import BeamIOError
+    from google.api_core import exceptions as api
+    from google.api_core.exceptions import RetryError
+
+    from synanno_datagen.errors import transient
+    from synanno_datagen.pipeline.probes import _storage_cause
+
+    outage = RetryError("Timeout of 120.0s exceeded", api.ServiceUnavailable("503"))
+    assert transient(_storage_cause(outage))
+    wrapped = BeamIOError("Create operation failed", {"gs://b/x": api.ServiceUnavailable("503")})
+    assert transient(_storage_cause(wrapped))
+    denied = BeamIOError("Create operation failed", {"gs://b/x": api.Forbidden("403")})
+    assert not transient(_storage_cause(denied))
+    try:
+        try:
+            raise api.TooManyRequests("429")
+        except Exception as e:
+            raise OSError("upload failed") from e
+    except OSError as chained:
+        assert transient(_storage_cause(chained))
+
+
 def test_a_storage_outage_while_taking_the_lease_fails_the_run_in_one_line_stubbed_gcs(
         nightly, monkeypatch, capsys):
     """GCS answering 503 (after its client's retries) cannot be made here: the lease store is
