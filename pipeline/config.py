@@ -201,20 +201,17 @@ def check(argv: Sequence[str]) -> Tuple[Config, List[str]]:
     return from_args(args), beam_args
 
 
-REMOTE_RUNNERS = ("dataflowrunner", "dataflow")
-
-
 def _check_paths_reach_workers(args: argparse.Namespace, beam_args: Sequence[str]) -> None:
     """A Dataflow job reads and writes from its workers, which cannot see this machine's files:
     every path must be in storage they reach (gs://, or http(s) for volumes)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from synanno_datagen.pipeline.unknown_flags import runs_on_dataflow
+    from synanno_datagen.transforms.readers import precomputed_url
 
-    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or ""
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    if name.lower() not in REMOTE_RUNNERS:
+    if not runs_on_dataflow(beam_args):
         return
     for flag, path in (("--materialization", args.materialization),
-                       ("--source-url", args.source_url), ("--target-url", args.target_url),
+                       ("--source-url", precomputed_url(args.source_url)),
+                       ("--target-url", precomputed_url(args.target_url)),
                        ("--output-dir", args.output_dir)):
         scheme = str(path).partition("://")[0].lower() if "://" in str(path) else ""
         if scheme in ("", "file"):

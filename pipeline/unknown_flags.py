@@ -108,6 +108,22 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
                           f"{HELP_HINT}")
 
 
+def runs_on_dataflow(beam_args: Sequence[str]) -> bool:
+    """Whether ``--runner`` names Dataflow's runner, by any name Beam takes (``dataflow``,
+    ``DataflowRunner``, a dotted path, a subclass such as TestDataflowRunner)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.runners.runner import create_runner
+
+    name = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    if not name:
+        return False
+    try:
+        runner = create_runner(name)
+    except Exception:  # noqa: BLE001 - check_runner reports it
+        return False
+    return any(c.__name__ == "DataflowRunner" for c in type(runner).__mro__)
+
+
 def check_runner(beam_args: Sequence[str]) -> None:
     """Raise ConfigError (one line) for a runner Beam does not know, a Dataflow job without the
     options Beam requires or with a malformed project or job name (its own validator; only
@@ -130,7 +146,8 @@ def check_runner(beam_args: Sequence[str]) -> None:
     except Exception as e:  # noqa: BLE001 - a dotted name Beam imports: no such module or class
         raise ConfigError(f"--runner {name}: {type(e).__name__}: {first_line(e)}") from None
     cloud = options.view_as(GoogleCloudOptions)
-    if type(runner).__name__ == "DataflowRunner":
+    dataflow = any(c.__name__ == "DataflowRunner" for c in type(runner).__mro__)
+    if dataflow:
         validator = PipelineOptionsValidator(options, runner)
         if cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location):
             errors = validator.validate_cloud_options(cloud)   # job name, project: no network
@@ -141,8 +158,8 @@ def check_runner(beam_args: Sequence[str]) -> None:
                               "(./launch_dataflow.sh passes them from its environment)")
 
     setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
-    if (type(runner).__name__ == "DataflowRunner" and cloud.template_location
-            and not worker.sdk_container_image
+    if (dataflow and cloud.template_location
+            and not (worker.sdk_container_image or worker.worker_harness_container_image)
             and not (setup.setup_file or setup.extra_packages or setup.requirements_file)):
         raise ConfigError("the template was launched without sdkContainerImage: its workers "
                           "would run Beam's own image, without synanno-datagen, and fail; "

@@ -522,3 +522,8 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
     assert "the template was launched without sdkContainerImage" in done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "refused"
     assert not (root / "LEASE").exists() and not (root / "runs").exists()
+    from synanno_datagen.pipeline.unknown_flags import check_runner
+
+    check_runner(["--runner=DataflowRunner", "--project=my-project", "--region=r",   # Beam's
+                  "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json",  # older
+                  "--worker_harness_container_image=registry.example/img:1"])          # name

@@ -181,6 +181,15 @@ def test_a_dataflow_job_with_local_paths_is_refused_before_it_takes_a_lease(smal
     argv[argv.index("--source-url") + 1] = "gs://b/raw"
     assert_usage_error(capsys, ["run"] + argv, f"--target-url {small_data.target_url}: a local "
                        "path")
+    for runner in ("apache_beam.runners.dataflow.dataflow_runner.DataflowRunner",
+                   "apache_beam.runners.dataflow.test_dataflow_runner.TestDataflowRunner"):
+        by_path = list(argv)
+        by_path[by_path.index("DataflowRunner")] = runner
+        assert_usage_error(capsys, ["run"] + by_path, f"--target-url {small_data.target_url}: "
+                           "a local path")
+    argv[argv.index("--target-url") + 1] = "precomputed://" + small_data.target_url
+    assert_usage_error(capsys, ["run"] + argv, f"--target-url {small_data.target_url}: a local "
+                       "path")
 
 
 def test_one_off_and_incremental_datasets_do_not_share_a_directory(small_data, tmp_path, capsys):
