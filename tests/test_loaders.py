@@ -227,7 +227,7 @@ def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
     assert epoch(0) == first and epoch(1) != first
     with pytest.raises(ValueError, match="shuffle_buffer needs a shuffle_seed"):
         loaders.ShardDataset(str(out), "train", shuffle_buffer=4)
-    with pytest.raises(ValueError, match="shuffle_seed -1: must be 0 or more"):
+    with pytest.raises(ValueError, match=r"shuffle_seed -1: must be 0 to 2\*\*63 - 1"):
         loaders.ShardDataset(str(out), "train", shuffle_seed=-1)
     with pytest.raises(ValueError, match="shuffle_buffer -1: must be 0"):
         loaders.ShardDataset(str(out), "train", shuffle_seed=1, shuffle_buffer=-1)
@@ -491,3 +491,53 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     np.save(target, np.full_like(written, 7))    # same header, same size, other values
     with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
         npy[1]
+
+
+def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch, tmp_path):
+    """With 2 ranks, 1 of the 9 train samples is left out, so no reader's range ends at the last
+    shard's end: the last reader still reads it to its end, and a shard holding other than its
+    listed records is an error there as everywhere."""
+    from synanno_datagen import DatasetError
+
+    _, out, _, _ = generated
+    copy, manifest = _damaged_copy(out, tmp_path)
+    train = [f for f in manifest["files"]["tfrecord"] if f["split"] == "train"]
+    assert [f["records"] for f in train] == [1, 2]
+    train[-1]["records"] = 3     # the file holds 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    first = loaders.ShardDataset(str(copy), "train", rank=0, world_size=2)
+    assert len(list(first)) == 4
+    with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 2 records, the manifest says 3"):
+        list(loaders.ShardDataset(str(copy), "train", rank=1, world_size=2))
+
+
+def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_path):
+    """A reader whose share starts inside a shard moves past the records before it by their
+    lengths (each checked against its CRC), without reading their data."""
+    import io
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from synanno_datagen.reading.records import iter_serialized, skip_serialized
+
+    records = [bytes([i]) * (1000 + i) for i in range(5)]
+    data = io.BytesIO()
+    for r in records:
+        _TFRecordUtil.write_record(data, r)
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            self.read_bytes += len(out)
+            return out
+
+    stream = Counting(data.getvalue())
+    assert skip_serialized(stream, 3) == 3 and stream.read_bytes == 3 * 12
+    assert list(iter_serialized(stream)) == records[3:]
+    assert skip_serialized(Counting(data.getvalue()), 9) == 5
+    broken = bytearray(data.getvalue())
+    broken[2] ^= 0xFF            # the first record's length
+    with pytest.raises(ValueError, match="length fails its CRC"):
+        skip_serialized(io.BytesIO(bytes(broken)), 1)

@@ -32,6 +32,28 @@ def iter_serialized(stream) -> Iterator[bytes]:
         yield record
 
 
+def skip_serialized(stream, n: int) -> int:
+    """Move an open, uncompressed TFRecord file past its next ``n`` records without reading
+    their data: each length is read and checked against its CRC, the data and its CRC are
+    seeked over. Returns the records skipped (fewer at the end of the file)."""
+    import io
+    import struct
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    for skipped in range(n):
+        header = stream.read(12)
+        if not header:
+            return skipped
+        if len(header) < 12:
+            raise ValueError("the file ends inside a record's length")
+        length, mask = struct.unpack("<QI", header)
+        if _TFRecordUtil._masked_crc32c(header[:8]) != mask:
+            raise ValueError("a record's length fails its CRC")
+        stream.seek(length + 4, io.SEEK_CUR)
+    return n
+
+
 def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
     """One tf.train.Example -> {feature: value} for ``keys`` (default: every feature)."""
     from synanno_datagen.transforms.examples import example_pb2
@@ -55,16 +77,19 @@ def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
 def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = None,
                  skip: int = 0) -> Iterator[dict]:
     """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``, but for its
-    first ``skip`` records (read, counted, not decoded). DatasetError, naming the shard, for a
+    first ``skip`` records (counted, not decoded; in an uncompressed shard seeked over, their
+    data unread). DatasetError, naming the shard, for a
     record that does not read (a failed CRC, a cut frame) or, once the shard is read to its
     end, a shard holding other than the manifest's number of records."""
     from synanno_datagen.reading.dataset import DAMAGED
 
     keys = None if keys is None else tuple(keys)
     path, count = dataset.path(tfrecord_file["path"]), 0
+    gzip = tfrecord_file["path"].endswith(".gz")
     try:
-        with dataset.open(tfrecord_file["path"],
-                          gzip=tfrecord_file["path"].endswith(".gz")) as stream:
+        with dataset.open(tfrecord_file["path"], gzip=gzip) as stream:
+            if skip and not gzip:   # seek over the records before: a gzip stream cannot
+                count = skip_serialized(stream, skip)
             for serialized in iter_serialized(stream):
                 record = decode(serialized, keys) if count >= skip else None
                 count += 1

@@ -51,7 +51,7 @@ class ShardDataset(IterableDataset):
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
-            raise ValueError(f"shuffle_seed {shuffle_seed}: must be 0 or more")
+            raise ValueError(f"shuffle_seed {shuffle_seed}: must be 0 to 2**63 - 1")
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer {shuffle_buffer}: must be 0 (off) or more")
         self.rank, self.world_size = _rank_and_world_size(rank, world_size)
@@ -90,9 +90,14 @@ class ShardDataset(IterableDataset):
         per_record = self.dataset.variants_per_record
         lo, hi = reader_range(self.num_records, self.rank, self.world_size, worker_id, workers)
         counts = [s["records"] * per_record for s in shards]
-        samples = (sample for i, skip, take in shard_slices(counts, lo, hi)
-                   for sample in self._shard_samples(shards[i], skip, take, per_record,
-                                                     skip + take == counts[i]))
+        slices = shard_slices(counts, lo, hi)
+        # the last reader reads its last shard to the end although the samples left out (the
+        # split's samples % world_size) are not yielded: its record count is checked too
+        last = self.rank == self.world_size - 1 and worker_id == workers - 1
+        samples = (sample for n, (i, skip, take) in enumerate(slices)
+                   for sample in self._shard_samples(
+                       shards[i], skip, take, per_record,
+                       skip + take == counts[i] or (last and n == len(slices) - 1)))
         if self.shuffle_buffer:
             rng = np.random.default_rng([self.shuffle_seed, epoch,
                                          self.rank * workers + worker_id])
