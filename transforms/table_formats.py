@@ -87,7 +87,8 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
             batches = _parquet_file(raw, path).iter_batches(batch_size=PARQUET_BATCH_ROWS,
                                                             use_threads=False)
             for batch in batches:
-                narrow = _narrow_floats(batch.schema)
+                batch = _float32_as_written(batch)
+                narrow = _narrow_floats(batch.schema)    # float16 left: rare, cell by cell
                 for row in batch.to_pylist():
                     for name, kind in narrow.items():
                         row[name] = _as_written(row[name], kind)
@@ -145,24 +146,58 @@ def cell_text(value) -> str:
     return str(value)
 
 
-def _narrow_floats(schema) -> Dict[str, type]:
-    """{column: numpy type} of the float32 and float16 columns (or lists of them): pyarrow gives
-    their values as the float64 they equal, whose text (``0.03999999910593033``) is not the
-    decimal the table was written with (``0.04``, what a CSV export holds)."""
-    import numpy as np
+def _with_value_type(list_or_value_type, value_type):
+    """``list_or_value_type`` (float32, or lists of it, nested) with ``value_type`` inside."""
     import pyarrow as pa
 
-    kinds = {}
-    for field in schema:
-        value_type = field.type
-        while (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
-               or pa.types.is_fixed_size_list(value_type)):
-            value_type = value_type.value_type
-        if pa.types.is_float32(value_type):
-            kinds[field.name] = np.float32
-        elif pa.types.is_float16(value_type):
-            kinds[field.name] = np.float16
-    return kinds
+    t = list_or_value_type
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_with_value_type(t.value_type, value_type), t.list_size)
+    if pa.types.is_large_list(t):
+        return pa.large_list(_with_value_type(t.value_type, value_type))
+    if pa.types.is_list(t):
+        return pa.list_(_with_value_type(t.value_type, value_type))
+    return value_type
+
+
+def _float32_as_written(batch):
+    """The batch with its float32 columns (and lists of them) as float64 holding each value's
+    shortest decimal (Arrow's float32 -> string cast writes it, vectorised): float32 0.04 becomes
+    0.04, not 0.0399999991. Other columns as they are."""
+    import pyarrow as pa
+
+    columns, changed = list(batch.columns), False
+    for i, field in enumerate(batch.schema):
+        if _NARROW.get(_innermost(field.type)) is not _FLOAT32:
+            continue
+        text = columns[i].cast(_with_value_type(field.type, pa.string()))
+        columns[i] = text.cast(_with_value_type(field.type, pa.float64()))
+        changed = True
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+
+
+_FLOAT32, _FLOAT16 = "float32", "float16"
+_NARROW = {"float": _FLOAT32, "halffloat": _FLOAT16}   # Arrow's names of the narrow floats
+
+
+def _innermost(value_type):
+    import pyarrow as pa
+
+    while (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
+           or pa.types.is_fixed_size_list(value_type)):
+        value_type = value_type.value_type
+    return str(value_type)
+
+
+def _narrow_floats(schema) -> Dict[str, type]:
+    """{column: numpy type} of the float16 columns (or lists of them; float32 ones are widened
+    by ``_float32_as_written`` first): their values come as the float64 they equal, whose text
+    is not the decimal the table was written with."""
+    import numpy as np
+
+    kinds = {_FLOAT32: np.float32, _FLOAT16: np.float16}
+    return {field.name: kinds[_NARROW[_innermost(field.type)]] for field in schema
+            if _innermost(field.type) in _NARROW}
 
 
 def _as_written(value, kind):
