@@ -457,6 +457,16 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     assert "(ValueError: Not a valid TFRecord. Mismatch of data mask)" in message
     assert len(message) < len(str(path)) + 200    # not Beam's hex dump of the record
 
+    # a flipped byte inside a gzip shard: it is named as not decompressing, not as "record 1"
+    gz_copy, gz_manifest = _damaged_copy(both_layouts["variant"], tmp_path / "gz-flipped")
+    gz_shard = next(f for f in gz_manifest["files"]["tfrecord"] if f["split"] == "val")
+    gz_path = gz_copy / gz_shard["path"]
+    data = bytearray(gz_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gz_path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"{gz_path}: does not decompress \(error: "):
+        list(loaders.ShardDataset(str(gz_copy), "val"))
+
     # an index shard without its last line
     index = next(f for f in manifest["files"]["index"] if f["split"] == "val")
     lines = (copy / index["path"]).read_text().splitlines(keepends=True)

@@ -96,11 +96,15 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
                 if record is not None:
                     yield record
     except Exception as e:  # noqa: BLE001 - Beam's CRC message holds the whole record in hex
+        import zlib
+
         why = first_line(e, 200)
         if why.startswith("Not a valid TFRecord."):
             why = why.split(": ", 1)[0]       # the hex of the record's bytes dropped
-        raise DatasetError(f"{path}: record {count + 1} does not read ({type(e).__name__}: "
-                           f"{why}); {DAMAGED}") from None
+        # gzip is decompressed in large blocks, ahead of the records: no record to name
+        where = ("does not decompress" if gzip and isinstance(e, (zlib.error, EOFError))
+                 else f"record {count + 1} does not read")
+        raise DatasetError(f"{path}: {where} ({type(e).__name__}: {why}); {DAMAGED}") from None
     if "records" in tfrecord_file and count != tfrecord_file["records"]:
         raise DatasetError(f"{path}: {count} records, the manifest says "
                            f"{tfrecord_file['records']}; {DAMAGED}")
