@@ -416,6 +416,18 @@ def _damaged_copy(out, tmp_path):
     return copy, json.loads((copy / "manifest.json").read_text())
 
 
+def _with_a_flipped_val_byte(out, tmp_path):
+    """A copy of the dataset whose first val shard has its middle byte flipped (same size):
+    (copy, manifest, that shard's path)."""
+    copy, manifest = _damaged_copy(out, tmp_path)
+    shard = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "val")
+    path = copy / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return copy, manifest, path
+
+
 def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layouts, torch,
                                                                         tmp_path):
     """The manifest lists every shard's bytes and records: a shard cut short (after a whole
@@ -444,12 +456,7 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
             open_dataset(str(copy)).checked_files(open_dataset(str(copy)).files("tfrecord"))
 
     # a flipped byte inside a record (same size): the shard is named, in one short line
-    copy, manifest = _damaged_copy(both_layouts["instance"], tmp_path / "flipped")
-    shard = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "val")
-    path = copy / shard["path"]
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    copy, manifest, path = _with_a_flipped_val_byte(both_layouts["instance"], tmp_path / "flipped")
     with pytest.raises(DatasetError) as error:
         list(loaders.ShardDataset(str(copy), "val"))
     message = str(error.value)
@@ -458,12 +465,8 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     assert len(message) < len(str(path)) + 200    # not Beam's hex dump of the record
 
     # a flipped byte inside a gzip shard: it is named as not decompressing, not as "record 1"
-    gz_copy, gz_manifest = _damaged_copy(both_layouts["variant"], tmp_path / "gz-flipped")
-    gz_shard = next(f for f in gz_manifest["files"]["tfrecord"] if f["split"] == "val")
-    gz_path = gz_copy / gz_shard["path"]
-    data = bytearray(gz_path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    gz_path.write_bytes(bytes(data))
+    gz_copy, _, gz_path = _with_a_flipped_val_byte(both_layouts["variant"],
+                                                   tmp_path / "gz-flipped")
     with pytest.raises(DatasetError, match=rf"{gz_path}: does not decompress \(error: "):
         list(loaders.ShardDataset(str(gz_copy), "val"))
 
