@@ -39,8 +39,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
-                                    first_line, transient)
+from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, first_line,
+                                    storage_unavailable, transient)
 from synanno_datagen.layout import LEASE, join
 from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS as DEFAULT_HOURS
 
@@ -92,10 +92,8 @@ def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = F
             held = store.read()
         except Exception as e:  # no access, no bucket, a path component that is a file, ...
             if transient(e):
-                raise StorageUnavailable(
-                    f"--output-dir {output_dir}: storage did not answer while taking the run's "
-                    f"lease {lease.path} ({type(e).__name__}: {first_line(e, 200)}); try "
-                    "again") from None
+                raise storage_unavailable(f"--output-dir {output_dir}: taking the run's lease "
+                                          f"{lease.path}", e) from None
             raise ConfigError(f"--output-dir {output_dir}: cannot take the run's lease "
                               f"{lease.path} ({type(e).__name__}: {first_line(e, 200)})") from None
         if held is None:  # removed between our create and read: try again

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synanno_datagen.errors import ConfigError, StorageUnavailable, first_line, transient
+from synanno_datagen.errors import ConfigError, first_line, storage_unavailable, transient
 from synanno_datagen.layout import LATEST, MANIFEST
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
@@ -162,9 +162,7 @@ def check_writable(output_dir: str) -> None:
     except Exception as e:
         cause = _storage_cause(e)
         if transient(cause):
-            raise StorageUnavailable(
-                f"--output-dir {output_dir}: storage did not answer ({type(cause).__name__}: "
-                f"{first_line(cause, 200)}); try again") from None
+            raise storage_unavailable(f"--output-dir {output_dir}", cause) from None
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
                           f"{first}); check the bucket name and your write access") from None

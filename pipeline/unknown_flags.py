@@ -121,6 +121,10 @@ def runs_on_dataflow(beam_args: Sequence[str]) -> bool:
         runner = create_runner(name)
     except Exception:  # noqa: BLE001 - check_runner reports it
         return False
+    return _is_dataflow(runner)
+
+
+def _is_dataflow(runner) -> bool:
     return any(c.__name__ == "DataflowRunner" for c in type(runner).__mro__)
 
 
@@ -146,7 +150,7 @@ def check_runner(beam_args: Sequence[str]) -> None:
     except Exception as e:  # noqa: BLE001 - a dotted name Beam imports: no such module or class
         raise ConfigError(f"--runner {name}: {type(e).__name__}: {first_line(e)}") from None
     cloud = options.view_as(GoogleCloudOptions)
-    dataflow = any(c.__name__ == "DataflowRunner" for c in type(runner).__mro__)
+    dataflow = _is_dataflow(runner)
     if dataflow:
         validator = PipelineOptionsValidator(options, runner)
         if cloud.project and cloud.region and (cloud.temp_location or cloud.staging_location):

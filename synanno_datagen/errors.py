@@ -27,6 +27,12 @@ class StorageUnavailable(RuntimeError):
     connection): not the user's mistake, and it may pass; one line, exit 1."""
 
 
+def storage_unavailable(what: str, error: BaseException) -> StorageUnavailable:
+    """The one line for storage that did not answer while doing ``what``."""
+    return StorageUnavailable(f"{what}: storage did not answer ({type(error).__name__}: "
+                              f"{first_line(error, 200)}); try again")
+
+
 def transient(error: BaseException) -> bool:
     """Whether ``error`` is storage trouble that may pass (HTTP 5xx or 429 after the client's
     own retries, a connection that failed or timed out), not a refusal (no access, no such
