@@ -59,7 +59,7 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     """Scale ``mip`` of the volume at ``url``, once its info is complete and ``engine`` opens it
     and can decode its encoding; ConfigError naming ``flag`` otherwise."""
     try:
-        spec = describe_volume(url, mip, engine)
+        spec = describe_volume(url, mip, engine, check=True)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info (not JSON: {e}); check "
                           "the URL and the info file") from None

@@ -15,9 +15,9 @@ from synanno_datagen.cli import main
 from tests.conftest import COLUMNS, assert_usage_error
 
 
-def cli(*args, cwd=None):
+def cli(*args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "synanno_datagen", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 def test_a_mistyped_flag_is_refused_before_any_work(small_data, tmp_path):
@@ -258,3 +258,28 @@ def test_an_output_dir_with_glob_characters_is_refused(small_data, tmp_path, cap
         assert_usage_error(capsys, ["run"] + small_data.argv(out), f"--output-dir {out}",
                            "glob character")
         assert not out.exists()
+
+
+def _refusing_url() -> str:
+    """An http URL on a loopback port nothing listens on (connections are refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/volume"
+
+
+@pytest.mark.parametrize("flag", ["--source-url", "--target-url"])
+def test_a_volume_url_nothing_answers_is_refused_not_retried_for_minutes(small_data, tmp_path,
+                                                                         flag):
+    """A mistyped host or port: tensorstore's own retries (32, up to 32 s apart) kept the run
+    silent for about 15 minutes before it said anything. (The subprocess timeout is a hang
+    guard, not a measure of speed.)"""
+    argv = small_data.argv(tmp_path / "out")
+    url = _refusing_url()
+    argv[argv.index(flag) + 1] = url
+    done = cli("run", *argv, "--quiet", timeout=240)
+    assert done.returncode == 2, done.stderr
+    assert f"{flag} {url}: cannot read the volume's info" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

@@ -56,15 +56,24 @@ def kvstore_url(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
-def read_info(url: str, engine: str = TENSORSTORE) -> dict:
-    """The volume's ``info`` JSON. Raises the engine's error when it cannot be read."""
+# Retries of a check before any work: a few seconds, so that a host or port nothing answers on
+# is named at once. (tensorstore's defaults, 32 retries up to 32 s apart, kept such a run silent
+# for about 15 minutes; reads during the run keep them.)
+_CHECK_RETRIES = {"max_retries": 4, "initial_delay": "0.5s", "max_delay": "4s"}
+
+
+def read_info(url: str, engine: str = TENSORSTORE, check: bool = False) -> dict:
+    """The volume's ``info`` JSON. Raises the engine's error when it cannot be read; ``check``:
+    give up after a few seconds of retries (cloud-volume's own take about as long)."""
     if engine == CLOUDVOLUME:
         return dict(_cloudvolume(url, 0).meta.info)
     import json
 
     import tensorstore as ts
 
-    store = ts.KvStore.open(kvstore_url(url)).result()
+    context = ts.Context({"http_request_retries": _CHECK_RETRIES,
+                          "gcs_request_retries": _CHECK_RETRIES}) if check else None
+    store = ts.KvStore.open(kvstore_url(url), context=context).result()
     found = store.read("info").result()
     if found.state != "value":
         raise FileNotFoundError(f"no info file at {precomputed_url(url).rstrip('/')}/info")
@@ -268,16 +277,18 @@ class CloudVolumeReader:
                         "decoded_bytes": voxels * np.dtype(self._spec.dtype).itemsize})
 
 
-def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE) -> VolumeSpec:
+def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE,
+                    check: bool = False) -> VolumeSpec:
     """Read a volume's ``info`` and describe scale ``mip``. Raises ValueError for a mip the
-    volume does not have, the engine's error when the info cannot be read."""
-    return spec_from_info(url, read_info(url, engine), mip)
+    volume does not have, the engine's error when the info cannot be read (``check``: see
+    ``read_info``)."""
+    return spec_from_info(url, read_info(url, engine, check), mip)
 
 
 def mip_resolutions(url: str, engine: str = TENSORSTORE) -> List[tuple]:
     """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``."""
     return [tuple(float(r) for r in scale["resolution"])
-            for scale in read_info(url, engine)["scales"]]
+            for scale in read_info(url, engine, check=True)["scales"]]
 
 
 def open_reader(url: str, mip: int, engine: str, cache_bytes: int = 0, run_token: str = ""):
