@@ -102,7 +102,8 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
         "npy": {
             "written": NPY in config.formats,
             "layout": dict(NPY_LAYOUT),
-            "listed_in": "index (per instance: path, bytes, sha256 of each file)",
+            "listed_in": "index (per instance: path, bytes, sha256 of each file; paths relative "
+                         "to the folder holding the index shard's index/)",
             **npy_totals,
         },
         **({"incremental": config.incremental.to_manifest()} if config.incremental else {}),

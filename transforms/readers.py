@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import numpy as np
 
