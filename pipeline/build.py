@@ -93,18 +93,19 @@ def build(p: beam.Pipeline, config: Config):
     # WrittenShard per group and split: records are on disk, written once; only names, sizes
     # and index lines cross the shuffle that numbers the shards.
     files = written["ok"] | "FinalizeShards" >> FinalizeShards(config.output_dir,
-                                                               config.compression)
+                                                               config.compression, keepalive)
     # file info dicts of the TFRecord and index shards
 
     dead = ([rejected] + [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
             | "AllDeadLetters" >> beam.Flatten()
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
     dead_file = dead | "WriteDeadLetter" >> WriteDeadLetterFile(   # file info: sorted runs,
-        config.output_dir, after=AsSingleton(cleared))                # merged in one step
+        config.output_dir, after=AsSingleton(cleared), keepalive=keepalive)  # merged in one step
     memory = None
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
         memory = dead | "RememberFailures" >> RememberFailures(
-            config.output_dir, config.incremental.run, remembered, read_columns(config))
+            config.output_dir, config.incremental.run, remembered, read_columns(config),
+            keepalive)
     counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])

@@ -23,7 +23,9 @@ look at it at most every ``--lease-hours``/8 (and every hour at most) and, once 
 it is left, push its expiry to ``--lease-hours`` from then, replacing only the version they read.
 A lease that is no longer the run's (broken with ``--break-lease``, or expired and taken by
 another run) raises LeaseLost in the worker: the run stops writing instead of writing beside
-another.
+another. The steps that give files their final names look with ``force`` as they start
+(transforms.files.before_commit), so a run that stalled past its lease renames nothing over the
+files of the run that took it.
 """
 from __future__ import annotations
 

@@ -375,3 +375,50 @@ def test_a_run_whose_lease_is_lost_after_its_last_write_does_not_commit(
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines()[-1].startswith("synanno-datagen: lease lost: ")
     assert not (out / "manifest.json").exists()
+
+
+def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_path):
+    """A run stalled past its lease's expiry while another run took the output, finished and
+    left. When it resumes, each step that gives files their final names (shards and index
+    shards, the dead-letter file, the remembered failures) looks at the lease first, however
+    recently the run last looked, and touches none of the other run's files."""
+    import hashlib
+
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.remembered import WriteMemoryFn
+    from synanno_datagen.transforms.write import FinalizeShardsFn
+
+    out = tmp_path / "out"
+    lease = acquire(str(out), hours=2, process_bound=False)
+    keepalive = Heartbeat(lease, hours=2)
+    keepalive.beat()                              # looked just now: a plain beat would not look
+    stalled = out / "_tmp" / "train-group000000.tfrecord"
+    stalled.parent.mkdir()
+    stalled.write_bytes(b"the stalled run's records")
+    dead_run = out / "_tmp" / "dead_letters" / "a.run"
+    dead_run.parent.mkdir()
+    dead_run.write_bytes(b"")
+    # The other run: it cleared the output, wrote its dataset and released the lease.
+    theirs = {"tfrecord/train-00000-of-00001.tfrecord": b"theirs", "dead_letter.jsonl": b"",
+              "index/train-00000-of-00001.jsonl": b'{"instance_id":2}\n',
+              "remembered_failures.jsonl": b""}
+    for rel, data in theirs.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    (out / "LEASE").unlink()
+
+    steps = [
+        (FinalizeShardsFn(str(out), "none", keepalive), (
+            [WrittenShard(0, "train", str(stalled), 1, stalled.stat().st_size,
+                          hashlib.sha256(stalled.read_bytes()).hexdigest(),
+                          ({"instance_id": 1, "records": 1},))],)),
+        (MergeDeadLettersFn(str(out), keepalive=keepalive), ([str(dead_run)],)),
+        (WriteMemoryFn(str(out), 2, keepalive=keepalive), ([], [])),
+    ]
+    for fn, args in steps:
+        with pytest.raises(LeaseLost, match="it is gone"):
+            list(fn.process(*args))
+    assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs
+    assert not list(out.rglob("*.incomplete"))

@@ -250,6 +250,28 @@ def test_a_storage_failure_while_writing_fails_the_bundle_not_the_instance(data,
             _ = p | beam.Create([varied]) | WriteShards(str(out), ("tfrecord", "npy"))
 
 
+def test_the_writer_looks_at_the_lease_between_the_instances_of_a_bundle(data, fetch_config,
+                                                                       tmp_path):
+    """A bundle that stalls (a stopped process) past the lease's expiry, while another run
+    takes the output: at its next instance the writer looks at the lease again (once the
+    heartbeat's interval has passed) and stops before writing that instance's files."""
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.write import WriteShardsFn
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    varied = Varied(**fetched.crop_fields(), target_zyx=mask, seed_slices=((1,),))
+    out = tmp_path / "out"
+    lease = acquire(str(out), hours=1e-9, process_bound=False)   # an interval of microseconds
+    writer = WriteShardsFn(str(out), ("tfrecord", "npy"), "instance", "none",
+                           Heartbeat(lease, hours=1e-9))
+    writer.start_bundle()                                        # the lease is the run's
+    (out / "LEASE").unlink()                                     # taken, finished, released
+    with pytest.raises(LeaseLost, match="it is gone"):
+        list(writer.process(varied))
+    assert not (out / "npy").exists() and not (out / "_tmp").exists()
+
+
 def test_count_run_adds_up_rows_instances_variants_and_failures():
     from synanno_datagen.transforms.counts import count_run
     from synanno_datagen.transforms.records import WrittenShard

@@ -21,7 +21,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import DEAD_LETTER, FRAGMENTS_DIR
-from synanno_datagen.transforms.files import join, write_atomic, write_bytes
+from synanno_datagen.transforms.files import before_commit, join, write_atomic, write_bytes
 from synanno_datagen.transforms.write import json_line
 
 RUN_LINES = 50_000          # lines a worker holds before it writes them as one sorted run
@@ -52,10 +52,12 @@ def _lines(path: str) -> Iterator[bytes]:
 class WriteSortedRunsFn(beam.DoFn):
     """Sortable lines -> the names of the sorted runs they were written in (at most
     ``run_lines`` lines each, per bundle). ``after``: a side input to wait for (the step that
-    clears an earlier run's temporary folder)."""
+    clears an earlier run's temporary folder). ``keepalive``: the run's lease heartbeat, which
+    looks before each run is written (at most every few minutes)."""
 
-    def __init__(self, output_dir: str, run_lines: int = RUN_LINES):
+    def __init__(self, output_dir: str, run_lines: int = RUN_LINES, keepalive=None):
         self._output_dir, self._run_lines = output_dir, run_lines
+        self._keepalive = keepalive
         self._held: List[bytes] = []
 
     def start_bundle(self):
@@ -71,6 +73,8 @@ class WriteSortedRunsFn(beam.DoFn):
             yield WindowedValue(self._write_run(), MIN_TIMESTAMP, [GlobalWindow()])
 
     def _write_run(self) -> str:
+        if self._keepalive is not None:
+            self._keepalive.beat()
         self._held.sort()
         path = join(self._output_dir, RUNS_DIR, f"{uuid.uuid4().hex}.run")
         write_bytes(path, b"".join(self._held), digest=False)
@@ -83,8 +87,9 @@ class MergeDeadLettersFn(beam.DoFn):
 
     PATH = DEAD_LETTER
 
-    def __init__(self, output_dir: str, fan_in: int = MERGE_FAN_IN):
+    def __init__(self, output_dir: str, fan_in: int = MERGE_FAN_IN, keepalive=None):
         self._output_dir, self._fan_in = output_dir, fan_in
+        self._keepalive = keepalive   # see files.before_commit
 
     def process(self, runs: Optional[List[str]]):
         runs = sorted(runs or [])
@@ -99,6 +104,7 @@ class MergeDeadLettersFn(beam.DoFn):
                 yield line
 
         merged = heapq.merge(*(_lines(p) for p in runs))
+        before_commit(self._keepalive)
         size, sha = write_atomic(join(self._output_dir, self.PATH), counted(_unprefixed(merged)))
         yield {"kind": "dead_letter", "path": self.PATH, "records": count[0], "bytes": size,
                "sha256": sha}
@@ -113,15 +119,15 @@ class WriteDeadLetterFile(beam.PTransform):
     """DeadLetters -> one file info dict (``dead_letter.jsonl``), after ``after`` (a side input)."""
 
     def __init__(self, output_dir: str, after=None, run_lines: int = RUN_LINES,
-                 fan_in: int = MERGE_FAN_IN):
+                 fan_in: int = MERGE_FAN_IN, keepalive=None):
         super().__init__()
-        self._output_dir, self._run_lines, self._fan_in = output_dir, run_lines, fan_in
+        self._runs = WriteSortedRunsFn(output_dir, run_lines, keepalive)
+        self._merge = MergeDeadLettersFn(output_dir, fan_in, keepalive)
         self._after = [after] if after is not None else []
 
     def expand(self, dead):
         return (dead
                 | "SortableLines" >> beam.Map(sortable_line)
-                | "SortedRuns" >> beam.ParDo(WriteSortedRunsFn(self._output_dir,
-                                                               self._run_lines), *self._after)
+                | "SortedRuns" >> beam.ParDo(self._runs, *self._after)
                 | "AllRuns" >> beam.combiners.ToList()
-                | "Merge" >> beam.ParDo(MergeDeadLettersFn(self._output_dir, self._fan_in)))
+                | "Merge" >> beam.ParDo(self._merge))

@@ -17,6 +17,15 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
+def before_commit(keepalive) -> None:
+    """Look at the run's lease right before files get their final names, however recently the
+    run last looked (``keepalive``: a pipeline.lease.Heartbeat, or None without a lease). Raises
+    LeaseLost when the output is no longer the run's: a run that stalled past its lease's
+    expiry, while another run took the output, must not rename over that run's files."""
+    if keepalive is not None:
+        keepalive.beat(force=True)
+
+
 def write_bytes(path: str, data: bytes, digest: bool = True) -> Tuple[int, str]:
     """Write ``data`` to ``path``; return (bytes, sha256 hex, or "" when ``digest`` is False)."""
     with FileSystems.create(path, compression_type=_RAW) as f:

@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsList
 
 from synanno_datagen.layout import REMEMBERED_FAILURES
-from synanno_datagen.transforms.files import join, write_atomic
+from synanno_datagen.transforms.files import before_commit, join, write_atomic
 from synanno_datagen.transforms.records import DEAD, EMPTY_TARGET, MISSING_CHUNKS, DeadLetter
 from synanno_datagen.transforms.table import TABLE_REASONS
 
@@ -133,16 +133,20 @@ def count_by_reason(remembered: List[dict]) -> Dict[str, int]:
 
 class WriteMemoryFn(beam.DoFn):
     """[DeadLetter] + [skipped entries] -> writes ``remembered_failures.jsonl`` in the run's
-    directory; yields its file info and the skipped elements by reason."""
+    directory; yields its file info and the skipped elements by reason (``keepalive``: see
+    files.before_commit)."""
 
-    def __init__(self, output_dir: str, run: int, columns: Optional[Sequence[str]] = None):
+    def __init__(self, output_dir: str, run: int, columns: Optional[Sequence[str]] = None,
+                 keepalive=None):
         self._output_dir = output_dir
         self._run = run
         self._columns = columns
+        self._keepalive = keepalive
 
     def process(self, letters, remembered):
         lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns)
         data = (json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
+        before_commit(self._keepalive)
         size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
                                  (d.encode("utf-8") for d in data))
         yield {"path": REMEMBERED_FAILURES, "records": len(lines), "bytes": size, "sha256": sha,
@@ -154,18 +158,14 @@ class RememberFailures(beam.PTransform):
     the memory file written and ``remembered`` ({reason: elements skipped})."""
 
     def __init__(self, output_dir: str, run: int, remembered=None,
-                 columns: Optional[Sequence[str]] = None):
+                 columns: Optional[Sequence[str]] = None, keepalive=None):
         super().__init__()
-        self._output_dir = output_dir
-        self._run = run
+        self._fn = WriteMemoryFn(output_dir, run, columns, keepalive)
         self._remembered = remembered
-        self._columns = columns
 
     def expand(self, dead):
         remembered = self._remembered if self._remembered is not None else (
             dead.pipeline | "NoneRemembered" >> beam.Create([]))
         return (dead
                 | "CollectFailures" >> beam.combiners.ToList()
-                | "WriteMemory" >> beam.ParDo(WriteMemoryFn(self._output_dir, self._run,
-                                                            self._columns),
-                                              AsList(remembered)))
+                | "WriteMemory" >> beam.ParDo(self._fn, AsList(remembered)))

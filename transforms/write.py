@@ -28,7 +28,7 @@ from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
 from synanno_datagen.transforms.files import (
-    FileSystems, join, move_once, npy_bytes, write_atomic, write_bytes,
+    FileSystems, before_commit, join, move_once, npy_bytes, write_atomic, write_bytes,
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
@@ -131,9 +131,10 @@ class WriteShardsFn(beam.DoFn):
     """Varied -> (nothing per element) the instance's records appended to its group's file and its
     npy files written; at the end of the bundle, a WrittenShard per (group, split) written.
 
-    ``keepalive``: an object whose ``beat()`` is called as each bundle starts (the run's lease
-    heartbeat, pipeline.lease.Heartbeat: it raises when the output directory is no longer the
-    run's, before anything of the bundle is written)."""
+    ``keepalive``: an object whose ``beat()`` is called as each bundle starts and before each
+    instance is written (the run's lease heartbeat, pipeline.lease.Heartbeat, which looks at
+    the lease at most every few minutes: it raises when the output directory is no longer the
+    run's, so a bundle that stalled past the lease's expiry writes no further instance)."""
 
     def __init__(self, output_dir: str, formats: Sequence[str], layout: str, compression: str,
                  keepalive=None):
@@ -165,6 +166,8 @@ class WriteShardsFn(beam.DoFn):
         # Storage from here on: bytes written cannot be taken back, so a failure fails the
         # bundle, which a runner retries from the start (its files written again), rather
         # than leave part of an instance beside its dead letter.
+        if self._keepalive is not None:
+            self._keepalive.beat()
         if npy is not None:
             entry["npy"] = self._write_npy(*npy)
         key = (inst.shard, inst.split)
@@ -245,14 +248,20 @@ def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, i
 
 
 class FinalizeShardsFn(beam.DoFn):
-    """[WrittenShard] -> file infos of the final TFRecord and index shards."""
+    """[WrittenShard] -> file infos of the final TFRecord and index shards (``keepalive``: see
+    files.before_commit)."""
 
-    def __init__(self, output_dir: str, compression: str):
+    def __init__(self, output_dir: str, compression: str, keepalive=None):
         self._output_dir = output_dir
         self._compression = compression
+        self._keepalive = keepalive
 
     def process(self, written: List[WrittenShard]):
-        for w, shard, num_shards in number_shards(written):
+        numbered = number_shards(written)
+        before_commit(self._keepalive)
+        for w, shard, num_shards in numbered:
+            if self._keepalive is not None:   # a stall between shards: looked at once it ends
+                self._keepalive.beat()
             common = {"split": w.split, "shard": shard, "num_shards": num_shards,
                       "instances": len(w.entries)}
             if w.path is not None:
@@ -271,12 +280,11 @@ class FinalizeShardsFn(beam.DoFn):
 class FinalizeShards(beam.PTransform):
     """WrittenShards -> file infos (dicts) of the final shards, numbered per split."""
 
-    def __init__(self, output_dir: str, compression: str = "none"):
+    def __init__(self, output_dir: str, compression: str = "none", keepalive=None):
         super().__init__()
-        self._output_dir = output_dir
-        self._compression = compression
+        self._fn = FinalizeShardsFn(output_dir, compression, keepalive)
 
     def expand(self, written):
         return (written
                 | "AllWritten" >> beam.combiners.ToList()
-                | "Finalize" >> beam.ParDo(FinalizeShardsFn(self._output_dir, self._compression)))
+                | "Finalize" >> beam.ParDo(self._fn))
