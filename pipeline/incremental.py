@@ -69,6 +69,13 @@ class IncrementalPlan:
             return None
         return layout.join(self.root, self.previous.memory)
 
+    def retried_memory(self) -> Optional[str]:
+        """The remembered failures a run with --retry-failed tries again (their first runs are
+        kept for the rows that fail again), or None."""
+        if not self.retry_failed or self.previous is None or self.previous.memory is None:
+            return None
+        return layout.join(self.root, self.previous.memory)
+
     def allowed(self, num_instances: int) -> int:
         """How many instances this run may add under ``--num-instances``: the dataset holds
         at most that many in total."""

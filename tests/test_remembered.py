@@ -95,6 +95,11 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
     _, m4, _ = nightly(argv, tmp_path, "--retry-failed")
     assert m4["counts"]["instances_selected"] == 1 and m4["counts"]["failures"] == ALL_PERMANENT
     assert m4["counts"]["remembered_failures"] == {} and m4["incremental"]["retried_failures"]
+    retried = [json.loads(line) for line in
+               (root / m4["incremental"]["remembered_failures"]).read_text().splitlines()]
+    # the rows that fail again keep the run they first failed in
+    assert sorted((e["reason"], e["first_run"]) for e in retried) == sorted(
+        (e["reason"], e["first_run"]) for e in entries)
     assert sum(s["instances"] for s in m4["splits"].values()) == 5
 
 

@@ -71,6 +71,19 @@ def read_entries(path: str) -> Iterable[dict]:
                 yield json.loads(line)
 
 
+def keyed_memory(pipeline, path: str, prefix: str, value=lambda entry: entry):
+    """The entries of the memory file at ``path`` as (key, ``value(entry)``) pairs, read in the
+    pipeline (steps named ``prefix``...), for a side input."""
+    return (pipeline
+            | f"{prefix}File" >> beam.Create([path])
+            | f"{prefix}Entries" >> beam.FlatMap(read_entries)
+            | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), value(e))))
+
+
+def _first_run(entry: dict) -> int:
+    return entry["first_run"]
+
+
 class SkipRememberedFn(beam.DoFn):
     """Instance or DeadLetter -> itself, or, when its row is remembered for this ``kind``, the
     memory entry on the ``remembered`` output."""
@@ -99,10 +112,7 @@ class SkipRememberedFailures(beam.PTransform):
         self._columns = columns
 
     def expand(self, inputs):
-        memory = AsDict(inputs["instances"].pipeline
-                        | "MemoryFile" >> beam.Create([self._path])
-                        | "MemoryEntries" >> beam.FlatMap(read_entries)
-                        | "KeyEntries" >> beam.Map(lambda e: (key_of(e), e)))
+        memory = AsDict(keyed_memory(inputs["instances"].pipeline, self._path, "Memory"))
         instances = inputs["instances"] | "SkipInstances" >> beam.ParDo(
             SkipRememberedFn(INSTANCE, self._columns), memory).with_outputs(REMEMBERED, main="ok")
         rejected = inputs["rejected"] | "SkipRejections" >> beam.ParDo(
@@ -113,13 +123,16 @@ class SkipRememberedFailures(beam.PTransform):
 
 
 def memory_lines(remembered: List[dict], letters: List[DeadLetter], run: int,
-                 columns: Optional[Sequence[str]] = None) -> List[dict]:
+                 columns: Optional[Sequence[str]] = None,
+                 first_runs: Optional[Dict[Tuple[str, str], int]] = None) -> List[dict]:
     """The entries a run leaves: those it skipped (each once) and its new permanent failures,
-    sorted by key."""
+    sorted by key. ``first_runs``: the run each entry of an earlier memory first failed in (a
+    run with --retry-failed, whose rows that fail again keep it)."""
     entries = {key_of(e): e for e in remembered}
     for letter in letters:
         entry = new_entry(letter, run, columns)
         if entry is not None:
+            entry["first_run"] = (first_runs or {}).get(key_of(entry), run)
             entries.setdefault(key_of(entry), entry)
     return [entries[k] for k in sorted(entries)]
 
@@ -143,8 +156,9 @@ class WriteMemoryFn(beam.DoFn):
         self._columns = columns
         self._keepalive = keepalive
 
-    def process(self, letters, remembered):
-        lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns)
+    def process(self, letters, remembered, first_runs=None):
+        lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns,
+                             first_runs)
         data = (json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
         before_commit(self._keepalive)
         size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
@@ -158,14 +172,18 @@ class RememberFailures(beam.PTransform):
     the memory file written and ``remembered`` ({reason: elements skipped})."""
 
     def __init__(self, output_dir: str, run: int, remembered=None,
-                 columns: Optional[Sequence[str]] = None, keepalive=None):
+                 columns: Optional[Sequence[str]] = None, keepalive=None,
+                 earlier: Optional[str] = None):
         super().__init__()
         self._fn = WriteMemoryFn(output_dir, run, columns, keepalive)
         self._remembered = remembered
+        self._earlier = earlier   # an earlier memory file: its entries' first runs are kept
 
     def expand(self, dead):
         remembered = self._remembered if self._remembered is not None else (
             dead.pipeline | "NoneRemembered" >> beam.Create([]))
         return (dead
                 | "CollectFailures" >> beam.combiners.ToList()
-                | "WriteMemory" >> beam.ParDo(self._fn, AsList(remembered)))
+                | "WriteMemory" >> beam.ParDo(self._fn, AsList(remembered), *(
+                    [AsDict(keyed_memory(dead.pipeline, self._earlier, "Earlier", _first_run))]
+                    if self._earlier else [])))
