@@ -42,9 +42,11 @@ def summary(manifest: dict, output_dir: str) -> str:
     if requested is not None and usable < requested:
         lines.append(f"warning: --num-instances {requested} is more than the "
                      f"{usable} usable instances in the table; took them all")
-    if incremental and counts["instances_selected"] == 0:
+    if incremental and counts["instances_written"] == 0:
         full = requested is not None and held >= requested
+        tried = counts["instances_selected"]
         lines.append(f"nothing new: {incremental['run_dir']} adds no instance (" + (
+            f"the {tried} tried all failed: see failures)" if tried else
             f"the dataset holds {held}, --num-instances {requested})" if full else
             "every usable row of the table is in the dataset or remembered as failed)"))
     failures = counts["failures"]

@@ -172,3 +172,21 @@ def test_skip_remembered_failures_stage(tmp_path):
         assert_that(out["dead_letter"], equal_to([]), label="Dead")
         assert_that(out[REMEMBERED] | beam.Map(lambda e: e["reason"]),
                     equal_to(["empty_target", "outside_volume"]), label="Remembered")
+
+
+def test_a_night_whose_only_tries_fail_again_says_nothing_new():
+    """A night with no new row whose only candidates are failures tried again (not
+    remembered: fetch errors, or --retry-failed) that fail again writes no instance: the
+    summary says so as a night with no candidate does ("empty": true in the closing line)."""
+    from synanno_datagen.cli import summary
+
+    manifest = {
+        "counts": {"rows_read": 9, "instances_selected": 2, "instances_written": 0,
+                   "variants_written": 0, "failures": {"fetch_error": 2}},
+        "incremental": {"run_dir": "runs/00006", "instances_before": 7},
+        "config": {"num_instances": None, "formats": ["tfrecord"]},
+        "splits": {"train": {"instances": 7, "records": 7, "shards": 1}},
+    }
+    printed = summary(manifest, "root/runs/00006")
+    assert ("nothing new: runs/00006 adds no instance (the 2 tried all failed: see failures)"
+            in printed.splitlines())
