@@ -53,6 +53,8 @@ class IncrementalPlan:
     generation_hash: str
     previous: Optional[PreviousRun] = None
     retry_failed: bool = False
+    # LATEST's manifest when its generation config differs: this run starts a fresh dataset
+    replaces: Optional[str] = None
 
     @property
     def run_dir(self) -> str:
@@ -112,6 +114,7 @@ class IncrementalPlan:
             "manifest": self.run_dir + "/" + layout.MANIFEST,
             "generation_hash": self.generation_hash,
             "extends": self.previous.manifest if self.previous else None,
+            "replaces": self.replaces,
             "remembered_failures": self.run_dir + "/" + layout.REMEMBERED_FAILURES,
             "retried_failures": self.retry_failed,
             "instances_before": self.previous.instances if self.previous else 0,
@@ -186,4 +189,5 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
              **({"fetch_memory_mb": int(options["fetch_memory_mb"])}
                 if "fetch_memory_mb" in options else {})},
             _npy_totals(root, latest))
-    return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed)
+    return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed,
+                           None if previous else info["manifest"])

@@ -54,6 +54,8 @@ def run_event(command: str, status: str, exit_code: int, duration_s: float,
             "failures": counts["failures"],
             "remembered_failures": counts.get("remembered_failures", {}),
         })
+        if incremental.get("replaces"):   # a changed generation config: a fresh dataset
+            event["replaces"] = incremental["replaces"]
     if error is not None:
         event["error"] = error
     return event

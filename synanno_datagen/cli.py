@@ -42,6 +42,10 @@ def summary(manifest: dict, output_dir: str) -> str:
     if requested is not None and usable < requested:
         lines.append(f"warning: --num-instances {requested} is more than the "
                      f"{usable} usable instances in the table; took them all")
+    if incremental and incremental.get("replaces"):
+        lines.append(f"new dataset: the generation config differs from "
+                     f"{incremental['replaces']}'s, so {incremental['run_dir']} starts a fresh "
+                     "one (LATEST points at it; earlier runs stay)")
     if incremental and counts["instances_written"] == 0:
         full = requested is not None and held >= requested
         tried = counts["instances_selected"]

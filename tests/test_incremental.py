@@ -211,3 +211,28 @@ def test_other_orders_of_splits_are_hashed_only_for_a_root_made_with_another_has
         assert main(["run"] + small_data.argv(root, *common)) == 0
         assert len(hashed) <= 2, (night, len(hashed))   # not the 5,039 other orders
     assert _latest(root)["incremental"]["run"] == 2
+
+
+def test_a_changed_generation_config_says_it_starts_a_new_dataset(small_data, tmp_path,
+                                                                   capsys):
+    """Another --variants on a root's nightly flags starts a fresh dataset in the next run
+    folder, as documented; the run says so (summary, closing line, manifest), since every
+    instance is fetched and written again and LATEST no longer holds the earlier runs'."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--formats", "tfrecord")
+    assert main(["run"] + argv + ["--variants", "1"]) == 0
+    assert main(["run"] + argv + ["--variants", "1"]) == 0
+    capsys.readouterr()
+    assert "replaces" not in _latest(root)["incremental"] or \
+        _latest(root)["incremental"]["replaces"] is None
+    assert main(["run"] + argv + ["--variants", "2"]) == 0
+    printed = capsys.readouterr().out
+    manifest = _latest(root)
+    assert manifest["incremental"]["run_dir"] == "runs/00003"
+    assert manifest["incremental"]["replaces"] == "runs/00002/manifest.json"
+    assert manifest["incremental"]["extends"] is None
+    assert ("new dataset: the generation config differs from runs/00002/manifest.json's, so "
+            "runs/00003 starts a fresh one (LATEST points at it; earlier runs stay)"
+            in printed.splitlines())
+    closing = json.loads(printed.splitlines()[-1])
+    assert closing["replaces"] == "runs/00002/manifest.json"
