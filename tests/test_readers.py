@@ -4,14 +4,13 @@ compressed_segmentation, voxel offsets, two mips), and absent chunks are found e
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import CROP, GOOD_IDS, LAYOUTS, SCALE, TARGET_OFFSET, make_small_data
+from tests.conftest import GOOD_IDS, LAYOUTS, TARGET_OFFSET, make_small_data
 from tests.test_pipeline import read_records, run_pipeline
 from synanno_datagen.transforms.blocks import BlockReader, read_region
 from synanno_datagen.transforms.geometry import Box

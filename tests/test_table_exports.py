@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from tfrecord.reader import tfrecord_iterator
 
 from tests.conftest import SYNAPSES
