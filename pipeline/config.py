@@ -344,6 +344,8 @@ def _with_incremental_plan(config: Config) -> Config:
                           "point --output-dir at another root") from None
     config = dataclasses.replace(
         config, splits=orders.get(incremental.generation_hash) or config.splits)
+    if not config.overwrite:
+        probes.check_no_foreign_entries(incremental.output_dir)
     grid = None
     if incremental.previous is not None and config.split_by == "block":
         grid = incremental.previous.split_block_size_xyz or dataclasses.replace(

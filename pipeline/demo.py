@@ -1,6 +1,7 @@
 """``synanno-datagen demo``: make the embedded H01-like demo data (cached) and run on it."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import List, Sequence, Tuple
 
@@ -12,13 +13,35 @@ log = logging.getLogger(__name__)
 # The demo's preview: small enough (under 300 KB) to sit in the README as it is.
 DEMO_PREVIEW = {"n": 6, "seed": 0, "max_slices": 8, "tile_px": 80, "colours": 256}
 DEMO_OPTIONS = ["--crop-size", "64", "64", "16", "--variants", "4", "--max-seed-slices", "3",
-                "--splits", "train=0.8,val=0.1,test=0.1", "--seed", "0", "--overwrite"]
+                "--splits", "train=0.8,val=0.1,test=0.1", "--seed", "0"]
 
 
 def demo_argv(output_dir: str, cache_dir: str = None) -> List[str]:
+    """The ``run`` arguments of the demo; with --overwrite only when ``output_dir`` holds an
+    earlier demo's dataset (made from the demo's table, with whatever options), so that the
+    demo never replaces a dataset of the user's."""
     data = make_demo_data(cache_dir or default_cache_dir())
+    overwrite = ["--overwrite"] if _made_from(output_dir, data.table_path) else []
     return ["--materialization", data.table_path, "--source-url", data.source_url,
-            "--target-url", data.target_url, "--output-dir", output_dir] + DEMO_OPTIONS
+            "--target-url", data.target_url, "--output-dir", output_dir] + DEMO_OPTIONS + \
+        overwrite
+
+
+def _made_from(output_dir: str, table_path: str) -> bool:
+    """Whether ``output_dir`` holds a dataset whose manifest names ``table_path`` as its table."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from synanno_datagen.layout import MANIFEST, join
+
+    manifest = join(output_dir, MANIFEST)
+    try:
+        if not FileSystems.exists(manifest):
+            return False
+        with FileSystems.open(manifest) as f:
+            config = json.load(f).get("config") or {}
+    except Exception:  # noqa: BLE001 - unreadable: not known to be the demo's, so not replaced
+        return False
+    return config.get("materialization") == table_path
 
 
 def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:

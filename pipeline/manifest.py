@@ -15,11 +15,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from synanno_datagen import GENERATOR_NAME, __version__
 from synanno_datagen.layout import (
-    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, latest_pointer,
+    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, latest_pointer,
 )
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.transforms.examples import features
-from synanno_datagen.transforms.files import delete_tree, join, write_atomic
+from synanno_datagen.transforms.files import delete_tree, join, write_atomic, write_bytes
 from synanno_datagen.transforms.write import NPY
 
 SCHEMA_VERSION = 1
@@ -137,11 +137,20 @@ class WriteManifestFn(beam.DoFn):
         delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
+        delete_tree(join(self._config.output_dir, UNFINISHED))
         incremental = self._config.incremental
         if incremental:  # last: the root now points at this complete run
             pointer = latest_pointer(incremental.run_dir).encode("utf-8")
             write_atomic(join(incremental.root, LATEST), [pointer])
         yield manifest
+
+
+def mark_unfinished(output_dir: str) -> None:
+    """Leave UNFINISHED in ``output_dir`` until the manifest is written: what a run that does not
+    finish leaves there is then known as its own, for a rerun to replace."""
+    write_bytes(join(output_dir, UNFINISHED),
+                b"a synanno-datagen run writes here; it is gone once manifest.json is written\n",
+                digest=False)
 
 
 def clear_dataset(output_dir: str) -> None:
@@ -151,9 +160,11 @@ def clear_dataset(output_dir: str) -> None:
 
 
 def clear_earlier_run(_, output_dir: str) -> bool:
-    """The job's first step: ``clear_dataset``, in the job rather than in the process that
-    launches it, so that a launch that fails (staging, submission) leaves the earlier dataset
-    whole. Its True is a side input of the steps that write, so that they start after it."""
+    """The job's first step: ``mark_unfinished``, then ``clear_dataset``, in the job rather than
+    in the process that launches it, so that a launch that fails (staging, submission) leaves
+    the earlier dataset as it was. Its True is a side input of the steps that write, so that
+    they start after it."""
+    mark_unfinished(output_dir)
     clear_dataset(output_dir)
     return True
 

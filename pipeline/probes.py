@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from synanno_datagen.errors import ConfigError, first_line, storage_unavailable, transient
-from synanno_datagen.layout import LATEST, MANIFEST
+from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
     TENSORSTORE, describe_volume, mip_resolutions, open_reader,
@@ -32,6 +32,9 @@ def to_output_dir(location: str) -> str:
     path. Refuses a URL naming no bucket (``gs://`` from an unset variable would otherwise be
     the local folder ``gs:``) and glob characters (Beam's FileSystems match the names of files
     they remove or rename as patterns)."""
+    if not location.strip():
+        raise ConfigError(f"--output-dir {location!r}: empty (an unset variable?); give the "
+                          "dataset's directory")
     if "://" in location:
         scheme, _, rest = location.partition("://")
         if not rest.split("/", 1)[0]:
@@ -178,7 +181,10 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
                           "--incremental to extend it, or choose another directory (a one-off "
                           "dataset there would hide its runs from every reader)")
     manifest = FileSystems.join(output_dir, MANIFEST)
-    if overwrite or not FileSystems.exists(manifest):
+    if overwrite:
+        return
+    if not FileSystems.exists(manifest):
+        check_no_foreign_entries(output_dir)
         return
     try:
         with FileSystems.open(manifest) as f:
@@ -188,6 +194,22 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     if previous != options:
         raise ConfigError(f"--output-dir {output_dir} holds a dataset made with a different "
                           "config; choose another directory or pass --overwrite")
+
+
+def check_no_foreign_entries(output_dir: str) -> None:
+    """Refuse a directory without a dataset that holds files under the names a run replaces
+    (DATASET_ENTRIES), unless an unfinished run of this tool left them (its UNFINISHED)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from synanno_datagen.transforms.files import holds_anything
+
+    found = [name for name in sorted(DATASET_ENTRIES)
+             if holds_anything(FileSystems.join(output_dir, name))]
+    if found and not FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
+        raise ConfigError(f"--output-dir {output_dir} holds {', '.join(found)} but no dataset of "
+                          f"this tool (no {MANIFEST}, no unfinished run's {UNFINISHED}); a run "
+                          "would replace them: choose another directory, move them, or pass "
+                          "--overwrite")
 
 
 def check_incremental_root(root: str) -> None:

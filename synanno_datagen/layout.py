@@ -37,6 +37,9 @@ FRAGMENTS_DIR = "_tmp"          # shard files of an unfinished run, before their
 LATEST = "LATEST"
 RUNS_DIR = "runs"
 LEASE = "LEASE"                 # one writer per output directory (pipeline/lease.py)
+# A run's mark on its output directory from its start until its manifest is written: what a run
+# finds there without a manifest is an unfinished run's, to replace, only when it is present.
+UNFINISHED = "UNFINISHED"
 REMEMBERED_FAILURES = "remembered_failures.jsonl"   # in each incremental run's directory
 
 # Everything a run writes at the top of its output directory (nothing else is ever deleted).

@@ -243,3 +243,30 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
         assert image.size[1] == HEADER_PX + DEMO_PREVIEW["n"] * (STRIP_PX + 80 + GAP_PX)
     assert (views / "preview.png").stat().st_size < 300_000
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+
+
+def test_demo_replaces_only_its_own_earlier_output(tmp_path, capsys, monkeypatch, demo,
+                                                    small_data):
+    """`demo --output-dir DIR` passed --overwrite always: a mistyped DIR holding the user's own
+    dataset was replaced without a word. It now replaces only a dataset made from the demo's
+    table (an earlier demo, whatever its options); anything else is refused as `run` refuses."""
+    from synanno_datagen.pipeline.demo import demo_argv
+
+    cache, data = demo
+    monkeypatch.setenv("SYNANNO_DATAGEN_CACHE", str(cache))
+    mine = tmp_path / "mine"
+    assert main(["run"] + small_data.argv(mine, "--variants", "1")) == 0
+    before = (mine / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--output-dir", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a dataset made with a different config" in err
+    assert (mine / "manifest.json").read_bytes() == before
+
+    earlier_demo = tmp_path / "earlier-demo"
+    earlier_demo.mkdir()
+    (earlier_demo / "manifest.json").write_text(json.dumps(
+        {"config": {"materialization": data.table_path, "variants": 2}}))
+    assert "--overwrite" in demo_argv(str(earlier_demo), str(cache))
+    assert "--overwrite" not in demo_argv(str(mine), str(cache))
+    assert "--overwrite" not in demo_argv(str(tmp_path / "new"), str(cache))

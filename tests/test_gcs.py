@@ -379,3 +379,15 @@ def test_a_launch_that_fails_keeps_the_earlier_dataset(gcs, tmp_path, capsys, mo
                      "--sdk_container_image", "registry.example/synanno-datagen:1"])
     assert '"status":"failed"' in capsys.readouterr().out
     assert gcs.objects("relaunch", "ds") == before   # LEASE released; every file as it was
+
+
+def test_a_gs_folder_with_a_datasets_names_but_no_dataset_is_refused(gcs, tmp_path, capsys):
+    """Objects under npy/ or index/ of a folder without a dataset are the user's, not an
+    unfinished run's (no UNFINISHED): the run refuses before it takes the lease."""
+    bucket = gcs.create_bucket("users")
+    gcs.client().bucket("users").blob("out/npy/mine.npy").upload_from_string(b"precious")
+    data = make_small_data(tmp_path / "data")
+    assert main(["run"] + data.argv(f"{bucket}/out")) == 2
+    assert f"--output-dir {bucket}/out holds npy but no dataset of this tool" in \
+        capsys.readouterr().err
+    assert gcs.objects("users", "out") == {"npy/mine.npy": b"precious"}

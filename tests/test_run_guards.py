@@ -283,3 +283,77 @@ def test_a_volume_url_nothing_answers_is_refused_not_retried_for_minutes(small_d
     assert done.returncode == 2, done.stderr
     assert f"{flag} {url}: cannot read the volume's info" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def _users_files(root):
+    """A folder of the user's that happens to use names a dataset uses."""
+    files = {"npy/my_array.npy": b"precious", "index/README": b"notes",
+             "tfrecord/mine.tfrecord": b"mine", "dead_letter.jsonl": b"mine\n"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def test_a_directory_with_a_datasets_names_but_no_dataset_is_refused(small_data, tmp_path,
+                                                                     capsys):
+    """A first run used to delete npy/, index/, tfrecord/, dead_letter.jsonl of any directory,
+    as an earlier run's: a mistyped --output-dir lost the user's files. Only an earlier
+    dataset (manifest.json) or an unfinished run's leftovers (its UNFINISHED file) are
+    replaced; --overwrite replaces anything of those names."""
+    out = tmp_path / "mine"
+    files = _users_files(out)
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"synanno-datagen: error: --output-dir {out} holds dead_letter.jsonl, index, "
+                   "npy, tfrecord but no dataset of this tool (no manifest.json, no unfinished "
+                   "run's UNFINISHED); a run would replace them: choose another directory, "
+                   "move them, or pass --overwrite")
+    assert {rel: (out / rel).read_bytes() for rel in files} == files
+    assert not (out / "LEASE").exists()
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--overwrite")) == 0
+    assert not (out / "npy" / "my_array.npy").exists() and (out / "manifest.json").exists()
+    assert not (out / "UNFINISHED").exists()
+
+
+def test_the_run_folder_of_a_new_root_with_a_users_files_is_refused(small_data, tmp_path,
+                                                                    capsys):
+    root = tmp_path / "root"
+    files = _users_files(root / "runs" / "00001")
+    assert main(["run"] + small_data.argv(root, "--incremental", "--variants", "1")) == 2
+    assert f"--output-dir {root / 'runs' / '00001'} holds" in capsys.readouterr().err
+    assert {rel: (root / "runs" / "00001" / rel).read_bytes() for rel in files} == files
+
+
+def test_a_run_that_failed_is_rerun_over_its_own_leftovers(small_data, tmp_path, capsys,
+                                                           monkeypatch):
+    """The leftovers of a run that broke (its npy files, its fragments) are its own: they
+    carry UNFINISHED, and the rerun replaces them."""
+    from synanno_datagen.transforms import write as write_module
+
+    out = tmp_path / "out"
+
+    def broken(self, written):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(write_module.FinalizeShardsFn, "process", broken)
+    with pytest.raises(Exception, match="the disk went away"):
+        main(["run"] + small_data.argv(out, "--variants", "1"))
+    assert (out / "UNFINISHED").exists() and any((out / "npy").rglob("*.npy"))
+    assert not (out / "manifest.json").exists()
+    monkeypatch.undo()
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    assert (out / "manifest.json").exists() and not (out / "UNFINISHED").exists()
+
+
+def test_an_empty_output_dir_is_refused_not_taken_as_the_current_directory(small_data,
+                                                                           tmp_path, capsys,
+                                                                           monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["run"] + small_data.argv("", "--variants", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("synanno-datagen: error: --output-dir '': empty (an unset variable?); give "
+                   "the dataset's directory")
+    assert list(here.iterdir()) == []

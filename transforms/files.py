@@ -81,6 +81,15 @@ def move_once(src: str, dst: str, size_bytes: int) -> None:
     rename(src, dst)
 
 
+def holds_anything(path: str) -> bool:
+    """Whether a file, or anything under a directory/prefix, is at ``path``."""
+    if path.startswith("gs://"):
+        prefix = path.rstrip("/")
+        return any(found.metadata_list
+                   for found in FileSystems.match([prefix, prefix + "/**"]))
+    return FileSystems.exists(path)
+
+
 def delete_tree(path: str) -> None:
     """Delete a file or everything under a directory/prefix, if anything is there."""
     if path.startswith("gs://"):
