@@ -54,7 +54,8 @@ def build(p: beam.Pipeline, config: Config):
     select = (config.seed, config.num_instances) \
         if config.num_instances is not None and not config.incremental else None
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
-                                         config.target.bounds, select, config.points)
+                                         config.target.bounds, select, config.points,
+                                         config.source_bounds_in_target())
     instances, rejected = table["ok"], table[DEAD]  # Instance, unique ids; DeadLetter
     vanished = remembered = None
     if incremental:

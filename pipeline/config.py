@@ -24,7 +24,7 @@ from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS, NEAREST, run_f
 from synanno_datagen.pipeline.table_options import describe_table
 from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
 from synanno_datagen.pipeline.validate import DEFAULT_MISSING_CHUNKS, DEFAULT_SPLITS, FORMATS
-from synanno_datagen.transforms.geometry import scale_factors
+from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import TENSORSTORE
 from synanno_datagen.transforms.seeds import SeedModel
@@ -95,6 +95,14 @@ class Config:
         gives one split each: the dataset's own when extending one (work blocks only tune
         fetching and may change from run to run), else this run's work blocks."""
         return tuple(self.split_block_size_xyz or self.fetch_block_size())
+
+    def source_bounds_in_target(self) -> Optional[Box]:
+        """The target voxels the source volume covers, when that is not every target voxel
+        (None then: no centre needs the check); see table.parse_row."""
+        covered = target_voxels_inside(self.source.bounds, self.scale_xyz)
+        if covered is not None and covered.intersect(self.target.bounds) == self.target.bounds:
+            return None
+        return covered or Box((0, 0, 0), (0, 0, 0))   # none: refused before any work
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -289,6 +297,11 @@ def from_args(args: argparse.Namespace) -> Config:
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
         lease_hours=args.lease_hours, break_lease=args.break_lease)
+    covered = config.source_bounds_in_target()
+    if covered is not None and covered.intersect(target.bounds) is None:
+        raise ConfigError(f"--source-url {source.url}: covers none of the target volume's voxels "
+                          f"(target {target.bounds.to_list()}, source in target voxels "
+                          f"{covered.to_list()}); check that the two volumes belong together")
     _check_block_memory(config)
     probes.check_writable(config.output_dir)
     return config

@@ -73,3 +73,13 @@ def test_nearest_mip_is_the_coarsest_that_divides_the_target():
     assert nearest_mip((8, 8, 40), [(4, 4, 40), (6, 6, 40)]) == 0   # 8/6 is not whole
     with pytest.raises(ValueError, match="no mip of the source"):
         nearest_mip((8, 8, 33), [(16, 16, 33), (3, 3, 33)])
+
+
+def test_target_voxels_inside_a_source_box_cover_only_source_voxels():
+    from synanno_datagen.transforms.geometry import target_voxels_inside
+
+    # source voxels [3, 17) x [0, 8) x [1, 5) at 2x2x1 per target voxel: target voxels 2..7 in
+    # x (source 4..15), 0..3 in y, 1..4 in z
+    assert target_voxels_inside(Box((3, 0, 1), (17, 8, 5)), (2, 2, 1)) == \
+        Box((2, 0, 1), (8, 4, 5))
+    assert target_voxels_inside(Box((3, 0, 0), (4, 8, 5)), (2, 2, 1)) is None   # none whole

@@ -357,3 +357,30 @@ def test_an_empty_output_dir_is_refused_not_taken_as_the_current_directory(small
     assert err == ("synanno-datagen: error: --output-dir '': empty (an unset variable?); give "
                    "the dataset's directory")
     assert list(here.iterdir()) == []
+
+
+def test_centres_outside_a_smaller_raw_volume_are_dead_lettered_not_written(small_data,
+                                                                            tmp_path):
+    """Raw EM that covers less than the labels (its info's size cut to x in [200, 264) source
+    voxels, target x in [100, 132)): instances centred beyond it had all-padding raw and were
+    written as examples. They are now outside_volume, naming the source volume."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(small_data.source_url[len("file://"):], source)
+    info = json.loads((source / "info").read_text())
+    info["scales"][0]["size"][0] = 64
+    info["scales"] = info["scales"][:1]
+    (source / "info").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    argv = small_data.argv(out, "--variants", "1", "--formats", "tfrecord")
+    argv[argv.index("--source-url") + 1] = f"file://{source}"
+    assert main(["run"] + argv) == 0
+    letters = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    outside = {d["instance_id"]: d["details"] for d in letters if d["reason"] == "outside_volume"}
+    assert sorted(outside) == [14, 15, 22]
+    assert "outside the source volume (in target voxels [[100, 200, 10], [132, 240, 20]])" in \
+        outside[14]
+    written = [json.loads(line)["instance_id"] for p in sorted((out / "index").iterdir())
+               for line in p.read_text().splitlines()]
+    assert sorted(written) == [11, 12, 13]

@@ -72,3 +72,18 @@ def test_a_layout_without_pre_and_post_gives_instances_without_them():
         parse_row({"id": "17", "ctr_pt_position": "[199 461 15]"}, RowRef(0, 0), "id", None,
                   BOUNDS, layout)
     assert err.value.reason == "outside_volume" and "[99, 230, 15]" in str(err.value)
+
+
+def test_a_centre_outside_the_source_volume_is_outside_the_volume():
+    """The raw EM may cover less than the labels: a centre whose raw would be all padding is
+    dead-lettered as outside_volume, naming the source volume, not written as a record."""
+    source_in_target = Box((100, 200, 10), (130, 264, 22))
+    inside = parse_row(_row(x="129"), RowRef(0, 0), "id", None, BOUNDS,
+                       source_bounds=source_in_target)
+    assert inside.center_xyz == (129, 230, 15)
+    with pytest.raises(BadValue) as err:
+        parse_row(_row(x="130"), RowRef(0, 0), "id", None, BOUNDS,
+                  source_bounds=source_in_target)
+    assert err.value.reason == "outside_volume"
+    assert str(err.value) == ("center [130, 230, 15] is outside the source volume (in target "
+                              "voxels [[100, 200, 10], [130, 264, 22]])")

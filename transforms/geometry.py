@@ -94,6 +94,16 @@ def scale_box(box: Box, scale_xyz: XYZ) -> Box:
     )
 
 
+def target_voxels_inside(source_box: Box, scale_xyz: XYZ) -> "Box | None":
+    """The target voxels whose whole footprint (``scale_xyz`` source voxels per target voxel,
+    as ``scale_box`` maps them) lies inside ``source_box``; None when there is none."""
+    start = tuple(-(-a // f) for a, f in zip(source_box.start_xyz, scale_xyz))
+    stop = tuple(b // f for b, f in zip(source_box.stop_xyz, scale_xyz))
+    if any(a >= b for a, b in zip(start, stop)):
+        return None
+    return Box(start, stop)
+
+
 def padding(box: Box, bounds: Box) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
     """Voxels of ``box`` lying outside ``bounds`` before and after, per axis x, y, z.
 

@@ -40,14 +40,20 @@ def parse_id(text: Optional[str]) -> int:
 
 
 def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Optional[int],
-              target_bounds: Box, layout: TableLayout = DEFAULT_LAYOUT) -> Instance:
-    """One row ({column: text}) -> Instance; raises BadValue with a dead-letter reason."""
+              target_bounds: Box, layout: TableLayout = DEFAULT_LAYOUT,
+              source_bounds: Optional[Box] = None) -> Instance:
+    """One row ({column: text}) -> Instance; raises BadValue with a dead-letter reason.
+    ``source_bounds``: the target voxels the source volume covers (geometry.target_voxels_inside),
+    when it covers less than the target: a centre outside them has no raw EM."""
     instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
     center, pre, post = (parse_point(row, point, layout.to_target_xyz) if point else None
                          for point in (layout.center, layout.pre, layout.post))
     if not target_bounds.contains(center):
         raise BadValue(OUTSIDE_VOLUME, f"center {list(center)} is outside the target volume "
                        f"[{list(target_bounds.start_xyz)}, {list(target_bounds.stop_xyz)})")
+    if source_bounds is not None and not source_bounds.contains(center):
+        raise BadValue(OUTSIDE_VOLUME, f"center {list(center)} is outside the source volume (in "
+                       f"target voxels {source_bounds.to_list()})")
     return Instance(instance_id, center, pre, post, ref, tuple(sorted(row.items())))
 
 
@@ -63,17 +69,19 @@ class ReadShardFn(beam.DoFn):
 class ParseRowFn(beam.DoFn):
     """(RowRef, row) -> Instance, or a DeadLetter on the ``dead_letter`` output."""
 
-    def __init__(self, id_column: Optional[str], target_bounds: Box, layout: TableLayout):
+    def __init__(self, id_column: Optional[str], target_bounds: Box, layout: TableLayout,
+                 source_bounds: Optional[Box] = None):
         self._id_column = id_column
         self._bounds = target_bounds
         self._layout = layout
+        self._source_bounds = source_bounds
 
     def process(self, element, shard_offsets=None):
         ref, row = element
         row_number = None if self._id_column else shard_offsets[ref.shard] + ref.row
         try:
             yield parse_row(row, ref, self._id_column, row_number, self._bounds,
-                            self._layout)
+                            self._layout, self._source_bounds)
         except BadValue as bad:
             instance_id = row_number
             if self._id_column:
@@ -117,11 +125,13 @@ class ReadTable(beam.PTransform):
     """
 
     def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box,
-                 select: Optional[Tuple[int, int]] = None, layout: TableLayout = DEFAULT_LAYOUT):
+                 select: Optional[Tuple[int, int]] = None, layout: TableLayout = DEFAULT_LAYOUT,
+                 source_bounds: Optional[Box] = None):
         super().__init__()
         self._paths = list(shard_paths)
         self._id_column = id_column
         self._bounds = target_bounds
+        self._source_bounds = source_bounds   # see parse_row
         self._select = select
         self._layout = layout
 
@@ -140,7 +150,7 @@ class ReadTable(beam.PTransform):
             side["shard_offsets"] = beam.pvalue.AsSingleton(
                 counts | "ToDict" >> beam.combiners.ToDict()
                 | "Offsets" >> beam.Map(_offsets, n))
-        parse = ParseRowFn(self._id_column, self._bounds, self._layout)
+        parse = ParseRowFn(self._id_column, self._bounds, self._layout, self._source_bounds)
         parsed = rows | "ParseRows" >> beam.ParDo(parse, **side).with_outputs(DEAD, main="ok")
         candidates = parsed.ok
         if self._select:
