@@ -384,3 +384,64 @@ def test_centres_outside_a_smaller_raw_volume_are_dead_lettered_not_written(smal
     written = [json.loads(line)["instance_id"] for p in sorted((out / "index").iterdir())
                for line in p.read_text().splitlines()]
     assert sorted(written) == [11, 12, 13]
+
+
+def _long_rows(small_data, n=4000):
+    """The small table's header and rows, then ``n`` more rows (ids 1000.., outside the
+    volume: dead letters), so that damage late in the file is past the first row."""
+    import csv
+
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    header = list(rows[0])
+    rows += [{**rows[0], "id": str(1000 + i), "x": str(5000 + i)} for i in range(n)]
+    return header, rows
+
+
+def _cut_gzip_table(small_data, tmp_path):
+    import csv
+    import io
+
+    header, rows = _long_rows(small_data)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    data = gzip.compress(text.getvalue().encode())
+    table = tmp_path / "cut.csv.gz"
+    table.write_bytes(data[:len(data) * 2 // 3])      # a copy cut short
+    return table
+
+
+def _damaged_parquet_table(small_data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header, rows = _long_rows(small_data)
+    table = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in header}), table,
+                   row_group_size=1000, compression="snappy")
+    column = pq.ParquetFile(table).metadata.row_group(3).column(1)
+    data = bytearray(table.read_bytes())
+    for i in range(column.dictionary_page_offset + 64, column.data_page_offset - 8):
+        data[i] ^= 0x5A                                # a late row group's dictionary scrambled
+    table.write_bytes(bytes(data))
+    return table
+
+
+@pytest.mark.parametrize("damage", [_cut_gzip_table, _damaged_parquet_table])
+def test_a_table_damaged_past_its_first_rows_ends_with_one_line(small_data, tmp_path, capsys,
+                                                                damage):
+    """A gzip CSV cut short or a Parquet file with a damaged page, found while the rows are
+    read: exit 1 and one line naming the file, as for a quote never closed (it was a
+    traceback ending in EOFError or 'Corrupt snappy compressed data')."""
+    table = damage(small_data, tmp_path)
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    assert main(["run"] + argv) == 1
+    captured = capsys.readouterr()
+    closing = json.loads(captured.out.strip().splitlines()[-1])
+    assert closing["status"] == "failed" and closing["error"].startswith("TableFormatError: ")
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"synanno-datagen: bad table: {table}: cannot be read to its end (")
+    assert "); the file is damaged or cut short: export or copy it again" in last
+    assert not (tmp_path / "out" / "manifest.json").exists()

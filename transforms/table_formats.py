@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
+from synanno_datagen.errors import first_line
+
 CSV, CSV_GZ, PARQUET = "csv", "csv.gz", "parquet"
 CSV_ENCODING = "utf-8-sig"  # UTF-8; a leading byte order mark (spreadsheet exports) is dropped
 FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
@@ -80,7 +82,21 @@ def has_data_rows(path: str) -> bool:
 
 
 def iter_rows(path: str) -> Iterator[Dict[str, str]]:
-    """The shard's data rows in file order, as ``{column: text}``."""
+    """The shard's data rows in file order, as ``{column: text}``. A file that cannot be read to
+    its end (a gzip stream cut short, a damaged Parquet page) raises TableFormatError."""
+    import zlib
+
+    import pyarrow as pa
+
+    try:
+        yield from _iter_rows(path)
+    except (EOFError, zlib.error, OSError, pa.ArrowException) as e:
+        raise TableFormatError(f"{path}: cannot be read to its end ({type(e).__name__}: "
+                               f"{first_line(e, 200)}); the file is damaged or cut short: "
+                               "export or copy it again") from None
+
+
+def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
     fmt = table_format(path)
     with _open_binary(path) as raw:
         if fmt == PARQUET:
