@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from synanno_datagen.cli import main
@@ -219,3 +220,25 @@ def test_chunks_read_as_zeros_are_reported(small_data, tmp_path, capsys):
     assert (f"chunks read as zeros (absent from storage): source {n} chunks, target 0 chunks"
             in text)
     assert "redrawn" not in text   # one variant: nothing is redrawn
+
+
+def test_paths_that_leave_the_dataset_are_refused_not_read(small_data, tmp_path, capsys):
+    """A manifest or index line is data from storage: a listed path that climbs out of the
+    dataset ('..', absolute, another scheme) is refused, not opened (it read any file)."""
+    from synanno_datagen.reading.dataset import open_dataset
+    from synanno_datagen.errors import DatasetError
+
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    capsys.readouterr()
+    (tmp_path / "outside.jsonl").write_text('{"instance_id": 1}\n')
+    manifest = json.loads((out / "manifest.json").read_text())
+    for bad in ("../outside.jsonl", str(tmp_path / "outside.jsonl"), "index/../../outside.jsonl",
+                "file:///etc/passwd"):
+        changed = json.loads(json.dumps(manifest))
+        changed["files"]["index"][0]["path"] = bad
+        (out / "manifest.json").write_text(json.dumps(changed))
+        assert_usage_error(capsys, ["inspect", str(out)], f"lists the path {bad!r}",
+                           "which is not inside the dataset")
+        with pytest.raises(DatasetError, match="not inside the dataset"):
+            open_dataset(str(out)).index()
