@@ -263,14 +263,6 @@ def from_args(args: argparse.Namespace) -> Config:
     if source_mip == NEAREST:
         source_mip = probes.nearest_source_mip(probes.to_url(args.source_url), target, engine)
     source = probes.volume("--source-url", probes.to_url(args.source_url), source_mip, engine)
-    if source.dtype != "uint8" or source.num_channels != 1:
-        raise ConfigError(f"--source-url {source.url}: raw EM must be uint8 with one channel, "
-                          f"found {source.dtype} x {source.num_channels}")
-    if not target.dtype.startswith(("uint", "int")):
-        raise ConfigError(f"--target-url {target.url}: labels must be integers, found {target.dtype}")
-    if target.num_channels != 1:
-        raise ConfigError(f"--target-url {target.url}: labels must have one channel, found "
-                          f"{target.num_channels}")
     try:
         scale = scale_factors(target.resolution_nm, source.resolution_nm)
     except ValueError as e:

@@ -15,9 +15,9 @@ from synanno_datagen.errors import ConfigError, first_line, storage_unavailable,
 from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
-    TENSORSTORE, describe_volume, mip_resolutions, open_reader,
+    TENSORSTORE, mip_resolutions, open_reader, read_info,
 )
-from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec
+from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec, spec_from_info
 
 
 def to_url(location: str) -> str:
@@ -53,16 +53,25 @@ def to_output_dir(location: str) -> str:
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
     volume("--source-url", url, 0, engine)  # a clear error when the info cannot be read
     try:
-        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
+        resolutions = mip_resolutions(url, engine)
+    except BadInfo as e:
+        raise ConfigError(f"--source-url {url}: {e}; the precomputed format requires it, fix the "
+                          "info file") from None
+    try:
+        return nearest_mip(target.resolution_nm, resolutions)
     except ValueError as e:
         raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
 
 
 def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     """Scale ``mip`` of the volume at ``url``, once its info is complete and ``engine`` opens it
-    and can decode its encoding; ConfigError naming ``flag`` otherwise."""
+    and can decode its encoding; ConfigError naming ``flag`` otherwise. Every scale of the info
+    must be well-formed, not only ``mip`` (``--source-mip nearest`` and readers look at all)."""
     try:
-        spec = describe_volume(url, mip, engine, check=True)
+        info = read_info(url, engine, check=True)
+        spec = spec_from_info(url, info, mip)
+        for other in range(len(info["scales"])):
+            spec_from_info(url, info, other)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info (not JSON: {e}); check "
                           "the URL and the info file") from None
@@ -76,12 +85,26 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
                           f"({type(e).__name__}: {first[:200]}); check the URL and access") from None
+    _check_role(flag, spec)
     if engine == TENSORSTORE and gzip_file_chunks(spec):
         raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
                           "local gzip layout), which tensorstore does not read; pass "
                           "--volume-reader cloudvolume")
     _check_decodable(flag, spec, engine)
     return spec
+
+
+def _check_role(flag: str, spec: VolumeSpec) -> None:
+    """The dtype and channels each volume's role needs (checked before the engine opens it, whose
+    refusal would not say so): raw EM uint8, labels integers, one channel each."""
+    if flag == "--source-url" and (spec.dtype != "uint8" or spec.num_channels != 1):
+        raise ConfigError(f"--source-url {spec.url}: raw EM must be uint8 with one channel, "
+                          f"found {spec.dtype} x {spec.num_channels}")
+    if flag == "--target-url" and not spec.dtype.startswith(("uint", "int")):
+        raise ConfigError(f"--target-url {spec.url}: labels must be integers, found {spec.dtype}")
+    if flag == "--target-url" and spec.num_channels != 1:
+        raise ConfigError(f"--target-url {spec.url}: labels must have one channel, found "
+                          f"{spec.num_channels}")
 
 
 def _check_decodable(flag: str, spec: VolumeSpec, engine: str) -> None:

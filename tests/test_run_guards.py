@@ -445,3 +445,43 @@ def test_a_table_damaged_past_its_first_rows_ends_with_one_line(small_data, tmp_
     assert last.startswith(f"synanno-datagen: bad table: {table}: cannot be read to its end (")
     assert "); the file is damaged or cut short: export or copy it again" in last
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("bad_scale", [{"resolution": [0, 0, 0]}, {"resolution": None},
+                                       "not a scale"])
+def test_nearest_mip_with_a_malformed_finer_scale_is_refused_in_one_line(small_data, tmp_path,
+                                                                         capsys, bad_scale):
+    """`--source-mip nearest` looks at every scale: a malformed one beyond mip 0 (a zero
+    resolution, none, not an object) was a ZeroDivisionError or TypeError traceback."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(small_data.source_url[len("file://"):], source)
+    info = json.loads((source / "info").read_text())
+    info["scales"][1] = ({**info["scales"][1], **bad_scale} if isinstance(bad_scale, dict)
+                         else bad_scale)
+    (source / "info").write_text(json.dumps(info))
+    argv = small_data.argv(tmp_path / "out", "--source-mip", "nearest")
+    argv[argv.index("--source-url") + 1] = f"file://{source}"
+    assert_usage_error(capsys, ["run"] + argv, f"--source-url file://{source}: scale ",
+                       "fix the info file")
+
+
+def test_a_raw_volume_of_the_wrong_dtype_is_named_as_such_whatever_its_encoding(small_data,
+                                                                                tmp_path,
+                                                                                capsys):
+    """A uint16 jpeg raw volume: tensorstore refuses to open it, and the run said to pass
+    --volume-reader cloudvolume, which cannot help; the dtype rule is checked first."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(small_data.source_url[len("file://"):], source)
+    info = json.loads((source / "info").read_text())
+    info["data_type"] = "uint16"
+    for scale in info["scales"]:
+        scale["encoding"] = "jpeg"
+    (source / "info").write_text(json.dumps(info))
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--source-url") + 1] = f"file://{source}"
+    assert_usage_error(capsys, ["run"] + argv, f"--source-url file://{source}: raw EM must be "
+                       "uint8 with one channel, found uint16 x 1")

@@ -277,18 +277,17 @@ class CloudVolumeReader:
                         "decoded_bytes": voxels * np.dtype(self._spec.dtype).itemsize})
 
 
-def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE,
-                    check: bool = False) -> VolumeSpec:
+def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE) -> VolumeSpec:
     """Read a volume's ``info`` and describe scale ``mip``. Raises ValueError for a mip the
-    volume does not have, the engine's error when the info cannot be read (``check``: see
-    ``read_info``)."""
-    return spec_from_info(url, read_info(url, engine, check), mip)
+    volume does not have, the engine's error when the info cannot be read."""
+    return spec_from_info(url, read_info(url, engine), mip)
 
 
 def mip_resolutions(url: str, engine: str = TENSORSTORE) -> List[tuple]:
-    """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``."""
-    return [tuple(float(r) for r in scale["resolution"])
-            for scale in read_info(url, engine, check=True)["scales"]]
+    """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``; BadInfo names a
+    scale the format does not allow."""
+    info = read_info(url, engine, check=True)
+    return [spec_from_info(url, info, mip).resolution_nm for mip in range(len(info["scales"]))]
 
 
 def open_reader(url: str, mip: int, engine: str, cache_bytes: int = 0, run_token: str = ""):
