@@ -242,3 +242,17 @@ def test_paths_that_leave_the_dataset_are_refused_not_read(small_data, tmp_path,
                            "which is not inside the dataset")
         with pytest.raises(DatasetError, match="not inside the dataset"):
             open_dataset(str(out)).index()
+
+
+@pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",
+                                     '{"config": {}, "counts": {}}'])
+def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, foreign):
+    (tmp_path / "manifest.json").write_text(foreign)
+    for command in (["inspect", str(tmp_path)], ["preview", str(tmp_path), "--out",
+                                                 str(tmp_path / "p.png")]):
+        assert_usage_error(capsys, command, f"{tmp_path}", "not a manifest of synanno-datagen")
+
+
+def test_preview_refuses_a_negative_seed_in_one_line(views_dataset, tmp_path, capsys):
+    assert_usage_error(capsys, ["preview", str(views_dataset), "--seed", "-5", "--out",
+                                str(tmp_path / "p.png")], "--seed -5")

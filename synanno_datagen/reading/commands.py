@@ -17,7 +17,7 @@ def add_commands(sub) -> Dict[str, Callable[[List[str]], int]]:
     preview.add_argument("output_dir", metavar="OUTPUT_DIR", help="dataset directory or gs://")
     preview.add_argument("--n", type=int, default=8, help="records (rows) to show")
     preview.add_argument("--out", default="preview.png", help="PNG to write (local or gs://)")
-    preview.add_argument("--seed", type=int, default=0, help="which records: same seed, same")
+    preview.add_argument("--seed", type=int, default=0, help="which records to show (0 or more; the same seed shows the same records)")
     preview.add_argument("--split", help="sample only this split")
     preview.add_argument("--max-slices", type=int, default=16,
                          help="z-slices per row; deeper crops show a window around the synapse")

@@ -198,6 +198,16 @@ class Dataset:
         return items
 
 
+def _checked_manifest(path: str, manifest) -> dict:
+    """``manifest`` if it has the shape this tool writes (an object with ``config``, ``counts``
+    and ``files`` objects), else DatasetError: a manifest.json of another tool."""
+    if not (isinstance(manifest, dict) and all(isinstance(manifest.get(k), dict)
+                                               for k in ("config", "counts", "files"))):
+        raise DatasetError(f"{path}: not a manifest of synanno-datagen (no config, counts and "
+                           "files); point at a dataset this tool wrote")
+    return manifest
+
+
 def _shard_key(f: dict):
     return f.get("run"), f["split"], f["shard"], f["num_shards"]
 
@@ -211,7 +221,7 @@ def open_dataset(location: str) -> Dataset:
     pointer = layout.join(root, layout.LATEST)
     try:
         if _filesystems().exists(direct):
-            manifest = _read_json(direct)
+            manifest = _checked_manifest(direct, _read_json(direct))
             if "incremental" in manifest:   # a run of a root: local paths in one spelling
                 base = root if "://" in root else os.path.abspath(root)
                 root = layout.root_of_run(base, manifest["incremental"]["run_dir"])
@@ -219,7 +229,8 @@ def open_dataset(location: str) -> Dataset:
         if _filesystems().exists(pointer):
             with _open(pointer) as f:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
-            return Dataset(root, manifest_path, _read_json(manifest_path))
+            return Dataset(root, manifest_path,
+                           _checked_manifest(manifest_path, _read_json(manifest_path)))
     except (OSError, ValueError, KeyError) as e:
         raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
             from None

@@ -192,7 +192,8 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
     chosen records' {instance_id, variant, split, seed_slices}. ``tile_px`` None: TILE_PX."""
     tile_px = TILE_PX if tile_px is None else tile_px
     for flag, value, low in (("--n", n, 1), ("--max-slices", max_slices, 1),
-                             ("--tile-px", tile_px, 8), ("--colours", colours, 0)):
+                             ("--tile-px", tile_px, 8), ("--colours", colours, 0),
+                             ("--seed", seed, 0)):
         if value < low:
             raise UsageError(f"{flag} {value}: must be at least {low}")
     if colours > 256:
