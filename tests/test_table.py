@@ -87,3 +87,20 @@ def test_a_centre_outside_the_source_volume_is_outside_the_volume():
     assert err.value.reason == "outside_volume"
     assert str(err.value) == ("center [130, 230, 15] is outside the source volume (in target "
                               "voxels [[100, 200, 10], [130, 264, 22]])")
+
+
+def test_a_pre_or_post_point_beyond_int64_is_outside_the_volume():
+    """Records hold the points as int64: a point past that range (a unit mistake in one
+    column) failed the instance as unexpected_error, which is retried every night."""
+    from fractions import Fraction
+
+    from synanno_datagen.transforms.points import TableLayout
+
+    nm = TableLayout(to_target_xyz=(Fraction(2000), Fraction(1), Fraction(1)))  # x in 16 um
+    with pytest.raises(BadValue) as err:
+        parse_row(_row(x="0.06", pre_pt_x=str(2 ** 53)), RowRef(0, 0), "id", None, BOUNDS, nm)
+    assert err.value.reason == "outside_volume"
+    assert str(err.value) == (f"pre point [{2 ** 53 * 2000}, 230, 15] is beyond any volume "
+                              "(outside int64)")
+    assert parse_row(_row(post_pt_x="-500"), RowRef(0, 0), "id", None, BOUNDS).post_pt_xyz == \
+        (-500, 230, 15)

@@ -51,6 +51,10 @@ def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Opti
     if not target_bounds.contains(center):
         raise BadValue(OUTSIDE_VOLUME, f"center {list(center)} is outside the target volume "
                        f"[{list(target_bounds.start_xyz)}, {list(target_bounds.stop_xyz)})")
+    for name, point in (("pre", pre), ("post", post)):
+        if point is not None and not all(-_INT64_MAX - 1 <= v <= _INT64_MAX for v in point):
+            raise BadValue(OUTSIDE_VOLUME, f"{name} point {list(point)} is beyond any volume "
+                           "(outside int64)")
     if source_bounds is not None and not source_bounds.contains(center):
         raise BadValue(OUTSIDE_VOLUME, f"center {list(center)} is outside the source volume (in "
                        f"target voxels {source_bounds.to_list()})")
