@@ -5,6 +5,7 @@ was looked for and what was found.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -17,6 +18,8 @@ from synanno_datagen.transforms.points import (
 from synanno_datagen.transforms.table_formats import (
     FORMAT_NAMES, ShardSchema, TableFormatError, has_data_rows, read_schema,
 )
+
+log = logging.getLogger(__name__)
 
 TABLE_FLAG = "--materialization"
 _SHOWN_COLUMNS = 40
@@ -48,6 +51,8 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         pre=_optional_point("--pre-column", pre_column, PRE_PREFIX, schema, first),
         post=_optional_point("--post-column", post_column, POST_PREFIX, schema, first))
     ids = resolve_id_column(id_column, schema.columns, first)
+    if ids is None:
+        _warn_of_id_like_columns(pattern, schema.columns)
     for path, other in zip(shards, schemas):
         _check_read_once(other, ((ids,) if ids else ()) + layout.columns(), path)
     return TableSpec(tuple(shards), schema.format, ids, layout)
@@ -70,6 +75,16 @@ def match_table(pattern: str) -> List[str]:
         raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a CSV (.csv, .csv.gz) "
                           "or Parquet (.parquet) file, or a glob of shards")
     return paths
+
+
+def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:
+    """Instances are numbered by row without an 'id' column: say so when a column looks like
+    one (another case of 'id', or ending in 'id'), which the user may have meant."""
+    like = [c for c in columns if c.strip().lower() == "id" or c.strip().lower().endswith("id")]
+    if like:
+        log.warning("%s %s: no column named 'id', so instances are numbered by row; to take ids "
+                    "from a column (%s), pass --id-column NAME", TABLE_FLAG, pattern,
+                    ", ".join(like))
 
 
 def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \

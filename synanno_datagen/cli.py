@@ -55,6 +55,11 @@ def summary(manifest: dict, output_dir: str) -> str:
             "every usable row of the table is in the dataset or remembered as failed)"))
     failures = counts["failures"]
     lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
+    outside = failures.get("outside_volume", 0)
+    if outside and outside >= 0.9 * counts["rows_read"]:
+        lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
+                     "if the table's coordinates are not in target voxels (nm, say), pass "
+                     "--coordinate-resolution X Y Z (the table's units in nm)")
     from synanno_datagen.reading.inspection import remembered_line
 
     if remembered_line(counts):

@@ -269,3 +269,20 @@ def test_demo_views_that_cannot_be_written_are_refused_before_any_work(tmp_path,
            f"--output-dir {tmp_path / 'out'}: the demo writes its views beside it, in "
            f"{tmp_path / 'out-views'}, which it cannot write", "is not a directory")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
+    """A table in nm read as voxels puts every centre outside the volume: exit 0 with 100%
+    outside_volume and no hint. The summary now names the likely cause."""
+    from synanno_datagen.cli import summary
+
+    manifest = {
+        "counts": {"rows_read": 10, "instances_selected": 0, "instances_written": 0,
+                   "variants_written": 0, "failures": {"outside_volume": 10}},
+        "config": {"num_instances": None, "formats": ["tfrecord"]}, "splits": {},
+    }
+    assert ("warning: 10 of 10 rows are outside the volume: if the table's coordinates are not "
+            "in target voxels (nm, say), pass --coordinate-resolution X Y Z (the table's units "
+            "in nm)") in summary(manifest, "out").splitlines()
+    manifest["counts"]["failures"] = {"outside_volume": 1}
+    assert "--coordinate-resolution" not in summary(manifest, "out")

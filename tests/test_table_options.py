@@ -150,3 +150,25 @@ def test_a_glob_in_the_working_directory_matches_its_shards(tmp_path, monkeypatc
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "syn-3.csv").write_text("id\n3\n")
     assert [os.path.basename(p) for p in match_table("s*/syn-*.csv")] == ["syn-3.csv"]
+
+
+def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
+    """Ids are taken only from a column named exactly 'id' (or --id-column): a table whose ids
+    are in 'ID' or 'synapse_id' was numbered by row without a word."""
+    import logging
+
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("ID,synapse_id,x,y,z\n7,8,1,2,3\n")
+    with caplog.at_level(logging.WARNING):
+        spec = describe_table(str(table), None, None, None, None)
+    assert spec.id_column is None
+    assert (f"--materialization {table}: no column named 'id', so instances are numbered by "
+            "row; to take ids from a column (ID, synapse_id), pass --id-column NAME") in \
+        caplog.text
+    caplog.clear()
+    (tmp_path / "u.csv").write_text("x,y,z\n1,2,3\n")
+    with caplog.at_level(logging.WARNING):
+        describe_table(str(tmp_path / "u.csv"), None, None, None, None)
+    assert "--id-column" not in caplog.text
