@@ -88,13 +88,22 @@ def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
     splits = []
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        if not sep or not _SPLIT_NAME.match(name) or not 0 < fraction <= 1:
-            raise ConfigError(f"--splits {text!r}: write name=fraction pairs, e.g. "
-                              "train=0.8,val=0.1,test=0.1")
+        if not part.strip():
+            problem = "an empty pair (a stray comma?)"
+        elif not sep:
+            problem = "write name=fraction, e.g. train=0.8,val=0.1,test=0.1"
+        elif not _SPLIT_NAME.match(name):
+            problem = "a split name is letters, digits and '_'"
+        else:
+            try:
+                fraction = float(value)
+            except ValueError:
+                fraction, problem = None, f"{value!r} is not a number"
+            else:
+                problem = None if 0 < fraction <= 1 else \
+                    "a fraction must be above 0 and at most 1"
+        if problem:
+            raise ConfigError(f"--splits {text!r}: {part.strip()!r}: {problem}")
         splits.append((name, fraction))
     if len({n for n, _ in splits}) != len(splits):
         raise ConfigError(f"--splits {text!r}: a split name appears twice")

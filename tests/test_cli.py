@@ -286,3 +286,16 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
             "in nm)") in summary(manifest, "out").splitlines()
     manifest["counts"]["failures"] = {"outside_volume": 1}
     assert "--coordinate-resolution" not in summary(manifest, "out")
+
+
+@pytest.mark.parametrize("splits, says", [
+    ("train=1.0,val=0", "'val=0': a fraction must be above 0 and at most 1"),
+    ("train=1.2,val=-0.2", "'train=1.2': a fraction must be above 0 and at most 1"),
+    ("train=1.0,", "'': an empty pair (a stray comma?)"),
+    ("a b=1.0", "'a b=1.0': a split name is letters, digits and '_'"),
+    ("train=x", "'train=x': 'x' is not a number"),
+    ("train", "'train': write name=fraction, e.g. train=0.8,val=0.1,test=0.1"),
+])
+def test_splits_refusals_say_what_is_wrong(small_data, tmp_path, capsys, splits, says):
+    _fails(capsys, ["run"] + small_data.argv(tmp_path / "out", "--splits", splits),
+           f"--splits {splits!r}: {says}")
