@@ -38,8 +38,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
         declared.append(parser.add_argument(*names, **kwargs))
 
     flag("--materialization", required=True, metavar="TABLE",
-         help="synapse table: a CSV (.csv, .csv.gz) or Parquet (.parquet) file, "
-         "or a glob of shards")
+         help="synapse table: a CSV (.csv, .csv.gz, .gz; any other name is read as CSV) or "
+         "Parquet (.parquet, .pq) file, or a glob of shards")
     flag("--source-url", required=True, metavar="URL", help="raw EM volume")
     flag("--target-url", required=True, metavar="URL",
          help="synapse segmentation volume")
@@ -52,14 +52,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
     flag("--max-seed-slices", type=int, default=3, metavar="M",
          help="at most M seed slices per variant (default 3)")
     flag("--crop-size", type=int, nargs=3, default=[128, 128, 16],
-         metavar=("X", "Y", "Z"), help="crop size in target voxels")
+         metavar=("X", "Y", "Z"), help="crop size in target voxels (default 128 128 16)")
     flag("--source-mip", type=mip_arg, default=0, metavar="MIP",
          help="source scale to read, or 'nearest': the coarsest mip whose "
          "resolution divides the target's (default 0)")
     flag("--pad-value", type=int, default=148, metavar="V",
          help="raw value outside the source volume (default 148)")
-    flag("--seed", type=int, default=0, metavar="S")
-    flag("--formats", default="tfrecord,npy", help="tfrecord, npy or both")
+    flag("--seed", type=int, default=0, metavar="S",
+         help="seed of the selection, splits and seed slices, 0 to 2**63 - 1 (default 0)")
+    flag("--formats", default="tfrecord,npy", help="tfrecord, npy or both (default both)")
     flag("--splits", default="train=1.0",
          help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
     flag("--id-column", metavar="NAME",
