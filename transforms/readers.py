@@ -72,7 +72,8 @@ def read_info(url: str, engine: str = TENSORSTORE, check: bool = False) -> dict:
     import tensorstore as ts
 
     context = ts.Context({"http_request_retries": _CHECK_RETRIES,
-                          "gcs_request_retries": _CHECK_RETRIES}) if check else None
+                          "gcs_request_retries": _CHECK_RETRIES,
+                          "s3_request_retries": _CHECK_RETRIES}) if check else None
     store = ts.KvStore.open(kvstore_url(url), context=context).result()
     found = store.read("info").result()
     if found.state != "value":
