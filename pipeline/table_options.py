@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -74,6 +75,14 @@ def match_table(pattern: str) -> List[str]:
     if not paths:
         raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a CSV (.csv, .csv.gz) "
                           "or Parquet (.parquet) file, or a glob of shards")
+    for path in paths:
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if "://" not in local and os.path.exists(local) and \
+                not stat.S_ISREG(os.stat(local).st_mode):
+            raise ConfigError(f"{TABLE_FLAG} {path}: not a regular file (a pipe?); a run reads "
+                              "the table more than once: write the table to a file")
+        if "://" not in local and os.path.isfile(local) and os.path.getsize(local) == 0:
+            raise ConfigError(f"{TABLE_FLAG} {path}: empty (0 bytes); check the export")
     return paths
 
 

@@ -69,11 +69,16 @@ def parse_missing_chunks(text: str) -> Tuple[str, str]:
     text = text.strip()
     if text in MISSING_CHUNK_MODES:
         return text, text
+    named = set()
     for part in text.split(","):
         volume, _, mode = part.strip().partition("=")
         if volume not in modes or mode not in MISSING_CHUNK_MODES:
             raise ConfigError(f"--missing-chunks {text}: expected 'error', 'zero' or "
                               "'source=error|zero,target=error|zero'")
+        if volume in named:
+            raise ConfigError(f"--missing-chunks {text}: {volume} is named twice; name each "
+                              "volume once")
+        named.add(volume)
         modes[volume] = mode
     return modes["source"], modes["target"]
 

@@ -299,3 +299,29 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
 def test_splits_refusals_say_what_is_wrong(small_data, tmp_path, capsys, splits, says):
     _fails(capsys, ["run"] + small_data.argv(tmp_path / "out", "--splits", splits),
            f"--splits {splits!r}: {says}")
+
+
+def test_a_table_that_is_a_pipe_is_refused_as_one(small_data, tmp_path, capsys):
+    """A run reads the table more than once; a pipe (`<(...)`, a FIFO) was refused as 'no data
+    rows (a header only)', which was not true."""
+    fifo = tmp_path / "table.fifo"
+    os.mkfifo(fifo)
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(fifo)
+    _fails(capsys, ["run"] + argv, f"--materialization {fifo}: not a regular file (a pipe?)",
+           "write the table to a file")
+
+
+def test_a_zero_byte_table_is_not_called_a_header_only(small_data, tmp_path, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(empty)
+    err = _fails(capsys, ["run"] + argv, f"--materialization {empty}: empty (0 bytes)")
+    assert "a header only" not in err
+
+
+def test_a_volume_named_twice_in_missing_chunks_is_refused(small_data, tmp_path, capsys):
+    _fails(capsys, ["run"] + small_data.argv(tmp_path / "out", "--missing-chunks",
+                                              "source=zero,source=error"),
+           "--missing-chunks source=zero,source=error: source is named twice")

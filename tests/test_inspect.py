@@ -256,3 +256,10 @@ def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, for
 def test_preview_refuses_a_negative_seed_in_one_line(views_dataset, tmp_path, capsys):
     assert_usage_error(capsys, ["preview", str(views_dataset), "--seed", "-5", "--out",
                                 str(tmp_path / "p.png")], "--seed -5")
+
+
+def test_preview_refuses_an_out_that_is_not_a_png(views_dataset, tmp_path, capsys):
+    """It wrote PNG bytes into x.jpg."""
+    assert_usage_error(capsys, ["preview", str(views_dataset), "--out", str(tmp_path / "x.jpg")],
+                       "--out", "x.jpg: preview writes a PNG; name it .png")
+    assert not (tmp_path / "x.jpg").exists()

@@ -198,6 +198,8 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
             raise UsageError(f"{flag} {value}: must be at least {low}")
     if colours > 256:
         raise UsageError(f"--colours {colours}: a PNG palette holds at most 256")
+    if not str(out).lower().endswith(".png"):
+        raise UsageError(f"--out {out}: preview writes a PNG; name it .png")
     dataset = open_dataset(output_dir)
     splits = dataset.manifest["splits"]
     if split is not None and split not in splits:
