@@ -190,3 +190,13 @@ def test_odd_csv_files_read_as_empty_or_fail_clearly(tmp_path):
     header_quote.write_text('id,x,y,z,"note\n1,1,1,1,a\n2,2,2,2,b\n')
     with pytest.raises(TableFormatError, match="a quote opened in the header is never closed"):
         list(iter_rows(str(header_quote)))
+
+
+def test_a_bad_byte_in_the_first_block_is_not_said_to_be_after_line_0(tmp_path):
+    """Bytes are decoded in blocks ahead of the rows: a bad byte on line 6 was reported
+    'after line 0'."""
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id,x,y,z,note\n" + b"1,1,1,1,a\n" * 4 + "5,1,1,1,caf\xe9\n".encode("cp1252"))
+    with pytest.raises(TableFormatError, match=rf"{latin}: not UTF-8 \(invalid continuation "
+                       r"byte\) within its first few thousand bytes;"):
+        list(iter_rows(str(latin)))

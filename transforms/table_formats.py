@@ -140,9 +140,10 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
                                    "quote that is never closed?); fix the export") from None
         except UnicodeDecodeError as e:
             # (decoded ahead of the rows in blocks: the line is where the reader had got to)
-            raise TableFormatError(f"{path}: not UTF-8 ({e.reason}) within a few thousand "
-                                   f"bytes after line {reader.line_num}; export the table as "
-                                   "UTF-8") from None
+            where = (f"within a few thousand bytes after line {reader.line_num}"
+                     if reader.line_num else "within its first few thousand bytes")
+            raise TableFormatError(f"{path}: not UTF-8 ({e.reason}) {where}; export the table "
+                                   "as UTF-8") from None
 
 
 def _as_dict(header, row) -> Dict[str, str]:
