@@ -137,11 +137,12 @@ class WriteManifestFn(beam.DoFn):
         delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
-        delete_tree(join(self._config.output_dir, UNFINISHED))
         incremental = self._config.incremental
-        if incremental:  # last: the root now points at this complete run
+        if incremental:  # the root now points at this complete run
             pointer = latest_pointer(incremental.run_dir).encode("utf-8")
             write_atomic(join(incremental.root, LATEST), [pointer])
+        # last: until the root points at it, a run folder is an unfinished run's to replace
+        delete_tree(join(self._config.output_dir, UNFINISHED))
         yield manifest
 
 

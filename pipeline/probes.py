@@ -228,11 +228,27 @@ def check_no_foreign_entries(output_dir: str) -> None:
 
     found = [name for name in sorted(DATASET_ENTRIES)
              if holds_anything(FileSystems.join(output_dir, name))]
+    if MANIFEST in found and _our_manifest(FileSystems.join(output_dir, MANIFEST)):
+        return   # a run of this tool's (an incremental root's run folder LATEST does not name)
     if found and not FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
         raise ConfigError(f"--output-dir {output_dir} holds {', '.join(found)} but no dataset of "
-                          f"this tool (no {MANIFEST}, no unfinished run's {UNFINISHED}); a run "
+                          f"this tool (no {MANIFEST} of its own, no unfinished run's "
+                          f"{UNFINISHED}); a run "
                           "would replace them: choose another directory, move them, or pass "
                           "--overwrite")
+
+
+def _our_manifest(path: str) -> bool:
+    """Whether ``path`` is a manifest this tool wrote (an object with config, counts, files)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as f:
+            manifest = json.load(f)
+    except Exception:  # noqa: BLE001 - unreadable: not known to be ours
+        return False
+    return isinstance(manifest, dict) and all(
+        isinstance(manifest.get(k), dict) for k in ("config", "counts", "files"))
 
 
 def check_incremental_root(root: str) -> None:

@@ -236,3 +236,21 @@ def test_a_changed_generation_config_says_it_starts_a_new_dataset(small_data, tm
             in printed.splitlines())
     closing = json.loads(printed.splitlines()[-1])
     assert closing["replaces"] == "runs/00002/manifest.json"
+
+
+def test_a_run_folder_committed_but_not_pointed_at_is_replaced_by_the_next_run(small_data,
+                                                                               tmp_path):
+    """A night that stopped after its run folder's manifest but before LATEST moved (a kill, a
+    failed write of LATEST): the next night plans the same run number and must replace that
+    folder, not refuse it as someone else's files (a schedule cannot pass --overwrite)."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord")
+    assert main(["run"] + argv + ["--num-instances", "2"]) == 0
+    assert main(["run"] + argv + ["--num-instances", "4"]) == 0
+    second = (root / "runs" / "00002" / "manifest.json").read_bytes()
+    (root / "LATEST").write_text("runs/00001/manifest.json")   # LATEST not yet moved
+    assert main(["run"] + argv + ["--num-instances", "4"]) == 0
+    assert (root / "LATEST").read_text().strip().startswith("runs/00002")
+    assert json.loads((root / "runs" / "00002" / "manifest.json").read_bytes())["counts"] == \
+        json.loads(second)["counts"]
+    assert not (root / "runs" / "00002" / "UNFINISHED").exists()

@@ -306,8 +306,9 @@ def test_a_directory_with_a_datasets_names_but_no_dataset_is_refused(small_data,
     assert main(["run"] + small_data.argv(out, "--variants", "1")) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"synanno-datagen: error: --output-dir {out} holds dead_letter.jsonl, index, "
-                   "npy, tfrecord but no dataset of this tool (no manifest.json, no unfinished "
-                   "run's UNFINISHED); a run would replace them: choose another directory, "
+                   "npy, tfrecord but no dataset of this tool (no manifest.json of its own, no "
+                   "unfinished run's UNFINISHED); a run would replace them: choose another "
+                   "directory, "
                    "move them, or pass --overwrite")
     assert {rel: (out / rel).read_bytes() for rel in files} == files
     assert not (out / "LEASE").exists()
