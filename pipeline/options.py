@@ -69,11 +69,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="synapse centre: a column of [x, y, z] lists, or NAME_x/_y/_z "
          "columns (default: columns x, y, z)")
     flag("--pre-column", metavar="NAME",
-         help="presynaptic point, as --center-column (default: pre_pt if the "
-         "table has it, else none)")
+         help="presynaptic point, as --center-column, or 'none' to leave it out (default: "
+         "pre_pt if the table has it, else none)")
     flag("--post-column", metavar="NAME",
-         help="postsynaptic point, as --center-column (default: post_pt if the "
-         "table has it, else none)")
+         help="postsynaptic point, as --center-column, or 'none' to leave it out (default: "
+         "post_pt if the table has it, else none)")
     flag("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
          help="nm per table unit, per axis (default: the target volume's "
          "resolution, i.e. target voxels)")

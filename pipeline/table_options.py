@@ -23,6 +23,7 @@ from synanno_datagen.transforms.table_formats import (
 log = logging.getLogger(__name__)
 
 TABLE_FLAG = "--materialization"
+NO_POINT = "none"   # --pre-column/--post-column value: records without that point
 _SHOWN_COLUMNS = 40
 
 
@@ -181,7 +182,13 @@ def _center(flag_value: Optional[str], schema: ShardSchema, path: str) -> PointC
 
 def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: ShardSchema,
                     path: str) -> Optional[PointColumns]:
-    """The point's columns; None when the default ones are absent (a given NAME must exist)."""
+    """The point's columns; None when the default ones are absent (a given NAME must exist) or
+    NAME is ``none`` (the point left out: its columns, if any, are not read)."""
+    if flag_value is not None and not flag_value.strip():
+        raise ConfigError(f"{flag} {flag_value!r}: empty; give a column name, or 'none' to leave "
+                          "the point out")
+    if flag_value == NO_POINT:
+        return None
     point = _find(flag, flag_value or default, schema, path, given=flag_value is not None)
     if point is None and flag_value is not None:
         raise ConfigError(_absent(flag, flag_value, schema, path))

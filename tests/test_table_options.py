@@ -172,3 +172,20 @@ def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         describe_table(str(tmp_path / "u.csv"), None, None, None, None)
     assert "--id-column" not in caplog.text
+
+
+def test_pre_and_post_points_can_be_left_out_with_none(tmp_path):
+    """A table with pre/post columns that are present but empty rejected every row as
+    missing_coordinate, and `--pre-column ''` silently meant the default."""
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,x,y,z,pre_pt_x,pre_pt_y,pre_pt_z,post_pt_x,post_pt_y,post_pt_z\n"
+                     "1,1,2,3,,,,,,\n")
+    spec = describe_table(str(table), None, None, "none", "none")
+    assert spec.layout.pre is None and spec.layout.post is None
+    assert spec.layout.point_features() == ("center_xyz",)
+    with pytest.raises(ConfigError, match="--pre-column '': empty; give a column name, or "
+                       "'none' to leave the point out"):
+        describe_table(str(table), None, None, "", None)
