@@ -226,11 +226,13 @@ def check_no_foreign_entries(output_dir: str) -> None:
 
     from synanno_datagen.transforms.files import holds_anything
 
+    if FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
+        return   # an unfinished run's, however many files it left (nothing is listed)
+    if _our_manifest(FileSystems.join(output_dir, MANIFEST)):
+        return   # a run of this tool's (an incremental root's run folder LATEST does not name)
     found = [name for name in sorted(DATASET_ENTRIES)
              if holds_anything(FileSystems.join(output_dir, name))]
-    if MANIFEST in found and _our_manifest(FileSystems.join(output_dir, MANIFEST)):
-        return   # a run of this tool's (an incremental root's run folder LATEST does not name)
-    if found and not FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
+    if found:
         raise ConfigError(f"--output-dir {output_dir} holds {', '.join(found)} but no dataset of "
                           f"this tool (no {MANIFEST} of its own, no unfinished run's "
                           f"{UNFINISHED}); a run "

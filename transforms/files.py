@@ -82,11 +82,12 @@ def move_once(src: str, dst: str, size_bytes: int) -> None:
 
 
 def holds_anything(path: str) -> bool:
-    """Whether a file, or anything under a directory/prefix, is at ``path``."""
+    """Whether a file, or anything under a directory/prefix, is at ``path`` (on gs:// at most
+    one object is listed per pattern, whatever the prefix holds)."""
     if path.startswith("gs://"):
         prefix = path.rstrip("/")
         return any(found.metadata_list
-                   for found in FileSystems.match([prefix, prefix + "/**"]))
+                   for found in FileSystems.match([prefix, prefix + "/**"], limits=[1, 1]))
     return FileSystems.exists(path)
 
 
