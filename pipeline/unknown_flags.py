@@ -89,7 +89,7 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
     Beam's."""
     parser = beam_parser()
     try:
-        _, unknown = parser.parse_known_args(list(beam_args))
+        known, unknown = parser.parse_known_args(list(beam_args))
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a Beam option's own parsing action failed
@@ -106,6 +106,9 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
     if unknown:
         raise ConfigError(f"unexpected argument {unknown[0]!r}: not the value of any flag; "
                           f"{HELP_HINT}")
+    workers = getattr(known, "direct_num_workers", None)
+    if workers is not None and int(workers) < 0:   # Beam's runner fails with an IndexError
+        raise ConfigError(f"--direct_num_workers {workers}: must be 0 (one per core) or more")
 
 
 def runs_on_dataflow(beam_args: Sequence[str]) -> bool:

@@ -486,3 +486,12 @@ def test_a_raw_volume_of_the_wrong_dtype_is_named_as_such_whatever_its_encoding(
     argv[argv.index("--source-url") + 1] = f"file://{source}"
     assert_usage_error(capsys, ["run"] + argv, f"--source-url file://{source}: raw EM must be "
                        "uint8 with one channel, found uint16 x 1")
+
+
+@pytest.mark.parametrize("value", ["-1", "-8"])
+def test_a_negative_direct_num_workers_is_refused_in_one_line(small_data, tmp_path, capsys,
+                                                             value):
+    """Beam takes any int and fails with an IndexError traceback inside the runner."""
+    assert_usage_error(capsys, ["run"] + small_data.argv(tmp_path / "out", "--direct_num_workers",
+                                                         value),
+                       f"--direct_num_workers {value}: must be 0 (one per core) or more")
