@@ -97,12 +97,12 @@ class Config:
         return tuple(self.split_block_size_xyz or self.fetch_block_size())
 
     def source_bounds_in_target(self) -> Optional[Box]:
-        """The target voxels the source volume covers, when that is not every target voxel
-        (None then: no centre needs the check); see table.parse_row."""
+        """The target voxels the source volume covers (see table.parse_row); None when it covers
+        every target voxel, so no centre needs the check. (Volumes that do not overlap are
+        refused before any work.)"""
         covered = target_voxels_inside(self.source.bounds, self.scale_xyz)
-        if covered is not None and covered.intersect(self.target.bounds) == self.target.bounds:
-            return None
-        return covered or Box((0, 0, 0), (0, 0, 0))   # none: refused before any work
+        return None if covered and covered.intersect(self.target.bounds) == self.target.bounds \
+            else covered
 
     @property
     def source_shape_zyx(self) -> Tuple[int, int, int]:
@@ -289,11 +289,12 @@ def from_args(args: argparse.Namespace) -> Config:
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
         lease_hours=args.lease_hours, break_lease=args.break_lease)
-    covered = config.source_bounds_in_target()
-    if covered is not None and covered.intersect(target.bounds) is None:
+    covered = target_voxels_inside(source.bounds, scale)
+    if covered is None or covered.intersect(target.bounds) is None:
         raise ConfigError(f"--source-url {source.url}: covers none of the target volume's voxels "
-                          f"(target {target.bounds.to_list()}, source in target voxels "
-                          f"{covered.to_list()}); check that the two volumes belong together")
+                          f"(target {target.bounds.to_list()}, source {source.bounds.to_list()} "
+                          f"at {list(scale)} source voxels per target voxel); check that the two "
+                          "volumes belong together")
     _check_block_memory(config)
     probes.check_writable(config.output_dir)
     return config

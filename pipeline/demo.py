@@ -1,7 +1,6 @@
 """``synanno-datagen demo``: make the embedded H01-like demo data (cached) and run on it."""
 from __future__ import annotations
 
-import json
 import logging
 from typing import List, Sequence, Tuple
 
@@ -28,20 +27,13 @@ def demo_argv(output_dir: str, cache_dir: str = None) -> List[str]:
 
 
 def _made_from(output_dir: str, table_path: str) -> bool:
-    """Whether ``output_dir`` holds a dataset whose manifest names ``table_path`` as its table."""
-    from apache_beam.io.filesystems import FileSystems
-
+    """Whether ``output_dir`` holds a dataset whose manifest names ``table_path`` as its table
+    (an unreadable one is not known to be the demo's, so not replaced)."""
     from synanno_datagen.layout import MANIFEST, join
+    from synanno_datagen.pipeline.probes import own_manifest
 
-    manifest = join(output_dir, MANIFEST)
-    try:
-        if not FileSystems.exists(manifest):
-            return False
-        with FileSystems.open(manifest) as f:
-            config = json.load(f).get("config") or {}
-    except Exception:  # noqa: BLE001 - unreadable: not known to be the demo's, so not replaced
-        return False
-    return config.get("materialization") == table_path
+    manifest = own_manifest(join(output_dir, MANIFEST))
+    return manifest is not None and manifest["config"].get("materialization") == table_path
 
 
 def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:

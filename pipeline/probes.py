@@ -8,11 +8,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from synanno_datagen.errors import ConfigError, first_line, storage_unavailable, transient
-from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED
+from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED, is_manifest
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
     TENSORSTORE, mip_resolutions, open_reader, read_info,
@@ -51,14 +52,9 @@ def to_output_dir(location: str) -> str:
 
 
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
-    volume("--source-url", url, 0, engine)  # a clear error when the info cannot be read
+    volume("--source-url", url, 0, engine)  # a clear error when the info (any scale) is wrong
     try:
-        resolutions = mip_resolutions(url, engine)
-    except BadInfo as e:
-        raise ConfigError(f"--source-url {url}: {e}; the precomputed format requires it, fix the "
-                          "info file") from None
-    try:
-        return nearest_mip(target.resolution_nm, resolutions)
+        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
     except ValueError as e:
         raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
 
@@ -228,7 +224,7 @@ def check_no_foreign_entries(output_dir: str) -> None:
 
     if FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
         return   # an unfinished run's, however many files it left (nothing is listed)
-    if _our_manifest(FileSystems.join(output_dir, MANIFEST)):
+    if own_manifest(FileSystems.join(output_dir, MANIFEST)) is not None:
         return   # a run of this tool's (an incremental root's run folder LATEST does not name)
     found = [name for name in sorted(DATASET_ENTRIES)
              if holds_anything(FileSystems.join(output_dir, name))]
@@ -240,17 +236,19 @@ def check_no_foreign_entries(output_dir: str) -> None:
                           "--overwrite")
 
 
-def _our_manifest(path: str) -> bool:
-    """Whether ``path`` is a manifest this tool wrote (an object with config, counts, files)."""
+def own_manifest(path: str) -> Optional[dict]:
+    """The manifest at ``path`` if this tool wrote it (layout.is_manifest); None when it is
+    absent, unreadable or another tool's."""
     from apache_beam.io.filesystems import FileSystems
 
     try:
+        if not FileSystems.exists(path):
+            return None
         with FileSystems.open(path) as f:
             manifest = json.load(f)
     except Exception:  # noqa: BLE001 - unreadable: not known to be ours
-        return False
-    return isinstance(manifest, dict) and all(
-        isinstance(manifest.get(k), dict) for k in ("config", "counts", "files"))
+        return None
+    return manifest if is_manifest(manifest) else None
 
 
 def check_incremental_root(root: str) -> None:

@@ -78,11 +78,13 @@ def match_table(pattern: str) -> List[str]:
                           "or Parquet (.parquet) file, or a glob of shards")
     for path in paths:
         local = path[len("file://"):] if path.startswith("file://") else path
-        if "://" not in local and os.path.exists(local) and \
-                not stat.S_ISREG(os.stat(local).st_mode):
+        if "://" in local or not os.path.exists(local):
+            continue
+        found = os.stat(local)
+        if not stat.S_ISREG(found.st_mode):
             raise ConfigError(f"{TABLE_FLAG} {path}: not a regular file (a pipe?); a run reads "
                               "the table more than once: write the table to a file")
-        if "://" not in local and os.path.isfile(local) and os.path.getsize(local) == 0:
+        if found.st_size == 0:
             raise ConfigError(f"{TABLE_FLAG} {path}: empty (0 bytes); check the export")
     return paths
 

@@ -53,6 +53,13 @@ NPY_LAYOUT = {
 }
 
 
+def is_manifest(obj) -> bool:
+    """Whether ``obj`` (parsed JSON) has the shape of a manifest this tool writes: an object with
+    ``config``, ``counts`` and ``files`` objects (another tool's manifest.json has not)."""
+    return isinstance(obj, dict) and all(isinstance(obj.get(k), dict)
+                                         for k in ("config", "counts", "files"))
+
+
 def shard_name(split: str, shard: int, num_shards: int) -> str:
     """``train-00003-of-00016``: a shard's name within its split."""
     return f"{split}-{shard:05d}-of-{num_shards:05d}"

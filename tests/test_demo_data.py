@@ -266,7 +266,8 @@ def test_demo_replaces_only_its_own_earlier_output(tmp_path, capsys, monkeypatch
     earlier_demo = tmp_path / "earlier-demo"
     earlier_demo.mkdir()
     (earlier_demo / "manifest.json").write_text(json.dumps(
-        {"config": {"materialization": data.table_path, "variants": 2}}))
+        {"config": {"materialization": data.table_path, "variants": 2}, "counts": {},
+         "files": {}}))
     assert "--overwrite" in demo_argv(str(earlier_demo), str(cache))
     assert "--overwrite" not in demo_argv(str(mine), str(cache))
     assert "--overwrite" not in demo_argv(str(tmp_path / "new"), str(cache))

@@ -201,8 +201,7 @@ class Dataset:
 def _checked_manifest(path: str, manifest) -> dict:
     """``manifest`` if it has the shape this tool writes (an object with ``config``, ``counts``
     and ``files`` objects), else DatasetError: a manifest.json of another tool."""
-    if not (isinstance(manifest, dict) and all(isinstance(manifest.get(k), dict)
-                                               for k in ("config", "counts", "files"))):
+    if not layout.is_manifest(manifest):
         raise DatasetError(f"{path}: not a manifest of synanno-datagen (no config, counts and "
                            "files); point at a dataset this tool wrote")
     return manifest
