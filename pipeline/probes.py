@@ -199,18 +199,13 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
         raise ConfigError(f"--output-dir {output_dir} is an incremental root ({LATEST}): add "
                           "--incremental to extend it, or choose another directory (a one-off "
                           "dataset there would hide its runs from every reader)")
-    manifest = FileSystems.join(output_dir, MANIFEST)
     if overwrite:
         return
-    if not FileSystems.exists(manifest):
+    previous = own_manifest(FileSystems.join(output_dir, MANIFEST))
+    if previous is None:   # no dataset of ours: nothing else of those names either
         check_no_foreign_entries(output_dir)
         return
-    try:
-        with FileSystems.open(manifest) as f:
-            previous = json.load(f).get("config")
-    except Exception:
-        previous = None
-    if previous != options:
+    if previous["config"] != options:
         raise ConfigError(f"--output-dir {output_dir} holds a dataset made with a different "
                           "config; choose another directory or pass --overwrite")
 

@@ -317,6 +317,21 @@ def test_a_directory_with_a_datasets_names_but_no_dataset_is_refused(small_data,
     assert not (out / "UNFINISHED").exists()
 
 
+@pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "not json"])
+def test_another_tools_manifest_is_a_foreign_entry_not_a_dataset_of_ours(small_data, tmp_path,
+                                                                         capsys, foreign):
+    """A manifest.json this tool did not write was called "a dataset made with a different
+    config" (found by review); it is the user's file, refused as the other names are."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "manifest.json").write_text(foreign)
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"synanno-datagen: error: --output-dir {out} holds manifest.json but "
+                          "no dataset of this tool"), err
+    assert (out / "manifest.json").read_text() == foreign
+
+
 def test_the_run_folder_of_a_new_root_with_a_users_files_is_refused(small_data, tmp_path,
                                                                     capsys):
     root = tmp_path / "root"
