@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError
-from synanno_datagen.pipeline import probes, validate
+from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS, NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
@@ -232,7 +232,7 @@ def settle(config: Config) -> Config:
     directory holds no dataset of another config (unless --overwrite)."""
     if config.incremental_requested:
         return _with_incremental_plan(config)
-    probes.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
+    output_checks.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
     return config
 
 
@@ -277,7 +277,7 @@ def from_args(args: argparse.Namespace) -> Config:
     config = Config(
         materialization=args.materialization, table_shards=table.shards,
         id_column=table.id_column, source=source, target=target, scale_xyz=scale,
-        output_dir=probes.to_output_dir(args.output_dir), num_instances=args.num_instances,
+        output_dir=output_checks.to_output_dir(args.output_dir), num_instances=args.num_instances,
         variants=args.variants, seed_model=SeedModel(max_seed_slices=args.max_seed_slices),
         crop_size_xyz=crop, pad_value=args.pad_value, seed=args.seed, formats=formats,
         splits=splits, shard_size_mb=args.shard_size_mb, overwrite=args.overwrite,
@@ -296,7 +296,7 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
     _check_block_memory(config)
-    probes.check_writable(config.output_dir)
+    output_checks.check_writable(config.output_dir)
     return config
 
 
@@ -335,7 +335,7 @@ def _with_incremental_plan(config: Config) -> Config:
     from synanno_datagen.pipeline.incremental import plan
 
     root = config.output_dir
-    probes.check_incremental_root(root)
+    output_checks.check_incremental_root(root)
     # a root made with another order of these fractions is extended in its order
     orders = {}
 
@@ -351,7 +351,7 @@ def _with_incremental_plan(config: Config) -> Config:
     config = dataclasses.replace(
         config, splits=orders.get(incremental.generation_hash) or config.splits)
     if not config.overwrite:
-        probes.check_no_foreign_entries(incremental.output_dir)
+        output_checks.check_no_foreign_entries(incremental.output_dir)
     grid = None
     if incremental.previous is not None and config.split_by == "block":
         grid = incremental.previous.split_block_size_xyz or dataclasses.replace(

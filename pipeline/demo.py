@@ -30,7 +30,7 @@ def _made_from(output_dir: str, table_path: str) -> bool:
     """Whether ``output_dir`` holds a dataset whose manifest names ``table_path`` as its table
     (an unreadable one is not known to be the demo's, so not replaced)."""
     from synanno_datagen.layout import MANIFEST, join
-    from synanno_datagen.pipeline.probes import own_manifest
+    from synanno_datagen.pipeline.output_checks import own_manifest
 
     manifest = own_manifest(join(output_dir, MANIFEST))
     return manifest is not None and manifest["config"].get("materialization") == table_path

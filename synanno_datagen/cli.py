@@ -147,7 +147,7 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
     quiet = output.quiet
     if command == "demo":
         from synanno_datagen.pipeline.demo import run_demo, views_dir
-        from synanno_datagen.pipeline.probes import check_writable
+        from synanno_datagen.pipeline.output_checks import check_writable
 
         args, beam_args = demo_parser.parse_known_args(argv)
         try:   # before any work, not after the run

@@ -185,7 +185,7 @@ def test_storage_errors_behind_beams_wrapping_are_told_apart():
     from google.api_core.exceptions import RetryError
 
     from synanno_datagen.errors import transient
-    from synanno_datagen.pipeline.probes import _storage_cause
+    from synanno_datagen.pipeline.output_checks import _storage_cause
 
     outage = RetryError("Timeout of 120.0s exceeded", api.ServiceUnavailable("503"))
     assert transient(_storage_cause(outage))
