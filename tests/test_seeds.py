@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,10 @@ def test_inclusion_probabilities_exact_and_estimated_agree(monkeypatch):
     assert np.abs(estimate - exact).max() < 0.02
     again = seeds.seed_inclusion_probabilities(model, 16, range(2, 14), mc_draws=20000)
     np.testing.assert_array_equal(estimate, again)          # deterministic
+
+
+def test_a_seed_model_round_trips_through_its_manifest_entry():
+    model = SeedModel(max_seed_slices=5, count_ratio=0.25, position_sigma_frac=0.5)
+    entry = json.loads(json.dumps(model.to_manifest()))
+    assert SeedModel.from_manifest(entry) == model
+    assert type(SeedModel.from_manifest({**entry, "count_ratio": 1}).count_ratio) is float

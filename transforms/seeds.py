@@ -17,7 +17,7 @@ first unused set in a fixed enumeration order.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -56,6 +56,12 @@ class SeedModel:
             **asdict(self),
         }
 
+    @classmethod
+    def from_manifest(cls, entry: dict) -> "SeedModel":
+        """The model a manifest's ``seed_model`` (to_manifest) describes (each field cast to
+        its default's type)."""
+        return cls(**{f.name: type(f.default)(entry[f.name]) for f in fields(cls)})
+
 
 def generator(run_seed: int, instance_id: int, variant: int) -> np.random.Generator:
     """The only source of randomness for one variant of one instance."""
@@ -80,6 +86,12 @@ def draw_seed_slices(
     return tuple(sorted(chosen))
 
 
+def foreground_slices(target_zyx: np.ndarray) -> np.ndarray:
+    """int64 (k,): sorted z indices where the (z, y, x) mask has foreground, the slices seeds
+    are drawn from (the index lists them as ``foreground_slices``)."""
+    return np.flatnonzero(target_zyx.reshape(target_zyx.shape[0], -1).any(axis=1))
+
+
 def variant_seed_slices(
     target_zyx: np.ndarray, *, run_seed: int, instance_id: int, n_variants: int, model: SeedModel
 ) -> List[Tuple[int, ...]]:
@@ -88,7 +100,7 @@ def variant_seed_slices(
     ``target_zyx`` must have foreground on at least one slice.
     """
     depth = target_zyx.shape[0]
-    foreground_z = np.flatnonzero(target_zyx.reshape(depth, -1).any(axis=1))
+    foreground_z = foreground_slices(target_zyx)
     if foreground_z.size == 0:
         raise ValueError("target has no foreground slice")
     n_possible = _n_subsets(foreground_z.size, model.max_seed_slices)

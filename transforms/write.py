@@ -34,19 +34,13 @@ from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
     DEAD, UNEXPECTED_ERROR, DeadLetter, Varied, WrittenShard, exception_text,
 )
-from synanno_datagen.transforms.seeds import seed_mask
+from synanno_datagen.transforms.seeds import foreground_slices, seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
 
 
 def json_line(obj) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
-
-
-def foreground_slices(target_zyx) -> List[int]:
-    """Sorted z indices where the (z, y, x) mask has foreground: the slices seeds are drawn from."""
-    depth = target_zyx.shape[0]
-    return [int(z) for z in target_zyx.reshape(depth, -1).any(axis=1).nonzero()[0]]
 
 
 def index_entry(varied: Varied) -> dict:
@@ -63,7 +57,7 @@ def index_entry(varied: Varied) -> dict:
         "source_padding_xyz": [list(p) for p in varied.source_padding_xyz],
         "shape_zyx": list(varied.source_zyx.shape),
         "foreground_voxels": int(varied.target_zyx.sum(dtype="int64")),
-        "foreground_slices": foreground_slices(varied.target_zyx),
+        "foreground_slices": foreground_slices(varied.target_zyx).tolist(),
         "seed_slices": [list(s) for s in varied.seed_slices],
         "filled_chunks": {v: varied.filled_chunks.get(v, 0) for v in ("source", "target")},
         "table_shard": inst.ref.shard, "table_row": inst.ref.row,

@@ -20,13 +20,6 @@ REDRAW_NOTE = ("expected: the declared law for each variant; variants after the 
                "redrawn if they repeat an earlier one, which favours more slices")
 
 
-def seed_model_from_manifest(manifest: dict) -> SeedModel:
-    m = manifest["seed_model"]
-    return SeedModel(max_seed_slices=int(m["max_seed_slices"]),
-                     count_ratio=float(m["count_ratio"]),
-                     position_sigma_frac=float(m["position_sigma_frac"]))
-
-
 def depth_of(manifest: dict) -> int:
     """Crop depth in slices (z of the arrays' shape)."""
     return int(manifest["arrays"]["shape_zyx"][0])
@@ -119,7 +112,7 @@ def consistency_problems(manifest: dict, entries: List[dict], letters: List[dict
 def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
                   location: str) -> dict:
     """Everything ``inspect`` reports, JSON-ready."""
-    model = seed_model_from_manifest(manifest)
+    model = SeedModel.from_manifest(manifest["seed_model"])
     depth = depth_of(manifest)
     config = manifest["config"]
     volumes = manifest["volumes"]
