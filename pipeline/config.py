@@ -14,21 +14,22 @@ import argparse
 import dataclasses
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
-from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS, NEAREST, run_flags, run_parser
+from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
 from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
-from synanno_datagen.pipeline.validate import DEFAULT_MISSING_CHUNKS, DEFAULT_SPLITS, FORMATS
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
-from synanno_datagen.transforms.readers import TENSORSTORE
+from synanno_datagen.transforms.readers import GROUPED
 from synanno_datagen.transforms.seeds import SeedModel
-from synanno_datagen.transforms.volumes import VolumeSpec, block_bytes, default_block_size
+from synanno_datagen.transforms.volumes import (
+    DEFAULT_MISSING_CHUNKS, VolumeSpec, block_bytes, default_block_size,
+)
 
 
 @dataclass(frozen=True)
@@ -42,39 +43,40 @@ class Config:
     target: VolumeSpec
     scale_xyz: Tuple[int, int, int]
     output_dir: str
-    num_instances: Optional[int] = None
-    variants: int = 4
-    seed_model: SeedModel = field(default_factory=SeedModel)
-    crop_size_xyz: Tuple[int, int, int] = (128, 128, 16)
-    pad_value: int = 148
-    seed: int = 0
-    formats: Tuple[str, ...] = FORMATS
-    splits: Tuple[Tuple[str, float], ...] = DEFAULT_SPLITS
-    shard_size_mb: float = 256.0
-    overwrite: bool = False
-    incremental: Optional[IncrementalPlan] = None  # run number, what it extends
-    fetch_strategy: str = "grouped"
-    block_size_xyz: Optional[Tuple[int, int, int]] = None  # None: chosen from chunks and memory
-    fetch_memory_mb: int = 1024
-    missing_chunks: Tuple[str, str] = DEFAULT_MISSING_CHUNKS  # (source, target): error or zero
-    volume_reader: str = TENSORSTORE
-    table_format: str = "csv"
-    points: TableLayout = field(default_factory=TableLayout)  # point columns, units -> voxels
-    center_column: Optional[str] = None  # the column flags as given (None: the default)
-    pre_column: Optional[str] = None
-    post_column: Optional[str] = None
-    coordinate_resolution_nm: Optional[Tuple[float, float, float]] = None  # None: the target's
-    record_layout: str = "instance"   # or "variant"
-    split_by: str = "block"           # or "instance"
-    # The grid of block splits when extending a dataset: its own (None: this run's work blocks).
-    split_block_size_xyz: Optional[Tuple[int, int, int]] = None
-    compression: str = "none"         # or "gzip"
+    num_instances: Optional[int]
+    variants: int
+    seed_model: SeedModel
+    crop_size_xyz: Tuple[int, int, int]
+    pad_value: int
+    seed: int
+    formats: Tuple[str, ...]
+    splits: Tuple[Tuple[str, float], ...]
+    shard_size_mb: float
+    overwrite: bool
+    fetch_strategy: str                     # readers.FETCH_STRATEGIES
+    block_size_xyz: Optional[Tuple[int, int, int]]  # None: chosen from chunks and memory
+    fetch_memory_mb: int
+    missing_chunks: Tuple[str, str]         # (source, target): error or zero
+    volume_reader: str                      # readers.ENGINES
+    table_format: str
+    points: TableLayout                     # point columns, units -> voxels
+    center_column: Optional[str]            # the column flags as given (None: the default)
+    pre_column: Optional[str]
+    post_column: Optional[str]
+    coordinate_resolution_nm: Optional[Tuple[float, float, float]]  # None: the target's
+    record_layout: str                      # layout.RECORD_LAYOUTS
+    split_by: str                           # layout.SPLIT_BY
+    compression: str                        # layout.COMPRESSIONS
     # How the run treats its output directory (not in the manifest's config: they do not change
     # what a run writes; an incremental run's manifest says whether it retried failures).
-    incremental_requested: bool = False
-    retry_failed: bool = False
-    lease_hours: float = DEFAULT_LEASE_HOURS
-    break_lease: bool = False
+    incremental_requested: bool
+    retry_failed: bool
+    lease_hours: float
+    break_lease: bool
+    # Settled after the checks (settle, run):
+    incremental: Optional[IncrementalPlan] = None  # run number, what it extends
+    # The grid of block splits when extending a dataset: its own (None: this run's work blocks).
+    split_block_size_xyz: Optional[Tuple[int, int, int]] = None
     lease: Optional[Any] = None  # pipeline.lease.Lease once run() holds it
 
     def generation(self) -> dict:
@@ -303,7 +305,7 @@ def from_args(args: argparse.Namespace) -> Config:
 def _check_block_memory(config: Config) -> None:
     """Grouped fetching holds about one work block's voxels at once: an explicit --block-size
     must fit where the default one is made to fit, a quarter of --fetch-memory-mb."""
-    if config.block_size_xyz is None or config.fetch_strategy != "grouped":
+    if config.block_size_xyz is None or config.fetch_strategy != GROUPED:
         return
     need = block_bytes(config.block_size_xyz, config.scale_xyz, config.target.dtype)
     if need > (int(config.fetch_memory_mb) << 20) // 4:

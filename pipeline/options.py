@@ -6,7 +6,9 @@ import argparse
 from typing import List
 
 from synanno_datagen.errors import ConfigError
-from synanno_datagen.transforms.readers import ENGINES, TENSORSTORE
+from synanno_datagen.layout import COMPRESSIONS, RECORD_LAYOUTS, SPLIT_BY
+from synanno_datagen.transforms.readers import ENGINES, FETCH_STRATEGIES, GROUPED, TENSORSTORE
+from synanno_datagen.transforms.volumes import DEFAULT_MISSING_CHUNKS
 
 NEAREST = "nearest"
 DEFAULT_LEASE_HOURS = 20.0  # pipeline/lease.py
@@ -77,20 +79,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
     flag("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
          help="nm per table unit, per axis (default: the target volume's "
          "resolution, i.e. target voxels)")
-    flag("--record-layout", choices=("instance", "variant"), default="instance",
+    flag("--record-layout", choices=RECORD_LAYOUTS, default="instance",
          help="instance: one record per instance (source, target, every variant's seed slices; "
          "default); variant: one record per variant with its seed mask")
-    flag("--split-by", choices=("block", "instance"), default="block",
+    flag("--split-by", choices=SPLIT_BY, default="block",
          help="block: all instances of a work block in one split, so splits are spatially apart "
          "(default); instance: each instance's split drawn on its own")
-    flag("--compression", choices=("none", "gzip"), default="none",
+    flag("--compression", choices=COMPRESSIONS, default="none",
          help="TFRecord shards: none, or gzip (TFRecord's GZIP framing, .tfrecord.gz)")
     flag("--shard-size-mb", type=float, default=256.0,
          help="approximate TFRecord shard size (default 256)")
     flag("--overwrite", action="store_true",
          help="replace a dataset made with a different config in --output-dir")
-    flag("--fetch-strategy", choices=("grouped", "per-instance"),
-         default="grouped", help="grouped: fetch by spatial block, each shared "
+    flag("--fetch-strategy", choices=FETCH_STRATEGIES,
+         default=GROUPED, help="grouped: fetch by spatial block, each shared "
          "chunk read once (default); per-instance: one cutout per instance")
     flag("--block-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
          help="grouped work block in target voxels (default: from the chunk "
@@ -99,11 +101,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="decoded-chunk cache for grouped fetching: one per worker process with "
          "tensorstore (shared by its threads), one per fetching thread with cloud-volume "
          "(default 1024)")
-    flag("--missing-chunks", default="source=error,target=zero", metavar="MODE",
+    missing = ",".join(f"{volume}={mode}" for volume, mode in
+                       zip(("source", "target"), DEFAULT_MISSING_CHUNKS))
+    flag("--missing-chunks", default=missing, metavar="MODE",
          help="a chunk absent from storage: 'error' dead-letters the instance "
          "(missing_chunks), 'zero' reads it as zeros and counts it; 'error', "
-         "'zero' or per volume (default source=error,target=zero: absent label "
-         "chunks are background)")
+         f"'zero' or per volume (default {missing}: absent label chunks are background)")
     flag("--volume-reader", choices=ENGINES, default=TENSORSTORE,
          help="engine that reads the volumes (default tensorstore; the output "
          "is the same with either)")

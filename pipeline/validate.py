@@ -8,13 +8,10 @@ from typing import Tuple
 
 from synanno_datagen.errors import ConfigError
 from synanno_datagen.pipeline.options import NEAREST
-from synanno_datagen.transforms.volumes import MISSING_CHUNK_MODES
+from synanno_datagen.transforms.volumes import DEFAULT_MISSING_CHUNKS, MISSING_CHUNK_MODES
 
 FORMATS = ("tfrecord", "npy")
 DEFAULT_SPLITS = (("train", 1.0),)
-# An absent chunk of the labels is background (tensorstore and igneous store no all-zero chunk);
-# an absent chunk of the raw EM is missing data.
-DEFAULT_MISSING_CHUNKS = ("error", "zero")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 

@@ -65,7 +65,10 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
     return f"{split}-{shard:05d}-of-{num_shards:05d}"
 
 
-COMPRESSIONS = ("none", "gzip")
+# The choices that shape a dataset (run flags; the manifest records each).
+RECORD_LAYOUTS = ("instance", "variant")   # --record-layout: a record per instance or variant
+SPLIT_BY = ("block", "instance")           # --split-by: splits by work block or by instance
+COMPRESSIONS = ("none", "gzip")            # --compression of TFRecord shards
 
 
 def tfrecord_suffix(compression: str = "none") -> str:
@@ -133,7 +136,7 @@ def join(base: str, *relative: str) -> str:
     return posixpath.join(base, *relative)
 
 
-def index_npy_base(manifest: dict, index_file: dict) -> str:
+def index_npy_base(index_file: dict) -> str:
     """The directory (relative to the root) that one index shard's npy paths are relative to."""
     return run_dir(index_file["run"]) if "run" in index_file else ""
 

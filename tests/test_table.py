@@ -2,7 +2,8 @@ import pytest
 
 from synanno_datagen.transforms.geometry import Box
 from synanno_datagen.transforms.records import RowRef
-from synanno_datagen.transforms.table import BadValue, parse_coordinate, parse_id, parse_row
+from synanno_datagen.transforms.points import PointColumns, parse_point
+from synanno_datagen.transforms.table import BadValue, parse_id, parse_row
 
 BOUNDS = Box((100, 200, 10), (164, 264, 22))
 
@@ -51,9 +52,8 @@ def test_bad_rows_name_their_reason(overrides, reason):
 
 
 def test_number_parsing():
-    assert parse_coordinate({"x": " 46.0 "}, "x") == 46
-    assert parse_coordinate({"x": "46.7"}, "x") == 46
-    assert parse_coordinate({"x": "-0.5"}, "x") == -1
+    xyz = PointColumns(("x", "y", "z"))
+    assert parse_point({"x": " 46.0 ", "y": "46.7", "z": "-0.5"}, xyz) == (46, 46, -1)
     assert parse_id("12.0") == 12 and parse_id("-3") == -3
     assert parse_id("9007199254740991.0") == 2**53 - 1 and parse_id(str(2**62)) == 2**62
 

@@ -20,11 +20,6 @@ def failure_to_dead_letters(failure, reason: str, stage: str,
             for i in sorted(instances_of(element), key=lambda i: i.instance_id)]
 
 
-def of_instance(instance: Instance) -> List[Instance]:
-    """``instances_of`` for a stage whose elements are Instances."""
-    return [instance]
-
-
 def of_crop(crop) -> List[Instance]:
     """``instances_of`` for a stage whose elements are Crops (Fetched, Cleaned, Varied)."""
     return [crop.instance]

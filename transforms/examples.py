@@ -58,7 +58,6 @@ def example_pb2():
     return messages()
 
 
-RECORD_LAYOUTS = ("instance", "variant")
 VARIANT_ONLY = ("seed_target", "variant")            # features of the variant layout only
 INSTANCE_FEATURES: List[dict] = [
     {"name": "seed_slices", "kind": "int64", "dtype": "int64", "shape": [-1], "axes": "z",
@@ -70,8 +69,7 @@ INSTANCE_FEATURES: List[dict] = [
 ]
 
 
-def features(point_features: Sequence[str] = OPTIONAL_POINT_FEATURES,
-             layout: str = "variant") -> List[dict]:
+def features(point_features: Sequence[str], layout: str) -> List[dict]:
     """The features records carry: FEATURES of ``layout`` without the optional points the table
     lacks (``point_features``: those it has)."""
     kept = [f for f in FEATURES

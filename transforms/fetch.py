@@ -12,12 +12,14 @@ from apache_beam.metrics import Metrics
 from synanno_datagen.transforms.blocks import BlockReader
 from synanno_datagen.transforms.counts import SumByKey
 from synanno_datagen.transforms.geometry import Box, crop_box, padding, scale_box
-from synanno_datagen.transforms.readers import CLOUDVOLUME, TENSORSTORE, open_reader
+from synanno_datagen.transforms.readers import CLOUDVOLUME, GROUPED, TENSORSTORE, open_reader
 from synanno_datagen.transforms.records import (
     DEAD, FETCH_ERROR, MISSING_CHUNKS, DeadLetter, Fetched, Instance, exception_text,
 )
 from synanno_datagen.transforms.shards import group_members
-from synanno_datagen.transforms.volumes import MissingChunks, VolumeSpec, chunk_names
+from synanno_datagen.transforms.volumes import (
+    DEFAULT_MISSING_CHUNKS, MissingChunks, VolumeSpec, chunk_names,
+)
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,10 @@ class FetchConfig:
     crop_size_xyz: Tuple[int, int, int]
     scale_xyz: Tuple[int, int, int]
     pad_value: int
-    strategy: str = "grouped"                        # or "per-instance"
+    strategy: str                                    # readers.FETCH_STRATEGIES
     block_size_xyz: Tuple[int, int, int] = (0, 0, 0)  # target voxels: what shard groups hold
     memory_bytes: int = 1 << 30                      # decoded-chunk cache per worker; grouped only
-    missing_chunks: Tuple[str, str] = ("error", "zero")  # (source, target): "error" or "zero"
+    missing_chunks: Tuple[str, str] = DEFAULT_MISSING_CHUNKS  # (source, target): error or zero
     engine: str = TENSORSTORE                        # or "cloudvolume"
     run_token: str = ""  # readers of one run (and process) share a chunk cache (tensorstore)
 
@@ -69,7 +71,7 @@ class _FetchFn(beam.DoFn):
 
     def setup(self):
         config = self._config
-        budget = config.memory_bytes if config.strategy == "grouped" else 0
+        budget = config.memory_bytes if config.strategy == GROUPED else 0
         source_budget = target_budget = budget  # tensorstore: one cache per process, shared
         if config.engine == CLOUDVOLUME:        # cloud-volume: one LRU per volume, split
             source_share = math.prod(config.scale_xyz)
@@ -161,7 +163,7 @@ class FetchShardFn(_FetchFn):
         try:
             for _, block in group_members(members, config.target.voxel_offset_xyz,
                                           config.block_size_xyz):
-                if config.strategy == "grouped":
+                if config.strategy == GROUPED:
                     yield from self._fetch_members(block, done)
                 else:
                     for instance in block:

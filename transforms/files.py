@@ -10,7 +10,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 _RAW = CompressionTypes.UNCOMPRESSED
-COPY_CHUNK_BYTES = 8 << 20
 
 
 def join(*parts: str) -> str:
@@ -102,16 +101,6 @@ def delete_tree(path: str) -> None:
         return
     if FileSystems.exists(path):
         FileSystems.delete([path])
-
-
-def read_chunks(path: str) -> Iterable[bytes]:
-    """The file's bytes in chunks of COPY_CHUNK_BYTES."""
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        while True:
-            chunk = f.read(COPY_CHUNK_BYTES)
-            if not chunk:
-                return
-            yield chunk
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -32,6 +32,9 @@ from synanno_datagen.transforms.volumes import VolumeSpec, chunk_id, chunk_names
 
 TENSORSTORE, CLOUDVOLUME = "tensorstore", "cloudvolume"
 ENGINES = (TENSORSTORE, CLOUDVOLUME)
+# --fetch-strategy: a worker's crops read by spatial block (each chunk once) or one by one
+GROUPED, PER_INSTANCE = "grouped", "per-instance"
+FETCH_STRATEGIES = (GROUPED, PER_INSTANCE)
 
 
 class ChunkMissing(LookupError):

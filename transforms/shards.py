@@ -21,7 +21,6 @@ import apache_beam as beam
 from synanno_datagen.transforms.records import Instance
 from synanno_datagen.transforms.select import assign_split, pick_split, stable_hash
 
-SPLIT_BY = ("block", "instance")
 Block = Tuple[int, int, int]
 
 

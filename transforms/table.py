@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from synanno_datagen.transforms.geometry import Box
 from synanno_datagen.transforms.points import (
-    BadValue, TableLayout, number_from_text, parse_number, parse_point, to_voxel,
+    BadValue, TableLayout, number_from_text, parse_point,
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
@@ -19,11 +19,6 @@ from synanno_datagen.transforms.table_formats import iter_rows
 TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID)
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
-
-
-def parse_coordinate(row: dict, column: str) -> int:
-    """Voxel coordinate from a cell: ``46``, ``46.0`` and ``46.7`` (floored) are accepted."""
-    return to_voxel(parse_number(row.get(column), f"column {column!r}"), 1)
 
 
 def parse_id(text: Optional[str]) -> int:

@@ -139,6 +139,9 @@ def block_bytes(block_xyz, scale_xyz, target_dtype) -> int:
 
 
 MISSING_CHUNK_MODES = ("error", "zero")
+# (source, target): an absent chunk of the labels is background (tensorstore and igneous store
+# no all-zero chunk); an absent chunk of the raw EM is missing data.
+DEFAULT_MISSING_CHUNKS = ("error", "zero")
 
 
 class MissingChunks(LookupError):

@@ -182,7 +182,7 @@ class Dataset:
                                f"{','.join(self.formats)}); read its TFRecord shards")
         items = []
         for index_file, lines in self.index_shards(split):
-            base = layout.index_npy_base(self.manifest, index_file)
+            base = layout.index_npy_base(index_file)
             for entry in lines:
                 npy = entry["npy"]
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from synanno_datagen.errors import DatasetError, first_line
 
-ARRAYS = ("source", "target", "seed_target")
 SCALARS = ("instance_id", "variant")
 # What a training sample needs, in either record layout.
 SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", "seed_slices",
