@@ -520,3 +520,11 @@ def test_a_run_that_writes_no_instance_writes_no_shard(small_data, tmp_path):
     assert manifest["files"]["tfrecord"] == manifest["files"]["index"] == []
     assert not list((tmp_path / "out").glob("tfrecord/*")) and \
         not list((tmp_path / "out").glob("index/*"))
+
+
+def test_a_dead_letters_details_are_the_exceptions_type_and_message_cut_to_a_limit():
+    from synanno_datagen.transforms.records import DETAILS_LIMIT, exception_text
+
+    assert exception_text(ValueError, repr(ValueError("bad 'x'"))) == "ValueError: bad 'x'"
+    long = exception_text(OSError, repr(OSError("y" * 5000)))
+    assert long == ("OSError: " + "y" * 5000)[:DETAILS_LIMIT] and DETAILS_LIMIT == 2000

@@ -15,7 +15,7 @@ def failure_to_dead_letters(failure, reason: str, stage: str,
     """Beam's (element, (type, repr, traceback)) -> one DeadLetter per instance the element
     holds (``instances_of`` knows the stage's element type), arrays dropped."""
     element, (exc_type, exc_repr, _) = failure
-    details = exception_text(exc_type, exc_repr)[:2000]
+    details = exception_text(exc_type, exc_repr)
     return [DeadLetter.for_instance(i, reason, details, stage)
             for i in sorted(instances_of(element), key=lambda i: i.instance_id)]
 

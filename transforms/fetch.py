@@ -129,7 +129,7 @@ class _FetchFn(beam.DoFn):
         """The ``fetch_error`` DeadLetter of ``instance`` (tagged DEAD), counted."""
         self._errors.inc()
         return beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-            instance, FETCH_ERROR, exception_text(type(error), repr(error))[:2000],
+            instance, FETCH_ERROR, exception_text(type(error), repr(error)),
             "FetchSubvolumes"))
 
     def _take_reads(self):

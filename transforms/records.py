@@ -141,8 +141,12 @@ class WrittenShard:
     entries: Tuple[Dict, ...]
 
 
+DETAILS_LIMIT = 2000   # characters of a dead letter's details
+
+
 def exception_text(exc_type: type, exc_repr: str) -> str:
-    """``"Type: message"`` from Beam's ``repr(exception)`` (``"Type('message')"``)."""
+    """``"Type: message"`` from Beam's ``repr(exception)`` (``"Type('message')"``), at most
+    DETAILS_LIMIT characters: a dead letter's details."""
     name = exc_type.__name__
     message = exc_repr
     if exc_repr.startswith(name + "(") and exc_repr.endswith(")"):
@@ -151,4 +155,4 @@ def exception_text(exc_type: type, exc_repr: str) -> str:
         except (ValueError, SyntaxError):
             message = exc_repr[len(name) + 1:-1]
         message = message if isinstance(message, str) else repr(message)
-    return f"{name}: {message}"
+    return f"{name}: {message}"[:DETAILS_LIMIT]

@@ -155,7 +155,7 @@ class WriteShardsFn(beam.DoFn):
             npy = self._npy_files(varied) if NPY in self._formats else None
         except Exception as e:  # noqa: BLE001 - a dead letter for this instance
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-                inst, UNEXPECTED_ERROR, exception_text(type(e), repr(e))[:2000], "WriteShards"))
+                inst, UNEXPECTED_ERROR, exception_text(type(e), repr(e)), "WriteShards"))
             return
         # Storage from here on: bytes written cannot be taken back, so a failure fails the
         # bundle, which a runner retries from the start (its files written again), rather
