@@ -99,9 +99,25 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     if previous is None:   # no dataset of ours: nothing else of those names either
         check_no_foreign_entries(output_dir)
         return
-    if previous["config"] != options:
+    changed = config_changes(previous["config"], options)
+    if changed:
         raise ConfigError(f"--output-dir {output_dir} holds a dataset made with a different "
-                          "config; choose another directory or pass --overwrite")
+                          f"config ({changed}); choose another directory or pass --overwrite")
+
+
+def config_changes(then: dict, now: dict, shown: int = 3) -> str:
+    """The options (manifest ``config`` keys) whose values differ, as ``key: THEN then, NOW
+    now``; empty when none does. ``output_dir`` is where a dataset was made, not an option: a
+    dataset moved elsewhere is rerun there."""
+    keys = sorted(k for k in then.keys() | now.keys()
+                  if k != "output_dir" and then.get(k) != now.get(k))
+    text = "; ".join(f"{k}: {_shown(then.get(k))} then, {_shown(now.get(k))} now"
+                     for k in keys[:shown])
+    return text + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _shown(value) -> str:
+    return json.dumps(value)[:80]
 
 
 def check_no_foreign_entries(output_dir: str) -> None:

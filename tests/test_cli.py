@@ -158,13 +158,24 @@ def test_output_dir_with_another_config_needs_overwrite(small_data, tmp_path, ca
     out = tmp_path / "out"
     assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
     capsys.readouterr()
-    _fails(capsys, ["run"] + small_data.argv(out, "--variants", "2"), "different config",
-           "--overwrite")
+    _fails(capsys, ["run"] + small_data.argv(out, "--variants", "2"), "different config "
+           "(variants: 1 then, 2 now)", "--overwrite")
     assert main(["run"] + small_data.argv(out, "--variants", "2", "--overwrite")) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["variants_written"] == 10
     # the old run's files are gone: two seed files per instance, not more
     assert len(list((out / "npy" / "target").iterdir())) == 10
+
+
+def test_a_dataset_moved_elsewhere_is_rerun_there_with_the_same_options(small_data, tmp_path):
+    """The manifest's output_dir is where the dataset was made; a rerun of the same options in
+    the folder it was moved to replaces it (found by review: it was refused as "a different
+    config", naming nothing)."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    assert main(["run"] + small_data.argv(first, "--variants", "1")) == 0
+    first.rename(moved)
+    assert main(["run"] + small_data.argv(moved, "--variants", "1")) == 0
+    assert json.loads((moved / "manifest.json").read_text())["config"]["output_dir"] == str(moved)
 
 
 @pytest.mark.parametrize("flag", ["--source-url", "--target-url"])
