@@ -25,8 +25,9 @@ nothing parses a path back into its parts (the manifest lists split, shard and r
 """
 from __future__ import annotations
 
+import json
 import posixpath
-from typing import Dict, List
+from typing import Dict, Iterable, Iterator, List
 
 MANIFEST = "manifest.json"
 DEAD_LETTER = "dead_letter.jsonl"
@@ -51,6 +52,19 @@ NPY_LAYOUT = {
     "target": "npy/gt/target_{instance_id}.npy",
     "seed_target": "npy/target/augmented_target_{instance_id}_{variant}.npy",
 }
+
+
+def json_line(obj) -> bytes:
+    """One line of the JSON-lines files a run writes (index, dead letters, remembered
+    failures): compact, keys sorted, UTF-8."""
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def json_lines(lines: Iterable) -> Iterator[dict]:
+    """The objects of a JSON-lines file's lines (bytes or text); blank lines are skipped."""
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
 
 
 def is_manifest(obj) -> bool:

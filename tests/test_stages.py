@@ -421,7 +421,7 @@ def test_the_dead_letter_file_is_merged_from_sorted_runs_in_the_order_of_the_sor
     holds them all); the file is what sorting every (sort key, line) in one place gave, also
     when runs are merged in several passes."""
     from synanno_datagen.transforms.dead_letter_file import WriteDeadLetterFile, sortable_line
-    from synanno_datagen.transforms.write import json_line
+    from synanno_datagen.layout import json_line
 
     letters = _dead_letters()
     expected = b"".join(line for _, line in sorted(

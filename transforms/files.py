@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Iterable, Tuple
+from typing import Iterable, Iterator, Tuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from synanno_datagen.layout import json_lines
 
 _RAW = CompressionTypes.UNCOMPRESSED
 
@@ -101,6 +103,12 @@ def delete_tree(path: str) -> None:
         return
     if FileSystems.exists(path):
         FileSystems.delete([path])
+
+
+def read_jsonl(path: str) -> Iterator[dict]:
+    """The objects of the JSON-lines file at ``path`` (layout.json_lines)."""
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        yield from json_lines(f)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

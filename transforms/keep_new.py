@@ -1,20 +1,16 @@
 """KeepNewInstances: an incremental run keeps only the instances earlier runs do not hold."""
 from __future__ import annotations
 
-import json
 from typing import Iterable, List
 
 import apache_beam as beam
 
+from synanno_datagen.transforms.files import read_jsonl
+
 
 def read_index_ids(path: str) -> Iterable[int]:
     """The instance ids of one index shard (one JSON line per instance)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        for line in f:
-            if line.strip():
-                yield int(json.loads(line)["instance_id"])
+    return (int(entry["instance_id"]) for entry in read_jsonl(path))
 
 
 class KeepNewInstances(beam.PTransform):

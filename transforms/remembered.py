@@ -25,8 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsList
 
-from synanno_datagen.layout import REMEMBERED_FAILURES
-from synanno_datagen.transforms.files import before_commit, join, write_atomic
+from synanno_datagen.layout import REMEMBERED_FAILURES, json_line
+from synanno_datagen.transforms.files import before_commit, join, read_jsonl, write_atomic
 from synanno_datagen.transforms.records import DEAD, EMPTY_TARGET, MISSING_CHUNKS, DeadLetter
 from synanno_datagen.transforms.table import TABLE_REASONS
 
@@ -61,22 +61,12 @@ def new_entry(letter: DeadLetter, run: int,
             "instance_id": letter.instance_id, "first_run": run}
 
 
-def read_entries(path: str) -> Iterable[dict]:
-    """The entries of one memory file (one JSON object per line)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def keyed_memory(pipeline, path: str, prefix: str, value=lambda entry: entry):
     """The entries of the memory file at ``path`` as (key, ``value(entry)``) pairs, read in the
     pipeline (steps named ``prefix``...), for a side input."""
     return (pipeline
             | f"{prefix}File" >> beam.Create([path])
-            | f"{prefix}Entries" >> beam.FlatMap(read_entries)
+            | f"{prefix}Entries" >> beam.FlatMap(read_jsonl)
             | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), value(e))))
 
 
@@ -159,10 +149,9 @@ class WriteMemoryFn(beam.DoFn):
     def process(self, letters, remembered, first_runs=None):
         lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns,
                              first_runs)
-        data = (json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
         before_commit(self._keepalive)
         size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
-                                 (d.encode("utf-8") for d in data))
+                                 (json_line(e) for e in lines))
         yield {"path": REMEMBERED_FAILURES, "records": len(lines), "bytes": size, "sha256": sha,
                "remembered": count_by_reason(list(remembered))}
 

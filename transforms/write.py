@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -23,7 +22,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from synanno_datagen.layout import group_tfrecord_path, index_path, npy_paths, tfrecord_path
+from synanno_datagen.layout import (
+    group_tfrecord_path, index_path, json_line, npy_paths, tfrecord_path,
+)
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
@@ -37,10 +38,6 @@ from synanno_datagen.transforms.records import (
 from synanno_datagen.transforms.seeds import foreground_slices, seed_mask
 
 TFRECORD, NPY = "tfrecord", "npy"
-
-
-def json_line(obj) -> bytes:
-    return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def index_entry(varied: Varied) -> dict:

@@ -102,9 +102,7 @@ class Dataset:
         path = self.path(relative)
         try:
             with self.open(relative) as f:
-                for line in f:
-                    if line.strip():
-                        yield json.loads(line)
+                yield from layout.json_lines(f)
         except (OSError, ValueError) as e:
             raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
 
