@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from synanno_datagen import GENERATOR_NAME, __version__
 from synanno_datagen.layout import (
     DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, latest_pointer,
+    tf_compression_type,
 )
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.transforms.examples import features
@@ -45,7 +46,7 @@ RECORDS = {  # how a layout's records hold the variants (the manifest's "records
 def records_section(config: Config) -> dict:
     """The record layout, the shards' framing and what a record holds."""
     return {"layout": config.record_layout, "compression": config.compression,
-            "tfrecord_compression_type": "GZIP" if config.compression == "gzip" else "",
+            "tfrecord_compression_type": tf_compression_type(config.compression),
             "variants_per_instance": config.variants, "holds": RECORDS[config.record_layout],
             "order": "in a shard: by work block, then instance id (then variant)",
             "split_by": config.split_by,

@@ -74,6 +74,22 @@ def is_manifest(obj) -> bool:
                                          for k in ("config", "counts", "files"))
 
 
+# The records of a manifest without a "records" section (written before record layouts).
+LEGACY_RECORDS = {"layout": "variant", "compression": "none"}
+
+
+def tf_compression_type(compression: str) -> str:
+    """tf.data's ``compression_type`` for TFRecord shards of ``--compression``."""
+    return {"none": "", "gzip": "GZIP"}[compression]
+
+
+def records_info(manifest: dict) -> dict:
+    """The manifest's ``records`` section (layout, compression, tfrecord_compression_type),
+    with LEGACY_RECORDS' values where it lacks them."""
+    info = {**LEGACY_RECORDS, **manifest.get("records", {})}
+    return {**info, "tfrecord_compression_type": tf_compression_type(info["compression"])}
+
+
 def shard_name(split: str, shard: int, num_shards: int) -> str:
     """``train-00003-of-00016``: a shard's name within its split."""
     return f"{split}-{shard:05d}-of-{num_shards:05d}"

@@ -556,3 +556,12 @@ def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_pat
     broken[2] ^= 0xFF            # the first record's length
     with pytest.raises(ValueError, match="length fails its CRC"):
         skip_serialized(io.BytesIO(bytes(broken)), 1)
+
+
+def test_records_info_reads_a_manifest_from_before_record_layouts_as_variant_records():
+    from synanno_datagen.layout import records_info
+
+    assert records_info({}) == {"layout": "variant", "compression": "none",
+                                "tfrecord_compression_type": ""}
+    assert records_info({"records": {"layout": "instance", "compression": "gzip"}}) == {
+        "layout": "instance", "compression": "gzip", "tfrecord_compression_type": "GZIP"}

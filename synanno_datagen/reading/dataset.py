@@ -95,8 +95,8 @@ class Dataset:
     @property
     def variants_per_record(self) -> int:
         """Samples in one record: every variant (instance layout) or one (variant layout)."""
-        records = self.manifest.get("records", {"layout": "variant"})
-        return self.manifest["config"]["variants"] if records["layout"] == "instance" else 1
+        instance_records = layout.records_info(self.manifest)["layout"] == "instance"
+        return self.manifest["config"]["variants"] if instance_records else 1
 
     def read_jsonl(self, relative: str) -> Iterator[dict]:
         path = self.path(relative)

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from synanno_datagen import layout
 from synanno_datagen.reading.dataset import open_dataset
 
 
@@ -127,7 +128,7 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
 
     dataset = open_dataset(dataset_dir)
     manifest = dataset.manifest
-    records_info = manifest.get("records", {"layout": "variant", "compression": "none"})
+    records_info = layout.records_info(manifest)
     spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
     files = [dataset.path(f["path"])
@@ -161,8 +162,8 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
         return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
             lambda seed, v: sample(source, seed, target, f["instance_id"], v))
 
-    compression = "GZIP" if records_info.get("compression") == "gzip" else ""
-    records = tf.data.TFRecordDataset(files, compression_type=compression,
+    records = tf.data.TFRecordDataset(files,
+                                      compression_type=records_info["tfrecord_compression_type"],
                                       num_parallel_reads=num_parallel_reads)
     if records_info["layout"] == "instance":
         return records.flat_map(every_variant)
