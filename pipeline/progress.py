@@ -11,8 +11,9 @@ import threading
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
+from synanno_datagen.pipeline.run import DIRECT_RUNNERS
+
 DEFAULT_INTERVAL_S = 5.0
-IN_PROCESS_RUNNERS = ("direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner")
 
 
 def progress_line(counts: dict, elapsed_s: float) -> str:
@@ -30,7 +31,7 @@ def runs_in_process(beam_args: Sequence[str]) -> bool:
     parser.add_argument("--runner", default="DirectRunner")
     parser.add_argument("--direct_running_mode", default="in_memory")
     args, _ = parser.parse_known_args(list(beam_args))
-    return (args.runner.lower() in IN_PROCESS_RUNNERS
+    return (args.runner.lower() in DIRECT_RUNNERS
             and args.direct_running_mode != "multi_processing")
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-# Runners whose work lives and dies with this process (and its children).
-LOCAL_RUNNERS = ("direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner",
-                 "prism", "prismrunner")
+# Runners whose work lives and dies with this process (and its children), by --runner's name
+# in lower case: the DirectRunners (bundles in this process or its worker processes) and Prism
+# (bundles in a runner process this one starts).
+DIRECT_RUNNERS = ("direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner")
+LOCAL_RUNNERS = DIRECT_RUNNERS + ("prism", "prismrunner")
 
 
 def only_submits(options) -> bool:
