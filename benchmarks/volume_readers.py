@@ -115,7 +115,7 @@ def upload_raw(local_url: str, bucket: str, layout: str) -> str:
     spec = describe_volume(local_url, 0)
     voxels_zyx = read_region(open_reader(local_url, 0, "tensorstore"), spec, spec.bounds).array_zyx
     return write_precomputed(f"{bucket}/{layout}/source", voxels_zyx.transpose(2, 1, 0),
-                             resolution_nm=spec.resolution_nm,
+                             resolution_nm_xyz=spec.resolution_nm_xyz,
                              voxel_offset_xyz=spec.voxel_offset_xyz, chunk_size_xyz=CHUNK_XYZ,
                              encoding="jpeg", downsample_mips=1, writer="tensorstore",
                              sharded=layout == "sharded")

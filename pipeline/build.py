@@ -79,7 +79,7 @@ def build(p: beam.Pipeline, config: Config):
     selected | "TallySelected" >> beam.ParDo(CountFn("instances_selected"))
     fetched = selected | "FetchSubvolumes" >> FetchSubvolumes(fetch)
     # Instance -> Fetched (and the read figures, "io")
-    cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm,
+    cleaned = fetched["ok"] | "CleanTargets" >> CleanTargets(config.source.resolution_nm_xyz,
                                                              config.scale_xyz)
     # Fetched -> Cleaned
     varied = cleaned["ok"] | "MakeVariants" >> MakeVariants(config.seed, config.variants,

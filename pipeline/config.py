@@ -63,7 +63,7 @@ class Config:
     center_column: Optional[str]            # the column flags as given (None: the default)
     pre_column: Optional[str]
     post_column: Optional[str]
-    coordinate_resolution_nm: Optional[Tuple[float, float, float]]  # None: the target's
+    coordinate_resolution_nm_xyz: Optional[Tuple[float, float, float]]  # None: the target's
     record_layout: str                      # layout.RECORD_LAYOUTS
     split_by: str                           # layout.SPLIT_BY
     compression: str                        # layout.COMPRESSIONS
@@ -128,7 +128,7 @@ class Config:
             "format": self.table_format, "points": self.points.to_manifest(),
             "point_features": list(self.points.point_features()),
             "coordinate_resolution_nm_xyz": list(
-                self.coordinate_resolution_nm or self.target.resolution_nm),
+                self.coordinate_resolution_nm_xyz or self.target.resolution_nm_xyz),
             "note": "pre_pt_xyz and post_pt_xyz are features and index keys only when the table "
                     "has them; points are floor(value * table_nm / target_nm) target voxels",
         }
@@ -188,7 +188,7 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("center_column", lambda c: c.center_column),
     Option("pre_column", lambda c: c.pre_column),
     Option("post_column", lambda c: c.post_column),
-    Option("coordinate_resolution_nm_xyz", lambda c: _xyz(c.coordinate_resolution_nm)),
+    Option("coordinate_resolution_nm_xyz", lambda c: _xyz(c.coordinate_resolution_nm_xyz)),
     Option("table_points", lambda c: c.points.to_manifest(), lambda c: c.points.to_manifest(),
            TableLayout().to_manifest(), in_manifest=False),  # the manifest's "table" has it
 ]
@@ -266,7 +266,7 @@ def from_args(args: argparse.Namespace) -> Config:
         source_mip = probes.nearest_source_mip(probes.to_url(args.source_url), target, engine)
     source = probes.volume("--source-url", probes.to_url(args.source_url), source_mip, engine)
     try:
-        scale = scale_factors(target.resolution_nm, source.resolution_nm)
+        scale = scale_factors(target.resolution_nm_xyz, source.resolution_nm_xyz)
     except ValueError as e:
         raise ConfigError(f"--source-mip {args.source_mip}: {e}") from None
     crop = tuple(args.crop_size)
@@ -275,7 +275,7 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"volume {list(target.size_xyz)}; choose a smaller crop")
     table_nm = tuple(args.coordinate_resolution) if args.coordinate_resolution else None
     points = dataclasses.replace(table.layout, to_target_xyz=to_target_factors(
-        table_nm or target.resolution_nm, target.resolution_nm))
+        table_nm or target.resolution_nm_xyz, target.resolution_nm_xyz))
     config = Config(
         materialization=args.materialization, table_shards=table.shards,
         id_column=table.id_column, source=source, target=target, scale_xyz=scale,
@@ -287,7 +287,7 @@ def from_args(args: argparse.Namespace) -> Config:
         block_size_xyz=tuple(args.block_size) if args.block_size else None,
         missing_chunks=missing_chunks, volume_reader=engine, table_format=table.format,
         points=points, center_column=args.center_column, pre_column=args.pre_column,
-        post_column=args.post_column, coordinate_resolution_nm=table_nm,
+        post_column=args.post_column, coordinate_resolution_nm_xyz=table_nm,
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
         lease_hours=args.lease_hours, break_lease=args.break_lease)

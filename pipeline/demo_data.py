@@ -69,14 +69,14 @@ def default_cache_dir() -> str:
     return os.path.join(base, "synanno-datagen")
 
 
-def write_precomputed(path: str, data_xyz: np.ndarray, *, resolution_nm,
+def write_precomputed(path: str, data_xyz: np.ndarray, *, resolution_nm_xyz,
                       voxel_offset_xyz=(0, 0, 0), chunk_size_xyz=(64, 64, 16), encoding="raw",
                       layer_type="image", downsample_mips: int = 0, writer: str = "cloudvolume",
                       sharded: bool = False, gzip: bool = False) -> str:
     """Write ``data_xyz`` (3D, x, y, z; uint8 image or uint32/uint64 segmentation) as a precomputed
     volume at ``path`` (a local directory, or a URL such as ``gs://...``); return its URL.
 
-    ``resolution_nm`` and ``voxel_offset_xyz`` describe mip 0. Each of the ``downsample_mips``
+    ``resolution_nm_xyz`` and ``voxel_offset_xyz`` describe mip 0. Each of the ``downsample_mips``
     extra mips is (2, 2, 1) coarser than the one before (mean for images, mode of each 2x2 block
     for segmentations), with the offset halved (floor) and a size that covers the whole data.
     ``encoding`` and ``chunk_size_xyz`` apply to every mip.
@@ -92,24 +92,24 @@ def write_precomputed(path: str, data_xyz: np.ndarray, *, resolution_nm,
     for _ in range(downsample_mips):
         arrays.append(_downsample_xy(*arrays[-1], segmentation=layer_type == "segmentation"))
     if writer == "tensorstore":
-        _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+        _write_tensorstore(url, arrays, resolution_nm_xyz, chunk_size_xyz, encoding, layer_type,
                            sharded)
     elif writer == "cloudvolume" and not sharded:
-        _write_cloudvolume(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+        _write_cloudvolume(url, arrays, resolution_nm_xyz, chunk_size_xyz, encoding, layer_type,
                            gzip)
     else:
         raise ValueError(f"writer {writer!r} (sharded={sharded}) is not supported")
     return url
 
 
-def _write_cloudvolume(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+def _write_cloudvolume(url, arrays, resolution_nm_xyz, chunk_size_xyz, encoding, layer_type,
                        gzip) -> None:
     from cloudvolume import CloudVolume
 
     data_xyz, offset_xyz = arrays[0]
     info = CloudVolume.create_new_info(
         num_channels=1, layer_type=layer_type, data_type=str(data_xyz.dtype), encoding=encoding,
-        resolution=list(resolution_nm), voxel_offset=list(offset_xyz),
+        resolution=list(resolution_nm_xyz), voxel_offset=list(offset_xyz),
         chunk_size=list(chunk_size_xyz), volume_size=list(data_xyz.shape))
     cv = CloudVolume(url, info=info, progress=False)
     for mip in range(1, len(arrays)):
@@ -135,7 +135,7 @@ def sharding_spec(size_xyz, chunk_size_xyz) -> dict:
             "minishard_index_encoding": "gzip", "data_encoding": "gzip"}
 
 
-def _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, layer_type,
+def _write_tensorstore(url, arrays, resolution_nm_xyz, chunk_size_xyz, encoding, layer_type,
                        sharded) -> None:
     import tensorstore as ts
 
@@ -144,7 +144,7 @@ def _write_tensorstore(url, arrays, resolution_nm, chunk_size_xyz, encoding, lay
     dtype = str(arrays[0][0].dtype)
     for mip, (array_xyz, offset_xyz) in enumerate(arrays):
         scale = {"resolution": [r * (2 ** mip if axis < 2 else 1)
-                                for axis, r in enumerate(resolution_nm)],
+                                for axis, r in enumerate(resolution_nm_xyz)],
                  "encoding": encoding, "chunk_size": list(chunk_size_xyz),
                  "size": list(array_xyz.shape), "voxel_offset": list(offset_xyz)}
         if encoding == "compressed_segmentation":
@@ -246,11 +246,11 @@ def _build(root: str, size_xyz, source_chunk_xyz=SOURCE_CHUNK_XYZ,
     labels_xyz, synapses = _paint_blobs(rng, size_xyz, n_synapses, n_distractors,
                                         empty_lo_xy, empty_hi_xy)
     write_precomputed(os.path.join(root, "target"), labels_xyz,
-                      resolution_nm=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
+                      resolution_nm_xyz=TARGET_RESOLUTION_NM, voxel_offset_xyz=TARGET_OFFSET_XYZ,
                       chunk_size_xyz=target_chunk_xyz, encoding="compressed_segmentation",
                       layer_type="segmentation", writer="tensorstore", sharded=target_sharded)
     write_precomputed(os.path.join(root, "source"), _em_texture(rng, labels_xyz),
-                      resolution_nm=SOURCE_RESOLUTION_NM,
+                      resolution_nm_xyz=SOURCE_RESOLUTION_NM,
                       voxel_offset_xyz=[o * f for o, f in zip(TARGET_OFFSET_XYZ, SOURCE_SCALE_XYZ)],
                       chunk_size_xyz=source_chunk_xyz, encoding="jpeg", layer_type="image",
                       downsample_mips=1, writer="tensorstore", sharded=source_sharded)

@@ -78,7 +78,7 @@ def build_manifest(config: Config, counts: Dict, files: List[dict], dead_letter:
             "shards": len(mine),
             "bytes": sum(f["bytes"] for f in records),
         }
-    res = config.source.resolution_nm
+    res = config.source.resolution_nm_xyz
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": {"name": GENERATOR_NAME, "version": __version__},

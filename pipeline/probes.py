@@ -28,7 +28,7 @@ def to_url(location: str) -> str:
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
     volume("--source-url", url, 0, engine)  # a clear error when the info (any scale) is wrong
     try:
-        return nearest_mip(target.resolution_nm, mip_resolutions(url, engine))
+        return nearest_mip(target.resolution_nm_xyz, mip_resolutions(url, engine))
     except ValueError as e:
         raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
 

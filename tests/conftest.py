@@ -81,11 +81,11 @@ def make_small_data(root: Path, source_encoding="raw", layout: str = "cloudvolum
     writer, sharded = LAYOUTS[layout]
     stored = {"writer": writer, "sharded": sharded, "gzip": gzip}
     target_url = write_precomputed(
-        str(root / "target"), labels, resolution_nm=(8, 8, 33), voxel_offset_xyz=TARGET_OFFSET,
+        str(root / "target"), labels, resolution_nm_xyz=(8, 8, 33), voxel_offset_xyz=TARGET_OFFSET,
         chunk_size_xyz=(16, 16, 4), encoding="compressed_segmentation", layer_type="segmentation",
         **stored)
     source_url = write_precomputed(
-        str(root / "source"), source, resolution_nm=(4, 4, 33),
+        str(root / "source"), source, resolution_nm_xyz=(4, 4, 33),
         voxel_offset_xyz=tuple(o * f for o, f in zip(TARGET_OFFSET, SCALE)),
         chunk_size_xyz=(32, 32, 4), encoding=source_encoding, layer_type="image",
         downsample_mips=1, **stored)

@@ -142,7 +142,7 @@ def test_missing_centre_columns_are_named_with_the_columns_found(tmp_path, capsy
 
 def test_non_integer_scale_is_rejected(tmp_path, capsys, small_data):
     odd = write_precomputed(str(tmp_path / "odd"), np.zeros((30, 30, 10), np.uint8),
-                            resolution_nm=(3, 3, 33), voxel_offset_xyz=(0, 0, 0),
+                            resolution_nm_xyz=(3, 3, 33), voxel_offset_xyz=(0, 0, 0),
                             chunk_size_xyz=(16, 16, 4))
     argv = small_data.argv(tmp_path / "out")
     argv[argv.index("--source-url") + 1] = odd

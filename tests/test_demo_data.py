@@ -44,7 +44,7 @@ def _reference_mean_xy(data_xyz, offset_xyz, lo_xy, hi_xy):
 def test_write_precomputed_round_trips_raw_with_odd_offset_and_mips(tmp_path):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, size=(37, 30, 6), dtype=np.uint8)
-    url = write_precomputed(str(tmp_path / "raw"), raw, resolution_nm=(4, 4, 33),
+    url = write_precomputed(str(tmp_path / "raw"), raw, resolution_nm_xyz=(4, 4, 33),
                             voxel_offset_xyz=(11, 20, 3), chunk_size_xyz=(16, 16, 4),
                             downsample_mips=2)
     assert url == "file://" + str(tmp_path / "raw")
@@ -65,7 +65,7 @@ def test_write_precomputed_round_trips_compressed_segmentation(tmp_path):
     seg = rng.integers(0, 5, size=(33, 32, 8)).astype(np.uint64) * np.uint64(1 << 40)
     seg[2:4, 4:6, 0] = [[9, 9], [9, 0]]   # coarse voxel (51, 2) covers absolute (102:104, 4:6)
     seg[2:4, 4:6, 1] = [[0, 0], [0, 9]]
-    url = write_precomputed(str(tmp_path / "seg"), seg, resolution_nm=(8, 8, 33),
+    url = write_precomputed(str(tmp_path / "seg"), seg, resolution_nm_xyz=(8, 8, 33),
                             voxel_offset_xyz=(100, 0, 7), chunk_size_xyz=(16, 16, 4),
                             encoding="compressed_segmentation", layer_type="segmentation",
                             downsample_mips=1, gzip=True)

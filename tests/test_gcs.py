@@ -16,11 +16,11 @@ from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, make_small_data
 
 def _upload_small_data(data, bucket: str):
     """The same volumes and table, written to gs:// (gzip-encoded chunks, as in H01)."""
-    target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm=(8, 8, 33),
+    target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm_xyz=(8, 8, 33),
                                voxel_offset_xyz=TARGET_OFFSET, chunk_size_xyz=(16, 16, 4),
                                encoding="compressed_segmentation", layer_type="segmentation",
                                gzip=True)
-    source = write_precomputed(f"{bucket}/source", data.source_xyz, resolution_nm=(4, 4, 33),
+    source = write_precomputed(f"{bucket}/source", data.source_xyz, resolution_nm_xyz=(4, 4, 33),
                                voxel_offset_xyz=tuple(o * f for o, f in zip(TARGET_OFFSET, SCALE)),
                                chunk_size_xyz=(32, 32, 4), layer_type="image", downsample_mips=1,
                                gzip=True)
@@ -106,10 +106,10 @@ def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, 
     bucket = gcs.create_bucket("sharded")
     data = make_small_data(tmp_path / "data", "jpeg", "sharded")
     common = {"writer": "tensorstore", "sharded": True}
-    target = write(f"{bucket}/target", data.labels_xyz, resolution_nm=(8, 8, 33),
+    target = write(f"{bucket}/target", data.labels_xyz, resolution_nm_xyz=(8, 8, 33),
                    voxel_offset_xyz=TARGET_OFFSET, chunk_size_xyz=(16, 16, 4),
                    encoding="compressed_segmentation", layer_type="segmentation", **common)
-    source = write(f"{bucket}/source", data.source_xyz, resolution_nm=(4, 4, 33),
+    source = write(f"{bucket}/source", data.source_xyz, resolution_nm_xyz=(4, 4, 33),
                    voxel_offset_xyz=tuple(o * f for o, f in zip(TARGET_OFFSET, SCALE)),
                    chunk_size_xyz=(32, 32, 4), encoding="jpeg", downsample_mips=1, **common)
     names = gcs.objects("sharded", "target")
@@ -143,7 +143,7 @@ def test_absent_chunks_of_an_unsharded_volume_on_gs_are_told_from_stored_ones(gc
 
     bucket = gcs.create_bucket("unsharded-absent")
     data = make_small_data(tmp_path / "data", "raw", "tensorstore")
-    target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm=(8, 8, 33),
+    target = write_precomputed(f"{bucket}/target", data.labels_xyz, resolution_nm_xyz=(8, 8, 33),
                                voxel_offset_xyz=TARGET_OFFSET, chunk_size_xyz=(16, 16, 4),
                                encoding="compressed_segmentation", layer_type="segmentation",
                                writer="tensorstore")

@@ -291,7 +291,7 @@ def mip_resolutions(url: str, engine: str = TENSORSTORE) -> List[tuple]:
     """Resolution (nm, x, y, z) of every mip of a volume, from its ``info``; BadInfo names a
     scale the format does not allow."""
     info = read_info(url, engine, check=True)
-    return [spec_from_info(url, info, mip).resolution_nm for mip in range(len(info["scales"]))]
+    return [spec_from_info(url, info, mip).resolution_nm_xyz for mip in range(len(info["scales"]))]
 
 
 def open_reader(url: str, mip: int, engine: str, cache_bytes: int = 0, run_token: str = ""):

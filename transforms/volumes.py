@@ -18,7 +18,7 @@ class VolumeSpec:
 
     url: str
     mip: int
-    resolution_nm: Tuple[float, float, float]
+    resolution_nm_xyz: Tuple[float, float, float]
     voxel_offset_xyz: Tuple[int, int, int]
     size_xyz: Tuple[int, int, int]
     chunk_size_xyz: Tuple[int, int, int]
@@ -36,7 +36,7 @@ class VolumeSpec:
 
     def to_manifest(self) -> dict:
         return {
-            "url": self.url, "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm),
+            "url": self.url, "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm_xyz),
             "voxel_offset_xyz": list(self.voxel_offset_xyz), "size_xyz": list(self.size_xyz),
             "chunk_size_xyz": list(self.chunk_size_xyz), "dtype": self.dtype,
             "encoding": self.encoding, "layer_type": self.layer_type, "sharded": self.sharded,
@@ -106,7 +106,7 @@ def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
                       f"{json_text(info['num_channels'])} is not valid ({e})") from None
     return VolumeSpec(
         url=url, mip=mip,
-        resolution_nm=tuple(float(r) for r in _xyz(scale, "resolution", float, True)),
+        resolution_nm_xyz=tuple(float(r) for r in _xyz(scale, "resolution", float, True)),
         voxel_offset_xyz=_xyz({"voxel_offset": (0, 0, 0), **scale}, "voxel_offset", int, False),
         size_xyz=_xyz(scale, "size", int, True),
         chunk_size_xyz=_xyz({"key": scale["key"], "chunk_sizes": chunk_sizes[0]}, "chunk_sizes",
