@@ -116,6 +116,12 @@ def group_tfrecord_path(split: str, group: int, compression: str = "none") -> st
     return f"{FRAGMENTS_DIR}/{split}-group{group:06d}{tfrecord_suffix(compression)}"
 
 
+def group_index_path(split: str, group: int) -> str:
+    """Where the worker writing shard group ``group`` puts the index lines of ``split`` (without
+    their shard number) until the run numbers its shards."""
+    return f"{FRAGMENTS_DIR}/{split}-group{group:06d}.jsonl"
+
+
 def index_path(split: str, shard: int, num_shards: int) -> str:
     return f"{INDEX_DIR}/{shard_name(split, shard, num_shards)}.jsonl"
 

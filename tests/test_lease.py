@@ -397,6 +397,7 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     stalled = out / "_tmp" / "train-group000000.tfrecord"
     stalled.parent.mkdir()
     stalled.write_bytes(b"the stalled run's records")
+    stalled.with_suffix(".jsonl").write_bytes(b'{"instance_id":1}\n')
     dead_run = out / "_tmp" / "dead_letters" / "a.run"
     dead_run.parent.mkdir()
     dead_run.write_bytes(b"")
@@ -413,7 +414,7 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
         (FinalizeShardsFn(str(out), "none", keepalive), (
             [WrittenShard(0, "train", str(stalled), 1, stalled.stat().st_size,
                           hashlib.sha256(stalled.read_bytes()).hexdigest(),
-                          ({"instance_id": 1, "records": 1},))],)),
+                          str(stalled.with_suffix(".jsonl")), {"instances": 1})],)),
         (MergeDeadLettersFn(str(out), keepalive=keepalive), ([str(dead_run)],)),
         (WriteMemoryFn(str(out), 2, keepalive=keepalive), ([], [])),
     ]

@@ -1,7 +1,9 @@
 """Each Beam stage on its own: TestPipeline + assert_that on small real volumes and tables."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 
 import apache_beam as beam
 import numpy as np
@@ -249,6 +251,37 @@ def test_a_storage_failure_while_writing_fails_the_bundle_not_the_instance(data,
             _ = p | beam.Create([varied]) | WriteShards(str(out), ("tfrecord", "npy"))
 
 
+def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetch_config,
+                                                                      tmp_path):
+    """Only a group's file names, sizes and counts cross the shuffle that numbers the shards;
+    its index lines wait in a file beside its records (found by review: they all went to the
+    one step that numbers the shards, some KB per instance, GBs for a million). The index
+    shards still hold every line, with its shard number."""
+    from synanno_datagen.transforms.write import FinalizeShardsFn, WriteShardsFn
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    sizes = {}
+    for n in (1, 40):
+        out = tmp_path / f"out{n}"
+        writer = WriteShardsFn(str(out), ("tfrecord", "npy"), "instance", "none")
+        writer.start_bundle()
+        for i in range(n):
+            instance = dataclasses.replace(fetched.instance, instance_id=1000 + i)
+            varied = Varied(**{**fetched.crop_fields(), "instance": instance},
+                            target_zyx=mask, seed_slices=((1,), (0, 2)))
+            assert list(writer.process(varied)) == []
+        (written,) = [w.value for w in writer.finish_bundle()]
+        sizes[n] = len(pickle.dumps(written))
+        infos = list(FinalizeShardsFn(str(out), "none").process([written]))
+        (index,) = [i for i in infos if i["kind"] == "index"]
+        lines = [json.loads(line) for line in (out / index["path"]).read_text().splitlines()]
+        assert [e["instance_id"] for e in lines] == [1000 + i for i in range(n)]
+        assert {e["shard"] for e in lines} == {0} and index["records"] == n
+        assert all(e["seed_slices"] == [[1], [0, 2]] and "records" not in e for e in lines)
+    assert sizes[1] <= sizes[40] < min(sizes[1] + 16, 1000)   # larger counts, no more
+
+
 def test_the_writer_looks_at_the_lease_between_the_instances_of_a_bundle(data, fetch_config,
                                                                        tmp_path):
     """A bundle that stalls (a stopped process) past the lease's expiry, while another run
@@ -276,8 +309,9 @@ def test_count_run_adds_up_rows_instances_variants_and_failures():
     from synanno_datagen.transforms.records import WrittenShard
 
     def written(i, variants, filled_target):
-        entry = {"seed_slices": [[0]] * variants, "filled_chunks": {"target": filled_target}}
-        return WrittenShard(i, "train", None, 0, 0, "", (entry,))
+        counts = {"instances": 1, "variants": variants, "npy_files": 0, "npy_bytes": 0,
+                  "filled_source": 0, "filled_target": filled_target}
+        return WrittenShard(i, "train", None, 0, 0, "", f"index{i}", counts)
 
     with TestPipeline() as p:
         rows = p | "Rows" >> beam.Create([(RowRef(0, i), {}) for i in range(6)])
@@ -305,7 +339,7 @@ def test_a_shard_group_written_by_two_bundles_fails_loudly():
     from synanno_datagen.transforms.write import number_shards
 
     def written(group, split, path):
-        return WrittenShard(group, split, path, 1, 10, "", ({"instance_id": group},))
+        return WrittenShard(group, split, path, 1, 10, "", f"index{group}", {"instances": 1})
 
     numbered = number_shards([written(2, "val", "b"), written(1, "train", "a"),
                               written(3, "train", "c")])
@@ -328,8 +362,10 @@ def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):
     for group, split in ((1, "train"), (2, "train"), (3, "val")):
         path = out / "_tmp" / f"{split}-group{group:06d}.tfrecord"
         path.write_bytes(bytes([group]) * (10 + group))
+        index = out / "_tmp" / f"{split}-group{group:06d}.jsonl"
+        index.write_text(json.dumps({"instance_id": group}) + "\n")
         written.append(WrittenShard(group, split, str(path), 1, 10 + group, f"h{group}",
-                                    ({"instance_id": group, "records": 1},)))
+                                    str(index), {"instances": 1}))
     fn = FinalizeShardsFn(str(out), "none")
     first = list(fn.process(written))
     final = {p.name: p.read_bytes() for p in (out / "tfrecord").iterdir()}

@@ -9,16 +9,7 @@ from synanno_datagen.transforms.table import TABLE_REASONS
 
 def _npy_files_and_bytes(written):
     """(npy files, their bytes) of one WrittenShard."""
-    files = [f for e in written.entries for f in e.get("npy", {}).get("files", [])]
-    return len(files), sum(f["bytes"] for f in files)
-
-
-def _written_totals(written):
-    """(instances, variants, source chunks read as zeros, target chunks read as zeros) of one
-    WrittenShard."""
-    filled = [e.get("filled_chunks", {}) for e in written.entries]
-    return (len(written.entries), sum(len(e["seed_slices"]) for e in written.entries),
-            sum(f.get("source", 0) for f in filled), sum(f.get("target", 0) for f in filled))
+    return written.counts["npy_files"], written.counts["npy_bytes"]
 
 
 class SumByKey(beam.CombineFn):
@@ -48,9 +39,9 @@ FAILED = "failed:"  # key prefix of the failures by reason in the summed counts
 
 def _written_pairs(written):
     """(key, n) pairs of one WrittenShard."""
-    instances, variants, filled_source, filled_target = _written_totals(written)
-    return [("written", instances), ("variants", variants), ("filled_source", filled_source),
-            ("filled_target", filled_target)]
+    return [(key, written.counts[name]) for key, name in (
+        ("written", "instances"), ("variants", "variants"), ("filled_source", "filled_source"),
+        ("filled_target", "filled_target"))]
 
 
 def count_run(rows, selected, written, dead, vanished=None, memory=None):

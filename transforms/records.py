@@ -128,9 +128,12 @@ class Varied(Cleaned):
 
 @dataclass(frozen=True)
 class WrittenShard:
-    """What the worker of one shard group wrote for one split: small, it crosses the shuffle that
-    names the shards. ``path``: its TFRecord file under a temporary name (None without the
-    tfrecord format); ``entries``: the index line of every instance written, in record order."""
+    """What the worker of one shard group wrote for one split: small whatever the group holds, it
+    crosses the shuffle that names the shards. ``path``: its TFRecord file under a temporary name
+    (None without the tfrecord format); ``index``: the file of its instances' index lines, in
+    record order, under a temporary name (the shard number is added when the shards are named);
+    ``counts``: instances, variants, npy_files, npy_bytes, filled_source, filled_target (chunks
+    read as zeros)."""
 
     group: int
     split: str
@@ -138,7 +141,8 @@ class WrittenShard:
     records: int
     bytes: int
     sha256: str
-    entries: Tuple[Dict, ...]
+    index: str
+    counts: Dict[str, int]
 
 
 DETAILS_LIMIT = 2000   # characters of a dead letter's details

@@ -3,10 +3,11 @@
 A shard group's instances reach one worker together (see transforms.shards) and leave the fused
 fetch -> clean -> variants chain in a fixed order (block, then id); the writer appends each
 instance's records to its group's file for its split, under a temporary name, and closes the
-files when the bundle ends (a group never spans bundles). Only small things cross the next
-shuffle: per group and split, the file's name, size, checksum and index lines. FinalizeShards
-then numbers the shards of each split (``train-00003-of-00016``), renames the files into place
-(a rename, not a copy) and writes the index shards. A group whose instances all failed writes
+files when the bundle ends (a group never spans bundles), with its instances' index lines in a
+file beside. Only small things cross the next shuffle: per group and split, the files' names,
+size, checksum and counts, whatever the group holds. FinalizeShards then numbers the shards of
+each split (``train-00003-of-00016``), renames the record files into place (a rename, not a
+copy) and writes the index shards from the index lines, adding each line's shard number. A group whose instances all failed writes
 nothing, so a run that writes no instance writes no shard.
 """
 from __future__ import annotations
@@ -23,13 +24,13 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import (
-    group_tfrecord_path, index_path, json_line, npy_paths, tfrecord_path,
+    group_index_path, group_tfrecord_path, index_path, json_line, npy_paths, tfrecord_path,
 )
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
 from synanno_datagen.transforms.files import (
-    FileSystems, before_commit, join, move_once, npy_bytes, write_atomic, write_bytes,
+    FileSystems, before_commit, join, move_once, npy_bytes, read_jsonl, write_atomic, write_bytes,
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
@@ -118,6 +119,28 @@ class _Counting:
         pass
 
 
+class _Group:
+    """A shard group's file for one split in a writer's bundle (None without the tfrecord
+    format), its instances' index lines and WrittenShard counts."""
+
+    def __init__(self, shard: Optional[_ShardFile]):
+        self.shard = shard
+        self.entries: List[dict] = []
+        self.counts = dict.fromkeys(("instances", "variants", "npy_files", "npy_bytes",
+                                     "filled_source", "filled_target"), 0)
+
+    def add(self, entry: dict, data: bytes, records: int) -> None:
+        if self.shard is not None:
+            self.shard.append(data, records)
+        self.entries.append(entry)
+        npy = entry.get("npy", {}).get("files", [])
+        for key, n in (("instances", 1), ("variants", len(entry["seed_slices"])),
+                       ("npy_files", len(npy)), ("npy_bytes", sum(f["bytes"] for f in npy)),
+                       ("filled_source", entry["filled_chunks"]["source"]),
+                       ("filled_target", entry["filled_chunks"]["target"])):
+            self.counts[key] += n
+
+
 class WriteShardsFn(beam.DoFn):
     """Varied -> (nothing per element) the instance's records appended to its group's file and its
     npy files written; at the end of the bundle, a WrittenShard per (group, split) written.
@@ -136,7 +159,7 @@ class WriteShardsFn(beam.DoFn):
         self._compression = compression
         self._instances = ProgressCounter("instances_written")
         self._variants = ProgressCounter("variants_written")
-        self._open: Dict[Tuple[int, str], Tuple[Optional[_ShardFile], List[dict]]] = {}
+        self._open: Dict[Tuple[int, str], _Group] = {}
 
     def start_bundle(self):
         self._open = {}
@@ -167,23 +190,22 @@ class WriteShardsFn(beam.DoFn):
             if TFRECORD in self._formats:
                 shard = _ShardFile(join(self._output_dir, group_tfrecord_path(
                     inst.split, inst.shard, self._compression)), self._compression)
-            self._open[key] = (shard, [])
-        shard, entries = self._open[key]
-        if shard is not None:
-            shard.append(data, records)
-        entry["records"] = records
-        entries.append(entry)
+            self._open[key] = _Group(shard)
+        self._open[key].add(entry, data, records)
         self._instances.inc()
         self._variants.inc(len(varied.seed_slices))
 
     def finish_bundle(self):
-        for (group, split), (shard, entries) in sorted(self._open.items()):
+        for (group, split), opened in sorted(self._open.items()):
+            index = join(self._output_dir, group_index_path(split, group))
+            write_atomic(index, (json_line(e) for e in opened.entries))
+            shard = opened.shard
             if shard is None:
-                written = WrittenShard(group, split, None, 0, 0, "", tuple(entries))
+                written = WrittenShard(group, split, None, 0, 0, "", index, opened.counts)
             else:
                 sha = shard.close()
                 written = WrittenShard(group, split, shard.path, shard.records, shard.size, sha,
-                                       tuple(entries))
+                                       index, opened.counts)
             yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
         self._open = {}
 
@@ -254,17 +276,16 @@ class FinalizeShardsFn(beam.DoFn):
             if self._keepalive is not None:   # a stall between shards: looked at once it ends
                 self._keepalive.beat()
             common = {"split": w.split, "shard": shard, "num_shards": num_shards,
-                      "instances": len(w.entries)}
+                      "instances": w.counts["instances"]}
             if w.path is not None:
                 rel = tfrecord_path(w.split, shard, num_shards, self._compression)
                 move_once(w.path, join(self._output_dir, rel), w.bytes)
                 yield {"kind": TFRECORD, "path": rel, "records": w.records, "bytes": w.bytes,
                        "sha256": w.sha256, **common}
             rel = index_path(w.split, shard, num_shards)
-            lines = ({**{k: v for k, v in e.items() if k != "records"}, "shard": shard}
-                     for e in w.entries)
+            lines = ({**e, "shard": shard} for e in read_jsonl(w.index))
             size, sha = write_atomic(join(self._output_dir, rel), (json_line(e) for e in lines))
-            yield {"kind": "index", "path": rel, "records": len(w.entries), "bytes": size,
+            yield {"kind": "index", "path": rel, "records": w.counts["instances"], "bytes": size,
                    "sha256": sha, **common}
 
 
