@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, fields
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,18 +68,28 @@ def generator(run_seed: int, instance_id: int, variant: int) -> np.random.Genera
     return np.random.default_rng([int(run_seed), int(instance_id) & _UINT64, int(variant)])
 
 
+def pick(rng: np.random.Generator, p: np.ndarray) -> int:
+    """An index drawn with probabilities ``p`` (float64, sums to 1): ``rng.choice(p.size, p=p)``
+    without its checks of ``p``, by its own algorithm (the cumulative sum, divided by its last
+    value, searched right of one uniform double), so the same stream gives the same index."""
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
+
+
 def draw_seed_slices(
-    foreground_z: np.ndarray, depth: int, model: SeedModel, rng: np.random.Generator
+    foreground_z: np.ndarray, depth: int, model: SeedModel, rng: np.random.Generator,
+    law: Optional[Tuple[np.ndarray, np.ndarray]] = None,
 ) -> Tuple[int, ...]:
-    """One draw of the law: sorted z indices, a non-empty subset of ``foreground_z``."""
+    """One draw of the law: sorted z indices, a non-empty subset of ``foreground_z``. ``law``:
+    (count probabilities, position weights) of these candidates, when the caller has them."""
     candidates = np.asarray(foreground_z, dtype=np.int64)
-    probs = model.count_probabilities(candidates.size)
-    count = int(rng.choice(np.arange(1, probs.size + 1), p=probs))
-    weights = model.position_weights(depth, candidates)
+    probs, weights = law or (model.count_probabilities(candidates.size),
+                             model.position_weights(depth, candidates))
+    count = pick(rng, probs) + 1
     chosen = []
     for _ in range(count):
-        p = weights / weights.sum()
-        k = int(rng.choice(candidates.size, p=p))
+        k = pick(rng, weights / weights.sum())
         chosen.append(int(candidates[k]))
         weights = weights.copy()
         weights[k] = 0.0
@@ -104,14 +114,16 @@ def variant_seed_slices(
     if foreground_z.size == 0:
         raise ValueError("target has no foreground slice")
     n_possible = _n_subsets(foreground_z.size, model.max_seed_slices)
+    law = (model.count_probabilities(foreground_z.size),
+           model.position_weights(depth, foreground_z))   # the same for every draw
     result: List[Tuple[int, ...]] = []
     for variant in range(n_variants):
         rng = generator(run_seed, instance_id, variant)
-        slices = draw_seed_slices(foreground_z, depth, model, rng)
+        slices = draw_seed_slices(foreground_z, depth, model, rng, law)
         if len(set(result)) < n_possible:
             redraws = 0
             while slices in result and redraws < MAX_REDRAWS:
-                slices = draw_seed_slices(foreground_z, depth, model, rng)
+                slices = draw_seed_slices(foreground_z, depth, model, rng, law)
                 redraws += 1
             if slices in result:
                 slices = _first_unused(foreground_z, model.max_seed_slices, result)
