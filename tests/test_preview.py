@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from synanno_datagen.cli import main
-from synanno_datagen.reading.dataset import open_dataset
+from synanno_datagen.reading.dataset import Dataset, open_dataset
 from synanno_datagen.reading.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
                               STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
                               read_selected, select_records)
@@ -66,6 +67,52 @@ def test_preview_reads_the_chosen_records_exactly(views_dataset):
         np.testing.assert_array_equal(g["source"], w["source"])
         np.testing.assert_array_equal(g["target"], w["target"])
         assert tuple(g["seed_slices"]) == w["seed_slices"]
+
+
+@pytest.mark.parametrize("layout", ["instance", "variant"])
+def test_preview_reads_the_chosen_records_not_their_whole_shards(small_data, tmp_path,
+                                                                 monkeypatch, layout):
+    """A chosen record is found by its place in its shard (its index line's): the records
+    before it are seeked over, those after it not read (found by review: preview read whole
+    shards, 256 MB each by default, for a few records)."""
+    out = tmp_path / layout
+    run_pipeline(small_data.argv(out, "--variants", "3", "--record-layout", layout))
+    ds = open_dataset(str(out))
+    opened, read = Dataset.open, []
+
+    class Counted:
+        def __init__(self, stream):
+            self._stream = stream
+
+        def read(self, n=-1):
+            data = self._stream.read(n)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+        def __iter__(self):               # index lines: not counted
+            return iter(self._stream)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._stream.close()
+
+    monkeypatch.setattr(Dataset, "open",
+                        lambda self, rel, gzip=False: Counted(opened(self, rel, gzip)))
+    want = {(r["instance_id"], r["variant"]): r for r in read_records(out)}
+    for seed in range(6):
+        read.clear()
+        (chosen,) = select_records(ds.index_shards(), 1, seed=seed)
+        (got,) = read_selected(ds, [chosen])
+        np.testing.assert_array_equal(got["source"], want[(got["instance_id"],
+                                                           got["variant"])]["source"])
+        shard = ds.tfrecord_for(chosen["index_file"])
+        assert shard["records"] >= 3
+        assert sum(read) < 1.5 * shard["bytes"] / shard["records"], (seed, sum(read), shard)
 
 
 def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):

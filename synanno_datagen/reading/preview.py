@@ -7,12 +7,13 @@ package's record decoder (no TensorFlow); which records is a pure function of ``
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from synanno_datagen.errors import DatasetError, UsageError
-from synanno_datagen.reading.dataset import Dataset, open_dataset, write_view
+from synanno_datagen.layout import records_info
+from synanno_datagen.reading.dataset import DAMAGED, Dataset, open_dataset, write_view
 from synanno_datagen.reading.records import read_records
 
 TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
@@ -36,46 +37,48 @@ def select_records(shards: List[Tuple[dict, List[dict]]], n: int, seed: int,
     from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
 
     ``shards``: (index file entry, index lines) as Dataset.index_shards gives.
-    Returns dicts {instance_id, variant, split, index_file, seed_slices, foreground_slices},
-    sorted by instance id. Fewer than ``n`` when the dataset (or split) holds fewer instances.
+    Returns dicts {instance_id, variant, split, index_file, line, seed_slices,
+    foreground_slices} (``line``: the instance's place in its index shard, and so its records'
+    in their shard), sorted by instance id. Fewer than ``n`` when the dataset (or split) holds
+    fewer instances.
     """
-    candidates = sorted(((e, path) for path, entries in shards for e in entries
+    candidates = sorted(((e, path, line) for path, entries in shards
+                         for line, e in enumerate(entries)
                          if split is None or e["split"] == split),
                         key=lambda pair: pair[0]["instance_id"])
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     chosen = []
     for k in picks:
-        entry, path = candidates[k]
+        entry, path, line = candidates[k]
         variant = int(rng.integers(len(entry["seed_slices"])))
         chosen.append({"instance_id": entry["instance_id"], "variant": variant,
-                       "split": entry["split"], "index_file": path,
+                       "split": entry["split"], "index_file": path, "line": line,
                        "seed_slices": list(entry["seed_slices"][variant]),
                        "foreground_slices": entry.get("foreground_slices")})
     return chosen
 
 
 def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
-    """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x)."""
-    by_shard: Dict[str, Tuple[dict, Dict[Tuple[int, int], dict]]] = {}
-    for c in chosen:
-        shard = dataset.tfrecord_for(c["index_file"])
-        by_shard.setdefault(shard["path"], (shard, {}))[1][(c["instance_id"], c["variant"])] = c
-    dataset.checked_files([shard for shard, _ in by_shard.values()])
-    found = {}
-    for _, (shard, wanted) in sorted(by_shard.items()):
-        for r in read_records(dataset, shard, DECODED):
-            # A variant record is one (instance, variant); an instance record serves them all.
-            keys = [(r["instance_id"], r["variant"])] if "variant" in r else \
-                [k for k in wanted if k[0] == r["instance_id"]]
-            for key in keys:
-                if key in wanted:
-                    found[key] = {**wanted[key], "source": r["source"], "target": r["target"]}
-    missing = [k for c in chosen if (k := (c["instance_id"], c["variant"])) not in found]
-    if missing:
-        raise DatasetError(f"{dataset.root}: records {missing} are in the index but not in "
-                           f"their TFRecord shards")
-    return [found[(c["instance_id"], c["variant"])] for c in chosen]
+    """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x).
+    Each is read at its place in its shard (the records before it seeked over, in an
+    uncompressed shard; none after it read): its index line's, times the variants of an
+    instance in the variant layout (one record each, in variant order), plus its variant."""
+    shards = [dataset.tfrecord_for(c["index_file"]) for c in chosen]
+    dataset.checked_files(list({s["path"]: s for s in shards}.values()))
+    variant_records = records_info(dataset.manifest)["layout"] == "variant"
+    variants = dataset.manifest["config"]["variants"]
+    found = []
+    for c, shard in zip(chosen, shards):
+        place = c["line"] * variants + c["variant"] if variant_records else c["line"]
+        record = next(read_records(dataset, shard, DECODED, skip=place), None)
+        if record is None or record["instance_id"] != c["instance_id"] or \
+                record.get("variant", c["variant"]) != c["variant"]:
+            raise DatasetError(f"{dataset.root}: record {(c['instance_id'], c['variant'])} is "
+                               f"in the index but not in its place in {shard['path']}; "
+                               f"{DAMAGED}")
+        found.append({**c, "source": record["source"], "target": record["target"]})
+    return found
 
 
 def choose_slices(depth: int, foreground_z: Sequence[int], seed_z: Sequence[int],
