@@ -303,6 +303,16 @@ def test_sharded_table_without_id_column_numbers_rows_across_shards(generated, t
     reference = {r["instance_id"]: r for r in read_records(generated[1])}   # same volumes
     for row_number, synapse_id in enumerate(GOOD_IDS):
         np.testing.assert_array_equal(by_id[row_number]["target"], reference[synapse_id]["target"])
+    # --num-instances picks among row numbers; its second pass parses only the picked rows.
+    from synanno_datagen.transforms.select import selection_key
+
+    argv = small_data.argv(tmp_path / "some", "--variants", "1", "--num-instances", "2")
+    argv[argv.index("--materialization") + 1] = str(shards / "export_*.csv")
+    run_pipeline(argv)
+    some = {r["instance_id"]: r for r in read_records(tmp_path / "some")}
+    assert sorted(some) == sorted(sorted(range(5), key=lambda i: selection_key(0, i))[:2])
+    for row_number, record in some.items():
+        np.testing.assert_array_equal(record["target"], by_id[row_number]["target"])
 
 
 def test_two_worker_processes_write_the_same_bytes(generated, tmp_path):

@@ -56,6 +56,18 @@ def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Opti
     return Instance(instance_id, center, pre, post, ref, tuple(sorted(row.items())))
 
 
+def row_id(row: dict, ref: RowRef, id_column: Optional[str],
+           shard_offsets: Optional[list]) -> Optional[int]:
+    """The id of a row's instance: its id column's, or its row number in the table (the rows of
+    earlier shards, ``shard_offsets[shard]``, plus its row in its shard); None for a bad id."""
+    if not id_column:
+        return shard_offsets[ref.shard] + ref.row
+    try:
+        return parse_id(row.get(id_column))
+    except BadValue:
+        return None
+
+
 class ReadShardFn(beam.DoFn):
     """(shard number, path) -> (RowRef, {column: text}), streaming the shard (any format)."""
 
@@ -82,12 +94,7 @@ class ParseRowFn(beam.DoFn):
             yield parse_row(row, ref, self._id_column, row_number, self._bounds,
                             self._layout, self._source_bounds)
         except BadValue as bad:
-            instance_id = row_number
-            if self._id_column:
-                try:
-                    instance_id = parse_id(row.get(self._id_column))
-                except BadValue:
-                    instance_id = None
+            instance_id = row_id(row, ref, self._id_column, shard_offsets)
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
                 bad.reason, str(bad), "ReadTable", instance_id, ref, tuple(sorted(row.items()))))
 
@@ -158,12 +165,15 @@ class ReadTable(beam.PTransform):
                       | "SelectionKeys" >> beam.Map(lambda i: selection_key(seed, i.instance_id))
                       | "SmallestKeys" >> beam.CombineGlobally(SmallestDistinct(n))
                       | "PickedIds" >> beam.Map(lambda keys: frozenset(k[1] for k in keys)))
+            # Only the picked ids' rows are parsed again (their ids read first).
+            id_column = self._id_column
             candidates = (self._read(pbegin, "Again")
+                          | "KeepPicked" >> beam.Filter(
+                              lambda e, ids, shard_offsets=None:
+                              row_id(e[1], e[0], id_column, shard_offsets) in ids,
+                              beam.pvalue.AsSingleton(picked), **side)
                           | "ParseRowsAgain" >> beam.ParDo(parse, **side)
                           .with_outputs(DEAD, main="ok")).ok
-            candidates = (candidates
-                          | "KeepPicked" >> beam.Filter(lambda i, ids: i.instance_id in ids,
-                                                        beam.pvalue.AsSingleton(picked)))
         unique = (candidates
                   | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
                   | "GroupById" >> beam.GroupByKey()
