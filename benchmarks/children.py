@@ -5,6 +5,7 @@ gives each pipeline run its own CPU time and peak RSS.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -65,6 +66,13 @@ def run_pipeline(argv, out: Path, prelude: str = ""):
     manifest["benchmark"] = {"bytes_written": int(counters["wchar"]),
                              "dataset_bytes": dataset_bytes(out)}
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest
+
+
+def dataset_files(out: Path) -> dict:
+    """{path relative to ``out``: sha256} of every file of a dataset but its manifest (which
+    holds timings): two datasets hold the same bytes when these are equal."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
 def dataset_bytes(out: Path) -> int:

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.children import dataset_bytes, run_pipeline  # noqa: E402
-from benchmarks.fetch_strategies import CROP, make_dense_data, write_table, _numeric  # noqa: E402
+from benchmarks.children import dataset_bytes, dataset_files, run_pipeline  # noqa: E402
+from benchmarks.fetch_strategies import CROP, make_dense_data, numeric_row, write_table  # noqa: E402
 
 ONE_AT_A_TIME = """
 import threading
@@ -41,12 +41,6 @@ readers.TensorstoreReader.read_zyx = _one_at_a_time
 """
 
 
-def files_of(out: Path) -> dict:
-    """{relative path: bytes} of a dataset's files but its manifest (which holds timings)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
@@ -57,7 +51,7 @@ def main():
     args = parser.parse_args()
     work = Path(args.work)
     data = make_dense_data(work / "cache")
-    rows = [r for r in csv.DictReader(open(data.table_path)) if _numeric(r)]
+    rows = [r for r in csv.DictReader(open(data.table_path)) if numeric_row(r)]
     table = work / "dense.csv"
     write_table(table, list(rows[0]), rows)
     from tests.chunk_server import ChunkServer
@@ -82,7 +76,7 @@ def main():
                      "--variants", 4, "--formats", "tfrecord", "--shard-size-mb", 16,
                      "--runner", "DirectRunner", *mode], out, prelude)
                 times[name] = seconds
-                outputs[name] = files_of(out)
+                outputs[name] = dataset_files(out)
                 print(f"latency {latency:4.0f} ms, reads {name:13s}: "
                       f"{manifest['counts']['instances_written']} instances in {seconds:5.1f} s "
                       f"({cpu:.1f} CPU s), {dataset_bytes(out) / 1e6:.0f} MB")

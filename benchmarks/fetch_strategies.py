@@ -75,7 +75,8 @@ def sparse_rows(rows, chunk_xyz=CHUNK_XYZ):
             yield row
 
 
-def _numeric(row) -> bool:
+def numeric_row(row) -> bool:
+    """Whether a table row's x, y and z are numbers (not the demo table's bad rows)."""
     try:
         return all(float(row[k]) == float(row[k]) for k in "xyz")
     except ValueError:
@@ -228,7 +229,7 @@ def big_table(data, urls, work, n_rows, n_instances, variants):
     """Peak RSS and seconds of a grouped run picking ``n_instances`` of an ``n_rows`` table."""
     import random
 
-    rows = [r for r in csv.DictReader(open(data.table_path)) if _numeric(r)]
+    rows = [r for r in csv.DictReader(open(data.table_path)) if numeric_row(r)]
     header = list(rows[0])
     table = work / f"table-{n_rows}.csv"
     if not table.exists():
@@ -276,7 +277,7 @@ def main():
     data = make_dense_data(work / "cache")
     rows = list(csv.DictReader(open(data.table_path)))
     header = list(rows[0])
-    good = [r for r in rows if _numeric(r)]
+    good = [r for r in rows if numeric_row(r)]
     tables = {"dense": good, "sparse": list(sparse_rows(good))}
     tables_written = dict(tables, one=good[:1])
     for name, table_rows in tables_written.items():

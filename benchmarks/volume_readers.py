@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.children import make_data, run_pipeline  # noqa: E402 - needs ROOT on the path
+from benchmarks.children import dataset_files, make_data, run_pipeline  # noqa: E402 - needs ROOT
 
 SIZE_XYZ = (384, 384, 64)        # target voxels (raw mip 0: 768x768x64); about 400 synapses
 QUICK_SIZE_XYZ = (192, 192, 32)  # about 50 synapses
@@ -158,12 +158,6 @@ def run_nearest(data, table: str, out: Path):
         ["--materialization", table, "--source-url", data.source_url,
          "--target-url", data.target_url, "--source-mip", "nearest"], out)
     return seconds, cpu, manifest
-
-
-def dataset_files(out: Path) -> dict:
-    """{path relative to ``out``: sha256} of every file of a dataset but its manifest."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
 def end_to_end(data, work: Path, repeats: int) -> None:
