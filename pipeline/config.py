@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -26,10 +27,12 @@ from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import GROUPED
-from synanno_datagen.transforms.seeds import SeedModel
+from synanno_datagen.transforms.seeds import SeedModel, seed_sets
 from synanno_datagen.transforms.volumes import (
     DEFAULT_MISSING_CHUNKS, VolumeSpec, block_bytes, default_block_size,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -298,8 +301,20 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
     _check_block_memory(config)
+    _warn_repeated_variants(config)
     output_checks.check_writable(config.output_dir)
     return config
+
+
+def _warn_repeated_variants(config: Config) -> None:
+    """Variants beyond the distinct seed-slice sets of a crop repeat earlier ones (seeds.py):
+    said before any work, as the run would otherwise spend their time without a word."""
+    depth, most = config.source_shape_zyx[0], config.seed_model.max_seed_slices
+    sets = seed_sets(depth, most)
+    if config.variants > sets:
+        log.warning("--variants %d: a crop of %d slices allows at most %d distinct sets of 1 to "
+                    "%d seed slices (fewer where the mask is on fewer slices); the variants "
+                    "beyond repeat earlier ones", config.variants, depth, sets, most)
 
 
 def _check_block_memory(config: Config) -> None:

@@ -113,7 +113,7 @@ def variant_seed_slices(
     foreground_z = foreground_slices(target_zyx)
     if foreground_z.size == 0:
         raise ValueError("target has no foreground slice")
-    n_possible = _n_subsets(foreground_z.size, model.max_seed_slices)
+    n_possible = seed_sets(foreground_z.size, model.max_seed_slices)
     law = (model.count_probabilities(foreground_z.size),
            model.position_weights(depth, foreground_z))   # the same for every draw
     result: List[Tuple[int, ...]] = []
@@ -139,7 +139,8 @@ def seed_mask(target_zyx: np.ndarray, slices: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _n_subsets(n: int, max_size: int) -> int:
+def seed_sets(n: int, max_size: int) -> int:
+    """The distinct seed-slice sets of 1 to ``max_size`` slices among ``n`` foreground slices."""
     from math import comb
 
     return sum(comb(n, c) for c in range(1, min(n, max_size) + 1))
@@ -171,7 +172,7 @@ def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Seq
         raise ValueError("no foreground slice to draw from")
     count_p = model.count_probabilities(candidates.size)
     out = np.zeros(depth, dtype=np.float64)
-    if _n_subsets(candidates.size, count_p.size) > EXACT_STATE_LIMIT:
+    if seed_sets(candidates.size, count_p.size) > EXACT_STATE_LIMIT:
         rng = np.random.default_rng(0)
         for _ in range(mc_draws):
             out[list(draw_seed_slices(candidates, depth, model, rng))] += 1.0
