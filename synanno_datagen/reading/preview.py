@@ -7,6 +7,7 @@ package's record decoder (no TensorFlow); which records is a pure function of ``
 """
 from __future__ import annotations
 
+import itertools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,40 +38,47 @@ def select_records(shards: List[Tuple[dict, List[dict]]], n: int, seed: int,
     from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
 
     ``shards``: (index file entry, index lines) as Dataset.index_shards gives.
-    Returns dicts {instance_id, variant, split, index_file, line, seed_slices,
-    foreground_slices} (``line``: the instance's place in its index shard, and so its records'
-    in their shard), sorted by instance id. Fewer than ``n`` when the dataset (or split) holds
-    fewer instances.
+    Returns dicts {instance_id, variant, split, index_file, line, variants_before, seed_slices,
+    foreground_slices} (``line``: the instance's place in its index shard, and so its record's
+    in an instance-layout shard; ``variants_before``: the variants of the lines before it, and
+    so the place of its first record in a variant-layout shard), sorted by instance id. Fewer
+    than ``n`` when the dataset (or split) holds fewer instances.
     """
-    candidates = sorted(((e, path, line) for path, entries in shards
-                         for line, e in enumerate(entries)
+    candidates = sorted(((e, path, line, before) for path, entries in shards
+                         for line, (e, before) in enumerate(zip(entries, _variants_before(entries)))
                          if split is None or e["split"] == split),
-                        key=lambda pair: pair[0]["instance_id"])
+                        key=lambda c: c[0]["instance_id"])
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     chosen = []
     for k in picks:
-        entry, path, line = candidates[k]
+        entry, path, line, before = candidates[k]
         variant = int(rng.integers(len(entry["seed_slices"])))
         chosen.append({"instance_id": entry["instance_id"], "variant": variant,
                        "split": entry["split"], "index_file": path, "line": line,
+                       "variants_before": before,
                        "seed_slices": list(entry["seed_slices"][variant]),
                        "foreground_slices": entry.get("foreground_slices")})
     return chosen
 
 
+def _variants_before(entries: List[dict]) -> List[int]:
+    """For each index line, the variants of the lines before it."""
+    counts = [len(e["seed_slices"]) for e in entries]
+    return list(itertools.accumulate([0] + counts[:-1]))
+
+
 def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x).
     Each is read at its place in its shard (the records before it seeked over, in an
-    uncompressed shard; none after it read): its index line's, times the variants of an
-    instance in the variant layout (one record each, in variant order), plus its variant."""
+    uncompressed shard; none after it read): its index line's, or in the variant layout (a
+    record per variant, in variant order) the variants before it plus its variant."""
     shards = [dataset.tfrecord_for(c["index_file"]) for c in chosen]
     dataset.checked_files(list({s["path"]: s for s in shards}.values()))
     variant_records = records_info(dataset.manifest)["layout"] == "variant"
-    variants = dataset.manifest["config"]["variants"]
     found = []
     for c, shard in zip(chosen, shards):
-        place = c["line"] * variants + c["variant"] if variant_records else c["line"]
+        place = c["variants_before"] + c["variant"] if variant_records else c["line"]
         record = next(read_records(dataset, shard, DECODED, skip=place), None)
         if record is None or record["instance_id"] != c["instance_id"] or \
                 record.get("variant", c["variant"]) != c["variant"]:
