@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from synanno_datagen.errors import ConfigError
+from synanno_datagen.errors import ConfigError, redact
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
@@ -163,8 +163,9 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("materialization", lambda c: c.materialization),
     Option("table_shards", lambda c: list(c.table_shards)),
     Option("id_column", lambda c: c.id_column, lambda c: c.id_column),
-    Option("source_url", lambda c: c.source.url, lambda c: c.source.url),
-    Option("target_url", lambda c: c.target.url, lambda c: c.target.url),
+    # Without a URL's password (errors.redact): not written, and not what decides the records.
+    Option("source_url", lambda c: redact(c.source.url), lambda c: redact(c.source.url)),
+    Option("target_url", lambda c: redact(c.target.url), lambda c: redact(c.target.url)),
     Option("output_dir", lambda c: c.output_dir),
     Option("num_instances", lambda c: c.num_instances),
     Option("variants", lambda c: c.variants, lambda c: c.variants),

@@ -25,6 +25,7 @@ from typing import Optional
 import apache_beam as beam
 
 from synanno_datagen import __version__
+from synanno_datagen.errors import redact
 from synanno_datagen.layout import MANIFEST, join
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def run_event(command: str, status: str, exit_code: int, duration_s: float,
         if incremental.get("replaces"):   # a changed generation config: a fresh dataset
             event["replaces"] = incremental["replaces"]
     if error is not None:
-        event["error"] = error
+        event["error"] = redact(error)
     return event
 
 

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
-                                    UsageError, first_line)
+                                    UsageError, first_line, redact)
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -26,6 +26,14 @@ FAILED = 1
 USAGE_ERROR = 2
 BUSY = 3  # another run holds the output directory's lease
 PROG = "synanno-datagen"
+
+
+def _redacted(record: logging.LogRecord) -> bool:
+    """A logging filter: the record's message without URL passwords (errors.redact)."""
+    message = record.getMessage()
+    if "@" in message:
+        record.msg, record.args = redact(message), None
+    return True
 
 
 def summary(manifest: dict, output_dir: str) -> str:
@@ -198,6 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.parse_args(argv)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redacted)
     try:
         if argv[0] in ("run", "demo"):
             return generate(argv[0], argv[1:], demo)
@@ -205,19 +215,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             return views[argv[0]](argv[1:])
         parser.parse_args(argv)  # prints the usage error for an unknown command
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(redact(f"{PROG}: error: {e}"), file=sys.stderr)
         return USAGE_ERROR
     except LeaseHeld as e:
-        print(f"{PROG}: busy: {e}", file=sys.stderr)
+        print(redact(f"{PROG}: busy: {e}"), file=sys.stderr)
         return BUSY
     except LeaseLost as e:  # not a bug: another run broke or took the lease
-        print(f"{PROG}: lease lost: {first_line(e, 1000)}", file=sys.stderr)
+        print(redact(f"{PROG}: lease lost: {first_line(e, 1000)}"), file=sys.stderr)
         return FAILED
     except StorageUnavailable as e:  # not the user's mistake: it may pass
-        print(f"{PROG}: storage unavailable: {first_line(e, 1000)}", file=sys.stderr)
+        print(redact(f"{PROG}: storage unavailable: {first_line(e, 1000)}"), file=sys.stderr)
         return FAILED
     except TableFormatError as e:  # found while the rows were read, after the run began
-        print(f"{PROG}: bad table: {first_line(e, 1000)}", file=sys.stderr)
+        print(redact(f"{PROG}: bad table: {first_line(e, 1000)}"), file=sys.stderr)
         return FAILED
     return USAGE_ERROR
 

@@ -170,3 +170,43 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_matches_a_clean_run(clean_r
     assert any(name.endswith(".tfrecord") for name in rerun)
     for name in clean:
         assert rerun[name] == clean[name], name
+
+
+def test_a_password_in_a_volume_url_is_written_nowhere(clean_run, tmp_path):
+    """A volume behind HTTP basic auth (``http://user:password@host/...``, which the readers
+    pass on) reads as any other; its password is in no output, message or log line: the manifest,
+    dead letters and the closing line show ``user:***@``. A refused run's one line too."""
+    data, _, _ = clean_run
+    with ChunkServer(data.root) as server:
+        server.missing.add(LONE_SOURCE_CHUNK)        # a dead letter that names the volume
+        source, target = (server.url(v).replace("://", "://reader:s3cret@")
+                          for v in ("source", "target"))
+        out = tmp_path / "out"
+        done = subprocess.run(_cli("--materialization", data.table_path, "--source-url", source,
+                                   "--target-url", target, "--output-dir", str(out),
+                                   "--crop-size", "12", "12", "4", "--variants", "1"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert b"s3cret" not in written and "s3cret" not in done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["source_url"] == source.replace("s3cret", "***")
+    assert manifest["counts"]["failures"]["missing_chunks"] == 1
+    [letter] = [d for d in _dead_letters(out) if d["reason"] == "missing_chunks"]
+    assert "reader:***@127.0.0.1" in letter["details"]
+
+    nowhere = "http://reader:s3cret@127.0.0.1:9/"             # nothing answers there
+    refused = subprocess.run(_cli("--materialization", data.table_path, "--source-url",
+                                  nowhere + "source", "--target-url", nowhere + "target",
+                                  "--output-dir", str(tmp_path / "refused")),
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "reader:***@127.0.0.1:9" in refused.stderr
+    assert "s3cret" not in refused.stdout + refused.stderr
+
+
+def test_redact_hides_only_the_password_of_each_url():
+    from synanno_datagen.errors import redact
+
+    assert redact("in http://u:p4ss@h:80/v and https://x:y@z/w, not gs://b/o or http://u@h/v") \
+        == "in http://u:***@h:80/v and https://x:***@z/w, not gs://b/o or http://u@h/v"
+    assert redact("precomputed://https://:tok@h/v") == "precomputed://https://:***@h/v"

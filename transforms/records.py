@@ -10,6 +10,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from synanno_datagen.errors import redact
 from synanno_datagen.transforms.geometry import XYZ, Box
 
 # Dead-letter reasons (a contract with the manifest's counts and users' scripts).
@@ -80,7 +81,10 @@ class DeadLetter:
 
     @classmethod
     def for_instance(cls, instance: Instance, reason: str, details: str, stage: str):
-        return cls(reason, details, stage, instance.instance_id, instance.ref, instance.row)
+        """The dead letter of ``instance``; URL passwords in ``details`` (a volume's, in a read
+        error) are shown as ``***`` (errors.redact)."""
+        return cls(reason, redact(details), stage, instance.instance_id, instance.ref,
+                   instance.row)
 
 
 @dataclass(frozen=True)
@@ -159,4 +163,4 @@ def exception_text(exc_type: type, exc_repr: str) -> str:
         except (ValueError, SyntaxError):
             message = exc_repr[len(name) + 1:-1]
         message = message if isinstance(message, str) else repr(message)
-    return f"{name}: {message}"[:DETAILS_LIMIT]
+    return redact(f"{name}: {message}")[:DETAILS_LIMIT]

@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from synanno_datagen.errors import redact
 from synanno_datagen.transforms.geometry import Box
 
 
@@ -36,7 +37,7 @@ class VolumeSpec:
 
     def to_manifest(self) -> dict:
         return {
-            "url": self.url, "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm_xyz),
+            "url": redact(self.url), "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm_xyz),
             "voxel_offset_xyz": list(self.voxel_offset_xyz), "size_xyz": list(self.size_xyz),
             "chunk_size_xyz": list(self.chunk_size_xyz), "dtype": self.dtype,
             "encoding": self.encoding, "layer_type": self.layer_type, "sharded": self.sharded,
