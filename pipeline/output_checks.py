@@ -81,7 +81,8 @@ def check_writable(output_dir: str) -> None:
         if transient(cause):
             raise storage_unavailable(f"--output-dir {output_dir}", cause) from None
         raise ConfigError(f"--output-dir {output_dir}: cannot write there ({type(e).__name__}: "
-                          f"{first_line(e, 200)}); check the bucket name and your write access") from None
+                          f"{first_line(e, 200)}); check the bucket name and your write "
+                          "access") from None
 
 
 def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:

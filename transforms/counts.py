@@ -39,9 +39,9 @@ FAILED = "failed:"  # key prefix of the failures by reason in the summed counts
 
 def _written_pairs(written):
     """(key, n) pairs of one WrittenShard."""
-    return [(key, written.counts[name]) for key, name in (
-        ("written", "instances"), ("variants", "variants"), ("filled_source", "filled_source"),
-        ("filled_target", "filled_target"))]
+    counts = written.counts
+    return [("written", counts["instances"])] + [
+        (key, counts[key]) for key in ("variants", "filled_source", "filled_target")]
 
 
 def count_run(rows, selected, written, dead, vanished=None, memory=None):

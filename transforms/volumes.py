@@ -37,7 +37,8 @@ class VolumeSpec:
 
     def to_manifest(self) -> dict:
         return {
-            "url": redact(self.url), "mip": self.mip, "resolution_nm_xyz": list(self.resolution_nm_xyz),
+            "url": redact(self.url), "mip": self.mip,
+            "resolution_nm_xyz": list(self.resolution_nm_xyz),
             "voxel_offset_xyz": list(self.voxel_offset_xyz), "size_xyz": list(self.size_xyz),
             "chunk_size_xyz": list(self.chunk_size_xyz), "dtype": self.dtype,
             "encoding": self.encoding, "layer_type": self.layer_type, "sharded": self.sharded,

@@ -7,8 +7,9 @@ files when the bundle ends (a group never spans bundles), with its instances' in
 file beside. Only small things cross the next shuffle: per group and split, the files' names,
 size, checksum and counts, whatever the group holds. FinalizeShards then numbers the shards of
 each split (``train-00003-of-00016``), renames the record files into place (a rename, not a
-copy) and writes the index shards from the index lines, adding each line's shard number. A group whose instances all failed writes
-nothing, so a run that writes no instance writes no shard.
+copy) and writes the index shards from the index lines, adding each line's shard number. A
+group whose instances all failed writes nothing, so a run that writes no instance writes no
+shard.
 """
 from __future__ import annotations
 
