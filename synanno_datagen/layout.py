@@ -157,7 +157,12 @@ def manifest_of_latest(text: str) -> str:
 
 
 def root_of_run(run_location: str, run_directory: str) -> str:
-    """The incremental root above a run opened directly (``ROOT/runs/00002`` -> ``ROOT``)."""
+    """The incremental root above a run opened directly (``ROOT/runs/00002`` -> ``ROOT``).
+    ValueError unless ``run_directory`` (the run's manifest's ``run_dir``) is ``runs/NNNNN``:
+    any other would make another ancestor the root, and every path under it the dataset's."""
+    parts = str(run_directory).split("/")
+    if len(parts) != 2 or parts[0] != RUNS_DIR or not (parts[1].isascii() and parts[1].isdigit()):
+        raise ValueError(f"the manifest's run_dir {run_directory!r} is not {RUNS_DIR}/NNNNN")
     location = run_location.rstrip("/")
     if not location.endswith("/" + run_directory):
         raise ValueError(f"{run_location} holds the manifest of incremental run "

@@ -244,6 +244,22 @@ def test_paths_that_leave_the_dataset_are_refused_not_read(small_data, tmp_path,
             open_dataset(str(out)).index()
 
 
+@pytest.mark.parametrize("run_dir", ["Downloads/ds", "runs/../..", "runs/1/x", "/abs"])
+def test_a_run_dir_that_is_not_a_runs_folder_cannot_move_the_root(small_data, tmp_path, capsys,
+                                                                  run_dir):
+    """A run's manifest names its folder (runs/NNNNN); open directly, the root is the folder two
+    levels up. Any other run_dir would make an ancestor of the user's choosing the root, and
+    every listed path inside it (found by review: inspect printed a file beside the dataset)."""
+    out = tmp_path / "home" / "Downloads" / "ds"
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["incremental"] = {"run_dir": run_dir}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert_usage_error(capsys, ["inspect", str(out)], "cannot read the manifest",
+                       f"run_dir {run_dir!r}", "runs/NNNNN")
+
+
 @pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",
                                      '{"config": {}, "counts": {}}'])
 def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, foreign):
