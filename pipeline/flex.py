@@ -22,7 +22,7 @@ import sys
 from decimal import Decimal
 from typing import Dict, List, Sequence, Tuple
 
-from synanno_datagen.errors import ConfigError
+from synanno_datagen.errors import ConfigError, redact
 from synanno_datagen.pipeline.options import run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
@@ -149,7 +149,7 @@ def body_main(argv: Sequence[str]) -> int:
         if args.metadata_file:
             check_parameters(params, args.metadata_file)
     except ConfigError as e:
-        print(f"synanno-datagen: error: {e}", file=sys.stderr)
+        print(redact(f"synanno-datagen: error: {e}"), file=sys.stderr)
         return 2
     environment = {}
     for flag, field in ENVIRONMENT_FLAGS.items():

@@ -29,10 +29,13 @@ PROG = "synanno-datagen"
 
 
 def _redacted(record: logging.LogRecord) -> bool:
-    """A logging filter: the record's message without URL passwords (errors.redact)."""
+    """A logging filter: the record's message and traceback without URL passwords
+    (errors.redact)."""
     message = record.getMessage()
     if "@" in message:
         record.msg, record.args = redact(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
     return True
 
 

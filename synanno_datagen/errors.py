@@ -1,15 +1,17 @@
 """The user-facing error types, each one line from the CLI (exit code as each says)."""
 import re
 
-# The password of a URL's user information (scheme://user:password@host/...).
-_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+# A URL's user information (scheme://user:password@ or scheme://token@), up to its last @
+# before the path: a password may hold a raw @.
+_USERINFO = re.compile(r"(?<=://)([^/@\s:]*)(:?)[^/\s]*@")
 
 
 def redact(text: str) -> str:
-    """``text`` with the password of every URL in it shown as ``***`` (``http://user:***@host``):
-    what goes into messages, logs, the manifest and dead letters (a volume behind HTTP basic
-    auth is read with its URL's password, which is written nowhere)."""
-    return _PASSWORD.sub(r"\1:***@", text)
+    """``text`` with the password of every URL in it shown as ``***`` (``http://user:***@host``),
+    or the whole user information when it has no password (a token: ``http://***@host``): what
+    goes into messages, logs, the manifest and dead letters (a volume behind HTTP basic auth is
+    read with its URL's password, which is written nowhere)."""
+    return _USERINFO.sub(lambda m: f"{m[1]}:***@" if m[2] else "***@", text)
 
 
 class UsageError(ValueError):

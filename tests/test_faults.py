@@ -207,6 +207,24 @@ def test_a_password_in_a_volume_url_is_written_nowhere(clean_run, tmp_path):
 def test_redact_hides_only_the_password_of_each_url():
     from synanno_datagen.errors import redact
 
-    assert redact("in http://u:p4ss@h:80/v and https://x:y@z/w, not gs://b/o or http://u@h/v") \
-        == "in http://u:***@h:80/v and https://x:***@z/w, not gs://b/o or http://u@h/v"
+    assert redact("in http://u:p4ss@h:80/v and https://x:y@z/w, not gs://b/o") \
+        == "in http://u:***@h:80/v and https://x:***@z/w, not gs://b/o"
     assert redact("precomputed://https://:tok@h/v") == "precomputed://https://:***@h/v"
+    assert redact("http://alice:S3c@retPW@host/v") == "http://alice:***@host/v"   # a raw @
+    assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
+        "https://***@host/v and gs://b/sa@p.iam/o"          # a token as the user name
+
+
+def test_the_log_filter_redacts_a_records_traceback_too():
+    import logging
+
+    from synanno_datagen.cli import _redacted
+
+    try:
+        raise ValueError("Error reading http://alice:S3cretPW@h/x/info")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed on %s", ("it",),
+                                   sys.exc_info())
+    assert _redacted(record)
+    text = logging.Formatter().format(record)
+    assert "S3cretPW" not in text and "http://alice:***@h/x/info" in text
