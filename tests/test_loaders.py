@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -506,6 +507,45 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     np.save(target, np.full_like(written, 7))    # same header, same size, other values
     with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
         npy[1]
+
+
+def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both_layouts, torch,
+                                                                           tmp_path):
+    """Found by review: an npy file was read whole before its size was compared (a link to
+    /dev/zero, or a huge file, took all memory); an index line that listed no size and sha256
+    for a file skipped its check; an npy header declaring a huge array was a MemoryError
+    traceback. Each is one DatasetError naming the file."""
+    import hashlib
+
+    import numpy as np
+
+    from synanno_datagen import DatasetError
+
+    copy, _ = _damaged_copy(both_layouts["instance"], tmp_path)
+    npy = loaders.NpyDataset(str(copy), "val")
+    source = Path(npy.items[0]["source"])
+    listed = npy.items[0]["listed"][str(source)]
+    source.unlink()
+    source.symlink_to("/dev/zero")             # endless: the reader stops after listed + 1
+    with pytest.raises(DatasetError, match=rf"{source}: more bytes than the index lists "
+                                           rf"\({listed[0]} bytes"):
+        npy[0]
+
+    header = b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': " \
+        b"(1000000, 1000000, 1000000), }"
+    bomb = header + b" " * (127 - len(header)) + b"\n"
+    source.unlink()
+    source.write_bytes(bomb)
+    npy.items[0]["listed"][str(source)] = (len(bomb), hashlib.sha256(bomb).hexdigest())
+    with pytest.raises(DatasetError, match=rf"{source}: not a readable npy file"):
+        npy[0]
+
+    del npy.items[0]["listed"][str(source)]
+    with pytest.raises(DatasetError, match=rf"{source}: its index line lists no size and "
+                                           r"sha256 for it"):
+        npy[0]
+    other = next(i for i, item in enumerate(npy.items) if item["source"] != str(source))
+    assert np.asarray(npy[other][0]).shape[0] == 2    # other instances still read
 
 
 def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch, tmp_path):

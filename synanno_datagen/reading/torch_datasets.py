@@ -165,22 +165,27 @@ def _load_npy(path: str, listed: Optional[Tuple[int, str]], shape_zyx) -> np.nda
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    try:
+    if listed is None:
+        raise DatasetError(f"{path}: its index line lists no size and sha256 for it; {DAMAGED}")
+    try:   # no further than the listing: a larger file is not what was written
         if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(listed[0] + 1)
         else:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
+                data = f.read(listed[0] + 1)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
                            f"{DAMAGED}") from None
-    if listed is not None and (len(data), hashlib.sha256(data).hexdigest()) != tuple(listed):
+    if len(data) > listed[0]:
+        raise DatasetError(f"{path}: more bytes than the index lists ({listed[0]} bytes); "
+                           f"{DAMAGED}")
+    if (len(data), hashlib.sha256(data).hexdigest()) != tuple(listed):
         raise DatasetError(f"{path}: {len(data)} bytes that are not the ones the index lists "
                            f"({listed[0]} bytes, sha256 {listed[1][:12]}...); {DAMAGED}")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, MemoryError) as e:
         raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
                            f"{first_line(e, 200)}); {DAMAGED}") from None
     if array.dtype != np.uint8 or array.shape != tuple(shape_zyx):
