@@ -598,6 +598,32 @@ def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_pat
         skip_serialized(io.BytesIO(bytes(broken)), 1)
 
 
+def test_a_record_longer_than_the_dataset_can_hold_is_refused_before_it_is_read(
+        both_layouts, torch, tmp_path):
+    """Found by review: a gzip shard of a few MB whose record length says 2**40 had the reader
+    decompress the whole stream into memory for that record. A record's length is checked
+    against what a record of the dataset can hold (its arrays and seed slices) first."""
+    import gzip
+    import struct
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from synanno_datagen import DatasetError
+
+    copy, manifest = _damaged_copy(both_layouts["variant"], tmp_path)   # gzip shards
+    shard = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "val")
+    length = struct.pack("<Q", 1 << 40)
+    bomb = gzip.compress(length + struct.pack("<I", _TFRecordUtil._masked_crc32c(length))
+                         + bytes(1 << 22))
+    (copy / shard["path"]).write_bytes(bomb)
+    shard["bytes"] = len(bomb)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=r"record 1 does not read \(ValueError: a record of "
+                                           r"1099511627776 bytes, more than a record of this "
+                                           r"dataset holds \(\d+\)\)"):
+        list(loaders.ShardDataset(str(copy), "val"))
+
+
 def test_records_info_reads_a_manifest_from_before_record_layouts_as_variant_records():
     from synanno_datagen.layout import records_info
 

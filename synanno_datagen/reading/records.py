@@ -20,15 +20,43 @@ SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", 
                    "seed_slice_counts")
 
 
-def iter_serialized(stream) -> Iterator[bytes]:
-    """The serialized records of an open TFRecord file, in order."""
+def _record_length(stream) -> Optional[int]:
+    """The length of the next record of an open TFRecord file, checked against its CRC (TFRecord
+    framing: length uint64, its masked CRC32C, data, the data's masked CRC32C); None at the
+    end of the file."""
+    import struct
+
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
-    while True:
-        record = _TFRecordUtil.read_record(stream)
-        if record is None:
-            return
-        yield record
+    header = stream.read(12)
+    if not header:
+        return None
+    if len(header) < 12:
+        raise ValueError("the file ends inside a record's length")
+    length, mask = struct.unpack("<QI", header)
+    if _TFRecordUtil._masked_crc32c(header[:8]) != mask:
+        raise ValueError("a record's length fails its CRC")
+    return length
+
+
+def iter_serialized(stream, max_length: Optional[int] = None) -> Iterator[bytes]:
+    """The serialized records of an open TFRecord file, in order; ValueError for a record
+    longer than ``max_length`` before its data is read (a damaged or hostile length would
+    otherwise have its whole stream read into memory)."""
+    import struct
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    while (length := _record_length(stream)) is not None:
+        if max_length is not None and length > max_length:
+            raise ValueError(f"a record of {length} bytes, more than a record of this dataset "
+                             f"holds ({max_length})")
+        data, footer = stream.read(length), stream.read(4)
+        if len(data) < length or len(footer) < 4:
+            raise ValueError(f"Not a valid TFRecord. Fewer than {length + 4} bytes")
+        if _TFRecordUtil._masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+            raise ValueError("Not a valid TFRecord. Mismatch of data mask")
+        yield data
 
 
 def skip_serialized(stream, n: int) -> int:
@@ -36,21 +64,22 @@ def skip_serialized(stream, n: int) -> int:
     their data: each length is read and checked against its CRC, the data and its CRC are
     seeked over. Returns the records skipped (fewer at the end of the file)."""
     import io
-    import struct
-
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
     for skipped in range(n):
-        header = stream.read(12)
-        if not header:
+        length = _record_length(stream)
+        if length is None:
             return skipped
-        if len(header) < 12:
-            raise ValueError("the file ends inside a record's length")
-        length, mask = struct.unpack("<QI", header)
-        if _TFRecordUtil._masked_crc32c(header[:8]) != mask:
-            raise ValueError("a record's length fails its CRC")
         stream.seek(length + 4, io.SEEK_CUR)
     return n
+
+
+def max_record_bytes(manifest: dict) -> int:
+    """The most bytes a record of the dataset can hold: three arrays of its ``shape_zyx`` (source,
+    target, a seed mask) and room for its other features (every variant's seed slices, points,
+    boxes)."""
+    depth, height, width = manifest["arrays"]["shape_zyx"]
+    variants = manifest["config"]["variants"]
+    return 3 * depth * height * width + 16 * variants * depth + (1 << 20)
 
 
 def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
@@ -89,7 +118,7 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
         with dataset.open(tfrecord_file["path"], gzip=gzip) as stream:
             if skip and not gzip:   # seek over the records before: a gzip stream cannot
                 count = skip_serialized(stream, skip)
-            for serialized in iter_serialized(stream):
+            for serialized in iter_serialized(stream, max_record_bytes(dataset.manifest)):
                 record = decode(serialized, keys) if count >= skip else None
                 count += 1
                 if record is not None:
