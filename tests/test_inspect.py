@@ -260,6 +260,27 @@ def test_a_run_dir_that_is_not_a_runs_folder_cannot_move_the_root(small_data, tm
                        f"run_dir {run_dir!r}", "runs/NNNNN")
 
 
+def test_a_manifest_with_absurd_arrays_or_dead_letters_is_refused_in_one_line(small_data,
+                                                                             tmp_path, capsys):
+    """Found by review: an arrays.shape_zyx of 10**9 slices made inspect exhaust memory, and a
+    dead-letter line without a reason was a KeyError traceback."""
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    for shape in ([10**9, 24, 24], [4, 0, 24], [4, "24", 24], [4, 24]):
+        (out / "manifest.json").write_text(json.dumps({**manifest, "arrays": {
+            **manifest["arrays"], "shape_zyx": shape}}))
+        assert_usage_error(capsys, ["inspect", str(out)], "arrays.shape_zyx",
+                           "not a crop's shape")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "dead_letter.jsonl").write_text('{"details": "x"}\n')
+    manifest["files"]["dead_letter"]["bytes"] = len('{"details": "x"}\n')
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert_usage_error(capsys, ["inspect", str(out)], "dead_letter.jsonl",
+                       "a line without a reason")
+
+
 @pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",
                                      '{"config": {}, "counts": {}}'])
 def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, foreign):

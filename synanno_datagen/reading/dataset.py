@@ -19,6 +19,7 @@ __all__ = ["Dataset", "DatasetError", "open_dataset"]
 
 # What to do about a file of a dataset that is cut short, changed or unreadable.
 DAMAGED = "copy the file again, or generate the dataset again"
+MAX_CROP_SIDE = 1 << 16   # voxels per axis of a record's arrays; a manifest saying more is damaged
 
 
 def _filesystems():
@@ -159,8 +160,14 @@ class Dataset:
         return [line for _, lines in self.index_shards(split) for line in lines]
 
     def dead_letters(self) -> List[dict]:
-        """The dead-letter lines of the (latest) run, in file order."""
-        return list(self.read_jsonl(self.manifest["files"]["dead_letter"]["path"]))
+        """The dead-letter lines of the (latest) run, in file order; DatasetError for a line
+        that is not a dead letter (an object with a ``reason``)."""
+        relative = self.manifest["files"]["dead_letter"]["path"]
+        lines = list(self.read_jsonl(relative))
+        if not all(isinstance(d, dict) and isinstance(d.get("reason"), str) for d in lines):
+            raise DatasetError(f"{self.path(relative)}: a line without a reason, not a dead "
+                               f"letter; {DAMAGED}")
+        return lines
 
     def tfrecord_for(self, index_file: dict) -> dict:
         """The TFRecord shard entry holding the records of an index shard entry (same run,
@@ -202,6 +209,11 @@ def _checked_manifest(path: str, manifest) -> dict:
     if not layout.is_manifest(manifest):
         raise DatasetError(f"{path}: not a manifest of synanno-datagen (no config, counts and "
                            "files); point at a dataset this tool wrote")
+    shape = manifest.get("arrays", {}).get("shape_zyx")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(type(n) is int and 0 < n <= MAX_CROP_SIDE for n in shape)):
+        raise DatasetError(f"{path}: arrays.shape_zyx {shape!r} is not a crop's shape (three "
+                           f"whole numbers from 1 to {MAX_CROP_SIDE}); {DAMAGED}")
     return manifest
 
 

@@ -27,7 +27,7 @@ def depth_of(manifest: dict) -> int:
 
 def _foreground_z(entry: dict, depth: int) -> List[int]:
     # Index lines written before foreground_slices existed: every slice is a candidate.
-    return entry.get("foreground_slices", list(range(depth)))
+    return entry["foreground_slices"] if "foreground_slices" in entry else list(range(depth))
 
 
 def seed_count_histogram(entries: List[dict], model: SeedModel, depth: int) -> dict:
