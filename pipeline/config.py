@@ -337,16 +337,22 @@ MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits ar
 
 
 def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, float], ...]]:
-    """The other order of ``config.splits`` whose generation hash is ``digest`` (an earlier
-    version laid --splits out in the order written), or None. Orders are hashed only when a
-    root's hash is not this config's own, and only until one matches."""
+    """The order of ``config.splits`` under which an earlier version's generation hash of this
+    config's records is ``digest``, or None. An earlier version laid --splits out in the order
+    written, and hashed the volume URLs as typed, password included. Asked only when a root's
+    hash is not this config's own; orders are hashed only until one matches."""
     from synanno_datagen.pipeline.incremental import generation_hash
 
-    if len(config.splits) > MAX_REORDERED_SPLITS:
-        return None
-    return next((o for o in itertools.islice(itertools.permutations(config.splits), 1, None)
-                 if generation_hash(dataclasses.replace(config, splits=o).generation()) == digest),
-                None)
+    as_typed = {"source_url": config.source.url, "target_url": config.target.url}
+    typed = as_typed != {k: redact(url) for k, url in as_typed.items()}   # a password in one
+    orders = itertools.permutations(config.splits) \
+        if len(config.splits) <= MAX_REORDERED_SPLITS else [config.splits]
+    for order in orders:
+        generation = dataclasses.replace(config, splits=order).generation()
+        if generation_hash(generation) == digest or \
+                (typed and generation_hash({**generation, **as_typed}) == digest):
+            return order
+    return None
 
 
 def _with_incremental_plan(config: Config) -> Config:
@@ -366,8 +372,13 @@ def _with_incremental_plan(config: Config) -> Config:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
                           "point --output-dir at another root") from None
-    config = dataclasses.replace(
-        config, splits=orders.get(incremental.generation_hash) or config.splits)
+    order = orders.get(incremental.generation_hash)
+    if order is not None:   # a root of an earlier version's hash: extended under this version's
+        from synanno_datagen.pipeline.incremental import generation_hash
+
+        config = dataclasses.replace(config, splits=order)
+        incremental = dataclasses.replace(incremental,
+                                          generation_hash=generation_hash(config.generation()))
     if not config.overwrite:
         output_checks.check_no_foreign_entries(incremental.output_dir)
     grid = None

@@ -1,9 +1,10 @@
 """The user-facing error types, each one line from the CLI (exit code as each says)."""
 import re
 
-# A URL's user information (scheme://user:password@ or scheme://token@), up to its last @
-# before the path: a password may hold a raw @.
-_USERINFO = re.compile(r"(?<=://)([^/@\s:]*)(:?)[^/\s]*@")
+# A URL's user information (scheme://user:password@ or scheme://token@): a user name up to a
+# ':' or '@', a password up to the last '@' before the host (it may hold a raw '@'); neither
+# runs past a path, query or fragment, a quote or a comma.
+_USERINFO = re.compile(r"""(?<=://)([^/?#\s'",:@]*)(:?)(?(2)[^/?#\s'"]*)@""")
 
 
 def redact(text: str) -> str:

@@ -213,6 +213,39 @@ def test_redact_hides_only_the_password_of_each_url():
     assert redact("http://alice:S3c@retPW@host/v") == "http://alice:***@host/v"   # a raw @
     assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
         "https://***@host/v and gs://b/sa@p.iam/o"          # a token as the user name
+    for plain in ("https://host?email=a@b.com", "https://example.com#me@x",
+                  "['gs://b','ops@x.org']", "https://host/x?email=a@b.com", "file:///tmp/a@b"):
+        assert redact(plain) == plain                        # no user information there
+
+
+def test_a_root_an_earlier_version_made_with_a_password_in_a_url_is_extended(clean_run,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    """An earlier version hashed the volume URLs with their password; the root it made is
+    extended, not started again (found by review), as a changed password's is."""
+    from synanno_datagen.cli import main
+    from synanno_datagen.pipeline import config as config_module
+
+    data, _, _ = clean_run
+    root = tmp_path / "root"
+    with ChunkServer(data.root) as server:
+        def argv(password):
+            urls = [server.url(v).replace("://", f"://reader:{password}@")
+                    for v in ("source", "target")]
+            return ["run", "--materialization", data.table_path, "--source-url", urls[0],
+                    "--target-url", urls[1], "--output-dir", str(root), "--incremental",
+                    "--crop-size", "12", "12", "4", "--variants", "1", "--num-instances", "2"]
+
+        with monkeypatch.context() as m:    # the earlier version: URLs hashed as typed
+            m.setattr(config_module, "redact", lambda text: text)
+            assert main(argv("old")) == 0
+        assert main(argv("old")[:-2] + ["--num-instances", "4"]) == 0
+        assert main(argv("new")[:-2] + ["--num-instances", "5"]) == 0
+    runs = [json.loads((root / "runs" / f"0000{n}" / "manifest.json").read_text())
+            for n in (1, 2, 3)]
+    assert [r["incremental"]["extends"] is not None for r in runs] == [False, True, True]
+    assert all(r["incremental"]["replaces"] is None for r in runs)
+    assert runs[2]["config"]["source_url"].startswith("http://reader:***@")
 
 
 def test_the_log_filter_redacts_a_records_traceback_too():
