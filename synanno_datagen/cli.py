@@ -39,6 +39,14 @@ def _redacted(record: logging.LogRecord) -> bool:
     return True
 
 
+def _redacted_traceback(kind, value, tb) -> None:
+    """sys.excepthook: an uncaught exception's traceback, as Python prints it, without URL
+    passwords (errors.redact)."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def summary(manifest: dict, output_dir: str) -> str:
     """A short human summary of a finished run."""
     counts = manifest["counts"]
@@ -211,6 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
+    sys.excepthook = _redacted_traceback
     try:
         if argv[0] in ("run", "demo"):
             return generate(argv[0], argv[1:], demo)

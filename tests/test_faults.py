@@ -218,6 +218,18 @@ def test_redact_hides_only_the_password_of_each_url():
         assert redact(plain) == plain                        # no user information there
 
 
+def test_an_uncaught_exception_is_printed_without_a_urls_password(capsys):
+    from synanno_datagen.cli import _redacted_traceback
+
+    try:
+        raise RuntimeError("worker failed reading http://alice:S3cretPW@h/x/info")
+    except RuntimeError:
+        _redacted_traceback(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "S3cretPW" not in err
+    assert "RuntimeError: worker failed reading http://alice:***@h/x/info" in err
+
+
 def test_a_root_an_earlier_version_made_with_a_password_in_a_url_is_extended(clean_run,
                                                                              tmp_path,
                                                                              monkeypatch):
