@@ -268,6 +268,8 @@ def test_a_manifest_with_absurd_arrays_or_dead_letters_is_refused_in_one_line(sm
     assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
     capsys.readouterr()
     manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "arrays": [4, 24, 24]}))
+    assert_usage_error(capsys, ["inspect", str(out)], "arrays.shape_zyx None")
     for shape in ([10**9, 24, 24], [4, 0, 24], [4, "24", 24], [4, 24]):
         (out / "manifest.json").write_text(json.dumps({**manifest, "arrays": {
             **manifest["arrays"], "shape_zyx": shape}}))

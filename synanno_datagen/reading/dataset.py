@@ -209,7 +209,8 @@ def _checked_manifest(path: str, manifest) -> dict:
     if not layout.is_manifest(manifest):
         raise DatasetError(f"{path}: not a manifest of synanno-datagen (no config, counts and "
                            "files); point at a dataset this tool wrote")
-    shape = manifest.get("arrays", {}).get("shape_zyx")
+    arrays = manifest.get("arrays")
+    shape = arrays.get("shape_zyx") if isinstance(arrays, dict) else None
     if not (isinstance(shape, list) and len(shape) == 3
             and all(type(n) is int and 0 < n <= MAX_CROP_SIDE for n in shape)):
         raise DatasetError(f"{path}: arrays.shape_zyx {shape!r} is not a crop's shape (three "
