@@ -527,3 +527,25 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
     check_runner(["--runner=DataflowRunner", "--project=my-project", "--region=r",   # Beam's
                   "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json",  # older
                   "--worker_harness_container_image=registry.example/img:1"])          # name
+
+
+def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
+    """``precomputed://gs://...`` is how Neuroglancer and cloud-volume write a volume URL, and
+    run reads it: the template's regexes accept it too."""
+    import json
+
+    env, calls = stub_gcloud
+    done = launch("schedule", "--materialization", "gs://tables/export_*.csv",
+                  "--source-url", "precomputed://gs://h01/raw",
+                  "--target-url", "precomputed://https://h01.example.org/syn",
+                  "--output-dir", "gs://out/datagen", PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 0, done.stderr
+    params = json.loads(_value(calls()[-1], "--message-body"))["launchParameter"]["parameters"]
+    assert params["source_url"] == "precomputed://gs://h01/raw"
+    assert params["target_url"] == "precomputed://https://h01.example.org/syn"
+    declared = _metadata()
+    for name in ("source_url", "target_url"):
+        assert any(re.fullmatch(rx, params[name]) for rx in declared[name]["regexes"])
+    for refused in ("precomputed://file:///data/raw", "file:///data/raw", "precomputed://gs:/x"):
+        assert not any(re.fullmatch(rx, refused) for rx in declared["source_url"]["regexes"])
