@@ -64,3 +64,24 @@ def test_the_python_we_ask_for_is_one_every_pinned_dependency_installs_on():
             continue
         theirs = metadata.metadata(requirement.name).get("Requires-Python")
         assert not theirs or SpecifierSet(theirs).contains(lowest), (requirement.name, theirs)
+
+
+def test_the_sdist_workers_install_holds_the_package_and_no_half_test_suite(tmp_path):
+    """Dataflow stages ``python setup.py sdist`` (``--setup_file``) for its workers: every module
+    of the package is in it, and the tests are not (they need the repository: conftest, data,
+    Dockerfile, scripts)."""
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=root,
+                   check=True, capture_output=True)
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    modules = {p.relative_to(root).as_posix() for folder in ("synanno_datagen", "pipeline",
+                                                             "transforms")
+               for p in (root / folder).rglob("*.py")}
+    assert modules and modules <= names
+    assert not [n for n in names if n.startswith("tests/") or n.endswith(".pyc")]
+    assert {"setup.py", "README.md"} <= names
