@@ -16,12 +16,18 @@ from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED
 
 def to_output_dir(location: str) -> str:
     """``--output-dir`` as the run names it: a URL without trailing slashes, or an absolute
-    path. Refuses a URL naming no bucket (``gs://`` from an unset variable would otherwise be
+    path (also for a ``file:///`` URL). Refuses a URL naming no bucket (``gs://`` from an unset variable would otherwise be
     the local folder ``gs:``) and glob characters (Beam's FileSystems match the names of files
     they remove or rename as patterns)."""
     if not location.strip():
         raise ConfigError(f"--output-dir {location!r}: empty (an unset variable?); give the "
                           "dataset's directory")
+    from synanno_datagen.transforms.files import storage_location
+
+    try:
+        location = storage_location(location)
+    except ValueError as e:
+        raise ConfigError(f"--output-dir {location!r}: {e}") from None
     if "://" in location:
         scheme, _, rest = location.partition("://")
         if not rest.split("/", 1)[0]:

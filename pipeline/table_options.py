@@ -64,10 +64,15 @@ def match_table(pattern: str) -> List[str]:
     """Sorted paths of the table's shards (a file or a glob)."""
     from apache_beam.io.filesystems import FileSystems
 
-    where = pattern
-    if ("://" not in pattern and not pattern.startswith(("/", ".", "~"))
-            and any(c in pattern for c in "*?[")):
-        where = os.path.join(".", pattern)   # Beam's local glob needs a leading folder
+    from synanno_datagen.transforms.files import storage_location
+
+    try:
+        where = storage_location(pattern)
+    except ValueError as e:
+        raise ConfigError(f"{TABLE_FLAG} {pattern!r}: {e}") from None
+    if ("://" not in where and not where.startswith(("/", ".", "~"))
+            and any(c in where for c in "*?[")):
+        where = os.path.join(".", where)   # Beam's local glob needs a leading folder
     try:
         matched = FileSystems.match([where])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError for unreadable locations

@@ -526,3 +526,33 @@ def test_more_variants_than_seed_slice_sets_warns_before_any_work(small_data, tm
     with caplog.at_level(logging.WARNING):
         check(small_data.argv(tmp_path / "b", "--variants", "14"))
     assert "--variants" not in caplog.text
+
+
+def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data, tmp_path):
+    """Volumes are given as file:// URLs (the demo's are), so users write the table and the
+    output dir that way too: the same local files, the same dataset as with plain paths."""
+    plain, url = tmp_path / "plain", tmp_path / "url"
+    assert main(["run"] + small_data.argv(plain, "--variants", "1", "--quiet")) == 0
+    argv = small_data.argv(f"file://{url}", "--variants", "1", "--quiet")
+    argv[argv.index(small_data.table_path)] = f"file://{small_data.table_path}"
+    assert main(["run"] + argv) == 0
+    manifest = json.loads((url / "manifest.json").read_text())
+    assert manifest["config"]["output_dir"] == str(url)
+    assert manifest["counts"] == json.loads((plain / "manifest.json").read_text())["counts"]
+    assert sorted(p.name for p in url.iterdir()) == sorted(p.name for p in plain.iterdir())
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file://tmp/out", "file:// is followed by an absolute path (file:///tmp/out"),
+    ("memory://bucket/out", "no storage here reads memory:// URLs"),
+])
+def test_output_dirs_and_tables_nothing_here_reads_are_refused_in_one_line(small_data, tmp_path,
+                                                                        capsys, where,
+                                                                        message):
+    assert_usage_error(capsys, ["run"] + small_data.argv(where), f"--output-dir {where!r}",
+                       message)
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index(small_data.table_path)] = where + "/synapses.csv"
+    assert_usage_error(capsys, ["run"] + argv, f"--materialization {where + '/synapses.csv'!r}",
+                       message)
+    assert not (tmp_path / "out").exists()

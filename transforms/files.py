@@ -18,6 +18,27 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
+def storage_location(location: str) -> str:
+    """``location`` as Beam's FileSystems name it: a ``file:///ABSOLUTE/PATH`` URL (the form
+    volume URLs take) as that local path, other URLs and paths as they are. Raises ValueError,
+    its text the reason, for ``file://HOST/...`` and for a scheme no filesystem here reads."""
+    if "://" not in location:
+        return location
+    scheme, _, rest = location.partition("://")
+    if scheme.lower() == "file":
+        host, _, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"file:// is followed by an absolute path (file:///{rest}); or "
+                             "give a plain path")
+        return "/" + path
+    try:
+        FileSystems.get_filesystem(location)
+    except ValueError:
+        raise ValueError(f"no storage here reads {scheme}:// URLs; use gs://BUCKET/... or a "
+                         "local path") from None
+    return location
+
+
 def before_commit(keepalive) -> None:
     """Look at the run's lease right before files get their final names, however recently the
     run last looked (``keepalive``: a pipeline.lease.Heartbeat, or None without a lease). Raises
