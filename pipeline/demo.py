@@ -54,7 +54,7 @@ def write_demo_views(output_dir: str) -> Tuple[str, List[str]]:
     from synanno_datagen.reading.inspection import inspect_dataset
     from synanno_datagen.reading.plots import write_plots
     from synanno_datagen.reading.preview import run_preview
-    from synanno_datagen.transforms.files import join
+    from synanno_datagen.layout import join
 
     views = views_dir(output_dir)
     preview = join(views, "preview.png")

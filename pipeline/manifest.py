@@ -15,12 +15,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from synanno_datagen import GENERATOR_NAME, __version__
 from synanno_datagen.layout import (
-    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, latest_pointer,
-    tf_compression_type,
+    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, join,
+    latest_pointer, tf_compression_type,
 )
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.transforms.examples import features
-from synanno_datagen.transforms.files import delete_tree, join, write_atomic, write_bytes
+from synanno_datagen.transforms.files import delete_tree, write_atomic, write_bytes
 from synanno_datagen.transforms.write import NPY
 
 SCHEMA_VERSION = 1

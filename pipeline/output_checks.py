@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from synanno_datagen.errors import ConfigError, first_line, storage_unavailable, transient
-from synanno_datagen.layout import DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED, is_manifest
+from synanno_datagen.layout import (DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED, is_manifest,
+                                     join)
 
 
 def to_output_dir(location: str) -> str:
@@ -73,7 +74,7 @@ def check_writable(output_dir: str) -> None:
         return
     from synanno_datagen.transforms.files import delete_tree, write_bytes
 
-    probe = FileSystems.join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
+    probe = join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
     try:
         if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
             raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
@@ -96,13 +97,13 @@ def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     ``config``) unless ``overwrite``."""
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.exists(FileSystems.join(output_dir, LATEST)):
+    if FileSystems.exists(join(output_dir, LATEST)):
         raise ConfigError(f"--output-dir {output_dir} is an incremental root ({LATEST}): add "
                           "--incremental to extend it, or choose another directory (a one-off "
                           "dataset there would hide its runs from every reader)")
     if overwrite:
         return
-    previous = own_manifest(FileSystems.join(output_dir, MANIFEST))
+    previous = own_manifest(join(output_dir, MANIFEST))
     if previous is None:   # no dataset of ours: nothing else of those names either
         check_no_foreign_entries(output_dir)
         return
@@ -134,12 +135,12 @@ def check_no_foreign_entries(output_dir: str) -> None:
 
     from synanno_datagen.transforms.files import holds_anything
 
-    if FileSystems.exists(FileSystems.join(output_dir, UNFINISHED)):
+    if FileSystems.exists(join(output_dir, UNFINISHED)):
         return   # an unfinished run's, however many files it left (nothing is listed)
-    if own_manifest(FileSystems.join(output_dir, MANIFEST)) is not None:
+    if own_manifest(join(output_dir, MANIFEST)) is not None:
         return   # a run of this tool's (an incremental root's run folder LATEST does not name)
     found = [name for name in sorted(DATASET_ENTRIES)
-             if holds_anything(FileSystems.join(output_dir, name))]
+             if holds_anything(join(output_dir, name))]
     if found:
         raise ConfigError(f"--output-dir {output_dir} holds {', '.join(found)} but no dataset of "
                           f"this tool (no {MANIFEST} of its own, no unfinished run's "
@@ -168,7 +169,7 @@ def check_incremental_root(root: str) -> None:
     before ``LATEST``, so the runs would stay hidden behind it."""
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.exists(FileSystems.join(root, MANIFEST)):
+    if FileSystems.exists(join(root, MANIFEST)):
         raise ConfigError(f"--output-dir {root} holds the dataset of a one-off run "
                           f"({MANIFEST}); an incremental root must be a new directory or one "
                           "written by --incremental runs: choose another directory")

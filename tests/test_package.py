@@ -85,3 +85,17 @@ def test_the_sdist_workers_install_holds_the_package_and_no_half_test_suite(tmp_
     assert modules and modules <= names
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".pyc")]
     assert {"setup.py", "README.md"} <= names
+
+
+def test_the_reading_side_imports_no_beam():
+    """Reading a dataset (open_dataset, inspect, preview, plots, the loaders) is apart from the
+    generator: importing it loads no Beam (seconds of start-up in a training job)."""
+    from pathlib import Path
+
+    reading = Path(__file__).resolve().parents[1] / "synanno_datagen" / "reading"
+    modules = sorted(f"synanno_datagen.reading.{p.stem}" for p in reading.glob("*.py"))
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + \
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert len(modules) > 5 and out.strip() == "[]"

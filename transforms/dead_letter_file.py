@@ -20,8 +20,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from synanno_datagen.layout import DEAD_LETTER, FRAGMENTS_DIR, json_line
-from synanno_datagen.transforms.files import before_commit, join, write_atomic, write_bytes
+from synanno_datagen.layout import DEAD_LETTER, FRAGMENTS_DIR, join, json_line
+from synanno_datagen.transforms.files import before_commit, write_atomic, write_bytes
 
 RUN_LINES = 50_000          # lines a worker holds before it writes them as one sorted run
 MERGE_FAN_IN = 128          # runs read at once; more are merged in passes

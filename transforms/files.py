@@ -14,10 +14,6 @@ from synanno_datagen.layout import json_lines
 _RAW = CompressionTypes.UNCOMPRESSED
 
 
-def join(*parts: str) -> str:
-    return FileSystems.join(*parts)
-
-
 def storage_location(location: str) -> str:
     """``location`` as Beam's FileSystems name it: a ``file:///ABSOLUTE/PATH`` URL (the form
     volume URLs take) as that local path, other URLs and paths as they are. Raises ValueError,

@@ -25,8 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsList
 
-from synanno_datagen.layout import REMEMBERED_FAILURES, json_line
-from synanno_datagen.transforms.files import before_commit, join, read_jsonl, write_atomic
+from synanno_datagen.layout import REMEMBERED_FAILURES, join, json_line
+from synanno_datagen.transforms.files import before_commit, read_jsonl, write_atomic
 from synanno_datagen.transforms.records import DEAD, EMPTY_TARGET, MISSING_CHUNKS, DeadLetter
 from synanno_datagen.transforms.table import TABLE_REASONS
 

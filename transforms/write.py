@@ -25,13 +25,13 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import (
-    group_index_path, group_tfrecord_path, index_path, json_line, npy_paths, tfrecord_path,
+    group_index_path, group_tfrecord_path, index_path, join, json_line, npy_paths, tfrecord_path,
 )
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
 from synanno_datagen.transforms.files import (
-    FileSystems, before_commit, join, move_once, npy_bytes, read_jsonl, write_atomic, write_bytes,
+    FileSystems, before_commit, move_once, npy_bytes, read_jsonl, write_atomic, write_bytes,
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (

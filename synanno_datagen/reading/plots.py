@@ -10,7 +10,7 @@ from typing import Callable, Dict, List
 
 from synanno_datagen.reading.dataset import write_view
 from synanno_datagen.reading.stats import REDRAW_NOTE
-from synanno_datagen.transforms.files import join
+from synanno_datagen.layout import join
 
 FIGSIZE_IN = (6.0, 3.6)
 DPI = 80
