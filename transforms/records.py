@@ -91,7 +91,8 @@ class DeadLetter:
 class Crop:
     """What every stage after fetching knows of an instance: its boxes and raw crop.
 
-    Arrays are on the source grid, (z, y, x). ``source_zyx``: uint8 raw EM, padded with the pad
+    Arrays are (z, y, x); ``source_zyx`` and what later stages add are on the source grid (a
+    subclass says when not). ``source_zyx``: uint8 raw EM, padded with the pad
     value outside the source volume. ``filled_chunks``: per volume, chunks absent from storage
     and read as zeros. Elements are never changed in place: each stage makes the next type.
     """

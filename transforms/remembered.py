@@ -36,9 +36,9 @@ REMEMBERED = "remembered"
 
 
 def fingerprint(row: Iterable[Tuple[str, str]], columns: Optional[Sequence[str]] = None) -> str:
-    """128-bit blake2b of a row's (column, text) cells in ``columns`` (all when None), in column
-    order: the same for the same content in any process, whichever shard or position the row is
-    at."""
+    """128-bit blake2b of a row's (column, text) cells in ``columns`` (all when None), sorted by
+    column name: the same for the same content in any process, whichever shard or position the
+    row is at, whatever the order of the table's columns."""
     cells = list(row)
     if columns is not None:
         wanted = set(columns)
