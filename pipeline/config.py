@@ -370,8 +370,8 @@ def _with_incremental_plan(config: Config) -> Config:
     try:
         incremental = plan(root, config.generation(), config.retry_failed, same_records)
     except (ValueError, KeyError) as e:
-        raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); "
-                          "point --output-dir at another root") from None
+        raise ConfigError(f"--output-dir {root}: its LATEST run cannot be read ({e}); restore "
+                          "it, or point --output-dir at another root") from None
     order = orders.get(incremental.generation_hash)
     if order is not None:   # a root of an earlier version's hash: extended under this version's
         from synanno_datagen.pipeline.incremental import generation_hash

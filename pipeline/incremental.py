@@ -129,16 +129,23 @@ def generation_hash(generation: Dict) -> str:
 
 
 def read_latest(root: str) -> Optional[dict]:
-    """The manifest ``ROOT/LATEST`` points at, or None for a new root."""
+    """The manifest ``ROOT/LATEST`` points at, or None for a new root. ValueError, naming the
+    manifest, for one that is not an incremental run's manifest of this tool."""
     from apache_beam.io.filesystems import FileSystems
 
     latest = layout.join(root, layout.LATEST)
     if not FileSystems.exists(latest):
         return None
     with FileSystems.open(latest) as f:
-        rel = layout.manifest_of_latest(f.read().decode("utf-8"))
-    with FileSystems.open(layout.join(root, rel)) as f:
-        return json.load(f)
+        path = layout.join(root, layout.manifest_of_latest(f.read().decode("utf-8")))
+    with FileSystems.open(path) as f:
+        try:
+            manifest = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not JSON ({e})") from None
+    if not layout.is_manifest(manifest) or not isinstance(manifest.get("incremental"), dict):
+        raise ValueError(f"{path} is not the manifest of an incremental run of synanno-datagen")
+    return manifest
 
 
 NPY_TOTALS = "every run"   # the manifest's npy totals cover every run of the root
