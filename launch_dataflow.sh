@@ -15,7 +15,7 @@ usage: ./launch_dataflow.sh [--dry-run] [run] FLAGS        one Dataflow job now 
                                                           state of the newest job named JOB_NAME;
                                                           --wait polls until it ends
 FLAGS are 'synanno-datagen run' flags (--materialization gs://... --output-dir gs://... ...).
---dry-run prints the exact commands instead of running them.
+--dry-run (before or after the action) prints the exact commands instead of running them.
 
 Environment:
   PROJECT, REGION   required
@@ -35,7 +35,8 @@ Environment:
 
 Exit codes: 0 done (status: JOB_STATE_DONE); 1 the job failed (run) or ended otherwise (status:
 FAILED, CANCELLED, DRAINED or UPDATED); 2 a usage error, or no such job; 3 another run holds the
-output directory's lease (run); 4 the job has not ended yet (status without --wait).
+output directory's lease (run); 4 the job has not ended yet (status without --wait); 5 gcloud
+failed, so the job's state is unknown (status; with --wait, three polls in a row).
 EOF
 }
 
@@ -49,16 +50,21 @@ require() {
   [ -n "${!name:-}" ] || usage_error "$name is not set; export $name=<$what> (see the top of this script)"
 }
 
+# --dry-run anywhere (before or after the action) makes it a dry run; it is no run flag.
 dry_run=0
-if [ "${1:-}" = "--dry-run" ]; then
-  dry_run=1
-  shift
-fi
+args=()
+for arg in "$@"; do
+  if [ "$arg" = "--dry-run" ]; then dry_run=1; else args+=("$arg"); fi
+done
+set -- ${args[@]+"${args[@]}"}
 action="run"
 case "${1:-}" in
   run|build-template|schedule|status) action="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
 esac
+if [ "$action" = build-template ] && [ "$#" -gt 0 ]; then
+  usage_error "build-template takes no arguments (got $*)"
+fi
 
 require PROJECT "GCP project id"
 require REGION "Dataflow region, e.g. us-central1"
@@ -152,15 +158,26 @@ schedule() {
     --oauth-token-scope https://www.googleapis.com/auth/cloud-platform --message-body "$body"
 }
 
+# gcloud could not be asked (network, expired login): the job's state is unknown, exit 5.
+gcloud_failed() {
+  echo "launch_dataflow.sh: gcloud failed, so the state of $1 is unknown (exit 5, not the job's failure); check the network and 'gcloud auth login', then ask again" >&2
+  exit 5
+}
+
 # The newest job named $1 (a nightly launch reuses its name): "NAME ID STATE" on stdout; exit 0
-# when it is done, 1 when it ended otherwise, 4 while it runs (with --wait: poll until it ends).
+# when it is done, 1 when it ended otherwise, 4 while it runs (with --wait: poll until it ends),
+# 5 when gcloud fails (with --wait: three polls in a row).
 job_status() {
-  local wait=0
-  if [ "${1:-}" = "--wait" ]; then
-    wait=1
-    shift
-  fi
-  local name="${1:-${JOB_NAME:-synanno-datagen-nightly}}"
+  local wait=0 names=()
+  for arg in "$@"; do
+    case "$arg" in
+      --wait) wait=1 ;;
+      -*) usage_error "status: unknown option $arg (status [--wait] [JOB_NAME])" ;;
+      *) names+=("$arg") ;;
+    esac
+  done
+  [ "${#names[@]}" -le 1 ] || usage_error "status takes at most one JOB_NAME (got ${names[*]})"
+  local name="${names[0]:-${JOB_NAME:-synanno-datagen-nightly}}"
   # every job of that exact name, newest first (gcloud's --limit would cut before sorting)
   local list=(gcloud dataflow jobs list --project "$PROJECT" --region "$REGION"
     --filter "name~^$name\$" --sort-by "~creationTime" --format "value(id)")
@@ -170,13 +187,19 @@ job_status() {
       --format "value(currentState)"
     return 0
   fi
-  local id state
-  id="$("${list[@]}")"
+  local id state failures=0
+  id="$("${list[@]}")" || gcloud_failed "the jobs named $name"
   id="${id%%$'\n'*}"   # the first line: the newest
   [ -n "$id" ] || usage_error "no Dataflow job named $name in $PROJECT/$REGION"
   while true; do
-    state="$(gcloud dataflow jobs describe "$id" --project "$PROJECT" --region "$REGION" \
-      --format "value(currentState)")"
+    if ! state="$(gcloud dataflow jobs describe "$id" --project "$PROJECT" --region "$REGION" \
+        --format "value(currentState)")"; then
+      failures=$((failures + 1))
+      if [ "$wait" = 0 ] || [ "$failures" -ge 3 ]; then gcloud_failed "job $name $id"; fi
+      sleep "${POLL_SECONDS:-60}"
+      continue
+    fi
+    failures=0
     echo "$name $id $state"
     case "$state" in
       JOB_STATE_DONE) return 0 ;;

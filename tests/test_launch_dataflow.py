@@ -364,8 +364,8 @@ def test_help_prints_the_usage_not_the_script():
 @pytest.fixture
 def stub_dataflow(tmp_path):
     """Stub: a stand-in gcloud that answers 'dataflow jobs list' with STUB_JOB_ID (none if
-    empty) and each 'dataflow jobs describe' with the next state of STUB_STATES, recording
-    every call."""
+    empty; it fails as gcloud does when STUB_JOB_ID is ERROR) and each 'dataflow jobs describe'
+    with the next state of STUB_STATES (ERROR: it fails), recording every call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls, count = tmp_path / "calls.jsonl", tmp_path / "describes"
@@ -373,13 +373,17 @@ def stub_dataflow(tmp_path):
         "#!/usr/bin/env python3\n"
         "import json, os, sys\n"
         f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "def answer(text):\n"
+        "    if text == 'ERROR':\n"
+        "        sys.exit('ERROR: (gcloud.dataflow.jobs) Connection reset by peer')\n"
+        "    print(text)\n"
         "if sys.argv[1:4] == ['dataflow', 'jobs', 'list']:\n"
-        "    print(os.environ.get('STUB_JOB_ID', ''))\n"
+        "    answer(os.environ.get('STUB_JOB_ID', ''))\n"
         "elif sys.argv[1:4] == ['dataflow', 'jobs', 'describe']:\n"
         f"    n = int(open({str(count)!r}).read()) if os.path.exists({str(count)!r}) else 0\n"
         f"    open({str(count)!r}, 'w').write(str(n + 1))\n"
         "    states = os.environ['STUB_STATES'].split(',')\n"
-        "    print(states[min(n, len(states) - 1)])\n")
+        "    answer(states[min(n, len(states) - 1)])\n")
     (bin_dir / "gcloud").chmod(0o755)
 
     def read():
@@ -549,3 +553,54 @@ def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
         assert any(re.fullmatch(rx, params[name]) for rx in declared[name]["regexes"])
     for refused in ("precomputed://file:///data/raw", "file:///data/raw", "precomputed://gs:/x"):
         assert not any(re.fullmatch(rx, refused) for rx in declared["source_url"]["regexes"])
+
+
+@pytest.mark.parametrize("job_id, states, args, code", [
+    ("ERROR", "JOB_STATE_DONE", [], 5),
+    ("2025-01-02_x", "ERROR", [], 5),
+    ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,JOB_STATE_DONE", ["--wait"], 0),
+    ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,ERROR,ERROR", ["--wait"], 5),
+])
+def test_status_tells_a_gcloud_failure_from_a_failed_job(stub_dataflow, job_id, states, args,
+                                                         code):
+    """Found by review: gcloud failing (network, expired login) ended status with gcloud's exit
+    code 1, which says the job failed. It is 5, the job's state unknown; --wait asks again at the
+    next poll, up to three failures in a row."""
+    env, calls = stub_dataflow
+    done = launch("status", *args, PROJECT="p", REGION="r", STUB_JOB_ID=job_id,
+                  STUB_STATES=states, **env)
+    assert done.returncode == code, done.stderr
+    if code == 5:
+        assert "Connection reset by peer" in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(
+            "launch_dataflow.sh: gcloud failed, so the state of ")
+    else:
+        assert done.stdout.splitlines()[-1].endswith("JOB_STATE_DONE")
+    described = [c for c in calls() if c[:3] == ["dataflow", "jobs", "describe"]]
+    assert len(described) == (0 if job_id == "ERROR" else len(states.split(",")))
+
+
+@pytest.mark.parametrize("action", [["build-template"], ["status"], ["schedule", *REQUIRED],
+                                    ["run", *REQUIRED], [*REQUIRED]])
+def test_dry_run_after_the_action_is_a_dry_run_too(stub_gcloud, action):
+    """Found by review: only a first --dry-run was one; after the action it was ignored, and
+    build-template really submitted a build."""
+    env, calls = stub_gcloud
+    done = launch(*action, "--dry-run", PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 0, done.stderr
+    assert calls() == []
+    assert "gcloud " in done.stdout or "synanno_datagen run" in done.stdout
+    assert "--dry-run" not in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build-template", "--tag", "x"], "build-template takes no arguments (got --tag x)"),
+    (["status", "--wiat"], "status: unknown option --wiat"),
+    (["status", "a", "b"], "status takes at most one JOB_NAME (got a b)"),
+])
+def test_arguments_an_action_does_not_take_are_refused(stub_gcloud, args, message):
+    env, calls = stub_gcloud
+    done = launch(*args, PROJECT="p", REGION="r", BUCKET="b", **env)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert calls() == []
