@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -16,7 +17,7 @@ from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
-                                    UsageError, first_line, redact)
+                                    Terminated, UsageError, first_line, redact)
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -25,6 +26,7 @@ from synanno_datagen.transforms.table_formats import TableFormatError
 FAILED = 1
 USAGE_ERROR = 2
 BUSY = 3  # another run holds the output directory's lease
+TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it ended
 PROG = "synanno-datagen"
 
 
@@ -134,6 +136,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         output, rest = output_parser().parse_known_args(argv)
         if not 0 < output.progress_interval < float("inf"):
@@ -150,15 +153,23 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     except UsageError as e:
         status, code, error = monitoring.REFUSED, USAGE_ERROR, str(e)
         raise
+    except Terminated:
+        code, error = TERMINATED, "Terminated: SIGTERM"
+        raise
     except BaseException as e:
         error = f"{type(e).__name__}: {first_line(e)}"
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         event = monitoring.run_event(command, status, code, time.monotonic() - started,
                                      output_dir_given(argv, "synanno-demo-output"
                                                       if command == "demo" else None),
                                      manifest, error)
         print(monitoring.event_line(event), flush=True)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:
@@ -241,6 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TableFormatError as e:  # found while the rows were read, after the run began
         print(redact(f"{PROG}: bad table: {first_line(e, 1000)}"), file=sys.stderr)
         return FAILED
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); run the same command again to finish the dataset",
+              file=sys.stderr)
+        return TERMINATED
     return USAGE_ERROR
 
 

@@ -41,6 +41,12 @@ class StorageUnavailable(RuntimeError):
     connection): not the user's mistake, and it may pass; one line, exit 1."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (timeout, systemd, docker stop, Kubernetes): raised in the main thread so
+    that the run unwinds as for Ctrl-C (its lease freed, its closing line printed), never caught
+    as an error of one instance; one line, exit 143."""
+
+
 def storage_unavailable(what: str, error: BaseException) -> StorageUnavailable:
     """The one line for storage that did not answer while doing ``what``."""
     return StorageUnavailable(f"{what}: storage did not answer ({type(error).__name__}: "

@@ -556,3 +556,44 @@ def test_output_dirs_and_tables_nothing_here_reads_are_refused_in_one_line(small
     assert_usage_error(capsys, ["run"] + argv, f"--materialization {where + '/synapses.csv'!r}",
                        message)
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data, tmp_path):
+    """Found by review: SIGTERM (timeout, systemd, docker stop, Kubernetes) ended a run with no
+    closing JSON line, which the alert filter matches, and its lease left behind. It ends as a
+    failed run: exit 143 (128 + SIGTERM), one line on stderr, the closing line, no lease; the
+    same command then finishes the dataset."""
+    import csv
+    import signal
+    import time
+
+    header, rows = _long_rows(small_data, n=0)
+    good = [r for r in rows if r["id"] == "11"][0]
+    rows += [{**good, "id": str(1000 + i)} for i in range(3000)]   # crops to fetch and write
+    table = tmp_path / "long.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    argv = small_data.argv(out, "--variants", "1", "--progress-interval", "0.2")
+    argv[argv.index("--materialization") + 1] = str(table)
+    child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run", *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in child.stderr:           # the pipeline is running
+        if line.startswith("progress:"):
+            break
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143, stderr
+    closing = json.loads(stdout.strip().splitlines()[-1])
+    assert (closing["status"], closing["exit_code"]) == ("failed", 143)
+    assert closing["error"] == "Terminated: SIGTERM"
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "synanno-datagen: terminated (SIGTERM); run the same command again to finish the dataset")
+    assert not (out / "LEASE").exists() and not (out / "manifest.json").exists()
+    done = cli("run", *argv, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] > 3000
