@@ -39,7 +39,7 @@ def test_row_number_is_the_id_without_an_id_column():
     ({"id": "1.5"}, "invalid_id"),
     ({"id": str(1 << 63)}, "invalid_id"),
     ({"id": "1_000"}, "invalid_id"),
-    ({"id": "9007199254740993.0"}, "invalid_id"),  # a float text past 2**53: not exact        # Python literals, not a table's numbers
+    ({"id": "12.0000000000000000001"}, "invalid_id"),  # no integer, however close
     ({"id": "\u0661\u0662"}, "invalid_id"),  # digits of another script
     ({"x": "1_20"}, "not_a_number"),
     ({"y": "2_30.0"}, "not_a_number"),
@@ -104,3 +104,21 @@ def test_a_pre_or_post_point_beyond_int64_is_outside_the_volume():
                               "(outside int64)")
     assert parse_row(_row(post_pt_x="-500"), RowRef(0, 0), "id", None, BOUNDS).post_pt_xyz == \
         (-500, 230, 15)
+
+
+def test_ids_are_read_exactly_as_written():
+    """Found by review: ids went through binary floats, so 12.0000000000000000001 became id 12
+    (colliding with a real 12) while the integer 9007199254740993.0 was refused."""
+    assert parse_id("9007199254740993.0") == 2**53 + 1
+    assert parse_id("9.223372036854775807e18") == 2**63 - 1
+    assert parse_id("9007199254740995e0") == 9007199254740995
+    assert parse_id("1e12") == 10**12 and parse_id(" +7.000 ") == 7
+    for text, why in [("12.0000000000000000001", "is not an integer"),
+                      ("12.5", "is not an integer"), ("1e-3", "is not an integer"),
+                      ("nan", "is not an integer"), ("inf", "is not an integer"),
+                      ("9.3e18", "outside the int64 range"),
+                      ("1e999999999", "outside the int64 range"), ("", "is not an integer"),
+                      ("1" * 80, "outside the int64 range"), ("0x10", "is not an integer")]:
+        with pytest.raises(BadValue) as err:
+            parse_id(text)
+        assert err.value.reason == "invalid_id" and why in str(err.value), (text, err.value)

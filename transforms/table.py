@@ -1,6 +1,7 @@
 """ReadTable: table shards (CSV, gzip CSV, Parquet) -> Instance records and dead letters."""
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -22,16 +23,31 @@ _INT64_MAX = (1 << 63) - 1
 
 
 def parse_id(text: Optional[str]) -> int:
-    """Instance id from a cell: an integer in the int64 range (``12.0`` accepted)."""
+    """Instance id from a cell: an integer in the int64 range, read exactly as written
+    (``12.0`` and ``1e12`` accepted; ``12.0000000000000000001`` is no integer)."""
     text = (text or "").strip()
     value = number_from_text(text)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)
+    if isinstance(value, float):
+        value = _integral_decimal(text)
     if not isinstance(value, int):
         raise BadValue(INVALID_ID, f"id {text!r} is not an integer")
     if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
         raise BadValue(INVALID_ID, f"id {text!r} is outside the int64 range")
     return value
+
+
+def _integral_decimal(text: str) -> Optional[int]:
+    """The integer a decimal text (``9.2e18``, ``12.000``) is exactly, None when it is none;
+    one beyond int64 (of any exponent, never expanded) stands in as 2**64 with its sign."""
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not exact.is_finite() or exact != exact.to_integral_value():
+        return None
+    if exact.adjusted() > 19:
+        return -(1 << 64) if exact.is_signed() else 1 << 64
+    return int(exact)
 
 
 def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Optional[int],
