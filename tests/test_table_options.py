@@ -48,6 +48,11 @@ CASES = {
         ["--center-column", "ctr_pt_position"],
         ["--center-column ctr_pt_position:", "has column ctr_pt_position of type int64, not "
          "[x, y, z] lists"]),
+    "a list of lists is no point list": (   # found by review: every row dead-lettered
+        {"t.parquet": {"ctr_pt_position": pa.array([[[1, 2, 3]], [[4, 5, 6]]])}}, "t.parquet",
+        ["--center-column", "ctr_pt_position"],
+        ["--center-column ctr_pt_position:", "has column ctr_pt_position of type "
+         "list<element: list<element: int64>>, not [x, y, z] lists"]),
     "shards with other columns": (
         {"t/a.csv": "id,x,y,z,score\n1,2,3,4,5\n", "t/b.csv": "id,x,y,z,size\n1,2,3,4,5\n"},
         "t/*.csv", [],

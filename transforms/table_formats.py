@@ -55,8 +55,13 @@ class ShardSchema:
     types: Optional[Dict[str, str]] = None
 
     def holds_lists(self, column: str) -> bool:
-        """Whether ``column`` can hold [x, y, z] points (always true for CSV text)."""
-        return self.types is None or self.types[column].startswith(_LIST_TYPES)
+        """Whether ``column`` can hold [x, y, z] points: CSV text, Parquet text or a list of
+        scalars (not of lists, structs or maps)."""
+        if self.types is None:
+            return True
+        kind = self.types[column]
+        return kind.startswith(_LIST_TYPES) and not any(
+            nested in kind.partition("<")[2] for nested in ("list<", "struct<", "map<"))
 
 
 def read_schema(path: str) -> ShardSchema:
