@@ -302,3 +302,18 @@ def test_preview_refuses_an_out_that_is_not_a_png(views_dataset, tmp_path, capsy
     assert_usage_error(capsys, ["preview", str(views_dataset), "--out", str(tmp_path / "x.jpg")],
                        "--out", "x.jpg: preview writes a PNG; name it .png")
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_the_manifest_file_opens_its_dataset(views_dataset, small_data, tmp_path, capsys):
+    """Found by review: run prints ``manifest: DIR/manifest.json``, and passing that on was
+    refused as 'not a dataset directory (no manifest.json)'."""
+    from synanno_datagen.reading.dataset import open_dataset
+
+    assert _inspect_json(capsys, views_dataset / "manifest.json") == \
+        _inspect_json(capsys, views_dataset)
+    root = tmp_path / "root"
+    run_pipeline(small_data.argv(root, "--variants", "1", "--incremental"))
+    run = open_dataset(str(root / "runs" / "00001" / "manifest.json"))
+    assert (run.root, run.manifest) == (str(root), open_dataset(str(root)).manifest)
+    assert_usage_error(capsys, ["inspect", str(tmp_path / "nowhere" / "manifest.json")],
+                       "not a dataset directory")

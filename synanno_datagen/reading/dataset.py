@@ -225,11 +225,14 @@ def _shard_key(f: dict):
 def open_dataset(location: str) -> Dataset:
     """The dataset at ``location``: a run's output directory (holding ``manifest.json``), an
     incremental root (holding ``LATEST``, which names the latest run's manifest), or one run of
-    an incremental root (its paths are relative to the root, two levels up)."""
+    an incremental root (its paths are relative to the root, two levels up); or the
+    ``manifest.json`` of one of these (the path a run prints)."""
     root = str(location).rstrip("/") or str(location)
     direct = layout.join(root, layout.MANIFEST)
     pointer = layout.join(root, layout.LATEST)
     try:
+        if root.rpartition("/")[2] == layout.MANIFEST and not _filesystems().exists(direct):
+            return open_dataset(root.rpartition("/")[0] or ".")
         if _filesystems().exists(direct):
             manifest = _checked_manifest(direct, _read_json(direct))
             if "incremental" in manifest:   # a run of a root: local paths in one spelling
