@@ -199,7 +199,22 @@ def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: 
     point = _find(flag, flag_value or default, schema, path, given=flag_value is not None)
     if point is None and flag_value is not None:
         raise ConfigError(_absent(flag, flag_value, schema, path))
+    if point is None:
+        _warn_of_point_like_columns(flag, default, schema.columns, path)
     return point
+
+
+def _warn_of_point_like_columns(flag: str, default: str, columns: Sequence[str],
+                                path: str) -> None:
+    """The default columns of a point are absent: say so when others look like them (a CAVE
+    table's ``pre_pt_position``), which the user may have meant."""
+    like = sorted({c[:-2] if c[-2:] in ("_x", "_y", "_z") else c
+                   for c in columns if c.startswith(default + "_")})
+    if like:
+        which = default.partition("_")[0]
+        log.warning("%s %s: the %s-synaptic point is left out (no column %s or %s_x/_y/_z); %s "
+                    "looks like one: pass %s %s, or %s none to leave it out", TABLE_FLAG, path,
+                    which, default, default, ", ".join(like), flag, like[0], flag)
 
 
 def _find(flag: str, name: str, schema: ShardSchema, path: str, given: bool = True) \

@@ -179,6 +179,30 @@ def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
     assert "--id-column" not in caplog.text
 
 
+def test_a_cave_table_whose_pre_and_post_points_are_not_read_warns(tmp_path, caplog):
+    """Found by review: a CAVE table names its points pre_pt_position and post_pt_position, and
+    with only --center-column given, they were left out of every record without a word."""
+    import logging
+
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,ctr_pt_position,pre_pt_position_x,pre_pt_position_y,pre_pt_position_z,"
+                     "post_pt_position\n1,[1 2 3],1,2,3,[1 2 3]\n")
+    with caplog.at_level(logging.WARNING):
+        spec = describe_table(str(table), None, "ctr_pt_position", None, None)
+    assert spec.layout.pre is None and spec.layout.post is None
+    for flag, name in (("--pre-column", "pre_pt_position"), ("--post-column", "post_pt_position")):
+        assert (f"--materialization {table}: the {flag[2:-7]}-synaptic point is left out (no "
+                f"column {flag[2:-7]}_pt or {flag[2:-7]}_pt_x/_y/_z); {name} looks like one: "
+                f"pass {flag} {name}, or {flag} none to leave it out") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        spec = describe_table(str(table), None, "ctr_pt_position", "pre_pt_position", "none")
+    assert spec.layout.pre is not None and spec.layout.post is None
+    assert "left out" not in caplog.text
+
+
 def test_pre_and_post_points_can_be_left_out_with_none(tmp_path):
     """A table with pre/post columns that are present but empty rejected every row as
     missing_coordinate, and `--pre-column ''` silently meant the default."""
