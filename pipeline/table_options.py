@@ -70,6 +70,9 @@ def match_table(pattern: str) -> List[str]:
         where = storage_location(pattern)
     except ValueError as e:
         raise ConfigError(f"{TABLE_FLAG} {pattern!r}: {e}") from None
+    if where.endswith("/") or ("://" not in where and os.path.isdir(os.path.expanduser(where))):
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: a directory; give a file, or a glob of its "
+                          f"shards (e.g. {pattern.rstrip('/')}/*.csv)")
     if ("://" not in where and not where.startswith(("/", ".", "~"))
             and any(c in where for c in "*?[")):
         where = os.path.join(".", where)   # Beam's local glob needs a leading folder

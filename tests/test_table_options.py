@@ -218,3 +218,20 @@ def test_pre_and_post_points_can_be_left_out_with_none(tmp_path):
     with pytest.raises(ConfigError, match="--pre-column '': empty; give a column name, or "
                        "'none' to leave the point out"):
         describe_table(str(table), None, None, "", None)
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_a_directory_is_no_table(tmp_path, slash):
+    """Found by review: a directory was called 'not a regular file (a pipe?)', and with a
+    trailing slash every file under it was read as a shard."""
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.table_options import match_table
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (folder / name).write_text("id,x,y,z\n1,2,3,4\n")
+    with pytest.raises(ConfigError, match=(
+            rf"^--materialization {folder}{slash}: a directory; give a file, or a glob of its "
+            rf"shards \(e\.g\. {folder}/\*\.csv\)$")):
+        match_table(f"{folder}{slash}")
