@@ -100,4 +100,4 @@ def test_integers_stay_exact():
     assert parse_point({"p": f"[{big}, 1, 2]"}, PointColumns(("p",))) == (big, 1, 2)
     with pytest.raises(BadValue) as err:
         parse_point({"p": f"[{2**53 + 1}, 1, 2]"}, PointColumns(("p",)))
-    assert err.value.reason == "not_a_number"
+    assert err.value.reason == "outside_volume"   # beyond any volume, not read inexactly

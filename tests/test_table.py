@@ -122,3 +122,13 @@ def test_ids_are_read_exactly_as_written():
         with pytest.raises(BadValue) as err:
             parse_id(text)
         assert err.value.reason == "invalid_id" and why in str(err.value), (text, err.value)
+
+
+@pytest.mark.parametrize("text", ["1e300", "99999999999999999999999999", "-9007199254740993"])
+def test_a_huge_finite_coordinate_is_outside_the_volume_not_a_non_number(text):
+    """Found by review: finite numbers beyond 2**53 were 'not a finite coordinate'
+    (not_a_number), which README keeps for text and infinities; they are outside any volume."""
+    with pytest.raises(BadValue) as err:
+        parse_row(_row(x=text), RowRef(0, 0), "id", None, BOUNDS)
+    assert err.value.reason == "outside_volume"
+    assert f"column 'x' is beyond any volume: {text!r}" in str(err.value)

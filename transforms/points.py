@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Optional, Sequence, Tuple, Union
 
 from synanno_datagen.transforms.geometry import XYZ
-from synanno_datagen.transforms.records import MISSING_COORDINATE, NOT_A_NUMBER
+from synanno_datagen.transforms.records import MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME
 
 AXES = ("x", "y", "z")
 MISSING_TEXT = ("", "nan", "na", "null", "none")
@@ -137,8 +137,10 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
     value = number_from_text(text)
     if value is None:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a number: {text!r}")
-    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _MAX_EXACT:
+    if isinstance(value, float) and not math.isfinite(value):
         raise BadValue(NOT_A_NUMBER, f"{what} is not a finite coordinate: {text!r}")
+    if abs(value) > _MAX_EXACT:
+        raise BadValue(OUTSIDE_VOLUME, f"{what} is beyond any volume: {text!r}")
     if isinstance(value, float):
         try:
             exact = Decimal(text)
