@@ -325,12 +325,15 @@ def _check_block_memory(config: Config) -> None:
         return
     need = block_bytes(config.block_size_xyz, config.scale_xyz, config.target.dtype)
     if need > (int(config.fetch_memory_mb) << 20) // 4:
+        enough = math.ceil(4 * need / 2**20)
+        advice = (f"give a smaller block, --fetch-memory-mb {enough} or more, or --fetch-strategy "
+                  "per-instance" if enough <= validate.MAX_FETCH_MEMORY_MB else
+                  "give a smaller block or --fetch-strategy per-instance (no --fetch-memory-mb, "
+                  f"at most {validate.MAX_FETCH_MEMORY_MB}, holds it)")
         raise ConfigError(
             f"--block-size {' '.join(map(str, config.block_size_xyz))}: grouped fetching holds a "
             f"block's source and target voxels at once, {need / 2**20:,.0f} MB here, more than a "
-            f"quarter of --fetch-memory-mb {config.fetch_memory_mb}; give a smaller block, "
-            f"--fetch-memory-mb {math.ceil(4 * need / 2**20)} or more, or --fetch-strategy "
-            "per-instance")
+            f"quarter of --fetch-memory-mb {config.fetch_memory_mb}; {advice}")
 
 
 MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried

@@ -16,6 +16,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 MAX_LEASE_HOURS = 8760
+MAX_FETCH_MEMORY_MB = 1 << 20   # 1 TiB
 
 
 def check_numbers(args) -> None:
@@ -30,8 +31,8 @@ def check_numbers(args) -> None:
         ("--seed", args.seed, 0 <= args.seed < 2**63, "0 to 2**63 - 1"),
         ("--shard-size-mb", args.shard_size_mb,
          math.isfinite(args.shard_size_mb) and args.shard_size_mb > 0, "positive"),
-        ("--fetch-memory-mb", args.fetch_memory_mb, 16 <= args.fetch_memory_mb <= 2**20,
-         "at least 16, at most 1048576 (1 TiB)"),
+        ("--fetch-memory-mb", args.fetch_memory_mb, 16 <= args.fetch_memory_mb
+         <= MAX_FETCH_MEMORY_MB, f"at least 16, at most {MAX_FETCH_MEMORY_MB} (1 TiB)"),
         ("--lease-hours", args.lease_hours, 0 < args.lease_hours <= MAX_LEASE_HOURS,
          f"positive, at most {MAX_LEASE_HOURS} (a year)"),
     ]

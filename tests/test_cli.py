@@ -104,6 +104,13 @@ def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, 
     assert not (tmp_path / "out").exists()   # nothing written
 
 
+def test_a_block_no_fetch_memory_can_hold_is_not_told_to_raise_it(small_data, tmp_path, capsys):
+    """Found by review: the advice named a --fetch-memory-mb beyond the 1 TiB that flag takes."""
+    argv = small_data.argv(tmp_path / "out", "--block-size", "100000", "100000", "100")
+    _fails(capsys, ["run"] + argv, "--block-size 100000 100000 100", "give a smaller block or "
+           "--fetch-strategy per-instance (no --fetch-memory-mb, at most 1048576, holds it)")
+
+
 def test_a_block_too_big_for_grouped_fetching_is_fine_per_instance(small_data, tmp_path,
                                                                    capsys):
     """Per-instance fetching holds one crop at a time: a block as big as the volume (one
