@@ -218,8 +218,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 parser_class=UsageParser)
     sub.add_parser("run", add_help=False, help="generate a dataset (see 'run --help')")
     demo = sub.add_parser("demo", parents=[output_parser()],
-                          help="make the embedded demo data and run on it")
-    demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR")
+                          help="make the embedded demo data and run on it",
+                          epilog="Other arguments go to 'run' after the demo's own: run flags "
+                                 "(--overwrite, --variants K, ...) and Beam options "
+                                 "(--direct_num_workers 2, ...).")
+    demo.add_argument("--output-dir", default="synanno-demo-output", metavar="DIR",
+                      help="where the dataset goes (its preview and plots: DIR-views)")
     views = add_view_commands(sub)  # inspect, preview
     if not argv:   # no command: the help, as a usage error (a script must not see success)
         parser.print_help(sys.stderr)

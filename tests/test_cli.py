@@ -218,6 +218,8 @@ def test_demo_help_is_no_failed_run(capsys):
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--output-dir" in out and "synanno_datagen_run" not in out
+    # its refusal of another dataset's directory suggests --overwrite: the help says it passes
+    assert "--overwrite" in out and "run flags" in out
 
 
 def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
