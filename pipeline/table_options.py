@@ -182,12 +182,28 @@ def _center(flag_value: Optional[str], schema: ShardSchema, path: str) -> PointC
         if all(c in schema.columns for c in CENTER_COLUMNS.columns):
             return CENTER_COLUMNS
         raise ConfigError(f"{TABLE_FLAG} {path}: no centre columns {CENTER_COLUMNS.describe()} "
-                          f"(found: {found(schema.columns)}); name the centre with "
-                          "--center-column NAME (a column of [x, y, z] lists, or NAME_x/_y/_z)")
+                          f"(found: {found(schema.columns)}); {_centre_advice(schema)}")
     point = _find("--center-column", flag_value, schema, path)
     if point is None:
         raise ConfigError(_absent("--center-column", flag_value, schema, path))
     return point
+
+
+def _centre_advice(schema: ShardSchema) -> str:
+    """What to do about a table without the default centre columns: the header's likely
+    mistake (another separator, other case or spaces), else the flag naming the centre."""
+    columns = schema.columns
+    separator = next((c for c in ";\t|" if len(columns) == 1 and c in columns[0]), None)
+    if schema.types is None and separator:
+        return (f"the header is one column holding {separator!r}: CSV cells are separated by "
+                "commas; export with commas")
+    near = [next((c for c in columns if c.strip().lower() == axis), None)
+            for axis in CENTER_COLUMNS.columns]
+    if all(near):
+        return (f"names are exact (case and spaces): rename {', '.join(found([c]) for c in near)}"
+                f" to {', '.join(CENTER_COLUMNS.columns)}")
+    return ("name the centre with --center-column NAME (a column of [x, y, z] lists, or "
+            "NAME_x/_y/_z)")
 
 
 def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: ShardSchema,

@@ -81,7 +81,16 @@ CASES = {
         [], ["--materialization", "b.csv: column 'x' appears twice in the header"]),
     "spaces after the commas": (
         {"t.csv": "id, x, y, z\n1,2,3,4\n"}, "t.csv", [],
-        ["no centre columns x/y/z (found: id,' x',' y',' z')"]),
+        ["no centre columns x/y/z (found: id,' x',' y',' z')", "names are exact (case and "
+         "spaces): rename ' x', ' y', ' z' to x, y, z"]),
+    "upper-case names": (   # found by review: told to name a centre flag no name fits
+        {"t.csv": "ID,X,Y,Z\n1,2,3,4\n"}, "t.csv", [],
+        ["no centre columns x/y/z (found: ID,X,Y,Z)", "names are exact (case and spaces): "
+         "rename X, Y, Z to x, y, z"]),
+    "semicolons": (
+        {"t.csv": "id;x;y;z\n1;2;3;4\n"}, "t.csv", [],
+        ["no centre columns x/y/z (found: id;x;y;z)", "the header is one column holding ';': "
+         "CSV cells are separated by commas; export with commas"]),
     "zero resolution": (
         {}, None, ["--coordinate-resolution", "0", "4", "33"],
         ["--coordinate-resolution 0.0 4.0 33.0: must be positive nm per table unit"]),
