@@ -302,20 +302,21 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
     _check_block_memory(config)
-    _warn_repeated_variants(config)
+    _check_repeated_variants(config)
     output_checks.check_writable(config.output_dir)
     return config
 
 
-def _warn_repeated_variants(config: Config) -> None:
-    """Variants beyond the distinct seed-slice sets of a crop repeat earlier ones (seeds.py):
-    said before any work, as the run would otherwise spend their time without a word."""
+def _check_repeated_variants(config: Config) -> None:
+    """Variants beyond the distinct seed-slice sets of a crop only repeat earlier ones
+    (seeds.py): refused before any work, as the run would spend their time and bytes."""
     depth, most = config.source_shape_zyx[0], config.seed_model.max_seed_slices
     sets = seed_sets(depth, most)
     if config.variants > sets:
-        log.warning("--variants %d: a crop of %d slices allows at most %d distinct sets of 1 to "
-                    "%d seed slices (fewer where the mask is on fewer slices); the variants "
-                    "beyond repeat earlier ones", config.variants, depth, sets, most)
+        raise ConfigError(f"--variants {config.variants}: a crop of {depth} slices allows at most "
+                          f"{sets} distinct sets of 1 to {most} seed slices; more variants only "
+                          f"repeat them: give --variants {sets} or fewer (or more "
+                          "--max-seed-slices, or a deeper --crop-size)")
 
 
 def _check_block_memory(config: Config) -> None:

@@ -512,20 +512,17 @@ def test_a_negative_direct_num_workers_is_refused_in_one_line(small_data, tmp_pa
                        f"--direct_num_workers {value}: must be 0 (one per core) or more")
 
 
-def test_more_variants_than_seed_slice_sets_warns_before_any_work(small_data, tmp_path, caplog):
+def test_more_variants_than_seed_slice_sets_are_refused_before_any_work(small_data, tmp_path,
+                                                                         capsys):
     """A crop of 4 slices allows 14 distinct sets of 1 to 3 seed slices: variants beyond them
-    repeat earlier ones (documented), which the run now says before it starts."""
-    import logging
-
-    with caplog.at_level(logging.WARNING):
-        check(small_data.argv(tmp_path / "a", "--variants", "15"))
-    assert ("--variants 15: a crop of 4 slices allows at most 14 distinct sets of 1 to 3 seed "
-            "slices (fewer where the mask is on fewer slices); the variants beyond repeat "
-            "earlier ones") in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        check(small_data.argv(tmp_path / "b", "--variants", "14"))
-    assert "--variants" not in caplog.text
+    only repeat earlier ones. Found by review: --variants 100000 was a warning, which --quiet
+    hides, and the run wrote GBs of repeats; it is refused."""
+    assert_usage_error(capsys, ["run"] + small_data.argv(tmp_path / "a", "--variants", "15"),
+                       "--variants 15: a crop of 4 slices allows at most 14 distinct sets of 1 "
+                       "to 3 seed slices; more variants only repeat them: give --variants 14 or "
+                       "fewer (or more --max-seed-slices, or a deeper --crop-size)")
+    assert not (tmp_path / "a").exists()
+    check(small_data.argv(tmp_path / "b", "--variants", "14"))
 
 
 def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data, tmp_path):
