@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 from synanno_datagen import __version__
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
                                     Terminated, UsageError, first_line, redact)
+from synanno_datagen.layout import DEAD_LETTER
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -76,6 +77,9 @@ def summary(manifest: dict, output_dir: str) -> str:
             "every usable row of the table is in the dataset or remembered as failed)"))
     failures = counts["failures"]
     lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
+    if not incremental and counts["instances_written"] == 0 and counts["rows_read"]:
+        lines.append(f"warning: no instance written from {counts['rows_read']} rows (see "
+                     f"failures; {output_dir.rstrip('/')}/{DEAD_LETTER} says why, row by row)")
     outside = failures.get("outside_volume", 0)
     if outside and outside >= 0.9 * counts["rows_read"]:
         lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "

@@ -308,6 +308,22 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
     assert "--coordinate-resolution" not in summary(manifest, "out")
 
 
+def test_a_run_that_wrote_nothing_says_so():
+    """Found by review: a table whose every row failed ended with exit 0 and no word beyond the
+    failure counts."""
+    from synanno_datagen.cli import summary
+
+    manifest = {
+        "counts": {"rows_read": 4, "instances_selected": 1, "instances_written": 0,
+                   "variants_written": 0, "failures": {"invalid_id": 3, "empty_target": 1}},
+        "config": {"num_instances": None, "formats": ["tfrecord"]}, "splits": {},
+    }
+    assert ("warning: no instance written from 4 rows (see failures; out/dead_letter.jsonl "
+            "says why, row by row)") in summary(manifest, "out").splitlines()
+    manifest["counts"].update(instances_written=1, variants_written=1)
+    assert "no instance written" not in summary(manifest, "out")
+
+
 @pytest.mark.parametrize("splits, says", [
     ("train=1.0,val=0", "'val=0': a fraction must be above 0 and at most 1"),
     ("train=1.2,val=-0.2", "'train=1.2': a fraction must be above 0 and at most 1"),
