@@ -31,6 +31,8 @@ SWITCHES = {"incremental", "retry_failed", "break_lease"}
 # one-off parameters a schedule must not repeat every night
 NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run still writing; "
                                 "launch the template once with break_lease=true instead"}
+# comma-separated lists (checked by check_values before they become parameters)
+COMMA_LISTS = {"formats", "splits", "missing_chunks"}
 # three numbers: template parameter "X Y Z"
 XYZ_PARAMETERS = {"crop_size", "block_size", "coordinate_resolution"}
 
@@ -68,6 +70,8 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
                 value = "true" if value else "false"
             values = value if isinstance(value, list) else [value]
             params[name] = " ".join(map(_text, values))
+            if name in COMMA_LISTS:   # run reads 'a, b' as 'a,b'; the regexes take the latter
+                params[name] = ",".join(p.strip() for p in params[name].split(",") if p.strip())
     return params
 
 

@@ -604,3 +604,20 @@ def test_arguments_an_action_does_not_take_are_refused(stub_gcloud, args, messag
     done = launch(*args, PROJECT="p", REGION="r", BUCKET="b", **env)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert calls() == []
+
+
+def test_lists_with_spaces_after_commas_become_parameters_the_template_accepts():
+    """Found by review: run reads 'tfrecord, npy', but the template's regexes refused it."""
+    from synanno_datagen.pipeline.flex import flags_to_parameters, parameters_to_flags
+
+    params = flags_to_parameters(list(REQUIRED) + [
+        "--formats", "tfrecord, npy", "--splits", "train=0.8, val=0.2",
+        "--missing-chunks", " source=error , target=zero "])
+    assert (params["formats"], params["splits"], params["missing_chunks"]) == (
+        "tfrecord,npy", "train=0.8,val=0.2", "source=error,target=zero")
+    declared = _metadata()
+    for name, value in params.items():
+        assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
+    args, _ = run_parser().parse_known_args(parameters_to_flags(
+        [f"--{name}={value}" for name, value in params.items()]))
+    assert args.splits == "train=0.8,val=0.2"
