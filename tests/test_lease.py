@@ -388,7 +388,7 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
     from synanno_datagen.transforms.records import WrittenShard
     from synanno_datagen.transforms.remembered import WriteMemoryFn
-    from synanno_datagen.transforms.write import FinalizeShardsFn
+    from synanno_datagen.transforms.write import FinalizeShardFn
 
     out = tmp_path / "out"
     lease = acquire(str(out), hours=2, process_bound=False)
@@ -411,10 +411,10 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     (out / "LEASE").unlink()
 
     steps = [
-        (FinalizeShardsFn(str(out), "none", keepalive), (
-            [WrittenShard(0, "train", str(stalled), 1, stalled.stat().st_size,
+        (FinalizeShardFn(str(out), "none", keepalive), (
+            (WrittenShard(0, "train", str(stalled), 1, stalled.stat().st_size,
                           hashlib.sha256(stalled.read_bytes()).hexdigest(),
-                          str(stalled.with_suffix(".jsonl")), {"instances": 1})],)),
+                          str(stalled.with_suffix(".jsonl")), {"instances": 1}), 0, 1),)),
         (MergeDeadLettersFn(str(out), keepalive=keepalive), ([str(dead_run)],)),
         (WriteMemoryFn(str(out), 2, keepalive=keepalive), ([], [])),
     ]

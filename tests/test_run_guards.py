@@ -352,7 +352,7 @@ def test_a_run_that_failed_is_rerun_over_its_own_leftovers(small_data, tmp_path,
     def broken(self, written):
         raise RuntimeError("the disk went away")
 
-    monkeypatch.setattr(write_module.FinalizeShardsFn, "process", broken)
+    monkeypatch.setattr(write_module.FinalizeShardFn, "process", broken)
     with pytest.raises(Exception, match="the disk went away"):
         main(["run"] + small_data.argv(out, "--variants", "1"))
     assert (out / "UNFINISHED").exists() and any((out / "npy").rglob("*.npy"))

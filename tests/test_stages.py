@@ -257,7 +257,7 @@ def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetc
     its index lines wait in a file beside its records (found by review: they all went to the
     one step that numbers the shards, some KB per instance, GBs for a million). The index
     shards still hold every line, with its shard number."""
-    from synanno_datagen.transforms.write import FinalizeShardsFn, WriteShardsFn
+    from synanno_datagen.transforms.write import FinalizeShardFn, WriteShardsFn
 
     fetched = _fetched(data, fetch_config, 11)
     mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
@@ -273,7 +273,7 @@ def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetc
             assert list(writer.process(varied)) == []
         (written,) = [w.value for w in writer.finish_bundle()]
         sizes[n] = len(pickle.dumps(written))
-        infos = list(FinalizeShardsFn(str(out), "none").process([written]))
+        infos = list(FinalizeShardFn(str(out), "none").process((written, 0, 1)))
         (index,) = [i for i in infos if i["kind"] == "index"]
         lines = [json.loads(line) for line in (out / index["path"]).read_text().splitlines()]
         assert [e["instance_id"] for e in lines] == [1000 + i for i in range(n)]
@@ -354,7 +354,7 @@ def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):
     moved to their final names are left as they are, so the retry ends as the first attempt
     would have. A shard that is neither under its temporary nor its final name fails loudly."""
     from synanno_datagen.transforms.records import WrittenShard
-    from synanno_datagen.transforms.write import FinalizeShardsFn
+    from synanno_datagen.transforms.write import FinalizeShardFn, number_shards
 
     out = tmp_path / "out"
     (out / "_tmp").mkdir(parents=True)
@@ -366,16 +366,21 @@ def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):
         index.write_text(json.dumps({"instance_id": group}) + "\n")
         written.append(WrittenShard(group, split, str(path), 1, 10 + group, f"h{group}",
                                     str(index), {"instances": 1}))
-    fn = FinalizeShardsFn(str(out), "none")
-    first = list(fn.process(written))
+    fn = FinalizeShardFn(str(out), "none")
+
+    def finalize():   # one bundle of every shard
+        fn.start_bundle()
+        return [info for numbered in number_shards(written) for info in fn.process(numbered)]
+
+    first = finalize()
     final = {p.name: p.read_bytes() for p in (out / "tfrecord").iterdir()}
     assert sorted(final) == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
                              "val-00000-of-00001.tfrecord"]
-    assert list(fn.process(written)) == first          # the retry
+    assert finalize() == first          # the retry
     assert {p.name: p.read_bytes() for p in (out / "tfrecord").iterdir()} == final
     (out / "tfrecord" / "val-00000-of-00001.tfrecord").unlink()
     with pytest.raises(Exception, match="val-group000003"):
-        list(fn.process(written))
+        finalize()
 
 
 CALLS = []   # make_fetched calls so far, seen by the stage after the fetch (one process)

@@ -261,43 +261,54 @@ def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, i
     return [(w, i, len(shards)) for shards in by_split.values() for i, w in enumerate(shards)]
 
 
-class FinalizeShardsFn(beam.DoFn):
-    """[WrittenShard] -> file infos of the final TFRecord and index shards (``keepalive``: see
-    files.before_commit)."""
+class FinalizeShardFn(beam.DoFn):
+    """(WrittenShard, its number in its split, shards in its split) -> file infos of its final
+    TFRecord and index shard (``keepalive``: see files.before_commit; looked at before a
+    bundle's first rename, and between shards)."""
 
     def __init__(self, output_dir: str, compression: str, keepalive=None):
         self._output_dir = output_dir
         self._compression = compression
         self._keepalive = keepalive
+        self._looked = False
 
-    def process(self, written: List[WrittenShard]):
-        numbered = number_shards(written)
-        before_commit(self._keepalive)
-        for w, shard, num_shards in numbered:
-            if self._keepalive is not None:   # a stall between shards: looked at once it ends
-                self._keepalive.beat()
-            common = {"split": w.split, "shard": shard, "num_shards": num_shards,
-                      "instances": w.counts["instances"]}
-            if w.path is not None:
-                rel = tfrecord_path(w.split, shard, num_shards, self._compression)
-                move_once(w.path, join(self._output_dir, rel), w.bytes)
-                yield {"kind": TFRECORD, "path": rel, "records": w.records, "bytes": w.bytes,
-                       "sha256": w.sha256, **common}
-            rel = index_path(w.split, shard, num_shards)
-            lines = ({**e, "shard": shard} for e in read_jsonl(w.index))
-            size, sha = write_atomic(join(self._output_dir, rel), (json_line(e) for e in lines))
-            yield {"kind": "index", "path": rel, "records": w.counts["instances"], "bytes": size,
-                   "sha256": sha, **common}
+    def start_bundle(self):
+        self._looked = False
+
+    def process(self, numbered: Tuple[WrittenShard, int, int]):
+        w, shard, num_shards = numbered
+        if not self._looked:
+            before_commit(self._keepalive)
+            self._looked = True
+        elif self._keepalive is not None:   # a stall between shards: looked at once it ends
+            self._keepalive.beat()
+        common = {"split": w.split, "shard": shard, "num_shards": num_shards,
+                  "instances": w.counts["instances"]}
+        if w.path is not None:
+            rel = tfrecord_path(w.split, shard, num_shards, self._compression)
+            move_once(w.path, join(self._output_dir, rel), w.bytes)
+            yield {"kind": TFRECORD, "path": rel, "records": w.records, "bytes": w.bytes,
+                   "sha256": w.sha256, **common}
+        rel = index_path(w.split, shard, num_shards)
+        lines = ({**e, "shard": shard} for e in read_jsonl(w.index))
+        size, sha = write_atomic(join(self._output_dir, rel), (json_line(e) for e in lines))
+        yield {"kind": "index", "path": rel, "records": w.counts["instances"], "bytes": size,
+               "sha256": sha, **common}
 
 
 class FinalizeShards(beam.PTransform):
-    """WrittenShards -> file infos (dicts) of the final shards, numbered per split."""
+    """WrittenShards -> file infos (dicts) of the final shards, numbered per split: the
+    numbering sees every group at once (names and sizes only); the renames and index shards
+    fan out, one element per shard, so that a runner spreads them over its workers (a rename
+    on GCS is a copy and a delete, and a large run has thousands of shards)."""
 
     def __init__(self, output_dir: str, compression: str = "none", keepalive=None):
         super().__init__()
-        self._fn = FinalizeShardsFn(output_dir, compression, keepalive)
+        self._fn = FinalizeShardFn(output_dir, compression, keepalive)
 
     def expand(self, written):
         return (written
                 | "AllWritten" >> beam.combiners.ToList()
+                | "Number" >> beam.FlatMap(number_shards)
+                | "Spread" >> beam.Reshuffle()
                 | "Finalize" >> beam.ParDo(self._fn))
