@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
 from synanno_datagen.errors import ConfigError, first_line, storage_unavailable, transient
 from synanno_datagen.layout import (DATASET_ENTRIES, LATEST, MANIFEST, UNFINISHED, is_manifest,
                                      join)
+
+
+WRITE_PROBE = "_write_probe"   # written and removed under a gs:// --output-dir by the check
 
 
 def to_output_dir(location: str) -> str:
@@ -74,12 +76,20 @@ def check_writable(output_dir: str) -> None:
         return
     from synanno_datagen.transforms.files import delete_tree, write_bytes
 
-    probe = join(output_dir, f"_write_probe_{os.getpid()}_{time.time_ns()}")
+    # One name: what a run killed between writing and deleting it leaves, the next one removes
+    probe = join(output_dir, WRITE_PROBE)
     try:
         if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
             raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
                               "folder (a prefix) for the dataset")
-        write_bytes(probe, b"synanno-datagen write probe")
+        try:
+            write_bytes(probe, b"synanno-datagen write probe")
+        except BaseException:   # refused, or stopped (SIGTERM) after the object was made
+            try:
+                delete_tree(probe)
+            except Exception:  # noqa: BLE001 - the write's error is the one to tell
+                pass
+            raise
         delete_tree(probe)
     except ConfigError:
         raise

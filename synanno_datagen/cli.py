@@ -42,6 +42,12 @@ def _redacted(record: logging.LogRecord) -> bool:
     return True
 
 
+def _not_after_sigterm(record: logging.LogRecord) -> bool:
+    """A logging filter: after SIGTERM, no error records of the steps it stopped (Beam logs
+    each with its traceback); the run ends with its own one line."""
+    return not (_sigterm["received"] and record.levelno >= logging.ERROR)
+
+
 def _redacted_traceback(kind, value, tb) -> None:
     """sys.excepthook: an uncaught exception's traceback, as Python prints it, without URL
     passwords (errors.redact)."""
@@ -140,6 +146,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
+    _sigterm["received"] = False
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         output, rest = output_parser().parse_known_args(argv)
@@ -157,10 +164,10 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     except UsageError as e:
         status, code, error = monitoring.REFUSED, USAGE_ERROR, str(e)
         raise
-    except Terminated:
-        code, error = TERMINATED, "Terminated: SIGTERM"
-        raise
     except BaseException as e:
+        if _sigterm["received"]:   # raised in a step, Beam wraps it in its RuntimeError
+            code, error = TERMINATED, "Terminated: SIGTERM"
+            raise Terminated() from None
         error = f"{type(e).__name__}: {first_line(e)}"
         raise
     finally:
@@ -172,7 +179,11 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         print(monitoring.event_line(event), flush=True)
 
 
+_sigterm = {"received": False}   # set by the handler: what a step raised is Beam's wrapping
+
+
 def _terminate(signum, frame) -> None:
+    _sigterm["received"] = True
     raise Terminated()
 
 
@@ -238,6 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
+        handler.addFilter(_not_after_sigterm)
     sys.excepthook = _redacted_traceback
     try:
         if argv[0] in ("run", "demo"):

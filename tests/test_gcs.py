@@ -272,7 +272,18 @@ def test_an_output_bucket_we_cannot_write_is_refused_before_any_work(gcs, tmp_pa
                           "cannot write there")
     code = main(["run"] + data.argv("gs://writable/out"))
     assert code == 0, capsys.readouterr().err
-    assert not [n for n in gcs.objects("writable", "out") if "_write_probe_" in n]
+    assert not [n for n in gcs.objects("writable", "out") if "_write_probe" in n]
+
+
+def test_the_write_probe_of_a_run_killed_while_checking_is_removed_by_the_next(gcs, tmp_path):
+    """Found by review: a run killed between writing its write probe and deleting it left
+    ``_write_probe_PID_TIME`` in the dataset for good (no later run had its name). The probe has
+    one name, which the next run's check writes and removes."""
+    gcs.create_bucket("probed")
+    gcs.client().bucket("probed").blob("out/_write_probe").upload_from_string(b"left behind")
+    data = make_small_data(tmp_path / "data")
+    assert main(["run"] + data.argv("gs://probed/out", "--variants", "1", "--quiet")) == 0
+    assert not [n for n in gcs.objects("probed", "out") if "_write_probe" in n]
 
 
 def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_path, capsys):
