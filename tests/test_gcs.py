@@ -98,6 +98,18 @@ def test_training_loaders_stream_a_gs_dataset(gs_and_local):
             assert got == want and len(got) > 0, (make.__name__, split)
 
 
+def test_tf_dataset_refuses_a_gs_dataset_behind_the_emulator(gs_and_local):
+    """TensorFlow's GCS client ignores STORAGE_EMULATOR_HOST: it would check the emulator's
+    files and read Google's (found by review). Refused in one line, before TensorFlow loads."""
+    from synanno_datagen import DatasetError, tf_dataset
+
+    _, remote, _ = gs_and_local
+    with pytest.raises(DatasetError, match=r"^gs://.*: tf_dataset reads gs:// through "
+                                           r"TensorFlow's GCS client, which ignores "
+                                           r"STORAGE_EMULATOR_HOST"):
+        tf_dataset(remote, "train")
+
+
 def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, tmp_path):
     """H01's layout on a bucket: sharded JPEG raw and sharded labels with absent empty chunks,
     written by tensorstore through the emulator, read anonymously by either engine."""

@@ -11,11 +11,13 @@ install. Every loader reads local and ``gs://`` datasets.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from synanno_datagen import layout
+from synanno_datagen.errors import DatasetError
 from synanno_datagen.reading.dataset import open_dataset
 
 
@@ -121,6 +123,11 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``; gzip shards
     are read with ``compression_type="GZIP"``.
     """
+    if str(dataset_dir).startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        raise DatasetError(f"{dataset_dir}: tf_dataset reads gs:// through TensorFlow's GCS "
+                           "client, which ignores STORAGE_EMULATOR_HOST (it would read Google's "
+                           "files, not the emulator's); copy the dataset to a local folder, or "
+                           "unset the variable to read from Google")
     try:
         import tensorflow as tf
     except ModuleNotFoundError as e:
