@@ -170,6 +170,23 @@ def root_of_run(run_location: str, run_directory: str) -> str:
     return location[:-len(run_directory) - 1]
 
 
+def file_url_path(location: str) -> str:
+    """``location`` with a ``file:///ABSOLUTE/PATH`` URL (the form volume URLs take; also
+    ``file://localhost/...``, in any case) as that local path; anything else as it is.
+    ValueError, its text the reason, for ``file://HOST/...`` and a URL naming no path."""
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme.lower() != "file":
+        return location
+    host, _, path = rest.partition("/")
+    if host.lower() not in ("", "localhost"):
+        raise ValueError(f"file:// is followed by an absolute path (file:///{rest}); or give a "
+                         "plain path")
+    if not path.strip("/"):
+        raise ValueError("names no path (an unset variable?); give the absolute path, "
+                         "file:///PATH, or a plain path")
+    return "/" + path
+
+
 def join(base: str, *relative: str) -> str:
     """``base`` (a local path or a URL such as gs://...) joined with relative '/' paths."""
     if "://" in base:

@@ -317,3 +317,21 @@ def test_the_manifest_file_opens_its_dataset(views_dataset, small_data, tmp_path
     assert (run.root, run.manifest) == (str(root), open_dataset(str(root)).manifest)
     assert_usage_error(capsys, ["inspect", str(tmp_path / "nowhere" / "manifest.json")],
                        "not a dataset directory")
+
+
+def test_a_dataset_opens_by_its_file_url_and_a_root_manifest_path(views_dataset, capsys,
+                                                                 monkeypatch):
+    """Found by review: readers refused the file:/// URLs run takes for --output-dir, and
+    /manifest.json opened the current directory's dataset."""
+    from synanno_datagen import DatasetError
+    from synanno_datagen.reading.dataset import open_dataset
+
+    want = _inspect_json(capsys, views_dataset)
+    got = _inspect_json(capsys, f"file://{views_dataset}")
+    assert {k: v for k, v in got.items() if k != "dataset"} == \
+        {k: v for k, v in want.items() if k != "dataset"}
+    assert open_dataset(f"file://{views_dataset}/manifest.json").manifest == \
+        open_dataset(str(views_dataset)).manifest
+    monkeypatch.chdir(views_dataset)
+    with pytest.raises(DatasetError, match="^/: not a dataset directory"):
+        open_dataset("/manifest.json")

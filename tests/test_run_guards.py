@@ -594,3 +594,19 @@ def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data
     done = cli("run", *argv, "--quiet")
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] > 3000
+
+
+@pytest.mark.parametrize("where", ["file://", "file://localhost", "file:///"])
+def test_a_file_url_without_a_path_is_refused_not_taken_as_the_root(small_data, tmp_path, capsys,
+                                                                  where):
+    """Found by review: file:// (file://$OUT with OUT unset) was the filesystem root."""
+    assert_usage_error(capsys, ["run"] + small_data.argv(where), f"--output-dir {where!r}",
+                       "names no path (an unset variable?)")
+
+
+def test_file_urls_are_read_case_blind_in_scheme_and_host():
+    from synanno_datagen.layout import file_url_path
+
+    assert file_url_path("FILE://LOCALHOST/tmp/x") == "/tmp/x"
+    assert file_url_path("file:///tmp/x/") == "/tmp/x/"
+    assert file_url_path("/tmp/x") == "/tmp/x" and file_url_path("gs://b/x") == "gs://b/x"

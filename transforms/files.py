@@ -9,7 +9,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from synanno_datagen.layout import json_lines
+from synanno_datagen.layout import file_url_path, json_lines
 
 _RAW = CompressionTypes.UNCOMPRESSED
 
@@ -18,20 +18,14 @@ def storage_location(location: str) -> str:
     """``location`` as Beam's FileSystems name it: a ``file:///ABSOLUTE/PATH`` URL (the form
     volume URLs take) as that local path, other URLs and paths as they are. Raises ValueError,
     its text the reason, for ``file://HOST/...`` and for a scheme no filesystem here reads."""
+    location = file_url_path(location)
     if "://" not in location:
         return location
-    scheme, _, rest = location.partition("://")
-    if scheme.lower() == "file":
-        host, _, path = rest.partition("/")
-        if host not in ("", "localhost"):
-            raise ValueError(f"file:// is followed by an absolute path (file:///{rest}); or "
-                             "give a plain path")
-        return "/" + path
     try:
         FileSystems.get_filesystem(location)
     except ValueError:
-        raise ValueError(f"no storage here reads {scheme}:// URLs; use gs://BUCKET/... or a "
-                         "local path") from None
+        raise ValueError(f"no storage here reads {location.partition('://')[0]}:// URLs; use "
+                         "gs://BUCKET/... or a local path") from None
     return location
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
@@ -222,17 +223,29 @@ def _shard_key(f: dict):
     return f.get("run"), f["split"], f["shard"], f["num_shards"]
 
 
+def _exists(path: str, location: str) -> bool:
+    try:
+        return _filesystems().exists(path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
+            from None
+
+
 def open_dataset(location: str) -> Dataset:
     """The dataset at ``location``: a run's output directory (holding ``manifest.json``), an
     incremental root (holding ``LATEST``, which names the latest run's manifest), or one run of
     an incremental root (its paths are relative to the root, two levels up); or the
     ``manifest.json`` of one of these (the path a run prints)."""
-    root = str(location).rstrip("/") or str(location)
+    try:
+        local = layout.file_url_path(str(location))
+    except ValueError as e:
+        raise DatasetError(f"{location}: {e}") from None
+    root = local.rstrip("/") or local
     direct = layout.join(root, layout.MANIFEST)
     pointer = layout.join(root, layout.LATEST)
+    if root.rpartition("/")[2] == layout.MANIFEST and not _exists(direct, location):
+        return open_dataset(posixpath.dirname(root) or ".")
     try:
-        if root.rpartition("/")[2] == layout.MANIFEST and not _filesystems().exists(direct):
-            return open_dataset(root.rpartition("/")[0] or ".")
         if _filesystems().exists(direct):
             manifest = _checked_manifest(direct, _read_json(direct))
             if "incremental" in manifest:   # a run of a root: local paths in one spelling
