@@ -183,8 +183,12 @@ _sigterm = {"received": False}   # set by the handler: what a step raised is Bea
 
 
 def _terminate(signum, frame) -> None:
+    """SIGTERM: stop the run once; a second one while it unwinds is ignored (raised inside
+    Beam's shutdown it left a worker and the process running)."""
+    if _sigterm["received"]:
+        return
     _sigterm["received"] = True
-    raise Terminated()
+    raise Terminated("SIGTERM")
 
 
 def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:

@@ -555,12 +555,17 @@ def test_output_dirs_and_tables_nothing_here_reads_are_refused_in_one_line(small
     assert not (tmp_path / "out").exists()
 
 
-def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data, tmp_path):
+@pytest.mark.parametrize("mode, signals", [([], 1), (["--direct_running_mode",
+                                                     "multi_processing", "--direct_num_workers",
+                                                     "2"], 2)])
+def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data, tmp_path, mode,
+                                                                     signals):
     """Found by review: SIGTERM (timeout, systemd, docker stop, Kubernetes) ended a run with no
     closing JSON line, which the alert filter matches, and its lease left behind. It ends as a
     failed run: exit 143 (128 + SIGTERM), one line on stderr, the closing line, no lease; the
     same command then finishes the dataset. Found by review too: sent while a step ran, it was
-    Beam's RuntimeError, exit 1, with tracebacks."""
+    Beam's RuntimeError, exit 1, with tracebacks; a second one while a multi_processing run
+    unwound left it running for good (the second is ignored)."""
     import csv
     import signal
     import time
@@ -574,14 +579,16 @@ def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data
         writer.writeheader()
         writer.writerows(rows)
     out = tmp_path / "out"
-    argv = small_data.argv(out, "--variants", "1", "--progress-interval", "0.2")
+    argv = small_data.argv(out, "--variants", "1", "--progress-interval", "0.2", *mode)
     argv[argv.index("--materialization") + 1] = str(table)
     child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run", *argv],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120   # inside a step: Beam wraps what the step raises
     while not list(out.glob("npy/*/*.npy")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    child.send_signal(signal.SIGTERM)
+    for _ in range(signals):
+        child.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 143, stderr
     closing = json.loads(stdout.strip().splitlines()[-1])
