@@ -219,16 +219,23 @@ def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: 
     if point is None and flag_value is not None:
         raise ConfigError(_absent(flag, flag_value, schema, path))
     if point is None:
-        _warn_of_point_like_columns(flag, default, schema.columns, path)
+        _warn_of_point_like_columns(flag, default, schema, path)
     return point
 
 
-def _warn_of_point_like_columns(flag: str, default: str, columns: Sequence[str],
+def _warn_of_point_like_columns(flag: str, default: str, schema: ShardSchema,
                                 path: str) -> None:
-    """The default columns of a point are absent: say so when others look like them (a CAVE
-    table's ``pre_pt_position``), which the user may have meant."""
-    like = sorted({c[:-2] if c[-2:] in ("_x", "_y", "_z") else c
-                   for c in columns if c.startswith(default + "_")})
+    """The default columns of a point are absent: say so when others hold one (a CAVE table's
+    ``pre_pt_position``: NAME_x/_y/_z, or a column of lists; in CSV, where any text may be a
+    list, one whose name says position), which the user may have meant. Not for its other
+    columns (``pre_pt_root_id``)."""
+    columns = schema.columns
+    trios = {c[:-2] for c in columns if c.startswith(default + "_") and c[-2:] == "_x"
+             and all(c[:-2] + axis in columns for axis in ("_y", "_z"))}
+    lists = {c for c in columns if c.startswith(default + "_") and schema.holds_lists(c)
+             and (schema.types is not None or "position" in c.lower())
+             and not (c[-2:] in ("_x", "_y", "_z") and c[:-2] in trios)}
+    like = sorted(trios | lists)
     if like:
         which = default.partition("_")[0]
         log.warning("%s %s: the %s-synaptic point is left out (no column %s or %s_x/_y/_z); %s "

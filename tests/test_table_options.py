@@ -196,8 +196,9 @@ def test_a_cave_table_whose_pre_and_post_points_are_not_read_warns(tmp_path, cap
     from synanno_datagen.pipeline.table_options import describe_table
 
     table = tmp_path / "t.csv"
-    table.write_text("id,ctr_pt_position,pre_pt_position_x,pre_pt_position_y,pre_pt_position_z,"
-                     "post_pt_position\n1,[1 2 3],1,2,3,[1 2 3]\n")
+    table.write_text("id,ctr_pt_position,pre_pt_root_id,pre_pt_position_x,pre_pt_position_y,"
+                     "pre_pt_position_z,post_pt_root_id,post_pt_position\n"
+                     "1,[1 2 3],7,1,2,3,8,[1 2 3]\n")
     with caplog.at_level(logging.WARNING):
         spec = describe_table(str(table), None, "ctr_pt_position", None, None)
     assert spec.layout.pre is None and spec.layout.post is None
@@ -210,6 +211,16 @@ def test_a_cave_table_whose_pre_and_post_points_are_not_read_warns(tmp_path, cap
         spec = describe_table(str(table), None, "ctr_pt_position", "pre_pt_position", "none")
     assert spec.layout.pre is not None and spec.layout.post is None
     assert "left out" not in caplog.text
+    # Found by review: the root ids of a CAVE table are no points, and were suggested as such
+    (tmp_path / "ids.csv").write_text("id,x,y,z,pre_pt_root_id,post_pt_root_id\n1,2,3,4,5,6\n")
+    pq.write_table(pa.table({"id": [1], "x": [2], "y": [3], "z": [4], "pre_pt_root_id": [5],
+                             "pre_pt_supervoxel_position": [[1, 2, 3]]}), tmp_path / "ids.pq")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        describe_table(str(tmp_path / "ids.csv"), None, None, None, None)
+        describe_table(str(tmp_path / "ids.pq"), None, None, None, None)
+    assert "pre_pt_root_id" not in caplog.text and "post_pt_root_id" not in caplog.text
+    assert "pre_pt_supervoxel_position looks like one" in caplog.text
 
 
 def test_pre_and_post_points_can_be_left_out_with_none(tmp_path):
