@@ -124,7 +124,8 @@ def test_ids_are_read_exactly_as_written():
         assert err.value.reason == "invalid_id" and why in str(err.value), (text, err.value)
 
 
-@pytest.mark.parametrize("text", ["1e300", "99999999999999999999999999", "-9007199254740993"])
+@pytest.mark.parametrize("text", ["1e300", "99999999999999999999999999", "-9007199254740993",
+                                  "1e400", "-1.5e99999"])
 def test_a_huge_finite_coordinate_is_outside_the_volume_not_a_non_number(text):
     """Found by review: finite numbers beyond 2**53 were 'not a finite coordinate'
     (not_a_number), which README keeps for text and infinities; they are outside any volume."""

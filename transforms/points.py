@@ -137,7 +137,7 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
     value = number_from_text(text)
     if value is None:
         raise BadValue(NOT_A_NUMBER, f"{what} is not a number: {text!r}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value) and not _finite_decimal(text):
         raise BadValue(NOT_A_NUMBER, f"{what} is not a finite coordinate: {text!r}")
     if abs(value) > _MAX_EXACT:
         raise BadValue(OUTSIDE_VOLUME, f"{what} is beyond any volume: {text!r}")
@@ -152,6 +152,14 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
             return Fraction(exact) if exact.adjusted() <= _EXACT_DIGITS else Fraction(value)
         return Fraction(-1 if exact.is_signed() else 1, 10 ** (_EXACT_DIGITS + 1))
     return value
+
+
+def _finite_decimal(text: str) -> bool:
+    """Whether ``text`` is a finite decimal (``1e400``, beyond a float, is)."""
+    try:
+        return Decimal(text).is_finite()
+    except InvalidOperation:
+        return False
 
 
 def to_voxel(value: Union[int, float, Fraction], factor: Fraction) -> int:
