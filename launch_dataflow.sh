@@ -188,7 +188,12 @@ job_status() {
     return 0
   fi
   local id state failures=0
-  id="$("${list[@]}")" || gcloud_failed "the jobs named $name"
+  until id="$("${list[@]}")"; do
+    failures=$((failures + 1))
+    if [ "$wait" = 0 ] || [ "$failures" -ge 3 ]; then gcloud_failed "the jobs named $name"; fi
+    sleep "${POLL_SECONDS:-60}"
+  done
+  failures=0
   id="${id%%$'\n'*}"   # the first line: the newest
   [ -n "$id" ] || usage_error "no Dataflow job named $name in $PROJECT/$REGION"
   while true; do

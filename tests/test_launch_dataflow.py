@@ -560,6 +560,7 @@ def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
     ("2025-01-02_x", "ERROR", [], 5),
     ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,JOB_STATE_DONE", ["--wait"], 0),
     ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,ERROR,ERROR", ["--wait"], 5),
+    ("ERROR", "JOB_STATE_DONE", ["--wait"], 5),   # three lists in a row
 ])
 def test_status_tells_a_gcloud_failure_from_a_failed_job(stub_dataflow, job_id, states, args,
                                                          code):
@@ -578,6 +579,8 @@ def test_status_tells_a_gcloud_failure_from_a_failed_job(stub_dataflow, job_id, 
         assert done.stdout.splitlines()[-1].endswith("JOB_STATE_DONE")
     described = [c for c in calls() if c[:3] == ["dataflow", "jobs", "describe"]]
     assert len(described) == (0 if job_id == "ERROR" else len(states.split(",")))
+    listed = [c for c in calls() if c[:3] == ["dataflow", "jobs", "list"]]
+    assert len(listed) == (3 if job_id == "ERROR" and args else 1)
 
 
 @pytest.mark.parametrize("action", [["build-template"], ["status"], ["schedule", *REQUIRED],
