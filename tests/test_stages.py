@@ -479,3 +479,34 @@ def test_the_dead_letter_file_is_merged_from_sorted_runs_in_the_order_of_the_sor
             assert_that(info | beam.Map(lambda i: (i["records"], i["bytes"])),
                         equal_to([(len(letters), len(expected))]))
         assert (out / "dead_letter.jsonl").read_bytes() == expected
+
+
+def test_shards_renamed_at_once_into_a_new_folder_all_get_there(tmp_path):
+    """Found by review: since shards are named in parallel bundles, two of them could both find
+    tfrecord/ missing and both create it; the second failed the run (File exists)."""
+    import threading
+
+    from synanno_datagen.transforms.files import move_once
+
+    for trial in range(30):
+        out = tmp_path / f"trial{trial}"
+        (out / "_tmp").mkdir(parents=True)
+        names = [f"s{i}" for i in range(4)]
+        for name in names:
+            (out / "_tmp" / name).write_bytes(name.encode())
+        start, errors = threading.Barrier(len(names)), []
+
+        def move(name):
+            start.wait()
+            try:
+                move_once(str(out / "_tmp" / name), str(out / "tfrecord" / name), 2)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+        threads = [threading.Thread(target=move, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(p.name for p in (out / "tfrecord").iterdir()) == names

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from typing import Iterable, Iterator, Tuple
 
 import numpy as np
@@ -77,8 +78,8 @@ def rename(src: str, dst: str) -> None:
     if FileSystems.exists(dst):
         FileSystems.delete([dst])
     parent = dst.rsplit("/", 1)[0]
-    if "://" not in dst and not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)   # local files: the directory must exist (buckets have none)
+    if "://" not in dst:   # local files: the directory must exist (buckets have none)
+        os.makedirs(parent, exist_ok=True)   # other bundles may make it at the same time
     FileSystems.rename([src], [dst])
 
 
