@@ -2,6 +2,7 @@
 before) against spread over workers (FinalizeShards: numbered at once, renamed per shard).
 
     python benchmarks/finalize_shards.py [--shards N] [--workers W] [--shard-kb KB]
+                                         [--latency-ms MS]
 
 Against the GCS emulator the tests use (fake-gcs-server, loopback: a few ms per request, where
 GCS takes tens), it uploads N temporary shards and their index lines as the writer leaves them,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import signal
 import sys
 import time
@@ -167,8 +168,11 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     except BaseException as e:
         if _sigterm["received"]:   # raised in a step, Beam wraps it in its RuntimeError
             code, error = TERMINATED, "Terminated: SIGTERM"
-            raise Terminated() from None
-        error = f"{type(e).__name__}: {first_line(e)}"
+            raise Terminated("SIGTERM") from None
+        known = _unwrapped(e)
+        error = f"{type(known).__name__}: {first_line(known)}"
+        if known is not e:
+            raise known from None
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -177,6 +181,32 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                                                       if command == "demo" else None),
                                      manifest, error)
         print(monitoring.event_line(event), flush=True)
+
+
+# Errors a step may raise that end a run with one line (main); Beam annotates them with the
+# step ("[while running 'X']"), or, with worker threads or processes, passes them back as a
+# RuntimeError holding the traceback's text.
+ONE_LINE_ERRORS = (LeaseLost, StorageUnavailable, TableFormatError)
+_STEP_NOTE = re.compile(r" \[while running '[^\]]*'\]")
+_IN_TEXT = re.compile(r"^(?:[\w.]+\.)?(" + "|".join(c.__name__ for c in ONE_LINE_ERRORS) +
+                      r"): (.+)$", re.MULTILINE)
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    """The one-line error behind Beam's wrapping of ``error`` (without Beam's step note), or
+    ``error`` itself when there is none."""
+    found = next((e for e in (error, error.__cause__, error.__context__)
+                  if isinstance(e, ONE_LINE_ERRORS)), None)
+    if found is not None:
+        kind, message = type(found), str(found)
+    else:
+        matches = _IN_TEXT.findall(str(error))
+        if not matches:
+            return error
+        kind = next(c for c in ONE_LINE_ERRORS if c.__name__ == matches[-1][0])
+        message = matches[-1][1]
+    clean = _STEP_NOTE.sub("", message)
+    return found if found is not None and clean == message else kind(clean)
 
 
 _sigterm = {"received": False}   # set by the handler: what a step raised is Beam's wrapping
