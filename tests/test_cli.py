@@ -214,6 +214,16 @@ def test_refusals_of_output_flags_end_with_the_closing_line(small_data, tmp_path
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_run_help_names_every_exit_code(capsys):
+    """Found by review: 143 (SIGTERM) was in README and the code, not in the help."""
+    from synanno_datagen import cli
+
+    assert main(["run", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for code in (0, cli.FAILED, cli.USAGE_ERROR, cli.BUSY, cli.TERMINATED):
+        assert f" {code} " in out.split("exit codes:", 1)[1], code
+
+
 def test_demo_help_is_no_failed_run(capsys):
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
