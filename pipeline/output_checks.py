@@ -74,7 +74,7 @@ def check_writable(output_dir: str) -> None:
             raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
                               "you can write")
         return
-    from synanno_datagen.transforms.files import delete_tree, write_bytes
+    from synanno_datagen.transforms.files import delete_file, write_bytes
 
     # One name: what a run killed between writing and deleting it leaves, the next one removes
     probe = join(output_dir, WRITE_PROBE)
@@ -86,11 +86,11 @@ def check_writable(output_dir: str) -> None:
             write_bytes(probe, b"synanno-datagen write probe")
         except BaseException:   # refused, or stopped (SIGTERM) after the object was made
             try:
-                delete_tree(probe)
+                delete_file(probe)
             except Exception:  # noqa: BLE001 - the write's error is the one to tell
                 pass
             raise
-        delete_tree(probe)
+        delete_file(probe)   # by its name: another run checking at once may have deleted it
     except ConfigError:
         raise
     except Exception as e:

@@ -298,6 +298,33 @@ def test_the_write_probe_of_a_run_killed_while_checking_is_removed_by_the_next(g
     assert not [n for n in gcs.objects("probed", "out") if "_write_probe" in n]
 
 
+def test_runs_checking_one_gs_output_at_once_are_not_refused(gcs):
+    """Found by review: two runs checking the same output at once (a scheduled and a manual
+    launch) deleted each other's write probe between a listing and a lookup, and one was
+    refused with exit 2, 'cannot write there'."""
+    import threading
+
+    from synanno_datagen.pipeline.output_checks import check_writable
+
+    gcs.create_bucket("together")
+    errors = []
+
+    def check_often():
+        for _ in range(25):
+            try:
+                check_writable("gs://together/out")
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+    threads = [threading.Thread(target=check_often) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not [n for n in gcs.objects("together", "out") if "_write_probe" in n]
+
+
 def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_path, capsys):
     """An existing object (a table, say, as flag values were swapped) is no folder, as a local
     file is none; ``gs://`` alone (an unset variable) wrote a local folder named ``gs:``."""

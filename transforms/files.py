@@ -117,6 +117,17 @@ def delete_tree(path: str) -> None:
         FileSystems.delete([path])
 
 
+def delete_file(path: str) -> None:
+    """Delete one file or object if it is there (gone already, by another process: nothing)."""
+    if path.startswith("gs://"):
+        _gcs().delete(path)   # GcsIO: NotFound is no error
+    elif os.path.lexists(path):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def read_jsonl(path: str) -> Iterator[dict]:
     """The objects of the JSON-lines file at ``path`` (layout.json_lines)."""
     with FileSystems.open(path, compression_type=_RAW) as f:
