@@ -237,7 +237,9 @@ def settle(config: Config) -> Config:
     """The output directory's part: an incremental run's plan, or the check that a plain output
     directory holds no dataset of another config (unless --overwrite)."""
     if config.incremental_requested:
-        return _with_incremental_plan(config)
+        config = _with_incremental_plan(config)
+        _check_repeated_variants(config, extending=config.incremental.previous is not None)
+        return config
     output_checks.check_output_dir(config.output_dir, config.to_manifest(), config.overwrite)
     return config
 
@@ -302,17 +304,24 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
     _check_block_memory(config)
-    _check_repeated_variants(config)
+    if not config.incremental_requested:   # a root's: once its plan says whether it extends
+        _check_repeated_variants(config)
     output_checks.check_writable(config.output_dir)
     return config
 
 
-def _check_repeated_variants(config: Config) -> None:
+def _check_repeated_variants(config: Config, extending: bool = False) -> None:
     """Variants beyond the distinct seed-slice sets of a crop only repeat earlier ones
-    (seeds.py): refused before any work, as the run would spend their time and bytes."""
+    (seeds.py): refused before any work, as the run would spend their time and bytes; a
+    warning when ``extending`` an incremental root made so by an earlier version, which only
+    warned (its variants are part of what its records are)."""
     depth, most = config.source_shape_zyx[0], config.seed_model.max_seed_slices
     sets = seed_sets(depth, most)
-    if config.variants > sets:
+    if config.variants > sets and extending:
+        log.warning("--variants %d: a crop of %d slices allows at most %d distinct sets of 1 to "
+                    "%d seed slices; the root was made so, and its variants beyond repeat "
+                    "earlier ones", config.variants, depth, sets, most)
+    elif config.variants > sets:
         raise ConfigError(f"--variants {config.variants}: a crop of {depth} slices allows at most "
                           f"{sets} distinct sets of 1 to {most} seed slices; more variants only "
                           f"repeat them: give --variants {sets} or fewer (or more "

@@ -525,6 +525,33 @@ def test_more_variants_than_seed_slice_sets_are_refused_before_any_work(small_da
     check(small_data.argv(tmp_path / "b", "--variants", "14"))
 
 
+def test_a_root_an_earlier_version_made_with_more_variants_than_sets_is_extended(
+        small_data, tmp_path, capsys, caplog, monkeypatch):
+    """Found by review: an earlier version only warned, so roots with more variants than seed
+    sets exist; refusing them broke their nightly runs, and the advice (fewer variants) would
+    start a fresh dataset. Extending such a root warns; a new root is refused."""
+    import logging
+
+    from synanno_datagen.pipeline import config as config_module
+
+    root = tmp_path / "root"
+    argv = ["run"] + small_data.argv(root, "--incremental", "--variants", "15", "--quiet")
+    with monkeypatch.context() as patched:   # as the earlier version made it
+        patched.setattr(config_module, "_check_repeated_variants", lambda config, **_: None)
+        assert main(argv) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(argv[:-1]) == 0   # not --quiet: it hides warnings
+    assert "--variants 15: a crop of 4 slices allows at most 14 distinct sets" in caplog.text
+    latest = json.loads((root / (root / "LATEST").read_text().strip()).read_text())
+    assert latest["incremental"]["run_dir"] == "runs/00002"
+    assert "replaces" not in latest["incremental"] or not latest["incremental"]["replaces"]
+    assert main(["run"] + small_data.argv(tmp_path / "new", "--incremental", "--variants", "15",
+                                          "--quiet")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "synanno-datagen: error: --variants 15: a crop of 4 slices allows at most 14")
+
+
 def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data, tmp_path):
     """Volumes are given as file:// URLs (the demo's are), so users write the table and the
     output dir that way too: the same local files, the same dataset as with plain paths."""
