@@ -233,14 +233,21 @@ def _warn_of_point_like_columns(flag: str, default: str, schema: ShardSchema,
     trios = {c[:-2] for c in columns if c.startswith(default + "_") and c[-2:] == "_x"
              and all(c[:-2] + axis in columns for axis in ("_y", "_z"))}
     lists = {c for c in columns if c.startswith(default + "_") and schema.holds_lists(c)
-             and (schema.types is not None or "position" in c.lower())
+             and (_arrow_list(schema, c) or "position" in c.lower())
              and not (c[-2:] in ("_x", "_y", "_z") and c[:-2] in trios)}
     like = sorted(trios | lists)
     if like:
         which = default.partition("_")[0]
         log.warning("%s %s: the %s-synaptic point is left out (no column %s or %s_x/_y/_z); %s "
-                    "looks like one: pass %s %s, or %s none to leave it out", TABLE_FLAG, path,
-                    which, default, default, ", ".join(like), flag, like[0], flag)
+                    "%s: pass %s %s, or %s none to leave it out", TABLE_FLAG, path, which,
+                    default, default, ", ".join(like),
+                    "looks like one" if len(like) == 1 else "look like points", flag, like[0],
+                    flag)
+
+
+def _arrow_list(schema: ShardSchema, column: str) -> bool:
+    """Whether a Parquet column is of a list type (text, as in CSV, may hold anything)."""
+    return schema.types is not None and "list<" in schema.types[column]
 
 
 def _find(flag: str, name: str, schema: ShardSchema, path: str, given: bool = True) \

@@ -213,7 +213,7 @@ def test_a_cave_table_whose_pre_and_post_points_are_not_read_warns(tmp_path, cap
     assert "left out" not in caplog.text
     # Found by review: the root ids of a CAVE table are no points, and were suggested as such
     (tmp_path / "ids.csv").write_text("id,x,y,z,pre_pt_root_id,post_pt_root_id\n1,2,3,4,5,6\n")
-    pq.write_table(pa.table({"id": [1], "x": [2], "y": [3], "z": [4], "pre_pt_root_id": [5],
+    pq.write_table(pa.table({"id": [1], "x": [2], "y": [3], "z": [4], "pre_pt_root_id": ["5"],
                              "pre_pt_supervoxel_position": [[1, 2, 3]]}), tmp_path / "ids.pq")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
