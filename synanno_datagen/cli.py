@@ -49,6 +49,20 @@ def _not_after_sigterm(record: logging.LogRecord) -> bool:
     return not (_sigterm["received"] and record.levelno >= logging.ERROR)
 
 
+def _not_a_one_line_error(record: logging.LogRecord) -> bool:
+    """A logging filter: no error records of Beam's for an error the run ends with in one line
+    (a lost lease, a bad table, storage that did not answer), which Beam logs with its traceback
+    in each step and thread that passes it on."""
+    if record.levelno < logging.ERROR or not record.name.startswith("apache_beam"):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and _unwrapped(error) is not error:
+        return False
+    if isinstance(error, ONE_LINE_ERRORS):
+        return False
+    return not _IN_TEXT.search(record.getMessage() + "\n" + (record.exc_text or ""))
+
+
 def _redacted_traceback(kind, value, tb) -> None:
     """sys.excepthook: an uncaught exception's traceback, as Python prints it, without URL
     passwords (errors.redact)."""
@@ -284,6 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
         handler.addFilter(_not_after_sigterm)
+        handler.addFilter(_not_a_one_line_error)
     sys.excepthook = _redacted_traceback
     try:
         if argv[0] in ("run", "demo"):

@@ -463,6 +463,19 @@ def test_a_table_damaged_past_its_first_rows_ends_with_one_line(small_data, tmp_
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_a_table_damaged_past_its_first_rows_prints_no_traceback(small_data, tmp_path):
+    """Found by review: the one line came after Beam's own error log with the whole traceback.
+    (With worker threads Beam's worker also prints it itself, past any logging filter: README
+    says so.)"""
+    table = _cut_gzip_table(small_data, tmp_path)
+    argv = small_data.argv(tmp_path / "out", "--variants", "1")
+    argv[argv.index("--materialization") + 1] = str(table)
+    done = cli("run", *argv)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"synanno-datagen: bad table: {table}")
+
+
 @pytest.mark.parametrize("bad_scale", [{"resolution": [0, 0, 0]}, {"resolution": None},
                                        "not a scale"])
 def test_nearest_mip_with_a_malformed_finer_scale_is_refused_in_one_line(small_data, tmp_path,
