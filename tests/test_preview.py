@@ -236,3 +236,30 @@ def test_preview_of_a_cut_shard_names_it_as_the_loaders_do(views_dataset, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ": it has " in err and "the manifest says" in err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_a_damaged_record_skipped_over_is_named_by_its_number(small_data, tmp_path):
+    """Found by review: a record whose length fails its CRC among those a reader seeks over was
+    named 'record 1' whatever its place."""
+    import struct
+
+    from synanno_datagen import DatasetError
+    from synanno_datagen.reading.dataset import open_dataset
+    from synanno_datagen.reading.records import read_records
+
+    from tests.test_pipeline import run_pipeline
+
+    copy = tmp_path / "copy"
+    _, manifest = run_pipeline(small_data.argv(copy, "--record-layout", "variant", "--variants",
+                                               "3", "--formats", "tfrecord"))
+    shard = max((f for f in manifest["files"]["tfrecord"]), key=lambda f: f["records"])
+    assert shard["records"] >= 4 and not shard["path"].endswith(".gz")
+    path = copy / shard["path"]
+    data = bytearray(path.read_bytes())
+    offset = 0
+    for _ in range(2):   # past records 1 and 2
+        offset += 8 + 4 + struct.unpack("<Q", data[offset:offset + 8])[0] + 4
+    data[offset] ^= 0xFF   # record 3's length
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r": record 3 does not read \("):
+        list(read_records(open_dataset(str(copy)), shard, skip=3))

@@ -117,7 +117,8 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
     try:
         with dataset.open(tfrecord_file["path"], gzip=gzip) as stream:
             if skip and not gzip:   # seek over the records before: a gzip stream cannot
-                count = skip_serialized(stream, skip)
+                while count < skip and skip_serialized(stream, 1):
+                    count += 1   # one at a time: a damaged one is named by its number
             for serialized in iter_serialized(stream, max_record_bytes(dataset.manifest)):
                 record = decode(serialized, keys) if count >= skip else None
                 count += 1
