@@ -56,11 +56,9 @@ def _not_a_one_line_error(record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not record.name.startswith("apache_beam"):
         return True
     error = record.exc_info[1] if record.exc_info else None
-    if error is not None and _unwrapped(error) is not error:
-        return False
-    if isinstance(error, ONE_LINE_ERRORS):
-        return False
-    return not _IN_TEXT.search(record.getMessage() + "\n" + (record.exc_text or ""))
+    if error is not None:
+        return not (isinstance(error, ONE_LINE_ERRORS) or _unwrapped(error) is not error)
+    return _in_text(record.getMessage()) is None
 
 
 def _redacted_traceback(kind, value, tb) -> None:
@@ -202,25 +200,28 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 # RuntimeError holding the traceback's text.
 ONE_LINE_ERRORS = (LeaseLost, StorageUnavailable, TableFormatError)
 _STEP_NOTE = re.compile(r" \[while running '[^\]]*'\]")
-_IN_TEXT = re.compile(r"^(?:[\w.]+\.)?(" + "|".join(c.__name__ for c in ONE_LINE_ERRORS) +
-                      r"): (.+)$", re.MULTILINE)
+# The last unindented "Type: message" line of a traceback's text: its outermost exception
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?([A-Za-z_]\w*): (.*)$", re.MULTILINE)
+
+
+def _in_text(text: str) -> Optional[BaseException]:
+    """The one-line error a traceback's text (or a RuntimeError Beam made of one) ends with."""
+    last = _EXCEPTION_LINE.findall(text)
+    kind = next((c for c in ONE_LINE_ERRORS if last and c.__name__ == last[-1][0]), None)
+    return kind(_STEP_NOTE.sub("", last[-1][1])) if kind else None
 
 
 def _unwrapped(error: BaseException) -> BaseException:
-    """The one-line error behind Beam's wrapping of ``error`` (without Beam's step note), or
-    ``error`` itself when there is none."""
-    found = next((e for e in (error, error.__cause__, error.__context__)
-                  if isinstance(e, ONE_LINE_ERRORS)), None)
+    """The one-line error ``error`` is, or Beam made a RuntimeError of (``raise ... from``, or
+    its text), without Beam's step note; else ``error`` itself (also for an error raised while
+    handling one: that is a bug of its own)."""
+    found = next((e for e in (error, error.__cause__) if isinstance(e, ONE_LINE_ERRORS)), None)
     if found is not None:
-        kind, message = type(found), str(found)
-    else:
-        matches = _IN_TEXT.findall(str(error))
-        if not matches:
-            return error
-        kind = next(c for c in ONE_LINE_ERRORS if c.__name__ == matches[-1][0])
-        message = matches[-1][1]
-    clean = _STEP_NOTE.sub("", message)
-    return found if found is not None and clean == message else kind(clean)
+        clean = _STEP_NOTE.sub("", str(found))
+        return found if clean == str(found) else type(found)(clean)
+    if type(error) is RuntimeError:
+        return _in_text(str(error)) or error
+    return error
 
 
 _sigterm = {"received": False}   # set by the handler: what a step raised is Beam's wrapping

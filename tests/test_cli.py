@@ -371,3 +371,39 @@ def test_a_volume_named_twice_in_missing_chunks_is_refused(small_data, tmp_path,
     _fails(capsys, ["run"] + small_data.argv(tmp_path / "out", "--missing-chunks",
                                               "source=zero,source=error"),
            "--missing-chunks source=zero,source=error: source is named twice")
+
+
+def test_an_error_raised_while_handling_a_one_line_error_is_not_hidden():
+    """Found by review: a bug raised while a bad-table error propagated (its __context__) was
+    taken for that error, and Beam's log of it, the only trace of the bug, was filtered out."""
+    import logging
+
+    from synanno_datagen import cli
+    from synanno_datagen.transforms.table_formats import TableFormatError
+
+    try:
+        try:
+            raise TableFormatError("t.csv: bad cell")
+        except TableFormatError:
+            {}["missing"]
+    except KeyError as e:
+        bug = e
+    assert cli._unwrapped(bug) is bug
+
+    def record(message, exc=None):
+        return logging.LogRecord("apache_beam.runners.worker.sdk_worker", logging.ERROR, "x", 1,
+                                 message, (), (type(exc), exc, exc.__traceback__) if exc else None)
+
+    assert cli._not_a_one_line_error(record("Error in worker", bug))
+    trace = ("Traceback (most recent call last):\n  File x\nsynanno_datagen.transforms."
+             "table_formats.TableFormatError: t.csv: bad cell\n\nDuring handling of the above "
+             "exception, another exception occurred:\n\nTraceback (most recent call last):\n"
+             "  File y\nKeyError: 'missing'\n")
+    assert cli._not_a_one_line_error(record("Error processing instruction 3. Original "
+                                            "traceback is\n" + trace))
+    wrapped = RuntimeError("synanno_datagen.transforms.table_formats.TableFormatError: t.csv: "
+                           "bad cell [while running 'ReadTable/ReadShards']")
+    assert not cli._not_a_one_line_error(record("x", wrapped))
+    assert str(cli._unwrapped(wrapped)) == "t.csv: bad cell"
+    assert not cli._not_a_one_line_error(record("Error processing instruction 3. Original "
+                                                "traceback is\n" + trace.split("\n\nDuring")[0]))
