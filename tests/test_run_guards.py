@@ -563,6 +563,7 @@ def test_a_root_an_earlier_version_made_with_more_variants_than_sets_is_extended
                                           "--quiet")) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "synanno-datagen: error: --variants 15: a crop of 4 slices allows at most 14")
+    assert not (tmp_path / "new").exists()   # refused before the lease makes the root
 
 
 def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data, tmp_path):
