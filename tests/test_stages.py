@@ -510,3 +510,36 @@ def test_shards_renamed_at_once_into_a_new_folder_all_get_there(tmp_path):
             t.join()
         assert errors == []
         assert sorted(p.name for p in (out / "tfrecord").iterdir()) == names
+
+
+def test_delete_file_deletes_on_beams_other_filesystems_and_takes_gone_as_done(tmp_path):
+    """Found by review: on a filesystem of Beam's other than gs:// (s3://, azfs://) the write
+    probe was taken for a local path and never deleted. A filesystem of a scheme of its own
+    (Beam's local one under tmp_path) stands in for them."""
+    from apache_beam.io.localfilesystem import LocalFileSystem
+
+    from synanno_datagen.transforms.files import delete_file
+
+    root = str(tmp_path)
+
+    class ElsewhereFileSystem(LocalFileSystem):
+        @classmethod
+        def scheme(cls):
+            return "elsewhere"
+
+        def _local(self, path):
+            prefix = "elsewhere://"
+            return root + "/" + path[len(prefix):] if path.startswith(prefix) else path
+
+        def delete(self, paths):
+            return super().delete([self._local(p) for p in paths])
+
+        def exists(self, path):
+            return super().exists(self._local(path))
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_write_probe").write_bytes(b"probe")
+    delete_file("elsewhere://out/_write_probe")
+    assert not (tmp_path / "out" / "_write_probe").exists()
+    delete_file("elsewhere://out/_write_probe")   # gone: nothing to do, no error
+    assert ElsewhereFileSystem.scheme() == "elsewhere"

@@ -121,6 +121,12 @@ def delete_file(path: str) -> None:
     """Delete one file or object if it is there (gone already, by another process: nothing)."""
     if path.startswith("gs://"):
         _gcs().delete(path)   # GcsIO: NotFound is no error
+    elif "://" in path:       # another filesystem of Beam's
+        try:
+            FileSystems.delete([path])
+        except Exception:  # noqa: BLE001 - Beam's BeamIOError; gone is fine, else raise
+            if FileSystems.exists(path):
+                raise
     elif os.path.lexists(path):
         try:
             os.remove(path)
