@@ -36,11 +36,13 @@ def _made_from(output_dir: str, table_path: str) -> bool:
     return manifest is not None and manifest["config"].get("materialization") == table_path
 
 
-def run_demo(output_dir: str, beam_args: Sequence[str] = ()) -> dict:
+def run_demo(output_dir: str, beam_args: Sequence[str] = (), while_running=None) -> dict:
+    """``run`` on the demo data (``while_running``: as run takes it)."""
     from synanno_datagen.pipeline.run import run
 
     log.info("making or reusing the demo data in %s", default_cache_dir())
-    return run(demo_argv(output_dir) + list(beam_args))
+    return run(demo_argv(output_dir) + list(beam_args),
+               **({"while_running": while_running} if while_running else {}))
 
 
 def views_dir(output_dir: str) -> str:

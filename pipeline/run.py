@@ -2,6 +2,7 @@
 return the manifest (None when the runner only submitted the job)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional, Sequence
 
@@ -32,9 +33,10 @@ def bound_to_this_process(options) -> bool:
     return name.lower() in LOCAL_RUNNERS and not only_submits(options)
 
 
-def run(argv: Sequence[str]) -> Optional[dict]:
+def run(argv: Sequence[str], while_running=contextlib.nullcontext) -> Optional[dict]:
     """Parse and check ``argv`` (run flags, then Beam's), hold the lease on ``--output-dir``
-    (LeaseHeld if another run does), run the pipeline, return the manifest.
+    (LeaseHeld if another run does), run the pipeline inside ``while_running()`` (a context,
+    e.g. the CLI's progress line), return the manifest.
 
     The pipeline's last step removes the lease. If the run fails here, the lease is removed
     here, unless a remote job it started may still be running (then that job's end, expiry or
@@ -57,7 +59,7 @@ def run(argv: Sequence[str]) -> Optional[dict]:
         config = dataclasses.replace(settle(config), lease=lease)
         # settle() refused a different config unless --overwrite; the job clears the earlier
         # dataset as its first step
-        with beam.Pipeline(options=options) as p:
+        with while_running(), beam.Pipeline(options=options) as p:
             build(p, config)
         if only_submits(options):
             job_goes_on = True

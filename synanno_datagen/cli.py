@@ -250,15 +250,19 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
             raise UsageError(f"--output-dir {args.output_dir}: the demo writes its views "
                              f"beside it, in {views_dir(args.output_dir)}, which it cannot "
                              f"write ({e})") from None
-        start = functools.partial(run_demo, args.output_dir, beam_args)
+    else:
+        beam_args = argv
+    # Bundles running in other processes never reach this process's tally: summary only. The
+    # lines start with the pipeline, after the checks (a refusal is its one line alone).
+    show = not quiet and runs_in_process(beam_args)
+    progress = functools.partial(ProgressPrinter, sys.stderr, output.progress_interval) \
+        if show else nullcontext
+    if command == "demo":
+        manifest = run_demo(args.output_dir, beam_args, progress)
     else:
         from synanno_datagen.pipeline.run import run
 
-        beam_args, start = argv, functools.partial(run, argv)
-    # Bundles running in other processes never reach this process's tally: summary only.
-    show = not quiet and runs_in_process(beam_args)
-    with ProgressPrinter(sys.stderr, output.progress_interval) if show else nullcontext():
-        manifest = start()
+        manifest = run(argv, progress)
     if manifest is None:  # a Flex Template's launcher: the job writes the dataset later
         if not quiet:
             print("submitted: the job writes the dataset and logs its own closing line")

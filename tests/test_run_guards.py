@@ -658,3 +658,16 @@ def test_file_urls_are_read_case_blind_in_scheme_and_host():
     assert file_url_path("FILE://LOCALHOST/tmp/x") == "/tmp/x"
     assert file_url_path("file:///tmp/x/") == "/tmp/x/"
     assert file_url_path("/tmp/x") == "/tmp/x" and file_url_path("gs://b/x") == "gs://b/x"
+
+
+def test_a_refusal_after_the_lease_prints_no_progress_line_before_it(small_data, tmp_path,
+                                                                    capsys):
+    """Progress lines start with the pipeline: a run refused while it checks its output (here a
+    directory holding a dataset made with other options) printed '0/0 instances done' lines
+    before its one line."""
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--quiet")) == 0
+    capsys.readouterr()
+    assert_usage_error(capsys, ["run"] + small_data.argv(out, "--variants", "2",
+                                                         "--progress-interval", "0.001"),
+                       "made with a different config")
