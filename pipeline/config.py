@@ -304,9 +304,9 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
     _check_block_memory(config)
+    output_checks.check_writable(config.output_dir)
     if not (config.incremental_requested and _holds_a_root(config.output_dir)):
         _check_repeated_variants(config)   # an existing root's: once its plan says if it extends
-    output_checks.check_writable(config.output_dir)
     return config
 
 

@@ -440,3 +440,48 @@ def test_a_gs_folder_with_a_datasets_names_but_no_dataset_is_refused(gcs, tmp_pa
     assert f"--output-dir {bucket}/out holds npy but no dataset of this tool" in \
         capsys.readouterr().err
     assert gcs.objects("users", "out") == {"npy/mine.npy": b"precious"}
+
+
+@pytest.fixture
+def forbidding_storage(monkeypatch):
+    """A loopback server that answers every GCS request 403, named as the emulator: storage
+    this run may not use (the emulator grants everything)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.gcs_emulator import _anonymous_beam_credentials
+
+    class Forbid(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"error": {"code": 403, "message": "no access"}}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forbid)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    _anonymous_beam_credentials()
+    yield
+    server.shutdown()
+
+
+@pytest.mark.parametrize("extra", [[], ["--incremental"]])
+def test_storage_we_may_not_use_is_one_line_also_for_a_root(forbidding_storage, tmp_path,
+                                                            capsys, extra):
+    """Found by review: with --incremental, the look for an existing root came before the write
+    check, and a 403 was a traceback (exit 1), not the check's one line (exit 2)."""
+    data = make_small_data(tmp_path / "data")
+    assert main(["run"] + data.argv("gs://bkt/out", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("synanno-datagen: error: --output-dir gs://bkt/out: cannot write there")
