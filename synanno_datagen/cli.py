@@ -182,7 +182,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
             code, error = TERMINATED, "Terminated: SIGTERM"
             raise Terminated("SIGTERM") from None
         known = _unwrapped(e)
-        error = f"{type(known).__name__}: {first_line(known)}"
+        error = _error_summary(known)
         if known is not e:
             raise known from None
         raise
@@ -209,6 +209,17 @@ def _in_text(text: str) -> Optional[BaseException]:
     last = _EXCEPTION_LINE.findall(text)
     kind = next((c for c in ONE_LINE_ERRORS if last and c.__name__ == last[-1][0]), None)
     return kind(_STEP_NOTE.sub("", last[-1][1])) if kind else None
+
+
+def _error_summary(error: BaseException) -> str:
+    """``Type: first line`` of an error for the closing line; of a RuntimeError Beam made of a
+    worker's traceback text, the exception it ends with (without Beam's step note)."""
+    text = str(error)
+    last = _EXCEPTION_LINE.findall(text) if type(error) is RuntimeError and \
+        text.startswith("Traceback (most recent call last):") else []
+    if last:
+        return _STEP_NOTE.sub("", f"{last[-1][0]}: {last[-1][1]}")
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def _unwrapped(error: BaseException) -> BaseException:

@@ -407,3 +407,14 @@ def test_an_error_raised_while_handling_a_one_line_error_is_not_hidden():
     assert str(cli._unwrapped(wrapped)) == "t.csv: bad cell"
     assert not cli._not_a_one_line_error(record("Error processing instruction 3. Original "
                                                 "traceback is\n" + trace.split("\n\nDuring")[0]))
+
+
+def test_the_closing_line_names_the_error_behind_beams_traceback_text():
+    """Found by review: with worker threads an unexpected crash's closing line said only
+    'RuntimeError: Traceback (most recent call last):'."""
+    from synanno_datagen import cli
+
+    wrapped = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                           "KeyError: \"missing [while running 'ReadTable/ReadShards']\"\n")
+    assert cli._error_summary(wrapped) == "KeyError: \"missing\""
+    assert cli._error_summary(KeyError("missing")) == "KeyError: 'missing'"
