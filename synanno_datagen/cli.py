@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import re
 import signal
 import sys
 import time
@@ -17,6 +16,7 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
+from synanno_datagen.beam_errors import error_summary, not_a_one_line_error, unwrapped
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
                                     Terminated, UsageError, first_line, redact)
 from synanno_datagen.layout import DEAD_LETTER
@@ -47,18 +47,6 @@ def _not_after_sigterm(record: logging.LogRecord) -> bool:
     """A logging filter: after SIGTERM, no error records of the steps it stopped (Beam logs
     each with its traceback); the run ends with its own one line."""
     return not (_sigterm["received"] and record.levelno >= logging.ERROR)
-
-
-def _not_a_one_line_error(record: logging.LogRecord) -> bool:
-    """A logging filter: no error records of Beam's for an error the run ends with in one line
-    (a lost lease, a bad table, storage that did not answer), which Beam logs with its traceback
-    in each step and thread that passes it on."""
-    if record.levelno < logging.ERROR or not record.name.startswith("apache_beam"):
-        return True
-    error = record.exc_info[1] if record.exc_info else None
-    if error is not None:
-        return not (isinstance(error, ONE_LINE_ERRORS) or _unwrapped(error) is not error)
-    return _in_text(record.getMessage()) is None
 
 
 def _redacted_traceback(kind, value, tb) -> None:
@@ -181,8 +169,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         if _sigterm["received"]:   # raised in a step, Beam wraps it in its RuntimeError
             code, error = TERMINATED, "Terminated: SIGTERM"
             raise Terminated("SIGTERM") from None
-        known = _unwrapped(e)
-        error = _error_summary(known)
+        known = unwrapped(e)
+        error = error_summary(known)
         if known is not e:
             raise known from None
         raise
@@ -193,46 +181,6 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                                                       if command == "demo" else None),
                                      manifest, error)
         print(monitoring.event_line(event), flush=True)
-
-
-# Errors a step may raise that end a run with one line (main); Beam annotates them with the
-# step ("[while running 'X']"), or, with worker threads or processes, passes them back as a
-# RuntimeError holding the traceback's text.
-ONE_LINE_ERRORS = (LeaseLost, StorageUnavailable, TableFormatError)
-_STEP_NOTE = re.compile(r" \[while running '[^\]]*'\]")
-# The last unindented "Type: message" line of a traceback's text: its outermost exception
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?([A-Za-z_]\w*): (.*)$", re.MULTILINE)
-
-
-def _in_text(text: str) -> Optional[BaseException]:
-    """The one-line error a traceback's text (or a RuntimeError Beam made of one) ends with."""
-    last = _EXCEPTION_LINE.findall(text)
-    kind = next((c for c in ONE_LINE_ERRORS if last and c.__name__ == last[-1][0]), None)
-    return kind(_STEP_NOTE.sub("", last[-1][1])) if kind else None
-
-
-def _error_summary(error: BaseException) -> str:
-    """``Type: first line`` of an error for the closing line; of a RuntimeError Beam made of a
-    worker's traceback text, the exception it ends with (without Beam's step note)."""
-    text = str(error)
-    last = _EXCEPTION_LINE.findall(text) if type(error) is RuntimeError and \
-        text.startswith("Traceback (most recent call last):") else []
-    if last:
-        return _STEP_NOTE.sub("", f"{last[-1][0]}: {last[-1][1]}")
-    return f"{type(error).__name__}: {first_line(error)}"
-
-
-def _unwrapped(error: BaseException) -> BaseException:
-    """The one-line error ``error`` is, or Beam made a RuntimeError of (``raise ... from``, or
-    its text), without Beam's step note; else ``error`` itself (also for an error raised while
-    handling one: that is a bug of its own)."""
-    found = next((e for e in (error, error.__cause__) if isinstance(e, ONE_LINE_ERRORS)), None)
-    if found is not None:
-        clean = _STEP_NOTE.sub("", str(found))
-        return found if clean == str(found) else type(found)(clean)
-    if type(error) is RuntimeError:
-        return _in_text(str(error)) or error
-    return error
 
 
 _sigterm = {"received": False}   # set by the handler: what a step raised is Beam's wrapping
@@ -314,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
         handler.addFilter(_not_after_sigterm)
-        handler.addFilter(_not_a_one_line_error)
+        handler.addFilter(not_a_one_line_error)
     sys.excepthook = _redacted_traceback
     try:
         if argv[0] in ("run", "demo"):

@@ -378,7 +378,7 @@ def test_an_error_raised_while_handling_a_one_line_error_is_not_hidden():
     taken for that error, and Beam's log of it, the only trace of the bug, was filtered out."""
     import logging
 
-    from synanno_datagen import cli
+    from synanno_datagen import beam_errors
     from synanno_datagen.transforms.table_formats import TableFormatError
 
     try:
@@ -388,33 +388,33 @@ def test_an_error_raised_while_handling_a_one_line_error_is_not_hidden():
             {}["missing"]
     except KeyError as e:
         bug = e
-    assert cli._unwrapped(bug) is bug
+    assert beam_errors.unwrapped(bug) is bug
 
     def record(message, exc=None):
         return logging.LogRecord("apache_beam.runners.worker.sdk_worker", logging.ERROR, "x", 1,
                                  message, (), (type(exc), exc, exc.__traceback__) if exc else None)
 
-    assert cli._not_a_one_line_error(record("Error in worker", bug))
+    assert beam_errors.not_a_one_line_error(record("Error in worker", bug))
     trace = ("Traceback (most recent call last):\n  File x\nsynanno_datagen.transforms."
              "table_formats.TableFormatError: t.csv: bad cell\n\nDuring handling of the above "
              "exception, another exception occurred:\n\nTraceback (most recent call last):\n"
              "  File y\nKeyError: 'missing'\n")
-    assert cli._not_a_one_line_error(record("Error processing instruction 3. Original "
+    assert beam_errors.not_a_one_line_error(record("Error processing instruction 3. Original "
                                             "traceback is\n" + trace))
     wrapped = RuntimeError("synanno_datagen.transforms.table_formats.TableFormatError: t.csv: "
                            "bad cell [while running 'ReadTable/ReadShards']")
-    assert not cli._not_a_one_line_error(record("x", wrapped))
-    assert str(cli._unwrapped(wrapped)) == "t.csv: bad cell"
-    assert not cli._not_a_one_line_error(record("Error processing instruction 3. Original "
+    assert not beam_errors.not_a_one_line_error(record("x", wrapped))
+    assert str(beam_errors.unwrapped(wrapped)) == "t.csv: bad cell"
+    assert not beam_errors.not_a_one_line_error(record("Error processing instruction 3. Original "
                                                 "traceback is\n" + trace.split("\n\nDuring")[0]))
 
 
 def test_the_closing_line_names_the_error_behind_beams_traceback_text():
     """Found by review: with worker threads an unexpected crash's closing line said only
     'RuntimeError: Traceback (most recent call last):'."""
-    from synanno_datagen import cli
+    from synanno_datagen import beam_errors
 
     wrapped = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
                            "KeyError: \"missing [while running 'ReadTable/ReadShards']\"\n")
-    assert cli._error_summary(wrapped) == "KeyError: \"missing\""
-    assert cli._error_summary(KeyError("missing")) == "KeyError: 'missing'"
+    assert beam_errors.error_summary(wrapped) == "KeyError: \"missing\""
+    assert beam_errors.error_summary(KeyError("missing")) == "KeyError: 'missing'"
