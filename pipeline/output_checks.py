@@ -19,9 +19,9 @@ WRITE_PROBE = "_write_probe"   # written and removed under a gs:// --output-dir 
 
 def to_output_dir(location: str) -> str:
     """``--output-dir`` as the run names it: a URL without trailing slashes, or an absolute
-    path (also for a ``file:///`` URL). Refuses a URL naming no bucket (``gs://`` from an unset variable would otherwise be
-    the local folder ``gs:``) and glob characters (Beam's FileSystems match the names of files
-    they remove or rename as patterns)."""
+    path (also for a ``file:///`` URL). Refuses a URL naming no bucket (``gs://`` from an unset
+    variable would otherwise be the local folder ``gs:``) and glob characters (Beam's
+    FileSystems match the names of files they remove or rename as patterns)."""
     if not location.strip():
         raise ConfigError(f"--output-dir {location!r}: empty (an unset variable?); give the "
                           "dataset's directory")
