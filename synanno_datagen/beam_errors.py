@@ -6,33 +6,43 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 from synanno_datagen.errors import LeaseLost, StorageUnavailable, first_line
 from synanno_datagen.transforms.table_formats import TableFormatError
 
 ONE_LINE_ERRORS = (LeaseLost, StorageUnavailable, TableFormatError)
 _STEP_NOTE = re.compile(r" \[while running '[^\]]*'\]")
-# The last unindented "Type: message" line of a traceback's text: its outermost exception
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?([A-Za-z_]\w*): (.*)$", re.MULTILINE)
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION = re.compile(r"(?:[\w.]+\.)?([A-Za-z_]\w*)(?:: (.*))?$")
+
+
+def _last_exception(text: str) -> Optional[Tuple[str, str]]:
+    """(type name, first line of its message) of the exception a traceback's text ends with:
+    the first unindented line after the frames of its last ``Traceback`` (the outermost of a
+    chain); for text without one (Beam's RuntimeError of an error), its first line."""
+    start = text.rfind(_TRACEBACK)
+    rest = text[start + len(_TRACEBACK):] if start >= 0 else text
+    line = next((x for x in rest.splitlines() if x.strip() and not x[0].isspace()), "")
+    match = _EXCEPTION.match(line)
+    return (match[1], match[2] or "") if match else None
 
 
 def _in_text(text: str) -> Optional[BaseException]:
     """The one-line error a traceback's text (or a RuntimeError Beam made of one) ends with."""
-    last = _EXCEPTION_LINE.findall(text)
-    kind = next((c for c in ONE_LINE_ERRORS if last and c.__name__ == last[-1][0]), None)
-    return kind(_STEP_NOTE.sub("", last[-1][1])) if kind else None
+    last = _last_exception(text)
+    kind = next((c for c in ONE_LINE_ERRORS if last and c.__name__ == last[0]), None)
+    return kind(_STEP_NOTE.sub("", last[1])) if kind else None
 
 
 def error_summary(error: BaseException) -> str:
-    """``Type: first line`` of an error for the closing line; of a RuntimeError Beam made of a
-    worker's traceback text, the exception it ends with (without Beam's step note)."""
+    """``Type: first line`` of an error for the closing line, without Beam's step note; of a
+    RuntimeError Beam made of a worker's traceback text, the exception it ends with."""
     text = str(error)
-    last = _EXCEPTION_LINE.findall(text) if type(error) is RuntimeError and \
-        text.startswith("Traceback (most recent call last):") else []
-    if last:
-        return _STEP_NOTE.sub("", f"{last[-1][0]}: {last[-1][1]}")
-    return f"{type(error).__name__}: {first_line(error)}"
+    last = _last_exception(text) if type(error) is RuntimeError and \
+        text.startswith(_TRACEBACK) else None
+    summary = f"{last[0]}: {last[1]}" if last else f"{type(error).__name__}: {first_line(error)}"
+    return _STEP_NOTE.sub("", summary)
 
 
 def unwrapped(error: BaseException) -> BaseException:

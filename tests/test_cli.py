@@ -418,3 +418,13 @@ def test_the_closing_line_names_the_error_behind_beams_traceback_text():
                            "KeyError: \"missing [while running 'ReadTable/ReadShards']\"\n")
     assert beam_errors.error_summary(wrapped) == "KeyError: \"missing\""
     assert beam_errors.error_summary(KeyError("missing")) == "KeyError: 'missing'"
+    # found by review: a message's later 'Word: text' line was taken for the exception, and the
+    # step note stayed in without worker threads
+    multiline = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                             "ValueError: the real message\nHint: a second line\n")
+    assert beam_errors.error_summary(multiline) == "ValueError: the real message"
+    noted = KeyError("boom [while running 'TallySelected']")
+    assert beam_errors.error_summary(noted) == 'KeyError: "boom"'
+    lost = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                        "synanno_datagen.errors.LeaseLost: the lease is gone\nHint: x\n")
+    assert type(beam_errors.unwrapped(lost)).__name__ == "LeaseLost"
