@@ -305,18 +305,10 @@ def from_args(args: argparse.Namespace) -> Config:
                           "volumes belong together")
     _check_block_memory(config)
     output_checks.check_writable(config.output_dir)
-    if not (config.incremental_requested and _holds_a_root(config.output_dir)):
+    if not (config.incremental_requested
+            and output_checks.is_incremental_root(config.output_dir)):
         _check_repeated_variants(config)   # an existing root's: once its plan says if it extends
     return config
-
-
-def _holds_a_root(output_dir: str) -> bool:
-    """Whether ``output_dir`` is an incremental root already (its LATEST)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from synanno_datagen.layout import LATEST, join
-
-    return FileSystems.exists(join(output_dir, LATEST))
 
 
 def _check_repeated_variants(config: Config, extending: bool = False) -> None:

@@ -102,12 +102,17 @@ def check_writable(output_dir: str) -> None:
                           "access") from None
 
 
+def is_incremental_root(output_dir: str) -> bool:
+    """Whether ``output_dir`` is an incremental root already (it holds LATEST)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(join(output_dir, LATEST))
+
+
 def check_output_dir(output_dir: str, options: dict, overwrite: bool) -> None:
     """Refuse to mix with a finished dataset made with other ``options`` (its manifest's
     ``config``) unless ``overwrite``."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.exists(join(output_dir, LATEST)):
+    if is_incremental_root(output_dir):
         raise ConfigError(f"--output-dir {output_dir} is an incremental root ({LATEST}): add "
                           "--incremental to extend it, or choose another directory (a one-off "
                           "dataset there would hide its runs from every reader)")

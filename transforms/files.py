@@ -127,7 +127,7 @@ def delete_file(path: str) -> None:
         except Exception:  # noqa: BLE001 - Beam's BeamIOError; gone is fine, else raise
             if FileSystems.exists(path):
                 raise
-    elif os.path.lexists(path):
+    else:
         try:
             os.remove(path)
         except FileNotFoundError:
