@@ -266,11 +266,14 @@ def from_args(args: argparse.Namespace) -> Config:
                           "would be numbered by row, and a row added before others would "
                           "renumber them; name a column of stable ids with --id-column")
     engine = args.volume_reader
-    target = probes.volume("--target-url", probes.to_url(args.target_url), 0, engine)
+    target = probes.volume("--target-url", probes.to_url("--target-url", args.target_url), 0,
+                           engine)
     source_mip = args.source_mip
     if source_mip == NEAREST:
-        source_mip = probes.nearest_source_mip(probes.to_url(args.source_url), target, engine)
-    source = probes.volume("--source-url", probes.to_url(args.source_url), source_mip, engine)
+        source_mip = probes.nearest_source_mip(probes.to_url("--source-url", args.source_url),
+                                                target, engine)
+    source = probes.volume("--source-url", probes.to_url("--source-url", args.source_url),
+                           source_mip, engine)
     try:
         scale = scale_factors(target.resolution_nm_xyz, source.resolution_nm_xyz)
     except ValueError as e:

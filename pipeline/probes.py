@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from synanno_datagen.errors import ConfigError, first_line
+from synanno_datagen.layout import file_url_path
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
     TENSORSTORE, mip_resolutions, open_reader, read_info,
@@ -18,11 +19,20 @@ from synanno_datagen.transforms.readers import (
 from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec, spec_from_info
 
 
-def to_url(location: str) -> str:
-    """A volume location as a cloud-volume URL: plain local paths become file:// URLs."""
-    if "://" in location:
+def to_url(flag: str, location: str) -> str:
+    """A volume location as a URL both engines read alike: a plain local path, and any file URL
+    (``FILE://localhost/...``, percent-escapes), becomes ``file://`` and the absolute path (its
+    optional ``precomputed://`` prefix kept); other URLs as they are. ConfigError naming
+    ``flag`` for a file URL naming no local path."""
+    prefix = "precomputed://" if location.startswith("precomputed://") else ""
+    rest = location[len(prefix):]
+    if "://" in rest and rest.partition("://")[0].lower() != "file":
         return location
-    return "file://" + os.path.abspath(os.path.expanduser(location))
+    try:
+        local = file_url_path(rest)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {location!r}: {e}") from None
+    return prefix + "file://" + os.path.abspath(os.path.expanduser(local))
 
 
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:

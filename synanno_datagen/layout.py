@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import urllib.parse
 from typing import Dict, Iterable, Iterator, List
 
 MANIFEST = "manifest.json"
@@ -172,8 +173,9 @@ def root_of_run(run_location: str, run_directory: str) -> str:
 
 def file_url_path(location: str) -> str:
     """``location`` with a ``file:///ABSOLUTE/PATH`` URL (the form volume URLs take; also
-    ``file://localhost/...``, in any case) as that local path; anything else as it is.
-    ValueError, its text the reason, for ``file://HOST/...`` and a URL naming no path."""
+    ``file://localhost/...``, in any case; percent-escapes decoded, ``%20`` a space) as that
+    local path; anything else as it is. ValueError, its text the reason, for
+    ``file://HOST/...`` and a URL naming no path."""
     scheme, sep, rest = location.partition("://")
     if not sep or scheme.lower() != "file":
         return location
@@ -184,7 +186,7 @@ def file_url_path(location: str) -> str:
     if not path.strip("/"):
         raise ValueError("names no path (an unset variable?); give the absolute path, "
                          "file:///PATH, or a plain path")
-    return "/" + path
+    return "/" + urllib.parse.unquote(path)
 
 
 def join(base: str, *relative: str) -> str:

@@ -12,7 +12,7 @@ from synanno_datagen.pipeline.config import check
 from synanno_datagen.pipeline.unknown_flags import beam_option_names
 from synanno_datagen.pipeline.options import run_flags
 from synanno_datagen.cli import main
-from tests.conftest import COLUMNS, assert_usage_error
+from tests.conftest import COLUMNS, CROP, assert_usage_error, make_small_data
 
 
 def cli(*args, cwd=None, timeout=300):
@@ -578,6 +578,34 @@ def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data,
     assert manifest["config"]["output_dir"] == str(url)
     assert manifest["counts"] == json.loads((plain / "manifest.json").read_text())["counts"]
     assert sorted(p.name for p in url.iterdir()) == sorted(p.name for p in plain.iterdir())
+
+
+@pytest.mark.parametrize("reader", ["tensorstore", "cloudvolume"])
+def test_file_urls_are_percent_decoded_and_case_blind_for_every_input(tmp_path, reader):
+    """Found by review: ``file:///my%20data/...`` named the folder ``my data`` for tensorstore's
+    volumes only; the table, the output dir and cloud-volume's volumes looked for ``my%20data``,
+    and tensorstore refused ``FILE://localhost/...`` volumes. Every file URL now names the same
+    local path, so the run gives the dataset a run on plain paths gives."""
+    data = make_small_data(tmp_path / "my data")
+    plain, url = tmp_path / "plain", tmp_path / "url out"
+
+    def encoded(path, upper=False):
+        return ("FILE://LOCALHOST" if upper else "file://") + str(path).replace(" ", "%20")
+
+    argv = ["--source-url", data.source_url[len("file://"):],
+            "--target-url", data.target_url[len("file://"):], "--crop-size", *map(str, CROP),
+            "--variants", "1", "--volume-reader", reader, "--quiet"]
+    assert main(["run", "--materialization", data.table_path, "--output-dir", str(plain)]
+                + argv) == 0
+    argv[1], argv[3] = encoded(argv[1]), encoded(argv[3], upper=True)
+    assert main(["run", "--materialization", encoded(data.table_path),
+                 "--output-dir", encoded(url, upper=True)] + argv) == 0
+    manifest = json.loads((url / "manifest.json").read_text())
+    assert manifest["config"]["output_dir"] == str(url)
+    assert manifest["config"]["source_url"] == "file://" + str(tmp_path / "my data" / "source")
+    assert manifest["counts"] == json.loads((plain / "manifest.json").read_text())["counts"]
+    for shard in (plain / "tfrecord").iterdir():
+        assert (url / "tfrecord" / shard.name).read_bytes() == shard.read_bytes()
 
 
 @pytest.mark.parametrize("where, message", [
