@@ -6,7 +6,8 @@ its text exactly. Statuses and exit codes:
 - ``ok`` (0): the dataset is complete; ``empty`` is true when the run wrote no instance (an
   incremental run with nothing new, or a table whose every row failed);
 - ``submitted`` (0): the runner only submitted the job (a Flex Template's launcher, or
-  ``--no_wait_until_finish``); the job's last step logs its own ``ok`` line when it ends;
+  ``--no_wait_until_finish`` on a remote runner); the job's last step logs its own ``ok`` line
+  when it ends;
 - ``refused`` (2): a usage or input error, before any work;
 - ``busy`` (3): another run holds the output directory's lease, before any work;
 - ``failed`` (1): the run started and raised.

@@ -26,11 +26,15 @@ def only_submits(options) -> bool:
 def bound_to_this_process(options) -> bool:
     """Whether the run ends when this process does: a local runner it waits for (then a lease
     whose process is gone is free; a remote job may outlive its launcher)."""
+    return _runner_name(options) in LOCAL_RUNNERS and not only_submits(options)
+
+
+def _runner_name(options) -> str:
+    """--runner's name in lower case (the DirectRunner by default)."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return name.lower() in LOCAL_RUNNERS and not only_submits(options)
+    return (runner if isinstance(runner, str) else type(runner).__name__).lower()
 
 
 def run(argv: Sequence[str], while_running=contextlib.nullcontext) -> Optional[dict]:
@@ -61,13 +65,25 @@ def run(argv: Sequence[str], while_running=contextlib.nullcontext) -> Optional[d
         # dataset as its first step
         with while_running(), beam.Pipeline(options=options) as p:
             build(p, config)
-        if only_submits(options):
+        if only_submits(options) and not _finished_here(options, p.result):
             job_goes_on = True
             return None
         return load_manifest(config.output_dir)
     finally:
         if not job_goes_on and not _may_still_run(getattr(p, "result", None)):
             release(lease)
+
+
+def _finished_here(options, result) -> bool:
+    """Whether a job run with ``--no_wait_until_finish`` has already finished: a DirectRunner
+    runs the whole job before it returns. (A Flex Template launcher's result says DONE too,
+    before its job has run: ``--template_location`` only submits.)"""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.runners.runner import PipelineState
+
+    return (not options.view_as(GoogleCloudOptions).template_location
+            and _runner_name(options) in LOCAL_RUNNERS and result is not None
+            and result.state == PipelineState.DONE)
 
 
 def _may_still_run(result) -> bool:

@@ -41,6 +41,19 @@ def test_run_writes_a_dataset_and_prints_a_summary(small_data, tmp_path, capsys)
     assert not (out / "LEASE").exists()
 
 
+def test_a_local_run_that_does_not_wait_reports_the_dataset_it_finished(small_data, tmp_path,
+                                                                        capsys):
+    """Found by review: --no_wait_until_finish on the DirectRunner, which runs the whole job
+    before it returns, reported ``submitted`` and no summary, as if a remote job went on."""
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "2", "--no_wait_until_finish")) == 0
+    printed = capsys.readouterr().out
+    assert "written 5, variants 10" in printed and "submitted" not in printed
+    event = json.loads(printed.splitlines()[-1])
+    assert (event["status"], event["instances_written"]) == ("ok", 5)
+    assert event["manifest"] == str(out / "manifest.json")
+
+
 def test_the_summary_of_an_npy_only_run_names_its_index_shards(small_data, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run"] + small_data.argv(out, "--variants", "1", "--formats", "npy")) == 0

@@ -338,13 +338,14 @@ def test_template_entry_point_runs_the_pipeline_as_the_launcher_calls_it(small_d
 
 def test_a_launch_that_only_submits_leaves_the_lease_to_the_job(small_data, tmp_path):
     """A Flex Template's launcher exits once the job is submitted (Beam writes the job to
-    --template_location and does not wait); --no_wait_until_finish is the same for a runner we
-    can run here. The launcher must not look for a manifest, and the job releases the lease."""
+    --template_location and does not wait). Stand-in: the DirectRunner, which ignores the
+    option and runs the job before it returns, as the job would after the launcher exits. The
+    launcher must not look for a manifest, and the job releases the lease."""
     import json
 
     root = tmp_path / "root"
     done = launch_template(_template_parameters(small_data, root), tmp_path,
-                           "--runner=DirectRunner", "--no_wait_until_finish")
+                           "--runner=DirectRunner", f"--template_location={tmp_path / 'job'}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "submitted"
     assert (root / "runs" / "00001" / "manifest.json").exists()   # the DirectRunner ran it
