@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -52,9 +53,16 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         center=_center(center_column, schema, first),
         pre=_optional_point("--pre-column", pre_column, PRE_PREFIX, schema, first),
         post=_optional_point("--post-column", post_column, POST_PREFIX, schema, first))
+    for path, other in zip(shards[1:], schemas[1:]):   # Parquet types may differ by shard
+        for flag, point in (("--center-column", layout.center), ("--pre-column", layout.pre),
+                            ("--post-column", layout.post)):
+            if point is not None and point.is_list:
+                _find(flag, point.columns[0], other, path)
     ids = resolve_id_column(id_column, schema.columns, first)
     if ids is None:
         _warn_of_id_like_columns(pattern, schema.columns)
+    else:
+        layout = _with_float_ids(layout, schemas, ids)
     for path, other in zip(shards, schemas):
         _check_read_once(other, ((ids,) if ids else ()) + layout.columns(), path)
     return TableSpec(tuple(shards), schema.format, ids, layout)
@@ -95,6 +103,19 @@ def match_table(pattern: str) -> List[str]:
         if found.st_size == 0:
             raise ConfigError(f"{TABLE_FLAG} {path}: empty (0 bytes); check the export")
     return paths
+
+
+# Arrow's names of the binary float types
+_FLOAT_TYPES = {"halffloat": "float16", "float": "float32", "double": "float64"}
+
+
+def _with_float_ids(layout: TableLayout, schemas: Sequence[ShardSchema], ids: str) \
+        -> TableLayout:
+    """``layout`` knowing which Parquet shards hold the id column as binary floats (as pandas
+    writes an int64 column holding a null): past 2**53 such a column cannot tell neighbouring
+    ids apart, so those ids are invalid (transforms.table.parse_row)."""
+    floats = tuple(_FLOAT_TYPES.get(s.types[ids]) if s.types else None for s in schemas)
+    return dataclasses.replace(layout, float_ids=floats) if any(floats) else layout
 
 
 def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:

@@ -123,6 +123,35 @@ def test_cell_text_of_parquet_values():
     assert cell_text({"a": 1}) == '{"a": 1}' and cell_text("text") == "text"
 
 
+def test_a_parquet_list_of_numbers_as_text_reads_as_the_point_it_holds(tmp_path):
+    """Found by review: a list<string> centre passed the option check, then every row was
+    not_a_number: its items were read with JSON's quotes ('"1005"')."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"c": pa.array([["1005", "2032.5", "105"], ["1", None, "3"]],
+                                           pa.list_(pa.string()))}), path)
+    rows = list(iter_rows(str(path)))
+    assert [r["c"] for r in rows] == ["[1005, 2032.5, 105]", "[1, null, 3]"]
+    assert parse_point(rows[0], PointColumns(("c",))) == (1005, 2032, 105)
+    with pytest.raises(BadValue, match="missing_coordinate|is empty"):
+        parse_point(rows[1], PointColumns(("c",)))
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
+def test_every_line_ending_reads_the_same_header_and_rows(tmp_path, newline, name):
+    """Found by review: a CSV with CR line endings (a spreadsheet's 'CSV (Macintosh)') was
+    refused: its whole content was taken for the header line, while the rows read fine."""
+    text = newline.join(["id,x,y,z", "1,1005,2032,105", "2,1006,2033,106", ""])
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt", newline="") as f:
+            f.write(text)
+    else:
+        path.write_bytes(text.encode())
+    assert read_schema(str(path)).columns == ("id", "x", "y", "z")
+    assert [r["x"] for r in iter_rows(str(path))] == ["1005", "1006"]
+
+
 def test_content_that_is_not_what_the_name_says_is_an_unknown_format(tmp_path):
     with gzip.open(tmp_path / "gzip.csv", "wt") as f:
         f.write("id,x,y,z\n1,2,3,4\n")

@@ -53,6 +53,11 @@ CASES = {
         ["--center-column", "ctr_pt_position"],
         ["--center-column ctr_pt_position:", "has column ctr_pt_position of type "
          "list<element: list<element: int64>>, not [x, y, z] lists"]),
+    "a later shard's column is no list": (
+        {"t/a.parquet": {"id": [1], "c": pa.array([[1, 2, 3]])},
+         "t/b.parquet": {"id": [2], "c": pa.array([7])}}, "t/*.parquet",
+        ["--center-column", "c"],
+        ["--center-column c:", "b.parquet has column c of type int64, not [x, y, z] lists"]),
     "shards with other columns": (
         {"t/a.csv": "id,x,y,z,score\n1,2,3,4,5\n", "t/b.csv": "id,x,y,z,size\n1,2,3,4,5\n"},
         "t/*.csv", [],
@@ -240,6 +245,25 @@ def test_pre_and_post_points_can_be_left_out_with_none(tmp_path):
         describe_table(str(table), None, None, "", None)
 
 
+@pytest.mark.parametrize("empty_first", [True, False])
+def test_an_empty_parquet_shard_whose_point_column_is_untyped_is_no_refusal(tmp_path,
+                                                                           empty_first):
+    """Found by review: pandas writes an empty DataFrame's object column as Arrow type null;
+    such a header-only shard refused the whole glob when its name sorted first."""
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    (tmp_path / "t").mkdir()
+    empty, full = ("part-0", "part-1") if empty_first else ("part-1", "part-0")
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()),
+                             "ctr_pt_position": pa.array([], pa.null())}),
+                   tmp_path / "t" / f"{empty}.parquet")
+    pq.write_table(pa.table({"id": [11], "ctr_pt_position": [[8100.0, 16100.0, 3400.0]]}),
+                   tmp_path / "t" / f"{full}.parquet")
+    spec = describe_table(str(tmp_path / "t" / "*.parquet"), None, "ctr_pt_position", None,
+                          None)
+    assert spec.layout.center.columns == ("ctr_pt_position",) and len(spec.shards) == 2
+
+
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_a_directory_is_no_table(tmp_path, slash):
     """Found by review: a directory was called 'not a regular file (a pipe?)', and with a
@@ -255,3 +279,37 @@ def test_a_directory_is_no_table(tmp_path, slash):
             rf"^--materialization {folder}{slash}: a directory; give a file, or a glob of its "
             rf"shards \(e\.g\. {folder}/\*\.csv\)$")):
         match_table(f"{folder}{slash}")
+
+
+@pytest.mark.parametrize("kind, name, exact", [(pa.float64(), "float64", 2**53),
+                                              (pa.float32(), "float32", 2**24)])
+def test_ids_a_float_column_cannot_hold_exactly_are_invalid(tmp_path, kind, name, exact):
+    """Found by review: pandas writes an int64 id column with a null as float64, where ids past
+    2**53 are not stored exactly: 864691135000000001 to ...003 all became 864691135000000000,
+    an id no row has, and two rows were called duplicates of it. Such ids are invalid_id,
+    saying why; smaller ones, and the same ids in a shard of int64 ids, are read as before."""
+    from synanno_datagen.pipeline.table_options import describe_table
+    from synanno_datagen.transforms.geometry import Box
+    from synanno_datagen.transforms.records import RowRef
+    from synanno_datagen.transforms.table import BadValue, parse_row
+    from synanno_datagen.transforms.table_formats import iter_rows
+
+    (tmp_path / "t").mkdir()
+    floats, ints = tmp_path / "t" / "a.parquet", tmp_path / "t" / "b.parquet"
+    pq.write_table(pa.table({"id": pa.array([float(exact), float(exact) * 2, None], kind),
+                             "x": [1, 2, 3], "y": [1, 2, 3], "z": [1, 2, 3]}), floats)
+    pq.write_table(pa.table({"id": [exact * 2 + 1], "x": [1], "y": [1], "z": [1]}), ints)
+    spec = describe_table(str(tmp_path / "t" / "*.parquet"), None, None, None, None)
+    assert spec.layout.float_ids == (name, None)
+    rows = list(iter_rows(str(floats)))
+    bounds = Box((0, 0, 0), (10, 10, 10))
+    assert parse_row(rows[0], RowRef(0, 0), "id", None, bounds, spec.layout).instance_id == exact
+    with pytest.raises(BadValue) as err:
+        parse_row(rows[1], RowRef(0, 1), "id", None, bounds, spec.layout)
+    assert err.value.reason == "invalid_id"
+    assert str(err.value).startswith(f"id {rows[1]['id']!r} is beyond {exact:,}, the ids a "
+                                     f"{name} column holds exactly; store the ids as int64")
+    row = next(iter_rows(str(ints)))
+    assert parse_row(row, RowRef(1, 0), "id", None, bounds, spec.layout).instance_id == \
+        exact * 2 + 1
+    assert describe_table(str(ints), None, None, None, None).layout.float_ids == ()

@@ -51,17 +51,24 @@ PRE_PREFIX, POST_PREFIX = "pre_pt", "post_pt"
 UNIT_SCALE = (Fraction(1),) * 3
 
 
+# Binary float types: every integer up to this one is held exactly (past it, neighbours merge)
+FLOAT_EXACT_UP_TO = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """The table's point columns (pre and post may be absent) and table units -> target voxels.
 
     ``to_target_xyz`` is ``table_nm / target_nm`` per axis, as exact fractions.
+    ``float_ids``, when some Parquet shard's id column is binary floats: per shard (by number),
+    the float type (``float64``, see FLOAT_EXACT_UP_TO) or None.
     """
 
     center: PointColumns = CENTER_COLUMNS
     pre: Optional[PointColumns] = PointColumns(tuple(f"{PRE_PREFIX}_{a}" for a in AXES))
     post: Optional[PointColumns] = PointColumns(tuple(f"{POST_PREFIX}_{a}" for a in AXES))
     to_target_xyz: Tuple[Fraction, Fraction, Fraction] = UNIT_SCALE
+    float_ids: Tuple[Optional[str], ...] = ()
 
     def point_features(self) -> Tuple[str, ...]:
         """The point features records carry: ``center_xyz`` and those of pre/post present."""

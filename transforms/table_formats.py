@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -60,6 +61,8 @@ class ShardSchema:
         if self.types is None:
             return True
         kind = self.types[column]
+        if kind == "null":   # no values (an empty shard's column, as pandas writes it)
+            return True
         return kind.startswith(_LIST_TYPES) and not any(
             nested in kind.partition("<")[2] for nested in ("list<", "struct<", "map<"))
 
@@ -163,6 +166,8 @@ def cell_text(value) -> str:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or v is None for v in value):
+        return "[" + ", ".join("null" if v is None else v for v in value) + "]"   # as in CSV
     if isinstance(value, (list, tuple, dict, bool)):
         return json.dumps(value, default=str)
     return str(value)
@@ -260,7 +265,8 @@ def _parquet_file(raw, path: str):
 
 
 def _first_line(stream, path: str, fmt: str) -> str:
-    """The header line; binary content under a CSV name is an unknown format, not a header."""
+    """The header line, whichever line ending the file uses; binary content under a CSV name
+    is an unknown format, not a header."""
     try:
         line = stream.readline(1 << 20)
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
@@ -279,4 +285,4 @@ def _first_line(stream, path: str, fmt: str) -> str:
     if text is None or "\0" in text:
         raise TableFormatError(f"{path}: unknown format: not {FORMAT_NAMES[fmt]} text; give CSV "
                                "(.csv, .csv.gz, .gz) or Parquet (.parquet, .pq)")
-    return text
+    return re.split("\r\n|\r|\n", text, maxsplit=1)[0]   # CR alone: a spreadsheet's "Macintosh"
