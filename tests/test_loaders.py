@@ -91,6 +91,34 @@ def test_reader_ranges_share_a_stream_evenly_over_ranks_and_workers(total, world
         assert sum(sizes) == total // world_size and max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("total, world_size, workers", [(50, 4, 1), (50, 4, 3), (9, 2, 2),
+                                                        (7, 8, 2), (12, 4, 2)])
+def test_the_samples_ranks_leave_out_move_each_epoch_with_a_seed(total, world_size, workers):
+    """Found by review: with shuffle_seed the same samples were left out every epoch on a split
+    of one shard (the seed permutes shards only), though README promises other ones. The
+    left-out samples are a run drawn by (seed, epoch); without a seed, the last ones."""
+    left = total % world_size
+
+    def left_out(seed, epoch):
+        start = loaders.left_out_start(total, left, seed, epoch)
+        taken = []
+        for rank in range(world_size):
+            for worker in range(workers):
+                lo, hi = loaders.reader_range(total, rank, world_size, worker, workers)
+                for a, b in loaders.stream_ranges(lo, hi, start, left):
+                    taken += range(a, b)
+        assert len(taken) == len(set(taken)) == total - left       # disjoint, as many as before
+        return sorted(set(range(total)) - set(taken))
+
+    assert left_out(None, 0) == left_out(None, 5) == list(range(total - left, total))
+    seeded = [left_out(3, epoch) for epoch in range(8)]
+    assert seeded[0] == left_out(3, 0)                             # same seed and epoch
+    assert all(len(s) == left and (not s or s[-1] - s[0] == left - 1) for s in seeded)
+    assert len({tuple(s) for s in seeded}) == (1 if left == 0 else 8 if total == 50 else
+                                               len({tuple(s) for s in seeded}))
+    assert left in (0, total) or len({tuple(s) for s in seeded}) > 1   # epochs differ
+
+
 def test_shard_slices_are_the_parts_of_shards_a_range_covers():
     counts = [3, 0, 4, 2]
     assert loaders.shard_slices(counts, 0, 9) == [(0, 0, 3), (2, 0, 4), (3, 0, 2)]
@@ -129,9 +157,12 @@ def test_ranks_and_their_workers_share_an_epoch_without_overlap(generated, torch
             keys.append((meta["instance_id"], meta["variant"]))
             check_pair(inputs, target, expected[keys[-1]])
         assert len(keys) == len(data) == 4
-        assert sorted(keys) == sorted(stream[4 * rank:4 * rank + 4])
         seen += keys
-    assert len(set(seen)) == 8
+    assert len(set(seen)) == 8 and set(seen) < set(stream)
+    start = stream.index(sorted(set(stream) - set(seen))[0])     # the one left out this epoch
+    rest = stream[:start] + stream[start + 1:]
+    assert sorted(seen[:4]) == sorted(rest[:4]) and sorted(seen[4:]) == sorted(rest[4:])
+
     with pytest.raises(ValueError, match="give both"):
         loaders.ShardDataset(str(out), "train", rank=1)
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
@@ -195,8 +226,10 @@ def test_under_torch_distributed_each_rank_reads_its_own_share(generated, torch,
                                                  str(tmp_path)), nprocs=2)
     got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert [(g["rank"], g["world_size"], g["len"]) for g in got] == [(0, 2, 4), (1, 2, 4)]
+    start = loaders.left_out_start(len(stream), 1, 3, 1)   # the sample left out this epoch
+    rest = stream[:start] + stream[start + 1:]
     for rank, g in enumerate(got):
-        assert sorted(map(tuple, g["keys"])) == sorted(stream[4 * rank:4 * rank + 4])
+        assert sorted(map(tuple, g["keys"])) == sorted(rest[4 * rank:4 * rank + 4])
 
 
 def test_buffer_shuffle_is_a_seeded_permutation():
@@ -311,6 +344,27 @@ def test_unknown_split_and_missing_manifest_are_clear_errors(generated, tmp_path
         open_dataset(str(out)).files("tfrecord", "test")
     with pytest.raises(DatasetError, match="not a dataset directory"):
         open_dataset(str(tmp_path))
+
+
+def test_no_split_reads_every_split_in_every_loader(generated, torch):
+    """Found by review: NpyDataset and tf_dataset took split None for every split, while
+    ShardDataset raised a bare KeyError."""
+    _, out, _, _ = generated
+    every = _keys(loaders.ShardDataset(str(out), None, with_meta=True))
+    by_split = [k for split in ("train", "val")
+                for k in _keys(loaders.ShardDataset(str(out), split, with_meta=True))]
+    assert every == by_split and len(every) == 15
+    assert len(loaders.ShardDataset(str(out), None)) == 15
+    assert sorted(_keys(loaders.NpyDataset(str(out), None, with_meta=True))) == sorted(every)
+
+
+def test_a_negative_epoch_is_refused_when_set(generated, torch):
+    """Found by review: set_epoch(-1) was taken, then failed in numpy when iterated with a
+    shuffle_seed (and silently did nothing without one)."""
+    data = loaders.ShardDataset(str(generated[1]), "train", shuffle_seed=3)
+    with pytest.raises(ValueError, match="epoch -1: must be 0 or more"):
+        data.set_epoch(-1)
+    assert data.epoch == 0
 
 
 def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
@@ -548,6 +602,27 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
     assert np.asarray(npy[other][0]).shape[0] == 2    # other instances still read
 
 
+def test_ranks_leave_out_other_samples_each_epoch_on_a_split_of_one_shard(small_data, tmp_path,
+                                                                          torch):
+    """Found by review: on a split of one shard (the demo's train split is one) the same
+    samples were left out every epoch with shuffle_seed, which permutes shards only."""
+    out = tmp_path / "out"
+    run_pipeline(small_data.argv(out, "--variants", "2"))
+    every = _keys(loaders.ShardDataset(str(out), "train", with_meta=True))
+    assert len(every) == 10 and len(json.loads((out / "manifest.json").read_text())[
+        "files"]["tfrecord"]) == 1
+    left_out = set()
+    for epoch in range(6):
+        ranks = [loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=3,
+                                      rank=rank, world_size=4) for rank in range(4)]
+        for data in ranks:
+            data.set_epoch(epoch)
+        taken = [k for data in ranks for k in _keys(data)]
+        assert len(taken) == len(set(taken)) == 8 and set(taken) < set(every)
+        left_out.add(tuple(sorted(set(every) - set(taken))))
+    assert len(left_out) > 1
+
+
 def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch, tmp_path):
     """With 2 ranks, 1 of the 9 train samples is left out, so no reader's range ends at the last
     shard's end: the last reader still reads it to its end, and a shard holding other than its
@@ -564,6 +639,13 @@ def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch
     assert len(list(first)) == 4
     with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 2 records, the manifest says 3"):
         list(loaders.ShardDataset(str(copy), "train", rank=1, world_size=2))
+    for epoch in range(6):   # wherever a seed puts the sample left out, a reader reads to the end
+        with pytest.raises(DatasetError, match="2 records, the manifest says 3"):
+            for rank in range(2):
+                data = loaders.ShardDataset(str(copy), "train", rank=rank, world_size=2,
+                                            shuffle_seed=3)
+                data.set_epoch(epoch)
+                list(data)
 
 
 def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_path):

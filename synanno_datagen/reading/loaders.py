@@ -40,7 +40,8 @@ def reader_range(total: int, rank: int, world_size: int, worker: int,
     """The samples [lo, hi) of a stream of ``total`` that one reader takes.
 
     Rank ``rank`` of ``world_size`` takes a contiguous share of ``total // world_size`` samples
-    (the last ``total % world_size`` are left out, so that every rank yields as many), which its
+    (``total % world_size`` are left out, so that every rank yields as many; the ranges number
+    the samples taken, see ``stream_ranges``), which its
     ``num_workers`` workers split into contiguous parts whose sizes differ by at most one. The
     readers' ranges are disjoint and, for one rank, cover the whole stream.
     """
@@ -48,6 +49,23 @@ def reader_range(total: int, rank: int, world_size: int, worker: int,
     start = rank * per_rank
     return (start + worker * per_rank // num_workers,
             start + (worker + 1) * per_rank // num_workers)
+
+
+def left_out_start(total: int, left_out: int, seed: Optional[int], epoch: int = 0) -> int:
+    """Where in a stream of ``total`` samples the ``left_out`` ones no rank takes (the split's
+    samples % world_size) start: at the end, or with a seed at a place drawn by (seed, epoch),
+    so that other samples are left out each epoch (on a split of one shard too, whose order no
+    seed changes)."""
+    if seed is None or left_out == 0:
+        return total - left_out
+    return int(np.random.default_rng([seed, epoch, 1]).integers(0, total - left_out + 1))
+
+
+def stream_ranges(lo: int, hi: int, start: int, left_out: int) -> List[Tuple[int, int]]:
+    """A reader's samples [lo, hi) (numbered among the samples taken, as ``reader_range`` gives
+    them) as [a, b) ranges of the stream, around the ``left_out`` samples at ``start``."""
+    ranges = [(lo, min(hi, start)), (max(lo, start) + left_out, hi + left_out)]
+    return [(a, b) for a, b in ranges if a < b]
 
 
 def shard_slices(counts: Sequence[int], lo: int, hi: int) -> List[Tuple[int, int, int]]:

@@ -18,8 +18,10 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.errors import DatasetError, first_line
 from synanno_datagen.reading.dataset import DAMAGED, open_dataset
-from synanno_datagen.reading.loaders import (buffer_shuffle, input_target, num_batches,
-                                             reader_range, shard_order, shard_slices)
+from synanno_datagen.reading.loaders import (
+    buffer_shuffle, input_target, left_out_start, num_batches, reader_range, shard_order,
+    shard_slices, stream_ranges,
+)
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
 
@@ -31,13 +33,15 @@ def _sample(source, seed, target, meta: Optional[dict]):
 
 
 class ShardDataset(IterableDataset):
-    """The samples of one split, read shard by shard from its TFRecord files (manifest order).
+    """The samples of one split (``None``: every split), read shard by shard from its TFRecord
+    files (manifest order).
 
     The split is one stream of samples (shards in order, or in an order seeded by
     (``shuffle_seed``, epoch)). Under distributed training (``torch.distributed`` initialised,
     or ``rank`` and ``world_size`` given) each rank takes an equal contiguous share of it,
-    ``len()`` samples: the last ``samples % world_size`` of an epoch are left out, so that every
-    rank steps as often. A DataLoader's N workers split their rank's share into N contiguous
+    ``len()`` samples: ``samples % world_size`` neighbouring samples of an epoch are left out
+    (the last ones, or with ``shuffle_seed`` a run placed by (seed, epoch)), so that every rank
+    steps as often. A DataLoader's N workers split their rank's share into N contiguous
     parts: every sample of the share is yielded once per epoch, whatever N. ``set_epoch``
     reaches the workers, persistent ones included (the epoch lives in shared memory).
     Records in a shard are in work-block order, then by instance id; ``shuffle_buffer`` > 0
@@ -58,8 +62,9 @@ class ShardDataset(IterableDataset):
         self.dataset = open_dataset(dataset_dir)
         self.shards = self.dataset.checked_files(   # manifest entries, in order
             self.dataset.files("tfrecord", split))
-        self.num_records = (self.dataset.manifest["splits"][split]["records"]
-                            * self.dataset.variants_per_record)   # samples of the split
+        splits = self.dataset.manifest["splits"]
+        self.num_records = (sum(splits[s]["records"] for s in ([split] if split else splits))
+                            * self.dataset.variants_per_record)   # samples of the split(s)
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
         self.shuffle_buffer = shuffle_buffer
@@ -70,6 +75,8 @@ class ShardDataset(IterableDataset):
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) < 0:
+            raise ValueError(f"epoch {epoch}: must be 0 or more")
         self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
@@ -88,16 +95,24 @@ class ShardDataset(IterableDataset):
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         per_record = self.dataset.variants_per_record
-        lo, hi = reader_range(self.num_records, self.rank, self.world_size, worker_id, workers)
         counts = [s["records"] * per_record for s in shards]
-        slices = shard_slices(counts, lo, hi)
-        # the last reader reads its last shard to the end although the samples left out (the
-        # split's samples % world_size) are not yielded: its record count is checked too
-        last = self.rank == self.world_size - 1 and worker_id == workers - 1
-        samples = (sample for n, (i, skip, take) in enumerate(slices)
-                   for sample in self._shard_samples(
-                       shards[i], skip, take, per_record,
-                       skip + take == counts[i] or (last and n == len(slices) - 1)))
+        ends = list(itertools.accumulate(counts))
+        left_out = self.num_records % self.world_size
+        start = left_out_start(self.num_records, left_out, self.shuffle_seed, epoch)
+        lo, hi = reader_range(self.num_records, self.rank, self.world_size, worker_id, workers)
+        slices = []   # (shard index, samples to skip, samples to take, read it to its end)
+        for a, b in stream_ranges(lo, hi, start, left_out):
+            part = shard_slices(counts, a, b)
+            # the reader whose samples stop where the left-out ones start reads the shard to
+            # its end when no other reader will (its record count is checked too)
+            slices += [(i, skip, take, skip + take == counts[i] or (
+                b == start and n == len(part) - 1
+                and start + left_out >= min(ends[i], self.num_records)))
+                for n, (i, skip, take) in enumerate(part)]
+        if slices and self.rank == self.world_size - 1 and worker_id == workers - 1:
+            slices[-1] = slices[-1][:3] + (True,)   # and the last reader its last shard
+        samples = (sample for i, skip, take, to_end in slices
+                   for sample in self._shard_samples(shards[i], skip, take, per_record, to_end))
         if self.shuffle_buffer:
             rng = np.random.default_rng([self.shuffle_seed, epoch,
                                          self.rank * workers + worker_id])
