@@ -14,7 +14,9 @@ from tests.conftest import GOOD_IDS, LAYOUTS, TARGET_OFFSET, make_small_data
 from tests.test_pipeline import read_records, run_pipeline
 from synanno_datagen.transforms.blocks import BlockReader, read_region
 from synanno_datagen.transforms.geometry import Box
-from synanno_datagen.transforms.readers import describe_volume, open_reader, read_info
+from synanno_datagen.transforms.readers import (
+    describe_volume, kvstore_url, open_reader, read_info,
+)
 from synanno_datagen.transforms.volumes import chunk_names
 
 
@@ -56,6 +58,23 @@ def test_both_engines_read_identical_arrays(volumes, layout, encoding):
                 assert got.absent == want.absent and not got.errors and not want.errors
                 assert got.array_zyx.dtype == want.array_zyx.dtype
                 assert got.array_zyx.tobytes() == want.array_zyx.tobytes(), (url, mip, box)
+
+
+@pytest.mark.parametrize("layout", ["cloudvolume", "sharded"])
+def test_a_percent_sign_in_a_volume_path_is_the_character_for_every_engine(tmp_path, layout):
+    """Found by review: tensorstore decoded percent-escapes in the volume URLs it was given, so
+    with it ``gs://b/v%41x/source`` (and a local ``v%41x``) was read from ``vAx``, where
+    cloud-volume, Beam and the bucket take ``%41`` as written."""
+    data = make_small_data(tmp_path / "v%41x", layout=layout)
+    assert (tmp_path / "v%41x" / "source" / "info").exists() and not (tmp_path / "vAx").exists()
+    for url, array in ((data.source_url, data.source_xyz), (data.target_url, data.labels_xyz)):
+        spec = describe_volume(url, 0)
+        for engine in ("tensorstore", "cloudvolume"):
+            got = read_region(open_reader(url, 0, engine), spec, spec.bounds)
+            assert not got.errors
+            np.testing.assert_array_equal(got.array_zyx, array.transpose(2, 1, 0))
+    assert kvstore_url("precomputed://gs://b/v%41x/a#1?/") == "gs://b/v%2541x/a%231%3F/"
+    assert kvstore_url("https://h/v%41x/") == "https://h/v%41x/"   # a URL the server decodes
 
 
 def _all_zero_chunks(spec, volume_xyz):

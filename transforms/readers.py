@@ -56,7 +56,15 @@ def kvstore_url(url: str) -> str:
     url = precomputed_url(url)
     if url.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
         os.environ["TENSORSTORE_GCS_HTTP_URL"] = os.environ["STORAGE_EMULATOR_HOST"]
-    return url.rstrip("/") + "/"
+    scheme, sep, path = url.partition("://")
+    if scheme in ("file", "gs"):   # tensorstore decodes escapes there: '%41' names itself
+        path = "".join(_KVSTORE_ESCAPES.get(c, c) for c in path)
+    return scheme + sep + path.rstrip("/") + "/"
+
+
+# Characters of a file or object name that a tensorstore URL would take for escapes, a query
+# or a fragment; cloud-volume, Beam and the bucket take them as written.
+_KVSTORE_ESCAPES = {"%": "%25", "?": "%3F", "#": "%23"}
 
 
 # Retries of a check before any work: a few seconds, so that a host or port nothing answers on
