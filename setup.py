@@ -46,5 +46,5 @@ setup(
         "torch": ["torch>=2.1,<3"],
         "tf": ["tensorflow>=2.15,<3"],
     },
-    entry_points={"console_scripts": ["synanno-datagen=synanno_datagen.cli:main"]},
+    entry_points={"console_scripts": ["synanno-datagen=synanno_datagen.cli:entry"]},
 )

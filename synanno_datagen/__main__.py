@@ -1,6 +1,4 @@
 """``python -m synanno_datagen``: the command line (see synanno_datagen.cli)."""
-import sys
+from synanno_datagen.cli import entry
 
-from synanno_datagen.cli import main
-
-sys.exit(main())
+entry()

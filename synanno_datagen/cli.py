@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from typing import List, Optional, Sequence
@@ -29,6 +31,7 @@ FAILED = 1
 USAGE_ERROR = 2
 BUSY = 3  # another run holds the output directory's lease
 TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it ended
+INTERRUPTED = 128 + 2  # SIGINT (Ctrl-C)
 PROG = "synanno-datagen"
 
 
@@ -44,9 +47,19 @@ def _redacted(record: logging.LogRecord) -> bool:
 
 
 def _not_after_sigterm(record: logging.LogRecord) -> bool:
-    """A logging filter: after SIGTERM, no error records of the steps it stopped (Beam logs
-    each with its traceback); the run ends with its own one line."""
+    """A logging filter: after SIGTERM or SIGINT, no error records of the steps it stopped
+    (Beam logs each with its traceback); the run ends with its own one line."""
     return not (_sigterm["received"] and record.levelno >= logging.ERROR)
+
+
+def _thread_error_hook(previous):
+    """threading.excepthook: after SIGTERM or SIGINT, nothing for the threads it stopped (the
+    DirectRunner's 'Worker subprocess exited with return code -15'); else ``previous``."""
+    def hook(args) -> None:
+        if not _sigterm["received"]:
+            previous(args)
+
+    return hook
 
 
 def _redacted_traceback(kind, value, tb) -> None:
@@ -147,8 +160,10 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
-    _sigterm["received"] = False
-    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    _sigterm.update(received=None, closed=False)
+    previous_handlers = {sig: signal.signal(sig, _terminate) for sig in _STOPPING_SIGNALS}
+    previous_hook, threading.excepthook = threading.excepthook, \
+        _thread_error_hook(threading.excepthook)
     try:
         output, rest = output_parser().parse_known_args(argv)
         if not 0 < output.progress_interval < float("inf"):
@@ -167,32 +182,76 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         raise
     except BaseException as e:
         if _sigterm["received"]:   # raised in a step, Beam wraps it in its RuntimeError
-            code, error = TERMINATED, "Terminated: SIGTERM"
-            raise Terminated("SIGTERM") from None
+            stopped = Terminated(_sigterm["received"])
+            code, error = stopped.exit_code, stopped.summary()
+            raise stopped from None
         known = unwrapped(e)
         error = error_summary(known)
         if known is not e:
             raise known from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        _sigterm["closed"] = True   # the closing line stands: a signal from here on is ignored
         event = monitoring.run_event(command, status, code, time.monotonic() - started,
                                      output_dir_given(argv, "synanno-demo-output"
                                                       if command == "demo" else None),
                                      manifest, error)
         print(monitoring.event_line(event), flush=True)
+        if not _sigterm["keep"]:   # (the command keeps them while the interpreter shuts down)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            threading.excepthook = previous_hook
 
 
-_sigterm = {"received": False}   # set by the handler: what a step raised is Beam's wrapping
+_STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# received: the signal's name once one arrived (what a step raised then is Beam's wrapping);
+# closed: the closing line is out; keep: the handlers stay until the process exits (entry())
+_sigterm = {"received": None, "closed": False, "keep": False}
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM: stop the run once; a second one while it unwinds is ignored (raised inside
-    Beam's shutdown it left a worker and the process running)."""
-    if _sigterm["received"]:
+    """SIGTERM or SIGINT: stop the run once. A second one while it unwinds is ignored (raised
+    inside Beam's shutdown it left a worker and the process running), and so is one after the
+    closing line (Beam's threads take most of a second to end: the process would end with the
+    signal's code after a line saying ok)."""
+    if _sigterm["received"] or _sigterm["closed"]:
         return
-    _sigterm["received"] = True
-    raise Terminated("SIGTERM")
+    _sigterm["received"] = signal.Signals(signum).name
+    _stop_child_processes()
+    raise Terminated(_sigterm["received"])
+
+
+def _stop_child_processes() -> None:
+    """SIGTERM to every process this one started, and theirs (the DirectRunner's worker
+    processes in ``multi_processing`` mode): Beam's shutdown waits for each to exit, which a
+    worker busy with a bundle never does."""
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def descendants(pid: int) -> List[int]:
+    """The processes ``pid`` started, and theirs (Linux's /proc; elsewhere none)."""
+    children: dict = {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue   # (ended meanwhile)
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:
@@ -285,11 +344,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TableFormatError as e:  # found while the rows were read, after the run began
         print(redact(f"{PROG}: bad table: {first_line(e, 1000)}"), file=sys.stderr)
         return FAILED
-    except Terminated:
-        print(f"{PROG}: terminated (SIGTERM); run the same command again to finish the dataset",
-              file=sys.stderr)
-        return TERMINATED
+    except Terminated as e:
+        what = "interrupted" if e.signal_name == "SIGINT" else "terminated"
+        print(f"{PROG}: {what} ({e.signal_name}); run the same command again to finish the "
+              "dataset", file=sys.stderr)
+        return e.exit_code
     return USAGE_ERROR
+
+
+def entry() -> None:
+    """The ``synanno-datagen`` command: ``main``, exiting with its code. SIGTERM and SIGINT are
+    ignored from a run's closing line on, while the interpreter shuts down (Python puts back
+    the default action of a signal handled by a function before it is done; not of an ignored
+    one), so the closing line printed stands."""
+    _sigterm["keep"] = True
+    code = main()
+    for sig in _STOPPING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,25 @@ class StorageUnavailable(RuntimeError):
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (timeout, systemd, docker stop, Kubernetes): raised in the main thread so
-    that the run unwinds as for Ctrl-C (its lease freed, its closing line printed), never caught
-    as an error of one instance; one line, exit 143."""
+    """SIGTERM (timeout, systemd, docker stop, Kubernetes) or SIGINT (Ctrl-C) arrived, its name
+    the argument: raised in the main thread so that the run unwinds (its lease freed, its
+    closing line printed), never caught as an error of one instance; one line, exit 128 + the
+    signal's number (143, 130)."""
+
+    @property
+    def signal_name(self) -> str:
+        return self.args[0]
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name))
+
+    def summary(self) -> str:
+        """The closing line's ``error``: ``Terminated: SIGTERM``, ``Interrupted: SIGINT``."""
+        return f"{'Interrupted' if self.signal_name == 'SIGINT' else 'Terminated'}: " \
+               f"{self.signal_name}"
 
 
 def storage_unavailable(what: str, error: BaseException) -> StorageUnavailable:

@@ -233,7 +233,7 @@ def test_run_help_names_every_exit_code(capsys):
 
     assert main(["run", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for code in (0, cli.FAILED, cli.USAGE_ERROR, cli.BUSY, cli.TERMINATED):
+    for code in (0, cli.FAILED, cli.USAGE_ERROR, cli.BUSY, cli.TERMINATED, cli.INTERRUPTED):
         assert f" {code} " in out.split("exit codes:", 1)[1], code
 
 

@@ -11,7 +11,7 @@ import pytest
 from synanno_datagen.pipeline.config import check
 from synanno_datagen.pipeline.unknown_flags import beam_option_names
 from synanno_datagen.pipeline.options import run_flags
-from synanno_datagen.cli import main
+from synanno_datagen.cli import descendants, main
 from tests.conftest import COLUMNS, CROP, assert_usage_error, make_small_data
 
 
@@ -624,20 +624,9 @@ def test_output_dirs_and_tables_nothing_here_reads_are_refused_in_one_line(small
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode, signals", [([], 1), (["--direct_running_mode",
-                                                     "multi_processing", "--direct_num_workers",
-                                                     "2"], 2)])
-def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data, tmp_path, mode,
-                                                                     signals):
-    """Found by review: SIGTERM (timeout, systemd, docker stop, Kubernetes) ended a run with no
-    closing JSON line, which the alert filter matches, and its lease left behind. It ends as a
-    failed run: exit 143 (128 + SIGTERM), one line on stderr, the closing line, no lease; the
-    same command then finishes the dataset. Found by review too: sent while a step ran, it was
-    Beam's RuntimeError, exit 1, with tracebacks; a second one while a multi_processing run
-    unwound left it running for good (the second is ignored)."""
+def _busy_run(small_data, tmp_path, *mode):
+    """A run of a table of 3000 good crops in a child process: (child, argv, output dir)."""
     import csv
-    import signal
-    import time
 
     header, rows = _long_rows(small_data, n=0)
     good = [r for r in rows if r["id"] == "11"][0]
@@ -652,24 +641,79 @@ def test_sigterm_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data
     argv[argv.index("--materialization") + 1] = str(table)
     child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run", *argv],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120   # inside a step: Beam wraps what the step raises
-    while not list(out.glob("npy/*/*.npy")) and time.monotonic() < deadline:
+    return child, argv, out
+
+
+def _wait_for(condition, what: str, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
         time.sleep(0.05)
+
+
+MULTI_PROCESSING = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+
+
+@pytest.mark.parametrize("mode, name, signals, when", [
+    ((), "SIGTERM", 1, "in a step"),
+    (MULTI_PROCESSING, "SIGTERM", 2, "in a step"),
+    (MULTI_PROCESSING, "SIGTERM", 1, "workers started"),
+    ((), "SIGINT", 1, "in a step"),
+    (MULTI_PROCESSING, "SIGINT", 1, "workers started"),
+])
+def test_a_signal_ends_a_run_with_its_closing_line_and_frees_the_lease(small_data, tmp_path, mode,
+                                                                      name, signals, when):
+    """Found by review: SIGTERM (timeout, systemd, docker stop, Kubernetes) ended a run with no
+    closing JSON line, which the alert filter matches, and its lease left behind. It ends as a
+    failed run: exit 143 (128 + SIGTERM), one line on stderr, the closing line, no lease; the
+    same command then finishes the dataset. Found by review too: sent while a step ran, it was
+    Beam's RuntimeError, exit 1, with tracebacks; a second one while a multi_processing run
+    unwound left it running for good (the second is ignored); one sent while a multi_processing
+    run's workers were busy left it waiting for them for good, holding its lease (its worker
+    processes are stopped); and SIGINT (Ctrl-C) ended with a traceback and exit 130 or 1 while
+    the closing line said 1 (it ends as SIGTERM does, with 130)."""
+    import signal
+    import time
+
+    child, argv, out = _busy_run(small_data, tmp_path, *mode)
+    if when == "in a step":   # Beam wraps what the step raises
+        _wait_for(lambda: list(out.glob("npy/*/*.npy")), "npy files")
+    else:
+        _wait_for(lambda: len(descendants(child.pid)) >= 2, "worker processes")
     for _ in range(signals):
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(getattr(signal, name))
         time.sleep(0.3)
     stdout, stderr = child.communicate(timeout=120)
-    assert child.returncode == 143, stderr
+    code = 128 + getattr(signal, name)
+    assert child.returncode == code, stderr
     closing = json.loads(stdout.strip().splitlines()[-1])
-    assert (closing["status"], closing["exit_code"]) == ("failed", 143)
-    assert closing["error"] == "Terminated: SIGTERM"
-    assert "Traceback" not in stderr
+    assert (closing["status"], closing["exit_code"]) == ("failed", code)
+    what = "Interrupted" if name == "SIGINT" else "Terminated"
+    assert closing["error"] == f"{what}: {name}"
+    assert "Traceback" not in stderr and "Exception in thread" not in stderr
     assert stderr.strip().splitlines()[-1] == (
-        "synanno-datagen: terminated (SIGTERM); run the same command again to finish the dataset")
+        f"synanno-datagen: {what.lower()} ({name}); run the same command again to finish the "
+        "dataset")
     assert not (out / "LEASE").exists() and not (out / "manifest.json").exists()
     done = cli("run", *argv, "--quiet")
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] > 3000
+
+
+def test_a_sigterm_after_the_closing_line_does_not_change_the_exit_code(small_data, tmp_path):
+    """Found by review: a SIGTERM while the interpreter shut down after a closing line saying
+    ok (Beam's threads take most of a second) ended the process with 143."""
+    import signal
+
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run",
+                              *small_data.argv(out, "--quiet")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = child.stdout.readline()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 0 and json.loads(line)["status"] == "ok"
 
 
 @pytest.mark.parametrize("where", ["file://", "file://localhost", "file:///"])
