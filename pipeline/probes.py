@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from synanno_datagen.transforms.readers import (
     TENSORSTORE, mip_resolutions, open_reader, read_info,
 )
 from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec, spec_from_info
+
+log = logging.getLogger(__name__)
 
 
 def to_url(flag: str, location: str) -> str:
@@ -85,6 +88,12 @@ def _check_role(flag: str, spec: VolumeSpec) -> None:
     if flag == "--target-url" and spec.num_channels != 1:
         raise ConfigError(f"--target-url {spec.url}: labels must have one channel, found "
                           f"{spec.num_channels}")
+    if flag == "--target-url" and spec.encoding == "jpeg":
+        raise ConfigError(f"--target-url {spec.url}: a jpeg-encoded volume (raw EM?) cannot hold "
+                          "labels (JPEG is lossy); give the synapse labels' volume")
+    if flag == "--target-url" and spec.layer_type == "image":
+        log.warning("--target-url %s: its info says type 'image', not 'segmentation': check that "
+                    "it holds the synapse labels", spec.url)
 
 
 def _check_decodable(flag: str, spec: VolumeSpec, engine: str) -> None:

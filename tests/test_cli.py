@@ -245,6 +245,26 @@ def test_demo_help_is_no_failed_run(capsys):
     assert "--overwrite" in out and "run flags" in out
 
 
+def test_raw_em_given_as_the_labels_is_refused_or_warned_of(tmp_path, capsys, caplog):
+    """Found by review: the raw EM's URL given twice (as --target-url too) ran, status ok, and
+    wrote components of grey values as synapse masks. A JPEG volume cannot hold labels: it is
+    refused; a volume whose info says "image" is warned of."""
+    from tests.conftest import make_small_data
+
+    jpeg = make_small_data(tmp_path / "jpeg", source_encoding="jpeg")
+    argv = jpeg.argv(tmp_path / "out")
+    argv[argv.index("--target-url") + 1] = jpeg.source_url
+    _fails(capsys, ["run"] + argv, f"--target-url {jpeg.source_url}: a jpeg-encoded volume (raw "
+           "EM?) cannot hold labels (JPEG is lossy); give the synapse labels' volume")
+    assert not (tmp_path / "out").exists()
+    raw = make_small_data(tmp_path / "raw")
+    argv = raw.argv(tmp_path / "out2", "--variants", "1")
+    argv[argv.index("--target-url") + 1] = raw.source_url
+    assert main(["run"] + argv) == 0
+    assert (f"--target-url {raw.source_url}: its info says type 'image', not 'segmentation': "
+            "check that it holds the synapse labels") in caplog.text
+
+
 def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
     """The readers would disagree (tensorstore takes channel 0, cloud-volume refuses)."""
     import shutil
