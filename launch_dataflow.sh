@@ -70,8 +70,12 @@ require PROJECT "GCP project id"
 require REGION "Dataflow region, e.g. us-central1"
 [ "$action" = status ] || require BUCKET "bucket for temp and staging files"
 bucket="${BUCKET:-}"
-root="gs://${bucket#gs://}"
-root="${root%/}"
+bucket="${bucket#gs://}"
+bucket="${bucket%/}"
+if [ "$action" != status ] && ! [[ "$bucket" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
+  usage_error "BUCKET '$BUCKET' names no bucket; export BUCKET=<name> or gs://<name> (lower-case letters, digits, '-', '_' and '.')"
+fi
+root="gs://$bucket"
 image="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/synanno/synanno-datagen:latest}"
 template_path="${TEMPLATE_PATH:-$root/synanno-datagen/templates/synanno-datagen.json}"
 if [ -n "${MAX_WORKERS:-}" ] && ! [[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]]; then
@@ -144,10 +148,12 @@ schedule() {
     --staging-location "$root/synanno-datagen/staging" --service-account "$SERVICE_ACCOUNT" \
     --max-workers "${MAX_WORKERS:-}" --machine-type "${MACHINE_TYPE:-}" \
     --network "${NETWORK:-}" --sdk-container-image "$image" -- "$@")" \
-    || usage_error "the template parameters above are not valid; fix the flags"
+    || exit "$?"   # (its one line says what is wrong)
   local uri="https://dataflow.googleapis.com/v1b3/projects/$PROJECT/locations/$REGION/flexTemplates:launch"
   local verb=create headers=--headers
-  if [ "$dry_run" = 0 ] && gcloud scheduler jobs describe "$scheduler_job" --project "$PROJECT" \
+  if [ "$dry_run" = 1 ]; then
+    echo "# if 'gcloud scheduler jobs describe $scheduler_job --project $PROJECT --location $REGION' finds the job, it is updated: 'gcloud scheduler jobs update http' with --update-headers instead of --headers"
+  elif gcloud scheduler jobs describe "$scheduler_job" --project "$PROJECT" \
       --location "$REGION" >/dev/null 2>&1; then
     verb=update headers=--update-headers
   fi

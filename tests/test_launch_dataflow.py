@@ -125,6 +125,11 @@ def test_optional_variables_stay_out_when_unset():
      "MAX_WORKERS 'many' is not a positive integer"),
     ({"PROJECT": "p", "REGION": "r", "BUCKET": "b", "JOB_NAME": "Nightly_Run"},
      "JOB_NAME 'Nightly_Run'"),
+    # found by review: these sent temp, staging and template files to gs://synanno-datagen/
+    ({"PROJECT": "p", "REGION": "r", "BUCKET": "gs://"}, "BUCKET 'gs://' names no bucket"),
+    ({"PROJECT": "p", "REGION": "r", "BUCKET": "/"}, "BUCKET '/' names no bucket"),
+    ({"PROJECT": "p", "REGION": "r", "BUCKET": "gs://b/sub dir"},
+     "BUCKET 'gs://b/sub dir' names no bucket"),
 ])
 def test_missing_or_bad_variables_fail_clearly(env, message):
     done = launch("--dry-run", *OURS, **env)
@@ -214,6 +219,21 @@ def _metadata():
     import json
 
     return {p["name"]: p for p in json.loads((ROOT / "metadata.json").read_text())["parameters"]}
+
+
+def test_a_schedule_dry_run_says_an_existing_job_is_updated_instead(stub_gcloud):
+    """Found by review: the dry run printed only the create command, while the real run updates
+    a job that exists (and the dry run asks gcloud nothing)."""
+    env, calls = stub_gcloud
+    done = launch("schedule", "--dry-run", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("# if 'gcloud scheduler jobs describe synanno-datagen-nightly --project p "
+                        "--location r' finds the job, it is updated: 'gcloud scheduler jobs "
+                        "update http' with --update-headers instead of --headers")
+    assert lines[1].startswith("gcloud scheduler jobs create http synanno-datagen-nightly ")
+    assert calls() == []
 
 
 @pytest.mark.parametrize("exists, verb, headers", [("0", "create", "--headers"),
@@ -489,7 +509,8 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
                   REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2, done.stderr
     assert "--splits 'train=0.99999,val=1e-05': the template's check refuses it" in done.stderr
-    assert calls() == []
+    assert len(done.stderr.splitlines()) == 1   # found by review: a second line blamed "the
+    assert calls() == []                        # template parameters above"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -507,7 +528,7 @@ def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, f
     done = launch("schedule", *REQUIRED, "--incremental", *flags, PROJECT="p", REGION="r",
                   BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2, done.stderr
-    assert message in done.stderr
+    assert message in done.stderr and len(done.stderr.splitlines()) == 1
     assert calls() == []
 
 
