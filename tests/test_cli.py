@@ -347,6 +347,11 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
     assert ("warning: 10 of 10 rows are outside the volume: if the table's coordinates are not "
             "in target voxels (nm, say), pass --coordinate-resolution X Y Z (the table's units "
             "in nm)") in summary(manifest, "out").splitlines()
+    # found by review: the hint named the flag to a run that had passed it
+    manifest["config"]["coordinate_resolution_nm_xyz"] = [1.0, 1.0, 1.0]
+    assert ("warning: 10 of 10 rows are outside the volume: check --coordinate-resolution 1 1 1 "
+            "(the table's units in nm), and that the table's points are in this volume"
+            ) in summary(manifest, "out").splitlines()
     manifest["counts"]["failures"] = {"outside_volume": 1}
     assert "--coordinate-resolution" not in summary(manifest, "out")
 
