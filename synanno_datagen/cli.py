@@ -356,12 +356,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The ``synanno-datagen`` command: ``main``, exiting with its code. SIGTERM and SIGINT are
-    ignored from a run's closing line on, while the interpreter shuts down (Python puts back
-    the default action of a signal handled by a function before it is done; not of an ignored
-    one), so the closing line printed stands."""
+    """The ``synanno-datagen`` command: ``main``, exiting with its code (1, without a
+    traceback, when the reader of its stdout has gone, as ``| head -1`` leaves). SIGTERM and
+    SIGINT are ignored from a run's closing line on, while the interpreter shuts down (Python
+    puts back the default action of a signal handled by a function before it is done; not of
+    an ignored one), so the closing line printed stands."""
     _sigterm["keep"] = True
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:   # stdout's reader left (``| head -1``): no traceback, exit 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = FAILED
     for sig in _STOPPING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(code)

@@ -335,3 +335,21 @@ def test_a_dataset_opens_by_its_file_url_and_a_root_manifest_path(views_dataset,
     monkeypatch.chdir(views_dataset)
     with pytest.raises(DatasetError, match="^/: not a dataset directory"):
         open_dataset("/manifest.json")
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback(views_dataset):
+    """Found by review: `inspect DIR | head -1` could end with a BrokenPipeError traceback. Here
+    the pipe's reader has gone before the command writes."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "synanno_datagen", "inspect",
+                               str(views_dataset)], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 1
