@@ -139,7 +139,8 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     ``[2, z, y, x]`` and ``[1, z, y, x]``, or with ``channels_last`` ``[z, y, x, 2]`` and
     ``[z, y, x, 1]`` (what Keras' Conv3D takes on CPU). ``with_meta`` adds a third element
     ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``; gzip shards
-    are read with ``compression_type="GZIP"``.
+    are read with ``compression_type="GZIP"``. Its cardinality is the manifest's count of the
+    split's samples.
     """
     if str(dataset_dir).startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
         raise DatasetError(f"{dataset_dir}: tf_dataset reads gs:// through TensorFlow's GCS "
@@ -156,8 +157,9 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     records_info = layout.records_info(manifest)
     spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
-    files = [dataset.path(f["path"])
-             for f in dataset.checked_files(dataset.files("tfrecord", split))]
+    entries = dataset.checked_files(dataset.files("tfrecord", split))
+    files = [dataset.path(f["path"]) for f in entries]
+    samples = sum(f["records"] for f in entries) * dataset.variants_per_record
 
     def sample(source, seed, target, instance_id, variant):
         inputs = tf.stack([tf.cast(source, tf.float32) / 255.0, tf.cast(seed, tf.float32)])
@@ -191,8 +193,11 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
                                       compression_type=records_info["tfrecord_compression_type"],
                                       num_parallel_reads=num_parallel_reads)
     if records_info["layout"] == "instance":
-        return records.flat_map(every_variant)
-    return records.map(one_variant, num_parallel_calls=tf.data.AUTOTUNE)
+        samples_ds = records.flat_map(every_variant)
+    else:
+        samples_ds = records.map(one_variant, num_parallel_calls=tf.data.AUTOTUNE)
+    # the count the manifest lists (Keras then knows an epoch's steps; another count fails)
+    return samples_ds.apply(tf.data.experimental.assert_cardinality(samples))
 
 
 def feature_spec(manifest: dict, tf) -> dict:
