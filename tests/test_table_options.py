@@ -296,19 +296,21 @@ def test_ids_a_float_column_cannot_hold_exactly_are_invalid(tmp_path, kind, name
 
     (tmp_path / "t").mkdir()
     floats, ints = tmp_path / "t" / "a.parquet", tmp_path / "t" / "b.parquet"
-    pq.write_table(pa.table({"id": pa.array([float(exact), float(exact) * 2, None], kind),
+    pq.write_table(pa.table({"id": pa.array([float(exact - 1), float(exact), None], kind),
                              "x": [1, 2, 3], "y": [1, 2, 3], "z": [1, 2, 3]}), floats)
     pq.write_table(pa.table({"id": [exact * 2 + 1], "x": [1], "y": [1], "z": [1]}), ints)
     spec = describe_table(str(tmp_path / "t" / "*.parquet"), None, None, None, None)
     assert spec.layout.float_ids == (name, None)
     rows = list(iter_rows(str(floats)))
     bounds = Box((0, 0, 0), (10, 10, 10))
-    assert parse_row(rows[0], RowRef(0, 0), "id", None, bounds, spec.layout).instance_id == exact
-    with pytest.raises(BadValue) as err:
+    assert parse_row(rows[0], RowRef(0, 0), "id", None, bounds, spec.layout).instance_id == \
+        exact - 1
+    with pytest.raises(BadValue) as err:   # found by review: 2**53 + 1 is stored as 2**53 too
         parse_row(rows[1], RowRef(0, 1), "id", None, bounds, spec.layout)
     assert err.value.reason == "invalid_id"
-    assert str(err.value).startswith(f"id {rows[1]['id']!r} is beyond {exact:,}, the ids a "
-                                     f"{name} column holds exactly; store the ids as int64")
+    assert str(err.value).startswith(f"id {rows[1]['id']!r} is {exact:,} or beyond, where a "
+                                     f"{name} column holds ids only approximately; store the "
+                                     "ids as int64")
     row = next(iter_rows(str(ints)))
     assert parse_row(row, RowRef(1, 0), "id", None, bounds, spec.layout).instance_id == \
         exact * 2 + 1

@@ -51,8 +51,9 @@ PRE_PREFIX, POST_PREFIX = "pre_pt", "post_pt"
 UNIT_SCALE = (Fraction(1),) * 3
 
 
-# Binary float types: every integer up to this one is held exactly (past it, neighbours merge)
-FLOAT_EXACT_UP_TO = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
+# Binary float types: the smallest integer a value of the type may stand for another than
+# itself (2**53 + 1 is stored as 2**53): below it every integer is held exactly
+FLOAT_INEXACT_FROM = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class TableLayout:
 
     ``to_target_xyz`` is ``table_nm / target_nm`` per axis, as exact fractions.
     ``float_ids``, when some Parquet shard's id column is binary floats: per shard (by number),
-    the float type (``float64``, see FLOAT_EXACT_UP_TO) or None.
+    the float type (``float64``, see FLOAT_INEXACT_FROM) or None.
     """
 
     center: PointColumns = CENTER_COLUMNS

@@ -8,7 +8,7 @@ import apache_beam as beam
 
 from synanno_datagen.transforms.geometry import Box
 from synanno_datagen.transforms.points import (
-    FLOAT_EXACT_UP_TO, BadValue, TableLayout, number_from_text, parse_point,
+    FLOAT_INEXACT_FROM, BadValue, TableLayout, number_from_text, parse_point,
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
@@ -58,10 +58,11 @@ def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Opti
     when it covers less than the target: a centre outside them has no raw EM."""
     instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
     floats = layout.float_ids[ref.shard] if layout.float_ids else None
-    if floats and abs(instance_id) > FLOAT_EXACT_UP_TO[floats]:
-        raise BadValue(INVALID_ID, f"id {row.get(id_column)!r} is beyond "
-                       f"{FLOAT_EXACT_UP_TO[floats]:,}, the ids a {floats} column holds exactly; "
-                       "store the ids as int64 (past it, neighbouring ids become one)")
+    if floats and abs(instance_id) >= FLOAT_INEXACT_FROM[floats]:
+        raise BadValue(INVALID_ID, f"id {row.get(id_column)!r} is "
+                       f"{FLOAT_INEXACT_FROM[floats]:,} or beyond, where a {floats} column holds "
+                       "ids only approximately; store the ids as int64 (there, neighbouring ids "
+                       "become one)")
     center, pre, post = (parse_point(row, point, layout.to_target_xyz) if point else None
                          for point in (layout.center, layout.pre, layout.post))
     if not target_bounds.contains(center):
