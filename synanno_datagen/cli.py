@@ -164,7 +164,10 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
     _sigterm.update(received=None, closed=False)
-    previous_handlers = {sig: signal.signal(sig, _terminate) for sig in _STOPPING_SIGNALS}
+    # (a signal the process was started ignoring stays ignored: a shell's background job
+    # ignores SIGINT, the Ctrl-C meant for the foreground)
+    previous_handlers = {sig: signal.signal(sig, _terminate) for sig in _STOPPING_SIGNALS
+                         if signal.getsignal(sig) is not signal.SIG_IGN}
     previous_hook, threading.excepthook = threading.excepthook, \
         _thread_error_hook(threading.excepthook)
     try:
@@ -195,15 +198,17 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         raise
     finally:
         _sigterm["closed"] = True   # the closing line stands: a signal from here on is ignored
-        event = monitoring.run_event(command, status, code, time.monotonic() - started,
-                                     output_dir_given(argv, "synanno-demo-output"
-                                                      if command == "demo" else None),
-                                     manifest, error)
-        print(monitoring.event_line(event), flush=True)
-        if not _sigterm["keep"]:   # (the command keeps them while the interpreter shuts down)
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            threading.excepthook = previous_hook
+        try:
+            event = monitoring.run_event(command, status, code, time.monotonic() - started,
+                                         output_dir_given(argv, "synanno-demo-output"
+                                                          if command == "demo" else None),
+                                         manifest, error)
+            print(monitoring.event_line(event), flush=True)
+        finally:
+            if not _sigterm["keep"]:   # (the command keeps them while the interpreter ends)
+                for sig, handler in previous_handlers.items():
+                    signal.signal(sig, handler)
+                threading.excepthook = previous_hook
 
 
 _STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -224,15 +229,22 @@ def _terminate(signum, frame) -> None:
     raise Terminated(_sigterm["received"])
 
 
+_BEAM_WORKER = "apache_beam.runners.worker.sdk_worker_main"
+
+
 def _stop_child_processes() -> None:
-    """SIGTERM to every process this one started, and theirs (the DirectRunner's worker
-    processes in ``multi_processing`` mode): Beam's shutdown waits for each to exit, which a
-    worker busy with a bundle never does."""
+    """SIGTERM to the DirectRunner's worker processes (``multi_processing`` mode) among those
+    this one started, and theirs: Beam's shutdown waits for each to exit, which a worker busy
+    with a bundle never does. Other processes (a program running the CLI in-process may have
+    its own) are left alone."""
     for pid in descendants(os.getpid()):
         try:
-            os.kill(pid, signal.SIGTERM)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            if any(_BEAM_WORKER in arg for arg in argv):
+                os.kill(pid, signal.SIGTERM)
         except OSError:
-            pass
+            pass   # (ended meanwhile)
 
 
 def descendants(pid: int) -> List[int]:

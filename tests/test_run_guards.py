@@ -743,3 +743,62 @@ def test_a_refusal_after_the_lease_prints_no_progress_line_before_it(small_data,
     assert_usage_error(capsys, ["run"] + small_data.argv(out, "--variants", "2",
                                                          "--progress-interval", "0.001"),
                        "made with a different config")
+
+
+def test_stopping_a_run_stops_beams_worker_processes_only():
+    """Found by review: a stopped run sent SIGTERM to every process it had started, and theirs,
+    so a program running the CLI in-process lost its own children. Only Beam's worker
+    processes (sdk_worker_main) are the run's to stop."""
+    from synanno_datagen import cli
+
+    other = subprocess.Popen(["sleep", "300"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                               "-m", "apache_beam.runners.worker.sdk_worker_main"])
+    try:
+        cli._stop_child_processes()
+        assert worker.wait(timeout=30) == -15
+        assert other.poll() is None
+    finally:
+        other.kill()
+        worker.kill()
+        other.wait()
+
+
+def test_a_signal_the_run_inherits_ignored_stays_ignored(small_data, tmp_path):
+    """Found by review: a shell's background job starts with SIGINT ignored (so that Ctrl-C
+    meant for the foreground job leaves it alone); the run's handler took SIGINT over, and a
+    Ctrl-C stopped it."""
+    import signal
+
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run",
+                              *small_data.argv(out, "--quiet")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _wait_for(lambda: (out / "LEASE").exists() or child.poll() is not None, "the lease")
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr
+    assert json.loads(stdout.splitlines()[-1])["status"] == "ok"
+
+
+def test_the_handlers_are_put_back_when_the_closing_line_cannot_be_printed(small_data, tmp_path,
+                                                                           monkeypatch):
+    """Found by review: when printing the closing line failed (stdout a closed pipe), the run's
+    handlers stayed, ignoring SIGTERM and SIGINT in the program that ran the CLI in-process."""
+    import signal
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(sys, "stdout", Closed())
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(tmp_path / "none.csv")
+    with pytest.raises(BrokenPipeError):
+        main(["run"] + argv)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
