@@ -251,6 +251,30 @@ def test_a_storage_failure_while_writing_fails_the_bundle_not_the_instance(data,
             _ = p | beam.Create([varied]) | WriteShards(str(out), ("tfrecord", "npy"))
 
 
+def test_a_writer_whose_lease_was_broken_since_its_last_look_writes_no_npy_file(
+        data, fetch_config, tmp_path):
+    """Found by review: npy files go straight to their final names, and the writer's look at
+    the lease before each instance is rate-limited: a run whose lease was broken (another run
+    then committed the same run folder) wrote its npy files over the other run's. With npy
+    files the writer looks before each instance's."""
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.write import WriteShards
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    varied = Varied(**fetched.crop_fields(), target_zyx=mask, seed_slices=((1,),))
+    out = tmp_path / "out"
+    heartbeat = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
+    heartbeat.beat()                    # a look just now: the next is hours away, unforced
+    (out / "LEASE").unlink()            # --break-lease by another run
+    with pytest.raises(Exception) as raised:
+        with TestPipeline() as p:
+            _ = p | beam.Create([varied]) | WriteShards(str(out), ("npy",),
+                                                        keepalive=heartbeat)
+    assert isinstance(raised.value, LeaseLost) or "LeaseLost" in str(raised.value)
+    assert not (out / "npy").exists()
+
+
 def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetch_config,
                                                                       tmp_path):
     """Only a group's file names, sizes and counts cross the shuffle that numbers the shards;

@@ -148,8 +148,9 @@ class WriteShardsFn(beam.DoFn):
 
     ``keepalive``: an object whose ``beat()`` is called as each bundle starts and before each
     instance is written (the run's lease heartbeat, pipeline.lease.Heartbeat, which looks at
-    the lease at most every few minutes: it raises when the output directory is no longer the
-    run's, so a bundle that stalled past the lease's expiry writes no further instance)."""
+    the lease at most every few minutes, and before each instance whose npy files it writes:
+    it raises when the output directory is no longer the run's, so a bundle that stalled past
+    the lease's expiry, or whose lease was broken, writes no further instance)."""
 
     def __init__(self, output_dir: str, formats: Sequence[str], layout: str, compression: str,
                  keepalive=None):
@@ -182,7 +183,11 @@ class WriteShardsFn(beam.DoFn):
         # bundle, which a runner retries from the start (its files written again), rather
         # than leave part of an instance beside its dead letter.
         if self._keepalive is not None:
-            self._keepalive.beat()
+            # npy files get their final names as they are written: look at the lease before
+            # each instance's (a run whose lease was broken must not write over the files of
+            # the run that took it, whose run folder may be this one's); records go to
+            # temporary files, named after a look of their own (before_commit)
+            self._keepalive.beat(force=npy is not None)
         if npy is not None:
             entry["npy"] = self._write_npy(*npy)
         key = (inst.shard, inst.split)
