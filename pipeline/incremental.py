@@ -148,6 +148,21 @@ def read_latest(root: str) -> Optional[dict]:
     return manifest
 
 
+def _committed_runs(root: str) -> List[int]:
+    """The numbers of the run folders under ``root`` that hold a manifest and no UNFINISHED
+    marker (runs that committed, or whose LATEST move a kill may have stopped)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = layout.join(root, layout.RUNS_DIR, "*", layout.MANIFEST)
+    found = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        folder = meta.path[:-len(layout.MANIFEST)].rstrip("/")
+        name = folder.rsplit("/", 1)[-1]
+        if name.isdigit() and not FileSystems.exists(layout.join(folder, layout.UNFINISHED)):
+            found.append(int(name))
+    return found
+
+
 NPY_TOTALS = "every run"   # the manifest's npy totals cover every run of the root
 
 
@@ -180,6 +195,12 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
     digest = generation_hash(generation)
     latest = read_latest(root)
     if latest is None:
+        committed = _committed_runs(root)
+        if committed:   # not a new root: starting over would write over runs/00001
+            raise ValueError(f"{layout.LATEST} is missing while {layout.RUNS_DIR}/ holds "
+                             "committed runs; write "
+                             f"{layout.latest_pointer(layout.run_dir(max(committed))).strip()!r}"
+                             " (the newest one) into it")
         return IncrementalPlan(root, 1, digest, retry_failed=retry_failed)
     info = latest["incremental"]
     previous = None

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from synanno_datagen import GENERATOR_NAME, __version__
 from synanno_datagen.layout import (
     DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, join,
-    latest_pointer, tf_compression_type,
+    latest_pointer, run_dir, tf_compression_type,
 )
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.transforms.examples import features
@@ -144,6 +144,8 @@ class WriteManifestFn(beam.DoFn):
             write_atomic(join(incremental.root, LATEST), [pointer])
         # last: until the root points at it, a run folder is an unfinished run's to replace
         delete_tree(join(self._config.output_dir, UNFINISHED))
+        if incremental and incremental.run > 1:   # a kill just after the last run's LATEST
+            delete_tree(join(incremental.root, run_dir(incremental.run - 1), UNFINISHED))
         yield manifest
 
 
@@ -151,7 +153,8 @@ def mark_unfinished(output_dir: str) -> None:
     """Leave UNFINISHED in ``output_dir`` until the manifest is written: what a run that does not
     finish leaves there is then known as its own, for a rerun to replace."""
     write_bytes(join(output_dir, UNFINISHED),
-                b"a synanno-datagen run writes here; it is gone once manifest.json is written\n",
+                b"a synanno-datagen run writes here; it is gone once the run is committed "
+                b"(manifest.json written, and in an incremental root LATEST moved here)\n",
                 digest=False)
 
 

@@ -274,3 +274,44 @@ def test_a_root_whose_latest_manifest_is_not_ours_is_refused_in_one_line(small_d
                        f"--output-dir {root}", str(manifest))
     assert sorted(str(p) for p in root.rglob("*")) == before
     assert manifest.read_text() == text
+
+
+def test_a_root_with_committed_runs_but_no_latest_is_refused_not_restarted(small_data, tmp_path,
+                                                                          capsys):
+    """Found by review: a root whose LATEST was gone (removed, or a kill while it was being
+    replaced) was taken for a new root: the next run wrote a fresh dataset into runs/00001,
+    over the committed run there. It is refused, naming the run LATEST should point at; a root
+    whose only run never committed is started again as before."""
+    from tests.conftest import assert_usage_error
+
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord",
+                           "--quiet")
+    assert main(["run"] + argv + ["--num-instances", "2"]) == 0
+    assert main(["run"] + argv + ["--num-instances", "4"]) == 0
+    (root / "runs" / "00002" / "UNFINISHED").write_text("killed before it committed")
+    (root / "LATEST").unlink()
+    capsys.readouterr()
+    before = {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert_usage_error(capsys, ["run"] + argv, f"--output-dir {root}",
+                       "LATEST is missing while runs/ holds committed runs; write "
+                       "'runs/00001/manifest.json' (the newest one) into it")
+    assert {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    fresh = tmp_path / "fresh"   # its one run was killed before it committed: started again
+    (fresh / "runs" / "00001").mkdir(parents=True)
+    (fresh / "runs" / "00001" / "UNFINISHED").write_text("killed")
+    assert main(["run"] + small_data.argv(fresh, "--incremental", "--variants", "1",
+                                          "--quiet")) == 0
+    assert (fresh / "LATEST").read_text().strip() == "runs/00001/manifest.json"
+
+
+def test_the_next_run_clears_a_committed_runs_leftover_unfinished_marker(small_data, tmp_path):
+    """Found by review: a kill between LATEST's move and the removal of the run's UNFINISHED
+    left the marker in a committed run for good."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--quiet")
+    assert main(["run"] + argv + ["--num-instances", "2"]) == 0
+    (root / "runs" / "00001" / "UNFINISHED").write_text("killed after LATEST moved")
+    assert main(["run"] + argv + ["--num-instances", "4"]) == 0
+    assert not (root / "runs" / "00001" / "UNFINISHED").exists()
+    assert (root / "LATEST").read_text().strip() == "runs/00002/manifest.json"

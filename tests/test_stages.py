@@ -567,3 +567,31 @@ def test_delete_file_deletes_on_beams_other_filesystems_and_takes_gone_as_done(t
     assert not (tmp_path / "out" / "_write_probe").exists()
     delete_file("elsewhere://out/_write_probe")   # gone: nothing to do, no error
     assert ElsewhereFileSystem.scheme() == "elsewhere"
+
+
+def test_renaming_onto_a_local_file_replaces_it_in_one_step(tmp_path):
+    """Found by review: rename deleted the destination, then moved the file: a reader of LATEST
+    could find no LATEST (and a run killed then left a root without one). A reader looking all
+    the while never finds it missing."""
+    import threading
+
+    from synanno_datagen.transforms.files import write_atomic
+
+    latest = tmp_path / "LATEST"
+    latest.write_text("runs/00001/manifest.json")
+    missing, done = [], threading.Event()
+
+    def look():
+        while not done.is_set():
+            if not latest.exists():
+                missing.append(1)
+
+    reader = threading.Thread(target=look)
+    reader.start()
+    try:
+        for n in range(300):
+            write_atomic(str(latest), [f"runs/{n:05d}/manifest.json".encode()])
+    finally:
+        done.set()
+        reader.join()
+    assert not missing and latest.read_text() == "runs/00299/manifest.json"

@@ -66,20 +66,23 @@ def _gcs():
 
 
 def rename(src: str, dst: str) -> None:
-    """Move one file, replacing ``dst``.
+    """Move one file, replacing ``dst`` in one step where the storage can: a reader finds the
+    old ``dst`` or the new one, never none (LATEST, manifest.json).
 
-    On gs:// this is one copy and one delete of a single object (GcsIO.rename): FileSystems'
-    list form sends GCS batch requests, which we do not need for one object and which GCS
-    emulators do not serve.
+    Local files: os.replace. On gs:// one copy over ``dst`` and one delete of ``src``
+    (GcsIO.rename; the copy replaces the object at once): FileSystems' list form sends GCS
+    batch requests, which we do not need for one object and which GCS emulators do not serve.
+    Beam's other filesystems: ``dst`` deleted, then the move.
     """
     if src.startswith("gs://"):
         _gcs().rename(src, dst)
         return
+    if "://" not in dst:   # local files: the directory must exist (buckets have none)
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)   # (other bundles may too)
+        os.replace(src, dst)
+        return
     if FileSystems.exists(dst):
         FileSystems.delete([dst])
-    parent = dst.rsplit("/", 1)[0]
-    if "://" not in dst:   # local files: the directory must exist (buckets have none)
-        os.makedirs(parent, exist_ok=True)   # other bundles may make it at the same time
     FileSystems.rename([src], [dst])
 
 
