@@ -81,6 +81,8 @@ class Config:
     # The grid of block splits when extending a dataset: its own (None: this run's work blocks).
     split_block_size_xyz: Optional[Tuple[int, int, int]] = None
     lease: Optional[Any] = None  # pipeline.lease.Lease once run() holds it
+    # --source-url and --target-url as typed (earlier versions hashed that form)
+    typed_volume_urls: Tuple[str, ...] = ()
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -299,7 +301,8 @@ def from_args(args: argparse.Namespace) -> Config:
         post_column=args.post_column, coordinate_resolution_nm_xyz=table_nm,
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
-        lease_hours=args.lease_hours, break_lease=args.break_lease)
+        lease_hours=args.lease_hours, break_lease=args.break_lease,
+        typed_volume_urls=(args.source_url, args.target_url))
     covered = target_voxels_inside(source.bounds, scale)
     if covered is None or covered.intersect(target.bounds) is None:
         raise ConfigError(f"--source-url {source.url}: covers none of the target volume's voxels "
@@ -356,18 +359,26 @@ MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits ar
 def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, float], ...]]:
     """The order of ``config.splits`` under which an earlier version's generation hash of this
     config's records is ``digest``, or None. An earlier version laid --splits out in the order
-    written, and hashed the volume URLs as typed, password included. Asked only when a root's
-    hash is not this config's own; orders are hashed only until one matches."""
+    written, hashed the volume URLs with their passwords, and hashed a ``file://`` URL as typed
+    (not decoded: ``a%20b``). Asked only when a root's hash is not this config's own; orders are
+    hashed only until one matches."""
     from synanno_datagen.pipeline.incremental import generation_hash
 
-    as_typed = {"source_url": config.source.url, "target_url": config.target.url}
-    typed = as_typed != {k: redact(url) for k, url in as_typed.items()}   # a password in one
+    keys = ("source_url", "target_url")
+    decoded = (config.source.url, config.target.url)
+    typed = tuple(u if "://" in u else probes.to_url("", u) for u in config.typed_volume_urls)
+    forms = []   # the URLs as earlier versions may have hashed them
+    for urls in (decoded, typed):
+        for form in (dict(zip(keys, urls)), {k: redact(u) for k, u in zip(keys, urls)}):
+            if len(form) == 2 and form not in forms and \
+                    form != {k: redact(u) for k, u in zip(keys, decoded)}:   # this version's
+                forms.append(form)
     orders = itertools.permutations(config.splits) \
         if len(config.splits) <= MAX_REORDERED_SPLITS else [config.splits]
     for order in orders:
         generation = dataclasses.replace(config, splits=order).generation()
         if generation_hash(generation) == digest or \
-                (typed and generation_hash({**generation, **as_typed}) == digest):
+                any(generation_hash({**generation, **form}) == digest for form in forms):
             return order
     return None
 
