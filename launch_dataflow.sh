@@ -72,8 +72,8 @@ require REGION "Dataflow region, e.g. us-central1"
 bucket="${BUCKET:-}"
 bucket="${bucket#gs://}"
 bucket="${bucket%/}"
-if [ "$action" != status ] && ! [[ "$bucket" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
-  usage_error "BUCKET '$BUCKET' names no bucket; export BUCKET=<name> or gs://<name> (lower-case letters, digits, '-', '_' and '.')"
+if [ "$action" != status ] && ! [[ "$bucket" =~ ^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$ ]]; then
+  usage_error "BUCKET '$BUCKET' names no bucket; export BUCKET=<name> or gs://<name> (lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
 fi
 root="gs://$bucket"
 image="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/synanno/synanno-datagen:latest}"

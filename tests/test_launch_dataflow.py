@@ -130,6 +130,7 @@ def test_optional_variables_stay_out_when_unset():
     ({"PROJECT": "p", "REGION": "r", "BUCKET": "/"}, "BUCKET '/' names no bucket"),
     ({"PROJECT": "p", "REGION": "r", "BUCKET": "gs://b/sub dir"},
      "BUCKET 'gs://b/sub dir' names no bucket"),
+    ({"PROJECT": "p", "REGION": "r", "BUCKET": "my-bucket-"}, "BUCKET 'my-bucket-' names no"),
 ])
 def test_missing_or_bad_variables_fail_clearly(env, message):
     done = launch("--dry-run", *OURS, **env)
