@@ -133,7 +133,8 @@ def run_parser(prog: str = "synanno-datagen run", parents=()) -> argparse.Argume
                          "a Beam pipeline option (--runner, --temp_location, ...).",
                          epilog="exit codes: 0 done (or submitted), 1 the run failed, 2 a usage "
                          "or input error, 3 another run is writing --output-dir, 143 stopped "
-                         "by SIGTERM, 130 by SIGINT (Ctrl-C); the last line on stdout is a JSON summary of the run")
+                         "by SIGTERM, 130 by SIGINT (Ctrl-C); the last line on stdout is a "
+                         "JSON summary of the run")
     add_run_arguments(parser)
     return parser
 

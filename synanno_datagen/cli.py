@@ -103,11 +103,12 @@ def summary(manifest: dict, output_dir: str) -> str:
     outside = failures.get("outside_volume", 0)
     given = manifest["config"].get("coordinate_resolution_nm_xyz")
     if outside and outside >= 0.9 * counts["rows_read"]:
-        lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: " + (
-            f"check --coordinate-resolution {' '.join(f'{v:g}' for v in given)} (the table's "
-            "units in nm), and that the table's points are in this volume" if given else
-            "if the table's coordinates are not in target voxels (nm, say), pass "
-            "--coordinate-resolution X Y Z (the table's units in nm)"))
+        advice = (f"check --coordinate-resolution {' '.join(f'{v:g}' for v in given)} (the "
+                  "table's units in nm), and that the table's points are in this volume"
+                  if given else "if the table's coordinates are not in target voxels (nm, "
+                  "say), pass --coordinate-resolution X Y Z (the table's units in nm)")
+        lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
+                     + advice)
     from synanno_datagen.reading.inspection import remembered_line
 
     if remembered_line(counts):
