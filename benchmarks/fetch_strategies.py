@@ -273,6 +273,11 @@ def main():
     parser.add_argument("--big-table-rows", type=int, default=1_000_000,
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
+    for flag, given, allowed in (("--layouts", args.layouts, ("instance", "variant")),
+                                 ("--storage", args.storage, ("file", "http"))):
+        unknown = [v for v in given.split(",") if v not in allowed]
+        if unknown:   # (found by review: --storage gcs measured the HTTP server under 'gcs')
+            parser.error(f"{flag} {given}: {', '.join(unknown)} is none of {', '.join(allowed)}")
     work = Path(args.work)
     data = make_dense_data(work / "cache")
     rows = list(csv.DictReader(open(data.table_path)))
