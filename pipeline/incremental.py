@@ -128,16 +128,32 @@ def generation_hash(generation: Dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_latest(root: str) -> Optional[dict]:
-    """The manifest ``ROOT/LATEST`` points at, or None for a new root. ValueError, naming the
-    manifest, for one that is not an incremental run's manifest of this tool."""
+def _latest_manifest(root: str) -> Optional[str]:
+    """The manifest ``ROOT/LATEST`` names (``runs/NNNNN/manifest.json``), None without LATEST."""
     from apache_beam.io.filesystems import FileSystems
 
     latest = layout.join(root, layout.LATEST)
     if not FileSystems.exists(latest):
         return None
     with FileSystems.open(latest) as f:
-        path = layout.join(root, layout.manifest_of_latest(f.read().decode("utf-8")))
+        return layout.manifest_of_latest(f.read().decode("utf-8"))
+
+
+def latest_run_number(root: str) -> Optional[int]:
+    """The number of the run ``ROOT/LATEST`` names, or None without LATEST."""
+    rel = _latest_manifest(root)
+    return None if rel is None else layout.run_number(rel)
+
+
+def read_latest(root: str) -> Optional[dict]:
+    """The manifest ``ROOT/LATEST`` points at, or None for a new root. ValueError, naming the
+    manifest, for one that is not an incremental run's manifest of this tool."""
+    from apache_beam.io.filesystems import FileSystems
+
+    rel = _latest_manifest(root)
+    if rel is None:
+        return None
+    path = layout.join(root, rel)
     with FileSystems.open(path) as f:
         try:
             manifest = json.load(f)
@@ -146,6 +162,22 @@ def read_latest(root: str) -> Optional[dict]:
     if not layout.is_manifest(manifest) or not isinstance(manifest.get("incremental"), dict):
         raise ValueError(f"{path} is not the manifest of an incremental run of synanno-datagen")
     return manifest
+
+
+def _check_nothing_committed_after(root: str, run: int) -> None:
+    """ValueError when the run folder after LATEST's run is a committed run (a manifest and no
+    UNFINISHED marker): LATEST was moved back (a run that stalled past its broken lease), and
+    the next run would write that folder again."""
+    from apache_beam.io.filesystems import FileSystems
+
+    after = layout.join(root, layout.run_dir(run + 1))
+    if FileSystems.exists(layout.join(after, layout.MANIFEST)) and \
+            not FileSystems.exists(layout.join(after, layout.UNFINISHED)):
+        newest = max(_committed_runs(root))
+        raise ValueError(f"{layout.LATEST} names {layout.run_dir(run)} while "
+                         f"{layout.run_dir(run + 1)} is committed too; write "
+                         f"{layout.latest_pointer(layout.run_dir(newest)).strip()!r} (the newest "
+                         "committed run) into it")
 
 
 def _committed_runs(root: str) -> List[int]:
@@ -203,6 +235,7 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
                              " (the newest one) into it")
         return IncrementalPlan(root, 1, digest, retry_failed=retry_failed)
     info = latest["incremental"]
+    _check_nothing_committed_after(root, info["run"])
     previous = None
     if info["generation_hash"] != digest and same_records(info["generation_hash"]):
         digest = info["generation_hash"]

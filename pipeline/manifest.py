@@ -18,7 +18,9 @@ from synanno_datagen.layout import (
     DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, join,
     latest_pointer, run_dir, tf_compression_type,
 )
+from synanno_datagen.errors import LeaseLost
 from synanno_datagen.pipeline.config import Config
+from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.transforms.examples import features
 from synanno_datagen.transforms.files import delete_tree, write_atomic, write_bytes
 from synanno_datagen.transforms.write import NPY
@@ -127,8 +129,6 @@ class WriteManifestFn(beam.DoFn):
 
     def process(self, _, files, dead_letter, counts, npy_totals, io):
         if self._config.lease is not None:   # still ours? (else LeaseLost: nothing committed)
-            from synanno_datagen.pipeline.lease import Heartbeat
-
             Heartbeat(self._config.lease, self._config.lease_hours).beat(force=True)
         manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
         # Facts of this execution, not of the data: they may differ between identical runs
@@ -140,13 +140,31 @@ class WriteManifestFn(beam.DoFn):
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
         incremental = self._config.incremental
         if incremental:  # the root now points at this complete run
-            pointer = latest_pointer(incremental.run_dir).encode("utf-8")
-            write_atomic(join(incremental.root, LATEST), [pointer])
+            if self._config.lease is not None:   # (a stall since the look above?)
+                Heartbeat(self._config.lease, self._config.lease_hours).beat(force=True)
+            if check_latest_before_move(incremental.root, incremental.run):
+                pointer = latest_pointer(incremental.run_dir).encode("utf-8")
+                write_atomic(join(incremental.root, LATEST), [pointer])
         # last: until the root points at it, a run folder is an unfinished run's to replace
         delete_tree(join(self._config.output_dir, UNFINISHED))
         if incremental and incremental.run > 1:   # a kill just after the last run's LATEST
             delete_tree(join(incremental.root, run_dir(incremental.run - 1), UNFINISHED))
         yield manifest
+
+
+def check_latest_before_move(root: str, run: int) -> bool:
+    """Whether run ``run`` may point ``root``'s LATEST at itself: True when LATEST names an
+    earlier run (or none), False when it names this run already (a retried step). LeaseLost
+    when it names a later run: another run committed after this one's lease was broken, and
+    moving LATEST back would hide it (and have the next run write its folder again)."""
+    from synanno_datagen.pipeline.incremental import latest_run_number
+
+    latest = latest_run_number(root)
+    if latest is not None and latest > run:
+        raise LeaseLost(f"{LATEST} names {run_dir(latest)}, a later run than this one "
+                        f"({run_dir(run)}): another run committed after this one's lease was "
+                        "broken; this run stops without moving it")
+    return latest != run
 
 
 def mark_unfinished(output_dir: str) -> None:

@@ -142,6 +142,12 @@ def run_dir(number: int) -> str:
     return f"{RUNS_DIR}/{number:05d}"
 
 
+def run_number(manifest_path: str) -> int:
+    """The number of the run whose manifest is ``runs/NNNNN/manifest.json`` (ValueError
+    otherwise)."""
+    return int(manifest_path.split("/")[1])
+
+
 def latest_pointer(run_directory: str) -> str:
     """The text of ``LATEST`` naming a run's manifest."""
     return f"{run_directory}/{MANIFEST}\n"

@@ -248,6 +248,7 @@ def test_a_run_folder_committed_but_not_pointed_at_is_replaced_by_the_next_run(s
     assert main(["run"] + argv + ["--num-instances", "4"]) == 0
     second = (root / "runs" / "00002" / "manifest.json").read_bytes()
     (root / "LATEST").write_text("runs/00001/manifest.json")   # LATEST not yet moved
+    (root / "runs" / "00002" / "UNFINISHED").write_text("killed before LATEST moved")
     assert main(["run"] + argv + ["--num-instances", "4"]) == 0
     assert (root / "LATEST").read_text().strip().startswith("runs/00002")
     assert json.loads((root / "runs" / "00002" / "manifest.json").read_bytes())["counts"] == \
@@ -276,14 +277,23 @@ def test_a_root_whose_latest_manifest_is_not_ours_is_refused_in_one_line(small_d
     assert manifest.read_text() == text
 
 
+def _refused_untouched(capsys, root: Path, argv, message: str) -> None:
+    """``run argv`` on ``root`` is refused in one line naming it and ``message``, and writes
+    nothing there."""
+    from tests.conftest import assert_usage_error
+
+    capsys.readouterr()
+    before = {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert_usage_error(capsys, ["run"] + argv, f"--output-dir {root}", message)
+    assert {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
 def test_a_root_with_committed_runs_but_no_latest_is_refused_not_restarted(small_data, tmp_path,
                                                                           capsys):
     """Found by review: a root whose LATEST was gone (removed, or a kill while it was being
     replaced) was taken for a new root: the next run wrote a fresh dataset into runs/00001,
     over the committed run there. It is refused, naming the run LATEST should point at; a root
     whose only run never committed is started again as before."""
-    from tests.conftest import assert_usage_error
-
     root = tmp_path / "root"
     argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord",
                            "--quiet")
@@ -291,12 +301,8 @@ def test_a_root_with_committed_runs_but_no_latest_is_refused_not_restarted(small
     assert main(["run"] + argv + ["--num-instances", "4"]) == 0
     (root / "runs" / "00002" / "UNFINISHED").write_text("killed before it committed")
     (root / "LATEST").unlink()
-    capsys.readouterr()
-    before = {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert_usage_error(capsys, ["run"] + argv, f"--output-dir {root}",
-                       "LATEST is missing while runs/ holds committed runs; write "
-                       "'runs/00001/manifest.json' (the newest one) into it")
-    assert {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    _refused_untouched(capsys, root, argv, "LATEST is missing while runs/ holds committed "
+                       "runs; write 'runs/00001/manifest.json' (the newest one) into it")
     fresh = tmp_path / "fresh"   # its one run was killed before it committed: started again
     (fresh / "runs" / "00001").mkdir(parents=True)
     (fresh / "runs" / "00001" / "UNFINISHED").write_text("killed")
@@ -346,3 +352,39 @@ def test_a_root_an_earlier_version_made_with_escaped_file_urls_is_extended(tmp_p
     latest = _latest(root)
     assert not latest["incremental"].get("replaces")
     assert any(f["path"].startswith("runs/00001/") for f in latest["files"]["index"])
+
+
+def test_a_root_whose_latest_was_moved_back_is_refused_not_rewritten(small_data, tmp_path,
+                                                                     capsys):
+    """Found by review: a run that stalled between its last look at the lease and moving
+    LATEST (its lease broken meanwhile, two later runs committed) moved LATEST back; the next
+    run then planned a run folder that was committed already and wrote it again. A root
+    whose LATEST is behind a committed run is refused, naming it."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord",
+                           "--quiet")
+    for n in (1, 2, 3):
+        assert main(["run"] + argv + ["--num-instances", str(n + 1)]) == 0
+    (root / "LATEST").write_text("runs/00002/manifest.json\n")     # moved back
+    _refused_untouched(capsys, root, argv, "LATEST names runs/00002 while runs/00003 is "
+                       "committed too; write 'runs/00003/manifest.json' (the newest committed "
+                       "run) into it")
+
+
+def test_a_run_does_not_move_latest_past_a_later_commit(small_data, tmp_path):
+    """Found by review: the run that stalled moved LATEST back from another run's later commit.
+    Right before moving it, a run looks: LATEST naming a later run than its own stops it (as a
+    lost lease does); naming its own (a retried step) leaves it as it is."""
+    from synanno_datagen.pipeline.lease import LeaseLost
+    from synanno_datagen.pipeline.manifest import check_latest_before_move
+
+    root = tmp_path / "root"
+    assert main(["run"] + small_data.argv(root, "--incremental", "--variants", "1",
+                                          "--quiet")) == 0
+    assert check_latest_before_move(str(root), 2) is True       # LATEST names run 1: move it
+    (root / "LATEST").write_text("runs/00002/manifest.json\n")
+    assert check_latest_before_move(str(root), 2) is False      # its own: nothing to do
+    (root / "LATEST").write_text("runs/00003/manifest.json\n")
+    with pytest.raises(LeaseLost, match="LATEST names runs/00003, a later run than this one "
+                       "\\(runs/00002\\)"):
+        check_latest_before_move(str(root), 2)

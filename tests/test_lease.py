@@ -440,3 +440,53 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
             list(fn.process(*args))
     assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs
     assert not list(out.rglob("*.incomplete"))
+
+
+def test_a_shard_whose_temporary_files_are_gone_is_a_lost_lease_when_it_is(tmp_path):
+    """Found by review: a run frozen while it named its shards, whose lease was broken and
+    whose run folder another run committed meanwhile, ended with a 404 traceback (the other
+    run had removed its temporary files), not with `lease lost`. A file gone while naming
+    shards has the lease looked at: lost, it is LeaseLost; ours, the error as it was."""
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.write import FinalizeShardFn
+
+    out = tmp_path / "out"
+    keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
+    gone = WrittenShard(0, "train", None, 1, 10, "", str(out / "_tmp" / "train-group0.jsonl"),
+                        {"instances": 1})
+    fn = FinalizeShardFn(str(out), "none", keepalive)
+    fn.start_bundle()
+    with pytest.raises(FileNotFoundError):           # the lease is ours: the error as it is
+        list(fn.process((gone, 0, 1)))
+    keepalive.beat()                                 # looked just now: a plain beat would not
+    (out / "LEASE").unlink()                         # --break-lease by another run
+    with pytest.raises(LeaseLost, match="it is gone"):
+        list(fn.process((gone, 0, 1)))
+
+
+def test_the_writer_finishes_no_shard_file_once_the_lease_is_lost(tmp_path, small_data):
+    """Found by review: a run frozen while it wrote, whose lease was broken and whose run folder
+    another run committed (removing _tmp/), closed its open shard files when it went on: a
+    stray _tmp/ file in the other run's folder. The writer looks at the lease before it
+    finishes a bundle's files."""
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.write import WriteShardsFn
+
+    out = tmp_path / "out"
+    keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
+    fn = WriteShardsFn(str(out), ("tfrecord",), "instance", "none", keepalive)
+    fn.start_bundle()
+    fn._open[(0, "train")] = _OpenGroupStub()      # a bundle with an open group
+    keepalive.beat()
+    (out / "LEASE").unlink()
+    with pytest.raises(LeaseLost, match="it is gone"):
+        list(fn.finish_bundle())
+    assert not (out / "_tmp").exists()
+
+
+class _OpenGroupStub:
+    """Stands in for a bundle's open group: the test only needs finish_bundle to reach it."""
+    shard = None
+    entries = ()
+    counts = {}

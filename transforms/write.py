@@ -202,6 +202,10 @@ class WriteShardsFn(beam.DoFn):
         self._variants.inc(len(varied.seed_slices))
 
     def finish_bundle(self):
+        if self._open and self._keepalive is not None:
+            # still ours? (else its files would be finished beside another run's, in a run
+            # folder that run may have committed)
+            self._keepalive.beat(force=True)
         for (group, split), opened in sorted(self._open.items()):
             index = join(self._output_dir, group_index_path(split, group))
             write_atomic(index, (json_line(e) for e in opened.entries))
@@ -281,12 +285,21 @@ class FinalizeShardFn(beam.DoFn):
         self._looked = False
 
     def process(self, numbered: Tuple[WrittenShard, int, int]):
-        w, shard, num_shards = numbered
         if not self._looked:
             before_commit(self._keepalive)
             self._looked = True
         elif self._keepalive is not None:   # a stall between shards: looked at once it ends
             self._keepalive.beat()
+        try:
+            yield from self._finalize(*numbered)
+        except Exception:
+            # a temporary file gone: removed by the run that took this one's output after
+            # its lease was broken (LeaseLost then), or the error it is
+            if self._keepalive is not None:
+                self._keepalive.beat(force=True)
+            raise
+
+    def _finalize(self, w: WrittenShard, shard: int, num_shards: int):
         common = {"split": w.split, "shard": shard, "num_shards": num_shards,
                   "instances": w.counts["instances"]}
         if w.path is not None:
