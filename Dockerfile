@@ -17,11 +17,15 @@ FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS l
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 COPY --from=launcher /opt/google/dataflow/python_template_launcher \
      /opt/google/dataflow/python_template_launcher
-WORKDIR /template
+WORKDIR /src
 COPY setup.py README.md metadata.json ./
 COPY synanno_datagen ./synanno_datagen
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-cache-dir .
-ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipeline/flex.py
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/src/pipeline/flex.py
+# Containers start elsewhere: Beam's boot starts workers with `python -m ...`, which puts the
+# working directory first on sys.path, where /src/synanno_datagen (without the pipeline and
+# transforms that setup.py maps into the installed package) would shadow the installed one.
+WORKDIR /
 ENTRYPOINT ["/opt/apache/beam/boot"]

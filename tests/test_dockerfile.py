@@ -94,18 +94,21 @@ def env_of(stage) -> Dict[str, str]:
 
 
 def workdir(stage) -> str:
+    """The working directory the stage ends in (where a container of the image starts)."""
     return [rest for word, rest in stage if word == "WORKDIR"][-1]
 
 
 def copied(stage) -> Dict[str, Path]:
     """{path in the image: repository path} of what the build context COPYs bring in."""
-    out = {}
+    out, current = {}, "/"
     for word, rest in stage:
+        if word == "WORKDIR":
+            current = rest
         parts = rest.split()
         if word != "COPY" or parts[0].startswith("--"):
             continue
         *sources, dest = parts
-        base = dest if dest.startswith("/") else f"{workdir(stage)}/{dest}"
+        base = dest if dest.startswith("/") else f"{current}/{dest}"
         for source in sources:
             target = base.rstrip("/") + ("/" + source if dest.endswith("/") else "")
             out[target.replace("/./", "/")] = ROOT / source
@@ -134,3 +137,14 @@ def test_the_package_is_installed_from_every_folder_setup_py_packages():
     assert any(re.search(r"\bpip install\b.*(^|\s)\.(\s|$)", r) for r in runs), runs
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not folders & set(ignored)
+
+
+def test_a_container_starts_where_no_copy_of_the_package_shadows_the_installed_one():
+    """Found by review: the image ran in the folder its sources were copied to, and Beam's boot
+    starts workers with `python -m ...sdk_worker_main`, which puts the working directory first
+    on sys.path: workers imported the bare synanno_datagen/ folder (no transforms, no
+    pipeline: those are mapped in at install) instead of the installed package."""
+    stage = final_stage()
+    start = workdir(stage).rstrip("/")
+    assert not [p for p in copied(stage) if p.rsplit("/", 1)[0] in (start, start or "/")
+                and p.rsplit("/", 1)[1] in ("synanno_datagen", "pipeline", "transforms")]
