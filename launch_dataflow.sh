@@ -82,13 +82,14 @@ if [ -n "${MAX_WORKERS:-}" ] && ! [[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]]; then
   usage_error "MAX_WORKERS '$MAX_WORKERS' is not a positive integer"
 fi
 
-# The interpreter that submits (run) or checks the template parameters (schedule).
+# The interpreter that submits (run) or checks the template parameters (schedule), run with -P:
+# where the script is called (a clone) its synanno_datagen/ folder must not shadow the package.
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
   if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
 fi
 check_python() {
-  "$python" -c 'import synanno_datagen.pipeline' >/dev/null 2>&1 \
+  "$python" -P -c 'import synanno_datagen.pipeline' >/dev/null 2>&1 \
     || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $here/.venv)"
 }
 
@@ -113,7 +114,7 @@ run_job() {
   check_python
   "$python" -c 'import setuptools' >/dev/null 2>&1 \
     || usage_error "$python has no setuptools, which Beam needs to build the package it stages for the workers (venvs of Python 3.12+ come without it): $python -m pip install setuptools"
-  local cmd=("$python" -m synanno_datagen run "$@"
+  local cmd=("$python" -P -m synanno_datagen run "$@"
     --runner DataflowRunner
     --project "$PROJECT"
     --region "$REGION"
@@ -143,7 +144,7 @@ schedule() {
   check_job_name "$job_name"
   check_python
   local body
-  body="$("$python" -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
+  body="$("$python" -P -m synanno_datagen.pipeline.flex body --template-path "$template_path" \
     --metadata-file "$here/metadata.json" --job-name "$job_name" --temp-location "$root/synanno-datagen/temp" \
     --staging-location "$root/synanno-datagen/staging" --service-account "$SERVICE_ACCOUNT" \
     --max-workers "${MAX_WORKERS:-}" --machine-type "${MACHINE_TYPE:-}" \

@@ -39,8 +39,8 @@ def test_dry_run_prints_the_exact_dataflow_command():
                   NETWORK="net", MAX_WORKERS="50", MACHINE_TYPE="n2-highmem-4")
     assert done.returncode == 0, done.stderr
     argv = shlex.split(done.stdout)
-    assert argv[:4] == [sys.executable, "-m", "synanno_datagen", "run"]
-    args, beam_args = run_parser().parse_known_args(argv[4:])
+    assert argv[:5] == [sys.executable, "-P", "-m", "synanno_datagen", "run"]
+    args, beam_args = run_parser().parse_known_args(argv[5:])
     assert args.materialization == "gs://tables/export_*.csv" and args.seed == 3
     assert args.num_instances == 1000
     options = PipelineOptions(beam_args)
@@ -157,6 +157,20 @@ def test_submission_runs_the_command_with_a_stand_in_python(tmp_path):
                              JOB_NAME="x").stdout)
     assert called[:3] == dry[1:4] and "--runner" in called and "DataflowRunner" in called
     assert called[called.index("--setup_file") + 1] == str(ROOT / "setup.py")
+
+
+def test_a_synanno_datagen_folder_where_the_script_is_called_shadows_nothing(tmp_path):
+    """Found by review: called in a clone with the package installed from it (pip install .,
+    not editable), `python -m synanno_datagen` imported the clone's bare synanno_datagen/
+    folder (no pipeline, no transforms: setup.py maps those in at install) and the check said
+    the package was not installed. The script's Python runs with -P: the working directory is
+    not on sys.path."""
+    shadow = tmp_path / "synanno_datagen"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the bare folder was imported')\n")
+    done = launch("--dry-run", *OURS, cwd=tmp_path, PROJECT="p", REGION="r", BUCKET="b")
+    assert done.returncode == 0, done.stderr
+    assert shlex.split(done.stdout)[:4] == [sys.executable, "-P", "-m", "synanno_datagen"]
 
 
 def test_the_pipeline_module_runs_as_the_script_calls_it():
