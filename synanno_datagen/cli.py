@@ -53,10 +53,14 @@ def _not_after_sigterm(record: logging.LogRecord) -> bool:
 
 
 def _thread_error_hook(previous):
-    """threading.excepthook: after SIGTERM or SIGINT, nothing for the threads it stopped (the
-    DirectRunner's 'Worker subprocess exited with return code -15'); else ``previous``."""
+    """threading.excepthook: after SIGTERM or SIGINT, nothing for the threads it stopped, nor
+    ever for a DirectRunner worker process that such a signal ended ('Worker subprocess exited
+    with return code -15': a Ctrl-C reaches the workers too, maybe before the run's handler
+    has seen it); else ``previous``."""
+    stopped = tuple(f"exited with return code -{int(s)}" for s in _STOPPING_SIGNALS)
+
     def hook(args) -> None:
-        if not _sigterm["received"]:
+        if not _sigterm["received"] and not str(args.exc_value).endswith(stopped):
             previous(args)
 
     return hook

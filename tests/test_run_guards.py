@@ -802,3 +802,25 @@ def test_the_handlers_are_put_back_when_the_closing_line_cannot_be_printed(small
     with pytest.raises(BrokenPipeError):
         main(["run"] + argv)
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_worker_killed_by_a_stopping_signal_prints_no_thread_traceback():
+    """Found by review: a Ctrl-C reaches the whole process group, so a multi_processing run's
+    workers die of their own copy, and Beam's thread that waited for one could report
+    'Worker subprocess exited with return code -2' before the run's handler had seen the
+    signal. Such an end of a worker is not reported; other thread errors are."""
+    import threading
+
+    from synanno_datagen import cli
+
+    seen = []
+    hook = cli._thread_error_hook(lambda args: seen.append(str(args.exc_value)))
+
+    def report(error):
+        hook(threading.ExceptHookArgs((type(error), error, None, None)))
+
+    report(RuntimeError("Worker subprocess exited with return code -2"))
+    report(RuntimeError("Worker subprocess exited with return code -15"))
+    report(RuntimeError("Worker subprocess exited with return code 1"))
+    report(ValueError("something else"))
+    assert seen == ["Worker subprocess exited with return code 1", "something else"]
