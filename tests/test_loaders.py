@@ -372,9 +372,11 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
         "from synanno_datagen.reading import loaders\n"
-        "from synanno_datagen import open_dataset\n"
+        # README's import line (found by review: it raised at the import without torch)
+        "from synanno_datagen import open_dataset, ShardDataset, NpyDataset, tf_dataset\n"
         f"assert open_dataset({str(out)!r}).manifest['splits']\n"
-        "for use in (lambda: loaders.ShardDataset, lambda: loaders.tf_dataset('x', 'train')):\n"
+        f"for use in (lambda: ShardDataset({str(out)!r}), lambda: NpyDataset({str(out)!r}),\n"
+        "            lambda: loaders.tf_dataset('x', 'train')):\n"
         "    try:\n"
         "        use()\n"
         "    except ImportError as e:\n"
@@ -383,6 +385,7 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
                             check=True)
     assert result.stdout.splitlines() == [
         "this loader needs PyTorch, which is an optional extra: pip install synanno-datagen[torch]",
+    ] * 2 + [
         "this loader needs TensorFlow, which is an optional extra: pip install synanno-datagen[tf]",
     ]
 

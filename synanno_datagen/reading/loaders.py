@@ -117,16 +117,27 @@ def input_target(source_zyx: np.ndarray, seed_zyx: np.ndarray,
 
 
 def __getattr__(name: str):
-    """``ShardDataset`` and ``NpyDataset`` need torch: import them only when asked for."""
+    """``ShardDataset`` and ``NpyDataset`` need torch: import them only when asked for. Without
+    torch they import as stand-ins whose use raises the ImportError naming the extra, so that
+    ``from synanno_datagen import ShardDataset, tf_dataset`` works for TensorFlow users too."""
     if name in ("ShardDataset", "NpyDataset"):
         try:
             from synanno_datagen.reading import torch_datasets
         except ModuleNotFoundError as e:
             if e.name != "torch":
                 raise
-            raise missing_extra("PyTorch", "torch") from e
+            return _without_torch(name)
         return getattr(torch_datasets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _without_torch(name: str) -> type:
+    """A stand-in for the torch dataset ``name``: making one raises the ImportError naming the
+    extra."""
+    def refuse(*args, **kwargs):
+        raise missing_extra("PyTorch", "torch")
+
+    return type(name, (), {"__new__": refuse, "__doc__": f"{name}: needs PyTorch (not here)"})
 
 
 def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
