@@ -374,6 +374,8 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
         "from synanno_datagen.reading import loaders\n"
         # README's import line (found by review: it raised at the import without torch)
         "from synanno_datagen import open_dataset, ShardDataset, NpyDataset, tf_dataset\n"
+        "import pickle\n"   # one stand-in class per name (found by review: one per lookup)
+        "assert pickle.loads(pickle.dumps(ShardDataset)) is loaders.ShardDataset\n"
         f"assert open_dataset({str(out)!r}).manifest['splits']\n"
         f"for use in (lambda: ShardDataset({str(out)!r}), lambda: NpyDataset({str(out)!r}),\n"
         "            lambda: loaders.tf_dataset('x', 'train')):\n"

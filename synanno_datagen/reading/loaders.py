@@ -11,6 +11,7 @@ install. Every loader reads local and ``gs://`` datasets.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -131,9 +132,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@functools.lru_cache(maxsize=None)
 def _without_torch(name: str) -> type:
-    """A stand-in for the torch dataset ``name``: making one raises the ImportError naming the
-    extra."""
+    """A stand-in for the torch dataset ``name`` (one per name, so that it is the same class at
+    every lookup, and pickles): making one raises the ImportError naming the extra."""
     def refuse(*args, **kwargs):
         raise missing_extra("PyTorch", "torch")
 
