@@ -62,13 +62,12 @@ def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
     interpreter that cannot import the package is a usage error naming it, before anything is
     submitted (a user set up with ./dev had a traceback, or 'the template parameters above are
     not valid')."""
-    clone = tmp_path / "clone"
+    clone = _clone_copy(tmp_path)
     (clone / ".venv" / "bin").mkdir(parents=True)
     venv_python = clone / ".venv" / "bin" / "python"   # stands in for ./dev's venv
     venv_python.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} \"$@\"\n")
     venv_python.chmod(0o755)
     script = clone / "launch_dataflow.sh"
-    script.write_bytes(SCRIPT.read_bytes())
     env = dict(PROJECT="p", REGION="r", BUCKET="b", PYTHON=None)
     done = launch("--dry-run", *OURS, script=script, cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
@@ -89,6 +88,38 @@ def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
             f"launch_dataflow.sh: error: python3 cannot import synanno_datagen: install the "
             f"package there (pip install {clone}), or set PYTHON to an interpreter that has it "
             f"(./dev makes {clone}/.venv)")
+
+
+def _clone_copy(tmp_path) -> Path:
+    """The script, setup.py and the package's folders copied to another folder, as a clone."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("launch_dataflow.sh", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, clone / name)
+    for folder in ("synanno_datagen", "pipeline", "transforms"):
+        shutil.copytree(ROOT / folder, clone / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return clone
+
+
+def test_a_run_refuses_a_package_that_is_not_the_code_it_stages(tmp_path):
+    """Found by review: the script submits with the package its Python has installed and stages
+    the clone's setup.py for the workers; after a git pull without reinstalling the two
+    differed and nothing said so. The same code goes; other code is refused in one line."""
+    clone = _clone_copy(tmp_path)
+    env = dict(PROJECT="p", REGION="r", BUCKET="b")
+    done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path, **env)
+    assert done.returncode == 0, done.stderr
+    run = clone / "pipeline" / "run.py"
+    run.write_text(run.read_text() + "\n# pulled, not installed\n")
+    done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path, **env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"launch_dataflow.sh: error: the synanno_datagen that {sys.executable} runs is not the "
+        f"code of {clone}, which the workers get (1 module files differ, e.g. pipeline/run.py): "
+        f"reinstall it (pip install {clone}), or use the .venv ./dev makes there"]
 
 
 def test_a_run_needs_setuptools_in_the_interpreter(tmp_path):

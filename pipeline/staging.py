@@ -1,0 +1,73 @@
+"""Is the package this interpreter runs the code a clone stages for Dataflow's workers?
+
+``launch_dataflow.sh run`` submits with the installed package (it builds the pipeline and writes
+the manifest) and stages the clone's ``setup.py`` sdist for the workers: after a ``git pull``
+without reinstalling, the two differ. ``python -P -m synanno_datagen.pipeline.staging CLONE``
+exits 0 when every module file is the same, else 2 with one line naming the first difference.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+# The installed package's parts and the clone folders setup.py maps them from.
+PARTS = {"synanno_datagen": "synanno_datagen", "synanno_datagen.pipeline": "pipeline",
+         "synanno_datagen.transforms": "transforms"}
+
+
+def module_files(folder: Path, recurse: bool) -> Dict[str, str]:
+    """{path relative to ``folder``: sha256} of its .py files (subpackages too if ``recurse``;
+    not those PARTS maps from elsewhere)."""
+    found = {}
+    for path in sorted(folder.rglob("*.py") if recurse else folder.glob("*.py")):
+        rel = path.relative_to(folder).as_posix()
+        if "__pycache__" in rel or rel.split("/")[0] in ("pipeline", "transforms"):
+            continue
+        found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def installed_files() -> Dict[str, str]:
+    """The running package's module files, keyed as in the clone (``pipeline/run.py``)."""
+    import importlib
+
+    out = {}
+    for name, folder in PARTS.items():
+        where = Path(list(importlib.import_module(name).__path__)[0])
+        for rel, digest in module_files(where, recurse=name == "synanno_datagen").items():
+            out[f"{folder}/{rel}"] = digest
+    return out
+
+
+def clone_files(clone: Path) -> Dict[str, str]:
+    return {f"{folder}/{rel}": digest for name, folder in PARTS.items()
+            for rel, digest in module_files(clone / folder,
+                                            recurse=name == "synanno_datagen").items()}
+
+
+def difference(clone: Path) -> Optional[str]:
+    """None when the running package is the clone's code, else what differs."""
+    ours, theirs = installed_files(), clone_files(clone)
+    changed = sorted(set(ours) ^ set(theirs) | {f for f in ours if theirs.get(f, ours[f]) !=
+                                                ours[f]})
+    if not changed:
+        return None
+    return f"{len(changed)} module files differ, e.g. {changed[0]}"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    clone = Path(argv[0]).resolve()
+    found = difference(clone)
+    if found is None:
+        return 0
+    print(f"launch_dataflow.sh: error: the synanno_datagen that {sys.executable} runs is not "
+          f"the code of {clone}, which the workers get ({found}): reinstall it (pip install "
+          f"{clone}), or use the .venv ./dev makes there", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
