@@ -113,7 +113,7 @@ run_job() {
   check_job_name "$job_name"
   check_python
   # the workers get the clone's code (--setup_file): the launcher must run the same
-  "$python" -P -m synanno_datagen.pipeline.staging "$here" || exit "$?"
+  "$python" -P "$here/pipeline/staging.py" "$here" || exit "$?"
   "$python" -c 'import setuptools' >/dev/null 2>&1 \
     || usage_error "$python has no setuptools, which Beam needs to build the package it stages for the workers (venvs of Python 3.12+ come without it): $python -m pip install setuptools"
   local cmd=("$python" -P -m synanno_datagen run "$@"

@@ -3,11 +3,13 @@
 ``launch_dataflow.sh run`` submits with the installed package (it builds the pipeline and writes
 the manifest) and stages the clone's ``setup.py`` sdist for the workers: after a ``git pull``
 without reinstalling, the two differ. ``python -P -m synanno_datagen.pipeline.staging CLONE``
-exits 0 when every module file is the same, else 2 with one line naming the first difference.
+exits 0 when every module file is the same, else 2 with one line naming the first difference
+(launch_dataflow.sh runs the clone's copy of this file, which an older install may lack).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional
@@ -18,14 +20,20 @@ PARTS = {"synanno_datagen": "synanno_datagen", "synanno_datagen.pipeline": "pipe
 
 
 def module_files(folder: Path, recurse: bool) -> Dict[str, str]:
-    """{path relative to ``folder``: sha256} of its .py files (subpackages too if ``recurse``;
-    not those PARTS maps from elsewhere)."""
+    """{path relative to ``folder``: sha256} of its .py files, as setuptools ships them: no
+    names starting with '.' (an editor's lock file), and with ``recurse`` those of its
+    subpackages (folders holding an __init__.py; not those PARTS maps from elsewhere)."""
     found = {}
-    for path in sorted(folder.rglob("*.py") if recurse else folder.glob("*.py")):
-        rel = path.relative_to(folder).as_posix()
-        if "__pycache__" in rel or rel.split("/")[0] in ("pipeline", "transforms"):
-            continue
-        found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for where, dirs, files in os.walk(folder, followlinks=True):
+        base = Path(where)
+        dirs[:] = sorted(d for d in dirs if recurse and not d.startswith(".")
+                         and (base / d / "__init__.py").is_file()
+                         and not (base == folder and d in ("pipeline", "transforms")))
+        for name in sorted(files):
+            if name.endswith(".py") and not name.startswith("."):
+                path = base / name
+                found[path.relative_to(folder).as_posix()] = \
+                    hashlib.sha256(path.read_bytes()).hexdigest()
     return found
 
 

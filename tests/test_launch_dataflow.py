@@ -122,6 +122,43 @@ def test_a_run_refuses_a_package_that_is_not_the_code_it_stages(tmp_path):
         f"reinstall it (pip install {clone}), or use the .venv ./dev makes there"]
 
 
+def test_files_setuptools_does_not_ship_do_not_count_as_other_code(tmp_path):
+    """Found by review: an editor's lock file (a dangling '.#run.py' link) was a traceback, and
+    dot-files and folders that are no package, which the workers never get, were 'other code'."""
+    clone = _clone_copy(tmp_path)
+    (clone / "pipeline" / ".#run.py").symlink_to("user@host.1234:1700000000")
+    (clone / "pipeline" / ".scratch.py").write_text("x = 1\n")
+    (clone / "synanno_datagen" / "scratch").mkdir()
+    (clone / "synanno_datagen" / "scratch" / "a.py").write_text("x = 1\n")
+    done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path,
+                  PROJECT="p", REGION="r", BUCKET="b")
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_install_older_than_the_check_is_told_to_reinstall(tmp_path):
+    """Found by review: a package installed before the check existed has no staging module, so
+    'python -m' of it said only 'No module named ...' (exit 1). The clone's own copy runs."""
+    import shutil
+
+    clone = _clone_copy(tmp_path)
+    site = tmp_path / "site" / "synanno_datagen"   # installed as it was: no staging.py yet
+    older = shutil.ignore_patterns("staging.py")
+    shutil.copytree(clone / "synanno_datagen", site, ignore=older)
+    for folder in ("pipeline", "transforms"):
+        shutil.copytree(clone / folder, site / folder, ignore=older)
+    python = tmp_path / "python"    # that package on the path, nothing of the venv's
+    python.write_text("#!/usr/bin/env bash\n"
+                      f"PYTHONPATH={shlex.quote(str(site.parent))} "
+                      f"exec {shlex.quote(sys.executable)} -S \"$@\"\n")
+    python.chmod(0o755)
+    done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path,
+                  PROJECT="p", REGION="r", BUCKET="b", PYTHON=str(python))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].endswith(
+        f"(1 module files differ, e.g. pipeline/staging.py): reinstall it (pip install "
+        f"{clone}), or use the .venv ./dev makes there")
+
+
 def test_a_run_needs_setuptools_in_the_interpreter(tmp_path):
     """Beam builds the package it stages with setuptools, which venvs of Python 3.12+ lack:
     refused before anything is submitted, saying what to install. (A stand-in interpreter: the
