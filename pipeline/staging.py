@@ -2,13 +2,14 @@
 
 ``launch_dataflow.sh run`` submits with the installed package (it builds the pipeline and writes
 the manifest) and stages the clone's ``setup.py`` sdist for the workers: after a ``git pull``
-without reinstalling, the two differ. ``python -P -m synanno_datagen.pipeline.staging CLONE``
-exits 0 when every module file is the same, else 2 with one line naming the first difference
-(launch_dataflow.sh runs the clone's copy of this file, which an older install may lack).
+without reinstalling, the two differ. ``python -P CLONE/pipeline/staging.py CLONE`` (the clone's
+copy: an older install lacks this module) exits 0 when every module file is the same, else 2
+with one line naming the first difference.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,6 @@ def module_files(folder: Path, recurse: bool) -> Dict[str, str]:
 
 def installed_files() -> Dict[str, str]:
     """The running package's module files, keyed as in the clone (``pipeline/run.py``)."""
-    import importlib
-
     out = {}
     for name, folder in PARTS.items():
         where = Path(list(importlib.import_module(name).__path__)[0])
@@ -50,6 +49,7 @@ def installed_files() -> Dict[str, str]:
 
 
 def clone_files(clone: Path) -> Dict[str, str]:
+    """The clone's module files, from the folders setup.py maps into the package."""
     return {f"{folder}/{rel}": digest for name, folder in PARTS.items()
             for rel, digest in module_files(clone / folder,
                                             recurse=name == "synanno_datagen").items()}
@@ -58,8 +58,7 @@ def clone_files(clone: Path) -> Dict[str, str]:
 def difference(clone: Path) -> Optional[str]:
     """None when the running package is the clone's code, else what differs."""
     ours, theirs = installed_files(), clone_files(clone)
-    changed = sorted(set(ours) ^ set(theirs) | {f for f in ours if theirs.get(f, ours[f]) !=
-                                                ours[f]})
+    changed = sorted(f for f in set(ours) | set(theirs) if ours.get(f) != theirs.get(f))
     if not changed:
         return None
     return f"{len(changed)} module files differ, e.g. {changed[0]}"
