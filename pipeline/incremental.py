@@ -173,11 +173,15 @@ def _check_nothing_committed_after(root: str, run: int) -> None:
     after = layout.join(root, layout.run_dir(run + 1))
     if FileSystems.exists(layout.join(after, layout.MANIFEST)) and \
             not FileSystems.exists(layout.join(after, layout.UNFINISHED)):
-        newest = max(_committed_runs(root))
         raise ValueError(f"{layout.LATEST} names {layout.run_dir(run)} while "
                          f"{layout.run_dir(run + 1)} is committed too; write "
-                         f"{layout.latest_pointer(layout.run_dir(newest)).strip()!r} (the newest "
-                         "committed run) into it")
+                         f"{_pointer(max(_committed_runs(root)))} (the newest committed run) "
+                         "into it")
+
+
+def _pointer(run: int) -> str:
+    """The LATEST text naming run ``run``, quoted for a message."""
+    return repr(layout.latest_pointer(layout.run_dir(run)).strip())
 
 
 def _committed_runs(root: str) -> List[int]:
@@ -230,9 +234,8 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
         committed = _committed_runs(root)
         if committed:   # not a new root: starting over would write over runs/00001
             raise ValueError(f"{layout.LATEST} is missing while {layout.RUNS_DIR}/ holds "
-                             "committed runs; write "
-                             f"{layout.latest_pointer(layout.run_dir(max(committed))).strip()!r}"
-                             " (the newest one) into it")
+                             f"committed runs; write {_pointer(max(committed))} (the newest one) "
+                             "into it")
         return IncrementalPlan(root, 1, digest, retry_failed=retry_failed)
     info = latest["incremental"]
     _check_nothing_committed_after(root, info["run"])
