@@ -23,14 +23,16 @@ from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.transforms.examples import features
 from synanno_datagen.transforms.files import delete_tree, write_atomic, write_bytes
-from synanno_datagen.transforms.write import NPY
+from synanno_datagen.transforms.write import NPY, TFRECORD
 
 SCHEMA_VERSION = 1
 
 
 def feature_spec(config: Config) -> List[dict]:
     """The features records carry (pre/post points only when the table has them), with the
-    array shape filled in."""
+    array shape filled in; none when no TFRecords are written."""
+    if TFRECORD not in config.formats:
+        return []
     shape = list(config.source_shape_zyx)
     return [{**f, "shape": shape if f["shape"] == "shape" else f["shape"]}
             for f in features(config.points.point_features(), config.record_layout)]
@@ -47,7 +49,8 @@ RECORDS = {  # how a layout's records hold the variants (the manifest's "records
 
 def records_section(config: Config) -> dict:
     """The record layout, the shards' framing and what a record holds."""
-    return {"layout": config.record_layout, "compression": config.compression,
+    return {"written": TFRECORD in config.formats,
+            "layout": config.record_layout, "compression": config.compression,
             "tfrecord_compression_type": tf_compression_type(config.compression),
             "variants_per_instance": config.variants, "holds": RECORDS[config.record_layout],
             "order": "in a shard: by work block, then instance id (then variant)",

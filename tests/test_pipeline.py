@@ -223,7 +223,7 @@ def test_manifest_describes_volumes_features_and_seed_model(generated):
     for key in ("source", "target", "shape", "seed_slices", "seed_slice_counts", "instance_id"):
         assert key in features
     assert "seed_target" not in features and "variant" not in features
-    assert manifest["records"]["layout"] == "instance"
+    assert manifest["records"]["layout"] == "instance" and manifest["records"]["written"] is True
     assert manifest["seed_model"]["in_records"] == "seed_slices and seed_slice_counts"
     assert features["source"]["shape"] == [4, 24, 24] and features["source"]["axes"] == "zyx"
     assert manifest["seed_model"]["max_seed_slices"] == 3
@@ -253,6 +253,7 @@ def test_num_instances_picks_by_the_selection_key_with_npy_only(small_data, tmp_
                                          "--formats", "npy"))
     assert m1["counts"]["instances_selected"] == 3
     assert not (tmp_path / "a" / "tfrecord").exists()
+    assert m1["features"] == [] and m1["records"]["written"] is False    # no keys written
     picked = sorted(GOOD_IDS + [23], key=lambda i: selection_key(0, i))[:3]
     assert sorted(os.listdir(tmp_path / "a" / "npy" / "gt")) == sorted(
         f"target_{i}.npy" for i in picked if i != 23)
