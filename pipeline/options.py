@@ -62,7 +62,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="raw value outside the source volume (default 148)")
     flag("--seed", type=int, default=0, metavar="S",
          help="seed of the selection, splits and seed slices, 0 to 2**63 - 1 (default 0)")
-    flag("--formats", default="tfrecord,npy", help="tfrecord, npy or both (default both)")
+    flag("--formats", default="tfrecord,npy",
+         help="tfrecord, npy or tfrecord,npy (default tfrecord,npy)")
     flag("--splits", default="train=1.0",
          help="e.g. train=0.8,val=0.1,test=0.1 (default: one train split)")
     flag("--id-column", metavar="NAME",

@@ -237,6 +237,19 @@ def test_run_help_names_every_exit_code(capsys):
         assert f" {code} " in out.split("exit codes:", 1)[1], code
 
 
+def test_run_help_offers_only_formats_the_tool_takes(capsys):
+    """Found by review: the help offered '--formats both', which is refused."""
+    from synanno_datagen.pipeline import validate
+
+    assert main(["run", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    offered = out.split("--formats FORMATS ", 1)[1].split(" (default ", 1)
+    assert offered[0] == "tfrecord, npy or tfrecord,npy"
+    assert offered[1].startswith("tfrecord,npy)")
+    for value in ("tfrecord", "npy", "tfrecord,npy"):
+        assert validate.parse_formats(value)
+
+
 def test_demo_help_is_no_failed_run(capsys):
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
