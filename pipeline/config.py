@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from synanno_datagen.errors import ConfigError, redact
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
@@ -31,6 +33,7 @@ from synanno_datagen.transforms.seeds import SeedModel, seed_sets
 from synanno_datagen.transforms.volumes import (
     DEFAULT_MISSING_CHUNKS, VolumeSpec, block_bytes, default_block_size,
 )
+from synanno_datagen.transforms.write import TFRECORD
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +312,7 @@ def from_args(args: argparse.Namespace) -> Config:
                           f"(target {target.bounds.to_list()}, source {source.bounds.to_list()} "
                           f"at {list(scale)} source voxels per target voxel); check that the two "
                           "volumes belong together")
+    _check_sizes(config)
     _check_block_memory(config)
     output_checks.check_writable(config.output_dir)
     if not (config.incremental_requested
@@ -342,15 +346,54 @@ def _check_block_memory(config: Config) -> None:
         return
     need = block_bytes(config.block_size_xyz, config.scale_xyz, config.target.dtype)
     if need > (int(config.fetch_memory_mb) << 20) // 4:
-        enough = math.ceil(4 * need / 2**20)
-        advice = (f"give a smaller block, --fetch-memory-mb {enough} or more, or --fetch-strategy "
-                  "per-instance" if enough <= validate.MAX_FETCH_MEMORY_MB else
-                  "give a smaller block or --fetch-strategy per-instance (no --fetch-memory-mb, "
-                  f"at most {validate.MAX_FETCH_MEMORY_MB}, holds it)")
         raise ConfigError(
             f"--block-size {' '.join(map(str, config.block_size_xyz))}: grouped fetching holds a "
             f"block's source and target voxels at once, {need / 2**20:,.0f} MB here, more than a "
-            f"quarter of --fetch-memory-mb {config.fetch_memory_mb}; {advice}")
+            f"quarter of --fetch-memory-mb {config.fetch_memory_mb}; "
+            f"{_memory_advice(4 * need, 'a smaller block', '--fetch-strategy per-instance')}")
+
+
+def _memory_advice(need: int, smaller: str, other: str = "") -> str:
+    """'give {smaller}, --fetch-memory-mb N or more[, or {other}]' for a budget of ``need``
+    bytes, or without the flag when no budget holds it."""
+    enough = math.ceil(need / 2**20)
+    if enough <= validate.MAX_FETCH_MEMORY_MB:
+        return f"give {smaller}, --fetch-memory-mb {enough} or more" + (
+            f", or {other}" if other else "")
+    return (f"give {smaller}{f' or {other}' if other else ''} (no --fetch-memory-mb, at most "
+            f"{validate.MAX_FETCH_MEMORY_MB}, holds it)")
+
+
+PROTOBUF_LIMIT = 2**31 - 1   # bytes of one serialized message, so of one TFRecord Example
+
+
+def _check_sizes(config: Config) -> None:
+    """A reader decodes whole chunks, and an instance holds its source and target voxels at
+    once: each must fit in --fetch-memory-mb (an info's chunk size or a crop can ask for
+    gigabytes, which would abort a worker); a record must fit in one protobuf message."""
+    budget = int(config.fetch_memory_mb) << 20
+    for flag, spec in (("--target-url", config.target), ("--source-url", config.source)):
+        need = math.prod(spec.chunk_size_xyz) * spec.num_channels * np.dtype(spec.dtype).itemsize
+        if need > budget:
+            raise ConfigError(
+                f"{flag} {spec.url}: its chunks at mip {spec.mip} are "
+                f"{' x '.join(map(str, spec.chunk_size_xyz))} voxels, {need / 2**20:,.0f} MB "
+                f"each decoded, more than --fetch-memory-mb {config.fetch_memory_mb}; "
+                f"{_memory_advice(need, 'a volume with smaller chunks')}")
+    crop = ' '.join(map(str, config.crop_size_xyz))
+    need = block_bytes(config.crop_size_xyz, config.scale_xyz, config.target.dtype)
+    if need > budget:
+        raise ConfigError(
+            f"--crop-size {crop}: an instance holds its source and target voxels at once, "
+            f"{need / 2**20:,.0f} MB here, more than --fetch-memory-mb "
+            f"{config.fetch_memory_mb}; {_memory_advice(need, 'a smaller crop')}")
+    arrays = 2 if config.record_layout == "instance" else 3   # source, target (, seed_target)
+    record = arrays * math.prod(config.source_shape_zyx)
+    if TFRECORD in config.formats and record > PROTOBUF_LIMIT:
+        raise ConfigError(
+            f"--crop-size {crop}: a record would hold {record / 2**20:,.0f} MB of arrays, more "
+            f"than the 2 GiB of one protobuf message (a TFRecord Example); give a smaller crop "
+            f"or --formats npy")
 
 
 MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried

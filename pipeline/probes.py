@@ -73,8 +73,18 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
                           "local gzip layout), which tensorstore does not read; pass "
                           "--volume-reader cloudvolume")
+    if engine != TENSORSTORE:
+        _check_int32_bounds(flag, spec)
     _check_decodable(flag, spec, engine)
     return spec
+
+
+def _check_int32_bounds(flag: str, spec: VolumeSpec) -> None:
+    """cloud-volume holds a scale's bounds as int32 (each read fails past them)."""
+    if any(not -2**31 <= v < 2**31 for v in spec.bounds.start_xyz + spec.bounds.stop_xyz):
+        raise ConfigError(f"{flag} {spec.url}: scale {spec.mip} spans "
+                          f"{spec.bounds.to_list()}; cloud-volume reads voxels -2**31 to "
+                          "2**31 - 1 on each axis: pass --volume-reader tensorstore")
 
 
 def _check_role(flag: str, spec: VolumeSpec) -> None:
@@ -116,11 +126,27 @@ def _check_decodable(flag: str, spec: VolumeSpec, engine: str) -> None:
             chunks.decode(data, spec.encoding, shape=zeros.shape, dtype=zeros.dtype,
                           block_size=(8, 8, 8))
     except Exception as e:  # noqa: BLE001 - every reason is the user's to fix, in one line
-        hint = ("pass --volume-reader cloudvolume (with its codec installed)"
-                if engine == TENSORSTORE else "install the codec, or convert the volume")
+        if engine != TENSORSTORE:
+            hint, reason = "install the codec, or convert the volume", first_line(e, 200)
+        elif spec.encoding in TENSORSTORE_ENCODINGS:
+            hint, reason = "fix the info file", tensorstore_reason(e)
+        else:
+            hint = "pass --volume-reader cloudvolume (with its codec installed)"
+            reason = tensorstore_reason(e)
         raise ConfigError(f"{flag} {spec.url}: {engine} cannot read scale {spec.mip} (encoding "
-                          f"{spec.encoding!r}): {type(e).__name__}: {first_line(e, 200)}; "
-                          f"{hint}") from None
+                          f"{spec.encoding!r}): {type(e).__name__}: {reason}; {hint}") from None
+
+
+TENSORSTORE_ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")  # a refusal of these
+# is the info's fault, not the codec's
+
+
+def tensorstore_reason(error: BaseException, limit: int = 240) -> str:
+    """A tensorstore error's reason, for one line: without the spec it appends
+    (``[tensorstore_spec=...]``) and, when longer than ``limit``, its end (the reason comes
+    last, after the context: "Error opening ...: Error reading ...: <reason>")."""
+    text = first_line(error, 100_000).split(" [tensorstore_spec=", 1)[0]
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def gzip_file_chunks(spec: VolumeSpec) -> bool:

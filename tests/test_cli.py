@@ -303,6 +303,30 @@ def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
      ["tensorstore cannot read scale 0 (encoding 'compresso')", "--volume-reader cloudvolume"]),
     ("--target-url", {"encoding": "bogus"}, "cloudvolume",
      ["cloudvolume cannot read scale 0 (encoding 'bogus')", "install the codec"]),
+    # found by review: cloud-volume's decoder died of SIGFPE (a zero block), dead-lettered every
+    # instance (int8, absurd shard bits, a sharding that is no object), or failed each read
+    # (bounds past int32); tensorstore's refusal was cut before its reason
+    ("--target-url", {"compressed_segmentation_block_size": [0, 8, 8]}, "cloudvolume",
+     ["compressed_segmentation_block_size [0, 8, 8], not three positive integers"]),
+    ("--target-url", {"compressed_segmentation_block_size": None}, "tensorstore",
+     ["compressed_segmentation_block_size (none), not three positive integers"]),
+    ("--target-url", {"data_type": "int8"}, "cloudvolume",
+     ["is compressed_segmentation, which holds uint32 or uint64 labels, not int8"]),
+    ("--target-url", {"sharding": "yes"}, "cloudvolume",
+     ["has sharding 'yes', not a neuroglancer_uint64_sharded_v1 object"]),
+    ("--target-url", {"sharding": {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0,
+                                   "hash": "identity", "minishard_bits": 60, "shard_bits": 60}},
+     "tensorstore", ["has sharding minishard_bits 60, not an integer from 0 to 32"]),
+    ("--target-url", {"sharding": {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0,
+                                   "hash": "identity", "minishard_bits": 30, "shard_bits": 40}},
+     "cloudvolume", ["has sharding minishard_bits + shard_bits 70, more than 64"]),
+    ("--target-url", {"sharding": {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0,
+                                   "hash": "md5", "minishard_bits": 0, "shard_bits": 0}},
+     "cloudvolume", ["has sharding hash 'md5', not one of identity, murmurhash3_x86_128"]),
+    ("--target-url", {"voxel_offset": [2**31 - 10, 0, 0]}, "cloudvolume",
+     ["cloud-volume reads voxels -2**31 to 2**31 - 1 on each axis", "--volume-reader tensorstore"]),
+    ("--target-url", {"voxel_offset": [2**62, 0, 0]}, "tensorstore",
+     ["tensorstore cannot read scale 0", "voxel_offset", "fix the info file"]),
 ])
 def test_an_info_the_reader_cannot_use_is_refused_before_any_work(small_data, tmp_path, capsys,
                                                                   flag, change, engine,
@@ -325,6 +349,47 @@ def test_an_info_the_reader_cannot_use_is_refused_before_any_work(small_data, tm
     argv = small_data.argv(tmp_path / "out", "--volume-reader", engine)
     argv[argv.index(flag) + 1] = str(volume)
     _fails(capsys, ["run"] + argv, f"{flag} file://{volume}: ", *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def _resized_copy(url: str, copy, **scale):
+    """A copy of the volume at ``url`` whose info's scale 0 has the values ``scale``."""
+    import shutil
+
+    shutil.copytree(url[len("file://"):], copy)
+    info = json.loads((copy / "info").read_text())
+    info["scales"][0].update(scale)
+    (copy / "info").write_text(json.dumps(info))
+    return str(copy)
+
+
+@pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
+def test_chunks_and_crops_past_the_memory_budget_are_refused_before_any_work(
+        small_data, tmp_path, capsys, engine):
+    """Found by review: an info's chunk size of 2**30 voxels aborted the run mid-fetch
+    (std::bad_alloc, exit 134, lease left), and a crop of gigabytes failed every instance with
+    MemoryError (or would take a worker's memory)."""
+    big_chunks = _resized_copy(small_data.target_url, tmp_path / "chunks",
+                               chunk_sizes=[[16, 16, 2**30]])
+    argv = small_data.argv(tmp_path / "out", "--volume-reader", engine)
+    argv[argv.index("--target-url") + 1] = big_chunks
+    _fails(capsys, ["run"] + argv, f"--target-url file://{big_chunks}: its chunks at mip 0 are "
+           "16 x 16 x 1073741824 voxels, 2,097,152 MB each decoded, more than --fetch-memory-mb "
+           "1024; give a volume with smaller chunks (no --fetch-memory-mb, at most 1048576, "
+           "holds it)")
+    big = _resized_copy(small_data.target_url, tmp_path / "big", size=[16384, 16384, 10])
+    argv = small_data.argv(tmp_path / "out", "--volume-reader", engine, "--variants", "1",
+                           "--fetch-memory-mb", "256")
+    argv[argv.index("--target-url") + 1] = big
+    argv[argv.index("--crop-size") + 1:argv.index("--crop-size") + 4] = ["2048", "2048", "8"]
+    _fails(capsys, ["run"] + argv, "--crop-size 2048 2048 8: an instance holds its source and "
+           "target voxels at once, 384 MB here, more than --fetch-memory-mb 256; give a smaller "
+           "crop, --fetch-memory-mb 384 or more")
+    argv[argv.index("--crop-size") + 1:argv.index("--crop-size") + 4] = ["16384", "16384", "2"]
+    argv[argv.index("--fetch-memory-mb") + 1] = "8192"
+    _fails(capsys, ["run"] + argv, "--crop-size 16384 16384 2: a record would hold 4,096 MB of "
+           "arrays, more than the 2 GiB of one protobuf message (a TFRecord Example); give a "
+           "smaller crop or --formats npy")
     assert not (tmp_path / "out").exists()
 
 

@@ -106,6 +106,8 @@ def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
     except (TypeError, ValueError) as e:
         raise BadInfo(f"data_type {json_text(info['data_type'])} or num_channels "
                       f"{json_text(info['num_channels'])} is not valid ({e})") from None
+    _check_encoding(scale, dtype)
+    _check_sharding(scale)
     return VolumeSpec(
         url=url, mip=mip,
         resolution_nm_xyz=tuple(float(r) for r in _xyz(scale, "resolution", float, True)),
@@ -115,8 +117,48 @@ def spec_from_info(url: str, info: dict, mip: int = 0) -> VolumeSpec:
                             int, True),
         dtype=dtype, encoding=str(scale["encoding"]),
         layer_type=str(info["type"]), num_channels=channels,
-        key=str(scale["key"]), sharded=bool(scale.get("sharding")),
+        key=str(scale["key"]), sharded=scale.get("sharding") is not None,
     )
+
+
+def _check_encoding(scale: dict, dtype: str) -> None:
+    """compressed_segmentation holds uint32 or uint64 labels in blocks of the scale's
+    ``compressed_segmentation_block_size`` (a decoder divides by it); BadInfo otherwise."""
+    if scale["encoding"] != "compressed_segmentation":
+        return
+    if dtype not in ("uint32", "uint64"):
+        raise BadInfo(f"scale {scale['key']!r} is compressed_segmentation, which holds uint32 or "
+                      f"uint64 labels, not {dtype}")
+    _xyz(scale, "compressed_segmentation_block_size", int, True)
+
+
+SHARDING_BITS = {"preshift_bits": 64, "minishard_bits": 32, "shard_bits": 64}  # largest values
+SHARDING_CHOICES = {"hash": ("identity", "murmurhash3_x86_128"),
+                    "minishard_index_encoding": ("raw", "gzip"), "data_encoding": ("raw", "gzip")}
+
+
+def _check_sharding(scale: dict) -> None:
+    """A scale's ``sharding`` (absent, or neuroglancer_uint64_sharded_v1 with its bit counts
+    in range and known hash and encodings); BadInfo otherwise."""
+    sharding = scale.get("sharding")
+    if sharding is None:
+        return
+    where = f"scale {scale['key']!r} has sharding"
+    if not isinstance(sharding, dict) or \
+            sharding.get("@type") != "neuroglancer_uint64_sharded_v1":
+        raise BadInfo(f"{where} {json_text(sharding)}, not a neuroglancer_uint64_sharded_v1 "
+                      "object")
+    for key, most in SHARDING_BITS.items():
+        bits = sharding.get(key)
+        if type(bits) is not int or not 0 <= bits <= most:
+            raise BadInfo(f"{where} {key} {json_text(bits)}, not an integer from 0 to {most}")
+    if sharding["minishard_bits"] + sharding["shard_bits"] > 64:
+        raise BadInfo(f"{where} minishard_bits + shard_bits "
+                      f"{sharding['minishard_bits'] + sharding['shard_bits']}, more than 64")
+    for key, choices in SHARDING_CHOICES.items():
+        value = sharding.get(key, None if key == "hash" else "raw")
+        if value not in choices:
+            raise BadInfo(f"{where} {key} {json_text(value)}, not one of {', '.join(choices)}")
 
 
 def default_block_size(target: VolumeSpec, source: VolumeSpec, scale_xyz, crop_size_xyz,
