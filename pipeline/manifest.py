@@ -15,14 +15,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from synanno_datagen import GENERATOR_NAME, __version__
 from synanno_datagen.layout import (
-    DATASET_ENTRIES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, join,
+    DATASET_ENTRIES, DATASET_FILES, FRAGMENTS_DIR, LATEST, MANIFEST, NPY_LAYOUT, UNFINISHED, join,
     latest_pointer, run_dir, tf_compression_type,
 )
 from synanno_datagen.errors import LeaseLost
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.transforms.examples import features
-from synanno_datagen.transforms.files import delete_tree, write_atomic, write_bytes
+from synanno_datagen.transforms.files import delete_file, delete_tree, write_atomic, write_bytes
 from synanno_datagen.transforms.write import NPY, TFRECORD
 
 SCHEMA_VERSION = 1
@@ -180,9 +180,11 @@ def mark_unfinished(output_dir: str) -> None:
 
 
 def clear_dataset(output_dir: str) -> None:
-    """Delete an earlier run's files (only the names this tool writes), manifest first."""
+    """Delete an earlier run's files (only the names this tool writes), manifest first: its
+    files as files (on gs://, objects named under ``manifest.json/`` are not its), its folders
+    with all they hold."""
     for name in DATASET_ENTRIES:
-        delete_tree(join(output_dir, name))
+        (delete_file if name in DATASET_FILES else delete_tree)(join(output_dir, name))
 
 
 def clear_earlier_run(_, output_dir: str) -> bool:

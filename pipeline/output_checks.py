@@ -79,9 +79,14 @@ def check_writable(output_dir: str) -> None:
     # One name: what a run killed between writing and deleting it leaves, the next one removes
     probe = join(output_dir, WRITE_PROBE)
     try:
-        if "/" in output_dir.partition("://")[2].strip("/") and FileSystems.exists(output_dir):
-            raise ConfigError(f"--output-dir {output_dir} is an object, not a folder; choose a "
-                              "folder (a prefix) for the dataset")
+        bucket, _, path = output_dir.partition("://")[2].strip("/").partition("/")
+        parts = path.split("/") if path else []
+        for depth in range(len(parts), 0, -1):   # the folder itself, then each one holding it
+            above = f"{output_dir.partition('://')[0]}://{bucket}/{'/'.join(parts[:depth])}"
+            if FileSystems.exists(above):
+                where = "" if depth == len(parts) else f": {above}"
+                raise ConfigError(f"--output-dir {output_dir}{where} is an object, not a "
+                                  "folder; choose a folder (a prefix) for the dataset")
         try:
             write_bytes(probe, b"synanno-datagen write probe")
         except BaseException:   # refused, or stopped (SIGTERM) after the object was made

@@ -46,6 +46,7 @@ REMEMBERED_FAILURES = "remembered_failures.jsonl"   # in each incremental run's 
 
 # Everything a run writes at the top of its output directory (nothing else is ever deleted).
 DATASET_ENTRIES = (MANIFEST, DEAD_LETTER, TFRECORD_DIR, INDEX_DIR, NPY_DIR, FRAGMENTS_DIR)
+DATASET_FILES = (MANIFEST, DEAD_LETTER)   # of those, the files (the rest are folders)
 
 # npy layout, compatible with the prototype's (source/, gt/, target/).
 NPY_LAYOUT = {

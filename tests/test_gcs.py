@@ -333,6 +333,9 @@ def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_
     data = make_small_data(tmp_path / "data")
     for out, message in (("gs://lab/tables/night1.csv", "--output-dir gs://lab/tables/night1.csv "
                           "is an object, not a folder"),
+                         ("gs://lab/tables/night1.csv/sub", "--output-dir gs://lab/tables/"
+                          "night1.csv/sub: gs://lab/tables/night1.csv is an object, not a "
+                          "folder"),   # found by review: accepted on gs://, refused locally
                          ("gs://", "--output-dir 'gs://': no bucket after gs://"),
                          ("gs:///out", "--output-dir 'gs:///out': no bucket after gs://")):
         assert main(["run"] + data.argv(out)) == 2
@@ -340,6 +343,23 @@ def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_
         assert len(err.splitlines()) == 1 and err.startswith(f"synanno-datagen: error: {message}")
     assert sorted(gcs.objects("lab", "tables")) == ["night1.csv"]
     assert not os.path.exists("gs:")
+
+
+def test_clearing_a_gs_dataset_deletes_its_files_not_objects_named_under_them(gcs):
+    """Found by review: a rerun deleted everything under manifest.json/ and dead_letter.jsonl/
+    (another dataset, made there before the folder check refused such a path)."""
+    from synanno_datagen.pipeline.manifest import clear_dataset
+
+    bucket = gcs.client().bucket(gcs.create_bucket("clear").partition("://")[2])
+    for name in ("manifest.json", "dead_letter.jsonl", "tfrecord/train-00000-of-00001.tfrecord",
+                 "index/train-00000-of-00001.jsonl", "npy/gt/target_1.npy",
+                 "manifest.json/keep", "dead_letter.jsonl/sub/manifest.json", "notes.txt",
+                 "tfrecord_old/keep"):
+        bucket.blob(f"d/{name}").upload_from_string(b"x")
+    clear_dataset("gs://clear/d")
+    assert sorted(gcs.objects("clear", "d")) == [
+        "dead_letter.jsonl/sub/manifest.json", "manifest.json/keep", "notes.txt",
+        "tfrecord_old/keep"]
 
 
 def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
