@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from typing import List, Optional, Sequence
 
 from synanno_datagen import __version__
@@ -295,12 +295,13 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
     show = not quiet and runs_in_process(beam_args)
     progress = functools.partial(ProgressPrinter, sys.stderr, output.progress_interval) \
         if show else nullcontext
-    if command == "demo":
-        manifest = run_demo(args.output_dir, beam_args, progress)
-    else:
-        from synanno_datagen.pipeline.run import run
+    with stdout_to_stderr():   # stdout holds only our lines (libraries print there)
+        if command == "demo":
+            manifest = run_demo(args.output_dir, beam_args, progress)
+        else:
+            from synanno_datagen.pipeline.run import run
 
-        manifest = run(argv, progress)
+            manifest = run(argv, progress)
     if manifest is None:  # a Flex Template's launcher: the job writes the dataset later
         if not quiet:
             print("submitted: the job writes the dataset and logs its own closing line")
@@ -314,6 +315,28 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
         if not quiet:
             print(f"preview: {preview}\nplots: " + " ".join(plots))
     return manifest
+
+
+@contextmanager
+def stdout_to_stderr():
+    """What is printed on stdout meanwhile goes to stderr: Python's ``print`` (cloud-volume's
+    'File Read Error' lines) and, through file descriptor 1, worker processes started meanwhile
+    (``multi_processing``) and native code; the closing JSON line stays alone on stdout."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:   # no descriptor 1 (a closed stdout): Python's print only
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

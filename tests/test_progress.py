@@ -5,7 +5,9 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
@@ -64,6 +66,25 @@ def test_quiet_run_prints_only_the_closing_json_line(small_data, tmp_path):
     (line,) = result.stdout.splitlines()            # for machines: no summary, no progress
     assert json.loads(line)["status"] == "ok"
     assert json.loads((out / "manifest.json").read_text())["counts"]["variants_written"] == 10
+
+
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_what_libraries_print_during_a_run_goes_to_stderr(tmp_path, mode):
+    """Found by review: cloud-volume prints 'File Read Error: ...' on stdout, which then held
+    more than the closing line with --quiet."""
+    from tests.conftest import make_small_data
+
+    data = make_small_data(tmp_path / "data")
+    chunks = sorted((Path(data.source_url[len("file://"):]) / "4_4_33").iterdir())
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])     # raw: a decode error, printed
+    result = cli("run", "--quiet", *data.argv(tmp_path / "out", "--volume-reader", "cloudvolume",
+                                              "--direct_running_mode", mode,
+                                              "--direct_num_workers", "1"))
+    (line,) = result.stdout.splitlines()
+    closing = json.loads(line)
+    assert (result.returncode, closing["status"]) == (0, "ok")
+    assert closing["failures"]["fetch_error"] >= 1
+    assert "File Read Error" in result.stderr
 
 
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
