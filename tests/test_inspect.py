@@ -283,6 +283,24 @@ def test_a_manifest_with_absurd_arrays_or_dead_letters_is_refused_in_one_line(sm
                        "a line without a reason")
 
 
+def test_a_manifest_missing_a_part_inspect_reads_is_refused_in_one_line(small_data, tmp_path,
+                                                                        capsys):
+    """Found by review: without ``volumes``, with a ``seed_model`` of other keys or with
+    ``config.splits`` a string, inspect printed a KeyError or AttributeError traceback."""
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1")) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    for damaged, what in (({k: v for k, v in manifest.items() if k != "volumes"}, "'volumes'"),
+                          ({**manifest, "seed_model": {"x": 1}}, "KeyError"),
+                          ({**manifest, "config": {**manifest["config"], "splits": "train"}},
+                           "AttributeError")):
+        (out / "manifest.json").write_text(json.dumps(damaged))
+        for argv in (["inspect", str(out)], ["inspect", str(out), "--json"]):
+            assert_usage_error(capsys, argv, f"{out}/manifest.json: lacks or garbles a part "
+                               "inspect reads (", what, "copy the file again")
+
+
 @pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",
                                      '{"config": {}, "counts": {}}'])
 def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, foreign):

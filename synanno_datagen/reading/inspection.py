@@ -3,8 +3,10 @@ optional plots. Reads only the manifest, the index shards and the dead-letter fi
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
-from synanno_datagen.reading.dataset import open_dataset
+from synanno_datagen.errors import DatasetError, UsageError, first_line
+from synanno_datagen.reading.dataset import DAMAGED, open_dataset
 from synanno_datagen.reading.stats import REDRAW_NOTE, dataset_facts
 
 COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
@@ -12,10 +14,25 @@ COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_sel
 
 
 def inspect_dataset(output_dir: str) -> dict:
-    """The facts of the dataset in ``output_dir`` (see reading.stats.dataset_facts)."""
+    """The facts of the dataset in ``output_dir`` (see reading.stats.dataset_facts);
+    DatasetError when its manifest lacks or garbles a part they need."""
     dataset = open_dataset(output_dir)
-    return dataset_facts(dataset.manifest, dataset.index(), dataset.dead_letters(),
-                         location=dataset.manifest_path)
+    with damage_named(dataset.manifest_path):
+        return dataset_facts(dataset.manifest, dataset.index(), dataset.dead_letters(),
+                             location=dataset.manifest_path)
+
+
+@contextmanager
+def damage_named(manifest_path: str):
+    """A manifest this tool wrote has every part inspect reads: a KeyError, TypeError, ... on
+    the way (not one of our own one-line errors) is a damaged or hand-edited manifest."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise DatasetError(f"{manifest_path}: lacks or garbles a part inspect reads "
+                           f"({type(e).__name__}: {first_line(e, 120)}); {DAMAGED}") from None
 
 
 def remembered_line(counts: dict):
@@ -108,11 +125,13 @@ def run_inspect(output_dir: str, as_json: bool = False, plots_dir: str = None) -
     """What ``inspect`` prints; writes the plots when ``plots_dir`` is given (their paths are
     listed, under ``plots`` in the JSON)."""
     facts = inspect_dataset(output_dir)
-    paths = []
-    if plots_dir:
-        from synanno_datagen.reading.plots import write_plots
+    with damage_named(facts["dataset"]):   # the config's parts the facts only copy
+        text = format_facts(facts)   # (with --json too: the same manifests are refused)
+        paths = []
+        if plots_dir:
+            from synanno_datagen.reading.plots import write_plots
 
-        paths = write_plots(facts, plots_dir)
+            paths = write_plots(facts, plots_dir)
     if as_json:
         return json.dumps({**facts, "plots": paths}, indent=2, sort_keys=True)
-    return "\n".join([format_facts(facts)] + [f"plot      {p}" for p in paths])
+    return "\n".join([text] + [f"plot      {p}" for p in paths])
