@@ -187,9 +187,10 @@ job_status() {
   done
   [ "${#names[@]}" -le 1 ] || usage_error "status takes at most one JOB_NAME (got ${names[*]})"
   local name="${names[0]:-${JOB_NAME:-synanno-datagen-nightly}}"
-  # every job of that exact name, newest first (gcloud's --limit would cut before sorting)
+  # every job of that exact name, newest first: gcloud lists 100 unless told, cut before it
+  # sorts (in the service's order), so after 100 nights the newest could be left out
   local list=(gcloud dataflow jobs list --project "$PROJECT" --region "$REGION"
-    --filter "name~^$name\$" --sort-by "~creationTime" --format "value(id)")
+    --filter "name~^$name\$" --limit unlimited --sort-by "~creationTime" --format "value(id)")
   if [ "$dry_run" = 1 ]; then
     do_cmd "${list[@]}"
     do_cmd gcloud dataflow jobs describe JOB_ID --project "$PROJECT" --region "$REGION" \

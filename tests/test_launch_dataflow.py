@@ -1,6 +1,7 @@
 """launch_dataflow.sh, tested up to the command it would run (no Dataflow service here)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -516,9 +517,11 @@ def test_status_reports_the_newest_nightly_job_and_exits_by_its_state(stub_dataf
     listed, *described = calls()
     assert listed[:3] == ["dataflow", "jobs", "list"]
     # that exact name (not synanno-datagen-nightly-backfill), newest first by the field jobs
-    # list has (creationTime), no --limit (gcloud applies it before sorting)
+    # list has (creationTime), all of them: gcloud's default --limit 100 cuts before sorting
+    # (found by review)
     assert _value(listed, "--filter") == "name~^synanno-datagen-nightly$"
-    assert _value(listed, "--sort-by") == "~creationTime" and "--limit" not in listed
+    assert _value(listed, "--sort-by") == "~creationTime"
+    assert _value(listed, "--limit") == "unlimited"
     assert (_value(listed, "--project"), _value(listed, "--region")) == ("proj", "us-east1")
     assert all(d[:4] == ["dataflow", "jobs", "describe", "2025-01-02_x"] for d in described)
     assert len(described) == (len(states.split(",")) if args else 1)
@@ -729,3 +732,23 @@ def test_lists_with_spaces_after_commas_become_parameters_the_template_accepts()
     args, _ = run_parser().parse_known_args(parameters_to_flags(
         [f"--{name}={value}" for name, value in params.items()]))
     assert args.splits == "train=0.8,val=0.2"
+
+
+def test_readme_alert_policy_names_a_resource_type_in_every_condition():
+    """Found by review: the Monitoring API refuses (HTTP 400) a threshold condition whose
+    filter names the metric but no resource.type; README's policy had one such condition."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split("cat > bad-night-policy.json <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    policy = json.loads(body)
+    kinds = []
+    for condition in policy["conditions"]:
+        parts = dict(p.split("=", 1) for p in condition["conditionThreshold"]["filter"]
+                     .split(" AND "))
+        assert parts["metric.type"] == \
+            '"logging.googleapis.com/user/synanno_datagen_bad_nights"'
+        kinds.append(parts["resource.type"].strip('"'))
+    assert kinds == ["dataflow_step", "cloud_scheduler_job"] and policy["combiner"] == "OR"
+    # the log filter's clauses come from these two types (and a machine's, for run there)
+    metric = text.split("gcloud logging metrics create synanno_datagen_bad_nights", 1)[1]
+    metric = metric.split("```", 1)[0]
+    assert all(f'resource.type="{kind}"' in metric for kind in kinds)
