@@ -62,6 +62,7 @@ def build(p: beam.Pipeline, config: Config):
         kept = {"instances": instances, "rejected": rejected} | "KeepNewInstances" >> \
             KeepNewInstances(config.incremental.previous_index_paths())
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
+        rejected = (rejected, kept[DEAD]) | "AllRejections" >> beam.Flatten()  # (+ changed ids)
     if incremental and config.incremental.memory_to_skip():
         skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \
             SkipRememberedFailures(config.incremental.memory_to_skip(), read_columns(config))

@@ -104,6 +104,47 @@ def test_an_earlier_instance_whose_row_is_now_rejected_has_not_vanished(small_da
     assert counts["failures"].get("missing_coordinate") == 2  # 11's rows, still in the table
 
 
+def test_an_id_written_earlier_whose_points_changed_is_reported_not_served_silently(small_data,
+                                                                                    tmp_path):
+    """Found by review: a row whose id an earlier run wrote but whose points the table moved
+    (CAVE proofreading) kept its old records with no word: 'nothing new'. Its records are still
+    not rebuilt (earlier shards are never rewritten), but the row is a dead letter,
+    changed_since_written, remembered like a rejection; a score change is no change."""
+    root = tmp_path / "root"
+    common = ["--incremental", "--variants", "1"]
+    assert main(["run"] + small_data.argv(root, *common)) == 0
+    written = _entries(root, _latest(root))[12]
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    moved = _table(tmp_path / "moved.csv", (
+        {**r, "x": "126", "score": "0.5"} if r["id"] == "12" else
+        {**r, "score": "0.1"} if r["id"] == "14" else r for r in rows))
+    argv = small_data.argv(root, *common)
+    argv[argv.index("--materialization") + 1] = str(moved)
+    assert main(["run"] + argv) == 0
+    second = _latest(root)
+    assert second["counts"]["failures"] == {"changed_since_written": 1}
+    assert second["counts"]["instances_written"] == 0
+    c = second["counts"]
+    assert c["rows_read"] == (c["rows_rejected"] + c["rows_not_selected"] + c["instances_selected"]
+                              + sum(c["remembered_failures"].values()))
+    (letter,) = [json.loads(line) for line in
+                 (root / second["files"]["dead_letter"]["path"]).read_text().splitlines()
+                 if json.loads(line)["reason"] == "changed_since_written"]
+    assert letter["instance_id"] == 12 and letter["stage"] == "table"
+    assert letter["details"] == (
+        "id 12 is in the dataset with center [125, 220, 14], pre_pt [124, 220, 14], post_pt "
+        "[126, 220, 14] (target voxels); the table now has center [126, 220, 14], pre_pt "
+        "[124, 220, 14], post_pt [126, 220, 14]: its records are not rebuilt (a new root "
+        "rebuilds every instance)")
+    assert _entries(root, second)[12] == written                  # served as written
+    assert main(["run"] + argv) == 0                               # remembered, not repeated
+    third = _latest(root)["counts"]
+    assert third["failures"] == {} and third["remembered_failures"] == {
+        **third["remembered_failures"], "changed_since_written": 1}
+    assert main(["run"] + argv + ["--retry-failed"]) == 0          # tried again: reported again
+    assert _latest(root)["counts"]["failures"]["changed_since_written"] == 1
+
+
 def test_repeated_ids_count_the_same_on_every_night_of_a_root(small_data, tmp_path):
     """With --num-instances, a one-off run picks while reading and counts a repeat of an id it
     did not pick as a row not selected. A root's later runs read every row (to find new ids),

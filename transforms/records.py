@@ -19,6 +19,7 @@ NOT_A_NUMBER = "not_a_number"
 OUTSIDE_VOLUME = "outside_volume"
 INVALID_ID = "invalid_id"
 DUPLICATE_ID = "duplicate_id"
+CHANGED_SINCE_WRITTEN = "changed_since_written"   # incremental: an id an earlier run wrote
 EMPTY_TARGET = "empty_target"
 MISSING_CHUNKS = "missing_chunks"
 FETCH_ERROR = "fetch_error"

@@ -1,8 +1,9 @@
 """Remembered failures: an incremental run does not try again what failed for good before.
 
 Permanent failures are the table's rejections (``missing_coordinate``, ``not_a_number``,
-``outside_volume``, ``invalid_id``, ``duplicate_id``), ``empty_target`` and ``missing_chunks``;
-``fetch_error`` and ``unexpected_error`` may pass next time and are not remembered. Each is
+``outside_volume``, ``invalid_id``, ``duplicate_id``, ``changed_since_written``),
+``empty_target`` and ``missing_chunks``; ``fetch_error`` and ``unexpected_error`` may pass next
+time and are not remembered. Each is
 remembered by a fingerprint of the original row's content in the columns the run reads (the id
 column and the point columns, as read: other columns, such as a CAVE export's root ids that
 proofreading changes every night, do not make a row new), keyed by what it suppresses: a table
