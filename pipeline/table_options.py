@@ -18,7 +18,7 @@ from synanno_datagen.transforms.points import (
     find_point,
 )
 from synanno_datagen.transforms.table_formats import (
-    FORMAT_NAMES, ShardSchema, TableFormatError, has_data_rows, read_schema,
+    FORMAT_NAMES, ShardSchema, TableFormatError, has_data_rows, holds_numbers, read_schema,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,25 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         layout = _with_float_ids(layout, schemas, ids)
     for path, other in zip(shards, schemas):
         _check_read_once(other, ((ids,) if ids else ()) + layout.columns(), path)
+        _check_scalar_types(other, ids, layout, path)
     return TableSpec(tuple(shards), schema.format, ids, layout)
+
+
+def _check_scalar_types(schema: ShardSchema, ids: Optional[str], layout: TableLayout,
+                        path: str) -> None:
+    """Refuse an id or x/y/z column of a type no cell of which is a number (a bool or
+    timestamp column named by mistake), which would reject every row one by one."""
+    named = [("--id-column", ids, (ids,))] if ids else []
+    named += [(flag, point.describe(), point.columns)
+              for flag, point in (("--center-column", layout.center), ("--pre-column", layout.pre),
+                                  ("--post-column", layout.post))
+              if point is not None and not point.is_list]
+    for flag, name, columns in named:
+        for column in columns:
+            if not holds_numbers(schema, column):
+                raise ConfigError(f"{flag} {name}: {path} has column {column} of type "
+                                  f"{schema.types[column]}, not numbers or text; name the "
+                                  "right column, or store it as numbers")
 
 
 def match_table(pattern: str) -> List[str]:

@@ -53,6 +53,22 @@ CASES = {
         ["--center-column", "ctr_pt_position"],
         ["--center-column ctr_pt_position:", "has column ctr_pt_position of type "
          "list<element: list<element: int64>>, not [x, y, z] lists"]),
+    # found by review: such columns rejected every row, one by one, and the run exited 0
+    "a bool coordinate column": (
+        {"t.parquet": {"id": [1], "x": pa.array([True]), "y": [2], "z": [3]}}, "t.parquet", [],
+        ["--center-column x/y/z:", "t.parquet has column x of type bool, not numbers or "
+         "text"]),
+    "a timestamp pre column in a later shard": (
+        {"t/a.parquet": {"id": [1], "x": [1], "y": [2], "z": [3], "pre_pt_x": [1],
+                         "pre_pt_y": [2], "pre_pt_z": [3]},
+         "t/b.parquet": {"id": [2], "x": [1], "y": [2], "z": [3],
+                         "pre_pt_x": pa.array([0], pa.timestamp("s")), "pre_pt_y": [2],
+                         "pre_pt_z": [3]}}, "t/*.parquet", [],
+        ["--pre-column pre_pt_x/pre_pt_y/pre_pt_z:", "b.parquet has column pre_pt_x of type "
+         "timestamp[ms], not numbers or text"]),   # (Parquet stores seconds as ms)
+    "a binary id column": (
+        {"t.parquet": {"id": pa.array([b"1"]), "x": [1], "y": [2], "z": [3]}}, "t.parquet", [],
+        ["--id-column id:", "t.parquet has column id of type binary, not numbers or text"]),
     "a later shard's column is no list": (
         {"t/a.parquet": {"id": [1], "c": pa.array([[1, 2, 3]])},
          "t/b.parquet": {"id": [2], "c": pa.array([7])}}, "t/*.parquet",

@@ -67,6 +67,18 @@ class ShardSchema:
             nested in kind.partition("<")[2] for nested in ("list<", "struct<", "map<"))
 
 
+# Arrow types no cell of which reads as a number (every row would be rejected, one by one)
+NOT_NUMBERS = ("bool", "timestamp", "date", "time", "duration", "month_day_nano_interval",
+               "binary", "large_binary", "fixed_size_binary", "map<", "struct<", "list<",
+               "large_list<", "fixed_size_list<", "dictionary<values=bool")
+
+
+def holds_numbers(schema: "ShardSchema", column: str) -> bool:
+    """Whether a scalar ``column`` can hold ids or coordinates: CSV text, or a Parquet column
+    of numbers or text (not booleans, times, bytes or nested values)."""
+    return schema.types is None or not schema.types[column].startswith(NOT_NUMBERS)
+
+
 def read_schema(path: str) -> ShardSchema:
     """Format and columns of one shard, reading only its header or footer."""
     fmt = table_format(path)
