@@ -112,10 +112,13 @@ def tfrecord_path(split: str, shard: int, num_shards: int, compression: str = "n
     return f"{TFRECORD_DIR}/{shard_name(split, shard, num_shards)}{tfrecord_suffix(compression)}"
 
 
-def group_tfrecord_path(split: str, group: int, compression: str = "none") -> str:
+def group_tfrecord_path(split: str, group: int, compression: str = "none",
+                        attempt: str = "") -> str:
     """Where the worker writing shard group ``group`` puts the records of ``split`` until the
-    run numbers its shards (then it is renamed to ``tfrecord_path``)."""
-    return f"{FRAGMENTS_DIR}/{split}-group{group:06d}{tfrecord_suffix(compression)}"
+    run numbers its shards (then it is renamed to ``tfrecord_path``); ``attempt`` names the
+    bundle attempt, so that a failed attempt's file, closed late, is not the retry's."""
+    return (f"{FRAGMENTS_DIR}/{split}-group{group:06d}{'-' + attempt if attempt else ''}"
+            f"{tfrecord_suffix(compression)}")
 
 
 def group_index_path(split: str, group: int) -> str:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import pickle
 
 import apache_beam as beam
@@ -304,6 +306,53 @@ def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetc
         assert {e["shard"] for e in lines} == {0} and index["records"] == n
         assert all(e["seed_slices"] == [[1], [0, 2]] and "records" not in e for e in lines)
     assert sizes[1] <= sizes[40] < min(sizes[1] + 16, 1000)   # larger counts, no more
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_failed_writer_attempt_cannot_touch_the_retrys_shard(data, fetch_config, tmp_path,
+                                                                compression):
+    """Found by review: a failed bundle's open shard file, closed later (on GCS, garbage
+    collection finishes its upload), replaced the retry's complete file under their one
+    temporary name, and the run committed the partial shard. Each attempt writes its own file;
+    a bundle started after a failed one on the same writer removes that one's files; and a
+    temporary file of another size than its writer closed is not renamed into place."""
+    from synanno_datagen.transforms.write import FinalizeShardFn, WriteShardsFn
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    items = [Varied(**{**fetched.crop_fields(), "instance": dataclasses.replace(
+        fetched.instance, instance_id=1000 + i)}, target_zyx=mask, seed_slices=((1,), (0, 2)))
+        for i in range(3)]
+    out = tmp_path / "out"
+    failed = WriteShardsFn(str(out), ("tfrecord",), "instance", compression)
+    failed.start_bundle()
+    list(failed.process(items[0]))                      # then the bundle fails: left open
+    zombie = [g.shard for g in failed._open.values()]
+    retry = WriteShardsFn(str(out), ("tfrecord",), "instance", compression)
+    retry.start_bundle()
+    for varied in items:
+        list(retry.process(varied))
+    (written,) = [w.value for w in retry.finish_bundle()]
+    for shard in zombie:                                 # the failed attempt's file, closed late
+        shard.close()
+    assert zombie[0].path != written.path
+    (info,) = [i for i in FinalizeShardFn(str(out), compression).process((written, 0, 1))
+               if i["kind"] == "tfrecord"]
+    final = (out / info["path"]).read_bytes()
+    assert (len(final), hashlib.sha256(final).hexdigest()) == (written.bytes, written.sha256)
+    # the same writer retried: the failed attempt's file is removed as the next bundle starts
+    retry.start_bundle()
+    list(retry.process(items[0]))
+    (left,) = [g.shard.path for g in retry._open.values()]
+    retry.start_bundle()
+    assert not os.path.exists(left) and retry._open == {}
+    # a temporary file that is not what its writer closed stays where it is, loudly
+    list(retry.process(items[1]))
+    (again,) = [w.value for w in retry.finish_bundle()]
+    with open(again.path, "ab") as f:
+        f.write(b"late bytes of another attempt")
+    with pytest.raises(RuntimeError, match="not the file its writer closed"):
+        list(FinalizeShardFn(str(out), compression).process((again, 0, 1)))
 
 
 def test_the_writer_looks_at_the_lease_between_the_instances_of_a_bundle(data, fetch_config,

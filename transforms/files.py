@@ -89,11 +89,16 @@ def rename(src: str, dst: str) -> None:
 def move_once(src: str, dst: str, size_bytes: int) -> None:
     """``rename(src, dst)``, or nothing when an earlier attempt of the same step moved it
     already (``src`` gone, ``dst`` there with ``size_bytes``): a retried step must not fail on
-    its own earlier work."""
-    if not FileSystems.exists(src) and FileSystems.exists(dst):
-        found = FileSystems.match([dst])[0].metadata_list
-        if found and found[0].size_in_bytes == size_bytes:
+    its own earlier work. RuntimeError when ``src`` is not ``size_bytes`` long: not the file
+    its writer closed (another attempt's?), which must not take the final name."""
+    found = FileSystems.match([src])[0].metadata_list
+    if not found and FileSystems.exists(dst):
+        moved = FileSystems.match([dst])[0].metadata_list
+        if moved and moved[0].size_in_bytes == size_bytes:
             return
+    if found and found[0].size_in_bytes != size_bytes:
+        raise RuntimeError(f"{src} is {found[0].size_in_bytes} bytes, not the {size_bytes} its "
+                           "writer closed: not the file its writer closed; run again")
     rename(src, dst)
 
 

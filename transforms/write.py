@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import secrets
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -31,7 +32,8 @@ from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
 )
 from synanno_datagen.transforms.files import (
-    FileSystems, before_commit, move_once, npy_bytes, read_jsonl, write_atomic, write_bytes,
+    FileSystems, before_commit, delete_file, move_once, npy_bytes, read_jsonl, write_atomic,
+    write_bytes,
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
@@ -103,6 +105,14 @@ class _ShardFile:
         self._raw.close()
         return self._digest.hexdigest()
 
+    def discard(self) -> None:
+        """Close and delete the file of a failed attempt (whatever state it is in)."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a broken file is still to delete
+            pass
+        delete_file(self.path)
+
 
 class _Counting:
     """A write-only stream that counts and hashes what reaches the file."""
@@ -162,11 +172,19 @@ class WriteShardsFn(beam.DoFn):
         self._instances = ProgressCounter("instances_written")
         self._variants = ProgressCounter("variants_written")
         self._open: Dict[Tuple[int, str], _Group] = {}
+        self._attempt = ""
 
     def start_bundle(self):
-        self._open = {}
+        self._discard_open()   # a bundle that failed on this writer left its files open
+        self._attempt = secrets.token_hex(6)   # this attempt's temporary files: its own
         if self._keepalive is not None:
             self._keepalive.beat()
+
+    def _discard_open(self) -> None:
+        for opened in self._open.values():
+            if opened.shard is not None:
+                opened.shard.discard()
+        self._open = {}
 
     def process(self, varied: Varied, after=None):  # after: a step that must come first
         inst = varied.instance
@@ -195,7 +213,8 @@ class WriteShardsFn(beam.DoFn):
             shard = None
             if TFRECORD in self._formats:
                 shard = _ShardFile(join(self._output_dir, group_tfrecord_path(
-                    inst.split, inst.shard, self._compression)), self._compression)
+                    inst.split, inst.shard, self._compression, self._attempt)),
+                    self._compression)
             self._open[key] = _Group(shard)
         self._open[key].add(entry, data, records)
         self._instances.inc()
@@ -217,7 +236,10 @@ class WriteShardsFn(beam.DoFn):
                 written = WrittenShard(group, split, shard.path, shard.records, shard.size, sha,
                                        index, opened.counts)
             yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
-        self._open = {}
+            del self._open[(group, split)]   # closed: no longer this bundle's to discard
+
+    def teardown(self):
+        self._discard_open()   # a failed bundle's files, when the runner drops this writer
 
     @staticmethod
     def _npy_files(varied: Varied) -> Tuple[dict, List[Tuple[str, bytes]]]:
