@@ -180,11 +180,13 @@ def mark_unfinished(output_dir: str) -> None:
 
 
 def clear_dataset(output_dir: str) -> None:
-    """Delete an earlier run's files (only the names this tool writes), manifest first: its
-    files as files (on gs://, objects named under ``manifest.json/`` are not its), its folders
-    with all they hold."""
+    """Delete an earlier run's files (only the names this tool writes), manifest first, with
+    all its folders hold; on gs://, its files as objects (objects named under
+    ``manifest.json/`` are not its; locally nothing can lie under a file, and a folder of
+    that name is replaced, as --overwrite asks)."""
     for name in DATASET_ENTRIES:
-        (delete_file if name in DATASET_FILES else delete_tree)(join(output_dir, name))
+        one = name in DATASET_FILES and output_dir.startswith("gs://")
+        (delete_file if one else delete_tree)(join(output_dir, name))
 
 
 def clear_earlier_run(_, output_dir: str) -> bool:

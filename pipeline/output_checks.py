@@ -80,7 +80,7 @@ def check_writable(output_dir: str) -> None:
     probe = join(output_dir, WRITE_PROBE)
     try:
         bucket, _, path = output_dir.partition("://")[2].strip("/").partition("/")
-        parts = path.split("/") if path else []
+        parts = [p for p in path.split("/") if p]   # (a//b: a console's folder object "a/")
         for depth in range(len(parts), 0, -1):   # the folder itself, then each one holding it
             above = f"{output_dir.partition('://')[0]}://{bucket}/{'/'.join(parts[:depth])}"
             if FileSystems.exists(above):

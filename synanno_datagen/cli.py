@@ -321,22 +321,36 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
 def stdout_to_stderr():
     """What is printed on stdout meanwhile goes to stderr: Python's ``print`` (cloud-volume's
     'File Read Error' lines) and, through file descriptor 1, worker processes started meanwhile
-    (``multi_processing``) and native code; the closing JSON line stays alone on stdout."""
+    (``multi_processing``) and native code; the closing JSON line stays alone on stdout. Nothing
+    is moved when either stream is closed (then descriptor 2 may be any file opened since)."""
+    if sys.stdout is None or sys.stderr is None:
+        yield
+        return
     sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:   # no descriptor 1 (a closed stdout): Python's print only
-        saved = None
-    if saved is not None:
-        os.dup2(2, 1)
+    with _signals_held():   # a SIGTERM in between would leave descriptor 1 on stderr
+        try:
+            saved = os.dup(1)
+            os.dup2(2, 1)
+        except OSError:   # a descriptor Python does not know is closed: print only
+            saved = None
     try:
         with redirect_stdout(sys.stderr):
             yield
     finally:
         if saved is not None:
-            sys.stderr.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+            with _signals_held():
+                os.dup2(saved, 1)
+                os.close(saved)
+
+
+@contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT wait (their handlers run once this ends)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -404,7 +418,8 @@ def entry() -> None:
     _sigterm["keep"] = True
     try:
         code = main()
-        sys.stdout.flush()
+        if sys.stdout is not None:   # (None: started with stdout closed, ``>&-``)
+            sys.stdout.flush()
     except BrokenPipeError:   # stdout's reader left (``| head -1``): no traceback, exit 1
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = FAILED

@@ -393,6 +393,17 @@ def test_chunks_and_crops_past_the_memory_budget_are_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+def test_overwrite_replaces_a_local_folder_named_as_a_dataset_file(small_data, tmp_path):
+    """Found by review: after objects under gs://.../dead_letter.jsonl/ were kept from a rerun's
+    deletion, a local folder of that name made --overwrite fail mid-run (IsADirectoryError),
+    and every rerun after it. Locally no file can lie under a file: the folder is replaced."""
+    out = tmp_path / "out"
+    (out / "dead_letter.jsonl").mkdir(parents=True)
+    (out / "manifest.json" / "keep").mkdir(parents=True)
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--overwrite")) == 0
+    assert (out / "dead_letter.jsonl").is_file() and (out / "manifest.json").is_file()
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2

@@ -343,6 +343,11 @@ def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_
         assert len(err.splitlines()) == 1 and err.startswith(f"synanno-datagen: error: {message}")
     assert sorted(gcs.objects("lab", "tables")) == ["night1.csv"]
     assert not os.path.exists("gs:")
+    # a console's folder placeholder ("data/") is no object the dataset would lie under
+    from synanno_datagen.pipeline.output_checks import check_writable
+
+    gcs.client().bucket("lab").blob("data/").upload_from_string(b"")
+    check_writable("gs://lab/data//new")
 
 
 def test_clearing_a_gs_dataset_deletes_its_files_not_objects_named_under_them(gcs):

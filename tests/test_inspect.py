@@ -297,8 +297,9 @@ def test_a_manifest_missing_a_part_inspect_reads_is_refused_in_one_line(small_da
                            "AttributeError")):
         (out / "manifest.json").write_text(json.dumps(damaged))
         for argv in (["inspect", str(out)], ["inspect", str(out), "--json"]):
-            assert_usage_error(capsys, argv, f"{out}/manifest.json: lacks or garbles a part "
-                               "inspect reads (", what, "copy the file again")
+            assert_usage_error(capsys, argv, f"{out}/manifest.json (or an index or "
+                               "dead-letter line it lists) lacks or garbles a part inspect "
+                               "reads (", what, "copy the file again")
 
 
 @pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",

@@ -87,6 +87,24 @@ def test_what_libraries_print_during_a_run_goes_to_stderr(tmp_path, mode):
     assert "File Read Error" in result.stderr
 
 
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_a_run_with_a_closed_stream_writes_its_dataset(small_data, tmp_path, closed):
+    """Found by review: with stdout closed (>&-) the run broke before any work, and with
+    stderr closed a complete dataset was reported failed (moving stdout onto a stream that is
+    not there)."""
+    import shlex
+
+    out = tmp_path / "out"
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synanno_datagen", "run",
+                                                *small_data.argv(out, "--variants", "1")])
+    result = subprocess.run(["bash", "-c", command + (" >&-" if closed == "stdout" else " 2>&-")],
+                            capture_output=True, text=True, timeout=600)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    if closed == "stderr":
+        assert json.loads(result.stdout.splitlines()[-1])["status"] == "ok"
+
+
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
     result = cli("run", "--quiet", *small_data.argv(tmp_path / "out", "--variants", "0"))
     assert result.returncode == 2

@@ -378,3 +378,16 @@ def test_a_stored_chunk_that_reads_empty_is_an_error_not_an_absent_chunk(volumes
         region = read_region(open_reader(f"file://{copy}", 0, engine), spec, spec.bounds)
         assert set(region.errors) == {stored[0]}, engine
         assert region.absent == set(names) - set(stored), engine
+
+
+def test_sharding_bit_counts_are_read_as_tensorstore_reads_them():
+    """Found by review: 4.0 (tensorstore takes it) was refused; NaN must be refused in one
+    line, not as a ValueError."""
+    from synanno_datagen.transforms.volumes import BadInfo, _check_sharding
+
+    spec = {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "identity",
+            "minishard_bits": 4.0, "shard_bits": 2}
+    _check_sharding({"key": "k", "sharding": spec})
+    for bad in (4.5, float("nan"), float("inf"), True, "4", 33):
+        with pytest.raises(BadInfo, match="minishard_bits .*, not an integer from 0 to 32"):
+            _check_sharding({"key": "k", "sharding": {**spec, "minishard_bits": bad}})

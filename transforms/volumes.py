@@ -150,7 +150,7 @@ def _check_sharding(scale: dict) -> None:
                       "object")
     for key, most in SHARDING_BITS.items():
         bits = sharding.get(key)
-        if type(bits) is not int or not 0 <= bits <= most:
+        if type(bits) not in (int, float) or not 0 <= bits <= most or bits != int(bits):
             raise BadInfo(f"{where} {key} {json_text(bits)}, not an integer from 0 to {most}")
     if sharding["minishard_bits"] + sharding["shard_bits"] > 64:
         raise BadInfo(f"{where} minishard_bits + shard_bits "

@@ -24,15 +24,17 @@ def inspect_dataset(output_dir: str) -> dict:
 
 @contextmanager
 def damage_named(manifest_path: str):
-    """A manifest this tool wrote has every part inspect reads: a KeyError, TypeError, ... on
-    the way (not one of our own one-line errors) is a damaged or hand-edited manifest."""
+    """A dataset this tool wrote has every part inspect reads: a KeyError, TypeError, ... on
+    the way (not one of our own one-line errors) is a damaged or hand-edited manifest (or line
+    of its index or dead letters, read alongside)."""
     try:
         yield
     except UsageError:
         raise
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-        raise DatasetError(f"{manifest_path}: lacks or garbles a part inspect reads "
-                           f"({type(e).__name__}: {first_line(e, 120)}); {DAMAGED}") from None
+        raise DatasetError(f"{manifest_path} (or an index or dead-letter line it lists) lacks "
+                           f"or garbles a part inspect reads ({type(e).__name__}: "
+                           f"{first_line(e, 120)}); {DAMAGED}") from None
 
 
 def remembered_line(counts: dict):
