@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -131,13 +131,20 @@ class WriteManifestFn(beam.DoFn):
         self._config = config
 
     def process(self, _, files, dead_letter, counts, npy_totals, io):
-        if self._config.lease is not None:   # still ours? (else LeaseLost: nothing committed)
-            Heartbeat(self._config.lease, self._config.lease_hours).beat(force=True)
+        lease = self._config.lease
+        if lease is not None:
+            committed = self._committed_by(lease.token)
+            if committed is not None:   # a retry of this step after the run finished
+                yield committed
+                return
+            # still ours? (else LeaseLost: nothing committed)
+            Heartbeat(lease, self._config.lease_hours).beat(force=True)
         manifest = build_manifest(self._config, counts, list(files), dead_letter, npy_totals)
         # Facts of this execution, not of the data: they may differ between identical runs
-        # (time; chunk decodes depend on how work was spread over workers).
+        # (time; chunk decodes depend on how work was spread over workers; the run's id).
         manifest["run"] = {"created_utc": datetime.datetime.now(datetime.timezone.utc)
-                           .strftime("%Y-%m-%dT%H:%M:%SZ"), "io": io}
+                           .strftime("%Y-%m-%dT%H:%M:%SZ"), "io": io,
+                           **({"id": lease.token} if lease is not None else {})}
         delete_tree(join(self._config.output_dir, FRAGMENTS_DIR))
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(join(self._config.output_dir, MANIFEST), [data])
@@ -153,6 +160,18 @@ class WriteManifestFn(beam.DoFn):
         if incremental and incremental.run > 1:   # a kill just after the last run's LATEST
             delete_tree(join(incremental.root, run_dir(incremental.run - 1), UNFINISHED))
         yield manifest
+
+    def _committed_by(self, run_id: str) -> Optional[dict]:
+        """The manifest this run committed, when an earlier attempt of this step finished
+        (its UNFINISHED mark gone, last), else None. A runner may retry the step after the
+        run's lease was released (a worker lost before it reported), when the lease look
+        would fail a finished run."""
+        output_dir = self._config.output_dir
+        if FileSystems.exists(join(output_dir, UNFINISHED)) or \
+                not FileSystems.exists(join(output_dir, MANIFEST)):
+            return None
+        manifest = load_manifest(output_dir)
+        return manifest if manifest.get("run", {}).get("id") == run_id else None
 
 
 def check_latest_before_move(root: str, run: int) -> bool:

@@ -490,3 +490,33 @@ class _OpenGroupStub:
     shard = None
     entries = ()
     counts = {}
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_the_last_step_retried_after_the_run_finished_reports_the_committed_dataset(
+        tmp_path, small_data, monkeypatch, incremental):
+    """Found by review: a runner retrying the fused manifest and lease steps after the lease
+    was released (a worker lost before it reported success) failed the finished run with
+    'lease lost' on every attempt. A retry finds its own committed manifest (run.id) and
+    passes it on unchanged."""
+    from synanno_datagen.pipeline import build as build_module
+    from synanno_datagen.pipeline.manifest import WriteManifestFn
+    from synanno_datagen.pipeline.run import run as run_pipeline
+
+    seen = {}
+    real_build = build_module.build
+
+    def keep_config(p, config):
+        seen["config"] = config
+        return real_build(p, config)
+
+    monkeypatch.setattr(build_module, "build", keep_config)
+    out = tmp_path / "out"
+    extra = ["--incremental"] if incremental else []
+    manifest = run_pipeline(small_data.argv(out, "--variants", "1", *extra))
+    config = seen["config"]
+    assert manifest["run"]["id"] == config.lease.token and not (out / "LEASE").exists()
+    path = out / ("runs/00001/manifest.json" if incremental else "manifest.json")
+    before = path.read_bytes()
+    (again,) = WriteManifestFn(config).process(None, [], {}, {}, {}, {})   # the retry
+    assert again == manifest and path.read_bytes() == before
