@@ -335,8 +335,9 @@ def _check_repeated_variants(config: Config, extending: bool = False) -> None:
     elif config.variants > sets:
         raise ConfigError(f"--variants {config.variants}: a crop of {depth} slices allows at most "
                           f"{sets} distinct sets of 1 to {most} seed slices; more variants only "
-                          f"repeat them: give --variants {sets} or fewer (or more "
-                          "--max-seed-slices, or a deeper --crop-size)")
+                          f"repeat them: give --variants {sets} or fewer (or "
+                          + ("more --max-seed-slices, or " if most < depth else "")
+                          + "a deeper --crop-size)")
 
 
 def _check_block_memory(config: Config) -> None:

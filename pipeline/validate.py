@@ -11,7 +11,6 @@ from synanno_datagen.pipeline.options import NEAREST
 from synanno_datagen.transforms.volumes import DEFAULT_MISSING_CHUNKS, MISSING_CHUNK_MODES
 
 FORMATS = ("tfrecord", "npy")
-DEFAULT_SPLITS = (("train", 1.0),)
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 

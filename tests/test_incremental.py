@@ -130,7 +130,7 @@ def test_an_id_written_earlier_whose_points_changed_is_reported_not_served_silen
     (letter,) = [json.loads(line) for line in
                  (root / second["files"]["dead_letter"]["path"]).read_text().splitlines()
                  if json.loads(line)["reason"] == "changed_since_written"]
-    assert letter["instance_id"] == 12 and letter["stage"] == "table"
+    assert letter["instance_id"] == 12 and letter["stage"] == "KeepNewInstances"
     assert letter["details"] == (
         "id 12 is in the dataset with center [125, 220, 14], pre_pt [124, 220, 14], post_pt "
         "[126, 220, 14] (target voxels); the table now has center [126, 220, 14], pre_pt "

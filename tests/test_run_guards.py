@@ -536,6 +536,12 @@ def test_more_variants_than_seed_slice_sets_are_refused_before_any_work(small_da
                        "fewer (or more --max-seed-slices, or a deeper --crop-size)")
     assert not (tmp_path / "a").exists()
     check(small_data.argv(tmp_path / "b", "--variants", "14"))
+    # found by review: more --max-seed-slices was advised where it allows no more sets
+    assert_usage_error(capsys, ["run"] + small_data.argv(tmp_path / "c", "--variants", "16",
+                                                         "--max-seed-slices", "4"),
+                       "--variants 16: a crop of 4 slices allows at most 15 distinct sets of 1 "
+                       "to 4 seed slices; more variants only repeat them: give --variants 15 or "
+                       "fewer (or a deeper --crop-size)")
 
 
 def test_a_root_an_earlier_version_made_with_more_variants_than_sets_is_extended(

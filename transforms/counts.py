@@ -4,7 +4,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from synanno_datagen.transforms.table import TABLE_REASONS
+from synanno_datagen.transforms.records import TABLE_REASONS
 
 
 def _npy_files_and_bytes(written):

@@ -36,7 +36,7 @@ def changed_letter(instance: Instance, written: Points) -> DeadLetter:
         instance, CHANGED_SINCE_WRITTEN,
         f"id {instance.instance_id} is in the dataset with {shown(written)} (target voxels); "
         f"the table now has {shown(instance_points(instance))}: its records are not rebuilt "
-        "(a new root rebuilds every instance)", "table")
+        "(a new root rebuilds every instance)", "KeepNewInstances")
 
 
 def _split(kv):

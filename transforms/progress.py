@@ -17,8 +17,7 @@ from typing import Dict
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from synanno_datagen.transforms.records import DeadLetter
-from synanno_datagen.transforms.table import TABLE_REASONS
+from synanno_datagen.transforms.records import TABLE_REASONS, DeadLetter
 
 NAMESPACE = "synanno"
 _lock = threading.Lock()

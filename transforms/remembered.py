@@ -28,8 +28,9 @@ from apache_beam.pvalue import AsDict, AsList
 
 from synanno_datagen.layout import REMEMBERED_FAILURES, join, json_line
 from synanno_datagen.transforms.files import before_commit, read_jsonl, write_atomic
-from synanno_datagen.transforms.records import DEAD, EMPTY_TARGET, MISSING_CHUNKS, DeadLetter
-from synanno_datagen.transforms.table import TABLE_REASONS
+from synanno_datagen.transforms.records import (
+    DEAD, EMPTY_TARGET, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
+)
 
 PERMANENT_REASONS = TABLE_REASONS + (EMPTY_TARGET, MISSING_CHUNKS)
 ROW, INSTANCE = "row", "instance"   # what an entry suppresses: a table rejection, an instance

@@ -12,13 +12,10 @@ from synanno_datagen.transforms.points import (
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
-    CHANGED_SINCE_WRITTEN, DEAD, DUPLICATE_ID, INVALID_ID, MISSING_COORDINATE, NOT_A_NUMBER,
-    OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
+    DEAD, DUPLICATE_ID, INVALID_ID, OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
 )
 from synanno_datagen.transforms.table_formats import iter_rows
 
-TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID,
-                 CHANGED_SINCE_WRITTEN)
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
 
