@@ -4,7 +4,10 @@ import re
 # A URL's user information (scheme://user:password@ or scheme://token@): a user name up to a
 # ':' or '@', a password up to the last '@' before the host (it may hold a raw '@'); neither
 # runs past a path, query or fragment, a quote or a comma.
-_USERINFO = re.compile(r"""(?<=://)([^/?#\s'",:@]*)(:?)(?(2)[^/?#\s'"]*)@""")
+# user, then a password up to the last @ of the word (a raw /, ? or # in it is not seen as
+# the host's end: tokens and base64 passwords hold them; more is hidden rather than less; not
+# "//", the scheme of a URL inside another: precomputed://https://...)
+_USERINFO = re.compile(r"""(?<=://)([^/?#\s'",:@]*)(:)?(?(2)(?!//)[^\s'"]*)@""")
 
 
 def redact(text: str) -> str:

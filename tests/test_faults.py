@@ -211,6 +211,9 @@ def test_redact_hides_only_the_password_of_each_url():
         == "in http://u:***@h:80/v and https://x:***@z/w, not gs://b/o"
     assert redact("precomputed://https://:tok@h/v") == "precomputed://https://:***@h/v"
     assert redact("http://alice:S3c@retPW@host/v") == "http://alice:***@host/v"   # a raw @
+    # found by review: a password with a raw / (tokens, base64) was shown whole
+    assert redact("'https://bob:pw9q/x@127.0.0.1:9/vol'") == "'https://bob:***@127.0.0.1:9/vol'"
+    assert redact("https://bob:a?b#c/d@h/v x") == "https://bob:***@h/v x"
     assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
         "https://***@host/v and gs://b/sa@p.iam/o"          # a token as the user name
     for plain in ("https://host?email=a@b.com", "https://example.com#me@x",
