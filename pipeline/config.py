@@ -26,6 +26,7 @@ from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
 from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
+from synanno_datagen.reading.records import PROTOBUF_MESSAGE_MOST
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import GROUPED
@@ -365,9 +366,6 @@ def _memory_advice(need: int, smaller: str, other: str = "") -> str:
             f"{validate.MAX_FETCH_MEMORY_MB}, holds it)")
 
 
-PROTOBUF_LIMIT = 2**31 - 1   # bytes of one serialized message, so of one TFRecord Example
-
-
 def _check_sizes(config: Config) -> None:
     """A reader decodes whole chunks, and an instance holds its source and target voxels at
     once: each must fit in --fetch-memory-mb (an info's chunk size or a crop can ask for
@@ -390,7 +388,7 @@ def _check_sizes(config: Config) -> None:
             f"{config.fetch_memory_mb}; {_memory_advice(need, 'a smaller crop')}")
     arrays = 2 if config.record_layout == "instance" else 3   # source, target (, seed_target)
     record = arrays * math.prod(config.source_shape_zyx)
-    if TFRECORD in config.formats and record > PROTOBUF_LIMIT:
+    if TFRECORD in config.formats and record > PROTOBUF_MESSAGE_MOST:
         raise ConfigError(
             f"--crop-size {crop}: a record would hold {record / 2**20:,.0f} MB of arrays, more "
             f"than the 2 GiB of one protobuf message (a TFRecord Example); give a smaller crop "

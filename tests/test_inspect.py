@@ -302,6 +302,37 @@ def test_a_manifest_missing_a_part_inspect_reads_is_refused_in_one_line(small_da
                                "reads (", what, "copy the file again")
 
 
+def test_a_hostile_dataset_cannot_make_inspect_exhaust_memory_or_trace_back(small_data,
+                                                                           tmp_path, capsys):
+    """Found by review: a max_seed_slices of 3e8 in a shared manifest took 24 GB in inspect;
+    repeated foreground slices passed; JSON nested past the stack was a RecursionError
+    traceback; a record's length cap came from the manifest alone."""
+    from synanno_datagen.reading.records import max_record_bytes
+
+    out = tmp_path / "out"
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--formats", "npy")) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    depth = manifest["arrays"]["shape_zyx"][0]
+    hostile = {**manifest, "seed_model": {**manifest["seed_model"], "max_seed_slices": 3 * 10**8}}
+    (out / "manifest.json").write_text(json.dumps(hostile))
+    assert main(["inspect", str(out), "--json"]) == 0      # the histogram stops at the depth
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["index"]["seed_count"]["count"] == list(range(1, depth + 1))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (index,) = sorted((out / "index").iterdir())
+    lines = index.read_text().splitlines()
+    first = json.loads(lines[0])
+    index.write_text("\n".join([json.dumps({**first, "foreground_slices": [1, 1, 1]})]
+                                + lines[1:]) + "\n")
+    assert_usage_error(capsys, ["inspect", str(out)], "foreground_slices of id "
+                       f"{first['instance_id']} are not distinct z indices of a crop of {depth}")
+    index.write_text("[" * 100_000 + "]" * 100_000 + "\n" + "\n".join(lines[1:]) + "\n")
+    assert_usage_error(capsys, ["inspect", str(out)], f"{index}: cannot read it")
+    assert max_record_bytes({"arrays": {"shape_zyx": [65536] * 3},
+                             "config": {"variants": 4}}) == 2**31 - 1
+
+
 @pytest.mark.parametrize("foreign", ['{"name": "another tool"}', "[1, 2]",
                                      '{"config": {}, "counts": {}}'])
 def test_a_manifest_of_another_tool_is_refused_in_one_line(tmp_path, capsys, foreign):

@@ -602,6 +602,14 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
     with pytest.raises(DatasetError, match=rf"{source}: not a readable npy file"):
         npy[0]
 
+    # found by review: a listed size of 2**50 was allocated (MemoryError), a size as text a
+    # TypeError traceback
+    for size, sha in ((2**50, listed[1]), ("12", listed[1]), (-1, listed[1]), (12, None)):
+        npy.items[0]["listed"][str(source)] = (size, sha)
+        with pytest.raises(DatasetError, match=rf"{source}: its index line lists .*, not what "
+                                               r"an npy file of the dataset's arrays holds"):
+            npy[0]
+
     del npy.items[0]["listed"][str(source)]
     with pytest.raises(DatasetError, match=rf"{source}: its index line lists no size and "
                                            r"sha256 for it"):

@@ -105,7 +105,7 @@ class Dataset:
         try:
             with self.open(relative) as f:
                 yield from layout.json_lines(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:   # (JSON nested past the stack)
             raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
 
     @property
@@ -257,7 +257,7 @@ def open_dataset(location: str) -> Dataset:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
             return Dataset(root, manifest_path,
                            _checked_manifest(manifest_path, _read_json(manifest_path)))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RecursionError) as e:
         raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
             from None
     raise DatasetError(f"{location}: not a dataset directory (no {layout.MANIFEST}; "

@@ -73,13 +73,18 @@ def skip_serialized(stream, n: int) -> int:
     return n
 
 
+PROTOBUF_MESSAGE_MOST = 2**31 - 1   # bytes: no tf.train.Example is larger (the generator
+# refuses crops whose records would be)
+
+
 def max_record_bytes(manifest: dict) -> int:
     """The most bytes a record of the dataset can hold: three arrays of its ``shape_zyx`` (source,
     target, a seed mask) and room for its other features (every variant's seed slices, points,
-    boxes)."""
+    boxes); never more than one protobuf message holds (2 GiB), whatever a manifest says."""
     depth, height, width = manifest["arrays"]["shape_zyx"]
     variants = manifest["config"]["variants"]
-    return 3 * depth * height * width + 16 * variants * depth + (1 << 20)
+    return min(3 * depth * height * width + 16 * variants * depth + (1 << 20),
+               PROTOBUF_MESSAGE_MOST)
 
 
 def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:

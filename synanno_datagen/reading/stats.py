@@ -26,14 +26,22 @@ def depth_of(manifest: dict) -> int:
 
 
 def _foreground_z(entry: dict, depth: int) -> List[int]:
-    # Index lines written before foreground_slices existed: every slice is a candidate.
-    return entry["foreground_slices"] if "foreground_slices" in entry else list(range(depth))
+    """An index line's foreground z indices (distinct, in the crop; ValueError otherwise).
+    Index lines written before foreground_slices existed: every slice is a candidate."""
+    if "foreground_slices" not in entry:
+        return list(range(depth))
+    z = entry["foreground_slices"]
+    if not isinstance(z, list) or len(set(z)) != len(z) or \
+            not all(type(i) is int and 0 <= i < depth for i in z):
+        raise ValueError(f"foreground_slices of id {entry.get('instance_id')} are not distinct "
+                         f"z indices of a crop of {depth} slices")
+    return z
 
 
 def seed_count_histogram(entries: List[dict], model: SeedModel, depth: int) -> dict:
     """Variants by number of seed slices, ``c = 1..max_seed_slices``: observed (int) and expected
     (float: each variant's P(count = c) given its instance's foreground slices, summed)."""
-    m = model.max_seed_slices
+    m = min(model.max_seed_slices, depth)   # (no variant has more seed slices than the crop)
     observed = [0] * m
     expected = np.zeros(m, np.float64)
     for entry in entries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from synanno_datagen.reading.loaders import (
 )
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
+NPY_HEADER_MOST = 4096   # bytes of an npy file's header (numpy pads it to 64 or 4096 bytes)
 
 
 def _sample(source, seed, target, meta: Optional[dict]):
@@ -182,6 +184,12 @@ def _load_npy(path: str, listed: Optional[Tuple[int, str]], shape_zyx) -> np.nda
 
     if listed is None:
         raise DatasetError(f"{path}: its index line lists no size and sha256 for it; {DAMAGED}")
+    size, sha = listed
+    if type(size) is not int or not 0 <= size <= math.prod(shape_zyx) + NPY_HEADER_MOST or \
+            not isinstance(sha, str):
+        raise DatasetError(f"{path}: its index line lists {str(size)[:20]} bytes and sha256 "
+                           f"{str(sha)[:16]}, not what an npy file of the dataset's arrays "
+                           f"holds; {DAMAGED}")
     try:   # no further than the listing: a larger file is not what was written
         if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
             with open(path, "rb") as f:
