@@ -33,10 +33,12 @@ from synanno_datagen.transforms.write import FinalizeShards, WriteShards
 
 
 def fetch_config(config: Config) -> FetchConfig:
-    memory = int(config.fetch_memory_mb) << 20
-    return FetchConfig(config.source, config.target, config.crop_size_xyz, config.scale_xyz,
-                       config.pad_value, config.fetch_strategy, config.fetch_block_size(), memory,
-                       config.missing_chunks, config.volume_reader, uuid.uuid4().hex)
+    return FetchConfig(
+        source=config.source, target=config.target, crop_size_xyz=config.crop_size_xyz,
+        scale_xyz=config.scale_xyz, pad_value=config.pad_value, strategy=config.fetch_strategy,
+        block_size_xyz=config.fetch_block_size(), memory_bytes=int(config.fetch_memory_mb) << 20,
+        missing_chunks=config.missing_chunks, engine=config.volume_reader,
+        run_token=uuid.uuid4().hex)
 
 
 def read_columns(config: Config) -> Tuple[str, ...]:
