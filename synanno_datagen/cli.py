@@ -203,6 +203,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         raise
     finally:
         _sigterm["closed"] = True   # the closing line stands: a signal from here on is ignored
+        _restore_stdout()           # (a signal may have cut stdout_to_stderr's own restore)
         try:
             event = monitoring.run_event(command, status, code, time.monotonic() - started,
                                          output_dir_given(argv, "synanno-demo-output"
@@ -327,20 +328,30 @@ def stdout_to_stderr():
         yield
         return
     sys.stdout.flush()
-    with _signals_held():   # a SIGTERM in between would leave descriptor 1 on stderr
-        try:
-            saved = os.dup(1)
-            os.dup2(2, 1)
-        except OSError:   # a descriptor Python does not know is closed: print only
-            saved = None
     try:
+        with _signals_held():   # (one delivered as the hold ends is raised inside the try)
+            try:
+                _moved["saved"] = os.dup(1)
+                os.dup2(2, 1)
+            except OSError:   # a descriptor Python does not know is closed: print only
+                _moved["saved"] = None
         with redirect_stdout(sys.stderr):
             yield
     finally:
+        _restore_stdout()
+
+
+_moved = {"saved": None}   # descriptor 1 as it was, while stdout_to_stderr has moved it
+
+
+def _restore_stdout() -> None:
+    """Put descriptor 1 back if it is moved (also before the closing line, whatever a signal
+    interrupted)."""
+    with _signals_held():
+        saved, _moved["saved"] = _moved["saved"], None
         if saved is not None:
-            with _signals_held():
-                os.dup2(saved, 1)
-                os.close(saved)
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 @contextmanager

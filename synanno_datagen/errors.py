@@ -1,13 +1,31 @@
 """The user-facing error types, each one line from the CLI (exit code as each says)."""
 import re
 
-# A URL's user information (scheme://user:password@ or scheme://token@): a user name up to a
-# ':' or '@', a password up to the last '@' before the host (it may hold a raw '@'); neither
-# runs past a path, query or fragment, a quote or a comma.
-# user, then a password up to the last @ of the word (a raw /, ? or # in it is not seen as
-# the host's end: tokens and base64 passwords hold them; more is hidden rather than less; not
-# "//", the scheme of a URL inside another: precomputed://https://...)
-_USERINFO = re.compile(r"""(?<=://)([^/?#\s'",:@]*)(:)?(?(2)(?!//)[^\s'"]*)@""")
+_AFTER_SCHEME = re.compile(r"""(?<=://)[^\s"]+""")   # a URL's rest, up to a space or a "
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")   # a URL inside another (precomputed://)
+_USER = re.compile(r"""[^/?#\s'",:\[\]]*""")        # a user name (an e-mail address too)
+
+
+def _redacted_rest(rest: str) -> str:
+    """What follows a URL's ``://``, its password (or token) as ``***``. The user information
+    ends at the last ``@`` before the path; when none is there but the host part is no
+    ``host:port``, at the last ``@`` of the word (a raw ``/``, ``?`` or ``#`` in a password:
+    tokens and base64 hold them; more is hidden rather than less)."""
+    nested = _SCHEME.match(rest)
+    if nested:
+        return rest[:nested.end()] + _redacted_rest(rest[nested.end():])
+    head = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in head:
+        end = head.rindex("@")
+    else:
+        _, colon, port = head.partition(":")
+        if not colon or port.isdigit() or "@" not in rest:
+            return rest
+        end = rest.rindex("@")
+    user, colon, _ = rest[:end].partition(":")
+    if not _USER.fullmatch(user):   # not a user name: an @ in a path or text after the URL
+        return rest
+    return (f"{user}:***" if colon else "***") + rest[end:]
 
 
 def redact(text: str) -> str:
@@ -15,7 +33,7 @@ def redact(text: str) -> str:
     or the whole user information when it has no password (a token: ``http://***@host``): what
     goes into messages, logs, the manifest and dead letters (a volume behind HTTP basic auth is
     read with its URL's password, which is written nowhere)."""
-    return _USERINFO.sub(lambda m: f"{m[1]}:***@" if m[2] else "***@", text)
+    return _AFTER_SCHEME.sub(lambda m: _redacted_rest(m[0]), text)
 
 
 class UsageError(ValueError):

@@ -214,10 +214,19 @@ def test_redact_hides_only_the_password_of_each_url():
     # found by review: a password with a raw / (tokens, base64) was shown whole
     assert redact("'https://bob:pw9q/x@127.0.0.1:9/vol'") == "'https://bob:***@127.0.0.1:9/vol'"
     assert redact("https://bob:a?b#c/d@h/v x") == "https://bob:***@h/v x"
+    # found by review: a quote in a password, an e-mail address as the user name
+    assert redact("https://u:pa'ss@127.0.0.1:1/v") == "https://u:***@127.0.0.1:1/v"
+    assert redact("https://me@example.com:pw123@h:1/v") == "https://me@example.com:***@h:1/v"
+    assert redact("http://u:p@[::1]:8080/v") == "http://u:***@[::1]:8080/v"
+    assert redact('{"a": "https://u:p@h/v", "b": "http://x:1234@z"}') == \
+        '{"a": "https://u:***@h/v", "b": "http://x:***@z"}'
     assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
         "https://***@host/v and gs://b/sa@p.iam/o"          # a token as the user name
     for plain in ("https://host?email=a@b.com", "https://example.com#me@x",
-                  "['gs://b','ops@x.org']", "https://host/x?email=a@b.com", "file:///tmp/a@b"):
+                  "['gs://b','ops@x.org']", "https://host/x?email=a@b.com", "file:///tmp/a@b",
+                  # found by review: a port and an @ in the path were taken for a password
+                  # (in the manifest, and the generation hash then missed a changed volume)
+                  "http://127.0.0.1:18731/data@2023/em", "http://[::1]:8080/a@b"):
         assert redact(plain) == plain                        # no user information there
 
 

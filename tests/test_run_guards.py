@@ -830,3 +830,24 @@ def test_a_worker_killed_by_a_stopping_signal_prints_no_thread_traceback():
     report(RuntimeError("Worker subprocess exited with return code 1"))
     report(ValueError("something else"))
     assert seen == ["Worker subprocess exited with return code 1", "something else"]
+
+
+def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_data, tmp_path):
+    """Found by review: a SIGTERM arriving while the run moved stdout onto stderr (held, then
+    delivered as the hold ended) left descriptor 1 on stderr, and the closing line went there."""
+    driver = (
+        "import os, signal, sys\n"
+        "from synanno_datagen import cli\n"
+        "real = os.dup2\n"
+        "def dup2(a, b):\n"
+        "    real(a, b)\n"
+        "    if (a, b) == (2, 1):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.dup2 = dup2\n"
+        "sys.argv = ['synanno-datagen', 'run'] + sys.argv[1:]\n"
+        "cli.entry()\n")
+    done = subprocess.run([sys.executable, "-c", driver, *small_data.argv(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert json.loads(line)["exit_code"] == 143 and '"exit_code"' not in done.stderr
