@@ -1,8 +1,8 @@
 """The user-facing error types, each one line from the CLI (exit code as each says)."""
 import re
 
-_AFTER_SCHEME = re.compile(r"""(?<=://)[^\s"]+""")   # a URL's rest, up to a space or a "
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")   # a URL inside another (precomputed://)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")   # where a URL (or one inside it) starts
+_REST_END = re.compile(r'[\s"]')                      # a URL's rest ends at a space or a "
 _USER = re.compile(r"""[^/?#\s'",:\[\]]*""")        # a user name (an e-mail address too)
 
 
@@ -11,9 +11,6 @@ def _redacted_rest(rest: str) -> str:
     ends at the last ``@`` before the path; when none is there but the host part is no
     ``host:port``, at the last ``@`` of the word (a raw ``/``, ``?`` or ``#`` in a password:
     tokens and base64 hold them; more is hidden rather than less)."""
-    nested = _SCHEME.match(rest)
-    if nested:
-        return rest[:nested.end()] + _redacted_rest(rest[nested.end():])
     head = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in head:
         end = head.rindex("@")
@@ -33,7 +30,18 @@ def redact(text: str) -> str:
     or the whole user information when it has no password (a token: ``http://***@host``): what
     goes into messages, logs, the manifest and dead letters (a volume behind HTTP basic auth is
     read with its URL's password, which is written nowhere)."""
-    return _AFTER_SCHEME.sub(lambda m: _redacted_rest(m[0]), text)
+    out, done = [], 0
+    for scheme in re.finditer("://", text):
+        start = scheme.end()
+        if start < done:
+            continue
+        space = _REST_END.search(text, start)
+        end = space.start() if space else len(text)
+        inner = _SCHEME.search(text, start, end)   # another URL in it (precomputed://https://,
+        end = inner.start() if inner else end      # a list, a query): redacted on its own
+        out += [text[done:start], _redacted_rest(text[start:end])]
+        done = end
+    return "".join(out + [text[done:]])
 
 
 class UsageError(ValueError):

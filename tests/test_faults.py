@@ -218,6 +218,13 @@ def test_redact_hides_only_the_password_of_each_url():
     assert redact("https://u:pa'ss@127.0.0.1:1/v") == "https://u:***@127.0.0.1:1/v"
     assert redact("https://me@example.com:pw123@h:1/v") == "https://me@example.com:***@h:1/v"
     assert redact("http://u:p@[::1]:8080/v") == "http://u:***@[::1]:8080/v"
+    # every URL on its own: one after another without a space, one in another's query
+    assert redact("['https://u:p@h/a','https://u2:SECRET2@h2/b']") == \
+        "['https://u:***@h/a','https://u2:***@h2/b']"
+    assert redact("https://proxy/fetch?url=https://u:SECRET@h/v") == \
+        "https://proxy/fetch?url=https://u:***@h/v"
+    assert redact("https://ng.example/#!precomputed://https://u:SECRET@h/v") == \
+        "https://ng.example/#!precomputed://https://u:***@h/v"
     assert redact('{"a": "https://u:p@h/v", "b": "http://x:1234@z"}') == \
         '{"a": "https://u:***@h/v", "b": "http://x:***@z"}'
     assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
