@@ -172,3 +172,22 @@ def test_seed_slices_are_those_of_the_law_drawn_with_rng_choice():
             digest.update(repr(variant_seed_slices(target, run_seed=7, instance_id=inst * 1000003,
                                                    n_variants=64, model=model)).encode())
     assert digest.hexdigest() == "1b77ef8bf321e37464aa8dd4f0d93bffb04aa615ccef93a5548d2b602a7526b4"
+
+
+def test_the_estimate_of_a_deep_crops_law_takes_bounded_time(monkeypatch):
+    """Found by review: a manifest's max_seed_slices and foreground slices of tens of thousands
+    made inspect estimate the law with 20,000 draws of as many picks (minutes to hours). Fewer
+    draws are taken when the law is that large; small laws keep their 20,000."""
+    import synanno_datagen.transforms.seeds as seeds
+
+    draws = []
+    real = seeds.draw_seed_slices
+    monkeypatch.setattr(seeds, "draw_seed_slices",
+                        lambda *a, **k: draws.append(1) or real(*a, **k))
+    p = seeds.seed_inclusion_probabilities(SeedModel(max_seed_slices=1024, count_ratio=1.0),
+                                           1024, range(1024))
+    assert len(draws) == seeds.MC_FEWEST_DRAWS
+    assert abs(p.sum() - 512.5) < 100   # E[count] of counts 1..1024, equally likely
+    draws.clear()
+    seeds.seed_inclusion_probabilities(SeedModel(), 256, range(256))   # C(256, 3) sets
+    assert len(draws) == 20_000

@@ -155,6 +155,8 @@ def _first_unused(foreground_z: np.ndarray, max_size: int, used) -> Tuple[int, .
 
 
 EXACT_STATE_LIMIT = 200_000   # larger laws are estimated (see seed_inclusion_probabilities)
+MC_WORK_LIMIT = 200_000_000   # weights touched by an estimate (each pick updates a candidate's)
+MC_FEWEST_DRAWS = 200
 
 
 def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Sequence[int],
@@ -164,8 +166,10 @@ def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Seq
     Sums to E[count]. Exact: the distribution of the drawn set is carried draw by draw over all
     sets of up to ``m`` foreground slices, and level ``c`` is weighted by P(count = c). When there
     are more than EXACT_STATE_LIMIT such sets it is estimated from ``mc_draws`` draws of
-    ``draw_seed_slices`` with a generator seeded by 0 (deterministic). Variants' distinctness
-    redraws are not part of one draw and not modelled here.
+    ``draw_seed_slices`` with a generator seeded by 0 (deterministic), fewer (not under
+    MC_FEWEST_DRAWS) when they would touch more than MC_WORK_LIMIT weights (a deep crop with
+    many seed slices, or a hostile manifest: a bounded time). Variants' distinctness redraws
+    are not part of one draw and not modelled here.
     """
     candidates = np.asarray(sorted(int(z) for z in foreground_z), dtype=np.int64)
     if candidates.size == 0:
@@ -174,9 +178,11 @@ def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Seq
     out = np.zeros(depth, dtype=np.float64)
     if seed_sets(candidates.size, count_p.size) > EXACT_STATE_LIMIT:
         rng = np.random.default_rng(0)
-        for _ in range(mc_draws):
+        draws = min(mc_draws, max(MC_FEWEST_DRAWS,
+                                  MC_WORK_LIMIT // (count_p.size * candidates.size)))
+        for _ in range(draws):
             out[list(draw_seed_slices(candidates, depth, model, rng))] += 1.0
-        return out / mc_draws
+        return out / draws
     weights = model.position_weights(depth, candidates)
     level = {(): 1.0}                       # drawn set (sorted candidate positions) -> probability
     for c in range(1, count_p.size + 1):
