@@ -644,3 +644,22 @@ def test_renaming_onto_a_local_file_replaces_it_in_one_step(tmp_path):
         done.set()
         reader.join()
     assert not missing and latest.read_text() == "runs/00299/manifest.json"
+
+
+def test_counts_from_sums_add_up_rows_without_beam():
+    """The manifest's counts from summed pairs, a pure function: table reasons (a changed row's
+    included) are rejected rows, the rest of the failures are instances'; rows not selected
+    are what is left once remembered failures are taken out."""
+    from synanno_datagen.transforms.counts import FAILED, counts_from_sums
+
+    sums = {"rows": 20, "selected": 9, "written": 7, "variants": 14, "vanished": 1,
+            FAILED + "outside_volume": 2, FAILED + "changed_since_written": 1,
+            FAILED + "empty_target": 2, "filled_target": 3}
+    counts = counts_from_sums(sums, {"remembered": {"missing_chunks": 4}})
+    assert (counts["rows_rejected"], counts["rows_not_selected"], counts["failed"]) == (3, 4, 5)
+    assert counts["rows_read"] == counts["rows_rejected"] + counts["rows_not_selected"] + \
+        counts["instances_selected"] + sum(counts["remembered_failures"].values())
+    assert counts["failures"] == {"changed_since_written": 1, "empty_target": 2,
+                                  "outside_volume": 2}
+    assert counts["filled_chunks"] == {"source": 0, "target": 3}
+    assert counts["vanished_instances"] == 1 and counts["variants_written"] == 14

@@ -44,6 +44,30 @@ def _written_pairs(written):
         (key, counts[key]) for key in ("variants", "filled_source", "filled_target")]
 
 
+def counts_from_sums(sums: dict, memory: dict) -> dict:
+    """The manifest's counts from the summed (key, n) pairs (``rows``, ``selected``,
+    ``written``, ``variants``, ``vanished``, ``filled_*``, ``failed:<reason>``) and the
+    remembered failures skipped (``memory["remembered"]``: {reason: n}). Rows not selected are
+    what is left of the rows read: ``rows_read = rows_rejected + rows_not_selected +
+    instances_selected + remembered``."""
+    failures = {k[len(FAILED):]: n for k, n in sums.items() if k.startswith(FAILED)}
+    rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
+    remembered = memory["remembered"]
+    rows_read, selected = sums.get("rows", 0), sums.get("selected", 0)
+    return {
+        "rows_read": rows_read, "rows_rejected": rejected_rows,
+        "rows_not_selected": rows_read - rejected_rows - selected - sum(remembered.values()),
+        "instances_selected": selected,
+        "instances_written": sums.get("written", 0),
+        "variants_written": sums.get("variants", 0),
+        "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
+        "vanished_instances": sums.get("vanished", 0),
+        "remembered_failures": remembered,
+        "filled_chunks": {"source": sums.get("filled_source", 0),
+                          "target": sums.get("filled_target", 0)},
+    }
+
+
 def count_run(rows, selected, written, dead, vanished=None, memory=None):
     """One dict of counts: rows read, instances selected/written, variants, failures by reason,
     vanished instances, remembered failures skipped, chunks read as zeros. ``rows``: (RowRef,
@@ -61,25 +85,7 @@ def count_run(rows, selected, written, dead, vanished=None, memory=None):
     memory = memory if memory is not None else (
         rows.pipeline | "NoMemory" >> beam.Create([{"remembered": {}}]))
 
-    def combine(sums, memory):
-        failures = {k[len(FAILED):]: n for k, n in sums.items() if k.startswith(FAILED)}
-        rejected_rows = sum(n for reason, n in failures.items() if reason in TABLE_REASONS)
-        remembered = memory["remembered"]
-        rows_read, selected = sums.get("rows", 0), sums.get("selected", 0)
-        return {
-            "rows_read": rows_read, "rows_rejected": rejected_rows,
-            "rows_not_selected": rows_read - rejected_rows - selected - sum(remembered.values()),
-            "instances_selected": selected,
-            "instances_written": sums.get("written", 0),
-            "variants_written": sums.get("variants", 0),
-            "failures": dict(sorted(failures.items())), "failed": sum(failures.values()),
-            "vanished_instances": sums.get("vanished", 0),
-            "remembered_failures": remembered,
-            "filled_chunks": {"source": sums.get("filled_source", 0),
-                              "target": sums.get("filled_target", 0)},
-        }
-
-    return sums | "Counts" >> beam.Map(combine, AsSingleton(memory))
+    return sums | "Counts" >> beam.Map(counts_from_sums, AsSingleton(memory))
 
 
 def npy_totals(written):
