@@ -154,6 +154,8 @@ def read_latest(root: str) -> Optional[dict]:
     if rel is None:
         return None
     path = layout.join(root, rel)
+    if not FileSystems.exists(path):
+        raise ValueError(f"{path} is missing ({layout.LATEST} names it)")
     with FileSystems.open(path) as f:
         try:
             manifest = json.load(f)

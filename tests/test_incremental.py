@@ -298,11 +298,12 @@ def test_a_run_folder_committed_but_not_pointed_at_is_replaced_by_the_next_run(s
 
 
 @pytest.mark.parametrize("text", ['{"name": "another tool"}', "not json",
-                                  '{"config": {}, "counts": {}, "files": {}}'])
+                                  '{"config": {}, "counts": {}, "files": {}}', None])
 def test_a_root_whose_latest_manifest_is_not_ours_is_refused_in_one_line(small_data, tmp_path,
                                                                          capsys, text):
-    """A root's latest manifest that does not read as ours (damaged, replaced) is refused as
-    readers refuse it, not a traceback, and the root is left as it is."""
+    """A root's latest manifest that does not read as ours (damaged, replaced, or gone: found
+    by review, a FileNotFoundError traceback) is refused as readers refuse it, not a
+    traceback, and the root is left as it is."""
     from tests.conftest import assert_usage_error
 
     root = tmp_path / "root"
@@ -310,12 +311,16 @@ def test_a_root_whose_latest_manifest_is_not_ours_is_refused_in_one_line(small_d
                                           "--quiet")) == 0
     capsys.readouterr()
     manifest = root / "runs" / "00001" / "manifest.json"
-    manifest.write_text(text)
+    if text is None:
+        manifest.unlink()
+    else:
+        manifest.write_text(text)
     before = sorted(str(p) for p in root.rglob("*"))
     assert_usage_error(capsys, ["run"] + small_data.argv(root, "--incremental", "--variants", "1"),
-                       f"--output-dir {root}", str(manifest))
+                       f"--output-dir {root}", str(manifest),
+                       *(["is missing"] if text is None else []))
     assert sorted(str(p) for p in root.rglob("*")) == before
-    assert manifest.read_text() == text
+    assert (not manifest.exists()) if text is None else manifest.read_text() == text
 
 
 def _refused_untouched(capsys, root: Path, argv, message: str) -> None:
