@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 SHADOWS = {"pipeline.py": "raise ImportError('the user project pipeline.py was imported')\n",
            "transforms.py": "raise ImportError('the user project transforms.py was imported')\n"}
@@ -99,3 +100,43 @@ def test_the_reading_side_imports_no_beam():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert len(modules) > 5 and out.strip() == "[]"
+
+
+def _dev(*args, env=None):
+    import os
+
+    return subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "dev"), *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
+    """Found by review: SYNANNO_VENV naming a folder of files turned it into a venv (and
+    started installing into it); a venv whose python is gone (an upgraded system python) or
+    too old was used as it was, failing every time with a shell error; an unknown command
+    exited 1 after the help."""
+    import os
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("data")
+    done = _dev("inspect", "x", env={"SYNANNO_VENV": str(folder)})
+    assert done.returncode == 2 and "holds files and is no venv" in done.stderr
+    assert sorted(os.listdir(folder)) == ["keep.txt"]
+
+    broken = tmp_path / "venv"
+    (broken / "bin").mkdir(parents=True)
+    (broken / "pyvenv.cfg").write_text("home = /nonexistent\n")
+    (broken / "bin" / "python").symlink_to("/nonexistent/python3.11")
+    fake = tmp_path / "path"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\nexit 1\n")     # a python3 that makes no venv
+    (fake / "python3").chmod(0o755)
+    done = _dev("inspect", "x", env={"SYNANNO_VENV": str(broken),
+                                     "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert done.returncode == 2, done.stderr
+    assert "is no usable Python 3.11+ venv; making it again" in done.stderr
+    assert "python3 made no Python 3.11+ venv with pip" in done.stderr
+
+    assert _dev("--help").returncode == 0
+    done = _dev("frob")
+    assert done.returncode == 2 and done.stderr.startswith("dev: unknown command 'frob'")
