@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import dataset_bytes, dataset_files, run_pipeline  # noqa: E402
+from benchmarks.flags import non_negative_float_list, positive_int  # noqa: E402
 from benchmarks.fetch_strategies import CROP, make_dense_data, numeric_row, write_table  # noqa: E402
 
 ONE_AT_A_TIME = """
@@ -45,9 +46,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
-    parser.add_argument("--latency-ms", default="0,20,100",
+    parser.add_argument("--latency-ms", type=non_negative_float_list, default="0,20,100",
                         help="comma-separated answer delays of the HTTP server")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=positive_int, default=4)
     args = parser.parse_args()
     work = Path(args.work)
     data = make_dense_data(work / "cache")
@@ -59,7 +60,7 @@ def main():
     print(f"machine: {os.cpu_count()} cores; DirectRunner multi_threading, {args.workers} "
           f"workers; {len(rows)} instances, crop {' x '.join(CROP)} target voxels, 4 variants")
     with ChunkServer(Path(data.source_url[len("file://"):]).parent) as server:
-        for latency in [float(v) for v in args.latency_ms.split(",")]:
+        for latency in args.latency_ms:
             server.latency_s = latency / 1000
             times, outputs = {}, {}
             for name, prelude, mode in (

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import make_data, run_pipeline  # noqa: E402 - needs ROOT on the path
+from benchmarks.flags import non_negative_float, positive_int  # noqa: E402
 
 DENSE_SIZE_XYZ = (768, 768, 48)   # target voxels; the demo generator scales synapses with size
 CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
@@ -256,21 +257,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
-    parser.add_argument("--variants", type=int, default=4)
+    parser.add_argument("--variants", type=positive_int, default=4)
     parser.add_argument("--layouts", default="instance,variant",
                         help="comma-separated record layouts to run (instance, variant)")
     parser.add_argument("--storage", default="file,http",
                         help="comma-separated: file (local files), http (a loopback server)")
-    parser.add_argument("--sparse-repeats", type=int, default=3)
+    parser.add_argument("--sparse-repeats", type=positive_int, default=3)
     parser.add_argument("--volume-reader", default="tensorstore",
                         choices=("tensorstore", "cloudvolume"),
                         help="the runs' --volume-reader (the fetch floor is tensorstore's)")
-    parser.add_argument("--latency-ms", type=float, default=0.0,
+    parser.add_argument("--latency-ms", type=non_negative_float, default=0.0,
                         help="delay every answer of the loopback HTTP server (a bucket's round "
                              "trip; local files are not delayed)")
     parser.add_argument("--stage-split", action=argparse.BooleanOptionalAction, default=True,
                         help="end with how one instance's time splits between stages")
-    parser.add_argument("--big-table-rows", type=int, default=1_000_000,
+    parser.add_argument("--big-table-rows", type=positive_int, default=1_000_000,
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
     for flag, given, allowed in (("--layouts", args.layouts, ("instance", "variant")),

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.flags import non_negative_float, positive_int  # noqa: E402 - needs ROOT
+
 
 class DelayingProxy:
     """A loopback HTTP proxy in front of the emulator that answers every request ``latency_s``
@@ -120,10 +122,10 @@ def spread(out: str, written, workers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shards", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--shard-kb", type=int, default=64)
-    parser.add_argument("--latency-ms", type=float, default=0.0,
+    parser.add_argument("--shards", type=positive_int, default=400)
+    parser.add_argument("--workers", type=positive_int, default=8)
+    parser.add_argument("--shard-kb", type=positive_int, default=64)
+    parser.add_argument("--latency-ms", type=non_negative_float, default=0.0,
                         help="delay every request this long (a bucket's round trip)")
     args = parser.parse_args()
 

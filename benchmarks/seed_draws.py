@@ -20,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.flags import positive_int, positive_int_list  # noqa: E402 - needs ROOT
 from synanno_datagen.transforms import seeds  # noqa: E402 - needs ROOT on the path
 from synanno_datagen.transforms.seeds import SeedModel, variant_seed_slices  # noqa: E402
 
@@ -58,12 +59,12 @@ def timed(targets, variants: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=300)
-    parser.add_argument("--variants", default="4,16,64")
+    parser.add_argument("--instances", type=positive_int, default=300)
+    parser.add_argument("--variants", type=positive_int_list, default="4,16,64")
     args = parser.parse_args()
     targets = list(masks(args.instances))
     current = seeds.draw_seed_slices
-    for variants in map(int, args.variants.split(",")):
+    for variants in args.variants:
         now, drawn = timed(targets, variants)
         seeds.draw_seed_slices = earlier_draw
         try:

@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.flags import positive_int_list  # noqa: E402 - needs ROOT on the path
+
 
 def read_split(dataset_dir: str, split: str, readers: int):
     """(seconds, bytes read from the shards) for reading ``split`` as ``readers`` ranks."""
@@ -60,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset_dir", nargs="?", default="synanno-demo-output")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--readers", default="1,8,32")
+    parser.add_argument("--readers", type=positive_int_list, default="1,8,32")
     args = parser.parse_args()
     from synanno_datagen.reading import records
 
@@ -70,7 +72,7 @@ def main() -> None:
         return sum(1 for _ in zip(range(n), records.iter_serialized(stream)))
 
     read_split(args.dataset_dir, args.split, 1)   # warm up: imports, the page cache
-    for readers in map(int, args.readers.split(",")):
+    for readers in args.readers:
         figures = {}
         for name, skip in (("seek", seek), ("read through", read_through)):
             records.skip_serialized = skip

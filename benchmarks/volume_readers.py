@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import dataset_files, make_data, run_pipeline  # noqa: E402 - needs ROOT
+from benchmarks.flags import non_negative_int, positive_int  # noqa: E402
 
 SIZE_XYZ = (384, 384, 64)        # target voxels (raw mip 0: 768x768x64); about 400 synapses
 QUICK_SIZE_XYZ = (192, 192, 32)  # about 50 synapses
@@ -198,11 +199,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke test: volume {'x'.join(map(str, QUICK_SIZE_XYZ))} "
                         "target voxels, 5 crops")
-    parser.add_argument("--crops", type=int, help="crops read per measurement (default 30)")
-    parser.add_argument("--cache-mb", type=int, default=0,
+    parser.add_argument("--crops", type=positive_int,
+                        help="crops read per measurement (default 30)")
+    parser.add_argument("--cache-mb", type=non_negative_int, default=0,
                         help="decoded-chunk cache of each reader in the reading measurements "
                         "(default 0: every crop reads its chunks from storage)")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=1,
                         help="end-to-end runs per layout, the median is shown (default 1)")
     args = parser.parse_args()
     work = Path(args.work)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SHADOWS = {"pipeline.py": "raise ImportError('the user project pipeline.py was imported')\n",
            "transforms.py": "raise ImportError('the user project transforms.py was imported')\n"}
 
@@ -140,3 +142,21 @@ def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     assert _dev("--help").returncode == 0
     done = _dev("frob")
     assert done.returncode == 2 and done.stderr.startswith("dev: unknown command 'frob'")
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("seed_draws.py", ["--instances", "0"]), ("seed_draws.py", ["--variants", "4,x"]),
+    ("finalize_shards.py", ["--shards", "-1"]), ("finalize_shards.py", ["--latency-ms", "-5"]),
+    ("shard_readers.py", ["--readers", "0"]), ("volume_readers.py", ["--repeats", "0"]),
+    ("volume_readers.py", ["--crops", "0"]), ("concurrent_reads.py", ["--latency-ms", "0,x"]),
+    ("fetch_strategies.py", ["--variants", "0"]),
+])
+def test_benchmark_flags_are_checked_before_any_work(script, flags):
+    """Found by review: such values ended in tracebacks, measured nothing as a figure, were
+    silently replaced by the default, or (--shards -1) reported that the two strategies
+    disagreed."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / script), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"argument {flags[0]}: " in done.stderr.splitlines()[-1]
