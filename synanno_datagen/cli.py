@@ -232,7 +232,18 @@ def _terminate(signum, frame) -> None:
         return
     _sigterm["received"] = signal.Signals(signum).name
     _stop_child_processes()
+    threading.Thread(target=_keep_stopping_workers, daemon=True).start()
     raise Terminated(_sigterm["received"])
+
+
+def _keep_stopping_workers(seconds: float = 10.0, every_s: float = 0.2) -> None:
+    """For a while after the signal, stop worker processes that were still starting when it
+    came (a fork not yet running Beam's worker, one Beam starts while it shuts down): Beam's
+    shutdown would wait for them for good. Ends early once a new run starts (in-process)."""
+    end = time.monotonic() + seconds
+    while _sigterm["received"] and time.monotonic() < end:
+        time.sleep(every_s)
+        _stop_child_processes()
 
 
 _BEAM_WORKER = "apache_beam.runners.worker.sdk_worker_main"

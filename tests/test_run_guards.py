@@ -851,3 +851,22 @@ def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_
     assert done.returncode == 143, done.stderr
     (line,) = done.stdout.splitlines()
     assert json.loads(line)["exit_code"] == 143 and '"exit_code"' not in done.stderr
+
+
+def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch):
+    """Found by CI (one run in many): SIGINT sent while a multi_processing run's workers were
+    starting hung the run, as a worker not yet running Beam's worker module was left alone and
+    Beam's shutdown waited for it. For a while after the signal, workers that appear are
+    stopped too."""
+    import signal
+    import time
+
+    from synanno_datagen import cli
+
+    monkeypatch.setitem(cli._sigterm, "received", "SIGINT")
+    late = subprocess.Popen(["sh", "-c", f"sleep 0.5; exec {sys.executable} -c "
+                             "'import time; time.sleep(60)' " + cli._BEAM_WORKER])
+    start = time.monotonic()
+    cli._keep_stopping_workers(seconds=5.0, every_s=0.05)    # returns after its time
+    assert late.wait(timeout=5) == -signal.SIGTERM
+    assert time.monotonic() - start < 10
