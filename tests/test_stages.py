@@ -73,6 +73,27 @@ def test_read_table_parses_rows_and_dead_letters_the_bad_ones(data):
                     equal_to([len(GOOD_IDS) + len(BAD_ROWS)]), label="Rows")
 
 
+def test_read_table_dead_letters_a_row_whose_cells_are_shifted_by_an_unquoted_comma(data,
+                                                                                     tmp_path):
+    from synanno_datagen.transforms.points import PointColumns, TableLayout
+    from synanno_datagen.transforms.table import ReadTable
+
+    layout = TableLayout(center=PointColumns(("x", "y", "z")), pre=None, post=None)
+    sid = GOOD_IDS[0]
+    x, y, z = SYNAPSE_CENTERS[sid]
+    (tmp_path / "t.csv").write_text(f"id,x,y,z,note\n{sid},{x},{y},{z},a, b\n"
+                                    f"{sid + 1000},{x},{y},{z},\n")
+    bounds = describe_volume(data.target_url).bounds
+    with TestPipeline() as p:
+        out = p | ReadTable([str(tmp_path / "t.csv")], "id", bounds, layout=layout)
+        assert_that(out["ok"] | beam.Map(lambda i: (i.instance_id, i.center_xyz)),
+                    equal_to([(sid + 1000, (x, y, z))]), label="Instances")
+        assert_that(out[DEAD] | beam.Map(lambda d: (d.instance_id, d.reason, d.row)),
+                    equal_to([(sid, "extra_cells", (("id", str(sid)), ("note", "a"), ("x", str(x)),
+                                                    ("y", str(y)), ("z", str(z))))]),
+                    label="DeadLetters")
+
+
 def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path):
     from synanno_datagen.transforms.keep_new import KeepNewInstances
 

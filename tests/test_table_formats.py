@@ -229,3 +229,25 @@ def test_a_bad_byte_in_the_first_block_is_not_said_to_be_after_line_0(tmp_path):
     with pytest.raises(TableFormatError, match=rf"{latin}: not UTF-8 \(invalid continuation "
                        r"byte\) within its first few thousand bytes;"):
         list(iter_rows(str(latin)))
+
+
+def test_a_row_with_more_cells_than_the_header_is_a_dead_letter_not_shifted(tmp_path):
+    # An unquoted comma inside a cell shifts every later cell of its row: such a row must not be
+    # read as if its cells were where the header says (x=4, y=100, z=200 here), nor dropped.
+    from synanno_datagen.transforms.geometry import Box
+    from synanno_datagen.transforms.points import TableLayout
+    from synanno_datagen.transforms.records import EXTRA_CELLS, RowRef
+    from synanno_datagen.transforms.table import parse_row
+
+    (tmp_path / "t.csv").write_text("id,note,x,y,z\n5,3,4,100,200,30\n6,ok,10,20,3,\n7,a,1,2,3, \n")
+    rows = list(iter_rows(str(tmp_path / "t.csv")))
+    layout = TableLayout(center=PointColumns(("x", "y", "z")), pre=None, post=None)
+    bounds = Box((0, 0, 0), (1000, 1000, 1000))
+    with pytest.raises(BadValue) as bad:
+        parse_row(rows[0], RowRef(0, 0), "id", None, bounds, layout)
+    assert bad.value.reason == EXTRA_CELLS
+    assert "6 cells" in str(bad.value) and "5 columns" in str(bad.value)
+    # Empty cells beyond the header (a trailing comma, as some exporters write) change nothing.
+    assert [parse_row(r, RowRef(0, i + 1), "id", None, bounds, layout).center_xyz
+            for i, r in enumerate(rows[1:])] == [(10, 20, 3), (1, 2, 3)]
+    assert rows[1] == {"id": "6", "note": "ok", "x": "10", "y": "20", "z": "3"}

@@ -20,9 +20,10 @@ OUTSIDE_VOLUME = "outside_volume"
 INVALID_ID = "invalid_id"
 DUPLICATE_ID = "duplicate_id"
 CHANGED_SINCE_WRITTEN = "changed_since_written"   # incremental: an id an earlier run wrote
+EXTRA_CELLS = "extra_cells"   # a CSV row with text beyond its header's columns
 # A row rejected before any fetch (counted in rows_rejected, remembered as a row)
 TABLE_REASONS = (MISSING_COORDINATE, NOT_A_NUMBER, OUTSIDE_VOLUME, INVALID_ID, DUPLICATE_ID,
-                 CHANGED_SINCE_WRITTEN)
+                 CHANGED_SINCE_WRITTEN, EXTRA_CELLS)
 EMPTY_TARGET = "empty_target"
 MISSING_CHUNKS = "missing_chunks"
 FETCH_ERROR = "fetch_error"

@@ -3,7 +3,8 @@
 Permanent failures are the table's rejections (``missing_coordinate``, ``not_a_number``,
 ``outside_volume``, ``invalid_id``, ``duplicate_id``, ``changed_since_written``),
 ``empty_target`` and ``missing_chunks``; ``fetch_error`` and ``unexpected_error`` may pass next
-time and are not remembered. Each is
+time and are not remembered, nor is ``extra_cells`` (the columns read may be the same once the
+export quotes a later cell, so the fingerprint would keep the fixed row skipped). Each is
 remembered by a fingerprint of the original row's content in the columns the run reads (the id
 column and the point columns, as read: other columns, such as a CAVE export's root ids that
 proofreading changes every night, do not make a row new), keyed by what it suppresses: a table
@@ -29,10 +30,11 @@ from apache_beam.pvalue import AsDict, AsList
 from synanno_datagen.layout import REMEMBERED_FAILURES, join, json_line
 from synanno_datagen.transforms.files import before_commit, read_jsonl, write_atomic
 from synanno_datagen.transforms.records import (
-    DEAD, EMPTY_TARGET, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
+    DEAD, EMPTY_TARGET, EXTRA_CELLS, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
 )
 
-PERMANENT_REASONS = TABLE_REASONS + (EMPTY_TARGET, MISSING_CHUNKS)
+PERMANENT_REASONS = tuple(r for r in TABLE_REASONS if r != EXTRA_CELLS) + (EMPTY_TARGET,
+                                                                          MISSING_CHUNKS)
 ROW, INSTANCE = "row", "instance"   # what an entry suppresses: a table rejection, an instance
 REMEMBERED = "remembered"
 

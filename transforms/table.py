@@ -12,9 +12,9 @@ from synanno_datagen.transforms.points import (
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
-    DEAD, DUPLICATE_ID, INVALID_ID, OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
+    DEAD, DUPLICATE_ID, EXTRA_CELLS, INVALID_ID, OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
 )
-from synanno_datagen.transforms.table_formats import iter_rows
+from synanno_datagen.transforms.table_formats import EXTRA_CELLS_KEY, iter_rows
 
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
@@ -54,6 +54,9 @@ def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Opti
     """One row ({column: text}) -> Instance; raises BadValue with a dead-letter reason.
     ``source_bounds``: the target voxels the source volume covers (geometry.target_voxels_inside),
     when it covers less than the target: a centre outside them has no raw EM."""
+    if EXTRA_CELLS_KEY in row:
+        raise BadValue(EXTRA_CELLS, f"the row has {row[EXTRA_CELLS_KEY]}: a comma in an unquoted "
+                       "cell moves every later cell; quote that cell or fix the export")
     instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
     floats = layout.float_ids[ref.shard] if layout.float_ids else None
     if floats and abs(instance_id) >= FLOAT_INEXACT_FROM[floats]:
@@ -115,8 +118,9 @@ class ParseRowFn(beam.DoFn):
                             self._layout, self._source_bounds)
         except BadValue as bad:
             instance_id = row_id(row, ref, self._id_column, shard_offsets)
+            cells = tuple(sorted(item for item in row.items() if item[0] != EXTRA_CELLS_KEY))
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
-                bad.reason, str(bad), "ReadTable", instance_id, ref, tuple(sorted(row.items()))))
+                bad.reason, str(bad), "ReadTable", instance_id, ref, cells))
 
 
 def _offsets(counts: dict, n_shards: int) -> list:

@@ -28,6 +28,9 @@ CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is
 # well reads it as a row of its own (dropped).
 # (noncharacters, never in an export; no NUL, which csv before Python 3.11 refuses)
 _END_OF_TABLE = "\ufffesynanno-datagen: end of table\uffff"
+# The key under which a CSV row holding text in cells beyond the header's says so (a comma in an
+# unquoted cell shifts every later cell: ReadTable dead-letters such a row, ``extra_cells``).
+EXTRA_CELLS_KEY = "\ufffesynanno-datagen: cells beyond the header\uffff"
 PARQUET_READ_BUFFER = 1 << 20  # column chunks are read through this buffer, not whole
 _MAGIC = {b"PAR1": "Parquet", b"\x1f\x8b": "gzip"}
 _LIST_TYPES = ("list<", "large_list<", "fixed_size_list<", "string", "large_string")
@@ -167,9 +170,16 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
 
 
 def _as_dict(header, row) -> Dict[str, str]:
-    """A CSV row as ``{column: text}``, as csv.DictReader makes it: a missing cell is None,
-    cells beyond the header are dropped, a repeated name keeps its last cell."""
-    return dict(zip(header, itertools.chain(row, itertools.repeat(None, len(header) - len(row)))))
+    """A CSV row as ``{column: text}``, as csv.DictReader makes it: a missing cell is None, a
+    repeated name keeps its last cell. Empty cells beyond the header (a trailing comma) are
+    dropped; text there is described under EXTRA_CELLS_KEY."""
+    cells = dict(zip(header, itertools.chain(row, itertools.repeat(None, len(header) - len(row)))))
+    beyond = row[len(header):]
+    if any(cell.strip() for cell in beyond):
+        shown = ", ".join(repr(cell) for cell in beyond)
+        cells[EXTRA_CELLS_KEY] = (f"{len(row)} cells for the header's {len(header)} columns "
+                                  f"(beyond them: {shown[:200]})")
+    return cells
 
 
 def cell_text(value) -> str:
