@@ -136,7 +136,7 @@ def stage_split(data, rows, variants, n=150, layout="instance"):
     shard = open(tmp / "shard.tfrecord", "wb")
     for i, row in enumerate(rows[:n]):
         c = tuple(int(float(row[k])) for k in "xyz")
-        inst = Instance(int(row["id"]), c, c, c, RowRef(0, i), split="train", shard=0)
+        inst = Instance(int(row["id"]), c, c, c, RowRef(0, i), split="train", group=0)
         target_box = crop_box(c, fc.crop_size_xyz)
         source_box = scale_box(target_box, fc.scale_xyz)
         t0 = time.perf_counter()

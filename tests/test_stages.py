@@ -36,9 +36,9 @@ def fetch_config(data):
     return FetchConfig(source, target, CROP, SCALE, 148, "grouped", (16, 16, 4), 64 << 20)
 
 
-def instance(sid, center=None, split="train", shard=0) -> Instance:
+def instance(sid, center=None, split="train", group=0) -> Instance:
     c = center or SYNAPSE_CENTERS[sid]
-    return Instance(sid, c, c, c, RowRef(0, sid), split=split, shard=shard)
+    return Instance(sid, c, c, c, RowRef(0, sid), split=split, group=group)
 
 
 def _fetched(data, fetch_config, sid) -> Fetched:
@@ -129,7 +129,7 @@ def test_select_and_plan_shards_are_pure_functions_of_seed_block_and_id():
             chosen = (p | beam.Create([instance(i, centers[i]) for i in ids])
                       | SelectInstances(3, 10))
             planned = chosen | PlanShards(3, splits, split_by, (0, 0, 0), (8, 8, 4), 100, 250)
-            assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.shard)),
+            assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.group)),
                         equal_to([(i, split[i], groups[block[i]]) for i in picked]))
         if split_by == "block":   # a block, and so a group, lies in one split
             assert all(len({split[i] for i in picked if groups[block[i]] == g}) == 1
@@ -226,7 +226,7 @@ def test_write_shards_writes_each_group_once_and_finalize_names_them(data, fetch
     for sid, group in ((14, 3), (11, 1), (12, 1)):   # group 1 before 3 after numbering
         fetched = _fetched(data, fetch_config, sid)
         fetched = Fetched(**{**fetched.crop_fields(),
-                             "instance": instance(sid, shard=group)},
+                             "instance": instance(sid, group=group)},
                           labels_zyx=fetched.labels_zyx)
         mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
         varied.append(Varied(**fetched.crop_fields(), target_zyx=mask,

@@ -186,7 +186,7 @@ class FetchSubvolumes(beam.PTransform):
 
     def expand(self, instances):
         work = (instances
-                | "KeyByGroup" >> beam.Map(lambda i: (i.shard, i))
+                | "KeyByGroup" >> beam.Map(lambda i: (i.group, i))
                 | "GroupByShard" >> beam.GroupByKey())        # (group, [Instance])
         out = work | "Fetch" >> beam.ParDo(FetchShardFn(self._config)).with_outputs(
             DEAD, READS, CHUNKS, main="ok")

@@ -34,9 +34,10 @@ DEAD = "dead_letter"  # every stage's output of DeadLetters, and the tag its DoF
 
 @dataclass(frozen=True)
 class RowRef:
-    """Where a table row came from: shard number (sorted shard order) and 0-based data row."""
+    """Where a table row came from: table shard number (sorted shard order) and 0-based data
+    row."""
 
-    shard: int
+    table_shard: int
     row: int
 
 
@@ -52,7 +53,7 @@ class Instance:
     ref: RowRef
     row: Tuple[Tuple[str, str], ...] = ()
     split: str = ""
-    shard: int = -1   # its shard group (transforms.shards), set by PlanShards
+    group: int = -1   # its shard group (transforms.shards), set by PlanShards
 
     def replace(self, **changes) -> "Instance":
         return dataclasses.replace(self, **changes)
@@ -70,7 +71,7 @@ class DeadLetter:
     row: Tuple[Tuple[str, str], ...] = ()
 
     def sort_key(self):
-        ref = (self.ref.shard, self.ref.row) if self.ref else (1 << 62, 0)
+        ref = (self.ref.table_shard, self.ref.row) if self.ref else (1 << 62, 0)
         return ref, self.instance_id if self.instance_id is not None else -(1 << 63), self.reason
 
     def to_json(self) -> dict:
@@ -79,7 +80,7 @@ class DeadLetter:
             "reason": self.reason,
             "details": self.details,
             "stage": self.stage,
-            "table_shard": self.ref.shard if self.ref else None,
+            "table_shard": self.ref.table_shard if self.ref else None,
             "table_row": self.ref.row if self.ref else None,
             "row": dict(self.row),
         }

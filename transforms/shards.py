@@ -108,7 +108,7 @@ class PlanShards(beam.PTransform):
         groups = counts | "PackBlocks" >> beam.Map(
             plan_groups, self._bytes, self._shard_bytes, lanes)          # {block: group}
         planned = split | "Group" >> beam.Map(
-            lambda i, g: i.replace(shard=g[block_key(i.center_xyz, offset, size)]),
+            lambda i, g: i.replace(group=g[block_key(i.center_xyz, offset, size)]),
             beam.pvalue.AsSingleton(groups))
         return {"ok": planned}
 

@@ -58,7 +58,7 @@ def parse_row(row: dict, ref: RowRef, id_column: Optional[str], row_number: Opti
         raise BadValue(EXTRA_CELLS, f"the row has {row[EXTRA_CELLS_KEY]}: a comma in an unquoted "
                        "cell moves every later cell; quote that cell or fix the export")
     instance_id = parse_id(row.get(id_column)) if id_column else int(row_number)
-    floats = layout.float_ids[ref.shard] if layout.float_ids else None
+    floats = layout.float_ids[ref.table_shard] if layout.float_ids else None
     if floats and abs(instance_id) >= FLOAT_INEXACT_FROM[floats]:
         raise BadValue(INVALID_ID, f"id {row.get(id_column)!r} is "
                        f"{FLOAT_INEXACT_FROM[floats]:,} or beyond, where a {floats} column holds "
@@ -84,7 +84,7 @@ def row_id(row: dict, ref: RowRef, id_column: Optional[str],
     """The id of a row's instance: its id column's, or its row number in the table (the rows of
     earlier shards, ``shard_offsets[shard]``, plus its row in its shard); None for a bad id."""
     if not id_column:
-        return shard_offsets[ref.shard] + ref.row
+        return shard_offsets[ref.table_shard] + ref.row
     try:
         return parse_id(row.get(id_column))
     except BadValue:
@@ -112,7 +112,7 @@ class ParseRowFn(beam.DoFn):
 
     def process(self, element, shard_offsets=None):
         ref, row = element
-        row_number = None if self._id_column else shard_offsets[ref.shard] + ref.row
+        row_number = None if self._id_column else shard_offsets[ref.table_shard] + ref.row
         try:
             yield parse_row(row, ref, self._id_column, row_number, self._bounds,
                             self._layout, self._source_bounds)
@@ -134,12 +134,12 @@ def _offsets(counts: dict, n_shards: int) -> list:
 def keep_first(element):
     """(id, [Instance...]) -> the instance from the earliest row; later ones as duplicate_id."""
     instance_id, instances = element
-    ordered = sorted(instances, key=lambda i: (i.ref.shard, i.ref.row))
+    ordered = sorted(instances, key=lambda i: (i.ref.table_shard, i.ref.row))
     yield ordered[0]
     for dup in ordered[1:]:
         first = ordered[0].ref
         yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-            dup, DUPLICATE_ID, f"id {instance_id} first seen in table shard {first.shard} row "
+            dup, DUPLICATE_ID, f"id {instance_id} first seen in table shard {first.table_shard} row "
             f"{first.row}", "ReadTable"))
 
 
@@ -174,7 +174,7 @@ class ReadTable(beam.PTransform):
         rows = self._read(pbegin)
         side = {}
         if not self._id_column:
-            counts = (rows | "ShardOf" >> beam.Map(lambda r: r[0].shard)
+            counts = (rows | "ShardOf" >> beam.Map(lambda r: r[0].table_shard)
                       | "RowsPerShard" >> beam.combiners.Count.PerElement())
             n = len(self._paths)
             side["shard_offsets"] = beam.pvalue.AsSingleton(

@@ -61,7 +61,7 @@ def index_entry(varied: Varied) -> dict:
         "foreground_slices": foreground_slices(varied.target_zyx).tolist(),
         "seed_slices": [list(s) for s in varied.seed_slices],
         "filled_chunks": {v: varied.filled_chunks.get(v, 0) for v in ("source", "target")},
-        "table_shard": inst.ref.shard, "table_row": inst.ref.row,
+        "table_shard": inst.ref.table_shard, "table_row": inst.ref.row,
     }
 
 
@@ -208,12 +208,12 @@ class WriteShardsFn(beam.DoFn):
             self._keepalive.beat(force=npy is not None)
         if npy is not None:
             entry["npy"] = self._write_npy(*npy)
-        key = (inst.shard, inst.split)
+        key = (inst.group, inst.split)
         if key not in self._open:
             shard = None
             if TFRECORD in self._formats:
                 shard = _ShardFile(join(self._output_dir, group_tfrecord_path(
-                    inst.split, inst.shard, self._compression, self._attempt)),
+                    inst.split, inst.group, self._compression, self._attempt)),
                     self._compression)
             self._open[key] = _Group(shard)
         self._open[key].add(entry, data, records)
