@@ -91,7 +91,29 @@ def test_units_become_target_voxels_with_floor():
     assert parse_point({"p": "[1e-100000000, 0e999999999, 2.5e1]"}, PointColumns(("p",))) == (
         0, 0, 25)
     assert parse_point({"p": "[-1e-400, -1e-100000000, -0e-400]"}, PointColumns(("p",)),
-                       um) == (-1, -1, 0)
+                       um) == (0, 0, 0)   # within a millionth of a voxel below 0: voxel 0
+    assert parse_point({"p": "[-1e-9, -0.0001, 0]"}, PointColumns(("p",)), um) == (0, -1, 0)
+
+
+def test_binary_float_noise_just_below_a_voxel_boundary_is_that_voxel():
+    # CAVE's desired_resolution: a table of 33 nm z asked for in 40 nm holds z * 0.825 in
+    # binary floats, so 63 becomes 51.974999999999994 (a third of all z do so): read back with
+    # --coordinate-resolution 4 4 40 it is 62.99999999999999..., voxel 63, not 62.
+    to_33 = to_target_factors((4, 4, 40), (8, 8, 33))
+    point = PointColumns(("p",))
+    assert parse_point({"p": f"[2, 2, {63 * 0.825!r}]"}, point, to_33) == (1, 1, 63)
+    assert all(parse_point({"p": f"[0, 0, {z * 0.825!r}]"}, point, to_33)[2] == z
+               for z in range(6000))
+    to_40 = to_target_factors((4, 4, 33), (8, 8, 40))   # and back (40 nm z in 33 nm units)
+    assert all(parse_point({"p": f"[0, 0, {z * (40 / 33)!r}]"}, point, to_40)[2] == z
+               for z in range(6000))
+    # split columns (pandas writes a float column's repr) and Parquet doubles alike
+    xyz = PointColumns(("a", "b", "c"))
+    assert parse_point({"a": "0", "b": "0", "c": repr(63 * 0.825)}, xyz, to_33) == (0, 0, 63)
+    # Only noise: a hundred-thousandth of a voxel short is still the voxel below.
+    assert parse_point({"p": "[0, 0, 62.99999]"}, point) == (0, 0, 62)
+    assert to_voxel(10**5 - 1, Fraction(1, 10**5)) == 0   # integers by the same rule
+    assert to_voxel(10**7 - 1, Fraction(1, 10**7)) == 1
 
 
 def test_integers_stay_exact():

@@ -2,7 +2,8 @@
 
 A point is one column of [x, y, z] lists (Parquet lists; in CSV text such as ``[120, 220, 14]``
 or numpy's ``[120 220 14]``) or three columns ``NAME_x, NAME_y, NAME_z``. A value in table units
-becomes the target voxel ``floor(value * table_nm / target_nm)`` per axis; integers stay exact.
+becomes the target voxel ``floor(value * table_nm / target_nm)`` per axis, exactly as written,
+except that a product within a millionth of a voxel below an integer is that integer (to_voxel).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ MISSING_TEXT = ("", "nan", "na", "null", "none")
 _EXACT_DIGITS = 30   # decimal exponents read exactly; beyond, the float
 _MAX_TEXT = 64       # characters of a coordinate's text
 _MAX_EXACT = 2**53
+SNAP_VOXELS = Fraction(1, 10**6)   # a point this close below a voxel's edge is on it (to_voxel)
 _SPLIT = re.compile(r"\s+")
 
 
@@ -171,12 +173,14 @@ def _finite_decimal(text: str) -> bool:
 
 
 def to_voxel(value: Union[int, float, Fraction], factor: Fraction) -> int:
-    """``floor(value * factor)``: exact for integers and Fractions, and for integral floats."""
+    """``floor(value * factor + SNAP_VOXELS)``, exactly: a point within a millionth of a voxel
+    below a voxel's edge is in that voxel. Binary floats put points there that were meant to be
+    on the edge (CAVE's ``desired_resolution`` writes z=63 of 33 nm as 51.974999999999994 in
+    40 nm units: 62.99999999999999 back in 33 nm)."""
+    n, d = factor.numerator, factor.denominator
     if isinstance(value, int):
-        return value * factor.numerator // factor.denominator
-    if isinstance(value, Fraction):
-        return math.floor(value * factor)
-    return int(math.floor(value * factor.numerator / factor.denominator))
+        return (value * n * SNAP_VOXELS.denominator + d) // (d * SNAP_VOXELS.denominator)
+    return math.floor(Fraction(value) * factor + SNAP_VOXELS)
 
 
 def split_list_text(text: Optional[str], what: str) -> Tuple[str, ...]:
