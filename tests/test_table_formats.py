@@ -251,3 +251,23 @@ def test_a_row_with_more_cells_than_the_header_is_a_dead_letter_not_shifted(tmp_
     assert [parse_row(r, RowRef(0, i + 1), "id", None, bounds, layout).center_xyz
             for i, r in enumerate(rows[1:])] == [(10, 20, 3), (1, 2, 3)]
     assert rows[1] == {"id": "6", "note": "ok", "x": "10", "y": "20", "z": "3"}
+
+
+def test_parquet_nanosecond_time_columns_are_read_as_their_text(tmp_path):
+    # CAVE exports carry timestamps; pandas writes datetime64[ns] as Parquet nanoseconds, which
+    # Arrow cannot hand to Python without pandas: the run ended in a ValueError traceback.
+    ns = 1_700_000_000_000_000_001
+    pq.write_table(pa.table({
+        "id": pa.array([7], pa.int64()),
+        "x": pa.array([1], pa.int64()), "y": pa.array([2], pa.int64()),
+        "z": pa.array([3], pa.int64()),
+        "created": pa.array([ns], pa.timestamp("ns", tz="UTC")),
+        "age": pa.array([5], pa.duration("ns")),
+        "at": pa.array([5], pa.time64("ns")),
+        "times": pa.array([[ns, None]], pa.list_(pa.timestamp("ns"))),
+    }), tmp_path / "t.parquet")
+    (row,) = iter_rows(str(tmp_path / "t.parquet"))
+    assert row == {"id": "7", "x": "1", "y": "2", "z": "3",
+                   "created": "2023-11-14 22:13:20.000000001Z", "age": "5",
+                   "at": "00:00:00.000000005",
+                   "times": "[2023-11-14 22:13:20.000000001, null]"}

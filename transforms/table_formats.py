@@ -126,9 +126,15 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
             batches = _parquet_file(raw, path).iter_batches(batch_size=PARQUET_BATCH_ROWS,
                                                             use_threads=False)
             for batch in batches:
-                batch = _float32_as_written(batch)
+                batch = _as_python_can_hold(batch)
                 narrow = _narrow_floats(batch.schema)    # float16 left: rare, cell by cell
-                for row in batch.to_pylist():
+                try:
+                    rows = batch.to_pylist()
+                except ValueError as e:   # a type Python cannot hold, not cast above
+                    raise TableFormatError(f"{path}: a column's values cannot be read "
+                                           f"({first_line(e, 200)}); store it as another type "
+                                           "or drop it") from None
+                for row in rows:
                     for name, kind in narrow.items():
                         row[name] = _as_written(row[name], kind)
                     yield {name: cell_text(value) for name, value in row.items()}
@@ -209,18 +215,25 @@ def _with_value_type(list_or_value_type, value_type):
     return value_type
 
 
-def _float32_as_written(batch):
-    """The batch with its float32 columns (and lists of them) as float64 holding each value's
-    shortest decimal (Arrow's float32 -> string cast writes it, vectorised): float32 0.04 becomes
-    0.04, not 0.0399999991. Other columns as they are."""
+def _as_python_can_hold(batch):
+    """The batch with the columns Python's values would change or cannot hold cast by Arrow
+    (vectorised), lists of them too; other columns as they are:
+    - float32 as float64 holding each value's shortest decimal (Arrow's cast to text writes it):
+      float32 0.04 becomes 0.04, not 0.0399999991;
+    - nanosecond timestamps, durations and times of day as Arrow's text of them: Python's hold
+      microseconds, and Arrow refuses to convert finer values without pandas."""
     import pyarrow as pa
 
     columns, changed = list(batch.columns), False
     for i, field in enumerate(batch.schema):
-        if _NARROW.get(_innermost(field.type)) is not _FLOAT32:
+        inner = _innermost(field.type)
+        if _NARROW.get(str(inner)) is _FLOAT32:
+            text = columns[i].cast(_with_value_type(field.type, pa.string()))
+            columns[i] = text.cast(_with_value_type(field.type, pa.float64()))
+        elif pa.types.is_temporal(inner) and getattr(inner, "unit", None) == "ns":
+            columns[i] = columns[i].cast(_with_value_type(field.type, pa.string()))
+        else:
             continue
-        text = columns[i].cast(_with_value_type(field.type, pa.string()))
-        columns[i] = text.cast(_with_value_type(field.type, pa.float64()))
         changed = True
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
 
@@ -235,18 +248,18 @@ def _innermost(value_type):
     while (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
            or pa.types.is_fixed_size_list(value_type)):
         value_type = value_type.value_type
-    return str(value_type)
+    return value_type
 
 
 def _narrow_floats(schema) -> Dict[str, type]:
     """{column: numpy type} of the float16 columns (or lists of them; float32 ones are widened
-    by ``_float32_as_written`` first): their values come as the float64 they equal, whose text
+    by ``_as_python_can_hold`` first): their values come as the float64 they equal, whose text
     is not the decimal the table was written with."""
     import numpy as np
 
     kinds = {_FLOAT32: np.float32, _FLOAT16: np.float16}
-    return {field.name: kinds[_NARROW[_innermost(field.type)]] for field in schema
-            if _innermost(field.type) in _NARROW}
+    return {field.name: kinds[_NARROW[str(_innermost(field.type))]] for field in schema
+            if str(_innermost(field.type)) in _NARROW}
 
 
 def _as_written(value, kind):
