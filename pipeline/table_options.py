@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import dataclasses
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 TABLE_FLAG = "--materialization"
 NO_POINT = "none"   # --pre-column/--post-column value: records without that point
 _SHOWN_COLUMNS = 40
+# a name ending in the word id: ID, synapse_id, synapse id, synapseId (not valid, rigid)
+_ID_LIKE = re.compile(r"(?:^|[^A-Za-z])(?:id|Id|ID|iD)$|[a-z0-9](?:Id|ID)$")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
                             ("--post-column", layout.post)):
             if point is not None and point.is_list:
                 _find(flag, point.columns[0], other, path)
-    ids = resolve_id_column(id_column, schema.columns, first)
+    ids = resolve_id_column(id_column, schema, first)
     if ids is None:
         _warn_of_id_like_columns(pattern, schema.columns)
     else:
@@ -138,16 +141,25 @@ def _with_float_ids(layout: TableLayout, schemas: Sequence[ShardSchema], ids: st
 
 def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:
     """Instances are numbered by row without an 'id' column: say so when a column looks like
-    one (another case of 'id', or ending in 'id'), which the user may have meant."""
-    like = [c for c in columns if c.strip().lower() == "id" or c.strip().lower().endswith("id")]
+    one (another case of 'id', or a name ending in a word 'id': ``synapse_id``, ``synapseId``;
+    not ``valid``), which the user may have meant."""
+    like = [c for c in columns if _ID_LIKE.search(c.strip())]
     if like:
         log.warning("%s %s: no column named 'id', so instances are numbered by row; to take ids "
                     "from a column (%s), pass --id-column NAME", TABLE_FLAG, pattern,
                     ", ".join(like))
 
 
-def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \
+def resolve_id_column(requested: Optional[str], schema: ShardSchema, path: str) \
         -> Optional[str]:
+    """The id column: ``requested``, else 'id' when there is one, else None (ids by row)."""
+    columns = schema.columns
+    wanted = "id" if requested is None else requested
+    if wanted not in columns and wanted in schema.metadata_indexes:
+        raise ConfigError(f"{TABLE_FLAG} {path}: {wanted!r} is the table's pandas index, which "
+                          "pandas stored in the file's metadata (a RangeIndex), not as a "
+                          "column; write it with df.reset_index().to_parquet(...), or "
+                          "to_parquet(..., index=True)")
     if requested is None:
         return "id" if "id" in columns else None
     if requested not in columns:

@@ -195,7 +195,7 @@ def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
     from synanno_datagen.pipeline.table_options import describe_table
 
     table = tmp_path / "t.csv"
-    table.write_text("ID,synapse_id,x,y,z\n7,8,1,2,3\n")
+    table.write_text("ID,synapse_id,valid,x,y,z\n7,8,t,1,2,3\n")
     with caplog.at_level(logging.WARNING):
         spec = describe_table(str(table), None, None, None, None)
     assert spec.id_column is None
@@ -207,6 +207,34 @@ def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         describe_table(str(tmp_path / "u.csv"), None, None, None, None)
     assert "--id-column" not in caplog.text
+
+
+def test_ids_held_only_as_a_pandas_range_index_are_refused(tmp_path):
+    """Found by review: df.set_index('id').to_parquet() stores evenly spaced ids as a RangeIndex
+    in the file's pandas metadata, no column: instances were numbered by row, 0.. instead of the
+    table's ids, with a warning only."""
+    import json
+
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    pandas = {"index_columns": [{"kind": "range", "name": "id", "start": 1000, "stop": 1014,
+                                 "step": 7}], "columns": []}
+    table = pa.table({"x": [1, 2], "y": [2, 3], "z": [3, 4]}).replace_schema_metadata(
+        {b"pandas": json.dumps(pandas).encode()})
+    pq.write_table(table, tmp_path / "t.parquet")
+    for requested in (None, "id"):
+        with pytest.raises(ConfigError) as err:
+            describe_table(str(tmp_path / "t.parquet"), requested, None, None, None)
+        assert str(err.value) == (
+            f"--materialization {tmp_path / 't.parquet'}: 'id' is the table's pandas index, "
+            "which pandas stored in the file's metadata (a RangeIndex), not as a column; write "
+            "it with df.reset_index().to_parquet(...), or to_parquet(..., index=True)")
+    # an unnamed range index (to_parquet of a plain frame) is no column the run wants
+    pandas["index_columns"][0]["name"] = None
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(pandas).encode()}),
+                   tmp_path / "u.parquet")
+    assert describe_table(str(tmp_path / "u.parquet"), None, None, None, None).id_column is None
 
 
 def test_a_cave_table_whose_pre_and_post_points_are_not_read_warns(tmp_path, caplog):

@@ -57,6 +57,8 @@ class ShardSchema:
     format: str
     columns: Tuple[str, ...]
     types: Optional[Dict[str, str]] = None
+    # names of pandas range indexes, which pandas stores in the file's metadata, not as columns
+    metadata_indexes: Tuple[str, ...] = ()
 
     def holds_lists(self, column: str) -> bool:
         """Whether ``column`` can hold [x, y, z] points: CSV text, Parquet text or a list of
@@ -88,11 +90,25 @@ def read_schema(path: str) -> ShardSchema:
     if fmt == PARQUET:
         with _open_binary(path) as raw:
             schema = _parquet_file(raw, path).schema_arrow
-        return ShardSchema(fmt, tuple(schema.names), {f.name: str(f.type) for f in schema})
+        return ShardSchema(fmt, tuple(schema.names), {f.name: str(f.type) for f in schema},
+                           _range_indexes(schema))
     with _open_binary(path) as raw:
         stream = _decompressed(raw) if fmt == CSV_GZ else raw
         first = _first_line(stream, path, fmt)
     return ShardSchema(fmt, tuple(next(csv.reader([first]), [])))
+
+
+def _range_indexes(schema) -> Tuple[str, ...]:
+    """The names of the pandas RangeIndexes a Parquet file's metadata describes (``to_parquet``
+    of a frame indexed by evenly spaced values stores no column for them)."""
+    try:
+        pandas = schema.pandas_metadata or {}
+    except ValueError:   # metadata that is not JSON: none that pandas wrote
+        return ()
+    indexes = pandas.get("index_columns") if isinstance(pandas, dict) else None
+    return tuple(str(index["name"]) for index in indexes or ()
+                 if isinstance(index, dict) and index.get("kind") == "range"
+                 and index.get("name") is not None)
 
 
 def has_data_rows(path: str) -> bool:
