@@ -69,5 +69,10 @@ class ProgressPrinter:
             self._print()
 
     def _print(self):
-        print(progress_line(self._tally(), time.monotonic() - self._start), file=self._stream,
-              flush=True)
+        if self._stream is None:
+            return
+        try:
+            print(progress_line(self._tally(), time.monotonic() - self._start),
+                  file=self._stream, flush=True)
+        except OSError:   # a stream that takes no more (a full disk): no more progress lines
+            self._stream = None

@@ -209,7 +209,12 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                                          output_dir_given(argv, "synanno-demo-output"
                                                           if command == "demo" else None),
                                          manifest, error)
-            print(monitoring.event_line(event), flush=True)
+            try:
+                print(monitoring.event_line(event), flush=True)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise StdoutUnwritable(e, status) from None
         finally:
             if not _sigterm["keep"]:   # (the command keeps them while the interpreter ends)
                 for sig, handler in previous_handlers.items():
@@ -316,17 +321,37 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
             manifest = run(argv, progress)
     if manifest is None:  # a Flex Template's launcher: the job writes the dataset later
         if not quiet:
-            print("submitted: the job writes the dataset and logs its own closing line")
+            _say("submitted: the job writes the dataset and logs its own closing line")
         return None
     if not quiet:
-        print(summary(manifest, manifest["config"]["output_dir"]))
+        _say(summary(manifest, manifest["config"]["output_dir"]))
     if command == "demo":
         from synanno_datagen.pipeline.demo import write_demo_views
 
         preview, plots = write_demo_views(args.output_dir)
         if not quiet:
-            print(f"preview: {preview}\nplots: " + " ".join(plots))
+            _say(f"preview: {preview}\nplots: " + " ".join(plots))
     return manifest
+
+
+class StdoutUnwritable(Exception):
+    """Our lines could not be written to stdout (a full disk, ``>/dev/full``): the run's
+    ``status`` stands; the command says so on stderr and exits 1."""
+
+    def __init__(self, error: OSError, status: str = ""):
+        super().__init__(str(error))
+        self.error, self.status = error, status
+
+
+def _say(text: str) -> None:
+    """One of the run's lines on stdout, before the closing line: one that cannot be written
+    does not fail the run (the closing line, written next, then says so)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -396,6 +421,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[0] in ("-h", "--help", "--version"):
         parser.parse_args(argv)
         return 0
+    for stream in (sys.stdout, sys.stderr):   # a path an ASCII stream cannot encode: escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
@@ -444,6 +472,11 @@ def entry() -> None:
             sys.stdout.flush()
     except BrokenPipeError:   # stdout's reader left (``| head -1``): no traceback, exit 1
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = FAILED
+    except StdoutUnwritable as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: cannot write to stdout ({e.error}); the run's status: {e.status}",
+              file=sys.stderr)
         code = FAILED
     for sig in _STOPPING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

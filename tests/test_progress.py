@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -103,6 +104,37 @@ def test_a_run_with_a_closed_stream_writes_its_dataset(small_data, tmp_path, clo
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     if closed == "stderr":
         assert json.loads(result.stdout.splitlines()[-1])["status"] == "ok"
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr", "ascii"])
+def test_a_stream_that_cannot_take_the_lines_does_not_fail_a_finished_run(small_data, tmp_path,
+                                                                          stream):
+    """Found by review: a summary or progress line that could not be written (a full disk,
+    /dev/full; a path an ASCII stdout cannot encode) turned a complete dataset into status
+    failed, with a traceback."""
+    import shlex
+
+    out = tmp_path / "out é"
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synanno_datagen", "run",
+                                                *small_data.argv(out, "--variants", "1")])
+    redirect = {"stdout": " >/dev/full", "stderr": " 2>/dev/full", "ascii": ""}[stream]
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"} if stream == "ascii" else None
+    result = subprocess.run(["bash", "-c", command + redirect], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
+    assert "Traceback" not in result.stderr, result.stderr
+    if stream == "stdout":   # the closing line is lost: exit 1, said in one line
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            "synanno-datagen: cannot write to stdout ([Errno 28] No space left on device); the "
+            "run's status: ok")
+    else:
+        assert result.returncode == 0, result.stderr
+        closing = json.loads(result.stdout.splitlines()[-1])
+        assert closing["status"] == "ok" and closing["output_dir"] == str(out)
+        if stream == "ascii":
+            assert f"manifest: {out}".encode("ascii", "backslashreplace").decode() in \
+                result.stdout
 
 
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
