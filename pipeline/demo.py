@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Sequence, Tuple
 
-from synanno_datagen.pipeline.demo_data import default_cache_dir, make_demo_data
+from synanno_datagen.pipeline.demo_data import FILE_URL, default_cache_dir, make_demo_data
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,11 @@ def demo_argv(output_dir: str, cache_dir: str = None) -> List[str]:
     demo never replaces a dataset of the user's."""
     data = make_demo_data(cache_dir or default_cache_dir())
     overwrite = ["--overwrite"] if _made_from(output_dir, data.table_path) else []
-    return ["--materialization", data.table_path, "--source-url", data.source_url,
-            "--target-url", data.target_url, "--output-dir", output_dir] + DEMO_OPTIONS + \
-        overwrite
+    # plain paths: run reads a file:// URL's percent-escapes, which a cache path may hold
+    return ["--materialization", data.table_path,
+            "--source-url", data.source_url[len(FILE_URL):],
+            "--target-url", data.target_url[len(FILE_URL):],
+            "--output-dir", output_dir] + DEMO_OPTIONS + overwrite
 
 
 def _made_from(output_dir: str, table_path: str) -> bool:
@@ -47,8 +50,14 @@ def run_demo(output_dir: str, beam_args: Sequence[str] = (), while_running=None)
 
 def views_dir(output_dir: str) -> str:
     """Where the demo puts its preview and plots: beside the dataset, not inside it, so the
-    dataset directory holds exactly the files its manifest lists."""
-    return output_dir.rstrip("/") + "-views"
+    dataset directory holds exactly the files its manifest lists (a local folder spelled
+    ``.``, ``DIR/.`` or ``DIR/..`` is named by its path first)."""
+    if "://" in output_dir:
+        return output_dir.rstrip("/") + "-views"
+    folder = os.path.normpath(output_dir)
+    if os.path.basename(folder) in (".", ".."):
+        folder = os.path.abspath(folder)
+    return folder + "-views"
 
 
 def write_demo_views(output_dir: str) -> Tuple[str, List[str]]:

@@ -25,6 +25,8 @@ from typing import List, NamedTuple, Tuple
 
 import numpy as np
 
+from synanno_datagen.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DEMO_VERSION = "demo-v2"
@@ -41,6 +43,7 @@ N_DISTRACTORS = 15
 # How the volumes are stored, as (source sharded, target sharded); tensorstore writes both, so no
 # all-zero chunk is stored. "demo" is H01's layout (sharded raw); the others keep the same voxels
 # and table in one layout for both volumes (for benchmarks that compare layouts).
+FILE_URL = "file://"   # + an absolute path as it is (readers take it as written, no escapes)
 LAYOUTS = {"demo": (True, False), "sharded": (True, True), "unsharded": (False, False)}
 TABLE_COLUMNS = ["id", "x", "y", "z", "pre_pt_x", "pre_pt_y", "pre_pt_z", "post_pt_x",
                  "post_pt_y", "post_pt_z", "type", "score"]
@@ -206,14 +209,21 @@ def make_demo_data(cache_dir: str, *, size_xyz=TARGET_SIZE_XYZ, source_chunk_xyz
         _build_atomically(cache_dir, root, size_xyz, chunks, LAYOUTS[layout])
     with open(os.path.join(root, "COMPLETE")) as f:
         n_synapses = json.load(f)["n_synapses"]
-    return DemoData("file://" + os.path.abspath(os.path.join(root, "source")),
-                    "file://" + os.path.abspath(os.path.join(root, "target")),
+    return DemoData(FILE_URL + os.path.abspath(os.path.join(root, "source")),
+                    FILE_URL + os.path.abspath(os.path.join(root, "target")),
                     os.path.join(root, "synapses.csv"), n_synapses)
 
 
 def _build_atomically(cache_dir: str, root: str, size_xyz, chunks, sharded) -> None:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".partial-", dir=cache_dir)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".partial-", dir=cache_dir)
+    except OSError as e:
+        raise ConfigError(f"demo data cache {cache_dir}: cannot write it ({e.strerror or e}); "
+                          "set SYNANNO_DATAGEN_CACHE to a writable folder") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # as a folder made for the cache (mkdtemp's is 0700)
     try:
         started = time.monotonic()
         n_synapses = _build(tmp, size_xyz, *chunks, sharded=sharded)

@@ -99,17 +99,22 @@ def match_table(pattern: str) -> List[str]:
         where = storage_location(pattern)
     except ValueError as e:
         raise ConfigError(f"{TABLE_FLAG} {pattern!r}: {e}") from None
-    if where.endswith("/") or ("://" not in where and os.path.isdir(os.path.expanduser(where))):
+    if "://" not in where:
+        where = os.path.expanduser(where)   # as --output-dir and the volumes' paths
+    if where.endswith("/") or ("://" not in where and os.path.isdir(where)):
         raise ConfigError(f"{TABLE_FLAG} {pattern}: a directory; give a file, or a glob of its "
                           f"shards (e.g. {pattern.rstrip('/')}/*.csv)")
-    if ("://" not in where and not where.startswith(("/", ".", "~"))
-            and any(c in where for c in "*?[")):
-        where = os.path.join(".", where)   # Beam's local glob needs a leading folder
-    try:
-        matched = FileSystems.match([where])[0].metadata_list
-    except Exception as e:  # Beam raises BeamIOError for unreadable locations
-        raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
-    paths = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if "://" not in where and os.path.isfile(where):
+        paths = [where]   # a file named as it is, '[' or '*' in its name included
+    else:
+        if ("://" not in where and not where.startswith(("/", "."))
+                and any(c in where for c in "*?[")):
+            where = os.path.join(".", where)   # Beam's local glob needs a leading folder
+        try:
+            matched = FileSystems.match([where])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError for unreadable locations
+            raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
+        paths = sorted(m.path for m in matched if not m.path.endswith("/"))
     if not paths:
         raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a CSV (.csv, .csv.gz) "
                           "or Parquet (.parquet) file, or a glob of shards")

@@ -93,6 +93,54 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "synanno-datagen")
 
 
+def test_a_cache_that_cannot_be_written_is_one_line_and_the_cache_follows_the_umask(tmp_path):
+    """Found by review: a read-only cache ended in a traceback; the cache's folder was always
+    mode 0700 (a temporary folder renamed into place), so a cache shared by users, or made in
+    an image as root, failed for everyone else."""
+    from synanno_datagen.errors import ConfigError
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError) as err:
+        make_demo_data(str(tmp_path / "a-file" / "cache"), size_xyz=SMALL_XYZ)
+    assert str(err.value).startswith(f"demo data cache {tmp_path / 'a-file' / 'cache'}: cannot "
+                                     "write it (")
+    assert str(err.value).endswith("); set SYNANNO_DATAGEN_CACHE to a writable folder")
+    old = os.umask(0o022)
+    try:
+        make_demo_data(str(tmp_path / "cache"), size_xyz=SMALL_XYZ)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "cache" / "demo-v2-192x192x24").stat().st_mode & 0o777 == 0o755
+
+
+def test_the_demo_reads_a_cache_whose_path_holds_escapes_or_glob_characters(tmp_path):
+    """Found by review: the demo passed its volumes to run as file:// URLs it had not escaped,
+    so a cache under 'a%41b' was read from 'aAb'."""
+    from synanno_datagen.pipeline import probes
+    from synanno_datagen.pipeline.demo import demo_argv
+    from synanno_datagen.pipeline.table_options import match_table
+
+    cache = tmp_path / "a%41b [x]"
+    data = make_demo_data(str(cache))
+    argv = demo_argv(str(tmp_path / "out"), str(cache))
+    for flag, url in (("--source-url", data.source_url), ("--target-url", data.target_url)):
+        assert probes.to_url(flag, argv[argv.index(flag) + 1]) == url
+        assert (Path(url[len("file://"):]) / "info").is_file()
+    # a table path is a glob only when no file has that name
+    assert match_table(argv[argv.index("--materialization") + 1]) == [data.table_path]
+
+
+def test_the_demo_views_go_beside_any_spelling_of_the_dataset_folder(tmp_path, monkeypatch):
+    """Found by review: --output-dir . put the views in './.-views', inside the dataset."""
+    from synanno_datagen.pipeline.demo import views_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert views_dir(".") == views_dir("./") == str(tmp_path) + "-views"
+    assert views_dir("out/dx/.") == views_dir("out/dx/") == views_dir("out//dx") == "out/dx-views"
+    assert views_dir("out/dx/..") == "out-views"
+    assert views_dir("gs://b/d/") == "gs://b/d-views"
+
+
 def test_small_demo_is_byte_identical_and_reused(tmp_path):
     first = make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ)
     root = tmp_path / "one" / "demo-v2-192x192x24"

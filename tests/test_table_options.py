@@ -185,6 +185,13 @@ def test_a_glob_in_the_working_directory_matches_its_shards(tmp_path, monkeypatc
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "syn-3.csv").write_text("id\n3\n")
     assert [os.path.basename(p) for p in match_table("s*/syn-*.csv")] == ["syn-3.csv"]
+    # Found by review: an existing file with '[' in its name was refused as a glob matching
+    # nothing, and '~' was not expanded (as it is for --output-dir and the volumes).
+    (tmp_path / "g[1]").mkdir()
+    (tmp_path / "g[1]" / "syn.csv").write_text("id\n1\n")
+    assert match_table(str(tmp_path / "g[1]" / "syn.csv")) == [str(tmp_path / "g[1]" / "syn.csv")]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert match_table("~/syn-1.csv") == [str(tmp_path / "syn-1.csv")]
 
 
 def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
