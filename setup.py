@@ -5,8 +5,9 @@ from pathlib import Path
 from setuptools import setup
 
 # Dataflow workers install this package from --setup_file: the runtime dependencies are pinned so
-# workers run exactly what the launcher ran (numpy, protobuf and pyarrow follow Beam's own
-# constraints).
+# workers run exactly what the launcher ran (numpy, protobuf and pyarrow are ranges inside Beam's
+# own constraints; each lower bound is the lowest version that installs beside apache-beam[gcp]
+# and passes the suite).
 BEAM_VERSION = "2.77.0"
 
 VERSION = re.search(
@@ -33,10 +34,11 @@ setup(
         "cloud-volume==12.15.2",
         "connected-components-3d==4.1.1",
         "numpy>=1.24,<3",
-        "protobuf>=4.21,<7",
+        "protobuf>=6.33.5,<7",  # the lowest beam[gcp]'s pins let pip install
         "crc32c==2.9.post0",
-        "matplotlib>=3.8,<3.12",  # inspect --plots and preview (Agg backend, no display)
-        "pyarrow>=14.0.1,<26",  # Parquet tables; the range apache-beam 2.77 itself requires
+        "matplotlib>=3.11.1,<3.12",  # inspect --plots, preview (Agg); before 3.11.1 a figure
+        # of some pixel sizes came out one pixel short (preview lost a row of voxels)
+        "pyarrow>=15,<26",  # Parquet tables (15: float16 columns); inside Beam 2.77's range
     ],
     extras_require={
         # tfrecord: a reader of TFRecord files other than ours, for the tests' checks
