@@ -106,7 +106,7 @@ class IncrementalPlan:
         """This run's npy totals + the earlier runs' (the dataset's, as its splits are)."""
         earlier = self.previous.npy if self.previous else {}
         return {**{k: int(v) + int(earlier.get(k, 0)) for k, v in totals.items()},
-                "totals": NPY_TOTALS}
+                "totals": layout.NPY_TOTALS}
 
     def to_manifest(self) -> dict:
         return {
@@ -201,27 +201,15 @@ def _committed_runs(root: str) -> List[int]:
     return found
 
 
-NPY_TOTALS = "every run"   # the manifest's npy totals cover every run of the root
-
-
 def _npy_totals(root: str, latest: dict) -> Dict[str, int]:
-    """The npy files and bytes of every run of the dataset ``latest`` (a manifest) closes.
-    Manifests written before their totals covered every run counted their own run's: those are
-    added up over the runs the dataset lists."""
-    npy = latest.get("npy", {})
-    if npy.get("totals") == NPY_TOTALS:
-        return {k: int(npy.get(k, 0)) for k in ("files", "bytes")}
+    """The npy files and bytes of every run of the dataset ``latest`` (a manifest) closes."""
     from apache_beam.io.filesystems import FileSystems
 
-    latest_run = latest["incremental"]["run"]
-    runs = {f["run"] for f in latest["files"]["index"] if "run" in f} - {latest_run}
-    totals = {k: int(npy.get(k, 0)) for k in ("files", "bytes")}
-    for run in sorted(runs):
+    def run_manifest(run: int) -> dict:
         with FileSystems.open(layout.join(root, layout.run_dir(run), layout.MANIFEST)) as f:
-            own = json.load(f).get("npy", {})
-        for k in totals:
-            totals[k] += int(own.get(k, 0))
-    return totals
+            return json.load(f)
+
+    return layout.npy_totals(latest, run_manifest)
 
 
 def plan(root: str, generation: Dict, retry_failed: bool = False,

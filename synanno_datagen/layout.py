@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 import urllib.parse
-from typing import Dict, Iterable, Iterator, List
+from typing import Callable, Dict, Iterable, Iterator, List
 
 MANIFEST = "manifest.json"
 DEAD_LETTER = "dead_letter.jsonl"
@@ -139,6 +139,25 @@ def npy_paths(instance_id: int, n_variants: int) -> Dict[str, object]:
         "seed_target": [NPY_LAYOUT["seed_target"].format(instance_id=instance_id, variant=v)
                         for v in range(n_variants)],
     }
+
+
+NPY_TOTALS = "every run"   # a manifest's ``npy.totals``: its files and bytes cover every run
+
+
+def npy_totals(manifest: dict, run_manifest: Callable[[int], dict]) -> Dict[str, int]:
+    """The npy files and bytes of the dataset ``manifest`` closes. Incremental manifests
+    written before their totals covered every run counted their own run's: those are added up
+    over the runs the dataset lists (``run_manifest(n)``: run n's manifest)."""
+    npy = manifest.get("npy", {})
+    totals = {k: int(npy.get(k, 0)) for k in ("files", "bytes")}
+    if npy.get("totals") == NPY_TOTALS or "incremental" not in manifest:
+        return totals
+    latest = manifest["incremental"]["run"]
+    for run in sorted({f["run"] for f in manifest["files"]["index"] if "run" in f} - {latest}):
+        own = run_manifest(run).get("npy", {})
+        for k in totals:
+            totals[k] += int(own.get(k, 0))
+    return totals
 
 
 def run_dir(number: int) -> str:

@@ -191,6 +191,11 @@ def test_npy_totals_continue_a_root_whose_manifests_counted_their_own_run(small_
             manifest["npy"].update(files=len(own_files), bytes=sum(f["bytes"] for f in own_files))
             assert len(mine) >= len(own_files)
             path.write_text(json.dumps(manifest))
+            # inspect, too, shows the dataset's files, not the latest run's (found by review)
+            from synanno_datagen.reading.inspection import inspect_dataset
+
+            assert inspect_dataset(str(root))["npy"] == {
+                "files": len(mine), "bytes": sum(f["bytes"] for f in mine)}
     manifest = _latest(root)
     files = [f for e in _entries(root, manifest).values() for f in e["npy"]["files"]]
     assert len(files) == 4 * len(GOOD_IDS)

@@ -100,6 +100,20 @@ class Dataset:
         instance_records = layout.records_info(self.manifest)["layout"] == "instance"
         return self.manifest["config"]["variants"] if instance_records else 1
 
+    def npy_totals(self) -> Dict[str, int]:
+        """The dataset's npy files and bytes (every run's, on an incremental root whose
+        manifests an earlier version wrote with their own run's)."""
+        def run_manifest(run: int) -> dict:
+            relative = f"{layout.run_dir(run)}/{layout.MANIFEST}"
+            try:
+                with self.open(relative) as f:
+                    return json.load(f)
+            except (OSError, ValueError, RecursionError) as e:
+                raise DatasetError(f"{self.path(relative)}: cannot read it ({type(e).__name__}: "
+                                   f"{first_line(e, 200)})") from None
+
+        return layout.npy_totals(self.manifest, run_manifest)
+
     def read_jsonl(self, relative: str) -> Iterator[dict]:
         path = self.path(relative)
         try:

@@ -19,7 +19,7 @@ def inspect_dataset(output_dir: str) -> dict:
     dataset = open_dataset(output_dir)
     with damage_named(dataset.manifest_path):
         return dataset_facts(dataset.manifest, dataset.index(), dataset.dead_letters(),
-                             location=dataset.manifest_path)
+                             location=dataset.manifest_path, npy=dataset.npy_totals())
 
 
 @contextmanager

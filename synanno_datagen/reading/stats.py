@@ -118,8 +118,9 @@ def consistency_problems(manifest: dict, entries: List[dict], letters: List[dict
 
 
 def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
-                  location: str) -> dict:
-    """Everything ``inspect`` reports, JSON-ready."""
+                  location: str, npy: Optional[dict] = None) -> dict:
+    """Everything ``inspect`` reports, JSON-ready (``npy``: the dataset's npy files and bytes,
+    when not the manifest's own, see Dataset.npy_totals)."""
     model = SeedModel.from_manifest(manifest["seed_model"])
     depth = depth_of(manifest)
     config = manifest["config"]
@@ -141,7 +142,7 @@ def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
         "failures": failures_by_reason(letters),
         "splits": {name: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
                    for name, s in manifest["splits"].items()},
-        "npy": {k: manifest.get("npy", {}).get(k, 0) for k in ("files", "bytes")},
+        "npy": {k: (npy or manifest.get("npy", {})).get(k, 0) for k in ("files", "bytes")},
         "index": {
             "instances": len(entries),
             "variants": sum(len(e["seed_slices"]) for e in entries),
