@@ -246,11 +246,19 @@ def test_a_row_with_more_cells_than_the_header_is_a_dead_letter_not_shifted(tmp_
     with pytest.raises(BadValue) as bad:
         parse_row(rows[0], RowRef(0, 0), "id", None, bounds, layout)
     assert bad.value.reason == EXTRA_CELLS
-    assert "6 cells" in str(bad.value) and "5 columns" in str(bad.value)
+    assert "6 cells for the header's 5 named columns" in str(bad.value)
     # Empty cells beyond the header (a trailing comma, as some exporters write) change nothing.
     assert [parse_row(r, RowRef(0, i + 1), "id", None, bounds, layout).center_xyz
             for i, r in enumerate(rows[1:])] == [(10, 20, 3), (1, 2, 3)]
     assert rows[1] == {"id": "6", "note": "ok", "x": "10", "y": "20", "z": "3"}
+    # Found by review: an exporter that ends every line with a comma, the header's too, gives
+    # the header a last column without a name, which took the cell a comma had moved.
+    (tmp_path / "u.csv").write_text("id,note,x,y,z,\n5,3,4,100,200,30,\n6,ok,10,20,3,\n")
+    shifted, fine = iter_rows(str(tmp_path / "u.csv"))
+    with pytest.raises(BadValue) as bad:
+        parse_row(shifted, RowRef(0, 0), "id", None, bounds, layout)
+    assert bad.value.reason == EXTRA_CELLS and "the header's 5 named columns" in str(bad.value)
+    assert parse_row(fine, RowRef(0, 1), "id", None, bounds, layout).center_xyz == (10, 20, 3)
 
 
 def test_parquet_nanosecond_time_columns_are_read_as_their_text(tmp_path):

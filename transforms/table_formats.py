@@ -193,13 +193,17 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
 
 def _as_dict(header, row) -> Dict[str, str]:
     """A CSV row as ``{column: text}``, as csv.DictReader makes it: a missing cell is None, a
-    repeated name keeps its last cell. Empty cells beyond the header (a trailing comma) are
-    dropped; text there is described under EXTRA_CELLS_KEY."""
+    repeated name keeps its last cell. Empty cells beyond the header's named columns (a
+    trailing comma, on the header's line too or not) are dropped; text there is described
+    under EXTRA_CELLS_KEY."""
     cells = dict(zip(header, itertools.chain(row, itertools.repeat(None, len(header) - len(row)))))
-    beyond = row[len(header):]
+    named = len(header)
+    while named and not header[named - 1].strip():
+        named -= 1   # the header's own trailing commas: columns without a name
+    beyond = row[named:]
     if any(cell.strip() for cell in beyond):
         shown = ", ".join(repr(cell) for cell in beyond)
-        cells[EXTRA_CELLS_KEY] = (f"{len(row)} cells for the header's {len(header)} columns "
+        cells[EXTRA_CELLS_KEY] = (f"{len(row)} cells for the header's {named} named columns "
                                   f"(beyond them: {shown[:200]})")
     return cells
 
