@@ -279,3 +279,23 @@ def test_parquet_nanosecond_time_columns_are_read_as_their_text(tmp_path):
                    "created": "2023-11-14 22:13:20.000000001Z", "age": "5",
                    "at": "00:00:00.000000005",
                    "times": "[2023-11-14 22:13:20.000000001, null]"}
+
+
+def test_parquet_columns_python_cannot_hold_never_stop_the_rows(tmp_path):
+    # Found by review: a column the run does not read ended it with a traceback, or a 'bad
+    # table', when Python's datetime cannot hold its values (year 10000, an unknown time zone,
+    # nanoseconds inside a struct or map). Such a cell reads as Arrow's text of it, or, where
+    # Arrow has none, as its type.
+    ns = 1_700_000_000_000_000_001
+    pq.write_table(pa.table({
+        "id": pa.array([7, 8], pa.int64()),
+        "late": pa.array([253402300800000000, None], pa.timestamp("us")),
+        "mars": pa.array([0, 1], pa.timestamp("us", tz="Mars/Olympus")),
+        "day": pa.array([2**31 - 1, 0], pa.date32()),
+        "nested": pa.array([{"a": ns}, None], pa.struct([("a", pa.timestamp("ns"))])),
+    }), tmp_path / "t.parquet")
+    first, second = iter_rows(str(tmp_path / "t.parquet"))
+    assert first["id"] == "7" and second["id"] == "8"
+    assert first["late"] == "10000-01-01 00:00:00.000000" and second["late"] == ""
+    assert first["nested"] == "(struct<a: timestamp[ns]> value)" and second["nested"] == ""
+    assert first["mars"] and first["day"]

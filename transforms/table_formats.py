@@ -144,13 +144,10 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
             for batch in batches:
                 batch = _as_python_can_hold(batch)
                 narrow = _narrow_floats(batch.schema)    # float16 left: rare, cell by cell
-                try:
-                    rows = batch.to_pylist()
-                except ValueError as e:   # a type Python cannot hold, not cast above
-                    raise TableFormatError(f"{path}: a column's values cannot be read "
-                                           f"({first_line(e, 200)}); store it as another type "
-                                           "or drop it") from None
-                for row in rows:
+                names = batch.schema.names
+                columns = [_python_values(column) for column in batch.columns]
+                for values in zip(*columns):
+                    row = dict(zip(names, values))
                     for name, kind in narrow.items():
                         row[name] = _as_written(row[name], kind)
                     yield {name: cell_text(value) for name, value in row.items()}
@@ -235,6 +232,24 @@ def _with_value_type(list_or_value_type, value_type):
     return value_type
 
 
+def _python_values(column) -> list:
+    """A column's values as Python's; where Python cannot hold them (a date past year 9999, a
+    time zone it does not know, nanoseconds inside a struct), as Arrow's text of each, or, where
+    Arrow has none, a text naming the type. Only columns a run does not read can be such: those
+    it reads are numbers or text, or lists of them."""
+    import pyarrow as pa
+
+    try:
+        return column.to_pylist()
+    except (ValueError, OverflowError, KeyError, pa.ArrowException):
+        pass
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except pa.ArrowException:
+        return [f"({column.type} value)" if valid else None
+                for valid in column.is_valid().to_pylist()]
+
+
 def _as_python_can_hold(batch):
     """The batch with the columns Python's values would change or cannot hold cast by Arrow
     (vectorised), lists of them too; other columns as they are:
@@ -251,7 +266,10 @@ def _as_python_can_hold(batch):
             text = columns[i].cast(_with_value_type(field.type, pa.string()))
             columns[i] = text.cast(_with_value_type(field.type, pa.float64()))
         elif pa.types.is_temporal(inner) and getattr(inner, "unit", None) == "ns":
-            columns[i] = columns[i].cast(_with_value_type(field.type, pa.string()))
+            try:
+                columns[i] = columns[i].cast(_with_value_type(field.type, pa.string()))
+            except pa.ArrowException:   # (a time zone Arrow does not know): _python_values
+                continue
         else:
             continue
         changed = True
