@@ -296,9 +296,11 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
     quiet = output.quiet
     if command == "demo":
         from synanno_datagen.pipeline.demo import run_demo, views_dir
-        from synanno_datagen.pipeline.output_checks import check_writable
+        from synanno_datagen.pipeline.output_checks import check_writable, to_output_dir
 
         args, beam_args = demo_parser.parse_known_args(argv)
+        # as run names it ('~/d' and './d' are the folder run writes; a bad one is refused)
+        args.output_dir = to_output_dir(args.output_dir)
         try:   # before any work, not after the run
             check_writable(views_dir(args.output_dir))
         except UsageError as e:
@@ -341,6 +343,14 @@ class StdoutUnwritable(Exception):
     def __init__(self, error: OSError, status: str = ""):
         super().__init__(str(error))
         self.error, self.status = error, status
+
+
+def _tell(text: str) -> None:
+    """A one-line message on stderr; one stderr cannot take (a full disk) changes nothing."""
+    try:
+        print(text, file=sys.stderr)
+    except OSError:
+        pass
 
 
 def _say(text: str) -> None:
@@ -434,27 +444,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv[0] in ("run", "demo"):
             return generate(argv[0], argv[1:], demo)
         if argv[0] in views:
-            return views[argv[0]](argv[1:])
+            try:
+                return views[argv[0]](argv[1:])
+            except BrokenPipeError:
+                raise
+            except OSError as e:   # stdout on a full disk (its files' errors are one-liners)
+                if e.filename is not None:
+                    raise
+                _tell(f"{PROG}: cannot write to stdout ({e})")
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return FAILED
         parser.parse_args(argv)  # prints the usage error for an unknown command
     except UsageError as e:
-        print(redact(f"{PROG}: error: {e}"), file=sys.stderr)
+        _tell(redact(f"{PROG}: error: {e}"))
         return USAGE_ERROR
     except LeaseHeld as e:
-        print(redact(f"{PROG}: busy: {e}"), file=sys.stderr)
+        _tell(redact(f"{PROG}: busy: {e}"))
         return BUSY
     except LeaseLost as e:  # not a bug: another run broke or took the lease
-        print(redact(f"{PROG}: lease lost: {first_line(e, 1000)}"), file=sys.stderr)
+        _tell(redact(f"{PROG}: lease lost: {first_line(e, 1000)}"))
         return FAILED
     except StorageUnavailable as e:  # not the user's mistake: it may pass
-        print(redact(f"{PROG}: storage unavailable: {first_line(e, 1000)}"), file=sys.stderr)
+        _tell(redact(f"{PROG}: storage unavailable: {first_line(e, 1000)}"))
         return FAILED
     except TableFormatError as e:  # found while the rows were read, after the run began
-        print(redact(f"{PROG}: bad table: {first_line(e, 1000)}"), file=sys.stderr)
+        _tell(redact(f"{PROG}: bad table: {first_line(e, 1000)}"))
         return FAILED
     except Terminated as e:
         what = "interrupted" if e.signal_name == "SIGINT" else "terminated"
-        print(f"{PROG}: {what} ({e.signal_name}); run the same command again to finish the "
-              "dataset", file=sys.stderr)
+        _tell(f"{PROG}: {what} ({e.signal_name}); run the same command again to finish the "
+              "dataset")
         return e.exit_code
     return USAGE_ERROR
 

@@ -293,6 +293,18 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
 
 
+def test_a_demo_output_dir_under_home_gets_its_views(tmp_path, capsys, monkeypatch, demo):
+    """Found by review: with --output-dir '~/dm' (a quoted ~) run wrote the dataset to
+    $HOME/dm, and the demo then looked for it at './~/dm' and ended refused."""
+    cache, _ = demo
+    monkeypatch.setenv("SYNANNO_DATAGEN_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["demo", "--output-dir", "~/dm", "--num-instances", "5", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["status"] == "ok"
+    assert (tmp_path / "dm" / "manifest.json").is_file()
+    assert (tmp_path / "dm-views" / "preview.png").is_file()
+
+
 def test_demo_replaces_only_its_own_earlier_output(tmp_path, capsys, monkeypatch, demo,
                                                     small_data):
     """`demo --output-dir DIR` passed --overwrite always: a mistyped DIR holding the user's own

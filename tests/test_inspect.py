@@ -403,3 +403,35 @@ def test_a_reader_that_stops_reading_gets_no_traceback(views_dataset):
     finally:
         os.close(write)
     assert done.stderr == "" and done.returncode == 1
+
+
+@pytest.mark.parametrize("command", ["inspect", "preview"])
+def test_a_full_stdout_is_one_line_not_a_traceback(views_dataset, tmp_path, command):
+    """Found by review: `inspect DIR >/dev/full` ended in an OSError traceback."""
+    import subprocess
+    import sys
+
+    extra = ["--out", str(tmp_path / "p.png")] if command == "preview" else []
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "synanno_datagen", command,
+                               str(views_dataset), *extra], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == (
+        "synanno-datagen: cannot write to stdout ([Errno 28] No space left on device)\n")
+
+
+def test_a_manifest_with_an_infinite_count_is_named_as_damaged(views_dataset, tmp_path):
+    """Found by review: npy counts of Infinity (JSON Python reads) gave an OverflowError
+    traceback."""
+    import shutil
+
+    from synanno_datagen.errors import DatasetError
+    from synanno_datagen.reading.inspection import inspect_dataset
+
+    copy = tmp_path / "copy"
+    shutil.copytree(views_dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["npy"]["files"] = float("inf")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="lacks or garbles a part inspect reads"):
+        inspect_dataset(str(copy))

@@ -122,7 +122,8 @@ def test_a_stream_that_cannot_take_the_lines_does_not_fail_a_finished_run(small_
     result = subprocess.run(["bash", "-c", command + redirect], capture_output=True, text=True,
                             timeout=600, env=env)
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
-    assert "Traceback" not in result.stderr, result.stderr
+    if stream != "stderr":   # (stderr went nowhere)
+        assert "Traceback" not in result.stderr, result.stderr
     if stream == "stdout":   # the closing line is lost: exit 1, said in one line
         assert result.returncode == 1
         assert result.stderr.splitlines()[-1] == (
@@ -135,6 +136,21 @@ def test_a_stream_that_cannot_take_the_lines_does_not_fail_a_finished_run(small_
         if stream == "ascii":
             assert f"manifest: {out}".encode("ascii", "backslashreplace").decode() in \
                 result.stdout
+
+
+def test_a_refusal_keeps_its_exit_code_when_stderr_is_full(small_data, tmp_path):
+    """Found by review: the refusal's line to a full stderr raised, and the run exited 1 while
+    its closing line said 2, refused."""
+    import shlex
+
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(tmp_path / "missing.csv")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synanno_datagen", "run",
+                                                *argv])
+    result = subprocess.run(["bash", "-c", command + " 2>/dev/full"], capture_output=True,
+                            text=True, timeout=600)
+    closing = json.loads(result.stdout.splitlines()[-1])
+    assert (result.returncode, closing["exit_code"], closing["status"]) == (2, 2, "refused")
 
 
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):

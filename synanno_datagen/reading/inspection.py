@@ -31,7 +31,7 @@ def damage_named(manifest_path: str):
         yield
     except UsageError:
         raise
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
         raise DatasetError(f"{manifest_path} (or an index or dead-letter line it lists) lacks "
                            f"or garbles a part inspect reads ({type(e).__name__}: "
                            f"{first_line(e, 120)}); {DAMAGED}") from None
