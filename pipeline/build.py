@@ -109,7 +109,7 @@ def build(p: beam.Pipeline, config: Config):
     if config.incremental:  # the failures later runs skip: {"remembered": ..., file info}
         memory = dead | "RememberFailures" >> RememberFailures(
             config.output_dir, config.incremental.run, remembered, read_columns(config),
-            keepalive, earlier=config.incremental.retried_memory())
+            keepalive, earlier=config.incremental.retried_memory(), after=AsSingleton(cleared))
     counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])

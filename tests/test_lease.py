@@ -404,7 +404,7 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
     from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
     from synanno_datagen.transforms.records import WrittenShard
-    from synanno_datagen.transforms.remembered import WriteMemoryFn
+    from synanno_datagen.transforms.remembered import MergeMemoryFn
     from synanno_datagen.transforms.write import FinalizeShardFn
 
     out = tmp_path / "out"
@@ -433,7 +433,7 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
                           hashlib.sha256(stalled.read_bytes()).hexdigest(),
                           str(stalled.with_suffix(".jsonl")), {"instances": 1}), 0, 1),)),
         (MergeDeadLettersFn(str(out), keepalive=keepalive), ([str(dead_run)],)),
-        (WriteMemoryFn(str(out), 2, keepalive=keepalive), ([], [])),
+        (MergeMemoryFn(str(out), keepalive=keepalive), ([], {})),
     ]
     for fn, args in steps:
         with pytest.raises(LeaseLost, match="it is gone"):

@@ -50,13 +50,16 @@ def _lines(path: str) -> Iterator[bytes]:
 
 class WriteSortedRunsFn(beam.DoFn):
     """Sortable lines -> the names of the sorted runs they were written in (at most
-    ``run_lines`` lines each, per bundle). ``after``: a side input to wait for (the step that
-    clears an earlier run's temporary folder). ``keepalive``: the run's lease heartbeat, which
-    looks before each run is written (at most every few minutes)."""
+    ``run_lines`` lines each, per bundle, under ``runs_dir`` of the temporary folder).
+    ``after``: a side input to wait for (the step that clears an earlier run's temporary
+    folder). ``keepalive``: the run's lease heartbeat, which looks before each run is written
+    (at most every few minutes)."""
 
-    def __init__(self, output_dir: str, run_lines: int = RUN_LINES, keepalive=None):
+    def __init__(self, output_dir: str, run_lines: int = RUN_LINES, keepalive=None,
+                 runs_dir: str = RUNS_DIR):
         self._output_dir, self._run_lines = output_dir, run_lines
         self._keepalive = keepalive
+        self._runs_dir = runs_dir
         self._held: List[bytes] = []
 
     def start_bundle(self):
@@ -75,22 +78,30 @@ class WriteSortedRunsFn(beam.DoFn):
         if self._keepalive is not None:
             self._keepalive.beat()
         self._held.sort()
-        path = join(self._output_dir, RUNS_DIR, f"{uuid.uuid4().hex}.run")
+        path = join(self._output_dir, self._runs_dir, f"{uuid.uuid4().hex}.run")
         write_bytes(path, b"".join(self._held), digest=False)
         self._held = []
         return path
 
 
-class MergeDeadLettersFn(beam.DoFn):
-    """[run names] -> file info of ``dead_letter.jsonl``: the runs merged, prefixes dropped."""
+class MergeRunsFn(beam.DoFn):
+    """[run names] -> file info of ``PATH``: the runs' lines merged in order, streaming, and
+    made the file's by ``file_lines`` (runs of more than ``fan_in`` files are merged in passes,
+    under ``runs_dir``)."""
 
     PATH = DEAD_LETTER
+    KIND = "dead_letter"
 
-    def __init__(self, output_dir: str, fan_in: int = MERGE_FAN_IN, keepalive=None):
+    def __init__(self, output_dir: str, fan_in: int = MERGE_FAN_IN, keepalive=None,
+                 runs_dir: str = RUNS_DIR):
         self._output_dir, self._fan_in = output_dir, fan_in
         self._keepalive = keepalive   # see files.before_commit
+        self._runs_dir = runs_dir
 
-    def process(self, runs: Optional[List[str]]):
+    def file_lines(self, merged: Iterable[bytes]) -> Iterable[bytes]:
+        return _unprefixed(merged)
+
+    def merge(self, runs: Optional[List[str]]) -> dict:
         runs = sorted(runs or [])
         while len(runs) > self._fan_in:   # merge in passes: few files open at once
             runs = [self._merged_run(runs[i:i + self._fan_in])
@@ -104,14 +115,22 @@ class MergeDeadLettersFn(beam.DoFn):
 
         merged = heapq.merge(*(_lines(p) for p in runs))
         before_commit(self._keepalive)
-        size, sha = write_atomic(join(self._output_dir, self.PATH), counted(_unprefixed(merged)))
-        yield {"kind": "dead_letter", "path": self.PATH, "records": count[0], "bytes": size,
-               "sha256": sha}
+        size, sha = write_atomic(join(self._output_dir, self.PATH),
+                                 counted(self.file_lines(merged)))
+        return {"kind": self.KIND, "path": self.PATH, "records": count[0], "bytes": size,
+                "sha256": sha}
+
+    def process(self, runs: Optional[List[str]]):
+        yield self.merge(runs)
 
     def _merged_run(self, runs: List[str]) -> str:
-        path = join(self._output_dir, RUNS_DIR, f"{uuid.uuid4().hex}.run")
+        path = join(self._output_dir, self._runs_dir, f"{uuid.uuid4().hex}.run")
         write_atomic(path, heapq.merge(*(_lines(p) for p in runs)))
         return path
+
+
+class MergeDeadLettersFn(MergeRunsFn):
+    """[run names] -> file info of ``dead_letter.jsonl``: the runs merged, prefixes dropped."""
 
 
 class WriteDeadLetterFile(beam.PTransform):

@@ -21,14 +21,16 @@ failures, one JSON line each, sorted by (kind, fingerprint).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.pvalue import AsDict, AsList
+from apache_beam.pvalue import AsDict, AsSingleton
 
-from synanno_datagen.layout import REMEMBERED_FAILURES, join, json_line
-from synanno_datagen.transforms.files import before_commit, read_jsonl, write_atomic
+from synanno_datagen.layout import FRAGMENTS_DIR, REMEMBERED_FAILURES, json_line
+from synanno_datagen.transforms.dead_letter_file import MergeRunsFn, WriteSortedRunsFn
+from synanno_datagen.transforms.files import read_jsonl
 from synanno_datagen.transforms.records import (
     DEAD, EMPTY_TARGET, EXTRA_CELLS, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
 )
@@ -65,17 +67,13 @@ def new_entry(letter: DeadLetter, run: int,
             "instance_id": letter.instance_id, "first_run": run}
 
 
-def keyed_memory(pipeline, path: str, prefix: str, value=lambda entry: entry):
-    """The entries of the memory file at ``path`` as (key, ``value(entry)``) pairs, read in the
-    pipeline (steps named ``prefix``...), for a side input."""
+def keyed_memory(pipeline, path: str, prefix: str):
+    """The entries of the memory file at ``path`` as (key, entry) pairs, read in the pipeline
+    (steps named ``prefix``...), for a side input."""
     return (pipeline
             | f"{prefix}File" >> beam.Create([path])
             | f"{prefix}Entries" >> beam.FlatMap(read_jsonl)
-            | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), value(e))))
-
-
-def _first_run(entry: dict) -> int:
-    return entry["first_run"]
+            | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), e)))
 
 
 class SkipRememberedFn(beam.DoFn):
@@ -116,67 +114,119 @@ class SkipRememberedFailures(beam.PTransform):
         return {"ok": instances.ok, DEAD: rejected.ok, REMEMBERED: remembered}
 
 
-def memory_lines(remembered: List[dict], letters: List[DeadLetter], run: int,
+# Priorities of a memory entry's line among those of its key (see merged_memory)
+SKIPPED, NEW, EARLIER = 0, 1, 2
+RUNS_DIR = f"{FRAGMENTS_DIR}/remembered"   # the sorted runs of entry lines, in the run's _tmp
+
+
+def sortable_entry(entry: dict, priority: int) -> bytes:
+    """A memory entry -> its line behind a prefix (up to a tab) that sorts by its key (kind,
+    fingerprint), then by ``priority``."""
+    return (b"%s %s %d\t" % (str(entry["kind"]).encode(), str(entry["fingerprint"]).encode(),
+                             priority) + json_line(entry))
+
+
+def new_entry_lines(letter: DeadLetter, run: int,
+                    columns: Optional[Sequence[str]] = None) -> Iterator[bytes]:
+    """The sortable line of a dead letter's new memory entry, if it is a permanent failure."""
+    entry = new_entry(letter, run, columns)
+    if entry is not None:
+        yield sortable_entry(entry, NEW)
+
+
+def _split(line: bytes) -> Tuple[bytes, int, bytes]:
+    prefix, _, body = line.partition(b"\t")
+    key, _, priority = prefix.rpartition(b" ")
+    return key, int(priority), body
+
+
+def merged_memory(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Sortable entry lines, sorted -> the memory file's lines, one per key: the entry of a
+    skipped element, else the smallest new entry (keeping the run its key first failed in,
+    when an earlier memory given for it has the key: a run with --retry-failed); keys only an
+    earlier memory has are dropped."""
+    for _, group in itertools.groupby(lines, key=lambda line: _split(line)[0]):
+        _, priority, body = _split(next(group))
+        if priority == EARLIER:
+            continue
+        if priority == NEW:
+            earlier = next((b for _, p, b in map(_split, group) if p == EARLIER), None)
+            if earlier is not None:
+                entry = json.loads(body)
+                entry["first_run"] = json.loads(earlier)["first_run"]
+                body = json_line(entry)
+        yield body
+
+
+def memory_lines(remembered: Iterable[dict], letters: Iterable[DeadLetter], run: int,
                  columns: Optional[Sequence[str]] = None,
-                 first_runs: Optional[Dict[Tuple[str, str], int]] = None) -> List[dict]:
-    """The entries a run leaves: those it skipped (each once) and its new permanent failures,
-    sorted by key. ``first_runs``: the run each entry of an earlier memory first failed in (a
-    run with --retry-failed, whose rows that fail again keep it)."""
-    entries = {key_of(e): e for e in remembered}
-    for letter in letters:
-        entry = new_entry(letter, run, columns)
-        if entry is not None:
-            entry["first_run"] = (first_runs or {}).get(key_of(entry), run)
-            entries.setdefault(key_of(entry), entry)
-    return [entries[k] for k in sorted(entries)]
+                 earlier: Iterable[dict] = ()) -> List[dict]:
+    """The entries a run leaves, in memory (merged_memory's rules; the pipeline streams them
+    through sorted runs instead): those it skipped (each once) and its new permanent failures,
+    sorted by key."""
+    lines = sorted([sortable_entry(e, SKIPPED) for e in remembered]
+                   + [line for letter in letters for line in new_entry_lines(letter, run, columns)]
+                   + [sortable_entry(e, EARLIER) for e in earlier])
+    return [json.loads(line) for line in merged_memory(lines)]
 
 
-def count_by_reason(remembered: List[dict]) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for entry in remembered:
-        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
-    return dict(sorted(counts.items()))
+class MergeMemoryFn(MergeRunsFn):
+    """[run names], {reason: elements skipped} -> the file info of ``remembered_failures.jsonl``
+    (merged_memory of the runs) with ``remembered``, the skipped elements by reason."""
 
+    PATH = REMEMBERED_FAILURES
+    KIND = "remembered_failures"
 
-class WriteMemoryFn(beam.DoFn):
-    """[DeadLetter] + [skipped entries] -> writes ``remembered_failures.jsonl`` in the run's
-    directory; yields its file info and the skipped elements by reason (``keepalive``: see
-    files.before_commit)."""
+    def __init__(self, output_dir: str, keepalive=None):
+        super().__init__(output_dir, keepalive=keepalive, runs_dir=RUNS_DIR)
 
-    def __init__(self, output_dir: str, run: int, columns: Optional[Sequence[str]] = None,
-                 keepalive=None):
-        self._output_dir = output_dir
-        self._run = run
-        self._columns = columns
-        self._keepalive = keepalive
+    def file_lines(self, merged: Iterable[bytes]) -> Iterable[bytes]:
+        return merged_memory(merged)
 
-    def process(self, letters, remembered, first_runs=None):
-        lines = memory_lines(list(remembered), list(letters or []), self._run, self._columns,
-                             first_runs)
-        before_commit(self._keepalive)
-        size, sha = write_atomic(join(self._output_dir, REMEMBERED_FAILURES),
-                                 (json_line(e) for e in lines))
-        yield {"path": REMEMBERED_FAILURES, "records": len(lines), "bytes": size, "sha256": sha,
-               "remembered": count_by_reason(list(remembered))}
+    def process(self, runs: Optional[List[str]], skipped: Optional[Dict[str, int]] = None):
+        info = self.merge(runs)
+        del info["kind"]
+        yield {**info, "remembered": dict(sorted((skipped or {}).items()))}
 
 
 class RememberFailures(beam.PTransform):
     """This run's DeadLetters (after skipping) + the skipped entries (or None) -> one dict:
-    the memory file written and ``remembered`` ({reason: elements skipped})."""
+    the memory file written and ``remembered`` ({reason: elements skipped}). Entry lines go
+    through sorted runs under the run's temporary folder, merged in one step, so no step holds
+    every failure (``after``: a side input to wait for, the clearing of an earlier attempt's
+    temporary folder)."""
 
     def __init__(self, output_dir: str, run: int, remembered=None,
                  columns: Optional[Sequence[str]] = None, keepalive=None,
-                 earlier: Optional[str] = None):
+                 earlier: Optional[str] = None, after=None):
         super().__init__()
-        self._fn = WriteMemoryFn(output_dir, run, columns, keepalive)
+        self._output_dir, self._run, self._columns = output_dir, run, columns
+        self._keepalive = keepalive
         self._remembered = remembered
         self._earlier = earlier   # an earlier memory file: its entries' first runs are kept
+        self._after = [after] if after is not None else []
 
     def expand(self, dead):
-        remembered = self._remembered if self._remembered is not None else (
-            dead.pipeline | "NoneRemembered" >> beam.Create([]))
-        return (dead
-                | "CollectFailures" >> beam.combiners.ToList()
-                | "WriteMemory" >> beam.ParDo(self._fn, AsList(remembered), *(
-                    [AsDict(keyed_memory(dead.pipeline, self._earlier, "Earlier", _first_run))]
-                    if self._earlier else [])))
+        p = dead.pipeline
+        streams = [dead | "NewEntries" >> beam.FlatMap(new_entry_lines, self._run, self._columns)]
+        if self._remembered is not None:
+            streams.append(self._remembered
+                           | "SkippedEntries" >> beam.Map(sortable_entry, SKIPPED))
+            skipped = (self._remembered
+                       | "SkippedReasons" >> beam.Map(lambda entry: entry["reason"])
+                       | "SkippedByReason" >> beam.combiners.Count.PerElement()
+                       | "SkippedCounts" >> beam.combiners.ToDict())
+        else:
+            skipped = p | "NoneSkipped" >> beam.Create([{}])
+        if self._earlier:
+            streams.append(p
+                           | "EarlierFile" >> beam.Create([self._earlier])
+                           | "EarlierEntries" >> beam.FlatMap(read_jsonl)
+                           | "EarlierLines" >> beam.Map(sortable_entry, EARLIER))
+        runs = WriteSortedRunsFn(self._output_dir, keepalive=self._keepalive, runs_dir=RUNS_DIR)
+        return (streams
+                | "AllEntries" >> beam.Flatten()
+                | "SortedRuns" >> beam.ParDo(runs, *self._after)
+                | "AllRuns" >> beam.combiners.ToList()
+                | "WriteMemory" >> beam.ParDo(MergeMemoryFn(self._output_dir, self._keepalive),
+                                              AsSingleton(skipped)))
