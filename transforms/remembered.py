@@ -26,7 +26,7 @@ import json
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.pvalue import AsDict, AsSingleton
+from apache_beam.pvalue import AsSingleton
 
 from synanno_datagen.layout import FRAGMENTS_DIR, REMEMBERED_FAILURES, json_line
 from synanno_datagen.transforms.dead_letter_file import MergeRunsFn, WriteSortedRunsFn
@@ -76,27 +76,39 @@ def keyed_memory(pipeline, path: str, prefix: str):
             | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), e)))
 
 
-class SkipRememberedFn(beam.DoFn):
-    """Instance or DeadLetter -> itself, or, when its row is remembered for this ``kind``, the
-    memory entry on the ``remembered`` output."""
+_ROWLESS = "rowless"   # elements without a row: nothing of them can be remembered
 
-    def __init__(self, kind: str, columns: Optional[Sequence[str]] = None):
-        self._kind = kind
-        self._columns = columns
 
-    def process(self, element, memory: Dict[Tuple[str, str], dict]):
-        entry = memory.get((self._kind, fingerprint(element.row, self._columns))) \
-            if element.row else None
-        if entry is None:
-            yield element
+def _keyed(kind: str, columns: Optional[Sequence[str]]):
+    """Instance or DeadLetter -> ((kind, fingerprint of its row), itself), or itself on the
+    ``rowless`` output."""
+    def keyed(element):
+        if not element.row:
+            yield beam.pvalue.TaggedOutput(_ROWLESS, element)
         else:
-            yield beam.pvalue.TaggedOutput(REMEMBERED, entry)
+            yield (kind, fingerprint(element.row, columns)), element
+    return keyed
+
+
+def _skip_remembered(element):
+    """(key, {"memory": [entry], "instances": [...], "rejected": [...]}) -> each element, or
+    the memory entry of each on the ``remembered`` output when the key is remembered."""
+    _, groups = element
+    memory = list(groups["memory"])
+    for tag in ("instances", "rejected"):
+        for item in groups[tag]:
+            if memory:
+                yield beam.pvalue.TaggedOutput(REMEMBERED, memory[0])
+            else:
+                yield beam.pvalue.TaggedOutput(tag, item)
 
 
 class SkipRememberedFailures(beam.PTransform):
     """{"instances": Instance, "rejected": DeadLetter of the table} -> dict ``ok`` (instances
     to go on with), ``dead_letter`` (rejections not remembered) and ``remembered`` (the memory
-    entry of each skipped element). The memory is a side input: it holds failures only."""
+    entry of each skipped element). Elements and memory entries meet by key (kind, row
+    fingerprint) in one CoGroupByKey: only rows and small entries cross it, and no worker holds
+    the whole memory (as a side input each would)."""
 
     def __init__(self, memory_path: str, columns: Optional[Sequence[str]] = None):
         super().__init__()
@@ -104,14 +116,18 @@ class SkipRememberedFailures(beam.PTransform):
         self._columns = columns
 
     def expand(self, inputs):
-        memory = AsDict(keyed_memory(inputs["instances"].pipeline, self._path, "Memory"))
-        instances = inputs["instances"] | "SkipInstances" >> beam.ParDo(
-            SkipRememberedFn(INSTANCE, self._columns), memory).with_outputs(REMEMBERED, main="ok")
-        rejected = inputs["rejected"] | "SkipRejections" >> beam.ParDo(
-            SkipRememberedFn(ROW, self._columns), memory).with_outputs(REMEMBERED, main="ok")
-        remembered = ((instances[REMEMBERED], rejected[REMEMBERED])
-                      | "AllRemembered" >> beam.Flatten())
-        return {"ok": instances.ok, DEAD: rejected.ok, REMEMBERED: remembered}
+        p = inputs["instances"].pipeline
+        keyed = {tag: inputs[tag] | f"Key{tag.title()}" >> beam.FlatMap(
+                     _keyed(kind, self._columns)).with_outputs(_ROWLESS, main="keyed")
+                 for tag, kind in (("instances", INSTANCE), ("rejected", ROW))}
+        groups = ({"memory": keyed_memory(p, self._path, "Memory"),
+                   **{tag: k.keyed for tag, k in keyed.items()}}
+                  | "MeetMemory" >> beam.CoGroupByKey())
+        out = groups | "SkipRemembered" >> beam.FlatMap(_skip_remembered).with_outputs(
+            REMEMBERED, "instances", "rejected")
+        kept = {tag: (out[tag], keyed[tag][_ROWLESS]) | f"All{tag.title()}" >> beam.Flatten()
+                for tag in ("instances", "rejected")}
+        return {"ok": kept["instances"], DEAD: kept["rejected"], REMEMBERED: out[REMEMBERED]}
 
 
 # Priorities of a memory entry's line among those of its key (see merged_memory)
