@@ -94,6 +94,31 @@ def test_read_table_dead_letters_a_row_whose_cells_are_shifted_by_an_unquoted_co
                     label="DeadLetters")
 
 
+@pytest.mark.parametrize("select", [None, (7, 3)])
+def test_read_table_numbers_rows_over_its_shards_without_an_id_column(data, tmp_path, select):
+    """Row numbers are the ids without an id column: each shard's rows counted by a read of
+    their own (a quoted cell over two lines and a blank line are no rows)."""
+    from synanno_datagen.transforms.points import PointColumns, TableLayout
+    from synanno_datagen.transforms.select import selection_key
+    from synanno_datagen.transforms.table import ReadTable
+
+    layout = TableLayout(center=PointColumns(("x", "y", "z")), pre=None, post=None)
+    centers = [SYNAPSE_CENTERS[sid] for sid in GOOD_IDS[:5]]
+    line = "{},{},{},{}\n".format
+    (tmp_path / "a.csv").write_text("x,y,z,note\n" + line(*centers[0], '"two\nlines"') + "\n"
+                                    + line(*centers[1], "") + line(*centers[2], ""))
+    (tmp_path / "b.csv").write_text("x,y,z,note\n" + line(*centers[3], "") + line(*centers[4], ""))
+    bounds = describe_volume(data.target_url).bounds
+    expected = list(enumerate(centers))
+    if select:
+        expected = sorted(expected, key=lambda e: selection_key(select[0], e[0]))[:select[1]]
+    with TestPipeline() as p:
+        out = p | ReadTable([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], None, bounds,
+                            select=select, layout=layout)
+        assert_that(out["ok"] | beam.Map(lambda i: (i.instance_id, i.center_xyz)),
+                    equal_to(expected))
+
+
 def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path):
     from synanno_datagen.transforms.keep_new import KeepNewInstances
 

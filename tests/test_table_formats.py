@@ -299,3 +299,15 @@ def test_parquet_columns_python_cannot_hold_never_stop_the_rows(tmp_path):
     assert first["late"] == "10000-01-01 00:00:00.000000" and second["late"] == ""
     assert first["nested"] == "(struct<a: timestamp[ns]> value)" and second["nested"] == ""
     assert first["mars"] and first["day"]
+
+
+def test_count_rows_counts_the_rows_iter_rows_reads(tmp_path):
+    from synanno_datagen.transforms.table_formats import count_rows
+
+    (tmp_path / "t.csv").write_text('id,note\n1,"a\nb"\n\n2,\r\n3,c')
+    with gzip.open(tmp_path / "t.csv.gz", "wt", newline="") as f:
+        f.write((tmp_path / "t.csv").read_text())
+    pq.write_table(pa.table({"id": [1, 2, 3, 4]}), tmp_path / "t.parquet", row_group_size=3)
+    for name, n in (("t.csv", 3), ("t.csv.gz", 3), ("t.parquet", 4)):
+        path = str(tmp_path / name)
+        assert count_rows(path) == len(list(iter_rows(path))) == n

@@ -14,7 +14,7 @@ from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
     DEAD, DUPLICATE_ID, EXTRA_CELLS, INVALID_ID, OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
 )
-from synanno_datagen.transforms.table_formats import EXTRA_CELLS_KEY, iter_rows
+from synanno_datagen.transforms.table_formats import EXTRA_CELLS_KEY, count_rows, iter_rows
 
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
@@ -100,6 +100,14 @@ class ReadShardFn(beam.DoFn):
             yield RowRef(shard, row_index), row
 
 
+class CountShardRowsFn(beam.DoFn):
+    """(shard number, path) -> (shard number, its data rows)."""
+
+    def process(self, element: Tuple[int, str]) -> Iterable[Tuple[int, int]]:
+        shard, path = element
+        yield shard, count_rows(path)
+
+
 class ParseRowFn(beam.DoFn):
     """(RowRef, row) -> Instance, or a DeadLetter on the ``dead_letter`` output."""
 
@@ -174,8 +182,11 @@ class ReadTable(beam.PTransform):
         rows = self._read(pbegin)
         side = {}
         if not self._id_column:
-            counts = (rows | "ShardOf" >> beam.Map(lambda r: r[0].table_shard)
-                      | "RowsPerShard" >> beam.combiners.Count.PerElement())
+            # counted by a read of their own: taken from the rows themselves, the row numbers
+            # would make every row wait, in memory, until the last was counted
+            counts = (pbegin
+                      | "ListShardsToCount" >> beam.Create(list(enumerate(self._paths)))
+                      | "RowsPerShard" >> beam.ParDo(CountShardRowsFn()))
             n = len(self._paths)
             side["shard_offsets"] = beam.pvalue.AsSingleton(
                 counts | "ToDict" >> beam.combiners.ToDict()

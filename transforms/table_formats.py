@@ -120,6 +120,14 @@ def has_data_rows(path: str) -> bool:
     return next(iter_rows(path), None) is not None
 
 
+def count_rows(path: str) -> int:
+    """The shard's data rows: Parquet's footer row count, or the CSV rows iter_rows reads."""
+    if table_format(path) == PARQUET:
+        with _open_binary(path) as raw:
+            return _parquet_file(raw, path).metadata.num_rows
+    return sum(1 for _ in iter_rows(path))
+
+
 def iter_rows(path: str) -> Iterator[Dict[str, str]]:
     """The shard's data rows in file order, as ``{column: text}``. A file that cannot be read to
     its end (a gzip stream cut short, a damaged Parquet page) raises TableFormatError."""
