@@ -104,7 +104,7 @@ def match_table(pattern: str) -> List[str]:
     if where.endswith("/") or ("://" not in where and os.path.isdir(where)):
         raise ConfigError(f"{TABLE_FLAG} {pattern}: a directory; give a file, or a glob of its "
                           f"shards (e.g. {pattern.rstrip('/')}/*.csv)")
-    if "://" not in where and os.path.isfile(where):
+    if _names_a_file(where):
         paths = [where]   # a file named as it is, '[' or '*' in its name included
     else:
         if ("://" not in where and not where.startswith(("/", "."))
@@ -129,6 +129,20 @@ def match_table(pattern: str) -> List[str]:
         if found.st_size == 0:
             raise ConfigError(f"{TABLE_FLAG} {path}: empty (0 bytes); check the export")
     return paths
+
+
+def _names_a_file(where: str) -> bool:
+    """Whether ``where`` is the name of one file or object, globbing characters and all."""
+    if "://" not in where:
+        return os.path.isfile(where)
+    if not any(c in where for c in "*?["):
+        return False   # listed as it is by the glob anyway
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(where)
+    except Exception:   # (the glob then says what is wrong)
+        return False
 
 
 # Arrow's names of the binary float types

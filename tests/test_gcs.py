@@ -429,6 +429,20 @@ def test_parquet_and_gzip_csv_tables_read_from_gs_as_from_local_files(gcs, tmp_p
     assert len(list(iter_rows(f"{bucket}/t.parquet"))) == 50
 
 
+def test_a_gs_table_named_with_glob_characters_is_read_as_itself(gcs):
+    """Found by review: gs://b/t[1].csv was taken for a glob: it read t1.csv, another table,
+    where both were there, and was 'no such file' alone (a local file is read as itself)."""
+    from synanno_datagen.pipeline.table_options import match_table
+
+    bucket = gcs.create_bucket("literal-tables")
+    for name in ("t[1].csv", "t1.csv", "u[2].csv"):
+        with FileSystems.create(f"{bucket}/{name}", compression_type="uncompressed") as out:
+            out.write(b"id,x,y,z\n1,2,3,4\n")
+    assert match_table(f"{bucket}/t[1].csv") == [f"{bucket}/t[1].csv"]
+    assert match_table(f"{bucket}/u[2].csv") == [f"{bucket}/u[2].csv"]
+    assert match_table(f"{bucket}/t[0-9].csv") == [f"{bucket}/t1.csv"]   # no such object: a glob
+
+
 def test_a_launch_that_fails_keeps_the_earlier_dataset(gcs, tmp_path, capsys, monkeypatch):
     """Rerunning a dataset on Dataflow: the launcher builds and stages the job before it
     exists, and a failure there (here a template location in a bucket that does not exist, on
