@@ -38,6 +38,15 @@ def test_selection_is_a_pure_function_of_the_seed():
     assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
     everything = select_records(shards, 100, seed=0)
     assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
+    # Given a function that reads the shards afresh (preview's, which holds a few numbers per
+    # line, not every line), the same picks; it reads the shards twice, no more.
+    reads = []
+
+    def fresh():
+        reads.append(1)
+        return iter(shards)
+
+    assert select_records(fresh, 5, seed=0) == a and len(reads) == 2
 
 
 def test_choose_slices_shows_all_or_a_window_holding_the_seeds():

@@ -157,32 +157,43 @@ class Dataset:
                                    f"was cut short or changed; {DAMAGED}")
         return entries
 
-    def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
-        """(index file entry, its lines) for every index shard, in manifest order; DatasetError
-        when a shard holds other than the manifest's number of lines."""
-        shards = []
+    def iter_index_shards(self, split: str = None) -> Iterator[Tuple[dict, List[dict]]]:
+        """(index file entry, its lines) for every index shard, in manifest order, one shard
+        at a time; DatasetError when a shard holds other than the manifest's number of lines."""
         for f in self.files("index", split):
             lines = list(self.read_jsonl(f["path"]))
             if "records" in f and len(lines) != f["records"]:
                 raise DatasetError(f"{self.path(f['path'])}: {len(lines)} lines, the manifest "
                                    f"says {f['records']}: the file was cut short or changed; "
                                    f"{DAMAGED}")
-            shards.append((f, lines))
-        return shards
+            yield f, lines
+
+    def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
+        """iter_index_shards, as a list."""
+        return list(self.iter_index_shards(split))
+
+    def iter_index(self, split: str = None) -> Iterator[dict]:
+        """Every index line, in manifest order, streaming."""
+        for _, lines in self.iter_index_shards(split):
+            yield from lines
 
     def index(self, split: str = None) -> List[dict]:
         """Every index line, in manifest order."""
-        return [line for _, lines in self.index_shards(split) for line in lines]
+        return list(self.iter_index(split))
+
+    def iter_dead_letters(self) -> Iterator[dict]:
+        """The dead-letter lines of the (latest) run, in file order, streaming; DatasetError for
+        a line that is not a dead letter (an object with a ``reason``)."""
+        relative = self.manifest["files"]["dead_letter"]["path"]
+        for d in self.read_jsonl(relative):
+            if not (isinstance(d, dict) and isinstance(d.get("reason"), str)):
+                raise DatasetError(f"{self.path(relative)}: a line without a reason, not a dead "
+                                   f"letter; {DAMAGED}")
+            yield d
 
     def dead_letters(self) -> List[dict]:
-        """The dead-letter lines of the (latest) run, in file order; DatasetError for a line
-        that is not a dead letter (an object with a ``reason``)."""
-        relative = self.manifest["files"]["dead_letter"]["path"]
-        lines = list(self.read_jsonl(relative))
-        if not all(isinstance(d, dict) and isinstance(d.get("reason"), str) for d in lines):
-            raise DatasetError(f"{self.path(relative)}: a line without a reason, not a dead "
-                               f"letter; {DAMAGED}")
-        return lines
+        """iter_dead_letters, as a list."""
+        return list(self.iter_dead_letters())
 
     def tfrecord_for(self, index_file: dict) -> dict:
         """The TFRecord shard entry holding the records of an index shard entry (same run,

@@ -18,7 +18,7 @@ def inspect_dataset(output_dir: str) -> dict:
     DatasetError when its manifest lacks or garbles a part they need."""
     dataset = open_dataset(output_dir)
     with damage_named(dataset.manifest_path):
-        return dataset_facts(dataset.manifest, dataset.index(), dataset.dead_letters(),
+        return dataset_facts(dataset.manifest, dataset.iter_index(), dataset.iter_dead_letters(),
                              location=dataset.manifest_path, npy=dataset.npy_totals())
 
 

@@ -2,7 +2,8 @@
 index lines and the dead-letter lines (see reading/dataset.py for reading them)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import array
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -38,47 +39,73 @@ def _foreground_z(entry: dict, depth: int) -> List[int]:
     return z
 
 
-def seed_count_histogram(entries: List[dict], model: SeedModel, depth: int) -> dict:
+class IndexTally:
+    """What inspect reports of the index lines, added up line by line (``add``), so that no
+    step holds every line: seed slices by count and by z (observed, and expected under the
+    declared law given each instance's foreground slices), foreground voxels, instances by
+    split."""
+
+    def __init__(self, model: SeedModel, depth: int):
+        self.model, self.depth = model, depth
+        self.m = min(model.max_seed_slices, depth)   # (no variant has more seed slices)
+        self.count_observed = [0] * self.m
+        self.count_expected = np.zeros(self.m, np.float64)
+        self.z_observed = np.zeros(depth, np.int64)
+        self.z_expected = np.zeros(depth, np.float64)
+        self.foreground = array.array("q")
+        self.instances, self.variants = 0, 0
+        self.by_split: Dict[str, int] = {}
+        self._inclusion: Dict[tuple, np.ndarray] = {}
+
+    def add(self, entry: dict) -> None:
+        fg = tuple(_foreground_z(entry, self.depth))
+        counts = self.model.count_probabilities(len(fg))
+        if fg not in self._inclusion:
+            self._inclusion[fg] = seed_inclusion_probabilities(self.model, self.depth, fg)
+        for slices in entry["seed_slices"]:
+            self.count_observed[len(slices) - 1] += 1
+            self.count_expected[: counts.size] += counts
+            self.z_observed[list(slices)] += 1
+            self.z_expected += self._inclusion[fg]
+        self.foreground.append(int(entry["foreground_voxels"]))
+        self.instances += 1
+        self.variants += len(entry["seed_slices"])
+        self.by_split[entry["split"]] = self.by_split.get(entry["split"], 0) + 1
+
+    def seed_count(self) -> dict:
+        """Variants by number of seed slices, ``c = 1..max_seed_slices``."""
+        return {"count": list(range(1, self.m + 1)), "observed": self.count_observed,
+                "expected": [float(v) for v in self.count_expected]}
+
+    def seed_z(self) -> dict:
+        """Seed slices by z index (0..depth-1) over all variants."""
+        return {"z": list(range(self.depth)), "observed": [int(v) for v in self.z_observed],
+                "expected": [float(v) for v in self.z_expected]}
+
+
+def tally_index(entries: Iterable[dict], model: SeedModel, depth: int) -> IndexTally:
+    tally = IndexTally(model, depth)
+    for entry in entries:
+        tally.add(entry)
+    return tally
+
+
+def seed_count_histogram(entries: Iterable[dict], model: SeedModel, depth: int) -> dict:
     """Variants by number of seed slices, ``c = 1..max_seed_slices``: observed (int) and expected
     (float: each variant's P(count = c) given its instance's foreground slices, summed)."""
-    m = min(model.max_seed_slices, depth)   # (no variant has more seed slices than the crop)
-    observed = [0] * m
-    expected = np.zeros(m, np.float64)
-    for entry in entries:
-        probs = model.count_probabilities(len(_foreground_z(entry, depth)))
-        for slices in entry["seed_slices"]:
-            observed[len(slices) - 1] += 1
-            expected[: probs.size] += probs
-    return {"count": list(range(1, m + 1)), "observed": observed,
-            "expected": [float(v) for v in expected]}
+    return tally_index(entries, model, depth).seed_count()
 
 
-def seed_z_histogram(entries: List[dict], model: SeedModel, depth: int) -> dict:
+def seed_z_histogram(entries: Iterable[dict], model: SeedModel, depth: int) -> dict:
     """Seed slices by z index (0..depth-1) over all variants: observed (int) and expected (float:
     each variant's P(z is a seed slice) under the declared law, given its instance's foreground
     slices, summed)."""
-    observed = np.zeros(depth, np.int64)
-    expected = np.zeros(depth, np.float64)
-    cache: Dict[tuple, np.ndarray] = {}
-    for entry in entries:
-        fg = tuple(_foreground_z(entry, depth))
-        if fg not in cache:
-            cache[fg] = seed_inclusion_probabilities(model, depth, fg)
-        for slices in entry["seed_slices"]:
-            observed[list(slices)] += 1
-            expected += cache[fg]
-    return {"z": list(range(depth)), "observed": [int(v) for v in observed],
-            "expected": [float(v) for v in expected]}
+    return tally_index(entries, model, depth).seed_z()
 
 
-def foreground_voxels(entries: List[dict]) -> List[int]:
-    """Foreground voxels of each written instance's full mask, in index order."""
-    return [int(e["foreground_voxels"]) for e in entries]
-
-
-def describe_values(values: List[int], bins: int = HISTOGRAM_BINS) -> Optional[dict]:
+def describe_values(values: Sequence[int], bins: int = HISTOGRAM_BINS) -> Optional[dict]:
     """min, median, mean, max and a histogram (``bins`` equal bins from min to max) of values."""
-    if not values:
+    if not len(values):
         return None
     a = np.asarray(values, np.float64)
     counts, edges = np.histogram(a, bins=bins)
@@ -87,45 +114,58 @@ def describe_values(values: List[int], bins: int = HISTOGRAM_BINS) -> Optional[d
             "histogram": {"edges": [float(e) for e in edges], "counts": [int(n) for n in counts]}}
 
 
-def failures_by_reason(letters: List[dict], examples: int = EXAMPLES_PER_REASON) -> dict:
+def failures_by_reason(letters: Iterable[dict], examples: int = EXAMPLES_PER_REASON) -> dict:
     """{reason: {"count", "examples": first few {instance_id, details, table_shard, table_row}}},
-    reasons sorted by count (most first), then name."""
-    grouped: Dict[str, List[dict]] = {}
-    for d in letters:
-        grouped.setdefault(d["reason"], []).append(d)
+    reasons sorted by count (most first), then name; the letters read once, streaming."""
+    counts: Dict[str, int] = {}
+    shown: Dict[str, List[dict]] = {}
     keys = ("instance_id", "details", "table_shard", "table_row")
-    return {reason: {"count": len(ds), "examples": [{k: d.get(k) for k in keys}
-                                                    for d in ds[:examples]]}
-            for reason, ds in sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
+    for d in letters:
+        reason = d["reason"]
+        counts[reason] = counts.get(reason, 0) + 1
+        if counts[reason] <= examples:
+            shown.setdefault(reason, []).append({k: d.get(k) for k in keys})
+    return {reason: {"count": n, "examples": shown[reason]}
+            for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
-def consistency_problems(manifest: dict, entries: List[dict], letters: List[dict]) -> List[str]:
-    """Disagreements between the manifest and the files it lists (empty when all agree)."""
+def consistency_problems(manifest: dict, by_split: Dict[str, int], letters: int) -> List[str]:
+    """Disagreements between the manifest and the files it lists (empty when all agree):
+    ``by_split``, the index lines by split; ``letters``, the dead-letter lines."""
     problems = []
     splits = manifest["splits"]
     listed = sum(s["instances"] for s in splits.values())
-    if listed != len(entries):
-        problems.append(f"splits list {listed} instances, the index has {len(entries)}")
+    indexed = sum(by_split.values())
+    if listed != indexed:
+        problems.append(f"splits list {listed} instances, the index has {indexed}")
     for name, split in splits.items():
-        mine = sum(1 for e in entries if e["split"] == name)
+        mine = by_split.get(name, 0)
         if mine != split["instances"]:
             problems.append(f"split {name}: manifest {split['instances']} instances, index {mine}")
     failures = sum(manifest["counts"]["failures"].values())
-    if failures != len(letters):
+    if failures != letters:
         problems.append(f"counts.failures sum to {failures}, the dead-letter file has "
-                        f"{len(letters)} lines")
+                        f"{letters} lines")
     return problems
 
 
-def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
+def dataset_facts(manifest: dict, entries: Iterable[dict], letters: Iterable[dict], *,
                   location: str, npy: Optional[dict] = None) -> dict:
     """Everything ``inspect`` reports, JSON-ready (``npy``: the dataset's npy files and bytes,
-    when not the manifest's own, see Dataset.npy_totals)."""
+    when not the manifest's own, see Dataset.npy_totals). ``entries`` and ``letters`` are
+    read once, in order: iterators that stream the files keep memory bounded."""
     model = SeedModel.from_manifest(manifest["seed_model"])
-    depth = depth_of(manifest)
+    index = tally_index(entries, model, depth_of(manifest))
+    letter_count = [0]
+
+    def counted(lines):
+        for line in lines:
+            letter_count[0] += 1
+            yield line
+
+    failures = failures_by_reason(counted(letters))
     config = manifest["config"]
     volumes = manifest["volumes"]
-    fg = foreground_voxels(entries)
     return {
         "dataset": location,
         "generator": manifest["generator"],
@@ -139,17 +179,17 @@ def dataset_facts(manifest: dict, entries: List[dict], letters: List[dict], *,
         "arrays": {"shape_zyx": manifest["arrays"]["shape_zyx"],
                    "resolution_nm_zyx": manifest["arrays"]["resolution_nm_zyx"]},
         "counts": {k: v for k, v in manifest["counts"].items() if k != "failures"},
-        "failures": failures_by_reason(letters),
+        "failures": failures,
         "splits": {name: {k: s[k] for k in ("instances", "records", "shards", "bytes")}
                    for name, s in manifest["splits"].items()},
         "npy": {k: (npy or manifest.get("npy", {})).get(k, 0) for k in ("files", "bytes")},
         "index": {
-            "instances": len(entries),
-            "variants": sum(len(e["seed_slices"]) for e in entries),
-            "seed_count": seed_count_histogram(entries, model, depth),
-            "seed_z": seed_z_histogram(entries, model, depth),
-            "foreground_voxels": describe_values(fg),
+            "instances": index.instances,
+            "variants": index.variants,
+            "seed_count": index.seed_count(),
+            "seed_z": index.seed_z(),
+            "foreground_voxels": describe_values(index.foreground),
         },
         "seed_model": manifest["seed_model"],
-        "problems": consistency_problems(manifest, entries, letters),
+        "problems": consistency_problems(manifest, index.by_split, letter_count[0]),
     }
