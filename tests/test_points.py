@@ -13,7 +13,10 @@ CTR_XYZ = PointColumns(("ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_positi
 
 @pytest.mark.parametrize("text", ["[120, 220, 14]", "[120 220 14]", " [ 120 , 220 , 14 ] ",
                                   "[120.  220.  14.]", "[1.2e+02 2.2e+02\n 1.4e+01]",
-                                  "[120.9, 220.5, 14.0]"])
+                                  "[120.9, 220.5, 14.0]",
+                                  # a list of numpy 2 scalars, as str() of it prints them
+                                  "[np.int64(120), np.int64(220), np.int64(14)]",
+                                  "[np.float64(120.9), np.float32(220.5), np.uint32(14)]"])
 def test_list_cells_in_csv_and_numpy_text(text):
     assert parse_point({"ctr_pt_position": text}, CTR) == (120, 220, 14)
 
@@ -33,6 +36,9 @@ def test_list_cells_in_csv_and_numpy_text(text):
     ("[120, 1." + "0" * 200 + ", 14]", "not_a_number"),   # no coordinate is that long
     ("120", "not_a_number"),
     ("{'x': 1}", "not_a_number"),
+    ("[np.int64(120), np.int64(), np.int64(14)]", "missing_coordinate"),
+    ("[np.int64(120), np.str_('a'), np.int64(14)]", "not_a_number"),
+    ("[np.int64(120), np.float64(nan), np.int64(14)]", "missing_coordinate"),
 ])
 def test_bad_list_cells_name_their_reason(text, reason):
     with pytest.raises(BadValue) as err:

@@ -1,7 +1,8 @@
 """Table points -> target-volume voxels: which columns hold a point, and the cell rules.
 
-A point is one column of [x, y, z] lists (Parquet lists; in CSV text such as ``[120, 220, 14]``
-or numpy's ``[120 220 14]``) or three columns ``NAME_x, NAME_y, NAME_z``. A value in table units
+A point is one column of [x, y, z] lists (Parquet lists; in CSV text such as ``[120, 220, 14]``,
+numpy's ``[120 220 14]`` or a list of numpy 2 scalars ``[np.int64(120), ...]``) or three columns
+``NAME_x, NAME_y, NAME_z``. A value in table units
 becomes the target voxel ``floor(value * table_nm / target_nm)`` per axis, exactly as written,
 except that a product within a millionth of a voxel below an integer is that integer (to_voxel).
 """
@@ -24,6 +25,7 @@ _MAX_TEXT = 64       # characters of a coordinate's text
 _MAX_EXACT = 2**53
 SNAP_VOXELS = Fraction(1, 10**6)   # a point this close below a voxel's edge is on it (to_voxel)
 _SPLIT = re.compile(r"\s+")
+_NUMPY_SCALAR = re.compile(r"np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64))\((.*)\)\Z")
 
 
 class BadValue(ValueError):
@@ -194,8 +196,14 @@ def split_list_text(text: Optional[str], what: str) -> Tuple[str, ...]:
     if not inner:
         return ()
     if "," in inner:
-        return tuple(item.strip() for item in inner.split(","))
+        return tuple(_numpy_scalar_text(item.strip()) for item in inner.split(","))
     return tuple(_SPLIT.split(inner))
+
+
+def _numpy_scalar_text(item: str) -> str:
+    """``np.int64(120)`` (a numpy 2 scalar as str() of a list of them prints it) -> ``120``."""
+    found = _NUMPY_SCALAR.match(item)
+    return found.group(1).strip() if found else item
 
 
 def parse_point(row: dict, point: PointColumns, to_target_xyz=UNIT_SCALE) -> XYZ:
