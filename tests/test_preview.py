@@ -38,15 +38,17 @@ def test_selection_is_a_pure_function_of_the_seed():
     assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
     everything = select_records(shards, 100, seed=0)
     assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
-    # Given a function that reads the shards afresh (preview's, which holds a few numbers per
-    # line, not every line), the same picks; it reads the shards twice, no more.
-    reads = []
+    # Read once, streaming, with only the chosen lines' shards read again (as preview does,
+    # holding a few numbers per line): the same picks.
+    reread = []
 
-    def fresh():
-        reads.append(1)
-        return iter(shards)
+    def lines_of(f):
+        reread.append(f["path"])
+        return dict((g["path"], e) for g, e in shards)[f["path"]]
 
-    assert select_records(fresh, 5, seed=0) == a and len(reads) == 2
+    one = select_records(iter(shards), 1, seed=0, reread=lines_of)
+    assert one == select_records(shards, 1, seed=0) and reread == [one[0]["index_file"]["path"]]
+    assert select_records(iter(shards), 5, seed=0, reread=lines_of) == a
 
 
 def test_choose_slices_shows_all_or_a_window_holding_the_seeds():

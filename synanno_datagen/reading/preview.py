@@ -32,23 +32,28 @@ LEGEND = ("cyan outline: full target mask (on grey raw EM)\n"
 DECODED = ("source", "target", "instance_id", "variant")
 
 
-def select_records(shards, n: int, seed: int, split: Optional[str] = None) -> List[dict]:
+def select_records(shards: Iterable[Tuple[dict, List[dict]]], n: int, seed: int,
+                   split: Optional[str] = None,
+                   reread: Optional[Callable[[dict], List[dict]]] = None) -> List[dict]:
     """Pick ``n`` (instance, variant) pairs: instances without repeats, then one variant each,
     from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
 
-    ``shards``: (index file entry, index lines) as Dataset.index_shards gives, or a function
-    giving them afresh (Dataset.iter_index_shards): then only a few numbers per line are held,
-    and the shards of the chosen lines are read again for their slices.
+    ``shards``: (index file entry, index lines) as Dataset.iter_index_shards gives, read once;
+    only a few numbers per line are held. ``reread(index file entry)``: the lines of a shard
+    again, for the chosen lines' slices (only their shards are read again); without it, the
+    lines ``shards`` gave are kept instead.
     Returns dicts {instance_id, variant, split, index_file, line, variants_before, seed_slices,
     foreground_slices} (``line``: the instance's place in its index shard, and so its record's
     in an instance-layout shard; ``variants_before``: the variants of the lines before it, and
     so the place of its first record in a variant-layout shard), sorted by instance id. Fewer
     than ``n`` when the dataset (or split) holds fewer instances.
     """
-    fresh: Callable[[], Iterable[Tuple[dict, List[dict]]]] = \
-        shards if callable(shards) else (lambda: shards)
+    files, kept = [], []
     candidates = []   # (instance id, shard number, line, variants before, variants, split)
-    for number, (_, entries) in enumerate(fresh()):
+    for number, (f, entries) in enumerate(shards):
+        files.append(f)
+        if reread is None:
+            kept.append(entries)
         for line, (e, before) in enumerate(zip(entries, _variants_before(entries))):
             if split is None or e["split"] == split:
                 candidates.append((e["instance_id"], number, line, before,
@@ -57,16 +62,13 @@ def select_records(shards, n: int, seed: int, split: Optional[str] = None) -> Li
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     chosen = [(candidates[k], int(rng.integers(candidates[k][4]))) for k in picks]
-    wanted = {(c[1], c[2]) for c, _ in chosen}
-    found = {}
-    for number, (path, entries) in enumerate(fresh()):
-        for line in sorted(line for at, line in wanted if at == number):
-            found[number, line] = (path, entries[line])
+    lines = {number: (kept[number] if reread is None else reread(files[number]))
+             for number in sorted({c[1] for c, _ in chosen})}
     out = []
     for (instance_id, number, line, before, _, in_split), variant in chosen:
-        path, entry = found[number, line]
+        entry = lines[number][line]
         out.append({"instance_id": instance_id, "variant": variant, "split": in_split,
-                    "index_file": path, "line": line, "variants_before": before,
+                    "index_file": files[number], "line": line, "variants_before": before,
                     "seed_slices": list(entry["seed_slices"][variant]),
                     "foreground_slices": entry.get("foreground_slices")})
     return out
@@ -225,7 +227,8 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
     splits = dataset.manifest["splits"]
     if split is not None and split not in splits:
         raise UsageError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
-    chosen = select_records(dataset.iter_index_shards, n, seed, split)
+    chosen = select_records(dataset.iter_index_shards(), n, seed, split,
+                            reread=lambda f: list(dataset.read_jsonl(f["path"])))
     if not chosen:
         raise DatasetError(f"{output_dir}: no written instances to preview"
                           + (f" in split {split}" if split else ""))
