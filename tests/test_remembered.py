@@ -196,6 +196,25 @@ def test_the_memory_a_run_leaves_is_merged_from_sorted_runs_by_key_and_priority(
     assert len(list((out / "_tmp" / "remembered").iterdir())) >= 1   # the sorted runs
 
 
+def test_damaged_memory_lines_are_tried_again_not_a_traceback(tmp_path, caplog):
+    """Found by review: a memory line without a fingerprint, a non-object or a cut line ended
+    the next run in a traceback. Such a line can match no row: it is left out, with a warning,
+    and what it may have stood for is tried again."""
+    import logging
+
+    from synanno_datagen.transforms.remembered import memory_entries
+
+    good = {"kind": ROW, "fingerprint": "0" * 32, "reason": "outside_volume",
+            "instance_id": 1, "first_run": 1}
+    path = tmp_path / "remembered_failures.jsonl"
+    path.write_text(json.dumps(good) + "\n[1, 2]\n" + json.dumps({"kind": ROW}) + "\n"
+                    + '{"kind": "row", "fingerpr\n')
+    with caplog.at_level(logging.WARNING):
+        assert list(memory_entries(str(path))) == [good]
+    assert f"{path}: 3 lines are not memory entries (first: line 2); they are left out" in \
+        caplog.text
+
+
 def test_skip_remembered_failures_stage(tmp_path):
     rows = {i: {"id": str(i), "x": str(i)} for i in range(4)}
     memory = tmp_path / "memory.jsonl"

@@ -23,17 +23,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton
 
 from synanno_datagen.layout import FRAGMENTS_DIR, REMEMBERED_FAILURES, json_line
 from synanno_datagen.transforms.dead_letter_file import MergeRunsFn, WriteSortedRunsFn
-from synanno_datagen.transforms.files import read_jsonl
 from synanno_datagen.transforms.records import (
     DEAD, EMPTY_TARGET, EXTRA_CELLS, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
 )
+
+log = logging.getLogger(__name__)
 
 PERMANENT_REASONS = tuple(r for r in TABLE_REASONS if r != EXTRA_CELLS) + (EMPTY_TARGET,
                                                                           MISSING_CHUNKS)
@@ -67,12 +71,37 @@ def new_entry(letter: DeadLetter, run: int,
             "instance_id": letter.instance_id, "first_run": run}
 
 
+def memory_entries(path: str) -> Iterator[dict]:
+    """The entries of the memory file at ``path``. A line that is not one (a hand-edited or cut
+    file) can match no row: it is left out, with a warning, so that what it stood for is tried
+    again."""
+    bad, first = 0, None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for number, line in enumerate(iter(f.readline, b""), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and isinstance(entry.get("kind"), str) and \
+                    isinstance(entry.get("fingerprint"), str) and "reason" in entry and \
+                    "first_run" in entry:
+                yield entry
+            else:
+                bad += 1
+                first = first or number
+    if bad:
+        log.warning("%s: %d lines are not memory entries (first: line %d); they are left out, "
+                    "and the rows they stood for are tried again", path, bad, first)
+
+
 def keyed_memory(pipeline, path: str, prefix: str):
     """The entries of the memory file at ``path`` as (key, entry) pairs, read in the pipeline
     (steps named ``prefix``...), for a side input."""
     return (pipeline
             | f"{prefix}File" >> beam.Create([path])
-            | f"{prefix}Entries" >> beam.FlatMap(read_jsonl)
+            | f"{prefix}Entries" >> beam.FlatMap(memory_entries)
             | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), e)))
 
 
@@ -237,7 +266,7 @@ class RememberFailures(beam.PTransform):
         if self._earlier:
             streams.append(p
                            | "EarlierFile" >> beam.Create([self._earlier])
-                           | "EarlierEntries" >> beam.FlatMap(read_jsonl)
+                           | "EarlierEntries" >> beam.FlatMap(memory_entries)
                            | "EarlierLines" >> beam.Map(sortable_entry, EARLIER))
         runs = WriteSortedRunsFn(self._output_dir, keepalive=self._keepalive, runs_dir=RUNS_DIR)
         return (streams
