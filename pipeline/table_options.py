@@ -61,6 +61,8 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
                             ("--post-column", layout.post)):
             if point is not None and point.is_list:
                 _find(flag, point.columns[0], other, path)
+    for path, other in zip(shards[1:], schemas[1:]):
+        _check_ids_are_a_column(id_column, other, path)
     ids = resolve_id_column(id_column, schema, first)
     if ids is None:
         _warn_of_id_like_columns(pattern, schema.columns)
@@ -173,18 +175,24 @@ def resolve_id_column(requested: Optional[str], schema: ShardSchema, path: str) 
         -> Optional[str]:
     """The id column: ``requested``, else 'id' when there is one, else None (ids by row)."""
     columns = schema.columns
-    wanted = "id" if requested is None else requested
-    if wanted not in columns and wanted in schema.metadata_indexes:
-        raise ConfigError(f"{TABLE_FLAG} {path}: {wanted!r} is the table's pandas index, which "
-                          "pandas stored in the file's metadata (a RangeIndex), not as a "
-                          "column; write it with df.reset_index().to_parquet(...), or "
-                          "to_parquet(..., index=True)")
+    _check_ids_are_a_column(requested, schema, path)
     if requested is None:
         return "id" if "id" in columns else None
     if requested not in columns:
         raise ConfigError(f"--id-column {requested}: no such column in {path} "
                           f"(found: {found(columns)})")
     return requested
+
+
+def _check_ids_are_a_column(requested: Optional[str], schema: ShardSchema, path: str) -> None:
+    """Refuse ids a Parquet shard holds only as a pandas RangeIndex in its metadata, no column
+    (``df.set_index('id').to_parquet()`` of evenly spaced ids): rows would be numbered instead."""
+    wanted = "id" if requested is None else requested
+    if wanted not in schema.columns and wanted in schema.metadata_indexes:
+        raise ConfigError(f"{TABLE_FLAG} {path}: {wanted!r} is the table's pandas index, which "
+                          "pandas stored in the file's metadata (a RangeIndex), not as a "
+                          "column; write it with df.reset_index().to_parquet(...), or "
+                          "to_parquet(..., index=True)")
 
 
 def found(columns: Sequence[str]) -> str:
