@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import make_data, run_pipeline  # noqa: E402 - needs ROOT on the path
-from benchmarks.flags import non_negative_float, positive_int  # noqa: E402
+from benchmarks.flags import non_negative_float, non_negative_int, positive_int  # noqa: E402
 
 DENSE_SIZE_XYZ = (768, 768, 48)   # target voxels; the demo generator scales synapses with size
 CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
@@ -271,7 +271,7 @@ def main():
                              "trip; local files are not delayed)")
     parser.add_argument("--stage-split", action=argparse.BooleanOptionalAction, default=True,
                         help="end with how one instance's time splits between stages")
-    parser.add_argument("--big-table-rows", type=positive_int, default=1_000_000,
+    parser.add_argument("--big-table-rows", type=non_negative_int, default=1_000_000,
                         help="rows of the big-table scenario (0 skips it)")
     args = parser.parse_args()
     for flag, given, allowed in (("--layouts", args.layouts, ("instance", "variant")),

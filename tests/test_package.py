@@ -150,6 +150,7 @@ def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     ("shard_readers.py", ["--readers", "0"]), ("volume_readers.py", ["--repeats", "0"]),
     ("volume_readers.py", ["--crops", "0"]), ("concurrent_reads.py", ["--latency-ms", "0,x"]),
     ("fetch_strategies.py", ["--variants", "0"]),
+    ("fetch_strategies.py", ["--big-table-rows", "-1"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -160,3 +161,12 @@ def test_benchmark_flags_are_checked_before_any_work(script, flags):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"argument {flags[0]}: " in done.stderr.splitlines()[-1]
+
+
+def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():
+    """Found in this session: --big-table-rows 0 ('0 skips it') was refused as not positive.
+    With a bad --layouts after it, the refusal is about --layouts: 0 was taken."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "fetch_strategies.py"), "--big-table-rows", "0",
+                           "--layouts", "bogus"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--layouts bogus" in done.stderr.splitlines()[-1]
