@@ -84,23 +84,11 @@ class IndexTally:
 
 
 def tally_index(entries: Iterable[dict], model: SeedModel, depth: int) -> IndexTally:
+    """The IndexTally of ``entries`` (read once)."""
     tally = IndexTally(model, depth)
     for entry in entries:
         tally.add(entry)
     return tally
-
-
-def seed_count_histogram(entries: Iterable[dict], model: SeedModel, depth: int) -> dict:
-    """Variants by number of seed slices, ``c = 1..max_seed_slices``: observed (int) and expected
-    (float: each variant's P(count = c) given its instance's foreground slices, summed)."""
-    return tally_index(entries, model, depth).seed_count()
-
-
-def seed_z_histogram(entries: Iterable[dict], model: SeedModel, depth: int) -> dict:
-    """Seed slices by z index (0..depth-1) over all variants: observed (int) and expected (float:
-    each variant's P(z is a seed slice) under the declared law, given its instance's foreground
-    slices, summed)."""
-    return tally_index(entries, model, depth).seed_z()
 
 
 def describe_values(values: Sequence[int], bins: int = HISTOGRAM_BINS) -> Optional[dict]:
