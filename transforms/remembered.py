@@ -98,7 +98,7 @@ def memory_entries(path: str) -> Iterator[dict]:
 
 def keyed_memory(pipeline, path: str, prefix: str):
     """The entries of the memory file at ``path`` as (key, entry) pairs, read in the pipeline
-    (steps named ``prefix``...), for a side input."""
+    (steps named ``prefix``...)."""
     return (pipeline
             | f"{prefix}File" >> beam.Create([path])
             | f"{prefix}Entries" >> beam.FlatMap(memory_entries)
