@@ -61,9 +61,9 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
                             ("--post-column", layout.post)):
             if point is not None and point.is_list:
                 _find(flag, point.columns[0], other, path)
-    for path, other in zip(shards[1:], schemas[1:]):
+    for path, other in zip(shards, schemas):
         _check_ids_are_a_column(id_column, other, path)
-    ids = resolve_id_column(id_column, schema, first)
+    ids = resolve_id_column(id_column, schema.columns, first)
     if ids is None:
         _warn_of_id_like_columns(pattern, schema.columns)
     else:
@@ -171,11 +171,9 @@ def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:
                     ", ".join(like))
 
 
-def resolve_id_column(requested: Optional[str], schema: ShardSchema, path: str) \
+def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \
         -> Optional[str]:
     """The id column: ``requested``, else 'id' when there is one, else None (ids by row)."""
-    columns = schema.columns
-    _check_ids_are_a_column(requested, schema, path)
     if requested is None:
         return "id" if "id" in columns else None
     if requested not in columns:

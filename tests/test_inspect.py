@@ -420,7 +420,7 @@ def test_a_full_stdout_is_one_line_not_a_traceback(views_dataset, tmp_path, comm
         "synanno-datagen: cannot write to stdout ([Errno 28] No space left on device)\n")
 
 
-def test_inspect_reads_the_index_and_dead_letters_once_streaming(views_dataset):
+def test_inspect_facts_from_one_pass_over_streams_equal_those_of_lists(views_dataset):
     """Found by review: inspect held every index line and dead letter (about 4.5 and 2.8 KB
     each: gigabytes for an H01 root). The facts are added up line by line from one pass over
     each file, and equal those of the lists."""

@@ -84,16 +84,23 @@ def memory_entries(path: str) -> Iterator[dict]:
                 entry = json.loads(line)
             except ValueError:
                 entry = None
-            if isinstance(entry, dict) and isinstance(entry.get("kind"), str) and \
-                    isinstance(entry.get("fingerprint"), str) and "reason" in entry and \
-                    "first_run" in entry:
+            if _is_entry(entry):
                 yield entry
             else:
                 bad += 1
                 first = first or number
     if bad:
-        log.warning("%s: %d lines are not memory entries (first: line %d); they are left out, "
-                    "and the rows they stood for are tried again", path, bad, first)
+        log.warning("%s: %d line%s not a memory entry (first: line %d), left out: the rows "
+                    "it stood for are tried again", path, bad, "s are" if bad > 1 else " is",
+                    first)
+
+
+def _is_entry(entry) -> bool:
+    """Whether a parsed memory line is an entry this tool writes (new_entry's shape)."""
+    return (isinstance(entry, dict) and entry.get("kind") in (ROW, INSTANCE)
+            and isinstance(entry.get("fingerprint"), str)
+            and entry.get("reason") in PERMANENT_REASONS
+            and type(entry.get("first_run")) is int)
 
 
 def keyed_memory(pipeline, path: str, prefix: str):
