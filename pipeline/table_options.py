@@ -48,6 +48,8 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
     shards = match_table(pattern)
     schemas = [_schema(path) for path in shards]
     schema = schemas[0]
+    for path, other in zip(shards, schemas):   # (before the shapes: its advice is the fix)
+        _check_ids_are_a_column(id_column, other, path)
     for path, other in zip(shards[1:], schemas[1:]):
         _check_same_shape(schema, other, path, shards[0])
     _check_has_rows(pattern, shards)
@@ -61,8 +63,6 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
                             ("--post-column", layout.post)):
             if point is not None and point.is_list:
                 _find(flag, point.columns[0], other, path)
-    for path, other in zip(shards, schemas):
-        _check_ids_are_a_column(id_column, other, path)
     ids = resolve_id_column(id_column, schema.columns, first)
     if ids is None:
         _warn_of_id_like_columns(pattern, schema.columns)

@@ -210,11 +210,11 @@ def test_damaged_memory_lines_are_tried_again_not_a_traceback(tmp_path, caplog):
     path.write_text(json.dumps(good) + "\n[1, 2]\n" + json.dumps({"kind": ROW}) + "\n"
                     + json.dumps({**good, "reason": None}) + "\n"
                     + json.dumps({**good, "reason": {"a": 1}}) + "\n"
-                    + json.dumps({**good, "kind": "other"}) + "\n"
+                    + json.dumps({**good, "kind": "other"}) + "\n" + "[" * 100_000 + "\n"
                     + '{"kind": "row", "fingerpr\n')
     with caplog.at_level(logging.WARNING):
         assert list(memory_entries(str(path))) == [good]
-    assert (f"{path}: 6 lines are not a memory entry (first: line 2), left out: the rows it "
+    assert (f"{path}: 7 lines are not a memory entry (first: line 2), left out: the rows it "
             "stood for are tried again") in caplog.text
 
 

@@ -237,11 +237,13 @@ def test_ids_held_only_as_a_pandas_range_index_are_refused(tmp_path):
             f"--materialization {tmp_path / 't.parquet'}: 'id' is the table's pandas index, "
             "which pandas stored in the file's metadata (a RangeIndex), not as a column; write "
             "it with df.reset_index().to_parquet(...), or to_parquet(..., index=True)")
-    # ... in any shard of a glob (the first here has none: a mix of writers)
-    pq.write_table(pa.table({"x": [1], "y": [2], "z": [3]}), tmp_path / "s0.parquet")
+    # ... in any shard of a glob (the first here has none, or a real id column: a mix of
+    # writers; the advice, not 'different columns')
     (tmp_path / "t.parquet").rename(tmp_path / "s1.parquet")
-    with pytest.raises(ConfigError, match="s1.parquet: 'id' is the table's pandas index"):
-        describe_table(str(tmp_path / "s*.parquet"), None, None, None, None)
+    for first in ({"x": [1], "y": [2], "z": [3]}, {"id": [9], "x": [1], "y": [2], "z": [3]}):
+        pq.write_table(pa.table(first), tmp_path / "s0.parquet")
+        with pytest.raises(ConfigError, match="s1.parquet: 'id' is the table's pandas index"):
+            describe_table(str(tmp_path / "s*.parquet"), None, None, None, None)
     # an unnamed range index (to_parquet of a plain frame) is no column the run wants
     pandas["index_columns"][0]["name"] = None
     pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(pandas).encode()}),

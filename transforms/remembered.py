@@ -82,7 +82,7 @@ def memory_entries(path: str) -> Iterator[dict]:
                 continue
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):   # (JSON nested past the stack)
                 entry = None
             if _is_entry(entry):
                 yield entry
