@@ -15,7 +15,8 @@ usage: ./launch_dataflow.sh [--dry-run] [run] FLAGS        one Dataflow job now 
                                                           state of the newest job named JOB_NAME;
                                                           --wait polls until it ends
 FLAGS are 'synanno-datagen run' flags (--materialization gs://... --output-dir gs://... ...).
---dry-run (before or after the action) prints the exact commands instead of running them.
+--dry-run (before or after the action) prints the exact commands instead of running them
+          (a URL's password shown as ***).
 
 Environment:
   PROJECT, REGION   required
@@ -93,14 +94,21 @@ check_python() {
     || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $here/.venv)"
 }
 
-# Print (--dry-run) or run one command.
+# Print (--dry-run) or run one command. Printed, a URL's password is shown as *** (the
+# package's redaction; sed's simpler one where the interpreter lacks the package), so that a
+# dry run in a CI log leaks none; the command run keeps it.
 do_cmd() {
   if [ "$dry_run" = 1 ]; then
-    printf '%q ' "$@"
+    printf '%q ' "$@" | redacted
     printf '\n'
   else
     "$@"
   fi
+}
+
+redacted() {
+  "$python" -P -c 'import sys; from synanno_datagen.errors import redact; sys.stdout.write(redact(sys.stdin.read()))' 2>/dev/null \
+    || sed -E 's#(://[^/:@ ]*):[^@ ]*@#\1:***@#g'
 }
 
 check_job_name() {

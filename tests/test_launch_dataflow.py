@@ -58,6 +58,18 @@ def test_dry_run_prints_the_exact_dataflow_command():
         (50, "n2-highmem-4", "net")
 
 
+@pytest.mark.parametrize("action", ["run", "schedule"])
+def test_a_dry_run_shows_no_password(action):
+    """A dry run's commands go to a terminal or a CI log: a volume URL's password is shown as
+    *** there (the command run keeps it)."""
+    flags = [f if f != "gs://h01/raw" else "https://me:s3cr%2Ft@host/raw" for f in OURS]
+    done = launch("--dry-run", action, *flags, PROJECT="proj", REGION="europe-west4",
+                  BUCKET="gs://my-bucket", SERVICE_ACCOUNT="sa@x.iam")
+    assert done.returncode == 0, done.stderr
+    assert "s3cr" not in done.stdout + done.stderr
+    assert "https://me:***@host/raw" in done.stdout
+
+
 def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
     """Without PYTHON the script takes the .venv that ./dev makes beside it, else python3; an
     interpreter that cannot import the package is a usage error naming it, before anything is
