@@ -16,7 +16,9 @@ CTR_XYZ = PointColumns(("ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_positi
                                   "[120.9, 220.5, 14.0]",
                                   # a list of numpy 2 scalars, as str() of it prints them
                                   "[np.int64(120), np.int64(220), np.int64(14)]",
-                                  "[np.float64(120.9), np.float32(220.5), np.uint32(14)]"])
+                                  "[np.float64(120.9), np.float32(220.5), np.uint32(14)]",
+                                  "[np.longdouble('120.5'), np.longdouble('220.0'), "
+                                  "np.longdouble('14.0')]"])
 def test_list_cells_in_csv_and_numpy_text(text):
     assert parse_point({"ctr_pt_position": text}, CTR) == (120, 220, 14)
 

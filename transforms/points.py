@@ -25,7 +25,8 @@ _MAX_TEXT = 64       # characters of a coordinate's text
 _MAX_EXACT = 2**53
 SNAP_VOXELS = Fraction(1, 10**6)   # a point this close below a voxel's edge is on it (to_voxel)
 _SPLIT = re.compile(r"\s+")
-_NUMPY_SCALAR = re.compile(r"np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64))\((.*)\)\Z")
+_NUMPY_SCALAR = re.compile(r"np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64)|longdouble)"
+                           r"\(\s*'?([^']*?)'?\s*\)\Z")
 
 
 class BadValue(ValueError):
