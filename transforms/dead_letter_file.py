@@ -43,7 +43,8 @@ def _unprefixed(lines: Iterable[bytes]) -> Iterator[bytes]:
         yield line.split(b"\t", 1)[1]
 
 
-def _lines(path: str) -> Iterator[bytes]:
+def read_lines(path: str) -> Iterator[bytes]:
+    """The lines of the file at ``path`` (local or gs://), as bytes, streaming."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         yield from iter(f.readline, b"")
 
@@ -90,7 +91,6 @@ class MergeRunsFn(beam.DoFn):
     under ``runs_dir``)."""
 
     PATH = DEAD_LETTER
-    KIND = "dead_letter"
 
     def __init__(self, output_dir: str, fan_in: int = MERGE_FAN_IN, keepalive=None,
                  runs_dir: str = RUNS_DIR):
@@ -113,24 +113,26 @@ class MergeRunsFn(beam.DoFn):
                 count[0] += 1
                 yield line
 
-        merged = heapq.merge(*(_lines(p) for p in runs))
+        merged = heapq.merge(*(read_lines(p) for p in runs))
         before_commit(self._keepalive)
         size, sha = write_atomic(join(self._output_dir, self.PATH),
                                  counted(self.file_lines(merged)))
-        return {"kind": self.KIND, "path": self.PATH, "records": count[0], "bytes": size,
-                "sha256": sha}
+        return {"path": self.PATH, "records": count[0], "bytes": size, "sha256": sha}
 
     def process(self, runs: Optional[List[str]]):
         yield self.merge(runs)
 
     def _merged_run(self, runs: List[str]) -> str:
         path = join(self._output_dir, self._runs_dir, f"{uuid.uuid4().hex}.run")
-        write_atomic(path, heapq.merge(*(_lines(p) for p in runs)))
+        write_atomic(path, heapq.merge(*(read_lines(p) for p in runs)))
         return path
 
 
 class MergeDeadLettersFn(MergeRunsFn):
     """[run names] -> file info of ``dead_letter.jsonl``: the runs merged, prefixes dropped."""
+
+    def process(self, runs: Optional[List[str]]):
+        yield {"kind": "dead_letter", **self.merge(runs)}
 
 
 class WriteDeadLetterFile(beam.PTransform):

@@ -27,12 +27,12 @@ import logging
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton
 
 from synanno_datagen.layout import FRAGMENTS_DIR, REMEMBERED_FAILURES, json_line
-from synanno_datagen.transforms.dead_letter_file import MergeRunsFn, WriteSortedRunsFn
+from synanno_datagen.transforms.dead_letter_file import (
+    MergeRunsFn, WriteSortedRunsFn, read_lines,
+)
 from synanno_datagen.transforms.records import (
     DEAD, EMPTY_TARGET, EXTRA_CELLS, MISSING_CHUNKS, TABLE_REASONS, DeadLetter,
 )
@@ -76,19 +76,18 @@ def memory_entries(path: str) -> Iterator[dict]:
     file) can match no row: it is left out, with a warning, so that what it stood for is tried
     again."""
     bad, first = 0, None
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for number, line in enumerate(iter(f.readline, b""), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except (ValueError, RecursionError):   # (JSON nested past the stack)
-                entry = None
-            if _is_entry(entry):
-                yield entry
-            else:
-                bad += 1
-                first = first or number
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):   # (JSON nested past the stack)
+            entry = None
+        if _is_entry(entry):
+            yield entry
+        else:
+            bad += 1
+            first = first or number
     if bad:
         log.warning("%s: %d line%s not a memory entry (first: line %d), left out: the rows "
                     "it stood for are tried again", path, bad, "s are" if bad > 1 else " is",
@@ -227,7 +226,6 @@ class MergeMemoryFn(MergeRunsFn):
     (merged_memory of the runs) with ``remembered``, the skipped elements by reason."""
 
     PATH = REMEMBERED_FAILURES
-    KIND = "remembered_failures"
 
     def __init__(self, output_dir: str, keepalive=None):
         super().__init__(output_dir, keepalive=keepalive, runs_dir=RUNS_DIR)
@@ -236,9 +234,7 @@ class MergeMemoryFn(MergeRunsFn):
         return merged_memory(merged)
 
     def process(self, runs: Optional[List[str]], skipped: Optional[Dict[str, int]] = None):
-        info = self.merge(runs)
-        del info["kind"]
-        yield {**info, "remembered": dict(sorted((skipped or {}).items()))}
+        yield {**self.merge(runs), "remembered": dict(sorted((skipped or {}).items()))}
 
 
 class RememberFailures(beam.PTransform):
