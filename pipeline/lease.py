@@ -3,8 +3,9 @@
 ``DIR/LEASE`` (DIR is ``--output-dir``: a dataset directory or an incremental root) holds JSON
 naming its holder: host, boot id, pid, start and expiry (UTC) and a random token. It is created
 only if absent: on gs:// as an object uploaded with ``if_generation_match=0`` (GCS creates it
-only when no object of that name exists), locally with ``os.open(O_CREAT | O_EXCL)``. A run that
-finds a live lease stops before any work (LeaseHeld: one line, exit code 3).
+only when no object of that name exists), locally as a whole file hard-linked to its name (a link
+is refused if the name exists; so a run stopped while writing it leaves none). A run that finds a
+live lease stops before any work (LeaseHeld: one line, exit code 3).
 
 The holder removes it at the end of the run: the pipeline's last step (pipeline.monitoring's
 FinishRunFn, after the manifest and LATEST, so also on Dataflow, where a template's launcher
@@ -29,8 +30,10 @@ files of the run that took it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -258,7 +261,28 @@ class _LocalLease:
         self._path = path
 
     def create(self, data: bytes) -> bool:
+        """Create the file whole or not at all: written under a name of its own, then hard-linked
+        as the lease (``link`` fails if the lease exists); a run stopped while writing leaves no
+        empty lease. Where hard links are refused, ``O_EXCL`` and a write."""
         os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        fresh = f"{self._path}.{secrets.token_hex(8)}.new"
+        try:
+            with open(fresh, "xb") as f:
+                f.write(data)
+            try:
+                os.link(fresh, self._path)
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                return self._create_in_place(data)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)
+
+    def _create_in_place(self, data: bytes) -> bool:
         try:
             fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

@@ -520,3 +520,22 @@ def test_the_last_step_retried_after_the_run_finished_reports_the_committed_data
     before = path.read_bytes()
     (again,) = WriteManifestFn(config).process(None, [], {}, {}, {}, {})   # the retry
     assert again == manifest and path.read_bytes() == before
+
+
+def test_a_run_that_cannot_write_its_lease_leaves_no_empty_lease(tmp_path):
+    """A lease appears whole or not at all: a run that stops while writing it (here its file size
+    limit is 10 bytes) leaves nothing that would hold the directory, unreadable, for hours."""
+    code = ("import resource, signal, sys\n"
+            "from pipeline import lease\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+            "try:\n"
+            "    lease.acquire(sys.argv[1])\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e)\n"
+            "    sys.exit(3)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "cannot take the run's lease" in done.stdout and "File too large" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == []
