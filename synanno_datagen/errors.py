@@ -1,6 +1,9 @@
 """The user-facing error types, each one line from the CLI (exit code as each says)."""
 import re
 
+# What to do about a file of a dataset that is cut short, changed or unreadable.
+DAMAGED = "copy the file again, or generate the dataset again"
+
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")   # where a URL (or one inside it) starts
 _REST_END = re.compile(r'[\s"]')                      # a URL's rest ends at a space or a "
 _USER = re.compile(r"""[^/?#\s'",:\[\]]*""")        # a user name (an e-mail address too)

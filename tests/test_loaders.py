@@ -283,6 +283,31 @@ def test_npy_dataset_items_are_the_npy_files(generated, torch):
         check_pair(inputs, target, records[(iid, v)])
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)))
     assert batch[0].shape == (3, 2, 4, 24, 24) and batch[1].shape == (3, 1, 4, 24, 24)
+    # the items are a few numpy arrays, no Python object per item (a DataLoader's forked
+    # workers share them rather than copying the pages that reference counts touch)
+    held = vars(dataset.items)
+    assert all((isinstance(v, np.ndarray) and v.dtype != object) or v == {}
+               for v in held.values()), {k: type(v) for k, v in held.items()}
+    assert dataset.items.nbytes < 300 * len(dataset)
+
+
+def test_an_index_line_that_is_not_one_of_an_npy_dataset_is_named(generated, tmp_path):
+    from synanno_datagen import DatasetError
+
+    _, out, _, _ = generated
+    copy, manifest = _damaged_copy(out, tmp_path)
+    index = copy / next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
+    written = index.read_text().splitlines()
+    for change, says in ((lambda line: line.pop("npy"), "a line without the npy files"),
+                         (lambda line: line["npy"].update(source=7), "naming the npy file 7"),
+                         (lambda line: line.update(instance_id="12"), "whose instance_id is 12"),
+                         (lambda line: line["npy"].update(target="../../secret.npy"),
+                          "lists the path .*secret.npy.*not inside the dataset")):
+        line = json.loads(written[-1])
+        change(line)
+        index.write_text("\n".join(written[:-1] + [json.dumps(line)]) + "\n")
+        with pytest.raises(DatasetError, match=rf"{index if 'path' not in says else ''}.*{says}"):
+            loaders.NpyDataset(str(copy), "val")
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +357,7 @@ def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, 
     for i in range(len(npy)):
         inputs, target, meta = npy[i]
         run, record = by_run[(meta["instance_id"], meta["variant"])]
-        assert npy.items[i]["source"].startswith(str(root / "runs" / run / "npy"))
+        assert npy.files(i)["source"].startswith(str(root / "runs" / run / "npy"))
         check_pair(inputs, target, record)
 
 
@@ -544,7 +569,7 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     # an npy file cut short
     (copy / index["path"]).write_text("".join(lines))
     npy = loaders.NpyDataset(str(copy), "val")
-    source = npy.items[0]["source"]
+    source = npy.files(0)["source"]
     kept = open(source, "rb").read()
     with open(source, "r+b") as f:
         f.truncate(200)
@@ -558,13 +583,13 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     open(source, "wb").write(kept)
     assert npy[1][0].shape == (2, 4, 24, 24)
 
-    seed = npy.items[1]["seed_target"]
+    seed = npy.files(1)["seed_target"]
     kept = open(seed, "rb").read()
     np.save(seed, np.zeros((3, 3), np.uint8))
     with pytest.raises(DatasetError, match=rf"{seed}: \d+ bytes that are not the ones"):
         npy[1]
     open(seed, "wb").write(kept)
-    target = npy.items[1]["target"]
+    target = npy.files(1)["target"]
     written = np.load(target)
     np.save(target, np.full_like(written, 7))    # same header, same size, other values
     with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
@@ -583,14 +608,27 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
 
     from synanno_datagen import DatasetError
 
-    copy, _ = _damaged_copy(both_layouts["instance"], tmp_path)
+    copy, manifest = _damaged_copy(both_layouts["instance"], tmp_path)
     npy = loaders.NpyDataset(str(copy), "val")
-    source = Path(npy.items[0]["source"])
-    listed = npy.items[0]["listed"][str(source)]
+    source = Path(npy.files(0)["source"])
+    index = copy / next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
+    written = index.read_text()
+    first = json.loads(written.splitlines()[0])
+    listed = next(f for f in first["npy"]["files"] if source.as_posix().endswith(f["path"]))
+
+    def relisted(**changes):
+        """The dataset with the first val line's listing of ``source`` changed (None: dropped)."""
+        line = json.loads(written.splitlines()[0])
+        files = [dict(f, **changes) if f["path"] == listed["path"] else f
+                 for f in line["npy"]["files"]]
+        line["npy"]["files"] = [f for f in files if None not in f.values()]
+        index.write_text("\n".join([json.dumps(line)] + written.splitlines()[1:]) + "\n")
+        return loaders.NpyDataset(str(copy), "val")
+
     source.unlink()
     source.symlink_to("/dev/zero")             # endless: the reader stops after listed + 1
     with pytest.raises(DatasetError, match=rf"{source}: more bytes than the index lists "
-                                           rf"\({listed[0]} bytes"):
+                                           rf"\({listed['bytes']} bytes"):
         npy[0]
 
     header = b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': " \
@@ -598,23 +636,22 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
     bomb = header + b" " * (127 - len(header)) + b"\n"
     source.unlink()
     source.write_bytes(bomb)
-    npy.items[0]["listed"][str(source)] = (len(bomb), hashlib.sha256(bomb).hexdigest())
     with pytest.raises(DatasetError, match=rf"{source}: not a readable npy file"):
-        npy[0]
+        relisted(bytes=len(bomb), sha256=hashlib.sha256(bomb).hexdigest())[0]
 
     # found by review: a listed size of 2**50 was allocated (MemoryError), a size as text a
     # TypeError traceback
-    for size, sha in ((2**50, listed[1]), ("12", listed[1]), (-1, listed[1]), (12, None)):
-        npy.items[0]["listed"][str(source)] = (size, sha)
+    for size, sha in ((2**50, listed["sha256"]), ("12", listed["sha256"]), (-1, listed["sha256"]),
+                      (12, 7), (12, "ab"), (12, "z" * 64)):
         with pytest.raises(DatasetError, match=rf"{source}: its index line lists .*, not what "
                                                r"an npy file of the dataset's arrays holds"):
-            npy[0]
+            relisted(bytes=size, sha256=sha)[0]
 
-    del npy.items[0]["listed"][str(source)]
+    npy = relisted(path=None)
     with pytest.raises(DatasetError, match=rf"{source}: its index line lists no size and "
                                            r"sha256 for it"):
         npy[0]
-    other = next(i for i, item in enumerate(npy.items) if item["source"] != str(source))
+    other = next(i for i in range(len(npy)) if npy.files(i)["source"] != str(source))
     assert np.asarray(npy[other][0]).shape[0] == 2    # other instances still read
 
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
 from synanno_datagen import layout
-from synanno_datagen.errors import DatasetError, UsageError, first_line
+from synanno_datagen.errors import DAMAGED, DatasetError, UsageError, first_line
+from synanno_datagen.reading.npy_items import NpyItems
 
 __all__ = ["Dataset", "DatasetError", "open_dataset"]
 
-# What to do about a file of a dataset that is cut short, changed or unreadable.
-DAMAGED = "copy the file again, or generate the dataset again"
 MAX_CROP_SIDE = 1 << 16   # voxels per axis of a record's arrays; a manifest saying more is damaged
 
 
@@ -204,29 +203,15 @@ class Dataset:
                 return f
         raise DatasetError(f"{self.root}: no TFRecord shard for {index_file['path']}")
 
-    def npy_items(self, split: str) -> List[Dict]:
-        """One item per (instance, variant) of ``split`` in index order: ids, the full paths of
-        its npy files, and ``listed``: {full path: (bytes, sha256)} of its instance's files, as
-        the index lists them (shared by the instance's items)."""
+    def npy_items(self, split: str) -> NpyItems:
+        """One item per (instance, variant) of ``split`` in index order (reading its index
+        shards one at a time): ids and its npy files with the sizes and sha256 the index lists."""
         if "npy" not in self.formats:
             raise DatasetError("this dataset has no npy files (made with --formats "
                                f"{','.join(self.formats)}); read its TFRecord shards")
-        items = []
-        for index_file, lines in self.index_shards(split):
-            base = layout.index_npy_base(index_file)
-            for entry in lines:
-                npy = entry["npy"]
-
-                def full(p):
-                    return self.path(layout.join(base, p) if base else p)
-
-                listed = {full(f["path"]): (f["bytes"], f["sha256"]) for f in npy["files"]}
-                source, target = full(npy["source"]), full(npy["target"])  # one per instance
-                for variant, seed_path in enumerate(npy["seed_target"]):
-                    items.append({"instance_id": entry["instance_id"], "variant": variant,
-                                  "source": source, "target": target,
-                                  "seed_target": full(seed_path), "listed": listed})
-        return items
+        entries = ((self.path(index_file["path"]), layout.index_npy_base(index_file), entry)
+                   for index_file, lines in self.iter_index_shards(split) for entry in lines)
+        return NpyItems(entries, tuple(self.manifest["arrays"]["shape_zyx"]), self.path)
 
 
 def _checked_manifest(path: str, manifest) -> dict:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,10 +22,8 @@ from synanno_datagen.reading.loaders import (
     buffer_shuffle, input_target, left_out_start, num_batches, reader_range, shard_order,
     shard_slices, stream_ranges,
 )
+from synanno_datagen.reading.npy_items import ROLES
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
-
-NPY_HEADER_MOST = 4096   # bytes of an npy file's header (numpy pads it to 64 or 4096 bytes)
-
 
 def _sample(source, seed, target, meta: Optional[dict]):
     inputs, target = input_target(source, seed, target)
@@ -154,42 +151,46 @@ class NpyDataset(Dataset):
 
     Each file's bytes are checked against the index (size and sha256) and its array against the
     manifest (uint8, ``shape_zyx``) before use; arrays are read with
-    ``np.load(..., allow_pickle=False)``.
+    ``np.load(..., allow_pickle=False)``. The items are held in a few numpy arrays (about 200
+    bytes per item), which a DataLoader's forked workers share instead of copying.
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
-        dataset = open_dataset(dataset_dir)
-        self.items = dataset.npy_items(split)
-        self.shape_zyx = tuple(dataset.manifest["arrays"]["shape_zyx"])
+        self.dataset = open_dataset(dataset_dir)
+        self.items = self.dataset.npy_items(split)
+        self.shape_zyx = tuple(self.dataset.manifest["arrays"]["shape_zyx"])
         self.with_meta = with_meta
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def files(self, i: int) -> Dict[str, str]:
+        """Item i's npy files: {"source", "seed_target", "target": full path}."""
+        return {role: self.dataset.path(self.items.relative_path(int(k)))
+                for role, k in zip(ROLES, self.items.files[i])}
+
     def __getitem__(self, i: int):
-        item = self.items[i]
-        source, seed, target = (_load_npy(item[k], item["listed"].get(item[k]), self.shape_zyx)
-                                for k in ("source", "seed_target", "target"))
-        meta = ({"instance_id": item["instance_id"], "variant": item["variant"]}
-                if self.with_meta else None)
+        source, seed, target = (self._load(int(k)) for k in self.items.files[i])
+        meta = ({"instance_id": int(self.items.instance_ids[i]),
+                 "variant": int(self.items.variants[i])} if self.with_meta else None)
         return _sample(source, seed, target, meta)
 
+    def _load(self, k: int) -> np.ndarray:
+        path = self.dataset.path(self.items.relative_path(k))
+        try:
+            listed = self.items.listing(k)
+        except ValueError as e:
+            raise DatasetError(f"{path}: {e}; {DAMAGED}") from None
+        return _load_npy(path, listed, self.shape_zyx)
 
-def _load_npy(path: str, listed: Optional[Tuple[int, str]], shape_zyx) -> np.ndarray:
-    """One npy file, local or gs:// (never unpickled), checked against its index listing
-    (bytes, sha256) and the manifest's array shape; DatasetError naming a file that does not
-    read or is not what was written."""
+
+def _load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
+    """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
+    index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
+    naming a file that does not read or is not what was written."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    if listed is None:
-        raise DatasetError(f"{path}: its index line lists no size and sha256 for it; {DAMAGED}")
-    size, sha = listed
-    if type(size) is not int or not 0 <= size <= math.prod(shape_zyx) + NPY_HEADER_MOST or \
-            not isinstance(sha, str):
-        raise DatasetError(f"{path}: its index line lists {str(size)[:20]} bytes and sha256 "
-                           f"{str(sha)[:16]}, not what an npy file of the dataset's arrays "
-                           f"holds; {DAMAGED}")
     try:   # no further than the listing: a larger file is not what was written
         if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
             with open(path, "rb") as f:
