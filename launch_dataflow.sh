@@ -51,6 +51,13 @@ require() {
   [ -n "${!name:-}" ] || usage_error "$name is not set; export $name=<$what> (see the top of this script)"
 }
 
+# The interpreter that submits (run) or checks the template parameters (schedule), run with -P:
+# where the script is called (a clone) its synanno_datagen/ folder must not shadow the package.
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
+fi
+
 # --dry-run anywhere (before or after the action) makes it a dry run; it is no run flag.
 dry_run=0
 args=()
@@ -58,11 +65,24 @@ for arg in "$@"; do
   if [ "$arg" = "--dry-run" ]; then dry_run=1; else args+=("$arg"); fi
 done
 set -- ${args[@]+"${args[@]}"}
-action="run"
+action="run" named=""
 case "${1:-}" in
-  run|build-template|schedule|status) action="$1"; shift ;;
-  -h|--help) usage; exit 0 ;;
+  run|build-template|schedule|status) action="$1" named="$1"; shift ;;
 esac
+# -h or --help anywhere: the usage (after 'run' or 'schedule', with the run flags), nothing
+# else, and no variables needed (a schedule's body would otherwise be the flags' usage text)
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help)
+      usage
+      if [ "$named" = run ] || [ "$named" = schedule ]; then
+        echo
+        "$python" -P -m synanno_datagen run --help 2>/dev/null \
+          || echo "FLAGS: see 'synanno-datagen run --help' where the package is installed"
+      fi
+      exit 0 ;;
+  esac
+done
 if [ "$action" = build-template ] && [ "$#" -gt 0 ]; then
   usage_error "build-template takes no arguments (got $*)"
 fi
@@ -83,12 +103,6 @@ if [ -n "${MAX_WORKERS:-}" ] && ! [[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]]; then
   usage_error "MAX_WORKERS '$MAX_WORKERS' is not a positive integer"
 fi
 
-# The interpreter that submits (run) or checks the template parameters (schedule), run with -P:
-# where the script is called (a clone) its synanno_datagen/ folder must not shadow the package.
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
-fi
 check_python() {
   "$python" -P -c 'import synanno_datagen.pipeline' >/dev/null 2>&1 \
     || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $here/.venv)"

@@ -252,8 +252,10 @@ def settle(config: Config) -> Config:
 
 def check_values(args: argparse.Namespace) -> Tuple[Tuple[str, ...], Any, Tuple]:
     """The checks of the flags' values that need no storage (what a schedule is checked
-    against too): (formats, missing-chunk modes, splits), or ConfigError."""
+    against too; the output directory's name included): (formats, missing-chunk modes,
+    splits), or ConfigError."""
     validate.check_numbers(args)
+    output_checks.to_output_dir(args.output_dir)
     if args.retry_failed and not args.incremental:
         raise ConfigError("--retry-failed: only incremental runs remember failures; add "
                           "--incremental")

@@ -30,7 +30,10 @@ NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 SWITCHES = {"incremental", "retry_failed", "break_lease"}
 # one-off parameters a schedule must not repeat every night
 NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run still writing; "
-                                "launch the template once with break_lease=true instead"}
+                                "launch the template once with break_lease=true instead",
+                 "retry_failed": "every night would try again every row remembered as a "
+                                 "permanent failure; launch the template once with "
+                                 "retry_failed=true instead"}
 # comma-separated lists (checked by check_values before they become parameters)
 COMMA_LISTS = {"formats", "splits", "missing_chunks"}
 # three numbers: template parameter "X Y Z"
@@ -44,6 +47,10 @@ def template_parameters() -> List[str]:
 
 def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
     """``run`` flags -> {parameter: string value} for the flags given (Beam flags refused)."""
+    asks_help = next((f for f in flags if f in ("-h", "--help")), None)
+    if asks_help:   # argparse would print the usage as the body and exit 0
+        raise ConfigError(f"{asks_help}: no template parameter; ./launch_dataflow.sh schedule "
+                          "--help shows the flags")
     parser = run_parser()
     args, rest = parser.parse_known_args(list(flags))
     if rest:

@@ -468,6 +468,37 @@ def test_a_launch_that_only_submits_leaves_the_lease_to_the_job(small_data, tmp_
     assert not (root / "LEASE").exists()
 
 
+@pytest.mark.parametrize("args, env", [
+    (["schedule", "--help"], {}), (["schedule", *REQUIRED, "-h"], {}),
+    (["--dry-run", "schedule", "-h"], {}), (["schedule", "--help"], None),
+    (["run", *REQUIRED, "--help"], {}), (["status", "--help"], {}),
+    (["build-template", "-h"], {}),
+])
+def test_help_after_an_action_prints_the_usage_and_does_nothing_else(stub_gcloud, args, env):
+    """Found by review: 'schedule --help' wrote the usage of the run flags as the nightly job's
+    request body, silently (exit 0); 'status --help' and 'build-template --help' were refused.
+    Help needs no variables (None: none set)."""
+    gcloud_env, calls = stub_gcloud
+    needed = {} if env is None else dict(PROJECT="p", REGION="r", BUCKET="b",
+                                          SERVICE_ACCOUNT="sa@p")
+    done = launch(*args, **needed, **gcloud_env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("usage: ./launch_dataflow.sh") and calls() == []
+    flags_help = "usage: synanno-datagen run" in done.stdout
+    assert flags_help == (args[0] in ("run", "schedule") or args[1] == "schedule")
+    if flags_help:
+        assert "--materialization TABLE" in done.stdout
+
+
+def test_help_among_the_flags_of_a_schedule_body_is_refused():
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.flex import flags_to_parameters
+
+    for flag in ("-h", "--help"):
+        with pytest.raises(ConfigError, match=f"{flag}: no template parameter"):
+            flags_to_parameters(list(REQUIRED) + [flag])
+
+
 def test_help_prints_the_usage_not_the_script():
     done = launch("--help")
     assert done.returncode == 0 and done.stderr == ""
@@ -548,19 +579,26 @@ def test_status_of_a_job_that_does_not_exist_is_a_usage_error(stub_dataflow):
     assert done.returncode == 2 and "no Dataflow job named my-job in p/r" in done.stderr
 
 
-def test_a_schedule_never_breaks_leases(stub_gcloud):
+def test_a_schedule_never_breaks_leases_or_retries_every_failure(stub_gcloud):
+    """One-off parameters: every night would break a live run's lease, or (found by review)
+    try every remembered failure again, paying for each every night."""
     env, calls = stub_gcloud
     done = launch("schedule", *REQUIRED, "--incremental", "--break-lease", PROJECT="p",
                   REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2 and "--break-lease: not in a schedule" in done.stderr
     assert calls() == []
-    done = launch("schedule", *REQUIRED, "--incremental", "--retry-failed", "--lease-hours",
-                  "30", PROJECT="p", REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    done = launch("schedule", *REQUIRED, "--incremental", "--retry-failed", PROJECT="p",
+                  REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "--retry-failed: not in a schedule: every night would try again every" in done.stderr
+    assert "retry_failed=true" in done.stderr and calls() == []
+    done = launch("schedule", *REQUIRED, "--incremental", "--lease-hours", "30", PROJECT="p",
+                  REGION="r", BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 0, done.stderr
     import json
 
     params = json.loads(_value(calls()[-1], "--message-body"))["launchParameter"]["parameters"]
-    assert (params["retry_failed"], params["lease_hours"]) == ("true", "30.0")
+    assert (params["incremental"], params["lease_hours"]) == ("true", "30.0")
     declared = _metadata()
     for name, value in params.items():
         assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
@@ -618,6 +656,10 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
     (["--shard-size-mb", "0"], "--shard-size-mb 0.0: must be positive"),
     (["--coordinate-resolution", "0", "8", "33"], "--coordinate-resolution 0.0 8.0 33.0"),
     (["--formats", "zarr"], "--formats 'zarr'"),
+    # found by review: output directories every night's run refuses were scheduled
+    (["--output-dir", "gs://b/d[1]"], "--output-dir gs://b/d[1]: holds a glob character"),
+    (["--output-dir", "gs://b/out*"], "holds a glob character"),
+    (["--output-dir", "gs:///x"], "--output-dir 'gs:///x': no bucket after gs://"),
 ])
 def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, flags, message):
     """Values that pass the template's regexes but that run refuses: refused when scheduling,
