@@ -323,6 +323,28 @@ def both_layouts(generated, tmp_path_factory):
     return {"instance": out, "variant": variant}
 
 
+def test_a_shard_dataset_whose_dataset_was_generated_again_is_an_error(generated, torch,
+                                                                         tmp_path):
+    """Found by review: a ShardDataset made before its directory was generated again (another
+    --variants) read the new shards with the old counts: half an epoch, without an error."""
+    from synanno_datagen import DatasetError
+    from tests.conftest import GENERATED_FLAGS
+
+    data, out, _, _ = generated
+    copy, _ = _damaged_copy(out, tmp_path)
+    dataset = loaders.ShardDataset(str(copy), "train", with_meta=True)
+    before = len(list(dataset))
+    assert before == len(dataset) > 0
+    run_pipeline(data.argv(copy, *GENERATED_FLAGS, "--variants", "2", "--overwrite"))
+    for workers in (0, 2):
+        with pytest.raises(DatasetError, match=rf"{copy / 'manifest.json'}: the dataset was "
+                                               r"written again since this ShardDataset was "
+                                               r"made; make it again"):
+            list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers))
+    again = loaders.ShardDataset(str(copy), "train", with_meta=True)
+    assert len(list(again)) == len(again) == before // 3 * 2
+
+
 def _samples(dataset):
     return {(m["instance_id"], m["variant"]): (np.asarray(i), np.asarray(t))
             for i, t, m in dataset}
@@ -341,9 +363,15 @@ def test_both_record_layouts_give_the_same_samples(both_layouts, torch):
 
 def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, torch):
     root = tmp_path / "root"
+    first = None
     for extra in (["--num-instances", "3"], []):
         run_pipeline(small_data.argv(root, "--incremental", "--variants", "2", *extra))
+        first = first or loaders.ShardDataset(str(root), None, with_meta=True)
     assert sorted(p.name for p in (root / "runs").iterdir()) == ["00001", "00002"]
+    # made before the second night, it still reads the first night's dataset (runs are never
+    # rewritten): a night is no "written again"
+    assert sorted((m["instance_id"], m["variant"]) for *_, m in first) == sorted(
+        (r["instance_id"], r["variant"]) for r in read_records(root / "runs" / "00001"))
     by_run = {}  # (instance id, variant) -> (run, record)
     for run in ("00001", "00002"):
         for r in read_records(root / "runs" / run):

@@ -93,6 +93,18 @@ class Dataset:
         decompressed bytes)."""
         return _open(self.path(relative), gzip)
 
+    def check_unchanged(self, reader: str) -> None:
+        """DatasetError when the manifest read is no longer the one at ``manifest_path`` (the
+        directory was generated again: files of the same names, other counts), for a
+        ``reader`` that holds what it read from it."""
+        try:
+            now = _read_json(self.manifest_path)
+        except (OSError, ValueError, RecursionError):
+            now = None
+        if now != self.manifest:
+            raise DatasetError(f"{self.manifest_path}: the dataset was written again since this "
+                               f"{reader} was made; make it again")
+
     @property
     def variants_per_record(self) -> int:
         """Samples in one record: every variant (instance layout) or one (variant layout)."""

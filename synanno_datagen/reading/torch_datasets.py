@@ -45,7 +45,8 @@ class ShardDataset(IterableDataset):
     reaches the workers, persistent ones included (the epoch lives in shared memory).
     Records in a shard are in work-block order, then by instance id; ``shuffle_buffer`` > 0
     (needs ``shuffle_seed``) mixes each worker's samples through a buffer of that many decoded
-    samples (about 3 x z*y*x bytes each), seeded by (seed, epoch, rank x N + worker).
+    samples (each its seed mask, z*y*x bytes, and its record's source and target, which an
+    instance record's variants share), seeded by (seed, epoch, rank x N + worker).
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
@@ -89,6 +90,7 @@ class ShardDataset(IterableDataset):
         return num_batches(self.num_records, batch_size, num_workers, self.world_size, drop_last)
 
     def __iter__(self):
+        self.dataset.check_unchanged(type(self).__name__)
         epoch = self.epoch
         shards = shard_order(self.shards, self.shuffle_seed, epoch)
         worker = get_worker_info()
