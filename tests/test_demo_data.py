@@ -293,6 +293,20 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
 
 
+def test_a_demo_of_npy_files_only_gets_its_views(tmp_path, capsys, monkeypatch, demo):
+    """Found by review: 'demo --formats npy' wrote its dataset, then ended refused (exit 2): its
+    preview read TFRecord shards only."""
+    cache, _ = demo
+    monkeypatch.setenv("SYNANNO_DATAGEN_CACHE", str(cache))
+    out = tmp_path / "npy-demo"
+    assert main(["demo", "--output-dir", str(out), "--formats", "npy", "--num-instances",
+                 "20"]) == 0
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (event["status"], event["instances_written"]) == ("ok", 20)
+    with open(tmp_path / "npy-demo-views" / "preview.png", "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
 def test_a_demo_output_dir_under_home_gets_its_views(tmp_path, capsys, monkeypatch, demo):
     """Found by review: with --output-dir '~/dm' (a quoted ~) run wrote the dataset to
     $HOME/dm, and the demo then looked for it at './~/dm' and ended refused."""

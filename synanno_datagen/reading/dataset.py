@@ -11,7 +11,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, Iterator, List, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Tuple
 
 from synanno_datagen import layout
 from synanno_datagen.errors import DAMAGED, DatasetError, UsageError, first_line
@@ -221,9 +221,17 @@ class Dataset:
         if "npy" not in self.formats:
             raise DatasetError("this dataset has no npy files (made with --formats "
                                f"{','.join(self.formats)}); read its TFRecord shards")
-        entries = ((self.path(index_file["path"]), layout.index_npy_base(index_file), entry)
-                   for index_file, lines in self.iter_index_shards(split) for entry in lines)
+        return self.npy_lines_items(self.iter_index_shards(split))
+
+    def npy_lines_items(self, shards: Iterable[Tuple[dict, List[dict]]]) -> NpyItems:
+        """The items of index lines: (index shard entry, some of its lines) pairs."""
+        entries = ((self.path(f["path"]), layout.index_npy_base(f), line)
+                   for f, lines in shards for line in lines)
         return NpyItems(entries, tuple(self.manifest["arrays"]["shape_zyx"]), self.path)
+
+    def npy_array(self, items: NpyItems, k: int):
+        """File k of ``items``: its array (uint8, z-y-x), checked against its listing."""
+        return items.load(k, self.path(items.relative_path(k)))
 
 
 def _checked_manifest(path: str, manifest) -> dict:

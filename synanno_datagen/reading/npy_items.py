@@ -3,10 +3,13 @@
 A map-style dataset holds every item for the whole training run, and a DataLoader's forked
 workers each copy every memory page whose Python objects they touch (reference counts are
 written on access). So the items are a few numpy arrays, about 200 bytes per item for 4
-variants, not a dict of strings per item (about 1 KB, copied into every worker).
+variants, not a dict of strings per item (about 1 KB, copied into every worker). A file is
+read no further than its listing and checked against it (``load_npy``).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from array import array
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -14,7 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from synanno_datagen import layout
-from synanno_datagen.errors import DAMAGED, DatasetError
+from synanno_datagen.errors import DAMAGED, DatasetError, first_line
 
 NPY_HEADER_MOST = 4096   # bytes of an npy file's header (numpy pads it to 64 or 4096 bytes)
 NOT_LISTED = -1          # a file its index line lists no size and sha256 for
@@ -34,6 +37,7 @@ class NpyItems:
                  check_path: Callable[[str], str]):
         """``entries``: (index shard's path, npy base relative to the root, index line) in
         index order; ``check_path`` refuses a path that leaves the dataset (DatasetError)."""
+        self.shape_zyx = tuple(shape_zyx)
         most = math.prod(shape_zyx) + NPY_HEADER_MOST
         ids, variants, files = array("q"), array("i"), array("q")
         self._text, self._ends, self._sizes, self._sha256 = (bytearray(), array("q"),
@@ -103,16 +107,18 @@ class NpyItems:
         start = int(self.ends[k - 1]) if k else 0
         return self.text[start:int(self.ends[k])].tobytes().decode("utf-8")
 
-    def listing(self, k: int) -> Tuple[int, str]:
-        """(bytes, sha256 hex) the index lists for file k, as written; ``DatasetError``-ready
-        text in ``ValueError`` when it lists none or not what an npy file of the arrays holds."""
+    def load(self, k: int, path: str) -> np.ndarray:
+        """File k's array (uint8, z-y-x) from ``path``, its full path, checked against its
+        listing; DatasetError naming it when the index lists none, or not what an npy file of
+        the dataset's arrays holds."""
         size = int(self.sizes[k])
         if size == NOT_LISTED:
-            raise ValueError("its index line lists no size and sha256 for it")
+            raise DatasetError(f"{path}: its index line lists no size and sha256 for it; "
+                               f"{DAMAGED}")
         if size == BAD_LISTING:
-            raise ValueError(f"its index line lists {self.bad[k]}, not what an npy file of the "
-                             "dataset's arrays holds")
-        return size, self.sha256[k].tobytes().hex()
+            raise DatasetError(f"{path}: its index line lists {self.bad[k]}, not what an npy "
+                               f"file of the dataset's arrays holds; {DAMAGED}")
+        return load_npy(path, (size, self.sha256[k].tobytes().hex()), self.shape_zyx)
 
 
 def _is_sha256(sha: Optional[str]) -> bool:
@@ -123,3 +129,37 @@ def _is_sha256(sha: Optional[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
+    """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
+    index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
+    naming a file that does not read or is not what was written."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    try:   # no further than the listing: a larger file is not what was written
+        if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
+            with open(path, "rb") as f:
+                data = f.read(listed[0] + 1)
+        else:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read(listed[0] + 1)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
+                           f"{DAMAGED}") from None
+    if len(data) > listed[0]:
+        raise DatasetError(f"{path}: more bytes than the index lists ({listed[0]} bytes); "
+                           f"{DAMAGED}")
+    if (len(data), hashlib.sha256(data).hexdigest()) != tuple(listed):
+        raise DatasetError(f"{path}: {len(data)} bytes that are not the ones the index lists "
+                           f"({listed[0]} bytes, sha256 {listed[1][:12]}...); {DAMAGED}")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError, MemoryError) as e:
+        raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
+                           f"{first_line(e, 200)}); {DAMAGED}") from None
+    if array.dtype != np.uint8 or array.shape != tuple(shape_zyx):
+        raise DatasetError(f"{path}: holds {array.dtype} {list(array.shape)}, the manifest says "
+                           f"uint8 {list(shape_zyx)}; {DAMAGED}")
+    return array

@@ -43,7 +43,7 @@ def select_records(shards: Iterable[Tuple[dict, List[dict]]], n: int, seed: int,
     again, for the chosen lines' slices (only their shards are read again); without it, the
     lines ``shards`` gave are kept instead.
     Returns dicts {instance_id, variant, split, index_file, line, variants_before, seed_slices,
-    foreground_slices} (``line``: the instance's place in its index shard, and so its record's
+    foreground_slices, npy} (``line``: the instance's place in its index shard, and so its record's
     in an instance-layout shard; ``variants_before``: the variants of the lines before it, and
     so the place of its first record in a variant-layout shard), sorted by instance id. Fewer
     than ``n`` when the dataset (or split) holds fewer instances.
@@ -70,7 +70,8 @@ def select_records(shards: Iterable[Tuple[dict, List[dict]]], n: int, seed: int,
         out.append({"instance_id": instance_id, "variant": variant, "split": in_split,
                     "index_file": files[number], "line": line, "variants_before": before,
                     "seed_slices": list(entry["seed_slices"][variant]),
-                    "foreground_slices": entry.get("foreground_slices")})
+                    "foreground_slices": entry.get("foreground_slices"),
+                    "npy": entry.get("npy")})
     return out
 
 
@@ -84,7 +85,17 @@ def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     """The chosen records with their arrays: adds ``source`` and ``target`` (uint8, z, y, x).
     Each is read at its place in its shard (the records before it seeked over, in an
     uncompressed shard; none after it read): its index line's, or in the variant layout (a
-    record per variant, in variant order) the variants before it plus its variant."""
+    record per variant, in variant order) the variants before it plus its variant. A dataset
+    without TFRecord shards: from the instance's npy files, checked against its index line."""
+    if "tfrecord" not in dataset.formats:
+        found = []
+        for c in chosen:
+            items = dataset.npy_lines_items([(c["index_file"], [
+                {"instance_id": c["instance_id"], "npy": c["npy"]}])])
+            source, _, target = items.files[c["variant"]]
+            found.append({**c, "source": dataset.npy_array(items, int(source)),
+                          "target": dataset.npy_array(items, int(target))})
+        return found
     shards = [dataset.tfrecord_for(c["index_file"]) for c in chosen]
     dataset.checked_files(list({s["path"]: s for s in shards}.values()))
     variant_records = records_info(dataset.manifest)["layout"] == "variant"

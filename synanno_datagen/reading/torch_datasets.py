@@ -7,8 +7,6 @@ FileSystems).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 from typing import Dict, Optional, Tuple
 
@@ -16,8 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from synanno_datagen.errors import DatasetError, first_line
-from synanno_datagen.reading.dataset import DAMAGED, open_dataset
+from synanno_datagen.reading.dataset import open_dataset
 from synanno_datagen.reading.loaders import (
     buffer_shuffle, input_target, left_out_start, num_batches, reader_range, shard_order,
     shard_slices, stream_ranges,
@@ -160,7 +157,6 @@ class NpyDataset(Dataset):
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
         self.dataset = open_dataset(dataset_dir)
         self.items = self.dataset.npy_items(split)
-        self.shape_zyx = tuple(self.dataset.manifest["arrays"]["shape_zyx"])
         self.with_meta = with_meta
 
     def __len__(self) -> int:
@@ -172,49 +168,8 @@ class NpyDataset(Dataset):
                 for role, k in zip(ROLES, self.items.files[i])}
 
     def __getitem__(self, i: int):
-        source, seed, target = (self._load(int(k)) for k in self.items.files[i])
+        source, seed, target = (self.dataset.npy_array(self.items, int(k))
+                                 for k in self.items.files[i])
         meta = ({"instance_id": int(self.items.instance_ids[i]),
                  "variant": int(self.items.variants[i])} if self.with_meta else None)
         return _sample(source, seed, target, meta)
-
-    def _load(self, k: int) -> np.ndarray:
-        path = self.dataset.path(self.items.relative_path(k))
-        try:
-            listed = self.items.listing(k)
-        except ValueError as e:
-            raise DatasetError(f"{path}: {e}; {DAMAGED}") from None
-        return _load_npy(path, listed, self.shape_zyx)
-
-
-def _load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
-    """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
-    index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
-    naming a file that does not read or is not what was written."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    try:   # no further than the listing: a larger file is not what was written
-        if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
-            with open(path, "rb") as f:
-                data = f.read(listed[0] + 1)
-        else:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read(listed[0] + 1)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
-                           f"{DAMAGED}") from None
-    if len(data) > listed[0]:
-        raise DatasetError(f"{path}: more bytes than the index lists ({listed[0]} bytes); "
-                           f"{DAMAGED}")
-    if (len(data), hashlib.sha256(data).hexdigest()) != tuple(listed):
-        raise DatasetError(f"{path}: {len(data)} bytes that are not the ones the index lists "
-                           f"({listed[0]} bytes, sha256 {listed[1][:12]}...); {DAMAGED}")
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError, MemoryError) as e:
-        raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
-                           f"{first_line(e, 200)}); {DAMAGED}") from None
-    if array.dtype != np.uint8 or array.shape != tuple(shape_zyx):
-        raise DatasetError(f"{path}: holds {array.dtype} {list(array.shape)}, the manifest says "
-                           f"uint8 {list(shape_zyx)}; {DAMAGED}")
-    return array
