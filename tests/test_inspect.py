@@ -450,3 +450,24 @@ def test_a_manifest_with_an_infinite_count_is_named_as_damaged(views_dataset, tm
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match="lacks or garbles a part inspect reads"):
         inspect_dataset(str(copy))
+
+
+def test_a_dead_letter_without_an_id_and_one_variant_read_plainly(views_dataset):
+    """Found by review: an invalid_id example printed as 'id None'; with one variant the plot
+    titles still said variants after the first are redrawn (the text did not)."""
+    from matplotlib.figure import Figure
+
+    from synanno_datagen.reading.inspection import format_facts, inspect_dataset
+    from synanno_datagen.reading.plots import draw_seed_count, draw_seed_z
+
+    facts = inspect_dataset(str(views_dataset))
+    facts["failures"]["invalid_id"] = {"count": 1, "examples": [
+        {"instance_id": None, "table_row": 3, "details": "id 'abc' is not an integer"}]}
+    text = format_facts(facts)
+    assert "    no id (row 3): id 'abc' is not an integer" in text and "None" not in text
+    for variants, noted in ((3, True), (1, False)):
+        facts["config"]["variants"] = variants
+        for draw in (draw_seed_count, draw_seed_z):
+            ax = Figure().add_subplot()
+            draw(ax, facts)
+            assert ("redrawn" in ax.get_title()) == noted, (variants, ax.get_title())

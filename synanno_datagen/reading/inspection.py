@@ -84,7 +84,8 @@ def format_facts(facts: dict) -> str:
         lines.append(f"  {reason} {f['count']}")
         for ex in f["examples"]:
             where = f"row {ex['table_row']}" if ex["table_row"] is not None else "no row"
-            lines.append(f"    id {ex['instance_id']} ({where}): {ex['details']}")
+            which = f"id {ex['instance_id']}" if ex["instance_id"] is not None else "no id"
+            lines.append(f"    {which} ({where}): {ex['details']}")
     if remembered_line(counts):
         lines.append(remembered_line(counts))
     asked = c.get("splits") or {}

@@ -33,18 +33,21 @@ def png_bytes(draw: Callable) -> bytes:
     return buffer.getvalue()
 
 
-def _bars_with_expected(ax, x, observed, expected, xlabel, title):
+def _bars_with_expected(ax, x, observed, expected, xlabel, title, variants):
+    """Observed bars and the expected line; the redraw note when variants after the first
+    were drawn (``variants`` > 1)."""
     ax.bar(x, observed, color=OBSERVED, label="observed")
     ax.plot(x, expected, "o-", color=EXPECTED, label="expected (seed model)")
     ax.set_xlabel(xlabel)
-    ax.set_title(title + "\n" + REDRAW_NOTE, fontsize=9)
+    ax.set_title(title + ("\n" + REDRAW_NOTE if variants > 1 else ""), fontsize=9)
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
 
 
 def draw_seed_count(ax, facts: dict) -> None:
     h = facts["index"]["seed_count"]
     _bars_with_expected(ax, h["count"], h["observed"], h["expected"], "seed slices per variant",
-                        f"seed-slice count, {sum(h['observed'])} variants")
+                        f"seed-slice count, {sum(h['observed'])} variants",
+                        facts["config"]["variants"])
     ax.set_xticks(h["count"])
     ax.set_ylabel("variants")
 
@@ -52,7 +55,8 @@ def draw_seed_count(ax, facts: dict) -> None:
 def draw_seed_z(ax, facts: dict) -> None:
     h = facts["index"]["seed_z"]
     _bars_with_expected(ax, h["z"], h["observed"], h["expected"], "z index in the crop",
-                        f"seed-slice z position, {sum(h['observed'])} seed slices")
+                        f"seed-slice z position, {sum(h['observed'])} seed slices",
+                        facts["config"]["variants"])
     ax.set_ylabel("seed slices")
 
 
