@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import json
 import logging
 import os
@@ -263,7 +262,8 @@ class _LocalLease:
     def create(self, data: bytes) -> bool:
         """Create the file whole or not at all: written under a name of its own, then hard-linked
         as the lease (``link`` fails if the lease exists); a run stopped while writing leaves no
-        empty lease. Where hard links are refused, ``O_EXCL`` and a write."""
+        empty lease. Where a hard link fails otherwise (no hard links there), ``O_EXCL`` and a
+        write."""
         os.makedirs(os.path.dirname(self._path), exist_ok=True)
         fresh = f"{self._path}.{secrets.token_hex(8)}.new"
         try:
@@ -273,9 +273,7 @@ class _LocalLease:
                 os.link(fresh, self._path)
             except FileExistsError:
                 return False
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
+            except OSError:   # no hard links here (FUSE: EPERM, or ENOSYS on older kernels)
                 return self._create_in_place(data)
             return True
         finally:

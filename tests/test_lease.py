@@ -539,3 +539,28 @@ def test_a_run_that_cannot_write_its_lease_leaves_no_empty_lease(tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "cannot take the run's lease" in done.stdout and "File too large" in done.stdout
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == []
+
+
+@pytest.mark.parametrize("code", ["EPERM", "ENOSYS", "EXDEV", "EOPNOTSUPP"])
+def test_where_hard_links_fail_the_lease_is_created_in_place_stubbed_filesystem(tmp_path,
+                                                                                 monkeypatch,
+                                                                                 code):
+    """A filesystem without hard links (FUSE mounts: EPERM, or ENOSYS before Linux 6.x's fix)
+    cannot be mounted here, so os.link is stubbed to fail as theirs does: the lease is then
+    created with O_EXCL, one run at a time as before (found by review: ENOSYS stopped every
+    run)."""
+    import errno
+
+    from synanno_datagen.errors import LeaseHeld
+    from synanno_datagen.pipeline import lease
+
+    def no_link(*_):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "link", no_link)
+    held = lease.acquire(str(tmp_path))
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == held.token
+    with pytest.raises(LeaseHeld):
+        lease.acquire(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LEASE"]
+    assert lease.release(held) and not (tmp_path / "LEASE").exists()

@@ -343,6 +343,11 @@ def test_a_shard_dataset_whose_dataset_was_generated_again_is_an_error(generated
             list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers))
     again = loaders.ShardDataset(str(copy), "train", with_meta=True)
     assert len(list(again)) == len(again) == before // 3 * 2
+    # a manifest that cannot be read again is said so, not "written again" (found by review)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(DatasetError, match=rf"{copy / 'manifest.json'}: cannot read it again "
+                                           r"\(FileNotFoundError"):
+        list(again)
 
 
 def _samples(dataset):
@@ -669,11 +674,17 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
 
     # found by review: a listed size of 2**50 was allocated (MemoryError), a size as text a
     # TypeError traceback
+    # (found by review: a sha256 of 64 characters holding spaces was taken, shorter, and every
+    # later file was checked against another file's sha256)
     for size, sha in ((2**50, listed["sha256"]), ("12", listed["sha256"]), (-1, listed["sha256"]),
-                      (12, 7), (12, "ab"), (12, "z" * 64)):
+                      (12, 7), (12, "ab"), (12, "z" * 64), (12, " " * 64),
+                      (12, listed["sha256"][:42] + " " * 22), (12, listed["sha256"].upper())):
+        damaged = relisted(bytes=size, sha256=sha)
         with pytest.raises(DatasetError, match=rf"{source}: its index line lists .*, not what "
                                                r"an npy file of the dataset's arrays holds"):
-            relisted(bytes=size, sha256=sha)[0]
+            damaged[0]
+        assert all(np.asarray(damaged[i][0]).shape[0] == 2 for i in range(len(damaged))
+                   if damaged.files(i)["source"] != str(source))
 
     npy = relisted(path=None)
     with pytest.raises(DatasetError, match=rf"{source}: its index line lists no size and "

@@ -197,12 +197,27 @@ def test_a_dataset_of_npy_files_only_is_previewed_from_them(generated, tmp_path,
     # an npy file that is not what its index line lists is named, as the loaders name it
     chosen = select_records(open_dataset(str(npy_only)).index_shards(), 4, seed=3)
     source = next((npy_only / "npy" / "source").glob(f"source_{chosen[0]['instance_id']}.npy"))
-    source.write_bytes(source.read_bytes()[:-1])
+    kept = source.read_bytes()
+    source.write_bytes(kept[:-1])
     assert main(["preview", str(npy_only), "--n", "4", "--seed", "3", "--out",
                  str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"synanno-datagen: error: {source}: ") and "bytes that are not the " \
         "ones the index lists" in err and len(err.splitlines()) == 1
+
+    # an index line listing fewer seed masks than its variants (found by review: IndexError)
+    source.write_bytes(kept)
+    index = npy_only / chosen[0]["index_file"]["path"]
+    lines = [json.loads(line) for line in index.read_text().splitlines()]
+    for line in lines:
+        line["npy"]["seed_target"] = line["npy"]["seed_target"][:1]
+    index.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert any(c["variant"] > 0 for c in chosen if c["index_file"] == chosen[0]["index_file"])
+    assert main(["preview", str(npy_only), "--n", "4", "--seed", "3", "--out",
+                 str(tmp_path / "y.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"synanno-datagen: error: {index}: ") and len(err.splitlines()) == 1
+    assert "npy seed masks" in err, err
 
 
 def test_image_height_grows_with_n(views_dataset, tmp_path, capsys):

@@ -99,8 +99,9 @@ class Dataset:
         ``reader`` that holds what it read from it."""
         try:
             now = _read_json(self.manifest_path)
-        except (OSError, ValueError, RecursionError):
-            now = None
+        except (OSError, ValueError, RecursionError) as e:
+            raise DatasetError(f"{self.manifest_path}: cannot read it again ({type(e).__name__}: "
+                               f"{first_line(e, 200)})") from None
         if now != self.manifest:
             raise DatasetError(f"{self.manifest_path}: the dataset was written again since this "
                                f"{reader} was made; make it again")

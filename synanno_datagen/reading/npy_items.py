@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from array import array
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -23,6 +24,7 @@ NPY_HEADER_MOST = 4096   # bytes of an npy file's header (numpy pads it to 64 or
 NOT_LISTED = -1          # a file its index line lists no size and sha256 for
 BAD_LISTING = -2         # a listing that is no npy file of the dataset's arrays (see ``bad``)
 ROLES = ("source", "seed_target", "target")
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 class NpyItems:
@@ -122,13 +124,8 @@ class NpyItems:
 
 
 def _is_sha256(sha: Optional[str]) -> bool:
-    if not (isinstance(sha, str) and len(sha) == 64):
-        return False
-    try:
-        bytes.fromhex(sha)
-    except ValueError:
-        return False
-    return True
+    """A sha256 as ``hexdigest()`` writes it (64 lower-case hex digits)."""
+    return isinstance(sha, str) and _SHA256.fullmatch(sha) is not None
 
 
 def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:

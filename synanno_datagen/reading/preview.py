@@ -92,6 +92,10 @@ def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
         for c in chosen:
             items = dataset.npy_lines_items([(c["index_file"], [
                 {"instance_id": c["instance_id"], "npy": c["npy"]}])])
+            if c["variant"] >= len(items):
+                raise DatasetError(f"{dataset.path(c['index_file']['path'])}: the line of "
+                                   f"instance {c['instance_id']} lists {len(items)} npy seed "
+                                   f"masks, none for its variant {c['variant']}; {DAMAGED}")
             source, _, target = items.files[c["variant"]]
             found.append({**c, "source": dataset.npy_array(items, int(source)),
                           "target": dataset.npy_array(items, int(target))})
