@@ -7,6 +7,7 @@ with one JSON line on stdout (pipeline.monitoring), whatever happened.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import logging
 import os
@@ -242,11 +243,13 @@ def _terminate(signum, frame) -> None:
 
 
 def _keep_stopping_workers(seconds: float = 10.0, every_s: float = 0.2) -> None:
-    """For a while after the signal, stop worker processes that were still starting when it
-    came (a fork not yet running Beam's worker, one Beam starts while it shuts down): Beam's
-    shutdown would wait for them for good. Ends early once a new run starts (in-process)."""
+    """After the signal, stop worker processes that were still starting when it came (a fork
+    not yet running Beam's worker, one Beam starts while it shuts down): Beam's shutdown would
+    wait for them for good, and one left running holds the command's stderr. In the command
+    (``entry``), until the process exits (a loaded machine's shutdown may start one long
+    after the signal); in-process, for ``seconds``, or until a new run starts."""
     end = time.monotonic() + seconds
-    while _sigterm["received"] and time.monotonic() < end:
+    while _sigterm["received"] and (_sigterm["keep"] or time.monotonic() < end):
         time.sleep(every_s)
         _stop_child_processes()
 
@@ -499,6 +502,8 @@ def entry() -> None:
         code = FAILED
     for sig in _STOPPING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if _sigterm["received"]:   # once Beam's threads have ended, the last straggler
+        atexit.register(_stop_child_processes)
     sys.exit(code)
 
 

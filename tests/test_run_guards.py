@@ -870,3 +870,29 @@ def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch
     cli._keep_stopping_workers(seconds=5.0, every_s=0.05)    # returns after its time
     assert late.wait(timeout=5) == -signal.SIGTERM
     assert time.monotonic() - start < 10
+
+
+def test_the_command_stops_beam_workers_started_late_until_it_exits(monkeypatch):
+    """Found by a CI run: SIGINT to a busy multi_processing run (under load) ended with its
+    closing line, but a Beam worker its shutdown started more than 10 s after the signal lived
+    on, holding the command's stderr, so whoever waited for its output waited for good. The
+    command (``entry``: the process ends with the run) keeps stopping them until it exits."""
+    import threading
+    import time
+
+    from synanno_datagen import cli
+
+    monkeypatch.setitem(cli._sigterm, "received", "SIGINT")
+    monkeypatch.setitem(cli._sigterm, "keep", True)
+    sweeper = threading.Thread(target=cli._keep_stopping_workers, args=(0.3, 0.05), daemon=True)
+    sweeper.start()
+    time.sleep(1.0)   # past the sweeper's seconds
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             cli._BEAM_WORKER])
+    try:
+        assert late.wait(timeout=60) == -15   # SIGTERM
+    finally:
+        late.kill()
+        monkeypatch.setitem(cli._sigterm, "received", None)
+        sweeper.join(timeout=5)
+    assert not sweeper.is_alive()
