@@ -27,8 +27,9 @@ Environment:
   NETWORK, MAX_WORKERS, MACHINE_TYPE   worker settings
   JOB_NAME          default synanno-datagen-YYYYMMDD-HHMMSS (UTC); schedule and status:
                     synanno-datagen-nightly
-  PYTHON            interpreter with synanno-datagen installed (default: the .venv that ./dev
-                    makes beside this script, if there is one, else python3)
+  PYTHON            interpreter with synanno-datagen installed (default: the venv that ./dev
+                    makes, SYNANNO_VENV or the .venv beside this script, if there is one, else
+                    python3)
   IMAGE             default REGION-docker.pkg.dev/PROJECT/synanno/synanno-datagen:latest
   TEMPLATE_PATH     default gs://BUCKET/synanno-datagen/templates/synanno-datagen.json
   SCHEDULE, TIME_ZONE, SCHEDULER_JOB   default "0 2 * * *", Etc/UTC, synanno-datagen-nightly
@@ -53,9 +54,12 @@ require() {
 
 # The interpreter that submits (run) or checks the template parameters (schedule), run with -P:
 # where the script is called (a clone) its synanno_datagen/ folder must not shadow the package.
+# ./dev's venv is SYNANNO_VENV (a relative one inside the clone), by default the clone's .venv.
+venv="${SYNANNO_VENV:-.venv}"
+case "$venv" in /*) ;; *) venv="$here/$venv" ;; esac
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
-  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
+  if [ -x "$venv/bin/python" ]; then python="$venv/bin/python"; else python=python3; fi
 fi
 
 # --dry-run anywhere (before or after the action) makes it a dry run; it is no run flag.
@@ -105,7 +109,7 @@ fi
 
 check_python() {
   "$python" -P -c 'import synanno_datagen.pipeline' >/dev/null 2>&1 \
-    || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $here/.venv)"
+    || usage_error "$python cannot import synanno_datagen: install the package there (pip install $here), or set PYTHON to an interpreter that has it (./dev makes $venv)"
 }
 
 # Print (--dry-run) or run one command. Printed, a URL's password is shown as *** (the

@@ -26,7 +26,7 @@ def launch(*args, cwd=None, script=SCRIPT, **env):
     """Run the script; PYTHON is this interpreter unless given (None: unset)."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "NETWORK",
-                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON")}
+                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON", "SYNANNO_VENV")}
     full["PYTHON"] = sys.executable
     full.update(env)
     full = {k: v for k, v in full.items() if v is not None}
@@ -101,6 +101,28 @@ def test_the_interpreter_is_the_clones_venv_and_must_have_the_package(tmp_path):
             f"launch_dataflow.sh: error: python3 cannot import synanno_datagen: install the "
             f"package there (pip install {clone}), or set PYTHON to an interpreter that has it "
             f"(./dev makes {clone}/.venv)")
+
+
+def test_the_interpreter_is_the_venv_dev_made_where_synanno_venv_says(tmp_path):
+    """Found by review: ./dev puts its venv at SYNANNO_VENV (a relative one inside the clone),
+    but the script looked only at the clone's .venv, and its hint named that one."""
+    clone = _clone_copy(tmp_path)
+    script = clone / "launch_dataflow.sh"
+    for venv, where in ((tmp_path / "elsewhere", tmp_path / "elsewhere"),
+                        ("venvs/dev", clone / "venvs" / "dev")):
+        (where / "bin").mkdir(parents=True)
+        python = where / "bin" / "python"
+        python.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+        python.chmod(0o755)
+        done = launch("--dry-run", *OURS, script=script, cwd=tmp_path, PROJECT="p", REGION="r",
+                      BUCKET="b", PYTHON=None, SYNANNO_VENV=str(venv))
+        assert done.returncode == 0, done.stderr
+        assert shlex.split(done.stdout)[0] == str(python)
+        python.unlink()   # not made yet: the hint names where ./dev makes it
+        done = launch("--dry-run", *OURS, script=script, cwd=tmp_path, PROJECT="p", REGION="r",
+                      BUCKET="b", PYTHON=None, SYNANNO_VENV=str(venv),
+                      PATH=f"{tmp_path / 'nopython'}:/usr/bin:/bin")
+        assert done.returncode == 2 and f"(./dev makes {where})" in done.stderr, done.stderr
 
 
 def _clone_copy(tmp_path) -> Path:
