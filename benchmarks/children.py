@@ -51,18 +51,20 @@ def run_pipeline(argv, out: Path, prelude: str = ""):
     io_file = Path(tempfile.mkstemp(suffix=".io")[1])
     command = [sys.executable, "-c", prelude + "\n" + _CHILD, str(io_file), "run",
                *map(str, argv), "--output-dir", str(out), "--quiet"]
-    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would block
-        start = time.perf_counter()
-        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            stderr.seek(0)
-            raise SystemExit(f"run {' '.join(map(str, argv))} failed: "
-                             f"{stderr.read().decode()[-2000:]}")
+    try:
+        with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full one would block
+            start = time.perf_counter()
+            child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+            _, status, usage = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status) != 0:
+                stderr.seek(0)
+                raise SystemExit(f"run {' '.join(map(str, argv))} failed: "
+                                 f"{stderr.read().decode()[-2000:]}")
+        counters = dict(line.split(": ") for line in io_file.read_text().splitlines())
+    finally:
+        io_file.unlink()
     manifest = json.loads((out / "manifest.json").read_text())
-    counters = dict(line.split(": ") for line in io_file.read_text().splitlines())
-    io_file.unlink()
     manifest["benchmark"] = {"bytes_written": int(counters["wchar"]),
                              "dataset_bytes": dataset_bytes(out)}
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, manifest

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import dataset_bytes, dataset_files, run_pipeline  # noqa: E402
-from benchmarks.flags import non_negative_float_list, positive_int  # noqa: E402
+from benchmarks.flags import non_negative_float_list, positive_int, work_dir  # noqa: E402
 from benchmarks.fetch_strategies import CROP, make_dense_data, numeric_row, write_table  # noqa: E402
 
 ONE_AT_A_TIME = """
@@ -44,13 +44,13 @@ readers.TensorstoreReader.read_zyx = _one_at_a_time
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
+    parser.add_argument("--work", type=work_dir, default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
     parser.add_argument("--latency-ms", type=non_negative_float_list, default="0,20,100",
                         help="comma-separated answer delays of the HTTP server")
     parser.add_argument("--workers", type=positive_int, default=4)
     args = parser.parse_args()
-    work = Path(args.work)
+    work = args.work
     data = make_dense_data(work / "cache")
     rows = [r for r in csv.DictReader(open(data.table_path)) if numeric_row(r)]
     table = work / "dense.csv"
@@ -58,7 +58,7 @@ def main():
     from tests.chunk_server import ChunkServer
 
     print(f"machine: {os.cpu_count()} cores; DirectRunner multi_threading, {args.workers} "
-          f"workers; {len(rows)} instances, crop {' x '.join(CROP)} target voxels, 4 variants")
+          f"workers; {len(rows)} table rows, crop {' x '.join(CROP)} target voxels, 4 variants")
     with ChunkServer(Path(data.source_url[len("file://"):]).parent) as server:
         for latency in args.latency_ms:
             server.latency_s = latency / 1000
@@ -78,15 +78,17 @@ def main():
                      "--runner", "DirectRunner", *mode], out, prelude)
                 times[name] = seconds
                 outputs[name] = dataset_files(out)
-                print(f"latency {latency:4.0f} ms, reads {name:13s}: "
+                print(f"latency {latency:4g} ms, reads {name:13s}: "
                       f"{manifest['counts']['instances_written']} instances in {seconds:5.1f} s "
                       f"({cpu:.1f} CPU s), {dataset_bytes(out) / 1e6:.0f} MB")
                 shutil.rmtree(out, ignore_errors=True)
             same = outputs["one at a time"] == outputs["at once"] == outputs["one thread"]
-            print(f"latency {latency:4.0f} ms: at once / one at a time "
+            print(f"latency {latency:4g} ms: at once / one at a time "
                   f"{times['one at a time'] / times['at once']:.2f}x faster; {args.workers} "
                   f"threads / one thread {times['one thread'] / times['at once']:.2f}x faster; "
                   f"same bytes: {same}")
+            if not same:
+                raise SystemExit("the three runs wrote different datasets")
 
 
 if __name__ == "__main__":

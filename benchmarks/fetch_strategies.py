@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import make_data, run_pipeline  # noqa: E402 - needs ROOT on the path
-from benchmarks.flags import non_negative_float, non_negative_int, positive_int  # noqa: E402
+from benchmarks.flags import (  # noqa: E402
+    non_negative_float, non_negative_int, positive_int, work_dir,
+)
 
 DENSE_SIZE_XYZ = (768, 768, 48)   # target voxels; the demo generator scales synapses with size
 CHUNK_XYZ = (128, 128, 32)        # H01-like storage chunks, both volumes
@@ -255,7 +257,7 @@ def big_table(data, urls, work, n_rows, n_instances, variants):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
+    parser.add_argument("--work", type=work_dir, default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark"))
     parser.add_argument("--variants", type=positive_int, default=4)
     parser.add_argument("--layouts", default="instance,variant",
@@ -279,7 +281,7 @@ def main():
         unknown = [v for v in given.split(",") if v not in allowed]
         if unknown:   # (found by review: --storage gcs measured the HTTP server under 'gcs')
             parser.error(f"{flag} {given}: {', '.join(unknown)} is none of {', '.join(allowed)}")
-    work = Path(args.work)
+    work = args.work
     data = make_dense_data(work / "cache")
     rows = list(csv.DictReader(open(data.table_path)))
     header = list(rows[0])

@@ -3,6 +3,7 @@ before any work, not a traceback or a figure measured of nothing."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, List
 
 
@@ -34,3 +35,9 @@ non_negative_float_list = _checked(
     lambda t: [float(x) for x in t.split(",")],
     lambda xs: xs and all(0 <= x < float("inf") for x in xs),
     "a comma-separated list of numbers of 0 or more")
+
+
+def work_dir(text: str) -> Path:
+    """A work folder, absolute from where the script is called (its child runs start in the
+    clone)."""
+    return Path(text).expanduser().resolve()

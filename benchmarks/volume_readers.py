@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import dataset_files, make_data, run_pipeline  # noqa: E402 - needs ROOT
-from benchmarks.flags import non_negative_int, positive_int  # noqa: E402
+from benchmarks.flags import non_negative_int, positive_int, work_dir  # noqa: E402
 
 SIZE_XYZ = (384, 384, 64)        # target voxels (raw mip 0: 768x768x64); about 400 synapses
 QUICK_SIZE_XYZ = (192, 192, 32)  # about 50 synapses
@@ -193,7 +193,7 @@ def end_to_end(data, work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
+    parser.add_argument("--work", type=work_dir, default=os.path.join(tempfile.gettempdir(),
                                                        "synanno-benchmark-readers"),
                         help="cached volumes and the runs' datasets")
     parser.add_argument("--quick", action="store_true",
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=positive_int, default=1,
                         help="end-to-end runs per layout, the median is shown (default 1)")
     args = parser.parse_args()
-    work = Path(args.work)
+    work = args.work
     size_xyz = QUICK_SIZE_XYZ if args.quick else SIZE_XYZ
     n_crops = args.crops or (5 if args.quick else 30)
     data = {layout: make_data(work / "cache", size_xyz=size_xyz, source_chunk_xyz=CHUNK_XYZ,

@@ -170,3 +170,28 @@ def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():
                                                / "fetch_strategies.py"), "--big-table-rows", "0",
                            "--layouts", "bogus"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--layouts bogus" in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["/nonexistent-dataset"], "/nonexistent-dataset: not a dataset directory"),
+    (["--split", "nope"], "split 'nope' is not in this dataset"),
+])
+def test_the_shard_reader_benchmark_refuses_a_dataset_it_cannot_read_in_one_line(
+        views_dataset, flags, says):
+    """Found by review: a missing dataset or split was a DatasetError traceback."""
+    argv = flags if flags[0].startswith("/") else [str(views_dataset), *flags]
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "shard_readers.py"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.splitlines()[-1]
+
+
+def test_a_benchmarks_work_folder_is_taken_from_where_it_is_called(tmp_path, monkeypatch):
+    """Found by review: a relative --work was used by children running in the clone (data
+    written inside it) and by the script where it was called (not found)."""
+    from benchmarks.flags import work_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert work_dir("rel/work") == tmp_path / "rel" / "work"
+    assert work_dir(str(tmp_path / "abs")) == tmp_path / "abs"
