@@ -26,7 +26,8 @@ def launch(*args, cwd=None, script=SCRIPT, **env):
     """Run the script; PYTHON is this interpreter unless given (None: unset)."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "NETWORK",
-                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON", "SYNANNO_VENV")}
+                         "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON", "SYNANNO_VENV",
+                         "PYTHONPATH")}
     full["PYTHON"] = sys.executable
     full.update(env)
     full = {k: v for k, v in full.items() if v is not None}
