@@ -152,11 +152,11 @@ def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
         raise DatasetError(f"{path}: {len(data)} bytes that are not the ones the index lists "
                            f"({listed[0]} bytes, sha256 {listed[1][:12]}...); {DAMAGED}")
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError, MemoryError) as e:
         raise DatasetError(f"{path}: not a readable npy file ({type(e).__name__}: "
                            f"{first_line(e, 200)}); {DAMAGED}") from None
-    if array.dtype != np.uint8 or array.shape != tuple(shape_zyx):
-        raise DatasetError(f"{path}: holds {array.dtype} {list(array.shape)}, the manifest says "
+    if loaded.dtype != np.uint8 or loaded.shape != tuple(shape_zyx):
+        raise DatasetError(f"{path}: holds {loaded.dtype} {list(loaded.shape)}, the manifest says "
                            f"uint8 {list(shape_zyx)}; {DAMAGED}")
-    return array
+    return loaded
