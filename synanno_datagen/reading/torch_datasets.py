@@ -22,6 +22,7 @@ from synanno_datagen.reading.loaders import (
 from synanno_datagen.reading.npy_items import ROLES
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
 
+
 def _sample(source, seed, target, meta: Optional[dict]):
     inputs, target = input_target(source, seed, target)
     pair = (torch.from_numpy(inputs), torch.from_numpy(target))
