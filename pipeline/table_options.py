@@ -11,11 +11,11 @@ import re
 import stat
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError, first_line
 from synanno_datagen.transforms.points import (
-    CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
+    AXES, CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
     find_point,
 )
 from synanno_datagen.transforms.table_formats import (
@@ -278,8 +278,29 @@ def _centre_advice(schema: ShardSchema) -> str:
     if all(near):
         return (f"names are exact (case and spaces): rename {', '.join(found([c]) for c in near)}"
                 f" to {', '.join(CENTER_COLUMNS.columns)}")
+    like = _point_like(schema, lambda name: any(w in name.lower() for w in _CENTRE_WORDS))
+    if like:
+        return (f"name the centre with --center-column NAME ({', '.join(like)} "
+                f"{'looks like one' if len(like) == 1 else 'look like centres'}: pass "
+                f"--center-column {like[0]})")
     return ("name the centre with --center-column NAME (a column of [x, y, z] lists, or "
             "NAME_x/_y/_z)")
+
+
+_CENTRE_WORDS = ("ctr", "cent")   # ctr_pt_position, center, centre, centroid
+
+
+def _point_like(schema: ShardSchema, keep: Callable[[str], bool]) -> List[str]:
+    """Names of the points the table seems to hold that ``keep`` keeps, sorted: NAME of
+    NAME_x/_y/_z, or a column of lists (in CSV, where any text may be a list, one whose name
+    says position)."""
+    columns = schema.columns
+    trios = {c[:-2] for c in columns if c[-2:] == "_x"
+             and all(c[:-2] + axis in columns for axis in ("_y", "_z"))}
+    lists = {c for c in columns if schema.holds_lists(c)
+             and (_arrow_list(schema, c) or "position" in c.lower())
+             and not (c[-2:] in ("_x", "_y", "_z") and c[:-2] in trios)}
+    return sorted(name for name in trios | lists if keep(name))
 
 
 def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: ShardSchema,
@@ -305,13 +326,7 @@ def _warn_of_point_like_columns(flag: str, default: str, schema: ShardSchema,
     ``pre_pt_position``: NAME_x/_y/_z, or a column of lists; in CSV, where any text may be a
     list, one whose name says position), which the user may have meant. Not for its other
     columns (``pre_pt_root_id``)."""
-    columns = schema.columns
-    trios = {c[:-2] for c in columns if c.startswith(default + "_") and c[-2:] == "_x"
-             and all(c[:-2] + axis in columns for axis in ("_y", "_z"))}
-    lists = {c for c in columns if c.startswith(default + "_") and schema.holds_lists(c)
-             and (_arrow_list(schema, c) or "position" in c.lower())
-             and not (c[-2:] in ("_x", "_y", "_z") and c[:-2] in trios)}
-    like = sorted(trios | lists)
+    like = _point_like(schema, lambda name: name.startswith(default + "_"))
     if like:
         which = default.partition("_")[0]
         log.warning("%s %s: the %s-synaptic point is left out (no column %s or %s_x/_y/_z); %s "
@@ -333,10 +348,36 @@ def _find(flag: str, name: str, schema: ShardSchema, path: str, given: bool = Tr
         point = find_point(name, schema.columns)
     except ValueError as e:
         raise ConfigError(f"{where} {e}; a point needs all three") from None
-    if point is not None and point.is_list and not schema.holds_lists(name):
-        raise ConfigError(f"{where} has column {name} of type {schema.types[name]}, not "
-                          "[x, y, z] lists")
+    if point is not None and point.is_list:
+        _check_not_one_coordinate(flag, name, schema.columns, where)
+        if not schema.holds_lists(name):
+            raise ConfigError(f"{where} has column {name} of type {schema.types[name]}, not "
+                              "[x, y, z] lists")
     return point
+
+
+def _check_not_one_coordinate(flag: str, name: str, columns: Sequence[str], where: str) -> None:
+    """Refuse a point named by one of its x/y/z columns (``ctr_pt_position_x`` of a table with
+    ``ctr_pt_position_x/_y/_z``, or ``x`` of x/y/z): read as a column of [x, y, z] lists, every
+    row would be rejected (in CSV any column may hold lists)."""
+    for axis in AXES:
+        if name == axis:
+            stem, trio = "", CENTER_COLUMNS
+        elif name.endswith("_" + axis):
+            stem = name[:-2]
+            trio = PointColumns(candidate_columns(stem)[1])
+        else:
+            continue
+        if not all(c in columns for c in trio.columns):
+            return
+        if stem:
+            point, advice = f"{stem}_x/_y/_z", f"pass {flag} {stem}"
+        elif flag == "--center-column":
+            point, advice = trio.describe(), f"leave {flag} out ({trio.describe()} is the default)"
+        else:
+            point, advice = f"{trio.describe()} (the centre's)", "name this point's own columns"
+        raise ConfigError(f"{where.rstrip(':')}: {name} is one coordinate of the point {point}; "
+                          f"{advice}")
 
 
 def _absent(flag: str, name: str, schema: ShardSchema, path: str) -> str:

@@ -69,6 +69,33 @@ CASES = {
     "a binary id column": (
         {"t.parquet": {"id": pa.array([b"1"]), "x": [1], "y": [2], "z": [3]}}, "t.parquet", [],
         ["--id-column id:", "t.parquet has column id of type binary, not numbers or text"]),
+    # found by review: in CSV, where any column may hold lists, every row was dead-lettered
+    # (not_a_number) and the run exited 0
+    "one coordinate of a CSV point named as the centre": (
+        {"t.csv": "id,ctr_pt_position_x,ctr_pt_position_y,ctr_pt_position_z\n1,2,3,4\n"},
+        "t.csv", ["--center-column", "ctr_pt_position_x"],
+        ["--center-column ctr_pt_position_x:", "t.csv: ctr_pt_position_x is one coordinate of "
+         "the point ctr_pt_position_x/_y/_z; pass --center-column ctr_pt_position"]),
+    "one coordinate of a Parquet point named as pre": (
+        {"t.parquet": {"id": [1], "x": [1], "y": [2], "z": [3], "pre_pt_position_x": [1.0],
+                       "pre_pt_position_y": [2.0], "pre_pt_position_z": [3.0]}},
+        "t.parquet", ["--pre-column", "pre_pt_position_z"],
+        ["--pre-column pre_pt_position_z:", "pre_pt_position_z is one coordinate of the point "
+         "pre_pt_position_x/_y/_z; pass --pre-column pre_pt_position"]),
+    "one of the default centre columns named": (
+        {"t.csv": "id,x,y,z\n1,2,3,4\n"}, "t.csv", ["--center-column", "x"],
+        ["--center-column x:", "x is one coordinate of the point x/y/z; leave --center-column "
+         "out (x/y/z is the default)"]),
+    # found by review: the advice named no column, though the pre/post warnings did
+    "a CAVE table without --center-column": (
+        {"t.parquet": {"id": [1], "ctr_pt_position": pa.array([[1, 2, 3]]),
+                       "pre_pt_position": pa.array([[1, 2, 3]])}}, "t.parquet", [],
+        ["no centre columns x/y/z (found: id,ctr_pt_position,pre_pt_position); name the centre "
+         "with --center-column NAME (ctr_pt_position looks like one: pass --center-column "
+         "ctr_pt_position)"]),
+    "centre columns ctr_x/_y/_z without --center-column": (
+        {"t.csv": "id,ctr_x,ctr_y,ctr_z,size\n1,2,3,4,5\n"}, "t.csv", [],
+        ["(ctr looks like one: pass --center-column ctr)"]),
     "a later shard's column is no list": (
         {"t/a.parquet": {"id": [1], "c": pa.array([[1, 2, 3]])},
          "t/b.parquet": {"id": [2], "c": pa.array([7])}}, "t/*.parquet",
