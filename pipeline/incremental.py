@@ -69,14 +69,14 @@ class IncrementalPlan:
         --retry-failed (or there is none)."""
         if self.retry_failed or self.previous is None or self.previous.memory is None:
             return None
-        return layout.join(self.root, self.previous.memory)
+        return layout.join_inside(self.root, self.previous.memory)
 
     def retried_memory(self) -> Optional[str]:
         """The remembered failures a run with --retry-failed tries again (their first runs are
         kept for the rows that fail again), or None."""
         if not self.retry_failed or self.previous is None or self.previous.memory is None:
             return None
-        return layout.join(self.root, self.previous.memory)
+        return layout.join_inside(self.root, self.previous.memory)
 
     def allowed(self, num_instances: int) -> int:
         """How many instances this run may add under ``--num-instances``: the dataset holds
@@ -88,7 +88,7 @@ class IncrementalPlan:
         """Paths of every index shard of the dataset this run extends."""
         if self.previous is None:
             return []
-        return [layout.join(self.root, f["path"]) for f in self.previous.files["index"]]
+        return [layout.join_inside(self.root, f["path"]) for f in self.previous.files["index"]]
 
     def merge_files(self, files: Dict[str, list]) -> Dict[str, list]:
         """This run's file lists (paths relative to its run folder) + the earlier runs' ->
@@ -233,15 +233,41 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
     if info["generation_hash"] != digest and same_records(info["generation_hash"]):
         digest = info["generation_hash"]
     if info["generation_hash"] == digest:
-        grid = latest.get("records", {}).get("split_block_size_xyz")
-        options = latest.get("config", {})
-        previous = PreviousRun(
-            info["run"], info["manifest"], latest["files"], latest["splits"],
-            info.get("remembered_failures"), tuple(grid) if grid else None,
-            {"block_size_xyz": tuple(options["block_size_xyz"])
-             if options.get("block_size_xyz") else None,
-             **({"fetch_memory_mb": int(options["fetch_memory_mb"])}
-                if "fetch_memory_mb" in options else {})},
-            _npy_totals(root, latest))
+        previous = _previous_run(root, latest)
     return IncrementalPlan(root, info["run"] + 1, digest, previous, retry_failed,
                            None if previous else info["manifest"])
+
+
+def _previous_run(root: str, latest: dict) -> PreviousRun:
+    """The run ``latest`` (its manifest) that the next run extends; ValueError, naming the
+    manifest, for a path it lists outside the root or a block grid that is no grid (a damaged
+    or crafted manifest: the readers refuse the first, the run would fail on the second)."""
+    info = latest["incremental"]
+    where = info["manifest"]
+    memory = info.get("remembered_failures")
+    try:
+        for kind in ("tfrecord", "index"):
+            for f in latest["files"].get(kind, []):
+                layout.join_inside(root, f["path"])
+        if memory is not None:
+            layout.join_inside(root, memory)
+    except ValueError as e:
+        raise ValueError(f"{where} {e}") from None
+    grid = latest.get("records", {}).get("split_block_size_xyz")
+    options = latest.get("config", {})
+    block = options.get("block_size_xyz")
+    for name, xyz in (("records.split_block_size_xyz", grid), ("config.block_size_xyz", block)):
+        if xyz is not None and not (isinstance(xyz, list) and len(xyz) == 3 and all(
+                type(n) is int and n >= 1 for n in xyz)):
+            raise ValueError(f"{where}: {name} {xyz!r} is not three whole numbers from 1 "
+                             "(voxels); the manifest was changed")
+    memory_mb = options.get("fetch_memory_mb")
+    if "fetch_memory_mb" in options and not (type(memory_mb) is int and memory_mb >= 1):
+        raise ValueError(f"{where}: config.fetch_memory_mb {memory_mb!r} is not a whole number "
+                         "from 1; the manifest was changed")
+    return PreviousRun(
+        info["run"], where, latest["files"], latest["splits"], memory,
+        tuple(grid) if grid else None,
+        {"block_size_xyz": tuple(block) if block else None,
+         **({"fetch_memory_mb": memory_mb} if "fetch_memory_mb" in options else {})},
+        _npy_totals(root, latest))

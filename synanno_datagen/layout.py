@@ -225,6 +225,18 @@ def join(base: str, *relative: str) -> str:
     return posixpath.join(base, *relative)
 
 
+def join_inside(root: str, relative) -> str:
+    """``root`` joined with a path a manifest or an index line lists. Listed paths are data from
+    storage: one that would leave the dataset (absolute, with a scheme or a drive, or climbing
+    with '..') is a ValueError, never joined."""
+    text = str(relative)
+    parts = text.replace("\\", "/").split("/")
+    if (not text or text.startswith("/") or "://" in text or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise ValueError(f"lists the path {relative!r}, which is not inside the dataset")
+    return join(root, text)
+
+
 def index_npy_base(index_file: dict) -> str:
     """The directory (relative to the root) that one index shard's npy paths are relative to."""
     return run_dir(index_file["run"]) if "run" in index_file else ""

@@ -439,3 +439,52 @@ def test_a_run_does_not_move_latest_past_a_later_commit(small_data, tmp_path):
     with pytest.raises(LeaseLost, match="LATEST names runs/00003, a later run than this one "
                        "\\(runs/00002\\)"):
         check_latest_before_move(str(root), 2)
+
+
+# (where in the latest manifest, the value a hostile or damaged copy holds, what the line says)
+DAMAGED_LATEST = {
+    "an index path outside the root": (
+        ("files", "index", 0, "path"), "/etc/hostname", "lists the path '/etc/hostname', which "
+        "is not inside the dataset"),
+    "an index path climbing out of it": (
+        ("files", "index", 0, "path"), "../elsewhere/index.jsonl", "lists the path "
+        "'../elsewhere/index.jsonl', which is not inside the dataset"),
+    "a TFRecord path with a scheme": (
+        ("files", "tfrecord", 0, "path"), "gs://other/x.tfrecord", "lists the path "
+        "'gs://other/x.tfrecord', which is not inside the dataset"),
+    "remembered failures outside the root": (
+        ("incremental", "remembered_failures"), "../secret.jsonl", "lists the path "
+        "'../secret.jsonl', which is not inside the dataset"),
+    "a split grid of zeros": (
+        ("records", "split_block_size_xyz"), [0, 0, 0], "records.split_block_size_xyz [0, 0, 0] "
+        "is not three whole numbers from 1"),
+    "a split grid of floats": (
+        ("records", "split_block_size_xyz"), [1e300, 16, 4], "records.split_block_size_xyz "
+        "[1e+300, 16, 4] is not three whole numbers from 1"),
+    "a work block of negatives": (
+        ("config", "block_size_xyz"), [-16, 16, 4], "config.block_size_xyz [-16, 16, 4] is not "
+        "three whole numbers from 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_LATEST))
+def test_a_latest_manifest_naming_files_outside_the_root_is_refused_before_any_work(
+        small_data, tmp_path, capsys, case):
+    """Found by review: the next run read the index and remembered failures the latest manifest
+    names, outside the root included (an absolute path, '..'), copied such a file's lines into
+    its own memory file and committed a manifest every reader refuses; a crafted split grid
+    crashed it after work had started (ZeroDivisionError). Such a manifest is refused as the
+    readers refuse it, in one line, and nothing is written."""
+    keys, value, message = DAMAGED_LATEST[case]
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--split-by", "block",
+                           "--quiet")
+    assert main(["run"] + argv) == 0
+    path = root / "runs" / "00001" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    holder = manifest
+    for key in keys[:-1]:
+        holder = holder[key]
+    holder[keys[-1]] = value
+    path.write_text(json.dumps(manifest))
+    _refused_untouched(capsys, root, argv, message)

@@ -79,14 +79,11 @@ class Dataset:
         """The full path of a file the manifest or an index line lists, relative to ``root``.
         Listed paths are data from storage: one that would leave the dataset (absolute, with a
         scheme, or climbing with '..') is refused with DatasetError, never opened."""
-        text = str(relative)
-        parts = text.replace("\\", "/").split("/")
-        if (not text or text.startswith("/") or "://" in text or ":" in parts[0]
-                or any(p in ("", ".", "..") for p in parts)):
-            raise DatasetError(f"{self.manifest_path}: lists the path {relative!r}, which is not "
-                               "inside the dataset; the manifest or an index line was changed, "
-                               "generate the dataset again")
-        return layout.join(self.root, text)
+        try:
+            return layout.join_inside(self.root, relative)
+        except ValueError as e:
+            raise DatasetError(f"{self.manifest_path}: {e}; the manifest or an index line was "
+                               "changed, generate the dataset again") from None
 
     def open(self, relative: str, gzip: bool = False) -> BinaryIO:
         """A file of the dataset, opened for reading bytes (local or gs://; ``gzip``: its
