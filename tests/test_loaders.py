@@ -694,6 +694,27 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
     assert np.asarray(npy[other][0]).shape[0] == 2    # other instances still read
 
 
+def test_an_npy_file_is_read_in_bounded_blocks_whatever_its_listing_says(tmp_path):
+    """Found by review: a manifest whose arrays are 65536**3 allows listings of 2.8e14 bytes, and
+    the whole listing was allocated before reading (a MemoryError traceback from preview and
+    NpyDataset). The file is read in blocks: what it holds, not what it is said to hold."""
+    import hashlib
+
+    import numpy as np
+
+    from synanno_datagen import DatasetError
+    from synanno_datagen.reading.npy_items import load_npy
+
+    path = tmp_path / "source_1.npy"
+    np.save(path, np.arange(8, dtype=np.uint8).reshape(2, 2, 2))
+    data = path.read_bytes()
+    with pytest.raises(DatasetError, match=rf"{path}: {len(data)} bytes that are not the ones "
+                                           r"the index lists \(281474976710656 bytes"):
+        load_npy(str(path), (1 << 48, hashlib.sha256(data).hexdigest()), (1 << 16,) * 3)
+    loaded = load_npy(str(path), (len(data), hashlib.sha256(data).hexdigest()), (2, 2, 2))
+    assert loaded.tolist() == np.arange(8).reshape(2, 2, 2).tolist()
+
+
 def test_ranks_leave_out_other_samples_each_epoch_on_a_split_of_one_shard(small_data, tmp_path,
                                                                           torch):
     """Found by review: on a split of one shard (the demo's train split is one) the same

@@ -128,6 +128,22 @@ def _is_sha256(sha: Optional[str]) -> bool:
     return isinstance(sha, str) and _SHA256.fullmatch(sha) is not None
 
 
+READ_BLOCK = 1 << 26   # bytes read at once: a listing is data from storage, never allocated
+
+
+def _read_at_most(stream, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``stream`` (all of it when shorter), read in blocks of at
+    most READ_BLOCK: memory grows with what the file holds, not with ``limit``."""
+    blocks = []
+    while limit > 0:
+        block = stream.read(min(limit, READ_BLOCK))
+        if not block:
+            break
+        blocks.append(block)
+        limit -= len(block)
+    return b"".join(blocks)
+
+
 def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
     """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
     index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
@@ -138,10 +154,10 @@ def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
     try:   # no further than the listing: a larger file is not what was written
         if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
             with open(path, "rb") as f:
-                data = f.read(listed[0] + 1)
+                data = _read_at_most(f, listed[0] + 1)
         else:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read(listed[0] + 1)
+                data = _read_at_most(f, listed[0] + 1)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
                            f"{DAMAGED}") from None
