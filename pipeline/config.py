@@ -330,7 +330,7 @@ def _check_repeated_variants(config: Config, extending: bool = False) -> None:
     warning when ``extending`` an incremental root made so by an earlier version, which only
     warned (its variants are part of what its records are)."""
     depth, most = config.source_shape_zyx[0], config.seed_model.max_seed_slices
-    sets = seed_sets(depth, most)
+    sets = seed_sets(depth, most, cap=config.variants + 1)   # exact when variants exceed it
     if config.variants > sets and extending:
         log.warning("--variants %d: a crop of %d slices allows at most %d distinct sets of 1 to "
                     "%d seed slices; the root was made so, and its variants beyond repeat "

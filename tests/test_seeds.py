@@ -174,20 +174,40 @@ def test_seed_slices_are_those_of_the_law_drawn_with_rng_choice():
     assert digest.hexdigest() == "1b77ef8bf321e37464aa8dd4f0d93bffb04aa615ccef93a5548d2b602a7526b4"
 
 
-def test_the_estimate_of_a_deep_crops_law_takes_bounded_time(monkeypatch):
-    """Found by review: a manifest's max_seed_slices and foreground slices of tens of thousands
-    made inspect estimate the law with 20,000 draws of as many picks (minutes to hours). Fewer
-    draws are taken when the law is that large; small laws keep their 20,000."""
+def test_the_estimate_of_a_deep_crops_law_draws_a_bounded_number_of_keys():
+    """Found by review (twice): a manifest's max_seed_slices and foreground slices of tens of
+    thousands made inspect estimate the law with 20,000 draws of as many picks (hours), then,
+    with fewer draws, still 200 draws of as many passes over the slices (a crop of 20,000 slices:
+    minutes per index line). An estimate draws one key per slice per draw, and fewer draws for
+    a deep crop; small laws keep their 20,000 draws."""
     import synanno_datagen.transforms.seeds as seeds
 
-    draws = []
-    real = seeds.draw_seed_slices
-    monkeypatch.setattr(seeds, "draw_seed_slices",
-                        lambda *a, **k: draws.append(1) or real(*a, **k))
-    p = seeds.seed_inclusion_probabilities(SeedModel(max_seed_slices=1024, count_ratio=1.0),
-                                           1024, range(1024))
-    assert len(draws) == seeds.MC_FEWEST_DRAWS
-    assert abs(p.sum() - 512.5) < 100   # E[count] of counts 1..1024, equally likely
-    draws.clear()
-    seeds.seed_inclusion_probabilities(SeedModel(), 256, range(256))   # C(256, 3) sets
-    assert len(draws) == 20_000
+    assert seeds.estimate_draws(16, 20_000) == 20_000
+    assert seeds.estimate_draws(64, 20_000) == 20_000
+    assert seeds.estimate_draws(20_000, 20_000) == 250
+    assert seeds.estimate_draws(1 << 16, 20_000) == seeds.MC_FEWEST_DRAWS
+    for n in (1, 16, 1000, 20_000, 1 << 16):
+        assert seeds.estimate_draws(n, 20_000) * n <= max(seeds.MC_WORK_LIMIT,
+                                                          seeds.MC_FEWEST_DRAWS * n)
+    p = seeds.seed_inclusion_probabilities(SeedModel(max_seed_slices=20_000, count_ratio=1.0),
+                                           20_000, range(20_000))
+    assert p.shape == (20_000,) and abs(p.sum() - 10_000.5) < 1000   # E[count], 1..20,000 alike
+    assert np.all((p >= 0) & (p <= 1))
+    p = seeds.seed_inclusion_probabilities(SeedModel(max_seed_slices=1, count_ratio=1.0,
+                                                     position_sigma_frac=0.05), 2048,
+                                           range(2048))
+    assert p.sum() == pytest.approx(1.0) and 1000 < int(np.argmax(p)) < 1048   # central
+
+
+def test_the_estimate_of_a_law_follows_draw_seed_slices_where_weights_are_steep(monkeypatch):
+    """The estimate takes every draw's slices at once by their keys: the same law as
+    draw_seed_slices, which picks them one at a time (checked against the exact law where
+    weights differ by orders of magnitude)."""
+    import synanno_datagen.transforms.seeds as seeds
+
+    model = SeedModel(max_seed_slices=4, count_ratio=2.0, position_sigma_frac=0.08)
+    foreground = [0, 1, 2, 5, 7, 8, 9, 11, 15]
+    exact = seeds.seed_inclusion_probabilities(model, 16, foreground)
+    monkeypatch.setattr(seeds, "EXACT_STATE_LIMIT", 10)
+    estimate = seeds.seed_inclusion_probabilities(model, 16, foreground, mc_draws=20_000)
+    assert np.abs(estimate - exact).max() < 0.02

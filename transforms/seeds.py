@@ -113,7 +113,8 @@ def variant_seed_slices(
     foreground_z = foreground_slices(target_zyx)
     if foreground_z.size == 0:
         raise ValueError("target has no foreground slice")
-    n_possible = seed_sets(foreground_z.size, model.max_seed_slices)
+    # (the variants hold fewer than n_variants distinct sets before the last is drawn)
+    n_possible = seed_sets(foreground_z.size, model.max_seed_slices, cap=n_variants)
     law = (model.count_probabilities(foreground_z.size),
            model.position_weights(depth, foreground_z))   # the same for every draw
     result: List[Tuple[int, ...]] = []
@@ -139,11 +140,17 @@ def seed_mask(target_zyx: np.ndarray, slices: Sequence[int]) -> np.ndarray:
     return out
 
 
-def seed_sets(n: int, max_size: int) -> int:
-    """The distinct seed-slice sets of 1 to ``max_size`` slices among ``n`` foreground slices."""
-    from math import comb
-
-    return sum(comb(n, c) for c in range(1, min(n, max_size) + 1))
+def seed_sets(n: int, max_size: int, cap: Optional[int] = None) -> int:
+    """The distinct seed-slice sets of 1 to ``max_size`` slices among ``n`` foreground slices;
+    with ``cap``, at most ``cap`` (counted no further: the count of a deep crop's sets has
+    thousands of digits)."""
+    total, sets_of_size = 0, 1
+    for size in range(1, min(n, max_size) + 1):
+        sets_of_size = sets_of_size * (n - size + 1) // size   # comb(n, size)
+        total += sets_of_size
+        if cap is not None and total >= cap:
+            return cap
+    return total
 
 
 def _first_unused(foreground_z: np.ndarray, max_size: int, used) -> Tuple[int, ...]:
@@ -155,8 +162,16 @@ def _first_unused(foreground_z: np.ndarray, max_size: int, used) -> Tuple[int, .
 
 
 EXACT_STATE_LIMIT = 200_000   # larger laws are estimated (see seed_inclusion_probabilities)
-MC_WORK_LIMIT = 200_000_000   # weights touched by an estimate (each pick updates a candidate's)
+MC_WORK_LIMIT = 5_000_000     # random keys an estimate draws (one per candidate per draw)
 MC_FEWEST_DRAWS = 200
+_MC_BATCH_KEYS = 1 << 20      # keys drawn at once
+
+
+def estimate_draws(n_candidates: int, mc_draws: int) -> int:
+    """Draws an estimate of a law over ``n_candidates`` slices takes: ``mc_draws``, fewer (not
+    under MC_FEWEST_DRAWS) when they would draw more than MC_WORK_LIMIT keys (a deep crop, or a
+    hostile manifest: a crop of 65,536 slices, the most a manifest may say, takes 200)."""
+    return min(mc_draws, max(MC_FEWEST_DRAWS, MC_WORK_LIMIT // max(1, n_candidates)))
 
 
 def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Sequence[int],
@@ -165,24 +180,24 @@ def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Seq
 
     Sums to E[count]. Exact: the distribution of the drawn set is carried draw by draw over all
     sets of up to ``m`` foreground slices, and level ``c`` is weighted by P(count = c). When there
-    are more than EXACT_STATE_LIMIT such sets it is estimated from ``mc_draws`` draws of
-    ``draw_seed_slices`` with a generator seeded by 0 (deterministic), fewer (not under
-    MC_FEWEST_DRAWS) when they would touch more than MC_WORK_LIMIT weights (a deep crop with
-    many seed slices, or a hostile manifest: a bounded time). Variants' distinctness redraws
-    are not part of one draw and not modelled here.
+    are more than EXACT_STATE_LIMIT such sets it is estimated from ``estimate_draws`` draws of
+    the law with a generator seeded by 0 (deterministic): each a count, then that many slices
+    taken one at a time with probability proportional to their weights, as ``draw_seed_slices``
+    takes them, here drawn at once as the slices of the largest ``log(u) / weight`` (u uniform;
+    Efraimidis and Spirakis: the same law, for one key per slice rather than one pass over the
+    slices per pick). Variants' distinctness redraws are not part of one draw and not modelled
+    here.
     """
     candidates = np.asarray(sorted(int(z) for z in foreground_z), dtype=np.int64)
     if candidates.size == 0:
         raise ValueError("no foreground slice to draw from")
     count_p = model.count_probabilities(candidates.size)
     out = np.zeros(depth, dtype=np.float64)
-    if seed_sets(candidates.size, count_p.size) > EXACT_STATE_LIMIT:
-        rng = np.random.default_rng(0)
-        draws = min(mc_draws, max(MC_FEWEST_DRAWS,
-                                  MC_WORK_LIMIT // (count_p.size * candidates.size)))
-        for _ in range(draws):
-            out[list(draw_seed_slices(candidates, depth, model, rng))] += 1.0
-        return out / draws
+    if seed_sets(candidates.size, count_p.size, cap=EXACT_STATE_LIMIT + 1) > EXACT_STATE_LIMIT:
+        draws = estimate_draws(candidates.size, mc_draws)
+        chosen = _estimated_picks(count_p, model.position_weights(depth, candidates), draws)
+        out[candidates] = chosen / draws
+        return out
     weights = model.position_weights(depth, candidates)
     level = {(): 1.0}                       # drawn set (sorted candidate positions) -> probability
     for c in range(1, count_p.size + 1):
@@ -199,3 +214,21 @@ def seed_inclusion_probabilities(model: SeedModel, depth: int, foreground_z: Seq
         for drawn, p in level.items():
             out[candidates[list(drawn)]] += count_p[c - 1] * p
     return out
+
+
+def _estimated_picks(count_p: np.ndarray, weights: np.ndarray, draws: int) -> np.ndarray:
+    """How often each candidate is picked in ``draws`` draws of the law (counts from
+    ``count_p``; candidates picked one at a time in proportion to ``weights``, drawn at once by
+    their keys, see seed_inclusion_probabilities), int64, one per weight; seeded by 0."""
+    rng = np.random.default_rng(0)
+    n = weights.size
+    picked = np.zeros(n, np.int64)
+    batch = max(1, _MC_BATCH_KEYS // n)
+    for start in range(0, draws, batch):
+        size = min(batch, draws - start)
+        counts = rng.choice(count_p.size, size=size, p=count_p) + 1
+        with np.errstate(divide="ignore"):   # a weight of 0 is never picked before others
+            keys = np.log(rng.random((size, n))) / weights
+        order = np.argsort(-keys, axis=1, kind="stable")
+        picked += np.bincount(order[np.arange(n) < counts[:, None]], minlength=n)
+    return picked
