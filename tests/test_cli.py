@@ -404,6 +404,28 @@ def test_overwrite_replaces_a_local_folder_named_as_a_dataset_file(small_data, t
     assert (out / "dead_letter.jsonl").is_file() and (out / "manifest.json").is_file()
 
 
+def test_overwrite_replaces_links_named_as_dataset_folders_not_what_they_point_at(small_data,
+                                                                                  tmp_path):
+    """Found by review: a dataset whose index/ or npy/ was a link to a folder (a copied or
+    downloaded dataset may hold one) made --overwrite fail after its manifest was deleted
+    (rmtree refuses links), a traceback; a dangling link was left in the way. The links are
+    replaced; what they point at is left as it was."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (elsewhere / "index").mkdir(parents=True)
+    (elsewhere / "index" / "keep.jsonl").write_text("mine\n")
+    out.mkdir()
+    (out / "index").symlink_to(elsewhere / "index", target_is_directory=True)
+    (out / "npy").symlink_to(tmp_path / "gone", target_is_directory=True)   # dangling
+    (out / "dead_letter.jsonl").symlink_to(elsewhere / "index" / "keep.jsonl")
+    assert main(["run"] + small_data.argv(out, "--variants", "1", "--formats", "tfrecord,npy",
+                                          "--overwrite")) == 0
+    for name in ("index", "npy"):
+        assert (out / name).is_dir() and not (out / name).is_symlink()
+    assert (out / "dead_letter.jsonl").is_file() and not (out / "dead_letter.jsonl").is_symlink()
+    assert sorted(p.name for p in (elsewhere / "index").iterdir()) == ["keep.jsonl"]
+    assert (elsewhere / "index" / "keep.jsonl").read_text() == "mine\n"
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2

@@ -113,7 +113,8 @@ def holds_anything(path: str) -> bool:
 
 
 def delete_tree(path: str) -> None:
-    """Delete a file or everything under a directory/prefix, if anything is there."""
+    """Delete a file or everything under a directory/prefix, if anything is there (a local
+    link: the link)."""
     if path.startswith("gs://"):
         gcs = _gcs()
         prefix = path.rstrip("/")
@@ -121,7 +122,9 @@ def delete_tree(path: str) -> None:
             for meta in found.metadata_list:
                 gcs.delete(meta.path)
         return
-    if FileSystems.exists(path):
+    if "://" not in path and os.path.islink(path):
+        os.remove(path)   # a link itself (dangling ones too), never what it points at
+    elif FileSystems.exists(path):
         FileSystems.delete([path])
 
 
