@@ -112,6 +112,10 @@ def summary(manifest: dict, output_dir: str) -> str:
                   "table's units in nm), and that the table's points are in this volume"
                   if given else "if the table's coordinates are not in target voxels (nm, "
                   "say), pass --coordinate-resolution X Y Z (the table's units in nm)")
+        offset = manifest.get("volumes", {}).get("target", {}).get("voxel_offset_xyz")
+        if offset and any(offset):
+            advice += ("; points are absolute, not relative to the volume's corner: add the "
+                       f"target's voxel_offset ({' '.join(map(str, offset))}) to those that are")
         lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
                      + advice)
     from synanno_datagen.reading.inspection import remembered_line

@@ -463,6 +463,13 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
     assert ("warning: 10 of 10 rows are outside the volume: check --coordinate-resolution 1 1 1 "
             "(the table's units in nm), and that the table's points are in this volume"
             ) in summary(manifest, "out").splitlines()
+    # found by review: a table relative to the volume's corner (units right) was only told of
+    # units; with a volume whose voxel_offset is not zero, that cause is named too
+    manifest["volumes"] = {"target": {"voxel_offset_xyz": [100, 200, 10]}}
+    assert ("warning: 10 of 10 rows are outside the volume: check --coordinate-resolution 1 1 1 "
+            "(the table's units in nm), and that the table's points are in this volume; points "
+            "are absolute, not relative to the volume's corner: add the target's voxel_offset "
+            "(100 200 10) to those that are") in summary(manifest, "out").splitlines()
     manifest["counts"]["failures"] = {"outside_volume": 1}
     assert "--coordinate-resolution" not in summary(manifest, "out")
 
