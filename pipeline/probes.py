@@ -40,10 +40,15 @@ def to_url(flag: str, location: str) -> str:
 
 def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
     volume("--source-url", url, 0, engine)  # a clear error when the info (any scale) is wrong
+    resolutions = mip_resolutions(url, engine)
     try:
-        return nearest_mip(target.resolution_nm_xyz, mip_resolutions(url, engine))
+        return nearest_mip(target.resolution_nm_xyz, resolutions)
     except ValueError as e:
-        raise ConfigError(f"--source-mip nearest: {e} ({url}); give a mip number") from None
+        mips = ", ".join("x".join(f"{r:g}" for r in xyz) for xyz in resolutions)
+        raise ConfigError(f"--source-mip nearest: {e} (the source's mips: {mips} nm, {url}); "
+                          "check that the two volumes are of one dataset: each axis of the "
+                          "target's resolution must be a whole multiple of the source's") \
+            from None
 
 
 def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:

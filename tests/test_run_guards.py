@@ -496,6 +496,30 @@ def test_nearest_mip_with_a_malformed_finer_scale_is_refused_in_one_line(small_d
                        "fix the info file")
 
 
+def test_nearest_mip_of_a_source_no_mip_of_which_divides_the_target_says_so(small_data,
+                                                                           tmp_path, capsys):
+    """Found by review: the line ended 'give a mip number', though every mip number fails as
+    well. It lists the source's resolutions and names the likely cause."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(small_data.source_url[len("file://"):], source)
+    info = json.loads((source / "info").read_text())
+    for scale in info["scales"]:
+        scale["resolution"][2] = 40   # the target's is 33 nm
+    (source / "info").write_text(json.dumps(info))
+    resolutions = ", ".join("x".join(f"{r:g}" for r in scale["resolution"])
+                            for scale in info["scales"])
+    argv = small_data.argv(tmp_path / "out", "--source-mip", "nearest")
+    argv[argv.index("--source-url") + 1] = f"file://{source}"
+    assert_usage_error(capsys, ["run"] + argv, "--source-mip nearest: no mip of the source has "
+                       f"a resolution dividing the target's ", f"(the source's mips: "
+                       f"{resolutions} nm, file://{source}); check that the two volumes are of "
+                       "one dataset: each axis of the target's resolution must be a whole "
+                       "multiple of the source's")
+    assert "give a mip number" not in capsys.readouterr().err
+
+
 def test_a_raw_volume_of_the_wrong_dtype_is_named_as_such_whatever_its_encoding(small_data,
                                                                                 tmp_path,
                                                                                 capsys):
