@@ -9,9 +9,10 @@ from PIL import Image
 
 from synanno_datagen.cli import main
 from synanno_datagen.reading.dataset import Dataset, open_dataset
-from synanno_datagen.reading.preview import (FRAME_PX, GAP_PX, HEADER_PX, LABEL_PX, SEED_ALPHA, SEED_RGB,
-                              STRIP_PX, TARGET_RGB, choose_slices, compose_montage, outline,
-                              read_selected, select_records)
+from synanno_datagen.reading.preview import (
+    FRAME_PX, GAP_PX, HEADER_PX, LABEL_LINES_PX, LABEL_PX, SEED_ALPHA, SEED_RGB, STRIP_PX,
+    TARGET_RGB, choose_slices, compose_montage, outline, read_selected, select_records,
+)
 from tests.conftest import GOOD_IDS, assert_usage_error
 from tests.test_pipeline import read_records, run_pipeline
 
@@ -131,11 +132,11 @@ def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):
     records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
     tile = 24                                            # 12 target voxels x 2: shown 1:1
-    assert canvas.shape == (HEADER_PX + 2 * (STRIP_PX + tile + GAP_PX),
-                            LABEL_PX + 4 * (tile + GAP_PX), 3)
+    row = STRIP_PX + LABEL_LINES_PX + GAP_PX             # as tall as its label's lines
+    assert canvas.shape == (HEADER_PX + 2 * row, LABEL_PX + 4 * (tile + GAP_PX), 3)
     for i, (r, label) in enumerate(zip(records, labels)):
         top = label["row_top"]
-        assert top == HEADER_PX + i * (STRIP_PX + tile + GAP_PX) + STRIP_PX
+        assert top == HEADER_PX + i * row + STRIP_PX
         assert [z for _, z, _ in label["z"]] == [0, 1, 2, 3]
         assert [z for _, z, seed in label["z"] if seed] == list(r["seed_slices"])
         assert label["lines"][0] == f"id {r['instance_id']}"
@@ -220,6 +221,26 @@ def test_a_dataset_of_npy_files_only_is_previewed_from_them(generated, tmp_path,
     assert "npy seed masks" in err, err
 
 
+def test_row_labels_of_small_crops_do_not_run_into_the_next_row(views_dataset):
+    """Found by review: a row was as tall as its tiles, and four lines of text are taller than
+    a small crop's (24 px here): each row's label was drawn over the next one's."""
+    import io
+
+    from synanno_datagen.reading.preview import render_png
+
+    ds = open_dataset(str(views_dataset))
+    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
+    canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
+
+    def text_rows(label):
+        with Image.open(io.BytesIO(render_png(canvas, [label]))) as image:
+            rgb = np.asarray(image.convert("RGB"))[HEADER_PX:, :LABEL_PX]
+        return set(np.flatnonzero((rgb < 128).any(axis=(1, 2))).tolist())
+
+    first, second = text_rows(labels[0]), text_rows(labels[1])
+    assert first and second and max(first) < min(second)
+
+
 def test_image_height_grows_with_n(views_dataset, tmp_path, capsys):
     sizes = {}
     for n in (1, 2, 4):
@@ -229,7 +250,7 @@ def test_image_height_grows_with_n(views_dataset, tmp_path, capsys):
         with Image.open(out) as image:
             assert image.format == "PNG" and image.mode == "RGB"
             sizes[n] = image.size
-    row = STRIP_PX + 24 + GAP_PX
+    row = STRIP_PX + LABEL_LINES_PX + GAP_PX   # (tiles of 24 px: the label's lines are taller)
     assert sizes == {n: (LABEL_PX + 4 * (24 + GAP_PX), HEADER_PX + n * row) for n in (1, 2, 4)}
 
 

@@ -24,6 +24,7 @@ FRAME_PX = 3
 GAP_PX = 4
 STRIP_PX = 14                   # above each row of tiles: the z index of every tile
 LABEL_PX = 170                  # left of each row: id, variant, split, seeds
+LABEL_LINES_PX = 60             # the height of those four lines: the least a row's tiles take
 TILE_PX = 128                   # crops larger than this in y or x are shown scaled down
 HEADER_PX = 30                  # the colour legend, two lines
 DPI = 100
@@ -157,13 +158,13 @@ def compose_montage(records: List[dict], max_slices: int, tile_px: int = TILE_PX
     """uint8 (height, width, 3) canvas of all rows, and per row the text labels to draw:
     {"row_top", "z": [(x_centre, z, is_seed)], "lines": [...]}. Tiles are the crop's (y, x)
     scaled down (nearest pixel) to at most ``tile_px``; the canvas height is
-    ``HEADER_PX + n * (STRIP_PX + tile height + GAP_PX)``."""
+    ``HEADER_PX + n * (STRIP_PX + max(tile height, LABEL_LINES_PX) + GAP_PX)``."""
     depth, ny, nx = records[0]["source"].shape
     scale = min(1.0, tile_px / max(ny, nx))
     th, tw = max(1, round(ny * scale)), max(1, round(nx * scale))
     rows_yx = np.ix_((np.arange(th) * ny) // th, (np.arange(tw) * nx) // tw)  # nearest pixels
     columns = min(depth, max_slices)
-    row_px = STRIP_PX + th + GAP_PX
+    row_px = STRIP_PX + max(th, LABEL_LINES_PX) + GAP_PX
     canvas = np.full((HEADER_PX + len(records) * row_px,
                       LABEL_PX + columns * (tw + GAP_PX), 3), 255, np.uint8)
     labels = []
