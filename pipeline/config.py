@@ -16,11 +16,12 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from synanno_datagen.errors import ConfigError, redact
+from synanno_datagen.layout import COMPRESSIONS, RECORD_LAYOUTS
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
@@ -37,6 +38,8 @@ from synanno_datagen.transforms.volumes import (
 from synanno_datagen.transforms.write import TFRECORD
 
 log = logging.getLogger(__name__)
+# Options of the TFRecord shards only (their defaults): a run writing none hashes these
+TFRECORD_DEFAULTS = {"record_layout": "instance", "compression": "none"}
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,24 @@ class Config:
     # --source-url and --target-url as typed (earlier versions hashed that form)
     typed_volume_urls: Tuple[str, ...] = ()
 
-    def generation(self) -> dict:
+    def generation(self, as_given: bool = False) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
-        when these are unchanged; their sha256 is the manifest's generation_hash)."""
-        return {o.key: o.generation(self) for o in OPTIONS
-                if o.generation is not None and (o.unless is None or o.value(self) != o.unless)}
+        when these are unchanged; their sha256 is the manifest's generation_hash). Without
+        TFRecord shards their options decide nothing: hashed at their defaults (``as_given``:
+        as given, as earlier versions hashed them)."""
+        config = self
+        if "tfrecord" not in self.formats and not as_given:
+            config = dataclasses.replace(self, **TFRECORD_DEFAULTS)
+        return {o.key: o.generation(config) for o in OPTIONS if o.generation is not None
+                and (o.unless is None or o.value(config) != o.unless)}
+
+    def idle_tfrecord_options(self) -> Dict[str, str]:
+        """{flag: value} of the TFRecord options given other than their defaults in a run that
+        writes no TFRecord shards (they change nothing)."""
+        if "tfrecord" in self.formats:
+            return {}
+        return {f"--{key.replace('_', '-')}": getattr(self, key)
+                for key, default in TFRECORD_DEFAULTS.items() if getattr(self, key) != default}
 
     def fetch_block_size(self) -> Tuple[int, int, int]:
         """Work block (target voxels): ``--block-size``, or chosen from the volumes' chunks and
@@ -321,6 +337,11 @@ def from_args(args: argparse.Namespace) -> Config:
     if not (config.incremental_requested
             and output_checks.is_incremental_root(config.output_dir)):
         _check_repeated_variants(config)   # an existing root's: once its plan says if it extends
+    idle = config.idle_tfrecord_options()
+    if idle:
+        log.warning("%s: no TFRecord shards are written (--formats %s), so they change nothing",
+                    ", ".join(f"{flag} {value}" for flag, value in idle.items()),
+                    ",".join(config.formats))
     return config
 
 
@@ -417,13 +438,18 @@ def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, f
             if len(form) == 2 and form not in forms and \
                     form != {k: redact(u) for k, u in zip(keys, decoded)}:   # this version's
                 forms.append(form)
+    # without TFRecord shards, the TFRecord options as earlier versions hashed them, as given
+    given = [dict(zip(TFRECORD_DEFAULTS, values)) for values in itertools.product(
+        RECORD_LAYOUTS, COMPRESSIONS)] if "tfrecord" not in config.formats else [{}]
     orders = itertools.permutations(config.splits) \
         if len(config.splits) <= MAX_REORDERED_SPLITS else [config.splits]
     for order in orders:
-        generation = dataclasses.replace(config, splits=order).generation()
-        if generation_hash(generation) == digest or \
-                any(generation_hash({**generation, **form}) == digest for form in forms):
-            return order
+        for options in given:
+            generation = dataclasses.replace(config, splits=order, **options).generation(
+                as_given=bool(options))
+            if generation_hash(generation) == digest or \
+                    any(generation_hash({**generation, **form}) == digest for form in forms):
+                return order
     return None
 
 

@@ -488,3 +488,44 @@ def test_a_latest_manifest_naming_files_outside_the_root_is_refused_before_any_w
     holder[keys[-1]] = value
     path.write_text(json.dumps(manifest))
     _refused_untouched(capsys, root, argv, message)
+
+
+def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_data, tmp_path,
+                                                                        caplog):
+    """Found by review: --compression gzip (or another --record-layout) on the nightly flags of
+    a root written with --formats npy started a fresh dataset (every instance fetched and
+    written again) although no TFRecord is written and the npy files are the same. They are
+    not part of such a root's generation config, and a warning says they change nothing. A root
+    an earlier version made with them is extended too."""
+    from synanno_datagen.pipeline import config as config_module
+
+    root = tmp_path / "root"
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    first = _table(tmp_path / "first.csv", rows[:6])
+    argv = small_data.argv(root, "--incremental", "--formats", "npy", "--variants", "1",
+                           "--quiet")
+    argv[argv.index("--materialization") + 1] = str(first)
+    assert main(["run"] + argv) == 0
+    argv[argv.index("--materialization") + 1] = str(small_data.table_path)
+    loud = [a for a in argv if a != "--quiet"]
+    with caplog.at_level("WARNING"):
+        assert main(["run"] + loud + ["--compression", "gzip", "--record-layout", "variant"]) == 0
+    assert "--record-layout variant, --compression gzip: no TFRecord shards are written " \
+           "(--formats npy), so they change nothing" in caplog.text
+    latest = _latest(root)
+    assert latest["incremental"]["extends"] == "runs/00001/manifest.json"
+    assert latest["incremental"]["replaces"] is None
+
+    # a root whose hash an earlier version made with those options is extended under it
+    older = tmp_path / "older"
+    argv[argv.index("--output-dir") + 1] = str(older)
+    argv[argv.index("--materialization") + 1] = str(first)
+    real = config_module.Config.generation
+    config_module.Config.generation = lambda self, **_: real(self, as_given=True)
+    try:
+        assert main(["run"] + argv + ["--compression", "gzip"]) == 0
+    finally:
+        config_module.Config.generation = real
+    argv[argv.index("--materialization") + 1] = str(small_data.table_path)
+    assert main(["run"] + argv) == 0
+    assert _latest(older)["incremental"]["extends"] == "runs/00001/manifest.json"
