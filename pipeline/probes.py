@@ -51,6 +51,26 @@ def nearest_source_mip(url: str, target: VolumeSpec, engine: str) -> int:
             from None
 
 
+def _info_advice(url: str, engine: str, error: Exception) -> str:
+    """What to do about a volume URL whose info does not read (``error``): give the volume's
+    folder when the URL names its info file or, the info not found, one of its scales' folders
+    (the folder above holds an info), else check the URL and access."""
+    path = url.rstrip("/")
+    if path.endswith("/info"):
+        return "give the volume's folder, the one holding its info file"
+    parent = path.rpartition("/")[0]
+    not_found = isinstance(error, (FileNotFoundError, NotADirectoryError)) or \
+        type(error).__name__ == "InfoUnavailableError"   # cloud-volume's
+    if not_found and "://" in url and parent.partition("://")[2]:
+        try:
+            read_info(parent, engine, check=True)
+        except Exception:  # noqa: BLE001 - no volume above either: the plain advice
+            pass
+        else:
+            return f"{path} looks like one scale's folder of the volume at {parent}: give that"
+    return "check the URL and access"
+
+
 def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     """Scale ``mip`` of the volume at ``url``, once its info is complete and ``engine`` opens it
     and can decode its encoding; ConfigError naming ``flag`` otherwise. Every scale of the info
@@ -71,8 +91,8 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
                           "info file") from None
     except Exception as e:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
-                          f"({type(e).__name__}: {first_line(e, 200)}); check the URL and "
-                          "access") from None
+                          f"({type(e).__name__}: {first_line(e, 200)}); "
+                          f"{_info_advice(url, engine, e)}") from None
     _check_role(flag, spec)
     if engine == TENSORSTORE and gzip_file_chunks(spec):
         raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "

@@ -426,6 +426,24 @@ def test_overwrite_replaces_links_named_as_dataset_folders_not_what_they_point_a
     assert (elsewhere / "index" / "keep.jsonl").read_text() == "mine\n"
 
 
+@pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
+def test_a_volume_url_naming_its_info_or_a_scale_folder_is_pointed_at_the_volume(small_data,
+                                                                                 tmp_path,
+                                                                                 capsys, engine):
+    """Found by review: --target-url VOLUME/info or VOLUME/SCALE said 'no info file at
+    VOLUME/info/info' (or .../SCALE/info) and no more; the line now says which folder to give."""
+    volume = small_data.target_url
+    key = json.loads(open(volume[len("file://"):] + "/info").read())["scales"][0]["key"]
+    for url, hint in ((f"{volume}/info", "give the volume's folder, the one holding its info "
+                       "file"),
+                      (f"{volume}/{key}", f"{volume}/{key} looks like one scale's folder of "
+                       f"the volume at {volume}: give that")):
+        argv = small_data.argv(tmp_path / "out", "--volume-reader", engine)
+        argv[argv.index("--target-url") + 1] = url
+        _fails(capsys, ["run"] + argv, f"--target-url {url}: cannot read the volume's info",
+               hint)
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2
