@@ -231,7 +231,8 @@ def check(argv: Sequence[str]) -> Tuple[Config, List[str]]:
     """argv -> (validated Config, Beam's arguments): flags, values and storage probes, before
     the output directory's part (``settle``)."""
     args, beam_args = run_parser().parse_known_args(list(argv))
-    check_beam_args(beam_args, [option for f in run_flags() for option in f.option_strings])
+    check_beam_args(beam_args, [option for f in run_flags() for option in f.option_strings],
+                    args.materialization)
     check_runner(beam_args)
     _check_paths_reach_workers(args, beam_args)
     return from_args(args), beam_args

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import posixpath
 from typing import Iterable, List, Optional, Sequence, Set
 
 from synanno_datagen.errors import ConfigError, first_line
@@ -83,10 +84,12 @@ def _form(flag: str) -> str:
     return flag.replace("_", "-")
 
 
-def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
+def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str],
+                    table: Optional[str] = None) -> None:
     """Raise ConfigError (one line) for the first argument in ``beam_args`` (what the run flags
     left) that no PipelineOptions class declares, naming the closest flag of ``own_flags`` or
-    Beam's."""
+    Beam's; a stray file beside ``table`` (--materialization) of its format is taken for a
+    glob the shell expanded."""
     parser = beam_parser()
     try:
         known, unknown = parser.parse_known_args(list(beam_args))
@@ -105,10 +108,26 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str]) -> None:
             raise ConfigError(f"unknown flag {name}; {hint}")
     if unknown:
         raise ConfigError(f"unexpected argument {unknown[0]!r}: not the value of any flag; "
-                          f"{HELP_HINT}")
+                          f"{_stray_advice(unknown[0], table)}")
     workers = getattr(known, "direct_num_workers", None)
     if workers is not None and int(workers) < 0:   # Beam's runner fails with an IndexError
         raise ConfigError(f"--direct_num_workers {workers}: must be 0 (one per core) or more")
+
+
+def _stray_advice(stray: str, table: Optional[str]) -> str:
+    """What to do about a stray word: quote the glob when it is a file of --materialization's
+    folder and format (the shell expanded ``--materialization DIR/*.parquet`` into its files,
+    the first taken as the table, the rest left over), else see the help."""
+    from synanno_datagen.transforms.table_formats import table_format
+
+    if table and posixpath.dirname(stray) == posixpath.dirname(table) and \
+            table_format(stray) == table_format(table):
+        folder, name = posixpath.split(table)
+        suffix = ".csv.gz" if name.lower().endswith(".csv.gz") else posixpath.splitext(name)[1]
+        glob = (folder + "/" if folder else "") + "*" + suffix
+        return (f"a glob the shell expanded into the table's shards? quote it: "
+                f"--materialization '{glob}'")
+    return HELP_HINT
 
 
 def runs_on_dataflow(beam_args: Sequence[str]) -> bool:

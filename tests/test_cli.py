@@ -444,6 +444,21 @@ def test_a_volume_url_naming_its_info_or_a_scale_folder_is_pointed_at_the_volume
                hint)
 
 
+def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_path, capsys):
+    """Found by review: an unquoted --materialization glob that the shell expands leaves the
+    second shard as a stray word, refused as 'not the value of any flag' without a word of the
+    glob (it bites a nightly job the first day its table has two shards)."""
+    shards = [tmp_path / "t" / f"part-00{i}.csv.gz" for i in (1, 2)]
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(shards[0])
+    _fails(capsys, ["run"] + argv + [str(shards[1])],
+           f"unexpected argument '{shards[1]}': not the value of any flag; a glob the shell "
+           f"expanded into the table's shards? quote it: --materialization "
+           f"'{tmp_path / 't'}/*.csv.gz'")
+    _fails(capsys, ["run"] + argv + ["stray"], "unexpected argument 'stray': not the value of any "
+           "flag; see 'synanno-datagen run --help'")
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2
