@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from synanno_datagen.errors import ConfigError, redact
-from synanno_datagen.layout import COMPRESSIONS, RECORD_LAYOUTS
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
@@ -91,13 +90,12 @@ class Config:
     # --source-url and --target-url as typed (earlier versions hashed that form)
     typed_volume_urls: Tuple[str, ...] = ()
 
-    def generation(self, as_given: bool = False) -> dict:
+    def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
         when these are unchanged; their sha256 is the manifest's generation_hash). Without
-        TFRecord shards their options decide nothing: hashed at their defaults (``as_given``:
-        as given, as earlier versions hashed them)."""
+        TFRecord shards their options decide nothing: hashed at their defaults."""
         config = self
-        if "tfrecord" not in self.formats and not as_given:
+        if "tfrecord" not in self.formats:
             config = dataclasses.replace(self, **TFRECORD_DEFAULTS)
         return {o.key: o.generation(config) for o in OPTIONS if o.generation is not None
                 and (o.unless is None or o.value(config) != o.unless)}
@@ -422,12 +420,14 @@ def _check_sizes(config: Config) -> None:
 MAX_REORDERED_SPLITS = 8   # 8! orders, hashed in about a second; more splits are not tried
 
 
-def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, float], ...]]:
+def _splits_order_of(config: Config, digest: str, recorded: Optional[dict] = None
+                     ) -> Optional[Tuple[Tuple[str, float], ...]]:
     """The order of ``config.splits`` under which an earlier version's generation hash of this
     config's records is ``digest``, or None. An earlier version laid --splits out in the order
-    written, hashed the volume URLs with their passwords, and hashed a ``file://`` URL as typed
-    (not decoded: ``a%20b``). Asked only when a root's hash is not this config's own; orders are
-    hashed only until one matches."""
+    written, hashed the volume URLs with their passwords, hashed a ``file://`` URL as typed
+    (not decoded: ``a%20b``), and hashed the TFRecord options of a run without TFRecord shards
+    as given (as ``recorded``, the root's manifest ``config``, has them). Asked only when a
+    root's hash is not this config's own; orders are hashed only until one matches."""
     from synanno_datagen.pipeline.incremental import generation_hash
 
     keys = ("source_url", "target_url")
@@ -439,19 +439,34 @@ def _splits_order_of(config: Config, digest: str) -> Optional[Tuple[Tuple[str, f
             if len(form) == 2 and form not in forms and \
                     form != {k: redact(u) for k, u in zip(keys, decoded)}:   # this version's
                 forms.append(form)
-    # without TFRecord shards, the TFRecord options as earlier versions hashed them, as given
-    given = [dict(zip(TFRECORD_DEFAULTS, values)) for values in itertools.product(
-        RECORD_LAYOUTS, COMPRESSIONS)] if "tfrecord" not in config.formats else [{}]
+    given = [{}]   # without TFRecord shards, also those options as the root recorded them
+    if "tfrecord" not in config.formats and recorded:
+        given.append({key: recorded.get(key, _UNLESS[key]) for key in TFRECORD_DEFAULTS})
     orders = itertools.permutations(config.splits) \
         if len(config.splits) <= MAX_REORDERED_SPLITS else [config.splits]
     for order in orders:
+        ordered = dataclasses.replace(config, splits=order).generation()
         for options in given:
-            generation = dataclasses.replace(config, splits=order, **options).generation(
-                as_given=bool(options))
+            generation = _with_options(ordered, options)
             if generation_hash(generation) == digest or \
                     any(generation_hash({**generation, **form}) == digest for form in forms):
                 return order
     return None
+
+
+_UNLESS = {o.key: o.unless for o in OPTIONS}
+
+
+def _with_options(generation: dict, options: dict) -> dict:
+    """``generation`` (a Config's) with other values of some options, as ``Config.generation``
+    would hold them (left out while a value equals the option's ``unless``)."""
+    out = dict(generation)
+    for key, value in options.items():
+        if _UNLESS[key] is not None and value == _UNLESS[key]:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def _with_incremental_plan(config: Config) -> Config:
@@ -462,8 +477,8 @@ def _with_incremental_plan(config: Config) -> Config:
     # a root made with another order of these fractions is extended in its order
     orders = {}
 
-    def same_records(digest: str) -> bool:
-        orders[digest] = _splits_order_of(config, digest)
+    def same_records(digest: str, recorded: dict) -> bool:
+        orders[digest] = _splits_order_of(config, digest, recorded)
         return orders[digest] is not None
 
     try:

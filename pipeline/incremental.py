@@ -213,11 +213,13 @@ def _npy_totals(root: str, latest: dict) -> Dict[str, int]:
 
 
 def plan(root: str, generation: Dict, retry_failed: bool = False,
-         same_records: Callable[[str], bool] = lambda digest: False) -> IncrementalPlan:
+         same_records: Callable[[str, dict], bool] = lambda digest, config: False
+         ) -> IncrementalPlan:
     """The plan of the next run under ``root`` for a run with this generation config.
-    ``same_records(hash)``, asked only when the root's generation hash is not this config's:
-    whether a config with that hash makes the same records (its --splits in another order, as
-    an earlier version laid them out); such a root is extended under its own hash."""
+    ``same_records(hash, config)``, asked only when the root's generation hash is not this
+    config's (``config``: its latest manifest's): whether a config with that hash makes the same
+    records (its --splits in another order, as an earlier version laid them out); such a root
+    is extended under its own hash."""
     digest = generation_hash(generation)
     latest = read_latest(root)
     if latest is None:
@@ -230,7 +232,8 @@ def plan(root: str, generation: Dict, retry_failed: bool = False,
     info = latest["incremental"]
     _check_nothing_committed_after(root, info["run"])
     previous = None
-    if info["generation_hash"] != digest and same_records(info["generation_hash"]):
+    if info["generation_hash"] != digest and \
+            same_records(info["generation_hash"], latest.get("config", {})):
         digest = info["generation_hash"]
     if info["generation_hash"] == digest:
         previous = _previous_run(root, latest)

@@ -58,16 +58,16 @@ def _info_advice(url: str, engine: str, error: Exception) -> str:
     path = url.rstrip("/")
     if path.endswith("/info"):
         return "give the volume's folder, the one holding its info file"
-    parent = path.rpartition("/")[0]
+    parent, _, name = path.rpartition("/")
     not_found = isinstance(error, (FileNotFoundError, NotADirectoryError)) or \
         type(error).__name__ == "InfoUnavailableError"   # cloud-volume's
     if not_found and "://" in url and parent.partition("://")[2]:
         try:
-            read_info(parent, engine, check=True)
+            keys = [scale.get("key") for scale in read_info(parent, engine, check=True)["scales"]]
         except Exception:  # noqa: BLE001 - no volume above either: the plain advice
-            pass
-        else:
-            return f"{path} looks like one scale's folder of the volume at {parent}: give that"
+            keys = []
+        if name in keys:
+            return f"{path} is one scale's folder of the volume at {parent}: give that"
     return "check the URL and access"
 
 

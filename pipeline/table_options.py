@@ -278,7 +278,7 @@ def _centre_advice(schema: ShardSchema) -> str:
     if all(near):
         return (f"names are exact (case and spaces): rename {', '.join(found([c]) for c in near)}"
                 f" to {', '.join(CENTER_COLUMNS.columns)}")
-    like = _point_like(schema, lambda name: any(w in name.lower() for w in _CENTRE_WORDS))
+    like = _point_like(schema, lambda name: _CENTRE_WORDS.search(name.lower()) is not None)
     if like:
         return (f"name the centre with --center-column NAME ({', '.join(like)} "
                 f"{'looks like one' if len(like) == 1 else 'look like centres'}: pass "
@@ -287,7 +287,8 @@ def _centre_advice(schema: ShardSchema) -> str:
             "NAME_x/_y/_z)")
 
 
-_CENTRE_WORDS = ("ctr", "cent")   # ctr_pt_position, center, centre, centroid
+# a word starting ctr or cent: ctr_pt_position, center, centre, centroid (not percent)
+_CENTRE_WORDS = re.compile(r"(?:^|[^a-z])(?:ctr|cent)")
 
 
 def _point_like(schema: ShardSchema, keep: Callable[[str], bool]) -> List[str]:
@@ -349,7 +350,8 @@ def _find(flag: str, name: str, schema: ShardSchema, path: str, given: bool = Tr
     except ValueError as e:
         raise ConfigError(f"{where} {e}; a point needs all three") from None
     if point is not None and point.is_list:
-        _check_not_one_coordinate(flag, name, schema.columns, where)
+        if not _arrow_list(schema, name):   # (a Parquet column of lists is a point as it is)
+            _check_not_one_coordinate(flag, name, schema.columns, where)
         if not schema.holds_lists(name):
             raise ConfigError(f"{where} has column {name} of type {schema.types[name]}, not "
                               "[x, y, z] lists")
@@ -363,7 +365,7 @@ def _check_not_one_coordinate(flag: str, name: str, columns: Sequence[str], wher
     for axis in AXES:
         if name == axis:
             stem, trio = "", CENTER_COLUMNS
-        elif name.endswith("_" + axis):
+        elif name.endswith("_" + axis) and len(name) > 2:
             stem = name[:-2]
             trio = PointColumns(candidate_columns(stem)[1])
         else:

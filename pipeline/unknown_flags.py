@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import posixpath
 from typing import Iterable, List, Optional, Sequence, Set
 
@@ -115,19 +116,34 @@ def check_beam_args(beam_args: Sequence[str], own_flags: Iterable[str],
 
 
 def _stray_advice(stray: str, table: Optional[str]) -> str:
-    """What to do about a stray word: quote the glob when it is a file of --materialization's
-    folder and format (the shell expanded ``--materialization DIR/*.parquet`` into its files,
+    """What to do about a stray word: quote the glob when it is a file beside --materialization's
+    of the same suffix (the shell expanded ``--materialization DIR/*.parquet`` into its files,
     the first taken as the table, the rest left over), else see the help."""
-    from synanno_datagen.transforms.table_formats import table_format
+    if not table or posixpath.dirname(stray) != posixpath.dirname(table) or \
+            _suffix(stray) != _suffix(table) or not _is_file(stray):
+        return HELP_HINT
+    folder = posixpath.dirname(table)
+    glob = (folder + "/" if folder else "") + "*" + _suffix(table)
+    return (f"a glob the shell expanded into the table's shards? quote it: "
+            f"--materialization '{glob}'")
 
-    if table and posixpath.dirname(stray) == posixpath.dirname(table) and \
-            table_format(stray) == table_format(table):
-        folder, name = posixpath.split(table)
-        suffix = ".csv.gz" if name.lower().endswith(".csv.gz") else posixpath.splitext(name)[1]
-        glob = (folder + "/" if folder else "") + "*" + suffix
-        return (f"a glob the shell expanded into the table's shards? quote it: "
-                f"--materialization '{glob}'")
-    return HELP_HINT
+
+def _suffix(path: str) -> str:
+    """A table file's suffix (``.csv.gz`` whole), lower case; empty without one."""
+    name = posixpath.basename(path).lower()
+    return ".csv.gz" if name.endswith(".csv.gz") else posixpath.splitext(name)[1]
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` is a file (locally) or an object (in storage)."""
+    if "://" not in path:
+        return os.path.isfile(os.path.expanduser(path))
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001 - unreachable storage: no advice of a glob
+        return False
 
 
 def runs_on_dataflow(beam_args: Sequence[str]) -> bool:

@@ -112,10 +112,17 @@ def summary(manifest: dict, output_dir: str) -> str:
                   "table's units in nm), and that the table's points are in this volume"
                   if given else "if the table's coordinates are not in target voxels (nm, "
                   "say), pass --coordinate-resolution X Y Z (the table's units in nm)")
-        offset = manifest.get("volumes", {}).get("target", {}).get("voxel_offset_xyz")
+        target = manifest.get("volumes", {}).get("target", {})
+        offset = target.get("voxel_offset_xyz")
         if offset and any(offset):
+            units = "target voxels"
+            if given and target.get("resolution_nm_xyz"):   # the offset in the table's units
+                offset = [o * r / g for o, r, g in zip(offset, target["resolution_nm_xyz"],
+                                                       given)]
+                units = "the table's units"
             advice += ("; points are absolute, not relative to the volume's corner: add the "
-                       f"target's voxel_offset ({' '.join(map(str, offset))}) to those that are")
+                       f"target's voxel_offset ({' '.join(f'{v:g}' for v in offset)} in "
+                       f"{units}) to those that are")
         lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
                      + advice)
     from synanno_datagen.reading.inspection import remembered_line

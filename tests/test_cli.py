@@ -436,8 +436,10 @@ def test_a_volume_url_naming_its_info_or_a_scale_folder_is_pointed_at_the_volume
     key = json.loads(open(volume[len("file://"):] + "/info").read())["scales"][0]["key"]
     for url, hint in ((f"{volume}/info", "give the volume's folder, the one holding its info "
                        "file"),
-                      (f"{volume}/{key}", f"{volume}/{key} looks like one scale's folder of "
-                       f"the volume at {volume}: give that")):
+                      (f"{volume}/{key}", f"{volume}/{key} is one scale's folder of the "
+                       f"volume at {volume}: give that"),
+                      # found by review: any missing folder inside a volume was called a scale's
+                      (f"{volume}/nothere", "; check the URL and access")):
         argv = small_data.argv(tmp_path / "out", "--volume-reader", engine)
         argv[argv.index("--target-url") + 1] = url
         _fails(capsys, ["run"] + argv, f"--target-url {url}: cannot read the volume's info",
@@ -449,14 +451,21 @@ def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_pa
     second shard as a stray word, refused as 'not the value of any flag' without a word of the
     glob (it bites a nightly job the first day its table has two shards)."""
     shards = [tmp_path / "t" / f"part-00{i}.csv.gz" for i in (1, 2)]
+    shards[0].parent.mkdir()
+    for shard in shards:
+        shard.write_bytes(b"")
     argv = small_data.argv(tmp_path / "out")
     argv[argv.index("--materialization") + 1] = str(shards[0])
     _fails(capsys, ["run"] + argv + [str(shards[1])],
            f"unexpected argument '{shards[1]}': not the value of any flag; a glob the shell "
            f"expanded into the table's shards? quote it: --materialization "
            f"'{tmp_path / 't'}/*.csv.gz'")
-    _fails(capsys, ["run"] + argv + ["stray"], "unexpected argument 'stray': not the value of any "
-           "flag; see 'synanno-datagen run --help'")
+    # found by review: any stray word beside a table in the working directory was taken for one
+    (tmp_path / "t.csv").write_text("x,y,z\n1,2,3\n")
+    argv[argv.index("--materialization") + 1] = "t.csv"
+    for stray in ("4", "overwrite", str(tmp_path / "t" / "part-003.csv.gz")):
+        _fails(capsys, ["run"] + argv + [stray], f"unexpected argument '{stray}': not the value "
+               "of any flag; see 'synanno-datagen run --help'")
 
 
 def test_no_command_is_a_usage_error_with_the_help(capsys):
@@ -498,11 +507,17 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
             ) in summary(manifest, "out").splitlines()
     # found by review: a table relative to the volume's corner (units right) was only told of
     # units; with a volume whose voxel_offset is not zero, that cause is named too
-    manifest["volumes"] = {"target": {"voxel_offset_xyz": [100, 200, 10]}}
+    # (found by review: in the table's units, which --coordinate-resolution gives)
+    manifest["volumes"] = {"target": {"voxel_offset_xyz": [100, 200, 10],
+                                      "resolution_nm_xyz": [8, 8, 40]}}
     assert ("warning: 10 of 10 rows are outside the volume: check --coordinate-resolution 1 1 1 "
             "(the table's units in nm), and that the table's points are in this volume; points "
             "are absolute, not relative to the volume's corner: add the target's voxel_offset "
-            "(100 200 10) to those that are") in summary(manifest, "out").splitlines()
+            "(800 1600 400 in the table's units) to those that are"
+            ) in summary(manifest, "out").splitlines()
+    del manifest["config"]["coordinate_resolution_nm_xyz"]
+    assert ("add the target's voxel_offset (100 200 10 in target voxels) to those that are"
+            ) in summary(manifest, "out")
     manifest["counts"]["failures"] = {"outside_volume": 1}
     assert "--coordinate-resolution" not in summary(manifest, "out")
 

@@ -498,6 +498,7 @@ def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_da
     not part of such a root's generation config, and a warning says they change nothing. A root
     an earlier version made with them is extended too."""
     from synanno_datagen.pipeline import config as config_module
+    from synanno_datagen.pipeline.incremental import generation_hash
 
     root = tmp_path / "root"
     rows = list(csv.DictReader(open(small_data.table_path)))
@@ -516,16 +517,18 @@ def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_da
     assert latest["incremental"]["extends"] == "runs/00001/manifest.json"
     assert latest["incremental"]["replaces"] is None
 
-    # a root whose hash an earlier version made with those options is extended under it
+    # a root an earlier version made with those options, hashed as given, is extended
     older = tmp_path / "older"
     argv[argv.index("--output-dir") + 1] = str(older)
     argv[argv.index("--materialization") + 1] = str(first)
-    real = config_module.Config.generation
-    config_module.Config.generation = lambda self, **_: real(self, as_given=True)
-    try:
-        assert main(["run"] + argv + ["--compression", "gzip"]) == 0
-    finally:
-        config_module.Config.generation = real
+    assert main(["run"] + argv + ["--compression", "gzip"]) == 0
+    manifest_path = older / "runs" / "00001" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    config = config_module.check([a for a in argv if a != "--quiet"])[0]
+    manifest["incremental"]["generation_hash"] = generation_hash(config_module._with_options(
+        config.generation(), {"record_layout": "instance", "compression": "gzip"}))
+    assert manifest["incremental"]["generation_hash"] != generation_hash(config.generation())
+    manifest_path.write_text(json.dumps(manifest))
     argv[argv.index("--materialization") + 1] = str(small_data.table_path)
     assert main(["run"] + argv) == 0
     assert _latest(older)["incremental"]["extends"] == "runs/00001/manifest.json"

@@ -96,6 +96,11 @@ CASES = {
     "centre columns ctr_x/_y/_z without --center-column": (
         {"t.csv": "id,ctr_x,ctr_y,ctr_z,size\n1,2,3,4,5\n"}, "t.csv", [],
         ["(ctr looks like one: pass --center-column ctr)"]),
+    # found by review: a word holding 'cent' is no centre
+    "percent columns are no centre": (
+        {"t.csv": "id,percent_x,percent_y,percent_z\n1,2,3,4\n"}, "t.csv", [],
+        ["name the centre with --center-column NAME (a column of [x, y, z] lists, or "
+         "NAME_x/_y/_z)"]),
     "a later shard's column is no list": (
         {"t/a.parquet": {"id": [1], "c": pa.array([[1, 2, 3]])},
          "t/b.parquet": {"id": [2], "c": pa.array([7])}}, "t/*.parquet",
@@ -168,6 +173,20 @@ def test_table_problems_stop_the_run_before_any_work(small_data, tmp_path, capsy
         argv[argv.index("--materialization") + 1] = str(tmp_path / table)
     assert_usage_error(capsys, ["run"] + argv, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_parquet_list_column_named_as_an_axis_is_a_point(tmp_path):
+    """Found by review: a Parquet column of [x, y, z] lists named x (or p_x) beside y and z
+    columns was refused as one coordinate of x/y/z; its type says it is a whole point. A column
+    named _x was told that _x/_y/_z is the default centre."""
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    table = tmp_path / "t.parquet"
+    _parquet(table, {"id": [1], "x": pa.array([[1, 2, 3]]), "y": [2], "z": [3]})
+    assert describe_table(str(table), None, "x", None, None).layout.center.columns == ("x",)
+    (tmp_path / "u.csv").write_text("id,_x,_y,_z\n1,2,3,4\n")   # no NAME to name them by
+    assert describe_table(str(tmp_path / "u.csv"), None, "_x", None, None).layout.center \
+        .columns == ("_x",)
 
 
 def test_columns_named_twice_that_the_run_does_not_read_are_fine(small_data, tmp_path):
