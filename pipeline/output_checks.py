@@ -63,8 +63,6 @@ def check_writable(output_dir: str) -> None:
     Local: the nearest existing ancestor must be a writable directory. Other filesystems
     (gs://): a probe object is written and deleted under the output prefix.
     """
-    from apache_beam.io.filesystems import FileSystems
-
     if "://" not in output_dir:
         existing = Path(output_dir)
         while not existing.exists() and existing != existing.parent:
@@ -74,19 +72,17 @@ def check_writable(output_dir: str) -> None:
             raise ConfigError(f"--output-dir {output_dir}: {existing} {what}; choose a directory "
                               "you can write")
         return
-    from synanno_datagen.transforms.files import delete_file, write_bytes
+    from synanno_datagen.transforms.files import (bucket_path, delete_file, object_holding,
+                                                  write_bytes)
 
     # One name: what a run killed between writing and deleting it leaves, the next one removes
     probe = join(output_dir, WRITE_PROBE)
     try:
-        bucket, _, path = output_dir.partition("://")[2].strip("/").partition("/")
-        parts = [p for p in path.split("/") if p]   # (a//b: a console's folder object "a/")
-        for depth in range(len(parts), 0, -1):   # the folder itself, then each one holding it
-            above = f"{output_dir.partition('://')[0]}://{bucket}/{'/'.join(parts[:depth])}"
-            if FileSystems.exists(above):
-                where = "" if depth == len(parts) else f": {above}"
-                raise ConfigError(f"--output-dir {output_dir}{where} is an object, not a "
-                                  "folder; choose a folder (a prefix) for the dataset")
+        above = object_holding(probe)   # the folder itself, then each one holding it
+        if above is not None:
+            where = "" if above == bucket_path(output_dir) else f": {above}"
+            raise ConfigError(f"--output-dir {output_dir}{where} is an object, not a "
+                              "folder; choose a folder (a prefix) for the dataset")
         try:
             write_bytes(probe, b"synanno-datagen write probe")
         except BaseException:   # refused, or stopped (SIGTERM) after the object was made

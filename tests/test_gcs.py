@@ -403,6 +403,20 @@ def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
     ids = [int(line.split()[1]) for line in picked.splitlines() if line.startswith("id ")]
     assert len(ids) == 3 and set(ids) <= set(GOOD_IDS)
 
+    # found by review: views were written under an object's name (a file locally refuses it)
+    capsys.readouterr()
+    before = sorted(b.name for b in gcs.client().list_blobs("views"))
+    for argv, flag, path, holder in (
+            (["inspect", remote, "--plots", f"{bucket}/previews/p.png"], "--plots",
+             f"{bucket}/previews/p.png/seed_count.png", f"{bucket}/previews/p.png"),
+            (["preview", remote, "--out", f"{bucket}/out/manifest.json/sub/p.png"], "--out",
+             f"{bucket}/out/manifest.json/sub/p.png", f"{bucket}/out/manifest.json")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"synanno-datagen: error: {flag} {path}: {holder} is an object, not a "
+                       "folder; choose a folder (a prefix) for the view"), err
+    assert sorted(b.name for b in gcs.client().list_blobs("views")) == before
+
 
 def test_parquet_and_gzip_csv_tables_read_from_gs_as_from_local_files(gcs, tmp_path):
     import gzip

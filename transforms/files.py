@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from typing import Iterable, Iterator, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -110,6 +110,26 @@ def holds_anything(path: str) -> bool:
         return any(found.metadata_list
                    for found in FileSystems.match([prefix, prefix + "/**"], limits=[1, 1]))
     return FileSystems.exists(path)
+
+
+def bucket_path(path: str) -> str:
+    """A ``scheme://bucket/key`` path without empty parts (``gs://b//x/``: ``gs://b/x``)."""
+    scheme, _, rest = path.partition("://")
+    return f"{scheme}://" + "/".join(p for p in rest.split("/") if p)
+
+
+def object_holding(path: str) -> Optional[str]:
+    """The nearest of the folders holding ``path`` in a bucket (``gs://b/x/y/z``: ``gs://b/x/y``,
+    then ``gs://b/x``) that is an object, under which nothing can be a file as it is on a disk
+    (a folder of the console, ``x/``, is none); None when none is, and for local paths."""
+    if "://" not in path:
+        return None
+    folders = bucket_path(path).split("/")[2:-1]   # bucket, folders... (not path's own name)
+    for depth in range(len(folders), 1, -1):
+        above = path.partition("://")[0] + "://" + "/".join(folders[:depth])
+        if FileSystems.exists(above):
+            return above
+    return None
 
 
 def delete_tree(path: str) -> None:

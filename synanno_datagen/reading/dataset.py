@@ -38,8 +38,15 @@ def _open(path: str, gzip: bool = False) -> BinaryIO:
 def write_view(flag: str, path: str, data: bytes) -> None:
     """Write a view (a PNG) to ``path``, local or gs://; UsageError naming ``flag`` when it
     cannot be written."""
-    from synanno_datagen.transforms.files import write_bytes
+    from synanno_datagen.transforms.files import object_holding, write_bytes
 
+    try:
+        above = object_holding(path)
+    except Exception:  # noqa: BLE001 - storage that does not answer: the write will tell
+        above = None
+    if above is not None:   # (on a disk, no file can be written under a file either)
+        raise UsageError(f"{flag} {path}: {above} is an object, not a folder; choose a folder "
+                         "(a prefix) for the view")
     try:
         write_bytes(path, data)
     except Exception as e:  # noqa: BLE001 - no such bucket, a folder that is a file, no access
