@@ -225,8 +225,9 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                 print(monitoring.event_line(event), flush=True)
             except BrokenPipeError:
                 raise
-            except OSError as e:
-                raise StdoutUnwritable(e, status) from None
+            except OSError as e:   # a refusal or failure goes on: its line says why
+                if status in (monitoring.OK, monitoring.SUBMITTED):
+                    raise StdoutUnwritable(e, status) from None
         finally:
             if not _sigterm["keep"]:   # (the command keeps them while the interpreter ends)
                 for sig, handler in previous_handlers.items():

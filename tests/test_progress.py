@@ -153,6 +153,21 @@ def test_a_refusal_keeps_its_exit_code_when_stderr_is_full(small_data, tmp_path)
     assert (result.returncode, closing["exit_code"], closing["status"]) == (2, 2, "refused")
 
 
+def test_a_refusal_keeps_its_line_and_exit_code_when_stdout_is_full(small_data, tmp_path):
+    """Found by review: with stdout full the closing line's error replaced the refusal: exit 1
+    and 'cannot write to stdout ...; the run's status: refused', the reason never said."""
+    import shlex
+
+    argv = small_data.argv(tmp_path / "out", "--variants", "0")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synanno_datagen", "run",
+                                                *argv])
+    result = subprocess.run(["bash", "-c", command + " >/dev/full"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "synanno-datagen: error: --variants 0: must be at least 1"]
+
+
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
     result = cli("run", "--quiet", *small_data.argv(tmp_path / "out", "--variants", "0"))
     assert result.returncode == 2
