@@ -45,6 +45,8 @@ class TableSpec:
 def describe_table(pattern: str, id_column: Optional[str], center_column: Optional[str],
                    pre_column: Optional[str], post_column: Optional[str]) -> TableSpec:
     """Shards, format and columns of the table; raises ConfigError."""
+    _check_not_empty("--id-column", id_column)
+    _check_not_empty("--center-column", center_column)
     shards = match_table(pattern)
     schemas = [_schema(path) for path in shards]
     schema = schemas[0]
@@ -304,13 +306,17 @@ def _point_like(schema: ShardSchema, keep: Callable[[str], bool]) -> List[str]:
     return sorted(name for name in trios | lists if keep(name))
 
 
+def _check_not_empty(flag: str, value: Optional[str], more: str = "") -> None:
+    """Refuse a column flag given an empty name (an unset variable: ``--id-column "$ID"``)."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{flag} {value!r}: empty; give a column name{more}")
+
+
 def _optional_point(flag: str, flag_value: Optional[str], default: str, schema: ShardSchema,
                     path: str) -> Optional[PointColumns]:
     """The point's columns; None when the default ones are absent (a given NAME must exist) or
     NAME is ``none`` (the point left out: its columns, if any, are not read)."""
-    if flag_value is not None and not flag_value.strip():
-        raise ConfigError(f"{flag} {flag_value!r}: empty; give a column name, or 'none' to leave "
-                          "the point out")
+    _check_not_empty(flag, flag_value, ", or 'none' to leave the point out")
     if flag_value == NO_POINT:
         return None
     point = _find(flag, flag_value or default, schema, path, given=flag_value is not None)

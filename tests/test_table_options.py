@@ -144,6 +144,13 @@ CASES = {
         {"t.csv": "id;x;y;z\n1;2;3;4\n"}, "t.csv", [],
         ["no centre columns x/y/z (found: id;x;y;z)", "the header is one column holding ';': "
          "CSV cells are separated by commas; export with commas"]),
+    # found by review: an unset variable gave '--center-column : TABLE has no column  or
+    # _x/_y/_z', as --pre-column '' and --post-column '' do not
+    "empty centre flag": (
+        {}, None, ["--center-column", ""],
+        ["--center-column '': empty; give a column name"]),
+    "empty id flag": (
+        {}, None, ["--id-column", ""], ["--id-column '': empty; give a column name"]),
     "zero resolution": (
         {}, None, ["--coordinate-resolution", "0", "4", "33"],
         ["--coordinate-resolution 0.0 4.0 33.0: must be positive nm per table unit"]),
