@@ -467,27 +467,31 @@ DAMAGED_LATEST = {
 }
 
 
-@pytest.mark.parametrize("case", list(DAMAGED_LATEST))
 def test_a_latest_manifest_naming_files_outside_the_root_is_refused_before_any_work(
-        small_data, tmp_path, capsys, case):
+        small_data, tmp_path, capsys):
     """Found by review: the next run read the index and remembered failures the latest manifest
     names, outside the root included (an absolute path, '..'), copied such a file's lines into
     its own memory file and committed a manifest every reader refuses; a crafted split grid
     crashed it after work had started (ZeroDivisionError). Such a manifest is refused as the
-    readers refuse it, in one line, and nothing is written."""
-    keys, value, message = DAMAGED_LATEST[case]
-    root = tmp_path / "root"
-    argv = small_data.argv(root, "--incremental", "--variants", "1", "--split-by", "block",
+    readers refuse it, in one line, and nothing is written (each case of DAMAGED_LATEST on a
+    copy of one root)."""
+    import shutil
+
+    made = tmp_path / "made"
+    argv = small_data.argv(made, "--incremental", "--variants", "1", "--split-by", "block",
                            "--quiet")
     assert main(["run"] + argv) == 0
-    path = root / "runs" / "00001" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    holder = manifest
-    for key in keys[:-1]:
-        holder = holder[key]
-    holder[keys[-1]] = value
-    path.write_text(json.dumps(manifest))
-    _refused_untouched(capsys, root, argv, message)
+    written = json.loads((made / "runs" / "00001" / "manifest.json").read_text())
+    for number, (keys, value, message) in enumerate(DAMAGED_LATEST.values()):
+        root = shutil.copytree(made, tmp_path / f"root{number}")
+        manifest = json.loads(json.dumps(written))
+        holder = manifest
+        for key in keys[:-1]:
+            holder = holder[key]
+        holder[keys[-1]] = value
+        (root / "runs" / "00001" / "manifest.json").write_text(json.dumps(manifest))
+        argv[argv.index("--output-dir") + 1] = str(root)
+        _refused_untouched(capsys, root, argv, message)
 
 
 def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_data, tmp_path,
