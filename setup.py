@@ -2,13 +2,20 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Dataflow workers install this package from --setup_file: the runtime dependencies are pinned so
 # workers run exactly what the launcher ran (numpy, protobuf and pyarrow are ranges inside Beam's
 # own constraints; each lower bound is the lowest version that installs beside apache-beam[gcp]
 # and passes the suite).
 BEAM_VERSION = "2.77.0"
+
+# The repository's pipeline/ and transforms/ folders are installed as synanno_datagen.pipeline and
+# synanno_datagen.transforms (pipeline/staging.py compares the same parts).
+MAPPED = {"synanno_datagen.pipeline": "pipeline", "synanno_datagen.transforms": "transforms"}
+PACKAGES = find_packages(include=["synanno_datagen", "synanno_datagen.*"]) + [
+    f"{name}{sub}" for name, folder in MAPPED.items()
+    for sub in ["", *(f".{p}" for p in find_packages(folder))]]
 
 VERSION = re.search(
     r'__version__ = "([^"]+)"',
@@ -24,10 +31,8 @@ setup(
     # One import package: the repository's pipeline/ and transforms/ folders are installed as
     # synanno_datagen.pipeline and synanno_datagen.transforms, so a user's own pipeline.py or
     # transforms/ never shadows them.
-    packages=["synanno_datagen", "synanno_datagen.reading", "synanno_datagen.pipeline",
-              "synanno_datagen.transforms"],
-    package_dir={"synanno_datagen.pipeline": "pipeline",
-                 "synanno_datagen.transforms": "transforms"},
+    packages=PACKAGES,
+    package_dir=MAPPED,
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
         "tensorstore==0.1.86",     # the default volume reader (and the demo's writer)

@@ -20,16 +20,17 @@ PARTS = {"synanno_datagen": "synanno_datagen", "synanno_datagen.pipeline": "pipe
          "synanno_datagen.transforms": "transforms"}
 
 
-def module_files(folder: Path, recurse: bool) -> Dict[str, str]:
-    """{path relative to ``folder``: sha256} of its .py files, as setuptools ships them: no
-    names starting with '.' (an editor's lock file), and with ``recurse`` those of its
-    subpackages (folders holding an __init__.py; not those PARTS maps from elsewhere)."""
+def module_files(folder: Path) -> Dict[str, str]:
+    """{path relative to ``folder``: sha256} of its .py files and its subpackages' (folders
+    holding an __init__.py; not those PARTS maps from elsewhere), as setuptools ships them: no
+    names starting with '.' (an editor's lock file)."""
     found = {}
     for where, dirs, files in os.walk(folder, followlinks=True):
         base = Path(where)
-        dirs[:] = sorted(d for d in dirs if recurse and not d.startswith(".")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (base / d / "__init__.py").is_file()
-                         and not (base == folder and d in ("pipeline", "transforms")))
+                         and not (base == folder and folder.name == "synanno_datagen"
+                                  and d in ("pipeline", "transforms")))
         for name in sorted(files):
             if name.endswith(".py") and not name.startswith("."):
                 path = base / name
@@ -43,7 +44,7 @@ def installed_files() -> Dict[str, str]:
     out = {}
     for name, folder in PARTS.items():
         where = Path(list(importlib.import_module(name).__path__)[0])
-        for rel, digest in module_files(where, recurse=name == "synanno_datagen").items():
+        for rel, digest in module_files(where).items():
             out[f"{folder}/{rel}"] = digest
     return out
 
@@ -51,8 +52,7 @@ def installed_files() -> Dict[str, str]:
 def clone_files(clone: Path) -> Dict[str, str]:
     """The clone's module files, from the folders setup.py maps into the package."""
     return {f"{folder}/{rel}": digest for name, folder in PARTS.items()
-            for rel, digest in module_files(clone / folder,
-                                            recurse=name == "synanno_datagen").items()}
+            for rel, digest in module_files(clone / folder).items()}
 
 
 def difference(clone: Path) -> Optional[str]:

@@ -132,6 +132,8 @@ def test_the_package_is_installed_from_every_folder_setup_py_packages():
     setup = (ROOT / "setup.py").read_text()
     folders = {"synanno_datagen"} | set(re.findall(r'"synanno_datagen\.\w+": "(\w+)"', setup))
     assert folders == {"synanno_datagen", "pipeline", "transforms"}
+    from synanno_datagen.pipeline import staging   # launch_dataflow.sh compares the same parts
+    assert set(staging.PARTS.values()) == folders
     assert folders | {"setup.py", "README.md"} <= brought
     runs = [rest for word, rest in stage if word == "RUN"]
     assert any(re.search(r"\bpip install\b.*(^|\s)\.(\s|$)", r) for r in runs), runs

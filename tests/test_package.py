@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,47 @@ def test_the_sdist_workers_install_holds_the_package_and_no_half_test_suite(tmp_
     assert modules and modules <= names
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".pyc")]
     assert {"setup.py", "README.md"} <= names
+
+
+def test_a_new_subpackage_in_any_folder_is_installed_and_staged(tmp_path):
+    """Found by review: setup.py listed the packages by hand, so a subpackage added under
+    synanno_datagen/, pipeline/ or transforms/ was left out of the install (its import failed)
+    and the staging check then refused every launch, as a reinstall could not fix it."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(root / name, clone / name)
+    for folder in ("synanno_datagen", "pipeline", "transforms"):
+        shutil.copytree(root / folder, clone / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    added = ["synanno_datagen/reading/extra", "pipeline/extra", "transforms/extra/deeper"]
+    for folder in added:
+        (clone / folder).mkdir(parents=True)
+        for where in (clone / folder, *(clone / folder).parents):
+            if where == clone:
+                break
+            (where / "__init__.py").touch()
+        (clone / folder / "part.py").write_text("VALUE = 7\n")
+    built = tmp_path / "lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-lib", str(built)],
+                   cwd=clone, check=True, capture_output=True)
+    for folder in added:
+        installed = folder.replace("pipeline/", "synanno_datagen/pipeline/").replace(
+            "transforms/", "synanno_datagen/transforms/")
+        assert (built / installed / "part.py").is_file(), installed
+    staged = subprocess.run([sys.executable, "-P", str(clone / "pipeline" / "staging.py"),
+                             str(clone)], env={**os.environ, "PYTHONPATH": str(built)},
+                            capture_output=True, text=True)
+    assert staged.returncode == 0, staged.stderr
+    (clone / "transforms/extra/deeper/part.py").write_text("VALUE = 8\n")
+    staged = subprocess.run([sys.executable, "-P", str(clone / "pipeline" / "staging.py"),
+                             str(clone)], env={**os.environ, "PYTHONPATH": str(built)},
+                            capture_output=True, text=True)
+    assert staged.returncode == 2 and "transforms/extra/deeper/part.py" in staged.stderr
 
 
 def test_the_reading_side_imports_no_beam():
