@@ -20,13 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from synanno_datagen import layout
 from synanno_datagen.errors import ConfigError, redact
 from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
 from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
-from synanno_datagen.reading.records import PROTOBUF_MESSAGE_MOST
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import GROUPED
@@ -34,11 +34,11 @@ from synanno_datagen.transforms.seeds import SeedModel, seed_sets
 from synanno_datagen.transforms.volumes import (
     DEFAULT_MISSING_CHUNKS, VolumeSpec, block_bytes, default_block_size,
 )
-from synanno_datagen.transforms.write import TFRECORD
 
 log = logging.getLogger(__name__)
 # Options of the TFRecord shards only (their defaults): a run writing none hashes these
-TFRECORD_DEFAULTS = {"record_layout": "instance", "compression": "none"}
+TFRECORD_DEFAULTS = {a.dest: a.default for a in run_flags()
+                     if a.dest in ("record_layout", "compression")}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Config:
         when these are unchanged; their sha256 is the manifest's generation_hash). Without
         TFRecord shards their options decide nothing: hashed at their defaults."""
         config = self
-        if "tfrecord" not in self.formats:
+        if layout.TFRECORD not in self.formats:
             config = dataclasses.replace(self, **TFRECORD_DEFAULTS)
         return {o.key: o.generation(config) for o in OPTIONS if o.generation is not None
                 and (o.unless is None or o.value(config) != o.unless)}
@@ -103,7 +103,7 @@ class Config:
     def idle_tfrecord_options(self) -> Dict[str, str]:
         """{flag: value} of the TFRecord options given other than their defaults in a run that
         writes no TFRecord shards (they change nothing)."""
-        if "tfrecord" in self.formats:
+        if layout.TFRECORD in self.formats:
             return {}
         return {f"--{key.replace('_', '-')}": getattr(self, key)
                 for key, default in TFRECORD_DEFAULTS.items() if getattr(self, key) != default}
@@ -137,9 +137,8 @@ class Config:
     def bytes_per_instance(self) -> int:
         """Approximate TFRecord bytes of one instance, uncompressed: source and target once
         (instance layout), or source, target and seed mask per variant."""
-        z, y, x = self.source_shape_zyx
-        arrays = 2 if self.record_layout == "instance" else 3 * self.variants
-        return max(1, arrays * x * y * z)
+        records, arrays = layout.record_arrays(self.record_layout, self.variants)
+        return max(1, records * arrays * math.prod(self.source_shape_zyx))
 
     def to_manifest(self) -> dict:
         """The options as given (no derived volume facts, no credentials)."""
@@ -408,9 +407,9 @@ def _check_sizes(config: Config) -> None:
             f"--crop-size {crop}: an instance holds its source and target voxels at once, "
             f"{need / 2**20:,.0f} MB here, more than --fetch-memory-mb "
             f"{config.fetch_memory_mb}; {_memory_advice(need, 'a smaller crop')}")
-    arrays = 2 if config.record_layout == "instance" else 3   # source, target (, seed_target)
+    _, arrays = layout.record_arrays(config.record_layout, config.variants)
     record = arrays * math.prod(config.source_shape_zyx)
-    if TFRECORD in config.formats and record > PROTOBUF_MESSAGE_MOST:
+    if layout.TFRECORD in config.formats and record > layout.PROTOBUF_MESSAGE_MOST:
         raise ConfigError(
             f"--crop-size {crop}: a record would hold {record / 2**20:,.0f} MB of arrays, more "
             f"than the 2 GiB of one protobuf message (a TFRecord Example); give a smaller crop "
@@ -440,7 +439,7 @@ def _splits_order_of(config: Config, digest: str, recorded: Optional[dict] = Non
                     form != {k: redact(u) for k, u in zip(keys, decoded)}:   # this version's
                 forms.append(form)
     given = [{}]   # without TFRecord shards, also those options as the root recorded them
-    if "tfrecord" not in config.formats and recorded:
+    if layout.TFRECORD not in config.formats and recorded:
         given.append({key: recorded.get(key, _UNLESS[key]) for key in TFRECORD_DEFAULTS})
     orders = itertools.permutations(config.splits) \
         if len(config.splits) <= MAX_REORDERED_SPLITS else [config.splits]

@@ -23,7 +23,7 @@ from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.transforms.examples import features
 from synanno_datagen.transforms.files import delete_file, delete_tree, write_atomic, write_bytes
-from synanno_datagen.transforms.write import NPY, TFRECORD
+from synanno_datagen.layout import NPY, TFRECORD
 
 SCHEMA_VERSION = 1
 

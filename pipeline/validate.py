@@ -7,10 +7,10 @@ import re
 from typing import Tuple
 
 from synanno_datagen.errors import ConfigError
+from synanno_datagen.layout import FORMATS
 from synanno_datagen.pipeline.options import NEAREST
 from synanno_datagen.transforms.volumes import DEFAULT_MISSING_CHUNKS, MISSING_CHUNK_MODES
 
-FORMATS = ("tfrecord", "npy")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 

@@ -22,7 +22,7 @@ from synanno_datagen import __version__
 from synanno_datagen.beam_errors import error_summary, not_a_one_line_error, unwrapped
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
                                     Terminated, UsageError, first_line, redact)
-from synanno_datagen.layout import DEAD_LETTER
+from synanno_datagen.layout import DEAD_LETTER, TFRECORD
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
 from synanno_datagen.reading.commands import add_commands as add_view_commands
@@ -129,7 +129,7 @@ def summary(manifest: dict, output_dir: str) -> str:
 
     if remembered_line(counts):
         lines.append(remembered_line(counts))
-    tfrecord = "tfrecord" in manifest["config"]["formats"]
+    tfrecord = TFRECORD in manifest["config"]["formats"]
     for name, split in manifest["splits"].items():
         lines.append(f"split {name}: {split['instances']} instances, " + (
             f"{split['records']} records in {split['shards']} shards" if tfrecord else

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 import urllib.parse
-from typing import Callable, Dict, Iterable, Iterator, List
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple
 
 MANIFEST = "manifest.json"
 DEAD_LETTER = "dead_letter.jsonl"
@@ -98,9 +98,21 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
 
 
 # The choices that shape a dataset (run flags; the manifest records each).
+TFRECORD, NPY = "tfrecord", "npy"
+FORMATS = (TFRECORD, NPY)                  # --formats, in the order a run writes them
 RECORD_LAYOUTS = ("instance", "variant")   # --record-layout: a record per instance or variant
 SPLIT_BY = ("block", "instance")           # --split-by: splits by work block or by instance
 COMPRESSIONS = ("none", "gzip")            # --compression of TFRecord shards
+
+
+PROTOBUF_MESSAGE_MOST = 2**31 - 1   # bytes: no tf.train.Example is larger (the generator
+# refuses crops whose records would be)
+
+
+def record_arrays(record_layout: str, variants: int) -> Tuple[int, int]:
+    """(records per instance, source-shaped arrays per record) of a record layout: one record of
+    source and target, or one per variant of source, target and its seed mask."""
+    return (1, 2) if record_layout == "instance" else (variants, 3)
 
 
 def tfrecord_suffix(compression: str = "none") -> str:

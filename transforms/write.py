@@ -26,7 +26,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import (
-    group_index_path, group_tfrecord_path, index_path, join, json_line, npy_paths, tfrecord_path,
+    NPY, TFRECORD, group_index_path, group_tfrecord_path, index_path, join, json_line, npy_paths,
+    tfrecord_path,
 )
 from synanno_datagen.transforms.examples import (
     OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
@@ -41,7 +42,6 @@ from synanno_datagen.transforms.records import (
 )
 from synanno_datagen.transforms.seeds import foreground_slices, seed_mask
 
-TFRECORD, NPY = "tfrecord", "npy"
 
 
 def index_entry(varied: Varied) -> dict:

@@ -148,7 +148,7 @@ class Dataset:
         if split is not None and split not in self.manifest["splits"]:
             raise DatasetError(f"split {split!r} is not in this dataset (it has "
                                f"{', '.join(self.manifest['splits']) or 'no splits'})")
-        if kind == "tfrecord" and "tfrecord" not in self.formats:
+        if kind == layout.TFRECORD and layout.TFRECORD not in self.formats:
             raise DatasetError("this dataset has no TFRecord shards (made with --formats "
                                f"{','.join(self.formats)}); read its npy files")
         return layout.shard_files(self.manifest, kind, split)
@@ -223,7 +223,7 @@ class Dataset:
     def npy_items(self, split: str) -> NpyItems:
         """One item per (instance, variant) of ``split`` in index order (reading its index
         shards one at a time): ids and its npy files with the sizes and sha256 the index lists."""
-        if "npy" not in self.formats:
+        if layout.NPY not in self.formats:
             raise DatasetError("this dataset has no npy files (made with --formats "
                                f"{','.join(self.formats)}); read its TFRecord shards")
         return self.npy_lines_items(self.iter_index_shards(split))

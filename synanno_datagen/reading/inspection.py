@@ -6,6 +6,7 @@ import json
 from contextlib import contextmanager
 
 from synanno_datagen.errors import DatasetError, UsageError, first_line
+from synanno_datagen.layout import TFRECORD
 from synanno_datagen.reading.dataset import DAMAGED, open_dataset
 from synanno_datagen.reading.stats import REDRAW_NOTE, dataset_facts
 
@@ -97,7 +98,7 @@ def format_facts(facts: dict) -> str:
         share = f"; {100 * s['instances'] / total:.0f}% of instances" if total else ""
         if share and name in asked:
             share += f" (asked {100 * asked[name]:.0f}%)"
-        if "tfrecord" in c["formats"]:
+        if TFRECORD in c["formats"]:
             lines.append(f"  {name:<6} {s['instances']} instances, {s['records']} records, "
                          f"{s['shards']} shards, {_mb(s['bytes'])}{share}")
         else:  # the shards are index shards; the arrays are the npy files below

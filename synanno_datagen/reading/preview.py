@@ -13,7 +13,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from synanno_datagen.errors import DatasetError, UsageError
-from synanno_datagen.layout import records_info
+from synanno_datagen.layout import TFRECORD, records_info
 from synanno_datagen.reading.dataset import DAMAGED, Dataset, open_dataset, write_view
 from synanno_datagen.reading.records import read_records
 
@@ -88,7 +88,7 @@ def read_selected(dataset: Dataset, chosen: List[dict]) -> List[dict]:
     uncompressed shard; none after it read): its index line's, or in the variant layout (a
     record per variant, in variant order) the variants before it plus its variant. A dataset
     without TFRecord shards: from the instance's npy files, checked against its index line."""
-    if "tfrecord" not in dataset.formats:
+    if TFRECORD not in dataset.formats:
         found = []
         for c in chosen:
             items = dataset.npy_lines_items([(c["index_file"], [

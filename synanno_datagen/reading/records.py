@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from synanno_datagen.errors import DatasetError, first_line
+from synanno_datagen.layout import PROTOBUF_MESSAGE_MOST
 
 SCALARS = ("instance_id", "variant")
 # What a training sample needs, in either record layout.
@@ -71,10 +72,6 @@ def skip_serialized(stream, n: int) -> int:
             return skipped
         stream.seek(length + 4, io.SEEK_CUR)
     return n
-
-
-PROTOBUF_MESSAGE_MOST = 2**31 - 1   # bytes: no tf.train.Example is larger (the generator
-# refuses crops whose records would be)
 
 
 def max_record_bytes(manifest: dict) -> int:
