@@ -27,7 +27,7 @@ from synanno_datagen.pipeline.options import run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 # flags without a value: template parameter "true" or "false"
-SWITCHES = {"incremental", "retry_failed", "break_lease"}
+SWITCHES = {a.dest for a in run_flags() if a.nargs == 0} - NOT_TEMPLATE_PARAMETERS
 # one-off parameters a schedule must not repeat every night
 NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run still writing; "
                                 "launch the template once with break_lease=true instead",
@@ -37,7 +37,7 @@ NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run stil
 # comma-separated lists (checked by check_values before they become parameters)
 COMMA_LISTS = {"formats", "splits", "missing_chunks"}
 # three numbers: template parameter "X Y Z"
-XYZ_PARAMETERS = {"crop_size", "block_size", "coordinate_resolution"}
+XYZ_PARAMETERS = {a.dest for a in run_flags() if a.nargs == 3}
 
 
 def template_parameters() -> List[str]:
