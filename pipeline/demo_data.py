@@ -321,13 +321,20 @@ def _paint_ellipsoid(labels_xyz, center_xyz, radii_xyz, angle_rad, label) -> Non
     box[inside & (box == 0)] = label
 
 
-def _smooth_noise(rng, shape_xyz, cell_xyz) -> np.ndarray:
-    """float32 (x, y, z) noise in [-1, 1]: a random grid with one node every ``cell_xyz`` voxels,
-    linearly interpolated one axis at a time."""
+def _noise_grid(rng, shape_xyz, cell_xyz) -> np.ndarray:
+    """float32 (x, y, z) random nodes in [-1, 1], one every ``cell_xyz`` voxels (and one past
+    the end), for ``_smooth_noise``."""
     grid = rng.uniform(-1, 1, size=[n // c + 2 for n, c in zip(shape_xyz, cell_xyz)])
-    grid = grid.astype(np.float32)
-    for axis, (n, cell) in enumerate(zip(shape_xyz, cell_xyz)):
-        position = np.arange(n, dtype=np.float32) / cell
+    return grid.astype(np.float32)
+
+
+def _smooth_noise(grid, shape_xyz, cell_xyz, x_range) -> np.ndarray:
+    """float32 (x, y, z) noise in [-1, 1] of the volume ``shape_xyz`` at x in ``x_range`` (a
+    slab): ``grid`` linearly interpolated one axis at a time (each voxel the same whatever the
+    slab)."""
+    ranges = [range(*x_range), range(shape_xyz[1]), range(shape_xyz[2])]
+    for axis, (voxels, cell) in enumerate(zip(ranges, cell_xyz)):
+        position = np.arange(voxels.start, voxels.stop, dtype=np.float32) / cell
         index = position.astype(int)
         weight = (position - index).reshape([-1 if a == axis else 1 for a in range(3)])
         grid = (np.take(grid, index, axis=axis) * (1 - weight)
@@ -335,19 +342,36 @@ def _smooth_noise(rng, shape_xyz, cell_xyz) -> np.ndarray:
     return grid
 
 
+TEXTURE_SLAB_X = 64   # source x planes made at once (a multiple of SOURCE_SCALE_XYZ[0])
+
+
 def _em_texture(rng, labels_xyz: np.ndarray) -> np.ndarray:
     """uint8 (x, y, z) EM-like raw on the source grid (2x finer in x, y): smooth grey around 150,
-    dark membrane sheets that continue across slices, and dark clefts over every label."""
+    dark membrane sheets that continue across slices, and dark clefts over every label.
+
+    Made in slabs of ``TEXTURE_SLAB_X`` x planes (memory: the output and a few float32 slabs),
+    drawing from ``rng`` what one whole-volume pass would, in the same order."""
     shape = tuple(n * f for n, f in zip(labels_xyz.shape, SOURCE_SCALE_XYZ))
-    raw = 150 + 22 * _smooth_noise(rng, shape, (64, 64, 8))
-    raw += 10 * _smooth_noise(rng, shape, (12, 12, 2))
-    raw += 6 * rng.standard_normal(shape, dtype=np.float32)
-    membrane = _smooth_noise(rng, shape, (48, 48, 6))
-    raw -= 60 * np.clip(1 - np.abs(membrane) / 0.05, 0, None)
-    cleft = np.repeat(np.repeat(labels_xyz != 0, SOURCE_SCALE_XYZ[0], axis=0),
-                      SOURCE_SCALE_XYZ[1], axis=1)
-    raw[cleft] -= 75
-    return np.clip(raw, 0, 255).astype(np.uint8)
+    cells = {"coarse": (64, 64, 8), "fine": (12, 12, 2), "membrane": (48, 48, 6)}
+    grids = {name: _noise_grid(rng, shape, cells[name]) for name in ("coarse", "fine")}
+    voxel_noise = np.random.Generator(type(rng.bit_generator)())
+    voxel_noise.bit_generator.state = rng.bit_generator.state
+    slabs = [(lo, min(lo + TEXTURE_SLAB_X, shape[0])) for lo in range(0, shape[0], TEXTURE_SLAB_X)]
+    for lo, hi in slabs:   # rng past the voxel noise, drawn again below slab by slab
+        rng.standard_normal((hi - lo, *shape[1:]), dtype=np.float32)
+    grids["membrane"] = _noise_grid(rng, shape, cells["membrane"])
+    raw_xyz = np.empty(shape, np.uint8)
+    fx, fy, _ = SOURCE_SCALE_XYZ
+    for lo, hi in slabs:
+        noise = {name: _smooth_noise(grids[name], shape, cells[name], (lo, hi)) for name in cells}
+        raw = 150 + 22 * noise["coarse"]
+        raw += 10 * noise["fine"]
+        raw += 6 * voxel_noise.standard_normal((hi - lo, *shape[1:]), dtype=np.float32)
+        raw -= 60 * np.clip(1 - np.abs(noise["membrane"]) / 0.05, 0, None)
+        cleft = np.repeat(np.repeat(labels_xyz[lo // fx:hi // fx] != 0, fx, axis=0), fy, axis=1)
+        raw[cleft] -= 75
+        raw_xyz[lo:hi] = np.clip(raw, 0, 255).astype(np.uint8)
+    return raw_xyz
 
 
 def _write_table(path: str, rng, synapses: List[_Blob], empty_center_xyz, size_xyz) -> None:

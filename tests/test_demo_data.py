@@ -141,9 +141,24 @@ def test_the_demo_views_go_beside_any_spelling_of_the_dataset_folder(tmp_path, m
     assert views_dir("gs://b/d/") == "gs://b/d-views"
 
 
+# sha256 over the small demo's files (names and contents): the bytes every earlier build made
+# (a change to the maker that changes them must bump the cache's "demo-v2" name too)
+SMALL_DEMO_DIGEST = "cfc4ce43c74ca6e173b506675ec4fcc8098f607ef8d0f0d7304396c086863dba"
+
+
+def _tree_digest(root) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, path in sorted(_files(root).items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def test_small_demo_is_byte_identical_and_reused(tmp_path):
     first = make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ)
     root = tmp_path / "one" / "demo-v2-192x192x24"
+    assert _tree_digest(root) == SMALL_DEMO_DIGEST
     mtimes = {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()}
     assert make_demo_data(str(tmp_path / "one"), size_xyz=SMALL_XYZ) == first
     assert {k: os.stat(p).st_mtime_ns for k, p in _files(root).items()} == mtimes
@@ -154,6 +169,29 @@ def test_small_demo_is_byte_identical_and_reused(tmp_path):
     assert sorted(a) == sorted(b) and len(a) > 20
     assert [k for k in sorted(a) if open(a[k], "rb").read() != open(b[k], "rb").read()] == []
     np.testing.assert_array_equal(_read_all(first.target_url), _read_all(second.target_url))
+
+
+@pytest.mark.parametrize("slab_x", [2, 6])
+def test_the_texture_is_the_same_whatever_its_slabs(monkeypatch, slab_x):
+    """Found by review: the raw texture was made in one pass of several float32 volumes (37 bytes
+    of memory per source voxel: 18 GB for a 1600 x 1600 x 48 demo). Made in slabs of x planes,
+    it is the same voxels, and leaves the generator where the table's rows draw from next."""
+    from synanno_datagen.pipeline import demo_data
+
+    labels_xyz = np.zeros((21, 17, 5), np.uint64)
+    labels_xyz[3:9, 4:10, 1:4] = 7
+
+    def texture(slab):
+        monkeypatch.setattr(demo_data, "TEXTURE_SLAB_X", slab)
+        rng = np.random.default_rng(3)
+        return demo_data._em_texture(rng, labels_xyz), rng.integers(0, 2**63, size=4)
+
+    whole, after = texture(10_000)
+    assert whole.shape == (42, 34, 5) and whole.dtype == np.uint8
+    assert whole[6:18, 8:20, 1:4].mean() < whole[30:, 24:, :].mean() - 40   # the cleft is dark
+    sliced, after_slabs = texture(slab_x)
+    np.testing.assert_array_equal(sliced, whole)
+    np.testing.assert_array_equal(after_slabs, after)
 
 
 def test_other_layouts_hold_the_demo_voxels_and_table(tmp_path):
