@@ -90,3 +90,41 @@ def test_labels_at_or_above_2_to_the_63_are_cleaned_like_small_ones():
     assert mask[:, :, 4:].all() and not mask[:, :, :4].any()
     full = np.full((2, 4, 4), 2**64 - 1, np.uint64)   # no background at all
     assert keep_center_component(full, (40, 8, 8)).all()
+
+
+def test_a_synapse_touching_itself_only_at_an_edge_or_corner_is_one_component():
+    """Components are 26-connected, as documented (found by mutation review: 6-connectivity
+    passed every test and cut such voxels from the mask)."""
+    labels = np.zeros((3, 5, 5), np.uint32)
+    labels[1, 2, 2] = labels[1, 3, 3] = 7        # an edge apart (in-plane diagonal)
+    labels[2, 4, 4] = 7                          # a corner apart from (1, 3, 3)
+    mask = keep_center_component(labels, (1, 1, 1))
+    assert mask.sum() == 3 and mask[1, 3, 3] == 1 and mask[2, 4, 4] == 1
+
+
+def test_a_coarse_voxel_covers_exactly_its_fine_voxels_when_measuring_the_nearest():
+    """Centre on background: coarse z 0 covers fine z 0..1 (3 slices from the fine centre 4),
+    coarse z 3 fine z 6..7 (2 slices): the latter is kept (found by mutation review: a footprint
+    one voxel too wide tied them and kept the larger, farther one)."""
+    labels = np.zeros((4, 3, 3), np.uint8)
+    labels[0] = 5                                # a whole slice: the larger component
+    labels[3, 1, 1] = 6
+    mask = keep_center_component(labels, (1, 1, 1), scale_zyx=(2, 1, 1))
+    assert mask.shape == (8, 3, 3)
+    assert np.unique(np.nonzero(mask)[0]).tolist() == [6, 7] and mask.sum() == 2
+
+
+def test_the_clean_step_measures_with_the_resolution_in_z_y_x():
+    """CleanTargetFn takes the resolution in x, y, z and measures in z, y, x (found by mutation
+    review: unreversed, the anisotropic case below kept the wrong synapse and no test saw it)."""
+    from synanno_datagen.transforms.clean import CleanTargetFn
+    from synanno_datagen.transforms.records import Fetched
+
+    labels = np.zeros((5, 9, 9), np.uint64)
+    labels[3, 4, 4] = 1                          # one slice away: 40 nm
+    labels[2, 4, 6] = 2                          # two x voxels away: 16 nm
+    fetched = Fetched(instance=None, target_box=None, source_box=None, target_padding_xyz=None,
+                      source_padding_xyz=None, source_zyx=None, filled_chunks={},
+                      labels_zyx=labels)
+    (cleaned,) = CleanTargetFn(source_resolution_nm_xyz=(8, 8, 40)).process(fetched)
+    assert cleaned.target_zyx[2, 4, 6] == 1 and cleaned.target_zyx.sum() == 1

@@ -39,6 +39,16 @@ def test_split_fractions_and_purity():
     assert names != [assign_split(8, i, splits) for i in range(20000)]
 
 
+def test_the_instances_num_instances_picks_keep_the_split_fractions():
+    """The split hash is independent of the selection hash: the N ids with the smallest keys
+    fall in the splits as often as any (found by mutation review: a split drawn from the
+    selection's hash put every picked id in the first split, and no test saw it)."""
+    splits = (("train", 0.6), ("val", 0.4))
+    picked = _pick(range(20000), 400)
+    freq = Counter(assign_split(0, i, splits) for i in picked)
+    assert 0.5 < freq["train"] / 400 < 0.7 and 0.3 < freq["val"] / 400 < 0.5
+
+
 def test_the_order_of_splits_does_not_matter():
     # The manifest keeps the fractions by name, so two orders must make the same dataset:
     # train, val and test are laid out first, in that order, then other names alphabetically.
