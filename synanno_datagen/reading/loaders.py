@@ -194,10 +194,7 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     def every_variant(serialized):
         f = tf.io.parse_single_example(serialized, spec)
         source, target = array(f, "source"), array(f, "target")
-        slices = f["seed_slices"].to_tensor(default_value=-1)          # [variants, max count]
-        z = tf.range(shape_zyx[0], dtype=tf.int64)
-        keep = tf.reduce_any(tf.equal(z[None, :, None], slices[:, None, :]), axis=2)
-        seeds = tf.cast(keep, tf.uint8)[:, :, None, None] * target[None]   # [variants, z, y, x]
+        seeds = seed_masks(tf, target, f["seed_slices"])
         variants = tf.range(tf.shape(seeds, out_type=tf.int64)[0])
         return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
             lambda seed, v: sample(source, seed, target, f["instance_id"], v))
@@ -211,6 +208,16 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
         samples_ds = records.map(one_variant, num_parallel_calls=tf.data.AUTOTUNE)
     # the count the manifest lists (Keras then knows an epoch's steps; another count fails)
     return samples_ds.apply(tf.data.experimental.assert_cardinality(samples))
+
+
+def seed_masks(tf, target, seed_slices):
+    """uint8 [variants, z, y, x]: the uint8 [z, y, x] ``target`` on each variant's seed slices,
+    zero elsewhere (``transforms.seeds.seed_mask`` per variant); ``seed_slices``: an int64
+    RaggedTensor [variants, (slices)], as an instance record's ``seed_slices`` parse."""
+    slices = seed_slices.to_tensor(default_value=-1)    # [variants, most slices]; -1: no slice
+    z = tf.range(tf.shape(target, out_type=tf.int64)[0])
+    keep = tf.reduce_any(tf.equal(z[None, :, None], slices[:, None, :]), axis=2)
+    return tf.cast(keep, tf.uint8)[:, :, None, None] * target[None]
 
 
 def feature_spec(manifest: dict, tf) -> dict:
