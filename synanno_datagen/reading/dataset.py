@@ -1,12 +1,14 @@
 """Open a finished dataset (local or gs://, a run's directory or an incremental root) and read
-its manifest, index lines, dead letters and files. Storage is reached through Beam's FileSystems,
-so every path the generator can write, this can read.
+its manifest, index lines, dead letters and files. Local files are read with Python's own file
+and gzip modules; other storage (gs://) through Beam's FileSystems, so every path the generator
+can write, this can read, and a training job reading a local dataset never imports Beam.
 
 Everything a reader needs to find is named by ``synanno_datagen.layout``; problems a user can fix
 (no manifest, no such split, a format the dataset was not written in) raise DatasetError.
 """
 from __future__ import annotations
 
+import gzip as gzip_files
 import json
 import os
 import posixpath
@@ -29,6 +31,8 @@ def _filesystems():
 
 
 def _open(path: str, gzip: bool = False) -> BinaryIO:
+    if "://" not in path:   # local: no Beam to import (seconds in every reading process)
+        return gzip_files.open(path, "rb") if gzip else open(path, "rb")
     from apache_beam.io.filesystem import CompressionTypes
 
     kind = CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED
@@ -258,9 +262,13 @@ def _shard_key(f: dict):
     return f.get("run"), f["split"], f["shard"], f["num_shards"]
 
 
+def _path_exists(path: str) -> bool:
+    return os.path.exists(path) if "://" not in path else _filesystems().exists(path)
+
+
 def _exists(path: str, location: str) -> bool:
     try:
-        return _filesystems().exists(path)
+        return _path_exists(path)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
             from None
@@ -281,13 +289,13 @@ def open_dataset(location: str) -> Dataset:
     if root.rpartition("/")[2] == layout.MANIFEST and not _exists(direct, location):
         return open_dataset(posixpath.dirname(root) or ".")
     try:
-        if _filesystems().exists(direct):
+        if _path_exists(direct):
             manifest = _checked_manifest(direct, _read_json(direct))
             if "incremental" in manifest:   # a run of a root: local paths in one spelling
                 base = root if "://" in root else os.path.abspath(root)
                 root = layout.root_of_run(base, manifest["incremental"]["run_dir"])
             return Dataset(root, direct, manifest)
-        if _filesystems().exists(pointer):
+        if _path_exists(pointer):
             with _open(pointer) as f:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
             return Dataset(root, manifest_path,

@@ -148,16 +148,11 @@ def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
     """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
     index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
     naming a file that does not read or is not what was written."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    from synanno_datagen.reading.dataset import _open
 
     try:   # no further than the listing: a larger file is not what was written
-        if "://" not in path:   # local: plain file reads (Beam's add a few ms per file)
-            with open(path, "rb") as f:
-                data = _read_at_most(f, listed[0] + 1)
-        else:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = _read_at_most(f, listed[0] + 1)
+        with _open(path) as f:
+            data = _read_at_most(f, listed[0] + 1)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
                            f"{DAMAGED}") from None

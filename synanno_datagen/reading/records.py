@@ -1,5 +1,5 @@
-"""The one record decoder: TFRecord framing (Beam's, CRC-checked) over any file Beam's
-FileSystems opens (local or gs://, streamed; gzip framing by the file's .gz name), and
+"""The one record decoder: TFRecord framing (CRC-checked) over any file a dataset opens (local
+or gs://, streamed; gzip framing by the file's .gz name), and
 tf.train.Example -> numpy, in either record layout (``variants_of`` turns an instance record into
 its variants).
 
@@ -21,13 +21,20 @@ SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", 
                    "seed_slice_counts")
 
 
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of ``data`` (the format's checksum of a length and of a record;
+    the same as Beam's writer computes)."""
+    import crc32c
+
+    crc = crc32c.crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _record_length(stream) -> Optional[int]:
     """The length of the next record of an open TFRecord file, checked against its CRC (TFRecord
     framing: length uint64, its masked CRC32C, data, the data's masked CRC32C); None at the
     end of the file."""
     import struct
-
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
     header = stream.read(12)
     if not header:
@@ -35,7 +42,7 @@ def _record_length(stream) -> Optional[int]:
     if len(header) < 12:
         raise ValueError("the file ends inside a record's length")
     length, mask = struct.unpack("<QI", header)
-    if _TFRecordUtil._masked_crc32c(header[:8]) != mask:
+    if masked_crc32c(header[:8]) != mask:
         raise ValueError("a record's length fails its CRC")
     return length
 
@@ -46,8 +53,6 @@ def iter_serialized(stream, max_length: Optional[int] = None) -> Iterator[bytes]
     otherwise have its whole stream read into memory)."""
     import struct
 
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
     while (length := _record_length(stream)) is not None:
         if max_length is not None and length > max_length:
             raise ValueError(f"a record of {length} bytes, more than a record of this dataset "
@@ -55,7 +60,7 @@ def iter_serialized(stream, max_length: Optional[int] = None) -> Iterator[bytes]
         data, footer = stream.read(length), stream.read(4)
         if len(data) < length or len(footer) < 4:
             raise ValueError(f"Not a valid TFRecord. Fewer than {length + 4} bytes")
-        if _TFRecordUtil._masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+        if masked_crc32c(data) != struct.unpack("<I", footer)[0]:
             raise ValueError("Not a valid TFRecord. Mismatch of data mask")
         yield data
 
@@ -127,13 +132,15 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
                 if record is not None:
                     yield record
     except Exception as e:  # noqa: BLE001 - Beam's CRC message holds the whole record in hex
+        import gzip as gzip_files
         import zlib
 
         why = first_line(e, 200)
         if why.startswith("Not a valid TFRecord."):
             why = why.split(": ", 1)[0]       # the hex of the record's bytes dropped
-        # gzip is decompressed in large blocks, ahead of the records: no record to name
-        where = ("does not decompress" if gzip and isinstance(e, (zlib.error, EOFError))
+        # the gzip stream itself (a CRC, a cut, a bad code): no record to name
+        where = ("does not decompress" if gzip and isinstance(
+            e, (zlib.error, EOFError, gzip_files.BadGzipFile))
                  else f"record {count + 1} does not read")
         raise DatasetError(f"{path}: {where} ({type(e).__name__}: {why}); {DAMAGED}") from None
     if "records" in tfrecord_file and count != tfrecord_file["records"]:

@@ -2,8 +2,8 @@
 
 Both yield ``(input, target)`` float32 tensors, ``input [2, z, y, x]`` = (source / 255,
 seed_target) and ``target [1, z, y, x]``; with ``with_meta=True`` a third element
-``{"instance_id": int, "variant": int}``. Local or gs:// datasets (streamed through Beam's
-FileSystems).
+``{"instance_id": int, "variant": int}``. Local or gs:// datasets (local files read without
+Beam; gs:// streamed through Beam's FileSystems).
 """
 from __future__ import annotations
 
