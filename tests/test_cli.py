@@ -87,6 +87,7 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--crop-size": ["0", "12", "4"]}, ["--crop-size 0 12 4", "positive"]),
     ({"--formats": "zarr"}, ["--formats 'zarr'"]),
     ({"--splits": "train=0.5,val=0.4"}, ["--splits", "sum to 0.9"]),
+    ({"--splits": "train=0.8,val=0.1,test=0.095"}, ["--splits", "sum to 0.995"]),
     ({"--splits": "train"}, ["--splits", "name=fraction"]),
     ({"--pad-value": "300"}, ["--pad-value 300", "0..255"]),
     ({"--seed": str(2**63)}, [f"--seed {2**63}", "must be 0 to 2**63 - 1"]),
@@ -98,6 +99,7 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--shard-size-mb": "inf"}, ["--shard-size-mb inf", "positive"]),
     ({"--shard-size-mb": "nan"}, ["--shard-size-mb nan", "positive"]),
     ({"--lease-hours": "1e10"}, ["--lease-hours 10000000000.0", "at most 8760"]),
+    ({"--lease-hours": "0"}, ["--lease-hours 0"]),
     ({"--fetch-memory-mb": str(2**43)}, [f"--fetch-memory-mb {2**43}", "at most 1048576"]),
     ({"--progress-interval": "nan"}, ["--progress-interval nan", "positive"]),
     ({"--block-size": ["4096", "4096", "64"], "--fetch-memory-mb": "16"},
@@ -125,6 +127,27 @@ def test_a_block_no_fetch_memory_can_hold_is_not_told_to_raise_it(small_data, tm
     argv = small_data.argv(tmp_path / "out", "--block-size", "100000", "100000", "100")
     _fails(capsys, ["run"] + argv, "--block-size 100000 100000 100", "give a smaller block or "
            "--fetch-strategy per-instance (no --fetch-memory-mb, at most 1048576, holds it)")
+
+
+def test_a_block_may_hold_a_quarter_of_the_fetch_memory_and_no_more():
+    """The refusal's promise, at its edge (found by mutation review: half passed every test)."""
+    import math
+    from types import SimpleNamespace
+
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.config import _check_block_memory
+    from synanno_datagen.transforms.volumes import block_bytes
+
+    block, scale = (64, 64, 16), (2, 2, 1)
+    need = block_bytes(block, scale, "uint64")
+
+    def config(mb):
+        return SimpleNamespace(block_size_xyz=block, fetch_strategy="grouped", scale_xyz=scale,
+                               target=SimpleNamespace(dtype="uint64"), fetch_memory_mb=mb)
+
+    _check_block_memory(config(math.ceil(4 * need / 2**20)))
+    with pytest.raises(ConfigError, match="more than a quarter of --fetch-memory-mb"):
+        _check_block_memory(config(3 * need // 2**20))
 
 
 def test_a_block_too_big_for_grouped_fetching_is_fine_per_instance(small_data, tmp_path,
@@ -281,17 +304,22 @@ def test_raw_em_given_as_the_labels_is_refused_or_warned_of(tmp_path, capsys, ca
             "check that it holds the synapse labels") in caplog.text
 
 
-def test_labels_with_several_channels_are_refused(small_data, tmp_path, capsys):
+@pytest.mark.parametrize("flag, says", [
+    ("--target-url", "labels must have one channel"),
+    ("--source-url", "raw EM must be uint8 with one channel"),   # found by mutation review
+])
+def test_volumes_with_several_channels_are_refused(small_data, tmp_path, capsys, flag, says):
     """The readers would disagree (tensorstore takes channel 0, cloud-volume refuses)."""
     import shutil
 
-    labels = tmp_path / "labels"
-    shutil.copytree(small_data.target_url[len("file://"):], labels)
-    info = json.loads((labels / "info").read_text())
-    (labels / "info").write_text(json.dumps({**info, "num_channels": 2}))
+    volume = tmp_path / "volume"
+    url = small_data.target_url if flag == "--target-url" else small_data.source_url
+    shutil.copytree(url[len("file://"):], volume)
+    info = json.loads((volume / "info").read_text())
+    (volume / "info").write_text(json.dumps({**info, "num_channels": 2}))
     argv = small_data.argv(tmp_path / "out")
-    argv[argv.index("--target-url") + 1] = str(labels)
-    _fails(capsys, ["run"] + argv, f"--target-url file://{labels}: labels must have one channel")
+    argv[argv.index(flag) + 1] = str(volume)
+    _fails(capsys, ["run"] + argv, f"{flag} file://{volume}: {says}")
 
 
 @pytest.mark.parametrize("flag, change, engine, fragments", [
@@ -523,6 +551,34 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
             ) in summary(manifest, "out")
     manifest["counts"]["failures"] = {"outside_volume": 1}
     assert "--coordinate-resolution" not in summary(manifest, "out")
+
+
+def test_option_edges_and_spellings_that_are_no_mistake_are_taken():
+    """Found by mutation review (each passed every test): the range's top values are allowed,
+    and --formats in either order is one dataset's formats (the manifest and the generation
+    config hash them in one order)."""
+    from synanno_datagen.pipeline.options import run_parser
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.validate import check_numbers, parse_formats
+
+    base = ["--materialization", "t.csv", "--source-url", "s", "--target-url", "t",
+            "--output-dir", "o"]
+    check_numbers(run_parser().parse_args(base + ["--pad-value", "255"]))
+    with pytest.raises(ConfigError, match="--pad-value 256"):
+        check_numbers(run_parser().parse_args(base + ["--pad-value", "256"]))
+    assert parse_formats("npy,tfrecord") == parse_formats("tfrecord,npy") == ("tfrecord", "npy")
+
+
+def test_the_closing_line_is_empty_when_selected_instances_all_failed():
+    """``empty`` says no instance was written, also when instances were selected and every one
+    failed (found by mutation review: counting the selected passed every test)."""
+    from synanno_datagen.pipeline.monitoring import run_event
+
+    manifest = {"counts": {"instances_selected": 3, "instances_written": 0, "failures": {
+        "fetch_error": 3}}, "config": {"output_dir": "out"}}
+    assert run_event("run", "ok", 0, 1.0, "out", manifest)["empty"] is True
+    manifest["counts"].update(instances_written=2)
+    assert run_event("run", "ok", 0, 1.0, "out", manifest)["empty"] is False
 
 
 def test_a_run_that_wrote_nothing_says_so():

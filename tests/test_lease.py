@@ -308,6 +308,18 @@ def _heartbeat_keeps_the_lease_until_another_run_takes_it(output_dir: str, read_
         beat.beat(start + 3600 + 1 + 901)
 
 
+def test_a_run_releases_only_its_own_lease(tmp_path):
+    """A run whose lease was broken and taken by another leaves the new holder's lease alone
+    (found by mutation review: removing whatever lease was there passed every test)."""
+    from synanno_datagen.pipeline.lease import acquire, release
+
+    first = acquire(str(tmp_path))
+    second = acquire(str(tmp_path), break_lease=True)
+    assert release(first) is False
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == second.token
+    assert release(second) is True and not (tmp_path / "LEASE").exists()
+
+
 def test_a_running_job_renews_its_local_lease_and_stops_when_it_is_taken(tmp_path):
     path = tmp_path / "out" / "LEASE"
     _heartbeat_keeps_the_lease_until_another_run_takes_it(
