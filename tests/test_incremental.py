@@ -520,6 +520,9 @@ def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_da
     latest = _latest(root)
     assert latest["incremental"]["extends"] == "runs/00001/manifest.json"
     assert latest["incremental"]["replaces"] is None
+    first_run = json.loads((root / "runs" / "00001" / "manifest.json").read_text())
+    assert latest["incremental"]["generation_hash"] == \
+        first_run["incremental"]["generation_hash"]   # (found by mutation review)
 
     # a root an earlier version made with those options, hashed as given, is extended
     older = tmp_path / "older"
