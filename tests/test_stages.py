@@ -135,6 +135,51 @@ def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path
         assert_that(out["vanished"], equal_to([99]), label="Vanished")
 
 
+def test_keep_new_instances_report_an_earlier_id_whose_pre_or_post_point_alone_moved(tmp_path):
+    """Found by mutation review: comparing the centres only passed every test, and a night
+    whose table moved only a pre or post point kept the stale points in the records."""
+    from synanno_datagen.transforms.keep_new import KeepNewInstances
+    from synanno_datagen.transforms.records import Instance, RowRef
+
+    earlier = tmp_path / "index.jsonl"
+    earlier.write_text("".join(json.dumps(
+        {"instance_id": i, "center_xyz": [10, 10, 2], "pre_pt_xyz": [9, 10, 2],
+         "post_pt_xyz": [11, 10, 2]}) + "\n" for i in (5, 6, 7)))
+    same = Instance(5, (10, 10, 2), (9, 10, 2), (11, 10, 2), RowRef(0, 5))
+    with TestPipeline() as p:
+        out = ({"instances": p | beam.Create([
+                    same, same.replace(instance_id=6, pre_pt_xyz=(8, 10, 2)),
+                    same.replace(instance_id=7, post_pt_xyz=(11, 9, 2))]),
+                "rejected": p | "Rejected" >> beam.Create([])}
+               | KeepNewInstances([str(earlier)]))
+        assert_that(out[DEAD] | beam.Map(lambda d: (d.instance_id, d.reason)),
+                    equal_to([(6, "changed_since_written"), (7, "changed_since_written")]))
+        assert_that(out["ok"], equal_to([]), label="NothingNew")
+
+
+def test_block_splits_and_group_order_follow_the_seed_not_the_input_order():
+    """Found by mutation review (each passed every test): block splits ignoring --seed (every
+    seed the same held-out regions), and a block's members in the order they came."""
+    import random
+
+    from synanno_datagen.transforms.records import Instance, RowRef
+    from synanno_datagen.transforms.shards import group_members, split_of
+
+    splits = (("train", 0.5), ("val", 0.5))
+    blocks = [(x, y, 0) for x in range(8) for y in range(8)]
+    assert [split_of(1, 0, b, splits, "block") for b in blocks] != \
+        [split_of(2, 0, b, splits, "block") for b in blocks]
+    members = [Instance(i, (i % 16, (i * 5) % 16, 1), None, None, RowRef(0, i))
+               for i in range(40)]
+    shuffled = members[:]
+    random.Random(4).shuffle(shuffled)
+    order = [[i.instance_id for i in block]
+             for _, block in group_members(members, (0, 0, 0), (8, 8, 4))]
+    assert order == [[i.instance_id for i in block]
+                     for _, block in group_members(shuffled, (0, 0, 0), (8, 8, 4))]
+    assert all(ids == sorted(ids) for ids in order) and len(order) == 4
+
+
 def test_select_and_plan_shards_are_pure_functions_of_seed_block_and_id():
     from synanno_datagen.transforms.select import SelectInstances, selection_key
     from synanno_datagen.transforms.shards import PlanShards, block_key, plan_groups, split_of

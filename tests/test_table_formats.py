@@ -311,3 +311,22 @@ def test_count_rows_counts_the_rows_iter_rows_reads(tmp_path):
     for name, n in (("t.csv", 3), ("t.csv.gz", 3), ("t.parquet", 4)):
         path = str(tmp_path / name)
         assert count_rows(path) == len(list(iter_rows(path))) == n
+
+
+def test_long_parquet_shards_and_concatenated_gzip_csv_read_every_row(tmp_path):
+    """Found by mutation review (each passed every test): a reader keeping one Parquet batch
+    only (the tests' tables were all shorter than a batch) or one gzip member only (`cat a.gz
+    b.gz`, as shards are joined) dropped rows without a word."""
+    from synanno_datagen.transforms.table_formats import PARQUET_BATCH_ROWS, count_rows
+
+    n = PARQUET_BATCH_ROWS + 5
+    pq.write_table(pa.table({"id": list(range(n)), "x": list(range(n))}),
+                   tmp_path / "t.parquet", row_group_size=1000)
+    rows = list(iter_rows(str(tmp_path / "t.parquet")))
+    assert len(rows) == n == count_rows(str(tmp_path / "t.parquet"))
+    assert rows[-1] == {"id": str(n - 1), "x": str(n - 1)}
+    joined = gzip.compress(b"id,x\n1,2\n") + gzip.compress(b"3,4\n5,6\n")
+    (tmp_path / "joined.csv.gz").write_bytes(joined)
+    assert list(iter_rows(str(tmp_path / "joined.csv.gz"))) == [
+        {"id": "1", "x": "2"}, {"id": "3", "x": "4"}, {"id": "5", "x": "6"}]
+    assert count_rows(str(tmp_path / "joined.csv.gz")) == 3
