@@ -471,3 +471,103 @@ def test_a_dead_letter_without_an_id_and_one_variant_read_plainly(views_dataset)
             ax = Figure().add_subplot()
             draw(ax, facts)
             assert ("redrawn" in ax.get_title()) == noted, (variants, ax.get_title())
+
+
+# Found by mutation review: each of the mutants these tests name passed every test (expected
+# seed counts from the crop's depth, the median as the mean, reversed histogram counts, reasons
+# least first, split or dead-letter disagreements not found, the text and plots showing observed
+# values as expected, failure bars as the examples kept).
+
+def test_expected_seed_counts_follow_each_instances_foreground():
+    from synanno_datagen.reading.stats import tally_index
+
+    entries = [{"instance_id": 1, "foreground_slices": [1], "seed_slices": [[1]],
+                "foreground_voxels": 5, "split": "train"},
+               {"instance_id": 2, "foreground_slices": [1, 2], "seed_slices": [[1], [2]],
+                "foreground_voxels": 7, "split": "train"}]
+    tally = tally_index(entries, SeedModel(max_seed_slices=3), 4)
+    np.testing.assert_allclose(tally.seed_count()["expected"], [1 + 2 * 2 / 3, 2 / 3, 0])
+
+
+def test_foreground_summary_mean_and_histogram():
+    from synanno_datagen.reading.stats import describe_values
+
+    described = describe_values([1, 1, 1, 10], bins=3)
+    assert described["mean"] == 3.25 and described["median"] == 1.0
+    assert described["histogram"] == {"counts": [3, 0, 1], "edges": [1, 4, 7, 10]}
+
+
+def test_failure_reasons_most_first():
+    from synanno_datagen.reading.stats import failures_by_reason
+
+    assert list(failures_by_reason([{"reason": "b"}, {"reason": "a"}, {"reason": "a"}])) == \
+        ["a", "b"]
+
+
+def _split_manifest(train, val, failures):
+    return {"splits": {"train": {"instances": train}, "val": {"instances": val}},
+            "counts": {"failures": failures}}
+
+
+def test_split_and_dead_letter_disagreements_are_problems_even_when_totals_agree():
+    from synanno_datagen.reading.stats import consistency_problems
+
+    problems = consistency_problems(_split_manifest(2, 3, {}), {"train": 3, "val": 2}, 0)
+    assert any("split train" in p for p in problems) and any("split val" in p for p in problems)
+    assert consistency_problems(_split_manifest(1, 0, {"x": 1}), {"train": 1}, 2)
+    assert consistency_problems(_split_manifest(1, 0, {"x": 1}), {"train": 1}, 1) == []
+
+
+def _axes():
+    from matplotlib.figure import Figure
+
+    return Figure().add_subplot()
+
+
+def _plotted_facts():
+    from synanno_datagen.reading.stats import describe_values
+
+    return {"config": {"variants": 1},
+            "index": {"instances": 3,
+                      "seed_count": {"count": [1, 2], "observed": [5, 1],
+                                     "expected": [4.0, 2.0]},
+                      "seed_z": {"z": [0, 1, 2], "observed": [1, 4, 1],
+                                 "expected": [2.0, 2.0, 2.0]},
+                      "foreground_voxels": describe_values([10, 20, 200], bins=2)},
+            "failures": {"a": {"count": 7, "examples": [{}]},
+                         "b": {"count": 2, "examples": [{}]}}}
+
+
+@pytest.mark.parametrize("kind", ["seed_count", "seed_z"])
+def test_plots_draw_observed_bars_and_the_expected_line(kind):
+    from synanno_datagen.reading import plots
+
+    axes, facts = _axes(), _plotted_facts()
+    getattr(plots, "draw_" + kind)(axes, facts)
+    assert [p.get_height() for p in axes.patches] == facts["index"][kind]["observed"]
+    assert list(axes.lines[0].get_ydata()) == facts["index"][kind]["expected"]
+
+
+def test_failure_bars_are_the_counts_and_foreground_is_on_the_voxel_axis():
+    from synanno_datagen.reading import plots
+
+    axes = _axes()
+    plots.draw_failures(axes, _plotted_facts())
+    assert sorted(p.get_width() for p in axes.patches) == [2, 7]
+    axes = _axes()
+    plots.draw_foreground_voxels(axes, _plotted_facts())
+    low, high = axes.get_xlim()
+    assert low <= 10 and high >= 200
+
+
+def test_the_text_states_the_expected_numbers_of_the_facts(views_dataset, capsys):
+    facts = _inspect_json(capsys, views_dataset)["index"]
+    assert main(["inspect", str(views_dataset)]) == 0
+    text = capsys.readouterr().out
+    z = facts["seed_z"]
+    assert "  expected               " + " ".join(f"{e:.0f}" for e in z["expected"]) in text
+    s = facts["seed_count"]
+    assert "seed slices per variant  " + ", ".join(
+        f"{c}: {o} (expected {e:.0f})"
+        for c, o, e in zip(s["count"], s["observed"], s["expected"])) in text
+    assert f"mean {facts['foreground_voxels']['mean']:.0f}," in text

@@ -892,6 +892,15 @@ def test_a_record_longer_than_the_dataset_can_hold_is_refused_before_it_is_read(
         list(loaders.ShardDataset(str(copy), "val"))
 
 
+def test_the_record_limit_holds_a_variant_record_of_a_large_crop():
+    """Found by mutation review: a limit of two arrays passed every test (the test crops are
+    smaller than its slack) and would refuse every variant record of a 64 x 256 x 256 crop."""
+    from synanno_datagen.reading.records import max_record_bytes
+
+    manifest = {"arrays": {"shape_zyx": [64, 256, 256]}, "config": {"variants": 4}}
+    assert max_record_bytes(manifest) >= 3 * 64 * 256 * 256 + 4 * 64 * 8
+
+
 def test_records_info_reads_a_manifest_from_before_record_layouts_as_variant_records():
     from synanno_datagen.layout import records_info
 

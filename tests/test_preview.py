@@ -334,3 +334,40 @@ def test_a_damaged_record_skipped_over_is_named_by_its_number(small_data, tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match=r": record 3 does not read \("):
         list(read_records(open_dataset(str(copy)), shard, skip=3))
+
+
+# Found by mutation review: each of the mutants these tests name passed every test (the row's
+# seed label listing the foreground, " seed" written on the other slices, the window of a deep
+# crop centred on its seeds, or on every slice when the index has no foreground slices).
+
+def _one_record(depth=4, foreground=(0, 1, 2, 3), seeds=(1,), listed=True):
+    target = np.zeros((depth, 6, 6), np.uint8)
+    for z in foreground:
+        target[z, 2:4, 2:4] = 1
+    return {"source": np.full((depth, 6, 6), 100, np.uint8), "target": target,
+            "seed_slices": list(seeds), "foreground_slices": list(foreground) if listed else None,
+            "instance_id": 9, "variant": 0, "split": "train"}
+
+
+def test_a_rows_label_names_its_seed_slices_and_only_seeds_are_marked(monkeypatch):
+    from matplotlib.axes import Axes
+
+    from synanno_datagen.reading.preview import render_png
+
+    canvas, labels = compose_montage([_one_record(seeds=(1, 2))], max_slices=16)
+    assert labels[0]["lines"][2] == "seed z: 1, 2"
+    texts, draw = [], Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: (
+        texts.append(s), draw(self, x, y, s, *a, **k))[1])
+    render_png(*compose_montage([_one_record(seeds=(1,))], max_slices=16))
+    assert [t for t in texts if t.startswith("z")] == ["z0", "z1 seed", "z2", "z3"]
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_the_window_of_a_deep_crop_is_centred_on_its_foreground(listed):
+    record = _one_record(depth=32, foreground=range(20, 24), seeds=(20,), listed=listed)
+    _, labels = compose_montage([record], max_slices=4)
+    assert [z for _, z, _ in labels[0]["z"]] == [20, 21, 22, 23]
+    record = _one_record(depth=32, foreground=range(10, 20), seeds=(10,), listed=listed)
+    _, labels = compose_montage([record], max_slices=10)
+    assert [z for _, z, _ in labels[0]["z"]] == list(range(10, 20))
