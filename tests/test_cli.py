@@ -577,6 +577,12 @@ def test_the_closing_line_is_empty_when_selected_instances_all_failed():
     manifest = {"counts": {"instances_selected": 3, "instances_written": 0, "failures": {
         "fetch_error": 3}}, "config": {"output_dir": "out"}}
     assert run_event("run", "ok", 0, 1.0, "out", manifest)["empty"] is True
+    counts = {"rows_read": 9, "rows_rejected": 1, "rows_not_selected": 2, "instances_selected": 6,
+              "instances_written": 5, "variants_written": 10, "failed": 1,
+              "vanished_instances": 3}   # the counts a log alert may watch, each of them
+    event = run_event("run", "ok", 0, 1.0, "out", {"counts": {**counts, "failures": {}},
+                                                   "config": {"output_dir": "out"}})
+    assert event["counts"] == counts
     manifest["counts"].update(instances_written=2)
     assert run_event("run", "ok", 0, 1.0, "out", manifest)["empty"] is False
 

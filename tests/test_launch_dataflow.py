@@ -364,7 +364,7 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
     done = launch("schedule", *REQUIRED, "--num-instances", "5000", "--crop-size", "64", "64",
                   "16", "--incremental", PROJECT="proj", REGION="us-east1", BUCKET="bkt", MAX_WORKERS="20",
                   SERVICE_ACCOUNT="runner@proj.iam.gserviceaccount.com", STUB_JOB_EXISTS=exists,
-                  **env)
+                  NETWORK="lab-vpc", MACHINE_TYPE="n2-standard-4", **env)
     assert done.returncode == 0, done.stderr
     describe, job = calls()
     assert describe[:4] == ["scheduler", "jobs", "describe", "synanno-datagen-nightly"]
@@ -378,8 +378,14 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
     body = json.loads(_value(job, "--message-body"))["launchParameter"]
     assert body["jobName"] == "synanno-datagen-nightly"
     assert body["containerSpecGcsPath"] == "gs://bkt/synanno-datagen/templates/synanno-datagen.json"
-    assert body["environment"]["maxWorkers"] == 20
-    assert body["environment"]["tempLocation"] == "gs://bkt/synanno-datagen/temp"
+    # every field as the run command sets it (found by mutation review: the network sent as
+    # the subnetwork, and staging under temp, passed every test)
+    assert body["environment"] == {
+        "maxWorkers": 20, "machineType": "n2-standard-4", "network": "lab-vpc",
+        "serviceAccountEmail": "runner@proj.iam.gserviceaccount.com",
+        "tempLocation": "gs://bkt/synanno-datagen/temp",
+        "stagingLocation": "gs://bkt/synanno-datagen/staging",
+        "sdkContainerImage": "us-east1-docker.pkg.dev/proj/synanno/synanno-datagen:latest"}
     # Every parameter is declared in metadata.json, matches its regex, and required ones are set.
     declared = _metadata()
     params = body["parameters"]

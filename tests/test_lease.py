@@ -320,6 +320,24 @@ def test_a_run_releases_only_its_own_lease(tmp_path):
     assert release(second) is True and not (tmp_path / "LEASE").exists()
 
 
+def test_the_last_step_frees_the_lease_and_logs_the_ok_line_alerts_match(tmp_path, caplog):
+    """A Flex Template's launcher does not wait: the job's last step logs the closing line
+    that log alerts match (found by mutation review: nothing looked at it)."""
+    from synanno_datagen.pipeline.lease import acquire
+    from synanno_datagen.pipeline.monitoring import FinishRunFn
+
+    lease = acquire(str(tmp_path))
+    manifest = {"counts": {"instances_written": 4, "failures": {"empty_target": 1}},
+                "config": {"output_dir": str(tmp_path)}}
+    with caplog.at_level("INFO", logger="synanno_datagen.pipeline.monitoring"):
+        assert list(FinishRunFn(lease, str(tmp_path)).process(manifest)) == [manifest]
+    assert not (tmp_path / "LEASE").exists()
+    (line,) = [r.getMessage() for r in caplog.records if "synanno_datagen_run" in r.getMessage()]
+    event = json.loads(line)
+    assert (event["status"], event["exit_code"], event["instances_written"]) == ("ok", 0, 4)
+    assert event["failures"] == {"empty_target": 1} and event["output_dir"] == str(tmp_path)
+
+
 def test_a_running_job_renews_its_local_lease_and_stops_when_it_is_taken(tmp_path):
     path = tmp_path / "out" / "LEASE"
     _heartbeat_keeps_the_lease_until_another_run_takes_it(
