@@ -697,3 +697,23 @@ def test_the_closing_line_names_the_error_behind_beams_traceback_text():
     lost = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
                         "synanno_datagen.errors.LeaseLost: the lease is gone\nHint: x\n")
     assert type(beam_errors.unwrapped(lost)).__name__ == "LeaseLost"
+
+
+def test_a_submitted_job_whose_closing_line_cannot_be_written_says_so(monkeypatch):
+    """A launcher that only submitted the job (the job writes the dataset) and cannot write its
+    closing line says so, as a finished run does (found by mutation review: keeping that for
+    ok only passed every test)."""
+    import io
+    import sys
+
+    from synanno_datagen import cli
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_generate", lambda *args: None)   # the runner only submitted
+    monkeypatch.setattr(sys, "stdout", Full())
+    with pytest.raises(cli.StdoutUnwritable) as raised:
+        cli.generate("run", ["--output-dir", "gs://b/d"], None)
+    assert raised.value.status == "submitted" and raised.value.error.errno == 28
