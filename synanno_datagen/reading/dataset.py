@@ -30,7 +30,9 @@ def _filesystems():
     return FileSystems
 
 
-def _open(path: str, gzip: bool = False) -> BinaryIO:
+def open_file(path: str, gzip: bool = False) -> BinaryIO:
+    """A file of a dataset (a local path or a gs:// URL) opened for reading bytes; ``gzip``: its
+    decompressed bytes."""
     if "://" not in path:   # local: no Beam to import (seconds in every reading process)
         return gzip_files.open(path, "rb") if gzip else open(path, "rb")
     from apache_beam.io.filesystem import CompressionTypes
@@ -73,7 +75,7 @@ def _sizes(directory: str) -> Dict[str, int]:
 
 
 def _read_json(path: str) -> dict:
-    with _open(path) as f:
+    with open_file(path) as f:
         return json.load(f)
 
 
@@ -99,7 +101,7 @@ class Dataset:
     def open(self, relative: str, gzip: bool = False) -> BinaryIO:
         """A file of the dataset, opened for reading bytes (local or gs://; ``gzip``: its
         decompressed bytes)."""
-        return _open(self.path(relative), gzip)
+        return open_file(self.path(relative), gzip)
 
     def check_unchanged(self, reader: str) -> None:
         """DatasetError when the manifest read is no longer the one at ``manifest_path`` (the
@@ -296,7 +298,7 @@ def open_dataset(location: str) -> Dataset:
                 root = layout.root_of_run(base, manifest["incremental"]["run_dir"])
             return Dataset(root, direct, manifest)
         if _path_exists(pointer):
-            with _open(pointer) as f:
+            with open_file(pointer) as f:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
             return Dataset(root, manifest_path,
                            _checked_manifest(manifest_path, _read_json(manifest_path)))

@@ -148,10 +148,10 @@ def load_npy(path: str, listed: Tuple[int, str], shape_zyx) -> np.ndarray:
     """One npy file, local or gs:// (never unpickled), of ``listed`` (bytes, sha256) as its
     index line lists them (checked: NpyItems) and the manifest's array shape; DatasetError
     naming a file that does not read or is not what was written."""
-    from synanno_datagen.reading.dataset import _open
+    from synanno_datagen.reading.dataset import open_file
 
     try:   # no further than the listing: a larger file is not what was written
-        with _open(path) as f:
+        with open_file(path) as f:
             data = _read_at_most(f, listed[0] + 1)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {first_line(e, 200)}); "
