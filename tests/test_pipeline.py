@@ -539,3 +539,28 @@ def test_a_dead_letters_details_are_the_exceptions_type_and_message_cut_to_a_lim
     assert exception_text(ValueError, repr(ValueError("bad 'x'"))) == "ValueError: bad 'x'"
     long = exception_text(OSError, repr(OSError("y" * 5000)))
     assert long == ("OSError: " + "y" * 5000)[:DETAILS_LIMIT] and DETAILS_LIMIT == 2000
+
+
+def test_an_instance_whose_records_cannot_be_made_is_a_dead_letter_of_the_writer(
+        small_data, tmp_path, monkeypatch):
+    """Found by mutation review: the writer's dead letters left out of the run's (the instance
+    in no shard, no dead letter, no count) passed every test."""
+    import synanno_datagen.transforms.write as write
+
+    made, bad = write.index_entry, GOOD_IDS[0]
+
+    def index_entry(varied):
+        if varied.instance.instance_id == bad:
+            raise ValueError("cannot index")
+        return made(varied)
+
+    monkeypatch.setattr(write, "index_entry", index_entry)
+    out = tmp_path / "out"
+    _, manifest = run_pipeline(small_data.argv(out, "--variants", "1"))
+    letters = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    assert [(d["instance_id"], d["reason"]) for d in letters if d["stage"] == "WriteShards"] == \
+        [(bad, "unexpected_error")]
+    assert manifest["counts"]["failures"]["unexpected_error"] == 1
+    indexed = [json.loads(line)["instance_id"] for p in (out / "index").iterdir()
+               for line in p.read_text().splitlines()]
+    assert bad not in indexed and len(indexed) == manifest["counts"]["instances_written"] > 0

@@ -759,3 +759,50 @@ def test_counts_from_sums_add_up_rows_without_beam():
                                   "outside_volume": 2}
     assert counts["filled_chunks"] == {"source": 0, "target": 3}
     assert counts["vanished_instances"] == 1 and counts["variants_written"] == 14
+
+
+# Found by mutation review: each of the mutants these tests name passed every test (guarded
+# steps losing their exceptions, the npy bytes of several shards not summed, a file of another
+# size at a shard's final name taken for its own earlier move).
+
+class _Boom(beam.DoFn):
+    def process(self, crop):
+        if crop.instance.instance_id == 8:
+            raise ZeroDivisionError("no luck")
+        yield crop.instance.instance_id
+
+
+def test_a_guarded_step_turns_an_exception_into_a_dead_letter_of_its_stage():
+    from synanno_datagen.transforms.dead_letters import guarded_pardo
+
+    crops = [dataclasses.make_dataclass("C", ["instance"])(instance(i, (1, 2, 3))) for i in (7, 8)]
+    with TestPipeline() as p:
+        ok, dead = guarded_pardo(p | beam.Create(crops), "Boom", _Boom(), "unexpected_error",
+                                 "MakeVariants")
+        assert_that(ok, equal_to([7]), label="Ok")
+        assert_that(dead | beam.Map(lambda d: (d.instance_id, d.reason, d.stage)),
+                    equal_to([(8, "unexpected_error", "MakeVariants")]), label="Dead")
+
+
+def test_npy_totals_add_every_shards_files_and_bytes():
+    from synanno_datagen.transforms.counts import npy_totals
+    from synanno_datagen.transforms.records import WrittenShard
+
+    def shard(group, split, files, nbytes):
+        return WrittenShard(group, split, None, 0, 0, "", "index", {
+            "instances": 1, "variants": 1, "npy_files": files, "npy_bytes": nbytes,
+            "filled_source": 0, "filled_target": 0})
+
+    with TestPipeline() as p:
+        written = p | beam.Create([shard(0, "train", 4, 1000), shard(1, "train", 4, 3000),
+                                   shard(0, "val", 8, 500)])
+        assert_that(npy_totals(written), equal_to([{"files": 16, "bytes": 4500}]))
+
+
+def test_a_file_of_another_size_at_the_final_name_is_not_taken_for_an_earlier_move(tmp_path):
+    from synanno_datagen.transforms.files import move_once
+
+    (tmp_path / "final").write_bytes(b"another run's shard")
+    with pytest.raises(Exception):
+        move_once(str(tmp_path / "gone"), str(tmp_path / "final"), 5)
+    assert (tmp_path / "final").read_bytes() == b"another run's shard"
