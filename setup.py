@@ -13,19 +13,20 @@ BEAM_VERSION = "2.77.0"
 # The repository's pipeline/ and transforms/ folders are installed as synanno_datagen.pipeline and
 # synanno_datagen.transforms (pipeline/staging.py compares the same parts).
 MAPPED = {"synanno_datagen.pipeline": "pipeline", "synanno_datagen.transforms": "transforms"}
-PACKAGES = find_packages(include=["synanno_datagen", "synanno_datagen.*"]) + [
+HERE = Path(__file__).parent
+PACKAGES = find_packages(str(HERE), include=["synanno_datagen", "synanno_datagen.*"]) + [
     f"{name}{sub}" for name, folder in MAPPED.items()
-    for sub in ["", *(f".{p}" for p in find_packages(folder))]]
+    for sub in ["", *(f".{p}" for p in find_packages(str(HERE / folder)))]]
 
 VERSION = re.search(
     r'__version__ = "([^"]+)"',
-    (Path(__file__).parent / "synanno_datagen" / "__init__.py").read_text()).group(1)
+    (HERE / "synanno_datagen" / "__init__.py").read_text()).group(1)
 
 setup(
     name="synanno-datagen",
     version=VERSION,
     description="Generate synapse seed-slice training data from EM volumes with Apache Beam.",
-    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",   # tensorstore, pinned below, needs 3.11
     # One import package: the repository's pipeline/ and transforms/ folders are installed as

@@ -27,7 +27,8 @@ from synanno_datagen.pipeline.options import run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 # flags without a value: template parameter "true" or "false"
-SWITCHES = {a.dest for a in run_flags() if a.nargs == 0} - NOT_TEMPLATE_PARAMETERS
+SWITCHES = {a.dest for a in run_flags() if a.nargs == 0 and a.const is True} \
+    - NOT_TEMPLATE_PARAMETERS
 # one-off parameters a schedule must not repeat every night
 NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run still writing; "
                                 "launch the template once with break_lease=true instead",

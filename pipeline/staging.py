@@ -27,7 +27,7 @@ def module_files(folder: Path) -> Dict[str, str]:
     found = {}
     for where, dirs, files in os.walk(folder, followlinks=True):
         base = Path(where)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+        dirs[:] = sorted(d for d in dirs if "." not in d   # as setuptools finds packages
                          and (base / d / "__init__.py").is_file()
                          and not (base == folder and folder.name == "synanno_datagen"
                                   and d in ("pipeline", "transforms")))

@@ -114,6 +114,9 @@ def test_a_new_subpackage_in_any_folder_is_installed_and_staged(tmp_path):
                 break
             (where / "__init__.py").touch()
         (clone / folder / "part.py").write_text("VALUE = 7\n")
+    dotted = clone / "transforms" / "not.a_package"   # setuptools skips it: staging must too
+    dotted.mkdir()
+    (dotted / "__init__.py").touch()
     built = tmp_path / "lib"
     subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-lib", str(built)],
                    cwd=clone, check=True, capture_output=True)

@@ -290,9 +290,9 @@ class CloudVolumeReader:
 
 
 def describe_volume(url: str, mip: int = 0, engine: str = TENSORSTORE) -> VolumeSpec:
-    """Read a volume's ``info`` and describe scale ``mip``, as the run's checks read it
-    (probes.volume). Raises ValueError for a mip the volume does not have, BadInfo for a scale
-    the format does not allow, the engine's error when the info cannot be read."""
+    """Read a volume's ``info`` (with the few retries of the run's checks) and describe scale
+    ``mip``. Raises ValueError for a mip the volume does not have, BadInfo for a scale the format
+    does not allow, the engine's error when the info cannot be read."""
     return spec_from_info(url, read_info(url, engine, check=True), mip)
 
 
