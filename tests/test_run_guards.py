@@ -717,7 +717,12 @@ def test_a_signal_ends_a_run_with_its_closing_line_and_frees_the_lease(small_dat
     for _ in range(signals):
         child.send_signal(getattr(signal, name))
         time.sleep(0.3)
-    stdout, stderr = child.communicate(timeout=120)
+    try:
+        stdout, stderr = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:   # say where it stood, and leave no run behind
+        child.kill()
+        stdout, stderr = child.communicate()
+        raise AssertionError(f"no end 120 s after {name}: {stderr[-3000:]}") from None
     code = 128 + getattr(signal, name)
     assert child.returncode == code, stderr
     closing = json.loads(stdout.strip().splitlines()[-1])
