@@ -22,8 +22,8 @@ PARTS = {"synanno_datagen": "synanno_datagen", "synanno_datagen.pipeline": "pipe
 
 def module_files(folder: Path) -> Dict[str, str]:
     """{path relative to ``folder``: sha256} of its .py files and its subpackages' (folders
-    holding an __init__.py; not those PARTS maps from elsewhere), as setuptools ships them: no
-    names starting with '.' (an editor's lock file)."""
+    holding an __init__.py and no '.' in their names; not those PARTS maps from elsewhere), as
+    setuptools ships them: no file names starting with '.' (an editor's lock file)."""
     found = {}
     for where, dirs, files in os.walk(folder, followlinks=True):
         base = Path(where)

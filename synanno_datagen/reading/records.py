@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional
 
+import crc32c
 import numpy as np
 
 from synanno_datagen.errors import DatasetError, first_line
@@ -24,8 +25,6 @@ SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", 
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC32C of ``data`` (the format's checksum of a length and of a record;
     the same as Beam's writer computes)."""
-    import crc32c
-
     crc = crc32c.crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
