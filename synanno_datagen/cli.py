@@ -493,6 +493,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     return USAGE_ERROR
 
 
+def _adopt_orphans() -> None:
+    """Linux: a process orphaned below this one is adopted by it, not by init (a child
+    subreaper), so ``_stop_child_processes`` still finds it. Beam starts each worker through
+    ``/bin/sh -c`` (dash forks the worker): a shell stopped just after it forked leaves its
+    worker orphaned, holding this command's stderr until it gives up on the run (two minutes),
+    then printing tracebacks there. Elsewhere, nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):   # (no prctl: not Linux)
+        pass
+
+
+_PR_SET_CHILD_SUBREAPER = 36   # <linux/prctl.h>
+
+
 def entry() -> None:
     """The ``synanno-datagen`` command: ``main``, exiting with its code (1, without a
     traceback, when the reader of its stdout has gone, as ``| head -1`` leaves). SIGTERM and
@@ -500,6 +517,7 @@ def entry() -> None:
     puts back the default action of a signal handled by a function before it is done; not of
     an ignored one), so the closing line printed stands."""
     _sigterm["keep"] = True
+    _adopt_orphans()
     try:
         code = main()
         if sys.stdout is not None:   # (None: started with stdout closed, ``>&-``)

@@ -803,6 +803,52 @@ def test_stopping_a_run_stops_beams_worker_processes_only():
         other.wait()
 
 
+# The command (entry) as a stopped run's last passes see it: a Beam worker whose starting shell
+# (Beam runs ``/bin/sh -c CMD``; dash forks CMD) was stopped once it had forked is an orphan.
+_ORPHANED_WORKER = r"""
+import os, subprocess, sys, time
+from synanno_datagen import cli
+
+def orphan_then_stop():
+    argv = [sys.executable, "-c", "import time; time.sleep(300)", "-m",
+            "apache_beam.runners.worker.sdk_worker_main"]
+    # its shell ends at once: an orphan (holding no pipe of ours)
+    subprocess.run(" ".join(argv[:2]) + f" '{argv[2]}' " + " ".join(argv[3:])
+                   + " >/dev/null 2>&1 &", shell=True, check=True)
+    time.sleep(0.5)
+    cli._stop_child_processes()   # a pass of the stopped run's
+    time.sleep(0.5)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    left.append(int(pid))
+        except OSError:
+            pass
+    for pid in left:
+        os.kill(pid, 9)
+    print("left:", len(left))
+    return 0
+
+cli.main = orphan_then_stop
+cli.entry()
+"""
+
+
+def test_a_worker_whose_shell_was_stopped_is_still_stopped():
+    """Found by review (a signal case in CI waited 120 s for the run's stderr to close): Beam
+    starts each worker process through a shell; a SIGTERM stopping that shell just after it
+    forked left the worker orphaned, under init, where the run's passes over its own
+    descendants never found it: it held the run's stderr for two minutes and then printed
+    tracebacks after the run's last line. The command now adopts its orphans (a child
+    subreaper), so its next pass stops them."""
+    done = subprocess.run([sys.executable, "-c", _ORPHANED_WORKER], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["left:", "0"]
+
+
 def test_a_signal_the_run_inherits_ignored_stays_ignored(small_data, tmp_path):
     """Found by review: a shell's background job starts with SIGINT ignored (so that Ctrl-C
     meant for the foreground job leaves it alone); the run's handler took SIGINT over, and a
