@@ -495,6 +495,39 @@ def test_a_shard_whose_temporary_files_are_gone_is_a_lost_lease_when_it_is(tmp_p
         list(fn.process((gone, 0, 1)))
 
 
+def test_naming_shards_looks_at_the_lease_again_between_shards_after_a_stall(tmp_path):
+    """A bundle naming many shards (on GCS each a copy and a delete) looks at the lease between
+    them once its interval has passed: a run that stalled there and lost its lease names no
+    further shard (found by mutation review: dropping that look passed every test)."""
+    import hashlib
+
+    from synanno_datagen.pipeline import lease as lease_module
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.write import FinalizeShardFn
+
+    out = tmp_path / "out"
+    keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
+    (out / "_tmp").mkdir()
+    written = []
+    for group in (0, 1):
+        records = out / "_tmp" / f"train-group{group:06d}.tfrecord"
+        records.write_bytes(b"records of group %d" % group)
+        records.with_suffix(".jsonl").write_bytes(b'{"instance_id":%d}\n' % group)
+        written.append(WrittenShard(group, "train", str(records), 1, records.stat().st_size,
+                                    hashlib.sha256(records.read_bytes()).hexdigest(),
+                                    str(records.with_suffix(".jsonl")), {"instances": 1}))
+    fn = FinalizeShardFn(str(out), "none", keepalive)
+    fn.start_bundle()
+    assert len(list(fn.process((written[0], 0, 2)))) == 2          # its shard and index shard
+    lease_module._BEATS[keepalive.lease.token] -= keepalive.interval_s + 1   # a stall
+    (out / "LEASE").unlink()                                      # --break-lease meanwhile
+    with pytest.raises(LeaseLost, match="it is gone"):
+        list(fn.process((written[1], 1, 2)))
+    assert sorted(p.name for p in (out / "tfrecord").iterdir()) == [
+        "train-00000-of-00002.tfrecord"]
+
+
 def test_the_writer_finishes_no_shard_file_once_the_lease_is_lost(tmp_path, small_data):
     """Found by review: a run frozen while it wrote, whose lease was broken and whose run folder
     another run committed (removing _tmp/), closed its open shard files when it went on: a
@@ -530,6 +563,7 @@ def test_the_last_step_retried_after_the_run_finished_reports_the_committed_data
     'lease lost' on every attempt. A retry finds its own committed manifest (run.id) and
     passes it on unchanged."""
     from synanno_datagen.pipeline import build as build_module
+    from synanno_datagen.pipeline.lease import LeaseLost
     from synanno_datagen.pipeline.manifest import WriteManifestFn
     from synanno_datagen.pipeline.run import run as run_pipeline
 
@@ -550,6 +584,13 @@ def test_the_last_step_retried_after_the_run_finished_reports_the_committed_data
     before = path.read_bytes()
     (again,) = WriteManifestFn(config).process(None, [], {}, {}, {}, {})   # the retry
     assert again == manifest and path.read_bytes() == before
+    # another run's manifest there (this run's lease was broken, that run committed): not this
+    # run's to report as its own (found by mutation review: a check by id only, untested)
+    other = json.loads(before)
+    other["run"]["id"] = "another-run"
+    path.write_text(json.dumps(other))
+    with pytest.raises(LeaseLost):
+        list(WriteManifestFn(config).process(None, [], {}, {}, {}, {}))
 
 
 def test_a_run_that_cannot_write_its_lease_leaves_no_empty_lease(tmp_path):

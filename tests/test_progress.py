@@ -46,13 +46,16 @@ def test_beam_counters_and_the_tally_count_the_run(small_data, tmp_path):
     assert {k: v for k, v in tally().items() if k in FINAL} == FINAL
 
 
-def test_run_prints_progress_lines_ending_with_the_final_counts(small_data, tmp_path):
+@pytest.mark.parametrize("interval", ["0.01", "3600"])
+def test_run_prints_progress_lines_ending_with_the_final_counts(small_data, tmp_path, interval):
+    """The last line has the final counts whatever the interval (one run shorter than it
+    prints that line alone: found by mutation review, dropping it passed at 0.01 s)."""
     result = cli("run", *small_data.argv(tmp_path / "out", "--variants", "2"),
-                 "--progress-interval", "0.01")
+                 "--progress-interval", interval)
     assert result.returncode == 0, result.stderr
     lines = [LINE.fullmatch(line) for line in result.stderr.splitlines()
              if line.startswith("progress:")]
-    assert lines and all(lines)
+    assert lines and all(lines) and (interval != "3600" or len(lines) == 1)
     numbers = [tuple(int(g) for g in m.groups()) for m in lines]
     assert numbers[-1] == (6, 6, 10, 5)                  # done/selected, variants, failures
     for earlier, later in zip(numbers, numbers[1:]):     # counts only grow
@@ -183,6 +186,7 @@ def test_progress_line_and_where_it_can_be_counted():
     assert progress_line({}, 0.0) == ("progress: 0/0 instances done, 0 variants written, "
                                       "0 failures, 0.0 instances/s, 0 s")
     assert runs_in_process([]) and runs_in_process(["--runner", "DirectRunner"])
+    assert runs_in_process(["--runner", "direct"])   # Beam's short name
     assert runs_in_process(["--direct_running_mode", "multi_threading"])
     assert not runs_in_process(["--direct_running_mode", "multi_processing"])
     assert not runs_in_process(["--runner", "DataflowRunner"])

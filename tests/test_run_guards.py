@@ -547,6 +547,57 @@ def test_a_negative_direct_num_workers_is_refused_in_one_line(small_data, tmp_pa
     assert_usage_error(capsys, ["run"] + small_data.argv(tmp_path / "out", "--direct_num_workers",
                                                          value),
                        f"--direct_num_workers {value}: must be 0 (one per core) or more")
+    # 0 is Beam's "one per core" (found by mutation review: refusing it passed every test)
+    _, beam_args = check(small_data.argv(tmp_path / "out", "--direct_num_workers", "0"))
+    assert beam_args == ["--direct_num_workers", "0"]
+
+
+@pytest.mark.parametrize("beam_args, bound, submits", [
+    ([], True, False),
+    (["--runner", "direct"], True, False),
+    (["--runner=DirectRunner", "--direct_running_mode", "multi_processing"], True, False),
+    (["--runner", "PrismRunner"], True, False),
+    (["--runner", "prism"], True, False),
+    (["--runner", "DataflowRunner"], False, False),
+    (["--runner", "DataflowRunner", "--no_wait_until_finish"], False, True),
+    (["--runner", "DataflowRunner", "--template_location", "gs://b/t.json"], False, True),
+    (["--no_wait_until_finish"], False, True),
+])
+def test_which_runs_end_with_this_process_and_which_only_submit(beam_args, bound, submits):
+    """Whether a run's lease is bound to this process (a killed local run's lease is free for
+    the same command at once; a remote job may outlive its launcher), and whether running
+    only submits the job (the command then says 'submitted' and reads no manifest). Found by
+    mutation review: Beam's runner names 'direct' and Prism's, and --no_wait_until_finish,
+    were untested."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from synanno_datagen.pipeline.run import bound_to_this_process, only_submits
+
+    options = PipelineOptions(beam_args)
+    assert (bound_to_this_process(options), only_submits(options)) == (bound, submits)
+
+
+def test_a_job_whose_state_cannot_be_read_may_still_run():
+    """The lease of a remote job whose state the service cannot report stays (a second run on
+    the same output would write beside it); none started, or one that ended, frees it."""
+    from apache_beam.runners.runner import PipelineState
+
+    from synanno_datagen.pipeline.run import _may_still_run
+
+    class Result:
+        def __init__(self, state):
+            self._state = state
+
+        @property
+        def state(self):
+            if isinstance(self._state, Exception):
+                raise self._state
+            return self._state
+
+    assert _may_still_run(Result(ConnectionError("the service is unreachable")))
+    assert _may_still_run(Result(PipelineState.RUNNING))
+    assert not _may_still_run(Result(PipelineState.DONE))
+    assert not _may_still_run(Result(PipelineState.FAILED)) and not _may_still_run(None)
 
 
 def test_more_variants_than_seed_slice_sets_are_refused_before_any_work(small_data, tmp_path,

@@ -448,6 +448,33 @@ def test_a_failed_writer_attempt_cannot_touch_the_retrys_shard(data, fetch_confi
         list(FinalizeShardFn(str(out), compression).process((again, 0, 1)))
 
 
+def test_a_writers_finished_shards_outlive_its_next_bundle_and_teardown(data, fetch_config,
+                                                                      tmp_path):
+    """A runner reuses a writer for bundle after bundle (Dataflow does): what a bundle finished
+    and handed on is no longer its to discard when the next one starts or the writer is torn
+    down (found by mutation review: keeping it among the open groups passed every test, and
+    such a run would fail as it names its shards, after all its work)."""
+    from synanno_datagen.transforms.write import FinalizeShardFn, WriteShardsFn
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    out = tmp_path / "out"
+    writer = WriteShardsFn(str(out), ("tfrecord",), "instance", "none")
+    written = []
+    for group in (0, 1):
+        writer.start_bundle()
+        instance = dataclasses.replace(fetched.instance, instance_id=1000 + group, group=group)
+        list(writer.process(Varied(**{**fetched.crop_fields(), "instance": instance},
+                                   target_zyx=mask, seed_slices=((1,),))))
+        written += [w.value for w in writer.finish_bundle()]
+    writer.teardown()
+    assert [w.group for w in written] == [0, 1]
+    for shard, w in enumerate(written):
+        infos = list(FinalizeShardFn(str(out), "none").process((w, shard, 2)))
+        (info,) = [i for i in infos if i["kind"] == "tfrecord"]
+        assert (out / info["path"]).stat().st_size == w.bytes > 0
+
+
 def test_the_writer_looks_at_the_lease_between_the_instances_of_a_bundle(data, fetch_config,
                                                                        tmp_path):
     """A bundle that stalls (a stopped process) past the lease's expiry, while another run
