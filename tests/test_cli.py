@@ -322,6 +322,37 @@ def test_volumes_with_several_channels_are_refused(small_data, tmp_path, capsys,
     _fails(capsys, ["run"] + argv, f"{flag} file://{volume}: {says}")
 
 
+def test_labels_of_any_integer_type_are_read_and_others_refused(small_data, tmp_path, capsys):
+    """Labels are integers of any width and sign: an int32 copy of the labels (raw encoding,
+    written by cloud-volume) gives the very shards the uint64 original gives; float labels
+    (a wrong layer) are refused in one line before any work (found by mutation review: neither
+    side was tested)."""
+    from tests.conftest import TARGET_OFFSET
+    from tests.test_pipeline import read_records
+
+    def run(target_url, out):
+        argv = small_data.argv(out, "--variants", "2", "--quiet")
+        argv[argv.index("--target-url") + 1] = target_url
+        return ["run"] + argv
+
+    common = dict(resolution_nm_xyz=(8, 8, 33), voxel_offset_xyz=TARGET_OFFSET,
+                  chunk_size_xyz=(16, 16, 4), encoding="raw", layer_type="segmentation")
+    signed = write_precomputed(str(tmp_path / "int32"), small_data.labels_xyz.astype(np.int32),
+                               **common)
+    assert main(run(small_data.target_url, tmp_path / "uint64")) == 0
+    assert main(run(signed, tmp_path / "signed")) == 0
+    assert len(read_records(tmp_path / "signed")) == 10
+    shards = sorted((tmp_path / "uint64" / "tfrecord").iterdir())
+    assert [(tmp_path / "signed" / "tfrecord" / s.name).read_bytes() for s in shards] == \
+        [s.read_bytes() for s in shards]
+    floats = write_precomputed(str(tmp_path / "float32"), small_data.labels_xyz.astype(np.float32),
+                               **common)
+    capsys.readouterr()
+    _fails(capsys, run(floats, tmp_path / "out"),
+           f"--target-url {floats}: labels must be integers, found float32")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag, change, engine, fragments", [
     ("--target-url", {"num_channels": None}, "tensorstore", ["the info has no num_channels"]),
     ("--target-url", {"num_channels": None}, "cloudvolume", ["the info has no num_channels"]),

@@ -395,3 +395,27 @@ def test_sharding_bit_counts_are_read_as_tensorstore_reads_them():
     for bad in (4.5, float("nan"), float("inf"), True, "4", 33):
         with pytest.raises(BadInfo, match="minishard_bits .*, not an integer from 0 to 32"):
             _check_sharding({"key": "k", "sharding": {**spec, "minishard_bits": bad}})
+
+
+def test_chunk_ids_are_the_compressed_morton_codes_cloud_volume_computes():
+    """A sharded scale finds a chunk (and whether it is stored) by its id; a wrong id takes an
+    absent chunk for stored, or a stored one for absent (found by mutation review: no test
+    computed an id, and the test volumes' grids hid a wrong bit count). cloud-volume's own
+    function is the reference, on grids of every size from 1 to 9 chunks per axis."""
+    from cloudvolume.datasource.precomputed.common import compressed_morton_code
+
+    from synanno_datagen.transforms.volumes import VolumeSpec, chunk_id
+
+    rng = np.random.default_rng(0)
+    chunk_xyz = (16, 16, 4)
+    for _ in range(300):
+        grid_xyz = tuple(int(g) for g in rng.integers(1, 10, 3))
+        offset_xyz = tuple(int(o) for o in rng.integers(-40, 40, 3))
+        size_xyz = tuple(g * c - int(rng.integers(0, c)) for g, c in zip(grid_xyz, chunk_xyz))
+        spec = VolumeSpec("file:///v", 0, (8.0, 8.0, 33.0), offset_xyz, size_xyz, chunk_xyz,
+                          "uint8", "jpeg", "image", 1, "8_8_33", True)
+        position = [int(rng.integers(0, g)) for g in grid_xyz]
+        corner = [o + p * c for o, p, c in zip(offset_xyz, position, chunk_xyz)]
+        (name,) = chunk_names(spec, Box(tuple(corner), tuple(a + 1 for a in corner)))
+        assert chunk_id(spec, name) == int(compressed_morton_code(position, grid_xyz)), \
+            (grid_xyz, position)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -659,6 +660,31 @@ def test_file_urls_name_local_paths_for_the_table_and_the_output_too(small_data,
     assert manifest["config"]["output_dir"] == str(url)
     assert manifest["counts"] == json.loads((plain / "manifest.json").read_text())["counts"]
     assert sorted(p.name for p in url.iterdir()) == sorted(p.name for p in plain.iterdir())
+
+
+def test_a_home_tilde_is_expanded_in_every_path(small_data, tmp_path, monkeypatch):
+    """``--source-url=~/vol`` reaches the program unexpanded (the shell expands ``~`` only at a
+    word's start, not after ``--flag=``, nor in quotes or a scheduled job's arguments): the
+    volumes, the table and the output dir are all found under $HOME, as the shell would have
+    named them (found by mutation review: only the table's was tested)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def home(url):
+        rel = os.path.relpath(url[len("file://"):] if url.startswith("file://") else url,
+                              tmp_path)
+        assert not rel.startswith("..")
+        return "~/" + rel
+
+    argv = ["--materialization=" + home(small_data.table_path),
+            "--source-url=" + home(small_data.source_url),
+            "--target-url=" + home(small_data.target_url), "--output-dir=~/out",
+            "--crop-size", *map(str, CROP), "--variants", "1", "--quiet"]
+    assert main(["run"] + argv) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["config"]["source_url"], manifest["config"]["target_url"],
+            manifest["config"]["output_dir"]) == (small_data.source_url, small_data.target_url,
+                                                  str(tmp_path / "out"))
+    assert manifest["counts"]["instances_written"] == 5
 
 
 @pytest.mark.parametrize("reader", ["tensorstore", "cloudvolume"])

@@ -104,6 +104,25 @@ def test_a_pre_or_post_point_beyond_int64_is_outside_the_volume():
                               "(outside int64)")
     assert parse_row(_row(post_pt_x="-500"), RowRef(0, 0), "id", None, BOUNDS).post_pt_xyz == \
         (-500, 230, 15)
+    with pytest.raises(BadValue) as err:   # the post point alike (found by mutation review)
+        parse_row(_row(x="0.06", post_pt_x=str(2 ** 53)), RowRef(0, 0), "id", None, BOUNDS, nm)
+    assert (err.value.reason, str(err.value)) == (
+        "outside_volume", f"post point [{2 ** 53 * 2000}, 230, 15] is beyond any volume "
+                          "(outside int64)")
+
+
+def test_a_repeated_id_keeps_its_earliest_row_over_the_table_shards():
+    """The first row of an id, in table order (shard, then row), is the instance; the letter of
+    a repeat names that first row (found by mutation review: rows ordered before shards, and the
+    repeat naming itself, passed every test: the tests' repeats were in one shard)."""
+    from synanno_datagen.transforms.table import keep_first
+
+    first = parse_row(_row(), RowRef(0, 5), "id", None, BOUNDS)
+    repeat = parse_row(_row(x="121"), RowRef(1, 0), "id", None, BOUNDS)
+    kept, letter = keep_first((first.instance_id, [repeat, first]))
+    assert kept is first
+    assert letter.value.reason == "duplicate_id"
+    assert letter.value.details == f"id {first.instance_id} first seen in table shard 0 row 5"
 
 
 def test_ids_are_read_exactly_as_written():

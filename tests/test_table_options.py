@@ -426,3 +426,12 @@ def test_ids_a_float_column_cannot_hold_exactly_are_invalid(tmp_path, kind, name
     assert parse_row(row, RowRef(1, 0), "id", None, bounds, spec.layout).instance_id == \
         exact * 2 + 1
     assert describe_table(str(ints), None, None, None, None).layout.float_ids == ()
+    # the float shard sorting second is found too (found by mutation review: a look at the
+    # first shard alone passed)
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "a.parquet").write_bytes(ints.read_bytes())
+    (tmp_path / "u" / "b.parquet").write_bytes(floats.read_bytes())
+    spec = describe_table(str(tmp_path / "u" / "*.parquet"), None, None, None, None)
+    assert spec.layout.float_ids == (None, name)
+    with pytest.raises(BadValue, match="store the ids as int64"):
+        parse_row(rows[1], RowRef(1, 1), "id", None, bounds, spec.layout)
