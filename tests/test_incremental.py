@@ -173,7 +173,9 @@ def test_npy_totals_continue_a_root_whose_manifests_counted_their_own_run(small_
     root = tmp_path / "root"
     rows = list(csv.DictReader(open(small_data.table_path)))
     common = ["--incremental", "--variants", "2", "--formats", "tfrecord,npy"]
-    for n, ids in enumerate((("11",), ("11", "12"), None), start=1):
+    # runs of different sizes (one instance, then two: found by mutation review, runs of equal
+    # counts could not tell which run's manifest was read)
+    for n, ids in enumerate((("11",), ("11", "12", "13"), None), start=1):
         argv = small_data.argv(root, *common)
         if ids:
             part = _table(tmp_path / f"part{n}.csv", (r for r in rows if r["id"] in ids))
@@ -281,6 +283,7 @@ def test_a_changed_generation_config_says_it_starts_a_new_dataset(small_data, tm
             in printed.splitlines())
     closing = json.loads(printed.splitlines()[-1])
     assert closing["replaces"] == "runs/00002/manifest.json"
+    assert closing["run_dir"] == "runs/00003"   # (found by mutation review: never looked at)
 
 
 def test_a_run_folder_committed_but_not_pointed_at_is_replaced_by_the_next_run(small_data,

@@ -431,6 +431,23 @@ def test_template_parameters_become_run_flags():
     assert args.id_column == "-synapse_id"
 
 
+def test_flags_written_with_an_equals_sign_become_parameters_too():
+    """``--seed=3`` is a flag as ``--seed 3`` is: a schedule made with either sends it (found by
+    mutation review: a match of the bare flag alone dropped them from every night's launch
+    without a word)."""
+    from synanno_datagen.pipeline.flex import flags_to_parameters
+
+    spaced = flags_to_parameters(list(REQUIRED) + ["--seed", "3", "--num-instances", "1000",
+                                                   "--incremental"])
+    equals = flags_to_parameters(["--materialization=gs://tables/export_*.csv",
+                                  "--source-url=gs://h01/raw", "--target-url=gs://h01/syn",
+                                  "--output-dir=gs://out/ds", "--seed=3",
+                                  "--num-instances=1000", "--incremental"])
+    assert equals == spaced
+    assert (spaced["seed"], spaced["num_instances"], spaced["output_dir"]) == (
+        "3", "1000", "gs://out/ds")
+
+
 def test_table_parameters_round_trip_with_decimal_resolutions():
     from synanno_datagen.pipeline.flex import flags_to_parameters, parameters_to_flags
 

@@ -326,9 +326,16 @@ def test_the_last_step_frees_the_lease_and_logs_the_ok_line_alerts_match(tmp_pat
     from synanno_datagen.pipeline.lease import acquire
     from synanno_datagen.pipeline.monitoring import FinishRunFn
 
+    import dataclasses
+    import datetime
+
     lease = acquire(str(tmp_path))
+    # the job began 100 s ago (the lease's start): the line's duration counts from there
+    began = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=100)
+    lease = dataclasses.replace(lease, started_utc=began.strftime("%Y-%m-%dT%H:%M:%SZ"))
     manifest = {"counts": {"instances_written": 4, "failures": {"empty_target": 1}},
-                "config": {"output_dir": str(tmp_path)}}
+                "config": {"output_dir": str(tmp_path)},
+                "incremental": {"run_dir": "runs/00003", "replaces": None}}
     with caplog.at_level("INFO", logger="synanno_datagen.pipeline.monitoring"):
         assert list(FinishRunFn(lease, str(tmp_path)).process(manifest)) == [manifest]
     assert not (tmp_path / "LEASE").exists()
@@ -336,6 +343,7 @@ def test_the_last_step_frees_the_lease_and_logs_the_ok_line_alerts_match(tmp_pat
     event = json.loads(line)
     assert (event["status"], event["exit_code"], event["instances_written"]) == ("ok", 0, 4)
     assert event["failures"] == {"empty_target": 1} and event["output_dir"] == str(tmp_path)
+    assert event["run_dir"] == "runs/00003" and 99 <= event["duration_s"] <= 160
 
 
 def test_a_running_job_renews_its_local_lease_and_stops_when_it_is_taken(tmp_path):

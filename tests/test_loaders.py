@@ -166,6 +166,8 @@ def test_ranks_and_their_workers_share_an_epoch_without_overlap(generated, torch
 
     with pytest.raises(ValueError, match="give both"):
         loaders.ShardDataset(str(out), "train", rank=1)
+    with pytest.raises(ValueError, match="give both"):   # (each rank would read every sample)
+        loaders.ShardDataset(str(out), "train", world_size=2)
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         loaders.ShardDataset(str(out), "train", rank=2, world_size=2)
 
@@ -241,6 +243,13 @@ def test_buffer_shuffle_is_a_seeded_permutation():
     assert first != list(loaders.buffer_shuffle(items, 5, np.random.default_rng(2)))
     assert sorted(loaders.buffer_shuffle(items[:3], 5, np.random.default_rng(1))) == items[:3]
     assert list(loaders.buffer_shuffle(items, 0, np.random.default_rng(1))) == items
+    # a buffer holding the whole stream still shuffles it (its tail is drawn in a seeded
+    # order), and every place in the buffer can come out first (found by mutation review)
+    assert list(loaders.buffer_shuffle(range(10), 64, np.random.default_rng(1))) != \
+        list(range(10))
+    firsts = {next(iter(loaders.buffer_shuffle(range(100), 4, np.random.default_rng(seed))))
+              for seed in range(200)}
+    assert firsts == {0, 1, 2, 3}
 
 
 def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
@@ -260,6 +269,11 @@ def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
     first = epoch(0)
     assert sorted(first) == sorted(expected) and first != list(expected)
     assert epoch(0) == first and epoch(1) != first
+    # without a buffer the seed still orders the shards, anew each epoch (found by mutation
+    # review: reading them in the manifest's order passed)
+    dataset = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=7)
+    orders = {tuple(epoch(n)) for n in range(4)}
+    assert len(orders) > 1 and all(sorted(o) == sorted(expected) for o in orders)
     with pytest.raises(ValueError, match="shuffle_buffer needs a shuffle_seed"):
         loaders.ShardDataset(str(out), "train", shuffle_buffer=4)
     with pytest.raises(ValueError, match=r"shuffle_seed -1: must be 0 to 2\*\*63 - 1"):
@@ -635,6 +649,10 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
             loaders.ShardDataset(str(copy), "train")
         with pytest.raises(DatasetError, match=str(path)):
             open_dataset(str(copy)).checked_files(open_dataset(str(copy)).files("tfrecord"))
+        path.unlink()   # a shard gone: named as the dataset is opened, not in mid-epoch
+        with pytest.raises(DatasetError, match=rf"{path}: it is missing, the manifest says "
+                                               rf"{shard['bytes']}"):
+            loaders.ShardDataset(str(copy), "train")
 
     # a flipped byte inside a record (same size): the shard is named, in one short line
     copy, manifest, path = _with_a_flipped_val_byte(both_layouts["instance"], tmp_path / "flipped")
@@ -671,6 +689,11 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     with pytest.raises(DatasetError, match=rf"{copy / index['path']}: {len(lines) - 1} lines, "
                                            rf"the manifest says {len(lines)}"):
         loaders.NpyDataset(str(copy), "val")
+    # ... or with a line twice (found by mutation review: only a missing line was tested)
+    (copy / index["path"]).write_text("".join(lines + lines[-1:]))
+    with pytest.raises(DatasetError, match=rf"{copy / index['path']}: {len(lines) + 1} lines, "
+                                           rf"the manifest says {len(lines)}"):
+        loaders.NpyDataset(str(copy), "val")
 
     # an npy file cut short
     (copy / index["path"]).write_text("".join(lines))
@@ -700,6 +723,53 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     np.save(target, np.full_like(written, 7))    # same header, same size, other values
     with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
         npy[1]
+
+
+TF_REFUSALS = """
+import json, sys
+from synanno_datagen import DatasetError
+from synanno_datagen.reading import loaders
+said = []
+for location in sys.argv[1:]:
+    try:
+        loaders.tf_dataset(location, "train")
+        said.append("read")
+    except DatasetError as e:
+        said.append(str(e))
+print(json.dumps(said))
+"""
+
+
+def test_every_loader_refuses_a_cut_shard_and_a_dataset_without_shards(both_layouts, small_data,
+                                                                       tmp_path, torch):
+    """tf_dataset checks the shards' sizes as the torch loaders do (TensorFlow read a gzip
+    shard without its trailer, every record there, as whole), and a dataset made with
+    --formats npy is a clear error in both, not an empty epoch (found by mutation review:
+    neither was tested)."""
+    from synanno_datagen import DatasetError
+    from synanno_datagen.cli import main
+
+    copy, manifest = _damaged_copy(both_layouts["variant"], tmp_path / "cut")
+    shard = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "train")
+    path = copy / shard["path"]
+    assert path.name.endswith(".gz")
+    path.write_bytes(path.read_bytes()[:-8])
+    npy_only = tmp_path / "npy"
+    assert main(["run"] + small_data.argv(npy_only, "--formats", "npy", "--variants", "1",
+                                          "--quiet")) == 0
+    no_shards = "this dataset has no TFRecord shards (made with --formats npy); read its npy files"
+    with pytest.raises(DatasetError, match=re.escape(no_shards)):
+        loaders.ShardDataset(str(npy_only), "train")
+    assert len(loaders.NpyDataset(str(npy_only), "train")) > 0
+    _require_tf()
+    done = subprocess.run([sys.executable, "-c", TF_REFUSALS, str(copy), str(npy_only)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cut, empty = json.loads(done.stdout.strip().splitlines()[-1])
+    assert cut == (f"{path}: it has {shard['bytes'] - 8} bytes, the manifest says "
+                   f"{shard['bytes']}: the file was cut short or changed; copy the file again, "
+                   "or generate the dataset again")
+    assert empty == no_shards
 
 
 def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both_layouts, torch,

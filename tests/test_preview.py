@@ -371,3 +371,17 @@ def test_the_window_of_a_deep_crop_is_centred_on_its_foreground(listed):
     record = _one_record(depth=32, foreground=range(10, 20), seeds=(10,), listed=listed)
     _, labels = compose_montage([record], max_slices=10)
     assert [z for _, z, _ in labels[0]["z"]] == list(range(10, 20))
+
+
+def test_preview_reads_every_run_of_an_incremental_root(small_data, tmp_path):
+    """Each run of a root has shards of the same names (``train-00000-of-00001``); preview
+    finds each record in its own run's shard (found by mutation review: a shard key without
+    the run read a healthy two-run root as damaged, and no test previewed one)."""
+    from synanno_datagen.reading.preview import run_preview
+
+    root = tmp_path / "root"
+    for extra in (["--num-instances", "3"], []):
+        run_pipeline(small_data.argv(root, "--incremental", "--variants", "2", *extra))
+    assert (root / "runs" / "00002").is_dir()
+    chosen = run_preview(str(root), str(tmp_path / "p.png"), n=10, seed=0)
+    assert sorted(c["instance_id"] for c in chosen) == sorted(GOOD_IDS)   # one row each
