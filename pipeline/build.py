@@ -14,7 +14,7 @@ from apache_beam.pvalue import AsList, AsSingleton
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.pipeline.manifest import WriteManifestFn, clear_earlier_run
-from synanno_datagen.pipeline.monitoring import FinishRunFn
+from synanno_datagen.pipeline.finish import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
 from synanno_datagen.transforms.dead_letter_file import WriteDeadLetterFile

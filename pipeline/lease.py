@@ -7,7 +7,7 @@ only when no object of that name exists), locally as a whole file hard-linked to
 is refused if the name exists; so a run stopped while writing it leaves none). A run that finds a
 live lease stops before any work (LeaseHeld: one line, exit code 3).
 
-The holder removes it at the end of the run: the pipeline's last step (pipeline.monitoring's
+The holder removes it at the end of the run: the pipeline's last step (pipeline.finish's
 FinishRunFn, after the manifest and LATEST, so also on Dataflow, where a template's launcher
 exits before the job runs) and, when the run fails in its own process, ``run``. Only the
 holder's token removes it, and only the version read.

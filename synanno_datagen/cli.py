@@ -176,7 +176,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         else:
             demo_parser.print_help()
         return 0
-    from synanno_datagen.pipeline import monitoring
+    from synanno_datagen.pipeline import monitoring   # (no Beam: the signals are taken first)
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None

@@ -324,7 +324,7 @@ def test_the_last_step_frees_the_lease_and_logs_the_ok_line_alerts_match(tmp_pat
     """A Flex Template's launcher does not wait: the job's last step logs the closing line
     that log alerts match (found by mutation review: nothing looked at it)."""
     from synanno_datagen.pipeline.lease import acquire
-    from synanno_datagen.pipeline.monitoring import FinishRunFn
+    from synanno_datagen.pipeline.finish import FinishRunFn
 
     import dataclasses
     import datetime
