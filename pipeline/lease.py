@@ -66,10 +66,11 @@ class Lease:
     started_utc: str
     expires_utc: str
     process_bound: bool = True   # the run ends with its process (not a submitted job)
+    pid_ns: str = ""   # the pid namespace its pid is in ("pid:[4026531836]"; "" if unknown)
 
     def to_json(self) -> bytes:
         return json.dumps({"holder": "synanno-datagen", "host": self.host,
-                           "boot_id": self.boot_id, "pid": self.pid,
+                           "boot_id": self.boot_id, "pid": self.pid, "pid_ns": self.pid_ns,
                            "process_bound": self.process_bound,
                            "started_utc": self.started_utc, "expires_utc": self.expires_utc,
                            "token": self.token}, sort_keys=True).encode("utf-8") + b"\n"
@@ -87,7 +88,8 @@ def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = F
     process (then its end does not free the lease)."""
     now = time.time()
     lease = Lease(lease_path(output_dir), secrets.token_hex(16), socket.gethostname(),
-                  _boot_id(), os.getpid(), _utc(now), _utc(now + hours * 3600), process_bound)
+                  _boot_id(), os.getpid(), _utc(now), _utc(now + hours * 3600), process_bound,
+                  _pid_namespace())
     store = _store(lease.path)
     for _ in range(_TRIES):
         try:
@@ -202,10 +204,22 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    """The pid namespace of this process (Linux: "pid:[4026531836]"); "" where unknown (then no
+    lease is judged gone). Containers on one kernel share the boot id, and may share the host
+    name, but each has its own pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _gone(info: dict) -> bool:
-    """Whether the lease's run was its process, on this machine, in this boot, and ended."""
+    """Whether the lease's run was its process, on this machine, in this boot, among this
+    process's pids (its pid namespace), and ended."""
     if not info.get("process_bound") or not _boot_id() or info.get("boot_id") != _boot_id() \
-            or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+            or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
+            or not _pid_namespace() or info.get("pid_ns") != _pid_namespace():
         return False
     try:
         os.kill(info["pid"], 0)

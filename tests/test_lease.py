@@ -643,3 +643,127 @@ def test_where_hard_links_fail_the_lease_is_created_in_place_stubbed_filesystem(
         lease.acquire(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LEASE"]
     assert lease.release(held) and not (tmp_path / "LEASE").exists()
+
+
+def _gone_pid() -> int:
+    """A pid no process has now (a child that ended and was reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _plant(folder: Path, **fields) -> None:
+    """A LEASE in ``folder`` as a run of this machine, boot and pid namespace writes it, of a
+    process that is gone, unless ``fields`` say otherwise."""
+    import socket
+
+    from synanno_datagen.pipeline import lease as lease_module
+
+    info = {"holder": "synanno-datagen", "host": socket.gethostname(),
+            "boot_id": lease_module._boot_id(), "pid_ns": lease_module._pid_namespace(),
+            "pid": _gone_pid(), "process_bound": True, "started_utc": "2026-01-01T00:00:00Z",
+            "expires_utc": "2100-01-01T00:00:00Z", "token": "theirs", **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "LEASE").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("fields, held", [
+    ({}, False),                                     # this machine's run, its process gone
+    ({"pid_ns": "pid:[1]"}, True),                   # another container on this kernel
+    ({"pid_ns": None}, True),                        # written where the namespace was unknown
+    ({"boot_id": "an-earlier-boot"}, True),          # its pid may be another process now
+    ({"process_bound": False}, True),                # a submitted job outlives its launcher
+    ({"pid": os.getpid()}, True),                    # alive
+])
+def test_a_lease_is_judged_free_only_for_a_process_of_this_machine_that_is_gone(tmp_path,
+                                                                                fields, held):
+    """Found by review: containers sharing the kernel and the host name (host networking, a
+    hostNetwork pod, one --hostname) share the boot id but not pids: a live run in one was
+    judged gone from the other (its pid absent there) and its lease taken, two runs writing
+    one root. A lease now names its pid namespace, and only one of ours is judged gone; the
+    other checks each had no test (found by mutation review)."""
+    from synanno_datagen.pipeline.lease import LeaseHeld, acquire
+
+    _plant(tmp_path, **fields)
+    if held:
+        with pytest.raises(LeaseHeld, match="lease expires 2100-01-01T00:00:00Z"):
+            acquire(str(tmp_path))
+        assert json.loads((tmp_path / "LEASE").read_text())["token"] == "theirs"
+    else:
+        assert acquire(str(tmp_path)).token != "theirs"
+
+
+def test_a_lease_names_the_pid_namespace_of_its_run(tmp_path):
+    from synanno_datagen.pipeline.lease import _pid_namespace, acquire
+
+    acquire(str(tmp_path))
+    namespace = json.loads((tmp_path / "LEASE").read_text())["pid_ns"]
+    assert namespace == _pid_namespace() == os.readlink("/proc/self/ns/pid")
+
+
+def test_another_users_process_and_a_zombie_are_told_apart(tmp_path, monkeypatch):
+    """A holder's process that exists but is not ours to signal is alive; one that was killed
+    but not yet waited for (a zombie: its supervisor has not reaped it) is gone."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _plant(tmp_path / "zombie", pid=child.pid)
+        child.kill()
+        deadline = time.monotonic() + 30
+        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert lease_module.acquire(str(tmp_path / "zombie")).token != "theirs"
+    finally:
+        child.wait()
+
+    _plant(tmp_path / "other_user", pid=os.getppid())
+
+    def not_ours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(lease_module.os, "kill", not_ours)
+    with pytest.raises(lease_module.LeaseHeld):
+        lease_module.acquire(str(tmp_path / "other_user"))
+
+
+def test_an_unreadable_lease_counts_as_held_until_the_default_expiry(tmp_path):
+    """An empty LEASE (on a filesystem without hard links a run creates it, then writes it) is
+    a run's lease being written, not an expired one."""
+    from synanno_datagen.pipeline.lease import LeaseHeld, acquire
+
+    (tmp_path / "LEASE").write_text("")
+    with pytest.raises(LeaseHeld, match=r"\(an unreadable lease, lease expires "):
+        acquire(str(tmp_path))
+    assert (tmp_path / "LEASE").read_text() == ""
+
+
+def test_a_lease_is_replaced_or_removed_only_in_the_version_read(tmp_path):
+    """Renewing and breaking a lease act on the version they read: a lease another run took in
+    between is neither overwritten nor removed."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    mine = lease_module.acquire(str(tmp_path))
+    store = lease_module._store(mine.path)
+    _, old, _ = store.read()
+    theirs = lease_module.acquire(str(tmp_path), break_lease=True)
+    assert store.replace(b"{}", old) is False and store.remove(old) is False
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == theirs.token
+
+
+def test_a_lease_that_cannot_be_read_while_renewing_is_tried_again_later(tmp_path, monkeypatch,
+                                                                        caplog):
+    """Storage trouble at one look (a 503, an I/O error) does not fail the run: half the lease
+    is still left, and the next look tries again."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    lease = lease_module.acquire(str(tmp_path))
+
+    def failing(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(lease_module._LocalLease, "read", failing)
+    with caplog.at_level("WARNING", logger="synanno_datagen.pipeline.lease"):
+        lease_module.Heartbeat(lease, 2).beat(force=True)
+    assert "could not renew the lease" in caplog.text and "Input/output error" in caplog.text
