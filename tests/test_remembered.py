@@ -257,3 +257,26 @@ def test_a_night_whose_only_tries_fail_again_says_nothing_new():
     printed = summary(manifest, "root/runs/00006")
     assert ("nothing new: runs/00006 adds no instance (the 2 tried all failed: see failures)"
             in printed.splitlines())
+
+
+def test_which_failures_are_remembered_and_as_what():
+    """A failure that would come again on the same row (its table cells, an id written earlier
+    with other points, its empty target, its missing chunks) is remembered; one that may pass
+    (a fetch error, an unexpected error) or whose row holds only extra text is tried again
+    (found by mutation review: missing_chunks dropped from the remembered reasons passed every
+    test)."""
+    from synanno_datagen.transforms.remembered import new_entry
+
+    row = (("id", "7"), ("x", "1"), ("y", "2"), ("z", "3"))
+    kinds = {}
+    for reason in ("missing_coordinate", "not_a_number", "outside_volume", "invalid_id",
+                   "duplicate_id", "empty_target", "missing_chunks", "extra_cells",
+                   "fetch_error", "unexpected_error", "changed_since_written"):
+        entry = new_entry(DeadLetter(reason, "", "Stage", 7, RowRef(0, 7), row), 3)
+        kinds[reason] = entry and (entry["kind"], entry["first_run"], entry["instance_id"])
+    assert kinds == {
+        "missing_coordinate": (ROW, 3, 7), "not_a_number": (ROW, 3, 7),
+        "outside_volume": (ROW, 3, 7), "invalid_id": (ROW, 3, 7), "duplicate_id": (ROW, 3, 7),
+        "empty_target": (INSTANCE, 3, 7), "missing_chunks": (INSTANCE, 3, 7),
+        "changed_since_written": (ROW, 3, 7), "extra_cells": None, "fetch_error": None,
+        "unexpected_error": None}
