@@ -11,7 +11,7 @@ from synanno_datagen.layout import FORMATS
 from synanno_datagen.pipeline.options import NEAREST
 from synanno_datagen.transforms.volumes import DEFAULT_MISSING_CHUNKS, MISSING_CHUNK_MODES
 
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")   # whole names (fullmatch: "$" takes a final "\n")
 
 
 MAX_LEASE_HOURS = 8760
@@ -94,7 +94,7 @@ def parse_splits(text: str) -> Tuple[Tuple[str, float], ...]:
             problem = "an empty pair (a stray comma?)"
         elif not sep:
             problem = "write name=fraction, e.g. train=0.8,val=0.1,test=0.1"
-        elif not _SPLIT_NAME.match(name):
+        elif not _SPLIT_NAME.fullmatch(name):
             problem = "a split name is letters, digits and '_'"
         else:
             try:
