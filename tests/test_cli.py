@@ -457,6 +457,12 @@ def test_chunks_and_crops_past_the_memory_budget_are_refused_before_any_work(
     _fails(capsys, ["run"] + argv, "--crop-size 16384 16384 2: a record would hold 4,096 MB of "
            "arrays, more than the 2 GiB of one protobuf message (a TFRecord Example); give a "
            "smaller crop or --formats npy")
+    # ... which is no limit of npy files (found by mutation review: applying it to npy-only
+    # runs passed every test)
+    from synanno_datagen.pipeline.config import check
+
+    config, _ = check(argv + ["--formats", "npy"])
+    assert config.formats == ("npy",) and config.crop_size_xyz == (16384, 16384, 2)
     assert not (tmp_path / "out").exists()
 
 
@@ -599,7 +605,8 @@ def test_option_edges_and_spellings_that_are_no_mistake_are_taken():
 
     base = ["--materialization", "t.csv", "--source-url", "s", "--target-url", "t",
             "--output-dir", "o"]
-    check_numbers(run_parser().parse_args(base + ["--pad-value", "255"]))
+    check_numbers(run_parser().parse_args(base + ["--pad-value", "255", "--lease-hours", "8760",
+                                                  "--fetch-memory-mb", str(2**20)]))
     with pytest.raises(ConfigError, match="--pad-value 256"):
         check_numbers(run_parser().parse_args(base + ["--pad-value", "256"]))
     assert parse_formats("npy,tfrecord") == parse_formats("tfrecord,npy") == ("tfrecord", "npy")
@@ -754,3 +761,58 @@ def test_a_submitted_job_whose_closing_line_cannot_be_written_says_so(monkeypatc
     with pytest.raises(cli.StdoutUnwritable) as raised:
         cli.generate("run", ["--output-dir", "gs://b/d"], None)
     assert raised.value.status == "submitted" and raised.value.error.errno == 28
+
+
+def test_the_defaults_are_the_ones_readme_states():
+    """README's table of run flags is what a user reads: each default it states as a value is
+    the parser's (found by mutation review: another default for --variants or --shard-size-mb
+    passed every test, while --help, README and the template's metadata said otherwise)."""
+    import re
+    from pathlib import Path
+
+    from synanno_datagen.cli import output_parser
+    from synanno_datagen.pipeline.options import run_parser
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("| flag | default | meaning |\n| --- | --- | --- |\n", 1)[1].split("\n\n")[0]
+    actions = {o: a for p in (run_parser(), output_parser()) for a in p._actions
+               for o in a.option_strings}
+    stated = {}
+    for line in table.splitlines():
+        flag, default = (c.strip() for c in line.strip("|").split("|")[:2])
+        name = re.match(r"`(--[a-z-]+)", flag).group(1)
+        if re.fullmatch(r"[0-9. ]+|`[^`]+`|off", default) and \
+                actions[name].default is not None:   # (None: found in the table, as x,y,z)
+            stated[name] = default.strip("`")
+    shown = {}
+    for name in stated:
+        value = actions[name].default
+        if value is False:
+            value = "off"
+        elif isinstance(value, list):
+            value = " ".join(map(str, value))
+        elif isinstance(value, float) and value.is_integer():
+            value = str(int(value))
+        shown[name] = str(value)
+    assert shown == stated
+    assert {"--variants", "--max-seed-slices", "--crop-size", "--pad-value", "--seed",
+            "--shard-size-mb", "--fetch-memory-mb", "--lease-hours", "--formats", "--splits",
+            "--record-layout", "--compression", "--missing-chunks", "--incremental"} <= set(stated)
+
+
+@pytest.mark.parametrize("layout, per_variant", [("instance", False), ("variant", True)])
+def test_shards_are_sized_by_the_bytes_of_each_layouts_records(small_data, tmp_path, layout,
+                                                              per_variant):
+    """--shard-size-mb counts a shard's records: an instance record holds the source and target
+    once, a variant record source, target and seed mask per variant (found by mutation review:
+    sizing variant records as one passed every test, and made every shard --variants times
+    larger than asked)."""
+    import math
+
+    from synanno_datagen.pipeline.config import check
+
+    config, _ = check(small_data.argv(tmp_path / "out", "--variants", "3",
+                                      "--record-layout", layout))
+    voxels = math.prod(config.source_shape_zyx)
+    assert config.source_shape_zyx == (4, 24, 24)
+    assert config.bytes_per_instance == (3 * 3 * voxels if per_variant else 2 * voxels)
