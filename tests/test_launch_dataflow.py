@@ -558,11 +558,13 @@ def test_help_prints_the_usage_not_the_script():
 @pytest.fixture
 def stub_dataflow(tmp_path):
     """Stub: a stand-in gcloud that answers 'dataflow jobs list' with STUB_JOB_ID (none if
-    empty; it fails as gcloud does when STUB_JOB_ID is ERROR) and each 'dataflow jobs describe'
-    with the next state of STUB_STATES (ERROR: it fails), recording every call."""
+    empty; it fails as gcloud does when STUB_JOB_ID is ERROR, and the first STUB_LIST_FAILS
+    times) and each 'dataflow jobs describe' with the next state of STUB_STATES (ERROR: it
+    fails), recording every call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls, count = tmp_path / "calls.jsonl", tmp_path / "describes"
+    lists = tmp_path / "lists"
     (bin_dir / "gcloud").write_text(
         "#!/usr/bin/env python3\n"
         "import json, os, sys\n"
@@ -572,7 +574,10 @@ def stub_dataflow(tmp_path):
         "        sys.exit('ERROR: (gcloud.dataflow.jobs) Connection reset by peer')\n"
         "    print(text)\n"
         "if sys.argv[1:4] == ['dataflow', 'jobs', 'list']:\n"
-        "    answer(os.environ.get('STUB_JOB_ID', ''))\n"
+        f"    n = int(open({str(lists)!r}).read()) if os.path.exists({str(lists)!r}) else 0\n"
+        f"    open({str(lists)!r}, 'w').write(str(n + 1))\n"
+        "    failing = n < int(os.environ.get('STUB_LIST_FAILS', '0'))\n"
+        "    answer('ERROR' if failing else os.environ.get('STUB_JOB_ID', ''))\n"
         "elif sys.argv[1:4] == ['dataflow', 'jobs', 'describe']:\n"
         f"    n = int(open({str(count)!r}).read()) if os.path.exists({str(count)!r}) else 0\n"
         f"    open({str(count)!r}, 'w').write(str(n + 1))\n"
@@ -592,6 +597,8 @@ def stub_dataflow(tmp_path):
     ("JOB_STATE_DONE", [], 0),
     ("JOB_STATE_FAILED", [], 1),
     ("JOB_STATE_CANCELLED", [], 1),
+    ("JOB_STATE_DRAINED", [], 1),    # (ended states too: found by mutation review, --wait
+    ("JOB_STATE_UPDATED", [], 1),    # would have polled them for good)
     ("JOB_STATE_RUNNING", [], 4),
     ("JOB_STATE_PENDING,JOB_STATE_RUNNING,JOB_STATE_DONE", ["--wait"], 0),
     ("JOB_STATE_RUNNING,JOB_STATE_FAILED", ["--wait"], 1),
@@ -616,6 +623,19 @@ def test_status_reports_the_newest_nightly_job_and_exits_by_its_state(stub_dataf
     assert len(described) == (len(states.split(",")) if args else 1)
     assert done.stdout.splitlines()[-1] == \
         f"synanno-datagen-nightly 2025-01-02_x {states.split(',')[-1 if args else 0]}"
+
+
+def test_status_wait_gives_up_after_three_failed_polls_in_a_row_not_in_all(stub_dataflow):
+    """Failed polls are counted in a row: two failed lists, then a failed describe, then the
+    answer, is no reason to give up (found by mutation review: one count for both passed)."""
+    env, calls = stub_dataflow
+    done = launch("status", "--wait", PROJECT="proj", REGION="r", STUB_JOB_ID="2025-01-02_x",
+                  STUB_LIST_FAILS="2", STUB_STATES="ERROR,JOB_STATE_DONE", **env)
+    assert done.returncode == 0, done.stderr
+    assert [c[2] for c in calls()] == ["list", "list", "list", "describe", "describe"]
+    done = launch("status", "--wait", PROJECT="proj", REGION="r", STUB_JOB_ID="ERROR", **env,
+                  STUB_STATES="JOB_STATE_DONE")
+    assert done.returncode == 5, done.stderr
 
 
 def test_status_of_a_job_that_does_not_exist_is_a_usage_error(stub_dataflow):
