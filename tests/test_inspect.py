@@ -58,6 +58,7 @@ def test_text_summary_states_the_manifest_numbers(views_dataset, capsys):
     assert "failures  5" in text and "  duplicate_id 1" in text
     assert "    id 21 (row 6): column 'x' is not a number: 'n/a'" in text
     assert "checks    manifest, index and dead letters agree" in text
+    assert "chunks read as zeros" not in text   # none were (found by mutation review)
     # 3 variants: the expected counts are the law before redraws of repeated sets, and say so
     assert ("  (expected: the declared law for each variant; variants after the first are "
             "redrawn if they repeat an earlier one, which favours more slices)") in text
@@ -467,6 +468,8 @@ def test_a_dead_letter_without_an_id_and_one_variant_read_plainly(views_dataset)
     assert "    no id (row 3): id 'abc' is not an integer" in text and "None" not in text
     for variants, noted in ((3, True), (1, False)):
         facts["config"]["variants"] = variants
+        # the text too (found by mutation review: its note was untested)
+        assert ("redrawn" in format_facts(facts)) == noted, variants
         for draw in (draw_seed_count, draw_seed_z):
             ax = Figure().add_subplot()
             draw(ax, facts)
@@ -502,6 +505,10 @@ def test_failure_reasons_most_first():
 
     assert list(failures_by_reason([{"reason": "b"}, {"reason": "a"}, {"reason": "a"}])) == \
         ["a", "b"]
+    # three examples of each, the first three (found by mutation review: two passed)
+    five = failures_by_reason([{"reason": "a", "instance_id": i} for i in range(5)])
+    assert five["a"]["count"] == 5
+    assert [e["instance_id"] for e in five["a"]["examples"]] == [0, 1, 2]
 
 
 def _split_manifest(train, val, failures):
@@ -516,6 +523,9 @@ def test_split_and_dead_letter_disagreements_are_problems_even_when_totals_agree
     assert any("split train" in p for p in problems) and any("split val" in p for p in problems)
     assert consistency_problems(_split_manifest(1, 0, {"x": 1}), {"train": 1}, 2)
     assert consistency_problems(_split_manifest(1, 0, {"x": 1}), {"train": 1}, 1) == []
+    # index lines of a split the manifest does not list (found by mutation review)
+    assert consistency_problems(_split_manifest(1, 0, {}), {"train": 1, "test": 2}, 0) == [
+        "splits list 1 instances, the index has 3"]
 
 
 def _axes():
@@ -546,6 +556,9 @@ def test_plots_draw_observed_bars_and_the_expected_line(kind):
     getattr(plots, "draw_" + kind)(axes, facts)
     assert [p.get_height() for p in axes.patches] == facts["index"][kind]["observed"]
     assert list(axes.lines[0].get_ydata()) == facts["index"][kind]["expected"]
+    # the title counts what the bars count, not bars (found by mutation review)
+    what = "variants" if kind == "seed_count" else "seed slices"
+    assert f", {sum(facts['index'][kind]['observed'])} {what}" in axes.get_title()
 
 
 def test_failure_bars_are_the_counts_and_foreground_is_on_the_voxel_axis():
@@ -554,6 +567,7 @@ def test_failure_bars_are_the_counts_and_foreground_is_on_the_voxel_axis():
     axes = _axes()
     plots.draw_failures(axes, _plotted_facts())
     assert sorted(p.get_width() for p in axes.patches) == [2, 7]
+    assert "9 in all" in axes.get_title()
     axes = _axes()
     plots.draw_foreground_voxels(axes, _plotted_facts())
     low, high = axes.get_xlim()
