@@ -533,6 +533,11 @@ def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_pa
            f"unexpected argument '{shards[1]}': not the value of any flag; a glob the shell "
            f"expanded into the table's shards? quote it: --materialization "
            f"'{tmp_path / 't'}/*.csv.gz'")
+    # a file of another kind beside the shards is no shard (found by mutation review)
+    (tmp_path / "t" / "notes.txt").write_text("")
+    _fails(capsys, ["run"] + argv + [str(tmp_path / "t" / "notes.txt")],
+           f"unexpected argument '{tmp_path / 't' / 'notes.txt'}': not the value of any flag; "
+           "see 'synanno-datagen run --help'")
     # found by review: any stray word beside a table in the working directory was taken for one
     (tmp_path / "t.csv").write_text("x,y,z\n1,2,3\n")
     argv[argv.index("--materialization") + 1] = "t.csv"

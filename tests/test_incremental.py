@@ -516,6 +516,10 @@ def test_options_of_tfrecord_shards_do_not_start_a_new_npy_only_dataset(small_da
     assert main(["run"] + argv) == 0
     argv[argv.index("--materialization") + 1] = str(small_data.table_path)
     loud = [a for a in argv if a != "--quiet"]
+    # (given at their defaults, or not at all, they are no cause for a warning: found by
+    # mutation review)
+    for given in ([], ["--compression", "none"]):
+        assert config_module.check(loud + given)[0].idle_tfrecord_options() == {}
     with caplog.at_level("WARNING"):
         assert main(["run"] + loud + ["--compression", "gzip", "--record-layout", "variant"]) == 0
     assert "--record-layout variant, --compression gzip: no TFRecord shards are written " \

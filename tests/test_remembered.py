@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -103,14 +104,17 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
     assert sum(s["instances"] for s in m4["splits"].values()) == 5
 
 
-def test_num_instances_is_a_total_on_an_incremental_root(small_data, tmp_path):
+@pytest.mark.parametrize("records", [("--variants", "1"),
+                                     ("--variants", "2", "--record-layout", "variant")])
+def test_num_instances_is_a_total_on_an_incremental_root(small_data, tmp_path, records):
     """--num-instances 3 nightly on an unchanged table: 3 instances in the dataset, not 3 more
-    every night."""
+    every night; instances, not records (found by mutation review: counting records passed,
+    every case having one record per instance)."""
     root = tmp_path / "root"
 
     def total(n):
-        return small_data.argv(root, "--incremental", "--num-instances", str(n), "--variants",
-                               "1", "--formats", "tfrecord")
+        return small_data.argv(root, "--incremental", "--num-instances", str(n), *records,
+                               "--formats", "tfrecord")
 
     argv = total(3)
     _, m1, _ = nightly(argv, tmp_path)

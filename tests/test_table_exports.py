@@ -175,6 +175,11 @@ def test_gzip_csv_in_source_voxels_with_prefixed_columns(small_data, tmp_path):
     assert manifest["table"]["format"] == "csv.gz"
     assert manifest["table"]["points"]["to_target_voxels_xyz"] == ["1/2", "1/2", "1"]
     assert manifest["table"]["point_features"] == ["center_xyz", "pre_pt_xyz", "post_pt_xyz"]
+    # the units the table was read in: given, or the target's (found by mutation review: the
+    # latter passed as [1, 1, 1])
+    assert manifest["table"]["coordinate_resolution_nm_xyz"] == [4, 4, 33]
+    assert expected["table"]["coordinate_resolution_nm_xyz"] == \
+        expected["volumes"]["target"]["resolution_nm_xyz"] == [8, 8, 33]
     assert _index(tmp_path / "out")[0]["pre_pt_xyz"] == [119, 220, 14]
     reasons = {d["instance_id"]: d["reason"] for d in _dead_letters(tmp_path / "out")}
     assert reasons[20] == "missing_coordinate" and reasons[22] == "outside_volume"
