@@ -219,8 +219,8 @@ def _gone(info: dict) -> bool:
     process's pids (its pid namespace), and ended."""
     if not info.get("process_bound") or not _boot_id() or info.get("boot_id") != _boot_id() \
             or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
-            or not _pid_namespace() or info.get("pid_ns") != _pid_namespace():
-        return False
+            or not _pid_namespace() or info.get("pid_ns", _pid_namespace()) != _pid_namespace():
+        return False   # (no pid_ns: a lease of a version before it, taken as of ours)
     try:
         os.kill(info["pid"], 0)
     except ProcessLookupError:

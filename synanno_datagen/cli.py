@@ -499,11 +499,13 @@ def _adopt_orphans() -> None:
     ``/bin/sh -c`` (dash forks the worker): a shell stopped just after it forked leaves its
     worker orphaned, holding this command's stderr until it gives up on the run (two minutes),
     then printing tracebacks there. Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):   # (no prctl: not Linux)
+    except (ImportError, OSError, AttributeError):   # (no ctypes; a libc without prctl)
         pass
 
 

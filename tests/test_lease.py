@@ -652,6 +652,9 @@ def _gone_pid() -> int:
     return child.pid
 
 
+_ABSENT = object()   # a field _plant leaves out
+
+
 def _plant(folder: Path, **fields) -> None:
     """A LEASE in ``folder`` as a run of this machine, boot and pid namespace writes it, of a
     process that is gone, unless ``fields`` say otherwise."""
@@ -663,6 +666,7 @@ def _plant(folder: Path, **fields) -> None:
             "boot_id": lease_module._boot_id(), "pid_ns": lease_module._pid_namespace(),
             "pid": _gone_pid(), "process_bound": True, "started_utc": "2026-01-01T00:00:00Z",
             "expires_utc": "2100-01-01T00:00:00Z", "token": "theirs", **fields}
+    info = {k: v for k, v in info.items() if v is not _ABSENT}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "LEASE").write_text(json.dumps(info))
 
@@ -670,7 +674,8 @@ def _plant(folder: Path, **fields) -> None:
 @pytest.mark.parametrize("fields, held", [
     ({}, False),                                     # this machine's run, its process gone
     ({"pid_ns": "pid:[1]"}, True),                   # another container on this kernel
-    ({"pid_ns": None}, True),                        # written where the namespace was unknown
+    ({"pid_ns": ""}, True),                          # written where the namespace was unknown
+    ({"pid_ns": _ABSENT}, False),                    # by a version before pid_ns: as before
     ({"boot_id": "an-earlier-boot"}, True),          # its pid may be another process now
     ({"process_bound": False}, True),                # a submitted job outlives its launcher
     ({"pid": os.getpid()}, True),                    # alive

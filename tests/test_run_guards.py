@@ -928,6 +928,7 @@ def test_a_worker_whose_shell_was_stopped_is_still_stopped():
 
 _HANDLERS_BEFORE_BEAM = r"""
 import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)   # (a background job ignores it)
 from synanno_datagen import cli
 
 real, seen = signal.signal, []
