@@ -333,9 +333,13 @@ def test_an_output_dir_that_is_an_object_or_names_no_bucket_is_refused(gcs, tmp_
     file is none; ``gs://`` alone (an unset variable) wrote a local folder named ``gs:``."""
     gcs.create_bucket("lab")
     gcs.client().bucket("lab").blob("tables/night1.csv").upload_from_string(b"id\n")
+    gcs.client().bucket("lab").blob("top.csv").upload_from_string(b"id\n")
     data = make_small_data(tmp_path / "data")
     for out, message in (("gs://lab/tables/night1.csv", "--output-dir gs://lab/tables/night1.csv "
                           "is an object, not a folder"),
+                         # at the top of the bucket too (found by mutation review)
+                         ("gs://lab/top.csv/sub", "--output-dir gs://lab/top.csv/sub: "
+                          "gs://lab/top.csv is an object, not a folder"),
                          ("gs://lab/tables/night1.csv/sub", "--output-dir gs://lab/tables/"
                           "night1.csv/sub: gs://lab/tables/night1.csv is an object, not a "
                           "folder"),   # found by review: accepted on gs://, refused locally

@@ -220,6 +220,7 @@ def test_manifest_describes_volumes_features_and_seed_model(generated):
     assert manifest["volumes"]["target"]["voxel_offset_xyz"] == list(TARGET_OFFSET)
     assert manifest["volumes"]["scale_xyz"] == [2, 2, 1]
     features = {f["name"]: f for f in manifest["features"]}
+    assert len(features) == len(manifest["features"])   # each once (found by mutation review)
     for key in ("source", "target", "shape", "seed_slices", "seed_slice_counts", "instance_id"):
         assert key in features
     assert "seed_target" not in features and "variant" not in features
@@ -492,6 +493,12 @@ def test_read_counters_count_reads_and_distinct_chunks(small_data, tmp_path, str
     per_box = [_disk_chunks_touched(source_dir, [b]) for b in boxes]
     distinct = set().union(*per_box)
     assert io["source"]["distinct_chunks"] == len(distinct)
+    # and the target's, of the target boxes (found by mutation review: counted over the source
+    # boxes, it passed); the fixture's label volume stores every chunk
+    target_boxes = [e["target_box_xyz"] for e in entries] + [
+        [[c[0] - 6, c[1] - 6, c[2] - 2], [c[0] + 6, c[1] + 6, c[2] + 2]]]
+    target_dir = Path(small_data.target_url[len("file://"):]) / "8_8_33"
+    assert io["target"]["distinct_chunks"] == len(_disk_chunks_touched(target_dir, target_boxes))
     # per-instance reads every crop's chunks; grouped reads every shared chunk once.
     read = [n for t in per_box for n in t] if strategy == "per-instance" else sorted(distinct)
     assert strategy == "grouped" or len(read) > len(distinct)   # the fixture shares chunks
