@@ -1,7 +1,7 @@
 """The pipeline's last step: frees the run's lease and logs its closing ``ok`` line
-(pipeline.monitoring), for runs whose launcher does not wait (a Flex Template's job). Apart from
-pipeline.monitoring, which the CLI imports before it takes its signals: that one stays free of
-Beam."""
+(pipeline.monitoring), for runs whose launcher does not wait (a Flex Template's job). It lives
+apart from pipeline.monitoring so that module stays free of Beam: the CLI imports it before it
+takes its signals."""
 from __future__ import annotations
 
 import time

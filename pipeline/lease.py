@@ -220,7 +220,7 @@ def _gone(info: dict) -> bool:
     if not info.get("process_bound") or not _boot_id() or info.get("boot_id") != _boot_id() \
             or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
             or not _pid_namespace() or info.get("pid_ns", _pid_namespace()) != _pid_namespace():
-        return False   # (no pid_ns: a lease of a version before it, taken as of ours)
+        return False   # (no pid_ns at all: written before leases named it, judged as ours)
     try:
         os.kill(info["pid"], 0)
     except ProcessLookupError:
