@@ -323,11 +323,10 @@ def test_a_run_releases_only_its_own_lease(tmp_path):
 def test_the_last_step_frees_the_lease_and_logs_the_ok_line_alerts_match(tmp_path, caplog):
     """A Flex Template's launcher does not wait: the job's last step logs the closing line
     that log alerts match (found by mutation review: nothing looked at it)."""
-    from synanno_datagen.pipeline.lease import acquire
-    from synanno_datagen.pipeline.finish import FinishRunFn
-
     import dataclasses
-    import datetime
+
+    from synanno_datagen.pipeline.finish import FinishRunFn
+    from synanno_datagen.pipeline.lease import acquire
 
     lease = acquire(str(tmp_path))
     # the job began 100 s ago (the lease's start): the line's duration counts from there
@@ -716,7 +715,8 @@ def test_another_users_process_and_a_zombie_are_told_apart(tmp_path, monkeypatch
         _plant(tmp_path / "zombie", pid=child.pid)
         child.kill()
         deadline = time.monotonic() + 30
-        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert lease_module.acquire(str(tmp_path / "zombie")).token != "theirs"
