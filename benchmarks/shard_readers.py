@@ -27,7 +27,7 @@ def read_split(dataset_dir: str, split: str, readers: int):
     from synanno_datagen import ShardDataset
     from synanno_datagen.reading import dataset as dataset_module
 
-    opened = dataset_module._open
+    opened = dataset_module.open_file
     counted = [0]
 
     class Counting:
@@ -48,14 +48,14 @@ def read_split(dataset_dir: str, split: str, readers: int):
         def __exit__(self, *exc):
             self._stream.close()
 
-    dataset_module._open = lambda path, gzip=False: Counting(opened(path, gzip))
+    dataset_module.open_file = lambda path, gzip=False: Counting(opened(path, gzip))
     try:
         start = time.perf_counter()
         samples = sum(1 for rank in range(readers)
                       for _ in ShardDataset(dataset_dir, split, rank=rank, world_size=readers))
         return time.perf_counter() - start, counted[0], samples
     finally:
-        dataset_module._open = opened
+        dataset_module.open_file = opened
 
 
 def main() -> None:
