@@ -306,6 +306,42 @@ def test_npy_dataset_items_are_the_npy_files(generated, torch):
     assert dataset.items.nbytes < 300 * len(dataset)
 
 
+def test_npy_dataset_reads_an_instances_source_and_target_once_when_read_in_order(
+        generated, torch, monkeypatch):
+    """An instance's variants are neighbours in index order and share its source and target:
+    read in order, each npy file is opened once (before, each item opened its three); in any
+    order, every item is the same tensors."""
+    import builtins
+    from collections import Counter
+
+    from synanno_datagen.reading import dataset as dataset_module
+
+    _, out, _, _ = generated
+    dataset = loaders.NpyDataset(str(out), "val")
+    opened = Counter()
+
+    def counting_open(path, *args, **kwargs):   # the real open of the real file, counted
+        opened[os.path.relpath(path, out)] += 1
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "open", counting_open, raising=False)
+    in_order = [dataset[i] for i in range(len(dataset))]
+    files = {f for i in range(len(dataset)) for f in dataset.files(i).values()}
+    assert sorted(opened) == sorted(os.path.relpath(f, out) for f in files)
+    assert set(opened.values()) == {1}, opened
+    assert sum(os.path.basename(f).startswith("source_") for f in opened) * 3 == len(dataset)
+    opened.clear()
+    order = np.random.default_rng(0).permutation(len(dataset)).tolist() + [0, 0]
+    for i in order:
+        inputs, target = dataset[i]
+        assert torch.equal(inputs, in_order[i][0]) and torch.equal(target, in_order[i][1])
+    # only the last item's instance is kept: a seed mask each item, its source and target
+    # again after an item of another instance
+    ids = dataset.items.instance_ids
+    changes = sum(ids[a] != ids[b] for a, b in zip([len(dataset) - 1] + order, order))
+    assert sum(opened.values()) == len(order) + 2 * changes and 0 < changes < len(order)
+
+
 def test_an_index_line_that_is_not_one_of_an_npy_dataset_is_named(generated, tmp_path):
     from synanno_datagen import DatasetError
 
@@ -721,6 +757,8 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
     target = npy.files(1)["target"]
     written = np.load(target)
     np.save(target, np.full_like(written, 7))    # same header, same size, other values
+    # (item 1's source and target are kept for its instance's next item: read another's first)
+    assert npy.items.instance_ids[-1] != npy.items.instance_ids[1] and npy[len(npy) - 1]
     with pytest.raises(DatasetError, match=rf"{target}: \d+ bytes that are not the ones"):
         npy[1]
 

@@ -153,12 +153,19 @@ class NpyDataset(Dataset):
     manifest (uint8, ``shape_zyx``) before use; arrays are read with
     ``np.load(..., allow_pickle=False)``. The items are held in a few numpy arrays (about 200
     bytes per item), which a DataLoader's forked workers share instead of copying.
+
+    An instance's items are neighbours in index order and share its source and target files:
+    each process keeps the last item's two arrays (uint8 [z, y, x], read-only) and reads them
+    again only for an item of another instance, so items read in order (``shuffle=False``)
+    read each file once; a shuffled order reads nearly every item's three files.
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False):
         self.dataset = open_dataset(dataset_dir)
         self.items = self.dataset.npy_items(split)
         self.with_meta = with_meta
+        # ((source file, target file), source, target) of the last item read, or None
+        self._last_instance: Optional[tuple] = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -169,8 +176,19 @@ class NpyDataset(Dataset):
                 for role, k in zip(ROLES, self.items.files[i])}
 
     def __getitem__(self, i: int):
-        source, seed, target = (self.dataset.npy_array(self.items, int(k))
-                                 for k in self.items.files[i])
+        source_k, seed_k, target_k = (int(k) for k in self.items.files[i])
+        last = self._last_instance
+        held = last is not None and last[0] == (source_k, target_k)
+        source = last[1] if held else self._array(source_k)
+        seed = self.dataset.npy_array(self.items, seed_k)
+        target = last[2] if held else self._array(target_k)
+        self._last_instance = ((source_k, target_k), source, target)
         meta = ({"instance_id": int(self.items.instance_ids[i]),
                  "variant": int(self.items.variants[i])} if self.with_meta else None)
         return _sample(source, seed, target, meta)
+
+    def _array(self, k: int) -> np.ndarray:
+        """File k's array (uint8 [z, y, x]), read-only: it may serve the next item too."""
+        array = self.dataset.npy_array(self.items, k)
+        array.flags.writeable = False
+        return array
