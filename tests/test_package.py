@@ -195,7 +195,7 @@ def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     ("shard_readers.py", ["--readers", "0"]), ("volume_readers.py", ["--repeats", "0"]),
     ("volume_readers.py", ["--crops", "0"]), ("concurrent_reads.py", ["--latency-ms", "0,x"]),
     ("fetch_strategies.py", ["--variants", "0"]),
-    ("fetch_strategies.py", ["--big-table-rows", "-1"]),
+    ("fetch_strategies.py", ["--big-table-rows", "-1"]), ("npy_reads.py", ["--repeats", "0"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -217,16 +217,17 @@ def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():
     assert done.returncode == 2 and "--layouts bogus" in done.stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize("script", ["shard_readers.py", "npy_reads.py"])
 @pytest.mark.parametrize("flags, says", [
     (["/nonexistent-dataset"], "/nonexistent-dataset: not a dataset directory"),
     (["--split", "nope"], "split 'nope' is not in this dataset"),
 ])
-def test_the_shard_reader_benchmark_refuses_a_dataset_it_cannot_read_in_one_line(
-        views_dataset, flags, says):
+def test_the_loader_benchmarks_refuse_a_dataset_they_cannot_read_in_one_line(
+        views_dataset, script, flags, says):
     """Found by review: a missing dataset or split was a DatasetError traceback."""
     argv = flags if flags[0].startswith("/") else [str(views_dataset), *flags]
     done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
-                                               / "shard_readers.py"), *argv],
+                                               / script), *argv],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert says in done.stderr.splitlines()[-1]
