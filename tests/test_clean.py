@@ -128,3 +128,15 @@ def test_the_clean_step_measures_with_the_resolution_in_z_y_x():
                       labels_zyx=labels)
     (cleaned,) = CleanTargetFn(source_resolution_nm_xyz=(8, 8, 40)).process(fetched)
     assert cleaned.target_zyx[2, 4, 6] == 1 and cleaned.target_zyx.sum() == 1
+
+
+def test_a_big_label_off_the_centre_is_found_as_the_nearest_not_the_background():
+    """With labels >= 2**63 renumbered, background must stay 0: an off-centre synapse is the
+    nearest component, not the background around the centre."""
+    for big in (2**63, 2**64 - 1):
+        labels = np.zeros((4, 8, 8), np.uint64)
+        labels[2, 1:3, 1:3] = big          # centre (2, 4, 4) is background
+        small = np.where(labels > 0, 7, 0).astype(np.uint64)
+        mask = keep_center_component(labels, (40, 8, 8))
+        np.testing.assert_array_equal(mask, keep_center_component(small, (40, 8, 8)))
+        assert mask.sum() == 4 and mask[2, 1:3, 1:3].all()

@@ -83,3 +83,17 @@ def test_target_voxels_inside_a_source_box_cover_only_source_voxels():
     assert target_voxels_inside(Box((3, 0, 1), (17, 8, 5)), (2, 2, 1)) == \
         Box((2, 0, 1), (8, 4, 5))
     assert target_voxels_inside(Box((3, 0, 0), (4, 8, 5)), (2, 2, 1)) is None   # none whole
+
+
+def test_scale_factors_refuse_a_ratio_a_hundredth_from_whole():
+    # 8 / 7.96 = 1.005: taken as 1, the raw would drift off the labels by a voxel every 200;
+    # only float noise (1e-6) is forgiven
+    with pytest.raises(ValueError, match="on x"):
+        scale_factors((8, 8, 33), (7.96, 8, 33))
+    with pytest.raises(ValueError, match="on z"):
+        scale_factors((8, 8, 33), (4, 4, 32.9))
+
+
+def test_nearest_mip_breaks_a_tie_by_the_lower_mip():
+    # mips 1 and 2 divide 8x8x40 by the same number of source voxels (2): the first is taken
+    assert nearest_mip((8, 8, 40), [(4, 4, 40), (8, 4, 40), (4, 8, 40)]) == 1

@@ -1016,3 +1016,20 @@ def test_records_info_reads_a_manifest_from_before_record_layouts_as_variant_rec
                                 "tfrecord_compression_type": ""}
     assert records_info({"records": {"layout": "instance", "compression": "gzip"}}) == {
         "layout": "instance", "compression": "gzip", "tfrecord_compression_type": "GZIP"}
+
+
+def test_a_record_exactly_as_long_as_the_limit_is_read():
+    import io
+    import struct
+
+    from synanno_datagen.reading.records import iter_serialized, masked_crc32c
+
+    def framed(data):
+        length = struct.pack("<Q", len(data))
+        return (length + struct.pack("<I", masked_crc32c(length)) + data
+                + struct.pack("<I", masked_crc32c(data)))
+
+    data = bytes(range(256)) * 4
+    assert list(iter_serialized(io.BytesIO(framed(data)), max_length=len(data))) == [data]
+    with pytest.raises(ValueError, match="a record of 1024 bytes, more than"):
+        list(iter_serialized(io.BytesIO(framed(data)), max_length=len(data) - 1))

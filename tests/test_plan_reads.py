@@ -50,3 +50,11 @@ def test_random_boxes_are_covered_and_no_region_reads_a_needless_chunk():
         assert len(regions) <= len(boxes)
         for a, c in itertools.combinations(regions, 2):
             assert a.intersect(c) is None or set(chunk_names(SPEC, a)) != set(chunk_names(SPEC, c))
+
+
+def test_a_blocks_bytes_count_every_source_voxel_of_its_target_voxels():
+    from synanno_datagen.transforms.volumes import block_bytes
+
+    # 2x2x1 source (uint8) voxels and one uint64 label per target voxel
+    assert block_bytes((64, 64, 16), (2, 2, 1), "uint64") == 64 * 64 * 16 * (4 + 8)
+    assert block_bytes((10, 10, 10), (1, 1, 2), "uint32") == 1000 * (2 + 4)

@@ -419,3 +419,14 @@ def test_chunk_ids_are_the_compressed_morton_codes_cloud_volume_computes():
         (name,) = chunk_names(spec, Box(tuple(corner), tuple(a + 1 for a in corner)))
         assert chunk_id(spec, name) == int(compressed_morton_code(position, grid_xyz)), \
             (grid_xyz, position)
+
+
+def test_a_scale_listing_several_chunk_sizes_is_read_with_its_first():
+    """The precomputed format lets a scale list several chunk sizes; the stored chunks (and the
+    names cloud-volume and tensorstore read) are those of the first."""
+    from synanno_datagen.transforms.volumes import spec_from_info
+
+    info = {"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [
+        {"key": "4_4_40", "size": [100, 100, 20], "resolution": [4, 4, 40],
+         "chunk_sizes": [[64, 64, 8], [32, 32, 32]], "encoding": "raw"}]}
+    assert spec_from_info("file:///v", info).chunk_size_xyz == (64, 64, 8)

@@ -214,3 +214,20 @@ def test_the_estimate_of_a_law_follows_draw_seed_slices_where_weights_are_steep(
     monkeypatch.setattr(seeds, "EXACT_STATE_LIMIT", 10)
     estimate = seeds.seed_inclusion_probabilities(model, 16, foreground, mc_draws=20_000)
     assert np.abs(estimate - exact).max() < 0.02
+
+
+def test_pick_never_takes_a_slice_of_weight_zero_even_for_a_uniform_of_zero():
+    """rng.choice searches right of the uniform: a double of exactly 0.0 (or one equal to a
+    cumulative sum) must not land on a slice already drawn (weight 0)."""
+    from synanno_datagen.transforms.seeds import pick
+
+    class Fixed:
+        def __init__(self, u):
+            self.u = u
+
+        def random(self):
+            return self.u
+
+    p = np.array([0.0, 0.0, 0.25, 0.75])
+    assert pick(Fixed(0.0), p) == 2
+    assert pick(Fixed(0.25), p) == 3
