@@ -2,9 +2,9 @@
 
 A shard group's instances reach one worker together (see transforms.shards) and leave the fused
 fetch -> clean -> variants chain in a fixed order (block, then id); the writer appends each
-instance's records to its group's file for its split, under a temporary name, and closes the
-files when the bundle ends (a group never spans bundles), with its instances' index lines in a
-file beside. Only small things cross the next shuffle: per group and split, the files' names,
+instance's records to its group's file for its split, under a temporary name, and closes a
+group's files when the next group's instances begin or the bundle ends (a group never spans
+bundles), with its instances' index lines in a file beside. Only small things cross the next shuffle: per group and split, the files' names,
 size, checksum and counts, whatever the group holds. FinalizeShards then numbers the shards of
 each split (``train-00003-of-00016``), renames the record files into place (a rename, not a
 copy) and writes the index shards from the index lines, adding each line's shard number. A
@@ -153,8 +153,9 @@ class _Group:
 
 
 class WriteShardsFn(beam.DoFn):
-    """Varied -> (nothing per element) the instance's records appended to its group's file and its
-    npy files written; at the end of the bundle, a WrittenShard per (group, split) written.
+    """Varied -> the instance's records appended to its group's file and its npy files written;
+    as a group ends (the next group begins, or the bundle ends), a WrittenShard per (group,
+    split) it wrote.
 
     ``keepalive``: an object whose ``beat()`` is called as each bundle starts and before each
     instance is written (the run's lease heartbeat, pipeline.lease.Heartbeat, which looks at
@@ -210,6 +211,11 @@ class WriteShardsFn(beam.DoFn):
             entry["npy"] = self._write_npy(*npy)
         key = (inst.group, inst.split)
         if key not in self._open:
+            # A group's instances come together (FetchShardFn gives out one group's before the
+            # next's), so the groups before this one are done: closed now, not at the bundle's
+            # end, where a bundle of many groups (the DirectRunner's is the whole run) kept every
+            # index line and an open file per group.
+            yield from self._finish([k for k in self._open if k[0] != inst.group])
             shard = None
             if TFRECORD in self._formats:
                 shard = _ShardFile(join(self._output_dir, group_tfrecord_path(
@@ -221,11 +227,18 @@ class WriteShardsFn(beam.DoFn):
         self._variants.inc(len(varied.seed_slices))
 
     def finish_bundle(self):
-        if self._open and self._keepalive is not None:
+        for written in self._finish(list(self._open)):
+            yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _finish(self, keys: List[Tuple[int, str]]) -> Iterable[WrittenShard]:
+        """Close the files of these open (group, split)s, write their index lines: a
+        WrittenShard each, in (group, split) order."""
+        if keys and self._keepalive is not None:
             # still ours? (else its files would be finished beside another run's, in a run
             # folder that run may have committed)
             self._keepalive.beat(force=True)
-        for (group, split), opened in sorted(self._open.items()):
+        for group, split in sorted(keys):
+            opened = self._open[(group, split)]
             index = join(self._output_dir, group_index_path(split, group))
             write_atomic(index, (json_line(e) for e in opened.entries))
             shard = opened.shard
@@ -235,8 +248,8 @@ class WriteShardsFn(beam.DoFn):
                 sha = shard.close()
                 written = WrittenShard(group, split, shard.path, shard.records, shard.size, sha,
                                        index, opened.counts)
-            yield WindowedValue(written, MIN_TIMESTAMP, [GlobalWindow()])
             del self._open[(group, split)]   # closed: no longer this bundle's to discard
+            yield written
 
     def teardown(self):
         self._discard_open()   # a failed bundle's files, when the runner drops this writer
