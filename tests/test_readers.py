@@ -328,7 +328,6 @@ def test_reads_of_two_threads_are_in_flight_at_once_and_counted_in_full(volumes)
         for name in chunk_names(local, b))
 
 
-
 def test_reads_keep_no_python_objects_behind(volumes):
     """Counting a read's storage figures keeps nothing per read: tensorstore's
     experimental_collect_matching_metrics leaked the lists it returned (about 9 KB per read, so
@@ -352,6 +351,7 @@ def test_reads_keep_no_python_objects_behind(volumes):
     assert loaded["storage_bytes"] == sum((data.root / "source" / name).stat().st_size
                                           for name in chunk_names(spec, box))
     assert dict(reader.io) == {k: 321 * n for k, n in loaded.items()}
+
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_volumes_at_negative_voxel_offsets_give_the_same_crops(tmp_path, monkeypatch, layout):

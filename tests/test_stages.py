@@ -401,7 +401,6 @@ def test_what_a_shard_group_sends_on_does_not_grow_with_its_instances(data, fetc
     assert sizes[1] <= sizes[40] < min(sizes[1] + 16, 1000)   # larger counts, no more
 
 
-
 def test_a_writer_holds_one_groups_index_lines_and_files_whatever_its_bundle_holds(
         data, fetch_config, tmp_path):
     """A bundle of many shard groups (the DirectRunner's is the whole run): each group's files
@@ -434,6 +433,7 @@ def test_a_writer_holds_one_groups_index_lines_and_files_whatever_its_bundle_hol
         (index,) = [i for i in infos if i["kind"] == "index"]
         lines = [json.loads(line) for line in (out / index["path"]).read_text().splitlines()]
         assert [e["instance_id"] for e in lines] == [1000 + 3 * shard + i for i in range(3)]
+
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_a_failed_writer_attempt_cannot_touch_the_retrys_shard(data, fetch_config, tmp_path,

@@ -4,8 +4,9 @@ A shard group's instances reach one worker together (see transforms.shards) and 
 fetch -> clean -> variants chain in a fixed order (block, then id); the writer appends each
 instance's records to its group's file for its split, under a temporary name, and closes a
 group's files when the next group's instances begin or the bundle ends (a group never spans
-bundles), with its instances' index lines in a file beside. Only small things cross the next shuffle: per group and split, the files' names,
-size, checksum and counts, whatever the group holds. FinalizeShards then numbers the shards of
+bundles), with its instances' index lines in a file beside. Only small things cross the next
+shuffle: per group and split, the files' names, size, checksum and counts, whatever the group
+holds. FinalizeShards then numbers the shards of
 each split (``train-00003-of-00016``), renames the record files into place (a rename, not a
 copy) and writes the index shards from the index lines, adding each line's shard number. A
 group whose instances all failed writes nothing, so a run that writes no instance writes no
