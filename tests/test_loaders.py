@@ -1033,3 +1033,123 @@ def test_a_record_exactly_as_long_as_the_limit_is_read():
     assert list(iter_serialized(io.BytesIO(framed(data)), max_length=len(data))) == [data]
     with pytest.raises(ValueError, match="a record of 1024 bytes, more than"):
         list(iter_serialized(io.BytesIO(framed(data)), max_length=len(data) - 1))
+
+
+def test_each_rank_and_worker_draws_its_own_shuffle_buffer_order(generated, torch):
+    """Found by mutation review: the buffer's generator seeded without the rank passed every test
+    (every rank then drew the same pattern of buffer places). A worker's samples are its part of
+    its rank's share, mixed by a buffer seeded by (seed, epoch, rank x workers + worker)."""
+    _, out, _, _ = generated
+    workers = 2
+    for epoch in (0, 1):
+        for rank in range(2):
+            def made(**buffer):
+                data = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=3,
+                                            rank=rank, world_size=2, **buffer)
+                data.set_epoch(epoch)
+                return data
+
+            share = _keys(made())
+            parts = [share[w * len(share) // workers:(w + 1) * len(share) // workers]
+                     for w in range(workers)]
+            mixed = [[part[i] for i in loaders.buffer_shuffle(
+                range(len(part)), 4, np.random.default_rng([3, epoch, rank * workers + w]))]
+                for w, part in enumerate(parts)]
+            # a DataLoader of batch_size=None takes one sample from each worker in turn
+            expected = [k for turn in zip(*mixed) for k in turn]
+            assert [len(p) for p in parts] == [2, 2]
+            loader = torch.utils.data.DataLoader(made(shuffle_buffer=4), batch_size=None,
+                                                 num_workers=workers)
+            assert _keys(loader) == expected, (epoch, rank)
+
+
+def test_an_npy_file_of_another_dtype_or_shape_is_refused_even_when_its_listing_matches(
+        tmp_path):
+    """Found by mutation review: dropping load_npy's dtype or shape check passed every test (each
+    test's replaced file failed its listed sha256 first). A file whose index line was listed
+    again for it, holding uint16 or another shape, is refused, not scaled as if uint8 (values
+    up to 257) or left to fail in a DataLoader's collation."""
+    import hashlib
+
+    from synanno_datagen import DatasetError
+    from synanno_datagen.reading.npy_items import load_npy
+
+    path = tmp_path / "source_1.npy"
+    for array, holds in ((np.full((2, 3, 4), 300, np.uint16), "uint16 [2, 3, 4]"),
+                         (np.ones((2, 3, 5), np.uint8), "uint8 [2, 3, 5]"),
+                         (np.ones((3, 2, 4), np.uint8), "uint8 [3, 2, 4]")):
+        np.save(path, array)
+        data = path.read_bytes()
+        with pytest.raises(DatasetError, match=re.escape(
+                f"{path}: holds {holds}, the manifest says uint8 [2, 3, 4]")):
+            load_npy(str(path), (len(data), hashlib.sha256(data).hexdigest()), (2, 3, 4))
+
+
+def test_a_reader_seeks_over_the_records_before_its_share_in_an_uncompressed_shard(
+        generated, monkeypatch):
+    """Found by mutation review: read_records reading (and discarding) every record before
+    ``skip`` passed every test (only skip_serialized was tested). In an uncompressed shard the
+    skipped records' data is never read: a rank's share starting deep in a shard reads only
+    the frames' lengths there."""
+    import io
+
+    from synanno_datagen.reading import records as records_module
+    from synanno_datagen.reading.dataset import Dataset, open_dataset
+
+    _, out, _, _ = generated
+    dataset = open_dataset(str(out))
+    shard = next(f for f in dataset.files("tfrecord") if f["records"] > 1)
+    assert not shard["path"].endswith(".gz")
+    data = Path(dataset.path(shard["path"])).read_bytes()
+    lengths = [len(r) for r in records_module.iter_serialized(io.BytesIO(data))]
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            got = super().read(n)
+            Counting.read_bytes += len(got)
+            return got
+
+    monkeypatch.setattr(Dataset, "open", lambda self, relative, gzip=False: Counting(
+        Path(self.path(relative)).read_bytes()))
+    every = [r["instance_id"] for r in records_module.read_records(dataset, shard,
+                                                                   ("instance_id",))]
+    assert Counting.read_bytes == len(data)
+    Counting.read_bytes = 0
+    skip = len(lengths) - 1
+    last = [r["instance_id"] for r in records_module.read_records(dataset, shard,
+                                                                  ("instance_id",), skip)]
+    assert last == every[skip:]
+    assert Counting.read_bytes == len(data) - sum(n + 4 for n in lengths[:skip])
+
+
+def test_buffer_shuffle_holds_no_more_than_its_buffer():
+    """Found by mutation review: a buffer filled to buffer_size + 1 before drawing passed every
+    test (its last place was never drawn, so one sample of every worker always came last)."""
+    pulled = []
+
+    def counted(n):
+        for i in range(n):
+            pulled.append(i)
+            yield i
+
+    mixed = loaders.buffer_shuffle(counted(100), 4, np.random.default_rng(0))
+    next(mixed)
+    assert len(pulled) == 5        # the buffer's 4 and the one that takes a drawn one's place
+    lasts = {list(loaders.buffer_shuffle(range(100), 4, np.random.default_rng(seed))).index(4)
+             for seed in range(20)}
+    assert min(lasts) < 90         # the fifth item is mixed like the others, not kept for the end
+
+
+def test_npy_dataset_of_a_dataset_without_npy_files_says_so(small_data, tmp_path, torch):
+    """Found by mutation review: without the formats check a TFRecord-only dataset was called
+    damaged ("a line without the npy files"), not one to read through its TFRecord shards."""
+    from synanno_datagen import DatasetError
+
+    out = tmp_path / "tfrecord-only"
+    run_pipeline(small_data.argv(out, "--formats", "tfrecord", "--variants", "1"))
+    with pytest.raises(DatasetError, match=re.escape(
+            "this dataset has no npy files (made with --formats tfrecord); read its TFRecord "
+            "shards")):
+        loaders.NpyDataset(str(out), "train")
