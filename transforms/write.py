@@ -6,11 +6,10 @@ instance's records to its group's file for its split, under a temporary name, an
 group's files when the next group's instances begin or the bundle ends (a group never spans
 bundles), with its instances' index lines in a file beside. Only small things cross the next
 shuffle: per group and split, the files' names, size, checksum and counts, whatever the group
-holds. FinalizeShards then numbers the shards of
-each split (``train-00003-of-00016``), renames the record files into place (a rename, not a
-copy) and writes the index shards from the index lines, adding each line's shard number. A
-group whose instances all failed writes nothing, so a run that writes no instance writes no
-shard.
+holds. FinalizeShards then numbers the shards of each split (``train-00003-of-00016``), renames
+the record files into place (a rename, not a copy) and writes the index shards from the index
+lines, adding each line's shard number. A group whose instances all failed writes nothing, so a
+run that writes no instance writes no shard.
 """
 from __future__ import annotations
 
