@@ -572,8 +572,31 @@ def test_a_shard_group_written_by_two_bundles_fails_loudly():
                               written(3, "train", "c")])
     assert [(w.group, shard, n) for w, shard, n in numbered] == [(1, 0, 2), (3, 1, 2), (2, 0, 1)]
     with pytest.raises(RuntimeError, match="shard group 1 of split train reached the writer "
-                                           "in more than one bundle"):
+                                           "twice"):
         number_shards([written(1, "train", "a"), written(1, "train", "a")])
+
+
+def test_a_shard_group_that_comes_back_after_another_fails_loudly(data, fetch_config, tmp_path):
+    """The writer closes a group's file as the next group begins: a group whose instances came
+    back after another group's (a runner that did not keep them together) would replace its
+    closed file under the same temporary name, so numbering refuses the run instead."""
+    from synanno_datagen.transforms.write import WriteShardsFn, number_shards
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    writer = WriteShardsFn(str(tmp_path / "out"), ("tfrecord",), "instance", "none")
+    writer.start_bundle()
+    given = []
+    for i, group in enumerate([0, 1, 0]):
+        instance = dataclasses.replace(fetched.instance, instance_id=1000 + i, group=group,
+                                       split="train")
+        given += writer.process(Varied(**{**fetched.crop_fields(), "instance": instance},
+                                       target_zyx=mask, seed_slices=((1,),)))
+    given += [w.value for w in writer.finish_bundle()]
+    assert [w.group for w in given] == [0, 1, 0]
+    with pytest.raises(RuntimeError, match="shard group 0 of split train reached the writer "
+                                           "twice"):
+        number_shards(given)
 
 
 def test_finalizing_again_after_a_failure_gives_the_same_files(tmp_path):

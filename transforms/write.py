@@ -292,15 +292,17 @@ def number_shards(written: Iterable[WrittenShard]) -> List[Tuple[WrittenShard, i
     """(shard, its number in its split, shards in its split), in (split, group) order.
 
     Raises RuntimeError when a (group, split) came twice: its instances reached the writer in
-    two bundles (a runner that did not fuse fetching with writing), and the second file would
-    have replaced the first under their one temporary name."""
+    two bundles, or in one after another group's (a runner that did not fuse fetching with
+    writing), and the second file would have replaced the first under their one temporary
+    name."""
     by_split: Dict[str, List[WrittenShard]] = {}
     for w in sorted(written, key=lambda w: (w.split, w.group)):
         shards = by_split.setdefault(w.split, [])
         if shards and shards[-1].group == w.group:
-            raise RuntimeError(f"shard group {w.group} of split {w.split} reached the writer in "
-                               "more than one bundle; its records would be lost (the writer "
-                               "needs fetching and writing fused into one stage)")
+            raise RuntimeError(f"shard group {w.group} of split {w.split} reached the writer "
+                               "twice (in two bundles, or after another group's instances); "
+                               "its records would be lost (the writer needs a group's "
+                               "instances together: fetching and writing fused into one stage)")
         shards.append(w)
     return [(w, i, len(shards)) for shards in by_split.values() for i, w in enumerate(shards)]
 
