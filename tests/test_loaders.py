@@ -1,6 +1,7 @@
 """Training loaders read a dataset the pipeline generated and give back exactly what it wrote."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -942,11 +943,22 @@ def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch
                 list(data)
 
 
+class CountingBytes(io.BytesIO):
+    """An in-memory file that counts the bytes read from it (``read_bytes``)."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.read_bytes = 0
+
+    def read(self, n=-1):
+        out = super().read(n)
+        self.read_bytes += len(out)
+        return out
+
+
 def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_path):
     """A reader whose share starts inside a shard moves past the records before it by their
     lengths (each checked against its CRC), without reading their data."""
-    import io
-
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
     from synanno_datagen.reading.records import iter_serialized, skip_serialized
@@ -956,18 +968,10 @@ def test_skipping_records_seeks_over_their_data_and_checks_their_lengths(tmp_pat
     for r in records:
         _TFRecordUtil.write_record(data, r)
 
-    class Counting(io.BytesIO):
-        read_bytes = 0
-
-        def read(self, n=-1):
-            out = super().read(n)
-            self.read_bytes += len(out)
-            return out
-
-    stream = Counting(data.getvalue())
+    stream = CountingBytes(data.getvalue())
     assert skip_serialized(stream, 3) == 3 and stream.read_bytes == 3 * 12
     assert list(iter_serialized(stream)) == records[3:]
-    assert skip_serialized(Counting(data.getvalue()), 9) == 5
+    assert skip_serialized(CountingBytes(data.getvalue()), 9) == 5
     broken = bytearray(data.getvalue())
     broken[2] ^= 0xFF            # the first record's length
     with pytest.raises(ValueError, match="length fails its CRC"):
@@ -1019,7 +1023,6 @@ def test_records_info_reads_a_manifest_from_before_record_layouts_as_variant_rec
 
 
 def test_a_record_exactly_as_long_as_the_limit_is_read():
-    import io
     import struct
 
     from synanno_datagen.reading.records import iter_serialized, masked_crc32c
@@ -1091,8 +1094,6 @@ def test_a_reader_seeks_over_the_records_before_its_share_in_an_uncompressed_sha
     ``skip`` passed every test (only skip_serialized was tested). In an uncompressed shard the
     skipped records' data is never read: a rank's share starting deep in a shard reads only
     the frames' lengths there."""
-    import io
-
     from synanno_datagen.reading import records as records_module
     from synanno_datagen.reading.dataset import Dataset, open_dataset
 
@@ -1103,25 +1104,22 @@ def test_a_reader_seeks_over_the_records_before_its_share_in_an_uncompressed_sha
     data = Path(dataset.path(shard["path"])).read_bytes()
     lengths = [len(r) for r in records_module.iter_serialized(io.BytesIO(data))]
 
-    class Counting(io.BytesIO):
-        read_bytes = 0
+    opened = []
 
-        def read(self, n=-1):
-            got = super().read(n)
-            Counting.read_bytes += len(got)
-            return got
+    def counted(self, relative, gzip=False):
+        opened.append(CountingBytes(Path(self.path(relative)).read_bytes()))
+        return opened[-1]
 
-    monkeypatch.setattr(Dataset, "open", lambda self, relative, gzip=False: Counting(
-        Path(self.path(relative)).read_bytes()))
+    monkeypatch.setattr(Dataset, "open", counted)
     every = [r["instance_id"] for r in records_module.read_records(dataset, shard,
                                                                    ("instance_id",))]
-    assert Counting.read_bytes == len(data)
-    Counting.read_bytes = 0
+    assert [f.read_bytes for f in opened] == [len(data)]
     skip = len(lengths) - 1
     last = [r["instance_id"] for r in records_module.read_records(dataset, shard,
                                                                   ("instance_id",), skip)]
     assert last == every[skip:]
-    assert Counting.read_bytes == len(data) - sum(n + 4 for n in lengths[:skip])
+    assert opened[1].read_bytes == len(data) - sum(n + 4 for n in lengths[:skip])
+    assert len(opened) == 2
 
 
 def test_buffer_shuffle_holds_no_more_than_its_buffer():
