@@ -2,9 +2,9 @@
 
 A Flex Template parameter is a name matching ``[a-z_]+`` with one string value, passed by the
 launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size``,
-``block_size`` and ``coordinate_resolution`` are one string ``"X Y Z"``. ``metadata.json``
-(repository root) declares them with validation regexes; a test keeps it in step with the
-``run`` flags.
+``block_size`` and ``coordinate_resolution`` are one string ``"X Y Z"``; and Beam's
+``sdk_container_image``, the workers' image. ``metadata.json`` (repository root) declares them
+with validation regexes; a test keeps it in step with the ``run`` flags.
 
 Entry points:
   python pipeline/flex.py [template args...]   what the template launcher runs (the Dockerfile's
@@ -39,10 +39,16 @@ NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run stil
 COMMA_LISTS = {"formats", "splits", "missing_chunks"}
 # three numbers: template parameter "X Y Z"
 XYZ_PARAMETERS = {a.dest for a in run_flags() if a.nargs == 3}
+# Beam options declared as template parameters too: the launcher passes them to Beam as they are.
+# The workers' image goes both as the launch's environment.sdkContainerImage and as this
+# parameter, the way Google's Flex Template samples pass it (no document says that the
+# launcher turns the environment field into the option; a launch without it is refused).
+BEAM_PARAMETERS = ("sdk_container_image",)
 
 
 def template_parameters() -> List[str]:
-    """Names of the template parameters, in the order of the run flags."""
+    """Names of the template parameters that are run flags, in the order of the run flags
+    (metadata.json declares these, then BEAM_PARAMETERS)."""
     return [a.dest for a in run_flags() if a.dest not in NOT_TEMPLATE_PARAMETERS]
 
 
@@ -158,6 +164,8 @@ def body_main(argv: Sequence[str]) -> int:
         for name, why in NOT_SCHEDULED.items():
             if params.get(name) == "true":
                 raise ConfigError(f"--{name.replace('_', '-')}: not in a schedule: {why}")
+        if args.sdk_container_image:
+            params["sdk_container_image"] = args.sdk_container_image
         if args.metadata_file:
             check_parameters(params, args.metadata_file)
     except ConfigError as e:

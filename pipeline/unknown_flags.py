@@ -203,8 +203,8 @@ def check_runner(beam_args: Sequence[str]) -> None:
     if (dataflow and cloud.template_location
             and not (worker.sdk_container_image or worker.worker_harness_container_image)
             and not (setup.setup_file or setup.extra_packages or setup.requirements_file)):
-        raise ConfigError("the template was launched without sdkContainerImage: its workers "
-                          "would run Beam's own image, without synanno-datagen, and fail; "
-                          "launch it with sdkContainerImage set to the template's image, as "
-                          "./launch_dataflow.sh schedule does, or run once with "
-                          "./launch_dataflow.sh run FLAGS")
+        raise ConfigError("the template was launched without sdk_container_image: its "
+                          "workers would run Beam's own image, without synanno-datagen, and "
+                          "fail; launch it with the parameter sdk_container_image=IMAGE (the "
+                          "template's image), as ./launch_dataflow.sh schedule does, or run "
+                          "once with ./launch_dataflow.sh run FLAGS")

@@ -391,6 +391,7 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
     params = body["parameters"]
     assert params["crop_size"] == "64 64 16" and params["num_instances"] == "5000"
     assert params["incremental"] == "true"
+    assert params["sdk_container_image"] == body["environment"]["sdkContainerImage"]
     for name, value in params.items():
         assert any(re.fullmatch(rx, value) for rx in declared[name]["regexes"]), (name, value)
     assert {n for n, p in declared.items() if not p["isOptional"]} <= set(params)
@@ -406,10 +407,10 @@ def test_schedule_needs_a_service_account_and_valid_flags(stub_gcloud):
     assert calls() == []
 
 
-def test_metadata_declares_exactly_the_run_flags():
+def test_metadata_declares_exactly_the_run_flags_and_the_worker_image():
     from synanno_datagen.pipeline.flex import template_parameters
 
-    assert list(_metadata()) == template_parameters()
+    assert list(_metadata()) == template_parameters() + ["sdk_container_image"]
 
 
 def test_template_parameters_become_run_flags():
@@ -740,9 +741,9 @@ def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, f
 
 def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(small_data,
                                                                                 tmp_path):
-    """A Flex Template launch without sdkContainerImage (the console's or gcloud's default)
-    would give the workers Beam's own image, without this package: the job fails and its lease
-    blocks the next nights. The launcher refuses it first. (Beam builds the job for
+    """A Flex Template launch without the workers' image (of a template built before it was a
+    required parameter, from the console or gcloud) would give the workers Beam's own image,
+    without this package: the job fails and its lease blocks the next nights. The launcher refuses it first. (Beam builds the job for
     --template_location without reaching Dataflow; here it is refused before that.)"""
     import json
 
@@ -751,7 +752,7 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
                            "--runner=DataflowRunner", "--project=my-project", "--region=r",
                            "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json")
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "the template was launched without sdkContainerImage" in done.stderr
+    assert "the template was launched without sdk_container_image" in done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "refused"
     assert not (root / "LEASE").exists() and not (root / "runs").exists()
     from synanno_datagen.pipeline.unknown_flags import check_runner
@@ -759,6 +760,30 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
     check_runner(["--runner=DataflowRunner", "--project=my-project", "--region=r",   # Beam's
                   "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json",  # older
                   "--worker_harness_container_image=registry.example/img:1"])          # name
+
+
+def test_the_worker_image_as_a_template_parameter_reaches_beam():
+    """Found by review: no document says that the launcher turns the launch's
+    environment.sdkContainerImage into Beam's --sdk_container_image (Google's samples pass the
+    image as the template parameter sdk_container_image). The template declares it, required,
+    and the launcher's ``--sdk_container_image=IMAGE`` goes to Beam as it is."""
+    from synanno_datagen.pipeline.flex import parameters_to_flags
+    from synanno_datagen.pipeline.unknown_flags import check_runner
+
+    image = "us-east1-docker.pkg.dev/proj/synanno/synanno-datagen:latest"
+    declared = _metadata()["sdk_container_image"]
+    assert declared["isOptional"] is False
+    assert any(re.fullmatch(rx, image) for rx in declared["regexes"])
+    for refused in ("", "synanno-datagen", "registry.example/img name"):
+        assert not any(re.fullmatch(rx, refused) for rx in declared["regexes"]), refused
+    argv = parameters_to_flags(["--materialization=gs://t/x.csv", "--source_url=gs://s",
+                                "--target_url=gs://t", "--output_dir=gs://o",
+                                f"--sdk_container_image={image}", "--runner=DataflowRunner",
+                                "--project=my-project", "--region=r", "--temp_location=gs://b/t",
+                                "--template_location=gs://b/job.json"])
+    args, beam = run_parser().parse_known_args(argv)
+    assert f"--sdk_container_image={image}" in beam and args.output_dir == "gs://o"
+    check_runner(beam)   # not refused: the workers get the image
 
 
 def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
