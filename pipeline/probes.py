@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -94,10 +95,11 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
                           f"({type(e).__name__}: {first_line(e, 200)}); "
                           f"{_info_advice(url, engine, e)}") from None
     _check_role(flag, spec)
-    if engine == TENSORSTORE and gzip_file_chunks(spec):
-        raise ConfigError(f"{flag} {url}: its chunks are stored as .gz files (cloud-volume's "
-                          "local gzip layout), which tensorstore does not read; pass "
-                          "--volume-reader cloudvolume")
+    suffix = compressed_chunk_suffix(spec) if engine == TENSORSTORE else None
+    if suffix:
+        raise ConfigError(f"{flag} {url}: its chunks are stored as {suffix} files "
+                          "(cloud-volume's local compressed layout), which tensorstore does not "
+                          "read; pass --volume-reader cloudvolume")
     if engine != TENSORSTORE:
         _check_int32_bounds(flag, spec)
     _check_decodable(flag, spec, engine)
@@ -174,13 +176,20 @@ def tensorstore_reason(error: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def gzip_file_chunks(spec: VolumeSpec) -> bool:
-    """True when a local volume's scale holds ``*.gz`` chunk files (cloud-volume writes them on
-    disk; on buckets the same chunks are plain names with Content-Encoding: gzip)."""
+# The suffixes cloud-files gives compressed files on disk (gzip, brotli, zstd, bzip2, xz).
+COMPRESSED_SUFFIXES = (".gz", ".br", ".zstd", ".bz2", ".xz")
+
+
+def compressed_chunk_suffix(spec: VolumeSpec) -> Optional[str]:
+    """The suffix (``.gz``, ``.br``, ...) of a local volume's compressed chunk files, None when
+    its scale holds none among its first entries: cloud-volume writes them on disk (on buckets
+    the same chunks are plain names with a Content-Encoding), and tensorstore, which reads only
+    the plain names, would take every chunk for an absent one."""
     if not spec.url.startswith("file://"):
-        return False
+        return None
     scale_dir = Path(spec.url[len("file://"):]) / spec.key
     if not scale_dir.is_dir():
-        return False
+        return None
     with os.scandir(scale_dir) as entries:
-        return any(e.name.endswith(".gz") for e in itertools.islice(entries, 64))
+        return next((suffix for e in itertools.islice(entries, 64)
+                     for suffix in COMPRESSED_SUFFIXES if e.name.endswith(suffix)), None)

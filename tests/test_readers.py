@@ -265,6 +265,34 @@ def test_layouts_that_store_every_chunk_give_the_same_records(layout_runs):
     assert layout_runs["cloudvolume"][1]["counts"]["filled_chunks"]["target"] == 0
 
 
+@pytest.mark.parametrize("codec", ["br", "zstd"])
+def test_a_local_volume_of_other_compressed_chunk_files_needs_the_cloudvolume_reader(
+        tmp_path, capsys, codec):
+    """cloud-volume (and igneous) write brotli or zstd chunks on disk as ``name.br`` and
+    ``name.zstd``. tensorstore finds no chunk of those names, so every chunk read as absent:
+    every instance became an ``empty_target`` dead letter and the run said ok (found by
+    review). It is refused like the gzip layout."""
+    import dataclasses
+
+    from cloudvolume import CloudVolume
+
+    from tests.conftest import assert_usage_error
+
+    data = make_small_data(tmp_path / "data")
+    plain = CloudVolume(data.target_url, progress=False)
+    url = "file://" + str(tmp_path / codec)
+    CloudVolume(url, info=plain.info, progress=False).commit_info()
+    bounds = plain.bounds
+    CloudVolume(url, progress=False, compress=codec)[bounds] = plain[bounds]
+    assert any(p.suffix == "." + codec for p in (tmp_path / codec / plain.key).iterdir())
+    data = dataclasses.replace(data, target_url=url)
+    assert_usage_error(capsys, ["run"] + data.argv(tmp_path / "out"), "--target-url",
+                       f"stored as .{codec} files", "--volume-reader cloudvolume")
+    _, manifest = run_pipeline(data.argv(tmp_path / "out", "--volume-reader", "cloudvolume",
+                                         "--variants", "1"))
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS)
+
+
 def test_a_local_gzip_volume_needs_the_cloudvolume_reader(tmp_path, capsys):
     from tests.conftest import assert_usage_error
 
