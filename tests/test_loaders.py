@@ -490,6 +490,29 @@ def test_no_split_reads_every_split_in_every_loader(generated, torch):
     assert sorted(_keys(loaders.NpyDataset(str(out), None, with_meta=True))) == sorted(every)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shuffle_seed": 0.5}, "shuffle_seed 0.5: must be a whole number"),
+    ({"shuffle_seed": 2.0}, "shuffle_seed 2.0: must be a whole number"),
+    ({"shuffle_seed": "3"}, "shuffle_seed '3': must be a whole number"),
+    ({"shuffle_seed": 1, "shuffle_buffer": 4.5}, "shuffle_buffer 4.5: must be a whole number"),
+    ({"rank": 0, "world_size": 2.0}, "world_size 2.0: must be a whole number"),
+    ({"rank": 0.0, "world_size": 2}, "rank 0.0: must be a whole number"),
+])
+def test_arguments_that_are_not_whole_numbers_are_refused_when_the_dataset_is_made(
+        generated, torch, kwargs, message):
+    """Found by review: shuffle_seed=0.5 was taken and failed at the first batch, in a worker,
+    in numpy; world_size=2.0 failed in len(); set_epoch(1.7) set epoch 1."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loaders.ShardDataset(str(generated[1]), "train", **kwargs)
+    data = loaders.ShardDataset(str(generated[1]), "train", shuffle_seed=np.int64(3),
+                                rank=np.int32(0), world_size=1)
+    assert (data.shuffle_seed, data.rank, data.world_size) == (3, 0, 1)   # numpy ints are fine
+    with pytest.raises(ValueError, match=re.escape("epoch 1.7: must be a whole number")):
+        data.set_epoch(1.7)
+    data.set_epoch(np.int64(2))
+    assert data.epoch == 2
+
+
 def test_a_negative_epoch_is_refused_when_set(generated, torch):
     """Found by review: set_epoch(-1) was taken, then failed in numpy when iterated with a
     shuffle_seed (and silently did nothing without one)."""
@@ -1151,3 +1174,22 @@ def test_npy_dataset_of_a_dataset_without_npy_files_says_so(small_data, tmp_path
             "this dataset has no npy files (made with --formats tfrecord); read its TFRecord "
             "shards")):
         loaders.NpyDataset(str(out), "train")
+
+
+def test_readme_gives_each_loaders_signature_as_the_code_has_it():
+    """Found by review: README gave ``NpyDataset(dir, split, with_meta=False)``, so
+    ``NpyDataset(dir, "train", True)`` failed (``with_meta`` is keyword-only)."""
+    import inspect
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for name in ("ShardDataset", "NpyDataset", "tf_dataset"):
+        parts = []
+        for i, p in enumerate(inspect.signature(getattr(loaders, name)).parameters.values()):
+            if p.kind is p.KEYWORD_ONLY and "*" not in parts:
+                parts.append("*")
+            text = "dir" if i == 0 else p.name
+            if p.default is not p.empty:
+                default = f'"{p.default}"' if isinstance(p.default, str) else repr(p.default)
+                text += f"={default}"
+            parts.append(text)
+        assert f"`{name}({', '.join(parts)})`" in readme, name

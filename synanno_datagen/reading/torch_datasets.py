@@ -8,6 +8,7 @@ Beam; gs:// streamed through Beam's FileSystems).
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -50,6 +51,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
                  shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0,
                  rank: Optional[int] = None, world_size: Optional[int] = None):
+        shuffle_seed = None if shuffle_seed is None else _whole("shuffle_seed", shuffle_seed)
+        shuffle_buffer = _whole("shuffle_buffer", shuffle_buffer)
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
@@ -73,9 +76,10 @@ class ShardDataset(IterableDataset):
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) < 0:
+        epoch = _whole("epoch", epoch)
+        if epoch < 0:
             raise ValueError(f"epoch {epoch}: must be 0 or more")
-        self._epoch.fill_(int(epoch))
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         """This rank's samples per epoch."""
@@ -132,6 +136,15 @@ class ShardDataset(IterableDataset):
                 pass
 
 
+def _whole(name: str, value) -> int:
+    """``value`` as an int (numpy integers too); ValueError naming ``name`` for a float, a
+    string or anything else (a seed of 0.5 failed only at the first batch, in a worker)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} {value!r}: must be a whole number (an int)") from None
+
+
 def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
     """Both given, or torch.distributed's when it is initialised, or (0, 1)."""
     if rank is None and world_size is None:
@@ -140,6 +153,8 @@ def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tupl
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
+    rank = None if rank is None else _whole("rank", rank)
+    world_size = None if world_size is None else _whole("world_size", world_size)
     if rank is None or world_size is None or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank}, world_size {world_size}: give both, with "
                          "0 <= rank < world_size")
