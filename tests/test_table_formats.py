@@ -136,6 +136,30 @@ def test_a_parquet_list_of_numbers_as_text_reads_as_the_point_it_holds(tmp_path)
         parse_point(rows[1], PointColumns(("c",)))
 
 
+def test_a_parquet_list_of_decimals_reads_as_the_same_numbers_written_as_text(tmp_path):
+    """Found by review: a list<decimal128(12,3)> centre was not_a_number in every row: its items
+    were read with JSON's quotes ('"72680.000"'). Decimals are exact, as the text is: 8.008 um
+    on an 8 nm grid is voxel 1001 (a binary float would give 1000)."""
+    from decimal import Decimal
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({
+        "ctr_pt_position": pa.array(
+            [[Decimal("72680.000"), Decimal("75560.5"), Decimal("15485")],
+             [Decimal("8.008"), Decimal("-0.001"), None], None], pa.list_(pa.decimal128(12, 3))),
+        "text": pa.array([["72680.000", "75560.500", "15485.000"], ["8.008", "-0.001", None],
+                          None], pa.list_(pa.string()))}), path)
+    rows = list(iter_rows(str(path)))
+    assert [r["ctr_pt_position"] for r in rows] == [r["text"] for r in rows] == [
+        "[72680.000, 75560.500, 15485.000]", "[8.008, -0.001, null]", ""]
+    point = PointColumns(("ctr_pt_position",))
+    assert parse_point(rows[0], point) == (72680, 75560, 15485)
+    um = to_target_factors((1000, 1000, 1000), (8, 8, 40))
+    rows[1]["ctr_pt_position"] = rows[1]["ctr_pt_position"].replace("null", "0.04")
+    assert parse_point(rows[1], point, um) == (1001, -1, 1)
+    assert cell_text([Decimal("1.50"), None]) == "[1.50, null]"
+
+
 @pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
 @pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
 def test_every_line_ending_reads_the_same_header_and_rows(tmp_path, newline, name):

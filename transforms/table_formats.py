@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Dict, Iterator, Optional, Tuple
 
 from synanno_datagen.errors import first_line
@@ -214,13 +215,16 @@ def _as_dict(header, row) -> Dict[str, str]:
 
 
 def cell_text(value) -> str:
-    """A Parquet value as CSV-like text (lists and structs as JSON-ish text)."""
+    """A Parquet value as CSV-like text (lists and structs as JSON-ish text; lists of text or
+    decimals unquoted, as a CSV export writes them)."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or v is None for v in value):
-        return "[" + ", ".join("null" if v is None else v for v in value) + "]"   # as in CSV
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, Decimal)) or v is None
+                                                for v in value):
+        # as in CSV: text and decimals (Arrow's decimal128) unquoted, decimals exactly as held
+        return "[" + ", ".join("null" if v is None else str(v) for v in value) + "]"
     if isinstance(value, (list, tuple, dict, bool)):
         return json.dumps(value, default=str)
     return str(value)
