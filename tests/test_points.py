@@ -49,6 +49,32 @@ def test_bad_list_cells_name_their_reason(text, reason):
     assert "ctr_pt_position" in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["(120, 220, 14)", " ( 120 , 220 , 14 ) ", "(120.9, 220.5, 14.0)",
+                                  # to_csv of a column of tuples of numpy 2 scalars
+                                  "(np.int32(120), np.int32(220), np.int32(14))",
+                                  "(np.float64(120.9), np.float32(220.5), np.uint32(14))"])
+def test_tuple_cells_as_pandas_to_csv_writes_them_read_as_lists(text):
+    """Found by review: pandas' to_csv of a column of tuples writes "(72680, 75560, 15485)",
+    and every row was not_a_number (the same frame to Parquet was read)."""
+    assert parse_point({"ctr_pt_position": text}, CTR) == (120, 220, 14)
+    um = to_target_factors((1000, 1000, 1000), (8, 8, 40))   # exact, as in brackets
+    assert parse_point({"p": "(8.008, 0.016, 0.033)"}, PointColumns(("p",)), um) == (1001, 2, 0)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("(120, 220, 14]", "not_a_number"), ("[120, 220, 14)", "not_a_number"),
+    ("(120, 220, 14", "not_a_number"), ("((120, 220, 14))", "not_a_number"),
+    ("(120, abc, 14)", "not_a_number"), ("(120, 220, 14, 1)", "not_a_number"),
+    ("(120, inf, 14)", "not_a_number"), ("(120, 220)", "missing_coordinate"),
+    ("()", "missing_coordinate"), ("(120, None, 14)", "missing_coordinate"),
+    ("(np.int32(120), np.int32(), np.int32(14))", "missing_coordinate"),
+])
+def test_bad_tuple_cells_are_refused_as_bad_lists_are(text, reason):
+    with pytest.raises(BadValue) as err:
+        parse_point({"ctr_pt_position": text}, CTR)
+    assert err.value.reason == reason
+
+
 def test_prefix_columns_and_the_cell_rules_of_today():
     row = {"ctr_pt_position_x": "46.0", "ctr_pt_position_y": "46.7", "ctr_pt_position_z": " 3 "}
     assert parse_point(row, CTR_XYZ) == (46, 46, 3)

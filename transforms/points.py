@@ -1,7 +1,8 @@
 """Table points -> target-volume voxels: which columns hold a point, and the cell rules.
 
 A point is one column of [x, y, z] lists (Parquet lists; in CSV text such as ``[120, 220, 14]``,
-numpy's ``[120 220 14]`` or a list of numpy 2 scalars ``[np.int64(120), ...]``) or three columns
+numpy's ``[120 220 14]``, a list of numpy 2 scalars ``[np.int64(120), ...]``, or a tuple's
+``(120, 220, 14)`` or ``(np.int32(120), ...)``, read by the same rules) or three columns
 ``NAME_x, NAME_y, NAME_z``. A value in table units
 becomes the target voxel ``floor(value * table_nm / target_nm)`` per axis, exactly as written,
 except that a product within a millionth of a voxel below an integer is that integer (to_voxel).
@@ -187,11 +188,12 @@ def to_voxel(value: Union[int, float, Fraction], factor: Fraction) -> int:
 
 
 def split_list_text(text: Optional[str], what: str) -> Tuple[str, ...]:
-    """``[x, y, z]`` or ``[x y z]`` text -> its item texts (any number of them)."""
+    """``[x, y, z]`` or ``[x y z]`` text, or a tuple's ``(x, y, z)`` (pandas' to_csv of a column
+    of tuples), -> its item texts (any number of them)."""
     text = (text or "").strip()
     if text.lower() in MISSING_TEXT:
         raise BadValue(MISSING_COORDINATE, f"{what} is empty ({text!r})")
-    if not (text.startswith("[") and text.endswith("]")):
+    if not (text[:1] + text[-1:] in ("[]", "()")):
         raise BadValue(NOT_A_NUMBER, f"{what} is not an [x, y, z] list: {text!r}")
     inner = text[1:-1].strip()
     if not inner:
