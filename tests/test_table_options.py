@@ -118,6 +118,16 @@ CASES = {
         ["--materialization", "not a Parquet file"]),
     "not gzip inside": (
         {"t.csv.gz": "x,y,z\n1,2,3\n"}, "t.csv.gz", [], ["--materialization", "not gzip data"]),
+    "not bzip2 inside": (
+        {"t.csv.bz2": "x,y,z\n1,2,3\n"}, "t.csv.bz2", [],
+        ["--materialization", "not bzip2 data", "a .bz2 shard must be bzip2-compressed CSV"]),
+    "a JSON table": (   # found by review: refused as 'no data rows (a header only)'
+        {"t.json": '{"x":{"0":1},"y":{"0":2},"z":{"0":3}}'}, "t.json", [],
+        ["--materialization", "t.json: unknown format: JSON is not read; give CSV, plain or "
+         "compressed (.csv, .csv.gz/.gz, .csv.bz2/.bz2, .csv.xz/.xz), or Parquet"]),
+    "a zstd CSV": (   # found by review: refused with a TypeError
+        {"t.csv.zst": "x,y,z\n1,2,3\n"}, "t.csv.zst", [],
+        ["--materialization", "t.csv.zst: unknown format: zstd-compressed CSV is not read"]),
     "gzip named csv": (
         {"t.csv": _gzip_bytes_named_csv}, "t.csv", [],
         ["--materialization", "unknown format", "content is gzip", ".csv.gz"]),

@@ -1,4 +1,5 @@
-"""ReadTable: table shards (CSV, gzip CSV, Parquet) -> Instance records and dead letters."""
+"""ReadTable: table shards (CSV, plain or compressed, and Parquet) -> Instance records and dead
+letters."""
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation

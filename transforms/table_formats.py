@@ -1,8 +1,9 @@
-"""Table files as labs export them: CSV, gzip CSV and Parquet, streamed row by row.
+"""Table files as labs export them: CSV (plain, gzip, bzip2 or xz) and Parquet, row by row.
 
 Every reader goes through Beam's FileSystems (local paths and ``gs://`` alike) and keeps memory
 flat in the table's size: CSV is read line by line, Parquet one record batch at a time (column
-chunks through a small buffer, so not even a large row group is held whole). Rows come
+chunks through a small buffer, so not even a large row group is held whole; compressed CSV is
+decompressed as it is read, by Python's gzip, bz2 and lzma). Rows come
 out as ``{column: text}`` whatever the format, so one set of cell rules serves all of them:
 Parquet values become the text a CSV export would hold (``None`` -> ``""``, floats as ``repr``,
 lists as JSON-ish ``[960, 1760.5, null]``).
@@ -20,9 +21,20 @@ from typing import Dict, Iterator, Optional, Tuple
 
 from synanno_datagen.errors import first_line
 
-CSV, CSV_GZ, PARQUET = "csv", "csv.gz", "parquet"
+CSV, CSV_GZ, CSV_BZ2, CSV_XZ, PARQUET = "csv", "csv.gz", "csv.bz2", "csv.xz", "parquet"
 CSV_ENCODING = "utf-8-sig"  # UTF-8; a leading byte order mark (spreadsheet exports) is dropped
-FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", PARQUET: "Parquet"}
+FORMAT_NAMES = {CSV: "CSV", CSV_GZ: "gzip CSV", CSV_BZ2: "bzip2 CSV", CSV_XZ: "xz CSV",
+                PARQUET: "Parquet"}
+# compressed CSV: {format: (the compression's name, the file name's ending)}
+_COMPRESSED = {CSV_GZ: ("gzip", ".gz"), CSV_BZ2: ("bzip2", ".bz2"), CSV_XZ: ("xz", ".xz")}
+_SUFFIXES = {".gz": CSV_GZ, ".bz2": CSV_BZ2, ".xz": CSV_XZ, ".lzma": CSV_XZ}
+READ_FORMATS = ("CSV, plain or compressed (.csv, .csv.gz/.gz, .csv.bz2/.bz2, .csv.xz/.xz), "
+                "or Parquet (.parquet, .pq)")
+# Names of formats not read, refused before any work (pandas writes .zst and JSON; Beam names
+# zlib streams .deflate). zstd: zstandard's stream reader ends a file cut short without an
+# error, so its last rows would be lost unnoticed; deflate: no common tool writes tables so.
+_NOT_READ = {".zst": "zstd-compressed CSV", ".deflate": "deflate-compressed CSV",
+             ".json": "JSON", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
 PARQUET_BATCH_ROWS = 4096
 CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
 # A line after a CSV's last one: a quote never closed takes it into a cell, a table that ends
@@ -42,13 +54,20 @@ class TableFormatError(ValueError):
 
 
 def table_format(path: str) -> str:
-    """The format a file name says: ``.parquet``/``.pq``, ``.csv.gz``/``.gz``, else CSV."""
+    """The format a file name says: ``.parquet``/``.pq``; ``.gz``, ``.bz2``, ``.xz``/``.lzma``
+    compressed CSV; else CSV. Raises TableFormatError for a format not read (``.zst``,
+    ``.deflate``, JSON)."""
     name = path.lower()
     if name.endswith((".parquet", ".pq")):
         return PARQUET
-    if name.endswith(".gz"):
-        return CSV_GZ
-    return CSV
+    fmt = next((f for suffix, f in _SUFFIXES.items() if name.endswith(suffix)), CSV)
+    stem = name[:name.rindex(".")] if fmt != CSV else name
+    what = next((w for suffix, w in _NOT_READ.items() if name.endswith(suffix)
+                 or stem.endswith(suffix)), None)
+    if what:
+        raise TableFormatError(f"{path}: unknown format: {what} is not read; give "
+                               f"{READ_FORMATS}")
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -94,8 +113,7 @@ def read_schema(path: str) -> ShardSchema:
         return ShardSchema(fmt, tuple(schema.names), {f.name: str(f.type) for f in schema},
                            _range_indexes(schema))
     with _open_binary(path) as raw:
-        stream = _decompressed(raw) if fmt == CSV_GZ else raw
-        first = _first_line(stream, path, fmt)
+        first = _first_line(_decompressed(raw, fmt), path, fmt)
     return ShardSchema(fmt, tuple(next(csv.reader([first]), [])))
 
 
@@ -132,13 +150,14 @@ def count_rows(path: str) -> int:
 def iter_rows(path: str) -> Iterator[Dict[str, str]]:
     """The shard's data rows in file order, as ``{column: text}``. A file that cannot be read to
     its end (a gzip stream cut short, a damaged Parquet page) raises TableFormatError."""
+    import lzma
     import zlib
 
     import pyarrow as pa
 
     try:
         yield from _iter_rows(path)
-    except (EOFError, zlib.error, OSError, pa.ArrowException) as e:
+    except (EOFError, zlib.error, lzma.LZMAError, OSError, pa.ArrowException) as e:
         raise TableFormatError(f"{path}: cannot be read to its end ({type(e).__name__}: "
                                f"{first_line(e, 200)}); the file is damaged or cut short: "
                                "export or copy it again") from None
@@ -161,7 +180,7 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
                         row[name] = _as_written(row[name], kind)
                     yield {name: cell_text(value) for name, value in row.items()}
             return
-        stream = _decompressed(raw) if fmt == CSV_GZ else raw
+        stream = _decompressed(raw, fmt)
         if csv.field_size_limit() < CSV_CELL_LIMIT:
             csv.field_size_limit(CSV_CELL_LIMIT)
         lines = itertools.chain(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
@@ -326,17 +345,27 @@ def _open_binary(path: str):
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    # CSV keeps Beam's AUTO (as before: e.g. a .bz2 shard is decompressed); gzip and Parquet
-    # are opened as stored and decoded here.
-    compression = CompressionTypes.AUTO if table_format(path) == CSV \
-        else CompressionTypes.UNCOMPRESSED
-    return FileSystems.open(path, compression_type=compression)
+    # opened as stored and decoded here (Beam's own decompressing file has no readline(size))
+    table_format(path)   # (a format not read is refused before it is opened)
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _decompressed(raw):
-    import gzip
+def _decompressed(raw, fmt: str):
+    """The CSV bytes of a shard opened as stored, decompressed as they are read (the streams
+    of a concatenated file one after the other)."""
+    if fmt == CSV_GZ:
+        import gzip
 
-    return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if fmt == CSV_BZ2:
+        import bz2
+
+        return bz2.BZ2File(raw, mode="rb")
+    if fmt == CSV_XZ:
+        import lzma
+
+        return lzma.LZMAFile(raw, mode="rb")   # .xz and the older .lzma alike
+    return raw
 
 
 def _parquet_file(raw, path: str):
@@ -352,11 +381,14 @@ def _parquet_file(raw, path: str):
 def _first_line(stream, path: str, fmt: str) -> str:
     """The header line, whichever line ending the file uses; binary content under a CSV name
     is an unknown format, not a header."""
+    import lzma
+
     try:
         line = stream.readline(1 << 20)
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise TableFormatError(f"{path}: not gzip data ({e}); a .gz shard must be "
-                               "gzip-compressed CSV") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
+        kind, suffix = _COMPRESSED.get(fmt, ("CSV", ""))
+        raise TableFormatError(f"{path}: not {kind} data ({e}); a {suffix} shard must be "
+                               f"{kind}-compressed CSV") from None
     looks_like = next((kind for magic, kind in _MAGIC.items() if line.startswith(magic)), None)
     if looks_like:
         want = ".parquet or .pq" if looks_like == "Parquet" else ".csv.gz or .gz"
@@ -368,6 +400,6 @@ def _first_line(stream, path: str, fmt: str) -> str:
     except UnicodeDecodeError:
         text = None
     if text is None or "\0" in text:
-        raise TableFormatError(f"{path}: unknown format: not {FORMAT_NAMES[fmt]} text; give CSV "
-                               "(.csv, .csv.gz, .gz) or Parquet (.parquet, .pq)")
+        raise TableFormatError(f"{path}: unknown format: not {FORMAT_NAMES[fmt]} text; give "
+                               f"{READ_FORMATS}")
     return re.split("\r\n|\r|\n", text, maxsplit=1)[0]   # CR alone: a spreadsheet's "Macintosh"
