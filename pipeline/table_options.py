@@ -29,6 +29,11 @@ NO_POINT = "none"   # --pre-column/--post-column value: records without that poi
 _SHOWN_COLUMNS = 40
 # a name ending in the word id: ID, synapse_id, synapse id, synapseId (not valid, rigid)
 _ID_LIKE = re.compile(r"(?:^|[^A-Za-z])(?:id|Id|ID|iD)$|[a-z0-9](?:Id|ID)$")
+# the words of a name (snake_case, camelCase, UPPER): pre_pt_root_id, preNeuronId, SegmentID
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# words before a final 'id' naming a neuron or segment, whose id many synapses share
+_NOT_SYNAPSE = frozenset(("neuron", "root", "supervoxel", "sv", "segment", "seg", "body", "cell",
+                          "nucleus"))
 
 
 @dataclass(frozen=True)
@@ -165,12 +170,19 @@ def _with_float_ids(layout: TableLayout, schemas: Sequence[ShardSchema], ids: st
 def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:
     """Instances are numbered by row without an 'id' column: say so when a column looks like
     one (another case of 'id', or a name ending in a word 'id': ``synapse_id``, ``synapseId``;
-    not ``valid``), which the user may have meant."""
-    like = [c for c in columns if _ID_LIKE.search(c.strip())]
+    not ``valid``), which the user may have meant. Not a neuron's or segment's id
+    (``pre_neuron_id``, ``post_pt_root_id``, ``bodyId``): many synapses share one."""
+    like = [c for c in columns if _ID_LIKE.search(c.strip()) and not _names_a_neuron(c)]
     if like:
         log.warning("%s %s: no column named 'id', so instances are numbered by row; to take ids "
                     "from a column (%s), pass --id-column NAME", TABLE_FLAG, pattern,
                     ", ".join(like))
+
+
+def _names_a_neuron(column: str) -> bool:
+    """Whether an id-like name is a neuron's or segment's id (``pre_neuron_id``, ``rootId``)."""
+    words = [w.lower() for w in _WORDS.findall(column)]
+    return len(words) >= 2 and words[-2] in _NOT_SYNAPSE
 
 
 def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \

@@ -279,6 +279,29 @@ def test_a_table_without_id_but_with_an_id_like_column_warns(tmp_path, caplog):
     assert "--id-column" not in caplog.text
 
 
+def test_the_id_warning_names_no_column_of_neuron_or_segment_ids(tmp_path, caplog):
+    """Found by review: the warning suggested pre_neuron_id and post_neuron_id as synapse ids;
+    following it made every further synapse of a neuron a duplicate_id."""
+    import logging
+
+    from synanno_datagen.pipeline.table_options import describe_table
+
+    xyz = "pre_pt_x,pre_pt_y,pre_pt_z,post_pt_x,post_pt_y,post_pt_z,x,y,z"
+    (tmp_path / "t.csv").write_text(f"{xyz},pre_neuron_id,post_neuron_id\n" + "1," * 10 + "2\n")
+    with caplog.at_level(logging.WARNING):
+        assert describe_table(str(tmp_path / "t.csv"), None, None, None, None).id_column is None
+    assert "--id-column" not in caplog.text
+    caplog.clear()
+    others = ["pre_pt_root_id", "post_pt_supervoxel_id", "pre_segment_id", "post_seg_id",
+              "preNeuronId", "bodyId", "post_cell_id", "root_id", "SegmentID"]
+    (tmp_path / "u.csv").write_text(",".join(["x", "y", "z", "synapse_id"] + others + ["ID"])
+                                    + "\n" + ",".join(["1"] * (len(others) + 5)) + "\n")
+    with caplog.at_level(logging.WARNING):
+        describe_table(str(tmp_path / "u.csv"), None, None, None, None)
+    assert ("to take ids from a column (synapse_id, ID), pass --id-column NAME"
+            in caplog.text)
+
+
 def test_ids_held_only_as_a_pandas_range_index_are_refused(tmp_path):
     """Found by review: df.set_index('id').to_parquet() stores evenly spaced ids as a RangeIndex
     in the file's pandas metadata, no column: instances were numbered by row, 0.. instead of the
