@@ -26,6 +26,7 @@ from synanno_datagen.pipeline import output_checks, probes, validate
 from synanno_datagen.pipeline.incremental import IncrementalPlan
 from synanno_datagen.pipeline.options import NEAREST, run_flags, run_parser
 from synanno_datagen.pipeline.table_options import describe_table
+from synanno_datagen.pipeline.table_resolution import coordinate_resolution
 from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
@@ -36,6 +37,8 @@ from synanno_datagen.transforms.volumes import (
 )
 
 log = logging.getLogger(__name__)
+# the manifest's table.coordinate_resolution_from when the table declared its units
+TABLE_RESOLUTION_SOURCE = "table: pandas attrs dataframe_resolution"
 # Options of the TFRecord shards only (their defaults): a run writing none hashes these
 TFRECORD_DEFAULTS = {a.dest: a.default for a in run_flags()
                      if a.dest in ("record_layout", "compression")}
@@ -89,6 +92,8 @@ class Config:
     lease: Optional[Any] = None  # pipeline.lease.Lease once run() holds it
     # --source-url and --target-url as typed (earlier versions hashed that form)
     typed_volume_urls: Tuple[str, ...] = ()
+    # coordinate_resolution_nm_xyz was read from the table (its pandas attrs), not given
+    coordinate_resolution_from_table: bool = False
 
     def generation(self) -> dict:
         """The options that decide the records' bytes (an incremental run extends a dataset only
@@ -145,8 +150,9 @@ class Config:
         return {o.key: o.value(self) for o in OPTIONS if o.in_manifest}
 
     def table_manifest(self) -> dict:
-        """How the table was read: format, point columns (null: absent), units."""
-        return {
+        """How the table was read: format, point columns (null: absent), units (and where
+        they come from, when the table declared them)."""
+        table = {
             "format": self.table_format, "points": self.points.to_manifest(),
             "point_features": list(self.points.point_features()),
             "coordinate_resolution_nm_xyz": list(
@@ -154,6 +160,9 @@ class Config:
             "note": "pre_pt_xyz and post_pt_xyz are features and index keys only when the table "
                     "has them; points are floor(value * table_nm / target_nm) target voxels",
         }
+        if self.coordinate_resolution_from_table:
+            table["coordinate_resolution_from"] = TABLE_RESOLUTION_SOURCE
+        return table
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,8 @@ def from_args(args: argparse.Namespace) -> Config:
     formats, missing_chunks, splits = check_values(args)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
+    table_nm, nm_from_table = coordinate_resolution(args.coordinate_resolution,
+                                                    table.resolution_attr, table.shards[0])
     if args.incremental and table.id_column is None:
         raise ConfigError(f"--incremental: {args.materialization} has no id column, so instances "
                           "would be numbered by row, and a row added before others would "
@@ -304,7 +315,6 @@ def from_args(args: argparse.Namespace) -> Config:
     if any(c > s for c, s in zip(crop, target.size_xyz)):
         raise ConfigError(f"--crop-size {' '.join(map(str, crop))} is larger than the target "
                           f"volume {list(target.size_xyz)}; choose a smaller crop")
-    table_nm = tuple(args.coordinate_resolution) if args.coordinate_resolution else None
     points = dataclasses.replace(table.layout, to_target_xyz=to_target_factors(
         table_nm or target.resolution_nm_xyz, target.resolution_nm_xyz))
     config = Config(
@@ -322,7 +332,8 @@ def from_args(args: argparse.Namespace) -> Config:
         record_layout=args.record_layout, split_by=args.split_by, compression=args.compression,
         incremental_requested=args.incremental, retry_failed=args.retry_failed,
         lease_hours=args.lease_hours, break_lease=args.break_lease,
-        typed_volume_urls=(args.source_url, args.target_url))
+        typed_volume_urls=(args.source_url, args.target_url),
+        coordinate_resolution_from_table=nm_from_table)
     covered = target_voxels_inside(source.bounds, scale)
     if covered is None or covered.intersect(target.bounds) is None:
         raise ConfigError(f"--source-url {source.url}: covers none of the target volume's voxels "

@@ -78,8 +78,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="postsynaptic point, as --center-column, or 'none' to leave it out (default: "
          "post_pt if the table has it, else none)")
     flag("--coordinate-resolution", type=float, nargs=3, metavar=("X", "Y", "Z"),
-         help="nm per table unit, per axis (default: the target volume's "
-         "resolution, i.e. target voxels)")
+         help="nm per table unit, per axis (default: a Parquet table's own "
+         "dataframe_resolution, as pandas stores CAVEclient's df.attrs, else the target "
+         "volume's resolution, i.e. target voxels)")
     flag("--record-layout", choices=RECORD_LAYOUTS, default="instance",
          help="instance: one record per instance (source, target, every variant's seed slices; "
          "default); variant: one record per variant with its seed mask")

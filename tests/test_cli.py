@@ -600,6 +600,26 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
     assert "--coordinate-resolution" not in summary(manifest, "out")
 
 
+def test_units_read_from_the_table_are_named_as_the_tables():
+    """Units the table's pandas attrs declared (no flag given): the summary says so, and the
+    hint at mostly-outside rows names them as the table's, not as a flag's."""
+    from synanno_datagen.cli import summary
+
+    manifest = {
+        "counts": {"rows_read": 10, "instances_selected": 0, "instances_written": 0,
+                   "variants_written": 0, "failures": {"outside_volume": 10}},
+        "config": {"num_instances": None, "formats": ["tfrecord"],
+                   "coordinate_resolution_nm_xyz": [4.0, 4.0, 40.0]}, "splits": {},
+        "table": {"coordinate_resolution_from": "table: pandas attrs dataframe_resolution"},
+    }
+    lines = summary(manifest, "out").splitlines()
+    assert "coordinates: 4 4 40 nm per table unit, as the table's pandas attrs declare " \
+        "(dataframe_resolution)" in lines
+    assert ("warning: 10 of 10 rows are outside the volume: check the table's "
+            "dataframe_resolution 4 4 40 (its pandas attrs), and that the table's points are in "
+            "this volume") in lines
+
+
 def test_option_edges_and_spellings_that_are_no_mistake_are_taken():
     """Found by mutation review (each passed every test): the range's top values are allowed,
     and --formats in either order is one dataset's formats (the manifest and the generation

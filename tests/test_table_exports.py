@@ -247,3 +247,46 @@ def _check_parquet_shards(small_data, tmp_path, rows, row_group_size, reference_
     assert letters[0]["row"] == {"ctr_pt_position": "", "pre_pt_position": "",
                                  "post_pt_position": ""}
     assert manifest["counts"] == expected["counts"]
+
+
+def test_a_pandas_table_is_read_in_the_units_its_attrs_declare(small_data, tmp_path):
+    """CAVEclient sets ``df.attrs["dataframe_resolution"]`` and pandas (>= 2.1) stores attrs in
+    the Parquet metadata (PANDAS_ATTRS); without --coordinate-resolution the table was read in
+    target voxels, every x and y twice what it is. Read so, it makes the dataset of the same
+    rows in target voxels, and a manifest as if the flag had been given."""
+    from synanno_datagen.cli import summary
+    from tests.data.make_pandas_tables import CAVE_TABLE, HERE, cave_positions
+
+    table = HERE / CAVE_TABLE   # ROWS in the source's voxels (half a target voxel), by pandas
+    metadata = pq.ParquetFile(table).schema_arrow.metadata
+    written_by = json.loads(metadata[b"pandas"])["pandas_version"]
+    assert tuple(int(v) for v in written_by.split(".")[:2]) >= (2, 1)
+    assert json.loads(metadata[b"PANDAS_ATTRS"])["dataframe_resolution"] == [4, 4, 33]
+    assert pq.read_table(table).column("ctr_pt_position").to_pylist() == [
+        None if c is None else [None if v != v else v for v in c]   # (NaN: written as null)
+        for c in cave_positions(ROWS, TARGET_NM, (4, 4, 33))]
+    reference = tmp_path / "plain.csv"
+    _plain_csv(reference, ROWS)
+    manifest = _run(small_data, tmp_path / "out", table, "--center-column", "ctr_pt_position")
+    expected = _run(small_data, tmp_path / "ref", reference)
+    _assert_same_dataset(tmp_path / "out", tmp_path / "ref", manifest, expected)
+    assert manifest["config"]["coordinate_resolution_nm_xyz"] == [4.0, 4.0, 33.0]
+    assert manifest["table"]["coordinate_resolution_nm_xyz"] == [4.0, 4.0, 33.0]
+    assert manifest["table"]["points"]["to_target_voxels_xyz"] == ["1/2", "1/2", "1"]
+    assert manifest["table"]["coordinate_resolution_from"] == \
+        "table: pandas attrs dataframe_resolution"
+    assert "coordinate_resolution_from" not in expected["table"]
+    lines = summary(manifest, str(tmp_path / "out")).splitlines()
+    assert "coordinates: 4 4 33 nm per table unit, as the table's pandas attrs declare " \
+        "(dataframe_resolution)" in lines
+    assert not any(line.startswith("coordinates:") for line in
+                   summary(expected, str(tmp_path / "ref")).splitlines())
+
+    # The flag with the same units: the same config, records and generation (a root made with
+    # the flag goes on from a night that reads the units from the table)
+    given = _run(small_data, tmp_path / "given", table, "--center-column", "ctr_pt_position",
+                 "--coordinate-resolution", "4", "4", "33")
+    assert {k: v for k, v in given["config"].items() if k != "output_dir"} == \
+        {k: v for k, v in manifest["config"].items() if k != "output_dir"}
+    assert _files(tmp_path / "given") == _files(tmp_path / "out")
+    assert "coordinate_resolution_from" not in given["table"]

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +19,16 @@ def _csv(path, text):
 
 def _parquet(path, columns):
     pq.write_table(pa.table(columns), path)
+
+
+def _pandas(name):
+    """A writer of tests/data/pandas/NAME, a one-row table (id, x, y, z) pandas wrote with
+    ``df.attrs`` in its metadata (PANDAS_ATTRS; tests/data/make_pandas_tables.py)."""
+    def write(path):
+        from tests.data.make_pandas_tables import HERE
+
+        shutil.copyfile(HERE / name, path)
+    return write
 
 
 def _gzip_bytes_named_csv(path):
@@ -167,6 +179,29 @@ CASES = {
     "nan resolution": (
         {}, None, ["--coordinate-resolution", "4", "nan", "33"],
         ["--coordinate-resolution 4.0 nan"]),
+    # CAVEclient's attrs (dataframe_resolution: the units of its points) against the flag
+    "resolution flag other than the table's": (
+        {"t.parquet": _pandas("res_4_4_40.parquet")}, "t.parquet",
+        ["--coordinate-resolution", "8", "8", "40"],
+        ["--coordinate-resolution 8 8 40: ", "t.parquet declares dataframe_resolution 4 4 40 nm "
+         "per unit (pandas attrs in its Parquet metadata, as CAVEclient sets them); leave the "
+         "flag out"]),
+    "shards declaring other resolutions": (
+        {"t/a.parquet": _pandas("res_4_4_40.parquet"),
+         "t/b.parquet": _pandas("res_8_8_40.parquet")}, "t/*.parquet", [],
+        ["--materialization: ", "b.parquet declares dataframe_resolution 8 8 40 but ",
+         "a.parquet 4 4 40 (pandas attrs in their Parquet metadata); the shards of one table "
+         "must be in one unit"]),
+    "a shard declaring no resolution": (   # (none is a unit too: the target's voxels)
+        {"t/a.parquet": _pandas("res_4_4_40.parquet"),
+         "t/b.parquet": _pandas("res_absent.parquet")}, "t/*.parquet",
+        ["--coordinate-resolution", "4", "4", "40"],
+        ["b.parquet declares dataframe_resolution none but ", "a.parquet 4 4 40"]),
+    "a resolution that is not three numbers": (   # a CAVE join of tables in different units
+        {"t.parquet": _pandas("res_mixed.parquet")}, "t.parquet", [],
+        ["--materialization ", "t.parquet: its dataframe_resolution (pandas attrs) is "
+         "\"mixed_resolutions\", not three positive numbers", "pass --coordinate-resolution "
+         "X Y Z"]),
     "word resolution": (
         {}, None, ["--coordinate-resolution", "4", "four", "33"],
         ["--coordinate-resolution", "invalid float value: 'four'"]),
@@ -468,3 +503,55 @@ def test_ids_a_float_column_cannot_hold_exactly_are_invalid(tmp_path, kind, name
     assert spec.layout.float_ids == (None, name)
     with pytest.raises(BadValue, match="store the ids as int64"):
         parse_row(rows[1], RowRef(1, 1), "id", None, bounds, spec.layout)
+
+
+def test_a_table_declaring_its_units_needs_no_flag(small_data, tmp_path, caplog):
+    """CAVEclient's ``df.attrs["dataframe_resolution"]`` was ignored, the
+    points read in target voxels; the flag naming the same units is no conflict, and metadata
+    that is not pandas' JSON, or attrs without the key, declare nothing."""
+    from synanno_datagen.pipeline.config import check
+
+    def config_of(table, *flags):
+        argv = small_data.argv(tmp_path / "out", *flags)
+        argv[argv.index("--materialization") + 1] = str(table)
+        return check(argv)[0]
+
+    _pandas("res_4_4_33.parquet")(tmp_path / "a.parquet")
+    with caplog.at_level(logging.INFO):
+        read = config_of(tmp_path / "a.parquet")
+    assert read.coordinate_resolution_nm_xyz == (4.0, 4.0, 33.0)
+    assert read.coordinate_resolution_from_table
+    assert [str(f) for f in read.points.to_target_xyz] == ["1/2", "1/2", "1"]
+    assert "points read in 4 4 33 nm per unit, the table's dataframe_resolution" in caplog.text
+    given = config_of(tmp_path / "a.parquet", "--coordinate-resolution", "4", "4", "33")
+    assert not given.coordinate_resolution_from_table
+    assert given.generation() == read.generation()
+    assert given.to_manifest() == read.to_manifest()
+    assert given.table_manifest()["coordinate_resolution_nm_xyz"] == [4.0, 4.0, 33.0]
+
+    columns = pa.table({"id": [1], "x": [2], "y": [3], "z": [4]})
+    pq.write_table(columns, tmp_path / "plain.parquet")
+    pq.write_table(columns.replace_schema_metadata({b"PANDAS_ATTRS": b"not json"}),
+                   tmp_path / "b.parquet")
+    _pandas("res_absent.parquet")(tmp_path / "c.parquet")
+    _pandas("res_none.parquet")(tmp_path / "d.parquet")
+    plain = config_of(tmp_path / "plain.parquet")
+    for table in ("b.parquet", "c.parquet", "d.parquet"):
+        config = config_of(tmp_path / table)
+        assert config.coordinate_resolution_nm_xyz is None
+        assert not config.coordinate_resolution_from_table
+        assert config.generation() == plain.generation()
+        assert "coordinate_resolution_from" not in config.table_manifest()
+
+
+def test_units_the_table_cannot_state_leave_the_flag_to_say_them(small_data, tmp_path, caplog):
+    from synanno_datagen.pipeline.config import check
+
+    _pandas("res_two.parquet")(tmp_path / "t.parquet")
+    argv = small_data.argv(tmp_path / "out", "--coordinate-resolution", "4", "4", "33")
+    argv[argv.index("--materialization") + 1] = str(tmp_path / "t.parquet")
+    config = check(argv)[0]
+    assert config.coordinate_resolution_nm_xyz == (4.0, 4.0, 33.0)
+    assert "--coordinate-resolution 4 4 33: " in caplog.text
+    assert "dataframe_resolution (pandas attrs) is [4, 4], not three positive numbers; the " \
+        "flag's units are used" in caplog.text

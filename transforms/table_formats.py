@@ -79,6 +79,9 @@ class ShardSchema:
     types: Optional[Dict[str, str]] = None
     # names of pandas range indexes, which pandas stores in the file's metadata, not as columns
     metadata_indexes: Tuple[str, ...] = ()
+    # a Parquet file's PANDAS_ATTRS metadata (pandas >= 2.1 writes DataFrame.attrs there as
+    # JSON), as text; None when it has none
+    pandas_attrs: Optional[str] = None
 
     def holds_lists(self, column: str) -> bool:
         """Whether ``column`` can hold [x, y, z] points: CSV text, Parquet text or a list of
@@ -110,8 +113,10 @@ def read_schema(path: str) -> ShardSchema:
     if fmt == PARQUET:
         with _open_binary(path) as raw:
             schema = _parquet_file(raw, path).schema_arrow
+        attrs = (schema.metadata or {}).get(b"PANDAS_ATTRS")
         return ShardSchema(fmt, tuple(schema.names), {f.name: str(f.type) for f in schema},
-                           _range_indexes(schema))
+                           _range_indexes(schema),
+                           None if attrs is None else attrs.decode("utf-8", "replace"))
     with _open_binary(path) as raw:
         first = _first_line(_decompressed(raw, fmt), path, fmt)
     return ShardSchema(fmt, tuple(next(csv.reader([first]), [])))
