@@ -570,3 +570,35 @@ def test_the_generation_hash_of_a_default_run_is_pinned(small_data, tmp_path):
         "variants"]
     assert generation_hash(generation) == \
         "c6b21efb14b9fa9dbfe395a217e879c6fe9eb1ea8cf8c88a89073407236094da"
+
+
+def test_a_root_made_with_the_flag_goes_on_when_the_table_states_the_same_units(small_data,
+                                                                               tmp_path, capsys):
+    """Nights that passed --coordinate-resolution, then one that leaves it out, its table (as
+    pandas writes CAVEclient's DataFrame) declaring the same units in its attrs: the same
+    generation, so the dataset goes on (nothing new); a flag naming other units is refused."""
+    from tests.conftest import assert_usage_error
+    from tests.data.make_pandas_tables import CAVE_TABLE, HERE
+
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--formats", "tfrecord", "--variants", "1",
+                           "--center-column", "ctr_pt_position")
+    argv[argv.index("--materialization") + 1] = str(HERE / CAVE_TABLE)   # 4 x 4 x 33 nm
+    assert main(["run"] + argv + ["--coordinate-resolution", "4", "4", "33"]) == 0
+    first = _latest(root)
+    assert first["counts"]["instances_written"] == 5
+    capsys.readouterr()
+    assert main(["run"] + argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    manifest = _latest(root)
+    assert manifest["incremental"]["run_dir"] == "runs/00002"
+    assert manifest["incremental"]["replaces"] is None
+    assert manifest["incremental"]["generation_hash"] == first["incremental"]["generation_hash"]
+    assert manifest["counts"]["instances_written"] == 0
+    assert manifest["config"]["coordinate_resolution_nm_xyz"] == [4.0, 4.0, 33.0]
+    assert "coordinates: 4 4 33 nm per table unit, as the table's pandas attrs declare " \
+        "(dataframe_resolution)" in printed
+    assert_usage_error(capsys, ["run"] + argv + ["--coordinate-resolution", "8", "8", "33"],
+                       "--coordinate-resolution 8 8 33: ", "declares dataframe_resolution "
+                       "4 4 33 nm per unit")
+    assert _latest(root)["incremental"]["run_dir"] == "runs/00002"
