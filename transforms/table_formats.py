@@ -275,10 +275,11 @@ def _python_values(column) -> list:
     it reads are numbers or text, or lists of them."""
     import pyarrow as pa
 
-    try:
-        return column.to_pylist()
-    except (ValueError, OverflowError, KeyError, pa.ArrowException):
-        pass
+    if not _holds_nanoseconds(column.type):   # (with pandas installed Arrow would convert
+        try:                                  # them to its Timestamps: text unlike without)
+            return column.to_pylist()
+        except (ValueError, OverflowError, KeyError, pa.ArrowException):
+            pass
     try:
         return column.cast(pa.string()).to_pylist()
     except pa.ArrowException:
@@ -286,13 +287,39 @@ def _python_values(column) -> list:
                 for valid in column.is_valid().to_pylist()]
 
 
+def _ns_as_text(value_type):
+    """``value_type`` with every nanosecond timestamp, duration or time in it (in lists,
+    structs and maps too) as text: what Arrow casts such a column to."""
+    import pyarrow as pa
+
+    if pa.types.is_temporal(value_type):
+        return pa.string() if getattr(value_type, "unit", None) == "ns" else value_type
+    if pa.types.is_map(value_type):
+        return pa.map_(_ns_as_text(value_type.key_type), _ns_as_text(value_type.item_type))
+    if pa.types.is_struct(value_type):
+        return pa.struct([f.with_type(_ns_as_text(f.type)) for f in value_type])
+    if pa.types.is_fixed_size_list(value_type):
+        return pa.list_(_ns_as_text(value_type.value_type), value_type.list_size)
+    if pa.types.is_large_list(value_type):
+        return pa.large_list(_ns_as_text(value_type.value_type))
+    if pa.types.is_list(value_type):
+        return pa.list_(_ns_as_text(value_type.value_type))
+    return value_type
+
+
+def _holds_nanoseconds(value_type) -> bool:
+    """Whether a type holds nanosecond timestamps, durations or times anywhere."""
+    return _ns_as_text(value_type) != value_type
+
+
 def _as_python_can_hold(batch):
     """The batch with the columns Python's values would change or cannot hold cast by Arrow
     (vectorised), lists of them too; other columns as they are:
     - float32 as float64 holding each value's shortest decimal (Arrow's cast to text writes it):
       float32 0.04 becomes 0.04, not 0.0399999991;
-    - nanosecond timestamps, durations and times of day as Arrow's text of them: Python's hold
-      microseconds, and Arrow refuses to convert finer values without pandas."""
+    - nanosecond timestamps, durations and times of day, in lists, structs and maps too, as
+      Arrow's text of them: Python's hold microseconds, and Arrow refuses to convert finer
+      values without pandas (with pandas it gives pandas' Timestamps, whose text differs)."""
     import pyarrow as pa
 
     columns, changed = list(batch.columns), False
@@ -301,9 +328,9 @@ def _as_python_can_hold(batch):
         if _NARROW.get(str(inner)) is _FLOAT32:
             text = columns[i].cast(_with_value_type(field.type, pa.string()))
             columns[i] = text.cast(_with_value_type(field.type, pa.float64()))
-        elif pa.types.is_temporal(inner) and getattr(inner, "unit", None) == "ns":
+        elif _holds_nanoseconds(field.type):
             try:
-                columns[i] = columns[i].cast(_with_value_type(field.type, pa.string()))
+                columns[i] = columns[i].cast(_ns_as_text(field.type))
             except pa.ArrowException:   # (a time zone Arrow does not know): _python_values
                 continue
         else:
