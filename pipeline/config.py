@@ -292,8 +292,8 @@ def from_args(args: argparse.Namespace) -> Config:
     formats, missing_chunks, splits = check_values(args)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
-    table_nm, nm_from_table = coordinate_resolution(args.coordinate_resolution,
-                                                    table.resolution_attr, table.shards[0])
+    table_nm, nm_from_table = coordinate_resolution(args.coordinate_resolution, table.shards,
+                                                    table.resolution_attrs)
     if args.incremental and table.id_column is None:
         raise ConfigError(f"--incremental: {args.materialization} has no id column, so instances "
                           "would be numbered by row, and a row added before others would "

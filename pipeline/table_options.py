@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError, first_line
-from synanno_datagen.pipeline.table_resolution import declared, table_declaration
+from synanno_datagen.pipeline.table_resolution import declared
 from synanno_datagen.transforms.points import (
     AXES, CENTER_COLUMNS, POST_PREFIX, PRE_PREFIX, PointColumns, TableLayout, candidate_columns,
     find_point,
@@ -41,13 +41,13 @@ _NOT_SYNAPSE = frozenset(("neuron", "root", "supervoxel", "sv", "segment", "seg"
 class TableSpec:
     """The table as the run reads it: sorted shards, their one format, id column and points
     (``layout.to_target_xyz`` is left at 1 until the target's resolution is known), and the
-    units its shards declare (table_resolution.declared; None: none)."""
+    units each shard declares (table_resolution.declared; None: none)."""
 
     shards: Tuple[str, ...]
     format: str
     id_column: Optional[str]
     layout: TableLayout
-    resolution_attr: Any = None
+    resolution_attrs: Tuple[Any, ...] = ()
 
 
 def describe_table(pattern: str, id_column: Optional[str], center_column: Optional[str],
@@ -62,7 +62,6 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
         _check_ids_are_a_column(id_column, other, path)
     for path, other in zip(shards[1:], schemas[1:]):
         _check_same_shape(schema, other, path, shards[0])
-    resolution = table_declaration(shards, [declared(s.pandas_attrs) for s in schemas])
     _check_has_rows(pattern, shards)
     first = shards[0]
     layout = TableLayout(
@@ -82,7 +81,8 @@ def describe_table(pattern: str, id_column: Optional[str], center_column: Option
     for path, other in zip(shards, schemas):
         _check_read_once(other, ((ids,) if ids else ()) + layout.columns(), path)
         _check_scalar_types(other, ids, layout, path)
-    return TableSpec(tuple(shards), schema.format, ids, layout, resolution)
+    return TableSpec(tuple(shards), schema.format, ids, layout,
+                     tuple(declared(s.pandas_attrs) for s in schemas))
 
 
 def _check_scalar_types(schema: ShardSchema, ids: Optional[str], layout: TableLayout,

@@ -4,8 +4,9 @@ CAVEclient's ``query_table(..., desired_resolution=[4, 4, 40])`` returns a DataF
 ``df.attrs["dataframe_resolution"]`` (without ``desired_resolution``: the table's own voxel
 resolution), and pandas >= 2.1 writes ``DataFrame.attrs`` into a Parquet file's schema metadata
 as JSON under ``PANDAS_ATTRS`` (table_formats.ShardSchema.pandas_attrs). Without
-``--coordinate-resolution`` the run reads its points in those units; a flag that says otherwise
-is refused, as are shards that declare different units.
+``--coordinate-resolution`` the run reads its points in those units (shards declaring others, or
+none, are refused); a flag that says otherwise is refused, and shards that declare none are read
+in the flag's units.
 """
 from __future__ import annotations
 
@@ -36,48 +37,50 @@ def declared(pandas_attrs: Optional[str]) -> Any:
     return attrs.get(RESOLUTION_ATTR) if isinstance(attrs, dict) else None
 
 
-def table_declaration(shards: Sequence[str], values: Sequence[Any]) -> Any:
-    """The first shard's declaration (``values``: per shard, as ``declared`` gives them), once
-    every shard declares the same (none included); else ConfigError naming two shards."""
-    first = values[0]
-    for path, value in zip(shards[1:], values[1:]):
-        if value != first:   # (4 == 4.0: JSON's integers and floats alike)
-            raise ConfigError(
-                f"{_TABLE_FLAG}: {path} declares {RESOLUTION_ATTR} {_shown(value)} but "
-                f"{shards[0]} {_shown(first)} (pandas attrs in their Parquet metadata); the "
-                "shards of one table must be in one unit: export them again alike")
-    return first
-
-
-def coordinate_resolution(given: Optional[Sequence[float]], value: Any, path: str) \
+def coordinate_resolution(given: Optional[Sequence[float]], shards: Sequence[str],
+                          values: Sequence[Any]) \
         -> Tuple[Optional[Tuple[float, float, float]], bool]:
     """(nm per table unit xyz, None for the target's; whether it was read from the table) from
-    ``--coordinate-resolution`` (``given``) and the table's declaration ``value`` (first shard
-    ``path``). A declaration that differs from the flag is refused (ConfigError)."""
+    ``--coordinate-resolution`` (``given``) and each shard's declaration (``values``, as
+    ``declared`` gives them). Without the flag every shard must declare the same units (none
+    included: then the target's voxels); with it, every usable declaration must be the flag's,
+    and shards declaring none are read in the flag's units (an export of one night by pandas
+    2.1+ beside older ones). Raises ConfigError naming the shard."""
     given = tuple(float(v) for v in given) if given is not None else None
-    if value is None:
-        return given, False
-    table_nm = _usable(value)
-    if table_nm is None:
-        if given is None:
-            raise ConfigError(
-                f"{_TABLE_FLAG} {path}: its {RESOLUTION_ATTR} (pandas attrs) is "
-                f"{_shown(value)}, not three positive numbers (nm per unit of its points, x y "
-                f"z); pass {_FLAG} X Y Z, the units of the point columns read")
-        log.warning("%s %s: %s's %s (pandas attrs) is %s, not three positive numbers; the "
-                    "flag's units are used", _FLAG, _nm(given), path, RESOLUTION_ATTR,
-                    _shown(value))
+    declaring = [(path, value) for path, value in zip(shards, values) if value is not None]
+    if not declaring:
         return given, False
     if given is None:
+        first = values[0]
+        for path, value in zip(shards[1:], values[1:]):
+            if value != first:   # (4 == 4.0: JSON's integers and floats alike)
+                raise ConfigError(
+                    f"{_TABLE_FLAG}: {path} declares {RESOLUTION_ATTR} {_shown(value)} but "
+                    f"{shards[0]} {_shown(first)} (pandas attrs in their Parquet metadata); the "
+                    f"shards of one table must be in one unit: pass {_FLAG} X Y Z, the units "
+                    "of them all, or export them again alike")
+        table_nm = _usable(first)
+        if table_nm is None:
+            raise ConfigError(
+                f"{_TABLE_FLAG} {shards[0]}: its {RESOLUTION_ATTR} (pandas attrs) is "
+                f"{_shown(first)}, not three positive numbers (nm per unit of its points, x y "
+                f"z); pass {_FLAG} X Y Z, the units of the point columns read")
         log.info("%s %s: points read in %s nm per unit, the table's %s (pandas attrs)",
-                 _TABLE_FLAG, path, _nm(table_nm), RESOLUTION_ATTR)
+                 _TABLE_FLAG, shards[0], _nm(table_nm), RESOLUTION_ATTR)
         return table_nm, True
-    if given != table_nm:
-        raise ConfigError(
-            f"{_FLAG} {_nm(given)}: {path} declares {RESOLUTION_ATTR} {_nm(table_nm)} nm per "
-            "unit (pandas attrs in its Parquet metadata, as CAVEclient sets them); leave the "
-            f"flag out to read its points in those units, or, if the attrs are wrong, set "
-            f"df.attrs[{RESOLUTION_ATTR!r}] to the right units and write the table again")
+    for path, value in declaring:
+        table_nm = _usable(value)
+        if table_nm is None:
+            log.warning("%s %s: %s's %s (pandas attrs) is %s, not three positive numbers; the "
+                        "flag's units are used", _FLAG, _nm(given), path, RESOLUTION_ATTR,
+                        _shown(value))
+        elif table_nm != given:
+            raise ConfigError(
+                f"{_FLAG} {_nm(given)}: {path} declares {RESOLUTION_ATTR} {_nm(table_nm)} nm "
+                "per unit (pandas attrs in its Parquet metadata, as CAVEclient sets them); "
+                "leave the flag out to read its points in those units, or, if the attrs are "
+                f"wrong, set df.attrs[{RESOLUTION_ATTR!r}] to the right units and write the "
+                "table again")
     return given, False
 
 

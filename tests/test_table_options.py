@@ -192,11 +192,16 @@ CASES = {
         ["--materialization: ", "b.parquet declares dataframe_resolution 8 8 40 but ",
          "a.parquet 4 4 40 (pandas attrs in their Parquet metadata); the shards of one table "
          "must be in one unit"]),
-    "a shard declaring no resolution": (   # (none is a unit too: the target's voxels)
+    "a shard declaring no resolution, no flag": (   # (none is a unit too: the target's voxels)
         {"t/a.parquet": _pandas("res_4_4_40.parquet"),
-         "t/b.parquet": _pandas("res_absent.parquet")}, "t/*.parquet",
-        ["--coordinate-resolution", "4", "4", "40"],
-        ["b.parquet declares dataframe_resolution none but ", "a.parquet 4 4 40"]),
+         "t/b.parquet": _pandas("res_absent.parquet")}, "t/*.parquet", [],
+        ["b.parquet declares dataframe_resolution none but ", "a.parquet 4 4 40",
+         "pass --coordinate-resolution X Y Z, the units of them all"]),
+    "a flag other than one shard's": (
+        {"t/a.parquet": _pandas("res_absent.parquet"),
+         "t/b.parquet": _pandas("res_4_4_40.parquet")}, "t/*.parquet",
+        ["--coordinate-resolution", "4", "4", "33"],
+        ["--coordinate-resolution 4 4 33: ", "b.parquet declares dataframe_resolution 4 4 40"]),
     "a resolution that is not three numbers": (   # a CAVE join of tables in different units
         {"t.parquet": _pandas("res_mixed.parquet")}, "t.parquet", [],
         ["--materialization ", "t.parquet: its dataframe_resolution (pandas attrs) is "
@@ -542,6 +547,22 @@ def test_a_table_declaring_its_units_needs_no_flag(small_data, tmp_path, caplog)
         assert not config.coordinate_resolution_from_table
         assert config.generation() == plain.generation()
         assert "coordinate_resolution_from" not in config.table_manifest()
+
+
+def test_shards_declaring_no_units_beside_others_are_read_in_the_flags(small_data, tmp_path):
+    """Found by review: a glob of nightly exports, older ones without attrs and a new one by
+    pandas 2.1+ with them, was refused even with the flag naming the new one's units: every
+    later night stopped until the old shards were exported again."""
+    from synanno_datagen.pipeline.config import check
+
+    (tmp_path / "t").mkdir()
+    _pandas("res_absent.parquet")(tmp_path / "t" / "a.parquet")
+    _pandas("res_4_4_40.parquet")(tmp_path / "t" / "b.parquet")
+    argv = small_data.argv(tmp_path / "out", "--coordinate-resolution", "4", "4", "40")
+    argv[argv.index("--materialization") + 1] = str(tmp_path / "t" / "*.parquet")
+    config = check(argv)[0]
+    assert config.coordinate_resolution_nm_xyz == (4.0, 4.0, 40.0)
+    assert not config.coordinate_resolution_from_table
 
 
 def test_units_the_table_cannot_state_leave_the_flag_to_say_them(small_data, tmp_path, caplog):
