@@ -33,7 +33,8 @@ READ_FORMATS = ("CSV, plain or compressed (.csv, .csv.gz/.gz, .csv.bz2/.bz2, .cs
 # Names of formats not read, refused before any work (pandas writes .zst and JSON; Beam names
 # zlib streams .deflate). zstd: zstandard's stream reader ends a file cut short without an
 # error, so its last rows would be lost unnoticed; deflate: no common tool writes tables so.
-_NOT_READ = {".zst": "zstd-compressed CSV", ".deflate": "deflate-compressed CSV",
+_NOT_READ = {".zst": "zstd-compressed CSV", ".zstd": "zstd-compressed CSV",
+             ".deflate": "deflate-compressed CSV",
              ".json": "JSON", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
 PARQUET_BATCH_ROWS = 4096
 CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
@@ -163,9 +164,13 @@ def iter_rows(path: str) -> Iterator[Dict[str, str]]:
     try:
         yield from _iter_rows(path)
     except (EOFError, zlib.error, lzma.LZMAError, OSError, pa.ArrowException) as e:
-        raise TableFormatError(f"{path}: cannot be read to its end ({type(e).__name__}: "
-                               f"{first_line(e, 200)}); the file is damaged or cut short: "
-                               "export or copy it again") from None
+        raise _not_to_its_end(path, e) from None
+
+
+def _not_to_its_end(path: str, e: Exception) -> TableFormatError:
+    return TableFormatError(f"{path}: cannot be read to its end ({type(e).__name__}: "
+                            f"{first_line(e, 200)}); the file is damaged or cut short: export "
+                            "or copy it again")
 
 
 def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
@@ -417,7 +422,9 @@ def _first_line(stream, path: str, fmt: str) -> str:
 
     try:
         line = stream.readline(1 << 20)
-    except (OSError, EOFError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
+    except EOFError as e:   # a compressed stream cut short (inside the header's block)
+        raise _not_to_its_end(path, e) from None
+    except (OSError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
         kind, suffix = _COMPRESSED.get(fmt, ("CSV", ""))
         raise TableFormatError(f"{path}: not {kind} data ({e}); a {suffix} shard must be "
                                f"{kind}-compressed CSV") from None
