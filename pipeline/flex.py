@@ -44,6 +44,7 @@ XYZ_PARAMETERS = {a.dest for a in run_flags() if a.nargs == 3}
 # parameter, the way Google's Flex Template samples pass it (no document says that the
 # launcher turns the environment field into the option; a launch without it is refused).
 BEAM_PARAMETERS = ("sdk_container_image",)
+SET_BY = {"sdk_container_image": "IMAGE"}   # parameters that launch_dataflow.sh's variables set
 
 
 def template_parameters() -> List[str]:
@@ -137,8 +138,9 @@ def check_parameters(params: Dict[str, str], metadata_file: str) -> None:
     for name, value in params.items():
         regexes = declared.get(name, [])
         if regexes and not any(re.fullmatch(rx, value) for rx in regexes):
-            raise ConfigError(f"--{name.replace('_', '-')} {value!r}: the template's check "
-                              f"refuses it ({' or '.join(regexes)}); write it so it passes")
+            what = SET_BY.get(name, f"--{name.replace('_', '-')}")
+            raise ConfigError(f"{what} {value!r}: the template's check refuses it "
+                              f"({' or '.join(regexes)}); write it so it passes")
 
 
 ENVIRONMENT_FLAGS = {  # body flag -> Flex Template RuntimeEnvironment field

@@ -714,6 +714,13 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
     assert "--splits 'train=0.99999,val=1e-05': the template's check refuses it" in done.stderr
     assert len(done.stderr.splitlines()) == 1   # found by review: a second line blamed "the
     assert calls() == []                        # template parameters above"
+    # the workers' image comes from IMAGE: the message names it, not the script's inner flag
+    done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", IMAGE="Registry.example/img:1", **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("synanno-datagen: error: IMAGE 'Registry.example/img:1': the "
+                                  "template's check refuses it")
+    assert len(done.stderr.splitlines()) == 1 and calls() == []
 
 
 @pytest.mark.parametrize("flags, message", [
