@@ -33,6 +33,7 @@ _ID_LIKE = re.compile(r"(?:^|[^A-Za-z])(?:id|Id|ID|iD)$|[a-z0-9](?:Id|ID)$")
 # the words of a name (snake_case, camelCase, UPPER): pre_pt_root_id, preNeuronId, SegmentID
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # words before a final 'id' naming a neuron or segment, whose id many synapses share
+_SYNAPSE_WORDS = frozenset(("synapse", "syn", "cleft"))   # ... unless the name is a synapse's
 _NOT_SYNAPSE = frozenset(("neuron", "root", "supervoxel", "sv", "segment", "seg", "body", "cell",
                           "nucleus"))
 
@@ -184,9 +185,12 @@ def _warn_of_id_like_columns(pattern: str, columns: Sequence[str]) -> None:
 
 
 def _names_a_neuron(column: str) -> bool:
-    """Whether an id-like name is a neuron's or segment's id (``pre_neuron_id``, ``rootId``)."""
+    """Whether an id-like name is a neuron's or segment's id (``pre_neuron_id``, ``rootId``),
+    not a synapse's (``synapse_segment_id``, ``cleft_segment_id``: a synapse segmentation's
+    label of the synapse itself)."""
     words = [w.lower() for w in _WORDS.findall(column)]
-    return len(words) >= 2 and words[-2] in _NOT_SYNAPSE
+    return (len(words) >= 2 and words[-2] in _NOT_SYNAPSE
+            and not _SYNAPSE_WORDS.intersection(words))
 
 
 def resolve_id_column(requested: Optional[str], columns: Sequence[str], path: str) \

@@ -497,6 +497,7 @@ def test_no_split_reads_every_split_in_every_loader(generated, torch):
     ({"shuffle_seed": 1, "shuffle_buffer": 4.5}, "shuffle_buffer 4.5: must be a whole number"),
     ({"rank": 0, "world_size": 2.0}, "world_size 2.0: must be a whole number"),
     ({"rank": 0.0, "world_size": 2}, "rank 0.0: must be a whole number"),
+    ({"shuffle_seed": True}, "shuffle_seed True: must be a whole number"),
 ])
 def test_arguments_that_are_not_whole_numbers_are_refused_when_the_dataset_is_made(
         generated, torch, kwargs, message):

@@ -334,12 +334,14 @@ def test_the_id_warning_names_no_column_of_neuron_or_segment_ids(tmp_path, caplo
     caplog.clear()
     others = ["pre_pt_root_id", "post_pt_supervoxel_id", "pre_segment_id", "post_seg_id",
               "preNeuronId", "bodyId", "post_cell_id", "root_id", "SegmentID"]
-    (tmp_path / "u.csv").write_text(",".join(["x", "y", "z", "synapse_id"] + others + ["ID"])
-                                    + "\n" + ",".join(["1"] * (len(others) + 5)) + "\n")
+    synapses = ["synapse_segment_id", "cleftSegmentId"]   # a synapse segmentation's labels
+    (tmp_path / "u.csv").write_text(
+        ",".join(["x", "y", "z", "synapse_id"] + others + synapses + ["ID"]) + "\n"
+        + ",".join(["1"] * (len(others) + len(synapses) + 5)) + "\n")
     with caplog.at_level(logging.WARNING):
         describe_table(str(tmp_path / "u.csv"), None, None, None, None)
-    assert ("to take ids from a column (synapse_id, ID), pass --id-column NAME"
-            in caplog.text)
+    assert ("to take ids from a column (synapse_id, synapse_segment_id, cleftSegmentId, ID), "
+            "pass --id-column NAME" in caplog.text)
 
 
 def test_ids_held_only_as_a_pandas_range_index_are_refused(tmp_path):

@@ -140,9 +140,11 @@ def _whole(name: str, value) -> int:
     """``value`` as an int (numpy integers too); ValueError naming ``name`` for a float, a
     string or anything else (a seed of 0.5 failed only at the first batch, in a worker)."""
     try:
-        return operator.index(value)
+        if not isinstance(value, bool):   # (True is an int to Python, a mistake here)
+            return operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} {value!r}: must be a whole number (an int)") from None
+        pass
+    raise ValueError(f"{name} {value!r}: must be a whole number (an int)")
 
 
 def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
