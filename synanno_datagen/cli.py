@@ -192,6 +192,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     # ignores SIGINT, the Ctrl-C meant for the foreground)
     previous_handlers = {sig: signal.signal(sig, _terminate) for sig in _STOPPING_SIGNALS
                          if signal.getsignal(sig) is not signal.SIG_IGN}
+    root_level = None   # the root logger's level before --quiet raised it
     previous_hook, threading.excepthook = threading.excepthook, \
         _thread_error_hook(threading.excepthook)
     try:
@@ -200,6 +201,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
             raise ConfigError(f"--progress-interval {output.progress_interval:g}: must be "
                               "positive")
         if output.quiet:
+            root_level = logging.getLogger().level
             logging.getLogger().setLevel(logging.ERROR)
         manifest = _generate(command, rest, demo_parser, output)
         status, code = (monitoring.OK if manifest is not None else monitoring.SUBMITTED), 0
@@ -240,6 +242,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                 for sig, handler in previous_handlers.items():
                     signal.signal(sig, handler)
                 threading.excepthook = previous_hook
+                if root_level is not None:   # (--quiet: a caller's own logging as it was)
+                    logging.getLogger().setLevel(root_level)
 
 
 _STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -841,3 +841,21 @@ def test_shards_are_sized_by_the_bytes_of_each_layouts_records(small_data, tmp_p
     voxels = math.prod(config.source_shape_zyx)
     assert config.source_shape_zyx == (4, 24, 24)
     assert config.bytes_per_instance == (3 * 3 * voxels if per_variant else 2 * voxels)
+
+
+def test_quiet_leaves_the_callers_logging_level_as_it_was(small_data, tmp_path):
+    """Found by review: main(['run', ..., '--quiet']) in a caller's process set the root
+    logger to ERROR for good, so the caller's (and later tests') warnings vanished."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        assert main(["run"] + small_data.argv(tmp_path / "out", "--quiet", "--seed", "-1")) == 2
+        assert root.level == logging.INFO
+        assert main(["run"] + small_data.argv(tmp_path / "out", "--quiet", "--variants", "1")) \
+            == 0
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
