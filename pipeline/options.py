@@ -40,8 +40,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
         declared.append(parser.add_argument(*names, **kwargs))
 
     flag("--materialization", required=True, metavar="TABLE",
-         help="synapse table: a CSV (.csv, .csv.gz, .gz; any other name is read as CSV) or "
-         "Parquet (.parquet, .pq) file, or a glob of shards")
+         help="synapse table: a CSV (.csv; .csv.gz/.gz, .csv.bz2/.bz2, .csv.xz/.xz compressed; "
+         "any other name is read as CSV) or Parquet (.parquet, .pq) file, or a glob of shards")
     flag("--source-url", required=True, metavar="URL", help="raw EM volume")
     flag("--target-url", required=True, metavar="URL",
          help="synapse segmentation volume")

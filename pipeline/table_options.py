@@ -20,7 +20,8 @@ from synanno_datagen.transforms.points import (
     find_point,
 )
 from synanno_datagen.transforms.table_formats import (
-    FORMAT_NAMES, ShardSchema, TableFormatError, has_data_rows, holds_numbers, read_schema,
+    FORMAT_NAMES, READ_FORMATS, ShardSchema, TableFormatError, has_data_rows, holds_numbers,
+    read_schema,
 )
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ def match_table(pattern: str) -> List[str]:
             raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
         paths = sorted(m.path for m in matched if not m.path.endswith("/"))
     if not paths:
-        raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a CSV (.csv, .csv.gz) "
-                          "or Parquet (.parquet) file, or a glob of shards")
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a table file "
+                          f"({READ_FORMATS}), or a glob of shards")
     for path in paths:
         local = path[len("file://"):] if path.startswith("file://") else path
         if "://" in local or not os.path.exists(local):

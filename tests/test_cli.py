@@ -78,7 +78,9 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
 
 
 @pytest.mark.parametrize("change, fragments", [
-    ({"--materialization": "{tmp}/nope.csv"}, ["--materialization", "no such file"]),
+    ({"--materialization": "{tmp}/nope.csv"}, ["--materialization", "no such file; give a table "
+                                                "file (CSV, plain or compressed (.csv, .csv.gz/"
+                                                ".gz, .csv.bz2/.bz2, .csv.xz/.xz), or Parquet"]),
     ({"--source-url": "file://{tmp}/missing"}, ["--source-url", "cannot read the volume's info"]),
     ({"--target-url": "{tmp}/missing"}, ["--target-url", "cannot read"]),
     ({"--source-mip": "5"}, ["--source-mip 5", "mips 0..1"]),
