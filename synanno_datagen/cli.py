@@ -107,18 +107,21 @@ def summary(manifest: dict, output_dir: str) -> str:
                      f"failures; {output_dir.rstrip('/')}/{DEAD_LETTER} says why, row by row)")
     outside = failures.get("outside_volume", 0)
     given = manifest["config"].get("coordinate_resolution_nm_xyz")
+    nm = " ".join(f"{v:g}" for v in given) if given else ""
     from_table = manifest.get("table", {}).get("coordinate_resolution_from")
     if from_table:
-        lines.append(f"coordinates: {' '.join(f'{v:g}' for v in given)} nm per table unit, "
-                     "as the table's pandas attrs declare (dataframe_resolution)")
+        lines.append(f"coordinates: {nm} nm per table unit, as the table's pandas attrs "
+                     "declare (dataframe_resolution)")
     if outside and outside >= 0.9 * counts["rows_read"]:
-        units = (f"the table's dataframe_resolution {' '.join(f'{v:g}' for v in given)} (its "
-                 "pandas attrs" if from_table else
-                 f"--coordinate-resolution {' '.join(f'{v:g}' for v in given)} (the table's "
-                 "units in nm") if given else ""
-        advice = (f"check {units}), and that the table's points are in this volume"
-                  if given else "if the table's coordinates are not in target voxels (nm, "
-                  "say), pass --coordinate-resolution X Y Z (the table's units in nm)")
+        if not given:
+            advice = ("if the table's coordinates are not in target voxels (nm, say), pass "
+                      "--coordinate-resolution X Y Z (the table's units in nm)")
+        elif from_table:
+            advice = (f"check the table's dataframe_resolution {nm} (its pandas attrs), and "
+                      "that the table's points are in this volume")
+        else:
+            advice = (f"check --coordinate-resolution {nm} (the table's units in nm), and that "
+                      "the table's points are in this volume")
         target = manifest.get("volumes", {}).get("target", {})
         offset = target.get("voxel_offset_xyz")
         if offset and any(offset):
