@@ -33,10 +33,10 @@ _SHOWN_COLUMNS = 40
 _ID_LIKE = re.compile(r"(?:^|[^A-Za-z])(?:id|Id|ID|iD)$|[a-z0-9](?:Id|ID)$")
 # the words of a name (snake_case, camelCase, UPPER): pre_pt_root_id, preNeuronId, SegmentID
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-# words before a final 'id' naming a neuron or segment, whose id many synapses share
-_SYNAPSE_WORDS = frozenset(("synapse", "syn", "cleft"))   # ... unless the name is a synapse's
+# words before a final 'id' naming a neuron or segment, whose id many synapses share ...
 _NOT_SYNAPSE = frozenset(("neuron", "root", "supervoxel", "sv", "segment", "seg", "body", "cell",
                           "nucleus"))
+_SYNAPSE_WORDS = frozenset(("synapse", "syn", "cleft"))   # ... unless the name is a synapse's
 
 
 @dataclass(frozen=True)

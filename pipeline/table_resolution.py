@@ -66,19 +66,19 @@ def coordinate_resolution(given: Optional[Sequence[float]], shards: Sequence[str
                 f"{_shown(first)}, not three positive numbers (nm per unit of its points, x y "
                 f"z); pass {_FLAG} X Y Z, the units of the point columns read")
         log.info("%s %s: points read in %s nm per unit, the table's %s (pandas attrs)",
-                 _TABLE_FLAG, shards[0], _nm(table_nm), RESOLUTION_ATTR)
+                 _TABLE_FLAG, shards[0], nm_text(table_nm), RESOLUTION_ATTR)
         return table_nm, True
     for path, value in declaring:
         table_nm = _usable(value)
         if table_nm is None:
             log.warning("%s %s: %s's %s (pandas attrs) is %s, not three positive numbers; the "
-                        "flag's units are used", _FLAG, _nm(given), path, RESOLUTION_ATTR,
+                        "flag's units are used", _FLAG, nm_text(given), path, RESOLUTION_ATTR,
                         _shown(value))
         elif table_nm != given:
             raise ConfigError(
-                f"{_FLAG} {_nm(given)}: {path} declares {RESOLUTION_ATTR} {_nm(table_nm)} nm "
-                "per unit (pandas attrs in its Parquet metadata, as CAVEclient sets them); "
-                "leave the flag out to read its points in those units, or, if the attrs are "
+                f"{_FLAG} {nm_text(given)}: {path} declares {RESOLUTION_ATTR} "
+                f"{nm_text(table_nm)} nm per unit (pandas attrs in its Parquet metadata, as "
+                "CAVEclient sets them); leave the flag out to read its points in those units, or, if the attrs are "
                 f"wrong, set df.attrs[{RESOLUTION_ATTR!r}] to the right units and write the "
                 "table again")
     return given, False
@@ -96,13 +96,13 @@ def _usable(value: Any) -> Optional[Tuple[float, float, float]]:
     return xyz if all(math.isfinite(v) and v > 0 for v in xyz) else None
 
 
-def _nm(xyz: Sequence[float]) -> str:
+def nm_text(xyz: Sequence[float]) -> str:
     """``4 4 40``, ``4.5 8 1e-05``: each as written, whole numbers without ``.0``."""
-    return " ".join(str(int(v)) if v.is_integer() else repr(v) for v in xyz)
+    return " ".join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in xyz)
 
 
 def _shown(value: Any) -> str:
     if value is None:
         return "none"
     usable = _usable(value)
-    return _nm(usable) if usable else json.dumps(value)[:80]
+    return nm_text(usable) if usable else json.dumps(value)[:80]

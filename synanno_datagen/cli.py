@@ -25,6 +25,7 @@ from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUn
 from synanno_datagen.layout import DEAD_LETTER, TFRECORD
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
+from synanno_datagen.pipeline.table_resolution import nm_text
 from synanno_datagen.reading.commands import add_commands as add_view_commands
 from synanno_datagen.transforms.table_formats import TableFormatError
 
@@ -107,7 +108,7 @@ def summary(manifest: dict, output_dir: str) -> str:
                      f"failures; {output_dir.rstrip('/')}/{DEAD_LETTER} says why, row by row)")
     outside = failures.get("outside_volume", 0)
     given = manifest["config"].get("coordinate_resolution_nm_xyz")
-    nm = " ".join(f"{v:g}" for v in given) if given else ""
+    nm = nm_text(given) if given else ""
     from_table = manifest.get("table", {}).get("coordinate_resolution_from")
     if from_table:
         lines.append(f"coordinates: {nm} nm per table unit, as the table's pandas attrs "
