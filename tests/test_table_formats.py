@@ -89,10 +89,11 @@ def test_a_small_bzip2_table_cut_short_is_said_to_be_cut_short(tmp_path):
 @pytest.mark.parametrize("name, says", [
     ("t.csv.zst", "zstd-compressed CSV"), ("t.csv.zstd", "zstd-compressed CSV"), ("t.csv.deflate", "deflate-compressed CSV"),
     ("t.json", "JSON"), ("t.jsonl", "JSON lines"), ("t.json.gz", "JSON"),
-    ("gs://b/t.ndjson", "JSON lines")])
+    ("gs://b/t.ndjson", "JSON lines"), ("t.csv.zip", "a zip archive"), ("t.zip", "a zip archive")])
 def test_formats_not_read_are_refused_by_their_name(tmp_path, name, says):
     """Found by review: a .json table was refused as 'no data rows (a header only)', and a
-    .csv.zst or .csv.deflate one with a TypeError."""
+    .csv.zst or .csv.deflate one with a TypeError; a .zip one (pandas' to_csv("t.csv.zip"))
+    as not CSV text."""
     with pytest.raises(TableFormatError, match=f"unknown format: {says} is not read; give CSV"):
         table_format(name)
     if "://" not in name:

@@ -30,11 +30,11 @@ _COMPRESSED = {CSV_GZ: ("gzip", ".gz"), CSV_BZ2: ("bzip2", ".bz2"), CSV_XZ: ("xz
 _SUFFIXES = {".gz": CSV_GZ, ".bz2": CSV_BZ2, ".xz": CSV_XZ, ".lzma": CSV_XZ}
 READ_FORMATS = ("CSV, plain or compressed (.csv, .csv.gz/.gz, .csv.bz2/.bz2, .csv.xz/.xz), "
                 "or Parquet (.parquet, .pq)")
-# Names of formats not read, refused before any work (pandas writes .zst and JSON; Beam names
-# zlib streams .deflate). zstd: zstandard's stream reader ends a file cut short without an
+# Names of formats not read, refused before any work (pandas writes .zst, .zip and JSON; Beam
+# names zlib streams .deflate). zstd: zstandard's stream reader ends a file cut short without an
 # error, so its last rows would be lost unnoticed; deflate: no common tool writes tables so.
 _NOT_READ = {".zst": "zstd-compressed CSV", ".zstd": "zstd-compressed CSV",
-             ".deflate": "deflate-compressed CSV",
+             ".deflate": "deflate-compressed CSV", ".zip": "a zip archive",
              ".json": "JSON", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
 PARQUET_BATCH_ROWS = 4096
 CSV_CELL_LIMIT = 1 << 26       # characters of one CSV cell (Python's default is 131,072)
@@ -57,7 +57,7 @@ class TableFormatError(ValueError):
 def table_format(path: str) -> str:
     """The format a file name says: ``.parquet``/``.pq``; ``.gz``, ``.bz2``, ``.xz``/``.lzma``
     compressed CSV; else CSV. Raises TableFormatError for a format not read (``.zst``,
-    ``.deflate``, JSON)."""
+    ``.deflate``, ``.zip``, JSON)."""
     name = path.lower()
     if name.endswith((".parquet", ".pq")):
         return PARQUET
