@@ -124,7 +124,7 @@ def test_the_clean_step_measures_with_the_resolution_in_z_y_x():
     labels[3, 4, 4] = 1                          # one slice away: 40 nm
     labels[2, 4, 6] = 2                          # two x voxels away: 16 nm
     fetched = Fetched(instance=None, target_box=None, source_box=None, target_padding_xyz=None,
-                      source_padding_xyz=None, source_zyx=None, filled_chunks={},
+                      source_padding_xyz=((0, 0),) * 3, source_zyx=None, filled_chunks={},
                       labels_zyx=labels)
     (cleaned,) = CleanTargetFn(source_resolution_nm_xyz=(8, 8, 40)).process(fetched)
     assert cleaned.target_zyx[2, 4, 6] == 1 and cleaned.target_zyx.sum() == 1
@@ -140,3 +140,64 @@ def test_a_big_label_off_the_centre_is_found_as_the_nearest_not_the_background()
         mask = keep_center_component(labels, (40, 8, 8))
         np.testing.assert_array_equal(mask, keep_center_component(small, (40, 8, 8)))
         assert mask.sum() == 4 and mask[2, 1:3, 1:3].all()
+
+
+def test_labels_count_only_where_the_source_has_data():
+    """Found by review: where the label volume reaches past the raw one, the mask (and seed
+    slices drawn from it) lay on slices of flat padding. Label voxels wholly over the source's
+    padding are background (an off-centre synapse there is not chosen), and the kept mask is 0
+    on the fine voxels of padding."""
+    labels = np.zeros((4, 6, 6), np.uint64)
+    labels[1:4, 2:5, 2:5] = 5                    # centred, reaching the last slice
+    labels[0, 2:4, 0] = 9
+    # source grid 2x finer in x and y: z slice 3 and fine x 0..2 (label x 0 and half of 1) padding
+    padding_zyx = ((0, 1), (0, 0), (3, 0))
+    mask = keep_center_component(labels, (33, 4, 4), (1, 2, 2), padding_zyx)
+    assert mask.shape == (4, 12, 12)
+    assert not mask[3].any() and mask[1:3].sum() == 2 * 6 * 6
+    centre_only = np.zeros_like(labels)
+    centre_only[0, 2:4, 0] = 9                   # off centre, only over padding: not chosen
+    assert keep_center_component(centre_only, (33, 4, 4), (1, 2, 2), padding_zyx) is None
+    partly = np.zeros_like(labels)
+    partly[1, 3, 1] = 9                          # fine x 2..3: x 3 has data
+    kept = keep_center_component(partly, (33, 4, 4), (1, 2, 2), padding_zyx)
+    assert kept.sum() == 2 and kept[1, 6:8, 3].all() and not kept[:, :, :3].any()
+    unpadded = keep_center_component(labels, (33, 4, 4), (1, 2, 2))
+    assert unpadded[3].sum() == 36                # no padding: as before
+
+
+def test_a_mask_over_missing_raw_is_cut_end_to_end(tmp_path):
+    """A label volume deeper than the raw (tensorstore-written, both): the records' target and
+    seed slices keep off the slice with no raw under it, and a synapse only there is an
+    ``empty_target`` saying so."""
+    import json
+
+    from synanno_datagen.pipeline.demo_data import write_precomputed
+    from tests.test_pipeline import read_records, run_pipeline
+
+    labels = np.zeros((16, 16, 12), np.uint64)
+    labels[6:10, 6:10, 5:9] = 4                 # z 5..8 (centre z 6); raw ends before z 8
+    labels[0:3, 0:3, 8:10] = 6                  # only beyond the raw, off row 3's centre
+    source = np.random.default_rng(3).integers(1, 256, (32, 32, 8), np.uint8)
+    target_url = write_precomputed(str(tmp_path / "t"), labels, resolution_nm_xyz=(8, 8, 33),
+                                   chunk_size_xyz=(8, 8, 4), encoding="compressed_segmentation",
+                                   layer_type="segmentation", writer="tensorstore")
+    source_url = write_precomputed(str(tmp_path / "s"), source, resolution_nm_xyz=(4, 4, 33),
+                                   chunk_size_xyz=(16, 16, 4), writer="tensorstore")
+    table = tmp_path / "t.csv"
+    table.write_text("id,x,y,z\n1,8,8,6\n2,8,8,7\n3,2,2,7\n")
+    out = tmp_path / "out"
+    run_pipeline(["--materialization", str(table), "--source-url", source_url,
+                  "--target-url", target_url, "--output-dir", str(out),
+                  "--crop-size", "8", "8", "4", "--variants", "3", "--max-seed-slices", "3"])
+    records = read_records(out)
+    assert {r["instance_id"] for r in records} == {1, 2}
+    for r in records:
+        z0 = r["target_box_xyz"][2]
+        over_raw = [z - z0 for z in range(z0, z0 + 4) if z < 8]
+        assert (r["source"][len(over_raw):] == 148).all()          # padding of the raw
+        assert not r["target"][len(over_raw):].any() and r["target"][over_raw].any()
+        assert set(r["seed_slices"]) <= set(over_raw)
+    letters = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    assert [(d["instance_id"], d["reason"], d["details"]) for d in letters] == [
+        (3, "empty_target", "no synapse voxel in the target crop where the source volume has data")]

@@ -14,10 +14,16 @@ from synanno_datagen.transforms.records import (
 
 
 def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
-                          scale_zyx=(1, 1, 1)) -> Optional[np.ndarray]:
+                          scale_zyx=(1, 1, 1),
+                          source_padding_zyx=((0, 0), (0, 0), (0, 0))) -> Optional[np.ndarray]:
     """Binary mask (uint8 0/1, (z, y, x)) of the component the crop is centred on, on the grid
     ``scale_zyx`` times finer than ``labels_zyx`` (the source grid; ``resolution_nm_zyx`` is its
     resolution).
+
+    Labels count only where the source has data: ``source_padding_zyx`` gives, per axis, the
+    fine voxels (before, after) of the crop outside the source volume. A label voxel whose every
+    fine voxel lies there is background, and the kept mask is 0 on them (a mask over padding
+    has no raw under it, and a seed slice there would show a flat image).
 
     Components are 26-connected and computed per label value, so touching synapses with different
     ids stay apart. The kept component is the one containing the centre voxel ``shape // 2`` of
@@ -34,6 +40,7 @@ def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
     from synanno_datagen.transforms.geometry import upsample_nearest_zyx
 
     scale = tuple(int(f) for f in scale_zyx)
+    labels_zyx = _over_source(labels_zyx, source_padding_zyx, scale)
     if labels_zyx.dtype == np.uint64 and labels_zyx.size and labels_zyx.max() >= 2**63:
         # cc3d fails on such labels (OverflowError when the foreground is one x-row);
         # components depend only on which voxels share a label: number them 0 (background), 1..
@@ -46,7 +53,24 @@ def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
         chosen = _nearest_component(components, center, resolution_nm_zyx, scale)
         if chosen == 0:
             return None
-    return upsample_nearest_zyx((components == chosen).astype(np.uint8), scale[::-1])
+    mask = upsample_nearest_zyx((components == chosen).astype(np.uint8), scale[::-1])
+    return _over_source(mask, source_padding_zyx)   # (its coarse voxels each keep a fine one)
+
+
+def _over_source(array_zyx: np.ndarray, padding_zyx, scale_zyx=(1, 1, 1)) -> np.ndarray:
+    """``array_zyx`` with 0 on its voxels whose ``scale_zyx`` fine voxels all lie in the fine
+    grid's padding ``padding_zyx`` ((before, after) per axis); a copy only when it changes."""
+    cut = [(before // f, after // f) for (before, after), f in zip(padding_zyx, scale_zyx)]
+    if not any(before or after for before, after in cut):
+        return array_zyx
+    out = array_zyx.copy()
+    for axis, (before, after) in enumerate(cut):
+        index = [slice(None)] * out.ndim
+        index[axis] = slice(0, before)
+        out[tuple(index)] = 0
+        index[axis] = slice(out.shape[axis] - after, out.shape[axis])
+        out[tuple(index)] = 0
+    return out
 
 
 def _nearest_component(components: np.ndarray, center_zyx, resolution_nm_zyx, scale_zyx) -> int:
@@ -79,11 +103,14 @@ class CleanTargetFn(beam.DoFn):
         self._empty = Metrics.counter("synanno", "empty_targets")
 
     def process(self, fetched: Fetched):
-        mask = keep_center_component(fetched.labels_zyx, self._resolution_nm_zyx, self._scale_zyx)
+        padding_zyx = fetched.source_padding_xyz[::-1]
+        mask = keep_center_component(fetched.labels_zyx, self._resolution_nm_zyx, self._scale_zyx,
+                                     padding_zyx)
         if mask is None:
             self._empty.inc()
+            where = " where the source volume has data" if fetched.labels_zyx.any() else ""
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-                fetched.instance, EMPTY_TARGET, "no synapse voxel in the target crop",
+                fetched.instance, EMPTY_TARGET, f"no synapse voxel in the target crop{where}",
                 "CleanTargets"))
             return
         yield Cleaned(**fetched.crop_fields(), target_zyx=mask)
