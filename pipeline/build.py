@@ -55,16 +55,18 @@ def build(p: beam.Pipeline, config: Config):
     # duplicate_id on every night alike.
     select = (config.seed, config.num_instances) \
         if config.num_instances is not None and not config.incremental else None
+    # A later run of a root chooses among an id's rows in KeepNewInstances (the row the dataset
+    # holds, else the first), in the join with the earlier ids: ReadTable keeps every row.
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
                                          config.target.bounds, select, config.points,
-                                         config.source_bounds_in_target())
-    instances, rejected = table["ok"], table[DEAD]  # Instance, unique ids; DeadLetter
+                                         config.source_bounds_in_target(), dedup=not incremental)
+    instances, rejected = table["ok"], table[DEAD]  # Instance (repeats if incremental); DeadLetter
     vanished = remembered = None
     if incremental:
         kept = {"instances": instances, "rejected": rejected} | "KeepNewInstances" >> \
             KeepNewInstances(config.incremental.previous_index_paths())
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
-        rejected = (rejected, kept[DEAD]) | "AllRejections" >> beam.Flatten()  # (+ changed ids)
+        rejected = (rejected, kept[DEAD]) | "AllRejections" >> beam.Flatten()  # + repeats, moved
     if incremental and config.incremental.memory_to_skip():
         skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \
             SkipRememberedFailures(config.incremental.memory_to_skip(), read_columns(config))

@@ -9,7 +9,7 @@ import pytest
 
 from synanno_datagen.cli import main
 from synanno_datagen.transforms.shards import block_key, split_of
-from tests.conftest import GOOD_IDS, TARGET_OFFSET
+from tests.conftest import CROP, GOOD_IDS, TARGET_OFFSET
 
 SPLITS = (("train", 0.5), ("test", 0.5))
 FIRST_GRID = (16, 16, 4)
@@ -602,3 +602,52 @@ def test_a_root_made_with_the_flag_goes_on_when_the_table_states_the_same_units(
                        "--coordinate-resolution 8 8 33: ", "declares dataframe_resolution "
                        "4 4 33 nm per unit")
     assert _latest(root)["incremental"]["run_dir"] == "runs/00002"
+
+
+def test_a_reordered_table_with_conflicting_duplicates_keeps_the_datasets_row(small_data,
+                                                                              tmp_path):
+    """Found by review: id 12 on two rows with other points, A first, so night 1 writes A and B
+    is a duplicate_id. Night 2's table holds the same rows in reverse order (CAVE exports promise
+    none): B won the dedup, A became a new duplicate_id although the dataset holds A's data, and
+    B was skipped as remembered. Now the row the dataset holds wins: night 2 adds nothing, no
+    failure, and the dataset holds row A's points once."""
+    from synanno_datagen.reading.dataset import open_dataset
+    from synanno_datagen.reading.records import read_records
+
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    row_a = next(r for r in rows if r["id"] == "12")
+    row_b = {**row_a, "x": "126", "pre_pt_x": "125"}
+    root = tmp_path / "root"
+    common = ["--incremental", "--variants", "1"]
+    nights = []
+    for n, ordered in enumerate((rows + [row_b], list(reversed(rows + [row_b])))):
+        argv = small_data.argv(root, *common)
+        argv[argv.index("--materialization") + 1] = str(_table(tmp_path / f"{n}.csv", ordered))
+        assert main(["run"] + argv) == 0
+        nights.append(_latest(root))
+    first, second = (m["counts"] for m in nights)
+    assert first["failures"]["duplicate_id"] == 2             # 11's repeat and row B
+    (letter,) = [json.loads(line) for line in
+                 (root / nights[0]["files"]["dead_letter"]["path"]).read_text().splitlines()
+                 if json.loads(line)["instance_id"] == 12]
+    assert letter["details"] == f"id 12 first seen in table shard 0 row {rows.index(row_a)}"
+    assert second["failures"] == {} and second["failed"] == 0
+    assert second["instances_selected"] == second["instances_written"] == 0
+    assert second["remembered_failures"] == first["failures"]
+    assert second["rows_not_selected"] == len(GOOD_IDS)        # their rows, 12's row A among them
+    assert (root / nights[1]["files"]["dead_letter"]["path"]).read_text() == ""
+    assert [json.loads(line)["fingerprint"] for line in
+            (root / nights[1]["incremental"]["remembered_failures"]).read_text().splitlines()] \
+        == [json.loads(line)["fingerprint"] for line in
+            (root / nights[0]["incremental"]["remembered_failures"]).read_text().splitlines()]
+    index_12 = [json.loads(line) for f in nights[1]["files"]["index"]
+                for line in (root / f["path"]).read_text().splitlines()
+                if json.loads(line)["instance_id"] == 12]
+    assert [(e["center_xyz"], e["pre_pt_xyz"]) for e in index_12] == [
+        ([125, 220, 14], [124, 220, 14])]
+    dataset = open_dataset(str(root))
+    served = [(r["instance_id"], r["target_box_xyz"]) for f in dataset.manifest["files"]["tfrecord"]
+              for r in read_records(dataset, f, ("instance_id", "target_box_xyz"))]
+    assert sorted(i for i, _ in served) == sorted(GOOD_IDS)    # 12 once, cut around row A
+    assert [box for i, box in served if i == 12][0][:3] == [125 - CROP[0] // 2, 220 - CROP[1] // 2,
+                                                          14 - CROP[2] // 2]

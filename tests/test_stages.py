@@ -157,6 +157,42 @@ def test_keep_new_instances_report_an_earlier_id_whose_pre_or_post_point_alone_m
         assert_that(out["ok"], equal_to([]), label="NothingNew")
 
 
+def test_keep_new_instances_keeps_the_repeat_whose_points_the_dataset_holds(tmp_path):
+    """An incremental run chooses among an id's rows in KeepNewInstances: the earliest row with
+    the points the dataset holds (5: a later row), else the earliest (6, new; 7, moved); the
+    others are duplicate_id, saying "first seen" only when the first row is kept."""
+    from synanno_datagen.transforms.keep_new import KeepNewInstances
+    from synanno_datagen.transforms.records import Instance, RowRef
+
+    earlier = tmp_path / "index.jsonl"
+    earlier.write_text("".join(json.dumps(
+        {"instance_id": i, "center_xyz": [10, 10, 2]}) + "\n" for i in (5, 7)))
+    held = Instance(5, (10, 10, 2), None, None, RowRef(0, 3))
+    other = held.replace(center_xyz=(11, 10, 2))
+    rows = [held, other.replace(ref=RowRef(0, 1)), held.replace(ref=RowRef(1, 0)),
+            other.replace(instance_id=6, ref=RowRef(0, 8)), held.replace(instance_id=6),
+            other.replace(instance_id=7, ref=RowRef(0, 4)), other.replace(instance_id=7)]
+    with TestPipeline() as p:
+        out = ({"instances": p | beam.Create(rows), "rejected": p | "Rejected" >> beam.Create([])}
+               | KeepNewInstances([str(earlier)]))
+        assert_that(out["ok"] | beam.Map(lambda i: (i.instance_id, i.ref)),
+                    equal_to([(6, RowRef(0, 3))]), label="New")
+        assert_that(out[DEAD] | beam.Map(
+            lambda d: (d.instance_id, d.ref, d.reason, d.stage, d.details)), equal_to([
+                (5, RowRef(0, 1), "duplicate_id", "KeepNewInstances",
+                 "id 5 is in the dataset with the points of table shard 0 row 3"),
+                (5, RowRef(1, 0), "duplicate_id", "KeepNewInstances",
+                 "id 5 is in the dataset with the points of table shard 0 row 3"),
+                (6, RowRef(0, 8), "duplicate_id", "ReadTable",
+                 "id 6 first seen in table shard 0 row 3"),
+                (7, RowRef(0, 4), "duplicate_id", "ReadTable",
+                 "id 7 first seen in table shard 0 row 3"),
+                (7, RowRef(0, 3), "changed_since_written", "KeepNewInstances",
+                 "id 7 is in the dataset with center [10, 10, 2] (target voxels); the table now "
+                 "has center [11, 10, 2]: its records are not rebuilt (a new root rebuilds "
+                 "every instance)")]), label="Dead")
+
+
 def test_block_splits_and_group_order_follow_the_seed_not_the_input_order():
     """Found by mutation review (each passed every test): block splits ignoring --seed (every
     seed the same held-out regions), and a block's members in the order they came."""

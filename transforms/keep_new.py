@@ -7,7 +7,10 @@ import apache_beam as beam
 
 from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES
 from synanno_datagen.transforms.files import read_jsonl
-from synanno_datagen.transforms.records import CHANGED_SINCE_WRITTEN, DEAD, DeadLetter, Instance
+from synanno_datagen.transforms.records import (
+    CHANGED_SINCE_WRITTEN, DEAD, DUPLICATE_ID, DeadLetter, Instance,
+)
+from synanno_datagen.transforms.table import duplicate_letter, in_table_order
 
 POINT_KEYS = ("center_xyz",) + OPTIONAL_POINT_FEATURES   # an instance's points, target voxels
 
@@ -39,24 +42,52 @@ def changed_letter(instance: Instance, written: Points) -> DeadLetter:
         "(a new root rebuilds every instance)", "KeepNewInstances")
 
 
+def held_letter(dup: Instance, held: Instance) -> DeadLetter:
+    """The duplicate_id letter of a row of an id whose later row, ``held``, has the points the
+    dataset holds for it, so that row is kept."""
+    return DeadLetter.for_instance(
+        dup, DUPLICATE_ID, f"id {dup.instance_id} is in the dataset with the points of table "
+        f"shard {held.ref.table_shard} row {held.ref.row}", "KeepNewInstances")
+
+
+def keep_one(instances: List[Instance], written: Optional[Points]
+             ) -> Tuple[Instance, List[DeadLetter]]:
+    """The rows of one id -> (the instance kept, duplicate_id letters of the others): the
+    earliest row (table shard, row) whose points are ``written`` (the dataset's for the id),
+    else the earliest row, so a table in another order keeps what the dataset holds."""
+    ordered = in_table_order(instances)
+    kept = next((i for i in ordered if written is not None and instance_points(i) == written),
+                ordered[0])
+    letter = duplicate_letter if kept is ordered[0] else held_letter
+    return kept, [letter(dup, kept) for dup in ordered if dup is not kept]
+
+
 def _split(kv):
-    """One joined id -> ("ok", Instance) | ("changed", DeadLetter) | ("vanished", id) | ()."""
+    """One joined id -> ("ok", Instance) | ("dead", DeadLetter: duplicate_id, changed) |
+    ("vanished", id)."""
     instance_id, groups = kv
     now, earlier = list(groups["now"]), list(groups["earlier"])
-    if not earlier:
-        return [("ok", i) for i in now]
-    if now:
-        return [("changed", changed_letter(i, earlier[0])) for i in now
-                if instance_points(i) != earlier[0]]
-    return [] if list(groups["rejected"]) else [("vanished", instance_id)]
+    if not now:
+        return [("vanished", instance_id)] if earlier and not list(groups["rejected"]) else []
+    written = earlier[0] if earlier else None
+    kept, duplicates = keep_one(now, written)
+    out = [("dead", letter) for letter in duplicates]
+    if written is None:
+        out.append(("ok", kept))
+    elif instance_points(kept) != written:
+        out.append(("dead", changed_letter(kept, written)))
+    return out
 
 
 class KeepNewInstances(beam.PTransform):
-    """{"instances": Instance, "rejected": DeadLetter of the table} -> dict ``ok`` (instances
-    whose ids are in none of the earlier index shards), ``dead_letter`` (an id earlier runs
-    wrote whose points in the table differ now: ``changed_since_written``, as its records are
-    not rebuilt) and ``vanished`` (earlier ids no longer in the table: neither an instance now
-    nor the id of a rejected row). Only ids and points cross the shuffle."""
+    """{"instances": Instance of every valid row (an id's repeats too), "rejected": DeadLetter
+    of the table} -> dict ``ok`` (one instance per id in none of the earlier index shards),
+    ``dead_letter`` (an id's other rows, ``duplicate_id``: keep_one keeps the row whose points
+    the dataset holds, else the earliest; an id earlier runs wrote whose points in the table
+    differ now: ``changed_since_written``, as its records are not rebuilt) and ``vanished``
+    (earlier ids no longer in the table: neither an instance now nor the id of a rejected
+    row). The repeats are chosen among in this join, so the table's rows cross one shuffle,
+    the earlier runs' ids and points with them."""
 
     def __init__(self, index_paths: List[str]):
         super().__init__()
@@ -75,6 +106,6 @@ class KeepNewInstances(beam.PTransform):
                  | "Join" >> beam.CoGroupByKey()
                  | "Split" >> beam.FlatMap(_split)
                  | "ByKind" >> beam.Partition(
-                     lambda kv, n: ("ok", "changed", "vanished").index(kv[0]), 3))
+                     lambda kv, n: ("ok", "dead", "vanished").index(kv[0]), 3))
         return {name: part | f"{name.title()}Values" >> beam.Map(lambda kv: kv[1])
                 for name, part in zip(("ok", DEAD, "vanished"), parts)}

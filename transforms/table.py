@@ -3,7 +3,7 @@ letters."""
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -140,22 +140,34 @@ def _offsets(counts: dict, n_shards: int) -> list:
     return offsets
 
 
+def in_table_order(instances: Iterable[Instance]) -> List[Instance]:
+    """Instances sorted by their rows: table shard, then row."""
+    return sorted(instances, key=lambda i: (i.ref.table_shard, i.ref.row))
+
+
+def duplicate_letter(dup: Instance, first: Instance) -> DeadLetter:
+    """The duplicate_id letter of a later row of an id whose earliest row, ``first``, is kept."""
+    return DeadLetter.for_instance(
+        dup, DUPLICATE_ID, f"id {dup.instance_id} first seen in table shard "
+        f"{first.ref.table_shard} row {first.ref.row}", "ReadTable")
+
+
 def keep_first(element):
     """(id, [Instance...]) -> the instance from the earliest row; later ones as duplicate_id."""
-    instance_id, instances = element
-    ordered = sorted(instances, key=lambda i: (i.ref.table_shard, i.ref.row))
-    yield ordered[0]
-    for dup in ordered[1:]:
-        first = ordered[0].ref
-        yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
-            dup, DUPLICATE_ID, f"id {instance_id} first seen in table shard {first.table_shard} row "
-            f"{first.row}", "ReadTable"))
+    _, instances = element
+    first, *later = in_table_order(instances)
+    yield first
+    for dup in later:
+        yield beam.pvalue.TaggedOutput(DEAD, duplicate_letter(dup, first))
 
 
 class ReadTable(beam.PTransform):
     """Table shards -> outputs ``ok`` (Instances, unique ids), ``dead_letter``, ``rows``.
 
-    ``rows`` is the raw (RowRef, row) collection, for counting rows read.
+    ``rows`` is the raw (RowRef, row) collection, for counting rows read. With
+    ``dedup=False`` ``ok`` holds every valid row's instance, an id's repeats too, for a later
+    step to choose among (an incremental run's KeepNewInstances, which prefers the row the
+    dataset holds).
 
     With ``select=(run_seed, n)`` only the ``n`` valid ids with the smallest ``selection_key``
     come out, and memory does not grow with the table: a first pass keeps just the n smallest
@@ -165,9 +177,10 @@ class ReadTable(beam.PTransform):
 
     def __init__(self, shard_paths: Sequence[str], id_column: Optional[str], target_bounds: Box,
                  select: Optional[Tuple[int, int]] = None, layout: TableLayout = DEFAULT_LAYOUT,
-                 source_bounds: Optional[Box] = None):
+                 source_bounds: Optional[Box] = None, dedup: bool = True):
         super().__init__()
         self._paths = list(shard_paths)
+        self._dedup = dedup
         self._id_column = id_column
         self._bounds = target_bounds
         self._source_bounds = source_bounds   # see parse_row
@@ -210,6 +223,8 @@ class ReadTable(beam.PTransform):
                               beam.pvalue.AsSingleton(picked), **side)
                           | "ParseRowsAgain" >> beam.ParDo(parse, **side)
                           .with_outputs(DEAD, main="ok")).ok
+        if not self._dedup:
+            return {"ok": candidates, DEAD: parsed[DEAD], "rows": rows}
         unique = (candidates
                   | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
                   | "GroupById" >> beam.GroupByKey()
