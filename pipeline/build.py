@@ -23,7 +23,7 @@ from synanno_datagen.transforms.keep_new import KeepNewInstances
 from synanno_datagen.transforms.progress import CountDeadLettersFn, CountFn
 from synanno_datagen.transforms.records import DEAD
 from synanno_datagen.transforms.remembered import (
-    REMEMBERED, RememberFailures, SkipRememberedFailures,
+    REMEMBERED, RememberFailures, SkipRememberedFailures, read_memory,
 )
 from synanno_datagen.transforms.select import SelectInstances
 from synanno_datagen.transforms.shards import PlanShards
@@ -56,20 +56,27 @@ def build(p: beam.Pipeline, config: Config):
     select = (config.seed, config.num_instances) \
         if config.num_instances is not None and not config.incremental else None
     # A later run of a root chooses among an id's rows in KeepNewInstances (the row the dataset
-    # holds, else the first), in the join with the earlier ids: ReadTable keeps every row.
+    # holds, else the one whose fetch is remembered as failed, else the first), in the join
+    # with the earlier ids: ReadTable keeps every row.
     table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
                                          config.target.bounds, select, config.points,
                                          config.source_bounds_in_target(), dedup=not incremental)
     instances, rejected = table["ok"], table[DEAD]  # Instance (repeats if incremental); DeadLetter
-    vanished = remembered = None
+    vanished = remembered = skip_entries = None
+    skip_path = config.incremental.memory_to_skip() if incremental else None
+    if skip_path:   # the earlier failures not tried again: read once, used twice
+        skip_entries = read_memory(p, skip_path, "Remembered")       # memory entries: dict
     if incremental:
-        kept = {"instances": instances, "rejected": rejected} | "KeepNewInstances" >> \
-            KeepNewInstances(config.incremental.previous_index_paths())
+        table_out = {"instances": instances, "rejected": rejected}
+        if skip_entries is not None:   # an id's row whose fetch failed is kept among repeats
+            table_out["remembered"] = skip_entries
+        kept = table_out | "KeepNewInstances" >> KeepNewInstances(
+            config.incremental.previous_index_paths(), read_columns(config))
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
         rejected = (rejected, kept[DEAD]) | "AllRejections" >> beam.Flatten()  # + repeats, moved
-    if incremental and config.incremental.memory_to_skip():
-        skipped = {"instances": instances, "rejected": rejected} | "SkipRememberedFailures" >> \
-            SkipRememberedFailures(config.incremental.memory_to_skip(), read_columns(config))
+    if skip_entries is not None:
+        skipped = {"instances": instances, "rejected": rejected, "memory": skip_entries} | \
+            "SkipRememberedFailures" >> SkipRememberedFailures(skip_path, read_columns(config))
         instances, rejected = skipped["ok"], skipped[DEAD]
         remembered = skipped[REMEMBERED]             # the memory entry of each row skipped
     if config.num_instances is not None and config.incremental:  # the dataset holds <= N

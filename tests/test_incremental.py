@@ -609,24 +609,28 @@ def test_a_reordered_table_with_conflicting_duplicates_keeps_the_datasets_row(sm
     """Found by review: id 12 on two rows with other points, A first, so night 1 writes A and B
     is a duplicate_id. Night 2's table holds the same rows in reverse order (CAVE exports promise
     none): B won the dedup, A became a new duplicate_id although the dataset holds A's data, and
-    B was skipped as remembered. Now the row the dataset holds wins: night 2 adds nothing, no
-    failure, and the dataset holds row A's points once."""
+    B was skipped as remembered. Now the row the dataset holds wins, and of an id no run wrote
+    (23, an empty target on two rows) the row whose fetch is remembered as failed: night 2 adds
+    nothing, no failure, and the dataset holds row A's points once."""
     from synanno_datagen.reading.dataset import open_dataset
     from synanno_datagen.reading.records import read_records
 
     rows = list(csv.DictReader(open(small_data.table_path)))
     row_a = next(r for r in rows if r["id"] == "12")
     row_b = {**row_a, "x": "126", "pre_pt_x": "125"}
+    empty_b = {**next(r for r in rows if r["id"] == "23"), "x": "107"}
+    table = rows + [row_b, empty_b]
     root = tmp_path / "root"
     common = ["--incremental", "--variants", "1"]
     nights = []
-    for n, ordered in enumerate((rows + [row_b], list(reversed(rows + [row_b])))):
+    for n, ordered in enumerate((table, list(reversed(table)))):
         argv = small_data.argv(root, *common)
         argv[argv.index("--materialization") + 1] = str(_table(tmp_path / f"{n}.csv", ordered))
         assert main(["run"] + argv) == 0
         nights.append(_latest(root))
     first, second = (m["counts"] for m in nights)
-    assert first["failures"]["duplicate_id"] == 2             # 11's repeat and row B
+    assert first["failures"]["duplicate_id"] == 3             # 11's and 23's repeats, row B
+    assert first["failures"]["empty_target"] == 1
     (letter,) = [json.loads(line) for line in
                  (root / nights[0]["files"]["dead_letter"]["path"]).read_text().splitlines()
                  if json.loads(line)["instance_id"] == 12]

@@ -159,24 +159,34 @@ def test_keep_new_instances_report_an_earlier_id_whose_pre_or_post_point_alone_m
 
 def test_keep_new_instances_keeps_the_repeat_whose_points_the_dataset_holds(tmp_path):
     """An incremental run chooses among an id's rows in KeepNewInstances: the earliest row with
-    the points the dataset holds (5: a later row), else the earliest (6, new; 7, moved); the
-    others are duplicate_id, saying "first seen" only when the first row is kept."""
+    the points the dataset holds (5: a later row), else the row whose fetch is remembered as
+    failed (8; a row entry is no fetch, 6), else the earliest (6, new; 7, moved); the others
+    are duplicate_id, saying "first seen" only when the first row is kept."""
     from synanno_datagen.transforms.keep_new import KeepNewInstances
     from synanno_datagen.transforms.records import Instance, RowRef
+    from synanno_datagen.transforms.remembered import fingerprint
 
     earlier = tmp_path / "index.jsonl"
     earlier.write_text("".join(json.dumps(
         {"instance_id": i, "center_xyz": [10, 10, 2]}) + "\n" for i in (5, 7)))
     held = Instance(5, (10, 10, 2), None, None, RowRef(0, 3))
     other = held.replace(center_xyz=(11, 10, 2))
+    tried = held.replace(instance_id=8, ref=RowRef(0, 9), row=(("id", "8"), ("x", "10")))
     rows = [held, other.replace(ref=RowRef(0, 1)), held.replace(ref=RowRef(1, 0)),
-            other.replace(instance_id=6, ref=RowRef(0, 8)), held.replace(instance_id=6),
-            other.replace(instance_id=7, ref=RowRef(0, 4)), other.replace(instance_id=7)]
+            other.replace(instance_id=6, ref=RowRef(0, 8), row=(("id", "6"),)),
+            held.replace(instance_id=6),
+            other.replace(instance_id=7, ref=RowRef(0, 4)), other.replace(instance_id=7),
+            tried, tried.replace(ref=RowRef(0, 2), row=(("id", "8"), ("x", "11")))]
+    failed = {"kind": "instance", "fingerprint": fingerprint(tried.row), "instance_id": 8,
+              "reason": "empty_target", "first_run": 1}
     with TestPipeline() as p:
-        out = ({"instances": p | beam.Create(rows), "rejected": p | "Rejected" >> beam.Create([])}
+        out = ({"instances": p | beam.Create(rows), "rejected": p | "Rejected" >> beam.Create([]),
+                "remembered": p | "Memory" >> beam.Create([failed, {
+                    **failed, "kind": "row", "instance_id": 6,
+                    "fingerprint": fingerprint((("id", "6"),))}])}
                | KeepNewInstances([str(earlier)]))
         assert_that(out["ok"] | beam.Map(lambda i: (i.instance_id, i.ref)),
-                    equal_to([(6, RowRef(0, 3))]), label="New")
+                    equal_to([(6, RowRef(0, 3)), (8, RowRef(0, 9))]), label="New")
         assert_that(out[DEAD] | beam.Map(
             lambda d: (d.instance_id, d.ref, d.reason, d.stage, d.details)), equal_to([
                 (5, RowRef(0, 1), "duplicate_id", "KeepNewInstances",
@@ -190,7 +200,9 @@ def test_keep_new_instances_keeps_the_repeat_whose_points_the_dataset_holds(tmp_
                 (7, RowRef(0, 3), "changed_since_written", "KeepNewInstances",
                  "id 7 is in the dataset with center [10, 10, 2] (target voxels); the table now "
                  "has center [11, 10, 2]: its records are not rebuilt (a new root rebuilds "
-                 "every instance)")]), label="Dead")
+                 "every instance)"),
+                (8, RowRef(0, 2), "duplicate_id", "KeepNewInstances",
+                 "id 8 was tried as table shard 0 row 9 (remembered as failed)")]), label="Dead")
 
 
 def test_block_splits_and_group_order_follow_the_seed_not_the_input_order():

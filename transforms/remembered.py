@@ -102,13 +102,12 @@ def _is_entry(entry) -> bool:
             and type(entry.get("first_run")) is int)
 
 
-def keyed_memory(pipeline, path: str, prefix: str):
-    """The entries of the memory file at ``path`` as (key, entry) pairs, read in the pipeline
-    (steps named ``prefix``...)."""
+def read_memory(pipeline, path: str, prefix: str):
+    """The entries of the memory file at ``path``, read in the pipeline (steps named
+    ``prefix``...)."""
     return (pipeline
             | f"{prefix}File" >> beam.Create([path])
-            | f"{prefix}Entries" >> beam.FlatMap(memory_entries)
-            | f"{prefix}Keyed" >> beam.Map(lambda e: (key_of(e), e)))
+            | f"{prefix}Entries" >> beam.FlatMap(memory_entries))
 
 
 _ROWLESS = "rowless"   # elements without a row: nothing of them can be remembered
@@ -139,11 +138,12 @@ def _skip_remembered(element):
 
 
 class SkipRememberedFailures(beam.PTransform):
-    """{"instances": Instance, "rejected": DeadLetter of the table} -> dict ``ok`` (instances
-    to go on with), ``dead_letter`` (rejections not remembered) and ``remembered`` (the memory
-    entry of each skipped element). Elements and memory entries meet by key (kind, row
-    fingerprint) in one CoGroupByKey: only rows and small entries cross it, and no worker holds
-    the whole memory (as a side input each would)."""
+    """{"instances": Instance, "rejected": DeadLetter of the table[, "memory": its entries,
+    read_memory's, when read already]} -> dict ``ok`` (instances to go on with),
+    ``dead_letter`` (rejections not remembered) and ``remembered`` (the memory entry of each
+    skipped element). Elements and memory entries meet by key (kind, row fingerprint) in one
+    CoGroupByKey: only rows and small entries cross it, and no worker holds the whole memory
+    (as a side input each would)."""
 
     def __init__(self, memory_path: str, columns: Optional[Sequence[str]] = None):
         super().__init__()
@@ -155,7 +155,8 @@ class SkipRememberedFailures(beam.PTransform):
         keyed = {tag: inputs[tag] | f"Key{tag.title()}" >> beam.FlatMap(
                      _keyed(kind, self._columns)).with_outputs(_ROWLESS, main="keyed")
                  for tag, kind in (("instances", INSTANCE), ("rejected", ROW))}
-        groups = ({"memory": keyed_memory(p, self._path, "Memory"),
+        memory = inputs["memory"] if "memory" in inputs else read_memory(p, self._path, "Memory")
+        groups = ({"memory": memory | "MemoryKeyed" >> beam.Map(lambda e: (key_of(e), e)),
                    **{tag: k.keyed for tag, k in keyed.items()}}
                   | "MeetMemory" >> beam.CoGroupByKey())
         out = groups | "SkipRemembered" >> beam.FlatMap(_skip_remembered).with_outputs(
