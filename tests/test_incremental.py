@@ -655,3 +655,27 @@ def test_a_reordered_table_with_conflicting_duplicates_keeps_the_datasets_row(sm
     assert sorted(i for i, _ in served) == sorted(GOOD_IDS)    # 12 once, cut around row A
     assert [box for i, box in served if i == 12][0][:3] == [125 - CROP[0] // 2, 220 - CROP[1] // 2,
                                                           14 - CROP[2] // 2]
+
+
+def test_a_row_remembered_as_a_duplicate_is_said_to_have_moved_once_it_stands_alone(small_data,
+                                                                                   tmp_path):
+    """Found by review: id 12's moved row, a duplicate_id on night 2 (the dataset holds the
+    other row's points), stands alone on night 3: it is changed_since_written, and was skipped
+    as the remembered duplicate, so no night said that the table had moved the synapse."""
+    rows = list(csv.DictReader(open(small_data.table_path)))
+    row_a = next(r for r in rows if r["id"] == "12")
+    moved = {**row_a, "x": "126", "pre_pt_x": "125"}
+    others = [r for r in rows if r is not row_a]
+    root = tmp_path / "root"
+    counts = []
+    for n, table in enumerate(([row_a] + others, [moved, row_a] + others, [moved] + others,
+                               [moved] + others)):
+        argv = small_data.argv(root, "--incremental", "--variants", "1")
+        argv[argv.index("--materialization") + 1] = str(_table(tmp_path / f"{n}.csv", table))
+        assert main(["run"] + argv) == 0
+        counts.append(_latest(root)["counts"])
+    base = dict(counts[0]["failures"])
+    assert counts[1]["failures"] == {"duplicate_id": 1}          # the moved row, night 2
+    assert counts[2]["failures"] == {"changed_since_written": 1}  # alone: said once
+    assert counts[3]["failures"] == {}
+    assert counts[3]["remembered_failures"] == {**base, "changed_since_written": 1}

@@ -126,13 +126,18 @@ def _keyed(kind: str, columns: Optional[Sequence[str]]):
 
 def _skip_remembered(element):
     """(key, {"memory": [entry], "instances": [...], "rejected": [...]}) -> each element, or
-    the memory entry of each on the ``remembered`` output when the key is remembered."""
+    the memory entry of each on the ``remembered`` output when the key is remembered (for a
+    rejection, under its reason)."""
     _, groups = element
     memory = list(groups["memory"])
     for tag in ("instances", "rejected"):
         for item in groups[tag]:
-            if memory:
-                yield beam.pvalue.TaggedOutput(REMEMBERED, memory[0])
+            # a row rejected now for another reason than remembered is news (a duplicate_id
+            # row standing alone is changed_since_written once the table has moved it)
+            entry = next((e for e in memory if tag == "instances" or e["reason"] == item.reason),
+                         None)
+            if entry is not None:
+                yield beam.pvalue.TaggedOutput(REMEMBERED, entry)
             else:
                 yield beam.pvalue.TaggedOutput(tag, item)
 
