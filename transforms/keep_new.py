@@ -68,10 +68,11 @@ def keep_one(instances: List[Instance], written: Optional[Points],
     ``columns``) is in ``failed`` (an earlier run's fetch of it failed for good); else the
     earliest row. So a table in another order keeps the row the earlier runs kept."""
     ordered = in_table_order(instances)
-    kept = next((i for i in ordered if written is not None and instance_points(i) == written),
-                None)
-    letter = held_letter
-    if written is None and failed and len(ordered) > 1:
+    kept = None
+    if written is not None:
+        kept = next((i for i in ordered if instance_points(i) == written), None)
+        letter = held_letter
+    elif failed and len(ordered) > 1:
         kept = next((i for i in ordered if fingerprint(i.row, columns) in failed), None)
         letter = tried_letter
     if kept is None or kept is ordered[0]:
