@@ -21,7 +21,7 @@ from synanno_datagen.layout import (
 from synanno_datagen.errors import LeaseLost
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
-from synanno_datagen.transforms.examples import features
+from synanno_datagen.record_format import features
 from synanno_datagen.transforms.files import delete_file, delete_tree, write_atomic, write_bytes
 from synanno_datagen.layout import NPY, TFRECORD
 

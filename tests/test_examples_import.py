@@ -9,7 +9,7 @@ import pytest
 
 ENCODE = """
 import sys
-from synanno_datagen.transforms.examples import example_pb2
+from synanno_datagen.record_format import example_pb2
 example = example_pb2().Example()
 feature = example.features.feature
 feature["b"].bytes_list.value.append(b"xyz")

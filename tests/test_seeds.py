@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from synanno_datagen.record_format import seed_mask
 from synanno_datagen.transforms.seeds import (
-    SeedModel, draw_seed_slices, generator, pick, seed_mask, variant_seed_slices,
+    SeedModel, draw_seed_slices, generator, pick, variant_seed_slices,
 )
 
 

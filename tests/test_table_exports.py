@@ -15,7 +15,7 @@ from tfrecord.reader import tfrecord_iterator
 
 from tests.conftest import SYNAPSES
 from tests.test_pipeline import run_pipeline
-from synanno_datagen.transforms.examples import example_pb2
+from synanno_datagen.record_format import example_pb2
 
 NULL = None                      # the whole centre is missing
 GOOD = [(sid, center) for sid, _, _, _, center in SYNAPSES]

@@ -5,7 +5,7 @@ from typing import Collection, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-from synanno_datagen.transforms.examples import OPTIONAL_POINT_FEATURES
+from synanno_datagen.record_format import OPTIONAL_POINT_FEATURES
 from synanno_datagen.transforms.files import read_jsonl
 from synanno_datagen.transforms.records import (
     CHANGED_SINCE_WRITTEN, DEAD, DUPLICATE_ID, DeadLetter, Instance,

@@ -132,14 +132,6 @@ def variant_seed_slices(
     return result
 
 
-def seed_mask(target_zyx: np.ndarray, slices: Sequence[int]) -> np.ndarray:
-    """Copy of the (z, y, x) uint8 target with every slice but ``slices`` zeroed."""
-    out = np.zeros_like(target_zyx)
-    index = list(slices)
-    out[index] = target_zyx[index]
-    return out
-
-
 def seed_sets(n: int, max_size: int, cap: Optional[int] = None) -> int:
     """The distinct seed-slice sets of 1 to ``max_size`` slices among ``n`` foreground slices;
     with ``cap``, at most ``cap`` (counted no further: the count of a deep crop's sets has

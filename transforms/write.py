@@ -29,9 +29,8 @@ from synanno_datagen.layout import (
     NPY, TFRECORD, group_index_path, group_tfrecord_path, index_path, join, json_line, npy_paths,
     tfrecord_path,
 )
-from synanno_datagen.transforms.examples import (
-    OPTIONAL_POINT_FEATURES, encode_example, encode_instance,
-)
+from synanno_datagen.record_format import OPTIONAL_POINT_FEATURES, seed_mask
+from synanno_datagen.transforms.examples import encode_example, encode_instance
 from synanno_datagen.transforms.files import (
     FileSystems, before_commit, delete_file, move_once, npy_bytes, read_jsonl, write_atomic,
     write_bytes,
@@ -40,7 +39,7 @@ from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
     DEAD, UNEXPECTED_ERROR, DeadLetter, Varied, WrittenShard, exception_text,
 )
-from synanno_datagen.transforms.seeds import foreground_slices, seed_mask
+from synanno_datagen.transforms.seeds import foreground_slices
 
 
 

@@ -168,9 +168,9 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     dataset = open_dataset(dataset_dir)
     manifest = dataset.manifest
     records_info = layout.records_info(manifest)
-    spec = feature_spec(manifest, tf)
     shape_zyx = manifest["arrays"]["shape_zyx"]
     entries = dataset.checked_files(dataset.files("tfrecord", split))
+    spec = feature_spec(dataset.manifest_path, manifest, tf)
     files = [dataset.path(f["path"]) for f in entries]
     samples = sum(f["records"] for f in entries) * dataset.variants_per_record
 
@@ -212,7 +212,7 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
 
 def seed_masks(tf, target, seed_slices):
     """uint8 [variants, z, y, x]: the uint8 [z, y, x] ``target`` on each variant's seed slices,
-    zero elsewhere (``transforms.seeds.seed_mask`` per variant); ``seed_slices``: an int64
+    zero elsewhere (``record_format.seed_mask`` per variant); ``seed_slices``: an int64
     RaggedTensor [variants, (slices)], as an instance record's ``seed_slices`` parse."""
     slices = seed_slices.to_tensor(default_value=-1)    # [variants, most slices]; -1: no slice
     z = tf.range(tf.shape(target, out_type=tf.int64)[0])
@@ -220,22 +220,31 @@ def seed_masks(tf, target, seed_slices):
     return tf.cast(keep, tf.uint8)[:, :, None, None] * target[None]
 
 
-def feature_spec(manifest: dict, tf) -> dict:
-    """tf.io feature spec of every feature the manifest lists (``kind`` bytes or int64); an
-    instance record's ``seed_slices`` is ragged, one row per variant."""
-    names = {f["name"] for f in manifest["features"]}
-    spec = {}
-    for f in manifest["features"]:
-        if f["kind"] == "bytes":
-            spec[f["name"]] = tf.io.FixedLenFeature([], tf.string)
-        elif f["name"] == "seed_slices" and "seed_slice_counts" in names:
-            spec[f["name"]] = tf.io.RaggedFeature(
-                tf.int64, value_key="seed_slices",
-                partitions=[tf.io.RaggedFeature.RowLengths("seed_slice_counts")])
-        elif f["name"] == "seed_slice_counts":
-            continue   # read as the row lengths of seed_slices
-        elif f["shape"] == [-1]:
-            spec[f["name"]] = tf.io.VarLenFeature(tf.int64)
-        else:
-            spec[f["name"]] = tf.io.FixedLenFeature(f["shape"], tf.int64)
+def feature_spec(manifest_path: str, manifest: dict, tf) -> dict:
+    """tf.io feature spec of what a sample is made of in the manifest's record layout (an
+    instance record's ``seed_slices`` ragged, one row per variant); the records' other features
+    are not parsed, so one this version does not know (a newer writer's, of any kind) changes
+    nothing. DatasetError, naming ``manifest_path``, when the manifest lists no feature a
+    sample needs."""
+    if layout.records_info(manifest)["layout"] == "instance":
+        needed = ("source", "target", "instance_id", "seed_slices", "seed_slice_counts")
+    else:
+        needed = ("source", "target", "seed_target", "instance_id", "variant")
+    features = manifest.get("features")
+    listed = {f.get("name") for f in features if isinstance(f, dict)} \
+        if isinstance(features, list) else set()
+    missing = [name for name in needed if name not in listed]
+    if missing:
+        raise DatasetError(f"{manifest_path}: its features list no {', '.join(missing)}, which "
+                           "a sample is made of; the manifest was changed, generate the dataset "
+                           "again")
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("source", "target")}
+    if "variant" in needed:
+        spec.update(seed_target=tf.io.FixedLenFeature([], tf.string),
+                    variant=tf.io.FixedLenFeature([], tf.int64))
+    else:
+        spec["seed_slices"] = tf.io.RaggedFeature(
+            tf.int64, value_key="seed_slices",
+            partitions=[tf.io.RaggedFeature.RowLengths("seed_slice_counts")])
+    spec["instance_id"] = tf.io.FixedLenFeature([], tf.int64)
     return spec

@@ -4,7 +4,8 @@ tf.train.Example -> numpy, in either record layout (``variants_of`` turns an ins
 its variants).
 
 Arrays come back as read-only uint8 (z, y, x) views of the record's bytes, shaped by its
-``shape`` feature; int64 features as lists of ints (scalars for ``instance_id`` and ``variant``).
+``shape`` feature; number features as lists (scalars for ``instance_id`` and ``variant``), a
+feature a newer writer added as its values (bytes, ints or floats).
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import numpy as np
 
 from synanno_datagen.errors import DatasetError, first_line
 from synanno_datagen.layout import PROTOBUF_MESSAGE_MOST
+from synanno_datagen.record_format import FEATURES, example_pb2, seed_mask
 
-SCALARS = ("instance_id", "variant")
+# Arrays of the record's shape, and the features of one number (given as a number, not a list).
+ARRAYS = tuple(f["name"] for f in FEATURES if f["shape"] == "shape")
+SCALARS = tuple(f["name"] for f in FEATURES if f["shape"] == [])
 # What a training sample needs, in either record layout.
 SAMPLE_FEATURES = ("source", "target", "seed_target", "instance_id", "variant", "seed_slices",
                    "seed_slice_counts")
@@ -90,8 +94,6 @@ def max_record_bytes(manifest: dict) -> int:
 
 def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
     """One tf.train.Example -> {feature: value} for ``keys`` (default: every feature)."""
-    from synanno_datagen.transforms.examples import example_pb2
-
     example = example_pb2().Example.FromString(serialized)
     feature = example.features.feature
     shape = tuple(int(v) for v in feature["shape"].int64_list.value)
@@ -100,11 +102,15 @@ def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
         if key not in feature:
             continue
         value = feature[key]
-        if value.HasField("bytes_list"):
+        kind = value.WhichOneof("kind")
+        if key in ARRAYS:
             out[key] = np.frombuffer(value.bytes_list.value[0], np.uint8).reshape(shape)
+        elif kind == "bytes_list":   # a feature of a newer writer: its bytes as they are
+            out[key] = list(value.bytes_list.value)
         else:
-            ints = [int(v) for v in value.int64_list.value]
-            out[key] = ints[0] if key in SCALARS else ints
+            numbers = [int(v) for v in value.int64_list.value] if kind == "int64_list" \
+                else list(value.float_list.value)
+            out[key] = numbers[0] if key in SCALARS else numbers
     return out
 
 
@@ -152,8 +158,6 @@ def variants_of(record: dict) -> Iterator[dict]:
     if "seed_slice_counts" not in record:
         yield record
         return
-    from synanno_datagen.transforms.seeds import seed_mask
-
     start = 0
     for variant, count in enumerate(record["seed_slice_counts"]):
         slices = record["seed_slices"][start:start + count]
