@@ -448,3 +448,20 @@ def test_long_parquet_shards_and_concatenated_gzip_csv_read_every_row(tmp_path):
     assert list(iter_rows(str(tmp_path / "joined.csv.gz"))) == [
         {"id": "1", "x": "2"}, {"id": "3", "x": "4"}, {"id": "5", "x": "6"}]
     assert count_rows(str(tmp_path / "joined.csv.gz")) == 3
+
+
+def test_a_cell_over_the_limit_is_said_to_be_in_the_row_after_the_last_good_line(tmp_path):
+    """Found by review: a cell too long on line 4 was reported as 'the row after line 4' (the
+    csv reader's count includes the failing row's own line)."""
+    from synanno_datagen.transforms.table_formats import CSV_CELL_LIMIT
+
+    table = tmp_path / "long.csv"
+    table.write_text("id,x,y,z,note\n1,1,1,1,a\n2,2,2,2,b\n3,3,3,3,"
+                     + "c" * (CSV_CELL_LIMIT + 1) + "\n4,4,4,4,d\n")
+    with pytest.raises(TableFormatError, match=rf"{table}: the row after line 3: field larger "
+                                               r"than field limit"):
+        list(iter_rows(str(table)))
+    header = tmp_path / "header.csv"
+    header.write_text("id,x,y,z," + "n" * (CSV_CELL_LIMIT + 1) + "\n1,1,1,1,a\n")
+    with pytest.raises(TableFormatError, match=rf"{header}: the header: field larger"):
+        list(iter_rows(str(header)))

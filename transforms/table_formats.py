@@ -196,6 +196,7 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
         lines = itertools.chain(io.TextIOWrapper(stream, encoding=CSV_ENCODING, newline=""),
                                 [_END_OF_TABLE + "\n"])
         reader = csv.reader(lines)   # lenient, as spreadsheets and pandas write and read
+        after = 0   # the line the last whole row ended on (0: the header is being read)
         try:
             header = next(reader)
             if _END_OF_TABLE in "".join(header):
@@ -216,8 +217,10 @@ def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
                     f"{path}: a quote opened in the row after line {before} is never closed, "
                     "so every later line would be read into one cell; fix the export")
         except csv.Error as e:
-            raise TableFormatError(f"{path}: the row after line {reader.line_num}: {e} (a "
-                                   "quote that is never closed?); fix the export") from None
+            # (the reader's line count already holds the failing row's lines)
+            where = f"the row after line {after}" if after else "the header"
+            raise TableFormatError(f"{path}: {where}: {e} (a quote that is never closed?); "
+                                   "fix the export") from None
         except UnicodeDecodeError as e:
             # (decoded ahead of the rows in blocks: the line is where the reader had got to)
             where = (f"within a few thousand bytes after line {reader.line_num}"
