@@ -256,6 +256,9 @@ def _previous_run(root: str, latest: dict) -> PreviousRun:
             layout.join_inside(root, memory)
     except ValueError as e:
         raise ValueError(f"{where} {e}") from None
+    bad_run = layout.bad_run_entry(latest)
+    if bad_run:
+        raise ValueError(f"{where}: {bad_run}; the manifest was changed")
     grid = latest.get("records", {}).get("split_block_size_xyz")
     options = latest.get("config", {})
     block = options.get("block_size_xyz")

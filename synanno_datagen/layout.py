@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 import urllib.parse
-from typing import Callable, Dict, Iterable, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 MANIFEST = "manifest.json"
 DEAD_LETTER = "dead_letter.jsonl"
@@ -170,6 +170,21 @@ def npy_totals(manifest: dict, run_manifest: Callable[[int], dict]) -> Dict[str,
         for k in totals:
             totals[k] += int(own.get(k, 0))
     return totals
+
+
+def bad_run_entry(manifest: dict) -> Optional[str]:
+    """The first file entry of ``manifest`` whose ``run`` is not a run number (a whole number
+    from 1 to the manifest's own run), described for an error line; None when every one is (an
+    entry's run names its folder: ``run_dir``)."""
+    incremental = manifest.get("incremental")
+    latest = incremental.get("run") if isinstance(incremental, dict) else None
+    for kind, entries in manifest["files"].items():
+        for i, f in enumerate(entries if isinstance(entries, list) else []):
+            run = f.get("run", 1) if isinstance(f, dict) else 1
+            if not (type(run) is int and run >= 1 and (type(latest) is not int or run <= latest)):
+                return (f"files.{kind}[{i}].run {run!r} is not a run number (a whole number "
+                        "from 1 to the manifest's own run)")
+    return None
 
 
 def run_dir(number: int) -> str:

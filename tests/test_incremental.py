@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -464,6 +465,12 @@ DAMAGED_LATEST = {
     "a split grid of floats": (
         ("records", "split_block_size_xyz"), [1e300, 16, 4], "records.split_block_size_xyz "
         "[1e+300, 16, 4] is not three whole numbers from 1"),
+    "an index entry's run climbing out": (
+        ("files", "index", 0, "run"), "../..", "files.index[0].run '../..' is not a run number"),
+    "an index entry's run of no number": (
+        ("files", "index", 0, "run"), None, "files.index[0].run None is not a run number"),
+    "a TFRecord entry's run after the manifest's own": (
+        ("files", "tfrecord", 0, "run"), 2, "files.tfrecord[0].run 2 is not a run number"),
     "a work block of negatives": (
         ("config", "block_size_xyz"), [-16, 16, 4], "config.block_size_xyz [-16, 16, 4] is not "
         "three whole numbers from 1"),
@@ -475,9 +482,10 @@ def test_a_latest_manifest_naming_files_outside_the_root_is_refused_before_any_w
     """Found by review: the next run read the index and remembered failures the latest manifest
     names, outside the root included (an absolute path, '..'), copied such a file's lines into
     its own memory file and committed a manifest every reader refuses; a crafted split grid
-    crashed it after work had started (ZeroDivisionError). Such a manifest is refused as the
-    readers refuse it, in one line, and nothing is written (each case of DAMAGED_LATEST on a
-    copy of one root)."""
+    crashed it after work had started (ZeroDivisionError); an entry's run that is no run number
+    was copied into the next manifest (and broke NpyDataset with a bare ValueError). Such a
+    manifest is refused as the readers refuse it, in one line, and nothing is written (each case
+    of DAMAGED_LATEST on a copy of one root)."""
     import shutil
 
     made = tmp_path / "made"
@@ -493,6 +501,12 @@ def test_a_latest_manifest_naming_files_outside_the_root_is_refused_before_any_w
             holder = holder[key]
         holder[keys[-1]] = value
         (root / "runs" / "00001" / "manifest.json").write_text(json.dumps(manifest))
+        if keys[-1] == "run":   # the readers refuse it too, in one line naming the manifest
+            from synanno_datagen import DatasetError, open_dataset
+
+            with pytest.raises(DatasetError, match=re.escape(
+                    f"{root}/runs/00001/manifest.json: {message}")):
+                open_dataset(str(root))
         argv[argv.index("--output-dir") + 1] = str(root)
         _refused_untouched(capsys, root, argv, message)
 

@@ -257,6 +257,9 @@ def _checked_manifest(path: str, manifest) -> dict:
             and all(type(n) is int and 0 < n <= MAX_CROP_SIDE for n in shape)):
         raise DatasetError(f"{path}: arrays.shape_zyx {shape!r} is not a crop's shape (three "
                            f"whole numbers from 1 to {MAX_CROP_SIDE}); {DAMAGED}")
+    bad_run = layout.bad_run_entry(manifest)
+    if bad_run:
+        raise DatasetError(f"{path}: {bad_run}; {DAMAGED}")
     return manifest
 
 
