@@ -1,7 +1,9 @@
 """One writer per output directory: a lease object that only one run can create.
 
 ``DIR/LEASE`` (DIR is ``--output-dir``: a dataset directory or an incremental root) holds JSON
-naming its holder: host, boot id, pid, start and expiry (UTC) and a random token. It is created
+naming its holder: host, boot id, pid (the command's process, also for ``multi_processing``
+runs, whose workers renew the lease under that pid), when that process started (clock ticks
+since boot), start and expiry (UTC) and a random token. It is created
 only if absent: on gs:// as an object uploaded with ``if_generation_match=0`` (GCS creates it
 only when no object of that name exists), locally as a whole file hard-linked to its name (a link
 is refused if the name exists; so a run stopped while writing it leaves none). A run that finds a
@@ -12,9 +14,11 @@ FinishRunFn, after the manifest and LATEST, so also on Dataflow, where a templat
 exits before the job runs) and, when the run fails in its own process, ``run``. Only the
 holder's token removes it, and only the version read.
 
-A killed run leaves it. On the machine that ran it (same host name and boot id) a lease whose
-process is gone is taken over at once, so rerunning a killed command just works, unless the run
-only submitted a job that outlives its process (a remote runner, a template launch). Elsewhere (a
+A killed run leaves it. On the machine that ran it (same host name, boot id and pid namespace) a
+lease whose process is gone (no such pid, a zombie, or a process of that pid that started at
+another time: the pid was reused) is taken over at once, so rerunning a killed command just
+works, unless the run only submitted a job that outlives its process (a remote runner, a
+template launch). Elsewhere (a
 failed Dataflow job, another machine) it expires ``--lease-hours`` after its start (default 20,
 below a nightly schedule's 24, so a failed night does not block the next one), or
 ``--break-lease`` removes it at once.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -43,14 +48,21 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, first_line,
-                                    storage_unavailable, transient)
+from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
+                                    first_line, storage_unavailable, transient)
 from synanno_datagen.layout import LEASE, join
 from synanno_datagen.pipeline.options import DEFAULT_LEASE_HOURS as DEFAULT_HOURS
 
 log = logging.getLogger(__name__)
 
 _TRIES = 3
+# Errors of the storage, not of the folder the user chose (a full disk or quota, a failing
+# disk, a stale NFS handle, a system out of memory or file handles): the run fails (exit 1) and
+# may go once it passes. The rest (no permission, a read-only mount, a path component that is a
+# file, a name too long) is the chosen --output-dir's (exit 2).
+_STORAGE_TROUBLE = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EIO", "ESTALE", "ENOMEM", "ENOBUFS", "EMFILE", "ENFILE", "EAGAIN")
+    if hasattr(errno, name))
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -67,10 +79,13 @@ class Lease:
     expires_utc: str
     process_bound: bool = True   # the run ends with its process (not a submitted job)
     pid_ns: str = ""   # the pid namespace its pid is in ("pid:[4026531836]"; "" if unknown)
+    pid_start_ticks: Optional[int] = None   # when pid started (clock ticks since boot; None if
+                                            # unknown): a later process reusing pid did not
 
     def to_json(self) -> bytes:
         return json.dumps({"holder": "synanno-datagen", "host": self.host,
                            "boot_id": self.boot_id, "pid": self.pid, "pid_ns": self.pid_ns,
+                           "pid_start_ticks": self.pid_start_ticks,
                            "process_bound": self.process_bound,
                            "started_utc": self.started_utc, "expires_utc": self.expires_utc,
                            "token": self.token}, sort_keys=True).encode("utf-8") + b"\n"
@@ -89,7 +104,7 @@ def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = F
     now = time.time()
     lease = Lease(lease_path(output_dir), secrets.token_hex(16), socket.gethostname(),
                   _boot_id(), os.getpid(), _utc(now), _utc(now + hours * 3600), process_bound,
-                  _pid_namespace())
+                  _pid_namespace(), _start_ticks(os.getpid()))
     store = _store(lease.path)
     for _ in range(_TRIES):
         try:
@@ -100,8 +115,11 @@ def acquire(output_dir: str, hours: float = DEFAULT_HOURS, break_lease: bool = F
             if transient(e):
                 raise storage_unavailable(f"--output-dir {output_dir}: taking the run's lease "
                                           f"{lease.path}", e) from None
-            raise ConfigError(f"--output-dir {output_dir}: cannot take the run's lease "
-                              f"{lease.path} ({type(e).__name__}: {first_line(e, 200)})") from None
+            cannot = (f"--output-dir {output_dir}: cannot take the run's lease {lease.path} "
+                      f"({type(e).__name__}: {first_line(e, 200)})")
+            if isinstance(e, OSError) and e.errno in _STORAGE_TROUBLE:
+                raise StorageUnavailable(f"{cannot}; try again") from None
+            raise ConfigError(cannot) from None
         if held is None:  # removed between our create and read: try again
             continue
         info, version, modified = held
@@ -216,7 +234,8 @@ def _pid_namespace() -> str:
 
 def _gone(info: dict) -> bool:
     """Whether the lease's run was its process, on this machine, in this boot, among this
-    process's pids (its pid namespace), and ended."""
+    process's pids (its pid namespace), and ended: no process has its pid, or a zombie has, or
+    one that started at another time than the lease names (its pid was reused)."""
     if not info.get("process_bound") or not _boot_id() or info.get("boot_id") != _boot_id() \
             or info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
             or not _pid_namespace() or info.get("pid_ns", _pid_namespace()) != _pid_namespace():
@@ -225,13 +244,37 @@ def _gone(info: dict) -> bool:
         os.kill(info["pid"], 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # another user's process: it exists
+    except PermissionError:  # another user's process: it exists (its start time tells whose)
+        pass
+    stat = _stat(info["pid"])
+    if stat is None:
         return False
-    try:  # a zombie has ended too
-        with open(f"/proc/{info['pid']}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
+    started = info.get("pid_start_ticks")   # (absent: written before leases named it)
+    return stat[0] == "Z" or (isinstance(started, int) and _ticks(stat) not in (None, started))
+
+
+def _stat(pid: int) -> Optional[list]:
+    """The fields of ``/proc/PID/stat`` after the command name (from field 3, the state; the
+    name, in parentheses, may hold spaces and parentheses itself); None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].decode("ascii", "replace").split()
     except OSError:
-        return False
+        return None
+
+
+def _ticks(stat: list) -> Optional[int]:
+    """A process's start time in ``stat`` (field 22: clock ticks since boot)."""
+    try:
+        return int(stat[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    """When process ``pid`` started (Linux: clock ticks since boot); None where unknown."""
+    stat = _stat(pid)
+    return None if stat is None else _ticks(stat)
 
 
 def started_epoch(lease: Lease) -> float:

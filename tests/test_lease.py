@@ -772,3 +772,172 @@ def test_a_lease_that_cannot_be_read_while_renewing_is_tried_again_later(tmp_pat
     with caplog.at_level("WARNING", logger="synanno_datagen.pipeline.lease"):
         lease_module.Heartbeat(lease, 2).beat(force=True)
     assert "could not renew the lease" in caplog.text and "Input/output error" in caplog.text
+
+
+def _in_own_namespaces_as_root(flags) -> bool:
+    """Whether ``unshare FLAGS`` runs a root shell that may write ns_last_pid and mount a tmpfs
+    (root, or CAP_SYS_ADMIN: CI containers may have neither)."""
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", *flags, "sh", "-c",
+                           "echo 1 > /proc/sys/kernel/ns_last_pid && mkdir -p /tmp/.t && "
+                           "mount -t tmpfs -o size=16k tmpfs /tmp/.t"], capture_output=True)
+    return done.returncode == 0
+
+
+own_pids = pytest.mark.skipif(not _in_own_namespaces_as_root(["-pfm", "--mount-proc"]),
+                              reason="NEEDS 'unshare -pfm --mount-proc' as root (CAP_SYS_ADMIN) "
+                              "to choose a process's pid and mount a full tmpfs")
+
+
+@own_pids
+def test_rerunning_a_killed_command_whose_pid_was_reused_just_works(nightly, tmp_path):
+    """Found by review: a killed run's pid, taken by a later process (here a `sleep` given that
+    pid, in a pid namespace of the test's own where no other process takes it first), held the
+    root until --lease-hours ran out, every rerun 'busy'. The lease names its process's start
+    time, and a process with its pid and another start time is not its run."""
+    root, argv = nightly
+    script = r'''
+        "$@" > first.out 2> first.err &
+        run=$!
+        while [ ! -e "$ROOT/LEASE" ]; do
+            kill -0 $run 2> /dev/null || { echo "the run ended before its lease"; exit 90; }
+            sleep 0.02
+        done
+        kill -9 $run; wait $run
+        echo $((run - 1)) > /proc/sys/kernel/ns_last_pid
+        sleep 600 &
+        [ $! = $run ] || { echo "sleep got pid $!, not $run"; exit 91; }
+        echo "pid $run"
+        "$@"
+        echo "rerun exit $?"
+        echo "sleep alive $(kill -0 $run && echo yes)"
+        kill $run'''
+    done = subprocess.run(["unshare", "-pfm", "--mount-proc", "sh", "-c", script, "sh",
+                           sys.executable, "-m", "synanno_datagen", "run", *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, "ROOT": str(root)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    pid = int(done.stdout.split("pid ")[1].split()[0])
+    assert "rerun exit 0" in done.stdout and "sleep alive yes" in done.stdout, \
+        done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"removing the lease of host {os.uname().nodename}, pid {pid}, " in done.stderr
+    assert "(its process is gone)" in done.stderr
+    assert not (root / "LEASE").exists() and (root / "runs" / "00001" / "manifest.json").exists()
+
+
+def test_a_lease_names_when_its_process_started(tmp_path):
+    """The start time (/proc/PID/stat field 22, read after the command name's last ')': a name
+    may hold spaces and parentheses) is the holder's, the command's own process: also in a
+    multi_processing run, whose workers renew the lease keeping its pid and start time."""
+    from synanno_datagen.pipeline.lease import _start_ticks, acquire, renew
+
+    held = acquire(str(tmp_path))
+    info = json.loads((tmp_path / "LEASE").read_text())
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert info["pid"] == os.getpid()
+    assert info["pid_start_ticks"] == int(stat.rpartition(")")[2].split()[19]) > 0
+    renew(held, 1)
+    assert json.loads((tmp_path / "LEASE").read_text())["pid_start_ticks"] == \
+        info["pid_start_ticks"]
+    odd = tmp_path / "a (b) c)"   # a command name with a space and parentheses
+    shutil.copy(shutil.which("sleep"), odd)
+    child = subprocess.Popen([str(odd), "60"])
+    try:
+        deadline = time.monotonic() + 30   # (the child may not have exec'd it yet)
+        while Path(f"/proc/{child.pid}/comm").read_text().strip() != odd.name:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        expected = int(Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19])
+        assert _start_ticks(child.pid) == expected
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("offset_ticks, held", [(None, True), (0, True), (-1, False), (1, False)])
+def test_a_process_with_the_leases_pid_is_its_run_only_if_it_started_then(tmp_path,
+                                                                          offset_ticks, held):
+    """A live process (a `sleep` child) with the lease's pid holds it when it started when the
+    lease says, or when the lease names no start time (written by an earlier version: judged as
+    before); with another start time its pid was reused, and the lease is free."""
+    from synanno_datagen.pipeline.lease import LeaseHeld, _start_ticks, acquire
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = _ABSENT if offset_ticks is None else _start_ticks(child.pid) + offset_ticks
+        _plant(tmp_path, pid=child.pid, pid_start_ticks=started)
+        if held:
+            with pytest.raises(LeaseHeld, match=f"pid {child.pid}, "):
+                acquire(str(tmp_path))
+            assert json.loads((tmp_path / "LEASE").read_text())["token"] == "theirs"
+        else:
+            assert acquire(str(tmp_path)).token != "theirs"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@own_pids
+def test_a_full_disk_while_taking_the_lease_fails_the_run_it_is_no_usage_error(nightly,
+                                                                                tmp_path):
+    """Found by review: a full filesystem (here a tmpfs of 64 KiB, filled) under --output-dir
+    made taking the lease a 'refused' usage error, exit 2. It is storage trouble that passes
+    once there is room: exit 1, 'failed', the same one line."""
+    root, argv = nightly
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    argv = [str(disk / "root") if a == str(root) else a for a in argv]
+    script = r'''
+        mount -t tmpfs -o size=64k tmpfs "$DISK" || exit 90
+        head -c 1000000 /dev/zero > "$DISK/fill" 2> /dev/null
+        [ "$(df --output=avail "$DISK" | tail -1)" -eq 0 ] || { echo "not full"; exit 91; }
+        exec "$@"'''
+    done = subprocess.run(["unshare", "-pfm", "--mount-proc", "sh", "-c", script, "sh",
+                           sys.executable, "-m", "synanno_datagen", "run", *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "DISK": str(disk)})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line == (f"synanno-datagen: storage unavailable: --output-dir {disk}/root: cannot "
+                    f"take the run's lease {disk}/root/LEASE (OSError: [Errno 28] No space "
+                    "left on device); try again"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    event = json.loads(done.stdout.splitlines()[-1])
+    assert (event["status"], event["exit_code"]) == ("failed", 1)
+    assert "No space left on device" in event["error"]
+    assert list(disk.iterdir()) == []   # the tmpfs went with its mount namespace
+
+
+@own_pids
+def test_a_folder_the_user_cannot_write_is_still_a_usage_error_at_the_lease(tmp_path):
+    """What the chosen --output-dir refuses stays a refusal (ConfigError: exit 2), as trying
+    again does not help: a read-only mount, and a folder the user has no permission on (as the
+    user nobody). (A run's own check refuses both before the lease; where that check passes and
+    the lease does not, e.g. NFS squashing root or an ACL, this is the lease's answer.)"""
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "denied").mkdir(mode=0o555)
+    (tmp_path / "denied").chmod(0o555)
+    code = ("import sys\n"
+            "from synanno_datagen.errors import ConfigError\n"
+            "from synanno_datagen.pipeline.lease import acquire\n"
+            "try:\n"
+            "    acquire(sys.argv[1])\n"
+            "except ConfigError as e:\n"
+            "    print('refused:', e)\n")
+    script = ('mount -t tmpfs -o ro,size=64k tmpfs "$0/ro" || exit 90\n'
+              '"$@" "$0/ro/root" && setpriv --reuid=65534 --regid=65534 --clear-groups "$@" '
+              '"$0/denied/root"')
+    done = subprocess.run(["unshare", "-pfm", "--mount-proc", "sh", "-c", script,
+                           str(tmp_path), sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT)] + sys.path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    read_only, denied = done.stdout.splitlines()
+    assert read_only == (f"refused: --output-dir {tmp_path}/ro/root: cannot take the run's lease "
+                         f"{tmp_path}/ro/root/LEASE (OSError: [Errno 30] Read-only file system: "
+                         f"'{tmp_path}/ro/root')")
+    assert denied.startswith(f"refused: --output-dir {tmp_path}/denied/root: cannot take the "
+                             f"run's lease {tmp_path}/denied/root/LEASE (PermissionError: "
+                             "[Errno 13] Permission denied: "), denied
