@@ -779,9 +779,13 @@ def _in_own_namespaces_as_root(flags) -> bool:
     (root, or CAP_SYS_ADMIN: CI containers may have neither)."""
     if shutil.which("unshare") is None:
         return False
-    done = subprocess.run(["unshare", *flags, "sh", "-c",
-                           "echo 1 > /proc/sys/kernel/ns_last_pid && mkdir -p /tmp/.t && "
-                           "mount -t tmpfs -o size=16k tmpfs /tmp/.t"], capture_output=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        done = subprocess.run(["unshare", *flags, "sh", "-c",
+                               'echo 1 > /proc/sys/kernel/ns_last_pid && '
+                               'mount -t tmpfs -o size=16k tmpfs "$0"', folder],
+                              capture_output=True)
     return done.returncode == 0
 
 
