@@ -170,13 +170,15 @@ class Option:
     """One option as the manifest's ``config`` shows it (``value``; not there unless
     ``in_manifest``) and, if it decides the records' bytes, as the generation hash sees it
     (``generation``; left out of the hash while its value equals ``unless``, so hashes made
-    before the option existed still match)."""
+    before the option existed still match). ``flag``: the run flag it shows (its dest), when
+    ``key`` names it otherwise."""
 
     key: str
     value: Callable[[Config], Any]
     generation: Optional[Callable[[Config], Any]] = None
     unless: Any = None
     in_manifest: bool = True
+    flag: Optional[str] = None
 
 
 def _xyz(values) -> Optional[list]:
@@ -187,6 +189,9 @@ def _volumes(modes) -> dict:
     return dict(zip(("source", "target"), modes))
 
 
+# Run flags deliberately not in the manifest's config: how a run treats its output directory, not
+# what it writes. Every other run flag is an Option (a test holds this).
+NOT_IN_MANIFEST = {"overwrite", "retry_failed", "lease_hours", "break_lease"}
 OPTIONS = [  # the manifest's config, in this order; generation keys as hashes always had them
     Option("materialization", lambda c: c.materialization),
     Option("table_shards", lambda c: list(c.table_shards)),
@@ -200,7 +205,8 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("max_seed_slices", lambda c: c.seed_model.max_seed_slices),
     Option("seed_model", lambda c: c.seed_model.to_manifest(),
            lambda c: c.seed_model.to_manifest(), in_manifest=False),  # the manifest has its own
-    Option("crop_size_xyz", lambda c: list(c.crop_size_xyz), lambda c: list(c.crop_size_xyz)),
+    Option("crop_size_xyz", lambda c: list(c.crop_size_xyz), lambda c: list(c.crop_size_xyz),
+           flag="crop_size"),
     Option("source_mip", lambda c: c.source.mip, lambda c: c.source.mip),
     Option("pad_value", lambda c: c.pad_value, lambda c: c.pad_value),
     Option("seed", lambda c: c.seed, lambda c: c.seed),
@@ -212,7 +218,7 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("shard_size_mb", lambda c: c.shard_size_mb),
     Option("incremental", lambda c: c.incremental is not None),
     Option("fetch_strategy", lambda c: c.fetch_strategy),
-    Option("block_size_xyz", lambda c: _xyz(c.block_size_xyz)),
+    Option("block_size_xyz", lambda c: _xyz(c.block_size_xyz), flag="block_size"),
     Option("fetch_memory_mb", lambda c: c.fetch_memory_mb),
     Option("missing_chunks", lambda c: _volumes(c.missing_chunks),
            lambda c: _volumes(c.missing_chunks), _volumes(DEFAULT_MISSING_CHUNKS)),
@@ -220,7 +226,8 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("center_column", lambda c: c.center_column),
     Option("pre_column", lambda c: c.pre_column),
     Option("post_column", lambda c: c.post_column),
-    Option("coordinate_resolution_nm_xyz", lambda c: _xyz(c.coordinate_resolution_nm_xyz)),
+    Option("coordinate_resolution_nm_xyz", lambda c: _xyz(c.coordinate_resolution_nm_xyz),
+           flag="coordinate_resolution"),
     Option("table_points", lambda c: c.points.to_manifest(), lambda c: c.points.to_manifest(),
            TableLayout().to_manifest(), in_manifest=False),  # the manifest's "table" has it
 ]
