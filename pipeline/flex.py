@@ -3,8 +3,9 @@
 A Flex Template parameter is a name matching ``[a-z_]+`` with one string value, passed by the
 launcher as ``--name=value``. Ours are the ``run`` flags with ``_`` for ``-``; ``crop_size``,
 ``block_size`` and ``coordinate_resolution`` are one string ``"X Y Z"``; and Beam's
-``sdk_container_image``, the workers' image. ``metadata.json`` (repository root) declares them
-with validation regexes; a test keeps it in step with the ``run`` flags.
+``sdk_container_image``, the workers' image. ``metadata.json`` (repository root) declares them:
+it is made from the ``run`` flags (names, help texts, which are required) and the template's own
+facts here (validation regexes, the worker image), and a test fails until it is made again.
 
 Entry points:
   python pipeline/flex.py [template args...]   what the template launcher runs (the Dockerfile's
@@ -13,17 +14,20 @@ Entry points:
   python -m synanno_datagen.pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
       prints the JSON body of a flexTemplates:launch request for FLAGS (used by
       ``launch_dataflow.sh schedule``)
+  python -m synanno_datagen.pipeline.flex metadata > metadata.json
+      writes the template's metadata anew (after a run flag changed)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from decimal import Decimal
 from typing import Dict, List, Sequence, Tuple
 
 from synanno_datagen.errors import ConfigError, redact
-from synanno_datagen.pipeline.options import run_flags, run_parser
+from synanno_datagen.pipeline.options import NEAREST, help_text, run_flags, run_parser
 
 NOT_TEMPLATE_PARAMETERS = {"help", "overwrite"}
 # flags without a value: template parameter "true" or "false"
@@ -45,6 +49,70 @@ XYZ_PARAMETERS = {a.dest for a in run_flags() if a.nargs == 3}
 # launcher turns the environment field into the option; a launch without it is refused).
 BEAM_PARAMETERS = ("sdk_container_image",)
 SET_BY = {"sdk_container_image": "IMAGE"}   # parameters that launch_dataflow.sh's variables set
+
+
+# metadata.json: what the run flags do not say. Each parameter's validation regex (a flag with
+# choices, or a switch, gets one made from them); a new run flag fails the metadata test until it
+# has one here.
+TEMPLATE = {"name": "synanno-datagen",
+            "description": "Synapse seed-slice training data: table -> crops -> seed-slice "
+                           "variants -> TFRecord/npy shards + manifest."}
+_WHOLE = "[1-9][0-9]*"
+_NUMBER = r"([0-9]+\.?[0-9]*|\.[0-9]+)"
+_GS = r"^gs://[^\n\r]+$"
+_VOLUME = r"^(precomputed://)?(gs|https?)://[^\n\r]+$"
+_COLUMN = r'^[^\n\r,\"]+$'
+REGEXES = {
+    "materialization": _GS, "source_url": _VOLUME, "target_url": _VOLUME, "output_dir": _GS,
+    "num_instances": f"^{_WHOLE}$", "variants": f"^{_WHOLE}$", "max_seed_slices": f"^{_WHOLE}$",
+    "crop_size": f"^{_WHOLE} {_WHOLE} {_WHOLE}$", "source_mip": f"^([0-9]+|{NEAREST})$",
+    "pad_value": "^([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])$", "seed": "^[0-9]+$",
+    "formats": "^(tfrecord|npy|tfrecord,npy|npy,tfrecord)$",
+    "splits": "^[A-Za-z0-9_]+=[0-9.]+(,[A-Za-z0-9_]+=[0-9.]+)*$",
+    "id_column": _COLUMN, "center_column": _COLUMN, "pre_column": _COLUMN, "post_column": _COLUMN,
+    "coordinate_resolution": f"^{_NUMBER} {_NUMBER} {_NUMBER}$", "shard_size_mb": f"^{_NUMBER}$",
+    "block_size": f"^{_WHOLE} {_WHOLE} {_WHOLE}$", "fetch_memory_mb": f"^{_WHOLE}$",
+    "missing_chunks":
+        "^(error|zero|((source|target)=(error|zero))(,(source|target)=(error|zero))?)$",
+    "lease_hours": f"^{_NUMBER}$",
+}
+WORKER_IMAGE = {
+    "name": "sdk_container_image", "label": "Worker image",
+    "helpText": "the image the workers run: this template's own image "
+                "(REGION-docker.pkg.dev/PROJECT/synanno/synanno-datagen:latest unless IMAGE named "
+                "another when ./launch_dataflow.sh build-template built it)",
+    "isOptional": False, "regexes": [r"^[a-z0-9.-]+(:[0-9]+)?/[^\s]+$"]}
+
+
+def metadata() -> dict:
+    """metadata.json's content: a parameter per template parameter, in the order of the run
+    flags, then the worker image."""
+    names = set(template_parameters())
+
+    def parameter_name(match):   # --output-dir -> output_dir, the name a launch gives
+        name = match.group(1).replace("-", "_")
+        return name if name in names else match.group(0)
+
+    parameters = []
+    for action in run_flags():
+        name = action.dest
+        if name not in names:
+            continue
+        text = re.sub(r"--([a-z][a-z-]*)", parameter_name, help_text(action))
+        if name in SWITCHES:
+            text, regex = f"true: {text}", "^(true|false)$"
+        elif action.choices:
+            regex = f"^({'|'.join(action.choices)})$"
+        else:
+            regex = REGEXES[name]
+        if name in XYZ_PARAMETERS:
+            text = f"'{' '.join(action.metavar)}': {text}"
+        if name in NOT_SCHEDULED:
+            text += "; a one-off launch, never a schedule"
+        parameters.append({"name": name, "label": name.replace("_", " ").capitalize(),
+                           "helpText": text, "isOptional": not action.required,
+                           "regexes": [regex]})
+    return {**TEMPLATE, "parameters": parameters + [WORKER_IMAGE]}
 
 
 def template_parameters() -> List[str]:
@@ -187,6 +255,9 @@ def main(argv: Sequence[str] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["body"]:
         return body_main(argv[1:])
+    if argv == ["metadata"]:
+        print(json.dumps(metadata(), indent=2))
+        return 0
     from synanno_datagen.cli import main as cli_main
 
     return cli_main(["run"] + parameters_to_flags(argv))

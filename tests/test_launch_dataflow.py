@@ -413,6 +413,37 @@ def test_metadata_declares_exactly_the_run_flags_and_the_worker_image():
     assert list(_metadata()) == template_parameters() + ["sdk_container_image"]
 
 
+def test_metadata_json_is_made_from_the_run_flags(capsys):
+    """metadata.json is what ``python -m synanno_datagen.pipeline.flex metadata`` prints, byte for
+    byte: a run flag's changed help, default or name fails here until the file is made again
+    (found by review: 23 of 31 help texts had drifted from run --help)."""
+    from synanno_datagen.pipeline.flex import main
+
+    assert main(["metadata"]) == 0
+    made = capsys.readouterr().out
+    assert (ROOT / "metadata.json").read_text() == made, (
+        "metadata.json is not what the run flags make; make it again with "
+        "'python -m synanno_datagen.pipeline.flex metadata > metadata.json'")
+
+
+def test_the_template_help_is_run_help_with_parameter_names():
+    declared = _metadata()
+    assert declared["variants"]["helpText"] == "seed-slice variants per instance (default 4)"
+    assert declared["crop_size"]["helpText"] == \
+        "'X Y Z': crop size in target voxels (default 128 128 16)"
+    assert declared["lease_hours"]["helpText"].startswith(
+        "one run writes output_dir at a time: a run's lease expires HOURS after it was last "
+        "renewed (default 20;")
+    assert declared["incremental"]["helpText"].startswith(
+        "true: add only new instances to the dataset under output_dir ")
+    assert declared["break_lease"]["helpText"].endswith("; a one-off launch, never a schedule")
+    assert ".pq" in declared["materialization"]["helpText"]
+    assert declared["output_dir"]["helpText"].startswith("where the dataset goes")
+    assert all(not re.search(r"--[a-z]|%\(", p["helpText"]) for p in declared.values())
+    assert (declared["missing_chunks"]["isOptional"], declared["source_url"]["isOptional"]) == \
+        (True, False)
+
+
 def test_template_parameters_become_run_flags():
     from synanno_datagen.pipeline.flex import parameters_to_flags
 
