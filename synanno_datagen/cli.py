@@ -1,4 +1,5 @@
-"""``synanno-datagen``: the command line. Thin: parse, run, summarise.
+"""``synanno-datagen``: the command line. Thin: parse, run, summarise (the summary's text:
+summary; how a run stops on a signal, and what it moves off stdout meanwhile: process).
 
 Usage errors print one line and exit with code 2 before any work starts; a run that finds another
 run writing its output directory prints one line and exits with code 3. ``run`` and ``demo`` end
@@ -13,20 +14,18 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
-from synanno_datagen import __version__
+from synanno_datagen import __version__, process
 from synanno_datagen.beam_errors import error_summary, not_a_one_line_error, unwrapped
 from synanno_datagen.errors import (ConfigError, LeaseHeld, LeaseLost, StorageUnavailable,
                                     Terminated, UsageError, first_line, redact)
-from synanno_datagen.layout import DEAD_LETTER, TFRECORD
 from synanno_datagen.pipeline.options import UsageParser, run_parser
 from synanno_datagen.pipeline.progress import DEFAULT_INTERVAL_S, ProgressPrinter, runs_in_process
-from synanno_datagen.pipeline.table_resolution import nm_text
 from synanno_datagen.reading.commands import add_commands as add_view_commands
+from synanno_datagen.summary import summary
 from synanno_datagen.transforms.table_formats import TableFormatError
 
 FAILED = 1
@@ -48,105 +47,12 @@ def _redacted(record: logging.LogRecord) -> bool:
     return True
 
 
-def _not_after_sigterm(record: logging.LogRecord) -> bool:
-    """A logging filter: after SIGTERM or SIGINT, no error records of the steps it stopped
-    (Beam logs each with its traceback); the run ends with its own one line."""
-    return not (_sigterm["received"] and record.levelno >= logging.ERROR)
-
-
-def _thread_error_hook(previous):
-    """threading.excepthook: after SIGTERM or SIGINT, nothing for the threads it stopped, nor
-    ever for a DirectRunner worker process that such a signal ended ('Worker subprocess exited
-    with return code -15': a Ctrl-C reaches the workers too, maybe before the run's handler
-    has seen it); else ``previous``."""
-    stopped = tuple(f"exited with return code -{int(s)}" for s in _STOPPING_SIGNALS)
-
-    def hook(args) -> None:
-        if not _sigterm["received"] and not str(args.exc_value).endswith(stopped):
-            previous(args)
-
-    return hook
-
-
 def _redacted_traceback(kind, value, tb) -> None:
     """sys.excepthook: an uncaught exception's traceback, as Python prints it, without URL
     passwords (errors.redact)."""
     import traceback
 
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
-
-
-def summary(manifest: dict, output_dir: str) -> str:
-    """A short human summary of a finished run."""
-    counts = manifest["counts"]
-    incremental = manifest.get("incremental")
-    lines = [
-        f"rows read {counts['rows_read']}, instances selected {counts['instances_selected']}, "
-        f"written {counts['instances_written']}, variants {counts['variants_written']}",
-    ]
-    requested = manifest["config"].get("num_instances")
-    held = incremental.get("instances_before", 0) if incremental else 0
-    usable = held + counts["instances_selected"]
-    if requested is not None and usable < requested:
-        lines.append(f"warning: --num-instances {requested} is more than the "
-                     f"{usable} usable instances in the table; took them all")
-    if incremental and incremental.get("replaces"):
-        lines.append(f"new dataset: the generation config differs from "
-                     f"{incremental['replaces']}'s, so {incremental['run_dir']} starts a fresh "
-                     "one (LATEST points at it; earlier runs stay)")
-    if incremental and counts["instances_written"] == 0:
-        full = requested is not None and held >= requested
-        tried = counts["instances_selected"]
-        lines.append(f"nothing new: {incremental['run_dir']} adds no instance (" + (
-            f"the {tried} tried all failed: see failures)" if tried else
-            f"the dataset holds {held}, --num-instances {requested})" if full else
-            "every usable row of the table is in the dataset or remembered as failed)"))
-    failures = counts["failures"]
-    lines.append("failures: " + (", ".join(f"{r} {n}" for r, n in failures.items()) or "none"))
-    if not incremental and counts["instances_written"] == 0 and counts["rows_read"]:
-        lines.append(f"warning: no instance written from {counts['rows_read']} rows (see "
-                     f"failures; {output_dir.rstrip('/')}/{DEAD_LETTER} says why, row by row)")
-    outside = failures.get("outside_volume", 0)
-    given = manifest["config"].get("coordinate_resolution_nm_xyz")
-    nm = nm_text(given) if given else ""
-    from_table = manifest.get("table", {}).get("coordinate_resolution_from")
-    if from_table:
-        lines.append(f"coordinates: {nm} nm per table unit, as the table's pandas attrs "
-                     "declare (dataframe_resolution)")
-    if outside and outside >= 0.9 * counts["rows_read"]:
-        if not given:
-            advice = ("if the table's coordinates are not in target voxels (nm, say), pass "
-                      "--coordinate-resolution X Y Z (the table's units in nm)")
-        elif from_table:
-            advice = (f"check the table's dataframe_resolution {nm} (its pandas attrs), and "
-                      "that the table's points are in this volume")
-        else:
-            advice = (f"check --coordinate-resolution {nm} (the table's units in nm), and that "
-                      "the table's points are in this volume")
-        target = manifest.get("volumes", {}).get("target", {})
-        offset = target.get("voxel_offset_xyz")
-        if offset and any(offset):
-            units = "target voxels"
-            if given and target.get("resolution_nm_xyz"):   # the offset in the table's units
-                offset = [o * r / g for o, r, g in zip(offset, target["resolution_nm_xyz"],
-                                                       given)]
-                units = "the table's units"
-            advice += ("; points are absolute, not relative to the volume's corner: add the "
-                       f"target's voxel_offset ({' '.join(f'{v:g}' for v in offset)} in "
-                       f"{units}) to those that are")
-        lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
-                     + advice)
-    from synanno_datagen.reading.inspection import remembered_line
-
-    if remembered_line(counts):
-        lines.append(remembered_line(counts))
-    tfrecord = TFRECORD in manifest["config"]["formats"]
-    for name, split in manifest["splits"].items():
-        lines.append(f"split {name}: {split['instances']} instances, " + (
-            f"{split['records']} records in {split['shards']} shards" if tfrecord else
-            f"{split['shards']} index shards"))   # npy only: the shards are the index's
-    lines.append(f"manifest: {output_dir.rstrip('/')}/manifest.json")
-    return "\n".join(lines)
 
 
 def output_parser() -> UsageParser:
@@ -191,14 +97,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
     started, manifest = time.monotonic(), None
     status, code, error = monitoring.FAILED, FAILED, None
-    _sigterm.update(received=None, closed=False)
-    # (a signal the process was started ignoring stays ignored: a shell's background job
-    # ignores SIGINT, the Ctrl-C meant for the foreground)
-    previous_handlers = {sig: signal.signal(sig, _terminate) for sig in _STOPPING_SIGNALS
-                         if signal.getsignal(sig) is not signal.SIG_IGN}
+    put_back = process.take_signals()
     root_level = None   # the root logger's level before --quiet raised it
-    previous_hook, threading.excepthook = threading.excepthook, \
-        _thread_error_hook(threading.excepthook)
     try:
         output, rest = output_parser().parse_known_args(argv)
         if not 0 < output.progress_interval < float("inf"):
@@ -217,8 +117,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         status, code, error = monitoring.REFUSED, USAGE_ERROR, str(e)
         raise
     except BaseException as e:
-        if _sigterm["received"]:   # raised in a step, Beam wraps it in its RuntimeError
-            stopped = Terminated(_sigterm["received"])
+        if process.state["received"]:   # raised in a step, Beam wraps it in its RuntimeError
+            stopped = Terminated(process.state["received"])
             code, error = stopped.exit_code, stopped.summary()
             raise stopped from None
         known = unwrapped(e)
@@ -227,8 +127,8 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
             raise known from None
         raise
     finally:
-        _sigterm["closed"] = True   # the closing line stands: a signal from here on is ignored
-        _restore_stdout()           # (a signal may have cut stdout_to_stderr's own restore)
+        process.state["closed"] = True   # the closing line stands: a signal from here on is ignored
+        process.restore_stdout()         # (a signal may have cut stdout_to_stderr's own restore)
         try:
             event = monitoring.run_event(command, status, code, time.monotonic() - started,
                                          output_dir_given(argv, "synanno-demo-output"
@@ -242,83 +142,11 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
                 if status in (monitoring.OK, monitoring.SUBMITTED):
                     raise StdoutUnwritable(e, status) from None
         finally:
-            if not _sigterm["keep"]:   # (the command keeps them while the interpreter ends)
-                for sig, handler in previous_handlers.items():
-                    signal.signal(sig, handler)
-                threading.excepthook = previous_hook
+            if not process.state["keep"]:   # (the command keeps them while the interpreter ends)
+                put_back()
                 if root_level is not None:   # (--quiet: a caller's own logging as it was)
                     logging.getLogger().setLevel(root_level)
 
-
-_STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# received: the signal's name once one arrived (what a step raised then is Beam's wrapping);
-# closed: the closing line is out; keep: the handlers stay until the process exits (entry())
-_sigterm = {"received": None, "closed": False, "keep": False}
-
-
-def _terminate(signum, frame) -> None:
-    """SIGTERM or SIGINT: stop the run once. A second one while it unwinds is ignored (raised
-    inside Beam's shutdown it left a worker and the process running), and so is one after the
-    closing line (Beam's threads take most of a second to end: the process would end with the
-    signal's code after a line saying ok)."""
-    if _sigterm["received"] or _sigterm["closed"]:
-        return
-    _sigterm["received"] = signal.Signals(signum).name
-    _stop_child_processes()
-    threading.Thread(target=_keep_stopping_workers, daemon=True).start()
-    raise Terminated(_sigterm["received"])
-
-
-def _keep_stopping_workers(seconds: float = 10.0, every_s: float = 0.2) -> None:
-    """After the signal, stop worker processes that were still starting when it came (a fork
-    not yet running Beam's worker, one Beam starts while it shuts down): Beam's shutdown would
-    wait for them for good, and one left running holds the command's stderr. In the command
-    (``entry``), until the process exits (a loaded machine's shutdown may start one long
-    after the signal); in-process, for ``seconds``, or until a new run starts."""
-    end = time.monotonic() + seconds
-    while _sigterm["received"] and (_sigterm["keep"] or time.monotonic() < end):
-        time.sleep(every_s)
-        _stop_child_processes()
-
-
-_BEAM_WORKER = "apache_beam.runners.worker.sdk_worker_main"
-
-
-def _stop_child_processes() -> None:
-    """SIGTERM to the DirectRunner's worker processes (``multi_processing`` mode) among those
-    this one started, and theirs: Beam's shutdown waits for each to exit, which a worker busy
-    with a bundle never does. Other processes (a program running the CLI in-process may have
-    its own) are left alone."""
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-            if any(_BEAM_WORKER in arg for arg in argv):
-                os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass   # (ended meanwhile)
-
-
-def descendants(pid: int) -> List[int]:
-    """The processes ``pid`` started, and theirs (Linux's /proc; elsewhere none)."""
-    children: dict = {}
-    try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return []
-    for name in entries:
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue   # (ended meanwhile)
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:
@@ -344,7 +172,7 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
     show = not quiet and runs_in_process(beam_args)
     progress = functools.partial(ProgressPrinter, sys.stderr, output.progress_interval) \
         if show else nullcontext
-    with stdout_to_stderr():   # stdout holds only our lines (libraries print there)
+    with process.stdout_to_stderr():   # stdout holds only our lines (libraries print there)
         if command == "demo":
             manifest = run_demo(args.output_dir, beam_args, progress)
         else:
@@ -394,52 +222,6 @@ def _say(text: str) -> None:
         pass
 
 
-@contextmanager
-def stdout_to_stderr():
-    """What is printed on stdout meanwhile goes to stderr: Python's ``print`` (cloud-volume's
-    'File Read Error' lines) and, through file descriptor 1, worker processes started meanwhile
-    (``multi_processing``) and native code; the closing JSON line stays alone on stdout. Nothing
-    is moved when either stream is closed (then descriptor 2 may be any file opened since)."""
-    if sys.stdout is None or sys.stderr is None:
-        yield
-        return
-    sys.stdout.flush()
-    try:
-        with _signals_held():   # (one delivered as the hold ends is raised inside the try)
-            try:
-                _moved["saved"] = os.dup(1)
-                os.dup2(2, 1)
-            except OSError:   # a descriptor Python does not know is closed: print only
-                _moved["saved"] = None
-        with redirect_stdout(sys.stderr):
-            yield
-    finally:
-        _restore_stdout()
-
-
-_moved = {"saved": None}   # descriptor 1 as it was, while stdout_to_stderr has moved it
-
-
-def _restore_stdout() -> None:
-    """Put descriptor 1 back if it is moved (also before the closing line, whatever a signal
-    interrupted)."""
-    with _signals_held():
-        saved, _moved["saved"] = _moved["saved"], None
-        if saved is not None:
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-@contextmanager
-def _signals_held():
-    """SIGTERM and SIGINT wait (their handlers run once this ends)."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = UsageParser(prog=PROG, description="Synapse seed-slice training data.")
@@ -467,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redacted)
-        handler.addFilter(_not_after_sigterm)
+        handler.addFilter(process.not_after_sigterm)
         handler.addFilter(not_a_one_line_error)
     sys.excepthook = _redacted_traceback
     try:
@@ -508,33 +290,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     return USAGE_ERROR
 
 
-def _adopt_orphans() -> None:
-    """Linux: a process orphaned below this one is adopted by it, not by init (a child
-    subreaper), so ``_stop_child_processes`` still finds it. Beam starts each worker through
-    ``/bin/sh -c`` (dash forks the worker): a shell stopped just after it forked leaves its
-    worker orphaned, holding this command's stderr until it gives up on the run (two minutes),
-    then printing tracebacks there. Elsewhere, nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (ImportError, OSError, AttributeError):   # (no ctypes; a libc without prctl)
-        pass
-
-
-_PR_SET_CHILD_SUBREAPER = 36   # <linux/prctl.h>
-
-
 def entry() -> None:
     """The ``synanno-datagen`` command: ``main``, exiting with its code (1, without a
     traceback, when the reader of its stdout has gone, as ``| head -1`` leaves). SIGTERM and
     SIGINT are ignored from a run's closing line on, while the interpreter shuts down (Python
     puts back the default action of a signal handled by a function before it is done; not of
     an ignored one), so the closing line printed stands."""
-    _sigterm["keep"] = True
-    _adopt_orphans()
+    process.state["keep"] = True
+    process.adopt_orphans()
     try:
         code = main()
         if sys.stdout is not None:   # (None: started with stdout closed, ``>&-``)
@@ -547,10 +310,10 @@ def entry() -> None:
         print(f"{PROG}: cannot write to stdout ({e.error}); the run's status: {e.status}",
               file=sys.stderr)
         code = FAILED
-    for sig in _STOPPING_SIGNALS:
+    for sig in process.STOPPING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    if _sigterm["received"]:   # once Beam's threads have ended, the last straggler
-        atexit.register(_stop_child_processes)
+    if process.state["received"]:   # once Beam's threads have ended, the last straggler
+        atexit.register(process.stop_child_processes)
     sys.exit(code)
 
 

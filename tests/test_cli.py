@@ -570,7 +570,7 @@ def test_demo_views_that_cannot_be_written_are_refused_before_any_work(tmp_path,
 def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
     """A table in nm read as voxels puts every centre outside the volume: exit 0 with 100%
     outside_volume and no hint. The summary now names the likely cause."""
-    from synanno_datagen.cli import summary
+    from synanno_datagen.summary import summary
 
     manifest = {
         "counts": {"rows_read": 10, "instances_selected": 0, "instances_written": 0,
@@ -605,7 +605,7 @@ def test_a_run_whose_rows_are_mostly_outside_the_volume_hints_at_units():
 def test_units_read_from_the_table_are_named_as_the_tables():
     """Units the table's pandas attrs declared (no flag given): the summary says so, and the
     hint at mostly-outside rows names them as the table's, not as a flag's."""
-    from synanno_datagen.cli import summary
+    from synanno_datagen.summary import summary
 
     manifest = {
         "counts": {"rows_read": 10, "instances_selected": 0, "instances_written": 0,
@@ -660,7 +660,7 @@ def test_the_closing_line_is_empty_when_selected_instances_all_failed():
 def test_a_run_that_wrote_nothing_says_so():
     """Found by review: a table whose every row failed ended with exit 0 and no word beyond the
     failure counts."""
-    from synanno_datagen.cli import summary
+    from synanno_datagen.summary import summary
 
     manifest = {
         "counts": {"rows_read": 4, "instances_selected": 1, "instances_written": 0,

@@ -249,7 +249,7 @@ def test_a_night_whose_only_tries_fail_again_says_nothing_new():
     """A night with no new row whose only candidates are failures tried again (not
     remembered: fetch errors, or --retry-failed) that fail again writes no instance: the
     summary says so as a night with no candidate does ("empty": true in the closing line)."""
-    from synanno_datagen.cli import summary
+    from synanno_datagen.summary import summary
 
     manifest = {
         "counts": {"rows_read": 9, "instances_selected": 2, "instances_written": 0,

@@ -12,7 +12,8 @@ import pytest
 from synanno_datagen.pipeline.config import check
 from synanno_datagen.pipeline.unknown_flags import beam_option_names
 from synanno_datagen.pipeline.options import run_flags
-from synanno_datagen.cli import descendants, main
+from synanno_datagen.cli import main
+from synanno_datagen.process import descendants
 from tests.conftest import COLUMNS, CROP, assert_usage_error, make_small_data
 
 
@@ -865,13 +866,13 @@ def test_stopping_a_run_stops_beams_worker_processes_only():
     """Found by review: a stopped run sent SIGTERM to every process it had started, and theirs,
     so a program running the CLI in-process lost its own children. Only Beam's worker
     processes (sdk_worker_main) are the run's to stop."""
-    from synanno_datagen import cli
+    from synanno_datagen import process
 
     other = subprocess.Popen(["sleep", "300"])
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
                                "-m", "apache_beam.runners.worker.sdk_worker_main"])
     try:
-        cli._stop_child_processes()
+        process.stop_child_processes()
         assert worker.wait(timeout=30) == -15
         assert other.poll() is None
     finally:
@@ -884,7 +885,7 @@ def test_stopping_a_run_stops_beams_worker_processes_only():
 # (Beam runs ``/bin/sh -c CMD``; dash forks CMD) was stopped once it had forked is an orphan.
 _ORPHANED_WORKER = r"""
 import os, subprocess, sys, time
-from synanno_datagen import cli
+from synanno_datagen import cli, process
 
 def orphan_then_stop():
     argv = [sys.executable, "-c", "import time; time.sleep(300)", "-m",
@@ -893,7 +894,7 @@ def orphan_then_stop():
     subprocess.run(" ".join(argv[:2]) + f" '{argv[2]}' " + " ".join(argv[3:])
                    + " >/dev/null 2>&1 &", shell=True, check=True)
     time.sleep(0.5)
-    cli._stop_child_processes()   # a pass of the stopped run's
+    process.stop_child_processes()   # a pass of the stopped run's
     time.sleep(0.5)
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -929,12 +930,12 @@ def test_a_worker_whose_shell_was_stopped_is_still_stopped():
 _HANDLERS_BEFORE_BEAM = r"""
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)   # (a background job ignores it)
-from synanno_datagen import cli
+from synanno_datagen import cli, process
 
 real, seen = signal.signal, []
 
 def spy(sig, handler):
-    if handler is cli._terminate:
+    if handler is process.terminate:
         seen.append("apache_beam" in sys.modules)
     return real(sig, handler)
 
@@ -1003,10 +1004,10 @@ def test_a_worker_killed_by_a_stopping_signal_prints_no_thread_traceback():
     signal. Such an end of a worker is not reported; other thread errors are."""
     import threading
 
-    from synanno_datagen import cli
+    from synanno_datagen import process
 
     seen = []
-    hook = cli._thread_error_hook(lambda args: seen.append(str(args.exc_value)))
+    hook = process.thread_error_hook(lambda args: seen.append(str(args.exc_value)))
 
     def report(error):
         hook(threading.ExceptHookArgs((type(error), error, None, None)))
@@ -1047,13 +1048,13 @@ def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch
     import signal
     import time
 
-    from synanno_datagen import cli
+    from synanno_datagen import process
 
-    monkeypatch.setitem(cli._sigterm, "received", "SIGINT")
+    monkeypatch.setitem(process.state, "received", "SIGINT")
     late = subprocess.Popen(["sh", "-c", f"sleep 0.5; exec {sys.executable} -c "
-                             "'import time; time.sleep(60)' " + cli._BEAM_WORKER])
+                             "'import time; time.sleep(60)' " + process.BEAM_WORKER])
     start = time.monotonic()
-    cli._keep_stopping_workers(seconds=5.0, every_s=0.05)    # returns after its time
+    process.keep_stopping_workers(seconds=5.0, every_s=0.05)    # returns after its time
     assert late.wait(timeout=5) == -signal.SIGTERM
     assert time.monotonic() - start < 10
 
@@ -1066,19 +1067,19 @@ def test_the_command_stops_beam_workers_started_late_until_it_exits(monkeypatch)
     import threading
     import time
 
-    from synanno_datagen import cli
+    from synanno_datagen import process
 
-    monkeypatch.setitem(cli._sigterm, "received", "SIGINT")
-    monkeypatch.setitem(cli._sigterm, "keep", True)
-    sweeper = threading.Thread(target=cli._keep_stopping_workers, args=(0.3, 0.05), daemon=True)
+    monkeypatch.setitem(process.state, "received", "SIGINT")
+    monkeypatch.setitem(process.state, "keep", True)
+    sweeper = threading.Thread(target=process.keep_stopping_workers, args=(0.3, 0.05), daemon=True)
     sweeper.start()
     time.sleep(1.0)   # past the sweeper's seconds
     late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                             cli._BEAM_WORKER])
+                             process.BEAM_WORKER])
     try:
         assert late.wait(timeout=60) == -15   # SIGTERM
     finally:
         late.kill()
-        monkeypatch.setitem(cli._sigterm, "received", None)
+        monkeypatch.setitem(process.state, "received", None)
         sweeper.join(timeout=5)
     assert not sweeper.is_alive()

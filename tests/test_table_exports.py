@@ -254,7 +254,7 @@ def test_a_pandas_table_is_read_in_the_units_its_attrs_declare(small_data, tmp_p
     the Parquet metadata (PANDAS_ATTRS); without --coordinate-resolution the table was read in
     target voxels, every x and y twice what it is. Read so, it makes the dataset of the same
     rows in target voxels, and a manifest as if the flag had been given."""
-    from synanno_datagen.cli import summary
+    from synanno_datagen.summary import summary
     from tests.data.make_pandas_tables import CAVE_TABLE, HERE, cave_positions
 
     table = HERE / CAVE_TABLE   # ROWS in the source's voxels (half a target voxel), by pandas
