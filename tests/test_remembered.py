@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import apache_beam as beam
@@ -16,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from synanno_datagen.reading.inspection import run_inspect
 from synanno_datagen.transforms.records import DeadLetter, Instance, RowRef
 from synanno_datagen.transforms.remembered import (
-    INSTANCE, REMEMBERED, ROW, SkipRememberedFailures, fingerprint, memory_lines,
+    INSTANCE, REMEMBERED, ROW, RememberFailures, SkipRememberedFailures, fingerprint,
 )
 
 ALL_PERMANENT = {"duplicate_id": 1, "empty_target": 1, "missing_coordinate": 1,
@@ -136,7 +137,17 @@ def _instance(i, row):
     return Instance(i, (1, 2, 3), None, None, RowRef(0, i), tuple(sorted(row.items())))
 
 
-def test_fingerprints_follow_the_rows_content_only():
+def _memory_left(tmp_path, letters, run: int):
+    """The entries of the memory file RememberFailures writes for a run (number ``run``) whose
+    DeadLetters are ``letters``, one dict each in file order, as the pipeline makes it."""
+    out = Path(tempfile.mkdtemp(dir=tmp_path))
+    with TestPipeline() as p:
+        p | beam.Create(letters) | RememberFailures(str(out), run)
+    text = (out / "remembered_failures.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_fingerprints_follow_the_rows_content_only(tmp_path):
     row = {"id": "1", "x": "2", "score": "0.9"}
     assert fingerprint(tuple(sorted(row.items()))) == fingerprint(tuple(row.items()))
     assert fingerprint(tuple(row.items())) != fingerprint(tuple({**row, "score": "1"}.items()))
@@ -150,26 +161,25 @@ def test_fingerprints_follow_the_rows_content_only():
     # rejection never hides the kept instance.
     kept, dup = _instance(1, row), DeadLetter("duplicate_id", "", "ReadTable", 1, RowRef(0, 2),
                                               tuple(sorted(row.items())))
-    (entry,) = memory_lines([], [dup], run=1)
+    (entry,) = _memory_left(tmp_path, [dup], run=1)
     assert (entry["kind"], entry["fingerprint"]) == (ROW, fingerprint(kept.row))
-    assert memory_lines([], [DeadLetter("fetch_error", "", "Fetch", 1, None, kept.row)], 1) == []
+    assert _memory_left(tmp_path, [DeadLetter("fetch_error", "", "Fetch", 1, None, kept.row)],
+                        1) == []
 
 
-def test_a_row_with_extra_cells_is_not_remembered():
+def test_a_row_with_extra_cells_is_not_remembered(tmp_path):
     # Its fingerprint covers only the columns read, which may be unchanged when the export is
     # fixed (the comma was in a later, unread cell, now quoted): remembered, the fixed row would
     # stay skipped. It is rejected again each run until it is fixed.
     row = (("id", "5"), ("x", "1"), ("y", "2"), ("z", "3"))
     letter = DeadLetter("extra_cells", "", "ReadTable", 5, RowRef(0, 0), row)
-    assert memory_lines([], [letter], run=1) == []
+    assert _memory_left(tmp_path, [letter], run=1) == []
 
 
 def test_the_memory_a_run_leaves_is_merged_from_sorted_runs_by_key_and_priority(tmp_path):
     """Found by review: every dead letter of a run was gathered in one list to write the
     memory (about 7 KB and 0.2 ms per rejected row on an incremental night). Entries now go
     through sorted runs on disk, a few per run here, merged in one streaming step."""
-    from synanno_datagen.transforms.remembered import RememberFailures
-
     rows = {i: (("id", str(i)), ("x", str(i))) for i in range(7)}
     earlier = tmp_path / "earlier.jsonl"
     earlier.write_text("".join(json.dumps(e) + "\n" for e in [
@@ -192,11 +202,10 @@ def test_the_memory_a_run_leaves_is_merged_from_sorted_runs_by_key_and_priority(
                     equal_to([(6, {"empty_target": 2})]))
     lines = (out / "remembered_failures.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [(e["kind"], e["instance_id"], e["first_run"]) for e in entries] == sorted(
-        [(ROW, i, 3 if i == 1 else 4) for i in (0, 1, 3, 4, 5)] + [(INSTANCE, 6, 1)],
-        key=lambda t: (t[0], fingerprint(rows[t[1]])))
-    assert entries == memory_lines([skipped, skipped], letters, 4,
-                                   earlier=[json.loads(x) for x in earlier.read_text().splitlines()])
+    assert entries == sorted(
+        [{"kind": ROW, "fingerprint": fingerprint(rows[i]), "reason": "outside_volume",
+          "instance_id": i, "first_run": 3 if i == 1 else 4} for i in (0, 1, 3, 4, 5)]
+        + [skipped], key=lambda e: (e["kind"], e["fingerprint"]))
     assert len(list((out / "_tmp" / "remembered").iterdir())) >= 1   # the sorted runs
 
 

@@ -215,18 +215,6 @@ def merged_memory(lines: Iterable[bytes]) -> Iterator[bytes]:
         yield body
 
 
-def memory_lines(remembered: Iterable[dict], letters: Iterable[DeadLetter], run: int,
-                 columns: Optional[Sequence[str]] = None,
-                 earlier: Iterable[dict] = ()) -> List[dict]:
-    """The entries a run leaves, in memory (merged_memory's rules; the pipeline streams them
-    through sorted runs instead): those it skipped (each once) and its new permanent failures,
-    sorted by key."""
-    lines = sorted([sortable_entry(e, SKIPPED) for e in remembered]
-                   + [line for letter in letters for line in new_entry_lines(letter, run, columns)]
-                   + [sortable_entry(e, EARLIER) for e in earlier])
-    return [json.loads(line) for line in merged_memory(lines)]
-
-
 class MergeMemoryFn(MergeRunsFn):
     """[run names], {reason: elements skipped} -> the file info of ``remembered_failures.jsonl``
     (merged_memory of the runs) with ``remembered``, the skipped elements by reason."""
