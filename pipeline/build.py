@@ -46,27 +46,25 @@ def read_columns(config: Config) -> Tuple[str, ...]:
     return ((config.id_column,) if config.id_column else ()) + config.points.columns()
 
 
-def build(p: beam.Pipeline, config: Config):
-    """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
-    incremental = bool(config.incremental and config.incremental.previous)
-    # Picking N while reading keeps memory independent of the table size. A root's runs pick
-    # after reading every row (a later run picks among the instances not in earlier runs,
-    # after KeepNewInstances), its first run too, so that a repeated id counts as a
-    # duplicate_id on every night alike.
-    select = (config.seed, config.num_instances) \
-        if config.num_instances is not None and not config.incremental else None
-    # A later run of a root chooses among an id's rows in KeepNewInstances (the row the dataset
-    # holds, else the one whose fetch is remembered as failed, else the first), in the join
-    # with the earlier ids: ReadTable keeps every row.
-    table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
-                                         config.target.bounds, select, config.points,
-                                         config.source_bounds_in_target(), dedup=not incremental)
-    instances, rejected = table["ok"], table[DEAD]  # Instance (repeats if incremental); DeadLetter
+def _extends(config: Config) -> bool:
+    """A later run of an incremental root (one with earlier runs to extend)."""
+    return bool(config.incremental and config.incremental.previous)
+
+
+def _new_instances(p: beam.Pipeline, config: Config, table: dict):
+    """ReadTable's outputs -> (instances: Instance, rejected: DeadLetter, vanished, remembered)
+    that the run goes on with. A later run of a root keeps the ids not in the dataset
+    (KeepNewInstances; ``vanished``: the count of earlier ids gone from the table, int) and skips
+    the rows remembered as failed (``remembered``: the memory entry of each row skipped, dict);
+    every run of a root then picks at most what --num-instances still allows (SelectInstances).
+    Otherwise vanished and remembered are None and the table's outputs go on as they are."""
+    extends = _extends(config)
+    instances, rejected = table["ok"], table[DEAD]  # Instance (repeats if it extends); DeadLetter
     vanished = remembered = skip_entries = None
-    skip_path = config.incremental.memory_to_skip() if incremental else None
+    skip_path = config.incremental.memory_to_skip() if extends else None
     if skip_path:   # the earlier failures not tried again: read once, used twice
         skip_entries = read_memory(p, skip_path, "Remembered")       # memory entries: dict
-    if incremental:
+    if extends:
         table_out = {"instances": instances, "rejected": rejected}
         if skip_entries is not None:   # an id's row whose fetch failed is kept among repeats
             table_out["remembered"] = skip_entries
@@ -82,6 +80,25 @@ def build(p: beam.Pipeline, config: Config):
     if config.num_instances is not None and config.incremental:  # the dataset holds <= N
         instances = instances | "SelectInstances" >> SelectInstances(
             config.seed, config.incremental.allowed(config.num_instances))
+    return instances, rejected, vanished, remembered
+
+
+def build(p: beam.Pipeline, config: Config):
+    """Add every stage to ``p``; returns the manifest PCollection (one dict)."""
+    # Picking N while reading keeps memory independent of the table size. A root's runs pick
+    # after reading every row (a later run picks among the instances not in earlier runs,
+    # after KeepNewInstances), its first run too, so that a repeated id counts as a
+    # duplicate_id on every night alike.
+    select = (config.seed, config.num_instances) \
+        if config.num_instances is not None and not config.incremental else None
+    # A later run of a root chooses among an id's rows in KeepNewInstances (the row the dataset
+    # holds, else the one whose fetch is remembered as failed, else the first), in the join
+    # with the earlier ids: ReadTable keeps every row.
+    table = p | "ReadTable" >> ReadTable(config.table_shards, config.id_column,
+                                         config.target.bounds, select, config.points,
+                                         config.source_bounds_in_target(),
+                                         dedup=not _extends(config))
+    instances, rejected, vanished, remembered = _new_instances(p, config, table)
     fetch = fetch_config(config)
     planned = instances | "PlanShards" >> PlanShards(
         config.seed, config.splits, config.split_by, config.target.voxel_offset_xyz,
