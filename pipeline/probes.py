@@ -16,7 +16,7 @@ from synanno_datagen.errors import ConfigError, first_line
 from synanno_datagen.layout import file_url_path
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
-    TENSORSTORE, mip_resolutions, open_reader, read_info,
+    TENSORSTORE, mip_resolutions, open_reader, read_info, scale_url,
 )
 from synanno_datagen.transforms.volumes import BadInfo, NoSuchMip, VolumeSpec, spec_from_info
 
@@ -94,6 +94,7 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
                           f"({type(e).__name__}: {first_line(e, 200)}); "
                           f"{_info_advice(url, engine, e)}") from None
+    _check_keys(flag, url, info)
     _check_role(flag, spec)
     suffix = compressed_chunk_suffix(spec) if engine == TENSORSTORE else None
     if suffix:
@@ -104,6 +105,18 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         _check_int32_bounds(flag, spec)
     _check_decodable(flag, spec, engine)
     return spec
+
+
+def _check_keys(flag: str, url: str, info: dict) -> None:
+    """Every scale's key a relative path that stays under the volume's root (see
+    ``readers.scale_url``): an absolute key, or one naming a scheme, would have the engines read
+    different places (tensorstore none, cloud-volume any file on the disk)."""
+    for mip, scale in enumerate(info["scales"]):
+        try:
+            scale_url(url, str(scale["key"]))
+        except ValueError as e:
+            raise ConfigError(f"{flag} {url}: scale {mip} has key {str(scale['key'])!r}: {e}; "
+                              "fix the info file") from None
 
 
 def _check_int32_bounds(flag: str, spec: VolumeSpec) -> None:

@@ -421,6 +421,35 @@ def test_an_info_the_reader_cannot_use_is_refused_before_any_work(small_data, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
+@pytest.mark.parametrize("kind", ["absolute", "scheme", "above the root", "dot", "slash"])
+def test_a_scale_key_that_is_no_relative_path_is_refused_before_any_work(small_data, tmp_path,
+                                                                         capsys, engine, kind):
+    """A key naming the real scale by an absolute path: tensorstore dead-lettered every row as
+    fetch_error (exit 0) while cloud-volume read that path anywhere on the disk (found by
+    review); a scheme, '..' beyond '/', '.' and a final '/' read elsewhere or nowhere too."""
+    import shutil
+
+    target = small_data.target_url[len("file://"):]
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    info = json.loads(open(target + "/info").read())
+    key = info["scales"][0]["key"]
+    info["scales"][0]["key"] = {
+        "absolute": f"{target}/{key}", "scheme": f"file://{target}/{key}",
+        "above the root": "../" * (len(volume.parts) + 1) + f"{target[1:]}/{key}",
+        "dot": f"./{key}", "slash": f"{key}/"}[kind]
+    if kind in ("dot", "slash"):
+        shutil.copytree(f"{target}/{key}", volume / key)
+    (volume / "info").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    argv = small_data.argv(out, "--volume-reader", engine)
+    argv[argv.index("--target-url") + 1] = str(volume)
+    _fails(capsys, ["run"] + argv, f"--target-url file://{volume}: scale 0 has key "
+                                   f"{info['scales'][0]['key']!r}: ", "; fix the info file")
+    assert not out.exists()
+
+
 def _resized_copy(url: str, copy, **scale):
     """A copy of the volume at ``url`` whose info's scale 0 has the values ``scale``."""
     import shutil

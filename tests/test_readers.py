@@ -151,6 +151,36 @@ def test_a_failed_existence_check_reaches_only_the_crops_of_its_chunk(volumes):
     assert set(again.errors) == {broken}
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_scale_key_with_dotdot_reads_the_scale_it_names_with_both_engines(volumes, layout,
+                                                                            tmp_path):
+    """A key is a relative path (``../target/8_8_33``: the scale lies beside the volume's info),
+    locally and over HTTP. tensorstore's reads resolved it, but its file kvstore refused the
+    key of the existence check of an all-zero chunk (``Invalid key``): those crops were
+    fetch_error while cloud-volume's read them (found by review)."""
+    from tests.chunk_server import ChunkServer
+
+    data = volumes[(layout, "raw")]
+    spec = describe_volume(data.target_url)
+    info = read_info(data.target_url)
+    info["scales"][0]["key"] = f"../../target/{spec.key}"   # from alias/deep/ to target/
+    alias = data.root / "alias" / "deep"
+    alias.mkdir(parents=True, exist_ok=True)
+    (alias / "info").write_text(json.dumps(info))
+    zero = {n.rsplit("/", 1)[1] for n in _all_zero_chunks(spec, data.labels_xyz)}
+    with ChunkServer(data.root) as server:
+        for url in (f"file://{alias}", server.url("alias/deep")):
+            alias_spec = describe_volume(url)
+            for engine in ("tensorstore", "cloudvolume"):
+                region = read_region(open_reader(url, 0, engine), alias_spec, spec.bounds)
+                assert not region.errors, (url, engine, region.errors)
+                assert {n.rsplit("/", 1)[1] for n in region.absent} == \
+                    (zero if layout != "cloudvolume" else set()), (url, engine)
+                np.testing.assert_array_equal(region.array_zyx,
+                                              data.labels_xyz.transpose(2, 1, 0),
+                                              err_msg=f"{url} {engine}")
+
+
 def test_sharded_volumes_read_over_http_like_local_files(volumes):
     """Shard indices and chunks are read with byte-range requests, which a web server answers as
     a bucket does (tests.chunk_server)."""

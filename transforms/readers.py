@@ -67,6 +67,40 @@ def kvstore_url(url: str) -> str:
 _KVSTORE_ESCAPES = {"%": "%25", "?": "%3F", "#": "%23"}
 
 
+def scale_url(url: str, key: str) -> str:
+    """The folder of the scale whose info ``key`` is ``key`` in the volume at ``url``, as a
+    kvstore URL ending in ``/`` (see ``kvstore_url``). The precomputed format's keys are
+    relative paths: a ``..`` (``../shared/8_8_33``, a scale kept beside the volume) is resolved
+    here, by the text, as tensorstore's own reads resolve it (its file kvstore refuses a key
+    holding ``..``, so the existence checks of ``absent`` failed). ValueError for a key that is
+    no such path: starting with ``/``, naming a scheme (``gs://...``), holding an empty or ``.``
+    segment (tensorstore reads ``./8_8_33`` or ``8_8_33/`` elsewhere than cloud-volume: not at
+    all, or another folder), or whose ``..`` climb above the volume's root (the file system's,
+    the bucket, the host)."""
+    if key.startswith("/") or "://" in key:
+        raise ValueError("a scale's key is a path relative to the volume's folder")
+    segments = key.split("/")
+    if "" in segments or "." in segments:
+        raise ValueError("a scale's key is folder names and '..' joined by single '/' (no "
+                         "'.', no empty name, no '/' at the end)")
+    base = kvstore_url(url)
+    scheme, sep, path = base.partition("://")
+    if scheme in ("file", "gs"):   # escaped as kvstore_url escapes the volume's path
+        segments = ["".join(_KVSTORE_ESCAPES.get(c, c) for c in s) for s in segments]
+    if ".." not in segments:
+        return base + "/".join(segments) + "/"
+    root, _, rest = ("", "", path[1:]) if scheme == "file" else path.partition("/")
+    parts = [p for p in rest.split("/") if p]
+    for segment in segments:
+        if segment != "..":
+            parts.append(segment)
+        elif parts:
+            parts.pop()
+        else:
+            raise ValueError(f"its '..' climb above {scheme + sep + root}/")
+    return scheme + sep + root + "/" + "".join(p + "/" for p in parts)
+
+
 # Retries of a check before any work: a few seconds, so that a host or port nothing answers on
 # is named at once. (tensorstore's defaults, 32 retries up to 32 s apart, kept such a run silent
 # for about 15 minutes; reads during the run keep them.)
@@ -193,22 +227,22 @@ class TensorstoreReader:
             "recheck_cached_data": False, "recheck_cached_metadata": False},
             read=True, context=context).result()
         self._stored: Dict[str, bool] = {}  # chunk name -> stored?
+        scale = scale_url(url, self._spec.key)   # the key's "..", resolved once
         if self._spec.sharded:
             self._chunks = ts.KvStore.open({
-                "driver": "neuroglancer_uint64_sharded",
-                "base": kvstore_url(url) + self._spec.key + "/",
+                "driver": "neuroglancer_uint64_sharded", "base": scale,
                 "metadata": info["scales"][mip]["sharding"]}, context=context).result()
         else:
-            self._chunks = ts.KvStore.open(kvstore_url(url), context=context).result()
+            self._chunks = ts.KvStore.open(scale, context=context).result()
 
     checks_absence = True  # reads fill absent chunks with zeros: see ``absent``
 
     def _chunk_key(self, name: str) -> bytes:
         """The key of chunk ``name`` in ``self._chunks``: its id in a sharded scale, else its
-        path under the volume."""
+        file name in the scale's folder."""
         if self._spec.sharded:
             return chunk_id(self._spec, name).to_bytes(8, "big")
-        return name.encode()
+        return name.rpartition("/")[2].encode()
 
     def absent(self, names: List[str]) -> Tuple[Set[str], Dict[str, Exception]]:
         """(the chunks among ``names`` that are not in storage, {chunk: error} for those storage
