@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from synanno_datagen.errors import ConfigError, first_line
+from synanno_datagen.errors import LITERAL_SCHEMES, ConfigError, first_line, redact
 from synanno_datagen.layout import file_url_path
 from synanno_datagen.transforms.geometry import nearest_mip
 from synanno_datagen.transforms.readers import (
@@ -27,10 +27,20 @@ def to_url(flag: str, location: str) -> str:
     """A volume location as a URL both engines read alike: a plain local path, and any file URL
     (``FILE://localhost/...``, percent-escapes), becomes ``file://`` and the absolute path (its
     optional ``precomputed://`` prefix kept); other URLs as they are. ConfigError naming
-    ``flag`` for a file URL naming no local path."""
+    ``flag`` for a file URL naming no local path, and for a query string or fragment in a URL
+    that would take it as one (not ``file://`` or ``gs://``: '?' and '#' are in names there),
+    its values not shown: credentials come from the environment."""
     prefix = "precomputed://" if location.startswith("precomputed://") else ""
     rest = location[len(prefix):]
-    if "://" in rest and rest.partition("://")[0].lower() != "file":
+    scheme = rest.partition("://")[0].lower() if "://" in rest else ""
+    if scheme and scheme not in LITERAL_SCHEMES and ("?" in rest or "#" in rest):
+        raise ConfigError(f"{flag} {redact(location)}: a volume URL takes no query string or "
+                          "fragment (a token there would be sent with a '/' appended and "
+                          "written where the URL is); give the volume's folder alone: "
+                          "credentials come from the environment (Google application default "
+                          "credentials or GOOGLE_APPLICATION_CREDENTIALS, cloud-volume's "
+                          "~/.cloudvolume/secrets/)")
+    if scheme and scheme != "file":
         return location
     try:
         local = file_url_path(rest)

@@ -28,11 +28,38 @@ def _redacted_rest(rest: str) -> str:
     return (f"{user}:***" if colon else "***") + rest[end:]
 
 
+# Schemes whose URLs name a file or object with '?' and '#' taken as written (a bucket's object
+# may be named "a?b"); in the others they start a query and a fragment.
+LITERAL_SCHEMES = ("file", "gs")
+_SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*$")
+_CLOSING = re.compile(r"""['"),;:\]>]*$""")   # text around a URL, kept after a hidden value
+
+
+def _hidden_query(rest: str) -> str:
+    """What follows a URL's ``://`` with the value of each parameter of its query shown as
+    ``***`` (``?access_token=***&x=***``; a parameter without ``=`` wholly) and its fragment as
+    ``#***``: tokens and signatures travel there."""
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut < 0:
+        return rest
+    closing = _CLOSING.search(rest, cut + 1).group()
+    tail = rest[cut:len(rest) - len(closing)]
+    query, hash_, fragment = tail.partition("#")
+    shown = ""
+    if query:
+        params = [p.partition("=") for p in query[1:].split("&")]
+        shown = "?" + "&".join(f"{k}={'***' if v else ''}" if eq else ("***" if k else "")
+                               for k, eq, v in params)
+    return rest[:cut] + shown + ("#***" if hash_ else "") + closing
+
+
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it shown as ``***`` (``http://user:***@host``),
-    or the whole user information when it has no password (a token: ``http://***@host``): what
-    goes into messages, logs, the manifest and dead letters (a volume behind HTTP basic auth is
-    read with its URL's password, which is written nowhere)."""
+    or the whole user information when it has no password (a token: ``http://***@host``), and
+    the values of its query and its fragment too (``https://host/v?access_token=***``; not in
+    ``file://`` and ``gs://`` URLs, whose names hold '?' and '#' as written): what goes into
+    messages, logs, the manifest and dead letters (a volume behind HTTP basic auth is read with
+    its URL's password, which is written nowhere)."""
     out, done = [], 0
     for scheme in re.finditer("://", text):
         start = scheme.end()
@@ -42,7 +69,11 @@ def redact(text: str) -> str:
         end = space.start() if space else len(text)
         inner = _SCHEME.search(text, start, end)   # another URL in it (precomputed://https://,
         end = inner.start() if inner else end      # a list, a query): redacted on its own
-        out += [text[done:start], _redacted_rest(text[start:end])]
+        rest = _redacted_rest(text[start:end])
+        name = _SCHEME_NAME.search(text, done, scheme.start())
+        if not name or name.group().lower() not in LITERAL_SCHEMES:
+            rest = _hidden_query(rest)
+        out += [text[done:start], rest]
         done = end
     return "".join(out + [text[done:]])
 

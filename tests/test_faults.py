@@ -204,6 +204,40 @@ def test_a_password_in_a_volume_url_is_written_nowhere(clean_run, tmp_path):
     assert "s3cret" not in refused.stdout + refused.stderr
 
 
+@pytest.mark.parametrize("flag, volume, query", [
+    ("--target-url", "target/", "?access_token=SECRET&x=1"),
+    ("--source-url", "source", "?access_token=SECRET"),
+    ("--source-url", "source", "#SECRET"),
+])
+def test_a_volume_url_with_a_query_or_fragment_is_refused_and_its_token_shown_nowhere(
+        small_data, tmp_path, flag, volume, query):
+    """Found by review: with a token in --target-url's query a run read the volume (every
+    request's path with a '/' after the token) and wrote the token into manifest.json; in
+    --source-url's, the refusal and the closing line printed it. Now refused before any work,
+    the query's names shown, not its values; credentials come from the environment."""
+    with ChunkServer(small_data.root) as server:
+        argv = small_data.argv(tmp_path / "out", "--variants", "1")
+        for f, v in (("--source-url", "source"), ("--target-url", "target")):
+            argv[argv.index(f) + 1] = server.url(v)
+        url = server.url(volume) + query
+        argv[argv.index(flag) + 1] = url
+        done = subprocess.run(_cli(*argv), cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    shown = url.replace("SECRET", "***").replace("x=1", "x=***")
+    assert done.stderr == (f"synanno-datagen: error: {flag} {shown}: a volume URL takes no "
+                           "query string or fragment (a token there would be sent with a '/' "
+                           "appended and written where the URL is); give the volume's folder "
+                           "alone: credentials come from the environment (Google application "
+                           "default credentials or GOOGLE_APPLICATION_CREDENTIALS, "
+                           "cloud-volume's ~/.cloudvolume/secrets/)\n")
+    event = json.loads(done.stdout.splitlines()[-1])
+    assert (event["status"], event["exit_code"]) == ("refused", 2)
+    assert "SECRET" not in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
+    assert not any(b"SECRET" in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
 def test_redact_hides_only_the_password_of_each_url():
     from synanno_datagen.errors import redact
 
@@ -224,17 +258,36 @@ def test_redact_hides_only_the_password_of_each_url():
     assert redact("https://proxy/fetch?url=https://u:SECRET@h/v") == \
         "https://proxy/fetch?url=https://u:***@h/v"
     assert redact("https://ng.example/#!precomputed://https://u:SECRET@h/v") == \
-        "https://ng.example/#!precomputed://https://u:***@h/v"
+        "https://ng.example/#***precomputed://https://u:***@h/v"
     assert redact('{"a": "https://u:p@h/v", "b": "http://x:1234@z"}') == \
         '{"a": "https://u:***@h/v", "b": "http://x:***@z"}'
     assert redact("https://ghp_TOKEN@host/v and gs://b/sa@p.iam/o") == \
         "https://***@host/v and gs://b/sa@p.iam/o"          # a token as the user name
-    for plain in ("https://host?email=a@b.com", "https://example.com#me@x",
-                  "['gs://b','ops@x.org']", "https://host/x?email=a@b.com", "file:///tmp/a@b",
+    for plain in ("['gs://b','ops@x.org']", "file:///tmp/a@b",
                   # found by review: a port and an @ in the path were taken for a password
                   # (in the manifest, and the generation hash then missed a changed volume)
                   "http://127.0.0.1:18731/data@2023/em", "http://[::1]:8080/a@b"):
         assert redact(plain) == plain                        # no user information there
+
+
+def test_redact_hides_the_values_of_a_urls_query_and_its_fragment():
+    """Found by review: a token in a query (``?access_token=...``) was shown whole, by the
+    refusal's line and the closing line; '?' and '#' in file:// and gs:// names are names."""
+    from synanno_datagen.errors import redact
+
+    assert redact("http://h/target/?access_token=SECRET&x=1") == \
+        "http://h/target/?access_token=***&x=***"
+    assert redact("--source-url 'https://h:8/v?X-Goog-Signature=S1&k=': no") == \
+        "--source-url 'https://h:8/v?X-Goog-Signature=***&k=': no"
+    assert redact("(https://u:pw@h/v?SECRET#tok=S2), s3://b/o?t=S3") == \
+        "(https://u:***@h/v?***#***), s3://b/o?t=***"
+    assert redact("https://host?email=a@b.com and https://example.com#me@x") == \
+        "https://host?email=*** and https://example.com#***"
+    assert redact('{"url": "precomputed://http://h/v?t=S4"}') == \
+        '{"url": "precomputed://http://h/v?t=***"}'
+    for plain in ("gs://b/a?b#c", "precomputed://gs://b/x?y=1", "file:///tmp/a?b=1#c",
+                  "http://h/v", "GS://b/a?b"):
+        assert redact(plain) == plain
 
 
 def test_an_uncaught_exception_is_printed_without_a_urls_password(capsys):
