@@ -297,6 +297,8 @@ def check_values(args: argparse.Namespace) -> Tuple[Tuple[str, ...], Any, Tuple]
 def from_args(args: argparse.Namespace) -> Config:
     """Parsed flags -> Config: value checks first, then the storage probes."""
     formats, missing_chunks, splits = check_values(args)
+    target_url = probes.to_url("--target-url", args.target_url)   # (their form: before any read)
+    source_url = probes.to_url("--source-url", args.source_url)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)
     table_nm, nm_from_table = coordinate_resolution(args.coordinate_resolution, table.shards,
@@ -306,14 +308,11 @@ def from_args(args: argparse.Namespace) -> Config:
                           "would be numbered by row, and a row added before others would "
                           "renumber them; name a column of stable ids with --id-column")
     engine = args.volume_reader
-    target = probes.volume("--target-url", probes.to_url("--target-url", args.target_url), 0,
-                           engine)
+    target = probes.volume("--target-url", target_url, 0, engine)
     source_mip = args.source_mip
     if source_mip == NEAREST:
-        source_mip = probes.nearest_source_mip(probes.to_url("--source-url", args.source_url),
-                                                target, engine)
-    source = probes.volume("--source-url", probes.to_url("--source-url", args.source_url),
-                           source_mip, engine)
+        source_mip = probes.nearest_source_mip(source_url, target, engine)
+    source = probes.volume("--source-url", source_url, source_mip, engine)
     try:
         scale = scale_factors(target.resolution_nm_xyz, source.resolution_nm_xyz)
     except ValueError as e:

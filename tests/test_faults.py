@@ -223,6 +223,7 @@ def test_a_volume_url_with_a_query_or_fragment_is_refused_and_its_token_shown_no
         argv[argv.index(flag) + 1] = url
         done = subprocess.run(_cli(*argv), cwd=ROOT, capture_output=True, text=True,
                               timeout=300)
+        assert not server.served   # refused before either volume is read
     assert done.returncode == 2, done.stderr[-2000:]
     shown = url.replace("SECRET", "***").replace("x=1", "x=***")
     assert done.stderr == (f"synanno-datagen: error: {flag} {shown}: a volume URL takes no "
