@@ -422,12 +422,15 @@ def test_an_info_the_reader_cannot_use_is_refused_before_any_work(small_data, tm
 
 
 @pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
-@pytest.mark.parametrize("kind", ["absolute", "scheme", "above the root", "dot", "slash"])
+@pytest.mark.parametrize("kind", ["absolute", "scheme", "above the root", "dot", "slash",
+                                  "after a folder"])
 def test_a_scale_key_that_is_no_relative_path_is_refused_before_any_work(small_data, tmp_path,
                                                                          capsys, engine, kind):
     """A key naming the real scale by an absolute path: tensorstore dead-lettered every row as
     fetch_error (exit 0) while cloud-volume read that path anywhere on the disk (found by
-    review); a scheme, '..' beyond '/', '.' and a final '/' read elsewhere or nowhere too."""
+    review); a scheme, '..' beyond '/', '.' and a final '/' read elsewhere or nowhere too; a
+    '..' after a folder name that is not there: tensorstore read the scale, cloud-volume zeros
+    (every row empty_target, exit 0; found by review)."""
     import shutil
 
     target = small_data.target_url[len("file://"):]
@@ -438,8 +441,8 @@ def test_a_scale_key_that_is_no_relative_path_is_refused_before_any_work(small_d
     info["scales"][0]["key"] = {
         "absolute": f"{target}/{key}", "scheme": f"file://{target}/{key}",
         "above the root": "../" * (len(volume.parts) + 1) + f"{target[1:]}/{key}",
-        "dot": f"./{key}", "slash": f"{key}/"}[kind]
-    if kind in ("dot", "slash"):
+        "dot": f"./{key}", "slash": f"{key}/", "after a folder": f"absent/../{key}"}[kind]
+    if kind in ("dot", "slash", "after a folder"):
         shutil.copytree(f"{target}/{key}", volume / key)
     (volume / "info").write_text(json.dumps(info))
     out = tmp_path / "out"

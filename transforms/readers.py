@@ -21,6 +21,7 @@ Each reader keeps read counters in ``io`` (a Counter), which the fetching DoFn r
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 from typing import Dict, List, Set, Tuple
@@ -75,14 +76,21 @@ def scale_url(url: str, key: str) -> str:
     holding ``..``, so the existence checks of ``absent`` failed). ValueError for a key that is
     no such path: starting with ``/``, naming a scheme (``gs://...``), holding an empty or ``.``
     segment (tensorstore reads ``./8_8_33`` or ``8_8_33/`` elsewhere than cloud-volume: not at
-    all, or another folder), or whose ``..`` climb above the volume's root (the file system's,
-    the bucket, the host)."""
+    all, or another folder), holding ``..`` after a folder name (``a/../8_8_33``: tensorstore
+    resolves it by the text, cloud-volume through the disk, where ``a`` may be a link or
+    missing), or whose ``..`` climb above the volume's root (the file system's, the bucket, the
+    host)."""
     if key.startswith("/") or "://" in key:
         raise ValueError("a scale's key is a path relative to the volume's folder")
     segments = key.split("/")
     if "" in segments or "." in segments:
         raise ValueError("a scale's key is folder names and '..' joined by single '/' (no "
                          "'.', no empty name, no '/' at the end)")
+    leading = len(segments) - len(list(itertools.dropwhile(lambda s: s == "..", segments)))
+    if ".." in segments[leading:]:
+        raise ValueError("a '..' after a folder name ('a/../b'), which the engines resolve "
+                         "differently (by the text, or by the disk: through a link or a "
+                         "folder that is not there); write the key without it")
     base = kvstore_url(url)
     scheme, sep, path = base.partition("://")
     if scheme in ("file", "gs"):   # escaped as kvstore_url escapes the volume's path
