@@ -286,6 +286,8 @@ def check_values(args: argparse.Namespace) -> Tuple[Tuple[str, ...], Any, Tuple]
     splits), or ConfigError."""
     validate.check_numbers(args)
     output_checks.to_output_dir(args.output_dir)
+    for flag, url in (("--target-url", args.target_url), ("--source-url", args.source_url)):
+        probes.to_url(flag, url)   # its form (no query string): before anything is read
     if args.retry_failed and not args.incremental:
         raise ConfigError("--retry-failed: only incremental runs remember failures; add "
                           "--incremental")
@@ -297,7 +299,7 @@ def check_values(args: argparse.Namespace) -> Tuple[Tuple[str, ...], Any, Tuple]
 def from_args(args: argparse.Namespace) -> Config:
     """Parsed flags -> Config: value checks first, then the storage probes."""
     formats, missing_chunks, splits = check_values(args)
-    target_url = probes.to_url("--target-url", args.target_url)   # (their form: before any read)
+    target_url = probes.to_url("--target-url", args.target_url)
     source_url = probes.to_url("--source-url", args.source_url)
     table = describe_table(args.materialization, args.id_column, args.center_column,
                            args.pre_column, args.post_column)

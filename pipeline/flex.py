@@ -60,7 +60,7 @@ TEMPLATE = {"name": "synanno-datagen",
 _WHOLE = "[1-9][0-9]*"
 _NUMBER = r"([0-9]+\.?[0-9]*|\.[0-9]+)"
 _GS = r"^gs://[^\n\r]+$"
-_VOLUME = r"^(precomputed://)?(gs|https?)://[^\n\r]+$"
+_VOLUME = r"^(precomputed://)?(gs://[^\n\r]+|https?://[^\n\r?#]+)$"   # no query (run's rule)
 _COLUMN = r'^[^\n\r,\"]+$'
 REGEXES = {
     "materialization": _GS, "source_url": _VOLUME, "target_url": _VOLUME, "output_dir": _GS,

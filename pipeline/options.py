@@ -94,7 +94,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="id column (default: 'id' if present, else the row number)")
     flag("--center-column", metavar="NAME",
          help="synapse centre: a column of [x, y, z] lists, or NAME_x/_y/_z "
-         "columns (default: columns x, y, z; CAVE: ctr_pt_position)")
+         "columns (default: columns x, y, z; a CAVE export: pass ctr_pt_position)")
     flag("--pre-column", metavar="NAME",
          help="presynaptic point, as --center-column, or 'none' to leave it out (default: "
          "pre_pt if the table has it, else none)")
@@ -144,8 +144,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> List[argparse.Action]:
          help="with --incremental: try again the rows earlier runs remembered as "
          "permanent failures")
     flag("--lease-hours", type=float, default=DEFAULT_LEASE_HOURS, metavar="HOURS",
-         help="one run writes --output-dir at a time: a run's lease expires HOURS after "
-         "it was last renewed (default %(default)s; a writing run renews it), "
+         help="one run writes --output-dir at a time: a run's lease expires this many hours "
+         "after it was last renewed (default %(default)s; a writing run renews it), "
          "freeing the directory of a run that was killed")
     flag("--break-lease", action="store_true",
          help="remove another run's lease on --output-dir first (only when that run "

@@ -432,8 +432,8 @@ def test_the_template_help_is_run_help_with_parameter_names():
     assert declared["crop_size"]["helpText"] == \
         "'X Y Z': crop size in target voxels (default 128 128 16)"
     assert declared["lease_hours"]["helpText"].startswith(
-        "one run writes output_dir at a time: a run's lease expires HOURS after it was last "
-        "renewed (default 20;")
+        "one run writes output_dir at a time: a run's lease expires this many hours after it "
+        "was last renewed (default 20;")
     assert declared["incremental"]["helpText"].startswith(
         "true: add only new instances to the dataset under output_dir ")
     assert declared["break_lease"]["helpText"].endswith("; a one-off launch, never a schedule")
@@ -765,6 +765,9 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
     (["--output-dir", "gs://b/d[1]"], "--output-dir gs://b/d[1]: holds a glob character"),
     (["--output-dir", "gs://b/out*"], "holds a glob character"),
     (["--output-dir", "gs:///x"], "--output-dir 'gs:///x': no bucket after gs://"),
+    # found by review: a volume URL with a query (a token) was scheduled, refused every night
+    (["--source-url", "https://h.example/vol?access_token=TOKEN"],
+     "--source-url https://h.example/vol?access_token=***: a volume URL takes no query string"),
 ])
 def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, flags, message):
     """Values that pass the template's regexes but that run refuses: refused when scheduling,
@@ -774,7 +777,7 @@ def test_a_schedule_refuses_values_every_nightly_run_would_refuse(stub_gcloud, f
                   BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.splitlines()) == 1
-    assert calls() == []
+    assert calls() == [] and "TOKEN" not in done.stdout + done.stderr
 
 
 def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(small_data,

@@ -14,7 +14,7 @@ def test_every_run_flag_has_help_naming_its_default_from_the_parser():
 def test_run_help_shows_defaults_as_they_are_typed():
     text = " ".join(run_parser().format_help().split())
     assert "crop size in target voxels (default 128 128 16)" in text
-    assert "a run's lease expires HOURS after it was last renewed (default 20;" in text
+    assert "a run's lease expires this many hours after it was last renewed (default 20;" in text
     assert "approximate TFRecord shard size (default 256)" in text
     assert "(default source=error,target=zero: absent label chunks" in text
     assert "%(" not in text
