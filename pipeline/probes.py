@@ -104,7 +104,7 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
         raise ConfigError(f"{flag} {url}: cannot read the volume's info "
                           f"({type(e).__name__}: {first_line(e, 200)}); "
                           f"{_info_advice(url, engine, e)}") from None
-    _check_keys(flag, url, info)
+    _check_keys(flag, url, info, engine)
     _check_role(flag, spec)
     suffix = compressed_chunk_suffix(spec) if engine == TENSORSTORE else None
     if suffix:
@@ -117,16 +117,24 @@ def volume(flag: str, url: str, mip: int, engine: str) -> VolumeSpec:
     return spec
 
 
-def _check_keys(flag: str, url: str, info: dict) -> None:
+def _check_keys(flag: str, url: str, info: dict, engine: str) -> None:
     """Every scale's key a relative path that stays under the volume's root (see
     ``readers.scale_url``): an absolute key, or one naming a scheme, would have the engines read
-    different places (tensorstore none, cloud-volume any file on the disk)."""
+    different places (tensorstore none, cloud-volume any file on the disk). A key climbing with
+    '..' is read by tensorstore only: cloud-volume joins it to the URL as text, which no GCS
+    object is named (every chunk absent), and on a disk follows links tensorstore does not."""
     for mip, scale in enumerate(info["scales"]):
+        key = str(scale["key"])
         try:
-            scale_url(url, str(scale["key"]))
+            scale_url(url, key)
         except ValueError as e:
-            raise ConfigError(f"{flag} {url}: scale {mip} has key {str(scale['key'])!r}: {e}; "
-                              "fix the info file") from None
+            raise ConfigError(f"{flag} {url}: scale {mip} has key {key!r}: {e}; fix the info "
+                              "file") from None
+        if engine != TENSORSTORE and ".." in key.split("/"):
+            raise ConfigError(f"{flag} {url}: scale {mip} has key {key!r}, which climbs with "
+                              "'..': cloud-volume joins it to the URL as text (no GCS object "
+                              "has such a name, so every chunk would read as absent); pass "
+                              "--volume-reader tensorstore, which resolves it")
 
 
 def _check_int32_bounds(flag: str, spec: VolumeSpec) -> None:

@@ -144,6 +144,39 @@ def test_sharded_volumes_written_by_tensorstore_to_gs_read_like_local_ones(gcs, 
         assert counts["filled_chunks"]["target"] > 0
 
 
+def test_a_dotdot_scale_key_on_gs_reads_with_tensorstore_and_is_refused_with_cloudvolume(
+        gcs, gs_and_local, capsys):
+    """A target whose info lies in another folder, its key climbing with '..' to the scale:
+    tensorstore resolves it and writes the local run's records; cloud-volume joined it to the
+    bucket path as text, read every chunk as absent (zeros) and dead-lettered every row as
+    empty_target, exit 0 (found by review): refused before any work, naming the reader to use."""
+    from synanno_datagen.pipeline.probes import volume
+    from tests.conftest import assert_usage_error
+
+    bucket, _, local = gs_and_local
+    info = json.loads(gcs.objects(bucket, "target")["info"])
+    info["scales"][0]["key"] = f"../../target/{info['scales'][0]['key']}"
+    alias = f"gs://{bucket}/alias/deep"
+    with FileSystems.create(f"{alias}/info") as out:
+        out.write(json.dumps(info).encode())
+    assert volume("--target-url", alias, 0, "tensorstore").key == info["scales"][0]["key"]
+    argv = ["run", "--materialization", f"gs://{bucket}/tables/synapses-*.csv",
+            "--source-url", f"gs://{bucket}/source", "--target-url", alias, "--crop-size",
+            "12", "12", "4", "--variants", "2", "--shard-size-mb", "0.01", "--splits",
+            "train=0.6,val=0.4", "--block-size", "8", "8", "4"]
+    assert main(argv + ["--output-dir", f"gs://{bucket}/via-alias"]) == 0
+    got = gcs.objects(bucket, "via-alias")
+    want = {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    assert set(got) == set(want)
+    assert all(got[n] == want[n] for n in want if n != "manifest.json")
+    capsys.readouterr()
+    assert_usage_error(capsys, argv + ["--output-dir", f"gs://{bucket}/cv",
+                                       "--volume-reader", "cloudvolume"],
+                       f"--target-url {alias}: scale 0 has key '{info['scales'][0]['key']}', "
+                       "which climbs with '..'", "pass --volume-reader tensorstore")
+    assert not gcs.objects(bucket, "cv")
+
+
 def test_absent_chunks_of_an_unsharded_volume_on_gs_are_told_from_stored_ones(gcs, tmp_path):
     """Labels written by tensorstore (no all-zero chunk stored) to the emulator: tensorstore
     reads absent chunks as zeros and asks the bucket about each all-zero one, finding exactly
