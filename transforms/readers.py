@@ -86,8 +86,7 @@ def scale_url(url: str, key: str) -> str:
     if "" in segments or "." in segments:
         raise ValueError("a scale's key is folder names and '..' joined by single '/' (no "
                          "'.', no empty name, no '/' at the end)")
-    leading = len(segments) - len(list(itertools.dropwhile(lambda s: s == "..", segments)))
-    if ".." in segments[leading:]:
+    if ".." in itertools.dropwhile(lambda s: s == "..", segments):
         raise ValueError("a '..' after a folder name ('a/../b'), which the engines resolve "
                          "differently (by the text, or by the disk: through a link or a "
                          "folder that is not there); write the key without it")
