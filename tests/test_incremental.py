@@ -469,6 +469,10 @@ DAMAGED_LATEST = {
         ("files", "index", 0, "run"), "../..", "files.index[0].run '../..' is not a run number"),
     "an index entry's run of no number": (
         ("files", "index", 0, "run"), None, "files.index[0].run None is not a run number"),
+    "an index entry's run 0": (
+        ("files", "index", 0, "run"), 0, "files.index[0].run 0 is not a run number"),
+    "an index entry's run true": (
+        ("files", "index", 0, "run"), True, "files.index[0].run True is not a run number"),
     "a TFRecord entry's run after the manifest's own": (
         ("files", "tfrecord", 0, "run"), 2, "files.tfrecord[0].run 2 is not a run number"),
     "a work block of negatives": (

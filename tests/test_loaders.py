@@ -714,6 +714,22 @@ def _with_newer_features(out, copy):
     return copy
 
 
+@pytest.mark.parametrize("layout, dropped", [("instance", "seed_slice_counts"),
+                                             ("variant", "seed_target")])
+def test_a_manifest_listing_no_feature_a_sample_needs_is_one_error(layout, dropped):
+    """tf_dataset's parse spec is made of the features a sample needs: a manifest that lists
+    none of one (changed by hand, or another tool's) is one DatasetError naming it, not a
+    TensorFlow parse error at the first sample (checked before TensorFlow is asked)."""
+    from synanno_datagen import DatasetError
+    from synanno_datagen.record_format import features
+
+    listed = [f for f in features((), layout) if f["name"] != dropped]
+    manifest = {"records": {"layout": layout, "compression": "none"}, "features": listed}
+    with pytest.raises(DatasetError, match=rf"^/d/manifest.json: its features list no "
+                                           rf"{dropped}, which a sample is made of;"):
+        loaders.feature_spec("/d/manifest.json", manifest, None)
+
+
 def test_features_this_version_does_not_know_change_no_sample(both_layouts, torch, tmp_path):
     """A dataset whose records hold features this version does not write (a newer writer's,
     listed in its manifest, float and bytes among them) gives the same samples through

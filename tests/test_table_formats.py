@@ -461,6 +461,12 @@ def test_a_cell_over_the_limit_is_said_to_be_in_the_row_after_the_last_good_line
     with pytest.raises(TableFormatError, match=rf"{table}: the row after line 3: field larger "
                                                r"than field limit"):
         list(iter_rows(str(table)))
+    spanning = tmp_path / "spanning.csv"   # rows over several lines (quoted newlines), the
+    spanning.write_text('id,x,y,z,note\n1,1,1,1,"a\nb\nc"\n2,2,2,2,"d\ne'   # failing one too
+                        + "c" * (CSV_CELL_LIMIT + 1) + '"\n')
+    with pytest.raises(TableFormatError, match=rf"{spanning}: the row after line 4: field "
+                                               r"larger than field limit"):
+        list(iter_rows(str(spanning)))
     header = tmp_path / "header.csv"
     header.write_text("id,x,y,z," + "n" * (CSV_CELL_LIMIT + 1) + "\n1,1,1,1,a\n")
     with pytest.raises(TableFormatError, match=rf"{header}: the header: field larger"):
