@@ -107,6 +107,8 @@ def metadata() -> dict:
             regex = REGEXES[name]
         if name in XYZ_PARAMETERS:
             text = f"'{' '.join(action.metavar)}': {text}"
+        if regex == _GS:   # (run's help names local paths too)
+            text += "; on Dataflow a gs:// path"
         if name in NOT_SCHEDULED:
             text += "; a one-off launch, never a schedule"
         parameters.append({"name": name, "label": name.replace("_", " ").capitalize(),

@@ -439,6 +439,8 @@ def test_the_template_help_is_run_help_with_parameter_names():
     assert declared["break_lease"]["helpText"].endswith("; a one-off launch, never a schedule")
     assert ".pq" in declared["materialization"]["helpText"]
     assert declared["output_dir"]["helpText"].startswith("where the dataset goes")
+    # found by review: it said "local or gs://" while its regex takes gs:// only
+    assert declared["output_dir"]["helpText"].endswith("; on Dataflow a gs:// path")
     assert all(not re.search(r"--[a-z]|%\(", p["helpText"]) for p in declared.values())
     assert (declared["missing_chunks"]["isOptional"], declared["source_url"]["isOptional"]) == \
         (True, False)
