@@ -22,13 +22,28 @@ OURS = ["--materialization", "gs://tables/export_*.csv", "--source-url", "gs://h
         "--target-url", "gs://h01/syn", "--output-dir", "gs://out/ds", "--seed", "3"]
 
 
+def _package_path():
+    """The sys.path folder the synanno_datagen these tests import was found in (a checkout
+    reached through PYTHONPATH, or the working directory of ``python -m pytest``), else None
+    (the interpreter's install finds it)."""
+    import synanno_datagen
+
+    where = Path(list(synanno_datagen.__path__)[0]).parent
+    if any(Path(os.path.abspath(entry)).resolve() == where.resolve() for entry in sys.path):
+        return str(where)
+    return None
+
+
 def launch(*args, cwd=None, script=SCRIPT, **env):
-    """Run the script; PYTHON is this interpreter unless given (None: unset)."""
+    """Run the script; PYTHON is this interpreter unless given (None: unset). Its PYTHONPATH
+    is only the folder these tests' package comes from, if any: the script's Python runs the
+    code under test, and its staging check compares that with the clone it stages."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "NETWORK",
                          "MAX_WORKERS", "MACHINE_TYPE", "JOB_NAME", "PYTHON", "SYNANNO_VENV",
                          "PYTHONPATH")}
     full["PYTHON"] = sys.executable
+    full["PYTHONPATH"] = _package_path()
     full.update(env)
     full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
@@ -119,10 +134,10 @@ def test_the_interpreter_is_the_venv_dev_made_where_synanno_venv_says(tmp_path):
                       BUCKET="b", PYTHON=None, SYNANNO_VENV=str(venv))
         assert done.returncode == 0, done.stderr
         assert shlex.split(done.stdout)[0] == str(python)
-        python.unlink()   # not made yet: the hint names where ./dev makes it
+        python.unlink()   # not made yet: the hint names where ./dev makes it (python3
         done = launch("--dry-run", *OURS, script=script, cwd=tmp_path, PROJECT="p", REGION="r",
-                      BUCKET="b", PYTHON=None, SYNANNO_VENV=str(venv),
-                      PATH=f"{tmp_path / 'nopython'}:/usr/bin:/bin")
+                      BUCKET="b", PYTHON=None, SYNANNO_VENV=str(venv), PYTHONPATH=None,
+                      PATH=f"{tmp_path / 'nopython'}:/usr/bin:/bin")   # without the package)
         assert done.returncode == 2 and f"(./dev makes {where})" in done.stderr, done.stderr
 
 
@@ -135,9 +150,18 @@ def _clone_copy(tmp_path) -> Path:
     for name in ("launch_dataflow.sh", "setup.py", "README.md"):
         shutil.copy(ROOT / name, clone / name)
     for folder in ("synanno_datagen", "pipeline", "transforms"):
-        shutil.copytree(ROOT / folder, clone / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / folder, clone / folder, ignore=_not_in_a_clone)
     return clone
+
+
+def _not_in_a_clone(folder, names):
+    """What _clone_copy leaves out: __pycache__, and the links synanno_datagen/pipeline and
+    /transforms that a checkout reached through PYTHONPATH may hold (setup.py maps the
+    package's pipeline and transforms from the top-level folders)."""
+    left_out = {"__pycache__"} & set(names)
+    if Path(folder) == ROOT / "synanno_datagen":
+        left_out |= {"pipeline", "transforms"} & set(names)
+    return left_out
 
 
 def test_a_run_refuses_a_package_that_is_not_the_code_it_stages(tmp_path):
