@@ -181,6 +181,38 @@ def test_a_scale_key_with_dotdot_reads_the_scale_it_names(volumes, layout, tmp_p
                                               err_msg=f"{url} {engine}")
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_scale_key_with_percent_query_and_fragment_characters_names_its_folder(volumes, layout,
+                                                                                 tmp_path):
+    """The format allows any key text, and both writers store a scale whose key is
+    ``8_8_33%20x#y?z`` in a folder of that name. tensorstore's existence checks open the scale's
+    folder by URL (``readers.scale_url``), where '%20' would be a space, '#' a fragment and '?' a
+    query: escaped as the volume's path is, every engine reads the voxels and finds exactly the
+    absent chunks."""
+    import shutil
+
+    data = volumes[(layout, "raw")]
+    spec = describe_volume(data.target_url)
+    key = "8_8_33%20x#y?z"
+    volume = tmp_path / "target"
+    shutil.copytree(data.root / "target", volume, ignore=shutil.ignore_patterns(spec.key))
+    shutil.copytree(data.root / "target" / spec.key, volume / key)
+    info = read_info(data.target_url)
+    info["scales"][0]["key"] = key
+    (volume / "info").write_text(json.dumps(info))
+    url = f"file://{volume}"
+    zero = {n.rsplit("/", 1)[1] for n in _all_zero_chunks(spec, data.labels_xyz)}
+    assert describe_volume(url).key == key
+    for engine in ("tensorstore", "cloudvolume"):
+        region = read_region(open_reader(url, 0, engine), describe_volume(url, 0, engine),
+                             spec.bounds)
+        assert not region.errors, (engine, region.errors)
+        assert {n.rsplit("/", 1)[1] for n in region.absent} == \
+            (zero if layout != "cloudvolume" else set()), engine
+        np.testing.assert_array_equal(region.array_zyx, data.labels_xyz.transpose(2, 1, 0),
+                                      err_msg=engine)
+
+
 def test_sharded_volumes_read_over_http_like_local_files(volumes):
     """Shard indices and chunks are read with byte-range requests, which a web server answers as
     a bucket does (tests.chunk_server)."""
