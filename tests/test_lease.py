@@ -945,3 +945,44 @@ def test_a_folder_the_user_cannot_write_is_still_a_usage_error_at_the_lease(tmp_
     assert denied.startswith(f"refused: --output-dir {tmp_path}/denied/root: cannot take the "
                              f"run's lease {tmp_path}/denied/root/LEASE (PermissionError: "
                              "[Errno 13] Permission denied: "), denied
+
+
+def _hidepid_argv() -> list:
+    """The command prefix running a process as user nobody where /proc shows it only its own
+    processes (a proc mounted with hidepid=2, in a mount namespace of its own); [] where this
+    cannot be made here (root's unshare and setpriv)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        return []
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid=65534 '
+            '--regid=65534 --clear-groups "$@"', "sh"]
+    done = subprocess.run(argv + ["sh", "-c", "test ! -e /proc/1/stat"], capture_output=True)
+    return argv if done.returncode == 0 else []
+
+
+@pytest.mark.skipif(not _hidepid_argv(), reason="NEEDS root's 'unshare -m' and setpriv to "
+                    "mount a /proc with hidepid=2 for user nobody")
+def test_a_process_whose_stat_cannot_be_read_is_the_leases_run():
+    """On a machine whose /proc hides other users' processes (hidepid=2), another user's run
+    exists (signal 0 says so) but its start time cannot be read: the lease stays held, since
+    its pid may be that run's (judging it gone would put two runs in one root), while a pid no
+    process has is still judged gone. Seen with /proc readable, the same lease, naming another
+    start time, is a pid reused and gone."""
+    import socket
+
+    import synanno_datagen
+    from synanno_datagen.pipeline import lease as lease_module
+
+    info = {"host": socket.gethostname(), "boot_id": lease_module._boot_id(),
+            "pid_ns": lease_module._pid_namespace(), "process_bound": True,
+            "pid": os.getpid(), "pid_start_ticks": lease_module._start_ticks(os.getpid()) + 1}
+    assert lease_module._gone(info)   # readable: the pid's process started at another time
+    leases = {"alive": info, "ended": {**info, "pid": _gone_pid()}}
+    script = ("import json, sys\nfrom synanno_datagen.pipeline.lease import _gone\n"
+              "print(json.dumps({k: _gone(v) for k, v in json.loads(sys.argv[1]).items()}))")
+    package_parent = str(Path(list(synanno_datagen.__path__)[0]).parent)
+    env = {**os.environ, "PYTHONPATH": package_parent}
+    done = subprocess.run(_hidepid_argv() + [sys.executable, "-c", script, json.dumps(leases)],
+                          capture_output=True, text=True, cwd="/", env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"alive": False, "ended": True}
