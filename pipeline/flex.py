@@ -43,11 +43,6 @@ NOT_SCHEDULED = {"break_lease": "every night would break the lease of a run stil
 COMMA_LISTS = {"formats", "splits", "missing_chunks"}
 # three numbers: template parameter "X Y Z"
 XYZ_PARAMETERS = {a.dest for a in run_flags() if a.nargs == 3}
-# Beam options declared as template parameters too: the launcher passes them to Beam as they are.
-# The workers' image goes both as the launch's environment.sdkContainerImage and as this
-# parameter, the way Google's Flex Template samples pass it (no document says that the
-# launcher turns the environment field into the option; a launch without it is refused).
-BEAM_PARAMETERS = ("sdk_container_image",)
 SET_BY = {"sdk_container_image": "IMAGE"}   # parameters that launch_dataflow.sh's variables set
 
 
@@ -76,6 +71,10 @@ REGEXES = {
         "^(error|zero|((source|target)=(error|zero))(,(source|target)=(error|zero))?)$",
     "lease_hours": f"^{_NUMBER}$",
 }
+# The one Beam option declared as a template parameter too (the launcher passes it to Beam as it
+# is): the workers' image goes both as the launch's environment.sdkContainerImage and as this
+# parameter, the way Google's Flex Template samples pass it (no document says that the
+# launcher turns the environment field into the option; a launch without it is refused).
 WORKER_IMAGE = {
     "name": "sdk_container_image", "label": "Worker image",
     "helpText": "the image the workers run: this template's own image "
@@ -119,7 +118,7 @@ def metadata() -> dict:
 
 def template_parameters() -> List[str]:
     """Names of the template parameters that are run flags, in the order of the run flags
-    (metadata.json declares these, then BEAM_PARAMETERS)."""
+    (metadata.json declares these, then WORKER_IMAGE)."""
     return [a.dest for a in run_flags() if a.dest not in NOT_TEMPLATE_PARAMETERS]
 
 

@@ -27,10 +27,6 @@ def _index(out: Path, manifest: dict):
             for line in (out / f["path"]).read_text().splitlines()]
 
 
-def _letters(out: Path):
-    return [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
-
-
 def _inspect_json(capsys, *argv) -> dict:
     assert main(["inspect", *map(str, argv), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
