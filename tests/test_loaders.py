@@ -1055,6 +1055,21 @@ def test_ranks_leave_out_other_samples_each_epoch_on_a_split_of_one_shard(small_
     assert len(left_out) > 1
 
 
+def test_a_shard_holding_more_records_than_listed_is_an_error(generated, torch, tmp_path):
+    """Found by a mutation review: only fewer records than the manifest lists were tested; a
+    shard of the right size holding one more (the manifest's count edited down) is refused too."""
+    from synanno_datagen import DatasetError
+
+    _, out, _, _ = generated
+    copy, manifest = _damaged_copy(out, tmp_path)
+    train = [f for f in manifest["files"]["tfrecord"] if f["split"] == "train"]
+    assert train[-1]["records"] == 2
+    train[-1]["records"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 2 records, the manifest says 1"):
+        list(loaders.ShardDataset(str(copy), "train"))
+
+
 def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch, tmp_path):
     """With 2 ranks, 1 of the 9 train samples is left out, so no reader's range ends at the last
     shard's end: the last reader still reads it to its end, and a shard holding other than its
