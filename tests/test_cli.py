@@ -113,6 +113,9 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
      ["--block-size 4096 4096 64", "a quarter of --fetch-memory-mb 16",
       "12,288 MB here", "--fetch-memory-mb 49152 or more", "--fetch-strategy per-instance"]),
     ({"--progress-interval": "inf"}, ["--progress-interval inf", "positive"]),
+    # (the next two passed every test unchecked: found by mutation review)
+    ({"--formats": ","}, ["--formats ','", "use tfrecord, npy or tfrecord,npy"]),
+    ({"--max-seed-slices": "0"}, ["--max-seed-slices 0: must be at least 1"]),
 ])
 def test_bad_options_fail_in_one_line_with_exit_2(small_data, tmp_path, capsys, change,
                                                    fragments):

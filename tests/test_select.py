@@ -60,3 +60,32 @@ def test_the_order_of_splits_does_not_matter():
         assert parse_splits(text) == canonical
     assert parse_splits("zeta=0.2,alpha=0.3,test=0.5") == (
         ("test", 0.5), ("alpha", 0.3), ("zeta", 0.2))
+
+
+def test_num_instances_picks_n_distinct_ids_when_an_id_repeats():
+    """An id repeated in the table has one selection key many times: the N smallest keys are
+    N distinct ids (found by mutation review: a repeated id whose key ranks smallest took
+    several places, and fewer ids than --num-instances were picked)."""
+    from synanno_datagen.transforms.select import SmallestDistinct
+
+    ids = [9, 9, 9, 7, 8, 10]
+    assert sorted(ids, key=lambda i: selection_key(0, i))[:2] == [9, 9]   # the case tested
+    combine = SmallestDistinct(2)
+    halves = []
+    for part in (ids[:3], ids[3:]):
+        acc = combine.create_accumulator()
+        for i in part:
+            acc = combine.add_input(acc, selection_key(0, i))
+        halves.append(acc)
+    for acc in (halves[0] + halves[1], combine.merge_accumulators(halves)):
+        assert [key[1] for key in combine.extract_output(acc)] == [9, 8]
+
+
+def test_a_hash_beyond_the_fractions_rounded_sum_falls_in_the_last_split():
+    """Fractions whose float sum is a little under 1 leave the top hashes past every split: they
+    go to the last split, not the first (found by mutation review)."""
+    from synanno_datagen.transforms.select import pick_split
+
+    splits = (("train", 0.8), ("val", 0.1), ("test", 0.0999995))
+    assert pick_split(2**64 - 1, splits) == "test"
+    assert pick_split(0, splits) == "train"

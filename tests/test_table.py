@@ -132,10 +132,14 @@ def test_ids_are_read_exactly_as_written():
     assert parse_id("9.223372036854775807e18") == 2**63 - 1
     assert parse_id("9007199254740995e0") == 9007199254740995
     assert parse_id("1e12") == 10**12 and parse_id(" +7.000 ") == 7
+    # int64's two ends are ids (found by mutation review: -2**63 refused passed every test)
+    assert parse_id(str(-2**63)) == -2**63 and parse_id(str(2**63 - 1)) == 2**63 - 1
     for text, why in [("12.0000000000000000001", "is not an integer"),
                       ("12.5", "is not an integer"), ("1e-3", "is not an integer"),
                       ("nan", "is not an integer"), ("inf", "is not an integer"),
                       ("9.3e18", "outside the int64 range"),
+                      (str(-2**63 - 1), "outside the int64 range"),
+                      (str(2**63), "outside the int64 range"),
                       ("1e999999999", "outside the int64 range"), ("", "is not an integer"),
                       ("1" * 80, "outside the int64 range"), ("0x10", "is not an integer")]:
         with pytest.raises(BadValue) as err:

@@ -351,6 +351,15 @@ def test_a_row_with_more_cells_than_the_header_is_a_dead_letter_not_shifted(tmp_
         parse_row(shifted, RowRef(0, 0), "id", None, bounds, layout)
     assert bad.value.reason == EXTRA_CELLS and "the header's 5 named columns" in str(bad.value)
     assert parse_row(fine, RowRef(0, 1), "id", None, bounds, layout).center_xyz == (10, 20, 3)
+    # Two such commas on the header's line: both its unnamed columns are dropped, not the last
+    # alone, so the moved cell is still seen (found by mutation review)
+    (tmp_path / "v.csv").write_text("id,note,x,y,z,,\n5,3,4,100,200,30,\n6,ok,10,20,3,,\n")
+    shifted, fine = iter_rows(str(tmp_path / "v.csv"))
+    with pytest.raises(BadValue) as bad:
+        parse_row(shifted, RowRef(0, 0), "id", None, bounds, layout)
+    assert bad.value.reason == EXTRA_CELLS and "7 cells for the header's 5 named columns" in \
+        str(bad.value)
+    assert parse_row(fine, RowRef(0, 1), "id", None, bounds, layout).center_xyz == (10, 20, 3)
 
 
 def test_parquet_nanosecond_time_columns_are_read_as_their_text(tmp_path):

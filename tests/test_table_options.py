@@ -31,6 +31,20 @@ def _pandas(name):
     return write
 
 
+def _pandas_resolution(text):
+    """A writer of res_4_4_40.parquet with its attrs' dataframe_resolution written as ``text``
+    (JSON, as pandas writes attrs: ``Infinity`` for an infinite float)."""
+    def write(path):
+        _pandas("res_4_4_40.parquet")(path)
+        table = pq.read_table(path)
+        attrs = table.schema.metadata[b"PANDAS_ATTRS"].replace(b"[4, 4, 40]}",
+                                                               text.encode() + b"}")
+        assert attrs != table.schema.metadata[b"PANDAS_ATTRS"]
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, b"PANDAS_ATTRS": attrs}), path)
+    return write
+
+
 def _gzip_bytes_named_csv(path):
     with gzip.open(path, "wt") as f:
         f.write("id,x,y,z\n1,2,3,4\n")
@@ -179,6 +193,9 @@ CASES = {
     "nan resolution": (
         {}, None, ["--coordinate-resolution", "4", "nan", "33"],
         ["--coordinate-resolution 4.0 nan"]),
+    "infinite resolution": (   # (found by mutation review: read as units)
+        {}, None, ["--coordinate-resolution", "inf", "4", "33"],
+        ["--coordinate-resolution inf 4.0 33.0: must be positive nm per table unit"]),
     # CAVEclient's attrs (dataframe_resolution: the units of its points) against the flag
     "resolution flag other than the table's": (
         {"t.parquet": _pandas("res_4_4_40.parquet")}, "t.parquet",
@@ -207,6 +224,12 @@ CASES = {
         ["--materialization ", "t.parquet: its dataframe_resolution (pandas attrs) is "
          "\"mixed_resolutions\", not three positive numbers", "pass --coordinate-resolution "
          "X Y Z"]),
+    # (the next three were read as units: found by mutation review)
+    **{f"a resolution of {text}": (
+        {"t.parquet": _pandas_resolution(text)}, "t.parquet", [],
+        ["--materialization ", f"t.parquet: its dataframe_resolution (pandas attrs) is {text}, "
+         "not three positive numbers", "pass --coordinate-resolution X Y Z"])
+       for text in ("[0, 4, 40]", "[Infinity, 4, 40]", "[true, 4, 40]")},
     "word resolution": (
         {}, None, ["--coordinate-resolution", "4", "four", "33"],
         ["--coordinate-resolution", "invalid float value: 'four'"]),
