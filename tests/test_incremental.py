@@ -70,21 +70,30 @@ def test_block_splits_keep_the_datasets_grid_when_work_blocks_change(small_data,
 
 
 def test_npy_totals_of_a_root_count_every_runs_files(small_data, tmp_path):
-    """The manifest's ``npy`` totals, like its ``splits``, are the dataset's: every run's."""
+    """The manifest's ``npy`` totals, like its ``splits``, are the dataset's: every run's, and
+    so are those the readers (``inspect``) report. Three nights: from the third on, totals
+    added up over the runs would count the first run's files twice (found by a mutation
+    review)."""
+    from synanno_datagen import open_dataset
+
     root = tmp_path / "root"
     rows = list(csv.DictReader(open(small_data.table_path)))
-    first = _table(tmp_path / "first.csv", (r for r in rows if r["id"] in ("11", "13")))
     common = ["--incremental", "--variants", "2", "--formats", "tfrecord,npy"]
-    argv = small_data.argv(root, *common)
-    argv[argv.index("--materialization") + 1] = str(first)
-    assert main(["run"] + argv) == 0
-    assert main(["run"] + small_data.argv(root, *common)) == 0
+    for night, ids in enumerate((("11", "13"), ("11", "12", "13"), None)):
+        table = _table(tmp_path / f"night{night}.csv",
+                       (r for r in rows if ids is None or r["id"] in ids))
+        argv = small_data.argv(root, *common)
+        argv[argv.index("--materialization") + 1] = str(table)
+        assert main(["run"] + argv) == 0
     manifest = _latest(root)
+    assert manifest["incremental"]["run"] == 3
     files = [f for e in _entries(root, manifest).values() for f in e["npy"]["files"]]
     assert len(_entries(root, manifest)) == len(GOOD_IDS) and len(files) == 4 * len(GOOD_IDS)
+    listed = {"files": len(files), "bytes": sum(f["bytes"] for f in files)}
     assert (manifest["npy"]["files"], manifest["npy"]["bytes"]) == (
-        len(files), sum(f["bytes"] for f in files))
-    assert manifest["counts"]["instances_written"] == len(GOOD_IDS) - 2
+        listed["files"], listed["bytes"])
+    assert open_dataset(str(root)).npy_totals() == listed
+    assert manifest["counts"]["instances_written"] == len(GOOD_IDS) - 3
 
 
 def test_an_earlier_instance_whose_row_is_now_rejected_has_not_vanished(small_data, tmp_path):
