@@ -465,6 +465,24 @@ def test_both_record_layouts_give_the_same_samples(both_layouts, torch):
             np.testing.assert_array_equal(target, got["variant"][key][1])
 
 
+def test_each_splits_records_are_its_shards_records_in_both_layouts(both_layouts, torch):
+    """A split's ``records`` in the manifest are its TFRecord shards' records: its instances in
+    the instance layout, its instances x variants in the variant layout, and ShardDataset's
+    ``len`` is the samples it gives (found by a mutation review: records summed from the index
+    files, the instances, passed every test, ShardDataset short by the variant count)."""
+    for layout, out in both_layouts.items():
+        manifest = json.loads((out / "manifest.json").read_text())
+        per_instance = manifest["config"]["variants"] if layout == "variant" else 1
+        assert per_instance == 3 or layout == "instance"
+        for split, facts in manifest["splits"].items():
+            shards = [f for f in manifest["files"]["tfrecord"] if f["split"] == split]
+            assert facts["records"] == sum(f["records"] for f in shards) \
+                == facts["instances"] * per_instance > 0, (layout, split)
+            dataset = loaders.ShardDataset(str(out), split, with_meta=True)
+            assert len(dataset) == len(list(dataset)) \
+                == facts["instances"] * manifest["config"]["variants"], (layout, split)
+
+
 def test_loaders_read_every_run_of_an_incremental_dataset(small_data, tmp_path, torch):
     root = tmp_path / "root"
     first = None
