@@ -535,6 +535,40 @@ def test_naming_shards_looks_at_the_lease_again_between_shards_after_a_stall(tmp
         "train-00000-of-00002.tfrecord"]
 
 
+def test_naming_shards_looks_at_the_lease_at_every_bundles_first_shard(tmp_path):
+    """A runner reuses a DoFn for many bundles: each bundle's first shard has the lease looked
+    at, however recently the run last looked, so a lease broken between two bundles names no
+    further shard (found by a mutation review: forcing the look only before the fn's first
+    bundle passed every test)."""
+    import hashlib
+
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.transforms.records import WrittenShard
+    from synanno_datagen.transforms.write import FinalizeShardFn
+
+    out = tmp_path / "out"
+    keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
+    (out / "_tmp").mkdir()
+    written = []
+    for group in (0, 1):
+        records = out / "_tmp" / f"train-group{group:06d}.tfrecord"
+        records.write_bytes(b"records of group %d" % group)
+        records.with_suffix(".jsonl").write_bytes(b'{"instance_id":%d}\n' % group)
+        written.append(WrittenShard(group, "train", str(records), 1, records.stat().st_size,
+                                    hashlib.sha256(records.read_bytes()).hexdigest(),
+                                    str(records.with_suffix(".jsonl")), {"instances": 1}))
+    fn = FinalizeShardFn(str(out), "none", keepalive)
+    fn.start_bundle()
+    assert len(list(fn.process((written[0], 0, 2)))) == 2          # its shard and index shard
+    keepalive.beat()                                 # looked just now: a plain beat would not
+    (out / "LEASE").unlink()                         # --break-lease between the bundles
+    fn.start_bundle()                                # the next bundle, on the same fn
+    with pytest.raises(LeaseLost, match="it is gone"):
+        list(fn.process((written[1], 1, 2)))
+    assert sorted(p.name for p in (out / "tfrecord").iterdir()) == [
+        "train-00000-of-00002.tfrecord"]
+
+
 def test_the_writer_finishes_no_shard_file_once_the_lease_is_lost(tmp_path, small_data):
     """Found by review: a run frozen while it wrote, whose lease was broken and whose run folder
     another run committed (removing _tmp/), closed its open shard files when it went on: a
