@@ -3,6 +3,7 @@ manifest, the index and the dead-letter file read here independently."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -255,6 +256,28 @@ def test_a_run_dir_that_is_not_a_runs_folder_cannot_move_the_root(small_data, tm
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert_usage_error(capsys, ["inspect", str(out)], "cannot read the manifest",
                        f"run_dir {run_dir!r}", "runs/NNNNN")
+
+
+def test_a_run_folder_copied_under_another_name_or_root_is_refused_in_one_line(
+        small_data, tmp_path, capsys):
+    """A run's folder opened directly is ROOT/<its run_dir>; copied under another name, or as
+    another run of another root, the folder two levels up is no root of it (its paths would be
+    read from another dataset, or none): refused, naming the folder and its run_dir (found by a
+    mutation review: taking the root two levels up without that check passed every test)."""
+    import shutil
+
+    from synanno_datagen import DatasetError, open_dataset
+
+    root = tmp_path / "root"
+    assert main(["run"] + small_data.argv(root, "--variants", "1", "--incremental")) == 0
+    capsys.readouterr()
+    for copy in (tmp_path / "x" / "copy_of_run", tmp_path / "rootB" / "runs" / "00007"):
+        shutil.copytree(root / "runs" / "00001", copy)
+        message = f"{copy} holds the manifest of incremental run runs/00001 but is not " \
+                  "ROOT/runs/00001"
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            open_dataset(str(copy))
+        assert_usage_error(capsys, ["inspect", str(copy)], "cannot read the manifest", message)
 
 
 def test_a_manifest_with_absurd_arrays_or_dead_letters_is_refused_in_one_line(small_data,
