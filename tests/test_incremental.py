@@ -487,6 +487,9 @@ DAMAGED_LATEST = {
     "a work block of negatives": (
         ("config", "block_size_xyz"), [-16, 16, 4], "config.block_size_xyz [-16, 16, 4] is not "
         "three whole numbers from 1"),
+    "a fetch memory of 0 MB": (   # (found by a mutation review)
+        ("config", "fetch_memory_mb"), 0, "config.fetch_memory_mb 0 is not a whole number "
+        "from 1"),
 }
 
 
