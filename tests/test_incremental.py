@@ -435,6 +435,30 @@ def test_a_root_whose_latest_was_moved_back_is_refused_not_rewritten(small_data,
                        "run) into it")
 
 
+@pytest.mark.parametrize("text", ["runs/manifest.json", "runs/00001/sub/manifest.json",
+                                  "runs/00001/manifest.json/x"])
+def test_a_latest_naming_no_runs_manifest_is_refused_in_one_line(small_data, tmp_path, capsys,
+                                                                 text):
+    """A hand-edited LATEST that names no ``runs/NNNNN/manifest.json`` (too few parts, or too
+    many) is refused by the next run and by the readers in one line quoting it, and nothing is
+    written (found by a mutation review: without the count of its parts, runs/manifest.json
+    was an IndexError traceback and runs/00001/manifest.json/x was followed)."""
+    from synanno_datagen import DatasetError, open_dataset
+    from tests.conftest import assert_usage_error
+
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord",
+                           "--quiet")
+    assert main(["run"] + argv) == 0
+    (root / "LATEST").write_text(text + "\n")
+    message = f"LATEST names {text!r}, not runs/NNNNN/manifest.json"
+    _refused_untouched(capsys, root, argv, message)
+    with pytest.raises(DatasetError, match=re.escape(f"{root}: cannot read the manifest "
+                                                     f"(ValueError: {message})")):
+        open_dataset(str(root))
+    assert_usage_error(capsys, ["inspect", str(root)], message)
+
+
 def test_a_run_does_not_move_latest_past_a_later_commit(small_data, tmp_path):
     """Found by review: the run that stalled moved LATEST back from another run's later commit.
     Right before moving it, a run looks: LATEST naming a later run than its own stops it (as a
