@@ -224,10 +224,13 @@ def test_damaged_memory_lines_are_tried_again_not_a_traceback(tmp_path, caplog):
                     + json.dumps({**good, "reason": None}) + "\n"
                     + json.dumps({**good, "reason": {"a": 1}}) + "\n"
                     + json.dumps({**good, "kind": "other"}) + "\n" + "[" * 100_000 + "\n"
-                    + '{"kind": "row", "fingerpr\n')
+                    + '{"kind": "row", "fingerpr\n'
+                    # without a first run, or not a whole one (found by a mutation review)
+                    + json.dumps({k: v for k, v in good.items() if k != "first_run"}) + "\n"
+                    + json.dumps({**good, "first_run": "1"}) + "\n")
     with caplog.at_level(logging.WARNING):
         assert list(memory_entries(str(path))) == [good]
-    assert (f"{path}: 7 lines are not a memory entry (first: line 2), left out: the rows it "
+    assert (f"{path}: 9 lines are not a memory entry (first: line 2), left out: the rows it "
             "stood for are tried again") in caplog.text
 
 
