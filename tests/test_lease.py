@@ -502,18 +502,15 @@ def test_a_shard_whose_temporary_files_are_gone_is_a_lost_lease_when_it_is(tmp_p
         list(fn.process((gone, 0, 1)))
 
 
-def test_naming_shards_looks_at_the_lease_again_between_shards_after_a_stall(tmp_path):
-    """A bundle naming many shards (on GCS each a copy and a delete) looks at the lease between
-    them once its interval has passed: a run that stalled there and lost its lease names no
-    further shard (found by mutation review: dropping that look passed every test)."""
+def _finalizer_past_its_first_shard(out):
+    """(heartbeat, FinalizeShardFn, the second of two written train shards): a run's lease on
+    ``out`` and a fn whose bundle has named the first shard (and its index shard)."""
     import hashlib
 
-    from synanno_datagen.pipeline import lease as lease_module
-    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.pipeline.lease import Heartbeat, acquire
     from synanno_datagen.transforms.records import WrittenShard
     from synanno_datagen.transforms.write import FinalizeShardFn
 
-    out = tmp_path / "out"
     keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
     (out / "_tmp").mkdir()
     written = []
@@ -527,10 +524,22 @@ def test_naming_shards_looks_at_the_lease_again_between_shards_after_a_stall(tmp
     fn = FinalizeShardFn(str(out), "none", keepalive)
     fn.start_bundle()
     assert len(list(fn.process((written[0], 0, 2)))) == 2          # its shard and index shard
+    return keepalive, fn, written[1]
+
+
+def test_naming_shards_looks_at_the_lease_again_between_shards_after_a_stall(tmp_path):
+    """A bundle naming many shards (on GCS each a copy and a delete) looks at the lease between
+    them once its interval has passed: a run that stalled there and lost its lease names no
+    further shard (found by mutation review: dropping that look passed every test)."""
+    from synanno_datagen.pipeline import lease as lease_module
+    from synanno_datagen.pipeline.lease import LeaseLost
+
+    out = tmp_path / "out"
+    keepalive, fn, second = _finalizer_past_its_first_shard(out)
     lease_module._BEATS[keepalive.lease.token] -= keepalive.interval_s + 1   # a stall
     (out / "LEASE").unlink()                                      # --break-lease meanwhile
     with pytest.raises(LeaseLost, match="it is gone"):
-        list(fn.process((written[1], 1, 2)))
+        list(fn.process((second, 1, 2)))
     assert sorted(p.name for p in (out / "tfrecord").iterdir()) == [
         "train-00000-of-00002.tfrecord"]
 
@@ -540,31 +549,15 @@ def test_naming_shards_looks_at_the_lease_at_every_bundles_first_shard(tmp_path)
     at, however recently the run last looked, so a lease broken between two bundles names no
     further shard (found by a mutation review: forcing the look only before the fn's first
     bundle passed every test)."""
-    import hashlib
-
-    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
-    from synanno_datagen.transforms.records import WrittenShard
-    from synanno_datagen.transforms.write import FinalizeShardFn
+    from synanno_datagen.pipeline.lease import LeaseLost
 
     out = tmp_path / "out"
-    keepalive = Heartbeat(acquire(str(out), hours=2, process_bound=False), hours=2)
-    (out / "_tmp").mkdir()
-    written = []
-    for group in (0, 1):
-        records = out / "_tmp" / f"train-group{group:06d}.tfrecord"
-        records.write_bytes(b"records of group %d" % group)
-        records.with_suffix(".jsonl").write_bytes(b'{"instance_id":%d}\n' % group)
-        written.append(WrittenShard(group, "train", str(records), 1, records.stat().st_size,
-                                    hashlib.sha256(records.read_bytes()).hexdigest(),
-                                    str(records.with_suffix(".jsonl")), {"instances": 1}))
-    fn = FinalizeShardFn(str(out), "none", keepalive)
-    fn.start_bundle()
-    assert len(list(fn.process((written[0], 0, 2)))) == 2          # its shard and index shard
+    keepalive, fn, second = _finalizer_past_its_first_shard(out)
     keepalive.beat()                                 # looked just now: a plain beat would not
     (out / "LEASE").unlink()                         # --break-lease between the bundles
     fn.start_bundle()                                # the next bundle, on the same fn
     with pytest.raises(LeaseLost, match="it is gone"):
-        list(fn.process((written[1], 1, 2)))
+        list(fn.process((second, 1, 2)))
     assert sorted(p.name for p in (out / "tfrecord").iterdir()) == [
         "train-00000-of-00002.tfrecord"]
 
