@@ -431,6 +431,35 @@ def test_a_run_whose_lease_is_lost_after_its_last_write_does_not_commit(
     assert not (out / "manifest.json").exists()
 
 
+def test_a_run_whose_lease_is_lost_after_its_manifest_does_not_move_latest(
+        tmp_path, small_data, capsys, monkeypatch):
+    """The manifest step looks at the lease again between writing the run's manifest and moving
+    LATEST: a run that stalled there while its lease was broken (and another run may be
+    rewriting its run folder) leaves LATEST on the last complete run and its folder marked
+    unfinished (found by a mutation review: dropping that look passed every test)."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    root = tmp_path / "root"
+    argv = ["run"] + small_data.argv(root, "--variants", "1", "--incremental")
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (root / "LATEST").read_text().strip() == "runs/00001/manifest.json"
+    night2 = root / "runs" / "00002"
+    real_beat = lease_module.Heartbeat.beat
+
+    def broken_after_manifest(self, now=None, force=False):
+        if force and (night2 / "manifest.json").exists() and (root / "LEASE").exists():
+            (root / "LEASE").unlink()                # --break-lease during a stall
+        return real_beat(self, now, force)
+
+    monkeypatch.setattr(lease_module.Heartbeat, "beat", broken_after_manifest)
+    assert main(argv) == 1                             # night 2 (nothing new to write)
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "synanno-datagen: lease lost: ")
+    assert (night2 / "manifest.json").exists() and (night2 / "UNFINISHED").exists()
+    assert (root / "LATEST").read_text().strip() == "runs/00001/manifest.json"
+
+
 def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_path):
     """A run stalled past its lease's expiry while another run took the output, finished and
     left. When it resumes, each step that gives files their final names (shards and index
