@@ -86,6 +86,11 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--source-mip": "5"}, ["--source-mip 5", "mips 0..1"]),
     ({"--source-mip": "finest"}, ["--source-mip", "'finest' is not a mip number or 'nearest'"]),
     ({"--crop-size": ["100", "12", "4"]}, ["--crop-size 100 12 4", "larger than the target"]),
+    # (the next two passed every test unchecked: found by mutation review)
+    ({"--crop-size": ["49", "12", "4"]}, ["--crop-size 49 12 4", "larger than the target "
+                                          "volume [48, 40, 10]"]),
+    ({"--retry-failed": []}, ["--retry-failed: only incremental runs remember failures; add "
+                              "--incremental"]),
     ({"--crop-size": ["0", "12", "4"]}, ["--crop-size 0 12 4", "positive"]),
     ({"--formats": "zarr"}, ["--formats 'zarr'"]),
     ({"--splits": "train=0.5,val=0.4"}, ["--splits", "sum to 0.9"]),
