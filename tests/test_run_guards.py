@@ -40,6 +40,8 @@ def test_a_mistyped_flag_is_refused_before_any_work(small_data, tmp_path):
     (["--direct-num-workers", "2"], "unknown flag --direct-num-workers; did you mean "
                                     "--direct_num_workers?"),
     (["--runer", "DirectRunner"], "unknown flag --runer; did you mean --runner?"),
+    # ours first: Beam's closest is --resource_hint (found by mutation review)
+    (["--source-min", "0"], "unknown flag --source-min; did you mean --source-mip?"),
     (["--frobnicate"], "unknown flag --frobnicate; see 'synanno-datagen run --help'"),
     (["-n", "3"], "unknown flag -n;"),
     (["--crop-size", "12", "12", "4", "4"], "unexpected argument '4'"),
@@ -364,16 +366,17 @@ def test_a_run_that_failed_is_rerun_over_its_own_leftovers(small_data, tmp_path,
     assert (out / "manifest.json").exists() and not (out / "UNFINISHED").exists()
 
 
+@pytest.mark.parametrize("given", ["", "  "])   # blanks: found by mutation review
 def test_an_empty_output_dir_is_refused_not_taken_as_the_current_directory(small_data,
                                                                            tmp_path, capsys,
-                                                                           monkeypatch):
+                                                                           monkeypatch, given):
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    assert main(["run"] + small_data.argv("", "--variants", "1")) == 2
+    assert main(["run"] + small_data.argv(given, "--variants", "1")) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("synanno-datagen: error: --output-dir '': empty (an unset variable?); give "
-                   "the dataset's directory")
+    assert err == (f"synanno-datagen: error: --output-dir {given!r}: empty (an unset "
+                   "variable?); give the dataset's directory")
     assert list(here.iterdir()) == []
 
 
