@@ -713,6 +713,29 @@ def test_a_run_that_wrote_nothing_says_so():
     assert "no instance written" not in summary(manifest, "out")
 
 
+def test_the_summarys_warnings_hold_at_their_edges():
+    """Found by mutation review (each passed every test): a table holding exactly the instances
+    asked for draws no warning of too few; rows 90% outside the volume draw the hint; a volume
+    whose voxel_offset is zero is not told to add it."""
+    from synanno_datagen.summary import summary
+
+    manifest = {
+        "counts": {"rows_read": 10, "instances_selected": 6, "instances_written": 6,
+                   "variants_written": 6, "failures": {}},
+        "config": {"num_instances": 6, "formats": ["tfrecord"]}, "splits": {},
+    }
+    assert "usable instances" not in summary(manifest, "out")
+    manifest["config"]["num_instances"] = 7
+    assert ("warning: --num-instances 7 is more than the 6 usable instances in the table; took "
+            "them all") in summary(manifest, "out").splitlines()
+    manifest["counts"].update(instances_selected=1, instances_written=1,
+                              failures={"outside_volume": 9})
+    manifest["volumes"] = {"target": {"voxel_offset_xyz": [0, 0, 0]}}
+    assert ("warning: 9 of 10 rows are outside the volume: if the table's coordinates are not in "
+            "target voxels (nm, say), pass --coordinate-resolution X Y Z (the table's units in "
+            "nm)") in summary(manifest, "out").splitlines()
+
+
 @pytest.mark.parametrize("splits, says", [
     ("train=1.0,val=0", "'val=0': a fraction must be above 0 and at most 1"),
     ("train=1.2,val=-0.2", "'train=1.2': a fraction must be above 0 and at most 1"),
