@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -924,3 +925,18 @@ def test_quiet_leaves_the_callers_logging_level_as_it_was(small_data, tmp_path):
         assert root.level == logging.INFO
     finally:
         root.setLevel(before)
+
+
+def test_quiet_prints_only_the_closing_line(small_data, tmp_path, capsys, caplog):
+    """--quiet's promise (its help): no progress, no summary, no warning, only the closing JSON
+    line (found by mutation review: printing the summary, the progress lines or the warnings
+    under --quiet passed every test)."""
+    argv = small_data.argv(tmp_path / "out", "--quiet", "--variants", "1",
+                           "--progress-interval", "0.001", "--formats", "npy",
+                           "--compression", "gzip")   # a warning: TFRecord options idle
+    assert main(["run"] + argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    lines = captured.out.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["status"] == "ok"

@@ -346,3 +346,7 @@ def test_the_log_filter_redacts_a_records_traceback_too():
     assert _redacted(record)
     text = logging.Formatter().format(record)
     assert "S3cretPW" not in text and "http://alice:***@h/x/info" in text
+    # and the message itself (found by mutation review: an inverted '@' test passed every test)
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "reading %s",
+                               ("http://alice:S3cretPW@h/x/info",), None)
+    assert _redacted(record) and record.getMessage() == "reading http://alice:***@h/x/info"
