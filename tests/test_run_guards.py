@@ -836,6 +836,23 @@ def test_a_sigterm_after_the_closing_line_does_not_change_the_exit_code(small_da
     assert child.wait(timeout=120) == 0 and json.loads(line)["status"] == "ok"
 
 
+def test_a_signal_after_the_closing_line_is_ignored_by_the_handler():
+    """The handler's own promise, without the race of the test above (found by mutation review:
+    dropping its 'closed' check passed every test): once the closing line is out, a SIGTERM
+    stops nothing and changes no state."""
+    import signal
+
+    from synanno_datagen import process
+
+    saved = dict(process.state)
+    try:
+        process.state.update(received=None, closed=True)
+        assert process.terminate(signal.SIGTERM, None) is None
+        assert process.state["received"] is None
+    finally:
+        process.state.update(saved)
+
+
 @pytest.mark.parametrize("where", ["file://", "file://localhost", "file:///"])
 def test_a_file_url_without_a_path_is_refused_not_taken_as_the_root(small_data, tmp_path, capsys,
                                                                   where):
