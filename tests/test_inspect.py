@@ -343,10 +343,14 @@ def test_a_hostile_dataset_cannot_make_inspect_exhaust_memory_or_trace_back(smal
     (index,) = sorted((out / "index").iterdir())
     lines = index.read_text().splitlines()
     first = json.loads(lines[0])
-    index.write_text("\n".join([json.dumps({**first, "foreground_slices": [1, 1, 1]})]
-                                + lines[1:]) + "\n")
-    assert_usage_error(capsys, ["inspect", str(out)], "foreground_slices of id "
-                       f"{first['instance_id']} are not distinct z indices of a crop of {depth}")
+    # repeated, past the crop's last slice or before its first (found by a mutation review: a
+    # slice at z = depth passed the check, named only as an IndexError further on)
+    for slices in ([1, 1, 1], [0, depth], [-1, 0]):
+        index.write_text("\n".join([json.dumps({**first, "foreground_slices": slices})]
+                                    + lines[1:]) + "\n")
+        assert_usage_error(capsys, ["inspect", str(out)], "foreground_slices of id "
+                           f"{first['instance_id']} are not distinct z indices of a crop of "
+                           f"{depth}")
     index.write_text("[" * 100_000 + "]" * 100_000 + "\n" + "\n".join(lines[1:]) + "\n")
     assert_usage_error(capsys, ["inspect", str(out)], f"{index}: cannot read it")
     assert max_record_bytes({"arrays": {"shape_zyx": [65536] * 3},
