@@ -39,6 +39,8 @@ def test_selection_is_a_pure_function_of_the_seed():
     assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
     everything = select_records(shards, 100, seed=0)
     assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
+    # every variant can be shown, the last too (found by a mutation review)
+    assert {c["variant"] for c in everything} == set(range(4))
     # Read once, streaming, with only the chosen lines' shards read again (as preview does,
     # holding a few numbers per line): the same picks.
     reread = []
@@ -59,6 +61,9 @@ def test_choose_slices_shows_all_or_a_window_holding_the_seeds():
     assert choose_slices(32, [29, 30, 31], [31], max_slices=6) == list(range(26, 32))
     shown = choose_slices(32, list(range(2, 30)), [20, 22], max_slices=5)       # tall synapse
     assert shown == list(range(19, 24)) and {20, 22} <= set(shown)
+    # a foreground one slice taller than the window: centred on the seeds, so the seed at its
+    # edge is shown (found by a mutation review: the foreground's window left it out)
+    assert choose_slices(32, list(range(10, 17)), [16], max_slices=6) == list(range(14, 20))
 
 
 def test_outline_is_the_border_of_the_mask():
