@@ -491,7 +491,8 @@ def test_a_dead_letter_without_an_id_and_one_variant_read_plainly(views_dataset)
     assert "    no id (row 3): id 'abc' is not an integer" in text and "None" not in text
     # a run whose every instance failed: no shares of zero instances (found by a mutation
     # review: unguarded, the division was a ZeroDivisionError traceback)
-    empty = {**facts, "splits": {name: {**s, "instances": 0} for name, s in facts["splits"].items()}}
+    empty = {**facts, "splits": {name: {**s, "instances": 0}
+                                 for name, s in facts["splits"].items()}}
     assert [line for line in format_facts(empty).splitlines() if line.startswith("  train ")] == [
         f"  train  0 instances, {empty['splits']['train']['records']} records, "
         f"{empty['splits']['train']['shards']} shards, "

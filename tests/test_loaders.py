@@ -1084,7 +1084,8 @@ def test_a_shard_holding_more_records_than_listed_is_an_error(generated, torch, 
     assert train[-1]["records"] == 2
     train[-1]["records"] = 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 2 records, the manifest says 1"):
+    with pytest.raises(DatasetError,
+                       match=rf"{train[-1]['path']}: 2 records, the manifest says 1"):
         list(loaders.ShardDataset(str(copy), "train"))
 
 
