@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import collections
 import gc
+import gzip
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -535,6 +537,87 @@ def test_chunk_ids_are_the_compressed_morton_codes_cloud_volume_computes():
         (name,) = chunk_names(spec, Box(tuple(corner), tuple(a + 1 for a in corner)))
         assert chunk_id(spec, name) == int(compressed_morton_code(position, grid_xyz)), \
             (grid_xyz, position)
+
+
+def _compressed_morton(position_xyz, grid_xyz) -> int:
+    """Independent reference, from the format's definition: the bits of x, y and z interleaved
+    from the lowest, each axis dropping out once its ceil(log2(grid)) bits are used."""
+    bits = [math.ceil(math.log2(g)) for g in grid_xyz]
+    order = [(axis, bit) for bit in range(max(bits)) for axis in range(3) if bit < bits[axis]]
+    return sum(((position_xyz[axis] >> bit) & 1) << i for i, (axis, bit) in enumerate(order))
+
+
+def _shard_contents(folder: Path, sharding: dict) -> dict:
+    """{chunk id: (shard file name, minishard, decoded chunk bytes)} of every chunk stored in a
+    scale's shard files, parsed as the sharded format lays them out (gzip minishard indices and
+    data, as demo_data's sharding_spec writes them)."""
+    minishards = 1 << sharding["minishard_bits"]
+    contents = {}
+    for path in sorted(folder.glob("*.shard")):
+        raw = path.read_bytes()
+        base = 16 * minishards   # the shard index: [start, end) per minishard, after itself
+        index = np.frombuffer(raw[:base], "<u8").reshape(minishards, 2)
+        for minishard, (start, end) in enumerate(index.tolist()):
+            if start == end:
+                continue
+            ids, starts, sizes = np.frombuffer(gzip.decompress(raw[base + start:base + end]),
+                                               "<u8").reshape(3, -1).tolist()
+            chunk_id_, stop = 0, 0
+            for delta_id, delta_start, size in zip(ids, starts, sizes):
+                chunk_id_, begin = chunk_id_ + delta_id, stop + delta_start
+                stop = begin + size
+                contents[chunk_id_] = (path.name, minishard,
+                                       gzip.decompress(raw[base + begin:base + stop]))
+    return contents
+
+
+def test_chunk_ids_of_grids_whose_axes_need_different_bit_counts_find_tensorstores_chunks(
+        tmp_path):
+    """A grid of 5 x 2 x 9 chunks needs 3, 1 and 4 bits: the ids are the compressed Morton codes
+    of the format's definition, and each stored chunk is in the shard file and minishard its id
+    names, holding that chunk's voxels; the reader finds exactly the absent chunks by those ids.
+    (The test volumes' grids are 3 x 3 x 3: equal bit counts.)"""
+    from synanno_datagen.pipeline.demo_data import write_precomputed
+    from synanno_datagen.transforms.volumes import chunk_box, chunk_id
+
+    assert [_compressed_morton(p, g) for p, g in (
+        ((5, 1, 9), (5, 2, 9)), ((0, 11, 2), (1, 16, 3)), ((1, 2, 4), (8, 8, 8)))] == \
+        [0b10100111, 0b101101, 0b100010001]
+    data = np.random.default_rng(1).integers(1, 256, (19, 7, 17), dtype=np.uint8)
+    data[4:8] = 0            # the 2 x 9 chunks at x 1 are all zero: never stored
+    data[:, 4:, 12:14] = 0   # and the 4 others at y 1, z 6
+    offset = (3, -5, 2)
+    url = write_precomputed(str(tmp_path / "v"), data, resolution_nm_xyz=(8, 8, 40),
+                            voxel_offset_xyz=offset, chunk_size_xyz=(4, 4, 2),
+                            writer="tensorstore", sharded=True)
+    spec = describe_volume(url)
+    sharding = read_info(url)["scales"][0]["sharding"]
+    grid = (5, 2, 9)
+    assert sharding["hash"] == "identity" and \
+        [-(-n // c) for n, c in zip(spec.size_xyz, spec.chunk_size_xyz)] == list(grid)
+    contents = _shard_contents(tmp_path / "v" / spec.key, sharding)
+    mask = (1 << sharding["minishard_bits"]) - 1
+    absent = set()
+    for name in chunk_names(spec, spec.bounds):
+        box = chunk_box(name)
+        position = [(a - o) // c for a, o, c in zip(box.start_xyz, offset, (4, 4, 2))]
+        code = chunk_id(spec, name)
+        assert code == _compressed_morton(position, grid), name
+        voxels = data[tuple(slice(a - o, b - o) for a, b, o in
+                            zip(box.start_xyz, box.stop_xyz, offset))]
+        if not voxels.any():
+            absent.add(name)
+            continue
+        hashed = code >> sharding["preshift_bits"]
+        shard = hashed >> sharding["minishard_bits"] & (1 << sharding["shard_bits"]) - 1
+        assert contents.pop(code) == (f"{shard:0{-(-sharding['shard_bits'] // 4)}x}.shard",
+                                      hashed & mask, voxels.T.tobytes()), name
+    assert not contents and len(absent) == 2 * 9 + 4   # every stored chunk, once
+    reader = open_reader(url, 0, "tensorstore")
+    assert reader.absent(chunk_names(spec, spec.bounds)) == (absent, {})
+    region = read_region(reader, spec, spec.bounds)
+    assert region.absent == absent and not region.errors
+    np.testing.assert_array_equal(region.array_zyx, data.transpose(2, 1, 0))
 
 
 def test_a_scale_listing_several_chunk_sizes_is_read_with_its_first():
