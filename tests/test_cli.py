@@ -166,6 +166,38 @@ def test_a_block_may_hold_a_quarter_of_the_fetch_memory_and_no_more():
         _check_block_memory(config(3 * need // 2**20))
 
 
+def test_a_chunk_or_an_instance_may_fill_the_fetch_memory_and_no_more():
+    """_check_sizes at its edges: a decoded chunk (voxels x channels x bytes) or an instance's
+    source and target voxels of exactly --fetch-memory-mb are taken, one voxel more refused."""
+    from types import SimpleNamespace
+
+    from synanno_datagen.errors import ConfigError
+    from synanno_datagen.pipeline.config import _check_sizes
+
+    def spec(chunk, dtype, channels=1):
+        return SimpleNamespace(url="file:///v", mip=0, chunk_size_xyz=chunk, dtype=dtype,
+                               num_channels=channels)
+
+    def config(target=spec((512, 512, 1), "uint32"), source=spec((256, 256, 4), "uint16", 2),
+               crop=(64, 64, 32)):   # 1 MiB each: 2**18 x 4, 2**18 x 2 x 2, 2**17 x (4 + 4)
+        return SimpleNamespace(fetch_memory_mb=1, target=target, source=source,
+                               crop_size_xyz=crop, scale_xyz=(2, 2, 1), record_layout="variant",
+                               variants=1, source_shape_zyx=(crop[2], 2 * crop[1], 2 * crop[0]),
+                               formats=("tfrecord",))
+
+    _check_sizes(config())
+    for change, flag in (({"target": spec((512 * 512 + 1, 1, 1), "uint32")}, "--target-url"),
+                         ({"source": spec((256, 256, 4), "uint16", 3)}, "--source-url"),
+                         ({"source": spec((256, 256, 4), "uint32", 2)}, "--source-url")):
+        with pytest.raises(ConfigError, match=f"^{flag} file:///v: its chunks at mip 0 are .*"
+                                              "more than --fetch-memory-mb 1;"):
+            _check_sizes(config(**change))
+    _check_sizes(config(crop=(64 * 64 * 32, 1, 1)))
+    with pytest.raises(ConfigError, match="^--crop-size 131073 1 1: an instance holds its source "
+                                          "and target voxels at once, 1 MB here, more than"):
+        _check_sizes(config(crop=(64 * 64 * 32 + 1, 1, 1)))
+
+
 def test_a_block_too_big_for_grouped_fetching_is_fine_per_instance(small_data, tmp_path,
                                                                    capsys):
     """Per-instance fetching holds one crop at a time: a block as big as the volume (one
