@@ -297,6 +297,100 @@ def test_fetch_subvolumes_cuts_both_crops_and_dead_letters_what_it_cannot_read(
                     equal_to([True]), label="Io")
 
 
+def _fetch_directly(config, ids):
+    """FetchShardFn called without Beam on one shard group of ``ids``: ({id: Fetched},
+    {id: DeadLetter})."""
+    from synanno_datagen.transforms.fetch import FetchShardFn
+
+    fn = FetchShardFn(config)
+    fn.setup()
+    fetched, dead = {}, {}
+    for out in fn.process((0, [instance(sid) for sid in ids])):
+        if isinstance(out, Fetched):
+            fetched[out.instance.instance_id] = out
+        elif out.tag == DEAD:
+            dead[out.value.instance_id] = out.value
+    return fetched, dead
+
+
+def _assert_crops(data, fetched, source_xyz=None):
+    """Each Fetched holds its crops of the volumes as written (``source_xyz``: the source's
+    voxels as they should read), padded with 148 and 0."""
+    source_offset = tuple(o * s for o, s in zip(TARGET_OFFSET, SCALE))
+    for sid, f in fetched.items():
+        np.testing.assert_array_equal(f.source_zyx, expected_crop_zyx(
+            data.source_xyz if source_xyz is None else source_xyz, source_offset,
+            f.source_box.start_xyz, f.source_box.size_xyz, 148), err_msg=str(sid))
+        np.testing.assert_array_equal(f.labels_zyx, expected_crop_zyx(
+            data.labels_xyz, TARGET_OFFSET, f.target_box.start_xyz, CROP, 0), err_msg=str(sid))
+
+
+@pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
+def test_absent_label_chunks_are_zeros_or_dead_letter_the_crops_they_touch_by_the_target_mode(
+        data, fetch_config, engine):
+    """The sharded labels store no all-zero chunk. target=zero: every crop is cut and counts the
+    absent chunks it touches; target=error: the crops touching any are dead letters naming
+    those chunks (only the crop's own, not its region's) under "target", the others are cut."""
+    from synanno_datagen.transforms.volumes import chunk_names
+    from tests.test_readers import _all_zero_chunks
+
+    target = fetch_config.target
+    zero = _all_zero_chunks(target, data.labels_xyz)
+    absent = {sid: [n for n in chunk_names(target, crop_box(c, CROP)) if n in zero]
+              for sid, c in SYNAPSE_CENTERS.items()}
+    assert {sid: len(names) for sid, names in absent.items()} == {11: 4, 12: 1, 13: 0, 14: 3,
+                                                                   15: 2}
+    fetched, dead = _fetch_directly(dataclasses.replace(
+        fetch_config, missing_chunks=("error", "zero"), engine=engine), GOOD_IDS)
+    assert sorted(fetched) == GOOD_IDS and not dead
+    _assert_crops(data, fetched)
+    assert {sid: f.filled_chunks for sid, f in fetched.items()} == {
+        sid: {"source": 0, "target": len(names)} for sid, names in absent.items()}
+    fetched, dead = _fetch_directly(dataclasses.replace(
+        fetch_config, missing_chunks=("error", "error"), engine=engine), GOOD_IDS)
+    assert sorted(fetched) == [13] and sorted(dead) == [11, 12, 14, 15]
+    _assert_crops(data, fetched)
+    for sid, letter in dead.items():
+        names = absent[sid]
+        assert (letter.reason, letter.stage) == ("missing_chunks", "FetchSubvolumes")
+        assert letter.details == (f"target: {len(names)} chunk(s) missing in {target.url}: "
+                                  + ", ".join(names[:3]) + (" and 1 more" if sid == 11 else ""))
+    assert dead[11].details.endswith(": 8_8_33/100-116_200-216_14-18, 8_8_33/100-116_216-232_10-14"
+                                     ", 8_8_33/100-116_216-232_14-18 and 1 more")
+
+
+@pytest.mark.parametrize("engine", ["tensorstore", "cloudvolume"])
+def test_an_absent_raw_chunk_dead_letters_or_zero_fills_the_crop_touching_it_by_the_source_mode(
+        tmp_path, engine):
+    """A source chunk file deleted from an unsharded volume: source=error dead-letters the one
+    crop touching it under "source"; source=zero cuts it with that chunk's voxels 0 (the
+    pad value only outside the volume) and counts it."""
+    from synanno_datagen.transforms.fetch import FetchConfig
+    from tests.test_faults import LONE_BOX, LONE_ID, LONE_SOURCE_CHUNK
+
+    data = make_small_data(tmp_path / "data", layout="tensorstore")
+    (data.root / "source" / "4_4_33" / LONE_SOURCE_CHUNK).unlink()
+    source, target = describe_volume(data.source_url), describe_volume(data.target_url)
+    config = FetchConfig(source, target, CROP, SCALE, 148, "grouped", (16, 16, 4), 64 << 20,
+                         ("error", "zero"), engine)
+    fetched, dead = _fetch_directly(config, GOOD_IDS)
+    assert sorted(fetched) == [i for i in GOOD_IDS if i != LONE_ID] and list(dead) == [LONE_ID]
+    _assert_crops(data, fetched)
+    assert (dead[LONE_ID].reason, dead[LONE_ID].details) == (
+        "missing_chunks", f"source: 1 chunk(s) missing in {source.url}: 4_4_33/{LONE_SOURCE_CHUNK}")
+    fetched, dead = _fetch_directly(dataclasses.replace(config, missing_chunks=("zero", "zero")),
+                                    GOOD_IDS)
+    assert sorted(fetched) == GOOD_IDS and not dead
+    zeroed = data.source_xyz.copy()
+    offset = [o * s for o, s in zip(TARGET_OFFSET, SCALE)]
+    zeroed[tuple(slice(a - o, b - o) for a, b, o in zip(*LONE_BOX, offset))] = 0
+    _assert_crops(data, fetched, zeroed)
+    crop = fetched[LONE_ID].source_zyx
+    assert (crop == 0).sum() >= 18 * 16 * 2 and (crop == 148).any()   # the chunk's part, pad
+    assert [f.filled_chunks["source"] for f in fetched.values()] == [
+        int(sid == LONE_ID) for sid in fetched]
+
+
 def test_clean_targets_keeps_the_centred_synapse_and_dead_letters_empty_crops(data,
                                                                              fetch_config):
     from synanno_datagen.transforms.clean import CleanTargets
