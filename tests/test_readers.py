@@ -571,40 +571,58 @@ def _shard_contents(folder: Path, sharding: dict) -> dict:
     return contents
 
 
+GRID_5_2_9 = dict(offset_xyz=(3, -5, 2), chunk_xyz=(4, 4, 2), grid_xyz=(5, 2, 9))
+
+
+def _grid_5_2_9_volume(path: Path):
+    """(url, voxels x, y, z) of a sharded uint8 volume written by tensorstore on a 5 x 2 x 9
+    chunk grid (3, 1 and 4 bits per axis) whose 2 x 9 chunks at x 1 and 4 more at y 1, z 6 are
+    all zero (not stored)."""
+    from synanno_datagen.pipeline.demo_data import write_precomputed
+
+    data = np.random.default_rng(1).integers(1, 256, (19, 7, 17), dtype=np.uint8)
+    data[4:8] = 0
+    data[:, 4:, 12:14] = 0
+    url = write_precomputed(str(path), data, resolution_nm_xyz=(8, 8, 40),
+                            voxel_offset_xyz=GRID_5_2_9["offset_xyz"],
+                            chunk_size_xyz=GRID_5_2_9["chunk_xyz"], writer="tensorstore",
+                            sharded=True)
+    return url, data
+
+
+def _chunk_voxels_and_position(name, data):
+    """(the chunk's voxels in ``data``, its grid position) for the 5 x 2 x 9 volume."""
+    from synanno_datagen.transforms.volumes import chunk_box
+
+    box, offset = chunk_box(name), GRID_5_2_9["offset_xyz"]
+    position = [(a - o) // c for a, o, c in zip(box.start_xyz, offset, GRID_5_2_9["chunk_xyz"])]
+    return data[tuple(slice(a - o, b - o) for a, b, o in
+                      zip(box.start_xyz, box.stop_xyz, offset))], position
+
+
 def test_chunk_ids_of_grids_whose_axes_need_different_bit_counts_find_tensorstores_chunks(
         tmp_path):
     """A grid of 5 x 2 x 9 chunks needs 3, 1 and 4 bits: the ids are the compressed Morton codes
     of the format's definition, and each stored chunk is in the shard file and minishard its id
     names, holding that chunk's voxels; the reader finds exactly the absent chunks by those ids.
     (The test volumes' grids are 3 x 3 x 3: equal bit counts.)"""
-    from synanno_datagen.pipeline.demo_data import write_precomputed
-    from synanno_datagen.transforms.volumes import chunk_box, chunk_id
+    from synanno_datagen.transforms.volumes import chunk_id
 
     assert [_compressed_morton(p, g) for p, g in (
         ((5, 1, 9), (5, 2, 9)), ((0, 11, 2), (1, 16, 3)), ((1, 2, 4), (8, 8, 8)))] == \
         [0b10100111, 0b101101, 0b100010001]
-    data = np.random.default_rng(1).integers(1, 256, (19, 7, 17), dtype=np.uint8)
-    data[4:8] = 0            # the 2 x 9 chunks at x 1 are all zero: never stored
-    data[:, 4:, 12:14] = 0   # and the 4 others at y 1, z 6
-    offset = (3, -5, 2)
-    url = write_precomputed(str(tmp_path / "v"), data, resolution_nm_xyz=(8, 8, 40),
-                            voxel_offset_xyz=offset, chunk_size_xyz=(4, 4, 2),
-                            writer="tensorstore", sharded=True)
+    url, data = _grid_5_2_9_volume(tmp_path / "v")
     spec = describe_volume(url)
     sharding = read_info(url)["scales"][0]["sharding"]
-    grid = (5, 2, 9)
-    assert sharding["hash"] == "identity" and \
-        [-(-n // c) for n, c in zip(spec.size_xyz, spec.chunk_size_xyz)] == list(grid)
+    assert sharding["hash"] == "identity" and [-(-n // c) for n, c in zip(
+        spec.size_xyz, spec.chunk_size_xyz)] == list(GRID_5_2_9["grid_xyz"])
     contents = _shard_contents(tmp_path / "v" / spec.key, sharding)
     mask = (1 << sharding["minishard_bits"]) - 1
     absent = set()
     for name in chunk_names(spec, spec.bounds):
-        box = chunk_box(name)
-        position = [(a - o) // c for a, o, c in zip(box.start_xyz, offset, (4, 4, 2))]
+        voxels, position = _chunk_voxels_and_position(name, data)
         code = chunk_id(spec, name)
-        assert code == _compressed_morton(position, grid), name
-        voxels = data[tuple(slice(a - o, b - o) for a, b, o in
-                            zip(box.start_xyz, box.stop_xyz, offset))]
+        assert code == _compressed_morton(position, GRID_5_2_9["grid_xyz"]), name
         if not voxels.any():
             absent.add(name)
             continue
@@ -618,6 +636,34 @@ def test_chunk_ids_of_grids_whose_axes_need_different_bit_counts_find_tensorstor
     region = read_region(reader, spec, spec.bounds)
     assert region.absent == absent and not region.errors
     np.testing.assert_array_equal(region.array_zyx, data.transpose(2, 1, 0))
+
+
+def test_the_chunks_of_a_shard_file_that_is_gone_are_absent_for_both_engines(tmp_path):
+    """A shard file deleted: exactly its chunks (by the reference ids) and the unstored
+    all-zero ones are absent, found by tensorstore's existence checks by chunk id and by
+    cloud-volume's strict reads; every other chunk reads as written."""
+    url, data = _grid_5_2_9_volume(tmp_path / "v")
+    spec = describe_volume(url)
+    sharding = read_info(url)["scales"][0]["sharding"]
+    folder = tmp_path / "v" / spec.key
+    gone = sorted(folder.glob("*.shard"))[1]
+    ids = {code for code, (shard, _, _) in _shard_contents(folder, sharding).items()
+           if shard == gone.name}
+    gone.unlink()
+    want = data.copy()
+    absent = set()
+    for name in chunk_names(spec, spec.bounds):
+        voxels, position = _chunk_voxels_and_position(name, want)   # a view: zeroed in want
+        if _compressed_morton(position, GRID_5_2_9["grid_xyz"]) in ids or not voxels.any():
+            absent.add(name)
+            voxels[...] = 0
+    assert len(ids) >= 2 and len(absent) == 2 * 9 + 4 + len(ids)
+    assert open_reader(url, 0, "tensorstore").absent(chunk_names(spec, spec.bounds)) == \
+        (absent, {})
+    for engine in ("tensorstore", "cloudvolume"):
+        region = read_region(open_reader(url, 0, engine), spec, spec.bounds)
+        assert region.absent == absent and not region.errors, engine
+        np.testing.assert_array_equal(region.array_zyx, want.transpose(2, 1, 0), err_msg=engine)
 
 
 def test_a_scale_listing_several_chunk_sizes_is_read_with_its_first():
