@@ -14,7 +14,7 @@ Entry points:
   python -m synanno_datagen.pipeline.flex body --template-path GS --job-name NAME [environment flags] -- FLAGS
       prints the JSON body of a flexTemplates:launch request for FLAGS (used by
       ``launch_dataflow.sh schedule``)
-  python -m synanno_datagen.pipeline.flex metadata > metadata.json
+  python -P -m synanno_datagen.pipeline.flex metadata > metadata.json   (-P: from the clone)
       writes the template's metadata anew (after a run flag changed)
 """
 from __future__ import annotations

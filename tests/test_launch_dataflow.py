@@ -447,7 +447,7 @@ def test_metadata_json_is_made_from_the_run_flags(capsys):
     made = capsys.readouterr().out
     assert (ROOT / "metadata.json").read_text() == made, (
         "metadata.json is not what the run flags make; make it again with "
-        "'python -m synanno_datagen.pipeline.flex metadata > metadata.json'")
+        "'.venv/bin/python -P -m synanno_datagen.pipeline.flex metadata > metadata.json'")
 
 
 def test_the_template_help_is_run_help_with_parameter_names():
