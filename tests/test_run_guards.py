@@ -882,23 +882,36 @@ def test_a_refusal_after_the_lease_prints_no_progress_line_before_it(small_data,
                        "made with a different config")
 
 
-def test_stopping_a_run_stops_beams_worker_processes_only():
+def test_stopping_a_run_stops_beams_worker_processes_only(tmp_path):
     """Found by review: a stopped run sent SIGTERM to every process it had started, and theirs,
     so a program running the CLI in-process lost its own children. Only Beam's worker
-    processes (sdk_worker_main) are the run's to stop."""
+    processes (sdk_worker_main) are the run's to stop, also one a shell it started forked (Beam
+    starts each through ``/bin/sh -c``; stopping only the run's children passed every test;
+    found by a mutation review)."""
+    import shlex
+
     from synanno_datagen import process
 
     other = subprocess.Popen(["sleep", "300"])
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
-                               "-m", "apache_beam.runners.worker.sdk_worker_main"])
+                               "-m", process.BEAM_WORKER])
+    ready = tmp_path / "ready"
+    (tmp_path / "start.sh").write_text(shlex.join([   # (the shell forks it)
+        sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); "
+        "time.sleep(300)", "-m", process.BEAM_WORKER]))
+    shell = subprocess.Popen(["sh", str(tmp_path / "start.sh")])
+    _wait_for(ready.exists, "the shell's worker")
     try:
         process.stop_child_processes()
         assert worker.wait(timeout=30) == -15
+        assert shell.wait(timeout=30) == 128 + 15   # its worker ended by SIGTERM
         assert other.poll() is None
     finally:
-        other.kill()
-        worker.kill()
-        other.wait()
+        for pid in descendants(shell.pid):
+            os.kill(pid, 9)
+        for child in (other, worker, shell):
+            child.kill()
+            child.wait()
 
 
 # The command (entry) as a stopped run's last passes see it: a Beam worker whose starting shell
