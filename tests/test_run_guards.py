@@ -735,8 +735,9 @@ def test_output_dirs_and_tables_nothing_here_reads_are_refused_in_one_line(small
     assert not (tmp_path / "out").exists()
 
 
-def _busy_run(small_data, tmp_path, *mode):
-    """A run of a table of 3000 good crops in a child process: (child, argv, output dir)."""
+def _busy_run(small_data, tmp_path, *mode, launch=("-m", "synanno_datagen", "run")):
+    """A run of a table of 3000 good crops in a child process (``launch``: what the child's
+    Python runs, given the run's flags): (child, argv, output dir)."""
     import csv
 
     header, rows = _long_rows(small_data, n=0)
@@ -750,7 +751,7 @@ def _busy_run(small_data, tmp_path, *mode):
     out = tmp_path / "out"
     argv = small_data.argv(out, "--variants", "1", "--progress-interval", "0.2", *mode)
     argv[argv.index("--materialization") + 1] = str(table)
-    child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run", *argv],
+    child = subprocess.Popen([sys.executable, *launch, *argv],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return child, argv, out
 
@@ -851,6 +852,33 @@ def test_a_signal_after_the_closing_line_is_ignored_by_the_handler():
         assert process.state["received"] is None
     finally:
         process.state.update(saved)
+
+
+# A program running the CLI in-process: a first run ends (refused), then a second one.
+_SECOND_RUN = r"""
+import sys
+from synanno_datagen import cli
+
+cli.main(["run", "--materialization", "/nonexistent/t.csv", "--source-url", "/nope/s",
+          "--target-url", "/nope/t", "--output-dir", "/nope/out"])
+sys.exit(cli.main(["run", *sys.argv[1:]]))
+"""
+
+
+def test_a_second_run_in_the_same_process_is_stopped_by_sigterm(small_data, tmp_path):
+    """Each run takes the signals afresh: the first run's closing line (which makes the handler
+    ignore a signal from then on) does not leave the next run in the process ignoring SIGTERM
+    (take_signals not resetting the state passed every test; found by a mutation review)."""
+    import signal
+
+    child, _, out = _busy_run(small_data, tmp_path, launch=("-c", _SECOND_RUN))
+    _wait_for(lambda: list(out.glob("npy/*/*.npy")) or child.poll() is not None, "npy files")
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143, stderr
+    first, second = map(json.loads, stdout.splitlines())
+    assert (first["status"], second["status"], second["error"]) == (
+        "refused", "failed", "Terminated: SIGTERM")
 
 
 @pytest.mark.parametrize("where", ["file://", "file://localhost", "file:///"])
