@@ -91,21 +91,24 @@ def test_what_libraries_print_during_a_run_goes_to_stderr(tmp_path, mode):
     assert "File Read Error" in result.stderr
 
 
-@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+@pytest.mark.parametrize("closed", ["stdout", "stderr", "stdin"])
 def test_a_run_with_a_closed_stream_writes_its_dataset(small_data, tmp_path, closed):
     """Found by review: with stdout closed (>&-) the run broke before any work, and with
     stderr closed a complete dataset was reported failed (moving stdout onto a stream that is
-    not there)."""
+    not there). With stdin closed (<&-) stdout's saved copy is descriptor 0: the closing line
+    is still on stdout (restore_stdout taking a saved 0 for none passed every test; found by a
+    mutation review)."""
     import shlex
 
     out = tmp_path / "out"
     command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synanno_datagen", "run",
                                                 *small_data.argv(out, "--variants", "1")])
-    result = subprocess.run(["bash", "-c", command + (" >&-" if closed == "stdout" else " 2>&-")],
-                            capture_output=True, text=True, timeout=600)
+    redirect = {"stdout": " >&-", "stderr": " 2>&-", "stdin": " <&-"}[closed]
+    result = subprocess.run(["bash", "-c", command + redirect], capture_output=True, text=True,
+                            timeout=600)
     assert json.loads((out / "manifest.json").read_text())["counts"]["instances_written"] == 5
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    if closed == "stderr":
+    if closed != "stdout":
         assert json.loads(result.stdout.splitlines()[-1])["status"] == "ok"
 
 
@@ -169,6 +172,23 @@ def test_a_refusal_keeps_its_line_and_exit_code_when_stdout_is_full(small_data, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "synanno-datagen: error: --variants 0: must be at least 1"]
+
+
+def test_runs_in_process_leave_no_descriptor_open(small_data, tmp_path, capsys):
+    """stdout's copy kept while it is moved onto stderr is closed when it is put back: a
+    program running the CLI in-process loses no descriptor per run (not closing it passed
+    every test; found by a mutation review)."""
+    from synanno_datagen.cli import main
+
+    argv = small_data.argv(tmp_path / "out")
+    argv[argv.index("--materialization") + 1] = str(tmp_path / "missing.csv")
+    assert main(["run"] + argv) == 2   # (refused by the run, inside the moved stdout)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert main(["run"] + argv) == 2
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert [json.loads(line)["status"] for line in capsys.readouterr().out.splitlines()] == \
+        ["refused"] * 4
 
 
 def test_quiet_still_reports_a_usage_error(small_data, tmp_path):
