@@ -854,6 +854,21 @@ def test_a_signal_after_the_closing_line_is_ignored_by_the_handler():
         process.state.update(saved)
 
 
+def test_a_second_signal_while_the_run_unwinds_is_ignored_by_the_handler(monkeypatch):
+    """The handler's promise for a second signal, without the race of the two-SIGTERM case
+    above (found by a mutation review: dropping its 'received' check passed every test): it
+    raises nothing (raised inside Beam's shutdown, it left the run running) and keeps the
+    first signal's name."""
+    import signal
+
+    from synanno_datagen import process
+
+    monkeypatch.setitem(process.state, "received", "SIGINT")
+    monkeypatch.setitem(process.state, "closed", False)
+    assert process.terminate(signal.SIGTERM, None) is None
+    assert process.state["received"] == "SIGINT"
+
+
 # A program running the CLI in-process: a first run ends (refused), then a second one.
 _SECOND_RUN = r"""
 import sys
