@@ -1104,16 +1104,23 @@ def test_a_worker_killed_by_a_stopping_signal_prints_no_thread_traceback(monkeyp
     assert seen == ["Worker subprocess exited with return code 1", "something else"]
 
 
-def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_data, tmp_path):
+@pytest.mark.parametrize("when", ["moved", "put back"])
+def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_data, tmp_path,
+                                                                         when):
     """Found by review: a SIGTERM arriving while the run moved stdout onto stderr (held, then
-    delivered as the hold ended) left descriptor 1 on stderr, and the closing line went there."""
+    delivered as the hold ended) left descriptor 1 on stderr, and the closing line went there.
+    So did one arriving as restore_stdout had taken the saved descriptor, before it put it
+    back (that hold dropped, or the hold not holding, passed every test; found by a mutation
+    review)."""
     driver = (
         "import os, signal, sys\n"
         "from synanno_datagen import cli\n"
-        "real = os.dup2\n"
+        "real, sent = os.dup2, []\n"
         "def dup2(a, b):\n"
+        f"    if {when == 'put back'} and b == 1 and a != 2 and not sent:\n"
+        "        sent.append(os.kill(os.getpid(), signal.SIGTERM))\n"
         "    real(a, b)\n"
-        "    if (a, b) == (2, 1):\n"
+        f"    if {when == 'moved'} and (a, b) == (2, 1):\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
         "os.dup2 = dup2\n"
         "sys.argv = ['synanno-datagen', 'run'] + sys.argv[1:]\n"
