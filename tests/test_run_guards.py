@@ -1151,6 +1151,29 @@ def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch
     assert time.monotonic() - start < 10
 
 
+def test_the_signal_itself_starts_stopping_the_late_workers(monkeypatch):
+    """The handler starts the passes above (found by a mutation review: not starting them
+    passed every test, as a worker still starting when the signal came is a rare race)."""
+    import signal
+
+    from synanno_datagen import process
+    from synanno_datagen.errors import Terminated
+
+    monkeypatch.setitem(process.state, "received", None)
+    monkeypatch.setitem(process.state, "closed", False)
+    # (the worker's name comes from the environment: the shell's own argv does not match)
+    late = subprocess.Popen(["sh", "-c", f"sleep 0.5; exec {sys.executable} -c "
+                             "'import time; time.sleep(60)' $WORKER"],
+                            env={**os.environ, "WORKER": process.BEAM_WORKER})
+    try:
+        with pytest.raises(Terminated):
+            process.terminate(signal.SIGTERM, None)
+        assert late.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        late.kill()
+        monkeypatch.setitem(process.state, "received", None)   # (the passes end)
+
+
 def test_the_command_stops_beam_workers_started_late_until_it_exits(monkeypatch):
     """Found by a CI run: SIGINT to a busy multi_processing run (under load) ended with its
     closing line, but a Beam worker its shutdown started more than 10 s after the signal lived
