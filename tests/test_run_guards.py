@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -751,8 +752,11 @@ def _busy_run(small_data, tmp_path, *mode, launch=("-m", "synanno_datagen", "run
     out = tmp_path / "out"
     argv = small_data.argv(out, "--variants", "1", "--progress-interval", "0.2", *mode)
     argv[argv.index("--materialization") + 1] = str(table)
+    # SIGINT as a terminal's Ctrl-C leaves it, even when pytest runs as a background job (which
+    # the child would inherit as SIGINT ignored, and keep ignoring, as it should)
     child = subprocess.Popen([sys.executable, *launch, *argv],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child, argv, out
 
 
@@ -788,7 +792,6 @@ def test_a_signal_ends_a_run_with_its_closing_line_and_frees_the_lease(small_dat
     processes are stopped); and SIGINT (Ctrl-C) ended with a traceback and exit 130 or 1 while
     the closing line said 1 (it ends as SIGTERM does, with 130). The hardest case (two signals
     while worker processes write) is run again to its end over what the stopped run left."""
-    import signal
     import time
 
     child, argv, out = _busy_run(small_data, tmp_path, *mode)
@@ -826,8 +829,6 @@ def test_a_signal_ends_a_run_with_its_closing_line_and_frees_the_lease(small_dat
 def test_a_sigterm_after_the_closing_line_does_not_change_the_exit_code(small_data, tmp_path):
     """Found by review: a SIGTERM while the interpreter shut down after a closing line saying
     ok (Beam's threads take most of a second) ended the process with 143."""
-    import signal
-
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run",
                               *small_data.argv(out, "--quiet")],
@@ -841,8 +842,6 @@ def test_a_signal_after_the_closing_line_is_ignored_by_the_handler():
     """The handler's own promise, without the race of the test above (found by mutation review:
     dropping its 'closed' check passed every test): once the closing line is out, a SIGTERM
     stops nothing and changes no state."""
-    import signal
-
     from synanno_datagen import process
 
     saved = dict(process.state)
@@ -859,8 +858,6 @@ def test_a_second_signal_while_the_run_unwinds_is_ignored_by_the_handler(monkeyp
     above (found by a mutation review: dropping its 'received' check passed every test): it
     raises nothing (raised inside Beam's shutdown, it left the run running) and keeps the
     first signal's name."""
-    import signal
-
     from synanno_datagen import process
 
     monkeypatch.setitem(process.state, "received", "SIGINT")
@@ -884,8 +881,6 @@ def test_a_second_run_in_the_same_process_is_stopped_by_sigterm(small_data, tmp_
     """Each run takes the signals afresh: the first run's closing line (which makes the handler
     ignore a signal from then on) does not leave the next run in the process ignoring SIGTERM
     (take_signals not resetting the state passed every test; found by a mutation review)."""
-    import signal
-
     child, _, out = _busy_run(small_data, tmp_path, launch=("-c", _SECOND_RUN))
     _wait_for(lambda: list(out.glob("npy/*/*.npy")) or child.poll() is not None, "npy files")
     child.send_signal(signal.SIGTERM)
@@ -1037,8 +1032,6 @@ def test_a_signal_the_run_inherits_ignored_stays_ignored(small_data, tmp_path):
     """Found by review: a shell's background job starts with SIGINT ignored (so that Ctrl-C
     meant for the foreground job leaves it alone); the run's handler took SIGINT over, and a
     Ctrl-C stopped it."""
-    import signal
-
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "synanno_datagen", "run",
                               *small_data.argv(out, "--quiet")], stdout=subprocess.PIPE,
@@ -1057,7 +1050,6 @@ def test_the_handlers_are_put_back_when_the_closing_line_cannot_be_printed(small
     handlers stayed, ignoring SIGTERM and SIGINT in the program that ran the CLI in-process.
     Its threading.excepthook is put back too (after a stopped run, the run's hides every thread
     error; not putting it back passed every test; found by a mutation review)."""
-    import signal
     import threading
 
     class Closed:
@@ -1137,7 +1129,6 @@ def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch
     starting hung the run, as a worker not yet running Beam's worker module was left alone and
     Beam's shutdown waited for it. For a while after the signal, workers that appear are
     stopped too."""
-    import signal
     import time
 
     from synanno_datagen import process
@@ -1154,8 +1145,6 @@ def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch
 def test_the_signal_itself_starts_stopping_the_late_workers(monkeypatch):
     """The handler starts the passes above (found by a mutation review: not starting them
     passed every test, as a worker still starting when the signal came is a rare race)."""
-    import signal
-
     from synanno_datagen import process
     from synanno_datagen.errors import Terminated
 
