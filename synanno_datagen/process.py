@@ -172,17 +172,20 @@ _moved = {"saved": None}   # descriptor 1 as it was, while stdout_to_stderr has 
 
 def restore_stdout() -> None:
     """Put descriptor 1 back if it is moved (also before the closing line, whatever a signal
-    interrupted)."""
+    interrupted). The saved descriptor is let go only once it is back: the hold keeps signals
+    off this thread, but another (Beam's) may take one, and its handler then raises here."""
     with _signals_held():
-        saved, _moved["saved"] = _moved["saved"], None
+        saved = _moved["saved"]
         if saved is not None:
             os.dup2(saved, 1)
+            _moved["saved"] = None
             os.close(saved)
 
 
 @contextmanager
 def _signals_held():
-    """SIGTERM and SIGINT wait (their handlers run once this ends)."""
+    """SIGTERM and SIGINT sent to this thread wait (their handlers run once this ends); one the
+    kernel hands to another thread is not held (its handler still runs on the main thread)."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     try:
         yield
