@@ -730,6 +730,19 @@ def test_the_closing_line_is_empty_when_selected_instances_all_failed():
     assert run_event("run", "ok", 0, 1.0, "out", manifest)["empty"] is False
 
 
+def test_the_closing_line_names_the_version_and_times_to_the_millisecond():
+    """README's closing line has the package's version and the duration in seconds to three
+    decimals (found by mutation review: leaving out the version, or whole seconds, passed every
+    test)."""
+    from synanno_datagen import __version__
+    from synanno_datagen.pipeline.monitoring import run_event
+
+    event = run_event("run", "refused", 2, 0.12345, None, error="bad flag")
+    assert event == {"event": "synanno_datagen_run", "command": "run", "status": "refused",
+                     "exit_code": 2, "duration_s": 0.123, "output_dir": None,
+                     "version": __version__, "error": "bad flag"}
+
+
 def test_a_run_that_wrote_nothing_says_so():
     """Found by review: a table whose every row failed ended with exit 0 and no word beyond the
     failure counts."""
