@@ -173,23 +173,33 @@ def test_a_run_refuses_a_package_that_is_not_the_code_it_stages(tmp_path):
     done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     run = clone / "pipeline" / "run.py"
-    run.write_text(run.read_text() + "\n# pulled, not installed\n")
+    original = run.read_text()
+    run.write_text(original + "\n# pulled, not installed\n")
     done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path, **env)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"launch_dataflow.sh: error: the synanno_datagen that {sys.executable} runs is not the "
         f"code of {clone}, which the workers get (1 module files differ, e.g. pipeline/run.py): "
         f"reinstall it (pip install {clone}), or use the .venv ./dev makes there"]
+    # a module the pull deleted, still installed, is other code too (found by mutation review:
+    # comparing only the clone's files passed every test)
+    run.write_text(original)
+    (clone / "transforms" / "clean.py").unlink()
+    done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path, **env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "(1 module files differ, e.g. transforms/clean.py)" in done.stderr
 
 
 def test_files_setuptools_does_not_ship_do_not_count_as_other_code(tmp_path):
     """Found by review: an editor's lock file (a dangling '.#run.py' link) was a traceback, and
-    dot-files and folders that are no package, which the workers never get, were 'other code'."""
+    dot-files, files other than .py and folders that are no package, which the workers never
+    get, were 'other code'."""
     clone = _clone_copy(tmp_path)
     (clone / "pipeline" / ".#run.py").symlink_to("user@host.1234:1700000000")
     (clone / "pipeline" / ".scratch.py").write_text("x = 1\n")
     (clone / "synanno_datagen" / "scratch").mkdir()
     (clone / "synanno_datagen" / "scratch" / "a.py").write_text("x = 1\n")
+    (clone / "pipeline" / "notes.txt").write_text("no module\n")   # (found by mutation review)
     done = launch("--dry-run", *OURS, script=clone / "launch_dataflow.sh", cwd=tmp_path,
                   PROJECT="p", REGION="r", BUCKET="b")
     assert done.returncode == 0, done.stderr
