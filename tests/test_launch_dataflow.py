@@ -54,7 +54,7 @@ def test_dry_run_prints_the_exact_dataflow_command():
     done = launch("--dry-run", *OURS, "--num-instances", "1000", PROJECT="proj",
                   REGION="europe-west4", BUCKET="gs://my-bucket/", SERVICE_ACCOUNT="sa@x.iam",
                   NETWORK="net", MAX_WORKERS="50", MACHINE_TYPE="n2-highmem-4")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stderr == "", done.stderr   # (submits nothing)
     argv = shlex.split(done.stdout)
     assert argv[:5] == [sys.executable, "-P", "-m", "synanno_datagen", "run"]
     args, beam_args = run_parser().parse_known_args(argv[5:])
@@ -261,6 +261,8 @@ def test_optional_variables_stay_out_when_unset():
     ({"PROJECT": "p", "REGION": "r"}, "BUCKET is not set"),
     ({"PROJECT": "p", "REGION": "r", "BUCKET": "b", "MAX_WORKERS": "many"},
      "MAX_WORKERS 'many' is not a positive integer"),
+    ({"PROJECT": "p", "REGION": "r", "BUCKET": "b", "MAX_WORKERS": "0"},
+     "MAX_WORKERS '0' is not a positive integer"),
     ({"PROJECT": "p", "REGION": "r", "BUCKET": "b", "JOB_NAME": "Nightly_Run"},
      "JOB_NAME 'Nightly_Run'"),
     # found by review: these sent temp, staging and template files to gs://synanno-datagen/
@@ -357,11 +359,14 @@ def test_build_template_builds_the_image_and_the_spec(stub_gcloud):
     assert done.returncode == 0, done.stderr
     build, spec = calls()
     image = "us-east1-docker.pkg.dev/proj/synanno/synanno-datagen:latest"
-    assert build[:3] == ["builds", "submit", str(ROOT)] and _value(build, "--tag") == image
-    assert spec[:4] == ["dataflow", "flex-template", "build",
-                        "gs://bkt/synanno-datagen/templates/synanno-datagen.json"]
-    assert _value(spec, "--image") == image and _value(spec, "--sdk-language") == "PYTHON"
-    assert _value(spec, "--metadata-file") == str(ROOT / "metadata.json")
+    # each in PROJECT and REGION, not gcloud's defaults (found by mutation review: either
+    # command without its --project passed every test)
+    assert build == ["builds", "submit", str(ROOT), "--project", "proj", "--region", "us-east1",
+                     "--tag", image]
+    assert spec == ["dataflow", "flex-template", "build",
+                    "gs://bkt/synanno-datagen/templates/synanno-datagen.json", "--project",
+                    "proj", "--image", image, "--sdk-language", "PYTHON", "--metadata-file",
+                    str(ROOT / "metadata.json")]
     dry = launch("--dry-run", "build-template", PROJECT="proj", REGION="us-east1", BUCKET="bkt",
                  **env)
     assert [shlex.split(line)[1:] for line in dry.stdout.splitlines()] == [build, spec]
@@ -890,6 +895,8 @@ def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
     ("2025-01-02_x", "ERROR", [], 5),
     ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,JOB_STATE_DONE", ["--wait"], 0),
     ("2025-01-02_x", "JOB_STATE_RUNNING,ERROR,ERROR,ERROR", ["--wait"], 5),
+    # in a row: an answer between failures starts the count again (found by mutation review)
+    ("2025-01-02_x", "ERROR,ERROR,JOB_STATE_RUNNING,ERROR,ERROR,JOB_STATE_DONE", ["--wait"], 0),
     ("ERROR", "JOB_STATE_DONE", ["--wait"], 5),   # three lists in a row
 ])
 def test_status_tells_a_gcloud_failure_from_a_failed_job(stub_dataflow, job_id, states, args,
