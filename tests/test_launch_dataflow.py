@@ -436,10 +436,55 @@ def test_schedule_creates_or_updates_a_nightly_launch(stub_gcloud, exists, verb,
     assert {n for n, p in declared.items() if not p["isOptional"]} <= set(params)
 
 
+def test_schedule_sends_exactly_what_its_variables_say(stub_gcloud):
+    """Every variable a schedule reads reaches its commands, each command is in PROJECT and
+    REGION (not gcloud's defaults), unset worker settings are left out of the launch's
+    environment, and the dry run prints the command that runs, quoted to be pasted (found by
+    mutation review: the scheduler job's name, time zone and token scope, the template path,
+    the describe's --project, --location given PROJECT, empty environment fields, and a dry run
+    unquoted each passed every test)."""
+    env, calls = stub_gcloud
+    variables = dict(PROJECT="proj", REGION="us-east1", BUCKET="bkt", SERVICE_ACCOUNT="sa@proj",
+                     JOB_NAME="datagen-h01", SCHEDULER_JOB="datagen-h01-nightly",
+                     SCHEDULE="30 3 * * 1-5", TIME_ZONE="Europe/Berlin",
+                     TEMPLATE_PATH="gs://tpl/datagen.json", IMAGE="registry.example/img:7")
+    done = launch("schedule", *REQUIRED, **variables, **env)
+    assert done.returncode == 0, done.stderr
+    describe, job = calls()
+    assert describe == ["scheduler", "jobs", "describe", "datagen-h01-nightly", "--project",
+                        "proj", "--location", "us-east1"]
+    body = json.loads(job[-1])
+    assert job == ["scheduler", "jobs", "create", "http", "datagen-h01-nightly", "--project",
+                   "proj", "--location", "us-east1", "--schedule", "30 3 * * 1-5",
+                   "--time-zone", "Europe/Berlin", "--uri",
+                   "https://dataflow.googleapis.com/v1b3/projects/proj/locations/us-east1/"
+                   "flexTemplates:launch", "--http-method", "POST", "--headers",
+                   "Content-Type=application/json", "--oauth-service-account-email",
+                   "sa@proj", "--oauth-token-scope",
+                   "https://www.googleapis.com/auth/cloud-platform", "--message-body", job[-1]]
+    launch_parameter = body["launchParameter"]
+    assert (launch_parameter["jobName"], launch_parameter["containerSpecGcsPath"]) == (
+        "datagen-h01", "gs://tpl/datagen.json")
+    assert launch_parameter["environment"] == {
+        "serviceAccountEmail": "sa@proj", "tempLocation": "gs://bkt/synanno-datagen/temp",
+        "stagingLocation": "gs://bkt/synanno-datagen/staging",
+        "sdkContainerImage": "registry.example/img:7"}
+    assert launch_parameter["parameters"]["sdk_container_image"] == "registry.example/img:7"
+    dry = launch("--dry-run", "schedule", *REQUIRED, **variables, **env)
+    assert dry.returncode == 0, dry.stderr
+    assert shlex.split(dry.stdout.splitlines()[1]) == ["gcloud", *job]
+    assert len(calls()) == 2   # the dry run called nothing
+
+
 def test_schedule_needs_a_service_account_and_valid_flags(stub_gcloud):
     env, calls = stub_gcloud
     done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b", **env)
     assert done.returncode == 2 and "SERVICE_ACCOUNT is not set" in done.stderr
+    # the launch's job name is checked as run's is (found by mutation review: unchecked, every
+    # night's launch would be refused)
+    done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", JOB_NAME="Nightly_Run", **env)
+    assert done.returncode == 2 and "JOB_NAME 'Nightly_Run' must be lowercase" in done.stderr
     done = launch("schedule", *REQUIRED, "--runner", "DirectRunner", PROJECT="p", REGION="r",
                   BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 2 and "--runner" in done.stderr
@@ -760,11 +805,14 @@ def test_small_and_large_numbers_become_parameters_the_template_accepts():
     assert args.coordinate_resolution == [0.00001, 4.5, 33.0] and args.shard_size_mb == 0.001
 
 
-def test_a_schedule_refuses_output_flags_with_what_they_are(stub_gcloud):
+@pytest.mark.parametrize("flags", [["--quiet"], ["--progress-interval", "5"],
+                                   ["--progress-interval=5"]])
+def test_a_schedule_refuses_output_flags_with_what_they_are(stub_gcloud, flags):
     env, calls = stub_gcloud
-    done = launch("schedule", *REQUIRED, "--quiet", PROJECT="p", REGION="r", BUCKET="b",
+    done = launch("schedule", *REQUIRED, *flags, PROJECT="p", REGION="r", BUCKET="b",
                   SERVICE_ACCOUNT="sa@p", **env)
-    assert done.returncode == 2 and "--quiet: it shapes what a command prints" in done.stderr
+    flag = flags[0].split("=")[0]
+    assert done.returncode == 2 and f"{flag}: it shapes what a command prints" in done.stderr
     assert "Dataflow settings" not in done.stderr and calls() == []
 
 
@@ -786,6 +834,13 @@ def test_a_schedule_refuses_parameters_the_template_would_refuse(stub_gcloud):
     assert "--splits 'train=0.99999,val=1e-05': the template's check refuses it" in done.stderr
     assert len(done.stderr.splitlines()) == 1   # found by review: a second line blamed "the
     assert calls() == []                        # template parameters above"
+    # the whole value must match: '$' would let a final newline through (found by mutation
+    # review: re.match for re.fullmatch passed every test)
+    done = launch("schedule", *REQUIRED, "--id-column", "syn_id\n", PROJECT="p", REGION="r",
+                  BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2, done.stderr
+    assert "--id-column 'syn_id\\n': the template's check refuses it" in done.stderr
+    assert calls() == []
     # the workers' image comes from IMAGE: the message names it, not the script's inner flag
     done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
                   SERVICE_ACCOUNT="sa@p", IMAGE="Registry.example/img:1", **env)
