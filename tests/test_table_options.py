@@ -219,6 +219,11 @@ CASES = {
          "t/b.parquet": _pandas("res_4_4_40.parquet")}, "t/*.parquet",
         ["--coordinate-resolution", "4", "4", "33"],
         ["--coordinate-resolution 4 4 33: ", "b.parquet declares dataframe_resolution 4 4 40"]),
+    "a flag other than a later shard's": (   # (each shard is checked: found by mutation review)
+        {"t/a.parquet": _pandas("res_4_4_40.parquet"),
+         "t/b.parquet": _pandas("res_8_8_40.parquet")}, "t/*.parquet",
+        ["--coordinate-resolution", "4", "4", "40"],
+        ["--coordinate-resolution 4 4 40: ", "b.parquet declares dataframe_resolution 8 8 40"]),
     "a resolution that is not three numbers": (   # a CAVE join of tables in different units
         {"t.parquet": _pandas("res_mixed.parquet")}, "t.parquet", [],
         ["--materialization ", "t.parquet: its dataframe_resolution (pandas attrs) is "
@@ -229,7 +234,13 @@ CASES = {
         {"t.parquet": _pandas_resolution(text)}, "t.parquet", [],
         ["--materialization ", f"t.parquet: its dataframe_resolution (pandas attrs) is {text}, "
          "not three positive numbers", "pass --coordinate-resolution X Y Z"])
-       for text in ("[0, 4, 40]", "[Infinity, 4, 40]", "[true, 4, 40]")},
+       for text in ("[0, 4, 40]", "[Infinity, 4, 40]", "[true, 4, 40]", "[4, 4, 40, 1]")},
+    # an integer beyond any float is no unit, shown cut at 80 characters (found by mutation
+    # review: an OverflowError traceback)
+    "a resolution beyond any float": (
+        {"t.parquet": _pandas_resolution(f"[1{'0' * 400}, 4, 40]")}, "t.parquet", [],
+        [f"t.parquet: its dataframe_resolution (pandas attrs) is [1{'0' * 78}, not three "
+         "positive numbers"]),
     "word resolution": (
         {}, None, ["--coordinate-resolution", "4", "four", "33"],
         ["--coordinate-resolution", "invalid float value: 'four'"]),
@@ -538,7 +549,8 @@ def test_ids_a_float_column_cannot_hold_exactly_are_invalid(tmp_path, kind, name
 def test_a_table_declaring_its_units_needs_no_flag(small_data, tmp_path, caplog):
     """CAVEclient's ``df.attrs["dataframe_resolution"]`` was ignored, the
     points read in target voxels; the flag naming the same units is no conflict, and metadata
-    that is not pandas' JSON, or attrs without the key, declare nothing."""
+    that is not pandas' JSON, JSON that is no object, or attrs without the key, declare
+    nothing."""
     from synanno_datagen.pipeline.config import check
 
     def config_of(table, *flags):
@@ -565,8 +577,10 @@ def test_a_table_declaring_its_units_needs_no_flag(small_data, tmp_path, caplog)
                    tmp_path / "b.parquet")
     _pandas("res_absent.parquet")(tmp_path / "c.parquet")
     _pandas("res_none.parquet")(tmp_path / "d.parquet")
+    pq.write_table(columns.replace_schema_metadata({b"PANDAS_ATTRS": b"[4, 4, 40]"}),
+                   tmp_path / "e.parquet")   # JSON, no object (an AttributeError: mutation review)
     plain = config_of(tmp_path / "plain.parquet")
-    for table in ("b.parquet", "c.parquet", "d.parquet"):
+    for table in ("b.parquet", "c.parquet", "d.parquet", "e.parquet"):
         config = config_of(tmp_path / table)
         assert config.coordinate_resolution_nm_xyz is None
         assert not config.coordinate_resolution_from_table
