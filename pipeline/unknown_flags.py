@@ -122,8 +122,9 @@ def _stray_advice(stray: str, table: Optional[str]) -> str:
     if not table or posixpath.dirname(stray) != posixpath.dirname(table) or \
             _suffix(stray) != _suffix(table) or not _is_file(stray):
         return HELP_HINT
-    folder = posixpath.dirname(table)
-    glob = (folder + "/" if folder else "") + "*" + _suffix(table)
+    folder, name = posixpath.dirname(table), posixpath.basename(table)
+    suffix = name[len(name) - len(_suffix(table)):]   # as written: '*.csv' matches no A.CSV
+    glob = (folder + "/" if folder else "") + "*" + suffix
     return (f"a glob the shell expanded into the table's shards? quote it: "
             f"--materialization '{glob}'")
 

@@ -621,6 +621,24 @@ def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_pa
                "of any flag; see 'synanno-datagen run --help'")
 
 
+def test_the_quoted_glob_of_shards_the_shell_expanded_matches_them(small_data, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The advised glob of shards in the working directory has no folder ('/*.csv' is the root
+    folder's), and keeps the shards' own suffix: '*.csv.gz' matches no PART-001.CSV.GZ (found
+    by a mutation review)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.csv", "b.csv", "PART-001.CSV.GZ", "PART-002.CSV.GZ"):
+        (tmp_path / name).write_bytes(b"")
+    argv = small_data.argv(tmp_path / "out")
+    for shards, glob in ((["a.csv", "b.csv"], "*.csv"),
+                         (["PART-001.CSV.GZ", "PART-002.CSV.GZ"], "*.CSV.GZ")):
+        argv[argv.index("--materialization") + 1] = shards[0]
+        _fails(capsys, ["run"] + argv + [shards[1]],
+               f"unexpected argument '{shards[1]}': not the value of any flag; a glob the shell "
+               f"expanded into the table's shards? quote it: --materialization '{glob}'")
+        assert sorted(p.name for p in tmp_path.glob(glob)) == shards
+
+
 def test_no_command_is_a_usage_error_with_the_help(capsys):
     """A script that calls the tool without a command must not see success."""
     assert main([]) == 2
