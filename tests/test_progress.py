@@ -212,6 +212,44 @@ def test_progress_line_and_where_it_can_be_counted():
     assert not runs_in_process(["--runner", "DataflowRunner"])
 
 
+def test_progress_lines_come_while_the_body_runs_until_the_stream_fails(capsys):
+    """The printer's thread prints the tally every interval while the body runs, not only at
+    its end; a stream that fails takes no more lines, and none goes to stdout instead (a loop
+    that never printed passed every test; found by a mutation review)."""
+    import io
+    import threading
+
+    from synanno_datagen.pipeline.progress import ProgressPrinter
+    from synanno_datagen.transforms.progress import ProgressCounter
+
+    class Stream(io.StringIO):
+        """Takes ``lines`` lines, then fails as a full disk does."""
+
+        def __init__(self, lines):
+            super().__init__()
+            self.lines, self.printed = lines, threading.Event()
+
+        def write(self, text):
+            if self.getvalue().count("\n") >= self.lines:
+                raise OSError(28, "No space left on device")
+            self.printed.set()
+            return super().write(text)
+
+    stream = Stream(lines=100)
+    with ProgressPrinter(stream, interval_s=0.01):
+        ProgressCounter("instances_selected").inc(3)
+        ProgressCounter("instances_written").inc(2)
+        assert stream.printed.wait(60)   # a line before the body ends
+    lines = [LINE.fullmatch(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) >= 2 and all(lines)
+    assert tuple(int(g) for g in lines[-1].groups()) == (2, 3, 0, 0)
+    full = Stream(lines=1)
+    with ProgressPrinter(full, interval_s=0.01):
+        assert full.printed.wait(60)
+    assert len(full.getvalue().splitlines()) == 1
+    assert capsys.readouterr().out == ""
+
+
 def test_run_help_lists_the_run_flags_and_the_output_flags(capsys):
     from synanno_datagen.cli import main
 
