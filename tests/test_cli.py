@@ -624,8 +624,9 @@ def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_pa
 def test_the_quoted_glob_of_shards_the_shell_expanded_matches_them(small_data, tmp_path, capsys,
                                                                   monkeypatch):
     """The advised glob of shards in the working directory has no folder ('/*.csv' is the root
-    folder's), and keeps the shards' own suffix: '*.csv.gz' matches no PART-001.CSV.GZ (found
-    by a mutation review)."""
+    folder's), and keeps the shards' own suffix: '*.csv.gz' matches no PART-001.CSV.GZ; a word
+    naming no file, or one in another folder, is no shard (each passed every test; found by a
+    mutation review)."""
     monkeypatch.chdir(tmp_path)
     for name in ("a.csv", "b.csv", "PART-001.CSV.GZ", "PART-002.CSV.GZ"):
         (tmp_path / name).write_bytes(b"")
@@ -637,6 +638,13 @@ def test_the_quoted_glob_of_shards_the_shell_expanded_matches_them(small_data, t
                f"unexpected argument '{shards[1]}': not the value of any flag; a glob the shell "
                f"expanded into the table's shards? quote it: --materialization '{glob}'")
         assert sorted(p.name for p in tmp_path.glob(glob)) == shards
+    # no glob expands to a file that is not there, nor to one in another folder
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.csv").write_bytes(b"")
+    argv[argv.index("--materialization") + 1] = "a.csv"
+    for stray in ("c.csv", "sub/c.csv"):
+        _fails(capsys, ["run"] + argv + [stray], f"unexpected argument '{stray}': not the value "
+               "of any flag; see 'synanno-datagen run --help'")
 
 
 def test_no_command_is_a_usage_error_with_the_help(capsys):

@@ -897,6 +897,13 @@ def test_a_template_launch_without_the_worker_image_is_refused_before_the_lease(
     check_runner(["--runner=DataflowRunner", "--project=my-project", "--region=r",   # Beam's
                   "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json",  # older
                   "--worker_harness_container_image=registry.example/img:1"])          # name
+    # workers that install the package from the job's files have it too (refusing them passed
+    # every test; found by a mutation review)
+    for ships in ("--setup_file=./setup.py", "--extra_packages=dist/synanno.tar.gz",
+                  "--requirements_file=requirements.txt"):
+        check_runner(["--runner=DataflowRunner", "--project=my-project", "--region=r",
+                      "--temp_location=gs://b/tmp", "--template_location=gs://b/job.json",
+                      ships])
 
 
 def test_the_worker_image_as_a_template_parameter_reaches_beam():
