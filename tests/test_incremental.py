@@ -514,6 +514,13 @@ DAMAGED_LATEST = {
     "a fetch memory of 0 MB": (   # (found by a mutation review)
         ("config", "fetch_memory_mb"), 0, "config.fetch_memory_mb 0 is not a whole number "
         "from 1"),
+    # (the next two passed every test unchecked: found by a mutation review)
+    "a split grid of two numbers": (
+        ("records", "split_block_size_xyz"), [16, 16], "records.split_block_size_xyz [16, 16] "
+        "is not three whole numbers from 1"),
+    "a fetch memory of a fraction": (
+        ("config", "fetch_memory_mb"), 64.5, "config.fetch_memory_mb 64.5 is not a whole number "
+        "from 1"),
 }
 
 
