@@ -753,6 +753,25 @@ def test_a_lease_is_judged_free_only_for_a_process_of_this_machine_that_is_gone(
         assert acquire(str(tmp_path)).token != "theirs"
 
 
+def test_a_lease_released_between_the_create_and_the_read_is_taken(tmp_path, monkeypatch):
+    """A run that meets a live run's lease, released just after its create failed (read finds
+    none), tries again and takes it, not 'busy' (found by a mutation review: giving up there
+    passed every test)."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    _plant(tmp_path, pid=os.getpid())                # a live run's lease
+    real_read = lease_module._LocalLease.read
+
+    def released_first(self):
+        if (tmp_path / "LEASE").exists():
+            (tmp_path / "LEASE").unlink()            # that run ends (release) just now
+        return real_read(self)
+
+    monkeypatch.setattr(lease_module._LocalLease, "read", released_first)
+    mine = lease_module.acquire(str(tmp_path))
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == mine.token != "theirs"
+
+
 def test_a_lease_names_the_pid_namespace_of_its_run(tmp_path):
     from synanno_datagen.pipeline.lease import _pid_namespace, acquire
 
