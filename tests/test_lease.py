@@ -358,6 +358,26 @@ def test_a_running_job_renews_its_gcs_lease_and_stops_when_it_is_taken(gcs):
         lambda data: bucket.blob("root/LEASE").upload_from_string(data))
 
 
+def test_a_lease_taken_while_it_is_renewed_is_lost_at_once(tmp_path, monkeypatch):
+    """Another run breaks and takes the lease between a renewal's read and its replace: the
+    replace does not happen and the look raises LeaseLost then, not an interval later (found
+    by a mutation review: renew taking a refused replace for done passed every test)."""
+    from synanno_datagen.pipeline import lease as lease_module
+
+    lease = lease_module.acquire(str(tmp_path), hours=2, process_bound=False)
+    real_replace, taken = lease_module._LocalLease.replace, []
+
+    def taken_first(self, data, version):
+        if not taken:
+            taken.append(lease_module.acquire(str(tmp_path), break_lease=True))
+        return real_replace(self, data, version)
+
+    monkeypatch.setattr(lease_module._LocalLease, "replace", taken_first)
+    with pytest.raises(lease_module.LeaseLost, match="holds it now"):
+        lease_module.Heartbeat(lease, hours=2).beat(time.time() + 3601)   # due for renewal
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == taken[0].token
+
+
 def test_the_writer_writes_nothing_once_the_lease_is_lost(tmp_path, small_data):
     """The writing step beats as each bundle starts: a run whose lease was broken fails there,
     before writing a record."""
