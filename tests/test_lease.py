@@ -754,6 +754,7 @@ def _plant(folder: Path, **fields) -> None:
     ({"boot_id": "an-earlier-boot"}, True),          # its pid may be another process now
     ({"process_bound": False}, True),                # a submitted job outlives its launcher
     ({"pid": os.getpid()}, True),                    # alive
+    ({"pid": str(os.getpid() + 1)}, True),           # not a pid (hand-edited): held until expiry
 ])
 def test_a_lease_is_judged_free_only_for_a_process_of_this_machine_that_is_gone(tmp_path,
                                                                                 fields, held):
