@@ -793,6 +793,28 @@ def test_a_lease_released_between_the_create_and_the_read_is_taken(tmp_path, mon
     assert json.loads((tmp_path / "LEASE").read_text())["token"] == mine.token != "theirs"
 
 
+@pytest.mark.parametrize("process_bound", [True, False])
+def test_a_launchers_lease_outlives_it_only_when_its_job_does(tmp_path, process_bound):
+    """A lease taken in a process that then exits (a real one) is free at once when the run
+    ended with it, and held when the run only submitted a job that goes on (a remote runner, a
+    template launch: process_bound False); found by a mutation review: acquire writing every
+    lease as process-bound passed every test, and a rerun would write beside the job."""
+    from synanno_datagen.pipeline.lease import LeaseHeld, acquire
+
+    code = ("import sys\nfrom pipeline import lease\n"
+            "lease.acquire(sys.argv[1], process_bound=sys.argv[2] == 'True')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(process_bound)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads((tmp_path / "LEASE").read_text())
+    assert theirs["process_bound"] is process_bound and theirs["pid"] != os.getpid()
+    if process_bound:
+        assert acquire(str(tmp_path)).token != theirs["token"]
+    else:
+        with pytest.raises(LeaseHeld, match=f"pid {theirs['pid']}, "):
+            acquire(str(tmp_path))
+
+
 def test_a_lease_names_the_pid_namespace_of_its_run(tmp_path):
     from synanno_datagen.pipeline.lease import _pid_namespace, acquire
 
