@@ -851,15 +851,18 @@ def test_another_users_process_and_a_zombie_are_told_apart(tmp_path, monkeypatch
         lease_module.acquire(str(tmp_path / "other_user"))
 
 
-def test_an_unreadable_lease_counts_as_held_until_the_default_expiry(tmp_path):
+@pytest.mark.parametrize("content", ["", '["not", "an", "object"]'])
+def test_an_unreadable_lease_counts_as_held_until_the_default_expiry(tmp_path, content):
     """An empty LEASE (on a filesystem without hard links a run creates it, then writes it) is
-    a run's lease being written, not an expired one."""
+    a run's lease being written, not an expired one; JSON that is no object is unreadable too,
+    not a traceback (found by a mutation review: taking any JSON for a lease passed every
+    test)."""
     from synanno_datagen.pipeline.lease import LeaseHeld, acquire
 
-    (tmp_path / "LEASE").write_text("")
+    (tmp_path / "LEASE").write_text(content)
     with pytest.raises(LeaseHeld, match=r"\(an unreadable lease, lease expires "):
         acquire(str(tmp_path))
-    assert (tmp_path / "LEASE").read_text() == ""
+    assert (tmp_path / "LEASE").read_text() == content
 
 
 def test_a_lease_is_replaced_or_removed_only_in_the_version_read(tmp_path):
