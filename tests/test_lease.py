@@ -867,7 +867,7 @@ def test_an_unreadable_lease_counts_as_held_until_the_default_expiry(tmp_path, c
 
 def test_a_lease_is_replaced_or_removed_only_in_the_version_read(tmp_path):
     """Renewing and breaking a lease act on the version they read: a lease another run took in
-    between is neither overwritten nor removed."""
+    between is neither overwritten nor removed, and nothing is left beside it."""
     from synanno_datagen.pipeline import lease as lease_module
 
     mine = lease_module.acquire(str(tmp_path))
@@ -876,6 +876,33 @@ def test_a_lease_is_replaced_or_removed_only_in_the_version_read(tmp_path):
     theirs = lease_module.acquire(str(tmp_path), break_lease=True)
     assert store.replace(b"{}", old) is False and store.remove(old) is False
     assert json.loads((tmp_path / "LEASE").read_text())["token"] == theirs.token
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LEASE"]
+
+
+def test_a_gcs_lease_is_replaced_or_removed_only_in_the_generation_read(gcs, monkeypatch):
+    """On GCS by the generation read, a precondition of the request (found by a mutation review:
+    replacing or deleting the object without it passed every test). The emulator ignores it on
+    a delete, so the delete's request is checked (it still goes to the emulator)."""
+    from google.cloud.storage import Client
+
+    from synanno_datagen.pipeline import lease as lease_module
+
+    bucket = gcs.client().bucket(gcs.create_bucket("versions")[len("gs://"):])
+    mine = lease_module.acquire("gs://versions/root")
+    store = lease_module._store(mine.path)
+    _, old, _ = store.read()
+    theirs = lease_module.acquire("gs://versions/root", break_lease=True)
+    assert store.replace(b"{}", old) is False
+    assert json.loads(bucket.blob("root/LEASE").download_as_bytes())["token"] == theirs.token
+    deletes, real_delete = [], Client._delete_resource
+
+    def spied(self, path, query_params=None, **kwargs):
+        deletes.append((path, query_params))
+        return real_delete(self, path, query_params=query_params, **kwargs)
+
+    monkeypatch.setattr(Client, "_delete_resource", spied)
+    store.remove(old)
+    assert deletes == [("/b/versions/o/root%2FLEASE", {"ifGenerationMatch": old})]
 
 
 def test_a_lease_that_cannot_be_read_while_renewing_is_tried_again_later(tmp_path, monkeypatch,
