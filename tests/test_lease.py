@@ -378,6 +378,22 @@ def test_a_lease_taken_while_it_is_renewed_is_lost_at_once(tmp_path, monkeypatch
     assert json.loads((tmp_path / "LEASE").read_text())["token"] == taken[0].token
 
 
+def test_a_long_lease_is_looked_at_every_hour(tmp_path):
+    """With the default 20 h lease (an eighth is 2.5 h) the run still looks every hour: a lease
+    taken 61 minutes after the last look is lost at the next beat (found by a mutation review:
+    the interval without its one-hour cap passed every test)."""
+    from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+
+    lease = acquire(str(tmp_path), hours=20, process_bound=False)
+    beat, start = Heartbeat(lease, hours=20), time.time()
+    beat.beat(start)
+    theirs = acquire(str(tmp_path), break_lease=True)
+    beat.beat(start + 3599)                       # within the hour: not looked at yet
+    with pytest.raises(LeaseLost, match="holds it now"):
+        beat.beat(start + 3601)
+    assert json.loads((tmp_path / "LEASE").read_text())["token"] == theirs.token
+
+
 def test_the_writer_writes_nothing_once_the_lease_is_lost(tmp_path, small_data):
     """The writing step beats as each bundle starts: a run whose lease was broken fails there,
     before writing a record."""
