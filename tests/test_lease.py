@@ -692,6 +692,44 @@ def test_the_last_step_retried_after_the_run_finished_reports_the_committed_data
         list(WriteManifestFn(config).process(None, [], {}, {}, {}, {}))
 
 
+def test_the_last_step_retried_before_the_run_committed_commits_it(tmp_path, small_data,
+                                                                   monkeypatch):
+    """A retry of the manifest step whose earlier attempt wrote the run's manifest but was lost
+    before it moved LATEST (UNFINISHED still there, the lease still the run's) does the rest:
+    the same manifest, LATEST on the run, UNFINISHED gone (found by a mutation review: taking
+    any manifest of the run's id for committed, UNFINISHED or not, passed every test)."""
+    from synanno_datagen.pipeline import build as build_module
+    from synanno_datagen.pipeline.manifest import WriteManifestFn
+    from synanno_datagen.pipeline.run import run as run_pipeline
+
+    seen = {}
+    real_build = build_module.build
+
+    def keep_config(p, config):
+        seen["config"] = config
+        return real_build(p, config)
+
+    monkeypatch.setattr(build_module, "build", keep_config)
+    root = tmp_path / "root"
+    manifest = run_pipeline(small_data.argv(root, "--variants", "1", "--incremental"))
+    config = seen["config"]
+    # as the lost attempt left it: manifest written, LATEST not moved, lease held
+    (root / "LATEST").unlink()
+    (root / "runs" / "00001" / "UNFINISHED").write_text("lost before LATEST moved")
+    (root / "LEASE").write_bytes(config.lease.to_json())
+    files = [{**f, "kind": kind, "path": f["path"][len("runs/00001/"):]}
+             for kind in ("tfrecord", "index") for f in manifest["files"][kind]]
+    dead_letter = {**manifest["files"]["dead_letter"],
+                   "path": manifest["files"]["dead_letter"]["path"][len("runs/00001/"):]}
+    npy = {k: v for k, v in manifest["npy"].items()
+           if k not in ("written", "layout", "listed_in", "totals")}
+    (again,) = WriteManifestFn(config).process(None, files, dead_letter, manifest["counts"], npy,
+                                               manifest["run"]["io"])
+    assert {**again, "run": None} == {**manifest, "run": None}
+    assert (root / "LATEST").read_text() == "runs/00001/manifest.json\n"
+    assert not (root / "runs" / "00001" / "UNFINISHED").exists()
+
+
 def test_a_run_that_cannot_write_its_lease_leaves_no_empty_lease(tmp_path):
     """A lease appears whole or not at all: a run that stops while writing it (here its file size
     limit is 10 bytes) leaves nothing that would hold the directory, unreadable, for hours."""
