@@ -63,6 +63,10 @@ def test_the_summary_of_an_npy_only_run_names_its_index_shards(small_data, tmp_p
     # the manifest counts the split's index shards (found by mutation review: its TFRecord
     # shards, none here, passed every test)
     assert split["shards"] == len(list((out / "index").glob("train-*.jsonl"))) > 0
+    # and its instances by the index shards' lines (found by a mutation review: the TFRecord
+    # shards' records, none here, passed every test)
+    assert split["instances"] == sum(len(p.read_text().splitlines())
+                                     for p in (out / "index").glob("train-*.jsonl")) > 0
     printed = capsys.readouterr().out
     assert (f"split train: {split['instances']} instances, {split['shards']} index shards\n"
             in printed) and "records in" not in printed
