@@ -219,6 +219,9 @@ def test_manifest_describes_volumes_features_and_seed_model(generated):
     assert manifest["volumes"]["source"]["resolution_nm_xyz"] == [4, 4, 33]
     assert manifest["volumes"]["target"]["voxel_offset_xyz"] == list(TARGET_OFFSET)
     assert manifest["volumes"]["scale_xyz"] == [2, 2, 1]
+    arrays = manifest["arrays"]   # the source grid, axes z, y, x (found by a mutation review)
+    assert (arrays["axes"], arrays["shape_zyx"], arrays["resolution_nm_zyx"]) == (
+        "zyx", [4, 24, 24], [33, 4, 4])
     features = {f["name"]: f for f in manifest["features"]}
     assert len(features) == len(manifest["features"])   # each once (found by mutation review)
     for key in ("source", "target", "shape", "seed_slices", "seed_slice_counts", "instance_id"):
