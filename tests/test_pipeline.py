@@ -212,6 +212,12 @@ def test_manifest_lists_exactly_the_files_on_disk(generated):
     assert manifest["npy"]["files"] == len(npy) == len(GOOD_IDS) * (2 + 3)
     for shard in manifest["files"]["tfrecord"]:
         assert shard["records"] == shard["instances"]          # instance layout
+    for name, split in manifest["splits"].items():   # as on disk (found by a mutation review:
+        index = list((out / "index").glob(f"{name}-*.jsonl"))   # bytes of the index shards
+        shards = list((out / "tfrecord").glob(f"{name}-*.tfrecord"))   # passed every test)
+        assert (split["instances"], split["shards"], split["bytes"]) == (
+            sum(len(p.read_text().splitlines()) for p in index), len(index),
+            sum(p.stat().st_size for p in shards))
 
 
 def test_manifest_describes_volumes_features_and_seed_model(generated):
