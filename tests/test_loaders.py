@@ -1317,7 +1317,9 @@ def test_npy_dataset_of_a_dataset_without_npy_files_says_so(small_data, tmp_path
     from synanno_datagen import DatasetError
 
     out = tmp_path / "tfrecord-only"
-    run_pipeline(small_data.argv(out, "--formats", "tfrecord", "--variants", "1"))
+    _, manifest = run_pipeline(small_data.argv(out, "--formats", "tfrecord", "--variants", "1"))
+    # the manifest says so (found by a mutation review: npy.written always true passed every test)
+    assert manifest["npy"]["written"] is False and manifest["records"]["written"] is True
     with pytest.raises(DatasetError, match=re.escape(
             "this dataset has no npy files (made with --formats tfrecord); read its TFRecord "
             "shards")):
