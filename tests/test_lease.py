@@ -654,16 +654,9 @@ class _OpenGroupStub:
     counts = {}
 
 
-@pytest.mark.parametrize("incremental", [False, True])
-def test_the_last_step_retried_after_the_run_finished_reports_the_committed_dataset(
-        tmp_path, small_data, monkeypatch, incremental):
-    """Found by review: a runner retrying the fused manifest and lease steps after the lease
-    was released (a worker lost before it reported success) failed the finished run with
-    'lease lost' on every attempt. A retry finds its own committed manifest (run.id) and
-    passes it on unchanged."""
+def _run_keeping_config(monkeypatch, argv):
+    """A run of ``argv`` -> (its manifest, the Config its pipeline was built with)."""
     from synanno_datagen.pipeline import build as build_module
-    from synanno_datagen.pipeline.lease import LeaseLost
-    from synanno_datagen.pipeline.manifest import WriteManifestFn
     from synanno_datagen.pipeline.run import run as run_pipeline
 
     seen = {}
@@ -674,10 +667,24 @@ def test_the_last_step_retried_after_the_run_finished_reports_the_committed_data
         return real_build(p, config)
 
     monkeypatch.setattr(build_module, "build", keep_config)
+    manifest = run_pipeline(argv)
+    return manifest, seen["config"]
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_the_last_step_retried_after_the_run_finished_reports_the_committed_dataset(
+        tmp_path, small_data, monkeypatch, incremental):
+    """Found by review: a runner retrying the fused manifest and lease steps after the lease
+    was released (a worker lost before it reported success) failed the finished run with
+    'lease lost' on every attempt. A retry finds its own committed manifest (run.id) and
+    passes it on unchanged."""
+    from synanno_datagen.pipeline.lease import LeaseLost
+    from synanno_datagen.pipeline.manifest import WriteManifestFn
+
     out = tmp_path / "out"
     extra = ["--incremental"] if incremental else []
-    manifest = run_pipeline(small_data.argv(out, "--variants", "1", *extra))
-    config = seen["config"]
+    manifest, config = _run_keeping_config(monkeypatch, small_data.argv(out, "--variants", "1",
+                                                                        *extra))
     assert manifest["run"]["id"] == config.lease.token and not (out / "LEASE").exists()
     path = out / ("runs/00001/manifest.json" if incremental else "manifest.json")
     before = path.read_bytes()
@@ -698,21 +705,11 @@ def test_the_last_step_retried_before_the_run_committed_commits_it(tmp_path, sma
     before it moved LATEST (UNFINISHED still there, the lease still the run's) does the rest:
     the same manifest, LATEST on the run, UNFINISHED gone (found by a mutation review: taking
     any manifest of the run's id for committed, UNFINISHED or not, passed every test)."""
-    from synanno_datagen.pipeline import build as build_module
     from synanno_datagen.pipeline.manifest import WriteManifestFn
-    from synanno_datagen.pipeline.run import run as run_pipeline
 
-    seen = {}
-    real_build = build_module.build
-
-    def keep_config(p, config):
-        seen["config"] = config
-        return real_build(p, config)
-
-    monkeypatch.setattr(build_module, "build", keep_config)
     root = tmp_path / "root"
-    manifest = run_pipeline(small_data.argv(root, "--variants", "1", "--incremental"))
-    config = seen["config"]
+    manifest, config = _run_keeping_config(
+        monkeypatch, small_data.argv(root, "--variants", "1", "--incremental"))
     # as the lost attempt left it: manifest written, LATEST not moved, lease held
     (root / "LATEST").unlink()
     (root / "runs" / "00001" / "UNFINISHED").write_text("lost before LATEST moved")
