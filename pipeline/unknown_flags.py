@@ -120,19 +120,19 @@ def _stray_advice(stray: str, table: Optional[str]) -> str:
     of the same suffix (the shell expanded ``--materialization DIR/*.parquet`` into its files,
     the first taken as the table, the rest left over), else see the help."""
     if not table or posixpath.dirname(stray) != posixpath.dirname(table) or \
-            _suffix(stray) != _suffix(table) or not _is_file(stray):
+            _suffix(stray).lower() != _suffix(table).lower() or not _is_file(stray):
         return HELP_HINT
-    folder, name = posixpath.dirname(table), posixpath.basename(table)
-    suffix = name[len(name) - len(_suffix(table)):]   # as written: '*.csv' matches no A.CSV
-    glob = (folder + "/" if folder else "") + "*" + suffix
+    folder = posixpath.dirname(table)
+    glob = (folder + "/" if folder else "") + "*" + _suffix(table)   # ('*.csv' matches no A.CSV)
     return (f"a glob the shell expanded into the table's shards? quote it: "
             f"--materialization '{glob}'")
 
 
 def _suffix(path: str) -> str:
-    """A table file's suffix (``.csv.gz`` whole), lower case; empty without one."""
-    name = posixpath.basename(path).lower()
-    return ".csv.gz" if name.endswith(".csv.gz") else posixpath.splitext(name)[1]
+    """A table file's suffix (``.csv.gz`` whole) as written; empty without one."""
+    name = posixpath.basename(path)
+    return name[-len(".csv.gz"):] if name.lower().endswith(".csv.gz") else \
+        posixpath.splitext(name)[1]
 
 
 def _is_file(path: str) -> bool:
