@@ -83,9 +83,9 @@ def main() -> None:
 
     from synanno_datagen import DatasetError, NpyDataset
 
-    try:   # the dataset and split, before any work (`./dev demo` makes the default one)
+    try:   # torch, the dataset and split, before any work (`./dev demo` makes the default one)
         dataset = NpyDataset(args.dataset_dir, args.split)
-    except DatasetError as e:
+    except (DatasetError, ImportError) as e:
         parser.error(str(e))
     orders = {"in order": np.arange(len(dataset)),
               "shuffled": np.random.default_rng(0).permutation(len(dataset))}

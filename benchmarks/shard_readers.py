@@ -64,12 +64,12 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--readers", type=positive_int_list, default="1,8,32")
     args = parser.parse_args()
-    from synanno_datagen import DatasetError, open_dataset
+    from synanno_datagen import DatasetError, ShardDataset
     from synanno_datagen.reading import records
 
-    try:   # the dataset and split, before any work (`./dev demo` makes the default one)
-        open_dataset(args.dataset_dir).files("tfrecord", args.split)
-    except DatasetError as e:
+    try:   # torch, the dataset and split, before any work (`./dev demo` makes the default one)
+        ShardDataset(args.dataset_dir, args.split)
+    except (DatasetError, ImportError) as e:
         parser.error(str(e))
 
     seek = records.skip_serialized

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,21 @@ import numpy as np
 import pytest
 
 from synanno_datagen.pipeline.demo_data import write_precomputed
+
+def torch_or_skip():
+    """torch, or a skip naming the extra; with SYNANNO_REQUIRE_TORCH=1 (CI) a missing torch
+    fails the test instead."""
+    if os.environ.get("SYNANNO_REQUIRE_TORCH") == "1":
+        import torch
+        return torch
+    return pytest.importorskip("torch", reason="the torch extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch_or_skip() for a test that needs the torch extra."""
+    return torch_or_skip()
+
 
 TARGET_OFFSET = (100, 200, 10)
 TARGET_SIZE = (48, 40, 10)

@@ -11,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from synanno_datagen.cli import main
 from synanno_datagen.pipeline.demo_data import write_precomputed
-from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, make_small_data
+from tests.conftest import GOOD_IDS, SCALE, TARGET_OFFSET, make_small_data, torch_or_skip
 
 
 def _upload_small_data(data, bucket: str):
@@ -84,8 +84,7 @@ def test_gs_run_equals_local_run_byte_for_byte(gcs, gs_and_local):
 
 def test_training_loaders_stream_a_gs_dataset(gs_and_local):
     """ShardDataset and NpyDataset read gs:// as they read local paths: the same samples."""
-    pytest.importorskip("torch", reason="the torch extra is not installed") \
-        if os.environ.get("SYNANNO_REQUIRE_TORCH") != "1" else __import__("torch")
+    torch_or_skip()
     from synanno_datagen import NpyDataset, ShardDataset
 
     _, remote, local = gs_and_local

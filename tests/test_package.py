@@ -2,6 +2,7 @@
 (common names) uses our CLI and reading API without either shadowing ours."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -137,11 +138,14 @@ def test_a_new_subpackage_in_any_folder_is_installed_and_staged(tmp_path):
 
 def test_the_reading_side_imports_no_beam():
     """Reading a dataset (open_dataset, inspect, preview, plots, the loaders) is apart from the
-    generator: importing it loads no Beam (seconds of start-up in a training job)."""
+    generator: importing it loads no Beam (seconds of start-up in a training job). (The torch
+    datasets' module only where the torch extra is, or must be, installed.)"""
     from pathlib import Path
 
     reading = Path(__file__).resolve().parents[1] / "synanno_datagen" / "reading"
     modules = sorted(f"synanno_datagen.reading.{p.stem}" for p in reading.glob("*.py"))
+    if os.environ.get("SYNANNO_REQUIRE_TORCH") != "1" and not importlib.util.find_spec("torch"):
+        modules.remove("synanno_datagen.reading.torch_datasets")
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + \
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -223,7 +227,7 @@ def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():
     (["--split", "nope"], "split 'nope' is not in this dataset"),
 ])
 def test_the_loader_benchmarks_refuse_a_dataset_they_cannot_read_in_one_line(
-        views_dataset, script, flags, says):
+        views_dataset, script, flags, says, torch):
     """Found by review: a missing dataset or split was a DatasetError traceback."""
     argv = flags if flags[0].startswith("/") else [str(views_dataset), *flags]
     done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
@@ -247,7 +251,7 @@ def test_a_benchmarks_work_folder_is_taken_from_where_it_is_called(tmp_path, mon
     ("shard_readers.py", ["--readers", "1,2"], r"2 readers: read through / seek = [\d.]+x time"),
     ("npy_reads.py", ["--repeats", "1"], r"in order: read all / keep = [\d.]+x time, 1\.80x files"),
 ])
-def test_the_loader_benchmarks_measure_a_dataset(views_dataset, script, flags, line):
+def test_the_loader_benchmarks_measure_a_dataset(views_dataset, script, flags, line, torch):
     """Found by review: shard_readers.py ended in an AttributeError (it patched a function the
     dataset module no longer had) and no test ran it. Read in order, an instance's 3 variants
     open 3 files each without keeping its arrays, and 1 + 2/3 with them: 1.8x the files."""
@@ -258,3 +262,20 @@ def test_the_loader_benchmarks_measure_a_dataset(views_dataset, script, flags, l
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert re.search(line, done.stdout), done.stdout
+
+
+@pytest.mark.parametrize("script", ["shard_readers.py", "npy_reads.py"])
+def test_the_loader_benchmarks_refuse_in_one_line_without_torch(views_dataset, script):
+    """Found on Python 3.13 without the torch extra: both ended in an ImportError traceback.
+    (torch made unimportable in the child, as where it is not installed.)"""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    code = ("import runpy, sys\n"
+            "sys.modules['torch'] = None   # import torch: ModuleNotFoundError, name 'torch'\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(views_dataset)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"{script}: error: this loader needs PyTorch, which is an optional extra: "
+        "pip install synanno-datagen[torch]")
