@@ -45,6 +45,9 @@ setup(
         "matplotlib>=3.11.1,<3.12",  # inspect --plots, preview (Agg); before 3.11.1 a figure
         # of some pixel sizes came out one pixel short (preview lost a row of voxels)
         "pyarrow>=15,<26",  # Parquet tables (15: float16 columns); inside Beam 2.77's range
+        # Beam builds the package it stages for Dataflow (--setup_file) with setuptools, which
+        # venvs of Python 3.12+ come without (66.1.1: the lowest whose sdist works on 3.13)
+        "setuptools>=66.1.1",
     ],
     extras_require={
         # tfrecord: a reader of TFRecord files other than ours, for the tests' checks

@@ -1112,7 +1112,20 @@ def test_a_full_disk_while_taking_the_lease_fails_the_run_it_is_no_usage_error(n
     assert list(disk.iterdir()) == []   # the tmpfs went with its mount namespace
 
 
+def _as_nobody() -> list:
+    """The command prefix running a process as user nobody (root's setpriv), where user nobody
+    can run this Python (not where it lives in a home only its owner may enter, as pyenv's
+    under /root); else []."""
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return []
+    done = subprocess.run(argv + [sys.executable, "-c", "pass"], capture_output=True)
+    return argv if done.returncode == 0 else []
+
+
 @own_pids
+@pytest.mark.skipif(not _as_nobody(), reason="NEEDS root's setpriv and a Python user nobody "
+                    "can run")
 def test_a_folder_the_user_cannot_write_is_still_a_usage_error_at_the_lease(tmp_path):
     """What the chosen --output-dir refuses stays a refusal (ConfigError: exit 2), as trying
     again does not help: a read-only mount, and a folder the user has no permission on (as the
@@ -1150,17 +1163,19 @@ def _hidepid_argv() -> list:
     """The command prefix running a process as user nobody where /proc shows it only its own
     processes (a proc mounted with hidepid=2, in a mount namespace of its own); [] where this
     cannot be made here (root's unshare and setpriv)."""
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+    if not (_as_nobody() and shutil.which("unshare")):
         return []
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
             'mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid=65534 '
             '--regid=65534 --clear-groups "$@"', "sh"]
-    done = subprocess.run(argv + ["sh", "-c", "test ! -e /proc/1/stat"], capture_output=True)
+    done = subprocess.run(argv + [sys.executable, "-c", "import os, sys; "
+                                  "sys.exit(os.path.exists('/proc/1/stat'))"],
+                          capture_output=True)
     return argv if done.returncode == 0 else []
 
 
 @pytest.mark.skipif(not _hidepid_argv(), reason="NEEDS root's 'unshare -m' and setpriv to "
-                    "mount a /proc with hidepid=2 for user nobody")
+                    "mount a /proc with hidepid=2 for user nobody, and a Python nobody can run")
 def test_a_process_whose_stat_cannot_be_read_is_the_leases_run():
     """On a machine whose /proc hides other users' processes (hidepid=2), another user's run
     exists (signal 0 says so) but its start time cannot be read: the lease stays held, since
