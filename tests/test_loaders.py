@@ -575,11 +575,10 @@ def test_module_imports_without_torch_and_names_the_extra_when_used(generated):
         "        print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.splitlines() == [
-        "this loader needs PyTorch, which is an optional extra: pip install synanno-datagen[torch]",
-    ] * 2 + [
-        "this loader needs TensorFlow, which is an optional extra: pip install synanno-datagen[tf]",
-    ]
+    advice = ("this loader needs {}, which is an optional extra: pip install "
+              "'synanno-datagen[{}]' (in a clone of synanno-datagen: pip install -e '.[{}]')")
+    assert result.stdout.splitlines() == [advice.format("PyTorch", "torch", "torch")] * 2 + [
+        advice.format("TensorFlow", "tf", "tf")]
 
 
 TF_CHECK = """

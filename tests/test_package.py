@@ -278,4 +278,5 @@ def test_the_loader_benchmarks_refuse_in_one_line_without_torch(views_dataset, s
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"{script}: error: this loader needs PyTorch, which is an optional extra: "
-        "pip install synanno-datagen[torch]")
+        "pip install 'synanno-datagen[torch]' (in a clone of synanno-datagen: "
+        "pip install -e '.[torch]')")

@@ -24,8 +24,11 @@ from synanno_datagen.reading.dataset import open_dataset
 
 
 def missing_extra(framework: str, extra: str) -> ImportError:
+    """The error of a loader whose framework is not installed: how to add the extra, quoted as
+    shells need it (zsh takes an unquoted ``[...]`` for a glob), from a clone too."""
     return ImportError(f"this loader needs {framework}, which is an optional extra: "
-                       f"pip install synanno-datagen[{extra}]")
+                       f"pip install 'synanno-datagen[{extra}]' (in a clone of synanno-datagen: "
+                       f"pip install -e '.[{extra}]')")
 
 
 def shard_order(paths: Sequence[str], seed: Optional[int], epoch: int = 0) -> List[str]:
