@@ -193,6 +193,29 @@ def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("dev: unknown command 'frob'")
 
 
+def test_dev_needs_no_sha256sum(views_dataset, tmp_path):
+    """Found by review: ./dev named its install stamp with sha256sum, which macOS does not have,
+    so on a Mac every command ended there. (A sha256sum that fails as a missing one does stands
+    for it; the venv is the one running this test, which ./dev installed, so nothing installs.)"""
+    import hashlib
+
+    setup_py = Path(__file__).resolve().parents[1] / "setup.py"
+    digest = hashlib.sha256(setup_py.read_bytes()).hexdigest()[:16]
+    if not (Path(sys.prefix) / f".installed-{digest}").exists():
+        pytest.skip("NEEDS the venv ./dev installed (its stamp for this setup.py)")
+    fake = tmp_path / "path"
+    fake.mkdir()
+    (fake / "sha256sum").write_text("#!/bin/sh\necho 'sha256sum: not found' >&2\nexit 127\n")
+    (fake / "sha256sum").chmod(0o755)
+    done = _dev("inspect", str(views_dataset), "--json",
+                env={"SYNANNO_VENV": sys.prefix, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert done.returncode == 0 and "install" not in done.stderr, done.stderr
+    manifest = json.loads((views_dataset / "manifest.json").read_text())
+    facts = json.loads(done.stdout)
+    assert facts["problems"] == [] and facts["counts"]["instances_written"] > 0
+    assert facts["counts"] == {k: manifest["counts"][k] for k in facts["counts"]}
+
+
 @pytest.mark.parametrize("script, flags", [
     ("seed_draws.py", ["--instances", "0"]), ("seed_draws.py", ["--variants", "4,x"]),
     ("finalize_shards.py", ["--shards", "-1"]), ("finalize_shards.py", ["--latency-ms", "-5"]),
