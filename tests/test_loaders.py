@@ -193,6 +193,32 @@ def test_set_epoch_reaches_persistent_workers(generated, torch):
     assert len({tuple(o) for o in orders}) == 3
 
 
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_workers_started_without_fork_read_what_forked_ones_do(generated, torch, start):
+    """DataLoader workers started by spawn (macOS' and Windows' default) or forkserver (Linux's
+    from Python 3.14) get the datasets pickled, not forked: the same samples in the same order,
+    and set_epoch still reaches persistent ones (the epoch's shared memory crosses the pickle)."""
+    _, out, _, _ = generated
+    data = loaders.ShardDataset(str(out), "train", with_meta=True, shuffle_seed=5,
+                                shuffle_buffer=4)
+    started = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2,
+                                          persistent_workers=True, multiprocessing_context=start)
+    forked = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork")
+    orders = []
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        orders.append(_keys(started))
+        assert orders[-1] == _keys(forked), epoch
+    assert orders[0] != orders[1]
+    items = loaders.NpyDataset(str(out), "val", with_meta=True)
+    pairs = torch.utils.data.DataLoader(items, batch_size=None, num_workers=2,
+                                        multiprocessing_context=start)
+    assert [(m["instance_id"], m["variant"], x.sum().item(), y.sum().item())
+            for x, y, m in pairs] == [(m["instance_id"], m["variant"], x.sum().item(),
+                                       y.sum().item()) for x, y, m in items]
+
+
 def _ddp_rank(rank: int, world_size: int, out: str, init: str, results: str) -> None:
     import torch.distributed as dist
 
