@@ -46,7 +46,7 @@ setup(
         # of some pixel sizes came out one pixel short (preview lost a row of voxels)
         "pyarrow>=15,<26",  # Parquet tables (15: float16 columns); inside Beam 2.77's range
         # Beam builds the package it stages for Dataflow (--setup_file) with setuptools, which
-        # venvs of Python 3.12+ come without (66.1.1: the lowest whose sdist works on 3.13)
+        # venvs of Python 3.12+ come without (66.1.1 builds our sdist on 3.13; 65.5.0 fails)
         "setuptools>=66.1.1",
     ],
     extras_require={
