@@ -13,6 +13,7 @@ import pytest
 
 from synanno_datagen.pipeline.demo_data import write_precomputed
 
+
 def torch_or_skip():
     """torch, or a skip naming the extra; with SYNANNO_REQUIRE_TORCH=1 (CI) a missing torch
     fails the test instead."""
