@@ -160,6 +160,21 @@ def _dev(*args, env=None):
                           timeout=120, env={**os.environ, **(env or {})})
 
 
+def _path_of(tmp_path, **scripts) -> Path:
+    """A PATH folder holding only what ./dev runs (bash, dirname, ls, sed) and the named shell
+    scripts (e.g. python3="exit 1"), so no Python of this machine is found."""
+    import shutil
+
+    folder = tmp_path / "path"
+    folder.mkdir()
+    for tool in ("bash", "dirname", "ls", "sed"):
+        (folder / tool).symlink_to(shutil.which(tool))
+    for name, body in scripts.items():
+        (folder / name.replace("_", ".")).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name.replace("_", ".")).chmod(0o755)
+    return folder
+
+
 def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     """Found by review: SYNANNO_VENV naming a folder of files turned it into a venv (and
     started installing into it); a venv whose python is gone (an upgraded system python) or
@@ -178,12 +193,8 @@ def test_dev_refuses_what_it_cannot_make_a_venv_of_in_one_line(tmp_path):
     (broken / "bin").mkdir(parents=True)
     (broken / "pyvenv.cfg").write_text("home = /nonexistent\n")
     (broken / "bin" / "python").symlink_to("/nonexistent/python3.11")
-    fake = tmp_path / "path"
-    fake.mkdir()
-    (fake / "python3").write_text("#!/bin/sh\nexit 1\n")     # a python3 that makes no venv
-    (fake / "python3").chmod(0o755)
-    done = _dev("inspect", "x", env={"SYNANNO_VENV": str(broken),
-                                     "PATH": f"{fake}:{os.environ['PATH']}"})
+    fake = _path_of(tmp_path, python3="exit 1")     # a python3 that makes no venv
+    done = _dev("inspect", "x", env={"SYNANNO_VENV": str(broken), "PATH": str(fake)})
     assert done.returncode == 2, done.stderr
     assert "is no usable Python 3.11+ venv; making it again" in done.stderr
     assert "python3 made no Python 3.11+ venv with pip" in done.stderr
@@ -214,6 +225,22 @@ def test_dev_needs_no_sha256sum(views_dataset, tmp_path):
     facts = json.loads(done.stdout)
     assert facts["problems"] == [] and facts["counts"]["instances_written"] > 0
     assert facts["counts"] == {k: manifest["counts"][k] for k in facts["counts"]}
+
+
+def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_path):
+    """Found by review: where python3 is older than 3.11 (Ubuntu 22.04's 3.10, a cluster's),
+    ./dev refused even with a python3.12 on PATH; it asks the newer one to make the venv now.
+    (Stand-ins that log what they are asked: this one makes no venv, so nothing installs.)"""
+    log = tmp_path / "asked.log"
+    fake = _path_of(tmp_path, python3=f'echo "python3 $1" >> {log}; exit 1',   # "3.10"
+                    python3_12=f'[ "$1" = -c ] && exit 0; echo "python3.12 $*" >> {log}; exit 1')
+    venv = tmp_path / "venv"
+    done = _dev("inspect", "x", env={"SYNANNO_VENV": str(venv), "PATH": str(fake)})
+    assert done.returncode == 2, done.stderr
+    assert log.read_text().splitlines() == ["python3 -c", f"python3.12 -m venv --clear {venv}"]
+    assert done.stderr.splitlines()[-1] == (
+        f"dev: python3, python3.12 made no Python 3.11+ venv with pip in {venv}; make one with "
+        f"'python3.11 -m venv --clear {venv}' (on Debian, install python3.11-venv first)")
 
 
 @pytest.mark.parametrize("script, flags", [
