@@ -214,10 +214,7 @@ def test_dev_needs_no_sha256sum(views_dataset, tmp_path):
     digest = hashlib.sha256(setup_py.read_bytes()).hexdigest()[:16]
     if not (Path(sys.prefix) / f".installed-{digest}").exists():
         pytest.skip("NEEDS the venv ./dev installed (its stamp for this setup.py)")
-    fake = tmp_path / "path"
-    fake.mkdir()
-    (fake / "sha256sum").write_text("#!/bin/sh\necho 'sha256sum: not found' >&2\nexit 127\n")
-    (fake / "sha256sum").chmod(0o755)
+    fake = _path_of(tmp_path, sha256sum="echo 'sha256sum: not found' >&2; exit 127")
     done = _dev("inspect", str(views_dataset), "--json",
                 env={"SYNANNO_VENV": sys.prefix, "PATH": f"{fake}:{os.environ['PATH']}"})
     assert done.returncode == 0 and "install" not in done.stderr, done.stderr
