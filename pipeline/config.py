@@ -31,7 +31,7 @@ from synanno_datagen.pipeline.unknown_flags import check_beam_args, check_runner
 from synanno_datagen.transforms.geometry import Box, scale_factors, target_voxels_inside
 from synanno_datagen.transforms.points import TableLayout, to_target_factors
 from synanno_datagen.transforms.readers import GROUPED
-from synanno_datagen.transforms.seeds import SeedModel, seed_sets
+from synanno_datagen.transforms.seeds import RNG_AS_HASHED, SeedModel, seed_sets
 from synanno_datagen.transforms.volumes import (
     DEFAULT_MISSING_CHUNKS, VolumeSpec, block_bytes, default_block_size,
 )
@@ -203,8 +203,10 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("num_instances", lambda c: c.num_instances),
     Option("variants", lambda c: c.variants, lambda c: c.variants),
     Option("max_seed_slices", lambda c: c.seed_model.max_seed_slices),
+    # the manifest has its own; hashed with the rng text of before the generator's fix (seeds.py:
+    # ids and seeds from 2**32 on), a fix, not an option: a root goes on, its instances as drawn
     Option("seed_model", lambda c: c.seed_model.to_manifest(),
-           lambda c: c.seed_model.to_manifest(), in_manifest=False),  # the manifest has its own
+           lambda c: {**c.seed_model.to_manifest(), "rng": RNG_AS_HASHED}, in_manifest=False),
     Option("crop_size_xyz", lambda c: list(c.crop_size_xyz), lambda c: list(c.crop_size_xyz),
            flag="crop_size"),
     Option("source_mip", lambda c: c.source.mip, lambda c: c.source.mip),

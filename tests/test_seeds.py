@@ -89,6 +89,28 @@ def test_generator_accepts_negative_and_huge_ids():
     generator(0, (1 << 63) - 1, 3).random()
 
 
+def test_no_two_identities_share_a_generator():
+    """numpy splits each seed number into 32-bit words and pads short seeds with zero words:
+    [seed, id mod 2**64, variant] made [0, 5, 1] (id 5, variant 1) and [0, 5, 1, 0] (id
+    5 + 2**32, variant 0) one generator, and (seed 3 + 9 * 2**32, id 5) one with (seed 3,
+    id 9 + 5 * 2**32) (found by review)."""
+    identities = [(0, 5 + k * 2**32, v) for k in range(4) for v in range(4)]
+    identities += [(s, i, v) for s, i in [(3 + 9 * 2**32, 5), (3, 9 + 5 * 2**32), (3, 9),
+                                          (3 + 5 * 2**32, 9), (0, -1), (2**32 - 1, 2**32 - 1)]
+                   for v in range(4)]
+    identities += [(2**32, 0, 0), (0, 2**32, 0), (1, 0, 0), (0, 0, 0), (2**63 - 1, 2**64 - 1, 0)]
+    draws = {generator(*identity).integers(1 << 62) for identity in identities}
+    assert len(draws) == len(identities)
+
+
+def test_seeds_and_ids_below_2_32_keep_their_generators():
+    """Records pinned before the fix above (the golden dataset's, its ids below 2**32) are
+    unchanged: the generator is numpy's of [seed, id, variant] there."""
+    for run_seed, instance_id, variant in [(0, 11, 3), (7, 2**32 - 1, 0), (2**32 - 1, 0, 1)]:
+        before = np.random.default_rng([run_seed, instance_id, variant])
+        assert generator(run_seed, instance_id, variant).random() == before.random()
+
+
 def test_seed_mask_zeroes_all_but_seed_slices():
     target = _target(foreground=[1, 2, 3])
     mask = seed_mask(target, (2,))

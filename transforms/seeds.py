@@ -9,7 +9,7 @@ The law (recorded in the manifest under ``seed_model``):
   over the slices not yet drawn, with ``sigma = position_sigma_frac * depth`` (central slices
   favoured).
 
-Randomness comes only from ``np.random.default_rng([run_seed, instance_id, variant])``. Variants of
+Randomness comes only from ``generator(run_seed, instance_id, variant)``. Variants of
 one instance are distinct slice sets whenever the instance allows: a variant whose set repeats an
 earlier variant's is redrawn from its own generator, and after ``MAX_REDRAWS`` failures takes the
 first unused set in a fixed enumeration order.
@@ -24,6 +24,12 @@ import numpy as np
 
 MAX_REDRAWS = 64
 _UINT64 = (1 << 64) - 1
+_UINT32 = (1 << 32) - 1
+RNG = ("numpy.random.default_rng([seed, instance_id, variant]) when seed and instance_id mod 2**64 "
+       "are below 2**32, else numpy.random.default_rng([seed mod 2**32, seed // 2**32, "
+       "instance_id mod 2**32, instance_id mod 2**64 // 2**32, variant])")
+# ``RNG`` as it read before the second form: what generation hashes hold (pipeline/config.py)
+RNG_AS_HASHED = "numpy.random.default_rng([seed, instance_id mod 2**64, variant])"
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class SeedModel:
             "count": "P(c) ∝ count_ratio**(c-1), c in 1..min(max_seed_slices, foreground slices)",
             "positions": "successive draws without repeats among foreground slices, "
             "P(z) ∝ exp(-0.5*((z-(depth-1)/2)/(position_sigma_frac*depth))**2)",
-            "rng": "numpy.random.default_rng([seed, instance_id mod 2**64, variant])",
+            "rng": RNG,
             **asdict(self),
         }
 
@@ -64,8 +70,18 @@ class SeedModel:
 
 
 def generator(run_seed: int, instance_id: int, variant: int) -> np.random.Generator:
-    """The only source of randomness for one variant of one instance."""
-    return np.random.default_rng([int(run_seed), int(instance_id) & _UINT64, int(variant)])
+    """The only source of randomness for one variant of one instance (``RNG``).
+
+    numpy seeds with the 32-bit words of each number, as many as each needs, and pads fewer
+    than four words with zeros, so ``[seed, id mod 2**64, variant]`` gave id 5's variant 1 and
+    id 5 + 2**32's variant 0 one generator ([0, 5, 1] and [0, 5, 1, 0]). Where seed or id needs
+    a second word, both get two: five words, which no shorter list shares, in places of their
+    own. Seeds and ids below 2**32 (every record pinned before) keep their generators."""
+    uid, seed = int(instance_id) & _UINT64, int(run_seed)
+    if uid <= _UINT32 and seed <= _UINT32:
+        return np.random.default_rng([seed, uid, int(variant)])
+    return np.random.default_rng([seed & _UINT32, seed >> 32, uid & _UINT32, uid >> 32,
+                                  int(variant)])
 
 
 def pick(rng: np.random.Generator, p: np.ndarray) -> int:
