@@ -31,13 +31,38 @@ def take_signals() -> Callable[[], None]:
                          if signal.getsignal(sig) is not signal.SIG_IGN}
     previous_hook, threading.excepthook = threading.excepthook, \
         thread_error_hook(threading.excepthook)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_to_the_main_thread, args=(read_end, threading.main_thread().ident),
+                     daemon=True, name="synanno-signals").start()
 
     def put_back() -> None:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         threading.excepthook = previous_hook
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_end)   # (the thread reads the end of the pipe, closes it and ends)
 
     return put_back
+
+
+def _to_the_main_thread(read_end: int, main_thread: int, every_s: float = 0.1) -> None:
+    """Send a stopping signal on to the main thread until its handler has run there.
+
+    The kernel hands a signal sent to the process (a group's, ``timeout``'s, systemd's) to any
+    thread that does not block it. Python runs the handler on the main thread, but only when
+    that thread runs Python code: one waiting for good (the DirectRunner's ``multi_processing``
+    mode waits, without a timeout, on bundles of the workers the same signal killed) waited on,
+    the run hanging, its lease held. Each signal's number arrives here through the wakeup
+    descriptor, from whichever thread took it; one sent to the main thread wakes it."""
+    with os.fdopen(read_end, "rb", buffering=0) as wakeups:
+        while numbers := wakeups.read(64):
+            for number in set(numbers):
+                time.sleep(every_s)   # (if the main thread took it, its handler has run)
+                if not (state["received"] or state["closed"]) and \
+                        number in {int(s) for s in STOPPING_SIGNALS}:
+                    signal.pthread_kill(main_thread, number)
 
 
 def not_after_sigterm(record: logging.LogRecord) -> bool:

@@ -1131,6 +1131,40 @@ def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_
     assert json.loads(line)["exit_code"] == 143 and '"exit_code"' not in done.stderr
 
 
+WAITING_MAIN_THREAD = """
+import signal, sys, threading, time
+from synanno_datagen import process
+from synanno_datagen.errors import Terminated
+put_back = process.take_signals()
+def beams_thread():   # the kernel hands the signal sent to the process to this thread
+    time.sleep(0.5)
+    signal.pthread_kill(threading.get_ident(), getattr(signal, sys.argv[1]))
+    threading.Event().wait()
+threading.Thread(target=beams_thread, daemon=True).start()
+try:
+    threading.Event().wait()   # the main thread waits for good, as on the bundles of workers
+except Terminated as e:        # the signal killed
+    print("stopped by", e.signal_name)
+(sending,) = [t for t in threading.enumerate() if t.name == "synanno-signals"]
+put_back()
+sending.join(timeout=60)
+print("put back:", signal.set_wakeup_fd(-1), sending.is_alive())
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_another_thread_takes_stops_a_main_thread_waiting_for_good(name):
+    """Found by review: SIGTERM sent to a multi_processing run's process group (as ``timeout``
+    and systemd send it) hung one run in four, silent and holding its lease: the kernel handed
+    it to one of Beam's threads, and the main thread, waiting without a timeout on bundles of
+    the workers the same signal killed, never ran the handler. The signal is sent on to the
+    main thread; once the run's handlers are put back, nothing of this is left."""
+    done = subprocess.run([sys.executable, "-c", WAITING_MAIN_THREAD, name], capture_output=True,
+                          text=True, timeout=60)   # (hung, this times out: the test fails)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"stopped by {name}", "put back: -1 False"]
+
+
 def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch):
     """Found by CI (one run in many): SIGINT sent while a multi_processing run's workers were
     starting hung the run, as a worker not yet running Beam's worker module was left alone and
