@@ -187,6 +187,24 @@ def views_dataset(generated) -> Path:
     return generated[1]
 
 
+def rewrite_listed(root: Path, relative: str, text: str) -> None:
+    """Write ``text`` to the dataset's file ``root/relative`` and set its manifest entry's bytes
+    and sha256 to match: a file a hostile writer changed, listed as it now is (readers refuse
+    a file grown past its listing before they read what it holds)."""
+    import hashlib
+    import json
+
+    path = root / relative
+    path.write_text(text)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entries in manifest["files"].values():
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if entry.get("path") == relative:
+                entry.update(bytes=path.stat().st_size,
+                             sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 def assert_usage_error(capsys, argv: List[str], *fragments: str) -> None:
     """The CLI refuses ``argv`` with exit code 2 and one stderr line holding every fragment."""
     from synanno_datagen.cli import main

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from synanno_datagen.cli import main
-from tests.conftest import BAD_ROWS, GOOD_IDS, assert_usage_error
+from tests.conftest import BAD_ROWS, GOOD_IDS, assert_usage_error, rewrite_listed
 from tests.test_pipeline import read_records, run_pipeline
 from synanno_datagen.transforms.seeds import SeedModel, seed_inclusion_probabilities
 
@@ -341,17 +341,19 @@ def test_a_hostile_dataset_cannot_make_inspect_exhaust_memory_or_trace_back(smal
     assert facts["index"]["seed_count"]["count"] == list(range(1, depth + 1))
     (out / "manifest.json").write_text(json.dumps(manifest))
     (index,) = sorted((out / "index").iterdir())
+    relative = f"index/{index.name}"
     lines = index.read_text().splitlines()
     first = json.loads(lines[0])
     # repeated, past the crop's last slice or before its first (found by a mutation review: a
     # slice at z = depth passed the check, named only as an IndexError further on)
     for slices in ([1, 1, 1], [0, depth], [-1, 0]):
-        index.write_text("\n".join([json.dumps({**first, "foreground_slices": slices})]
-                                    + lines[1:]) + "\n")
+        rewrite_listed(out, relative, "\n".join(
+            [json.dumps({**first, "foreground_slices": slices})] + lines[1:]) + "\n")
         assert_usage_error(capsys, ["inspect", str(out)], "foreground_slices of id "
                            f"{first['instance_id']} are not distinct z indices of a crop of "
                            f"{depth}")
-    index.write_text("[" * 100_000 + "]" * 100_000 + "\n" + "\n".join(lines[1:]) + "\n")
+    rewrite_listed(out, relative, "[" * 100_000 + "]" * 100_000 + "\n" + "\n".join(lines[1:])
+                   + "\n")
     assert_usage_error(capsys, ["inspect", str(out)], f"{index}: cannot read it")
     assert max_record_bytes({"arrays": {"shape_zyx": [65536] * 3},
                              "config": {"variants": 4}}) == 2**31 - 1

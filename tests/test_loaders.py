@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from synanno_datagen.reading import loaders
-from tests.conftest import GOOD_IDS
+from tests.conftest import GOOD_IDS, rewrite_listed
 from tests.test_pipeline import read_records, run_pipeline
 
 
@@ -365,16 +365,24 @@ def test_an_index_line_that_is_not_one_of_an_npy_dataset_is_named(generated, tmp
 
     _, out, _, _ = generated
     copy, manifest = _damaged_copy(out, tmp_path)
-    index = copy / next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
+    relative = next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
+    index = copy / relative
     written = index.read_text().splitlines()
     for change, says in ((lambda line: line.pop("npy"), "a line without the npy files"),
                          (lambda line: line["npy"].update(source=7), "naming the npy file 7"),
                          (lambda line: line.update(instance_id="12"), "whose instance_id is 12"),
+                         # (found by review: a line listing a million made a million items)
+                         (lambda line: line["npy"].update(
+                             seed_target=line["npy"]["seed_target"] * 1000),
+                          "a line listing 3000 npy seed masks, not the manifest's 3 variants'"),
+                         (lambda line: line["npy"].update(
+                             seed_target=line["npy"]["seed_target"][:1]),
+                          "a line listing 1 npy seed masks, not the manifest's 3 variants'"),
                          (lambda line: line["npy"].update(target="../../secret.npy"),
                           "lists the path .*secret.npy.*not inside the dataset")):
         line = json.loads(written[-1])
         change(line)
-        index.write_text("\n".join(written[:-1] + [json.dumps(line)]) + "\n")
+        rewrite_listed(copy, relative, "\n".join(written[:-1] + [json.dumps(line)]) + "\n")
         with pytest.raises(DatasetError, match=rf"{index if 'path' not in says else ''}.*{says}"):
             loaders.NpyDataset(str(copy), "val")
 
@@ -710,10 +718,10 @@ def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, t
         assert result[out]["cardinality"] == len(keys)
 
 
-def _with_newer_features(out, copy):
-    """A copy of dataset ``out`` at ``copy`` as a newer writer might leave it: every record with
-    two features this version does not write (``resolution_nm``, floats; ``note``, bytes),
-    written by the tfrecord package, and the manifest listing them and the shards' new sizes."""
+def _with_records(out, copy, change):
+    """A copy of dataset ``out`` at ``copy`` whose every record is ``change(fields)``, fields
+    {name: (value, the tfrecord package's kind)} as read, written by the tfrecord package
+    (valid CRCs), and the manifest listing the shards' new sizes: the copy's manifest."""
     import gzip
     import hashlib
     import shutil
@@ -730,15 +738,23 @@ def _with_newer_features(out, copy):
         records = list(tfrecord_loader(str(path), None, None, compression_type=gz))
         writer = TFRecordWriter(str(path) + ".plain")
         for record in records:
-            fields = {name: (value, kinds[name]) for name, value in record.items()}
-            writer.write({**fields, "resolution_nm": ([8.0, 8.0, 33.5], "float"),
-                          "note": (b"newer", "byte")})
+            writer.write(change({name: (value, kinds[name]) for name, value in record.items()}))
         writer.close()
         data = Path(str(path) + ".plain").read_bytes()
         os.remove(str(path) + ".plain")
         path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
         entry["bytes"] = path.stat().st_size
         entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def _with_newer_features(out, copy):
+    """A copy of dataset ``out`` at ``copy`` as a newer writer might leave it: every record with
+    two features this version does not write (``resolution_nm``, floats; ``note``, bytes),
+    written by the tfrecord package, and the manifest listing them and the shards' new sizes."""
+    manifest = _with_records(out, copy, lambda fields: {
+        **fields, "resolution_nm": ([8.0, 8.0, 33.5], "float"), "note": (b"newer", "byte")})
     manifest["features"] += [
         {"name": "resolution_nm", "kind": "float", "dtype": "float32", "shape": [3], "axes": "xyz",
          "description": "a newer writer's"},
@@ -746,6 +762,71 @@ def _with_newer_features(out, copy):
          "description": "a newer writer's"}]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
+
+
+def _ints(values):
+    return (list(values), "int")
+
+
+# Records with valid CRCs that are no record of their dataset (4 x 24 x 24 arrays, 3 variants):
+# (layout, change, what ShardDataset's error says, what tf_dataset's says). Found by review:
+# counts adding up to fewer slices gave a variant all of them, and tf_dataset grew to 4.8 GB and
+# crashed on counts of 10**9; a slice -1 was the torch loader's last slice and no slice to
+# TensorFlow; arrays of another shape of as many voxels came out in that shape, or scrambled.
+NOT_THE_DATASETS = [
+    ("instance", lambda f: {**f, "seed_slice_counts": _ints([10**9, 1, 1])},
+     r"seed_slice_counts \[1000000000, 1, 1\] are not 3 variants' counts of the \d+ seed",
+     "seed_slice_counts are not 3 variants' counts"),
+    ("instance", lambda f: {**f, "seed_slice_counts": _ints([0, 1, len(f["seed_slices"][0]) - 1])},
+     r"seed_slice_counts \[0, 1, \d+\] are not 3 variants' counts",
+     "seed_slice_counts are not 3 variants' counts"),
+    ("instance", lambda f: {**f, "seed_slice_counts": _ints([len(f["seed_slices"][0])])},
+     r"seed_slice_counts \[\d+\] are not 3 variants' counts",
+     "seed_slice_counts are not 3 variants' counts"),
+    ("instance", lambda f: {**f, "seed_slices": _ints([-1] + list(f["seed_slices"][0][1:]))},
+     r"a seed slice outside the crop's 4 slices \(\[-1", "seed slice is outside the crop's 4"),
+    ("instance", lambda f: {**f, "shape": _ints([8, 12, 24])},
+     r"its source has shape \[8, 12, 24\], the manifest's arrays \[4, 24, 24\]",
+     r"shape is not the manifest's arrays \[4, 24, 24\]"),
+    ("variant", lambda f: {**f, "variant": _ints([3])},
+     "variant 3 is not one of the manifest's 3", "variant is not one of the manifest's 3"),
+    ("variant", lambda f: {**f, "seed_slices": _ints([4])},
+     "a seed slice outside the crop's 4 slices", "seed slice is outside the crop's 4"),
+]
+
+TF_READ_ALL = """
+import sys
+from synanno_datagen.reading import loaders
+try:
+    for _ in loaders.tf_dataset(sys.argv[1], "train"):
+        pass
+except Exception as e:
+    print(type(e).__name__, str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("case", range(len(NOT_THE_DATASETS)))
+def test_a_record_that_is_not_one_of_the_datasets_is_an_error(both_layouts, torch, tmp_path,
+                                                               case):
+    """A record read with a valid CRC must also be one of the dataset's: arrays of the
+    manifest's shape, each variant's seed slices in the crop, as many counts as variants, each
+    at least one, adding up to the slices. ShardDataset names the shard and the record;
+    tf_dataset raises TensorFlow's InvalidArgumentError saying what is wrong."""
+    from synanno_datagen import DatasetError
+
+    layout, change, says, tf_says = NOT_THE_DATASETS[case]
+    copy = tmp_path / "copy"
+    manifest = _with_records(both_layouts[layout], copy, change)
+    first = next(f for f in manifest["files"]["tfrecord"] if f["split"] == "train")
+    with pytest.raises(DatasetError, match=rf"^{copy / first['path']}: record 1 does not read "
+                                           rf"\(ValueError: {says}"):
+        list(loaders.ShardDataset(str(copy), "train"))
+    _require_tf()
+    done = subprocess.run([sys.executable, "-c", TF_READ_ALL, str(copy)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.match(rf"InvalidArgumentError .*{tf_says}", done.stdout.replace("\\'", "'")), \
+        done.stdout
 
 
 @pytest.mark.parametrize("layout, dropped", [("instance", "seed_slice_counts"),
@@ -831,6 +912,60 @@ def _with_a_flipped_val_byte(out, tmp_path):
     return copy, manifest, path
 
 
+READ_EVERYTHING = """
+import sys
+from synanno_datagen import DatasetError, open_dataset
+try:
+    dataset = open_dataset(sys.argv[1])
+    dataset.index(); dataset.dead_letters()
+    items = dataset.npy_items("val")
+    for k in range(len(items.sizes)):
+        dataset.npy_array(items, k)
+    print("read")
+except DatasetError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("which, damage", [
+    ("manifest", "fifo"), ("index", "fifo"), ("index", "zeros"), ("index", "grown"),
+    ("dead_letter", "zeros"), ("dead_letter", "grown"), ("npy", "fifo")])
+def test_a_special_file_or_one_grown_past_its_listing_is_refused(generated, tmp_path, which,
+                                                                 damage):
+    """Found by review: a FIFO in place of the manifest, an index shard or an npy file made a
+    reader wait for a writer for good; a link to /dev/zero, or an index shard grown by one long
+    line, was read into memory to its end (without end: gigabytes). A local file must be a
+    regular one, and a JSON-lines file is read no further than the manifest lists. (Read in a
+    process of its own, its memory capped, as the unfixed reader hangs or grows.)"""
+    import resource
+
+    copy, manifest = _damaged_copy(generated[1], tmp_path)
+    if which == "npy":
+        val = next(f for f in manifest["files"]["index"] if f["split"] == "val")
+        line = json.loads((copy / val["path"]).read_text().splitlines()[0])
+        path = copy / line["npy"]["source"]
+    else:
+        listing = {"manifest": {"path": "manifest.json"},
+                   "index": next(f for f in manifest["files"]["index"] if f["split"] == "val"),
+                   "dead_letter": manifest["files"]["dead_letter"]}[which]
+        path = copy / listing["path"]
+    if damage == "grown":
+        with open(path, "a") as f:
+            f.write('{"reason": "' + "x" * 10**7 + '"}\n')
+    else:
+        path.unlink()
+        os.mkfifo(path) if damage == "fifo" else path.symlink_to("/dev/zero")
+    done = subprocess.run(
+        [sys.executable, "-c", READ_EVERYTHING, str(copy)], capture_output=True, text=True,
+        timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31)))
+    why = (f"ValueError: more bytes than the manifest lists \\({listing.get('bytes')}\\)"
+           if damage == "grown" else f"OSError: {re.escape(str(path))} is not a regular file")
+    where = "cannot read the manifest" if which == "manifest" else "cannot read it"
+    assert re.fullmatch(rf"{re.escape(str(copy if which == 'manifest' else path))}: {where} "
+                        rf"\({why}\)(; copy the file again, or generate the dataset again)?\n",
+                        done.stdout), (done.stdout, done.stderr[-2000:])
+
+
 def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layouts, torch,
                                                                         tmp_path):
     """The manifest lists every shard's bytes and records: a shard cut short (after a whole
@@ -898,7 +1033,7 @@ def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layo
                                            rf"the manifest says {len(lines)}"):
         loaders.NpyDataset(str(copy), "val")
     # ... or with a line twice (found by mutation review: only a missing line was tested)
-    (copy / index["path"]).write_text("".join(lines + lines[-1:]))
+    rewrite_listed(copy, index["path"], "".join(lines + lines[-1:]))
     with pytest.raises(DatasetError, match=rf"{copy / index['path']}: {len(lines) + 1} lines, "
                                            rf"the manifest says {len(lines)}"):
         loaders.NpyDataset(str(copy), "val")
@@ -997,8 +1132,8 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
     copy, manifest = _damaged_copy(both_layouts["instance"], tmp_path)
     npy = loaders.NpyDataset(str(copy), "val")
     source = Path(npy.files(0)["source"])
-    index = copy / next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
-    written = index.read_text()
+    relative = next(f for f in manifest["files"]["index"] if f["split"] == "val")["path"]
+    written = (copy / relative).read_text()
     first = json.loads(written.splitlines()[0])
     listed = next(f for f in first["npy"]["files"] if source.as_posix().endswith(f["path"]))
 
@@ -1008,11 +1143,13 @@ def test_an_npy_file_is_read_no_further_than_its_listing_and_must_be_listed(both
         files = [dict(f, **changes) if f["path"] == listed["path"] else f
                  for f in line["npy"]["files"]]
         line["npy"]["files"] = [f for f in files if None not in f.values()]
-        index.write_text("\n".join([json.dumps(line)] + written.splitlines()[1:]) + "\n")
+        rewrite_listed(copy, relative, "\n".join([json.dumps(line)] + written.splitlines()[1:])
+                       + "\n")
         return loaders.NpyDataset(str(copy), "val")
 
     source.unlink()
-    source.symlink_to("/dev/zero")             # endless: the reader stops after listed + 1
+    with open(source, "wb") as f:   # 16 GiB (sparse): the reader stops after listed + 1
+        f.truncate(2**34)
     with pytest.raises(DatasetError, match=rf"{source}: more bytes than the index lists "
                                            rf"\({listed['bytes']} bytes"):
         npy[0]

@@ -13,7 +13,7 @@ from synanno_datagen.reading.preview import (
     FRAME_PX, GAP_PX, HEADER_PX, LABEL_LINES_PX, LABEL_PX, SEED_ALPHA, SEED_RGB, STRIP_PX,
     TARGET_RGB, choose_slices, compose_montage, outline, read_selected, select_records,
 )
-from tests.conftest import GOOD_IDS, assert_usage_error
+from tests.conftest import GOOD_IDS, assert_usage_error, rewrite_listed
 from tests.test_pipeline import read_records, run_pipeline
 
 
@@ -217,7 +217,8 @@ def test_a_dataset_of_npy_files_only_is_previewed_from_them(generated, tmp_path,
     lines = [json.loads(line) for line in index.read_text().splitlines()]
     for line in lines:
         line["npy"]["seed_target"] = line["npy"]["seed_target"][:1]
-    index.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rewrite_listed(npy_only, chosen[0]["index_file"]["path"],
+                   "".join(json.dumps(line) + "\n" for line in lines))
     assert any(c["variant"] > 0 for c in chosen if c["index_file"] == chosen[0]["index_file"])
     assert main(["preview", str(npy_only), "--n", "4", "--seed", "3", "--out",
                  str(tmp_path / "y.png")]) == 2

@@ -12,6 +12,7 @@ import gzip as gzip_files
 import json
 import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Tuple
 
@@ -34,6 +35,8 @@ def open_file(path: str, gzip: bool = False) -> BinaryIO:
     """A file of a dataset (a local path or a gs:// URL) opened for reading bytes; ``gzip``: its
     decompressed bytes."""
     if "://" not in path:   # local: no Beam to import (seconds in every reading process)
+        if not stat.S_ISREG(os.stat(path).st_mode):   # (a FIFO would wait for a writer for
+            raise OSError(f"{path} is not a regular file")   # good, /dev/zero never end)
         return gzip_files.open(path, "rb") if gzip else open(path, "rb")
     from apache_beam.io.filesystem import CompressionTypes
 
@@ -117,10 +120,15 @@ class Dataset:
                                f"{reader} was made; make it again")
 
     @property
+    def variants(self) -> int:
+        """Variants per instance (``config.variants``)."""
+        return self.manifest["config"]["variants"]
+
+    @property
     def variants_per_record(self) -> int:
         """Samples in one record: every variant (instance layout) or one (variant layout)."""
         instance_records = layout.records_info(self.manifest)["layout"] == "instance"
-        return self.manifest["config"]["variants"] if instance_records else 1
+        return self.variants if instance_records else 1
 
     def npy_totals(self) -> Dict[str, int]:
         """The dataset's npy files and bytes (every run's, on an incremental root whose
@@ -136,13 +144,18 @@ class Dataset:
 
         return layout.npy_totals(self.manifest, run_manifest)
 
-    def read_jsonl(self, relative: str) -> Iterator[dict]:
+    def read_jsonl(self, relative: str, listed_bytes=None) -> Iterator[dict]:
+        """The objects of a JSON-lines file of the dataset, streaming; with ``listed_bytes``
+        (the manifest's size of it, when a whole number) read no further than that (a file
+        grown past its listing, one long line among them, is refused, not held)."""
         path = self.path(relative)
         try:
             with self.open(relative) as f:
-                yield from layout.json_lines(f)
+                lines = f if type(listed_bytes) is not int else _lines_within(f, listed_bytes)
+                yield from layout.json_lines(lines)
         except (OSError, ValueError, RecursionError) as e:   # (JSON nested past the stack)
-            raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+            raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: "
+                               f"{first_line(e, 200)})") from None
 
     @property
     def formats(self) -> Tuple[str, ...]:
@@ -183,7 +196,7 @@ class Dataset:
         """(index file entry, its lines) for every index shard, in manifest order, one shard
         at a time; DatasetError when a shard holds other than the manifest's number of lines."""
         for f in self.files("index", split):
-            lines = list(self.read_jsonl(f["path"]))
+            lines = list(self.read_jsonl(f["path"], f.get("bytes")))
             if "records" in f and len(lines) != f["records"]:
                 raise DatasetError(f"{self.path(f['path'])}: {len(lines)} lines, the manifest "
                                    f"says {f['records']}: the file was cut short or changed; "
@@ -206,8 +219,9 @@ class Dataset:
     def iter_dead_letters(self) -> Iterator[dict]:
         """The dead-letter lines of the (latest) run, in file order, streaming; DatasetError for
         a line that is not a dead letter (an object with a ``reason``)."""
-        relative = self.manifest["files"]["dead_letter"]["path"]
-        for d in self.read_jsonl(relative):
+        listing = self.manifest["files"]["dead_letter"]
+        relative = listing["path"]
+        for d in self.read_jsonl(relative, listing.get("bytes")):
             if not (isinstance(d, dict) and isinstance(d.get("reason"), str)):
                 raise DatasetError(f"{self.path(relative)}: a line without a reason, not a dead "
                                    f"letter; {DAMAGED}")
@@ -238,11 +252,23 @@ class Dataset:
         """The items of index lines: (index shard entry, some of its lines) pairs."""
         entries = ((self.path(f["path"]), layout.index_npy_base(f), line)
                    for f, lines in shards for line in lines)
-        return NpyItems(entries, tuple(self.manifest["arrays"]["shape_zyx"]), self.path)
+        return NpyItems(entries, tuple(self.manifest["arrays"]["shape_zyx"]), self.path,
+                        self.variants)
 
     def npy_array(self, items: NpyItems, k: int):
         """File k of ``items``: its array (uint8, z-y-x), checked against its listing."""
         return items.load(k, self.path(items.relative_path(k)))
+
+
+def _lines_within(stream, most: int) -> Iterator[bytes]:
+    """The lines of an open file, ValueError once they hold more than ``most`` bytes (none is
+    read past ``most + 1``)."""
+    left = most
+    while line := stream.readline(left + 1):
+        left -= len(line)
+        if left < 0:
+            raise ValueError(f"more bytes than the manifest lists ({most})")
+        yield line
 
 
 def _checked_manifest(path: str, manifest) -> dict:

@@ -150,8 +150,10 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     """A ``tf.data.Dataset`` of (input, target) float32 samples over ``split``'s TFRecord shards,
     one per variant: an instance record gives all of its variants, one after another.
 
-    Records are parsed with a feature spec built from the manifest's ``features`` (the variants'
-    seed slices as a ``tf.io.RaggedFeature`` split by ``seed_slice_counts``). Shapes are
+    Records are parsed with a feature spec built from the manifest's ``features`` (the seed
+    slices and ``seed_slice_counts`` as ``tf.io.RaggedFeature`` lists, then split by the counts
+    into one row per variant), and checked as ``records.check_record`` checks them: a record
+    that is not one of the dataset's raises InvalidArgumentError as it is read. Shapes are
     ``[2, z, y, x]`` and ``[1, z, y, x]``, or with ``channels_last`` ``[z, y, x, 2]`` and
     ``[z, y, x, 1]`` (what Keras' Conv3D takes on CPU). ``with_meta`` adds a third element
     ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``; gzip shards
@@ -189,15 +191,22 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     def array(f, key):
         return tf.reshape(tf.io.decode_raw(f[key], tf.uint8), shape_zyx)
 
-    def one_variant(serialized):
+    def parse(serialized):
+        """The record's features, once it is one of the dataset's (records.check_record)."""
         f = tf.io.parse_single_example(serialized, spec)
+        with tf.control_dependencies(record_checks(tf, f, shape_zyx, dataset.variants)):
+            return {key: tf.identity(value) for key, value in f.items()}
+
+    def one_variant(serialized):
+        f = parse(serialized)
         return sample(array(f, "source"), array(f, "seed_target"), array(f, "target"),
                       f["instance_id"], f["variant"])
 
     def every_variant(serialized):
-        f = tf.io.parse_single_example(serialized, spec)
+        f = parse(serialized)
         source, target = array(f, "source"), array(f, "target")
-        seeds = seed_masks(tf, target, f["seed_slices"])
+        slices = tf.RaggedTensor.from_row_lengths(f["seed_slices"], f["seed_slice_counts"])
+        seeds = seed_masks(tf, target, slices)
         variants = tf.range(tf.shape(seeds, out_type=tf.int64)[0])
         return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
             lambda seed, v: sample(source, seed, target, f["instance_id"], v))
@@ -223,16 +232,45 @@ def seed_masks(tf, target, seed_slices):
     return tf.cast(keep, tf.uint8)[:, :, None, None] * target[None]
 
 
+def record_checks(tf, features: dict, shape_zyx: Sequence[int], variants: int) -> list:
+    """Assertions that parsed ``features`` are a record of the dataset, as
+    ``records.check_record`` checks one (shape, seed slices, their counts, the variant): an
+    InvalidArgumentError as the record is read, not arrays of another shape or, from counts
+    adding up to more slices than there are, a crash in TensorFlow's ragged ops."""
+    assert_ = tf.debugging.assert_equal
+    checks = [assert_(features["shape"], tf.constant(list(shape_zyx), tf.int64),
+                      message=f"a record's shape is not the manifest's arrays {list(shape_zyx)}")]
+    if "seed_slices" in features:
+        slices = features["seed_slices"]
+        checks.append(tf.debugging.assert_equal(
+            tf.reduce_all((slices >= 0) & (slices < shape_zyx[0])), True,
+            message=f"a record's seed slice is outside the crop's {shape_zyx[0]} slices"))
+    if "seed_slice_counts" in features:
+        counts = features["seed_slice_counts"]
+        checks.append(assert_(
+            (tf.size(counts) == variants) & tf.reduce_all(counts >= 1)
+            & (tf.reduce_sum(counts) == tf.size(slices, out_type=tf.int64)), True,
+            message=f"a record's seed_slice_counts are not {variants} variants' counts of its "
+                    "seed slices"))
+    if "variant" in features:
+        checks.append(assert_((features["variant"] >= 0) & (features["variant"] < variants), True,
+                              message=f"a record's variant is not one of the manifest's "
+                                      f"{variants}"))
+    return checks
+
+
 def feature_spec(manifest_path: str, manifest: dict, tf) -> dict:
-    """tf.io feature spec of what a sample is made of in the manifest's record layout (an
-    instance record's ``seed_slices`` ragged, one row per variant); the records' other features
+    """tf.io feature spec of what a sample is made of in the manifest's record layout, and the
+    ``shape`` and seed slices its checks need (the slices, and an instance record's
+    ``seed_slice_counts``, as lists: ``tf_dataset`` splits them once checked); the other features
     are not parsed, so one this version does not know (a newer writer's, of any kind) changes
     nothing. DatasetError, naming ``manifest_path``, when the manifest lists no feature a
     sample needs."""
     if layout.records_info(manifest)["layout"] == "instance":
-        needed = ("source", "target", "instance_id", "seed_slices", "seed_slice_counts")
+        needed = ("source", "target", "shape", "instance_id", "seed_slices", "seed_slice_counts")
     else:
-        needed = ("source", "target", "seed_target", "instance_id", "variant")
+        needed = ("source", "target", "shape", "seed_target", "instance_id", "variant",
+                  "seed_slices")
     features = manifest.get("features")
     listed = {f.get("name") for f in features if isinstance(f, dict)} \
         if isinstance(features, list) else set()
@@ -242,12 +280,13 @@ def feature_spec(manifest_path: str, manifest: dict, tf) -> dict:
                            "a sample is made of; the manifest was changed, generate the dataset "
                            "again")
     spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("source", "target")}
+    spec["shape"] = tf.io.FixedLenFeature([3], tf.int64)
+    # the seed slices, and their counts, as lists: split by the counts once they are checked
+    spec["seed_slices"] = tf.io.RaggedFeature(tf.int64)
     if "variant" in needed:
         spec.update(seed_target=tf.io.FixedLenFeature([], tf.string),
                     variant=tf.io.FixedLenFeature([], tf.int64))
     else:
-        spec["seed_slices"] = tf.io.RaggedFeature(
-            tf.int64, value_key="seed_slices",
-            partitions=[tf.io.RaggedFeature.RowLengths("seed_slice_counts")])
+        spec["seed_slice_counts"] = tf.io.RaggedFeature(tf.int64)
     spec["instance_id"] = tf.io.FixedLenFeature([], tf.int64)
     return spec

@@ -36,9 +36,10 @@ class NpyItems:
     shared by its items."""
 
     def __init__(self, entries: Iterable[Tuple[str, str, dict]], shape_zyx: Tuple[int, ...],
-                 check_path: Callable[[str], str]):
+                 check_path: Callable[[str], str], variants_per_instance: int):
         """``entries``: (index shard's path, npy base relative to the root, index line) in
-        index order; ``check_path`` refuses a path that leaves the dataset (DatasetError)."""
+        index order; ``check_path`` refuses a path that leaves the dataset (DatasetError);
+        ``variants_per_instance``: the seed masks each line lists."""
         self.shape_zyx = tuple(shape_zyx)
         most = math.prod(shape_zyx) + NPY_HEADER_MOST
         ids, variants, files = array("q"), array("i"), array("q")
@@ -51,6 +52,11 @@ class NpyItems:
                     and isinstance(npy.get("seed_target"), list)):
                 raise DatasetError(f"{index_path}: a line without the npy files of its "
                                    f"instance ({str(entry)[:60]}); {DAMAGED}")
+            # (each is an item: a line listing a million made a million items of one file)
+            if len(npy["seed_target"]) != variants_per_instance:
+                raise DatasetError(f"{index_path}: a line listing {len(npy['seed_target'])} "
+                                   f"npy seed masks, not the manifest's {variants_per_instance} "
+                                   f"variants'; {DAMAGED}")
             instance_id = entry.get("instance_id")
             if type(instance_id) is not int or not -2**63 <= instance_id < 2**63:
                 raise DatasetError(f"{index_path}: a line whose instance_id is "

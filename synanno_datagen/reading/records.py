@@ -9,7 +9,7 @@ feature a newer writer added as its values (bytes, ints or floats).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import crc32c
 import numpy as np
@@ -114,17 +114,43 @@ def decode(serialized: bytes, keys: Optional[Iterable[str]] = None) -> dict:
     return out
 
 
+def check_record(record: dict, shape_zyx: Sequence[int], variants: int) -> dict:
+    """``record`` (decoded) when it is one of a dataset of arrays ``shape_zyx`` and ``variants``
+    variants per instance, else ValueError: an array of another shape (even of as many voxels),
+    a seed slice outside the crop, seed slice counts that are not one of at least one slice per
+    variant adding up to the slices, a variant number outside 0..variants-1. Only the features
+    decoded are checked. (A record from storage can hold any of these with valid CRCs: read
+    unchecked, it gave a variant all the seed slices, a slice -1 as the last one, or arrays of
+    the record's own shape.)"""
+    for key in ARRAYS:
+        if key in record and record[key].shape != tuple(shape_zyx):
+            raise ValueError(f"its {key} has shape {list(record[key].shape)}, the manifest's "
+                             f"arrays {list(shape_zyx)}")
+    slices, counts = record.get("seed_slices", []), record.get("seed_slice_counts")
+    if not all(0 <= z < shape_zyx[0] for z in slices):
+        raise ValueError(f"a seed slice outside the crop's {shape_zyx[0]} slices "
+                         f"({str(slices)[:60]})")
+    if counts is not None and (len(counts) != variants or min(counts, default=1) < 1
+                               or sum(counts) != len(slices)):
+        raise ValueError(f"seed_slice_counts {str(counts)[:60]} are not {variants} variants' "
+                         f"counts of the {len(slices)} seed slices")
+    if "variant" in record and not 0 <= record["variant"] < variants:
+        raise ValueError(f"variant {record['variant']} is not one of the manifest's {variants}")
+    return record
+
+
 def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = None,
                  skip: int = 0) -> Iterator[dict]:
     """Decoded records of one TFRecord shard (a manifest file entry) of ``dataset``, but for its
     first ``skip`` records (counted, not decoded; in an uncompressed shard seeked over, their
-    data unread). DatasetError, naming the shard, for a
-    record that does not read (a failed CRC, a cut frame) or, once the shard is read to its
-    end, a shard holding other than the manifest's number of records."""
+    data unread). DatasetError, naming the shard, for a record that does not read (a failed
+    CRC, a cut frame) or is not one of the dataset's (``check_record``) or, once the shard is
+    read to its end, a shard holding other than the manifest's number of records."""
     from synanno_datagen.reading.dataset import DAMAGED
 
     keys = None if keys is None else tuple(keys)
     path, count = dataset.path(tfrecord_file["path"]), 0
+    shape_zyx, variants = dataset.manifest["arrays"]["shape_zyx"], dataset.variants
     gzip = tfrecord_file["path"].endswith(".gz")
     try:
         with dataset.open(tfrecord_file["path"], gzip=gzip) as stream:
@@ -132,7 +158,8 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
                 while count < skip and skip_serialized(stream, 1):
                     count += 1   # one at a time: a damaged one is named by its number
             for serialized in iter_serialized(stream, max_record_bytes(dataset.manifest)):
-                record = decode(serialized, keys) if count >= skip else None
+                record = check_record(decode(serialized, keys), shape_zyx, variants) \
+                    if count >= skip else None
                 count += 1
                 if record is not None:
                     yield record
