@@ -244,6 +244,22 @@ def test_every_line_ending_reads_the_same_header_and_rows(tmp_path, newline, nam
     assert [r["x"] for r in iter_rows(str(path))] == ["1005", "1006"]
 
 
+def test_a_header_in_another_text_encoding_is_named_as_such(tmp_path):
+    """Found by review: a spreadsheet's export as UTF-16 ("Unicode text") or in a Windows code
+    page (a column named typ\xe9) was refused as 'unknown format: not CSV text', where the same
+    bytes in a row were named as not UTF-8."""
+    text = "id,x,y,z,typé\n1,2,3,4,a\n"
+    for name, encoded, says in [
+            ("utf16.csv", text.encode("utf-16"), "UTF-16 text"),
+            ("utf16be.csv", b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16 text"),
+            ("cp1252.csv", text.encode("cp1252"), r"not UTF-8 \(invalid continuation byte\) in "
+                                                  "its header")]:
+        (tmp_path / name).write_bytes(encoded)
+        with pytest.raises(TableFormatError, match=rf"{tmp_path / name}: {says}; export the "
+                                                   "table as UTF-8"):
+            read_schema(str(tmp_path / name))
+
+
 def test_content_that_is_not_what_the_name_says_is_an_unknown_format(tmp_path):
     with gzip.open(tmp_path / "gzip.csv", "wt") as f:
         f.write("id,x,y,z\n1,2,3,4\n")

@@ -437,9 +437,14 @@ def _first_line(stream, path: str, fmt: str) -> str:
         content = "content" if fmt == CSV else "decompressed content"
         raise TableFormatError(f"{path}: unknown format: the file name says {FORMAT_NAMES[fmt]} "
                                f"but the {content} is {looks_like}; name such files {want}")
+    if line.startswith((b"\xff\xfe", b"\xfe\xff")):   # a spreadsheet's "Unicode text"
+        raise TableFormatError(f"{path}: UTF-16 text; export the table as UTF-8")
     try:
         text = line.decode(CSV_ENCODING)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
+        if b"\0" not in line:   # text in another encoding (a Windows code page)
+            raise TableFormatError(f"{path}: not UTF-8 ({e.reason}) in its header; export the "
+                                   "table as UTF-8") from None
         text = None
     if text is None or "\0" in text:
         raise TableFormatError(f"{path}: unknown format: not {FORMAT_NAMES[fmt]} text; give "
