@@ -966,6 +966,76 @@ def test_a_special_file_or_one_grown_past_its_listing_is_refused(generated, tmp_
                         done.stdout), (done.stdout, done.stderr[-2000:])
 
 
+def _split_records(manifest, change):
+    manifest["splits"]["train"]["records"] += change
+
+
+# A manifest changed by hand or damaged: (change, what the error says). Found by review: a
+# split's records of -12, a negative shard count, variants of -3 or an unknown layout gave
+# quietly short epochs (0 samples, or 10 of 24); the others were KeyError or TypeError
+# tracebacks in preview, or a message multiplying the text "2".
+CHANGED_MANIFESTS = [
+    (lambda m: m["splits"]["train"].update(records=-12),
+     "splits is not an object of splits, each with its records"),
+    (lambda m: m.pop("splits"), "splits is not an object of splits"),
+    (lambda m: _split_records(m, 1), r"splits.train.records \d+ is not the \d+ records of its "
+                                     "shards"),
+    (lambda m: m["config"].update(variants=-3), "config.variants -3 is not a whole number from 1"),
+    (lambda m: m["config"].update(variants="2"), "config.variants '2' is not a whole number"),
+    (lambda m: m["config"].update(formats=["tfrecord", "zarr"]),
+     r"config.formats \['tfrecord', 'zarr'\] is not a list of tfrecord, npy"),
+    (lambda m: m["records"].update(layout="bogus"),
+     "records.layout 'bogus' is not one of instance, variant"),
+    (lambda m: m["records"].update(compression="zstd"),
+     "records.compression 'zstd' is not one of none, gzip"),
+    (lambda m: m.update(records="instance"), "records 'instance' is not an object"),
+    (lambda m: m["files"]["tfrecord"][0].update(records=-5),
+     r"files.tfrecord\[0\]: its records or bytes are not whole numbers"),
+    (lambda m: m["files"]["index"][0].update(bytes="1049270"),
+     r"files.index\[0\]: its records or bytes are not whole numbers"),
+    (lambda m: m["files"].update(tfrecord="train-00000-of-00001.tfrecord"),
+     "files.tfrecord is not a list"),
+    (lambda m: m["files"].update(tfrecord=[1, 2]),
+     r"files.tfrecord\[0\] is not a file entry with a path"),
+    (lambda m: m["files"]["index"][1].update(path=["index", "x.jsonl"]),
+     r"files.index\[1\] is not a file entry with a path"),
+    (lambda m: m["files"]["tfrecord"][0].pop("split"),
+     r"files.tfrecord\[0\].split None is not one of the splits"),
+    (lambda m: m["files"]["tfrecord"][0].update(num_shards=0),
+     r"files.tfrecord\[0\]: its shard and num_shards are not whole numbers"),
+    (lambda m: m["files"].pop("dead_letter"), "files.dead_letter is not a file entry with a path"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CHANGED_MANIFESTS)))
+def test_a_manifest_whose_fields_are_not_what_this_tool_writes_is_one_error(generated, torch,
+                                                                            tmp_path, capsys,
+                                                                            case):
+    """Every field a reader takes from the manifest is checked as the dataset is opened: one
+    DatasetError naming the manifest and the field, from every loader, and one line from
+    preview and inspect (exit 2)."""
+    import shutil
+
+    from synanno_datagen import DatasetError
+    from synanno_datagen.cli import main
+    from tests.conftest import assert_usage_error
+
+    change, says = CHANGED_MANIFESTS[case]
+    copy = tmp_path / "copy"
+    shutil.copytree(generated[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    expected = rf"^{copy / 'manifest.json'}: {says}.*; copy the file again, or generate"
+    for reader in (loaders.ShardDataset, loaders.NpyDataset):
+        with pytest.raises(DatasetError, match=expected):
+            reader(str(copy), "train")
+    for command in ("preview", "inspect"):
+        assert_usage_error(capsys, [command, str(copy)], f"{copy / 'manifest.json'}: ")
+    assert main(["preview", str(copy)]) == 2
+    assert re.search(says, capsys.readouterr().err)
+
+
 def test_a_cut_or_changed_file_is_an_error_naming_it_not_fewer_samples(both_layouts, torch,
                                                                         tmp_path):
     """The manifest lists every shard's bytes and records: a shard cut short (after a whole
@@ -1236,6 +1306,7 @@ def test_a_shard_holding_more_records_than_listed_is_an_error(generated, torch, 
     train = [f for f in manifest["files"]["tfrecord"] if f["split"] == "train"]
     assert train[-1]["records"] == 2
     train[-1]["records"] = 1
+    _split_records(manifest, -1)   # (the split's count with it: the shard is what is checked)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError,
                        match=rf"{train[-1]['path']}: 2 records, the manifest says 1"):
@@ -1250,16 +1321,23 @@ def test_the_last_shard_is_counted_when_ranks_leave_samples_out(generated, torch
 
     _, out, _, _ = generated
     copy, manifest = _damaged_copy(out, tmp_path)
+    from synanno_datagen.reading.records import iter_serialized
+
     train = [f for f in manifest["files"]["tfrecord"] if f["split"] == "train"]
     assert [f["records"] for f in train] == [1, 2]
-    train[-1]["records"] = 3     # the file holds 2
+    last = copy / train[-1]["path"]   # its first record once more: it holds 3, lists 2
+    with open(last, "rb") as f:
+        framed = 12 + len(next(iter_serialized(f))) + 4
+    data = last.read_bytes()
+    last.write_bytes(data + data[:framed])
+    train[-1]["bytes"] = len(data) + framed
     (copy / "manifest.json").write_text(json.dumps(manifest))
     first = loaders.ShardDataset(str(copy), "train", rank=0, world_size=2)
     assert len(list(first)) == 4
-    with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 2 records, the manifest says 3"):
+    with pytest.raises(DatasetError, match=rf"{train[-1]['path']}: 3 records, the manifest says 2"):
         list(loaders.ShardDataset(str(copy), "train", rank=1, world_size=2))
     for epoch in range(6):   # wherever a seed puts the sample left out, a reader reads to the end
-        with pytest.raises(DatasetError, match="2 records, the manifest says 3"):
+        with pytest.raises(DatasetError, match="3 records, the manifest says 2"):
             for rank in range(2):
                 data = loaders.ShardDataset(str(copy), "train", rank=rank, world_size=2,
                                             shuffle_seed=3)

@@ -391,3 +391,27 @@ def test_preview_reads_every_run_of_an_incremental_root(small_data, tmp_path):
     assert (root / "runs" / "00002").is_dir()
     chosen = run_preview(str(root), str(tmp_path / "p.png"), n=10, seed=0)
     assert sorted(c["instance_id"] for c in chosen) == sorted(GOOD_IDS)   # one row each
+
+
+@pytest.mark.parametrize("change", [
+    lambda line: {**line, "instance_id": "12"}, lambda line: {**line, "seed_slices": []},
+    lambda line: {**line, "seed_slices": 7}, lambda line: {**line, "foreground_slices": ["a"]},
+    lambda line: {k: v for k, v in line.items() if k != "split"}, lambda line: [line]])
+def test_an_index_line_preview_cannot_use_is_one_line_naming_the_dataset(views_dataset, tmp_path,
+                                                                       capsys, change):
+    """Found by review: an index line whose instance_id was text, whose seed slices were empty
+    or a number, whose foreground slices were text, without its split, or a JSON list, was a
+    KeyError or TypeError traceback from preview (inspect named it in one line)."""
+    import shutil
+
+    from tests.conftest import rewrite_listed
+
+    copy = tmp_path / "copy"
+    shutil.copytree(views_dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    relative = manifest["files"]["index"][0]["path"]
+    lines = (copy / relative).read_text().splitlines()
+    rewrite_listed(copy, relative, "\n".join([json.dumps(change(json.loads(lines[0])))]
+                                             + lines[1:]) + "\n")
+    assert_usage_error(capsys, ["preview", str(copy), "--n", "1000", "--max-slices", "2",
+                                "--out", str(tmp_path / "p.png")], f"{copy / 'manifest.json'}")

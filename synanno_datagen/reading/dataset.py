@@ -13,11 +13,13 @@ import json
 import os
 import posixpath
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Tuple
 
 from synanno_datagen import layout
 from synanno_datagen.errors import DAMAGED, DatasetError, UsageError, first_line
+from synanno_datagen.reading.manifest_checks import manifest_problem
 from synanno_datagen.reading.npy_items import NpyItems
 
 __all__ = ["Dataset", "DatasetError", "open_dataset"]
@@ -260,6 +262,21 @@ class Dataset:
         return items.load(k, self.path(items.relative_path(k)))
 
 
+@contextmanager
+def damage_named(manifest_path: str, reader: str):
+    """A dataset this tool wrote has every part ``reader`` (a command) reads: a KeyError,
+    TypeError, ... on the way (not one of our own one-line errors) is a damaged or hand-edited
+    manifest, or line of its index or dead letters, read alongside: DatasetError naming it."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
+        raise DatasetError(f"{manifest_path} (or an index or dead-letter line it lists) lacks "
+                           f"or garbles a part {reader} reads ({type(e).__name__}: "
+                           f"{first_line(e, 120)}); {DAMAGED}") from None
+
+
 def _lines_within(stream, most: int) -> Iterator[bytes]:
     """The lines of an open file, ValueError once they hold more than ``most`` bytes (none is
     read past ``most + 1``)."""
@@ -273,7 +290,8 @@ def _lines_within(stream, most: int) -> Iterator[bytes]:
 
 def _checked_manifest(path: str, manifest) -> dict:
     """``manifest`` if it has the shape this tool writes (an object with ``config``, ``counts``
-    and ``files`` objects), else DatasetError: a manifest.json of another tool."""
+    and ``files`` objects), else DatasetError: a manifest.json of another tool; or one whose
+    fields a reader takes are not what this tool writes (a changed or damaged one)."""
     if not layout.is_manifest(manifest):
         raise DatasetError(f"{path}: not a manifest of synanno-datagen (no config, counts and "
                            "files); point at a dataset this tool wrote")
@@ -283,9 +301,9 @@ def _checked_manifest(path: str, manifest) -> dict:
             and all(type(n) is int and 0 < n <= MAX_CROP_SIDE for n in shape)):
         raise DatasetError(f"{path}: arrays.shape_zyx {shape!r} is not a crop's shape (three "
                            f"whole numbers from 1 to {MAX_CROP_SIDE}); {DAMAGED}")
-    bad_run = layout.bad_run_entry(manifest)
-    if bad_run:
-        raise DatasetError(f"{path}: {bad_run}; {DAMAGED}")
+    problem = layout.bad_run_entry(manifest) or manifest_problem(manifest)
+    if problem:
+        raise DatasetError(f"{path}: {problem}; {DAMAGED}")
     return manifest
 
 
@@ -331,6 +349,8 @@ def open_dataset(location: str) -> Dataset:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
             return Dataset(root, manifest_path,
                            _checked_manifest(manifest_path, _read_json(manifest_path)))
+    except DatasetError:   # (what is wrong with it, named already)
+        raise
     except (OSError, ValueError, KeyError, RecursionError) as e:
         raise DatasetError(f"{location}: cannot read the manifest ({type(e).__name__}: {e})") \
             from None

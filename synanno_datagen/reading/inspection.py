@@ -3,11 +3,10 @@ optional plots. Reads only the manifest, the index shards and the dead-letter fi
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
-from synanno_datagen.errors import DatasetError, UsageError, first_line
+from synanno_datagen.errors import UsageError
 from synanno_datagen.layout import TFRECORD
-from synanno_datagen.reading.dataset import DAMAGED, open_dataset
+from synanno_datagen.reading.dataset import damage_named, open_dataset
 from synanno_datagen.reading.stats import REDRAW_NOTE, dataset_facts
 
 COUNT_ORDER = ("rows_read", "rows_rejected", "rows_not_selected", "instances_selected",
@@ -18,24 +17,9 @@ def inspect_dataset(output_dir: str) -> dict:
     """The facts of the dataset in ``output_dir`` (see reading.stats.dataset_facts);
     DatasetError when its manifest lacks or garbles a part they need."""
     dataset = open_dataset(output_dir)
-    with damage_named(dataset.manifest_path):
+    with damage_named(dataset.manifest_path, "inspect"):
         return dataset_facts(dataset.manifest, dataset.iter_index(), dataset.iter_dead_letters(),
                              location=dataset.manifest_path, npy=dataset.npy_totals())
-
-
-@contextmanager
-def damage_named(manifest_path: str):
-    """A dataset this tool wrote has every part inspect reads: a KeyError, TypeError, ... on
-    the way (not one of our own one-line errors) is a damaged or hand-edited manifest (or line
-    of its index or dead letters, read alongside)."""
-    try:
-        yield
-    except UsageError:
-        raise
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
-        raise DatasetError(f"{manifest_path} (or an index or dead-letter line it lists) lacks "
-                           f"or garbles a part inspect reads ({type(e).__name__}: "
-                           f"{first_line(e, 120)}); {DAMAGED}") from None
 
 
 def remembered_line(counts: dict):
@@ -129,7 +113,7 @@ def run_inspect(output_dir: str, as_json: bool = False, plots_dir: str = None) -
     """What ``inspect`` prints; writes the plots when ``plots_dir`` is given (their paths are
     listed, under ``plots`` in the JSON)."""
     facts = inspect_dataset(output_dir)
-    with damage_named(facts["dataset"]):   # the config's parts the facts only copy
+    with damage_named(facts["dataset"], "inspect"):   # the config's parts the facts only copy
         text = format_facts(facts)   # (with --json too: the same manifests are refused)
         paths = []
         if plots_dir:

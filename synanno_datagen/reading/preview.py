@@ -14,7 +14,9 @@ import numpy as np
 
 from synanno_datagen.errors import DatasetError, UsageError
 from synanno_datagen.layout import TFRECORD, records_info
-from synanno_datagen.reading.dataset import DAMAGED, Dataset, open_dataset, write_view
+from synanno_datagen.reading.dataset import (
+    DAMAGED, Dataset, damage_named, open_dataset, write_view,
+)
 from synanno_datagen.reading.records import read_records
 
 TARGET_RGB = (0, 230, 255)      # cyan outline: the full target mask
@@ -243,12 +245,13 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
     splits = dataset.manifest["splits"]
     if split is not None and split not in splits:
         raise UsageError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
-    chosen = select_records(dataset.iter_index_shards(), n, seed, split,
-                            reread=lambda f: list(dataset.read_jsonl(f["path"])))
-    if not chosen:
-        raise DatasetError(f"{output_dir}: no written instances to preview"
-                          + (f" in split {split}" if split else ""))
-    canvas, labels = compose_montage(read_selected(dataset, chosen), max_slices, tile_px)
+    with damage_named(dataset.manifest_path, "preview"):
+        chosen = select_records(dataset.iter_index_shards(), n, seed, split, reread=lambda f: list(
+            dataset.read_jsonl(f["path"], f.get("bytes"))))
+        if not chosen:
+            raise DatasetError(f"{output_dir}: no written instances to preview"
+                               + (f" in split {split}" if split else ""))
+        canvas, labels = compose_montage(read_selected(dataset, chosen), max_slices, tile_px)
     write_view("--out", out, render_png(canvas, labels, colours))
     return [{k: c[k] for k in ("instance_id", "variant", "split", "seed_slices")}
             for c in chosen]
