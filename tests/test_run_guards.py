@@ -1096,6 +1096,16 @@ def test_a_worker_killed_by_a_stopping_signal_prints_no_thread_traceback(monkeyp
     assert seen == ["Worker subprocess exited with return code 1", "something else"]
 
 
+def _command_with_dup2(driver: str, argv) -> subprocess.CompletedProcess:
+    """The command (``cli.entry``) run with ``argv`` in a process of its own, after ``driver``,
+    which defines a ``dup2`` that stands in for ``os.dup2`` (to act as stdout is moved)."""
+    driver += ("os.dup2 = dup2\n"
+               "sys.argv = ['synanno-datagen', 'run'] + sys.argv[1:]\n"
+               "cli.entry()\n")
+    return subprocess.run([sys.executable, "-c", driver, *argv], capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.parametrize("when", ["moved", "put back"])
 def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_data, tmp_path,
                                                                          when):
@@ -1120,12 +1130,8 @@ def test_a_signal_while_stdout_is_moved_leaves_the_closing_line_on_stdout(small_
         "        sent.append(signal_taken_by_another_thread())\n"
         "    real(a, b)\n"
         f"    if {when == 'moved'} and (a, b) == (2, 1):\n"
-        "        signal_taken_by_another_thread()\n"
-        "os.dup2 = dup2\n"
-        "sys.argv = ['synanno-datagen', 'run'] + sys.argv[1:]\n"
-        "cli.entry()\n")
-    done = subprocess.run([sys.executable, "-c", driver, *small_data.argv(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+        "        signal_taken_by_another_thread()\n")
+    done = _command_with_dup2(driver, small_data.argv(tmp_path / "out"))
     assert done.returncode == 143, done.stderr
     (line,) = done.stdout.splitlines()
     assert json.loads(line)["exit_code"] == 143 and '"exit_code"' not in done.stderr
@@ -1146,12 +1152,8 @@ def test_a_stopped_run_ends_with_its_closing_lines_code_without_the_interpreters
         "def dup2(a, b):   # as the pipeline starts, stdout moved onto stderr\n"
         "    real(a, b)\n"
         "    if (a, b) == (2, 1):\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "os.dup2 = dup2\n"
-        "sys.argv = ['synanno-datagen', 'run'] + sys.argv[1:]\n"
-        "cli.entry()\n")
-    done = subprocess.run([sys.executable, "-c", driver, *small_data.argv(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+        "        os.kill(os.getpid(), signal.SIGINT)\n")
+    done = _command_with_dup2(driver, small_data.argv(tmp_path / "out"))
     assert done.returncode == 130, done.stderr
     assert json.loads(done.stdout)["exit_code"] == 130
     assert done.stderr.splitlines()[-1] == "synanno-datagen: interrupted (SIGINT); run the same " \
