@@ -148,12 +148,12 @@ class Dataset:
 
     def read_jsonl(self, relative: str, listed_bytes=None) -> Iterator[dict]:
         """The objects of a JSON-lines file of the dataset, streaming; with ``listed_bytes``
-        (the manifest's size of it, when a whole number) read no further than that (a file
-        grown past its listing, one long line among them, is refused, not held)."""
+        (the manifest's size of it, a whole number as opening checked) read no further than
+        that (a file grown past its listing, one long line among them, is refused, not held)."""
         path = self.path(relative)
         try:
             with self.open(relative) as f:
-                lines = f if type(listed_bytes) is not int else _lines_within(f, listed_bytes)
+                lines = f if listed_bytes is None else _lines_within(f, listed_bytes)
                 yield from layout.json_lines(lines)
         except (OSError, ValueError, RecursionError) as e:   # (JSON nested past the stack)
             raise DatasetError(f"{path}: cannot read it ({type(e).__name__}: "

@@ -242,7 +242,7 @@ def record_checks(tf, features: dict, shape_zyx: Sequence[int], variants: int) -
                       message=f"a record's shape is not the manifest's arrays {list(shape_zyx)}")]
     if "seed_slices" in features:
         slices = features["seed_slices"]
-        checks.append(tf.debugging.assert_equal(
+        checks.append(assert_(
             tf.reduce_all((slices >= 0) & (slices < shape_zyx[0])), True,
             message=f"a record's seed slice is outside the crop's {shape_zyx[0]} slices"))
     if "seed_slice_counts" in features:
