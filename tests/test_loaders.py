@@ -72,6 +72,20 @@ def test_shard_order_is_a_seeded_permutation():
     assert len({tuple(o) for o in orders}) > 1                 # epochs differ
 
 
+def test_no_two_seeds_epochs_purposes_or_readers_share_a_generator():
+    """Found by review: numpy pads a seed list with zero words, so the shard order's [seed,
+    epoch] was worker 0's buffer [seed, epoch, 0], and seed 3 + 2**32 at epoch 0 seed 3 at
+    epoch 1 (one sample order)."""
+    shards = [f"s{i}" for i in range(20)]
+    assert loaders.shard_order(shards, 3 + 2**32, 0) != loaders.shard_order(shards, 3, 1)
+    assert loaders.left_out_start(10**6, 1, 3 + 2**32, 0) != loaders.left_out_start(10**6, 1, 3, 1)
+    keys = [(seed, epoch, purpose, reader) for seed in (0, 3, 3 + 2**32, 2**32, 2**63 - 1)
+            for epoch in (0, 1, 2**32) for purpose in (loaders.SHARD_ORDER, loaders.LEFT_OUT,
+                                                       loaders.BUFFER) for reader in (0, 1, 2**32)]
+    draws = {tuple(loaders.loader_rng(*key).integers(0, 2**63, 2)) for key in keys}
+    assert len(draws) == len(keys)
+
+
 @pytest.mark.parametrize("total, world_size, workers", [
     (9, 1, 1), (9, 1, 2), (9, 2, 2), (10, 3, 4), (3, 2, 3), (0, 2, 2), (1000, 8, 5)])
 def test_reader_ranges_share_a_stream_evenly_over_ranks_and_workers(total, world_size, workers):
@@ -107,8 +121,8 @@ def test_the_samples_ranks_leave_out_move_each_epoch_with_a_seed(total, world_si
     seeded = [left_out(3, epoch) for epoch in range(8)]
     assert seeded[0] == left_out(3, 0)                             # same seed and epoch
     assert all(len(s) == left and (not s or s[-1] - s[0] == left - 1) for s in seeded)
-    assert len({tuple(s) for s in seeded}) == (1 if left == 0 else 8 if total == 50 else
-                                               len({tuple(s) for s in seeded}))
+    moved = len({tuple(s) for s in seeded})     # of 8 epochs, over 49 places when total is 50
+    assert moved == 1 if left == 0 else moved >= 6 if total == 50 else True
     assert left in (0, total) or len({tuple(s) for s in seeded}) > 1   # epochs differ
 
 
@@ -1457,9 +1471,10 @@ def test_each_rank_and_worker_draws_its_own_shuffle_buffer_order(generated, torc
             share = _keys(made())
             parts = [share[w * len(share) // workers:(w + 1) * len(share) // workers]
                      for w in range(workers)]
-            mixed = [[part[i] for i in loaders.buffer_shuffle(
-                range(len(part)), 4, np.random.default_rng([3, epoch, rank * workers + w]))]
-                for w, part in enumerate(parts)]
+            rngs = [loaders.loader_rng(3, epoch, loaders.BUFFER, rank * workers + w)
+                    for w in range(workers)]
+            mixed = [[part[i] for i in loaders.buffer_shuffle(range(len(part)), 4, rng)]
+                     for rng, part in zip(rngs, parts)]
             # a DataLoader of batch_size=None takes one sample from each worker in turn
             expected = [k for turn in zip(*mixed) for k in turn]
             assert [len(p) for p in parts] == [2, 2]

@@ -22,7 +22,6 @@ from synanno_datagen.errors import DatasetError
 from synanno_datagen.reading.dataset import open_dataset
 
 
-
 def missing_extra(framework: str, extra: str) -> ImportError:
     """The error of a loader whose framework is not installed: how to add the extra, quoted as
     shells need it (zsh takes an unquoted ``[...]`` for a glob), from a clone too."""
@@ -31,11 +30,29 @@ def missing_extra(framework: str, extra: str) -> ImportError:
                        f"pip install -e '.[{extra}]')")
 
 
+# what a loader's generator is for (its own word in loader_rng's seed)
+SHARD_ORDER, LEFT_OUT, BUFFER = 0, 1, 2
+_WORD = 2**32 - 1
+
+
+def loader_rng(seed: int, epoch: int, purpose: int, reader: int = 0) -> np.random.Generator:
+    """The generator of one ``purpose`` (SHARD_ORDER, LEFT_OUT or BUFFER) of one reader
+    (``rank x workers + worker``) in one epoch of a loader seeded with ``seed`` (each number
+    0 to 2**63 - 1).
+
+    Seeded with seven 32-bit words in places of their own: numpy pads a shorter list with zero
+    words and gives each number as many words as it needs, so ``[seed, epoch]`` (the shard
+    order) was worker 0's buffer ``[seed, epoch, 0]``, ``[seed, epoch, 1]`` both the left-out
+    place and worker 1's buffer, and seed s + k x 2**32 at epoch 0 seed s at epoch k."""
+    return np.random.default_rng([seed & _WORD, seed >> 32, epoch & _WORD, epoch >> 32,
+                                  purpose, reader & _WORD, reader >> 32])
+
+
 def shard_order(paths: Sequence[str], seed: Optional[int], epoch: int = 0) -> List[str]:
     """``paths`` as given, or permuted by a generator seeded with (seed, epoch)."""
     if seed is None:
         return list(paths)
-    order = np.random.default_rng([seed, epoch]).permutation(len(paths))
+    order = loader_rng(seed, epoch, SHARD_ORDER).permutation(len(paths))
     return [paths[i] for i in order]
 
 
@@ -62,7 +79,7 @@ def left_out_start(total: int, left_out: int, seed: Optional[int], epoch: int = 
     seed changes)."""
     if seed is None or left_out == 0:
         return total - left_out
-    return int(np.random.default_rng([seed, epoch, 1]).integers(0, total - left_out + 1))
+    return int(loader_rng(seed, epoch, LEFT_OUT).integers(0, total - left_out + 1))
 
 
 def stream_ranges(lo: int, hi: int, start: int, left_out: int) -> List[Tuple[int, int]]:

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.reading.dataset import open_dataset
 from synanno_datagen.reading.loaders import (
-    buffer_shuffle, input_target, left_out_start, num_batches, reader_range, shard_order,
-    shard_slices, stream_ranges,
+    BUFFER, buffer_shuffle, input_target, left_out_start, loader_rng, num_batches, reader_range,
+    shard_order, shard_slices, stream_ranges,
 )
 from synanno_datagen.reading.npy_items import ROLES
 from synanno_datagen.reading.records import SAMPLE_FEATURES, read_records, variants_of
@@ -117,8 +117,7 @@ class ShardDataset(IterableDataset):
         samples = (sample for i, skip, take, to_end in slices
                    for sample in self._shard_samples(shards[i], skip, take, per_record, to_end))
         if self.shuffle_buffer:
-            rng = np.random.default_rng([self.shuffle_seed, epoch,
-                                         self.rank * workers + worker_id])
+            rng = loader_rng(self.shuffle_seed, epoch, BUFFER, self.rank * workers + worker_id)
             samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
         for r in samples:
             meta = ({"instance_id": r["instance_id"], "variant": r["variant"]}
