@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 from synanno_datagen.cli import main
+from synanno_datagen.errors import UsageError
 from synanno_datagen.reading.dataset import Dataset, open_dataset
 from synanno_datagen.reading.preview import (
     FRAME_PX, GAP_PX, HEADER_PX, LABEL_LINES_PX, LABEL_PX, SEED_ALPHA, SEED_RGB, STRIP_PX,
-    TARGET_RGB, choose_slices, compose_montage, outline, read_selected, select_records,
+    TARGET_RGB, choose_slices, compose_montage, montage_size, outline, read_selected,
+    render_png, select_records,
 )
 from tests.conftest import GOOD_IDS, assert_usage_error, rewrite_listed
 from tests.test_pipeline import read_records, run_pipeline
@@ -280,6 +282,45 @@ def test_bad_preview_requests_are_one_line_and_exit_2(views_dataset, tmp_path, c
     assert_usage_error(capsys, ["preview", str(tmp_path / "none")], "not a dataset directory")
     assert_usage_error(capsys, ["preview", out, "--colours", "300"], "--colours 300")
     assert_usage_error(capsys, ["preview", out, "--n", "many"], "--n", "invalid int")
+
+
+def test_a_montage_larger_than_an_image_viewer_opens_is_refused_naming_the_rows_that_fit(
+        views_dataset, capsys, monkeypatch):
+    """Found by review: --n had no bound, and each row took ~40 MB (matplotlib's image path),
+    so --n 64 of the demo peaked at 2.7 GB. A montage is at most Pillow's MAX_IMAGE_PIXELS,
+    refused before any record is read; the rows that fit are named."""
+    from synanno_datagen.reading import preview
+
+    shape = open_dataset(str(views_dataset)).manifest["arrays"]["shape_zyx"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)   # (a small limit: a quick test)
+    fits = [n for n in range(1, 10) if np.prod(montage_size(shape, n, 16)[:2]) <= 40_000]
+    assert fits == [1]   # 282 x 108 pixels, then 282 x 186
+    preview._check_size(shape, 1, 16, 128)
+    with pytest.raises(UsageError, match=r"^--n 2: a montage of 282 x 186 pixels, more than an "
+                       r"image viewer opens \(40,000 pixels\); ask for at most 1 rows"):
+        preview._check_size(shape, 2, 16, 128)
+    monkeypatch.setattr(preview, "read_selected", lambda *a: pytest.fail("records read"))
+    assert_usage_error(capsys, ["preview", str(views_dataset), "--n", "3"], "--n 3",
+                       "at most 1 rows")
+
+
+def test_the_rendered_montage_is_the_canvas_where_no_text_is_drawn(views_dataset):
+    """The labels are drawn over the canvas, not the canvas through matplotlib: every tile's
+    pixels come out as composed, and text only darkens the white margins."""
+    import io
+
+    ds = open_dataset(str(views_dataset))
+    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
+    canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
+    with Image.open(io.BytesIO(render_png(canvas, labels))) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    tiles = np.zeros(canvas.shape[:2], bool)
+    for label in labels:
+        tiles[label["row_top"]:label["row_top"] + 24, LABEL_PX:] = True
+    np.testing.assert_array_equal(rgb[tiles], canvas[tiles])
+    text = (rgb != canvas).any(axis=2)
+    assert text.sum() > 500 and not (text & tiles).any()
+    assert (rgb[text] <= canvas[text]).all()     # black and magenta text over white
 
 
 def test_a_preview_or_plots_that_cannot_be_written_is_one_line(views_dataset, tmp_path, capsys):
