@@ -11,6 +11,7 @@ from typing import Tuple
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
 
+from synanno_datagen.layout import NPY
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.pipeline.manifest import WriteManifestFn, clear_earlier_run
@@ -29,7 +30,7 @@ from synanno_datagen.transforms.select import SelectInstances
 from synanno_datagen.transforms.shards import PlanShards
 from synanno_datagen.transforms.table import ReadTable
 from synanno_datagen.transforms.variants import MakeVariants
-from synanno_datagen.transforms.write import FinalizeShards, WriteShards
+from synanno_datagen.transforms.write import DeleteLeftoverNpyFn, FinalizeShards, WriteShards
 
 
 def fetch_config(config: Config) -> FetchConfig:
@@ -126,7 +127,8 @@ def build(p: beam.Pipeline, config: Config):
                                                                config.compression, keepalive)
     # file info dicts of the TFRecord and index shards
 
-    dead = ([rejected] + [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
+    selected_dead = [stage[DEAD] for stage in (fetched, cleaned, varied, written)]
+    dead = ([rejected] + selected_dead
             | "AllDeadLetters" >> beam.Flatten()
             | "TallyDeadLetters" >> beam.ParDo(CountDeadLettersFn()))   # DeadLetter
     dead_file = dead | "WriteDeadLetter" >> WriteDeadLetterFile(   # file info: sorted runs,
@@ -137,12 +139,21 @@ def build(p: beam.Pipeline, config: Config):
             config.output_dir, config.incremental.run, remembered, read_columns(config),
             keepalive, earlier=config.incremental.retried_memory(), after=AsSingleton(cleared))
     counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
+    after = []   # steps the manifest waits for besides those whose results it takes
+    if NPY in config.formats:   # npy files a failed attempt wrote for an instance its retry
+        after.append(AsSingleton(   # dead-lettered (after every write)
+            selected_dead
+            | "SelectedDeadLetters" >> beam.Flatten()
+            | "DeleteLeftoverNpy" >> beam.ParDo(
+                DeleteLeftoverNpyFn(config.output_dir, config.variants, keepalive),
+                AsList(written["ok"]))
+            | "CountLeftoverNpy" >> beam.combiners.Count.Globally()))
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])
                 | "WriteManifest" >> beam.ParDo(
                     WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
                     AsSingleton(counts), AsSingleton(npy_totals(written["ok"])),
-                    AsSingleton(fetched["io"])))
+                    AsSingleton(fetched["io"]), *after))
     if config.lease is not None:  # last: the lease goes, the output is free for the next run
         root = config.incremental.root if config.incremental else config.output_dir
         manifest = manifest | "FinishRun" >> beam.ParDo(FinishRunFn(config.lease, root))

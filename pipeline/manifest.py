@@ -130,7 +130,8 @@ class WriteManifestFn(beam.DoFn):
     def __init__(self, config: Config):
         self._config = config
 
-    def process(self, _, files, dead_letter, counts, npy_totals, io):
+    def process(self, _, files, dead_letter, counts, npy_totals, io, *after):
+        """``after``: results of steps that must be done first (not used)."""
         lease = self._config.lease
         if lease is not None:
             committed = self._committed_by(lease.token)

@@ -133,10 +133,12 @@ def group_tfrecord_path(split: str, group: int, compression: str = "none",
             f"{tfrecord_suffix(compression)}")
 
 
-def group_index_path(split: str, group: int) -> str:
+def group_index_path(split: str, group: int, attempt: str = "") -> str:
     """Where the worker writing shard group ``group`` puts the index lines of ``split`` (without
-    their shard number) until the run numbers its shards."""
-    return f"{FRAGMENTS_DIR}/{split}-group{group:06d}.jsonl"
+    their shard number) until the run numbers its shards; ``attempt`` names the bundle attempt,
+    as for its records (two attempts running at once wrote one file: the index of the one that
+    finished last beside the records of the one that was committed)."""
+    return f"{FRAGMENTS_DIR}/{split}-group{group:06d}{'-' + attempt if attempt else ''}.jsonl"
 
 
 def index_path(split: str, shard: int, num_shards: int) -> str:

@@ -126,6 +126,46 @@ def test_transient_faults_are_retried_and_a_404_is_dead_lettered(clean_run):
             np.testing.assert_array_equal(record[field], expected[key][field])
 
 
+def test_npy_files_an_earlier_attempt_wrote_for_an_instance_its_retry_dead_letters_are_deleted(
+        clean_run, tmp_path, monkeypatch):
+    """Found by review: npy files take their final names as they are written, so a bundle
+    attempt that wrote an instance's and then failed left them, unlisted, when its retry
+    dead-lettered the instance (a read that failed that time): the directory was no longer the
+    files its index lists. The local runner retries no bundle, so the earlier attempt's files are
+    written here as the retry's writer starts; its read fails on a damaged chunk (fetch_error)."""
+    from synanno_datagen.layout import npy_paths
+    from synanno_datagen.transforms import write as write_module
+    from synanno_datagen.transforms.files import npy_bytes
+
+    _, clean_out, _ = clean_run
+    data = make_small_data(tmp_path / "data")
+    [chunk] = (data.root / "source" / "4_4_33").glob(LONE_SOURCE_CHUNK + "*")
+    chunk.write_bytes(b"\xff\xd8 not a JPEG")
+    out = tmp_path / "out"
+    paths = npy_paths(LONE_ID, 2)
+    earlier = [paths["source"], paths["target"], *paths["seed_target"]]
+    start_bundle = write_module.WriteShardsFn.start_bundle
+
+    def after_a_failed_attempt(self):
+        for rel in earlier:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(npy_bytes(np.zeros((4, 24, 24), np.uint8)))
+        start_bundle(self)
+
+    monkeypatch.setattr(write_module.WriteShardsFn, "start_bundle", after_a_failed_attempt)
+    _, manifest = run_pipeline(data.argv(out, "--variants", "2"))
+
+    [letter] = [d for d in _dead_letters(out) if d["instance_id"] == LONE_ID]
+    assert letter["reason"] == "fetch_error"
+    assert not any((out / rel).exists() for rel in earlier)
+    listed = {f["path"] for line in (out / "index").glob("*.jsonl")
+              for e in map(json.loads, line.read_text().splitlines()) for f in e["npy"]["files"]}
+    on_disk = {str(p.relative_to(out)) for p in (out / "npy").rglob("*.npy")}
+    assert on_disk == listed and len(listed) == manifest["npy"]["files"] > 0
+    clean = {str(p.relative_to(clean_out)) for p in (clean_out / "npy").rglob("*.npy")}
+    assert on_disk == clean - set(earlier)
+
+
 def _cli(*argv):
     return [sys.executable, "-m", "synanno_datagen", "run", *argv]
 

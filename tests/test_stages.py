@@ -624,6 +624,38 @@ def test_a_failed_writer_attempt_cannot_touch_the_retrys_shard(data, fetch_confi
         list(FinalizeShardFn(str(out), compression).process((again, 0, 1)))
 
 
+def test_two_attempts_of_a_bundle_at_once_each_write_their_own_index_lines(data, fetch_config,
+                                                                           tmp_path):
+    """Found by review: a group's index lines went to one temporary name for every attempt, so
+    an attempt still running (a runner may run a bundle twice) that finished after the
+    committed one replaced its index: the shard held the committed attempt's records, the index
+    the other's instances. Each attempt's index lines are its own, as its records are."""
+    from synanno_datagen.transforms.write import FinalizeShardFn, WriteShardsFn
+
+    fetched = _fetched(data, fetch_config, 11)
+    mask = upsample_nearest_zyx((fetched.labels_zyx != 0).astype(np.uint8), SCALE)
+    items = {i: Varied(**{**fetched.crop_fields(), "instance": dataclasses.replace(
+        fetched.instance, instance_id=i)}, target_zyx=mask, seed_slices=((1,),))
+        for i in (1001, 1002)}
+    out = tmp_path / "out"
+
+    def attempt(ids):
+        writer = WriteShardsFn(str(out), ("tfrecord",), "instance", "none")
+        writer.start_bundle()
+        for i in ids:
+            assert list(writer.process(items[i])) == []
+        (written,) = [w.value for w in writer.finish_bundle()]
+        return written
+
+    committed = attempt([1002])        # 1001 failed to read in this attempt (fetch_error)
+    late = attempt([1001, 1002])       # another attempt of the bundle, finished after it
+    assert late.index != committed.index
+    infos = {i["kind"]: i for i in FinalizeShardFn(str(out), "none").process((committed, 0, 1))}
+    lines = (out / infos["index"]["path"]).read_text().splitlines()
+    assert [json.loads(line)["instance_id"] for line in lines] == [1002]
+    assert infos["index"]["records"] == infos["tfrecord"]["records"] == 1
+
+
 def test_a_writers_finished_shards_outlive_its_next_bundle_and_teardown(data, fetch_config,
                                                                       tmp_path):
     """A runner reuses a writer for bundle after bundle (Dataflow does): what a bundle finished
@@ -1032,3 +1064,30 @@ def test_a_file_of_another_size_at_the_final_name_is_not_taken_for_an_earlier_mo
     with pytest.raises(Exception):
         move_once(str(tmp_path / "gone"), str(tmp_path / "final"), 5)
     assert (tmp_path / "final").read_bytes() == b"another run's shard"
+
+
+def test_only_a_failure_an_attempt_may_not_repeat_deletes_an_instances_npy_files(tmp_path):
+    """An instance dead-lettered for a reason every attempt meets (empty_target, missing chunks)
+    was never written by one: its files, and a table row's without an id, are not looked for;
+    a fetch_error's or unexpected_error's are deleted where an earlier attempt left them."""
+    from synanno_datagen.layout import npy_paths
+    from synanno_datagen.transforms.write import DeleteLeftoverNpyFn
+
+    def files_of(instance_id):
+        paths = npy_paths(instance_id, 2)
+        made = [paths["source"], paths["target"], *paths["seed_target"]]
+        for rel in made:
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_bytes(b"x")
+        return made
+
+    fn = DeleteLeftoverNpyFn(str(tmp_path), 2)
+    for instance_id, reason in ((1, "empty_target"), (2, "missing_chunks"), (None, "not_a_number")):
+        made = files_of(instance_id)
+        assert list(fn.process(DeadLetter(reason, "", "stage", instance_id))) == []
+        assert all((tmp_path / rel).exists() for rel in made)
+    for instance_id, reason in ((3, "fetch_error"), (4, "unexpected_error")):
+        made = files_of(instance_id)
+        assert list(fn.process(DeadLetter(reason, "", "stage", instance_id))) == made
+        assert not any((tmp_path / rel).exists() for rel in made)
+    assert list(fn.process(DeadLetter("fetch_error", "", "stage", 5))) == []   # none there

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import secrets
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -37,9 +38,11 @@ from synanno_datagen.transforms.files import (
 )
 from synanno_datagen.transforms.progress import ProgressCounter
 from synanno_datagen.transforms.records import (
-    DEAD, UNEXPECTED_ERROR, DeadLetter, Varied, WrittenShard, exception_text,
+    DEAD, FETCH_ERROR, UNEXPECTED_ERROR, DeadLetter, Varied, WrittenShard, exception_text,
 )
 from synanno_datagen.transforms.seeds import foreground_slices
+
+log = logging.getLogger(__name__)
 
 
 
@@ -238,7 +241,7 @@ class WriteShardsFn(beam.DoFn):
             self._keepalive.beat(force=True)
         for group, split in sorted(keys):
             opened = self._open[(group, split)]
-            index = join(self._output_dir, group_index_path(split, group))
+            index = join(self._output_dir, group_index_path(split, group, self._attempt))
             write_atomic(index, (json_line(e) for e in opened.entries))
             shard = opened.shard
             if shard is None:
@@ -269,6 +272,40 @@ class WriteShardsFn(beam.DoFn):
             size, sha = write_bytes(join(self._output_dir, rel), data)
             listed.append({"path": rel, "bytes": size, "sha256": sha})
         return {"files": listed, **paths}
+
+
+class DeleteLeftoverNpyFn(beam.DoFn):
+    """DeadLetter of a selected instance -> the relative paths of npy files of it deleted.
+
+    npy files take their final names as they are written, so an attempt of a bundle that wrote
+    an instance's and then failed left them behind, unlisted, when the retry dead-lettered the
+    instance: only a failure that one attempt meets and another not (``fetch_error``, a read
+    that failed this time; ``unexpected_error``), other reasons repeat in every attempt. Run
+    with every WrittenShard as a side input (``written``), so after the last write;
+    ``keepalive`` as for WriteShardsFn."""
+
+    RETRY_DEPENDENT = (FETCH_ERROR, UNEXPECTED_ERROR)
+
+    def __init__(self, output_dir: str, variants: int, keepalive=None):
+        self._output_dir = output_dir
+        self._variants = variants
+        self._keepalive = keepalive   # looked at before a deletion (still this run's folder?)
+        self._deleted = beam.metrics.Metrics.counter("synanno", "npy_leftovers_deleted")
+
+    def process(self, letter: DeadLetter, written=None):
+        if letter.reason not in self.RETRY_DEPENDENT or letter.instance_id is None:
+            return
+        paths = npy_paths(letter.instance_id, self._variants)
+        for rel in (paths["source"], paths["target"], *paths["seed_target"]):
+            path = join(self._output_dir, rel)
+            if FileSystems.exists(path):
+                if self._keepalive is not None:
+                    self._keepalive.beat(force=True)
+                delete_file(path)
+                self._deleted.inc()
+                log.warning("deleted %s: an earlier attempt wrote it before instance %d "
+                            "failed (%s)", rel, letter.instance_id, letter.reason)
+                yield rel
 
 
 class WriteShards(beam.PTransform):
