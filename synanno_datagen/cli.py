@@ -95,6 +95,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
     from synanno_datagen.pipeline import monitoring   # (no Beam: the signals are taken first)
 
     started, manifest = time.monotonic(), None
+    made: dict = {}   # the dataset's manifest, once it is complete
     status, code, error = monitoring.FAILED, FAILED, None
     put_back = process.take_signals()
     root_level = None   # the root logger's level before --quiet raised it
@@ -106,7 +107,7 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         if output.quiet:
             root_level = logging.getLogger().level
             logging.getLogger().setLevel(logging.ERROR)
-        manifest = _generate(command, rest, demo_parser, output)
+        manifest = _generate(command, rest, demo_parser, output, made)
         status, code = (monitoring.OK if manifest is not None else monitoring.SUBMITTED), 0
         return 0
     except LeaseHeld as e:
@@ -119,6 +120,10 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
         if process.state["received"]:   # raised in a step, Beam wraps it in its RuntimeError
             stopped = Terminated(process.state["received"])
             code, error = stopped.exit_code, stopped.summary()
+            manifest = made.get("manifest")   # (stopped after the dataset: the demo's views)
+            if manifest is not None:
+                stopped.complete = manifest["config"]["output_dir"]
+                stopped.views = command == "demo"
             raise stopped from None
         known = unwrapped(e)
         error = error_summary(known)
@@ -148,8 +153,11 @@ def generate(command: str, argv: List[str], demo_parser) -> int:
 
 
 
-def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[dict]:
-    """Run (or demo) and print the summary; the manifest, or None if the job was submitted."""
+def _generate(command: str, argv: List[str], demo_parser, output, made: dict
+              ) -> Optional[dict]:
+    """Run (or demo) and print the summary; the manifest, or None if the job was submitted.
+    ``made["manifest"]``: the manifest as soon as the dataset is complete (before the demo's
+    views)."""
     quiet = output.quiet
     if command == "demo":
         from synanno_datagen.pipeline.demo import run_demo, views_dir
@@ -178,6 +186,7 @@ def _generate(command: str, argv: List[str], demo_parser, output) -> Optional[di
             from synanno_datagen.pipeline.run import run
 
             manifest = run(argv, progress)
+    made["manifest"] = manifest
     if manifest is None:  # a Flex Template's launcher: the job writes the dataset later
         if not quiet:
             _say("submitted: the job writes the dataset and logs its own closing line")
@@ -283,8 +292,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return FAILED
     except Terminated as e:
         what = "interrupted" if e.signal_name == "SIGINT" else "terminated"
-        _tell(f"{PROG}: {what} ({e.signal_name}); run the same command again to finish the "
-              "dataset")
+        if e.complete is not None:   # (the demo's views, or the summary, were left)
+            _tell(f"{PROG}: {what} ({e.signal_name}) once the dataset was complete: "
+                  f"{e.complete}" + ("; the demo's views may be missing (synanno-datagen "
+                                     "preview and inspect --plots draw them)"
+                                     if e.views else ""))
+        else:
+            _tell(f"{PROG}: {what} ({e.signal_name}); run the same command again to finish "
+                  "the dataset")
         return e.exit_code
     return USAGE_ERROR
 

@@ -108,7 +108,11 @@ class Terminated(BaseException):
     """SIGTERM (timeout, systemd, docker stop, Kubernetes) or SIGINT (Ctrl-C) arrived, its name
     the argument: raised in the main thread so that the run unwinds (its lease freed, its
     closing line printed), never caught as an error of one instance; one line, exit 128 + the
-    signal's number (143, 130)."""
+    signal's number (143, 130). ``complete``: the output directory, when the dataset was
+    complete before the signal came; ``views``: the demo's views were being drawn."""
+
+    complete = None
+    views = False
 
     @property
     def signal_name(self) -> str:

@@ -331,6 +331,35 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys, monkeypatch, demo):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
 
 
+def test_a_demo_stopped_while_drawing_its_views_says_its_dataset_is_complete(
+        tmp_path, capsys, monkeypatch, demo):
+    """Found by review: Ctrl-C while the demo drew its preview said 'run the same command again
+    to finish the dataset', its closing line without the dataset's counts, although the
+    dataset was complete. It still exits 130, and says which part was left."""
+    import signal
+    import time
+
+    from synanno_datagen.reading import preview
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+
+    cache, _ = demo
+    monkeypatch.setenv("SYNANNO_DATAGEN_CACHE", str(cache))
+    monkeypatch.setattr(preview, "run_preview", interrupted)
+    out = tmp_path / "demo-out"
+    assert main(["demo", "--output-dir", str(out), "--num-instances", "5", "--quiet"]) == 130
+    captured = capsys.readouterr()
+    event = json.loads(captured.out.splitlines()[-1])
+    assert (event["exit_code"], event["status"], event["error"]) == (130, "failed",
+                                                                     "Interrupted: SIGINT")
+    assert event["instances_written"] == 5 and (out / "manifest.json").exists()
+    assert captured.err.splitlines()[-1] == (
+        f"synanno-datagen: interrupted (SIGINT) once the dataset was complete: {out}; the "
+        "demo's views may be missing (synanno-datagen preview and inspect --plots draw them)")
+
+
 def test_a_demo_of_npy_files_only_gets_its_views(tmp_path, capsys, monkeypatch, demo):
     """Found by review: 'demo --formats npy' wrote its dataset, then ended refused (exit 2): its
     preview read TFRecord shards only."""
