@@ -126,6 +126,9 @@ def test_units_become_target_voxels_with_floor():
         0, 0, 25)
     assert parse_point({"p": "[-1e-400, -1e-100000000, -0e-400]"}, PointColumns(("p",)),
                        um) == (0, 0, 0)   # within a millionth of a voxel below 0: voxel 0
+    # beyond Decimal's exponents as well (10**18: found by review)
+    huge = "[1e-1000000000000000000, -2e-99999999999999999999, 0e9999999999999999999]"
+    assert parse_point({"p": huge}, PointColumns(("p",)), um) == (0, 0, 0)
     assert parse_point({"p": "[-1e-9, -0.0001, 0]"}, PointColumns(("p",)), um) == (0, -1, 0)
 
 

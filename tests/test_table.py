@@ -141,6 +141,10 @@ def test_ids_are_read_exactly_as_written():
                       (str(-2**63 - 1), "outside the int64 range"),
                       (str(2**63), "outside the int64 range"),
                       ("1e999999999", "outside the int64 range"), ("", "is not an integer"),
+                      # (found by review: exponents beyond Decimal's were 'not an integer')
+                      ("1e1000000000000000000", "outside the int64 range"),
+                      ("-2.5E+99999999999999999999", "outside the int64 range"),
+                      ("1e-1000000000000000000", "is not an integer"),
                       ("1" * 80, "outside the int64 range"), ("0x10", "is not an integer")]:
         with pytest.raises(BadValue) as err:
             parse_id(text)
@@ -148,7 +152,8 @@ def test_ids_are_read_exactly_as_written():
 
 
 @pytest.mark.parametrize("text", ["1e300", "99999999999999999999999999", "-9007199254740993",
-                                  "1e400", "-1.5e99999"])
+                                  "1e400", "-1.5e99999", "1e1000000000000000000",
+                                  "-.5E+99999999999999999999"])
 def test_a_huge_finite_coordinate_is_outside_the_volume_not_a_non_number(text):
     """Found by review: finite numbers beyond 2**53 were 'not a finite coordinate'
     (not_a_number), which README keeps for text and infinities; they are outside any volume."""

@@ -26,6 +26,9 @@ _MAX_TEXT = 64       # characters of a coordinate's text
 _MAX_EXACT = 2**53
 SNAP_VOXELS = Fraction(1, 10**6)   # a point this close below a voxel's edge is on it (to_voxel)
 _SPLIT = re.compile(r"\s+")
+# a decimal with an exponent; one Decimal refuses is beyond its range (10**18)
+_WITH_EXPONENT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?)\d+")
+_HUGE_EXPONENT = 10**17
 _NUMPY_SCALAR = re.compile(r"np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64)|longdouble)"
                            r"\(\s*'?([^']*?)'?\s*\)\Z")
 
@@ -157,7 +160,7 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
         raise BadValue(OUTSIDE_VOLUME, f"{what} is beyond any volume: {text!r}")
     if isinstance(value, float):
         try:
-            exact = Decimal(text)
+            exact = exact_decimal(text)
         except InvalidOperation:   # a spelling float() reads and Decimal does not
             return Fraction(value)
         # Decimal keeps the exponent as written: 1e-100000000 is no work until made a Fraction.
@@ -171,9 +174,22 @@ def parse_number(text: Optional[str], what: str) -> Union[int, Fraction]:
 def _finite_decimal(text: str) -> bool:
     """Whether ``text`` is a finite decimal (``1e400``, beyond a float, is)."""
     try:
-        return Decimal(text).is_finite()
+        return exact_decimal(text).is_finite()
     except InvalidOperation:
         return False
+
+
+def exact_decimal(text: str) -> Decimal:
+    """``Decimal(text)``, also where its exponent is beyond Decimal's (``1e10000000000000000000``):
+    such an exponent stands in as 10**17 with its sign, as far beyond any volume or int64, or
+    as far below a voxel. InvalidOperation for text that is no decimal."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        found = _WITH_EXPONENT.fullmatch(text.strip())
+        if found is None:
+            raise
+        return Decimal(f"{found.group(1)}e{found.group(2)}{_HUGE_EXPONENT}")
 
 
 def to_voxel(value: Union[int, float, Fraction], factor: Fraction) -> int:

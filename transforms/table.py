@@ -2,14 +2,14 @@
 letters."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import InvalidOperation
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
 from synanno_datagen.transforms.geometry import Box
 from synanno_datagen.transforms.points import (
-    FLOAT_INEXACT_FROM, BadValue, TableLayout, number_from_text, parse_point,
+    FLOAT_INEXACT_FROM, BadValue, TableLayout, exact_decimal, number_from_text, parse_point,
 )
 from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
@@ -39,7 +39,7 @@ def _integral_decimal(text: str) -> Optional[int]:
     """The integer a decimal text (``9.2e18``, ``12.000``) is exactly, None when it is none;
     one beyond int64 (of any exponent, never expanded) stands in as 2**64 with its sign."""
     try:
-        exact = Decimal(text)
+        exact = exact_decimal(text)
     except InvalidOperation:
         return None
     if not exact.is_finite() or exact != exact.to_integral_value():
