@@ -116,6 +116,7 @@ def match_table(pattern: str) -> List[str]:
         raise ConfigError(f"{TABLE_FLAG} {pattern!r}: {e}") from None
     if "://" not in where:
         where = os.path.expanduser(where)   # as --output-dir and the volumes' paths
+    named = where   # (the path it names: a file:// URL decoded, ~ expanded)
     if where.endswith("/") or ("://" not in where and os.path.isdir(where)):
         raise ConfigError(f"{TABLE_FLAG} {pattern}: a directory; give a file, or a glob of its "
                           f"shards (e.g. {pattern.rstrip('/')}/*.csv)")
@@ -131,7 +132,8 @@ def match_table(pattern: str) -> List[str]:
             raise ConfigError(f"{TABLE_FLAG} {pattern}: cannot list it ({e})") from None
         paths = sorted(m.path for m in matched if not m.path.endswith("/"))
     if not paths:
-        raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file; give a table file "
+        decoded = f" (the path {named})" if named != pattern and "://" not in named else ""
+        raise ConfigError(f"{TABLE_FLAG} {pattern}: no such file{decoded}; give a table file "
                           f"({READ_FORMATS}), or a glob of shards")
     for path in paths:
         local = path[len("file://"):] if path.startswith("file://") else path

@@ -86,6 +86,10 @@ def test_more_instances_asked_than_the_table_has_warns_and_takes_all(small_data,
     ({"--materialization": "{tmp}/nope.csv"}, ["--materialization", "no such file; give a table "
                                                 "file (CSV, plain or compressed (.csv, .csv.gz/"
                                                 ".gz, .csv.bz2/.bz2, .csv.xz/.xz), or Parquet"]),
+    # a file:// URL's escapes are decoded: the message names the path looked for too
+    ({"--materialization": "file://{tmp}/my%20t.csv"}, ["--materialization file://",
+                                                        "/my%20t.csv: no such file (the path /",
+                                                        "/my t.csv); give a table file"]),
     ({"--source-url": "file://{tmp}/missing"}, ["--source-url", "cannot read the volume's info"]),
     ({"--target-url": "{tmp}/missing"}, ["--target-url", "cannot read"]),
     ({"--source-mip": "5"}, ["--source-mip 5", "mips 0..1"]),
