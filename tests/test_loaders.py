@@ -72,6 +72,20 @@ def test_shard_order_is_a_seeded_permutation():
     assert len({tuple(o) for o in orders}) > 1                 # epochs differ
 
 
+def test_input_target_is_source_over_255_and_the_masks_as_float32_bit_for_bit():
+    """Every uint8 value divides as float32 (not float64 rounded to float32); the input's
+    channels are (source / 255, seed), the target one channel; fresh contiguous arrays."""
+    source = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    seed, target = (source % 2).astype(np.uint8), (source % 3 == 0).astype(np.uint8)
+    inputs, out = loaders.input_target(source, seed, target)
+    assert (inputs.dtype, inputs.shape, out.dtype, out.shape) == (
+        np.float32, (2, 4, 8, 8), np.float32, (1, 4, 8, 8))
+    expected = source.astype(np.float32) / np.float32(255)
+    assert np.array_equal(inputs[0].view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(inputs[1], seed) and np.array_equal(out[0], target)
+    assert inputs.flags.c_contiguous and inputs.flags.writeable and out.flags.c_contiguous
+
+
 def test_no_two_seeds_epochs_purposes_or_readers_share_a_generator():
     """Found by review: numpy pads a seed list with zero words, so the shard order's [seed,
     epoch] was worker 0's buffer [seed, epoch, 0], and seed 3 + 2**32 at epoch 0 seed 3 at

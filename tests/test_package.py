@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,8 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("volume_readers.py", ["--crops", "0"]), ("concurrent_reads.py", ["--latency-ms", "0,x"]),
     ("fetch_strategies.py", ["--variants", "0"]),
     ("fetch_strategies.py", ["--big-table-rows", "-1"]), ("npy_reads.py", ["--repeats", "0"]),
+    ("sample_conversion.py", ["--samples", "0"]),
+    ("sample_conversion.py", ["--shape", "16", "0", "8"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -309,6 +312,16 @@ def test_the_loader_benchmarks_measure_a_dataset(views_dataset, script, flags, l
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert re.search(line, done.stdout), done.stdout
+
+
+def test_the_conversion_benchmark_compares_both_ways_on_the_same_bits():
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "sample_conversion.py"), "--samples", "30",
+                           "--shape", "4", "16", "16"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"30 samples of \(4, 16, 16\): np\.stack of copies [\d.]+ ms/sample, "
+                        r"into the outputs [\d.]+ ms/sample: [\d.]+x\n", done.stdout), done.stdout
 
 
 @pytest.mark.parametrize("script", ["shard_readers.py", "npy_reads.py"])
