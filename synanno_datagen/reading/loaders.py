@@ -202,9 +202,13 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     files = [dataset.path(f["path"]) for f in entries]
     samples = sum(f["records"] for f in entries) * dataset.variants_per_record
 
-    def sample(source, seed, target, instance_id, variant):
-        inputs = tf.stack([tf.cast(source, tf.float32) / 255.0, tf.cast(seed, tf.float32)])
-        target = tf.cast(target, tf.float32)[None]
+    def floats(source, target):
+        """uint8 source and target -> float32 source / 255 and target [1, z, y, x]: once per
+        record, whatever its variants."""
+        return tf.cast(source, tf.float32) / 255.0, tf.cast(target, tf.float32)[None]
+
+    def sample(scaled, seed, target, instance_id, variant):
+        inputs = tf.stack([scaled, tf.cast(seed, tf.float32)])
         if channels_last:
             inputs, target = tf.transpose(inputs, [1, 2, 3, 0]), tf.transpose(target, [1, 2, 3, 0])
         if with_meta:
@@ -222,8 +226,8 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
 
     def one_variant(serialized):
         f = parse(serialized)
-        return sample(array(f, "source"), array(f, "seed_target"), array(f, "target"),
-                      f["instance_id"], f["variant"])
+        scaled, target = floats(array(f, "source"), array(f, "target"))
+        return sample(scaled, array(f, "seed_target"), target, f["instance_id"], f["variant"])
 
     def every_variant(serialized):
         f = parse(serialized)
@@ -231,8 +235,9 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
         slices = tf.RaggedTensor.from_row_lengths(f["seed_slices"], f["seed_slice_counts"])
         seeds = seed_masks(tf, target, slices)
         variants = tf.range(tf.shape(seeds, out_type=tf.int64)[0])
+        scaled, target = floats(source, target)
         return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
-            lambda seed, v: sample(source, seed, target, f["instance_id"], v))
+            lambda seed, v: sample(scaled, seed, target, f["instance_id"], v))
 
     records = tf.data.TFRecordDataset(files,
                                       compression_type=records_info["tfrecord_compression_type"],
