@@ -499,7 +499,8 @@ def test_a_run_whose_lease_is_lost_after_its_manifest_does_not_move_latest(
 def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_path):
     """A run stalled past its lease's expiry while another run took the output, finished and
     left. When it resumes, each step that gives files their final names (shards and index
-    shards, the dead-letter file, the remembered failures) looks at the lease first, however
+    shards, the dead-letter file, the remembered failures) or deletes an attempt's leftover npy
+    files looks at the lease first, however
     recently the run last looked, and touches none of the other run's files."""
     import hashlib
 
@@ -507,7 +508,8 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
     from synanno_datagen.transforms.records import WrittenShard
     from synanno_datagen.transforms.remembered import MergeMemoryFn
-    from synanno_datagen.transforms.write import FinalizeShardFn
+    from synanno_datagen.transforms.records import DeadLetter
+    from synanno_datagen.transforms.write import DeleteLeftoverNpyFn, FinalizeShardFn
 
     out = tmp_path / "out"
     lease = acquire(str(out), hours=2, process_bound=False)
@@ -523,7 +525,8 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     # The other run: it cleared the output, wrote its dataset and released the lease.
     theirs = {"tfrecord/train-00000-of-00001.tfrecord": b"theirs", "dead_letter.jsonl": b"",
               "index/train-00000-of-00001.jsonl": b'{"instance_id":2}\n',
-              "remembered_failures.jsonl": b""}
+              "remembered_failures.jsonl": b"",
+              "npy/source/source_7.npy": b"theirs", "npy/gt/target_7.npy": b"theirs"}
     for rel, data in theirs.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
@@ -536,6 +539,8 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
                           str(stalled.with_suffix(".jsonl")), {"instances": 1}), 0, 1),)),
         (MergeDeadLettersFn(str(out), keepalive=keepalive), ([str(dead_run)],)),
         (MergeMemoryFn(str(out), keepalive=keepalive), ([], {})),
+        # instance 7 failed to read in the stalled run, and an attempt of it wrote its npy files
+        (DeleteLeftoverNpyFn(str(out), 1, keepalive), (DeadLetter("fetch_error", "", "", 7),)),
     ]
     for fn, args in steps:
         with pytest.raises(LeaseLost, match="it is gone"):

@@ -96,8 +96,14 @@ def test_no_two_seeds_epochs_purposes_or_readers_share_a_generator():
     keys = [(seed, epoch, purpose, reader) for seed in (0, 3, 3 + 2**32, 2**32, 2**63 - 1)
             for epoch in (0, 1, 2**32) for purpose in (loaders.SHARD_ORDER, loaders.LEFT_OUT,
                                                        loaders.BUFFER) for reader in (0, 1, 2**32)]
+    keys += [(2**31, 0, 0, 0), (0, 2**31, 0, 0), (0, 0, 0, 2**31)]   # each number's 32 bits
     draws = {tuple(loaders.loader_rng(*key).integers(0, 2**63, 2)) for key in keys}
     assert len(draws) == len(keys)
+    for seed, epoch in ((3, 0), (5, 7)):   # and each loader draws from its purpose's generator
+        order = loaders.loader_rng(seed, epoch, loaders.SHARD_ORDER).permutation(len(shards))
+        assert loaders.shard_order(shards, seed, epoch) == [shards[i] for i in order]
+        start = loaders.loader_rng(seed, epoch, loaders.LEFT_OUT).integers(0, 10**6)
+        assert loaders.left_out_start(10**6, 1, seed, epoch) == start
 
 
 @pytest.mark.parametrize("total, world_size, workers", [

@@ -597,3 +597,44 @@ def test_an_instance_whose_records_cannot_be_made_is_a_dead_letter_of_the_writer
     indexed = [json.loads(line)["instance_id"] for p in (out / "index").iterdir()
                for line in p.read_text().splitlines()]
     assert bad not in indexed and len(indexed) == manifest["counts"]["instances_written"] > 0
+
+
+def test_leftover_npy_files_are_deleted_after_every_write_and_before_the_manifest(
+        small_data, tmp_path, monkeypatch):
+    """Found by mutation review: the DirectRunner ran the deletions before the manifest and
+    after the writes without being told to, so dropping either wait passed every test. In the
+    graph, the deleting step waits on the written shards, the manifest on the deleting step,
+    and it looks at the run's lease before it deletes (it is given the heartbeat)."""
+    import dataclasses
+
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from synanno_datagen.pipeline import build as build_module
+    from synanno_datagen.pipeline.lease import acquire
+
+    out = tmp_path / "out"
+    config, _ = parse(small_data.argv(out, "--variants", "2"))
+    config = dataclasses.replace(config, lease=acquire(str(out), hours=2, process_bound=False))
+    made = []
+
+    class Recorded(build_module.DeleteLeftoverNpyFn):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(build_module, "DeleteLeftoverNpyFn", Recorded)
+    p = beam.Pipeline()
+    build_module.build(p, config)
+    [fn] = made
+    assert fn._keepalive is not None and fn._variants == 2
+    transforms = p.to_runner_api().components.transforms
+    producer = {pc: t.unique_name for t in transforms.values() for pc in t.outputs.values()}
+
+    def side_inputs_of(name):
+        [t] = [t for t in transforms.values()
+               if t.unique_name == name and t.spec.urn == "beam:transform:pardo:v1"]
+        pardo = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload)
+        return [producer[t.inputs[tag]] for tag in pardo.side_inputs]
+
+    assert any(n.startswith("WriteShards/") for n in side_inputs_of("DeleteLeftoverNpy"))
+    assert any(n.startswith("CountLeftoverNpy/") for n in side_inputs_of("WriteManifest"))

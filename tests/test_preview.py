@@ -285,23 +285,45 @@ def test_bad_preview_requests_are_one_line_and_exit_2(views_dataset, tmp_path, c
 
 
 def test_a_montage_larger_than_an_image_viewer_opens_is_refused_naming_the_rows_that_fit(
-        views_dataset, capsys, monkeypatch):
+        views_dataset, tmp_path, capsys, monkeypatch):
     """Found by review: --n had no bound, and each row took ~40 MB (matplotlib's image path),
     so --n 64 of the demo peaked at 2.7 GB. A montage is at most Pillow's MAX_IMAGE_PIXELS,
-    refused before any record is read; the rows that fit are named."""
+    refused before any record is read; the rows named fit, one more does not."""
+    import re
+
     from synanno_datagen.reading import preview
 
-    shape = open_dataset(str(views_dataset)).manifest["arrays"]["shape_zyx"]
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)   # (a small limit: a quick test)
-    fits = [n for n in range(1, 10) if np.prod(montage_size(shape, n, 16)[:2]) <= 40_000]
-    assert fits == [1]   # 282 x 108 pixels, then 282 x 186
-    preview._check_size(shape, 1, 16, 128)
+    shape = open_dataset(str(views_dataset)).manifest["arrays"]["shape_zyx"]   # 4 x 24 x 24
+    for limit in (40_000, 100_000, 250_000, 1_000_000):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)   # (small limits: quick)
+        with pytest.raises(UsageError, match=r"at most (\d+) rows") as refused:
+            preview._check_size(shape, 10_000, 16, 128)
+        rows = int(re.search(r"at most (\d+) rows", str(refused.value)).group(1))
+        preview._check_size(shape, rows, 16, 128)
+        with pytest.raises(UsageError):
+            preview._check_size(shape, rows + 1, 16, 128)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(np.prod(montage_size(shape, 1, 16)[:2])))
+    preview._check_size(shape, 1, 16, 128)                      # exactly the limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
     with pytest.raises(UsageError, match=r"^--n 2: a montage of 282 x 186 pixels, more than an "
                        r"image viewer opens \(40,000 pixels\); ask for at most 1 rows"):
         preview._check_size(shape, 2, 16, 128)
+    real_read = preview.read_selected
     monkeypatch.setattr(preview, "read_selected", lambda *a: pytest.fail("records read"))
     assert_usage_error(capsys, ["preview", str(views_dataset), "--n", "3"], "--n 3",
                        "at most 1 rows")
+    monkeypatch.setattr(preview, "read_selected", real_read)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 45_000)      # 282 x 186 pixels do not fit,
+    assert_usage_error(capsys, ["preview", str(views_dataset), "--n", "2"], "--n 2")
+    assert main(["preview", str(views_dataset), "--n", "2", "--tile-px", "8", "--out",
+                 str(tmp_path / "p.png")]) == 0                # 218 x 186 (8 px tiles) do
+
+
+def test_a_montages_size_follows_the_crops_y_x_and_the_slices_shown():
+    height, width, th, tw = montage_size((40, 10, 20), 2, 16, 128)   # deep, wider than tall
+    assert (th, tw) == (10, 20) and width == LABEL_PX + 16 * (20 + GAP_PX)
+    assert height == HEADER_PX + 2 * (STRIP_PX + LABEL_LINES_PX + GAP_PX)
+    assert montage_size((40, 300, 600), 1, 8, 128)[1:] == (LABEL_PX + 8 * (128 + GAP_PX), 64, 128)
 
 
 def test_the_rendered_montage_is_the_canvas_where_no_text_is_drawn(views_dataset):
@@ -321,6 +343,8 @@ def test_the_rendered_montage_is_the_canvas_where_no_text_is_drawn(views_dataset
     text = (rgb != canvas).any(axis=2)
     assert text.sum() > 500 and not (text & tiles).any()
     assert (rgb[text] <= canvas[text]).all()     # black and magenta text over white
+    # a compressed PNG (found by mutation review: level 0 passed every test)
+    assert len(render_png(canvas, labels)) < canvas.nbytes / 4
 
 
 def test_a_preview_or_plots_that_cannot_be_written_is_one_line(views_dataset, tmp_path, capsys):
