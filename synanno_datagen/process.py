@@ -34,10 +34,13 @@ def take_signals() -> Callable[[], None]:
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    threading.Thread(target=_to_the_main_thread, args=(read_end, threading.main_thread().ident),
+    over = threading.Event()   # this run's handlers are put back: its signals are not sent on
+    threading.Thread(target=_to_the_main_thread, args=(read_end, threading.main_thread().ident,
+                                                       over),
                      daemon=True, name="synanno-signals").start()
 
     def put_back() -> None:
+        over.set()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         threading.excepthook = previous_hook
@@ -47,7 +50,8 @@ def take_signals() -> Callable[[], None]:
     return put_back
 
 
-def _to_the_main_thread(read_end: int, main_thread: int, every_s: float = 0.1) -> None:
+def _to_the_main_thread(read_end: int, main_thread: int, over: threading.Event,
+                        every_s: float = 0.1) -> None:
     """Send a stopping signal on to the main thread until its handler has run there.
 
     The kernel hands a signal sent to the process (a group's, ``timeout``'s, systemd's) to any
@@ -55,12 +59,14 @@ def _to_the_main_thread(read_end: int, main_thread: int, every_s: float = 0.1) -
     that thread runs Python code: one waiting for good (the DirectRunner's ``multi_processing``
     mode waits, without a timeout, on bundles of the workers the same signal killed) waited on,
     the run hanging, its lease held. Each signal's number arrives here through the wakeup
-    descriptor, from whichever thread took it; one sent to the main thread wakes it."""
+    descriptor, from whichever thread took it; one sent to the main thread wakes it. ``over``:
+    set as the run's handlers are put back (a signal the run had handled, sent on after it,
+    stopped the next run of a program calling the command twice)."""
     with os.fdopen(read_end, "rb", buffering=0) as wakeups:
         while numbers := wakeups.read(64):
             for number in set(numbers):
                 time.sleep(every_s)   # (if the main thread took it, its handler has run)
-                if not (state["received"] or state["closed"]) and \
+                if not (state["received"] or state["closed"] or over.is_set()) and \
                         number in {int(s) for s in STOPPING_SIGNALS}:
                     signal.pthread_kill(main_thread, number)
 

@@ -1194,6 +1194,38 @@ def test_a_signal_another_thread_takes_stops_a_main_thread_waiting_for_good(name
     assert done.stdout.splitlines() == [f"stopped by {name}", "put back: -1 False"]
 
 
+NEXT_RUN = """
+import os, signal, time
+from synanno_datagen import process
+from synanno_datagen.errors import Terminated
+put_back = process.take_signals()
+try:
+    os.kill(os.getpid(), signal.SIGINT)   # the main thread takes it: this run is stopped
+    time.sleep(5)
+except Terminated:
+    print("first run stopped")
+put_back()                               # at once, as a quick run's end is
+put_back = process.take_signals()        # the program's next run
+try:
+    time.sleep(1)
+    print("next run not stopped")
+except Terminated:
+    print("next run stopped")
+put_back()
+"""
+
+
+def test_a_signal_one_run_handled_does_not_stop_the_next_run_in_the_process():
+    """Found by CI: a program calling the command twice in one process (a test, a notebook)
+    had its second run stopped at once when the first ended by a signal within 0.1 s: the
+    first run's thread sent on the signal it had read, after the next run had reset the
+    state. A run's thread sends on nothing once its handlers are put back."""
+    done = subprocess.run([sys.executable, "-c", NEXT_RUN], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["first run stopped", "next run not stopped"]
+
+
 def test_a_worker_still_starting_when_the_signal_came_is_stopped_too(monkeypatch):
     """Found by CI (one run in many): SIGINT sent while a multi_processing run's workers were
     starting hung the run, as a worker not yet running Beam's worker module was left alone and
