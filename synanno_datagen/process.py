@@ -35,9 +35,9 @@ def take_signals() -> Callable[[], None]:
     os.set_blocking(write_end, False)
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     over = threading.Event()   # this run's handlers are put back: its signals are not sent on
-    threading.Thread(target=_to_the_main_thread, args=(read_end, threading.main_thread().ident,
-                                                       over),
-                     daemon=True, name="synanno-signals").start()
+    sender = threading.Thread(target=_to_the_main_thread, daemon=True, name="synanno-signals",
+                              args=(read_end, threading.main_thread().ident, over))
+    sender.start()
 
     def put_back() -> None:
         over.set()
@@ -45,7 +45,9 @@ def take_signals() -> Callable[[], None]:
             signal.signal(sig, handler)
         threading.excepthook = previous_hook
         signal.set_wakeup_fd(previous_fd)
-        os.close(write_end)   # (the thread reads the end of the pipe, closes it and ends)
+        os.close(write_end)   # the thread reads the end of the pipe, closes it and ends:
+        sender.join(timeout=5)   # done when this returns (a caller counting descriptors saw
+        #                          the read end open after one run, closed after the next)
 
     return put_back
 
