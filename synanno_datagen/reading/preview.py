@@ -163,8 +163,13 @@ def montage_size(shape_zyx: Sequence[int], rows: int, max_slices: int, tile_px: 
     depth, ny, nx = shape_zyx
     scale = min(1.0, tile_px / max(ny, nx))
     th, tw = max(1, round(ny * scale)), max(1, round(nx * scale))
-    row_px = STRIP_PX + max(th, LABEL_LINES_PX) + GAP_PX
-    return (HEADER_PX + rows * row_px, LABEL_PX + min(depth, max_slices) * (tw + GAP_PX), th, tw)
+    return (HEADER_PX + rows * _row_px(th), LABEL_PX + min(depth, max_slices) * (tw + GAP_PX),
+            th, tw)
+
+
+def _row_px(tile_height: int) -> int:
+    """A row's height in pixels: the z labels, its tiles or its label's lines, a gap."""
+    return STRIP_PX + max(tile_height, LABEL_LINES_PX) + GAP_PX
 
 
 def compose_montage(records: List[dict], max_slices: int, tile_px: int = TILE_PX
@@ -176,7 +181,7 @@ def compose_montage(records: List[dict], max_slices: int, tile_px: int = TILE_PX
     depth, ny, nx = records[0]["source"].shape
     height, width, th, tw = montage_size((depth, ny, nx), len(records), max_slices, tile_px)
     rows_yx = np.ix_((np.arange(th) * ny) // th, (np.arange(tw) * nx) // tw)  # nearest pixels
-    row_px = STRIP_PX + max(th, LABEL_LINES_PX) + GAP_PX
+    row_px = _row_px(th)
     canvas = np.full((height, width, 3), 255, np.uint8)
     labels = []
     for i, r in enumerate(records):
@@ -244,10 +249,9 @@ def _check_size(shape_zyx: Sequence[int], n: int, max_slices: int, tile_px: int)
     decompression bomb to it, and about 1 GB of memory here), naming the rows that fit."""
     from PIL import Image
 
-    height, width, _, _ = montage_size(shape_zyx, n, max_slices, tile_px)
+    height, width, th, _ = montage_size(shape_zyx, n, max_slices, tile_px)
     if height * width > Image.MAX_IMAGE_PIXELS:
-        rows = max(0, (Image.MAX_IMAGE_PIXELS // width - HEADER_PX)
-                   // (montage_size(shape_zyx, 1, max_slices, tile_px)[0] - HEADER_PX))
+        rows = max(0, (Image.MAX_IMAGE_PIXELS // width - HEADER_PX) // _row_px(th))
         raise UsageError(f"--n {n}: a montage of {width} x {height} pixels, more than an image "
                          f"viewer opens ({Image.MAX_IMAGE_PIXELS:,} pixels); ask for at most "
                          f"{rows} rows, or pass a smaller --tile-px or --max-slices")
