@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -254,3 +255,54 @@ def test_pick_never_takes_a_slice_of_weight_zero_even_for_a_uniform_of_zero():
     p = np.array([0.0, 0.0, 0.25, 0.75])
     assert pick(Fixed(0.0), p) == 2
     assert pick(Fixed(0.25), p) == 3
+
+
+_LAW_BITS = """
+import sys
+import numpy as np
+from synanno_datagen.transforms.seeds import SeedModel
+laws = []
+for depth in range(1, 130):
+    laws.append(SeedModel().position_weights(depth, np.arange(depth)).tobytes().hex())
+for ratio in (0.3, 0.5, 0.7, 0.123):
+    laws.append(SeedModel(max_seed_slices=24, count_ratio=ratio)
+                .count_probabilities(24).tobytes().hex())
+sys.stdout.write(chr(10).join(laws))
+"""
+
+
+def test_the_law_has_the_same_bits_without_the_cpus_vector_paths():
+    """numpy's exp and power differ in the last bit with and without AVX-512 for most depths;
+    a worker on another CPU must draw from the very same law (NPY_DISABLE_CPU_FEATURES makes
+    numpy here take the paths a CPU without those features takes)."""
+    import subprocess
+    import sys
+
+    from numpy._core import _multiarray_umath as umath
+    found = [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+    if not found:
+        pytest.skip("this CPU has no features beyond numpy's baseline to turn off")
+    runs = [subprocess.run([sys.executable, "-c", _LAW_BITS], capture_output=True, text=True,
+                           check=True, env={**os.environ, "NPY_DISABLE_CPU_FEATURES": off})
+            for off in ("", " ".join(found))]
+    assert runs[0].stdout.count("\n") == 132
+    assert runs[0].stdout == runs[1].stdout
+
+
+def test_the_laws_weights_are_the_exact_values_rounded_once():
+    model = SeedModel(max_seed_slices=4, count_ratio=0.7)
+    # exp(-0.5 * ((5 - 7.5) / 4) ** 2) = 0.8225775623986645897...: np.exp with AVX-512 gives
+    # the float below it (0x1.a528e2e1d9f09p-1)
+    assert model.position_weights(16, [5])[0] == float.fromhex("0x1.a528e2e1d9f0ap-1")
+    assert model.position_weights(16, [7, 8]).tolist() == [_gauss(7, 16), _gauss(8, 16)]
+    # 0.7 is 0.69999999999999995559...: its powers from that value, each rounded once
+    weights = np.array([1.0, 0.7, 0.48999999999999994, 0.3429999999999999])
+    assert model.count_probabilities(9).tolist() == (weights / weights.sum()).tolist()
+
+
+def _gauss(z, depth):
+    """The weight at 80 digits, rounded to float64 (sigma = depth / 4)."""
+    from decimal import Decimal, localcontext
+    with localcontext(prec=80):
+        offset = (Decimal(z) - Decimal(depth - 1) / 2) / (Decimal(depth) / 4)
+        return float((Decimal(-0.5) * offset ** 2).exp())

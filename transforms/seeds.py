@@ -16,6 +16,8 @@ first unused set in a fixed enumeration order.
 """
 from __future__ import annotations
 
+import decimal
+import functools
 import itertools
 from dataclasses import asdict, dataclass, fields
 from typing import List, Optional, Sequence, Tuple
@@ -41,16 +43,17 @@ class SeedModel:
     position_sigma_frac: float = 0.25
 
     def count_probabilities(self, n_available: int) -> np.ndarray:
-        """P(c) for c = 1..min(max_seed_slices, n_available), float64, sums to 1."""
+        """P(c) for c = 1..min(max_seed_slices, n_available), float64, sums to 1 (the same bits
+        on every CPU, see ``_exact``'s comment)."""
         m = max(1, min(self.max_seed_slices, n_available))
-        weights = self.count_ratio ** np.arange(m, dtype=np.float64)
+        weights = np.array([_power(self.count_ratio, k) for k in range(m)], np.float64)
         return weights / weights.sum()
 
     def position_weights(self, depth: int, candidates_z: np.ndarray) -> np.ndarray:
-        """Unnormalised weight of each candidate z index (float64) for a crop of ``depth`` slices."""
-        sigma = max(self.position_sigma_frac * depth, 1e-9)
-        center = (depth - 1) / 2.0
-        return np.exp(-0.5 * ((np.asarray(candidates_z, np.float64) - center) / sigma) ** 2)
+        """Unnormalised weight of each candidate z index (float64) for a crop of ``depth`` slices
+        (the same bits on every CPU, see ``_exact``'s comment)."""
+        return np.array([_gaussian(int(z), int(depth), self.position_sigma_frac)
+                         for z in np.asarray(candidates_z).ravel()], np.float64)
 
     def to_manifest(self) -> dict:
         return {
@@ -67,6 +70,32 @@ class SeedModel:
         """The model a manifest's ``seed_model`` (to_manifest) describes (each field cast to
         its default's type)."""
         return cls(**{f.name: type(f.default)(entry[f.name]) for f in fields(cls)})
+
+
+# The law's weights are computed in decimal arithmetic and rounded once to float64. numpy's
+# exp and power take CPU-specific paths (AVX-512 or not) that differ in the last bit for most
+# crop depths, which could draw a different slice on another worker; Python's decimal module
+# (libmpdec, correctly rounded, integer arithmetic) gives the same bits on every CPU and OS.
+def _exact() -> decimal.Context:
+    """A context of its own per computation (a shared one's flags would be set by threads at
+    once): 40 digits, exponents as wide as decimal allows, rounding half to even."""
+    return decimal.Context(prec=40, Emin=decimal.MIN_EMIN, Emax=decimal.MAX_EMAX)
+
+
+@functools.lru_cache(maxsize=4096)
+def _gaussian(z: int, depth: int, sigma_frac: float) -> float:
+    """exp(-0.5 * ((z - (depth - 1) / 2) / sigma) ** 2), sigma = max(sigma_frac * depth, 1e-9),
+    from the exact values of the float inputs, rounded to float64 once."""
+    exact = _exact()
+    sigma = max(exact.multiply(decimal.Decimal(sigma_frac), depth), decimal.Decimal(1e-9))
+    offset = exact.divide(2 * z - depth + 1, exact.multiply(2, sigma))
+    return float(exact.exp(exact.multiply(decimal.Decimal("-0.5"), exact.multiply(offset, offset))))
+
+
+@functools.lru_cache(maxsize=256)
+def _power(ratio: float, k: int) -> float:
+    """ratio ** k from the float's exact value, rounded to float64 once."""
+    return float(_exact().power(decimal.Decimal(ratio), k))
 
 
 def generator(run_seed: int, instance_id: int, variant: int) -> np.random.Generator:
