@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from typing import Optional, Sequence
 
 # Runners whose work lives and dies with this process (and its children), by --runner's name
@@ -54,15 +55,20 @@ def run(argv: Sequence[str], while_running=contextlib.nullcontext) -> Optional[d
     from synanno_datagen.pipeline.lease import acquire, release
     from synanno_datagen.pipeline.manifest import load_manifest
 
-    config, beam_args = check(argv)
-    options = PipelineOptions(beam_args)
-    lease = acquire(config.output_dir, config.lease_hours, config.break_lease,
-                    process_bound=bound_to_this_process(options))
-    p, job_goes_on = None, False
-    try:
-        config = dataclasses.replace(settle(config), lease=lease)
+    with records_held_until_checked():
+        config, beam_args = check(argv)
+        options = PipelineOptions(beam_args)
+        lease = acquire(config.output_dir, config.lease_hours, config.break_lease,
+                        process_bound=bound_to_this_process(options))
+        try:
+            config = dataclasses.replace(settle(config), lease=lease)
+        except BaseException:
+            release(lease)
+            raise
         # settle() refused a different config unless --overwrite; the job clears the earlier
         # dataset as its first step
+    p, job_goes_on = None, False
+    try:
         with while_running(), beam.Pipeline(options=options) as p:
             build(p, config)
         if only_submits(options) and not _finished_here(options, p.result):
@@ -72,6 +78,37 @@ def run(argv: Sequence[str], while_running=contextlib.nullcontext) -> Optional[d
     finally:
         if not job_goes_on and not _may_still_run(getattr(p, "result", None)):
             release(lease)
+
+
+@contextlib.contextmanager
+def records_held_until_checked():
+    """Log records reaching the root logger's handlers are held while the body (the checks
+    before any work) runs, and passed on when it ends, unless it ends in a refusal (UsageError,
+    LeaseHeld): that is one line alone, without the warnings of checks that passed before the
+    one that refused."""
+    from synanno_datagen.errors import LeaseHeld, UsageError
+
+    held = []   # (handler, record), in the order they came
+
+    def holder(handler):
+        def hold(record):
+            held.append((handler, record))
+            return False
+        return hold
+
+    holders = [(handler, holder(handler)) for handler in logging.getLogger().handlers]
+    for handler, hold in holders:
+        handler.addFilter(hold)
+    try:
+        yield
+    except (UsageError, LeaseHeld):
+        held.clear()
+        raise
+    finally:
+        for handler, hold in holders:
+            handler.removeFilter(hold)
+        for handler, record in held:
+            handler.handle(record)
 
 
 def _finished_here(options, result) -> bool:

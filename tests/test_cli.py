@@ -1019,3 +1019,30 @@ def test_quiet_prints_only_the_closing_line(small_data, tmp_path, capsys, caplog
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     lines = captured.out.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["status"] == "ok"
+
+
+def test_a_refusal_is_one_line_without_the_warnings_of_checks_before_it(small_data, tmp_path,
+                                                                       caplog):
+    """Found by review: a table whose pre- and post-synaptic points were left out, with a
+    warning each, and a --id-column naming no column printed both warnings before the error."""
+    import subprocess
+    import sys
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,x,y,z,pre_pt_position,post_pt_position\n"
+                     "11,120,220,14,[119 220 14],[121 220 14]\n")
+    argv = ["--materialization", str(table), "--source-url", small_data.source_url,
+            "--target-url", small_data.target_url, "--crop-size", "12", "12", "4"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "synanno_datagen", "run", *argv, "--id-column", "nope",
+         "--output-dir", str(tmp_path / "refused")], capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"synanno-datagen: error: --id-column nope: no such column in {table}"
+        " (found: id,x,y,z,pre_pt_position,post_pt_position)"], refused.stderr
+    # a run that passes its checks still says so, once each, before it works
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", *argv, "--output-dir", str(tmp_path / "out")]) == 0
+    left_out = [r.getMessage() for r in caplog.records if "point is left out" in r.getMessage()]
+    assert [m.split(": the ")[1][:3] for m in left_out] == ["pre", "pos"]
+    assert (tmp_path / "out" / "manifest.json").exists()
