@@ -152,7 +152,16 @@ def transient(error: BaseException) -> bool:
                               TransportError, requests.ConnectionError, requests.Timeout))
 
 
+# A terminal's control sequences (CSI: ESC [ ... final byte): cloud-volume colours its errors
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal control sequences (colours), as logs and JSON should hold it."""
+    return _TERMINAL_CODES.sub("", text)
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first line of an error's message, at most ``limit`` characters (for one-line
-    reports)."""
-    return (str(error).strip().splitlines() or [""])[0][:limit]
+    """The first line of an error's message, without terminal colours, at most ``limit``
+    characters (for one-line reports)."""
+    return (plain(str(error)).strip().splitlines() or [""])[0][:limit]

@@ -572,6 +572,9 @@ def test_a_dead_letters_details_are_the_exceptions_type_and_message_cut_to_a_lim
     assert exception_text(ValueError, repr(ValueError("bad 'x'"))) == "ValueError: bad 'x'"
     long = exception_text(OSError, repr(OSError("y" * 5000)))
     assert long == ("OSError: " + "y" * 5000)[:DETAILS_LIMIT] and DETAILS_LIMIT == 2000
+    # cloud-volume colours its errors for a terminal; dead letters hold the text alone
+    coloured = repr(OSError("\x1b[1;91mNo info file was found: file:///v/info\x1b[m"))
+    assert exception_text(OSError, coloured) == "OSError: No info file was found: file:///v/info"
 
 
 def test_an_instance_whose_records_cannot_be_made_is_a_dead_letter_of_the_writer(

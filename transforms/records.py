@@ -10,7 +10,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from synanno_datagen.errors import redact
+from synanno_datagen.errors import plain, redact
 from synanno_datagen.transforms.geometry import XYZ, Box
 
 # Dead-letter reasons (a contract with the manifest's counts and users' scripts).
@@ -170,4 +170,4 @@ def exception_text(exc_type: type, exc_repr: str) -> str:
         except (ValueError, SyntaxError):
             message = exc_repr[len(name) + 1:-1]
         message = message if isinstance(message, str) else repr(message)
-    return redact(f"{name}: {message}")[:DETAILS_LIMIT]
+    return redact(plain(f"{name}: {message}"))[:DETAILS_LIMIT]
