@@ -68,7 +68,7 @@ def _info_advice(url: str, engine: str, error: Exception) -> str:
     (the folder above holds an info), else check the URL and access."""
     path = url.rstrip("/")
     if path.endswith("/info"):
-        return "give the volume's folder, the one holding its info file"
+        return f"give the volume's folder, the one holding its info file: {path[:-len('/info')]}"
     parent, _, name = path.rpartition("/")
     not_found = isinstance(error, (FileNotFoundError, NotADirectoryError)) or \
         type(error).__name__ == "InfoUnavailableError"   # cloud-volume's

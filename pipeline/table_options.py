@@ -412,6 +412,13 @@ def _check_not_one_coordinate(flag: str, name: str, columns: Sequence[str], wher
 
 
 def _absent(flag: str, name: str, schema: ShardSchema, path: str) -> str:
+    """The line for a point flag naming no column; when the table holds a point whose name the
+    flag's is part of, or that name with an axis (``ctr_pt_position_x`` for a column of lists
+    ``ctr_pt_position``), it says to pass that one."""
     single, split = candidate_columns(name)
+    stem = name[:-2] if name[-2:] in ("_x", "_y", "_z") else None
+    like = _point_like(schema, lambda c: c == stem or c.startswith(name))
+    hint = (f"; {like[0]} {'looks like' if len(like) == 1 else 'and others look like'} the "
+            f"point: pass {flag} {like[0]}") if like else ""
     return (f"{flag} {name}: {path} has no column {single[0]} or {split[0]}/_y/_z "
-            f"(found: {found(schema.columns)})")
+            f"(found: {found(schema.columns)}){hint}")

@@ -591,7 +591,7 @@ def test_a_volume_url_naming_its_info_or_a_scale_folder_is_pointed_at_the_volume
     volume = small_data.target_url
     key = json.loads(open(volume[len("file://"):] + "/info").read())["scales"][0]["key"]
     for url, hint in ((f"{volume}/info", "give the volume's folder, the one holding its info "
-                       "file"),
+                       f"file: {volume}"),   # (named: found by review)
                       (f"{volume}/{key}", f"{volume}/{key} is one scale's folder of the "
                        f"volume at {volume}: give that"),
                       # found by review: any missing folder inside a volume was called a scale's

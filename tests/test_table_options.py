@@ -56,6 +56,17 @@ CASES = {
         {}, None, ["--center-column", "ctr_pt_position"],
         ["--center-column ctr_pt_position:", "has no column ctr_pt_position or "
          "ctr_pt_position_x/_y/_z", "(found: id,x,y,z,pre_pt_x,"]),
+    # found by review: a CAVE point's list column named with an axis got no word of it
+    "centre flag with an axis": (
+        {"t.parquet": {"id": pa.array([1]), "ctr_pt_position": pa.array([[1, 2, 3]])}},
+        "t.parquet", ["--center-column", "ctr_pt_position_x"],
+        ["--center-column ctr_pt_position_x:", "(found: id,ctr_pt_position); ctr_pt_position "
+         "looks like the point: pass --center-column ctr_pt_position"]),
+    "centre flag a prefix": (
+        {"t.csv": "id,ctr_pt_position_x,ctr_pt_position_y,ctr_pt_position_z\n1,2,3,4\n"},
+        "t.csv", ["--center-column", "ctr_pt"],
+        ["--center-column ctr_pt:", "ctr_pt_position looks like the point: pass --center-column "
+         "ctr_pt_position"]),
     "pre flag absent": (
         {}, None, ["--pre-column", "pre_pt_position"],
         ["--pre-column pre_pt_position:", "no column pre_pt_position or pre_pt_position_x/_y/_z"]),
