@@ -42,27 +42,31 @@ def summary(manifest: dict, output_dir: str) -> str:
     if from_table:
         lines.append(f"coordinates: {nm} nm per table unit, as the table's pandas attrs "
                      "declare (dataframe_resolution)")
+    if not given:
+        advice = ("if the table's coordinates are not in target voxels (nm, say), pass "
+                  "--coordinate-resolution X Y Z (the table's units in nm)")
+    elif from_table:
+        advice = (f"check the table's dataframe_resolution {nm} (its pandas attrs), and "
+                  "that the table's points are in this volume")
+    else:
+        advice = (f"check --coordinate-resolution {nm} (the table's units in nm), and that "
+                  "the table's points are in this volume")
+    target = manifest.get("volumes", {}).get("target", {})
+    offset = target.get("voxel_offset_xyz")
+    if offset and any(offset):
+        units = "target voxels"
+        if given and target.get("resolution_nm_xyz"):   # the offset in the table's units
+            offset = [o * r / g for o, r, g in zip(offset, target["resolution_nm_xyz"], given)]
+            units = "the table's units"
+        advice += ("; points are absolute, not relative to the volume's corner: add the "
+                   f"target's voxel_offset ({' '.join(f'{v:g}' for v in offset)} in "
+                   f"{units}) to those that are")
+    off_label, written = counts.get("centers_off_label", 0), counts["instances_written"]
+    if off_label and 2 * off_label >= written:   # a synapse table's centres lie on synapses
+        lines.append(f"warning: {off_label} of {written} instances written have their centre "
+                     "on no synapse label, each crop's mask the synapse nearest it (index key "
+                     f"center_distance_nm): {advice}")
     if outside and outside >= 0.9 * counts["rows_read"]:
-        if not given:
-            advice = ("if the table's coordinates are not in target voxels (nm, say), pass "
-                      "--coordinate-resolution X Y Z (the table's units in nm)")
-        elif from_table:
-            advice = (f"check the table's dataframe_resolution {nm} (its pandas attrs), and "
-                      "that the table's points are in this volume")
-        else:
-            advice = (f"check --coordinate-resolution {nm} (the table's units in nm), and that "
-                      "the table's points are in this volume")
-        target = manifest.get("volumes", {}).get("target", {})
-        offset = target.get("voxel_offset_xyz")
-        if offset and any(offset):
-            units = "target voxels"
-            if given and target.get("resolution_nm_xyz"):   # the offset in the table's units
-                offset = [o * r / g for o, r, g in zip(offset, target["resolution_nm_xyz"],
-                                                       given)]
-                units = "the table's units"
-            advice += ("; points are absolute, not relative to the volume's corner: add the "
-                       f"target's voxel_offset ({' '.join(f'{v:g}' for v in offset)} in "
-                       f"{units}) to those that are")
         lines.append(f"warning: {outside} of {counts['rows_read']} rows are outside the volume: "
                      + advice)
     from synanno_datagen.reading.inspection import remembered_line

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from synanno_datagen.transforms.clean import keep_center_component
 
@@ -128,6 +129,29 @@ def test_the_clean_step_measures_with_the_resolution_in_z_y_x():
                       labels_zyx=labels)
     (cleaned,) = CleanTargetFn(source_resolution_nm_xyz=(8, 8, 40)).process(fetched)
     assert cleaned.target_zyx[2, 4, 6] == 1 and cleaned.target_zyx.sum() == 1
+    assert cleaned.center_distance_nm == 16.0   # the centre on no label: how far it is
+
+
+def test_the_distance_from_the_centre_to_its_mask_is_zero_on_it_and_in_nm_off_it():
+    """A centre on no label (a table in other units than given) is told by its distance to the
+    synapse kept, measured on the fine grid, each coarse voxel covering its fine voxels."""
+    from synanno_datagen.transforms.clean import center_component
+
+    labels = np.zeros((5, 9, 9), np.uint8)
+    labels[1:4, 3:6, 3:6] = 1
+    mask, distance_nm = center_component(labels, (33, 4, 4))
+    assert distance_nm == 0.0 and mask.sum() == 27
+    labels[2, 4, 4] = 0                           # the centre voxel alone is background
+    assert center_component(labels, (33, 4, 4))[1] == 4.0
+    far = np.zeros((5, 9, 9), np.uint8)
+    far[4, 1, 7] = 3                              # 2 slices, 3 rows, 3 columns away
+    assert center_component(far, (33, 4, 4))[1] == pytest.approx(np.hypot(66, np.hypot(12, 12)))
+    # on a grid twice as fine in y and x (centre fine voxel 9 of 18): coarse voxel 7 covers
+    # fine 14 and 15, 5 fine voxels of 2 nm from the centre in x
+    fine = np.zeros((5, 9, 9), np.uint8)
+    fine[2, 4, 7] = 1
+    mask, distance_nm = center_component(fine, (33, 2, 2), scale_zyx=(1, 2, 2))
+    assert distance_nm == 10.0 and mask.shape == (5, 18, 18) and mask[2, 8:10, 14:16].all()
 
 
 def test_a_big_label_off_the_centre_is_found_as_the_nearest_not_the_background():

@@ -816,6 +816,33 @@ def test_the_summarys_warnings_hold_at_their_edges():
             "nm)") in summary(manifest, "out").splitlines()
 
 
+def test_the_summary_warns_when_most_centres_are_on_no_label():
+    """Found by review: a CAVE table read in the wrong units wrote its few rows inside the volume
+    with exit 0 and no word, each crop's mask some other synapse near a centre on background."""
+    from synanno_datagen.summary import summary
+
+    manifest = {
+        "counts": {"rows_read": 44, "instances_selected": 6, "instances_written": 6,
+                   "variants_written": 6, "failures": {}, "centers_off_label": 2},
+        "config": {"formats": ["tfrecord"]}, "splits": {},
+        "volumes": {"target": {"voxel_offset_xyz": [0, 0, 0]}},
+    }
+    assert "no synapse label" not in summary(manifest, "out")   # a few: a table's own
+    manifest["counts"]["centers_off_label"] = 3
+    assert ("warning: 3 of 6 instances written have their centre on no synapse label, each "
+            "crop's mask the synapse nearest it (index key center_distance_nm): if the table's "
+            "coordinates are not in target voxels (nm, say), pass --coordinate-resolution X Y Z "
+            "(the table's units in nm)") in summary(manifest, "out").splitlines()
+    manifest["config"]["coordinate_resolution_nm_xyz"] = [4, 4, 40]
+    manifest["volumes"]["target"].update(voxel_offset_xyz=[10, 0, 0], resolution_nm_xyz=[8, 8, 40])
+    assert ("...: check --coordinate-resolution 4 4 40 (the table's units in nm), and that the "
+            "table's points are in this volume; points are absolute, not relative to the "
+            "volume's corner: add the target's voxel_offset (20 0 0 in the table's units) to "
+            "those that are")[3:] in summary(manifest, "out")
+    del manifest["counts"]["centers_off_label"]   # (a manifest of an earlier version)
+    assert "no synapse label" not in summary(manifest, "out")
+
+
 @pytest.mark.parametrize("splits, says", [
     ("train=1.0,val=0", "'val=0': a fraction must be above 0 and at most 1"),
     ("train=1.2,val=-0.2", "'train=1.2': a fraction must be above 0 and at most 1"),

@@ -110,6 +110,13 @@ def test_component_rule_end_to_end(generated):
     # 15's centre voxel is background: the nearest blob (label 1, 6 source voxels away) wins over
     # the distractor (7 away); the crop ends at x 139, so 3 of the blob's 4 x-columns are in it.
     assert by_id[15]["target"].sum() == 3 * 4 * 2 * 4
+    # ... and the index and the counts say so: 6 source voxels of 4 nm, the one such instance
+    index = [json.loads(line) for f in sorted((out / "index").glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    assert {e["instance_id"]: e["center_distance_nm"] for e in index} == {
+        11: 0.0, 12: 0.0, 13: 0.0, 14: 0.0, 15: 24.0}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["centers_off_label"] == 1
     # 13 sits in the low corner: the source is padded with 148 outside the volume.
     src = by_id[13]["source"]
     assert (src[:2] == 148).all() and (src[:, :10, :] == 148).all()

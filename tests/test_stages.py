@@ -709,15 +709,16 @@ def test_count_run_adds_up_rows_instances_variants_and_failures():
     from synanno_datagen.transforms.counts import count_run
     from synanno_datagen.transforms.records import WrittenShard
 
-    def written(i, variants, filled_target):
+    def written(i, variants, filled_target, off_label=0):
         counts = {"instances": 1, "variants": variants, "npy_files": 0, "npy_bytes": 0,
-                  "filled_source": 0, "filled_target": filled_target}
+                  "filled_source": 0, "filled_target": filled_target,
+                  "centers_off_label": off_label}
         return WrittenShard(i, "train", None, 0, 0, "", f"index{i}", counts)
 
     with TestPipeline() as p:
         rows = p | "Rows" >> beam.Create([(RowRef(0, i), {}) for i in range(6)])
         selected = p | "Selected" >> beam.Create([instance(i, (1, 2, 3)) for i in (1, 2, 3)])
-        done = p | "Written" >> beam.Create([written(1, 2, 1), written(2, 2, 0)])
+        done = p | "Written" >> beam.Create([written(1, 2, 1), written(2, 2, 0, 1)])
         dead = p | "Dead" >> beam.Create([
             DeadLetter("empty_target", "", "CleanTargets", 3),
             DeadLetter("not_a_number", "", "ReadTable", 4),
@@ -730,7 +731,7 @@ def test_count_run_adds_up_rows_instances_variants_and_failures():
             "failures": {"duplicate_id": 1, "empty_target": 1, "missing_coordinate": 1,
                          "not_a_number": 1},
             "failed": 4, "vanished_instances": 0, "remembered_failures": {},
-            "filled_chunks": {"source": 0, "target": 1}}]))
+            "filled_chunks": {"source": 0, "target": 1}, "centers_off_label": 1}]))
 
 
 def test_a_shard_group_written_by_two_bundles_fails_loudly():
@@ -1049,7 +1050,7 @@ def test_npy_totals_add_every_shards_files_and_bytes():
     def shard(group, split, files, nbytes):
         return WrittenShard(group, split, None, 0, 0, "", "index", {
             "instances": 1, "variants": 1, "npy_files": files, "npy_bytes": nbytes,
-            "filled_source": 0, "filled_target": 0})
+            "filled_source": 0, "filled_target": 0, "centers_off_label": 0})
 
     with TestPipeline() as p:
         written = p | beam.Create([shard(0, "train", 4, 1000), shard(1, "train", 4, 3000),

@@ -1,7 +1,8 @@
 """Target cleaning: keep the one synapse component that the crop is centred on, as a 0/1 mask."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -16,9 +17,17 @@ from synanno_datagen.transforms.records import (
 def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
                           scale_zyx=(1, 1, 1),
                           source_padding_zyx=((0, 0), (0, 0), (0, 0))) -> Optional[np.ndarray]:
-    """Binary mask (uint8 0/1, (z, y, x)) of the component the crop is centred on, on the grid
-    ``scale_zyx`` times finer than ``labels_zyx`` (the source grid; ``resolution_nm_zyx`` is its
-    resolution).
+    """The mask of ``center_component`` alone (None when there is no foreground)."""
+    kept = center_component(labels_zyx, resolution_nm_zyx, scale_zyx, source_padding_zyx)
+    return None if kept is None else kept[0]
+
+
+def center_component(labels_zyx: np.ndarray, resolution_nm_zyx, scale_zyx=(1, 1, 1),
+                     source_padding_zyx=((0, 0), (0, 0), (0, 0))
+                     ) -> Optional[Tuple[np.ndarray, float]]:
+    """(mask, distance_nm): the binary mask (uint8 0/1, (z, y, x)) of the component the crop is
+    centred on, on the grid ``scale_zyx`` times finer than ``labels_zyx`` (the source grid;
+    ``resolution_nm_zyx`` is its resolution).
 
     Labels count only where the source has data: ``source_padding_zyx`` gives, per axis, the
     fine voxels (before, after) of the crop outside the source volume. A label voxel whose every
@@ -29,7 +38,8 @@ def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
     ids stay apart. The kept component is the one containing the centre voxel ``shape // 2`` of
     the fine grid; if the centre is background, the one owning the fine voxel nearest the centre
     in physical distance (nm); ties go to the larger component, then to the smaller component
-    number (raster order). Returns None when there is no foreground at all.
+    number (raster order). ``distance_nm``: 0.0 when the centre voxel is on the kept component,
+    else that distance. Returns None when there is no foreground at all.
 
     Components are found on the labels as given and only the kept mask is upsampled: nearest
     upsampling neither joins nor splits 26-connected components, keeps their raster order and
@@ -49,12 +59,14 @@ def keep_center_component(labels_zyx: np.ndarray, resolution_nm_zyx,
     components = cc3d.connected_components(labels_zyx, connectivity=26)
     center = tuple(n * f // 2 for n, f in zip(labels_zyx.shape, scale))   # fine grid
     chosen = int(components[tuple(c // f for c, f in zip(center, scale))])
+    distance_nm = 0.0
     if chosen == 0:
-        chosen = _nearest_component(components, center, resolution_nm_zyx, scale)
+        chosen, distance_nm = _nearest_component(components, center, resolution_nm_zyx, scale)
         if chosen == 0:
             return None
     mask = upsample_nearest_zyx((components == chosen).astype(np.uint8), scale[::-1])
-    return _over_source(mask, source_padding_zyx)   # (its coarse voxels each keep a fine one)
+    # (its coarse voxels each keep a fine one)
+    return _over_source(mask, source_padding_zyx), distance_nm
 
 
 def _over_source(array_zyx: np.ndarray, padding_zyx, scale_zyx=(1, 1, 1)) -> np.ndarray:
@@ -73,47 +85,54 @@ def _over_source(array_zyx: np.ndarray, padding_zyx, scale_zyx=(1, 1, 1)) -> np.
     return out
 
 
-def _nearest_component(components: np.ndarray, center_zyx, resolution_nm_zyx, scale_zyx) -> int:
-    """Component number with a fine voxel nearest the fine-grid centre (nm); 0 when there is no
-    foreground. A coarse voxel i covers fine voxels [i*f, i*f + f - 1] per axis."""
+def _nearest_component(components: np.ndarray, center_zyx, resolution_nm_zyx, scale_zyx
+                       ) -> Tuple[int, float]:
+    """(component number with a fine voxel nearest the fine-grid centre, that distance in nm);
+    (0, 0.0) when there is no foreground. A coarse voxel i covers fine voxels
+    [i*f, i*f + f - 1] per axis."""
     foreground = np.nonzero(components)
     if foreground[0].size == 0:
-        return 0
+        return 0, 0.0
     d2 = np.zeros(foreground[0].size, np.float64)
     for index, c, f, r in zip(foreground, center_zyx, scale_zyx, resolution_nm_zyx):
         lo = index.astype(np.int64) * f
         gap = np.maximum(np.maximum(lo - c, c - (lo + f - 1)), 0)
         d2 += (gap * float(r)) ** 2
     nearest = d2 == d2.min()
+    distance_nm = math.sqrt(float(d2.min()))
     candidates = np.unique(components[tuple(i[nearest] for i in foreground)])
     if candidates.size == 1:
-        return int(candidates[0])
+        return int(candidates[0]), distance_nm
     sizes = np.bincount(components.ravel())[candidates]
     # Largest first; np.argmax returns the first maximum, i.e. the smallest component number.
-    return int(candidates[int(np.argmax(sizes))])
+    return int(candidates[int(np.argmax(sizes))]), distance_nm
 
 
 class CleanTargetFn(beam.DoFn):
-    """Fetched -> Cleaned (the centred synapse as a 0/1 mask, labels dropped), or an
-    ``empty_target`` DeadLetter on the DEAD output."""
+    """Fetched -> Cleaned (the centred synapse as a 0/1 mask, labels dropped, and how far the
+    centre is from it), or an ``empty_target`` DeadLetter on the DEAD output."""
 
     def __init__(self, source_resolution_nm_xyz, scale_xyz=(1, 1, 1)):
         self._resolution_nm_zyx = tuple(source_resolution_nm_xyz)[::-1]
         self._scale_zyx = tuple(scale_xyz)[::-1]
         self._empty = Metrics.counter("synanno", "empty_targets")
+        self._off_label = Metrics.counter("synanno", "centers_off_label")
 
     def process(self, fetched: Fetched):
         padding_zyx = fetched.source_padding_xyz[::-1]
-        mask = keep_center_component(fetched.labels_zyx, self._resolution_nm_zyx, self._scale_zyx,
-                                     padding_zyx)
-        if mask is None:
+        kept = center_component(fetched.labels_zyx, self._resolution_nm_zyx, self._scale_zyx,
+                                padding_zyx)
+        if kept is None:
             self._empty.inc()
             where = " where the source volume has data" if fetched.labels_zyx.any() else ""
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.for_instance(
                 fetched.instance, EMPTY_TARGET, f"no synapse voxel in the target crop{where}",
                 "CleanTargets"))
             return
-        yield Cleaned(**fetched.crop_fields(), target_zyx=mask)
+        mask, distance_nm = kept
+        if distance_nm:
+            self._off_label.inc()
+        yield Cleaned(**fetched.crop_fields(), target_zyx=mask, center_distance_nm=distance_nm)
 
 
 class CleanTargets(beam.PTransform):

@@ -41,7 +41,8 @@ def _written_pairs(written):
     """(key, n) pairs of one WrittenShard."""
     counts = written.counts
     return [("written", counts["instances"])] + [
-        (key, counts[key]) for key in ("variants", "filled_source", "filled_target")]
+        (key, counts[key])
+        for key in ("variants", "filled_source", "filled_target", "centers_off_label")]
 
 
 def counts_from_sums(sums: dict, memory: dict) -> dict:
@@ -65,6 +66,7 @@ def counts_from_sums(sums: dict, memory: dict) -> dict:
         "remembered_failures": remembered,
         "filled_chunks": {"source": sums.get("filled_source", 0),
                           "target": sums.get("filled_target", 0)},
+        "centers_off_label": sums.get("centers_off_label", 0),
     }
 
 

@@ -125,9 +125,12 @@ class Fetched(Crop):
 
 @dataclass(frozen=True)
 class Cleaned(Crop):
-    """CleanTargets' output: ``target_zyx``, the uint8 0/1 mask of the centred synapse."""
+    """CleanTargets' output: ``target_zyx``, the uint8 0/1 mask of the centred synapse;
+    ``center_distance_nm``: 0.0 when the centre voxel is on it, else how far (nm) the centre is
+    from its nearest voxel (the centre fell on no label and the nearest synapse was taken)."""
 
     target_zyx: np.ndarray
+    center_distance_nm: float = dataclasses.field(default=0.0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class WrittenShard:
     (None without the tfrecord format); ``index``: the file of its instances' index lines, in
     record order, under a temporary name (the shard number is added when the shards are named);
     ``counts``: instances, variants, npy_files, npy_bytes, filled_source, filled_target (chunks
-    read as zeros)."""
+    read as zeros), centers_off_label (instances whose centre is on no label)."""
 
     group: int
     split: str

@@ -22,7 +22,7 @@ class MakeVariantFn(beam.DoFn):
             instance_id=cleaned.instance.instance_id, n_variants=self._n_variants,
             model=self._model)
         yield Varied(**cleaned.crop_fields(), target_zyx=cleaned.target_zyx,
-                     seed_slices=tuple(slices))
+                     center_distance_nm=cleaned.center_distance_nm, seed_slices=tuple(slices))
 
 
 class MakeVariants(beam.PTransform):

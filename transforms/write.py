@@ -60,6 +60,7 @@ def index_entry(varied: Varied) -> dict:
         "source_padding_xyz": [list(p) for p in varied.source_padding_xyz],
         "shape_zyx": list(varied.source_zyx.shape),
         "foreground_voxels": int(varied.target_zyx.sum(dtype="int64")),
+        "center_distance_nm": varied.center_distance_nm,
         "foreground_slices": foreground_slices(varied.target_zyx).tolist(),
         "seed_slices": [list(s) for s in varied.seed_slices],
         "filled_chunks": {v: varied.filled_chunks.get(v, 0) for v in ("source", "target")},
@@ -140,7 +141,7 @@ class _Group:
         self.shard = shard
         self.entries: List[dict] = []
         self.counts = dict.fromkeys(("instances", "variants", "npy_files", "npy_bytes",
-                                     "filled_source", "filled_target"), 0)
+                                     "filled_source", "filled_target", "centers_off_label"), 0)
 
     def add(self, entry: dict, data: bytes, records: int) -> None:
         if self.shard is not None:
@@ -150,7 +151,8 @@ class _Group:
         for key, n in (("instances", 1), ("variants", len(entry["seed_slices"])),
                        ("npy_files", len(npy)), ("npy_bytes", sum(f["bytes"] for f in npy)),
                        ("filled_source", entry["filled_chunks"]["source"]),
-                       ("filled_target", entry["filled_chunks"]["target"])):
+                       ("filled_target", entry["filled_chunks"]["target"]),
+                       ("centers_off_label", int(entry["center_distance_nm"] > 0))):
             self.counts[key] += n
 
 
