@@ -486,6 +486,34 @@ def test_a_shard_dataset_whose_dataset_was_generated_again_is_an_error(generated
         list(again)
 
 
+def test_a_file_gone_after_a_reader_was_made_is_told_as_gone_or_as_the_dataset_rewritten(
+        generated, torch, tmp_path):
+    """Found by review: a shard deleted after its ShardDataset was made said 'record 1 does not
+    read (FileNotFoundError ...)', and an NpyDataset made before its directory was generated
+    again blamed a missing npy file ('cannot read it ... copy the file again')."""
+    from synanno_datagen import DatasetError
+    from tests.conftest import GENERATED_FLAGS
+
+    data, out, _, _ = generated
+    copy, _ = _damaged_copy(out, tmp_path)
+    shards = loaders.ShardDataset(str(copy), "train")
+    started = iter(loaders.ShardDataset(str(copy), "train", shuffle_buffer=0))
+    next(started)   # (an epoch under way when the directory is generated again)
+    items = loaders.NpyDataset(str(copy), "train", with_meta=True)
+    last = next(i for i in range(len(items)) if items[i][-1]["variant"] == 2)
+    gone = sorted((copy / "tfrecord").glob("train-*"))[-1]
+    gone.unlink()
+    with pytest.raises(DatasetError, match=rf"^{gone}: it is missing, the manifest lists it; "):
+        list(shards)
+    run_pipeline(data.argv(copy, *GENERATED_FLAGS, "--variants", "2", "--overwrite"))
+    with pytest.raises(DatasetError, match=rf"{copy / 'manifest.json'}: the dataset was "
+                                           r"written again since this NpyDataset was made"):
+        items[last]   # (its variant 2 seed mask is no more)
+    with pytest.raises(DatasetError, match=r"written again since this ShardDataset was made"):
+        list(started)
+    assert loaders.NpyDataset(str(copy), "train")[0][0].shape[0] == 2
+
+
 def test_the_manifest_lists_exactly_the_features_records_hold(both_layouts):
     """The manifest's ``features`` name every key of every record and no other, with the kind
     each is written as, in both layouts, read with the tfrecord package (found by review: a

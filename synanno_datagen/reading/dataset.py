@@ -15,7 +15,7 @@ import posixpath
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, Iterable, Iterator, List, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from synanno_datagen import layout
 from synanno_datagen.errors import DAMAGED, DatasetError, UsageError, first_line
@@ -257,9 +257,17 @@ class Dataset:
         return NpyItems(entries, tuple(self.manifest["arrays"]["shape_zyx"]), self.path,
                         self.variants)
 
-    def npy_array(self, items: NpyItems, k: int):
-        """File k of ``items``: its array (uint8, z-y-x), checked against its listing."""
-        return items.load(k, self.path(items.relative_path(k)))
+    def npy_array(self, items: NpyItems, k: int, reader: Optional[str] = None):
+        """File k of ``items``: its array (uint8, z-y-x), checked against its listing. With
+        ``reader`` (a reader holding what it read from the manifest), one that does not read,
+        or is not what was listed, in a directory generated again since is told as that
+        (check_unchanged), not as a damaged file."""
+        try:
+            return items.load(k, self.path(items.relative_path(k)))
+        except DatasetError:
+            if reader is not None:
+                self.check_unchanged(reader)
+            raise
 
 
 @contextmanager

@@ -168,6 +168,8 @@ def read_records(dataset, tfrecord_file: dict, keys: Optional[Iterable[str]] = N
         import zlib
 
         why = first_line(e, 200)
+        if isinstance(e, FileNotFoundError) and count == 0:   # (opened after the listing)
+            raise DatasetError(f"{path}: it is missing, the manifest lists it; {DAMAGED}") from None
         # the gzip stream itself (a CRC, a cut, a bad code): no record to name
         where = ("does not decompress" if gzip and isinstance(
             e, (zlib.error, EOFError, gzip_files.BadGzipFile))

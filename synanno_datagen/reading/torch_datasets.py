@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from synanno_datagen.reading.dataset import open_dataset
+from synanno_datagen.reading.dataset import DatasetError, open_dataset
 from synanno_datagen.reading.loaders import (
     BUFFER, buffer_shuffle, input_target, left_out_start, loader_rng, num_batches, reader_range,
     shard_order, shard_slices, stream_ranges,
@@ -129,10 +129,14 @@ class ShardDataset(IterableDataset):
         so that its record count is checked by the reader that reads its last sample."""
         records = read_records(self.dataset, shard, SAMPLE_FEATURES, skip // per_record)
         samples = (v for r in records for v in variants_of(r))
-        yield from itertools.islice(samples, skip % per_record, skip % per_record + take)
-        if to_end:
-            for _ in samples:
-                pass
+        try:
+            yield from itertools.islice(samples, skip % per_record, skip % per_record + take)
+            if to_end:
+                for _ in samples:
+                    pass
+        except DatasetError:   # a shard gone or changed: the directory generated again?
+            self.dataset.check_unchanged(type(self).__name__)
+            raise
 
 
 def _whole(name: str, value) -> int:
@@ -196,7 +200,7 @@ class NpyDataset(Dataset):
         last = self._last_instance
         held = last is not None and last[0] == (source_k, target_k)
         source = last[1] if held else self._array(source_k)
-        seed = self.dataset.npy_array(self.items, seed_k)
+        seed = self.dataset.npy_array(self.items, seed_k, type(self).__name__)
         target = last[2] if held else self._array(target_k)
         self._last_instance = ((source_k, target_k), source, target)
         meta = ({"instance_id": int(self.items.instance_ids[i]),
@@ -205,6 +209,6 @@ class NpyDataset(Dataset):
 
     def _array(self, k: int) -> np.ndarray:
         """File k's array (uint8 [z, y, x]), read-only: it may serve the next item too."""
-        array = self.dataset.npy_array(self.items, k)
+        array = self.dataset.npy_array(self.items, k, type(self).__name__)
         array.flags.writeable = False
         return array
