@@ -525,6 +525,33 @@ def test_expected_seed_counts_follow_each_instances_foreground():
     np.testing.assert_allclose(tally.seed_count()["expected"], [1 + 2 * 2 / 3, 2 / 3, 0])
 
 
+def test_variants_that_repeat_an_earlier_ones_seed_slices_are_told(small_data, tmp_path,
+                                                                   capsys):
+    """Found by review: an instance whose foreground allows fewer distinct seed sets than
+    --variants gives some identical training samples, as README says, and nothing told how
+    many. Blobs of two slices allow three sets: a fourth variant repeats one."""
+    out = tmp_path / "out"
+    run_pipeline(small_data.argv(out, "--variants", "4"))
+    index = _index(out, _manifest(out))
+    repeats = [4 - len({tuple(s) for s in e["seed_slices"]}) for e in index]
+    assert sum(repeats) > 0 and 0 in repeats
+    facts = _inspect_json(capsys, out)
+    assert facts["index"]["repeated_variants"] == {
+        "variants": sum(repeats), "instances": sum(1 for r in repeats if r)}
+    assert main(["inspect", str(out)]) == 0
+    n = sum(1 for r in repeats if r)
+    assert (f"variants repeating an earlier one's seed slices  {sum(repeats)} (of {n} instances "
+            "whose foreground slices allow fewer distinct sets than variants): identical "
+            "training samples") in capsys.readouterr().out.splitlines()
+
+
+def test_no_repeated_variants_no_line(views_dataset, capsys):
+    assert _inspect_json(capsys, views_dataset)["index"]["repeated_variants"] == {
+        "variants": 0, "instances": 0}
+    assert main(["inspect", str(views_dataset)]) == 0
+    assert "repeating" not in capsys.readouterr().out
+
+
 def test_foreground_summary_mean_and_histogram():
     from synanno_datagen.reading.stats import describe_values
 

@@ -100,6 +100,12 @@ def format_facts(facts: dict) -> str:
     lines.append("  expected               " + " ".join(f"{e:.0f}" for e in z["expected"]))
     if c["variants"] > 1:
         lines.append("  (" + REDRAW_NOTE.replace("\n", " ") + ")")
+    repeated = index.get("repeated_variants") or {}
+    if repeated.get("variants"):
+        n = repeated["instances"]
+        lines.append(f"variants repeating an earlier one's seed slices  {repeated['variants']} "
+                     f"(of {n} instance{'s' if n != 1 else ''} whose foreground slices allow "
+                     "fewer distinct sets than variants): identical training samples")
     fg = index["foreground_voxels"]
     if fg:
         lines.append(f"foreground voxels per instance  min {fg['min']}, median "

@@ -54,6 +54,7 @@ class IndexTally:
         self.z_expected = np.zeros(depth, np.float64)
         self.foreground = array.array("q")
         self.instances, self.variants = 0, 0
+        self.repeats = {"variants": 0, "instances": 0}   # variants repeating an earlier set
         self.by_split: Dict[str, int] = {}
         self._inclusion: Dict[tuple, np.ndarray] = {}
 
@@ -68,6 +69,10 @@ class IndexTally:
             self.z_observed[list(slices)] += 1
             self.z_expected += self._inclusion[fg]
         self.foreground.append(int(entry["foreground_voxels"]))
+        repeats = len(entry["seed_slices"]) - len({tuple(s) for s in entry["seed_slices"]})
+        if repeats:   # (its foreground allows fewer distinct sets than variants)
+            self.repeats["variants"] += repeats
+            self.repeats["instances"] += 1
         self.instances += 1
         self.variants += len(entry["seed_slices"])
         self.by_split[entry["split"]] = self.by_split.get(entry["split"], 0) + 1
@@ -177,6 +182,7 @@ def dataset_facts(manifest: dict, entries: Iterable[dict], letters: Iterable[dic
             "seed_count": index.seed_count(),
             "seed_z": index.seed_z(),
             "foreground_voxels": describe_values(index.foreground),
+            "repeated_variants": index.repeats,
         },
         "seed_model": manifest["seed_model"],
         "problems": consistency_problems(manifest, index.by_split, letter_count[0]),
