@@ -154,6 +154,45 @@ def test_the_distance_from_the_centre_to_its_mask_is_zero_on_it_and_in_nm_off_it
     assert distance_nm == 10.0 and mask.shape == (5, 18, 18) and mask[2, 8:10, 14:16].all()
 
 
+def test_the_distance_is_told_when_two_synapses_are_nearest_alike():
+    """Found by mutation review: a centre on no label with two synapses at the same distance
+    (the larger kept) could be told as on its label (0.0) and no test saw it; the distance is
+    the one to the synapse kept."""
+    from synanno_datagen.transforms.clean import center_component
+
+    labels = np.zeros((5, 9, 9), np.uint8)
+    labels[2, 4, 1] = 1                          # 3 columns left of the centre (2, 4, 4)
+    labels[2, 3:6, 7] = 2                        # 3 columns right of it: the larger one
+    mask, distance_nm = center_component(labels, (33, 4, 4))
+    assert distance_nm == 12.0 and mask.sum() == 3 and mask[2, 3:6, 7].all()
+
+
+def test_the_clean_step_counts_the_centres_on_no_label():
+    """Found by mutation review: the Beam counter centers_off_label (the job's monitoring) could
+    count the centres on their label instead and no test saw it."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from synanno_datagen.transforms.clean import CleanTargetFn
+    from synanno_datagen.transforms.records import Fetched
+
+    def fetched(z):
+        labels = np.zeros((5, 9, 9), np.uint64)
+        labels[z, 4, 4] = 1                      # on the centre (2, 4, 4), or off it
+        return Fetched(instance=None, target_box=None, source_box=None,
+                       target_padding_xyz=None, source_padding_xyz=((0, 0),) * 3,
+                       source_zyx=None, filled_chunks={}, labels_zyx=labels)
+
+    p = TestPipeline()
+    _ = (p | beam.Create([fetched(2), fetched(3), fetched(2), fetched(2)])
+         | beam.ParDo(CleanTargetFn(source_resolution_nm_xyz=(8, 8, 40))))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("centers_off_label"))["counters"]
+    assert [c.committed for c in counters] == [1]   # one of the four
+
+
 def test_a_big_label_off_the_centre_is_found_as_the_nearest_not_the_background():
     """With labels >= 2**63 renumbered, background must stay 0: an off-centre synapse is the
     nearest component, not the background around the centre."""

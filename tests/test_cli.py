@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit code 2 before any work, and a real run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -602,6 +603,18 @@ def test_a_volume_url_naming_its_info_or_a_scale_folder_is_pointed_at_the_volume
                hint)
 
 
+def test_an_info_files_url_is_told_the_folder_above_it(small_data, tmp_path, capsys):
+    """Found by mutation review: the line naming the URL itself (VOLUME/info) passed, as the
+    folder's URL is the start of it; the line ends with the folder, with or without a slash."""
+    volume = small_data.target_url
+    for url in (f"{volume}/info", f"{volume}/info/"):
+        argv = small_data.argv(tmp_path / "out")
+        argv[argv.index("--target-url") + 1] = url
+        err = _fails(capsys, ["run"] + argv,
+                     f"--target-url {url.rstrip('/')}: cannot read the volume's info")
+        assert err.endswith(f"; give the volume's folder, the one holding its info file: {volume}")
+
+
 def test_a_table_glob_the_shell_expanded_is_told_to_be_quoted(small_data, tmp_path, capsys):
     """Found by review: an unquoted --materialization glob that the shell expands leaves the
     second shard as a stray word, refused as 'not the value of any flag' without a word of the
@@ -843,6 +856,20 @@ def test_the_summary_warns_when_most_centres_are_on_no_label():
     assert "no synapse label" not in summary(manifest, "out")
 
 
+def test_a_run_that_writes_nothing_is_not_warned_of_centres_off_label():
+    """Found by mutation review: without its 'any centre off label' test, a run writing no
+    instance (0 of 0 is half or more) was warned that its centres are on no synapse label."""
+    from synanno_datagen.summary import summary
+
+    manifest = {
+        "counts": {"rows_read": 6, "instances_selected": 6, "instances_written": 0,
+                   "variants_written": 0, "failures": {"empty_target": 6},
+                   "centers_off_label": 0},
+        "config": {"formats": ["tfrecord"]}, "splits": {},
+    }
+    assert "no synapse label" not in summary(manifest, "out")
+
+
 @pytest.mark.parametrize("splits, says", [
     ("train=1.0,val=0", "'val=0': a fraction must be above 0 and at most 1"),
     ("train=1.2,val=-0.2", "'train=1.2': a fraction must be above 0 and at most 1"),
@@ -1073,3 +1100,36 @@ def test_a_refusal_is_one_line_without_the_warnings_of_checks_before_it(small_da
     left_out = [r.getMessage() for r in caplog.records if "point is left out" in r.getMessage()]
     assert [m.split(": the ")[1][:3] for m in left_out] == ["pre", "pos"]
     assert (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("raised, told", [("UsageError", False), ("ConfigError", False),
+                                          ("LeaseHeld", False), ("RuntimeError", True),
+                                          (None, True)])
+def test_warnings_held_during_the_checks_are_dropped_only_for_a_refusal(raised, told):
+    """Found by mutation review: a busy --output-dir (LeaseHeld, exit 3) could print the checks'
+    warnings before its one line, and a failure that is no refusal (a crash, storage trouble)
+    could drop the warnings that may explain it, and no test saw either."""
+    from synanno_datagen import errors
+    from synanno_datagen.pipeline.run import records_held_until_checked
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    kept, root = Kept(), logging.getLogger()
+    root.addHandler(kept)
+    try:
+        with pytest.raises(Exception) if raised else contextlib.nullcontext():
+            with records_held_until_checked():
+                logging.getLogger("synanno_datagen.test").warning("a check's warning")
+                assert kept.messages == []   # held until the checks end
+                if raised:
+                    raise getattr(errors, raised, RuntimeError)("the check")
+        logging.getLogger("synanno_datagen.test").warning("after")
+    finally:
+        root.removeHandler(kept)
+    assert kept.messages == (["a check's warning"] if told else []) + ["after"]

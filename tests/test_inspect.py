@@ -552,6 +552,19 @@ def test_no_repeated_variants_no_line(views_dataset, capsys):
     assert "repeating" not in capsys.readouterr().out
 
 
+def test_repeated_variants_count_every_repeat_and_each_instance_once():
+    """Found by mutation review: with one repeat per instance in the run above, counting an
+    instance once per repeat passed. Four variants of two sets: two repeat, one instance."""
+    from synanno_datagen.reading.stats import tally_index
+
+    entries = [{"instance_id": 1, "foreground_slices": [1, 2], "seed_slices": [[1], [2], [1], [1]],
+                "foreground_voxels": 5, "split": "train"},
+               {"instance_id": 2, "foreground_slices": [1, 2, 3],
+                "seed_slices": [[1], [2], [3], [1, 2]], "foreground_voxels": 7, "split": "train"}]
+    tally = tally_index(entries, SeedModel(max_seed_slices=3), 4)
+    assert tally.repeats == {"variants": 2, "instances": 1}
+
+
 def test_foreground_summary_mean_and_histogram():
     from synanno_datagen.reading.stats import describe_values
 

@@ -514,6 +514,38 @@ def test_a_file_gone_after_a_reader_was_made_is_told_as_gone_or_as_the_dataset_r
     assert loaders.NpyDataset(str(copy), "train")[0][0].shape[0] == 2
 
 
+def test_an_npy_source_of_a_dataset_written_again_is_told_as_that(generated, torch, tmp_path):
+    """Found by mutation review: only a seed mask's file was checked to be of a dataset written
+    again; an NpyDataset reading a source array of another shape since blamed that file as
+    damaged ('copy the file again')."""
+    from synanno_datagen import DatasetError
+    from tests.conftest import GENERATED_FLAGS
+
+    data, out, _, _ = generated
+    copy, _ = _damaged_copy(out, tmp_path)
+    items = loaders.NpyDataset(str(copy), "train")
+    run_pipeline(data.argv(copy, *GENERATED_FLAGS, "--crop-size", "10", "10", "4", "--overwrite"))
+    with pytest.raises(DatasetError, match=rf"{copy / 'manifest.json'}: the dataset was "
+                                           r"written again since this NpyDataset was made"):
+        items[0]
+
+
+def test_a_shard_that_is_there_but_does_not_read_is_not_told_missing(generated, torch,
+                                                                      tmp_path):
+    """Found by mutation review: any OSError opening a shard could be told as 'it is missing';
+    only a file not found is."""
+    from synanno_datagen import DatasetError
+
+    copy, _ = _damaged_copy(generated[1], tmp_path)
+    shards = loaders.ShardDataset(str(copy), "train")
+    shard = sorted((copy / "tfrecord").glob("train-*"))[-1]
+    shard.unlink()
+    shard.mkdir()   # (an OSError, not FileNotFoundError)
+    with pytest.raises(DatasetError, match=rf"^{shard}: record 1 does not read \(OSError: "
+                                           r".* is not a regular file\)"):
+        list(shards)
+
+
 def test_the_manifest_lists_exactly_the_features_records_hold(both_layouts):
     """The manifest's ``features`` name every key of every record and no other, with the kind
     each is written as, in both layouts, read with the tfrecord package (found by review: a

@@ -67,6 +67,19 @@ CASES = {
         "t.csv", ["--center-column", "ctr_pt"],
         ["--center-column ctr_pt:", "ctr_pt_position looks like the point: pass --center-column "
          "ctr_pt_position"]),
+    # found by mutation review: a point named with its y or z axis, and a prefix of several
+    # points (the first named, the others said), got no test
+    "centre flag with the z axis": (
+        {"t.parquet": {"id": pa.array([1]), "ctr_pt_position": pa.array([[1, 2, 3]])}},
+        "t.parquet", ["--center-column", "ctr_pt_position_z"],
+        ["(found: id,ctr_pt_position); ctr_pt_position looks like the point: pass "
+         "--center-column ctr_pt_position"]),
+    "centre flag a prefix of two points": (
+        {"t.csv": "id,ctr_pt_scaled_x,ctr_pt_scaled_y,ctr_pt_scaled_z,ctr_pt_position_x,"
+                  "ctr_pt_position_y,ctr_pt_position_z\n1,2,3,4,5,6,7\n"},
+        "t.csv", ["--center-column", "ctr_pt"],
+        ["; ctr_pt_position and others look like the point: pass --center-column "
+         "ctr_pt_position"]),
     "pre flag absent": (
         {}, None, ["--pre-column", "pre_pt_position"],
         ["--pre-column pre_pt_position:", "no column pre_pt_position or pre_pt_position_x/_y/_z"]),
