@@ -264,3 +264,15 @@ def test_a_mask_over_missing_raw_is_cut_end_to_end(tmp_path):
     letters = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
     assert [(d["instance_id"], d["reason"], d["details"]) for d in letters] == [
         (3, "empty_target", "no synapse voxel in the target crop where the source volume has data")]
+
+
+def test_a_centre_over_the_raws_padding_is_measured_to_the_mask_it_is_off():
+    """Found by mutation review: a centre whose coarse label voxel is kept while its own fine
+    voxel lies over the raw's padding (cut from the mask) was told 0 nm, as if on the mask."""
+    from synanno_datagen.transforms.clean import center_component
+
+    labels = np.ones((3, 3, 3), np.uint8)
+    # fine grid 3x6x6; the last 3 fine x-columns over padding, the centre (1, 3, 3) among them
+    mask, distance_nm = center_component(labels, (40, 8, 8), (1, 2, 2), ((0, 0), (0, 0), (0, 3)))
+    assert mask[1, 3, 3] == 0 and mask[:, :, :3].all() and not mask[:, :, 3:].any()
+    assert distance_nm == 8.0   # to fine column 2, one 8 nm voxel away

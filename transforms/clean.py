@@ -38,8 +38,8 @@ def center_component(labels_zyx: np.ndarray, resolution_nm_zyx, scale_zyx=(1, 1,
     ids stay apart. The kept component is the one containing the centre voxel ``shape // 2`` of
     the fine grid; if the centre is background, the one owning the fine voxel nearest the centre
     in physical distance (nm); ties go to the larger component, then to the smaller component
-    number (raster order). ``distance_nm``: 0.0 when the centre voxel is on the kept component,
-    else that distance. Returns None when there is no foreground at all.
+    number (raster order). ``distance_nm``: 0.0 when the centre voxel is on the mask, else the
+    distance from it to the mask's nearest voxel. Returns None when there is no foreground.
 
     Components are found on the labels as given and only the kept mask is upsampled: nearest
     upsampling neither joins nor splits 26-connected components, keeps their raster order and
@@ -59,14 +59,16 @@ def center_component(labels_zyx: np.ndarray, resolution_nm_zyx, scale_zyx=(1, 1,
     components = cc3d.connected_components(labels_zyx, connectivity=26)
     center = tuple(n * f // 2 for n, f in zip(labels_zyx.shape, scale))   # fine grid
     chosen = int(components[tuple(c // f for c, f in zip(center, scale))])
-    distance_nm = 0.0
     if chosen == 0:
-        chosen, distance_nm = _nearest_component(components, center, resolution_nm_zyx, scale)
+        chosen, _ = _nearest_component(components, center, resolution_nm_zyx, scale)
         if chosen == 0:
             return None
     mask = upsample_nearest_zyx((components == chosen).astype(np.uint8), scale[::-1])
-    # (its coarse voxels each keep a fine one)
-    return _over_source(mask, source_padding_zyx), distance_nm
+    mask = _over_source(mask, source_padding_zyx)   # (its coarse voxels each keep a fine one)
+    if mask[center]:
+        return mask, 0.0
+    # measured on the mask itself: the fine voxels of its coarse ones over padding are cut
+    return mask, _nearest_component(mask, center, resolution_nm_zyx, (1, 1, 1))[1]
 
 
 def _over_source(array_zyx: np.ndarray, padding_zyx, scale_zyx=(1, 1, 1)) -> np.ndarray:
