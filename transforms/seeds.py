@@ -82,7 +82,7 @@ def _exact() -> decimal.Context:
     return decimal.Context(prec=40, Emin=decimal.MIN_EMIN, Emax=decimal.MAX_EMAX)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 17)   # (every z of the deepest crop a manifest may declare)
 def _gaussian(z: int, depth: int, sigma_frac: float) -> float:
     """exp(-0.5 * ((z - (depth - 1) / 2) / sigma) ** 2), sigma = max(sigma_frac * depth, 1e-9),
     from the exact values of the float inputs, rounded to float64 once."""
