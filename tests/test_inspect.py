@@ -658,3 +658,29 @@ def test_the_text_states_the_expected_numbers_of_the_facts(views_dataset, capsys
         f"{c}: {o} (expected {e:.0f})"
         for c, o, e in zip(s["count"], s["observed"], s["expected"])) in text
     assert f"mean {facts['foreground_voxels']['mean']:.0f}," in text
+
+
+VIEWS_WITHOUT_BEAM = """
+import sys
+from synanno_datagen.cli import main
+dataset, plots, png = sys.argv[1:]
+assert main(["inspect", dataset, "--plots", plots]) == 0
+assert main(["preview", dataset, "--out", png]) == 0
+print(sorted(m for m in sys.modules if m.split(".")[0] == "apache_beam"))
+"""
+
+
+def test_views_written_to_local_files_load_no_beam(views_dataset, tmp_path):
+    """Found by review: inspect --plots and preview --out imported Beam to write their PNGs (a
+    second or two of start-up on a training machine, for a local file)."""
+    import subprocess
+    import sys
+
+    plots, png = tmp_path / "new" / "plots", tmp_path / "other" / "p.png"
+    done = subprocess.run([sys.executable, "-c", VIEWS_WITHOUT_BEAM, str(views_dataset),
+                           str(plots), str(png)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert sorted(p.name for p in plots.iterdir()) == sorted(
+        ["seed_count.png", "seed_z.png", "foreground_voxels.png", "failures.png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

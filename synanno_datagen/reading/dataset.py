@@ -49,6 +49,23 @@ def open_file(path: str, gzip: bool = False) -> BinaryIO:
 def write_view(flag: str, path: str, data: bytes) -> None:
     """Write a view (a PNG) to ``path``, local or gs://; UsageError naming ``flag`` when it
     cannot be written."""
+    try:
+        if "://" not in path:   # local: no Beam to import (a second or two of start-up)
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            _write_object(flag, path, data)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - no such bucket, a folder that is a file, no access
+        raise UsageError(f"{flag} {path}: cannot write it ({type(e).__name__}: "
+                         f"{first_line(e, 200)}); choose a place you can write") from None
+
+
+def _write_object(flag: str, path: str, data: bytes) -> None:
+    """write_view to a bucket, where an object may stand where a folder is wanted."""
     from synanno_datagen.transforms.files import object_holding, write_bytes
 
     try:
@@ -58,11 +75,7 @@ def write_view(flag: str, path: str, data: bytes) -> None:
     if above is not None:   # (on a disk, no file can be written under a file either)
         raise UsageError(f"{flag} {path}: {above} is an object, not a folder; choose a folder "
                          "(a prefix) for the view")
-    try:
-        write_bytes(path, data)
-    except Exception as e:  # noqa: BLE001 - no such bucket, a folder that is a file, no access
-        raise UsageError(f"{flag} {path}: cannot write it ({type(e).__name__}: "
-                         f"{first_line(e, 200)}); choose a place you can write") from None
+    write_bytes(path, data)
 
 
 def _sizes(directory: str) -> Dict[str, int]:
