@@ -135,6 +135,12 @@ def flags_to_parameters(flags: Sequence[str]) -> Dict[str, str]:
         if flag in ("--quiet", "--progress-interval"):
             raise ConfigError(f"{flag}: it shapes what a command prints on this machine; a "
                               "template launch prints nothing here: leave it out")
+        from synanno_datagen.pipeline.unknown_flags import check_beam_args
+
+        # a flag neither ours nor Beam's (a typo), or a stray word (a glob the shell expanded),
+        # told as run tells them; a Beam flag is told where Dataflow settings come from
+        check_beam_args(rest, [option for f in run_flags() for option in f.option_strings],
+                        args.materialization)
         raise ConfigError(f"{rest[0]}: only synanno-datagen run flags can be template parameters; "
                           "Dataflow settings come from the environment variables")
     from synanno_datagen.pipeline.config import check_values
@@ -239,6 +245,11 @@ def body_main(argv: Sequence[str]) -> int:
             params["sdk_container_image"] = args.sdk_container_image
         if args.metadata_file:
             check_parameters(params, args.metadata_file)
+        if params.get("incremental") != "true":
+            raise ConfigError("--incremental: a schedule needs it: each night adds the table's "
+                              "new synapses to one dataset; without it every night would fetch "
+                              "every instance again and rewrite the dataset in place (for a "
+                              "dataset made once: ./launch_dataflow.sh run ...)")
     except ConfigError as e:
         print(redact(f"synanno-datagen: error: {e}"), file=sys.stderr)
         return 2

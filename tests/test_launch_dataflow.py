@@ -79,6 +79,7 @@ def test_a_dry_run_shows_no_password(action):
     """A dry run's commands go to a terminal or a CI log: a volume URL's password is shown as
     *** there (the command run keeps it)."""
     flags = [f if f != "gs://h01/raw" else "https://me:s3cr%2Ft@host/raw" for f in OURS]
+    flags += ["--incremental"] if action == "schedule" else []
     done = launch("--dry-run", action, *flags, PROJECT="proj", REGION="europe-west4",
                   BUCKET="gs://my-bucket", SERVICE_ACCOUNT="sa@x.iam")
     assert done.returncode == 0, done.stderr
@@ -321,6 +322,7 @@ def test_the_pipeline_module_runs_as_the_script_calls_it():
 
 REQUIRED = ["--materialization", "gs://tables/export_*.csv", "--source-url", "gs://h01/raw",
             "--target-url", "gs://h01/syn", "--output-dir", "gs://out/ds"]
+NIGHTLY = REQUIRED + ["--incremental"]   # what a schedule needs
 
 
 @pytest.fixture
@@ -383,7 +385,7 @@ def test_a_schedule_dry_run_says_an_existing_job_is_updated_instead(stub_gcloud)
     """Found by review: the dry run printed only the create command, while the real run updates
     a job that exists (and the dry run asks gcloud nothing)."""
     env, calls = stub_gcloud
-    done = launch("schedule", "--dry-run", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
+    done = launch("schedule", "--dry-run", *NIGHTLY, PROJECT="p", REGION="r", BUCKET="b",
                   SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -448,7 +450,7 @@ def test_schedule_sends_exactly_what_its_variables_say(stub_gcloud):
                      JOB_NAME="datagen-h01", SCHEDULER_JOB="datagen-h01-nightly",
                      SCHEDULE="30 3 * * 1-5", TIME_ZONE="Europe/Berlin",
                      TEMPLATE_PATH="gs://tpl/datagen.json", IMAGE="registry.example/img:7")
-    done = launch("schedule", *REQUIRED, **variables, **env)
+    done = launch("schedule", *NIGHTLY, **variables, **env)
     assert done.returncode == 0, done.stderr
     describe, job = calls()
     assert describe == ["scheduler", "jobs", "describe", "datagen-h01-nightly", "--project",
@@ -470,7 +472,7 @@ def test_schedule_sends_exactly_what_its_variables_say(stub_gcloud):
         "stagingLocation": "gs://bkt/synanno-datagen/staging",
         "sdkContainerImage": "registry.example/img:7"}
     assert launch_parameter["parameters"]["sdk_container_image"] == "registry.example/img:7"
-    dry = launch("--dry-run", "schedule", *REQUIRED, **variables, **env)
+    dry = launch("--dry-run", "schedule", *NIGHTLY, **variables, **env)
     assert dry.returncode == 0, dry.stderr
     assert shlex.split(dry.stdout.splitlines()[1]) == ["gcloud", *job]
     assert len(calls()) == 2   # the dry run called nothing
@@ -939,8 +941,8 @@ def test_a_schedule_takes_volume_urls_with_the_precomputed_prefix(stub_gcloud):
     done = launch("schedule", "--materialization", "gs://tables/export_*.csv",
                   "--source-url", "precomputed://gs://h01/raw",
                   "--target-url", "precomputed://https://h01.example.org/syn",
-                  "--output-dir", "gs://out/datagen", PROJECT="p", REGION="r", BUCKET="b",
-                  SERVICE_ACCOUNT="sa@p", **env)
+                  "--output-dir", "gs://out/datagen", "--incremental", PROJECT="p", REGION="r",
+                  BUCKET="b", SERVICE_ACCOUNT="sa@p", **env)
     assert done.returncode == 0, done.stderr
     params = json.loads(_value(calls()[-1], "--message-body"))["launchParameter"]["parameters"]
     assert params["source_url"] == "precomputed://gs://h01/raw"
@@ -982,7 +984,54 @@ def test_status_tells_a_gcloud_failure_from_a_failed_job(stub_dataflow, job_id, 
     assert len(listed) == (3 if job_id == "ERROR" and args else 1)
 
 
-@pytest.mark.parametrize("action", [["build-template"], ["status"], ["schedule", *REQUIRED],
+def test_a_schedule_needs_incremental(stub_gcloud):
+    """Found by review: a schedule without --incremental was written, and every night would
+    have fetched every instance again and rewritten the dataset in place, readers included."""
+    env, calls = stub_gcloud
+    done = launch("schedule", *REQUIRED, PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and calls() == []
+    assert done.stderr.splitlines() == [
+        "synanno-datagen: error: --incremental: a schedule needs it: each night adds the table's "
+        "new synapses to one dataset; without it every night would fetch every instance again "
+        "and rewrite the dataset in place (for a dataset made once: ./launch_dataflow.sh run "
+        "...)"]
+
+
+@pytest.mark.parametrize("extra, told", [
+    (["--num-instance", "5"], "unknown flag --num-instance; did you mean --num-instances?"),
+    (["export_2.csv"], "unexpected argument 'export_2.csv': not the value of any flag; see "),
+    (["--max_num_workers", "5"], "--max_num_workers: only synanno-datagen run flags can be "
+                                 "template parameters; Dataflow settings come from the "
+                                 "environment variables"),
+])
+def test_a_schedules_stray_flags_and_words_are_told_as_run_tells_them(stub_gcloud, extra, told):
+    """Found by review: a typo of a run flag, or a word a shell-expanded glob left, were told
+    'only synanno-datagen run flags can be template parameters', as a Beam flag is."""
+    env, calls = stub_gcloud
+    done = launch("schedule", *NIGHTLY, *extra, PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and calls() == []
+    assert done.stderr.startswith(f"synanno-datagen: error: {told}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_schedules_table_glob_the_shell_expanded_is_told_to_be_quoted(stub_gcloud, tmp_path):
+    env, calls = stub_gcloud
+    shards = [tmp_path / f"part-{i}.csv" for i in (1, 2)]
+    for shard in shards:
+        shard.write_text("x,y,z\n1,2,3\n")
+    flags = [str(shards[0]) if f == "gs://tables/export_*.csv" else f for f in NIGHTLY]
+    done = launch("schedule", *flags, str(shards[1]), PROJECT="p", REGION="r", BUCKET="b",
+                  SERVICE_ACCOUNT="sa@p", **env)
+    assert done.returncode == 2 and calls() == []
+    assert done.stderr.splitlines() == [
+        f"synanno-datagen: error: unexpected argument '{shards[1]}': not the value of any flag; "
+        f"a glob the shell expanded into the table's shards? quote it: --materialization "
+        f"'{tmp_path}/*.csv'"]
+
+
+@pytest.mark.parametrize("action", [["build-template"], ["status"], ["schedule", *NIGHTLY],
                                     ["run", *REQUIRED], [*REQUIRED]])
 def test_dry_run_after_the_action_is_a_dry_run_too(stub_gcloud, action):
     """Found by review: only a first --dry-run was one; after the action it was ignored, and
@@ -1043,3 +1092,35 @@ def test_readme_alert_policy_names_a_resource_type_in_every_condition():
     metric = text.split("gcloud logging metrics create synanno_datagen_bad_nights", 1)[1]
     metric = metric.split("```", 1)[0]
     assert all(f'resource.type="{kind}"' in metric for kind in kinds)
+
+
+def test_readme_alert_filter_counts_nights_that_need_a_look_and_no_healthy_one():
+    """Found by review: a night whose storage failed for most of its instances ended ok with
+    some written, and README's filter matched nothing in its closing line. The filter's text
+    terms, matched as Cloud Logging matches a quoted string (a substring of the entry), against
+    closing lines made by the code that prints them."""
+    from synanno_datagen.pipeline.monitoring import event_line, run_event
+
+    metric = (ROOT / "README.md").read_text().split(
+        "gcloud logging metrics create synanno_datagen_bad_nights", 1)[1].split("```", 1)[0]
+    run_clause = metric.split('("synanno_datagen_run" AND (', 1)[1].split("))", 1)[0]
+    terms = [t.replace('\\"', '"') for t in re.findall(r'"((?:[^"\\]|\\.)*)"', run_clause)]
+    assert len(terms) >= 5
+
+    def line(written, failures, remembered=None, status="ok"):
+        manifest = {"config": {"output_dir": "gs://o/ds"}, "incremental": {"run_dir": "runs/3"},
+                    "counts": {"instances_written": written, "failures": failures,
+                               "remembered_failures": remembered or {}}}
+        return event_line(run_event("run", status, 0, 1.0, "gs://o/ds", manifest))
+
+    def needs_a_look(text):
+        return "synanno_datagen_run" in text and any(t in text for t in terms)
+
+    healthy = line(12, {"outside_volume": 2, "empty_target": 1}, {"missing_chunks": 4})
+    assert not needs_a_look(healthy)
+    for bad in (line(7, {"fetch_error": 22, "outside_volume": 1}),
+                line(28, {"unexpected_error": 1}), line(0, {}),
+                line(5, {}, status="failed"),
+                event_line(run_event("run", "refused", 2, 0.1, "gs://o/ds", error="bad flag")),
+                event_line(run_event("run", "busy", 3, 0.1, "gs://o/ds", error="held"))):
+        assert needs_a_look(bad), bad
