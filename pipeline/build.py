@@ -139,20 +139,21 @@ def build(p: beam.Pipeline, config: Config):
             config.output_dir, config.incremental.run, remembered, read_columns(config),
             keepalive, earlier=config.incremental.retried_memory(), after=AsSingleton(cleared))
     counts = count_run(table["rows"], selected, written["ok"], dead, vanished, memory)  # dict
+    npy_written = npy_totals(written["ok"])   # one tuple, made after the last write
     after = []   # steps the manifest waits for besides those whose results it takes
     if NPY in config.formats:   # npy files a failed attempt wrote for an instance its retry
-        after.append(AsSingleton(   # dead-lettered (after every write)
-            selected_dead
+        after.append(AsSingleton(   # dead-lettered (after every write: waits for the totals,
+            selected_dead           # one element, not a list of every shard, on every worker)
             | "SelectedDeadLetters" >> beam.Flatten()
             | "DeleteLeftoverNpy" >> beam.ParDo(
                 DeleteLeftoverNpyFn(config.output_dir, config.variants, keepalive),
-                AsList(written["ok"]))
+                AsSingleton(npy_written))
             | "CountLeftoverNpy" >> beam.combiners.Count.Globally()))
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])
                 | "WriteManifest" >> beam.ParDo(
                     WriteManifestFn(config), AsList(files), AsSingleton(dead_file),
-                    AsSingleton(counts), AsSingleton(npy_totals(written["ok"])),
+                    AsSingleton(counts), AsSingleton(npy_written),
                     AsSingleton(fetched["io"]), *after))
     if config.lease is not None:  # last: the lease goes, the output is free for the next run
         root = config.incremental.root if config.incremental else config.output_dir

@@ -649,5 +649,11 @@ def test_leftover_npy_files_are_deleted_after_every_write_and_before_the_manifes
         pardo = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload)
         return set().union(*(producers[t.inputs[tag]] for tag in pardo.side_inputs))
 
-    assert "WriteShards" in side_inputs_of("DeleteLeftoverNpy")
+    def inputs_of(name):
+        return set().union(*(producers[pc] for t in transforms.values()
+                             if t.unique_name.split("/")[0] == name for pc in t.inputs.values()))
+
+    # the written shards' npy totals (one element on every worker, not a list of every shard)
+    assert side_inputs_of("DeleteLeftoverNpy") == {"NpyDict"}
+    assert "WriteShards" in inputs_of("NpyFiles") and "NpyFiles" in inputs_of("NpyTotals")
     assert "CountLeftoverNpy" in side_inputs_of("WriteManifest")

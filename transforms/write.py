@@ -283,8 +283,8 @@ class DeleteLeftoverNpyFn(beam.DoFn):
     an instance's and then failed left them behind, unlisted, when the retry dead-lettered the
     instance: only a failure that one attempt meets and another not (``fetch_error``, a read
     that failed this time; ``unexpected_error``), other reasons repeat in every attempt. Run
-    with every WrittenShard as a side input (``written``), so after the last write;
-    ``keepalive`` as for WriteShardsFn."""
+    with a side input made of every WrittenShard (``written``: their npy totals, one element
+    whatever the run's size), so after the last write; ``keepalive`` as for WriteShardsFn."""
 
     RETRY_DEPENDENT = (FETCH_ERROR, UNEXPECTED_ERROR)
 
