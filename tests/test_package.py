@@ -249,7 +249,7 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("fetch_strategies.py", ["--variants", "0"]),
     ("fetch_strategies.py", ["--big-table-rows", "-1"]), ("npy_reads.py", ["--repeats", "0"]),
     ("sample_conversion.py", ["--samples", "0"]),
-    ("sample_conversion.py", ["--shape", "16", "0", "8"]),
+    ("sample_conversion.py", ["--shape", "16", "0", "8"]), ("plan_shards.py", ["--instances", "0"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -260,6 +260,19 @@ def test_benchmark_flags_are_checked_before_any_work(script, flags):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"argument {flags[0]}: " in done.stderr.splitlines()[-1]
+
+
+def test_the_shard_plan_benchmark_compares_both_plans_of_one_table():
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "plan_shards.py"), "--instances", "3000"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("3,000 instances in ") and "3 block splits" in lines[0]
+    rows = {line.split("|")[0].strip(): line for line in lines[2:4]}
+    assert set(rows) == {"earlier", "per tile"}
+    assert all("MB held" in row for row in rows.values())
+    assert lines[4].startswith("earlier / per tile: one worker gathers ")
 
 
 def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():

@@ -254,6 +254,33 @@ def test_select_and_plan_shards_are_pure_functions_of_seed_block_and_id():
                        for g in set(groups.values()))
 
 
+@pytest.mark.parametrize("split_by", ["block", "instance"])
+def test_plan_shards_packs_blocks_of_many_tiles_as_plan_groups_does(split_by):
+    """Tiles are planned apart and their pieces numbered together: the groups PlanShards gives
+    in parallel are plan_groups' over the whole table, a group may span tiles."""
+    from synanno_datagen.transforms.shards import (PlanShards, block_key, plan_groups, split_of,
+                                                   tile_of)
+
+    splits, size = (("train", 0.7), ("val", 0.3)), (2, 2, 1)
+    centers = {i: ((i * 37) % 90, (i * 53) % 70, (i * 11) % 40) for i in range(300)}
+    block = {i: block_key(c, (0, 0, 0), size) for i, c in centers.items()}
+    split = {i: split_of(5, i, block[i], splits, split_by) for i in centers}
+    counts = {}
+    for i in centers:
+        counts[(block[i], split[i])] = counts.get((block[i], split[i]), 0) + 1
+    groups = plan_groups(counts, 100, 450, split_by)
+    tiles = {}
+    for b, g in groups.items():
+        tiles.setdefault(g, set()).add(tile_of(b))
+    assert len({t for ts in tiles.values() for t in ts}) > 8
+    assert any(len(ts) > 1 for ts in tiles.values())      # a group across tiles
+    with TestPipeline() as p:
+        planned = (p | beam.Create([instance(i, c) for i, c in centers.items()])
+                   | PlanShards(5, splits, split_by, (0, 0, 0), size, 100, 450))
+        assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.group)),
+                    equal_to([(i, split[i], groups[block[i]]) for i in centers]))
+
+
 def test_plan_groups_packs_blocks_in_order_up_to_the_shard_size():
     from synanno_datagen.transforms.shards import plan_groups
 

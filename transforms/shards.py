@@ -14,6 +14,7 @@ per split it holds.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
@@ -29,9 +30,20 @@ def block_key(center_xyz, target_offset_xyz, block_size_xyz) -> Block:
     return tuple((c - o) // b for c, o, b in zip(center_xyz, target_offset_xyz, block_size_xyz))
 
 
-def block_order(block: Block) -> Tuple[int, int, int]:
-    """Sort key of blocks: z, then y, then x (neighbouring blocks end up in one group)."""
-    return block[2], block[1], block[0]
+TILE_BLOCKS = 16   # work blocks per tile edge: what the shard plan is made of (see plan_groups)
+
+
+def tile_of(block: Block) -> Block:
+    """Index (x, y, z) of the tile (TILE_BLOCKS work blocks per axis) holding a work block."""
+    return tuple(b // TILE_BLOCKS for b in block)
+
+
+def block_order(block: Block) -> Tuple[int, ...]:
+    """Sort key of blocks: tiles in z, y, x order, and a tile's blocks in z, y, x order
+    (neighbouring blocks end up in one group; a volume of at most TILE_BLOCKS blocks per axis
+    is one tile, its blocks in plain z, y, x order)."""
+    tile = tile_of(block)
+    return tile[2], tile[1], tile[0], block[2], block[1], block[0]
 
 
 def split_of(run_seed: int, instance_id: int, block: Block, splits, split_by: str) -> str:
@@ -41,41 +53,95 @@ def split_of(run_seed: int, instance_id: int, block: Block, splits, split_by: st
     return assign_split(run_seed, instance_id, splits)
 
 
+def _pack(sizes: Iterable[int], shard_bytes: int) -> Tuple[List[int], List[int]]:
+    """Greedy packing in order: (the run each size is in, each run's total). A run takes the
+    next size unless that passes ``shard_bytes``; a size alone may."""
+    runs: List[int] = []
+    totals: List[int] = []
+    for size in sizes:
+        if not totals or (totals[-1] and totals[-1] + size > shard_bytes):
+            totals.append(0)
+        runs.append(len(totals) - 1)
+        totals[-1] += size
+    return runs, totals
+
+
+def tile_pieces(block_counts: Iterable[Tuple[Block, int]], bytes_per_instance: int,
+                shard_bytes: int) -> Tuple[Dict[Block, int], List[int]]:
+    """One tile's blocks (block, instances) packed in block order into pieces of about
+    ``shard_bytes``: ({block: piece number}, [piece bytes])."""
+    blocks = sorted(block_counts, key=lambda bc: block_order(bc[0]))
+    runs, totals = _pack((n * bytes_per_instance for _, n in blocks), shard_bytes)
+    return {block: run for (block, _), run in zip(blocks, runs)}, totals
+
+
+def number_pieces(tiles: Iterable[Tuple[Tuple[str, Block], List[int]]], shard_bytes: int
+                  ) -> Dict[Tuple[str, Block], int]:
+    """Every tile's pieces, ((lane, tile), [piece bytes]), packed into groups as blocks are in
+    a tile: lanes in name order, a lane's tiles in z, y, x order, pieces in turn; a group holds
+    pieces of one lane, the last of a tile with the first of the next when both fit. Returns
+    {(lane, tile): group of its first piece}: a tile's next pieces are in the next groups (a
+    piece ended where the tile's next block did not fit, so the next piece does not either).
+    Groups are numbered 0.. in that order."""
+    ordered = sorted(tiles, key=lambda t: (t[0][0], t[0][1][::-1]))   # lane, tile z, y, x
+    first: Dict[Tuple[str, Block], int] = {}
+    number = 0
+    for _, lane_tiles in itertools.groupby(ordered, key=lambda t: t[0][0]):
+        lane_tiles = list(lane_tiles)
+        runs, totals = _pack((size for _, sizes in lane_tiles for size in sizes), shard_bytes)
+        start = 0
+        for key, sizes in lane_tiles:
+            first[key] = number + runs[start]
+            start += len(sizes)
+        number += len(totals)
+    return first
+
+
 def plan_groups(counts: Dict[Tuple[Block, str], int], bytes_per_instance: int,
                 shard_bytes: int, split_by: str) -> Dict[Block, int]:
-    """Pack blocks, in block order, into groups of about ``shard_bytes`` of records.
+    """Pack blocks into groups of about ``shard_bytes`` of records: {block: group number}.
 
     ``counts``: instances per (block, split). With ``split_by="block"`` each group holds blocks
     of one split (groups of a split are consecutive); with ``instance`` a group holds any blocks.
-    Returns {block: group number}; groups are numbered 0.. in order.
+    Each tile's blocks are packed in block order into pieces (``tile_pieces``), and the pieces
+    of every tile, in tile order, into groups (``number_pieces``): a group is a run of blocks
+    in ``block_order``, and no step holds more than one tile's blocks or every tile's piece
+    sizes (PlanShards runs the same steps in parallel).
     """
-    per_block: Dict[Block, int] = {}
-    split_of_block: Dict[Block, str] = {}
+    per_tile: Dict[Tuple[str, Block], Dict[Block, int]] = {}
     for (block, split), n in counts.items():
-        per_block[block] = per_block.get(block, 0) + n
-        split_of_block[block] = split
-    lanes: Dict[str, List[Block]] = {}
-    for block in sorted(per_block, key=block_order):
-        lane = split_of_block[block] if split_by == "block" else ""
-        lanes.setdefault(lane, []).append(block)
-    groups: Dict[Block, int] = {}
-    number = 0
-    for lane in sorted(lanes):
-        filled = 0
-        for block in lanes[lane]:
-            size = per_block[block] * bytes_per_instance
-            if filled and filled + size > shard_bytes:
-                number += 1
-                filled = 0
-            groups[block] = number
-            filled += size
-        number += 1
-    return groups
+        blocks = per_tile.setdefault((split if split_by == "block" else "", tile_of(block)), {})
+        blocks[block] = blocks.get(block, 0) + n
+    pieces = {key: tile_pieces(blocks.items(), bytes_per_instance, shard_bytes)
+              for key, blocks in per_tile.items()}
+    numbers = number_pieces(((key, sizes) for key, (_, sizes) in pieces.items()), shard_bytes)
+    return {block: numbers[key] + piece
+            for key, (of_block, _) in pieces.items() for block, piece in of_block.items()}
+
+
+def _tile_plan(element, bytes_per_instance: int, shard_bytes: int):
+    """((lane, tile), [(block, instances)]) -> ((lane, block), piece) per block, and the
+    tile's piece sizes ((lane, tile), [bytes]) as output ``sizes``."""
+    (lane, tile), block_counts = element
+    of_block, sizes = tile_pieces(block_counts, bytes_per_instance, shard_bytes)
+    yield beam.pvalue.TaggedOutput("sizes", ((lane, tile), sizes))
+    for block, piece in of_block.items():
+        yield (lane, block), piece
+
+
+def _with_group(element, numbers):
+    """((lane, block), {"instances": [Instance], "piece": [piece]}) -> each Instance with its
+    group set."""
+    (lane, block), joined = element
+    group = numbers[(lane, tile_of(block))] + joined["piece"][0]
+    for instance in joined["instances"]:
+        yield instance.replace(group=group)
 
 
 class PlanShards(beam.PTransform):
     """Instances -> output ``ok``: each Instance with its split and its shard group (``shard``)
-    set. Only instances and per-block counts cross a shuffle."""
+    set. Only instances, per-block counts and per-tile piece sizes cross a shuffle; no step
+    holds every block (a whole-volume table has one per few instances)."""
 
     def __init__(self, run_seed: int, splits: Sequence[Tuple[str, float]], split_by: str,
                  target_offset_xyz, block_size_xyz, bytes_per_instance: int, shard_bytes: int,
@@ -92,24 +158,33 @@ class PlanShards(beam.PTransform):
         # A work block lies in one split unless splits follow another grid (an incremental
         # dataset's own, while this run's work blocks differ): then groups are packed as for
         # instance splits, one shard per split a group holds.
-        lanes = split_by if split_size == size else "instance"
+        by_split = split_by == "block" and split_size == size
 
         def with_split(instance: Instance) -> Instance:
             block = block_key(instance.center_xyz, offset, split_size)
             return instance.replace(split=split_of(seed, instance.instance_id, block, splits,
                                                    split_by))
 
-        split = instances | "Split" >> beam.Map(with_split)              # Instance with split
-        counts = (split
-                  | "BlockSplit" >> beam.Map(lambda i: (block_key(i.center_xyz, offset, size),
-                                                        i.split))
-                  | "CountPerBlock" >> beam.combiners.Count.PerElement()
-                  | "Counts" >> beam.combiners.ToDict())                 # {(block, split): n}
-        groups = counts | "PackBlocks" >> beam.Map(
-            plan_groups, self._bytes, self._shard_bytes, lanes)          # {block: group}
-        planned = split | "Group" >> beam.Map(
-            lambda i, g: i.replace(group=g[block_key(i.center_xyz, offset, size)]),
-            beam.pvalue.AsSingleton(groups))
+        def lane_block(instance: Instance):
+            return ((instance.split if by_split else ""),
+                    block_key(instance.center_xyz, offset, size))
+
+        keyed = (instances
+                 | "Split" >> beam.Map(with_split)
+                 | "ByBlock" >> beam.Map(lambda i: (lane_block(i), i)))  # ((lane, block), Inst.)
+        tiles = (keyed
+                 | "CountPerBlock" >> beam.combiners.Count.PerKey()       # ((lane, block), n)
+                 | "ByTile" >> beam.Map(lambda kv: ((kv[0][0], tile_of(kv[0][1])),
+                                                    (kv[0][1], kv[1])))
+                 | "GroupTiles" >> beam.GroupByKey()
+                 | "PackTiles" >> beam.FlatMap(_tile_plan, self._bytes, self._shard_bytes
+                                               ).with_outputs("sizes", main="pieces"))
+        numbers = (tiles.sizes
+                   | "AllTiles" >> beam.combiners.ToList()
+                   | "NumberPieces" >> beam.Map(number_pieces, self._shard_bytes))
+        planned = ({"instances": keyed, "piece": tiles.pieces}
+                   | "MeetPieces" >> beam.CoGroupByKey()
+                   | "Group" >> beam.FlatMap(_with_group, beam.pvalue.AsSingleton(numbers)))
         return {"ok": planned}
 
 
