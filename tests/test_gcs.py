@@ -406,6 +406,44 @@ def test_clearing_a_gs_dataset_deletes_its_files_not_objects_named_under_them(gc
         "tfrecord_old/keep"]
 
 
+def test_a_gs_folder_of_many_objects_is_deleted_with_requests_at_once(gcs, monkeypatch):
+    """A run's _tmp holds an object per shard group, an overwritten dataset two per shard:
+    deleted one request after another, a whole-H01 run spent hours there (helper review).
+    Every object under the prefix goes, objects beside it stay, and more than one request was
+    in flight at once."""
+    import threading
+    import time
+
+    from synanno_datagen.transforms import files
+
+    bucket = gcs.client().bucket(gcs.create_bucket("many").partition("://")[2])
+    for k in range(120):
+        bucket.blob(f"d/_tmp/train-group{k:06d}.jsonl").upload_from_string(b"x")
+    for name in ("d/_tmp_old/keep", "d/manifest.json", "d/_tmp.txt"):
+        bucket.blob(name).upload_from_string(b"x")
+    made, lock, inflight = files._gcs, threading.Lock(), {"now": 0, "most": 0}
+
+    class Counting:
+        def __init__(self):
+            self._gcs = made()
+
+        def delete(self, path):
+            with lock:
+                inflight["now"] += 1
+                inflight["most"] = max(inflight["most"], inflight["now"])
+            time.sleep(0.01)   # a bucket's round trip, so that requests overlap
+            try:
+                self._gcs.delete(path)
+            finally:
+                with lock:
+                    inflight["now"] -= 1
+
+    monkeypatch.setattr(files, "_gcs", Counting)
+    files.delete_tree("gs://many/d/_tmp")
+    assert sorted(gcs.objects("many", "d")) == ["_tmp.txt", "_tmp_old/keep", "manifest.json"]
+    assert inflight["most"] > 1
+
+
 def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
     bucket = gcs.create_bucket("views")
     data = make_small_data(tmp_path / "data")
