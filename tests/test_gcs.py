@@ -444,6 +444,32 @@ def test_a_gs_folder_of_many_objects_is_deleted_with_requests_at_once(gcs, monke
     assert inflight["most"] > 1
 
 
+def test_runs_merged_from_gs_are_read_ahead_a_megabyte_at_a_time(gcs):
+    """A merge of dead letters or memory entries holds MERGE_FAN_IN (128) runs open at once:
+    read through Beam's FileSystems, each gs:// run read 16 MB ahead, 2 GB in all (helper
+    review). Each open run holds about MERGE_READ_BUFFER, and the runs merge in order."""
+    import heapq
+    import tracemalloc
+
+    from synanno_datagen.transforms.dead_letter_file import MERGE_READ_BUFFER, read_lines
+
+    bucket = gcs.client().bucket(gcs.create_bucket("runs").partition("://")[2])
+    lines = {k: [b"%08d %d " % (n, k) + b"x" * 200 + b"\n" for n in range(k, 45_000, 3)]
+             for k in range(3)}   # three sorted runs of about 3 MB each
+    for k, run in lines.items():
+        bucket.blob(f"r/{k}.run").upload_from_string(b"".join(run))
+    tracemalloc.start()
+    try:
+        readers = [read_lines(f"gs://runs/r/{k}.run") for k in range(3)]
+        firsts = [next(r) for r in readers]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 3 * MERGE_READ_BUFFER + (1 << 20) < 6 << 20
+    merged = list(heapq.merge(*([first, *rest] for first, rest in zip(firsts, readers))))
+    assert merged == sorted(line for run in lines.values() for line in run)
+
+
 def test_inspect_and_preview_read_a_gs_dataset(gcs, tmp_path, capsys):
     bucket = gcs.create_bucket("views")
     data = make_small_data(tmp_path / "data")

@@ -14,17 +14,16 @@ import uuid
 from typing import Iterable, Iterator, List, Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from synanno_datagen.layout import DEAD_LETTER, FRAGMENTS_DIR, join, json_line
-from synanno_datagen.transforms.files import before_commit, write_atomic, write_bytes
+from synanno_datagen.transforms.files import before_commit, open_streamed, write_atomic, write_bytes
 
 RUN_LINES = 50_000          # lines a worker holds before it writes them as one sorted run
 MERGE_FAN_IN = 128          # runs read at once; more are merged in passes
+MERGE_READ_BUFFER = 1 << 20  # bytes of a gs:// run read ahead while it is merged
 RUNS_DIR = f"{FRAGMENTS_DIR}/dead_letters"
 _ID_OFFSET = 1 << 63        # instance ids (and the "no id" key, -2**63) as non-negative numbers
 
@@ -44,8 +43,10 @@ def _unprefixed(lines: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def read_lines(path: str) -> Iterator[bytes]:
-    """The lines of the file at ``path`` (local or gs://), as bytes, streaming."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    """The lines of the file at ``path`` (local or gs://), as bytes, streaming: a merge reads
+    MERGE_FAN_IN of them at once, so a gs:// object is read ahead MERGE_READ_BUFFER at a time
+    (Beam's default, 16 MB, made 128 open runs hold 2 GB)."""
+    with open_streamed(path, MERGE_READ_BUFFER) as f:
         yield from iter(f.readline, b"")
 
 

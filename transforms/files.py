@@ -134,6 +134,14 @@ def object_holding(path: str) -> Optional[str]:
     return None
 
 
+def open_streamed(path: str, read_ahead_bytes: int):
+    """``path`` (local or gs://) opened for reading in binary; a gs:// object is fetched
+    ``read_ahead_bytes`` at a time (Beam's FileSystems.open fetches 16 MB)."""
+    if path.startswith("gs://"):
+        return _gcs().open(path, "rb", read_buffer_size=read_ahead_bytes)
+    return FileSystems.open(path, compression_type=_RAW)
+
+
 DELETE_THREADS = 32   # object deletions a process sends at once (gs://)
 
 
