@@ -70,7 +70,7 @@ def _new_instances(p: beam.Pipeline, config: Config, table: dict):
         if skip_entries is not None:   # an id's row whose fetch failed is kept among repeats
             table_out["remembered"] = skip_entries
         kept = table_out | "KeepNewInstances" >> KeepNewInstances(
-            config.incremental.previous_index_paths(), read_columns(config))
+            config.incremental.previous_index_paths, read_columns(config))
         instances, vanished = kept["ok"], kept["vanished"]   # Instance; earlier ids gone: int
         rejected = (rejected, kept[DEAD]) | "AllRejections" >> beam.Flatten()  # + repeats, moved
     if skip_entries is not None:

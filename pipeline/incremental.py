@@ -23,13 +23,15 @@ from synanno_datagen import layout
 
 @dataclass(frozen=True)
 class PreviousRun:
-    """The complete run a new run extends: its number, manifest (relative to the root), files
-    (paths relative to the root), splits and remembered failures (relative to the root; None
-    for runs made before they were remembered)."""
+    """The complete run a new run extends: its number, manifest (relative to the root), the
+    sha256 of its file listing (``listing_sha256``: the listing itself, which grows with the
+    dataset, is read again in the job, not carried in the job's description), splits and
+    remembered failures (relative to the root; None for runs made before they were
+    remembered)."""
 
     run: int
     manifest: str
-    files: Dict[str, object]
+    listing_sha256: str
     splits: Dict[str, dict]
     memory: Optional[str] = None
     # Its block splits' grid (None in manifests written before it was recorded: then its work
@@ -84,17 +86,36 @@ class IncrementalPlan:
         held = self.previous.instances if self.previous else 0
         return max(0, num_instances - held)
 
-    def previous_index_paths(self) -> List[str]:
-        """Paths of every index shard of the dataset this run extends."""
+    def previous_files(self) -> Dict[str, object]:
+        """The file listing of the run this run extends ({} for none), read from its manifest
+        (paths relative to the root). ValueError, naming the manifest, when the listing is not
+        the one the run was planned with (the manifest was changed since)."""
         if self.previous is None:
-            return []
-        return [layout.join_inside(self.root, f["path"]) for f in self.previous.files["index"]]
+            return {}
+        from apache_beam.io.filesystems import FileSystems
+
+        path = layout.join(self.root, self.previous.manifest)
+        try:
+            with FileSystems.open(path) as f:
+                files = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} cannot be read again ({type(e).__name__}: {e}); "
+                             "it was changed since this run started") from None
+        if listing_sha256(files) != self.previous.listing_sha256:
+            raise ValueError(f"{path} lists other files than when this run started: it was "
+                             "changed since")
+        return files
+
+    def previous_index_paths(self) -> List[str]:
+        """Paths of every index shard of the dataset this run extends (read in the job)."""
+        return [layout.join_inside(self.root, f["path"])
+                for f in self.previous_files().get("index", [])]
 
     def merge_files(self, files: Dict[str, list]) -> Dict[str, list]:
         """This run's file lists (paths relative to its run folder) + the earlier runs' ->
         one listing, paths relative to the root, each shard with the run that wrote it."""
         prefix = self.run_dir + "/"
-        earlier = self.previous.files if self.previous else {}
+        earlier = self.previous_files()
         merged = {kind: list(earlier.get(kind, [])) + [
             {**f, "path": prefix + f["path"], "run": self.run} for f in files[kind]]
             for kind in ("tfrecord", "index")}
@@ -120,6 +141,12 @@ class IncrementalPlan:
             "instances_before": self.previous.instances if self.previous else 0,
             "paths_relative_to": "the dataset root (two levels above this manifest)",
         }
+
+
+def listing_sha256(files: Dict[str, object]) -> str:
+    """sha256 of a manifest's file listing (``files``), as canonical JSON."""
+    text = json.dumps(files, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def generation_hash(generation: Dict) -> str:
@@ -272,7 +299,7 @@ def _previous_run(root: str, latest: dict) -> PreviousRun:
         raise ValueError(f"{where}: config.fetch_memory_mb {memory_mb!r} is not a whole number "
                          "from 1; the manifest was changed")
     return PreviousRun(
-        info["run"], where, latest["files"], latest["splits"], memory,
+        info["run"], where, listing_sha256(latest["files"]), latest["splits"], memory,
         tuple(grid) if grid else None,
         {"block_size_xyz": tuple(block) if block else None,
          **({"fetch_memory_mb": memory_mb} if "fetch_memory_mb" in options else {})},

@@ -740,3 +740,43 @@ def test_a_row_remembered_as_a_duplicate_is_said_to_have_moved_once_it_stands_al
     assert counts[2]["failures"] == {"changed_since_written": 1}  # alone: said once
     assert counts[3]["failures"] == {}
     assert counts[3]["remembered_failures"] == {**base, "changed_since_written": 1}
+
+
+def test_the_jobs_description_does_not_grow_with_the_dataset_it_extends(small_data, tmp_path):
+    """Found by a scale review: a run extending a root carried every earlier shard's listing in
+    its job (the manifest step's config and the earlier index paths), about 100 bytes per shard
+    as Beam pickles and compresses them (sha256s do not compress): Dataflow refuses a job description over 10 MB, so a root past about
+    45 million instances could not be extended. The listing is read in the job now, and one
+    changed since the run was planned is refused."""
+    import hashlib
+
+    import apache_beam as beam
+
+    from synanno_datagen.pipeline.build import build
+    from synanno_datagen.pipeline.config import parse
+
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1")
+    assert main(["run"] + argv) == 0
+    manifest_path = root / "runs/00001/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+
+    def described(extra_shards: int) -> int:
+        grown = json.loads(json.dumps(manifest))
+        for kind in ("tfrecord", "index"):
+            for k in range(extra_shards):
+                grown["files"][kind].append({
+                    **grown["files"][kind][0], "path": f"runs/00001/{kind}/x-{k:05d}",
+                    "sha256": hashlib.sha256(b"%s %d" % (kind.encode(), k)).hexdigest()})
+        manifest_path.write_text(json.dumps(grown))
+        config, _ = parse(argv)
+        p = beam.Pipeline()
+        build(p, config)
+        return len(p.to_runner_api().SerializeToString())
+
+    small, large = described(0), described(2000)
+    assert large - small < 2_000, (small, large)   # 4,000 entries: ~200 KB when carried
+    config, _ = parse(argv)   # planned with the grown listing; the manifest changes again:
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="lists other files than when this run started"):
+        config.incremental.previous_files()

@@ -1,7 +1,7 @@
 """KeepNewInstances: an incremental run keeps only the instances earlier runs do not hold."""
 from __future__ import annotations
 
-from typing import Collection, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Iterable, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 
@@ -113,18 +113,25 @@ class KeepNewInstances(beam.PTransform):
     ``vanished`` (earlier ids no longer in the table: neither an instance now nor the id of a
     rejected row). The repeats are chosen among in this join, so the table's rows cross one
     shuffle, the earlier runs' ids and points, and the failed fetches' ids, with them.
-    ``columns``: those the memory's fingerprints cover (the run's read_columns)."""
+    ``columns``: those the memory's fingerprints cover (the run's read_columns).
+    ``index_paths``: the earlier index shards, or a function giving them in the job (a
+    dataset's listing grows with it: it is not carried in the job's description)."""
 
-    def __init__(self, index_paths: List[str], columns: Optional[Sequence[str]] = None):
+    def __init__(self, index_paths: Union[Sequence[str], Callable[[], List[str]]],
+                 columns: Optional[Sequence[str]] = None):
         super().__init__()
-        self._paths = list(index_paths)
+        self._paths = index_paths if callable(index_paths) else tuple(index_paths)
         self._columns = columns
 
     def expand(self, inputs):
         instances, rejected = inputs["instances"], inputs["rejected"]
         keyed = instances | "KeyById" >> beam.Map(lambda i: (i.instance_id, i))
+        paths = self._paths
         earlier = (instances.pipeline
-                   | "EarlierIndex" >> beam.Create(self._paths)
+                   | "EarlierRun" >> beam.Create([None])
+                   | "EarlierIndex" >> beam.FlatMap(
+                       lambda _: paths() if callable(paths) else paths)
+                   | "SpreadIndex" >> beam.Reshuffle()   # shards read by every worker
                    | "EarlierPoints" >> beam.FlatMap(read_index_points))
         still = rejected | "RejectedIds" >> beam.FlatMap(
             lambda d: [] if d.instance_id is None else [(d.instance_id, None)])
