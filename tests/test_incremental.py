@@ -745,9 +745,9 @@ def test_a_row_remembered_as_a_duplicate_is_said_to_have_moved_once_it_stands_al
 def test_the_jobs_description_does_not_grow_with_the_dataset_it_extends(small_data, tmp_path):
     """Found by a scale review: a run extending a root carried every earlier shard's listing in
     its job (the manifest step's config and the earlier index paths), about 100 bytes per shard
-    as Beam pickles and compresses them (sha256s do not compress): Dataflow refuses a job description over 10 MB, so a root past about
-    45 million instances could not be extended. The listing is read in the job now, and one
-    changed since the run was planned is refused."""
+    as Beam pickles and compresses them (sha256s do not compress): Dataflow refuses a job
+    description over 10 MB, so a root past about 45 million instances could not be extended.
+    The listing is read in the job now, and one changed since the run was planned is refused."""
     import hashlib
 
     import apache_beam as beam
