@@ -251,6 +251,7 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("sample_conversion.py", ["--samples", "0"]),
     ("sample_conversion.py", ["--shape", "16", "0", "8"]), ("plan_shards.py", ["--instances", "0"]),
     ("gcs_deletes.py", ["--objects", "0"]), ("gcs_deletes.py", ["--latency-ms", "-1"]),
+    ("table_reads.py", ["--rows", "0"]), ("table_reads.py", ["--workers", "x"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were

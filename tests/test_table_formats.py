@@ -496,3 +496,26 @@ def test_a_cell_over_the_limit_is_said_to_be_in_the_row_after_the_last_good_line
     header.write_text("id,x,y,z," + "n" * (CSV_CELL_LIMIT + 1) + "\n1,1,1,1,a\n")
     with pytest.raises(TableFormatError, match=rf"{header}: the header: field larger"):
         list(iter_rows(str(header)))
+
+
+def test_a_parquet_shard_is_read_in_parts_of_a_row_group_each_a_csv_whole(tmp_path):
+    """A table of one large Parquet file was read and parsed by one thread (a scale review:
+    about an hour for 150 million rows); its row groups are now parts that workers read apart,
+    each knowing its first row, and together they are the shard's rows in order."""
+    from synanno_datagen.transforms.table_formats import iter_rows, shard_parts
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": list(range(8)), "x": [f"{10 * i}" for i in range(8)]}), path,
+                   row_group_size=3)
+    parts = shard_parts(str(path))
+    assert parts == [(0, 0), (1, 3), (2, 6)]
+    rows = [(first + k, row) for part, first in parts
+            for k, row in enumerate(iter_rows(str(path), part))]
+    assert rows == list(enumerate(iter_rows(str(path))))
+    assert [row["id"] for _, row in rows] == [str(i) for i in range(8)]
+    csv_path = tmp_path / "t.csv.gz"
+    csv_path.write_bytes(gzip.compress(b"id,x\n1,2\n3,4\n"))
+    assert shard_parts(str(csv_path)) == [(None, 0)]
+    empty = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), empty)
+    assert [list(iter_rows(str(empty), part)) for part, _ in shard_parts(str(empty))] == [[]]

@@ -15,7 +15,9 @@ from synanno_datagen.transforms.select import SmallestDistinct, selection_key
 from synanno_datagen.transforms.records import (
     DEAD, DUPLICATE_ID, EXTRA_CELLS, INVALID_ID, OUTSIDE_VOLUME, DeadLetter, Instance, RowRef,
 )
-from synanno_datagen.transforms.table_formats import EXTRA_CELLS_KEY, count_rows, iter_rows
+from synanno_datagen.transforms.table_formats import (
+    EXTRA_CELLS_KEY, count_rows, iter_rows, shard_parts,
+)
 
 DEFAULT_LAYOUT = TableLayout()
 _INT64_MAX = (1 << 63) - 1
@@ -92,12 +94,20 @@ def row_id(row: dict, ref: RowRef, id_column: Optional[str],
         return None
 
 
-class ReadShardFn(beam.DoFn):
-    """(shard number, path) -> (RowRef, {column: text}), streaming the shard (any format)."""
+def list_parts(element: Tuple[int, str]) -> List[Tuple[int, str, Optional[int], int]]:
+    """(shard number, path) -> (shard number, path, part, its first row) per part of the shard
+    that can be read apart (a Parquet row group; a CSV whole)."""
+    shard, path = element
+    return [(shard, path, part, first) for part, first in shard_parts(path)]
 
-    def process(self, element: Tuple[int, str]) -> Iterable[Tuple[RowRef, dict]]:
-        shard, path = element
-        for row_index, row in enumerate(iter_rows(path)):
+
+class ReadShardFn(beam.DoFn):
+    """(shard number, path, part, first row) -> (RowRef, {column: text}), streaming that part
+    of the shard (any format; ``part`` None: the whole shard)."""
+
+    def process(self, element) -> Iterable[Tuple[RowRef, dict]]:
+        shard, path, part, first = element
+        for row_index, row in enumerate(iter_rows(path, part), start=first):
             yield RowRef(shard, row_index), row
 
 
@@ -188,8 +198,12 @@ class ReadTable(beam.PTransform):
         self._layout = layout
 
     def _read(self, pbegin, label: str = ""):
+        # A shard's parts are read apart, by any worker: a table of one large Parquet file is
+        # not read and parsed by one thread (its row groups; a CSV is read whole).
         return (pbegin
                 | f"ListShards{label}" >> beam.Create(list(enumerate(self._paths)))
+                | f"ListParts{label}" >> beam.FlatMap(list_parts)
+                | f"SpreadParts{label}" >> beam.Reshuffle()
                 | f"ReadShards{label}" >> beam.ParDo(ReadShardFn()))  # (RowRef, {column: text})
 
     def expand(self, pbegin):

@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from synanno_datagen.errors import first_line
 
@@ -153,16 +153,32 @@ def count_rows(path: str) -> int:
     return sum(1 for _ in iter_rows(path))
 
 
-def iter_rows(path: str) -> Iterator[Dict[str, str]]:
-    """The shard's data rows in file order, as ``{column: text}``. A file that cannot be read to
-    its end (a gzip stream cut short, a damaged Parquet page) raises TableFormatError."""
+def shard_parts(path: str) -> List[Tuple[Optional[int], int]]:
+    """The parts of a shard that can be read apart, each as (part, its first row in the shard):
+    a Parquet file's row groups (pandas and pyarrow write a group per million rows or fewer), a
+    CSV whole (``[(None, 0)]``: its rows can only be found in order)."""
+    if table_format(path) != PARQUET:
+        return [(None, 0)]
+    with _open_binary(path) as raw:
+        metadata = _parquet_file(raw, path).metadata
+    parts, first = [], 0
+    for group in range(metadata.num_row_groups):
+        parts.append((group, first))
+        first += metadata.row_group(group).num_rows
+    return parts or [(None, 0)]
+
+
+def iter_rows(path: str, part: Optional[int] = None) -> Iterator[Dict[str, str]]:
+    """The shard's data rows in file order, as ``{column: text}``; with ``part``, those of that
+    part (``shard_parts``) only. A file that cannot be read to its end (a gzip stream cut short,
+    a damaged Parquet page) raises TableFormatError."""
     import lzma
     import zlib
 
     import pyarrow as pa
 
     try:
-        yield from _iter_rows(path)
+        yield from _iter_rows(path, part)
     except (EOFError, zlib.error, lzma.LZMAError, OSError, pa.ArrowException) as e:
         raise _not_to_its_end(path, e) from None
 
@@ -173,12 +189,13 @@ def _not_to_its_end(path: str, e: Exception) -> TableFormatError:
                             "or copy it again")
 
 
-def _iter_rows(path: str) -> Iterator[Dict[str, str]]:
+def _iter_rows(path: str, part: Optional[int] = None) -> Iterator[Dict[str, str]]:
     fmt = table_format(path)
     with _open_binary(path) as raw:
         if fmt == PARQUET:
-            batches = _parquet_file(raw, path).iter_batches(batch_size=PARQUET_BATCH_ROWS,
-                                                            use_threads=False)
+            batches = _parquet_file(raw, path).iter_batches(
+                batch_size=PARQUET_BATCH_ROWS, use_threads=False,
+                row_groups=None if part is None else [part])
             for batch in batches:
                 batch = _as_python_can_hold(batch)
                 narrow = _narrow_floats(batch.schema)    # float16 left: rare, cell by cell
