@@ -4,7 +4,9 @@ fetches and writes it.
 Shards are spatial: a group is a run of work blocks (in block order) holding about
 ``--shard-size-mb`` of records, fetched and written by one worker, so every record is written
 once, where its arrays are made, and a chunk that neighbouring crops share is read once. Only
-instance records (small) and per-block counts cross a shuffle.
+instance records (small), per-block counts and per-tile piece sizes cross a shuffle: the plan is
+made per tile of TILE_BLOCKS work blocks per axis (``plan_groups``), so no step holds every
+occupied block of a whole-volume table.
 
 Splits (``--split-by``): ``block`` (the default) puts all instances of a work block in one split,
 a pure function of (seed, block), so train, val and test are spatially apart (crops of
