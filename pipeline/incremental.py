@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from synanno_datagen import layout
+from synanno_datagen.errors import LeaseLost, first_line
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ class IncrementalPlan:
 
     def previous_files(self) -> Dict[str, object]:
         """The file listing of the run this run extends ({} for none), read from its manifest
-        (paths relative to the root). ValueError, naming the manifest, when the listing is not
-        the one the run was planned with (the manifest was changed since)."""
+        (paths relative to the root). When it cannot be read again or is not the one the run
+        was planned with: LeaseLost (one line, nothing of the run committed), as another writer
+        changed the root under this run's lease."""
         if self.previous is None:
             return {}
         from apache_beam.io.filesystems import FileSystems
@@ -99,11 +101,13 @@ class IncrementalPlan:
             with FileSystems.open(path) as f:
                 files = json.load(f)["files"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} cannot be read again ({type(e).__name__}: {e}); "
-                             "it was changed since this run started") from None
+            raise LeaseLost(f"{path} cannot be read again ({type(e).__name__}: "
+                            f"{first_line(e, 200)}): the root was changed while this run held "
+                            "its lease; nothing of this run is committed") from None
         if listing_sha256(files) != self.previous.listing_sha256:
-            raise ValueError(f"{path} lists other files than when this run started: it was "
-                             "changed since")
+            raise LeaseLost(f"{path} lists other files than when this run started: the root "
+                            "was changed while this run held its lease; nothing of this run "
+                            "is committed")
         return files
 
     def previous_index_paths(self) -> List[str]:

@@ -742,12 +742,14 @@ def test_a_row_remembered_as_a_duplicate_is_said_to_have_moved_once_it_stands_al
     assert counts[3]["remembered_failures"] == {**base, "changed_since_written": 1}
 
 
-def test_the_jobs_description_does_not_grow_with_the_dataset_it_extends(small_data, tmp_path):
+def test_the_jobs_description_does_not_grow_with_the_dataset_it_extends(small_data, tmp_path,
+                                                                        monkeypatch, capsys):
     """Found by a scale review: a run extending a root carried every earlier shard's listing in
     its job (the manifest step's config and the earlier index paths), about 100 bytes per shard
     as Beam pickles and compresses them (sha256s do not compress): Dataflow refuses a job
     description over 10 MB, so a root past about 45 million instances could not be extended.
-    The listing is read in the job now, and one changed since the run was planned is refused."""
+    The listing is read in the job now; one changed since the run was planned ends the run in
+    one line, nothing committed."""
     import hashlib
 
     import apache_beam as beam
@@ -776,7 +778,24 @@ def test_the_jobs_description_does_not_grow_with_the_dataset_it_extends(small_da
 
     small, large = described(0), described(2000)
     assert large - small < 2_000, (small, large)   # 4,000 entries: ~200 KB when carried
-    config, _ = parse(argv)   # planned with the grown listing; the manifest changes again:
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="lists other files than when this run started"):
-        config.incremental.previous_files()
+    from synanno_datagen.pipeline import config as config_module
+
+    planned = config_module.settle
+
+    def changed_once_planned(config):   # another writer rewrites the manifest meanwhile
+        settled = planned(config)
+        grown = json.loads(json.dumps(manifest))
+        grown["files"]["index"] = grown["files"]["index"][1:]
+        manifest_path.write_text(json.dumps(grown))
+        return settled
+
+    monkeypatch.setattr(config_module, "settle", changed_once_planned)
+    assert main(["run"] + argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        f"synanno-datagen: lease lost: {manifest_path} lists other files than when this run "
+        "started: the root was changed while this run held its lease; nothing of this run is "
+        "committed")
+    assert json.loads(captured.out.strip().splitlines()[-1])["status"] == "failed"
+    assert (root / "LATEST").read_text().strip().endswith("runs/00001/manifest.json")
