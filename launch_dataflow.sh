@@ -155,7 +155,7 @@ run_job() {
   if [ -n "${MAX_WORKERS:-}" ]; then cmd+=(--max_num_workers "$MAX_WORKERS"); fi
   if [ -n "${MACHINE_TYPE:-}" ]; then cmd+=(--machine_type "$MACHINE_TYPE"); fi
   if [ "$dry_run" = 0 ]; then
-    echo "launch_dataflow.sh: run: submitting job $job_name to $PROJECT/$REGION" >&2
+    echo "launch_dataflow.sh: run: checking the run, then submitting job $job_name to $PROJECT/$REGION" >&2
   fi
   do_cmd "${cmd[@]}"
 }

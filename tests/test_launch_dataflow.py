@@ -292,7 +292,7 @@ def test_submission_runs_the_command_with_a_stand_in_python(tmp_path):
     done = launch(*OURS, cwd=tmp_path, PROJECT="p", REGION="r", BUCKET="b", PYTHON=str(stub))
     assert done.returncode == 0, done.stderr
     assert where.read_text().strip() == str(tmp_path)
-    assert "submitting job synanno-datagen-" in done.stderr
+    assert "checking the run, then submitting job synanno-datagen-" in done.stderr
     called = record.read_text().splitlines()
     dry = shlex.split(launch("--dry-run", *OURS, PROJECT="p", REGION="r", BUCKET="b",
                              JOB_NAME="x").stdout)
