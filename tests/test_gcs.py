@@ -663,3 +663,16 @@ def test_bzip2_and_xz_csv_tables_stream_from_gcs(gcs):
         rows = list(iter_rows(path))
         assert len(rows) == count_rows(path) == 5000
         assert rows[4999] == {"id": "4999", "x": "4999", "y": "2", "z": "3"}
+
+
+def test_objects_that_cannot_be_deleted_fail_the_deletion(forbidding_storage):
+    """delete_objects sends its requests from a thread pool: a refused request (403) must still
+    raise, or a dataset --overwrite replaces and a run's _tmp stay behind unnoticed (a pool.map
+    whose results are not taken swallows them). One object and many, as delete_tree sends."""
+    from google.api_core.exceptions import Forbidden
+
+    from synanno_datagen.transforms.files import delete_objects
+
+    for count in (1, 40):
+        with pytest.raises(Forbidden):
+            delete_objects([f"gs://bkt/d/_tmp/{k}" for k in range(count)])

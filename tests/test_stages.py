@@ -119,6 +119,48 @@ def test_read_table_numbers_rows_over_its_shards_without_an_id_column(data, tmp_
                     equal_to(expected))
 
 
+def _shuffled_between(p, start: str, end: str) -> bool:
+    """Whether a GroupByKey (a fusion break: a runner hands its output to any worker) lies on
+    the way from the step named ``start`` to the step named ``end`` in ``p``'s graph."""
+    transforms = p.to_runner_api().components.transforms
+    leaves = [t for t in transforms.values() if not t.subtransforms]
+    producer = {pc: t for t in leaves for pc in t.outputs.values()}
+    [step] = [t for t in leaves if t.unique_name.split("/")[-1] == end]
+    while True:
+        [pc] = step.inputs.values()
+        step = producer[pc]
+        if start in step.unique_name.split("/"):
+            return False
+        if step.spec.urn == "beam:transform:group_by_key:v1":
+            return True
+
+
+@pytest.mark.parametrize("select", [None, (3, 2)])
+def test_read_table_hands_each_part_of_a_shard_to_any_worker(select):
+    """Found by mutation review: without the Reshuffle after ListParts every test passed, but a
+    runner fuses the listing of a shard's parts with their reads (Create hands one shard to
+    one worker), so a table of one large Parquet file was read by one thread again."""
+    from synanno_datagen.transforms.geometry import Box
+    from synanno_datagen.transforms.table import ReadTable
+
+    p = beam.Pipeline()
+    _ = p | ReadTable(["t.parquet"], "id", Box((0, 0, 0), (9, 9, 9)), select)
+    for label in ["", "Again"] if select else [""]:
+        assert _shuffled_between(p, f"ListParts{label}", f"ReadShards{label}")
+
+
+def test_keep_new_instances_hands_the_earlier_index_shards_to_any_worker():
+    """Found by mutation review: the earlier shards' paths come from one element now (listed in
+    the job); without the Reshuffle every test passed, but one worker read every earlier index
+    shard of the root."""
+    from synanno_datagen.transforms.keep_new import KeepNewInstances
+
+    p = beam.Pipeline()
+    _ = ({"instances": p | beam.Create([instance(11)]), "rejected": p | "R" >> beam.Create([])}
+         | KeepNewInstances(lambda: ["index.jsonl"]))
+    assert _shuffled_between(p, "EarlierIndex", "EarlierPoints")
+
+
 def test_keep_new_instances_drops_earlier_ids_and_reports_vanished_ones(tmp_path):
     from synanno_datagen.transforms.keep_new import KeepNewInstances
 
@@ -277,6 +319,30 @@ def test_plan_shards_packs_blocks_of_many_tiles_as_plan_groups_does(split_by):
     with TestPipeline() as p:
         planned = (p | beam.Create([instance(i, c) for i, c in centers.items()])
                    | PlanShards(5, splits, split_by, (0, 0, 0), size, 100, 450))
+        assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.group)),
+                    equal_to([(i, split[i], groups[block[i]]) for i in centers]))
+
+
+def test_plan_shards_with_splits_on_another_grid_packs_whole_work_blocks():
+    """An incremental root keeps its own split grid while this run's work blocks differ: a work
+    block then holds instances of several splits, and groups are packed as for instance splits,
+    of whole work blocks (a block split between groups is fetched by two workers)."""
+    from synanno_datagen.transforms.shards import PlanShards, block_key, plan_groups, split_of
+
+    splits, size, grid = (("train", 0.5), ("val", 0.5)), (4, 4, 2), (3, 3, 3)
+    centers = {i: ((i * 37) % 40, (i * 53) % 30, (i * 11) % 12) for i in range(300)}
+    block = {i: block_key(c, (0, 0, 0), size) for i, c in centers.items()}
+    split = {i: split_of(5, i, block_key(c, (0, 0, 0), grid), splits, "block")
+             for i, c in centers.items()}
+    counts = {}
+    for i in centers:
+        counts[(block[i], split[i])] = counts.get((block[i], split[i]), 0) + 1
+    assert len({b for b, _ in counts}) < len(counts)   # some work blocks hold two splits
+    groups = plan_groups(counts, 100, 450, "instance")
+    assert len(set(groups.values())) > 5
+    with TestPipeline() as p:
+        planned = (p | beam.Create([instance(i, c) for i, c in centers.items()])
+                   | PlanShards(5, splits, "block", (0, 0, 0), size, 100, 450, grid))
         assert_that(planned["ok"] | beam.Map(lambda i: (i.instance_id, i.split, i.group)),
                     equal_to([(i, split[i], groups[block[i]]) for i in centers]))
 
