@@ -113,13 +113,12 @@ def main(argv=None):
         per_tile.setdefault((split, tile_of(block)), []).append((block, n))
     sizes = [(key, tile_pieces(blocks, BYTES_PER_INSTANCE, SHARD_BYTES)[1])
              for key, blocks in per_tile.items()]
+    earlier = earlier_plan(counts, BYTES_PER_INSTANCE, SHARD_BYTES)
     rows = {
-        "earlier": (measure(counts), measure(earlier_plan(counts, BYTES_PER_INSTANCE,
-                                                          SHARD_BYTES))),
+        "earlier": (measure(counts), measure(earlier)),
         "per tile": (measure(sizes), measure(number_pieces(sizes, SHARD_BYTES))),
     }
-    shards = {"earlier": check(earlier_plan(counts, BYTES_PER_INSTANCE, SHARD_BYTES),
-                               per_block, SHARD_BYTES),
+    shards = {"earlier": check(earlier, per_block, SHARD_BYTES),
               "per tile": check(plan_groups(counts, BYTES_PER_INSTANCE, SHARD_BYTES, "block"),
                                 per_block, SHARD_BYTES)}
     print(f"{args.instances:,} instances in {len(per_block):,} work blocks of "

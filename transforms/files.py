@@ -150,10 +150,6 @@ def delete_objects(paths: Sequence[str]) -> None:
     one request per object (GCS batch requests would send 100 in one, but GCS emulators do not
     serve them), and a run's ``_tmp`` holds an object per shard group and split, its
     ``--overwrite`` of a dataset two per shard. Raises the first error met."""
-    if len(paths) < 2:
-        for path in paths:
-            _gcs().delete(path)
-        return
     local = threading.local()
 
     def delete(path: str) -> None:
@@ -161,7 +157,7 @@ def delete_objects(paths: Sequence[str]) -> None:
             local.gcs = _gcs()   # a client per thread
         local.gcs.delete(path)
 
-    with ThreadPoolExecutor(min(DELETE_THREADS, len(paths))) as pool:
+    with ThreadPoolExecutor(max(1, min(DELETE_THREADS, len(paths)))) as pool:
         for _ in pool.map(delete, paths):
             pass
 
