@@ -426,6 +426,7 @@ def test_a_gs_folder_of_many_objects_is_deleted_with_requests_at_once(gcs, monke
     class Counting:
         def __init__(self):
             self._gcs = made()
+            self.client = self._gcs.client
 
         def delete(self, path):
             with lock:
@@ -442,6 +443,76 @@ def test_a_gs_folder_of_many_objects_is_deleted_with_requests_at_once(gcs, monke
     files.delete_tree("gs://many/d/_tmp")
     assert sorted(gcs.objects("many", "d")) == ["_tmp.txt", "_tmp_old/keep", "manifest.json"]
     assert inflight["most"] > 1
+
+
+def test_a_gs_folder_is_deleted_as_it_is_listed(gcs, monkeypatch):
+    """An --overwrite of a dataset of npy files at whole-H01 lists hundreds of millions of
+    objects: listed whole before the first deletion, the names filled a worker's memory
+    (helper review). The deletions start before the listing ends: when the first object goes,
+    at most 2 * DELETE_THREADS names have been listed, pages of a few names at a time."""
+    from synanno_datagen.transforms import files
+
+    bucket = gcs.client().bucket(gcs.create_bucket("paged").partition("://")[2])
+    for k in range(150):
+        bucket.blob(f"d/npy/gt/target_{k}.npy").upload_from_string(b"x")
+    bucket.blob("d/npy.txt").upload_from_string(b"x")
+    monkeypatch.setattr(files, "LIST_PAGE", 7)
+    monkeypatch.setattr(files, "DELETE_THREADS", 4)
+    listing, listed, when_deleted = files._listed, [], {}
+
+    def counted(folder):
+        for name in listing(folder):
+            listed.append(name)
+            yield name
+
+    made = files._gcs
+
+    class Watching:
+        def __init__(self):
+            self._gcs = made()
+            self.client = self._gcs.client
+
+        def delete(self, path):
+            when_deleted[path] = len(listed)   # names listed when this one's request went
+            self._gcs.delete(path)
+
+    monkeypatch.setattr(files, "_listed", counted)
+    monkeypatch.setattr(files, "_gcs", Watching)
+    files.delete_tree("gs://paged/d/npy")
+    assert sorted(gcs.objects("paged", "d")) == ["npy.txt"]
+    assert len(listed) == 150 and len(when_deleted) == 151   # the folder's name too
+    assert when_deleted[listed[0]] <= 2 * 4 < 150
+
+
+def test_deletions_take_their_names_as_requests_finish(gcs, monkeypatch):
+    """delete_objects holds at most 2 * DELETE_THREADS names it has not sent: a listing that
+    streams in must not be drained into the thread pool's queue instead."""
+    import threading
+
+    from synanno_datagen.transforms import files
+
+    gcs.create_bucket("ahead")
+    made, lock, taken, sent, most_ahead = files._gcs, threading.Lock(), [0], [0], [0]
+
+    def names():
+        for k in range(300):
+            taken[0] += 1
+            yield f"gs://ahead/d/_tmp/{k}"   # none there: each request finds nothing
+
+    class Watching:
+        def __init__(self):
+            self._gcs = made()
+
+        def delete(self, path):
+            with lock:
+                sent[0] += 1
+                most_ahead[0] = max(most_ahead[0], taken[0] - sent[0])
+            self._gcs.delete(path)
+
+    monkeypatch.setattr(files, "DELETE_THREADS", 4)
+    monkeypatch.setattr(files, "_gcs", Watching)
+    files.delete_objects(names())
+    assert sent[0] == taken[0] == 300 and most_ahead[0] <= 2 * 4
 
 
 def test_runs_merged_from_gs_are_read_ahead_a_megabyte_at_a_time(gcs):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -143,13 +145,16 @@ def open_streamed(path: str, read_ahead_bytes: int):
 
 
 DELETE_THREADS = 32   # object deletions a process sends at once (gs://)
+LIST_PAGE = 1000      # object names one gs:// listing request returns
 
 
-def delete_objects(paths: Sequence[str]) -> None:
+def delete_objects(paths: Iterable[str]) -> None:
     """Delete these gs:// objects (gone already: nothing), DELETE_THREADS requests at a time:
     one request per object (GCS batch requests would send 100 in one, but GCS emulators do not
     serve them), and a run's ``_tmp`` holds an object per shard group and split, its
-    ``--overwrite`` of a dataset two per shard. Raises the first error met."""
+    ``--overwrite`` of a dataset two per shard, or per npy file. ``paths`` are taken as
+    requests finish (at most 2 * DELETE_THREADS ahead), so a listing can stream in. Raises the
+    first error met."""
     local = threading.local()
 
     def delete(path: str) -> None:
@@ -157,18 +162,32 @@ def delete_objects(paths: Sequence[str]) -> None:
             local.gcs = _gcs()   # a client per thread
         local.gcs.delete(path)
 
-    with ThreadPoolExecutor(max(1, min(DELETE_THREADS, len(paths)))) as pool:
-        for _ in pool.map(delete, paths):
-            pass
+    with ThreadPoolExecutor(DELETE_THREADS) as pool:
+        pending: deque = deque()
+        for path in paths:
+            pending.append(pool.submit(delete, path))
+            if len(pending) >= 2 * DELETE_THREADS:
+                pending.popleft().result()
+        for done in pending:
+            done.result()
+
+
+def _listed(folder: str) -> Iterator[str]:
+    """The gs:// objects under ``folder`` (``gs://b/x``: every ``gs://b/x/...``), LIST_PAGE
+    names per request, as they come (a dataset of npy files can hold hundreds of millions)."""
+    gcs = _gcs()
+    bucket, _, name = folder[len("gs://"):].partition("/")
+    for blob in gcs.client.list_blobs(bucket, prefix=f"{name}/" if name else None,
+                                      page_size=LIST_PAGE):
+        yield f"gs://{bucket}/{blob.name}"
 
 
 def delete_tree(path: str) -> None:
     """Delete a file or everything under a directory/prefix, if anything is there (a local
-    link: the link)."""
+    link: the link). On gs:// the objects are deleted as they are listed."""
     if path.startswith("gs://"):
         prefix = path.rstrip("/")
-        delete_objects([meta.path for found in FileSystems.match([prefix, prefix + "/**"])
-                        for meta in found.metadata_list])
+        delete_objects(itertools.chain([prefix], _listed(prefix)))
         return
     if "://" not in path and os.path.islink(path):
         os.remove(path)   # a link itself (dangling ones too), never what it points at
