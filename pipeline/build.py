@@ -14,7 +14,7 @@ from apache_beam.pvalue import AsList, AsSingleton
 from synanno_datagen.layout import NPY
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
-from synanno_datagen.pipeline.manifest import WriteManifestFn, clear_earlier_run
+from synanno_datagen.pipeline.manifest import ClearEarlierRun, WriteManifestFn
 from synanno_datagen.pipeline.finish import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
@@ -116,8 +116,7 @@ def build(p: beam.Pipeline, config: Config):
                                                             config.seed_model)
     # Cleaned -> Varied
     keepalive = Heartbeat(config.lease, config.lease_hours) if config.lease else None
-    cleared = (p | "ClearTrigger" >> beam.Create([None])   # an earlier run's files, if any
-               | "ClearEarlierRun" >> beam.Map(clear_earlier_run, config.output_dir))
+    cleared = p | "ClearEarlierRun" >> ClearEarlierRun(config.output_dir)   # its files, if any
     written = varied["ok"] | "WriteShards" >> WriteShards(
         config.output_dir, config.formats, config.record_layout, config.compression, keepalive,
         after=AsSingleton(cleared))

@@ -406,6 +406,38 @@ def test_clearing_a_gs_dataset_deletes_its_files_not_objects_named_under_them(gc
         "tfrecord_old/keep"]
 
 
+def test_an_earlier_gs_dataset_is_cleared_in_batches_spread_over_the_workers(gcs, monkeypatch):
+    """An --overwrite of a dataset of npy files deleted every object from the job's first step,
+    on one worker: six objects per instance at a few hundred a second, hours per million
+    instances before anything was written. Each folder is now listed by one worker and its objects
+    deleted in batches that cross a shuffle (any worker takes them); the same objects go."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from synanno_datagen.pipeline import manifest
+    from tests.test_stages import _shuffled_between
+
+    bucket = gcs.client().bucket(gcs.create_bucket("batches").partition("://")[2])
+    ours = ["manifest.json", "dead_letter.jsonl", "tfrecord", "npy/gt/target_1.npy",
+            *(f"npy/target/augmented_target_{k}_0.npy" for k in range(23)),
+            "tfrecord/train-00000-of-00001.tfrecord", "index/train-00000-of-00001.jsonl",
+            "_tmp/train-group000001.jsonl"]
+    others = ["manifest.json/keep", "notes.txt", "npy_old/keep"]
+    for name in ours + others:
+        bucket.blob(f"d/{name}").upload_from_string(b"x")
+    monkeypatch.setattr(manifest, "CLEAR_BATCH", 4)
+    batches = list(manifest.folder_batches("gs://batches/d/npy"))   # the folder's name too
+    assert [len(b) for b in batches] == [4] * 6 + [1] and len(set(sum(batches, []))) == 25
+    with TestPipeline() as p:
+        assert_that(p | manifest.ClearEarlierRun("gs://batches/d"), equal_to([True]))
+    assert sorted(gcs.objects("batches", "d")) == sorted(others + ["UNFINISHED"])
+    graph = beam.Pipeline()
+    _ = graph | manifest.ClearEarlierRun("gs://batches/d")
+    assert _shuffled_between(graph, "List", "Delete")
+    assert _shuffled_between(graph, "Files", "List")
+
+
 def test_a_gs_folder_of_many_objects_is_deleted_with_requests_at_once(gcs, monkeypatch):
     """A run's _tmp holds an object per shard group, an overwritten dataset two per shard:
     deleted one request after another, a whole-H01 run spent hours there (helper review).
@@ -458,7 +490,7 @@ def test_a_gs_folder_is_deleted_as_it_is_listed(gcs, monkeypatch):
     bucket.blob("d/npy.txt").upload_from_string(b"x")
     monkeypatch.setattr(files, "LIST_PAGE", 7)
     monkeypatch.setattr(files, "DELETE_THREADS", 4)
-    listing, listed, when_deleted = files._listed, [], {}
+    listing, listed, when_deleted = files.listed, [], {}
 
     def counted(folder):
         for name in listing(folder):
@@ -476,7 +508,7 @@ def test_a_gs_folder_is_deleted_as_it_is_listed(gcs, monkeypatch):
             when_deleted[path] = len(listed)   # names listed when this one's request went
             self._gcs.delete(path)
 
-    monkeypatch.setattr(files, "_listed", counted)
+    monkeypatch.setattr(files, "listed", counted)
     monkeypatch.setattr(files, "_gcs", Watching)
     files.delete_tree("gs://paged/d/npy")
     assert sorted(gcs.objects("paged", "d")) == ["npy.txt"]

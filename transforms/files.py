@@ -172,7 +172,7 @@ def delete_objects(paths: Iterable[str]) -> None:
             done.result()
 
 
-def _listed(folder: str) -> Iterator[str]:
+def listed(folder: str) -> Iterator[str]:
     """The gs:// objects under ``folder`` (``gs://b/x``: every ``gs://b/x/...``), LIST_PAGE
     names per request, as they come (a dataset of npy files can hold hundreds of millions)."""
     gcs = _gcs()
@@ -187,7 +187,7 @@ def delete_tree(path: str) -> None:
     link: the link). On gs:// the objects are deleted as they are listed."""
     if path.startswith("gs://"):
         prefix = path.rstrip("/")
-        delete_objects(itertools.chain([prefix], _listed(prefix)))
+        delete_objects(itertools.chain([prefix], listed(prefix)))
         return
     if "://" not in path and os.path.islink(path):
         os.remove(path)   # a link itself (dangling ones too), never what it points at
