@@ -116,7 +116,8 @@ def build(p: beam.Pipeline, config: Config):
                                                             config.seed_model)
     # Cleaned -> Varied
     keepalive = Heartbeat(config.lease, config.lease_hours) if config.lease else None
-    cleared = p | "ClearEarlierRun" >> ClearEarlierRun(config.output_dir)   # its files, if any
+    cleared = (p | "ClearEarlierRun"   # an earlier run's files, if any
+               >> ClearEarlierRun(config.output_dir, keepalive))
     written = varied["ok"] | "WriteShards" >> WriteShards(
         config.output_dir, config.formats, config.record_layout, config.compression, keepalive,
         after=AsSingleton(cleared))

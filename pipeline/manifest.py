@@ -24,7 +24,7 @@ from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
 from synanno_datagen.record_format import features
 from synanno_datagen.transforms.files import (
-    delete_file, delete_objects, delete_tree, listed, write_atomic, write_bytes,
+    before_commit, delete_file, delete_objects, delete_tree, listed, write_atomic, write_bytes,
 )
 from synanno_datagen.layout import NPY, TFRECORD
 
@@ -248,21 +248,24 @@ class ClearEarlierRun(beam.PTransform):
     """The job's first steps: ``mark_unfinished``, then ``clear_dataset``, in the job rather
     than in the process that launches it, so that a launch that fails (staging, submission)
     leaves the earlier dataset as it was. Its one True is a side input of the steps that
-    write, so that they start after it. On gs:// each folder is listed by one worker and its
-    objects are deleted in batches spread over the workers: an --overwrite of a dataset of
-    npy files deletes six objects per instance, one worker a few hundred a second
-    (``benchmarks/gcs_deletes.py``: 500 in 1.7 s at 30 ms per request)."""
+    write, so that they start after it. It looks at the lease first (``keepalive``: see
+    files.before_commit): a job that starts after its lease expired, another run having
+    taken the output since, must not delete that run's dataset. On gs:// each folder is
+    listed by one worker and its objects are deleted in batches spread over the workers: an
+    --overwrite of a dataset of npy files deletes six objects per instance, one worker a few
+    hundred a second (``benchmarks/gcs_deletes.py``: 500 in 1.7 s at 30 ms per request)."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, keepalive=None):
         super().__init__()
         self._output_dir = output_dir
+        self._keepalive = keepalive
 
     def expand(self, pbegin):
         trigger = pbegin | "Trigger" >> beam.Create([None])
         if not self._output_dir.startswith("gs://"):   # a folder is one deletion: one step
-            return trigger | "Files" >> beam.Map(_clear_here, self._output_dir)
+            return trigger | "Files" >> beam.Map(_clear_here, self._output_dir, self._keepalive)
         return (trigger
-                | "Files" >> beam.FlatMap(_start_clearing, self._output_dir)
+                | "Files" >> beam.FlatMap(_start_clearing, self._output_dir, self._keepalive)
                 | "SpreadFolders" >> beam.Reshuffle()
                 | "List" >> beam.FlatMap(folder_batches)
                 | "SpreadBatches" >> beam.Reshuffle()
@@ -271,12 +274,14 @@ class ClearEarlierRun(beam.PTransform):
                 | "Done" >> beam.Map(lambda _: True))
 
 
-def _start_clearing(_, output_dir: str) -> Iterator[str]:
+def _start_clearing(_, output_dir: str, keepalive=None) -> Iterator[str]:
+    before_commit(keepalive)
     mark_unfinished(output_dir)
     yield from clear_files(output_dir)
 
 
-def _clear_here(_, output_dir: str) -> bool:
+def _clear_here(_, output_dir: str, keepalive=None) -> bool:
+    before_commit(keepalive)
     mark_unfinished(output_dir)
     clear_dataset(output_dir)
     return True

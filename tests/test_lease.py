@@ -500,11 +500,12 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     """A run stalled past its lease's expiry while another run took the output, finished and
     left. When it resumes, each step that gives files their final names (shards and index
     shards, the dead-letter file, the remembered failures) or deletes an attempt's leftover npy
-    files looks at the lease first, however
+    files, or an earlier dataset (a job started late), looks at the lease first, however
     recently the run last looked, and touches none of the other run's files."""
     import hashlib
 
     from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
+    from synanno_datagen.pipeline.manifest import _clear_here, _start_clearing
     from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
     from synanno_datagen.transforms.records import WrittenShard
     from synanno_datagen.transforms.remembered import MergeMemoryFn
@@ -545,7 +546,13 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     for fn, args in steps:
         with pytest.raises(LeaseLost, match="it is gone"):
             list(fn.process(*args))
+    # a job that starts after its lease expired: its first step, which clears an earlier
+    # dataset (locally in one step, on gs:// its files, then the folders' objects)
+    for clear in (_clear_here, lambda *a: list(_start_clearing(*a))):
+        with pytest.raises(LeaseLost, match="it is gone"):
+            clear(None, str(out), keepalive)
     assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs
+    assert not (out / "UNFINISHED").exists()
     assert not list(out.rglob("*.incomplete"))
 
 
