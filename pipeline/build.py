@@ -14,7 +14,9 @@ from apache_beam.pvalue import AsList, AsSingleton
 from synanno_datagen.layout import NPY
 from synanno_datagen.pipeline.config import Config
 from synanno_datagen.pipeline.lease import Heartbeat
-from synanno_datagen.pipeline.manifest import ClearEarlierRun, WriteManifestFn
+from synanno_datagen.pipeline.manifest import (
+    ClearEarlierRun, DeleteFolders, WriteManifestFn, fragments_folder,
+)
 from synanno_datagen.pipeline.finish import FinishRunFn
 from synanno_datagen.transforms.clean import CleanTargets
 from synanno_datagen.transforms.counts import count_run, npy_totals
@@ -149,6 +151,15 @@ def build(p: beam.Pipeline, config: Config):
                 DeleteLeftoverNpyFn(config.output_dir, config.variants, keepalive),
                 AsSingleton(npy_written))
             | "CountLeftoverNpy" >> beam.combiners.Count.Globally()))
+    if config.output_dir.startswith("gs://"):   # _tmp's objects, once every step that reads
+        after.append(AsSingleton(                  # them is done, spread over the workers (the
+            p                                      # manifest step deletes what is left)
+            | "FragmentsTrigger" >> beam.Create([None])
+            | "Fragments" >> beam.FlatMap(
+                fragments_folder, config.output_dir, keepalive,
+                AsSingleton(files | "CountFiles" >> beam.combiners.Count.Globally()),
+                AsSingleton(dead_file), AsSingleton(counts))
+            | "DeleteFragments" >> DeleteFolders()))
     manifest = (p
                 | "ManifestTrigger" >> beam.Create([None])
                 | "WriteManifest" >> beam.ParDo(

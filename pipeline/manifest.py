@@ -266,12 +266,29 @@ class ClearEarlierRun(beam.PTransform):
             return trigger | "Files" >> beam.Map(_clear_here, self._output_dir, self._keepalive)
         return (trigger
                 | "Files" >> beam.FlatMap(_start_clearing, self._output_dir, self._keepalive)
+                | "Folders" >> DeleteFolders()
+                | "Done" >> beam.Map(lambda _: True))
+
+
+class DeleteFolders(beam.PTransform):
+    """gs:// folders -> one int, the names deleted: each folder listed by one worker (after a
+    shuffle), its objects deleted in batches of CLEAR_BATCH that cross another shuffle, so
+    that any worker takes them."""
+
+    def expand(self, folders):
+        return (folders
                 | "SpreadFolders" >> beam.Reshuffle()
                 | "List" >> beam.FlatMap(folder_batches)
                 | "SpreadBatches" >> beam.Reshuffle()
                 | "Delete" >> beam.Map(delete_batch)
-                | "Total" >> beam.CombineGlobally(sum)
-                | "Done" >> beam.Map(lambda _: True))
+                | "Total" >> beam.CombineGlobally(sum))
+
+
+def fragments_folder(_, output_dir: str, keepalive=None, *after) -> Iterator[str]:
+    """The run's ``_tmp`` folder, for DeleteFolders, once the lease is looked at (another
+    run's ``_tmp`` must not go); ``after``: results of the steps that read it (unused)."""
+    before_commit(keepalive)
+    yield join(output_dir, FRAGMENTS_DIR)
 
 
 def _start_clearing(_, output_dir: str, keepalive=None) -> Iterator[str]:

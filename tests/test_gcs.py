@@ -220,6 +220,42 @@ def test_gs_rerun_replaces_the_dataset(gcs, tmp_path):
     assert len([n for n in first if n.startswith("npy/target/")]) == 10
 
 
+def test_a_gs_runs_temporary_objects_are_deleted_spread_before_the_manifest_step(
+        gcs, tmp_path, monkeypatch):
+    """_tmp holds an index fragment per shard group and split and the runs of dead letters:
+    about 270,000 objects at whole-H01, which the manifest step deleted on one worker at the
+    run's very end. They now go in batches any worker takes (DeleteFolders), once the steps
+    reading them are done; the manifest step's own listing of _tmp, the last, finds nothing
+    left, and the dataset is whole."""
+    from synanno_datagen.transforms import files
+
+    bucket = gcs.create_bucket("frag")
+    data = make_small_data(tmp_path / "data")
+    source, target, table = _upload_small_data(data, bucket)
+    listing, found = files.listed, []   # (folder, names) of each listing, in order
+
+    def watched(folder):
+        found.append((folder, []))
+        for name in listing(folder):
+            found[-1][1].append(name)
+            yield name
+
+    monkeypatch.setattr(files, "listed", watched)
+    assert main(["run", "--materialization", table, "--source-url", source, "--target-url",
+                 target, "--output-dir", f"{bucket}/out", "--crop-size", "12", "12", "4",
+                 "--formats", "tfrecord", "--splits", "train=0.5,val=0.5",
+                 "--quiet"]) == 0
+    made = gcs.objects("frag", "out")
+    assert not [n for n in made if n.startswith("_tmp/")]
+    tmp = [names for folder, names in found if folder == f"{bucket}/out/_tmp"]
+    assert tmp[-1] == []   # the manifest step's, last: nothing left to delete
+    assert any(n.endswith(".jsonl") for names in tmp[:-1] for n in names)   # spread: fragments
+    manifest = json.loads(made["manifest.json"])
+    assert sorted(made) == sorted(["manifest.json", "dead_letter.jsonl"]
+                                  + [f["path"] for kind in ("tfrecord", "index")
+                                     for f in manifest["files"][kind]])
+
+
 def _records_by_key(gcs, bucket: str, prefix: str, tmp_path) -> dict:
     """{instance_id: serialized Example} over every TFRecord shard under prefix."""
     from tfrecord import example_pb2

@@ -505,7 +505,9 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
     import hashlib
 
     from synanno_datagen.pipeline.lease import Heartbeat, LeaseLost, acquire
-    from synanno_datagen.pipeline.manifest import _clear_here, _start_clearing
+    from synanno_datagen.pipeline.manifest import (
+        _clear_here, _start_clearing, fragments_folder,
+    )
     from synanno_datagen.transforms.dead_letter_file import MergeDeadLettersFn
     from synanno_datagen.transforms.records import WrittenShard
     from synanno_datagen.transforms.remembered import MergeMemoryFn
@@ -548,7 +550,9 @@ def test_steps_that_give_files_their_final_names_look_at_the_lease_first(tmp_pat
             list(fn.process(*args))
     # a job that starts after its lease expired: its first step, which clears an earlier
     # dataset (locally in one step, on gs:// its files, then the folders' objects)
-    for clear in (_clear_here, lambda *a: list(_start_clearing(*a))):
+    # and, on gs://, the step that hands _tmp to DeleteFolders
+    for clear in (_clear_here, lambda *a: list(_start_clearing(*a)),
+                  lambda *a: list(fragments_folder(*a))):
         with pytest.raises(LeaseLost, match="it is gone"):
             clear(None, str(out), keepalive)
     assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs
