@@ -227,6 +227,7 @@ def test_a_gs_runs_temporary_objects_are_deleted_spread_before_the_manifest_step
     run's very end. They now go in batches any worker takes (DeleteFolders), once the steps
     reading them are done; the manifest step's own listing of _tmp, the last, finds nothing
     left, and the dataset is whole."""
+    from synanno_datagen.pipeline import manifest as manifest_module
     from synanno_datagen.transforms import files
 
     bucket = gcs.create_bucket("frag")
@@ -240,7 +241,8 @@ def test_a_gs_runs_temporary_objects_are_deleted_spread_before_the_manifest_step
             found[-1][1].append(name)
             yield name
 
-    monkeypatch.setattr(files, "listed", watched)
+    monkeypatch.setattr(files, "listed", watched)             # delete_tree's (the manifest's)
+    monkeypatch.setattr(manifest_module, "listed", watched)   # DeleteFolders'
     assert main(["run", "--materialization", table, "--source-url", source, "--target-url",
                  target, "--output-dir", f"{bucket}/out", "--crop-size", "12", "12", "4",
                  "--formats", "tfrecord", "--splits", "train=0.5,val=0.5",
