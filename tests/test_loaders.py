@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -251,6 +252,29 @@ def test_workers_started_without_fork_read_what_forked_ones_do(generated, torch,
     assert [(m["instance_id"], m["variant"], x.sum().item(), y.sum().item())
             for x, y, m in pairs] == [(m["instance_id"], m["variant"], x.sum().item(),
                                        y.sum().item()) for x, y, m in items]
+
+
+def test_workers_started_without_fork_are_sent_no_file_lists(generated, torch):
+    """A whole-H01 manifest lists about 540,000 shards (80 MB pickled, 340 MB held): a worker
+    started by spawn got all of them; it needs only its own split's shards, taken already."""
+    from synanno_datagen import DatasetError
+
+    out = generated[1]
+    for data in (loaders.ShardDataset(str(out), "train"), loaders.NpyDataset(str(out), "val")):
+        sent = pickle.dumps(data)
+        assert not re.search(rb"index/(train|val)-|tfrecord/val-", sent), type(data).__name__
+        copy = pickle.loads(sent)
+        assert [*copy.dataset.manifest["files"]] == ["dead_letter"]
+        assert copy.dataset.manifest_sha256 == data.dataset.manifest_sha256
+        copy.dataset.check_unchanged("test")
+        with pytest.raises(DatasetError, match=r"manifest.json: this copy of the dataset was "
+                                               r"passed to a worker without its lists of "
+                                               r"files; call open_dataset there$"):
+            copy.dataset.files("tfrecord", "train")
+        assert data.dataset.files("index")   # (the one made keeps them)
+    assert [r[2]["instance_id"] for r in pickle.loads(pickle.dumps(
+        loaders.ShardDataset(str(out), "train", with_meta=True)))] == [
+        r[2]["instance_id"] for r in loaders.ShardDataset(str(out), "train", with_meta=True)]
 
 
 def _ddp_rank(rank: int, world_size: int, out: str, init: str, results: str) -> None:

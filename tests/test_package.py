@@ -252,6 +252,7 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("sample_conversion.py", ["--shape", "16", "0", "8"]), ("plan_shards.py", ["--instances", "0"]),
     ("gcs_deletes.py", ["--objects", "0"]), ("gcs_deletes.py", ["--latency-ms", "-1"]),
     ("table_reads.py", ["--rows", "0"]), ("table_reads.py", ["--workers", "x"]),
+    ("manifest_reads.py", ["--shards", "0"]), ("manifest_reads.py", ["--repeats", "x"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -275,6 +276,20 @@ def test_the_shard_plan_benchmark_compares_both_plans_of_one_table():
     assert set(rows) == {"earlier", "per tile"}
     assert all("MB held" in row for row in rows.values())
     assert lines[4].startswith("earlier / per tile: one worker gathers ")
+
+
+def test_the_manifest_benchmark_compares_both_ways_on_one_manifest(tmp_path, torch):
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "manifest_reads.py"), "--work", str(tmp_path),
+                           "--shards", "300", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("manifest: 0.2 MB listing 300 TFRecord and index shards; ")
+    assert re.fullmatch(r"ratio \(before / now\): [\d.]+x time, \d+x memory", lines[3])
+    assert re.fullmatch(r"ratio \(before / now\): [\d.]+x bytes, [\d.]+x held", lines[6])
+    listed = json.loads((tmp_path / "listed-300" / "manifest.json").read_text())
+    assert len(listed["files"]["tfrecord"]) == len(listed["files"]["index"]) == 300
 
 
 def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():

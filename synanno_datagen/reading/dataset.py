@@ -8,7 +8,9 @@ Everything a reader needs to find is named by ``synanno_datagen.layout``; proble
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip as gzip_files
+import hashlib
 import json
 import os
 import posixpath
@@ -92,9 +94,22 @@ def _sizes(directory: str) -> Dict[str, int]:
                            f"{first_line(e, 200)})") from None
 
 
-def _read_json(path: str) -> dict:
+def _read_manifest(path: str) -> Tuple[dict, str]:
+    """The JSON object at ``path`` and the sha256 (hex) of its bytes."""
     with open_file(path) as f:
-        return json.load(f)
+        data = f.read()
+    return json.loads(data), hashlib.sha256(data).hexdigest()
+
+
+def _sha256_of(path: str) -> str:
+    """The sha256 (hex) of a file's bytes, read a MiB at a time (a whole-H01 manifest is
+    about 190 MB: held whole by every DataLoader worker at once at each epoch's start, or
+    parsed to compare, it would cost gigabytes and seconds)."""
+    digest = hashlib.sha256()
+    with open_file(path) as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class Dataset:
     root: str
     manifest_path: str
     manifest: dict
+    manifest_sha256: str   # of the manifest's bytes as read: what check_unchanged compares
 
     def path(self, relative: str) -> str:
         """The full path of a file the manifest or an index line lists, relative to ``root``.
@@ -126,13 +142,21 @@ class Dataset:
         directory was generated again: files of the same names, other counts), for a
         ``reader`` that holds what it read from it."""
         try:
-            now = _read_json(self.manifest_path)
-        except (OSError, ValueError, RecursionError) as e:
+            now = _sha256_of(self.manifest_path)
+        except (OSError, ValueError) as e:
             raise DatasetError(f"{self.manifest_path}: cannot read it again ({type(e).__name__}: "
                                f"{first_line(e, 200)})") from None
-        if now != self.manifest:
+        if now != self.manifest_sha256:
             raise DatasetError(f"{self.manifest_path}: the dataset was written again since this "
                                f"{reader} was made; make it again")
+
+    def without_listings(self) -> "Dataset":
+        """This dataset without the manifest's lists of TFRecord and index shards (a whole-H01
+        manifest lists about 540,000: some 80 MB for every spawn-started DataLoader worker to
+        unpickle and hold), for a reader that took the entries it reads already."""
+        files = {k: v for k, v in self.manifest["files"].items()
+                 if k not in (layout.TFRECORD, "index")}
+        return dataclasses.replace(self, manifest={**self.manifest, "files": files})
 
     @property
     def variants(self) -> int:
@@ -185,6 +209,9 @@ class Dataset:
         if kind == layout.TFRECORD and layout.TFRECORD not in self.formats:
             raise DatasetError("this dataset has no TFRecord shards (made with --formats "
                                f"{','.join(self.formats)}); read its npy files")
+        if kind not in self.manifest["files"]:
+            raise DatasetError(f"{self.manifest_path}: this copy of the dataset was passed to a "
+                               "worker without its lists of files; call open_dataset there")
         return layout.shard_files(self.manifest, kind, split)
 
     def checked_files(self, entries: List[dict]) -> List[dict]:
@@ -360,16 +387,18 @@ def open_dataset(location: str) -> Dataset:
         return open_dataset(posixpath.dirname(root) or ".")
     try:
         if _path_exists(direct):
-            manifest = _checked_manifest(direct, _read_json(direct))
+            manifest, digest = _read_manifest(direct)
+            manifest = _checked_manifest(direct, manifest)
             if "incremental" in manifest:   # a run of a root: local paths in one spelling
                 base = root if "://" in root else os.path.abspath(root)
                 root = layout.root_of_run(base, manifest["incremental"]["run_dir"])
-            return Dataset(root, direct, manifest)
+            return Dataset(root, direct, manifest, digest)
         if _path_exists(pointer):
             with open_file(pointer) as f:
                 manifest_path = layout.join(root, layout.manifest_of_latest(f.read().decode()))
-            return Dataset(root, manifest_path,
-                           _checked_manifest(manifest_path, _read_json(manifest_path)))
+            manifest, digest = _read_manifest(manifest_path)
+            return Dataset(root, manifest_path, _checked_manifest(manifest_path, manifest),
+                           digest)
     except DatasetError:   # (what is wrong with it, named already)
         raise
     except (OSError, ValueError, KeyError, RecursionError) as e:

@@ -30,7 +30,15 @@ def _sample(source, seed, target, meta: Optional[dict]):
     return pair + (meta,) if meta is not None else pair
 
 
-class ShardDataset(IterableDataset):
+class _SentWithoutListings:
+    """A dataset whose pickled copy (what a DataLoader worker started by spawn or forkserver
+    gets) holds its ``dataset`` without the manifest's file lists, which it read already."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "dataset": self.dataset.without_listings()}
+
+
+class ShardDataset(_SentWithoutListings, IterableDataset):
     """The samples of one split (``None``: every split), read shard by shard from its TFRecord
     files (manifest order).
 
@@ -166,7 +174,7 @@ def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tupl
     return rank, world_size
 
 
-class NpyDataset(Dataset):
+class NpyDataset(_SentWithoutListings, Dataset):
     """Map-style: item i is one (instance, variant) of a split, from the npy files (index order).
 
     Each file's bytes are checked against the index (size and sha256) and its array against the
