@@ -358,6 +358,61 @@ def test_shuffle_buffer_mixes_records_reproducibly(generated, torch):
         loaders.ShardDataset(str(out), "train", shuffle_seed=1, shuffle_buffer=-1)
 
 
+def test_interleave_takes_an_item_of_k_iterables_in_turn():
+    assert list(loaders.interleave([[1, 2, 3], [4], [5, 6]], 2)) == [1, 4, 2, 5, 3, 6]
+    # an iterable that ends is replaced in its place; an empty one at once
+    assert list(loaders.interleave([[1, 2], [], [3], [4, 5, 6]], 3)) == [1, 4, 3, 2, 5, 6]
+    assert list(loaders.interleave([[1, 2], [], [3]], 1)) == [1, 2, 3]
+    assert list(loaders.interleave([], 4)) == [] == list(loaders.interleave([[], []], 2))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        parts = [list(range(100 * i, 100 * i + int(rng.integers(0, 5)))) for i in range(6)]
+        k = int(rng.integers(1, 8))
+        out = list(loaders.interleave(parts, k))
+        assert sorted(out) == [x for p in parts for x in p]
+        assert all([x for x in out if x // 100 == i] == p for i, p in enumerate(parts))
+        if k == 1:
+            assert out == [x for p in parts for x in p]
+    opened = []
+
+    def part(i):
+        opened.append(i)
+        yield i
+
+    taken = loaders.interleave((part(i) for i in range(5)), 2)
+    assert next(taken) == 0 and opened == [0]   # (a shard is opened only at its turn)
+
+
+def test_interleave_reads_shards_of_a_workers_part_at_once(generated, torch):
+    """Shards are spatial: one after another, a batch (and a shuffle buffer) holds neighbouring
+    synapses, an instance's variants together; interleaved, samples of K shards in turn."""
+    out = generated[1]
+    one = loaders.ShardDataset(str(out), "train", with_meta=True)
+    keys = _keys(one)
+    counts = [s["records"] * one.dataset.variants_per_record for s in one.shards]
+    assert len(counts) == 2 and len(keys) == sum(counts) == 9
+    per_shard = [keys[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
+    two = loaders.ShardDataset(str(out), "train", with_meta=True, interleave=2)
+    assert _keys(two) == list(loaders.interleave(per_shard, 2)) != keys
+    assert _keys(two)[:2] == [per_shard[0][0], per_shard[1][0]]
+    assert _keys(loaders.ShardDataset(str(out), "train", with_meta=True, interleave=5)) \
+        == _keys(two)
+    # workers and ranks split the same stream: every sample once, whatever the interleave
+    whole = _keys(loaders.ShardDataset(str(out), None, with_meta=True))
+    for kwargs in ({}, {"shuffle_seed": 4, "shuffle_buffer": 3}):
+        assert sorted(_unbatched(torch.utils.data.DataLoader(
+            loaders.ShardDataset(str(out), None, with_meta=True, interleave=3, **kwargs),
+            batch_size=2, num_workers=2))) == sorted(whole)
+        ranks = [_keys(loaders.ShardDataset(str(out), None, with_meta=True, interleave=3,
+                                            rank=r, world_size=2, **kwargs)) for r in (0, 1)]
+        alone = [_keys(loaders.ShardDataset(str(out), None, with_meta=True, rank=r,
+                                            world_size=2, **kwargs)) for r in (0, 1)]
+        assert [sorted(k) for k in ranks] == [sorted(k) for k in alone]
+    with pytest.raises(ValueError, match=r"interleave 0: must be 1 \(one shard at a time\) or "
+                                         r"more"):
+        loaders.ShardDataset(str(out), "train", interleave=0)
+
+
 def test_npy_dataset_items_are_the_npy_files(generated, torch):
     _, out, _, manifest = generated
     records = records_of(out, manifest, "val")
@@ -684,6 +739,7 @@ def test_no_split_reads_every_split_in_every_loader(generated, torch):
     ({"rank": 0, "world_size": 2.0}, "world_size 2.0: must be a whole number"),
     ({"rank": 0.0, "world_size": 2}, "rank 0.0: must be a whole number"),
     ({"shuffle_seed": True}, "shuffle_seed True: must be a whole number"),
+    ({"interleave": 2.0}, "interleave 2.0: must be a whole number"),
 ])
 def test_arguments_that_are_not_whole_numbers_are_refused_when_the_dataset_is_made(
         generated, torch, kwargs, message):

@@ -12,6 +12,7 @@ install. Every loader reads local and ``gs://`` datasets.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -127,6 +128,31 @@ def buffer_shuffle(items: Iterable, buffer_size: int, rng: np.random.Generator) 
         buffer[i] = item
     for i in rng.permutation(len(buffer)):
         yield buffer[i]
+
+
+def interleave(iterables: Iterable[Iterable], k: int) -> Iterator:
+    """The items of ``iterables``, ``k`` of them read at once: one item from each in turn, an
+    iterable that ends replaced in its place by the next one (tf.data's ``interleave`` with
+    ``cycle_length=k``, ``block_length=1``); ``k=1``: one after another. Every item comes once,
+    each iterable's in their order; iterables are opened (iterated) only when their turn
+    comes."""
+    pending = iter(iterables)
+    cycle = [iter(i) for i in itertools.islice(pending, k)]
+    ended = object()
+    place = 0
+    while cycle:
+        item = next(cycle[place], ended)
+        if item is ended:   # the next iterable takes its place, or the cycle shrinks
+            following = next(pending, ended)
+            if following is not ended:
+                cycle[place] = iter(following)
+                continue
+            del cycle[place]
+            if place == len(cycle):
+                place = 0
+            continue
+        yield item
+        place = (place + 1) % len(cycle)
 
 
 def input_target(source_zyx: np.ndarray, seed_zyx: np.ndarray,

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.reading.dataset import DatasetError, open_dataset
+from synanno_datagen.reading import loaders
 from synanno_datagen.reading.loaders import (
     BUFFER, buffer_shuffle, input_target, left_out_start, loader_rng, num_batches, reader_range,
     shard_order, shard_slices, stream_ranges,
@@ -50,17 +51,24 @@ class ShardDataset(_SentWithoutListings, IterableDataset):
     steps as often. A DataLoader's N workers split their rank's share into N contiguous
     parts: every sample of the share is yielded once per epoch, whatever N. ``set_epoch``
     reaches the workers, persistent ones included (the epoch lives in shared memory).
-    Records in a shard are in work-block order, then by instance id; ``shuffle_buffer`` > 0
-    (needs ``shuffle_seed``) mixes each worker's samples through a buffer of that many decoded
-    samples (each its seed mask, z*y*x bytes, and its record's source and target, which an
-    instance record's variants share), seeded by (seed, epoch, rank x N + worker).
+    Records in a shard are in work-block order, then by instance id (shards are spatial:
+    neighbouring synapses are neighbours); ``interleave`` = K > 1 has each worker read K shards
+    of its part at once, a sample from each in turn (an instance record's variants then come
+    K samples apart). ``shuffle_buffer`` > 0 (needs ``shuffle_seed``) then mixes each worker's
+    samples through a buffer of that many decoded samples (each its seed mask, z*y*x bytes, and
+    its record's source and target, which an instance record's variants share), seeded by
+    (seed, epoch, rank x N + worker).
     """
 
     def __init__(self, dataset_dir: str, split: str = "train", *, with_meta: bool = False,
                  shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0,
-                 rank: Optional[int] = None, world_size: Optional[int] = None):
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 interleave: int = 1):
         shuffle_seed = None if shuffle_seed is None else _whole("shuffle_seed", shuffle_seed)
         shuffle_buffer = _whole("shuffle_buffer", shuffle_buffer)
+        interleave = _whole("interleave", interleave)
+        if interleave < 1:
+            raise ValueError(f"interleave {interleave}: must be 1 (one shard at a time) or more")
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
         if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
@@ -77,6 +85,7 @@ class ShardDataset(_SentWithoutListings, IterableDataset):
         self.with_meta = with_meta
         self.shuffle_seed = shuffle_seed
         self.shuffle_buffer = shuffle_buffer
+        self.interleave = interleave
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -122,8 +131,9 @@ class ShardDataset(_SentWithoutListings, IterableDataset):
                 for n, (i, skip, take) in enumerate(part)]
         if slices and self.rank == self.world_size - 1 and worker_id == workers - 1:
             slices[-1] = slices[-1][:3] + (True,)   # and the last reader its last shard
-        samples = (sample for i, skip, take, to_end in slices
-                   for sample in self._shard_samples(shards[i], skip, take, per_record, to_end))
+        parts = (self._shard_samples(shards[i], skip, take, per_record, to_end)
+                 for i, skip, take, to_end in slices)
+        samples = loaders.interleave(parts, self.interleave)
         if self.shuffle_buffer:
             rng = loader_rng(self.shuffle_seed, epoch, BUFFER, self.rank * workers + worker_id)
             samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
