@@ -253,6 +253,7 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("gcs_deletes.py", ["--objects", "0"]), ("gcs_deletes.py", ["--latency-ms", "-1"]),
     ("table_reads.py", ["--rows", "0"]), ("table_reads.py", ["--workers", "x"]),
     ("manifest_reads.py", ["--shards", "0"]), ("manifest_reads.py", ["--repeats", "x"]),
+    ("index_tally.py", ["--lines", "0"]), ("index_tally.py", ["--repeats", "-2"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -290,6 +291,19 @@ def test_the_manifest_benchmark_compares_both_ways_on_one_manifest(tmp_path, tor
     assert re.fullmatch(r"ratio \(before / now\): [\d.]+x bytes, [\d.]+x held", lines[6])
     listed = json.loads((tmp_path / "listed-300" / "manifest.json").read_text())
     assert len(listed["files"]["tfrecord"]) == len(listed["files"]["index"]) == 300
+
+
+def test_the_index_tally_benchmark_compares_both_ways_on_a_dataset(views_dataset, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "index_tally.py"
+    done = subprocess.run([sys.executable, str(script), str(views_dataset), "--lines", "500",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"per line: [\d.]+ us per line \(500 lines parsed and tallied in [\d.]+ "
+                        r"s\)\nper foreground: [\d.]+ us per line \(500 lines .*\)\n"
+                        r"per line / per foreground: [\d.]+x\n", done.stdout), done.stdout
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "not a dataset directory" in done.stderr.splitlines()[-1]
 
 
 def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():
