@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -817,3 +818,54 @@ def test_objects_that_cannot_be_deleted_fail_the_deletion(forbidding_storage):
     for count in (1, 40):
         with pytest.raises(Forbidden):
             delete_objects([f"gs://bkt/d/_tmp/{k}" for k in range(count)])
+
+
+def test_a_gs_runs_temporary_objects_wait_for_every_step_that_reads_them(gcs, tmp_path):
+    """A gap an earlier note named: the deletion of _tmp waits on three results (the shards
+    named, the dead-letter file merged, the counts, which take the remembered failures); the
+    DirectRunner finishes those steps first anyway, so a run without any one of the waits
+    passed. In the graph: the step listing _tmp takes each as a side input, and the manifest
+    waits on it."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from synanno_datagen.pipeline.build import build
+    from synanno_datagen.pipeline.config import parse
+
+    bucket = gcs.create_bucket("waits")
+    data = make_small_data(tmp_path / "data")
+    source, target, table = _upload_small_data(data, bucket)
+    config, _ = parse(["--materialization", table, "--source-url", source, "--target-url",
+                       target, "--output-dir", f"{bucket}/root", "--incremental",
+                       "--crop-size", "12", "12", "4"])
+    p = beam.Pipeline()
+    build(p, config)
+    transforms = p.to_runner_api().components.transforms
+    producer = {pc: t for t in transforms.values() if not t.subtransforms
+                for pc in t.outputs.values()}
+
+    def side_inputs_of(name):
+        [t] = [t for t in transforms.values()
+               if t.unique_name == name and t.spec.urn == "beam:transform:pardo:v1"]
+        pardo = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload)
+        return {producer[t.inputs[tag]].unique_name for tag in pardo.side_inputs}
+
+    def upstream(name):
+        """Every step the step ``name`` (a leaf's unique name) takes input from, transitively."""
+        seen, todo = set(), [name]
+        by_name = {t.unique_name: t for t in transforms.values()}
+        while todo:
+            for pc in by_name[todo.pop()].inputs.values():
+                if producer[pc].unique_name not in seen:
+                    seen.add(producer[pc].unique_name)
+                    todo.append(producer[pc].unique_name)
+        return seen
+
+    waits = side_inputs_of("Fragments")
+    assert len(waits) == 3
+    [shards] = [w for w in waits if "CountFiles" in w]
+    [letters] = [w for w in waits if w.startswith("WriteDeadLetter/")]
+    [counts] = [w for w in waits if w.startswith("Counts")]
+    assert any(s.startswith("FinalizeShards/Finalize") for s in upstream(shards))
+    assert any(s.startswith("RememberFailures/") for s in upstream(counts))
+    assert any(s.startswith("TallyDeadLetters") for s in upstream(letters))
+    assert any(w.startswith("DeleteFragments/") for w in side_inputs_of("WriteManifest"))
