@@ -30,6 +30,15 @@ def make_data(cache: Path, **options):
     return DemoData(**json.loads(out.splitlines()[-1]))
 
 
+def demo_dataset(work: Path) -> Path:
+    """The demo's dataset under ``work`` (``synanno-datagen demo``, run in a child once)."""
+    demo = work / "demo"
+    if not (demo / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "synanno_datagen", "demo", "--output-dir",
+                        str(demo), "--quiet"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return demo
+
+
 # Runs the CLI, then (atexit) saves the process's I/O counters (/proc/self/io: wchar is every
 # byte passed to write(), to files or not) beside the output.
 _CHILD = ("import atexit, runpy, sys\n"

@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.flags import positive_int, work_dir  # noqa: E402 - needs ROOT on the path
+from benchmarks.children import demo_dataset  # noqa: E402 - needs ROOT on the path
+from benchmarks.flags import positive_int, work_dir  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -41,10 +41,7 @@ def build(work: Path, shards: int) -> Path:
     out = work / f"listed-{shards}"
     if (out / "manifest.json").exists():
         return out
-    demo = work / "demo"
-    if not (demo / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "synanno_datagen", "demo", "--output-dir",
-                        str(demo), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    demo = demo_dataset(work)
     manifest = json.loads((demo / "manifest.json").read_text())
     tfrecord, index = manifest["files"]["tfrecord"][0], manifest["files"]["index"][0]
     per_split = -(-shards // len(SPLITS))

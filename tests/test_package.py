@@ -254,6 +254,7 @@ def test_dev_makes_its_venv_with_a_newer_python_where_python3_is_too_old(tmp_pat
     ("table_reads.py", ["--rows", "0"]), ("table_reads.py", ["--workers", "x"]),
     ("manifest_reads.py", ["--shards", "0"]), ("manifest_reads.py", ["--repeats", "x"]),
     ("index_tally.py", ["--lines", "0"]), ("index_tally.py", ["--repeats", "-2"]),
+    ("preview_picks.py", ["--shards", "0"]), ("preview_picks.py", ["--n", "x"]),
 ])
 def test_benchmark_flags_are_checked_before_any_work(script, flags):
     """Found by review: such values ended in tracebacks, measured nothing as a figure, were
@@ -304,6 +305,20 @@ def test_the_index_tally_benchmark_compares_both_ways_on_a_dataset(views_dataset
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "not a dataset directory" in done.stderr.splitlines()[-1]
+
+
+def test_the_preview_benchmark_picks_both_ways_from_one_dataset(tmp_path):
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks"
+                                               / "preview_picks.py"), "--work", str(tmp_path),
+                           "--shards", "20", "--lines", "10", "--n", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("every line, sorted by id: ") and \
+        lines[0].endswith(", 20 of 20 index shards read")
+    assert re.fullmatch(r"counted places: [\d.]+ s, [\d.]+ MB allocated at peak, [1-3] of 20 "
+                        r"index shards read", lines[1])
+    assert lines[2].startswith("200 instances: before / now ")
 
 
 def test_a_benchmark_scenario_its_help_says_0_skips_takes_0():

@@ -20,40 +20,50 @@ from tests.test_pipeline import read_records, run_pipeline
 
 
 def _shards(n_instances=20, variants=4, splits=("train", "val")):
+    """Index shard entries (one per split, listing their lines' count) and their lines."""
     entries = [{"instance_id": 1000 - 7 * i, "split": splits[i % len(splits)],
                 "seed_slices": [[v % 4] for v in range(variants)], "foreground_slices": [0, 1]}
                for i in range(n_instances)]
-    return [({"path": "index/a.jsonl"}, entries[::2]), ({"path": "index/b.jsonl"}, entries[1::2])]
+    by_split = [[e for e in entries if e["split"] == split] for split in splits]
+    files = [{"path": f"index/{split}.jsonl", "split": split, "records": len(lines)}
+             for split, lines in zip(splits, by_split)]
+    return files, {f["path"]: lines for f, lines in zip(files, by_split)}
 
 
-def test_selection_is_a_pure_function_of_the_seed():
-    shards = _shards()
-    a, b = select_records(shards, 5, seed=0), select_records(shards, 5, seed=0)
-    assert a == b and len(a) == 5
+def test_selection_is_a_pure_function_of_the_seed_reading_only_the_chosen_shards():
+    """Places among the instances the manifest counts, so that a dataset of any size is
+    previewed from a few index shards (found by review: every index line was read and a few
+    numbers per instance held, about 150 bytes and 25 us each: an hour and 20 GB for all of
+    H01's synapses)."""
+    files, lines = _shards()
+    read = []
+
+    def lines_of(f):
+        read.append(f["path"])
+        return lines[f["path"]]
+
+    a = select_records(files, 5, 0, lines_of=lines_of)
+    assert a == select_records(files, 5, 0, lines_of=lines_of) and len(a) == 5
     assert [c["instance_id"] for c in a] == sorted({c["instance_id"] for c in a})
-    assert select_records(shards, 5, seed=1) != a
-    # Listing order of shards and lines does not matter: candidates are sorted by id.
-    assert select_records(shards[::-1], 5, seed=0) == a
+    assert select_records(files, 5, 1, lines_of=lines_of) != a
     for c in a:
         assert 0 <= c["variant"] < 4 and c["seed_slices"] == [c["variant"] % 4]
-        assert c["index_file"]["path"] == ("index/a.jsonl" if (1000 - c["instance_id"]) // 7 % 2
-                                           == 0 else "index/b.jsonl")
-    assert {c["split"] for c in select_records(shards, 8, seed=3, split="val")} == {"val"}
-    everything = select_records(shards, 100, seed=0)
+        assert c["index_file"]["path"] == f"index/{c['split']}.jsonl"
+        assert lines[c["index_file"]["path"]][c["line"]]["instance_id"] == c["instance_id"]
+        assert c["variants_before"] == 4 * c["line"]
+    read.clear()
+    val = select_records(files, 8, 3, "val", lines_of)
+    assert {c["split"] for c in val} == {"val"} and len(val) == 8 and read == ["index/val.jsonl"]
+    everything = select_records(files, 100, 0, lines_of=lines_of)
     assert sorted(c["instance_id"] for c in everything) == sorted(1000 - 7 * i for i in range(20))
     # every variant can be shown, the last too (found by a mutation review)
     assert {c["variant"] for c in everything} == set(range(4))
-    # Read once, streaming, with only the chosen lines' shards read again (as preview does,
-    # holding a few numbers per line): the same picks.
-    reread = []
-
-    def lines_of(f):
-        reread.append(f["path"])
-        return dict((g["path"], e) for g, e in shards)[f["path"]]
-
-    one = select_records(iter(shards), 1, seed=0, reread=lines_of)
-    assert one == select_records(shards, 1, seed=0) and reread == [one[0]["index_file"]["path"]]
-    assert select_records(iter(shards), 5, seed=0, reread=lines_of) == a
+    # an early version's entry lists no records: its lines are read to count them
+    unlisted = [{k: v for k, v in f.items() if k != "records"} for f in files]
+    read.clear()
+    assert [c["instance_id"] for c in select_records(unlisted, 5, 0, lines_of=lines_of)] == \
+        [c["instance_id"] for c in a] and sorted(set(read)) == sorted(lines)
+    assert select_records([], 3, 0, lines_of=lines_of) == []
 
 
 def test_choose_slices_shows_all_or_a_window_holding_the_seeds():
@@ -77,7 +87,7 @@ def test_outline_is_the_border_of_the_mask():
 
 def test_preview_reads_the_chosen_records_exactly(views_dataset):
     ds = open_dataset(str(views_dataset))
-    chosen = select_records(ds.index_shards(), 4, seed=5)
+    chosen = select_records(ds.files("index"), 4, 5, lines_of=ds.index_lines)
     got = read_selected(ds, chosen)
     want = {(r["instance_id"], r["variant"]): r for r in read_records(views_dataset)}
     assert len(got) == 4
@@ -125,7 +135,7 @@ def test_preview_reads_the_chosen_records_not_their_whole_shards(small_data, tmp
     want = {(r["instance_id"], r["variant"]): r for r in read_records(out)}
     for seed in range(6):
         read.clear()
-        (chosen,) = select_records(ds.index_shards(), 1, seed=seed)
+        (chosen,) = select_records(ds.files("index"), 1, seed, lines_of=ds.index_lines)
         (got,) = read_selected(ds, [chosen])
         np.testing.assert_array_equal(got["source"], want[(got["instance_id"],
                                                            got["variant"])]["source"])
@@ -136,7 +146,7 @@ def test_preview_reads_the_chosen_records_not_their_whole_shards(small_data, tmp
 
 def test_montage_tiles_show_raw_outline_and_seeds(views_dataset):
     ds = open_dataset(str(views_dataset))
-    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
+    records = read_selected(ds, select_records(ds.files("index"), 2, 0, lines_of=ds.index_lines))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
     tile = 24                                            # 12 target voxels x 2: shown 1:1
     row = STRIP_PX + LABEL_LINES_PX + GAP_PX             # as tall as its label's lines
@@ -203,7 +213,8 @@ def test_a_dataset_of_npy_files_only_is_previewed_from_them(generated, tmp_path,
     assert shown["npy"] == shown["tfrecord"] and len(shown["npy"][0]) == 4
 
     # an npy file that is not what its index line lists is named, as the loaders name it
-    chosen = select_records(open_dataset(str(npy_only)).index_shards(), 4, seed=3)
+    npy_dataset = open_dataset(str(npy_only))
+    chosen = select_records(npy_dataset.files("index"), 4, 3, lines_of=npy_dataset.index_lines)
     source = next((npy_only / "npy" / "source").glob(f"source_{chosen[0]['instance_id']}.npy"))
     kept = source.read_bytes()
     source.write_bytes(kept[:-1])
@@ -215,13 +226,13 @@ def test_a_dataset_of_npy_files_only_is_previewed_from_them(generated, tmp_path,
 
     # an index line listing fewer seed masks than its variants (found by review: IndexError)
     source.write_bytes(kept)
-    index = npy_only / chosen[0]["index_file"]["path"]
+    victim = next(c for c in chosen if c["variant"] > 0)   # (a variant it has no mask for)
+    index = npy_only / victim["index_file"]["path"]
     lines = [json.loads(line) for line in index.read_text().splitlines()]
     for line in lines:
         line["npy"]["seed_target"] = line["npy"]["seed_target"][:1]
-    rewrite_listed(npy_only, chosen[0]["index_file"]["path"],
+    rewrite_listed(npy_only, victim["index_file"]["path"],
                    "".join(json.dumps(line) + "\n" for line in lines))
-    assert any(c["variant"] > 0 for c in chosen if c["index_file"] == chosen[0]["index_file"])
     assert main(["preview", str(npy_only), "--n", "4", "--seed", "3", "--out",
                  str(tmp_path / "y.png")]) == 2
     err = capsys.readouterr().err.strip()
@@ -237,7 +248,7 @@ def test_row_labels_of_small_crops_do_not_run_into_the_next_row(views_dataset):
     from synanno_datagen.reading.preview import render_png
 
     ds = open_dataset(str(views_dataset))
-    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
+    records = read_selected(ds, select_records(ds.files("index"), 2, 0, lines_of=ds.index_lines))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
 
     def text_rows(label):
@@ -332,7 +343,7 @@ def test_the_rendered_montage_is_the_canvas_where_no_text_is_drawn(views_dataset
     import io
 
     ds = open_dataset(str(views_dataset))
-    records = read_selected(ds, select_records(ds.index_shards(), 2, seed=0))
+    records = read_selected(ds, select_records(ds.files("index"), 2, 0, lines_of=ds.index_lines))
     canvas, labels = compose_montage(records, max_slices=16, tile_px=128)
     with Image.open(io.BytesIO(render_png(canvas, labels))) as image:
         rgb = np.asarray(image.convert("RGB"))

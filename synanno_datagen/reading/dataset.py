@@ -238,12 +238,17 @@ class Dataset:
         """(index file entry, its lines) for every index shard, in manifest order, one shard
         at a time; DatasetError when a shard holds other than the manifest's number of lines."""
         for f in self.files("index", split):
-            lines = list(self.read_jsonl(f["path"], f.get("bytes")))
-            if "records" in f and len(lines) != f["records"]:
-                raise DatasetError(f"{self.path(f['path'])}: {len(lines)} lines, the manifest "
-                                   f"says {f['records']}: the file was cut short or changed; "
-                                   f"{DAMAGED}")
-            yield f, lines
+            yield f, self.index_lines(f)
+
+    def index_lines(self, index_file: dict) -> List[dict]:
+        """The lines of one index shard (a manifest entry); DatasetError when it holds other
+        than the manifest's number of lines."""
+        lines = list(self.read_jsonl(index_file["path"], index_file.get("bytes")))
+        if "records" in index_file and len(lines) != index_file["records"]:
+            raise DatasetError(f"{self.path(index_file['path'])}: {len(lines)} lines, the "
+                               f"manifest says {index_file['records']}: the file was cut short "
+                               f"or changed; {DAMAGED}")
+        return lines
 
     def index_shards(self, split: str = None) -> List[Tuple[dict, List[dict]]]:
         """iter_index_shards, as a list."""

@@ -7,8 +7,9 @@ package's record decoder (no TensorFlow); which records is a pure function of ``
 """
 from __future__ import annotations
 
+import bisect
 import itertools
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,47 +36,43 @@ LEGEND = ("cyan outline: full target mask (on grey raw EM)\n"
 DECODED = ("source", "target", "instance_id", "variant")
 
 
-def select_records(shards: Iterable[Tuple[dict, List[dict]]], n: int, seed: int,
-                   split: Optional[str] = None,
-                   reread: Optional[Callable[[dict], List[dict]]] = None) -> List[dict]:
+def select_records(index_files: Sequence[dict], n: int, seed: int, split: Optional[str] = None,
+                   lines_of: Callable[[dict], List[dict]] = None) -> List[dict]:
     """Pick ``n`` (instance, variant) pairs: instances without repeats, then one variant each,
-    from ``np.random.default_rng(seed)`` over the index lines sorted by instance id.
+    from ``np.random.default_rng(seed)``: places among the instances of the index shards
+    ``index_files`` (manifest entries, in order; of one split if given), each shard's counted
+    by its entry's ``records``, then a variant of each chosen line, in that order.
 
-    ``shards``: (index file entry, index lines) as Dataset.iter_index_shards gives, read once;
-    only a few numbers per line are held. ``reread(index file entry)``: the lines of a shard
-    again, for the chosen lines' slices (only their shards are read again); without it, the
-    lines ``shards`` gave are kept instead.
-    Returns dicts {instance_id, variant, split, index_file, line, variants_before, seed_slices,
-    foreground_slices, npy} (``line``: the instance's place in its index shard, and so its record's
-    in an instance-layout shard; ``variants_before``: the variants of the lines before it, and
-    so the place of its first record in a variant-layout shard), sorted by instance id. Fewer
-    than ``n`` when the dataset (or split) holds fewer instances.
+    ``lines_of(index file entry)``: the lines of an index shard, read only for the shards of
+    the chosen places, one shard's held at a time (and for an entry that lists no ``records``,
+    an early version's, to count them): preview reads a few shards of a dataset of any size. Returns dicts {instance_id,
+    variant, split, index_file, line, variants_before, seed_slices, foreground_slices, npy}
+    (``line``: the instance's place in its index shard, and so its record's in an
+    instance-layout shard; ``variants_before``: the variants of the lines before it, and so the
+    place of its first record in a variant-layout shard), sorted by instance id. Fewer than
+    ``n`` when the dataset (or split) holds fewer instances.
     """
-    files, kept = [], []
-    candidates = []   # (instance id, shard number, line, variants before, variants, split)
-    for number, (f, entries) in enumerate(shards):
-        files.append(f)
-        if reread is None:
-            kept.append(entries)
-        for line, (e, before) in enumerate(zip(entries, _variants_before(entries))):
-            if split is None or e["split"] == split:
-                candidates.append((e["instance_id"], number, line, before,
-                                   len(e["seed_slices"]), e["split"]))
-    candidates.sort(key=lambda c: c[0])
+    files = [f for f in index_files if split is None or f["split"] == split]
+    counts = [f["records"] if "records" in f else len(lines_of(f)) for f in files]
+    ends = list(itertools.accumulate(counts))
+    total = ends[-1] if ends else 0
     rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
-    chosen = [(candidates[k], int(rng.integers(candidates[k][4]))) for k in picks]
-    lines = {number: (kept[number] if reread is None else reread(files[number]))
-             for number in sorted({c[1] for c, _ in chosen})}
-    out = []
-    for (instance_id, number, line, before, _, in_split), variant in chosen:
-        entry = lines[number][line]
-        out.append({"instance_id": instance_id, "variant": variant, "split": in_split,
-                    "index_file": files[number], "line": line, "variants_before": before,
+    out, held = [], (None, [])   # (shard number, its lines): one shard's lines at a time
+    for place in sorted(rng.choice(total, size=min(n, total), replace=False)):
+        number = bisect.bisect_right(ends, place)
+        line = int(place) - (ends[number] - counts[number])
+        if held[0] != number:
+            held = (number, lines_of(files[number]))
+        entries = held[1]
+        entry = entries[line]
+        variant = int(rng.integers(len(entry["seed_slices"])))
+        out.append({"instance_id": entry["instance_id"], "variant": variant,
+                    "split": entry["split"], "index_file": files[number], "line": line,
+                    "variants_before": _variants_before(entries)[line],
                     "seed_slices": list(entry["seed_slices"][variant]),
                     "foreground_slices": entry.get("foreground_slices"),
                     "npy": entry.get("npy")})
-    return out
+    return sorted(out, key=lambda c: c["instance_id"])
 
 
 def _variants_before(entries: List[dict]) -> List[int]:
@@ -278,8 +275,7 @@ def run_preview(output_dir: str, out: str, n: int = 8, seed: int = 0,
         raise UsageError(f"--split {split}: no such split (the dataset has {', '.join(splits)})")
     _check_size(dataset.manifest["arrays"]["shape_zyx"], n, max_slices, tile_px)
     with damage_named(dataset.manifest_path, "preview"):
-        chosen = select_records(dataset.iter_index_shards(), n, seed, split, reread=lambda f: list(
-            dataset.read_jsonl(f["path"], f.get("bytes"))))
+        chosen = select_records(dataset.files("index"), n, seed, split, dataset.index_lines)
         if not chosen:
             raise DatasetError(f"{output_dir}: no written instances to preview"
                                + (f" in split {split}" if split else ""))
