@@ -105,6 +105,37 @@ def test_permanent_failures_are_not_tried_again_until_their_row_changes(small_da
     assert sum(s["instances"] for s in m4["splits"].values()) == 5
 
 
+def test_a_repeated_row_of_a_moved_synapse_is_remembered_under_both_its_reasons(small_data,
+                                                                              tmp_path):
+    """Found by review: an id on two rows alike in the columns read (an export repeating a
+    row), moved after it was written, fails as changed_since_written and as duplicate_id; the
+    memory kept one entry for the two rows' one fingerprint, so the duplicate_id came back as
+    news every night of an unchanged table."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord")
+    nightly(argv, tmp_path)
+    with open(small_data.table_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:   # both rows of id 11 move one voxel
+        if row["id"] == "11":
+            row["x"] = str(float(row["x"]) + 1)
+    with open(small_data.table_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _, m2, _ = nightly(argv, tmp_path)
+    assert m2["counts"]["failures"] == {"changed_since_written": 1, "duplicate_id": 1}
+    for night in (3, 4):
+        _, m, _ = nightly(argv, tmp_path)
+        assert m["counts"]["failures"] == {}, night
+        assert m["counts"]["remembered_failures"] == {
+            **ALL_PERMANENT, "changed_since_written": 1}, night
+    memory = [json.loads(line) for line in
+              (root / m["incremental"]["remembered_failures"]).read_text().splitlines()]
+    assert sorted((e["reason"], e["first_run"]) for e in memory if e["instance_id"] == 11) == [
+        ("changed_since_written", 2), ("duplicate_id", 2)]
+
+
 @pytest.mark.parametrize("records", [("--variants", "1"),
                                      ("--variants", "2", "--record-layout", "variant")])
 def test_num_instances_is_a_total_on_an_incremental_root(small_data, tmp_path, records):

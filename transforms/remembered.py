@@ -16,7 +16,8 @@ tried again, and ``--retry-failed`` tries every row again.
 
 Each incremental run writes the memory it leaves, ``runs/NNNNN/remembered_failures.jsonl``: the
 previous run's entries that matched a row of this run's table, plus this run's new permanent
-failures, one JSON line each, sorted by (kind, fingerprint).
+failures, one JSON line each (a table rejection one per reason of its row's content), sorted by
+(kind, fingerprint).
 """
 from __future__ import annotations
 
@@ -178,9 +179,13 @@ RUNS_DIR = f"{FRAGMENTS_DIR}/remembered"   # the sorted runs of entry lines, in 
 
 def sortable_entry(entry: dict, priority: int) -> bytes:
     """A memory entry -> its line behind a prefix (up to a tab) that sorts by its key (kind,
-    fingerprint), then by ``priority``."""
-    return (b"%s %s %d\t" % (str(entry["kind"]).encode(), str(entry["fingerprint"]).encode(),
-                             priority) + json_line(entry))
+    fingerprint, and for a table rejection its reason), then by ``priority``. Rows alike in the
+    columns read share a fingerprint but may be rejected for other reasons (an id repeated on
+    such rows and moved since it was written: changed_since_written, then duplicate_id), and
+    a rejection is skipped only under its own reason: each reason keeps its entry."""
+    reason = str(entry["reason"]) if entry["kind"] == ROW else ""
+    return (b"%s %s %s %d\t" % (str(entry["kind"]).encode(), str(entry["fingerprint"]).encode(),
+                                reason.encode(), priority) + json_line(entry))
 
 
 def new_entry_lines(letter: DeadLetter, run: int,
@@ -198,7 +203,8 @@ def _split(line: bytes) -> Tuple[bytes, int, bytes]:
 
 
 def merged_memory(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """Sortable entry lines, sorted -> the memory file's lines, one per key: the entry of a
+    """Sortable entry lines, sorted -> the memory file's lines, one per key (see
+    sortable_entry): the entry of a
     skipped element, else the smallest new entry (keeping the run its key first failed in,
     when an earlier memory given for it has the key: a run with --retry-failed); keys only an
     earlier memory has are dropped."""
