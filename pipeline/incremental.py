@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from synanno_datagen import layout
 from synanno_datagen.errors import LeaseLost, first_line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,14 @@ def _previous_run(root: str, latest: dict) -> PreviousRun:
             layout.join_inside(root, memory)
     except ValueError as e:
         raise ValueError(f"{where} {e}") from None
+    from apache_beam.io.filesystems import FileSystems
+
+    if memory is not None and not FileSystems.exists(layout.join(root, memory)):
+        # deleted, or left out of a copy (the manifest's files do not list it): like a memory
+        # line that is not an entry, it can match no row
+        log.warning("%s is missing: the failures it remembered are tried again (and "
+                    "remembered again)", layout.join(root, memory))
+        memory = None
     bad_run = layout.bad_run_entry(latest)
     if bad_run:
         raise ValueError(f"{where}: {bad_run}; the manifest was changed")

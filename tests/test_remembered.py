@@ -136,6 +136,28 @@ def test_a_repeated_row_of_a_moved_synapse_is_remembered_under_both_its_reasons(
         ("changed_since_written", 2), ("duplicate_id", 2)]
 
 
+@pytest.mark.parametrize("retry", [(), ("--retry-failed",)])
+def test_a_missing_memory_file_is_a_warning_and_its_failures_are_tried_again(small_data,
+                                                                              tmp_path, retry):
+    """Found by review: a root whose latest run's remembered_failures.jsonl was deleted, or
+    left out of a copy (the manifest's files do not list it), failed every later night with a
+    FileNotFoundError traceback, --retry-failed too. Like a memory line that is not an entry, a
+    missing file can match no row: what it stood for is tried again, and remembered again."""
+    root = tmp_path / "root"
+    argv = small_data.argv(root, "--incremental", "--variants", "1", "--formats", "tfrecord")
+    _, m1, _ = nightly(argv, tmp_path)
+    (root / m1["incremental"]["remembered_failures"]).unlink()
+    done = subprocess.run([sys.executable, "-m", "synanno_datagen", "run", *argv, *retry],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (f"{root / 'runs' / '00001' / 'remembered_failures.jsonl'} is missing: the failures "
+            "it remembered are tried again") in done.stderr
+    m2 = json.loads((root / "runs" / "00002" / "manifest.json").read_text())
+    assert m2["counts"]["failures"] == ALL_PERMANENT and m2["counts"]["instances_selected"] == 1
+    _, m3, _ = nightly(argv, tmp_path)
+    assert m3["counts"]["failures"] == {} and m3["counts"]["remembered_failures"] == ALL_PERMANENT
+
+
 @pytest.mark.parametrize("records", [("--variants", "1"),
                                      ("--variants", "2", "--record-layout", "variant")])
 def test_num_instances_is_a_total_on_an_incremental_root(small_data, tmp_path, records):
