@@ -181,6 +181,14 @@ class Option:
     flag: Optional[str] = None
 
 
+def _hashed_url(url: str) -> str:
+    """A volume URL as the generation hash sees it: without its password and its optional
+    ``precomputed://`` prefix."""
+    from synanno_datagen.transforms.readers import precomputed_url
+
+    return redact(precomputed_url(url))
+
+
 def _xyz(values) -> Optional[list]:
     return list(values) if values else None
 
@@ -196,9 +204,10 @@ OPTIONS = [  # the manifest's config, in this order; generation keys as hashes a
     Option("materialization", lambda c: c.materialization),
     Option("table_shards", lambda c: list(c.table_shards)),
     Option("id_column", lambda c: c.id_column, lambda c: c.id_column),
-    # Without a URL's password (errors.redact): not written, and not what decides the records.
-    Option("source_url", lambda c: redact(c.source.url), lambda c: redact(c.source.url)),
-    Option("target_url", lambda c: redact(c.target.url), lambda c: redact(c.target.url)),
+    # Without a URL's password (errors.redact): not written, and not what decides the records;
+    # nor is the optional precomputed:// prefix.
+    Option("source_url", lambda c: redact(c.source.url), lambda c: _hashed_url(c.source.url)),
+    Option("target_url", lambda c: redact(c.target.url), lambda c: _hashed_url(c.target.url)),
     Option("output_dir", lambda c: c.output_dir),
     Option("num_instances", lambda c: c.num_instances),
     Option("variants", lambda c: c.variants, lambda c: c.variants),
@@ -444,21 +453,26 @@ def _splits_order_of(config: Config, digest: str, recorded: Optional[dict] = Non
                      ) -> Optional[Tuple[Tuple[str, float], ...]]:
     """The order of ``config.splits`` under which an earlier version's generation hash of this
     config's records is ``digest``, or None. An earlier version laid --splits out in the order
-    written, hashed the volume URLs with their passwords, hashed a ``file://`` URL as typed
-    (not decoded: ``a%20b``), and hashed the TFRecord options of a run without TFRecord shards
+    written, hashed the volume URLs with their passwords and with the optional
+    ``precomputed://`` prefix as given, hashed a ``file://`` URL as typed (not decoded:
+    ``a%20b``), and hashed the TFRecord options of a run without TFRecord shards
     as given (as ``recorded``, the root's manifest ``config``, has them). Asked only when a
     root's hash is not this config's own; orders are hashed only until one matches."""
     from synanno_datagen.pipeline.incremental import generation_hash
 
+    from synanno_datagen.transforms.readers import precomputed_url
+
     keys = ("source_url", "target_url")
     decoded = (config.source.url, config.target.url)
     typed = tuple(u if "://" in u else probes.to_url("", u) for u in config.typed_volume_urls)
-    forms = []   # the URLs as earlier versions may have hashed them
+    own = {k: _hashed_url(u) for k, u in zip(keys, decoded)}   # this version's
+    forms = []   # the URLs as earlier versions may have hashed them (with the prefix, if given)
     for urls in (decoded, typed):
-        for form in (dict(zip(keys, urls)), {k: redact(u) for k, u in zip(keys, urls)}):
-            if len(form) == 2 and form not in forms and \
-                    form != {k: redact(u) for k, u in zip(keys, decoded)}:   # this version's
-                forms.append(form)
+        spellings = [(precomputed_url(u), "precomputed://" + precomputed_url(u)) for u in urls]
+        for pair in itertools.product(*spellings):
+            for form in (dict(zip(keys, pair)), {k: redact(u) for k, u in zip(keys, pair)}):
+                if len(form) == 2 and form not in forms and form != own:
+                    forms.append(form)
     given = [{}]   # without TFRecord shards, also those options as the root recorded them
     if layout.TFRECORD not in config.formats and recorded:
         given.append({key: recorded.get(key, _UNLESS[key]) for key in TFRECORD_DEFAULTS})

@@ -418,6 +418,46 @@ def test_a_root_an_earlier_version_made_with_escaped_file_urls_is_extended(tmp_p
     assert any(f["path"].startswith("runs/00001/") for f in latest["files"]["index"])
 
 
+def test_a_volume_url_with_or_without_its_precomputed_prefix_extends_the_root(small_data,
+                                                                             tmp_path):
+    """Found by review: every spelling of a volume's URL extended a root (a trailing '/', a
+    plain path, file://localhost) but for README's own optional ``precomputed://`` prefix,
+    given on one night and not on another: that started a fresh dataset, every instance
+    fetched again. The prefix is not hashed now; a root an earlier version hashed with it is
+    extended too."""
+    from synanno_datagen.pipeline.config import parse
+    from synanno_datagen.pipeline.incremental import generation_hash
+
+    root = tmp_path / "root"
+
+    def argv(prefix):
+        return [*small_data.argv(root, "--incremental", "--variants", "1", "--formats",
+                                 "tfrecord", "--quiet")[:2],
+                "--source-url", prefix + small_data.source_url,
+                "--target-url", prefix + small_data.target_url,
+                *small_data.argv(root, "--incremental", "--variants", "1", "--formats",
+                                 "tfrecord", "--quiet")[6:]]
+
+    for night, prefix in enumerate(["", "precomputed://", ""], start=1):
+        assert main(["run"] + argv(prefix) + ["--num-instances", str(night + 1)]) == 0
+        latest = _latest(root)
+        assert latest["incremental"]["run"] == night and not latest["incremental"].get("replaces")
+        assert any(f["path"].startswith("runs/00001/") for f in latest["files"]["index"])
+    # a root an earlier version made with the prefix hashed the URLs with it
+    manifest_path = root / latest["incremental"]["manifest"]
+    manifest = json.loads(manifest_path.read_text())
+    generation = parse(argv("precomputed://")[:-1])[0].generation()
+    assert generation["source_url"] == small_data.source_url     # not hashed now
+    manifest["incremental"]["generation_hash"] = generation_hash(
+        {**generation, "source_url": "precomputed://" + small_data.source_url,
+         "target_url": "precomputed://" + small_data.target_url})
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(["run"] + argv("") + ["--num-instances", "5"]) == 0
+    latest = _latest(root)
+    assert latest["incremental"]["run"] == 4 and not latest["incremental"].get("replaces")
+    assert any(f["path"].startswith("runs/00001/") for f in latest["files"]["index"])
+
+
 def test_a_root_whose_latest_was_moved_back_is_refused_not_rewritten(small_data, tmp_path,
                                                                      capsys):
     """Found by review: a run that stalled between its last look at the lease and moving
