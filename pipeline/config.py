@@ -459,7 +459,6 @@ def _splits_order_of(config: Config, digest: str, recorded: Optional[dict] = Non
     as given (as ``recorded``, the root's manifest ``config``, has them). Asked only when a
     root's hash is not this config's own; orders are hashed only until one matches."""
     from synanno_datagen.pipeline.incremental import generation_hash
-
     from synanno_datagen.transforms.readers import precomputed_url
 
     keys = ("source_url", "target_url")

@@ -204,10 +204,9 @@ def _split(line: bytes) -> Tuple[bytes, int, bytes]:
 
 def merged_memory(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Sortable entry lines, sorted -> the memory file's lines, one per key (see
-    sortable_entry): the entry of a
-    skipped element, else the smallest new entry (keeping the run its key first failed in,
-    when an earlier memory given for it has the key: a run with --retry-failed); keys only an
-    earlier memory has are dropped."""
+    sortable_entry): the entry of a skipped element, else the smallest new entry (keeping the
+    run its key first failed in, when an earlier memory given for it has the key: a run with
+    --retry-failed); keys only an earlier memory has are dropped."""
     for _, group in itertools.groupby(lines, key=lambda line: _split(line)[0]):
         _, priority, body = _split(next(group))
         if priority == EARLIER:

@@ -45,12 +45,13 @@ def select_records(index_files: Sequence[dict], n: int, seed: int, split: Option
 
     ``lines_of(index file entry)``: the lines of an index shard, read only for the shards of
     the chosen places, one shard's held at a time (and for an entry that lists no ``records``,
-    an early version's, to count them): preview reads a few shards of a dataset of any size. Returns dicts {instance_id,
-    variant, split, index_file, line, variants_before, seed_slices, foreground_slices, npy}
-    (``line``: the instance's place in its index shard, and so its record's in an
-    instance-layout shard; ``variants_before``: the variants of the lines before it, and so the
-    place of its first record in a variant-layout shard), sorted by instance id. Fewer than
-    ``n`` when the dataset (or split) holds fewer instances.
+    an early version's, to count them): preview reads a few shards of a dataset of any size.
+
+    Returns dicts {instance_id, variant, split, index_file, line, variants_before, seed_slices,
+    foreground_slices, npy} (``line``: the instance's place in its index shard, and so its
+    record's in an instance-layout shard; ``variants_before``: the variants of the lines before
+    it, and so the place of its first record in a variant-layout shard), sorted by instance id.
+    Fewer than ``n`` when the dataset (or split) holds fewer instances.
     """
     files = [f for f in index_files if split is None or f["split"] == split]
     counts = [f["records"] if "records" in f else len(lines_of(f)) for f in files]
