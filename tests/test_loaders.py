@@ -892,6 +892,51 @@ def test_tf_dataset_gives_the_samples_of_the_torch_loader(both_layouts, torch, t
         assert result[out]["cardinality"] == len(keys)
 
 
+TF_SHUFFLE_CHECK = """
+import json, sys
+from synanno_datagen.reading import loaders
+import tensorflow as tf
+def keys(d):
+    return [(int(m["instance_id"]), int(m["variant"])) for _, _, m in d]
+plain = keys(loaders.tf_dataset(sys.argv[1], None, with_meta=True))
+result = {"plain": plain, "seeds": []}
+for seed in range(4):
+    for reads in (None, 2):
+        data = loaders.tf_dataset(sys.argv[1], None, with_meta=True, shuffle_seed=seed,
+                                  num_parallel_reads=reads)
+        again = loaders.tf_dataset(sys.argv[1], None, with_meta=True, shuffle_seed=seed,
+                                   num_parallel_reads=reads)
+        result["seeds"].append([keys(data), keys(data), keys(again), int(data.cardinality())])
+try:
+    loaders.tf_dataset(sys.argv[1], None, shuffle_seed=-1)
+except ValueError as e:
+    result["refused"] = str(e)
+print(json.dumps(result))
+"""
+
+
+def test_tf_dataset_reads_its_shards_in_an_order_drawn_by_a_seed_each_epoch(generated):
+    """Shards are spatial and tf_dataset read them in the manifest's order (ShardDataset had
+    shuffle_seed, tf_dataset nothing but a sample buffer): with shuffle_seed the shards come in
+    an order drawn anew each epoch, the same orders for the same seed, every sample once."""
+    _require_tf()
+    done = subprocess.run([sys.executable, "-c", TF_SHUFFLE_CHECK, str(generated[1])],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    plain = [tuple(k) for k in result["plain"]]
+    assert len(plain) == 15
+    orders, anew = set(), []
+    for first, second, again, cardinality in result["seeds"]:
+        first, second = [tuple(k) for k in first], [tuple(k) for k in second]
+        assert sorted(first) == sorted(second) == sorted(plain) and cardinality == 15
+        assert [tuple(k) for k in again] == first   # the same seed: the same orders
+        orders |= {tuple(first), tuple(second)}
+        anew.append(first != second)
+    assert any(anew) and len(orders) >= 3   # (4 shards: 24 orders)
+    assert result["refused"] == "shuffle_seed -1: must be a whole number from 0 to 2**63 - 1"
+
+
 def _with_records(out, copy, change):
     """A copy of dataset ``out`` at ``copy`` whose every record is ``change(fields)``, fields
     {name: (value, the tfrecord package's kind)} as read, written by the tfrecord package

@@ -195,7 +195,8 @@ def _without_torch(name: str) -> type:
 
 
 def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
-               with_meta: bool = False, num_parallel_reads: Optional[int] = None):
+               with_meta: bool = False, num_parallel_reads: Optional[int] = None,
+               shuffle_seed: Optional[int] = None):
     """A ``tf.data.Dataset`` of (input, target) float32 samples over ``split``'s TFRecord shards,
     one per variant: an instance record gives all of its variants, one after another.
 
@@ -207,8 +208,15 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     ``[z, y, x, 1]`` (what Keras' Conv3D takes on CPU). ``with_meta`` adds a third element
     ``{"instance_id", "variant"}`` (int64 scalars). Paths may be local or ``gs://``; gzip shards
     are read with ``compression_type="GZIP"``. Its cardinality is the manifest's count of the
-    split's samples.
+    split's samples. Shards are read in the manifest's order (they are spatial: neighbouring
+    synapses are neighbours), ``num_parallel_reads`` of them at once; with ``shuffle_seed``
+    (0 to 2**63 - 1) in an order drawn anew at each iteration (each epoch) by
+    ``tf.data.Dataset.shuffle`` with that seed: the same orders for the same seed.
     """
+    if shuffle_seed is not None and (isinstance(shuffle_seed, bool) or not isinstance(
+            shuffle_seed, (int, np.integer)) or not 0 <= shuffle_seed < 2**63):
+        raise ValueError(f"shuffle_seed {shuffle_seed!r}: must be a whole number from 0 to "
+                         "2**63 - 1")
     if str(dataset_dir).startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
         raise DatasetError(f"{dataset_dir}: tf_dataset reads gs:// through TensorFlow's GCS "
                            "client, which ignores STORAGE_EMULATOR_HOST (it would read Google's "
@@ -265,9 +273,18 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
         return tf.data.Dataset.from_tensor_slices((seeds, variants)).map(
             lambda seed, v: sample(scaled, seed, target, f["instance_id"], v))
 
-    records = tf.data.TFRecordDataset(files,
-                                      compression_type=records_info["tfrecord_compression_type"],
-                                      num_parallel_reads=num_parallel_reads)
+    compression = records_info["tfrecord_compression_type"]
+    if shuffle_seed is None:
+        records = tf.data.TFRecordDataset(files, compression_type=compression,
+                                          num_parallel_reads=num_parallel_reads)
+    else:   # the shards' order drawn at each iteration; read as TFRecordDataset reads them
+        records = (tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
+                   .shuffle(max(1, len(files)), seed=int(shuffle_seed),
+                            reshuffle_each_iteration=True)
+                   .interleave(lambda f: tf.data.TFRecordDataset(f, compression),
+                               cycle_length=num_parallel_reads or 1,
+                               **({"num_parallel_calls": num_parallel_reads,
+                                   "deterministic": True} if num_parallel_reads else {})))
     if records_info["layout"] == "instance":
         samples_ds = records.flat_map(every_variant)
     else:
