@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -47,6 +48,27 @@ def loader_rng(seed: int, epoch: int, purpose: int, reader: int = 0) -> np.rando
     place and worker 1's buffer, and seed s + k x 2**32 at epoch 0 seed s at epoch k."""
     return np.random.default_rng([seed & _WORD, seed >> 32, epoch & _WORD, epoch >> 32,
                                   purpose, reader & _WORD, reader >> 32])
+
+
+def whole(name: str, value) -> int:
+    """``value`` as an int (numpy integers too); ValueError naming ``name`` for a float, a
+    string or anything else (a seed of 0.5 failed only at the first batch, in a worker)."""
+    try:
+        if not isinstance(value, bool):   # (True is an int to Python, a mistake here)
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise ValueError(f"{name} {value!r}: must be a whole number (an int)")
+
+
+def checked_seed(seed) -> Optional[int]:
+    """A loader's ``shuffle_seed``: None, or a whole number from 0 to 2**63 - 1 (ValueError)."""
+    if seed is None:
+        return None
+    seed = whole("shuffle_seed", seed)
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"shuffle_seed {seed}: must be 0 to 2**63 - 1")
+    return seed
 
 
 def shard_order(paths: Sequence[str], seed: Optional[int], epoch: int = 0) -> List[str]:
@@ -213,10 +235,7 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
     (0 to 2**63 - 1) in an order drawn anew at each iteration (each epoch) by
     ``tf.data.Dataset.shuffle`` with that seed: the same orders for the same seed.
     """
-    if shuffle_seed is not None and (isinstance(shuffle_seed, bool) or not isinstance(
-            shuffle_seed, (int, np.integer)) or not 0 <= shuffle_seed < 2**63):
-        raise ValueError(f"shuffle_seed {shuffle_seed!r}: must be a whole number from 0 to "
-                         "2**63 - 1")
+    shuffle_seed = checked_seed(shuffle_seed)
     if str(dataset_dir).startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
         raise DatasetError(f"{dataset_dir}: tf_dataset reads gs:// through TensorFlow's GCS "
                            "client, which ignores STORAGE_EMULATOR_HOST (it would read Google's "
@@ -279,7 +298,7 @@ def tf_dataset(dataset_dir: str, split: str, *, channels_last: bool = False,
                                           num_parallel_reads=num_parallel_reads)
     else:   # the shards' order drawn at each iteration; read as TFRecordDataset reads them
         records = (tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
-                   .shuffle(max(1, len(files)), seed=int(shuffle_seed),
+                   .shuffle(max(1, len(files)), seed=shuffle_seed,
                             reshuffle_each_iteration=True)
                    .interleave(lambda f: tf.data.TFRecordDataset(f, compression),
                                cycle_length=num_parallel_reads or 1,

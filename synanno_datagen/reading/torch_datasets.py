@@ -8,7 +8,6 @@ Beam; gs:// streamed through Beam's FileSystems).
 from __future__ import annotations
 
 import itertools
-import operator
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synanno_datagen.reading.dataset import DatasetError, open_dataset
 from synanno_datagen.reading import loaders
+from synanno_datagen.reading.loaders import whole as _whole
 from synanno_datagen.reading.loaders import (
     BUFFER, buffer_shuffle, input_target, left_out_start, loader_rng, num_batches, reader_range,
     shard_order, shard_slices, stream_ranges,
@@ -64,15 +64,13 @@ class ShardDataset(_SentWithoutListings, IterableDataset):
                  shuffle_seed: Optional[int] = None, shuffle_buffer: int = 0,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
                  interleave: int = 1):
-        shuffle_seed = None if shuffle_seed is None else _whole("shuffle_seed", shuffle_seed)
+        shuffle_seed = loaders.checked_seed(shuffle_seed)
         shuffle_buffer = _whole("shuffle_buffer", shuffle_buffer)
         interleave = _whole("interleave", interleave)
         if interleave < 1:
             raise ValueError(f"interleave {interleave}: must be 1 (one shard at a time) or more")
         if shuffle_buffer and shuffle_seed is None:
             raise ValueError("shuffle_buffer needs a shuffle_seed (the order must be reproducible)")
-        if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
-            raise ValueError(f"shuffle_seed {shuffle_seed}: must be 0 to 2**63 - 1")
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer {shuffle_buffer}: must be 0 (off) or more")
         self.rank, self.world_size = _rank_and_world_size(rank, world_size)
@@ -155,17 +153,6 @@ class ShardDataset(_SentWithoutListings, IterableDataset):
         except DatasetError:   # a shard gone or changed: the directory generated again?
             self.dataset.check_unchanged(type(self).__name__)
             raise
-
-
-def _whole(name: str, value) -> int:
-    """``value`` as an int (numpy integers too); ValueError naming ``name`` for a float, a
-    string or anything else (a seed of 0.5 failed only at the first batch, in a worker)."""
-    try:
-        if not isinstance(value, bool):   # (True is an int to Python, a mistake here)
-            return operator.index(value)
-    except TypeError:
-        pass
-    raise ValueError(f"{name} {value!r}: must be a whole number (an int)")
 
 
 def _rank_and_world_size(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
